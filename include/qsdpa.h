@@ -1,0 +1,258 @@
+/*
+ * qsdpa.h: scaled dot-product attention over a quantized KV cache.
+ *
+ * One plain-C11 header. Everything public starts with qsdpa_ / QSDPA_.
+ * The semantics are those of MLX's mx.fast.quantized_scaled_dot_product_attention
+ * over K/V produced by mx.quantize (see docs and SPEC): formats bit for bit,
+ * GQA, boolean/additive masks, causal aligned bottom-right, sinks.
+ *
+ * Conventions
+ *  - Every entry point returns a qsdpa_status. On any error nothing is written
+ *    through an output pointer, and qsdpa_last_error() returns a message naming
+ *    the function, the argument and the offending value (per thread).
+ *  - Tensors are described by pointer, dtype, rank, shape and *element* strides;
+ *    the last dimension must be contiguous (stride 1) unless its size is 1.
+ *    Stride 0 broadcasts (masks only).
+ *  - Head dims are logical dims: a 4-bit K row of D = 128 is 16 uint32 words,
+ *    but D is 128 everywhere in this API.
+ */
+#ifndef QSDPA_H
+#define QSDPA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- version ------------------------------------------------------------ */
+#define QSDPA_VERSION_MAJOR 0
+#define QSDPA_VERSION_MINOR 1
+#define QSDPA_VERSION_PATCH 0
+#define QSDPA_VERSION_STRING "0.1.0"
+/* Packed as major*10000 + minor*100 + patch, for compile-time comparisons. */
+#define QSDPA_VERSION_NUMBER \
+    (QSDPA_VERSION_MAJOR * 10000 + QSDPA_VERSION_MINOR * 100 + QSDPA_VERSION_PATCH)
+
+/* The version of the library actually linked (may differ from the header's). */
+const char *qsdpa_version(void);
+
+/* ---- status and errors ------------------------------------------------- */
+typedef enum qsdpa_status {
+    QSDPA_OK = 0,
+    QSDPA_ERR_INVALID_ARGUMENT = 1, /* a null pointer, bad size, bad shape, bad value */
+    QSDPA_ERR_UNSUPPORTED = 2,      /* valid request that this build/backend cannot serve */
+    QSDPA_ERR_OUT_OF_MEMORY = 3,
+    QSDPA_ERR_OVERFLOW = 4,         /* a byte count would overflow size_t */
+    QSDPA_ERR_DEVICE = 5,           /* a CUDA/NCCL call failed; message has the device error */
+    QSDPA_ERR_IO = 6,               /* file read/write failed or file corrupt */
+    QSDPA_ERR_PARSE = 7             /* a format or option string could not be parsed */
+} qsdpa_status;
+
+/* Short fixed name of a status ("QSDPA_ERR_INVALID_ARGUMENT"). Never NULL. */
+const char *qsdpa_status_string(qsdpa_status status);
+
+/* Message of the last failing call on this thread ("" after a success-only
+ * history). The pointer stays valid until the next qsdpa call on this thread. */
+const char *qsdpa_last_error(void);
+
+/* ---- element types ------------------------------------------------------ */
+typedef enum qsdpa_dtype {
+    QSDPA_DTYPE_F32 = 0,
+    QSDPA_DTYPE_F16 = 1,
+    QSDPA_DTYPE_BF16 = 2,
+    QSDPA_DTYPE_U8 = 3,   /* scales of fp formats (E8M0 / E4M3 bytes) */
+    QSDPA_DTYPE_BOOL = 4, /* one byte, 0 = false (masked out), nonzero = true */
+    QSDPA_DTYPE_U32 = 5   /* packed codes */
+} qsdpa_dtype;
+
+/* Bytes per element (4, 2, 2, 1, 1, 4); 0 for an unknown value. */
+size_t qsdpa_dtype_size(qsdpa_dtype dtype);
+/* "f32", "f16", "bf16", "u8", "bool", "u32"; "?" for an unknown value. */
+const char *qsdpa_dtype_name(qsdpa_dtype dtype);
+/* Parse one of the names above. */
+qsdpa_status qsdpa_dtype_parse(const char *text, qsdpa_dtype *out);
+
+/* ---- quantization formats ---------------------------------------------- */
+typedef enum qsdpa_mode {
+    QSDPA_MODE_PLAIN = 0,  /* unquantized f32/f16/bf16 rows (baseline path); dtype in plain_dtype */
+    QSDPA_MODE_AFFINE = 1, /* w = scale*code + bias; bits 2,3,4,5,6,8; group 32,64,128 */
+    QSDPA_MODE_MXFP4 = 2,  /* FP4 E2M1 codes, E8M0 scale per 32 */
+    QSDPA_MODE_MXFP8 = 3,  /* FP8 E4M3 codes, E8M0 scale per 32 */
+    QSDPA_MODE_NVFP4 = 4   /* FP4 E2M1 codes, E4M3 scale per 16, optional global scale */
+} qsdpa_mode;
+
+typedef struct qsdpa_format {
+    qsdpa_mode mode;
+    int bits;               /* bits per code: affine 2..8, fp4 4, fp8 8, plain 16/32 */
+    int group;              /* values sharing one scale (and bias); 0 for plain */
+    qsdpa_dtype plain_dtype; /* PLAIN only: f32, f16 or bf16 element type of the rows */
+    float global_scale;     /* NVFP4 only: per-tensor G (0 = none); w = fp4*e4m3(s)*G/2688 */
+} qsdpa_format;
+
+/* Parse "affine:4:64" (mode:bits:group), "affine:8" (group 64, mlx-lm's
+ * default), "mxfp4", "mxfp8", "nvfp4", "f32", "f16", "bf16". Validates the
+ * combination. */
+qsdpa_status qsdpa_format_parse(const char *text, qsdpa_format *out);
+/* Canonical text of a format ("affine:4:64", "mxfp4", "f16"); writes at most
+ * capacity bytes including the terminator. Returns the length it needed. */
+size_t qsdpa_format_string(const qsdpa_format *format, char *buf, size_t capacity);
+/* Check a format for validity (mode/bits/group allowed). */
+qsdpa_status qsdpa_format_check(const qsdpa_format *format);
+
+/* uint32 words in one packed row of `dim` logical values (plain: elements).
+ * Fails if dim is not a multiple of the group or the bits do not fill words. */
+qsdpa_status qsdpa_format_row_words(const qsdpa_format *format, int64_t dim, int64_t *words);
+/* Scales (and biases, for affine) per row of `dim` values: dim / group. */
+qsdpa_status qsdpa_format_row_scales(const qsdpa_format *format, int64_t dim, int64_t *count);
+/* 1 for affine (scales and biases), 0 otherwise. Scales are U8 for the fp
+ * modes and F32/F16/BF16 for affine (mx.quantize uses the input's dtype). */
+int qsdpa_format_has_biases(const qsdpa_format *format);
+
+/* ---- tensors ------------------------------------------------------------ */
+#define QSDPA_MAX_RANK 4
+
+typedef struct qsdpa_tensor {
+    void *data;                     /* base pointer (host or device, per context) */
+    qsdpa_dtype dtype;
+    int rank;                       /* 1..QSDPA_MAX_RANK */
+    int64_t shape[QSDPA_MAX_RANK];  /* sizes, outermost first */
+    int64_t stride[QSDPA_MAX_RANK]; /* in elements; 0 broadcasts (masks only) */
+} qsdpa_tensor;
+
+/* A contiguous (row-major) tensor view of `data`. */
+qsdpa_tensor qsdpa_tensor_make(void *data, qsdpa_dtype dtype, int rank, const int64_t *shape);
+/* Convenience for the common 4-D case [d0, d1, d2, d3]. */
+qsdpa_tensor qsdpa_tensor_4d(void *data, qsdpa_dtype dtype, int64_t d0, int64_t d1, int64_t d2,
+                             int64_t d3);
+
+/* A quantized K or V tensor of logical shape [B, H, L, dim]. */
+typedef struct qsdpa_qtensor {
+    qsdpa_format format;
+    qsdpa_tensor codes;  /* [B, H, L, row_words] u32; PLAIN: [B, H, L, dim] plain_dtype */
+    qsdpa_tensor scales; /* [B, H, L, dim/group]: u8 for fp modes, f32/f16/bf16 for affine */
+    qsdpa_tensor biases; /* [B, H, L, dim/group], affine only, dtype == scales.dtype; data NULL otherwise */
+    int64_t dim;         /* logical head dim D (codes hold dim*bits/32 words per row) */
+} qsdpa_qtensor;
+
+/* ---- quantize / dequantize (host memory, contiguous rows) --------------- */
+/* x: [rows, dim] of x_dtype (f32/f16/bf16) -> codes [rows, row_words] u32,
+ * scales [rows, dim/group] of scale_dtype (affine: f32/f16/bf16, MLX uses the
+ * input's dtype; fp modes: must be U8), biases likewise (affine only, else NULL).
+ * Bit-exact with mx.quantize on CPU. */
+qsdpa_status qsdpa_quantize(const qsdpa_format *format, const void *x, qsdpa_dtype x_dtype,
+                            int64_t rows, int64_t dim, uint32_t *codes, void *scales,
+                            void *biases, qsdpa_dtype scale_dtype);
+/* Inverse: codes/scales/biases -> out [rows, dim] of out_dtype. Bit-exact with
+ * mx.dequantize on CPU (computed in f32, rounded once to out_dtype). */
+qsdpa_status qsdpa_dequantize(const qsdpa_format *format, const uint32_t *codes,
+                              const void *scales, const void *biases, qsdpa_dtype scale_dtype,
+                              int64_t rows, int64_t dim, void *out, qsdpa_dtype out_dtype);
+
+/* ---- context ------------------------------------------------------------- */
+typedef enum qsdpa_backend {
+    QSDPA_BACKEND_CPU = 0,
+    QSDPA_BACKEND_CUDA = 1
+} qsdpa_backend;
+
+typedef struct qsdpa_context qsdpa_context;
+
+typedef struct qsdpa_context_options {
+    qsdpa_backend backend;
+    int num_threads;     /* CPU: worker threads, 0 = one per online core */
+    int device;          /* CUDA: device ordinal */
+    void *stream;        /* CUDA: cudaStream_t to run on (NULL = default stream) */
+    const char *kernel;  /* force one kernel-table entry by name (tests, benchmarks); NULL = auto */
+    int disable_simd;    /* CPU: 1 = use the portable C kernels even where AVX2 exists */
+} qsdpa_context_options;
+
+/* Defaults: CPU, all cores, auto kernel. */
+qsdpa_context_options qsdpa_context_default_options(void);
+/* Create a context; it owns the thread pool / device state and scratch memory,
+ * so repeated calls with the same shapes allocate nothing. */
+qsdpa_status qsdpa_context_create(const qsdpa_context_options *options, qsdpa_context **out);
+void qsdpa_context_destroy(qsdpa_context *ctx);
+/* CUDA: switch stream for subsequent calls (captured into CUDA graphs safely). */
+qsdpa_status qsdpa_context_set_stream(qsdpa_context *ctx, void *stream);
+/* Is a backend compiled in and usable on this machine (CUDA: a device exists)? */
+int qsdpa_backend_available(qsdpa_backend backend);
+
+/* ---- attention ---------------------------------------------------------- */
+typedef struct qsdpa_attention_params {
+    float scale;                /* multiplies q.k (usually 1/sqrt(Dk)) */
+    const qsdpa_tensor *mask;   /* NULL, or rank<=4 broadcastable to [B, Hq, Lq, Lk]:
+                                   BOOL (false -> lowest finite value of q's dtype)
+                                   or F32/F16/BF16 (added to the score) */
+    int causal;                 /* key j kept iff j <= i + (Lk - Lq) (bottom-right) */
+    int64_t window;             /* with causal: also j > i + (Lk - Lq) - window; 0 = none */
+    const qsdpa_tensor *sinks;  /* NULL, or [Hq] F32/F16/BF16 logits: an extra softmax column */
+    /* Sequence-parallel slices (qsdpa_attention_partial): the keys given are
+     * global positions [key_offset, key_offset + Lk) of a context of
+     * key_total keys; causal and window use global positions. key_total = 0
+     * means the keys given are the whole context. */
+    int64_t key_offset;
+    int64_t key_total;
+} qsdpa_attention_params;
+
+/* Defaults: scale 1, no mask, not causal, no window, no sinks, whole context. */
+qsdpa_attention_params qsdpa_attention_default_params(void);
+
+/* out[B,Hq,Lq,Dv] = softmax(scale * q K^T + mask) V, with K/V dequantized
+ * per their formats; q [B,Hq,Lq,Dk] f32/f16/bf16; out same dtype as q.
+ * k, v: [B,Hkv,Lk,*]; Hq % Hkv == 0. */
+qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qsdpa_qtensor *k,
+                             const qsdpa_qtensor *v, const qsdpa_attention_params *params,
+                             qsdpa_tensor *out);
+
+/* As qsdpa_attention over one slice of the keys, producing a partial result
+ * for an exact merge: out [B,Hq,Lq,Dv] F32 (normalised
+ * within the slice) and lse [B,Hq,Lq] F32, the natural-log sum-exp of the
+ * slice's scores (including the sink column if params->sinks is given; pass
+ * sinks to exactly one slice). A row with no keys in the slice has lse -inf
+ * and out 0. */
+qsdpa_status qsdpa_attention_partial(qsdpa_context *ctx, const qsdpa_tensor *q,
+                                     const qsdpa_qtensor *k, const qsdpa_qtensor *v,
+                                     const qsdpa_attention_params *params, qsdpa_tensor *out,
+                                     qsdpa_tensor *lse);
+
+/* Exact merge of n partials: out = sum_i exp(lse_i - lse) out_i with
+ * lse = log sum_i exp(lse_i). outs[i]: [B,Hq,Lq,Dv] F32, lses[i]: [B,Hq,Lq] F32;
+ * out: F32/F16/BF16; lse_out optional (NULL). */
+qsdpa_status qsdpa_merge(qsdpa_context *ctx, int n, const qsdpa_tensor *outs,
+                         const qsdpa_tensor *lses, qsdpa_tensor *out, qsdpa_tensor *lse_out);
+
+/* ---- kernel table ------------------------------------------------------- */
+/* One row of the table that drives dispatch. 0 / QSDPA_ANY fields match anything. */
+#define QSDPA_ANY (-1)
+typedef struct qsdpa_kernel_info {
+    const char *name;     /* unique, e.g. "cpu.avx2.decode" */
+    qsdpa_backend backend;
+    const char *isa;      /* "c", "avx2", "sm_90a", ... */
+    const char *path;     /* "decode", "prefill", "generic", "reference" */
+    int q_dtype;          /* qsdpa_dtype or QSDPA_ANY */
+    int dk, dv;           /* logical head dims, or QSDPA_ANY (any valid D <= max_dim) */
+    int k_mode, k_bits, k_group; /* QSDPA_ANY wildcards */
+    int v_mode, v_bits, v_group;
+    int max_lq;           /* largest Lq served, QSDPA_ANY = unlimited */
+    int max_dim;          /* largest head dim served */
+    int usable;           /* compiled in and runnable on this machine now */
+} qsdpa_kernel_info;
+
+int qsdpa_kernel_count(void);
+qsdpa_status qsdpa_kernel_get(int index, qsdpa_kernel_info *out);
+/* Name of the kernel qsdpa_attention would run for these arguments (validates
+ * them as qsdpa_attention does). *name points to static storage. */
+qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
+                                    const qsdpa_qtensor *k, const qsdpa_qtensor *v,
+                                    const qsdpa_attention_params *params, const qsdpa_tensor *out,
+                                    const char **name);
+
+/* ---- CPU features (for `qsdpa info`) ----------------------------------- */
+/* Bit set: 1 = AVX2, 2 = FMA, 4 = F16C (each only if the OS saves YMM state). */
+unsigned qsdpa_cpu_features(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QSDPA_H */

@@ -1,0 +1,148 @@
+/* Internal declarations shared by every part of the library (not installed). */
+#ifndef QSDPA_INTERNAL_H
+#define QSDPA_INTERNAL_H
+
+#include "qsdpa.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors --------------------------------------------------------------
+ * qsdpa_fail records "function: message" in the per-thread buffer and returns
+ * status, so a check reads: if (bad) return qsdpa_fail(ST, __func__, "...", ...);
+ * qsdpa_clear_error() is called at each public entry. */
+qsdpa_status qsdpa_fail(qsdpa_status status, const char *function, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void qsdpa_clear_error(void);
+
+/* ---- scalar conversions (round to nearest even, as MLX) ----------------- */
+float qsdpa_f16_to_f32(uint16_t h);
+uint16_t qsdpa_f32_to_f16(float f);
+float qsdpa_bf16_to_f32(uint16_t b);
+uint16_t qsdpa_f32_to_bf16(float f);
+/* Element i of a buffer of dtype (F32/F16/BF16) as float. */
+float qsdpa_load_float(const void *base, qsdpa_dtype dtype, int64_t i);
+void qsdpa_store_float(void *base, qsdpa_dtype dtype, int64_t i, float value);
+/* Lowest finite value of q's dtype (MLX's finfo.min), the score of a masked key. */
+float qsdpa_dtype_lowest(qsdpa_dtype dtype);
+
+/* ---- checked size arithmetic -------------------------------------------- */
+/* *out = a * b; false on overflow or negative operands. */
+bool qsdpa_mul_size(size_t a, size_t b, size_t *out);
+
+/* ---- the validated problem ----------------------------------------------
+ * Filled once by qsdpa_validate_attention; kernels trust every field.
+ * Shapes: q [B,Hq,Lq,Dk], k/v [B,Hkv,Lk,*], out [B,Hq,Lq,Dv]. */
+typedef enum qsdpa_mask_kind {
+    QSDPA_MASK_NONE = 0,
+    QSDPA_MASK_BOOL = 1,    /* false -> score = masked_score */
+    QSDPA_MASK_ADDITIVE = 2 /* score += mask value */
+} qsdpa_mask_kind;
+
+typedef struct qsdpa_problem {
+    int64_t batch, heads_q, heads_kv, len_q, len_k, dim_k, dim_v;
+    int64_t group_ratio; /* heads_q / heads_kv: query head h reads KV head h / group_ratio */
+
+    const void *q;       /* [B,Hq,Lq,Dk] of q_dtype */
+    qsdpa_dtype q_dtype;
+    int64_t q_stride[4];
+
+    qsdpa_qtensor k, v;  /* as given, checked against the shapes above */
+
+    qsdpa_mask_kind mask_kind;
+    const void *mask;       /* element (b,h,i,j) at b*ms[0]+h*ms[1]+i*ms[2]+j*ms[3] */
+    qsdpa_dtype mask_dtype; /* BOOL or F32/F16/BF16 */
+    int64_t mask_stride[4]; /* broadcast to 4-D: 0 on broadcast dims */
+
+    float scale;
+    float masked_score; /* lowest finite value of q's dtype */
+    bool causal;
+    int64_t window;     /* 0 = none */
+    /* Global position of key 0 and the global key count, for causal/window:
+     * key j (local) is kept iff key_offset + j <= i + key_total - Lq (and the window test). */
+    int64_t key_offset, key_total;
+
+    const void *sinks;  /* [Hq] or NULL */
+    qsdpa_dtype sinks_dtype;
+
+    void *out;          /* [B,Hq,Lq,Dv] of out_dtype */
+    qsdpa_dtype out_dtype;
+    int64_t out_stride[4];
+    float *lse;         /* partial mode only: [B,Hq,Lq] natural-log sum-exp, else NULL */
+    int64_t lse_stride[3];
+} qsdpa_problem;
+
+/* Validate the public arguments of qsdpa_attention (partial: out must be F32
+ * and lse given) and fill *p. Writes nothing else. `function` names the public
+ * entry point in messages. */
+qsdpa_status qsdpa_validate_attention(const char *function, const qsdpa_tensor *q,
+                                      const qsdpa_qtensor *k, const qsdpa_qtensor *v,
+                                      const qsdpa_attention_params *params, const qsdpa_tensor *out,
+                                      const qsdpa_tensor *lse, qsdpa_problem *p);
+
+/* Is key j visible to query row i under causal/window? (true when not causal) */
+static inline bool qsdpa_key_visible(const qsdpa_problem *p, int64_t i, int64_t j) {
+    if (!p->causal) return true;
+    int64_t last = i + p->key_total - p->len_q; /* last visible global position */
+    int64_t pos = p->key_offset + j;
+    if (pos > last) return false;
+    if (p->window > 0 && pos <= last - p->window) return false;
+    return true;
+}
+
+/* ---- context ------------------------------------------------------------ */
+struct qsdpa_threadpool;
+struct qsdpa_cuda_state;
+
+struct qsdpa_context {
+    qsdpa_context_options options;
+    char forced_kernel[64];        /* copy of options.kernel ("" = auto) */
+    int num_threads;               /* resolved */
+    struct qsdpa_threadpool *pool; /* CPU workers, created lazily */
+    void *scratch;                 /* grow-only host scratch */
+    size_t scratch_bytes;
+    struct qsdpa_cuda_state *cuda; /* CUDA backend state or NULL */
+};
+
+/* Host scratch of at least `bytes`, owned by ctx (grows, never shrinks). */
+qsdpa_status qsdpa_scratch(qsdpa_context *ctx, size_t bytes, void **out);
+
+/* ---- kernel table ------------------------------------------------------- */
+typedef qsdpa_status (*qsdpa_kernel_fn)(qsdpa_context *ctx, const qsdpa_problem *p);
+
+typedef struct qsdpa_kernel_entry {
+    qsdpa_kernel_info info; /* public description (usable filled at run time) */
+    qsdpa_kernel_fn run;
+    bool (*available)(void); /* CPU features / device present */
+} qsdpa_kernel_entry;
+
+/* Does this entry serve this problem (formats, dims, dtype, Lq)? */
+bool qsdpa_kernel_matches(const qsdpa_kernel_entry *e, const qsdpa_problem *p);
+/* First usable entry of the table serving p (or the forced one). */
+qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p,
+                                 const qsdpa_kernel_entry **out);
+
+/* ---- format internals (src/format) --------------------------------------
+ * Dequantize one row of a K/V tensor (row base pointers already resolved)
+ * into dim floats. Kernels written over this interface serve every format. */
+void qsdpa_dequantize_row(const qsdpa_format *format, const uint32_t *codes, const void *scales,
+                          const void *biases, qsdpa_dtype scale_dtype, int64_t dim, float *out);
+
+/* Byte address of element (b, h, l, 0) of a rank-4 tensor. */
+static inline const void *qsdpa_row_ptr(const qsdpa_tensor *t, int64_t b, int64_t h, int64_t l) {
+    return (const char *)t->data +
+           (size_t)(b * t->stride[0] + h * t->stride[1] + l * t->stride[2]) * qsdpa_dtype_size(t->dtype);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QSDPA_INTERNAL_H */

@@ -1,0 +1,20 @@
+/* Entry points of the CUDA backend used by the core (context, dispatch). In a
+ * build without CUDA, src/core/cuda_absent.c provides versions that report it. */
+#ifndef QSDPA_CUDA_BACKEND_H
+#define QSDPA_CUDA_BACKEND_H
+
+#include "internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int qsdpa_cuda_available(void);                       /* compiled in and a device present */
+qsdpa_status qsdpa_cuda_context_init(qsdpa_context *ctx);
+void qsdpa_cuda_context_destroy(qsdpa_context *ctx);
+bool qsdpa_cuda_kernels_available(void);              /* for kernel-table `available` */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

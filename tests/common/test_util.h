@@ -1,0 +1,42 @@
+/* Helpers shared by the C tests: fresh random data, poisoning, checks. */
+#ifndef QSDPA_TEST_UTIL_H
+#define QSDPA_TEST_UTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+#include "qsdpa.h"
+
+/* Random generator seeded from the clock unless QSDPA_TEST_SEED is set; the
+ * seed is printed so a failure can be replayed. */
+typedef struct { uint64_t state; } test_rng;
+uint64_t test_seed(void);
+void test_rng_init(test_rng *rng, uint64_t seed);
+uint64_t test_rng_next(test_rng *rng);
+double test_rng_uniform(test_rng *rng);         /* [0, 1) */
+double test_rng_normal(test_rng *rng);          /* N(0, 1) */
+int64_t test_rng_int(test_rng *rng, int64_t lo, int64_t hi); /* [lo, hi] */
+
+/* Fill n values of dtype with sigma * N(0,1). */
+void test_fill_normal(test_rng *rng, void *data, qsdpa_dtype dtype, int64_t n, double sigma);
+/* Fill bytes with a NaN pattern (0xFF bytes: NaN for f32/f16/bf16). */
+void test_poison(void *data, size_t bytes);
+
+/* Failure accounting: CHECK prints and counts, tests return test_finish(). */
+extern int test_failures;
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            test_failures++;                                                    \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
+            fprintf(stderr, __VA_ARGS__);                                       \
+            fputc('\n', stderr);                                                \
+        }                                                                       \
+    } while (0)
+int test_finish(const char *name);
+
+void *test_alloc(size_t bytes); /* aborts the *test* on OOM (never the library) */
+
+#endif
