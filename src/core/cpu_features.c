@@ -1,0 +1,55 @@
+/* qsdpa_cpu_features: which x86 SIMD extensions this CPU *and* OS support.
+ *
+ * CPUID alone is not enough: AVX registers are usable only when the OS saves
+ * the YMM state on context switches (OSXSAVE set and XCR0 bits 1|2 set), the
+ * check ggml-cpu lacks. Bits: 1 = AVX2, 2 = FMA, 4 = F16C. */
+#include "internal.h"
+
+#include <stdatomic.h>
+
+#define UNKNOWN 0x80000000u /* not yet detected; no real feature set has this bit */
+
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#if defined(__GNUC__)
+#include <cpuid.h>
+
+/* XCR0 through xgetbv, in asm so the file needs no -mxsave. */
+static uint64_t read_xcr0(void) {
+    uint32_t eax, edx;
+    __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((uint64_t)edx << 32) | eax;
+}
+
+static unsigned detect(void) {
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+    const unsigned osxsave = 1u << 27, avx = 1u << 28, fma = 1u << 12, f16c = 1u << 29;
+    if (!(ecx & osxsave) || !(ecx & avx)) return 0;
+    if ((read_xcr0() & 0x6) != 0x6) return 0; /* XMM and YMM state not both enabled by the OS */
+    unsigned features = 0;
+    if (ecx & fma) features |= 2u;
+    if (ecx & f16c) features |= 4u;
+    if (__get_cpuid_max(0, NULL) >= 7) {
+        __cpuid_count(7, 0, eax, ebx, ecx, edx);
+        if (ebx & (1u << 5)) features |= 1u; /* AVX2 */
+    }
+    return features;
+}
+#else
+static unsigned detect(void) { return 0; }
+#endif
+#else
+static unsigned detect(void) { return 0; }
+#endif
+
+unsigned qsdpa_cpu_features(void) {
+    /* Dispatch may ask on every call: detect once. Two threads racing here both
+     * store the same value, and the atomic makes that race well defined. */
+    static _Atomic unsigned cached = UNKNOWN;
+    unsigned features = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (features == UNKNOWN) {
+        features = detect();
+        atomic_store_explicit(&cached, features, memory_order_relaxed);
+    }
+    return features;
+}
