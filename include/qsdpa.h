@@ -222,6 +222,23 @@ qsdpa_status qsdpa_attention_partial(qsdpa_context *ctx, const qsdpa_tensor *q,
 qsdpa_status qsdpa_merge(qsdpa_context *ctx, int n, const qsdpa_tensor *outs,
                          const qsdpa_tensor *lses, qsdpa_tensor *out, qsdpa_tensor *lse_out);
 
+/* ---- multi-GPU: sequence-parallel attention over NCCL ------------------ */
+/* Each rank holds one slice of the keys (global positions params->key_offset
+ * .. +Lk of params->key_total) on its own GPU. Every rank computes a partial
+ * result on its slice, the partials (out + lse, f32) are all-gathered over
+ * `nccl_comm` (an ncclComm_t) on ctx's stream, and merged exactly. root = -1:
+ * every rank writes out; else only rank `root` writes out (out may be NULL
+ * elsewhere). Sinks are applied once (by rank 0). ctx must be a CUDA context
+ * on the communicator's device. NCCL is loaded at run time (libnccl.so.2);
+ * without it the call returns QSDPA_ERR_UNSUPPORTED. Collective: every rank
+ * must call it with the same B, Hq, Lq, Dv. */
+qsdpa_status qsdpa_attention_nccl(qsdpa_context *ctx, void *nccl_comm, const qsdpa_tensor *q,
+                                  const qsdpa_qtensor *k, const qsdpa_qtensor *v,
+                                  const qsdpa_attention_params *params, qsdpa_tensor *out,
+                                  int root);
+/* 1 when this build has the CUDA backend and libnccl.so.2 can be loaded. */
+int qsdpa_nccl_available(void);
+
 /* ---- kernel table ------------------------------------------------------- */
 /* One row of the table that drives dispatch. 0 / QSDPA_ANY fields match anything. */
 #define QSDPA_ANY (-1)

@@ -102,6 +102,7 @@ qsdpa_status qsdpa_context_create(const qsdpa_context_options *options, qsdpa_co
 
 void qsdpa_context_destroy(qsdpa_context *ctx) {
     if (!ctx) return;
+    qsdpa_multi_gpu_release(ctx);
     if (ctx->cuda) qsdpa_cuda_context_destroy(ctx);
     if (ctx->pool) qsdpa_threadpool_destroy(ctx->pool);
     free(ctx->scratch);

@@ -8,6 +8,15 @@ qsdpa_status qsdpa_cuda_context_init(qsdpa_context *ctx) {
 }
 void qsdpa_cuda_context_destroy(qsdpa_context *ctx) { (void)ctx; }
 bool qsdpa_cuda_kernels_available(void) { return false; }
+void qsdpa_multi_gpu_release(qsdpa_context *ctx) { (void)ctx; }
+int qsdpa_nccl_available(void) { return 0; }
+qsdpa_status qsdpa_attention_nccl(qsdpa_context *ctx, void *nccl_comm, const qsdpa_tensor *q,
+                                  const qsdpa_qtensor *k, const qsdpa_qtensor *v,
+                                  const qsdpa_attention_params *params, qsdpa_tensor *out, int root) {
+    qsdpa_clear_error();
+    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention_nccl",
+                      "this build has no CUDA backend (QSDPA_CUDA=OFF), so no NCCL support");
+}
 #else
 typedef int qsdpa_cuda_absent_unused; /* ISO C forbids an empty translation unit */
 #endif

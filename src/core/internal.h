@@ -88,6 +88,21 @@ qsdpa_status qsdpa_validate_attention(const char *function, const qsdpa_tensor *
                                       const qsdpa_attention_params *params, const qsdpa_tensor *out,
                                       const qsdpa_tensor *lse, qsdpa_problem *p);
 
+/* ---- argument checks shared by the validators (src/dispatch/validate.c) ----
+ * One tensor argument: data non-NULL, rank, positive sizes, non-negative
+ * strides, contiguous last dim (stride 0 too when allow_broadcast), an output
+ * that never maps two elements to one address, byte extent within size_t.
+ * `name` prefixes messages ("q->", "k->codes."). *span: bytes it touches. */
+typedef struct qsdpa_span { uintptr_t begin, end; } qsdpa_span; /* [begin, end) */
+typedef enum qsdpa_tensor_role {
+    QSDPA_ROLE_INPUT = 0,
+    QSDPA_ROLE_MASK = 1,  /* input that may broadcast through stride 0 */
+    QSDPA_ROLE_OUTPUT = 2 /* must not overlap itself */
+} qsdpa_tensor_role;
+qsdpa_status qsdpa_check_tensor(const char *function, const char *name, const qsdpa_tensor *t, int rank,
+                                qsdpa_tensor_role role, qsdpa_span *span);
+bool qsdpa_spans_overlap(qsdpa_span a, qsdpa_span b);
+
 /* Is key j visible to query row i under causal/window? (true when not causal) */
 static inline bool qsdpa_key_visible(const qsdpa_problem *p, int64_t i, int64_t j) {
     if (!p->causal) return true;
@@ -110,6 +125,8 @@ struct qsdpa_context {
     void *scratch;                 /* grow-only host scratch */
     size_t scratch_bytes;
     struct qsdpa_cuda_state *cuda; /* CUDA backend state or NULL */
+    void *multi_gpu_scratch;       /* device: partials of qsdpa_attention_nccl (grow-only) */
+    size_t multi_gpu_scratch_bytes;
 };
 
 /* Host scratch of at least `bytes`, owned by ctx (grows, never shrinks). */

@@ -13,6 +13,7 @@ int qsdpa_cuda_available(void);                       /* compiled in and a devic
 qsdpa_status qsdpa_cuda_context_init(qsdpa_context *ctx);
 void qsdpa_cuda_context_destroy(qsdpa_context *ctx);
 bool qsdpa_cuda_kernels_available(void);              /* for kernel-table `available` */
+void qsdpa_multi_gpu_release(qsdpa_context *ctx);     /* frees qsdpa_attention_nccl's scratch */
 
 #ifdef __cplusplus
 }
