@@ -269,6 +269,96 @@ qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
 /* Bit set: 1 = AVX2, 2 = FMA, 4 = F16C (each only if the OS saves YMM state). */
 unsigned qsdpa_cpu_features(void);
 
+/* ---- KV cache ------------------------------------------------------------
+ * A quantized KV cache for decode loops (the object mlx-lm's QuantizedKVCache
+ * and llama.cpp's KV cache play). Per layer it holds K [B,Hkv,L,Dk] and
+ * V [B,Hkv,L,Dv] in chosen formats (K and V may differ), quantizes rows as
+ * they are appended, and runs attention for new queries over everything
+ * stored. Storage of one layer (mlx-lm's layout, so views are plain strided
+ * qsdpa_qtensors): codes [B,Hkv,capacity,row_words], scales/biases
+ * [B,Hkv,capacity,D/group]; capacity grows in multiples of `step` tokens by
+ * copying the stored bytes, never re-quantizing them.
+ *
+ * Residual window (KIVI): with residual R > 0, the newest min(L, R) tokens of
+ * each layer stay unquantized (residual_dtype) and the older ones are
+ * quantized as they leave the window. Attend computes a partial over the
+ * quantized part and one over the window and merges them by log-sum-exp,
+ * which is exact. Trimming past the window leaves fewer than R unquantized
+ * tokens until new appends refill it (quantized rows are never expanded back).
+ *
+ * This version keeps the cache in host memory: a CUDA context gives
+ * QSDPA_ERR_UNSUPPORTED. A cache is not thread-safe; distinct caches are. */
+typedef struct qsdpa_cache qsdpa_cache;
+
+typedef struct qsdpa_cache_options {
+    int64_t layers;             /* number of layers, >= 1 */
+    int64_t batch;              /* B, >= 1 */
+    int64_t heads_kv;           /* Hkv, >= 1 */
+    int64_t dim_k, dim_v;       /* logical head dims Dk, Dv (multiples of their groups) */
+    qsdpa_format k_format;      /* any valid format, PLAIN included */
+    qsdpa_format v_format;
+    qsdpa_dtype scale_dtype;    /* affine scales and biases: F32, F16 or BF16 (fp modes use U8) */
+    int64_t step;               /* capacity grows in multiples of step tokens; 0 = 256 (mlx-lm) */
+    int64_t residual;           /* R: newest tokens kept unquantized; 0 = none */
+    qsdpa_dtype residual_dtype; /* F32, F16 or BF16: element type of the residual rows */
+} qsdpa_cache_options;
+
+/* Defaults: 1 layer, B 1, Hkv 1, Dk = Dv = 128, K and V "affine:4:64",
+ * F16 scales, step 256, no residual window (residual_dtype F16). */
+qsdpa_cache_options qsdpa_cache_default_options(void);
+
+/* Create an empty cache. ctx selects the backend (CPU only in this version). */
+qsdpa_status qsdpa_cache_create(qsdpa_context *ctx, const qsdpa_cache_options *options,
+                                qsdpa_cache **out);
+void qsdpa_cache_destroy(qsdpa_cache *cache);
+/* The options the cache was created (or loaded) with, step resolved. */
+qsdpa_status qsdpa_cache_get_options(const qsdpa_cache *cache, qsdpa_cache_options *out);
+
+/* Append T new tokens to one layer: k [B,Hkv,T,Dk], v [B,Hkv,T,Dv], both
+ * F32/F16/BF16 (may differ), any strides with the last dim contiguous.
+ * Rows are quantized on the CPU on the way in (bit-exact with
+ * qsdpa_quantize); the residual window, if any, takes the newest ones. */
+qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t layer,
+                                const qsdpa_tensor *k, const qsdpa_tensor *v);
+
+/* Attention of new queries q [B,Hq,Lq,Dk] over the L tokens of one layer,
+ * into out [B,Hq,Lq,Dv] (q's dtype), as qsdpa_attention over the whole
+ * context: params->scale, mask ([..., Lk = L] broadcastable), causal
+ * (the queries are the newest Lq positions), window and sinks apply;
+ * params->key_offset and key_total must be 0 (the cache sets them). */
+qsdpa_status qsdpa_cache_attend(qsdpa_context *ctx, qsdpa_cache *cache, int64_t layer,
+                                const qsdpa_tensor *q, const qsdpa_attention_params *params,
+                                qsdpa_tensor *out);
+
+/* Drop the newest `tokens` tokens of every layer (speculative-decoding
+ * roll-back). Fails, changing nothing, if a layer holds fewer. */
+qsdpa_status qsdpa_cache_trim(qsdpa_cache *cache, int64_t tokens);
+/* Tokens stored in one layer (quantized part plus residual window). */
+qsdpa_status qsdpa_cache_length(const qsdpa_cache *cache, int64_t layer, int64_t *length);
+
+/* Views of one layer's storage, valid until the next append/trim/destroy:
+ * part QSDPA_CACHE_QUANTIZED gives the quantized tokens [0, Lquant) in the
+ * cache formats (strided: stride[2] spans the capacity), part
+ * QSDPA_CACHE_RESIDUAL gives the window tokens [Lquant, L) as PLAIN
+ * residual_dtype tensors. A part may hold 0 tokens (shape[2] == 0). */
+typedef enum qsdpa_cache_part {
+    QSDPA_CACHE_QUANTIZED = 0,
+    QSDPA_CACHE_RESIDUAL = 1
+} qsdpa_cache_part;
+qsdpa_status qsdpa_cache_view(const qsdpa_cache *cache, int64_t layer, qsdpa_cache_part part,
+                              qsdpa_qtensor *k, qsdpa_qtensor *v);
+
+/* Bytes of host memory held (capacity included) and bytes that the stored
+ * tokens occupy (codes, scales, biases, residual rows). Either may be NULL. */
+qsdpa_status qsdpa_cache_memory(const qsdpa_cache *cache, size_t *allocated_bytes,
+                                size_t *used_bytes);
+
+/* Save to / load from a file (format: docs/CACHE_FORMAT.md; versioned header,
+ * CRC-32 per section). Load creates a new cache; a truncated, corrupted or
+ * foreign file gives QSDPA_ERR_IO (or UNSUPPORTED for a newer version). */
+qsdpa_status qsdpa_cache_save(const qsdpa_cache *cache, const char *path);
+qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache **out);
+
 #ifdef __cplusplus
 }
 #endif

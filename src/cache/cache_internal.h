@@ -1,0 +1,54 @@
+/* The KV cache object: storage layout shared by cache.c (lifetime, append,
+ * trim), cache_attend.c and cache_io.c (save/load). Not installed. */
+#ifndef QSDPA_CACHE_INTERNAL_H
+#define QSDPA_CACHE_INTERNAL_H
+
+#include "internal.h"
+
+/* One of K or V of one layer. Rows of one (b, h) are contiguous, so a view is
+ * [B,Hkv,L,*] with stride[2] = row size and stride[1] = capacity * row size. */
+typedef struct cache_side {
+    void *codes;  /* [B,Hkv,capacity,row_words] u32; PLAIN: [B,Hkv,capacity,dim] plain_dtype */
+    void *scales; /* [B,Hkv,capacity,nscales] scale dtype, NULL for PLAIN */
+    void *biases; /* [B,Hkv,capacity,nscales] affine only, else NULL */
+    void *resid;  /* [B,Hkv,2R,dim] residual_dtype, NULL when R == 0 */
+} cache_side;
+
+typedef struct cache_layer {
+    int64_t qlen;     /* tokens in the quantized part: global positions [0, qlen) */
+    int64_t capacity; /* rows allocated per (b, h) for the quantized part */
+    int64_t rstart;   /* the window occupies rows [rstart, rstart + rlen) of resid */
+    int64_t rlen;     /* tokens in the window: global positions [qlen, qlen + rlen) */
+    cache_side k, v;
+} cache_layer;
+
+/* Row geometry of one side (K or V), derived from its format and dim. */
+typedef struct cache_geom {
+    qsdpa_format format;
+    int64_t dim;          /* logical head dim */
+    qsdpa_dtype code_dtype;  /* U32, or plain_dtype for PLAIN */
+    int64_t code_elems;   /* elements of code_dtype per row */
+    qsdpa_dtype scale_dtype; /* U8 (fp modes) or options.scale_dtype (affine) */
+    int64_t nscales;      /* scales per row (0 for PLAIN) */
+    int has_biases;
+    size_t code_row_bytes, scale_row_bytes; /* bytes per row (biases: scale_row_bytes) */
+    size_t resid_row_bytes;                 /* dim * sizeof(residual_dtype) */
+} cache_geom;
+
+struct qsdpa_cache {
+    qsdpa_cache_options options; /* step resolved */
+    cache_geom gk, gv;
+    cache_layer *layers;         /* [options.layers] */
+    void *scratch;               /* attend: two partial outs + lses, grow-only */
+    size_t scratch_bytes;
+};
+
+/* Validate options (messages name `function`) and fill the two geometries. */
+qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_options *o,
+                                       cache_geom *gk, cache_geom *gv);
+/* Grow one layer's quantized part to hold at least `tokens` rows per (b, h),
+ * rounded up to the step. On failure the layer is unchanged. */
+qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, cache_layer *layer,
+                                 int64_t tokens);
+
+#endif
