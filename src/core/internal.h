@@ -90,7 +90,7 @@ qsdpa_status qsdpa_validate_attention(const char *function, const qsdpa_tensor *
 
 /* ---- argument checks shared by the validators (src/dispatch/validate.c) ----
  * One tensor argument: data non-NULL, rank, positive sizes, non-negative
- * strides, contiguous last dim (stride 0 too when allow_broadcast), an output
+ * strides, contiguous last dim (stride 0 too for QSDPA_ROLE_MASK), an output
  * that never maps two elements to one address, byte extent within size_t.
  * `name` prefixes messages ("q->", "k->codes."). *span: bytes it touches. */
 typedef struct qsdpa_span { uintptr_t begin, end; } qsdpa_span; /* [begin, end) */
