@@ -1,0 +1,97 @@
+/* `qsdpa info`: version, build options, CPU features, backends, kernel table. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void help(void) {
+    printf("usage: qsdpa info [--kernels]\n\n"
+           "Prints the library version, build options (CUDA/NCCL compiled in), CPU features,\n"
+           "available backends and the kernel table (one line per row; '*' = any).\n"
+           "  --kernels   print only the kernel table\n");
+}
+
+/* A table field: "*" for QSDPA_ANY. */
+static const char *field(int v, char *buf, size_t n) {
+    if (v == QSDPA_ANY) return "*";
+    snprintf(buf, n, "%d", v);
+    return buf;
+}
+
+static const char *mode_name(int mode) {
+    switch (mode) {
+    case QSDPA_ANY: return "*";
+    case QSDPA_MODE_PLAIN: return "plain";
+    case QSDPA_MODE_AFFINE: return "affine";
+    case QSDPA_MODE_MXFP4: return "mxfp4";
+    case QSDPA_MODE_MXFP8: return "mxfp8";
+    case QSDPA_MODE_NVFP4: return "nvfp4";
+    default: return "?";
+    }
+}
+
+/* "affine:4:64", "affine:*:*", "*" */
+static void format_text(int mode, int bits, int group, char *buf, size_t n) {
+    char b[16], g[16];
+    if (mode == QSDPA_ANY && bits == QSDPA_ANY && group == QSDPA_ANY) snprintf(buf, n, "*");
+    else if (mode == QSDPA_MODE_AFFINE || bits != QSDPA_ANY || group != QSDPA_ANY)
+        snprintf(buf, n, "%s:%s:%s", mode_name(mode), field(bits, b, sizeof b), field(group, g, sizeof g));
+    else snprintf(buf, n, "%s", mode_name(mode));
+}
+
+static int print_kernels(void) {
+    int n = qsdpa_kernel_count();
+    printf("kernel table (%d rows, dispatch takes the first usable row that serves a request):\n", n);
+    printf("  %-26s %-7s %-7s %-10s %-6s %-5s %-5s %-14s %-14s %-7s %-7s %s\n", "name", "backend", "isa", "path",
+           "q", "Dk", "Dv", "K format", "V format", "max Lq", "max D", "usable");
+    for (int i = 0; i < n; i++) {
+        qsdpa_kernel_info k;
+        qsdpa_status st = qsdpa_kernel_get(i, &k);
+        if (st != QSDPA_OK) return cli_library_error("info", "qsdpa_kernel_get", st);
+        char dk[16], dv[16], lq[16], kf[40], vf[40];
+        format_text(k.k_mode, k.k_bits, k.k_group, kf, sizeof kf);
+        format_text(k.v_mode, k.v_bits, k.v_group, vf, sizeof vf);
+        printf("  %-26s %-7s %-7s %-10s %-6s %-5s %-5s %-14s %-14s %-7s %-7d %s\n", k.name,
+               k.backend == QSDPA_BACKEND_CUDA ? "cuda" : "cpu", k.isa, k.path,
+               k.q_dtype == QSDPA_ANY ? "*" : qsdpa_dtype_name((qsdpa_dtype)k.q_dtype), field(k.dk, dk, sizeof dk),
+               field(k.dv, dv, sizeof dv), kf, vf, field(k.max_lq, lq, sizeof lq), k.max_dim, k.usable ? "yes" : "no");
+    }
+    return 0;
+}
+
+int cli_info(int argc, char **argv) {
+    bool kernels_only = false;
+    for (int i = 1; i < argc; i++) {
+        if (cli_is_help(argv[i])) {
+            help();
+            return 0;
+        }
+        if (strcmp(argv[i], "--kernels") == 0) kernels_only = true;
+        else return cli_unknown_arg("info", argv[i]);
+    }
+    if (!kernels_only) {
+        printf("qsdpa %s (header %s)\n", qsdpa_version(), QSDPA_VERSION_STRING);
+#ifdef QSDPA_CLI_CUDA
+        const char *cuda = "yes";
+#else
+        const char *cuda = "no";
+#endif
+#ifdef QSDPA_CLI_NCCL
+        const char *nccl = "yes";
+#else
+        const char *nccl = "no";
+#endif
+#ifdef QSDPA_HAVE_BENCH_CPU
+        const char *bench = "yes";
+#else
+        const char *bench = "no";
+#endif
+        printf("build: CUDA %s, NCCL %s, CPU benchmark %s\n", cuda, nccl, bench);
+        unsigned f = qsdpa_cpu_features();
+        printf("CPU features: AVX2 %s, FMA %s, F16C %s\n", f & 1u ? "yes" : "no", f & 2u ? "yes" : "no",
+               f & 4u ? "yes" : "no");
+        printf("backends: cpu %s, cuda %s\n", qsdpa_backend_available(QSDPA_BACKEND_CPU) ? "available" : "unavailable",
+               qsdpa_backend_available(QSDPA_BACKEND_CUDA) ? "available" : "unavailable");
+    }
+    return print_kernels();
+}
