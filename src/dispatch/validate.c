@@ -110,8 +110,10 @@ static qsdpa_status check_kv(const char *fn, const char *x, const qsdpa_qtensor 
         return qsdpa_fail(INVALID, fn, "%s->dim = %lld but %s must be in [1, 1024]", x, (long long)t->dim, dname);
     int64_t words = 0, nscales = 0;
     bool plain = f->mode == QSDPA_MODE_PLAIN, affine = qsdpa_format_has_biases(f) != 0;
-    if (qsdpa_format_row_words(f, t->dim, &words) != QSDPA_OK ||
-        (!plain && qsdpa_format_row_scales(f, t->dim, &nscales) != QSDPA_OK))
+    if (plain) /* plain rows are dim elements of plain_dtype, whatever their width in words */
+        words = t->dim;
+    else if (qsdpa_format_row_words(f, t->dim, &words) != QSDPA_OK ||
+             qsdpa_format_row_scales(f, t->dim, &nscales) != QSDPA_OK)
         return qsdpa_fail(INVALID, fn, "%s->dim = %lld is not a multiple of the group of %s", x, (long long)t->dim,
                           fmt);
 

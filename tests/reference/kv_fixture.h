@@ -28,7 +28,8 @@ static inline kv_fixture kv_fixture_make(test_rng *rng, const qsdpa_format *f, q
     x.t.format = *f;
     x.t.dim = dim;
     int64_t words = 0, ns = 0;
-    qsdpa_format_row_words(f, dim, &words);
+    if (f->mode == QSDPA_MODE_PLAIN) words = dim; /* plain rows: dim elements */
+    else qsdpa_format_row_words(f, dim, &words);
     int64_t rows = B * H * cap;
     if (f->mode == QSDPA_MODE_PLAIN) {
         x.codes = test_alloc((size_t)(rows * words) * qsdpa_dtype_size(f->plain_dtype));
@@ -89,7 +90,10 @@ static inline qsdpa_qtensor kv_slice(const qsdpa_qtensor *t, int64_t start, int6
 }
 
 /* Dequantize the whole view through the public qsdpa_dequantize, one row at a
- * time (rows of a strided view are not adjacent): out (B, H, L, dim) floats. */
+ * time (rows of a strided view are not adjacent): out (B, H, L, dim) floats.
+ * f16/bf16 affine scales and biases are widened to f32 first (exact), because
+ * SPEC §2 computes w = scale*code + bias in f32, while qsdpa_dequantize with
+ * narrow scales rounds in their dtype as mx.dequantize does. */
 static inline float *kv_dequantize_all(const qsdpa_qtensor *t) {
     int64_t B = t->codes.shape[0], H = t->codes.shape[1], L = t->codes.shape[2], D = t->dim;
     float *out = test_alloc((size_t)(B * H * L * D) * sizeof(float));
@@ -98,9 +102,19 @@ static inline float *kv_dequantize_all(const qsdpa_qtensor *t) {
             for (int64_t l = 0; l < L; l++) {
                 const void *sc = t->scales.data ? qsdpa_row_ptr(&t->scales, b, h, l) : NULL;
                 const void *bi = t->biases.data ? qsdpa_row_ptr(&t->biases, b, h, l) : NULL;
+                qsdpa_dtype sd = t->scales.dtype;
+                float wide_s[1024], wide_b[1024];
+                if (t->format.mode == QSDPA_MODE_AFFINE && sd != QSDPA_DTYPE_F32) {
+                    for (int64_t g = 0; g < t->scales.shape[3]; g++) {
+                        wide_s[g] = qsdpa_load_float(sc, sd, g);
+                        wide_b[g] = qsdpa_load_float(bi, sd, g);
+                    }
+                    sc = wide_s;
+                    bi = wide_b;
+                    sd = QSDPA_DTYPE_F32;
+                }
                 qsdpa_status st = qsdpa_dequantize(&t->format, (const uint32_t *)qsdpa_row_ptr(&t->codes, b, h, l), sc,
-                                                   bi, t->scales.dtype, 1, D, out + ((b * H + h) * L + l) * D,
-                                                   QSDPA_DTYPE_F32);
+                                                   bi, sd, 1, D, out + ((b * H + h) * L + l) * D, QSDPA_DTYPE_F32);
                 if (st != QSDPA_OK) {
                     fprintf(stderr, "qsdpa_dequantize failed: %s\n", qsdpa_last_error());
                     exit(2);
