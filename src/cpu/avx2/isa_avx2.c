@@ -1,0 +1,333 @@
+/* AVX2 + FMA + F16C kernels of the per-format interface (cpu_attention.h).
+ *
+ * Each format contributes one inline decoder, decode8(): eight codes to eight floats
+ * in the *code domain* (affine: the integer code; fp4/fp8: the unscaled value;
+ * plain: the element). The three kernels are written once over it:
+ *  - score: q.k = sum_g scale_g * (q_g . c_g) + sum_g bias_g * sum(q_g), so the
+ *    dequantization FMA disappears; sum(q_g) comes precomputed per query row.
+ *  - accum: the group scale is folded into the softmax weight (w * scale_g) and the
+ *    bias enters once per group as sum_j w_j * bias_jg.
+ *  - unpack: scale * code + bias to floats (prefill tiles).
+ * Up to four query rows share each decoded vector (NR, compile time), which is
+ * where GQA pays: one pass over a K/V row serves the group's query heads.
+ * Formats without a decoder here (affine 2/3/5/6 bits) unpack rows to floats and
+ * use the f32 kernels.
+ */
+#include "cpu/cpu_attention.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+enum fmt { F_AFF4, F_AFF8, F_MXFP4, F_NVFP4, F_FP8, F_F32, F_F16, F_BF16 };
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+INLINE bool is_plain(int F) { return F == F_F32 || F == F_F16 || F == F_BF16; }
+
+/* Eight values starting at element e (a multiple of 8) of a row. */
+INLINE __m256 decode8(int F, const char *row, int64_t e) {
+    switch (F) {
+    case F_AFF4: {
+        uint32_t w;
+        memcpy(&w, row + e / 2, 4);
+        __m256i c = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32(15)));
+    }
+    case F_AFF8:
+        return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + e))));
+    case F_MXFP4:
+    case F_NVFP4: { /* E2M1: magnitude by an 8-entry table lookup (vpermps uses the low 3 bits), sign from bit 3 */
+        uint32_t w;
+        memcpy(&w, row + e / 2, 4);
+        __m256i v = _mm256_set1_epi32((int)w);
+        __m256i idx = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+        __m256 mag = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), idx);
+        __m256i sign = _mm256_sllv_epi32(v, _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0));
+        sign = _mm256_and_si256(sign, _mm256_set1_epi32((int)0x80000000u));
+        return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
+    }
+    case F_FP8: { /* E4M3 by moving its bits into an f32 (subnormals included) and rescaling by 2^120 */
+        __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + e)));
+        __m256i x = _mm256_srai_epi32(_mm256_slli_epi32(b, 24), 4);
+        x = _mm256_and_si256(x, _mm256_set1_epi32((int)0x87FFFFFFu));
+        return _mm256_mul_ps(_mm256_castsi256_ps(x), _mm256_set1_ps(0x1p120f));
+    }
+    case F_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * e)));
+    case F_BF16:
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2 * e))), 16));
+    default:
+        return _mm256_loadu_ps((const float *)(row + 4 * e));
+    }
+}
+
+INLINE float load_scalar(qsdpa_dtype dt, const char *base, int64_t g) {
+    uint16_t h;
+    switch (dt) {
+    case QSDPA_DTYPE_F16: memcpy(&h, base + 2 * g, 2); return _cvtsh_ss(h);
+    case QSDPA_DTYPE_BF16: memcpy(&h, base + 2 * g, 2); return as_float((uint32_t)h << 16);
+    default: { float f; memcpy(&f, base + 4 * g, 4); return f; }
+    }
+}
+
+/* Scale of group g (affine: as stored; mx: E8M0; nv: E4M3 times the global factor). */
+INLINE float group_scale(int F, const cpu_rows *t, const char *srow, int64_t g) {
+    uint8_t s;
+    switch (F) {
+    case F_AFF4:
+    case F_AFF8: return load_scalar(t->scale_dtype, srow, g);
+    case F_MXFP4:
+    case F_FP8:
+        s = (uint8_t)srow[g];
+        return s == 0 ? 0x1p-127f : as_float((uint32_t)s << 23);
+    case F_NVFP4:
+        s = (uint8_t)srow[g];
+        return as_float(((uint32_t)(s & 0x80) << 24) | ((uint32_t)(s & 0x7F) << 20)) * 0x1p120f * t->global;
+    default: return 1.0f;
+    }
+}
+
+INLINE bool has_bias(int F) { return F == F_AFF4 || F == F_AFF8; }
+
+INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+}
+
+/* scores[j][r0 + r] = q[r0 + r] . K[j0 + j] for r < NR. */
+INLINE void score_nr(int F, const int NR, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
+                     const float *qsum, int nq, int r0, float *scores) {
+    const int64_t dim = k->dim, G = is_plain(F) ? dim : k->group, ng = dim / G;
+    for (int64_t j = 0; j < n; j++) {
+        const char *row = k->codes + (j0 + j) * k->code_stride;
+        const char *srow = is_plain(F) ? NULL : k->scales + (j0 + j) * k->scale_stride;
+        const char *brow = has_bias(F) ? k->biases + (j0 + j) * k->bias_stride : NULL;
+        __m256 tot[4];
+        float bs[4];
+        for (int r = 0; r < NR; r++) tot[r] = _mm256_setzero_ps(), bs[r] = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            __m256 a0[4], a1[4]; /* two chains per row hide the FMA latency */
+            for (int r = 0; r < NR; r++) a0[r] = _mm256_setzero_ps(), a1[r] = _mm256_setzero_ps();
+            for (int64_t e = g * G; e < (g + 1) * G; e += 16) {
+                __m256 c0 = decode8(F, row, e), c1 = decode8(F, row, e + 8);
+                for (int r = 0; r < NR; r++) {
+                    const float *qr = q + (int64_t)(r0 + r) * dim + e;
+                    a0[r] = _mm256_fmadd_ps(c0, _mm256_loadu_ps(qr), a0[r]);
+                    a1[r] = _mm256_fmadd_ps(c1, _mm256_loadu_ps(qr + 8), a1[r]);
+                }
+            }
+            if (is_plain(F)) {
+                for (int r = 0; r < NR; r++) tot[r] = _mm256_add_ps(a0[r], a1[r]);
+            } else {
+                __m256 sv = _mm256_set1_ps(group_scale(F, k, srow, g));
+                for (int r = 0; r < NR; r++) tot[r] = _mm256_fmadd_ps(_mm256_add_ps(a0[r], a1[r]), sv, tot[r]);
+                if (has_bias(F)) {
+                    float b = load_scalar(k->scale_dtype, brow, g);
+                    for (int r = 0; r < NR; r++) bs[r] += b * qsum[(int64_t)(r0 + r) * ng + g];
+                }
+            }
+        }
+        float *out = scores + j * nq + r0;
+        if (NR == 4) { /* four horizontal sums at once */
+            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(tot[0], tot[1]), _mm256_hadd_ps(tot[2], tot[3]));
+            __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            _mm_storeu_ps(out, _mm_add_ps(s, _mm_loadu_ps(bs)));
+        } else {
+            for (int r = 0; r < NR; r++) out[r] = hsum(tot[r]) + bs[r];
+        }
+    }
+}
+
+/* acc[r0 + r] += sum_j w[j][r0 + r] * V[j0 + j] for r < NR. */
+INLINE void accum_nr(int F, const int NR, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, int r0,
+                     float *acc) {
+    const int64_t dim = v->dim, G = is_plain(F) ? dim : v->group, ng = dim / G;
+    float ws[CPU_BLOCK * 4]; /* [j][r]: weight times the group scale */
+    for (int64_t g = 0; g < ng; g++) {
+        float bsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t j = 0; j < n; j++) {
+            float s = 1.0f, b = 0.0f;
+            if (!is_plain(F)) s = group_scale(F, v, v->scales + (j0 + j) * v->scale_stride, g);
+            if (has_bias(F)) b = load_scalar(v->scale_dtype, v->biases + (j0 + j) * v->bias_stride, g);
+            for (int r = 0; r < NR; r++) {
+                float wr = w[j * nq + r0 + r];
+                ws[j * NR + r] = wr * s;
+                bsum[r] += wr * b;
+            }
+        }
+        for (int64_t e = g * G; e < (g + 1) * G; e += 16) {
+            __m256 a0[4], a1[4];
+            for (int r = 0; r < NR; r++) {
+                a0[r] = _mm256_loadu_ps(acc + (int64_t)(r0 + r) * dim + e);
+                a1[r] = _mm256_loadu_ps(acc + (int64_t)(r0 + r) * dim + e + 8);
+            }
+            for (int64_t j = 0; j < n; j++) {
+                const char *row = v->codes + (j0 + j) * v->code_stride;
+                __m256 c0 = decode8(F, row, e), c1 = decode8(F, row, e + 8);
+                for (int r = 0; r < NR; r++) {
+                    __m256 wv = _mm256_broadcast_ss(ws + j * NR + r);
+                    a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
+                    a1[r] = _mm256_fmadd_ps(c1, wv, a1[r]);
+                }
+            }
+            for (int r = 0; r < NR; r++) {
+                _mm256_storeu_ps(acc + (int64_t)(r0 + r) * dim + e, a0[r]);
+                _mm256_storeu_ps(acc + (int64_t)(r0 + r) * dim + e + 8, a1[r]);
+            }
+        }
+        if (has_bias(F))
+            for (int r = 0; r < NR; r++) {
+                float *a = acc + (int64_t)(r0 + r) * dim + g * G;
+                __m256 bv = _mm256_set1_ps(bsum[r]);
+                for (int64_t e = 0; e < G; e += 8) _mm256_storeu_ps(a + e, _mm256_add_ps(_mm256_loadu_ps(a + e), bv));
+            }
+    }
+}
+
+/* dst[j] = scale * code + bias for rows j0 .. j0 + n - 1. */
+INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
+    const int64_t dim = t->dim, G = is_plain(F) ? dim : t->group, ng = dim / G;
+    for (int64_t j = 0; j < n; j++) {
+        const char *row = t->codes + (j0 + j) * t->code_stride;
+        float *o = dst + j * dim;
+        for (int64_t g = 0; g < ng; g++) {
+            __m256 sv = _mm256_set1_ps(1.0f), bv = _mm256_setzero_ps();
+            if (!is_plain(F)) sv = _mm256_set1_ps(group_scale(F, t, t->scales + (j0 + j) * t->scale_stride, g));
+            if (has_bias(F)) bv = _mm256_set1_ps(load_scalar(t->scale_dtype, t->biases + (j0 + j) * t->bias_stride, g));
+            for (int64_t e = g * G; e < (g + 1) * G; e += 8)
+                _mm256_storeu_ps(o + e, _mm256_fmadd_ps(decode8(F, row, e), sv, bv));
+        }
+    }
+}
+
+/* One set of kernels per format: the query rows go in chunks of 4, the rest by 1..3. */
+#define DEFINE_FORMAT(NAME, F)                                                                                  \
+    static void NAME##_score(const cpu_rows *k, int64_t j0, int64_t n, const float *q, const float *qsum,      \
+                             int nq, float *scores, float *tmp) {                                             \
+        (void)tmp;                                                                                            \
+        int r0 = 0;                                                                                           \
+        for (; r0 + 4 <= nq; r0 += 4) score_nr(F, 4, k, j0, n, q, qsum, nq, r0, scores);                      \
+        switch (nq - r0) {                                                                                    \
+        case 3: score_nr(F, 3, k, j0, n, q, qsum, nq, r0, scores); break;                                     \
+        case 2: score_nr(F, 2, k, j0, n, q, qsum, nq, r0, scores); break;                                     \
+        case 1: score_nr(F, 1, k, j0, n, q, qsum, nq, r0, scores); break;                                     \
+        default: break;                                                                                       \
+        }                                                                                                     \
+    }                                                                                                         \
+    static void NAME##_accum(const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, float *acc,    \
+                             float *tmp) {                                                                    \
+        (void)tmp;                                                                                            \
+        int r0 = 0;                                                                                           \
+        for (; r0 + 4 <= nq; r0 += 4) accum_nr(F, 4, v, j0, n, w, nq, r0, acc);                               \
+        switch (nq - r0) {                                                                                    \
+        case 3: accum_nr(F, 3, v, j0, n, w, nq, r0, acc); break;                                              \
+        case 2: accum_nr(F, 2, v, j0, n, w, nq, r0, acc); break;                                              \
+        case 1: accum_nr(F, 1, v, j0, n, w, nq, r0, acc); break;                                              \
+        default: break;                                                                                       \
+        }                                                                                                     \
+    }                                                                                                         \
+    static void NAME##_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {                         \
+        unpack_rows(F, t, j0, n, dst);                                                                        \
+    }                                                                                                         \
+    static const cpu_kv_ops NAME##_ops = {#NAME, NAME##_score, NAME##_accum, NAME##_unpack};
+
+DEFINE_FORMAT(affine4, F_AFF4)
+DEFINE_FORMAT(affine8, F_AFF8)
+DEFINE_FORMAT(mxfp4, F_MXFP4)
+DEFINE_FORMAT(nvfp4, F_NVFP4)
+DEFINE_FORMAT(mxfp8, F_FP8)
+DEFINE_FORMAT(f32, F_F32)
+DEFINE_FORMAT(f16, F_F16)
+DEFINE_FORMAT(bf16, F_BF16)
+
+/* Formats without a decoder: rows to floats (portable unpack), then the f32 kernels. */
+static cpu_rows float_rows(const cpu_rows *t, const float *tmp) {
+    cpu_rows f;
+    memset(&f, 0, sizeof f);
+    f.format.mode = QSDPA_MODE_PLAIN;
+    f.format.plain_dtype = QSDPA_DTYPE_F32;
+    f.codes = (const char *)tmp;
+    f.code_stride = t->dim * 4;
+    f.dim = f.group = t->dim;
+    f.global = 1.0f;
+    return f;
+}
+
+static void generic_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
+    for (int64_t j = 0; j < n; j++) qsdpa_cpu_unpack_row(t, j0 + j, dst + j * t->dim);
+}
+
+static void generic_score(const cpu_rows *k, int64_t j0, int64_t n, const float *q, const float *qsum, int nq,
+                          float *scores, float *tmp) {
+    generic_unpack(k, j0, n, tmp);
+    cpu_rows f = float_rows(k, tmp);
+    f32_score(&f, 0, n, q, qsum, nq, scores, NULL);
+}
+
+static void generic_accum(const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, float *acc, float *tmp) {
+    generic_unpack(v, j0, n, tmp);
+    cpu_rows f = float_rows(v, tmp);
+    f32_accum(&f, 0, n, w, nq, acc, NULL);
+}
+
+static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack};
+
+static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
+    if (t->dim % 16 != 0) return qsdpa_cpu_isa_c.ops_for(t); /* plain rows of odd width */
+    switch (t->format.mode) {
+    case QSDPA_MODE_PLAIN:
+        return t->format.plain_dtype == QSDPA_DTYPE_F16 ? &f16_ops
+               : t->format.plain_dtype == QSDPA_DTYPE_BF16 ? &bf16_ops
+                                                           : &f32_ops;
+    case QSDPA_MODE_AFFINE: return t->format.bits == 4 ? &affine4_ops : t->format.bits == 8 ? &affine8_ops : &generic_ops;
+    case QSDPA_MODE_MXFP4: return &mxfp4_ops;
+    case QSDPA_MODE_NVFP4: return &nvfp4_ops;
+    case QSDPA_MODE_MXFP8: return &mxfp8_ops;
+    default: return &generic_ops;
+    }
+}
+
+/* exp(x) for x <= 0 (Cephes polynomial, ~1 ulp); x below -87 gives exactly 0,
+ * which masked keys (-inf, or the lowest finite score) need. */
+static inline __m256 exp256(__m256 x) {
+    __m256 zero_mask = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(zero_mask, y);
+}
+
+static void exp_sub_avx2(float *s, int64_t n, const float *m, int nm) {
+    for (int64_t i0 = 0; i0 < n; i0 += nm)
+        for (int r = 0; r < nm; r++) s[i0 + r] -= m[r] == -INFINITY ? 0.0f : m[r]; /* -inf stays -inf */
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, exp256(_mm256_loadu_ps(s + i)));
+    for (; i < n; i++) s[i] = s[i] < -87.0f ? 0.0f : expf(s[i]);
+}
+
+const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, exp_sub_avx2};
+
+qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_attention(ctx, p, &qsdpa_cpu_isa_avx2, false);
+}
+qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_attention(ctx, p, &qsdpa_cpu_isa_avx2, true);
+}

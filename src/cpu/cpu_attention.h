@@ -1,0 +1,80 @@
+/* Internal interface of the CPU backend.
+ *
+ * The attention driver (cpu_driver.c) is written once over a small per-format
+ * interface, cpu_kv_ops: score a block of K rows against a set of query rows,
+ * accumulate weights x a block of V rows, unpack rows to floats. Each ISA (portable
+ * C, AVX2) provides those three functions per format; the driver never looks at codes.
+ */
+#ifndef QSDPA_CPU_ATTENTION_H
+#define QSDPA_CPU_ATTENTION_H
+
+#include "internal.h"
+
+/* Keys per block of the online softmax: one block of scores per query row set
+ * stays in L1 (128 rows x 64 keys x 4 B = 32 KiB at most for Lq 16 x GQA 8). */
+#define CPU_BLOCK 64
+
+/* The rows of one (batch, kv head) slice of a K or V tensor, resolved to bytes. */
+typedef struct cpu_rows {
+    const char *codes;       /* row j at codes + j * code_stride: u32 words, or plain elements */
+    int64_t code_stride;     /* bytes between rows */
+    const char *scales;      /* row j at scales + j * scale_stride: [dim/group] */
+    int64_t scale_stride;    /* bytes */
+    const char *biases;      /* affine only, else NULL; same layout and dtype as scales */
+    int64_t bias_stride;     /* bytes */
+    qsdpa_dtype scale_dtype; /* affine: f32/f16/bf16; fp modes: u8 */
+    qsdpa_format format;     /* plain rows have group == dim */
+    int64_t dim;             /* logical values per row */
+    int64_t group;           /* values per scale (dim for plain) */
+    float global;            /* nvfp4: G/2688 (1 when no global scale); else 1 */
+} cpu_rows;
+
+/* Per-format kernels of one ISA. Layouts (all float, dense):
+ *   q      [nq][dim]        query rows already multiplied by the softmax scale
+ *   qsum   [nq][dim/group]  sum of q over each K group (read only for affine K)
+ *   scores [n][nq]          key-major: the nq scores of key j are contiguous
+ *   w      [n][nq]          softmax weights, same layout as scores
+ *   acc    [nq][dim]        unnormalised output rows
+ *   tmp    [CPU_BLOCK][dim] scratch the kernel may use
+ *   dst    [n][dim]         unpacked rows */
+typedef struct cpu_kv_ops {
+    const char *name; /* "affine4", "fp4", "f16", "generic", ... for `qsdpa info` and notes */
+    void (*score)(const cpu_rows *k, int64_t j0, int64_t n, const float *q, const float *qsum, int nq,
+                  float *scores, float *tmp);
+    void (*accum)(const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, float *acc, float *tmp);
+    void (*unpack)(const cpu_rows *t, int64_t j0, int64_t n, float *dst);
+} cpu_kv_ops;
+
+/* One instruction set: its format kernels and its softmax helper. */
+typedef struct cpu_isa {
+    const char *name; /* "c", "avx2" */
+    const cpu_kv_ops *(*ops_for)(const cpu_rows *rows); /* never NULL */
+    /* s[i] = exp(s[i] - m[i % nm]) for i < n, returns nothing; m may hold -inf
+     * only where every matching s is -inf (those give 0). */
+    void (*exp_sub)(float *s, int64_t n, const float *m, int nm);
+} cpu_isa;
+
+extern const cpu_isa qsdpa_cpu_isa_c;
+#ifdef QSDPA_HAVE_AVX2_KERNELS
+extern const cpu_isa qsdpa_cpu_isa_avx2;
+#endif
+
+/* The driver. prefill: tile over queries, unpack each K/V block to floats once
+ * per query tile; else split the keys across threads (decode / short queries). */
+qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, const cpu_isa *isa, bool prefill);
+
+/* Resolve the (b, h) slice of a K or V tensor. */
+void qsdpa_cpu_rows(const qsdpa_qtensor *t, int64_t b, int64_t h, cpu_rows *out);
+
+/* Scalar decoding shared by both ISAs. */
+float qsdpa_cpu_e4m3(uint8_t byte);                 /* FP8 E4M3 (0x7F reads 480, as MLX's CPU) */
+float qsdpa_cpu_group_scale(const cpu_rows *t, const char *scale_row, int64_t g);
+float qsdpa_cpu_group_bias(const cpu_rows *t, const char *bias_row, int64_t g);
+/* Dequantize row j of t into dst[dim] (any format, portable). */
+void qsdpa_cpu_unpack_row(const cpu_rows *t, int64_t j, float *dst);
+
+/* Kernel-table entry points (src/cpu/kernels_cpu.def). */
+bool qsdpa_cpu_avx2_available(void);
+bool qsdpa_cpu_c_available(void);
+
+#endif

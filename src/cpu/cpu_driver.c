@@ -1,0 +1,329 @@
+/* The CPU attention driver, written once over cpu_kv_ops (see cpu_attention.h).
+ *
+ * Work is cut into tasks (batch, kv head, query tile, key chunk). A task holds all
+ * Hq/Hkv query heads of its group and all rows of its query tile, so each K/V row
+ * is read once per task and serves every query row of the group. Decode (Lq small)
+ * splits the keys into chunks across threads and merges the partial states
+ * {m, l, acc} (natural-log base: l = sum exp(s - m)) afterwards; prefill tiles the
+ * queries and unpacks each K/V block to floats once per tile.
+ */
+#include "cpu/cpu_attention.h"
+#include "cpu/threadpool.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct plan {
+    const qsdpa_problem *p;
+    const cpu_isa *isa;
+    bool prefill;
+    int64_t ratio;         /* query heads per kv head */
+    int64_t q_tile;        /* query positions per task */
+    int64_t n_qtiles;      /* ceil(Lq / q_tile) */
+    int64_t n_split;       /* key chunks per (b, kv head, query tile) */
+    int64_t chunk;         /* keys per chunk (multiple of CPU_BLOCK) */
+    int64_t rows_max;      /* ratio * q_tile */
+    int64_t key_total;     /* global key count for causal/window */
+    char *scratch;         /* [threads][thread_bytes] */
+    size_t thread_bytes;
+    float *part_m, *part_l; /* split decode: [tasks][rows_max] */
+    float *part_acc;        /* split decode: [tasks][rows_max][Dv] */
+} plan;
+
+/* Per-thread buffers carved from the scratch. */
+typedef struct buffers {
+    float *q;      /* [rows][Dk] */
+    float *qsum;   /* [rows][Dk / k group] */
+    float *s;      /* [CPU_BLOCK][rows] */
+    float *m, *l, *mnew; /* [rows] */
+    int64_t *lo, *hi;    /* [rows] visible key range, local indices */
+    float *acc;    /* [rows][Dv] */
+    float *tmp;    /* [CPU_BLOCK][max(Dk, Dv)] */
+    float *kf;     /* [CPU_BLOCK][Dk] prefill tiles */
+    float *vf;     /* [CPU_BLOCK][Dv] */
+} buffers;
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Carve (or, with base NULL, size) the per-thread buffers. */
+static size_t carve(const plan *pl, char *base, buffers *b) {
+    const qsdpa_problem *p = pl->p;
+    size_t R = (size_t)pl->rows_max, dk = (size_t)p->dim_k, dv = (size_t)p->dim_v;
+    size_t gk = p->k.format.mode == QSDPA_MODE_AFFINE ? dk / (size_t)p->k.format.group : 1;
+    size_t dmax = dk > dv ? dk : dv;
+    size_t sizes[] = {R * dk * 4, R * gk * 4, CPU_BLOCK * R * 4, R * 4, R * 4, R * 4, R * 8, R * 8,
+                      R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4};
+    void **slots[] = {(void **)&b->q,  (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
+                      (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
+                      (void **)&b->acc, (void **)&b->tmp, (void **)&b->kf,
+                      (void **)&b->vf};
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        if (base) *slots[i] = base + off;
+        off += align64(sizes[i]);
+    }
+    return off;
+}
+
+/* Row r of a task: query head hkv*ratio + r / ni, query position i0 + r % ni. */
+static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int64_t i0, int64_t ni) {
+    const qsdpa_problem *p = pl->p;
+    int64_t nr = pl->ratio * ni, dk = p->dim_k;
+    size_t qsize = qsdpa_dtype_size(p->q_dtype);
+    bool affine = p->k.format.mode == QSDPA_MODE_AFFINE;
+    int64_t G = affine ? p->k.format.group : dk;
+    for (int64_t r = 0; r < nr; r++) {
+        int64_t h = hkv * pl->ratio + r / ni, i = i0 + r % ni;
+        const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
+        float *dst = bf->q + r * dk;
+        for (int64_t d = 0; d < dk; d++) dst[d] = qsdpa_load_float(src, p->q_dtype, d * p->q_stride[3]) * p->scale;
+        if (affine)
+            for (int64_t g = 0; g < dk / G; g++) {
+                float s = 0.0f;
+                for (int64_t d = g * G; d < (g + 1) * G; d++) s += dst[d];
+                bf->qsum[r * (dk / G) + g] = s;
+            }
+        /* Visible keys: causal/window ranges in local indices (SPEC 3). */
+        int64_t lo = 0, hi = p->len_k - 1;
+        if (p->causal) {
+            int64_t last = i + pl->key_total - p->len_q - p->key_offset;
+            hi = last < hi ? last : hi;
+            if (p->window > 0 && last - p->window + 1 > lo) lo = last - p->window + 1;
+        }
+        bf->lo[r] = lo;
+        bf->hi[r] = hi;
+        bf->m[r] = -INFINITY;
+        bf->l[r] = 0.0f;
+    }
+    memset(bf->acc, 0, (size_t)nr * (size_t)p->dim_v * sizeof(float));
+}
+
+/* Causal/window ranges, then the array mask, on a block of scores [n][nr]. A masked
+ * key gets -inf, i.e. exactly zero weight: the same as SPEC's lowest finite score
+ * whenever the row keeps any key; rows that keep none are finished apart
+ * (finish_row). */
+static void apply_masks(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int64_t i0, int64_t ni, int64_t j0,
+                        int64_t n) {
+    const qsdpa_problem *p = pl->p;
+    int64_t nr = pl->ratio * ni;
+    for (int64_t r = 0; r < nr; r++) {
+        float *s = bf->s + r;
+        for (int64_t j = 0; j < n; j++)
+            if (j0 + j < bf->lo[r] || j0 + j > bf->hi[r]) s[j * nr] = -INFINITY; /* exactly 0 weight */
+        if (p->mask_kind == QSDPA_MASK_NONE) continue;
+        int64_t h = hkv * pl->ratio + r / ni, i = i0 + r % ni;
+        const int64_t *ms = p->mask_stride;
+        int64_t base = b * ms[0] + h * ms[1] + i * ms[2] + j0 * ms[3];
+        if (p->mask_kind == QSDPA_MASK_BOOL) {
+            const unsigned char *mk = (const unsigned char *)p->mask + base;
+            for (int64_t j = 0; j < n; j++)
+                if (!mk[j * ms[3]]) s[j * nr] = -INFINITY;
+        } else if (p->mask_dtype == QSDPA_DTYPE_F32) {
+            const float *mk = (const float *)p->mask + base;
+            for (int64_t j = 0; j < n; j++) s[j * nr] += mk[j * ms[3]];
+        } else {
+            for (int64_t j = 0; j < n; j++) s[j * nr] += qsdpa_load_float(p->mask, p->mask_dtype, base + j * ms[3]);
+        }
+    }
+}
+
+/* Online softmax over one block: rescale the running state, turn scores into weights. */
+static void softmax_block(const plan *pl, buffers *bf, int64_t nr, int64_t n, int64_t dv) {
+    for (int64_t r = 0; r < nr; r++) {
+        float bm = -INFINITY;
+        for (int64_t j = 0; j < n; j++) bm = bf->s[j * nr + r] > bm ? bf->s[j * nr + r] : bm;
+        float mn = bm > bf->m[r] ? bm : bf->m[r];
+        if (mn > bf->m[r] && bf->m[r] != -INFINITY) {
+            float alpha = expf(bf->m[r] - mn);
+            bf->l[r] *= alpha;
+            float *a = bf->acc + r * dv;
+            for (int64_t d = 0; d < dv; d++) a[d] *= alpha;
+        }
+        bf->m[r] = mn;
+        bf->mnew[r] = mn;
+    }
+    pl->isa->exp_sub(bf->s, n * nr, bf->mnew, (int)nr);
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t r = 0; r < nr; r++) bf->l[r] += bf->s[j * nr + r];
+}
+
+/* Sinks, normalisation, rounding: one output row (and its lse in partial mode).
+ * A row that kept no key (l == 0) is, as in the reference: with a sink, 0; else
+ * the mean of V over all keys (every score equal), and in partial mode
+ * sum(V) / key_total with lse -inf so that merging all-masked slices gives that mean. */
+static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h, int64_t i, float m, float l,
+                       float *acc, float *tmp) {
+    const qsdpa_problem *p = pl->p;
+    bool none = !(l > 0.0f);
+    if (none) {
+        memset(acc, 0, (size_t)p->dim_v * sizeof(float));
+        if (!p->sinks) {
+            for (int64_t j = 0; j < p->len_k; j++) {
+                qsdpa_cpu_unpack_row(vr, j, tmp);
+                for (int64_t d = 0; d < p->dim_v; d++) acc[d] += tmp[d];
+            }
+            l = (float)(p->lse ? pl->key_total : p->len_k);
+        }
+        m = -INFINITY;
+    }
+    if (p->sinks) {
+        float sk = qsdpa_load_float(p->sinks, p->sinks_dtype, h);
+        float mf = m > sk ? m : sk;
+        float keep = m == -INFINITY ? 0.0f : expf(m - mf);
+        l = l * keep + expf(sk - mf);
+        m = mf;
+        for (int64_t d = 0; d < p->dim_v; d++) acc[d] *= keep;
+        none = false;
+    }
+    float inv = 1.0f / l;
+    size_t osize = qsdpa_dtype_size(p->out_dtype);
+    char *o = (char *)p->out + (size_t)(b * p->out_stride[0] + h * p->out_stride[1] + i * p->out_stride[2]) * osize;
+    for (int64_t d = 0; d < p->dim_v; d++) qsdpa_store_float(o, p->out_dtype, d * p->out_stride[3], acc[d] * inv);
+    if (p->lse)
+        p->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = none ? -INFINITY : m + logf(l);
+}
+
+static void run_task(void *arg, int64_t t, int thread) {
+    const plan *pl = arg;
+    const qsdpa_problem *p = pl->p;
+    buffers bf;
+    carve(pl, pl->scratch + (size_t)thread * pl->thread_bytes, &bf);
+    int64_t sp = t % pl->n_split, qt = (t / pl->n_split) % pl->n_qtiles;
+    int64_t bh = t / (pl->n_split * pl->n_qtiles), b = bh / p->heads_kv, hkv = bh % p->heads_kv;
+    int64_t i0 = qt * pl->q_tile, ni = p->len_q - i0 < pl->q_tile ? p->len_q - i0 : pl->q_tile;
+    int64_t nr = pl->ratio * ni, dk = p->dim_k, dv = p->dim_v;
+    prepare_rows(pl, &bf, b, hkv, i0, ni);
+
+    cpu_rows kr, vr, kf, vf;
+    qsdpa_cpu_rows(&p->k, b, hkv, &kr);
+    qsdpa_cpu_rows(&p->v, b, hkv, &vr);
+    const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL;
+    if (pl->prefill) { /* float tiles read through the plain f32 kernels */
+        memset(&kf, 0, sizeof kf);
+        kf.format.mode = QSDPA_MODE_PLAIN;
+        kf.format.plain_dtype = QSDPA_DTYPE_F32;
+        kf.global = 1.0f;
+        vf = kf;
+        kf.codes = (const char *)bf.kf, kf.code_stride = dk * 4, kf.dim = kf.group = dk;
+        vf.codes = (const char *)bf.vf, vf.code_stride = dv * 4, vf.dim = vf.group = dv;
+        fops = pl->isa->ops_for(&kf);
+    }
+
+    int64_t c0 = sp * pl->chunk, c1 = c0 + pl->chunk < p->len_k ? c0 + pl->chunk : p->len_k;
+    int64_t kmin = c1, kmax = c0 - 1; /* union of the rows' visible ranges within the chunk */
+    for (int64_t r = 0; r < nr; r++) {
+        if (bf.lo[r] > bf.hi[r]) continue;
+        kmin = bf.lo[r] < kmin ? bf.lo[r] : kmin;
+        kmax = bf.hi[r] > kmax ? bf.hi[r] : kmax;
+    }
+    kmin = kmin < c0 ? c0 : kmin;
+    kmax = kmax >= c1 ? c1 - 1 : kmax;
+    for (int64_t j0 = kmin; j0 <= kmax; j0 += CPU_BLOCK) {
+        int64_t n = kmax + 1 - j0 < CPU_BLOCK ? kmax + 1 - j0 : CPU_BLOCK;
+        bool seen = false; /* skip blocks no row sees (causal and window tiles) */
+        for (int64_t r = 0; r < nr && !seen; r++) seen = bf.lo[r] <= j0 + n - 1 && bf.hi[r] >= j0;
+        if (!seen) continue;
+        if (pl->prefill) {
+            kops->unpack(&kr, j0, n, bf.kf);
+            fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
+        } else {
+            kops->score(&kr, j0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
+        }
+        apply_masks(pl, &bf, b, hkv, i0, ni, j0, n);
+        softmax_block(pl, &bf, nr, n, dv);
+        if (pl->prefill) {
+            vops->unpack(&vr, j0, n, bf.vf);
+            fops->accum(&vf, 0, n, bf.s, (int)nr, bf.acc, bf.tmp);
+        } else {
+            vops->accum(&vr, j0, n, bf.s, (int)nr, bf.acc, bf.tmp);
+        }
+    }
+
+    if (pl->n_split > 1) { /* keep the partial state for the merge */
+        memcpy(pl->part_m + t * pl->rows_max, bf.m, (size_t)nr * sizeof(float));
+        memcpy(pl->part_l + t * pl->rows_max, bf.l, (size_t)nr * sizeof(float));
+        memcpy(pl->part_acc + t * pl->rows_max * dv, bf.acc, (size_t)(nr * dv) * sizeof(float));
+        return;
+    }
+    for (int64_t r = 0; r < nr; r++)
+        finish_row(pl, &vr, b, hkv * pl->ratio + r / ni, i0 + r % ni, bf.m[r], bf.l[r], bf.acc + r * dv, bf.tmp);
+}
+
+/* Merge the key chunks of one (b, kv head, query tile) by their log-sum-exp. */
+static void merge_task(void *arg, int64_t bhq, int thread) {
+    const plan *pl = arg;
+    const qsdpa_problem *p = pl->p;
+    buffers bf;
+    carve(pl, pl->scratch + (size_t)thread * pl->thread_bytes, &bf);
+    int64_t qt = bhq % pl->n_qtiles, bh = bhq / pl->n_qtiles, b = bh / p->heads_kv, hkv = bh % p->heads_kv;
+    int64_t i0 = qt * pl->q_tile, ni = p->len_q - i0 < pl->q_tile ? p->len_q - i0 : pl->q_tile;
+    int64_t nr = pl->ratio * ni, dv = p->dim_v, t0 = bhq * pl->n_split;
+    cpu_rows vr;
+    qsdpa_cpu_rows(&p->v, b, hkv, &vr);
+    for (int64_t r = 0; r < nr; r++) {
+        float M = -INFINITY, L = 0.0f;
+        for (int64_t s = 0; s < pl->n_split; s++) M = pl->part_m[(t0 + s) * pl->rows_max + r] > M ? pl->part_m[(t0 + s) * pl->rows_max + r] : M;
+        float *acc = bf.acc;
+        memset(acc, 0, (size_t)dv * sizeof(float));
+        for (int64_t s = 0; s < pl->n_split && M != -INFINITY; s++) {
+            float ms = pl->part_m[(t0 + s) * pl->rows_max + r];
+            if (ms == -INFINITY) continue; /* an empty chunk: guards (-inf) - (-inf) */
+            float w = expf(ms - M);
+            L += w * pl->part_l[(t0 + s) * pl->rows_max + r];
+            const float *a = pl->part_acc + ((t0 + s) * pl->rows_max + r) * dv;
+            for (int64_t d = 0; d < dv; d++) acc[d] += w * a[d];
+        }
+        finish_row(pl, &vr, b, hkv * pl->ratio + r / ni, i0 + r % ni, M, L, acc, bf.tmp);
+    }
+}
+
+qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, const cpu_isa *isa, bool prefill) {
+    qsdpa_threadpool *pool;
+    qsdpa_status st = qsdpa_context_pool(ctx, &pool);
+    if (st != QSDPA_OK) return st;
+    int threads = qsdpa_threadpool_size(pool);
+    plan pl;
+    memset(&pl, 0, sizeof pl);
+    pl.p = p;
+    pl.isa = isa;
+    pl.prefill = prefill;
+    pl.ratio = p->group_ratio;
+    pl.key_total = p->key_total > 0 ? p->key_total : p->len_k;
+    if (prefill) { /* about 64 query rows per tile: one K/V block unpack serves all of them */
+        pl.q_tile = 64 / pl.ratio > 0 ? 64 / pl.ratio : 1;
+        if (pl.q_tile > p->len_q) pl.q_tile = p->len_q;
+    } else {
+        pl.q_tile = p->len_q;
+    }
+    pl.n_qtiles = (p->len_q + pl.q_tile - 1) / pl.q_tile;
+    pl.rows_max = pl.ratio * pl.q_tile;
+    int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
+    /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys
+     * so the merge stays negligible. */
+    int64_t want = prefill ? 1 : (8 * (int64_t)threads + groups - 1) / groups;
+    int64_t most = (p->len_k + 511) / 512;
+    pl.n_split = want < most ? want : most;
+    if (pl.n_split < 1) pl.n_split = 1;
+    pl.chunk = (p->len_k + pl.n_split - 1) / pl.n_split;
+    pl.chunk = (pl.chunk + CPU_BLOCK - 1) / CPU_BLOCK * CPU_BLOCK;
+    pl.n_split = (p->len_k + pl.chunk - 1) / pl.chunk;
+    int64_t tasks = groups * pl.n_split;
+
+    buffers dummy;
+    pl.thread_bytes = carve(&pl, NULL, &dummy);
+    size_t part = pl.n_split > 1 ? align64((size_t)tasks * (size_t)pl.rows_max * 4) : 0;
+    size_t part_acc = pl.n_split > 1 ? (size_t)tasks * (size_t)pl.rows_max * (size_t)p->dim_v * 4 : 0;
+    size_t total = pl.thread_bytes * (size_t)threads + 2 * part + part_acc;
+    void *mem;
+    st = qsdpa_scratch(ctx, total, &mem);
+    if (st != QSDPA_OK) return st;
+    pl.scratch = mem;
+    char *rest = (char *)mem + pl.thread_bytes * (size_t)threads;
+    pl.part_m = (float *)rest;
+    pl.part_l = (float *)(rest + part);
+    pl.part_acc = (float *)(rest + 2 * part);
+
+    qsdpa_threadpool_run(pool, tasks, run_task, &pl);
+    if (pl.n_split > 1) qsdpa_threadpool_run(pool, groups, merge_task, &pl);
+    return QSDPA_OK;
+}

@@ -1,0 +1,26 @@
+/* Availability of the CPU kernel rows (feature bits from qsdpa_cpu_features,
+ * src/core/cpu_features.c, which checks OSXSAVE/XGETBV as well as CPUID). */
+#include "cpu/cpu_attention.h"
+
+bool qsdpa_cpu_avx2_available(void) {
+#ifdef QSDPA_HAVE_AVX2_KERNELS
+    return (qsdpa_cpu_features() & 7u) == 7u; /* AVX2 + FMA + F16C */
+#else
+    return false;
+#endif
+}
+
+bool qsdpa_cpu_c_available(void) { return true; }
+
+#ifndef QSDPA_HAVE_AVX2_KERNELS
+/* Non-x86 builds: the AVX2 rows stay in the table (never usable) and need symbols. */
+qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
+    (void)ctx, (void)p;
+    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention", "this build has no AVX2 kernels");
+}
+qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_avx2_decode(ctx, p);
+}
+#endif

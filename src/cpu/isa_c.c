@@ -1,0 +1,63 @@
+/* The portable C instruction set: every format through one unpack-then-dot path.
+ * It is the scalar twin of the AVX2 kernels and what non-x86 platforms run. */
+#include "cpu/cpu_attention.h"
+
+#include <math.h>
+
+/* scores[j][r] = q[r] . K[j0 + j] */
+static void score_c(const cpu_rows *k, int64_t j0, int64_t n, const float *q, const float *qsum, int nq,
+                    float *scores, float *tmp) {
+    int64_t dim = k->dim;
+    for (int64_t j = 0; j < n; j++) {
+        qsdpa_cpu_unpack_row(k, j0 + j, tmp);
+        for (int r = 0; r < nq; r++) {
+            const float *qr = q + (int64_t)r * dim;
+            float s = 0.0f;
+            for (int64_t d = 0; d < dim; d++) s += qr[d] * tmp[d];
+            scores[j * nq + r] = s;
+        }
+    }
+}
+
+/* acc[r] += sum_j w[j][r] V[j0 + j] */
+static void accum_c(const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, float *acc, float *tmp) {
+    int64_t dim = v->dim;
+    for (int64_t j = 0; j < n; j++) {
+        qsdpa_cpu_unpack_row(v, j0 + j, tmp);
+        for (int r = 0; r < nq; r++) {
+            float wr = w[j * nq + r];
+            if (wr == 0.0f) continue; /* masked keys: skip the row, same sum */
+            float *ar = acc + (int64_t)r * dim;
+            for (int64_t d = 0; d < dim; d++) ar[d] += wr * tmp[d];
+        }
+    }
+}
+
+static void unpack_c(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
+    for (int64_t j = 0; j < n; j++) qsdpa_cpu_unpack_row(t, j0 + j, dst + j * t->dim);
+}
+
+static const cpu_kv_ops ops_c = {"generic", score_c, accum_c, unpack_c};
+
+static const cpu_kv_ops *ops_for_c(const cpu_rows *rows) {
+    (void)rows;
+    return &ops_c;
+}
+
+static void exp_sub_c(float *s, int64_t n, const float *m, int nm) {
+    for (int64_t i = 0; i < n; i++) {
+        float mi = m[i % nm];
+        s[i] = s[i] == -INFINITY ? 0.0f : expf(s[i] - mi);
+    }
+}
+
+const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, exp_sub_c};
+
+qsdpa_status qsdpa_cpu_c_decode(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_c_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_c_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_attention(ctx, p, &qsdpa_cpu_isa_c, false);
+}
+qsdpa_status qsdpa_cpu_c_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_attention(ctx, p, &qsdpa_cpu_isa_c, true);
+}

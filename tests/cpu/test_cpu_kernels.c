@@ -1,0 +1,326 @@
+/* Every CPU kernel row against the double-precision reference, on the same bytes:
+ * formats x D (Dk may differ from Dv) x q dtypes x masks/causal/window/sinks x Lq x GQA,
+ * odd Lk, K/V as strided views of a larger cache, strided outputs with guards,
+ * partial mode (out + lse), and disable_simd selecting the portable C path. */
+#include "test_util.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct kv_buf {
+    qsdpa_qtensor t;
+    void *codes, *scales, *biases;
+    float maxabs; /* max |dequantized value| over the visible rows: the unit of SPEC 4 */
+} kv_buf;
+
+/* [B, H, L] rows of `dim` values, stored in a cache of `cap` >= L rows per head. */
+static void make_kv(test_rng *rng, const char *fmt, qsdpa_dtype sdt, int64_t B, int64_t H, int64_t L, int64_t cap,
+                    int64_t dim, float global, kv_buf *kv) {
+    memset(kv, 0, sizeof *kv);
+    qsdpa_format f;
+    CHECK(qsdpa_format_parse(fmt, &f) == QSDPA_OK, "parse %s: %s", fmt, qsdpa_last_error());
+    if (f.mode == QSDPA_MODE_NVFP4) f.global_scale = global;
+    int64_t rows = B * H * cap, words = 0, ng = 0;
+    float *x = test_alloc((size_t)(rows * dim) * sizeof(float));
+    test_fill_normal(rng, x, QSDPA_DTYPE_F32, rows * dim, 1.0);
+    kv->t.format = f;
+    kv->t.dim = dim;
+    if (f.mode == QSDPA_MODE_PLAIN) {
+        size_t es = qsdpa_dtype_size(f.plain_dtype);
+        kv->codes = test_alloc((size_t)(rows * dim) * es);
+        for (int64_t i = 0; i < rows * dim; i++) qsdpa_store_float(kv->codes, f.plain_dtype, i, x[i]);
+        words = dim;
+        kv->t.codes = qsdpa_tensor_4d(kv->codes, f.plain_dtype, B, H, L, dim);
+    } else {
+        qsdpa_format_row_words(&f, dim, &words);
+        qsdpa_format_row_scales(&f, dim, &ng);
+        if (f.mode != QSDPA_MODE_AFFINE) sdt = QSDPA_DTYPE_U8;
+        kv->codes = test_alloc((size_t)(rows * words) * 4);
+        kv->scales = test_alloc((size_t)(rows * ng) * qsdpa_dtype_size(sdt));
+        if (f.mode == QSDPA_MODE_AFFINE) kv->biases = test_alloc((size_t)(rows * ng) * qsdpa_dtype_size(sdt));
+        CHECK(qsdpa_quantize(&f, x, QSDPA_DTYPE_F32, rows, dim, kv->codes, kv->scales, kv->biases, sdt) == QSDPA_OK,
+              "quantize %s: %s", fmt, qsdpa_last_error());
+        kv->t.codes = qsdpa_tensor_4d(kv->codes, QSDPA_DTYPE_U32, B, H, L, words);
+        kv->t.scales = qsdpa_tensor_4d(kv->scales, sdt, B, H, L, ng);
+        kv->t.biases = qsdpa_tensor_4d(kv->biases, sdt, B, H, L, ng);
+        if (!kv->biases) kv->t.biases.data = NULL;
+    }
+    /* A view of L rows out of a cache of cap rows per head. */
+    qsdpa_tensor *ts[3] = {&kv->t.codes, &kv->t.scales, &kv->t.biases};
+    for (int i = 0; i < 3; i++) {
+        if (!ts[i]->data) continue;
+        int64_t w = ts[i]->shape[3];
+        ts[i]->stride[0] = H * cap * w;
+        ts[i]->stride[1] = cap * w;
+    }
+    /* The unit: max |dequantized| over the visible rows. */
+    float *deq = test_alloc((size_t)(rows * dim) * sizeof(float));
+    if (f.mode == QSDPA_MODE_PLAIN) {
+        for (int64_t i = 0; i < rows * dim; i++) deq[i] = qsdpa_load_float(kv->codes, f.plain_dtype, i);
+    } else {
+        CHECK(qsdpa_dequantize(&f, kv->codes, kv->scales, kv->biases, sdt, rows, dim, deq, QSDPA_DTYPE_F32) == QSDPA_OK,
+              "dequantize: %s", qsdpa_last_error());
+    }
+    for (int64_t bh = 0; bh < B * H; bh++)
+        for (int64_t l = 0; l < L; l++)
+            for (int64_t d = 0; d < dim; d++) {
+                float a = fabsf(deq[(bh * cap + l) * dim + d]);
+                if (a > kv->maxabs) kv->maxabs = a;
+            }
+    free(deq);
+    free(x);
+}
+
+static void free_kv(kv_buf *kv) {
+    free(kv->codes);
+    free(kv->scales);
+    free(kv->biases);
+}
+
+typedef struct test_case {
+    int64_t B, Hq, Hkv, Lq, Lk, Dk, Dv;
+    const char *kfmt, *vfmt;
+    qsdpa_dtype qdt, sdt;
+    int mask;        /* 0 none, 1 bool [Lq, Lk], 2 additive f32 [B, 1, Lq, Lk], 3 additive f16 [Lk] */
+    int causal;
+    int64_t window;
+    int sinks;
+    int partial;     /* 1: qsdpa_attention_partial; 2: partial over a slice with key_offset */
+    float global;    /* nvfp4 global scale */
+} test_case;
+
+static const char *kernel_names[] = {"cpu.avx2.decode", "cpu.avx2.prefill", "cpu.c.decode", "cpu.c.prefill"};
+#define NKERNELS 4
+static qsdpa_context *ctx_ref, *ctx_kernel[NKERNELS];
+static int cases_run, kernel_runs;
+
+static float tolerance(qsdpa_dtype dt) {
+    return dt == QSDPA_DTYPE_F32 ? 2e-5f : dt == QSDPA_DTYPE_F16 ? 2e-3f : 1.6e-2f;
+}
+
+static void case_name(const test_case *c, char *buf, size_t n) {
+    snprintf(buf, n, "B%lld Hq%lld Hkv%lld Lq%lld Lk%lld Dk%lld Dv%lld K %s V %s q %s mask%d causal%d win%lld sinks%d partial%d",
+             (long long)c->B, (long long)c->Hq, (long long)c->Hkv, (long long)c->Lq, (long long)c->Lk,
+             (long long)c->Dk, (long long)c->Dv, c->kfmt, c->vfmt, qsdpa_dtype_name(c->qdt), c->mask, c->causal,
+             (long long)c->window, c->sinks, c->partial);
+}
+
+static void run_case(test_rng *rng, const test_case *c) {
+    char name[256];
+    case_name(c, name, sizeof name);
+    int64_t cap = c->Lk + 5; /* K/V are views of a longer cache */
+    kv_buf k, v;
+    make_kv(rng, c->kfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dk, c->global, &k);
+    make_kv(rng, c->vfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dv, c->global, &v);
+    int64_t nq = c->B * c->Hq * c->Lq * c->Dk;
+    void *q = test_alloc((size_t)nq * qsdpa_dtype_size(c->qdt));
+    test_fill_normal(rng, q, c->qdt, nq, 1.0);
+    qsdpa_tensor qt = qsdpa_tensor_4d(q, c->qdt, c->B, c->Hq, c->Lq, c->Dk);
+
+    qsdpa_attention_params prm = qsdpa_attention_default_params();
+    prm.scale = 1.0f / sqrtf((float)c->Dk);
+    prm.causal = c->causal;
+    prm.window = c->window;
+    void *mask = NULL;
+    qsdpa_tensor mt;
+    if (c->mask == 1) {
+        mask = test_alloc((size_t)(c->Lq * c->Lk));
+        for (int64_t i = 0; i < c->Lq * c->Lk; i++) ((unsigned char *)mask)[i] = test_rng_uniform(rng) >= 0.2;
+        int64_t shape[2] = {c->Lq, c->Lk};
+        mt = qsdpa_tensor_make(mask, QSDPA_DTYPE_BOOL, 2, shape);
+        prm.mask = &mt;
+    } else if (c->mask == 2) {
+        int64_t n = c->B * c->Lq * c->Lk;
+        mask = test_alloc((size_t)n * 4);
+        for (int64_t i = 0; i < n; i++) ((float *)mask)[i] = test_rng_uniform(rng) < 0.2 ? -1e9f : (float)test_rng_normal(rng);
+        mt = qsdpa_tensor_4d(mask, QSDPA_DTYPE_F32, c->B, 1, c->Lq, c->Lk);
+        mt.stride[1] = 0;
+        prm.mask = &mt;
+    } else if (c->mask == 3) {
+        mask = test_alloc((size_t)c->Lk * 2);
+        test_fill_normal(rng, mask, QSDPA_DTYPE_F16, c->Lk, 2.0);
+        int64_t shape[1] = {c->Lk};
+        mt = qsdpa_tensor_make(mask, QSDPA_DTYPE_F16, 1, shape);
+        prm.mask = &mt;
+    }
+    float sinks[64];
+    qsdpa_tensor st;
+    if (c->sinks) {
+        for (int64_t h = 0; h < c->Hq; h++) sinks[h] = (float)test_rng_normal(rng);
+        int64_t shape[1] = {c->Hq};
+        st = qsdpa_tensor_make(sinks, QSDPA_DTYPE_F32, 1, shape);
+        prm.sinks = &st;
+    }
+    if (c->partial == 2) { /* this call holds keys [7, 7 + Lk) of a context of Lk + 20 */
+        prm.key_offset = 7;
+        prm.key_total = c->Lk + 20;
+    }
+
+    /* Outputs with 3 guard elements after every row (strided rows). */
+    qsdpa_dtype odt = c->partial ? QSDPA_DTYPE_F32 : c->qdt;
+    size_t es = qsdpa_dtype_size(odt);
+    int64_t pitch = c->Dv + 3, rows = c->B * c->Hq * c->Lq;
+    size_t obytes = (size_t)(rows * pitch) * es;
+    void *ref = test_alloc(obytes), *out = test_alloc(obytes);
+    float *ref_lse = test_alloc((size_t)rows * 4), *lse = test_alloc((size_t)rows * 4);
+    qsdpa_tensor rt = qsdpa_tensor_4d(ref, odt, c->B, c->Hq, c->Lq, c->Dv), ot;
+    for (int d = 0; d < 3; d++) rt.stride[d] = rt.stride[d] / c->Dv * pitch;
+    rt.stride[0] = c->Hq * c->Lq * pitch, rt.stride[1] = c->Lq * pitch, rt.stride[2] = pitch;
+    ot = rt;
+    ot.data = out;
+    qsdpa_tensor rlt = qsdpa_tensor_4d(ref_lse, QSDPA_DTYPE_F32, c->B, c->Hq, c->Lq, 1), lt;
+    rlt.rank = 3;
+    lt = rlt;
+    lt.data = lse;
+
+    test_poison(ref, obytes);
+    qsdpa_status s = c->partial ? qsdpa_attention_partial(ctx_ref, &qt, &k.t, &v.t, &prm, &rt, &rlt)
+                                : qsdpa_attention(ctx_ref, &qt, &k.t, &v.t, &prm, &rt);
+    CHECK(s == QSDPA_OK, "%s: reference failed: %s", name, qsdpa_last_error());
+    float unit = v.maxabs > 0 ? v.maxabs : 1.0f, tol = tolerance(c->qdt) * unit;
+    for (int kn = 0; kn < NKERNELS && s == QSDPA_OK; kn++) {
+        if (!ctx_kernel[kn]) continue;
+        if (c->Lq > 16 && strstr(kernel_names[kn], "decode")) continue;
+        test_poison(out, obytes);
+        test_poison(lse, (size_t)rows * 4);
+        qsdpa_status ks = c->partial ? qsdpa_attention_partial(ctx_kernel[kn], &qt, &k.t, &v.t, &prm, &ot, &lt)
+                                     : qsdpa_attention(ctx_kernel[kn], &qt, &k.t, &v.t, &prm, &ot);
+        CHECK(ks == QSDPA_OK, "%s: %s failed: %s", name, kernel_names[kn], qsdpa_last_error());
+        if (ks != QSDPA_OK) continue;
+        kernel_runs++;
+        double worst = 0, worst_lse = 0;
+        int guards_ok = 1;
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t d = 0; d < c->Dv; d++) {
+                float a = qsdpa_load_float(out, odt, r * pitch + d), b = qsdpa_load_float(ref, odt, r * pitch + d);
+                double e = isfinite(a) ? fabs((double)a - b) : INFINITY;
+                if (e > worst) worst = e;
+            }
+            for (int64_t d = c->Dv; d < pitch; d++) {
+                const unsigned char *g = (const unsigned char *)out + (size_t)(r * pitch + d) * es;
+                for (size_t bi = 0; bi < es; bi++) guards_ok &= g[bi] == 0xFF;
+            }
+            if (c->partial) {
+                double e = (isinf(lse[r]) && isinf(ref_lse[r]) && lse[r] == ref_lse[r]) ? 0.0 : fabs((double)lse[r] - ref_lse[r]);
+                if (!(e <= worst_lse)) worst_lse = isnan(e) ? INFINITY : e;
+            }
+        }
+        CHECK(worst <= tol, "%s: %s max error %.3g > %.3g (unit %.3g)", name, kernel_names[kn], worst, tol, unit);
+        CHECK(guards_ok, "%s: %s wrote outside the output rows", name, kernel_names[kn]);
+        if (c->partial)
+            CHECK(worst_lse <= 1e-4, "%s: %s lse error %.3g", name, kernel_names[kn], worst_lse);
+    }
+    cases_run++;
+    free(ref), free(out), free(ref_lse), free(lse), free(q), free(mask);
+    free_kv(&k);
+    free_kv(&v);
+}
+
+static const char *formats[] = {"affine:4:64", "affine:4:32", "affine:4:128", "affine:8:64", "affine:8:32",
+                                "affine:2:32", "affine:3:64", "affine:5:32", "affine:6:64", "mxfp4",
+                                "mxfp8",       "nvfp4",       "f32",          "f16",         "bf16"};
+#define NFORMATS ((int)(sizeof formats / sizeof formats[0]))
+
+int main(void) {
+    test_rng rng;
+    test_rng_init(&rng, test_seed());
+    qsdpa_context_options o = qsdpa_context_default_options();
+    o.kernel = "cpu.reference";
+    CHECK(qsdpa_context_create(&o, &ctx_ref) == QSDPA_OK, "reference context: %s", qsdpa_last_error());
+    int avx2 = (qsdpa_cpu_features() & 7u) == 7u;
+    for (int kn = 0; kn < NKERNELS; kn++) {
+        if (!avx2 && strstr(kernel_names[kn], "avx2")) continue;
+        o = qsdpa_context_default_options();
+        o.kernel = kernel_names[kn];
+        o.num_threads = 3; /* more threads than this machine's cores: exercises the pool */
+        CHECK(qsdpa_context_create(&o, &ctx_kernel[kn]) == QSDPA_OK, "context %s: %s", kernel_names[kn],
+              qsdpa_last_error());
+    }
+
+    /* 1. Every format, K = V, decode and prefill shapes, GQA 4, the common D. */
+    static const int64_t dims[] = {64, 96, 128, 192, 256, 512};
+    for (int fi = 0; fi < NFORMATS; fi++)
+        for (int di = 0; di < 6; di++) {
+            int64_t D = dims[di];
+            if (D % 64 && strstr(formats[fi], ":64")) continue;
+            if (D % 128 && strstr(formats[fi], ":128")) continue;
+            int64_t lq = di % 3 == 0 ? 1 : di % 3 == 1 ? 4 : 19;
+            test_case c = {1, 8, 2, lq, 77 + 64 * di, D, D, formats[fi], formats[fi], QSDPA_DTYPE_F32,
+                           QSDPA_DTYPE_F16, 0, di == 2, 0, 0, 0, 0.0f};
+            run_case(&rng, &c);
+        }
+    /* 2. Features across formats: masks, causal, window, sinks, q dtypes, partial, GQA ratios. */
+    static const qsdpa_dtype qdts[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};
+    for (int it = 0; it < 60; it++) {
+        test_case c;
+        memset(&c, 0, sizeof c);
+        c.kfmt = formats[test_rng_int(&rng, 0, NFORMATS - 1)];
+        c.vfmt = it % 3 == 0 ? formats[test_rng_int(&rng, 0, NFORMATS - 1)] : c.kfmt;
+        c.B = test_rng_int(&rng, 1, 2);
+        static const int64_t hs[][2] = {{2, 2}, {4, 1}, {8, 2}, {8, 1}, {6, 3}, {16, 2}};
+        int hi = (int)test_rng_int(&rng, 0, 5);
+        c.Hq = hs[hi][0], c.Hkv = hs[hi][1];
+        static const int64_t lqs[] = {1, 2, 3, 4, 9, 16, 17, 70};
+        c.Lq = lqs[test_rng_int(&rng, 0, 7)];
+        c.Lk = test_rng_int(&rng, 1, 700);
+        static const int64_t dd[][2] = {{128, 128}, {64, 64}, {192, 128}, {128, 256}, {256, 256}, {576, 512}};
+        int di = (int)test_rng_int(&rng, 0, 5);
+        c.Dk = dd[di][0], c.Dv = dd[di][1];
+        if (strstr(c.kfmt, ":128") || strstr(c.vfmt, ":128")) c.Dk = c.Dv = 256;
+        c.qdt = qdts[it % 3];
+        c.sdt = qdts[(it / 3) % 3];
+        int feature = it % 6;
+        c.mask = feature == 1 ? (int)test_rng_int(&rng, 1, 3) : 0;
+        c.causal = feature == 2 || feature == 3;
+        c.window = feature == 3 ? test_rng_int(&rng, 1, 40) : 0;
+        c.sinks = feature == 4 || (feature == 1 && it % 4 == 1);
+        c.partial = feature == 5 ? (int)test_rng_int(&rng, 1, 2) : 0;
+        if (c.partial == 2) c.causal = 1;
+        c.global = it % 4 == 0 ? 3.5f : 0.0f;
+        run_case(&rng, &c);
+    }
+    /* 3. Edge cases: Lk = 1; Lq > Lk causal (early rows see nothing); every key masked
+     * by a window in partial mode; MQA (Hkv = 1) with GQA 16; plain odd widths. */
+    test_case edge[] = {
+        {1, 4, 1, 1, 1, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0},
+        {1, 4, 2, 12, 5, 64, 64, "mxfp4", "nvfp4", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 0, 1, 0, 0, 0, 0},
+        {1, 4, 2, 12, 5, 64, 64, "affine:8:64", "affine:4:32", QSDPA_DTYPE_F16, QSDPA_DTYPE_F32, 0, 1, 0, 1, 0, 0},
+        {1, 4, 2, 6, 300, 64, 64, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 1, 3, 0, 2, 0},
+        {1, 16, 1, 16, 1000, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0},
+        {2, 2, 1, 5, 200, 40, 24, "f16", "f32", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 1, 0, 0, 0, 0, 0},
+        {1, 4, 4, 3, 130, 1024, 1024, "affine:8:128", "mxfp8", QSDPA_DTYPE_BF16, QSDPA_DTYPE_BF16, 0, 1, 0, 0, 1, 0},
+        {1, 2, 1, 4, 300, 128, 128, "f16", "f16", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 1, 0, 0, 1, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++) run_case(&rng, &edge[i]);
+
+    /* 4. disable_simd picks the portable kernels; auto picks AVX2 where the CPU has it. */
+    {
+        kv_buf k, v;
+        make_kv(&rng, "affine:4:64", QSDPA_DTYPE_F16, 1, 2, 100, 100, 128, 0.0f, &k);
+        make_kv(&rng, "affine:4:64", QSDPA_DTYPE_F16, 1, 2, 100, 100, 128, 0.0f, &v);
+        float q[8 * 128], out[8 * 128];
+        test_fill_normal(&rng, q, QSDPA_DTYPE_F32, 8 * 128, 1.0);
+        qsdpa_tensor qt = qsdpa_tensor_4d(q, QSDPA_DTYPE_F32, 1, 8, 1, 128);
+        qsdpa_tensor ot = qsdpa_tensor_4d(out, QSDPA_DTYPE_F32, 1, 8, 1, 128);
+        qsdpa_attention_params prm = qsdpa_attention_default_params();
+        for (int simd_off = 0; simd_off < 2; simd_off++) {
+            qsdpa_context *cx;
+            o = qsdpa_context_default_options();
+            o.disable_simd = simd_off;
+            CHECK(qsdpa_context_create(&o, &cx) == QSDPA_OK, "context: %s", qsdpa_last_error());
+            const char *sel = NULL;
+            CHECK(qsdpa_attention_select(cx, &qt, &k.t, &v.t, &prm, &ot, &sel) == QSDPA_OK, "select: %s",
+                  qsdpa_last_error());
+            const char *want = simd_off || !avx2 ? "cpu.c.decode" : "cpu.avx2.decode";
+            CHECK(sel && strcmp(sel, want) == 0, "disable_simd=%d selected %s, want %s", simd_off, sel ? sel : "?", want);
+            qsdpa_context_destroy(cx);
+        }
+        free_kv(&k);
+        free_kv(&v);
+    }
+
+    for (int kn = 0; kn < NKERNELS; kn++) qsdpa_context_destroy(ctx_kernel[kn]);
+    qsdpa_context_destroy(ctx_ref);
+    printf("%d cases, %d kernel runs\n", cases_run, kernel_runs);
+    return test_finish("test_cpu_kernels");
+}
