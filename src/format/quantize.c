@@ -108,7 +108,7 @@ static void quantize_affine(const float *w, int64_t n, int bits, uint32_t *row, 
 }
 
 /* mxfp4 / mxfp8: max|w| / M rounded to the input dtype T (as MLX), then
- * e = ceil(log2(s)) in f32 (s == 0: e = 0). SPEC §2 says round_half_even;
+ * e = the exact ceil(log2(s)) (s == 0: e = 0). SPEC §2 says round_half_even;
  * MLX 0.32.4 takes the ceiling, so max|w| / 2^e never exceeds M. The stored
  * byte is (e + 127) mod 256: MLX does not clamp, so groups whose max|w| is
  * below about 2^-125 (f32/bf16 inputs only) wrap to bytes near 255. */
@@ -117,9 +117,14 @@ static uint8_t quantize_mx(const float *w, int64_t n, int bits, qsdpa_dtype T, u
     for (int64_t j = 0; j < n; j++) m = fabsf(w[j]) > m ? fabsf(w[j]) : m;
     float s = qsdpa_round_to(T, m / (bits == 4 ? 6.0f : 448.0f));
     int e = 0;
-    if (s != 0.0f) {
-        float l = ceilf(log2f(s));
-        e = isfinite(l) ? (int)l : 128; /* non-finite input: no undefined conversion */
+    if (isinf(s) || isnan(s)) {
+        e = 128; /* non-finite input: unspecified codes, but no undefined conversion */
+    } else if (s != 0.0f) {
+        /* The exact ceiling of log2(s): ceilf(log2f(s)) is wrong just above a
+         * power of two (log2f(32 * (1 + 2^-22)) rounds to 5.0; MLX gives 6). */
+        int ex;
+        float frac = frexpf(s, &ex); /* s = frac * 2^ex, frac in [0.5, 1) */
+        e = frac == 0.5f ? ex - 1 : ex;
     }
     float p = ldexpf(1.0f, e); /* exact in T: 2^e >= s >= T's smallest subnormal */
     for (int64_t j = 0; j < n; j++) {
