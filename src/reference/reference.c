@@ -129,7 +129,7 @@ static qsdpa_status make_state(qsdpa_context *ctx, const qsdpa_problem *p, ref_s
 
 qsdpa_status qsdpa_reference_kernel(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_reference_kernel(qsdpa_context *ctx, const qsdpa_problem *p) {
-    ref_state st;
+    ref_state st = {NULL, NULL, NULL, NULL, NULL}; /* set by make_state; GCC cannot see that */
     qsdpa_status s = make_state(ctx, p, &st);
     if (s != QSDPA_OK) return s;
     for (int64_t b = 0; b < p->batch; b++)
