@@ -100,6 +100,14 @@ static int build_mask(cli_problem *p, uint64_t *rng) {
         if (dt == QSDPA_DTYPE_BOOL) ((uint8_t *)p->mask)[i] = keep;
         else cli_store(p->mask, dt, i, keep ? (float)cli_rng_normal(rng) : -1e4f);
     }
+    /* An additive row of only -1e4 entries is ill-conditioned in f32 (score + mask
+     * keeps ~3 decimals), so the f32 kernels and the double reference rightly
+     * differ there: keep one entry of each such row. Bool rows may be fully masked. */
+    for (int64_t r = 0; dt != QSDPA_DTYPE_BOOL && r < n / c->len_k; r++) {
+        bool any = false;
+        for (int64_t j = 0; j < c->len_k; j++) any |= cli_load(p->mask, dt, r * c->len_k + j) > -1e3f;
+        if (!any) cli_store(p->mask, dt, r * c->len_k + (int64_t)(cli_rng_next(rng) % (uint64_t)c->len_k), 0.0f);
+    }
     if (c->mask != CLI_MASK_BROADCAST) {
         p->tmask = qsdpa_tensor_4d(p->mask, dt, c->batch, c->heads_q, c->len_q, c->len_k);
     } else if (cli_rng_next(rng) & 1) { /* rank-2 [Lq, Lk]: broadcast by rank */

@@ -23,7 +23,7 @@ static void help(void) {
            "tol 2e-5 (f32), 2e-3 (f16), 1.6e-2 (bf16). CUDA rows run when a device exists.\n"
            "Prints one line per K format x V format x q dtype x kernel; exit 1 on any failure.\n\n"
            "  --quick       one small case per format x dtype (a few seconds)\n"
-           "  --cases N     random cases per format x dtype (default 3)\n"
+           "  --cases N     random cases per format x dtype (default 5)\n"
            "  --seed S      random seed (default: from the clock, printed)\n"
            "  --verbose     print every case\n");
 }
@@ -235,7 +235,7 @@ static void print_table(const verifier *vf) {
 int cli_verify(int argc, char **argv) {
     verifier vf;
     memset(&vf, 0, sizeof vf);
-    vf.cases = 3;
+    vf.cases = 5;
     vf.seed = cli_time_seed();
     int rc = 0;
     bool cases_given = false;
