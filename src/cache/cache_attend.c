@@ -83,7 +83,7 @@ qsdpa_status qsdpa_cache_attend(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
         !qsdpa_mul_size(rows, (size_t)Dv + 1, &outs_elems) || !qsdpa_mul_size(outs_elems, 2 * sizeof(float), &bytes))
         return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "partial results of q [%lld, %lld, %lld, *] overflow size_t",
                           (long long)B, (long long)Hq, (long long)Lq);
-    void *scratch;
+    void *scratch = NULL;
     qsdpa_status st = cache_scratch(cache, bytes, &scratch);
     if (st != QSDPA_OK) return st;
     float *o0 = scratch, *o1 = o0 + rows * (size_t)Dv, *l0 = o1 + rows * (size_t)Dv, *l1 = l0 + rows;

@@ -1,0 +1,251 @@
+"""qsdpa: scaled dot-product attention over a quantized KV cache.
+
+A thin binding of the C library (include/qsdpa.h): the C code does all the
+work; this module turns arrays into descriptors (no copies, strided views
+included) and library errors into ValueError (bad argument, unsupported
+request), OSError (cache files), MemoryError.
+
+    quantize(w, group_size=None, bits=None, mode="affine")      as mx.quantize
+    dequantize(w, scales, biases=None, group_size=None, bits=None, mode="affine", dtype=None)
+    attention(q, k, k_scales, k_biases, v, v_scales, v_biases, *, scale, mask=None,
+              sinks=None, group_size=None, bits=None, mode="affine", causal=False, window=None)
+                                                              as mx.fast.quantized_scaled_dot_product_attention
+    Cache(...)                                               the quantized KV cache object
+"""
+import math
+
+import numpy as np
+
+from . import _qsdpa
+from ._arrays import BF16, F32, U8, as_array, describe, dtype_code, numpy_dtype, view_of
+
+__all__ = ["quantize", "dequantize", "attention", "Cache", "Context", "format_string", "__version__"]
+__version__ = _qsdpa.version()
+
+# mx.quantize's defaults per mode (group, bits).
+_DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}
+
+
+def format_string(mode="affine", group_size=None, bits=None):
+    """Canonical format text ("affine:4:64", "mxfp4", ...) of MLX-style arguments."""
+    if mode not in _DEFAULTS:
+        raise ValueError(f"mode = {mode!r} is not one of {sorted(_DEFAULTS)}")
+    g0, b0 = _DEFAULTS[mode]
+    g = g0 if group_size is None else int(group_size)
+    b = b0 if bits is None else int(bits)
+    text = f"affine:{b}:{g}" if mode == "affine" else mode
+    canon, _, fbits, fgroup, _ = _qsdpa.format_info(text)
+    if mode != "affine" and (fbits != b or fgroup != g):
+        raise ValueError(f"mode {mode} has bits {fbits} and group_size {fgroup}, got bits {b}, group_size {g}")
+    return canon
+
+
+class Context:
+    """Backend, threads and kernel choice; owns scratch memory. One is made on first use."""
+
+    def __init__(self, backend="cpu", num_threads=0, device=0, kernel=None, disable_simd=False):
+        codes = {"cpu": 0, "cuda": 1}
+        if backend not in codes:
+            raise ValueError(f"backend = {backend!r} is not 'cpu' or 'cuda'")
+        self.backend = backend
+        self._cap = _qsdpa.context_create(codes[backend], int(num_threads), int(device), kernel, int(disable_simd))
+
+
+_default_context = None
+
+
+def _context(context):
+    global _default_context
+    if context is not None:
+        return context._cap
+    if _default_context is None:
+        _default_context = Context()
+    return _default_context._cap
+
+
+def _float_input(a, name):
+    a = as_array(a, name)
+    if not hasattr(a, "__cuda_array_interface__") and dtype_code(a.dtype) not in (0, 1, 2):
+        raise TypeError(f"{name}: dtype {a.dtype} is not float32/float16/bfloat16")
+    return a
+
+
+def quantize(w, group_size=None, bits=None, mode="affine"):
+    """Quantize the last axis of w like mx.quantize (bit for bit with MLX on CPU).
+
+    Returns (w_q, scales, biases) for affine and (w_q, scales) for the fp modes:
+    w_q uint32 [..., D*bits/32]; scales w's dtype (affine) or uint8 [..., D/group].
+    """
+    fmt = format_string(mode, group_size, bits)
+    _, _, b, g, has_biases = _qsdpa.format_info(fmt)
+    w = np.ascontiguousarray(_float_input(w, "w"))
+    if w.ndim < 1 or w.shape[-1] % g:
+        raise ValueError(f"w: last dim {w.shape[-1] if w.ndim else None} is not a multiple of group_size {g}")
+    dim = w.shape[-1]
+    rows = int(np.prod(w.shape[:-1], dtype=np.int64))
+    codes = np.empty(w.shape[:-1] + (dim * b // 32,), np.uint32)
+    sdtype = w.dtype if has_biases else np.dtype(np.uint8)
+    scales = np.empty(w.shape[:-1] + (dim // g,), sdtype)
+    biases = np.empty_like(scales) if has_biases else None
+    _qsdpa.quantize(fmt, _ptr(w), dtype_code(w.dtype), rows, dim, _ptr(codes), _ptr(scales), _ptr(biases),
+                    dtype_code(sdtype))
+    return (codes, scales, biases) if has_biases else (codes, scales)
+
+
+def dequantize(w, scales, biases=None, group_size=None, bits=None, mode="affine", dtype=None):
+    """Inverse of quantize, as mx.dequantize. dtype defaults to the scales' dtype
+    for affine and float32 for the fp modes (MLX gives bfloat16 there)."""
+    fmt = format_string(mode, group_size, bits)
+    _, _, b, g, has_biases = _qsdpa.format_info(fmt)
+    w = np.ascontiguousarray(as_array(w, "w"))
+    scales = np.ascontiguousarray(as_array(scales, "scales"))
+    if has_biases and biases is None:
+        raise ValueError("biases: required for mode affine")
+    if biases is not None:
+        biases = np.ascontiguousarray(as_array(biases, "biases"))
+    if w.dtype != np.uint32:
+        raise TypeError(f"w: dtype {w.dtype} is not uint32")
+    dim = w.shape[-1] * 32 // b
+    rows = int(np.prod(w.shape[:-1], dtype=np.int64))
+    if scales.shape != w.shape[:-1] + (dim // g,) or (biases is not None and biases.shape != scales.shape):
+        raise ValueError(f"scales shape {scales.shape} does not match w {w.shape} with group_size {g}")
+    if dtype is None:
+        dtype = scales.dtype if has_biases else np.float32
+    out = np.empty(w.shape[:-1] + (dim,), numpy_dtype(dtype_code(dtype)))
+    _qsdpa.dequantize(fmt, _ptr(w), _ptr(scales), _ptr(biases), dtype_code(scales.dtype), rows, dim, _ptr(out),
+                      dtype_code(out.dtype))
+    return out
+
+
+def _ptr(a):
+    return 0 if a is None else a.__array_interface__["data"][0]
+
+
+def _qtensor(fmt, bits, codes, scales, biases, name):
+    codes = as_array(codes, name)
+    dim = codes.shape[-1] * 32 // bits
+    return (fmt, dim, describe(codes, name), describe(as_array(scales, name + "_scales"), name + "_scales"),
+            None if biases is None else describe(as_array(biases, name + "_biases"), name + "_biases"))
+
+
+def _params(scale, mask, sinks, causal, window):
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"mask = {mask!r}: the only string mask is 'causal'")
+        mask, causal = None, True
+    m = None if mask is None else describe(as_array(mask, "mask"), "mask")
+    s = None if sinks is None else describe(as_array(sinks, "sinks"), "sinks")
+    return (float(scale), m, int(bool(causal)), int(window or 0), s)
+
+
+def _out(out, q, dv):
+    shape = tuple(q.shape[:-1]) + (dv,)
+    if out is None:
+        return np.empty(shape, q.dtype)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out: shape {tuple(out.shape)}, expected {shape}")
+    return out
+
+
+def attention(q, k, k_scales, k_biases, v, v_scales, v_biases, *, scale, mask=None, sinks=None, group_size=None,
+              bits=None, mode="affine", causal=False, window=None, v_group_size=None, v_bits=None, v_mode=None,
+              out=None, context=None):
+    """Attention over quantized K/V, as mx.fast.quantized_scaled_dot_product_attention.
+
+    q [B, Hq, Lq, D] float32/float16/bfloat16; k, v packed uint32 [B, Hkv, Lk, D*bits/32]
+    with their scales (and biases for affine; None otherwise), e.g. from quantize()
+    or mlx-lm's QuantizedKVCache (any strides, so views of a preallocated cache work).
+    mask: None, "causal", a bool array (False = masked) or an additive float array,
+    broadcastable to [B, Hq, Lq, Lk]. sinks: [Hq] logits. window (with causal): keep
+    the last `window` keys of each row. V may use another format (v_mode, v_bits,
+    v_group_size; default: K's). Returns out [B, Hq, Lq, Dv] in q's dtype.
+    """
+    kfmt = format_string(mode, group_size, bits)
+    vfmt = format_string(v_mode or mode, v_group_size if v_mode or v_group_size else group_size,
+                         v_bits if v_mode or v_bits else bits)
+    q = _float_input(q, "q")
+    kd = _qtensor(kfmt, _qsdpa.format_info(kfmt)[2], k, k_scales, k_biases, "k")
+    vd = _qtensor(vfmt, _qsdpa.format_info(vfmt)[2], v, v_scales, v_biases, "v")
+    o = _out(out, q, vd[1])
+    _qsdpa.attention(_context(context), describe(q, "q"), kd, vd, _params(scale, mask, sinks, causal, window),
+                     describe(o, "out", writable=True))
+    return o
+
+
+class Cache:
+    """Quantized KV cache of `layers` layers, K [B, Hkv, L, dim_k], V [B, Hkv, L, dim_v].
+
+    Rows are quantized on append (k_format/v_format: "affine:4:64", "affine:8:64",
+    "mxfp4", "mxfp8", "nvfp4", "f16", ...); capacity grows `step` tokens at a time
+    without re-quantizing; `residual` newest tokens stay unquantized (KIVI).
+    """
+
+    def __init__(self, layers, batch, heads_kv, dim_k, dim_v=None, k_format="affine:4:64", v_format=None,
+                 scale_dtype="f16", step=256, residual=0, residual_dtype="f16", context=None, _cap=None):
+        self._context = context
+        if _cap is not None:
+            self._cap = _cap
+            return
+        self._cap = _qsdpa.cache_create(_context(context), int(layers), int(batch), int(heads_kv), int(dim_k),
+                                        int(dim_k if dim_v is None else dim_v), k_format, v_format or k_format,
+                                        dtype_code(scale_dtype), int(step), int(residual), dtype_code(residual_dtype))
+
+    @classmethod
+    def load(cls, path, context=None):
+        """A cache read from a file written by save() (OSError if truncated or corrupt)."""
+        return cls(0, 0, 0, 0, context=context, _cap=_qsdpa.cache_load(_context(context), str(path)))
+
+    def save(self, path):
+        _qsdpa.cache_save(self._cap, str(path))
+
+    @property
+    def options(self):
+        return _qsdpa.cache_options(self._cap)
+
+    def append(self, layer, k, v):
+        """Append k [B, Hkv, T, dim_k] and v [B, Hkv, T, dim_v] (float32/float16/bfloat16, any strides)."""
+        k, v = _float_input(k, "k"), _float_input(v, "v")
+        _qsdpa.cache_append(_context(self._context), self._cap, int(layer), describe(k, "k"), describe(v, "v"))
+
+    def attend(self, layer, q, *, scale=None, mask=None, sinks=None, causal=False, window=None, out=None):
+        """Attention of q [B, Hq, Lq, dim_k] over the layer's tokens; the queries are the
+        newest Lq positions for causal/window. scale defaults to 1/sqrt(dim_k)."""
+        q = _float_input(q, "q")
+        opts = self.options
+        if scale is None:
+            scale = 1.0 / math.sqrt(opts["dim_k"])
+        o = _out(out, q, opts["dim_v"])
+        _qsdpa.cache_attend(_context(self._context), self._cap, int(layer), describe(q, "q"),
+                            _params(scale, mask, sinks, causal, window), describe(o, "out", writable=True))
+        return o
+
+    def trim(self, n):
+        """Drop the newest n tokens of every layer (speculative-decoding roll-back)."""
+        _qsdpa.cache_trim(self._cap, int(n))
+
+    def length(self, layer=0):
+        return _qsdpa.cache_length(self._cap, int(layer))
+
+    @property
+    def offset(self):
+        """Tokens in layer 0 (mlx-lm's cache.offset)."""
+        return self.length(0)
+
+    @property
+    def nbytes(self):
+        """Bytes the stored tokens occupy (codes, scales, biases, window rows)."""
+        return _qsdpa.cache_memory(self._cap)[1]
+
+    @property
+    def allocated_bytes(self):
+        return _qsdpa.cache_memory(self._cap)[0]
+
+    def view(self, layer, part="quantized"):
+        """Read-only arrays over one layer's storage, no copy: ((k, k_scales, k_biases),
+        (v, v_scales, v_biases)) for part "quantized" (strided: capacity > length),
+        or ((k,), (v,)) rows for part "residual". Valid until the next append/trim."""
+        code = {"quantized": 0, "residual": 1}[part]
+        kd, vd = _qsdpa.cache_view(self._cap, int(layer), code)
+        if code == 1:
+            return (view_of(kd[2], self),), (view_of(vd[2], self),)
+        return tuple(tuple(view_of(x, self) for x in d[2:]) for d in (kd, vd))
