@@ -116,6 +116,7 @@ double cli_median(double *v, int n);
 bool cli_device_compiled(void);
 /* Copy `bytes` of host memory to a new device buffer (NULL on failure, message printed). */
 void *cli_device_upload(const void *host, size_t bytes);
+int cli_device_write(void *device, const void *host, size_t bytes);
 int cli_device_download(void *host, const void *device, size_t bytes);
 void cli_device_free(void *device);
 int cli_device_sync(void);

@@ -22,6 +22,15 @@ void *cli_device_upload(const void *host, size_t bytes) {
     return d;
 }
 
+int cli_device_write(void *device, const void *host, size_t bytes) {
+    cudaError_t e = cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        fprintf(stderr, "qsdpa: CUDA copy of %zu bytes to the device failed: %s\n", bytes, cudaGetErrorString(e));
+        return CLI_EXIT_FAIL;
+    }
+    return 0;
+}
+
 int cli_device_download(void *host, const void *device, size_t bytes) {
     cudaError_t e = cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost);
     if (e != cudaSuccess) {
@@ -50,6 +59,12 @@ void *cli_device_upload(const void *host, size_t bytes) {
     (void)bytes;
     fprintf(stderr, "qsdpa: this build has no CUDA support\n");
     return NULL;
+}
+int cli_device_write(void *device, const void *host, size_t bytes) {
+    (void)device;
+    (void)host;
+    (void)bytes;
+    return CLI_EXIT_FAIL;
 }
 int cli_device_download(void *host, const void *device, size_t bytes) {
     (void)host;

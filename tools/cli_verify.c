@@ -131,25 +131,16 @@ static int setup(verifier *vf) {
     return vf->cells ? 0 : CLI_EXIT_FAIL;
 }
 
-/* Run kernel row `i` on problem p (on the device for CUDA rows); out gets the result. */
-static qsdpa_status run_row(verifier *vf, int i, const cli_problem *p, cli_problem *dev, bool *dev_ready,
-                            void *out, int *rc) {
-    qsdpa_tensor tout = cli_problem_out(p, out);
-    if (vf->info[i].backend != QSDPA_BACKEND_CUDA) return qsdpa_attention(vf->ctx[i], &p->tq, &p->tk, &p->tv, &p->params, &tout);
-    if (!*dev_ready) {
-        if ((*rc = cli_problem_upload(p, dev))) return QSDPA_OK;
-        *dev_ready = true;
-    }
-    void *dout = cli_device_upload(out, p->out_bytes); /* uploads the poison too */
-    if (!dout) {
-        *rc = CLI_EXIT_FAIL;
-        return QSDPA_OK;
-    }
-    tout.data = dout;
-    qsdpa_status st = qsdpa_attention(vf->ctx[i], &dev->tq, &dev->tk, &dev->tv, &dev->params, &tout);
+/* Run kernel row `i` with output tensor tout; CUDA rows run on dev (the
+ * device copy) into tout (device memory) and the result, guard bytes
+ * included, is copied back into the host buffer out. */
+static qsdpa_status run_row(verifier *vf, int i, const cli_problem *p, const cli_problem *dev, qsdpa_tensor *tout,
+                            void *out, size_t bytes, int *rc) {
+    if (vf->info[i].backend != QSDPA_BACKEND_CUDA) return qsdpa_attention(vf->ctx[i], &p->tq, &p->tk, &p->tv, &p->params, tout);
+    if ((*rc = cli_device_write(tout->data, out, bytes))) return QSDPA_OK; /* the poison */
+    qsdpa_status st = qsdpa_attention(vf->ctx[i], &dev->tq, &dev->tk, &dev->tv, &dev->params, tout);
     if (st == QSDPA_OK) *rc = cli_device_sync();
-    if (st == QSDPA_OK && !*rc) *rc = cli_device_download(out, dout, p->out_bytes);
-    cli_device_free(dout);
+    if (st == QSDPA_OK && !*rc) *rc = cli_device_download(out, tout->data, bytes);
     return st;
 }
 
@@ -159,7 +150,7 @@ static int check_case(verifier *vf, int pair, int dt, const cli_case *c, uint64_
     cli_problem dev;
     bool dev_ready = false;
     int rc = cli_problem_build(c, seed, &p);
-    void *ref = NULL, *out = NULL;
+    void *ref = NULL, *out = NULL, *dout = NULL; /* dout: device out + guard, CUDA rows only */
     char text[160];
     cli_case_string(c, text, sizeof text);
     if (rc) goto done;
@@ -180,14 +171,24 @@ static int check_case(verifier *vf, int pair, int dt, const cli_case *c, uint64_
     for (int i = 0; i < vf->kernel_count && !rc; i++) {
         if (!vf->ctx[i] || i == vf->reference) continue;
         const char *name;
-        qsdpa_tensor tout = cli_problem_out(&p, out);
-        st = qsdpa_attention_select(vf->ctx[i], &p.tq, &p.tk, &p.tv, &p.params, &tout, &name);
+        bool on_device = vf->info[i].backend == QSDPA_BACKEND_CUDA;
+        if (on_device && !dev_ready) { /* one device copy per case, made on first need */
+            if ((rc = cli_problem_upload(&p, &dev))) break;
+            dev_ready = true;
+            if (!(dout = cli_device_upload(NULL, p.out_bytes + GUARD_BYTES))) {
+                rc = CLI_EXIT_FAIL;
+                break;
+            }
+        }
+        const cli_problem *rp = on_device ? &dev : &p;
+        qsdpa_tensor tout = cli_problem_out(rp, on_device ? dout : out);
+        st = qsdpa_attention_select(vf->ctx[i], &rp->tq, &rp->tk, &rp->tv, &rp->params, &tout, &name);
         if (st == QSDPA_ERR_UNSUPPORTED) continue; /* the row does not serve this case */
         cell *cl = &vf->cells[((size_t)pair * 3 + (size_t)dt) * (size_t)vf->kernel_count + (size_t)i];
         cl->count++;
         vf->comparisons++;
         memset(out, 0xFF, p.out_bytes + GUARD_BYTES);
-        if (st == QSDPA_OK) st = run_row(vf, i, &p, &dev, &dev_ready, out, &rc);
+        if (st == QSDPA_OK) st = run_row(vf, i, &p, &dev, &tout, out, p.out_bytes + GUARD_BYTES, &rc);
         double err = INFINITY;
         bool guard_ok = true;
         for (size_t g = 0; g < GUARD_BYTES; g++) guard_ok &= ((unsigned char *)out)[p.out_bytes + g] == 0xFF;
@@ -212,6 +213,7 @@ static int check_case(verifier *vf, int pair, int dt, const cli_case *c, uint64_
     }
 done:
     if (dev_ready) cli_problem_device_free(&dev);
+    cli_device_free(dout);
     free(ref);
     free(out);
     cli_problem_free(&p);
