@@ -12,13 +12,28 @@ static const float fp4_table[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.
 
 float qsdpa_fp4_decode(uint8_t code) { return fp4_table[code & 15]; }
 
+/* Nearest magnitude code for |x| <= 8: midpoints, ties to the smaller code. */
+static uint8_t fp4_nearest_magnitude(float a) {
+    static const float mids[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+    uint8_t c = 0;
+    while (c < 7 && a > mids[c]) c++;
+    return c;
+}
+
 /* MLX encodes FP4 as argmin(|x - table|) with the differences computed in the
- * working dtype (the input's for mxfp4, f32 for nvfp4). A threshold test gives
- * the same code for moderate |x|, but not where the differences all round to
- * the same value (|x| >= ~2^26 in f32: code 0, not 7), which nvfp4 reaches when
- * its E4M3 scale saturates; so the argmin itself is reproduced. Strict `<`
- * keeps the first minimum, as MLX's argmin does; a NaN difference never wins. */
+ * working dtype (the input's for mxfp4, f32 for nvfp4), first entry winning
+ * ties. For |x| <= 8 every difference that decides a comparison is exact
+ * (Sterbenz), so the midpoint test gives the same code (checked exhaustively
+ * for f16/bf16 in tests/format/test_format_codecs.c); beyond that the argmin is
+ * reproduced, because at |x| >= ~2^26 (f32) all differences round equal and
+ * MLX returns code 0, not 7: nvfp4 reaches this when its E4M3 scale saturates
+ * or is 0 (w/0 = inf gives code 0 as well). A NaN difference never wins. */
 uint8_t qsdpa_fp4_encode(float x, qsdpa_dtype arith) {
+    float a = fabsf(x);
+    if (a <= 8.0f) {
+        uint8_t c = fp4_nearest_magnitude(a);
+        return c == 0 ? 0 : (uint8_t)(c | (signbit(x) ? 8 : 0)); /* nearest zero: +0 even when negative */
+    }
     float best = fabsf(qsdpa_round_to(arith, x - fp4_table[0]));
     uint8_t code = 0;
     for (uint8_t c = 1; c < 16; c++) {

@@ -3,7 +3,18 @@
  *
  * MLX runs each step of the fp modes in a particular dtype (measured against
  * mlx 0.32.4, tools/gen_golden.py and tests/format): we mirror every rounding.
- * Where that differs from SPEC §2 the comment at the step says so. */
+ * Where MLX differs from SPEC §2 we follow MLX (2026-11-25):
+ *  - mxfp4/mxfp8 exponent: e = ceil(log2(s)), exact, not round_half_even;
+ *    s = max|w|/M is rounded to the input dtype first. The E8M0 byte is
+ *    (e + 127) mod 256, unclamped (tiny groups wrap).
+ *  - FP8 decode of magnitude 0x7F is NaN, not 480 (quantize never makes it).
+ *  - FP4 encode of nvfp4 values so large that every table difference rounds
+ *    equal (or inf/NaN, from an E4M3 scale of 0) gives code 0, not ±6.
+ *  - dequantize is not "f32, rounded once": see dequantize_group below.
+ *  - MLX itself rejects nvfp4 rows that are not a multiple of 32 values (a
+ *    reshape in its composed ops); qsdpa takes any multiple of 16.
+ * Affine quantization is exactly SPEC §2. Non-finite inputs give unspecified
+ * (but defined) codes. */
 #include "format/format_internal.h"
 
 #include <math.h>

@@ -67,6 +67,18 @@ static float ref_round(double x, int man, int emin, double inf_at) {
     return (float)r;
 }
 
+/* MLX's encoder as written in ops.cpp: argmin over the table of
+ * |x - entry| with the differences in `arith`, first minimum wins. */
+static int argmin_fp4(float x, qsdpa_dtype arith) {
+    int best = 0;
+    float bd = fabsf(qsdpa_round_to(arith, x - qsdpa_fp4_decode(0)));
+    for (int c = 1; c < 16; c++) {
+        float d = fabsf(qsdpa_round_to(arith, x - qsdpa_fp4_decode((uint8_t)c)));
+        if (d < bd) { bd = d; best = c; }
+    }
+    return best;
+}
+
 /* ---- FP4 -------------------------------------------------------------------- */
 
 static void test_fp4(test_rng *rng) {
@@ -91,6 +103,17 @@ static void test_fp4(test_rng *rng) {
     CHECK(qsdpa_fp4_encode(NAN, QSDPA_DTYPE_F32) == 0, "fp4 encode NaN");
     CHECK(qsdpa_fp4_encode(INFINITY, QSDPA_DTYPE_F32) == 0, "fp4 encode inf");
     CHECK(qsdpa_fp4_encode(-1e30f, QSDPA_DTYPE_F32) == 0, "fp4 encode -1e30");
+    /* the midpoint fast path equals MLX's argmin over every f16 and bf16 value
+     * (differences rounded to that dtype) and over random f32 values */
+    for (uint32_t h = 0; h < 65536; h++) {
+        float xh = qsdpa_f16_to_f32((uint16_t)h), xb = qsdpa_bf16_to_f32((uint16_t)h);
+        CHECK(qsdpa_fp4_encode(xh, QSDPA_DTYPE_F16) == argmin_fp4(xh, QSDPA_DTYPE_F16), "fp4 f16 0x%04x", h);
+        CHECK(qsdpa_fp4_encode(xb, QSDPA_DTYPE_BF16) == argmin_fp4(xb, QSDPA_DTYPE_BF16), "fp4 bf16 0x%04x", h);
+        float x32 = float_of((uint32_t)test_rng_next(rng));
+        CHECK(qsdpa_fp4_encode(x32, QSDPA_DTYPE_F32) == argmin_fp4(x32, QSDPA_DTYPE_F32), "fp4 f32 %a", (double)x32);
+        x32 = (float)(20.0 * test_rng_uniform(rng) - 10.0);
+        CHECK(qsdpa_fp4_encode(x32, QSDPA_DTYPE_F32) == argmin_fp4(x32, QSDPA_DTYPE_F32), "fp4 f32 %a", (double)x32);
+    }
     for (int i = 0; i < 20000; i++) {
         float x = (float)(16.0 * test_rng_uniform(rng) - 8.0);
         int want = ref_fp4_encode(x);
