@@ -178,6 +178,21 @@ qsdpa_status qsdpa_context_set_stream(qsdpa_context *ctx, void *stream);
 /* Is a backend compiled in and usable on this machine (CUDA: a device exists)? */
 int qsdpa_backend_available(qsdpa_backend backend);
 
+/* ---- quantize / dequantize on a CUDA device ------------------------------ */
+/* As qsdpa_quantize / qsdpa_dequantize (same arguments, same bits: bit-exact
+ * with the host functions), on device memory through a CUDA context, on its
+ * stream (asynchronous). To append T rows to a device cache of capacity C at
+ * position L, pass codes + L*row_words, scales + L*(dim/group), ... as the
+ * rows' destination. A host pointer gives QSDPA_ERR_INVALID_ARGUMENT, a CPU
+ * context too; a build without CUDA gives QSDPA_ERR_UNSUPPORTED. */
+qsdpa_status qsdpa_quantize_device(qsdpa_context *ctx, const qsdpa_format *format, const void *x,
+                                   qsdpa_dtype x_dtype, int64_t rows, int64_t dim, uint32_t *codes,
+                                   void *scales, void *biases, qsdpa_dtype scale_dtype);
+qsdpa_status qsdpa_dequantize_device(qsdpa_context *ctx, const qsdpa_format *format,
+                                     const uint32_t *codes, const void *scales, const void *biases,
+                                     qsdpa_dtype scale_dtype, int64_t rows, int64_t dim, void *out,
+                                     qsdpa_dtype out_dtype);
+
 /* ---- attention ---------------------------------------------------------- */
 typedef struct qsdpa_attention_params {
     float scale;                /* multiplies q.k (usually 1/sqrt(Dk)) */
