@@ -147,3 +147,38 @@ def test_cache_bad_input(rng):
     with pytest.raises(ValueError):
         c.attend(0, rng.standard_normal((1, 2, 1, 64)).astype(np.float32), mask=np.ones((1, 5), bool))
     assert c.length(0) == 3
+
+
+def test_file_layout_as_documented(rng, tmp_path):
+    """docs/CACHE_FORMAT.md, read with struct and zlib only."""
+    import struct
+    import zlib
+    b, h, dk, dv, n, r = 1, 2, 128, 64, 21, 4
+    cache = qsdpa.Cache(2, b, h, dk, dim_v=dv, k_format="affine:4:64", v_format="mxfp4", scale_dtype="f16",
+                        residual=r, residual_dtype="f32", step=16)
+    for layer in range(2):
+        cache.append(layer, rng.standard_normal((b, h, n, dk)).astype(np.float32),
+                     rng.standard_normal((b, h, n, dv)).astype(np.float32))
+    path = tmp_path / "c.qkv"
+    cache.save(path)
+    data = path.read_bytes()
+    assert data[:8] == b"QSDPAKV\0" and struct.unpack_from("<I", data, 8)[0] == 1
+    hsize = struct.unpack_from("<I", data, 12)[0]
+    assert hsize == 120 + 16 * 2 + 4
+    assert struct.unpack_from("<7q", data, 16) == (2, b, h, dk, dv, 16, r)
+    assert struct.unpack_from("<2I", data, 72) == (1, 0)  # f16 scales, f32 window
+    assert struct.unpack_from("<4I", data, 80) == (1, 4, 64, 0)
+    assert struct.unpack_from("<4I", data, 100) == (2, 4, 32, 0)
+    assert zlib.crc32(data[:hsize - 4]) == struct.unpack_from("<I", data, hsize - 4)[0]
+    qlen, rlen = struct.unpack_from("<2q", data, 120)
+    assert (qlen, rlen) == (n - r, r)
+    sizes = [b * h * qlen * dk // 2, b * h * qlen * dk // 64 * 2, b * h * qlen * dk // 64 * 2,  # K affine
+             b * h * qlen * dv // 2, b * h * qlen * dv // 32,                                     # V mxfp4
+             b * h * rlen * dk * 4, b * h * rlen * dv * 4]                                        # windows
+    payload = data[hsize:hsize + sum(sizes)]
+    assert zlib.crc32(payload) == struct.unpack_from("<I", data, hsize + sum(sizes))[0]
+    codes = np.frombuffer(payload, np.uint32, sizes[0] // 4).reshape(b, h, qlen, -1)
+    assert np.array_equal(codes, cache.view(0)[0][0])
+    kwin = np.frombuffer(payload, np.float32, sizes[5] // 4, sum(sizes[:5])).reshape(b, h, rlen, dk)
+    assert np.array_equal(kwin, cache.view(0, "residual")[0][0])
+    assert len(data) == hsize + 2 * (sum(sizes) + 4)
