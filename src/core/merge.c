@@ -1,4 +1,4 @@
-/* qsdpa_merge: the exact merge of partial attention results (CPU contexts).
+/* qsdpa_merge: the exact merge of partial attention results.
  *
  * Partial i of a row holds out_i (normalised within its slice) and
  * lse_i = ln sum_j exp(s_j) over its slice. Then, in natural-log base,
@@ -6,11 +6,15 @@
  * computed in double around the largest lse_i. When every lse_i is -inf (a
  * row whose keys are masked in every slice) there are no weights: the slices
  * then hold sum(V)/key_total each (see src/reference/reference.c) and are
- * summed, which gives the mean of V that the unsplit call gives. */
+ * summed, which gives the mean of V that the unsplit call gives.
+ * CUDA contexts: validated here (shapes and address ranges only), then
+ * src/cuda/cuda_merge.cu runs the same arithmetic on the device. */
 #include "internal.h"
 
 #include <math.h>
 #include <stdio.h>
+
+#include "cuda/cuda_backend.h"
 
 #define INVALID QSDPA_ERR_INVALID_ARGUMENT
 
@@ -32,8 +36,6 @@ static qsdpa_status validate(qsdpa_context *ctx, int n, const qsdpa_tensor *outs
     if (!outs) return qsdpa_fail(INVALID, fn, "outs is NULL");
     if (!lses) return qsdpa_fail(INVALID, fn, "lses is NULL");
     if (!out) return qsdpa_fail(INVALID, fn, "out is NULL");
-    if (ctx->options.backend != QSDPA_BACKEND_CPU)
-        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "ctx backend = CUDA: merge runs on CPU contexts only for now");
 
     qsdpa_span so, sl = {0, 0}, s;
     qsdpa_status st = qsdpa_check_tensor(fn, "out->", out, 4, QSDPA_ROLE_OUTPUT, &so);
@@ -106,6 +108,8 @@ qsdpa_status qsdpa_merge(qsdpa_context *ctx, int n, const qsdpa_tensor *outs, co
     qsdpa_clear_error();
     qsdpa_status st = validate(ctx, n, outs, lses, out, lse_out);
     if (st != QSDPA_OK) return st;
+    if (ctx->options.backend == QSDPA_BACKEND_CUDA) /* device pointers: same arithmetic on the device */
+        return qsdpa_cuda_merge(ctx, n, outs, lses, out, lse_out);
     for (int64_t b = 0; b < out->shape[0]; b++)
         for (int64_t h = 0; h < out->shape[1]; h++)
             for (int64_t i = 0; i < out->shape[2]; i++) merge_row(n, outs, lses, out, lse_out, b, h, i);
