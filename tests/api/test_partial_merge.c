@@ -31,6 +31,8 @@ static const split_case cases[] = {
     {"causal Lq>Lk sinks", 1, 4, 2, 12, 7, 64, 64, "affine:6:64", "affine:3:32", F32, 1, 0, 1, 0},
     {"window", 1, 2, 1, 9, 33, 96, 96, "affine:5:32", "affine:2:32", F32, 1, 6, 0, 0},
     {"window sinks f16", 1, 4, 1, 5, 29, 64, 128, "affine:4:64", "mxfp4", F16, 1, 4, 1, 0},
+    {"window Lq>Lk", 1, 2, 1, 10, 6, 64, 64, "mxfp4", "mxfp4", F32, 1, 3, 0, 0},
+    {"window Lq>Lk sinks bf16", 1, 2, 1, 10, 6, 64, 64, "affine:8:32", "mxfp4", BF16, 1, 2, 1, 0},
     {"bool all-false rows", 1, 2, 1, 6, 21, 64, 64, "f32", "f16", F32, 0, 0, 0, 1},
     {"bool all-false sinks bf16", 2, 2, 2, 6, 18, 64, 64, "nvfp4", "affine:8:64", BF16, 0, 0, 1, 1},
 };

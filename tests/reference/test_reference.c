@@ -50,6 +50,7 @@ static const ref_case cases[] = {
     {"D1024", 1, 1, 1, 1, 7, 9, 1024, 1024, "affine:4:128", "mxfp8", F32, BF16, 0, 0, 0, 0, F32, 0, 0, 0, 0},
     {"odd Lk113 bool4 bcastB", 3, 4, 4, 2, 113, 128, 64, 64, "mxfp8", "mxfp8", F16, F32, MASK_BOOL, 4, 1u, 0, F32, 0, 0, 0, 0},
     {"bool1 Lk", 1, 2, 1, 3, 40, 41, 64, 128, "affine:5:64", "affine:3:64", BF16, BF16, MASK_BOOL, 1, 0, 0, F32, 1, 0, 0, 1},
+    {"window Lq>Lk", 1, 2, 1, 10, 6, 8, 64, 64, "mxfp4", "affine:4:32", F32, F32, 0, 0, 0, 0, F32, 0, 1, 3, 0},
     {"prefill causal", 1, 4, 1, 48, 80, 96, 128, 128, "affine:4:64", "affine:4:64", F32, F16, 0, 0, 0, 0, F32, 0, 1, 0, 0},
 };
 
