@@ -135,14 +135,53 @@ def write_dir(d, q, kq, vq, mask, sinks):
             os.remove(path)
 
 
-def run_qsdpa(qsdpa, d, fmt, causal, out_name, kernel=None):
-    cmd = [qsdpa, "run", "--dir", d, "--format", fmt, "--scale", "1.0", "--out", os.path.join(d, out_name)]
-    if causal:
-        cmd.append("--causal")
+def run_args(fmt, causal):
+    return ["--format", fmt, "--scale", "1.0"] + (["--causal"] if causal else [])
+
+
+def run_qsdpa(qsdpa, d, fmt, causal, out_path, kernel=None, backend="cpu"):
+    cmd = [qsdpa, "run", "--dir", d, *run_args(fmt, causal), "--backend", backend, "--out", out_path]
     if kernel:
         cmd += ["--kernel", kernel]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    return r, cmd
+    return r.returncode, r.stderr.strip(), " ".join(cmd)
+
+
+class Runner:
+    """Where the output under test comes from: `qsdpa run` here (on --backend),
+    or, for a backend on another machine, --export writes every case to a
+    folder (case_NNN/ with args.txt) and --outputs reads what that machine's
+    `qsdpa run --dir case_NNN $(cat args.txt) --out NNN.npy` left (NNN.npy,
+    NNN.rc, NNN.err). The same --seed regenerates the same cases."""
+
+    def __init__(self, args, workdir):
+        self.args, self.workdir, self.index = args, workdir, 0
+
+    def case_dir(self):
+        self.index += 1
+        if self.args.export:
+            d = os.path.join(self.args.export, f"case_{self.index:03d}")
+            os.makedirs(d, exist_ok=True)
+            return d
+        return self.workdir
+
+    def main_output(self, d, fmt, causal, out_name):
+        """(exit code, stderr, command) and the output path of the output under test."""
+        if self.args.export:
+            with open(os.path.join(d, "args.txt"), "w") as f:
+                f.write(" ".join(run_args(fmt, causal)) + "\n")
+            return None
+        if self.args.outputs:
+            base = os.path.join(self.args.outputs, f"{self.index:03d}")
+            with open(base + ".rc") as f:
+                rc = int(f.read().strip() or "-1")
+            with open(base + ".err") as f:
+                err = f.read().strip()
+            return (rc, err, f"qsdpa run --dir case_{self.index:03d} (imported)"), base + ".npy"
+        path = os.path.join(d, out_name)
+        if os.path.exists(path):
+            os.remove(path)
+        return run_qsdpa(self.args.qsdpa, d, fmt, causal, path, backend=self.args.backend), path
 
 
 class Results:
@@ -161,7 +200,8 @@ class Results:
             print(f"FAIL {name}: {detail}", file=sys.stderr)
 
 
-def check_subtest(qsdpa, d, rng, t, hq, hkv, lq, res, label):
+def check_subtest(runner, rng, t, hq, hkv, lq, res, label):
+    d = runner.case_dir()
     q, k, v, mask, sinks = make_inputs(rng, t, hq, hkv, lq)
     kq, vq = quantize(mx.array(k), t), quantize(mx.array(v), t)
     write_dir(d, q, kq, vq, mask, sinks)
@@ -169,16 +209,20 @@ def check_subtest(qsdpa, d, rng, t, hq, hkv, lq, res, label):
     name = (f"{label} scenario {t['scenario']} {fmt} Lq={lq} Hq={hq} Hkv={hkv}"
             f"{' mask=' + t['mask'] if t['mask'] else ''}{' sinks' if t['sinks'] else ''}"
             f"{' causal' if t['causal'] else ''}")
-    r, cmd = run_qsdpa(qsdpa, d, fmt, t["causal"], "out.npy")
-    if r.returncode != 0:
-        res.record(name, False, f"`{' '.join(cmd)}` exited {r.returncode}: {r.stderr.strip()}")
+    got = runner.main_output(d, fmt, t["causal"], "out.npy")
+    if got is None:  # --export: the case is written, nothing to check here
         return
-    rr, cmd = run_qsdpa(qsdpa, d, fmt, t["causal"], "out_ref.npy", kernel="cpu.reference")
-    if rr.returncode != 0:
-        res.record(name, False, f"`{' '.join(cmd)}` exited {rr.returncode}: {rr.stderr.strip()}")
+    (rc, err, cmd), out_path = got
+    if rc != 0:
+        res.record(name, False, f"`{cmd}` exited {rc}: {err}")
         return
-    out = np.load(os.path.join(d, "out.npy"))
-    ref = np.load(os.path.join(d, "out_ref.npy"))
+    ref_path = os.path.join(d, "out_ref.npy")
+    rc, err, cmd = run_qsdpa(runner.args.qsdpa, d, fmt, t["causal"], ref_path, kernel="cpu.reference")
+    if rc != 0:
+        res.record(name, False, f"`{cmd}` exited {rc}: {err}")
+        return
+    out = np.load(out_path)
+    ref = np.load(ref_path)
     if out.shape != (B, hq, lq, D) or out.dtype != np.float32:
         res.record(name, False, f"out.npy has shape {out.shape} dtype {out.dtype}, want {(B, hq, lq, D)} float32")
         return
@@ -208,31 +252,36 @@ def check_subtest(qsdpa, d, rng, t, hq, hkv, lq, res, label):
                f" (errors: vs dequantized SDPA {e_dq:.3g}, vs reference {e_ref:.3g}, vs unquantized {e_fp:.3g})")
 
 
-def check_scenario_10(qsdpa, d, rng):
-    """Causal together with a bool mask is an error: exit 1 and a message, no out.npy."""
+def check_scenario_10(runner, rng):
+    """Causal together with a bool mask is an error: exit 1 and a message, no output file."""
     t = dict(scenario=10, mode="affine", bits=4, lq=4, tol=5e-2, mask="bool", sinks=None, causal=True)
+    d = runner.case_dir()
     q, k, v, mask, sinks = make_inputs(rng, t, 2, 1, 4)
     write_dir(d, q, quantize(mx.array(k), t), quantize(mx.array(v), t), mask, sinks)
-    out_path = os.path.join(d, "out_err.npy")
-    if os.path.exists(out_path):
-        os.remove(out_path)
-    r, cmd = run_qsdpa(qsdpa, d, format_name(t), True, "out_err.npy")
-    msg = r.stderr.strip()
-    ok = r.returncode == 1 and "causal" in msg.lower() and "mask" in msg.lower() and not os.path.exists(out_path)
-    print(f"scenario 10 (causal + bool mask): exit {r.returncode}, message: {msg}")
+    got = runner.main_output(d, format_name(t), True, "out_err.npy")
+    if got is None:
+        return True
+    (rc, msg, cmd), out_path = got
+    ok = rc == 1 and "causal" in msg.lower() and "mask" in msg.lower() and not os.path.exists(out_path)
+    print(f"scenario 10 (causal + bool mask): exit {rc}, message: {msg}")
     if not ok:
-        print(f"FAIL scenario 10: `{' '.join(cmd)}` should exit 1 naming causal and mask and write nothing",
-              file=sys.stderr)
+        print(f"FAIL scenario 10: `{cmd}` should exit 1 naming causal and mask and write nothing", file=sys.stderr)
     return ok
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--qsdpa", required=True, help="path of the qsdpa executable")
+    ap.add_argument("--qsdpa", help="path of the qsdpa executable (not needed with --export)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "cuda"], help="backend of the output under test")
+    ap.add_argument("--export", metavar="DIR", help="write every case to DIR/case_NNN/ for another machine; no checks")
+    ap.add_argument("--outputs", metavar="DIR", help="check DIR/NNN.npy|.rc|.err made from an --export (same --seed)")
     args = ap.parse_args()
+    if not args.export and not args.qsdpa:
+        ap.error("--qsdpa is required (except with --export)")
     seed = args.seed if args.seed is not None else time.time_ns() % (2**32)
-    print(f"MLX {mx.__version__}, seed {seed} (replay with --seed {seed})")
+    print(f"MLX {mx.__version__}, seed {seed} (replay with --seed {seed}), backend under test: "
+          f"{'from ' + args.outputs if args.outputs else args.backend}")
     mx.set_default_device(mx.cpu)
     rng = np.random.default_rng(seed)
     t0 = time.time()
@@ -240,12 +289,16 @@ def main():
     tests = subtests()
     assert len(tests) == 54, len(tests)
     with tempfile.TemporaryDirectory(prefix="qsdpa_mlx_") as d:
+        runner = Runner(args, d)
         for t in tests:
-            check_subtest(args.qsdpa, d, rng, t, 2, 1, t["lq"], main_res, "")
-        ok10 = check_scenario_10(args.qsdpa, d, rng)
+            check_subtest(runner, rng, t, 2, 1, t["lq"], main_res, "")
+        ok10 = check_scenario_10(runner, rng)
         for t in tests:  # extras: decode (Lq=1), and GQA 4 (Hq=8, Hkv=2)
-            check_subtest(args.qsdpa, d, rng, t, 2, 1, 1, extra_res, "extra Lq=1")
-            check_subtest(args.qsdpa, d, rng, t, 8, 2, t["lq"], extra_res, "extra GQA4")
+            check_subtest(runner, rng, t, 2, 1, 1, extra_res, "extra Lq=1")
+            check_subtest(runner, rng, t, 8, 2, t["lq"], extra_res, "extra GQA4")
+    if args.export:
+        print(f"exported {runner.index} cases to {args.export} (seed {seed})")
+        return 0
     print("quantized vs unquantized attention, worst max abs error per format (MLX tolerance):")
     tol_of = {format_name(t): t["tol"] for t in tests if t["scenario"] in (1, 2)}
     for fmt, e in sorted(main_res.quant_err.items()):
