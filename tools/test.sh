@@ -14,11 +14,14 @@ jobs="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 # shellcheck disable=SC2086
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DQSDPA_WERROR=ON ${QSDPA_CMAKE_ARGS:-}
 cmake --build "$build" -j"$jobs"
-ctest --test-dir "$build" --output-on-failure -j"$jobs"
-
-# The Python package: pip install . then pytest (issue 7).
+# The Python package is installed before CTest: tests/quality attends through it.
 if [ -f pyproject.toml ]; then
   .venv/bin/python -m pip install -q .
+fi
+ctest --test-dir "$build" --output-on-failure -j"$jobs"
+
+# The Python package's own tests (issue 7).
+if [ -f pyproject.toml ]; then
   .venv/bin/python -m pytest -q python/tests
 fi
 echo "tools/test.sh: all tests passed"
