@@ -17,6 +17,24 @@ qsdpa_status qsdpa_attention_nccl(qsdpa_context *ctx, void *nccl_comm, const qsd
     return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention_nccl",
                       "this build has no CUDA backend (QSDPA_CUDA=OFF), so no NCCL support");
 }
+qsdpa_status qsdpa_cuda_merge(qsdpa_context *ctx, int n, const qsdpa_tensor *outs, const qsdpa_tensor *lses,
+                              qsdpa_tensor *out, qsdpa_tensor *lse_out) {
+    (void)ctx; (void)n; (void)outs; (void)lses; (void)out; (void)lse_out;
+    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_merge", "this build has no CUDA backend (QSDPA_CUDA=OFF)");
+}
+qsdpa_status qsdpa_quantize_device(qsdpa_context *ctx, const qsdpa_format *format, const void *x, qsdpa_dtype x_dtype,
+                                   int64_t rows, int64_t dim, uint32_t *codes, void *scales, void *biases,
+                                   qsdpa_dtype scale_dtype) {
+    qsdpa_clear_error();
+    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_quantize_device", "this build has no CUDA backend (QSDPA_CUDA=OFF)");
+}
+qsdpa_status qsdpa_dequantize_device(qsdpa_context *ctx, const qsdpa_format *format, const uint32_t *codes,
+                                     const void *scales, const void *biases, qsdpa_dtype scale_dtype, int64_t rows,
+                                     int64_t dim, void *out, qsdpa_dtype out_dtype) {
+    qsdpa_clear_error();
+    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_dequantize_device",
+                      "this build has no CUDA backend (QSDPA_CUDA=OFF)");
+}
 #else
 typedef int qsdpa_cuda_absent_unused; /* ISO C forbids an empty translation unit */
 #endif

@@ -14,6 +14,10 @@ qsdpa_status qsdpa_cuda_context_init(qsdpa_context *ctx);
 void qsdpa_cuda_context_destroy(qsdpa_context *ctx);
 bool qsdpa_cuda_kernels_available(void);              /* for kernel-table `available` */
 void qsdpa_multi_gpu_release(qsdpa_context *ctx);     /* frees qsdpa_attention_nccl's scratch */
+/* qsdpa_merge on a CUDA context, called by src/core/merge.c after its
+ * validation: device pointers are checked here, the merge runs on ctx's stream. */
+qsdpa_status qsdpa_cuda_merge(qsdpa_context *ctx, int n, const qsdpa_tensor *outs, const qsdpa_tensor *lses,
+                              qsdpa_tensor *out, qsdpa_tensor *lse_out);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,129 @@
+/* CUDA backend: device discovery, per-context state and scratch, pointer
+ * checks, and the bridge from CUDA errors to qsdpa statuses. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_internal.cuh"
+
+qsdpa_status qsdpa_cuda_error(cudaError_t err, const char *function, const char *what) {
+    return qsdpa_fail(QSDPA_ERR_DEVICE, function, "%s failed: %s (%s)", what, cudaGetErrorString(err),
+                      cudaGetErrorName(err));
+}
+
+extern "C" int qsdpa_cuda_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear the sticky-free error of "no driver" */
+        return 0;
+    }
+    return n > 0;
+}
+
+extern "C" bool qsdpa_cuda_kernels_available(void) { return qsdpa_cuda_available() != 0; }
+
+extern "C" qsdpa_status qsdpa_cuda_context_init(qsdpa_context *ctx) {
+    const char *fn = "qsdpa_context_create";
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "cudaGetDeviceCount");
+    int dev = ctx->options.device;
+    if (dev < 0 || dev >= n)
+        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, fn, "options->device = %d but %d CUDA device(s) exist", dev, n);
+    if ((err = cudaSetDevice(dev)) != cudaSuccess) return qsdpa_cuda_error(err, fn, "cudaSetDevice");
+    struct qsdpa_cuda_state *st = (struct qsdpa_cuda_state *)calloc(1, sizeof *st);
+    if (!st) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, fn, "cannot allocate the CUDA state");
+    st->device = dev;
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&st->sm_count, cudaDevAttrMultiProcessorCount, dev);
+    cudaDeviceGetAttribute(&st->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    st->cc = major * 10 + minor;
+    /* The split-K completion counters: zeroed once here; each use leaves them zero again. */
+    err = cudaMalloc((void **)&st->counters, QSDPA_CUDA_COUNTERS * sizeof(unsigned));
+    if (err == cudaSuccess) err = cudaMemset(st->counters, 0, QSDPA_CUDA_COUNTERS * sizeof(unsigned));
+    if (err == cudaSuccess) err = cudaDeviceSynchronize();
+    if (err != cudaSuccess) {
+        if (st->counters) cudaFree(st->counters);
+        free(st);
+        return qsdpa_cuda_error(err, fn, "allocating the CUDA context state");
+    }
+    ctx->cuda = st;
+    return QSDPA_OK;
+}
+
+extern "C" void qsdpa_cuda_context_destroy(qsdpa_context *ctx) {
+    struct qsdpa_cuda_state *st = ctx->cuda;
+    if (!st) return;
+    cudaSetDevice(st->device);
+    if (st->scratch) cudaFree(st->scratch);
+    if (st->counters) cudaFree(st->counters);
+    free(st);
+    ctx->cuda = NULL;
+}
+
+qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function) {
+    if (!ctx->cuda) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "ctx has no CUDA state");
+    cudaError_t err = cudaSetDevice(ctx->cuda->device);
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, function, "cudaSetDevice");
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
+    struct qsdpa_cuda_state *st = ctx->cuda;
+    if (bytes > st->scratch_bytes) {
+        /* Growing synchronises the device (cudaFree); that happens only on the
+         * first call of a larger shape, never during a graph capture of a
+         * shape already seen. */
+        size_t grown = bytes + bytes / 4 + 4096;
+        void *p = NULL;
+        cudaError_t err = cudaMalloc(&p, grown);
+        if (err != cudaSuccess) {
+            (void)cudaGetLastError();
+            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cudaMalloc(%zu) of scratch failed: %s",
+                              grown, cudaGetErrorString(err));
+        }
+        if (st->scratch) cudaFree(st->scratch);
+        st->scratch = p;
+        st->scratch_bytes = grown;
+    }
+    *out = st->scratch;
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cuda_check_device_ptr(const void *ptr, const char *function, const char *name) {
+    if (!ptr) return QSDPA_OK; /* optional tensors are NULL; required ones were checked by validation */
+    cudaPointerAttributes attr;
+    cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "%s = %p is not device memory (%s)", name, ptr,
+                          cudaGetErrorString(err));
+    }
+    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function,
+                          "%s = %p is host memory but a CUDA context needs device pointers", name, ptr);
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cuda_check_problem(const qsdpa_problem *p, const char *function) {
+    struct { const void *ptr; const char *name; } ptrs[] = {
+        {p->q, "q->data"},
+        {p->k.codes.data, "k->codes.data"},   {p->k.scales.data, "k->scales.data"},
+        {p->k.biases.data, "k->biases.data"}, {p->v.codes.data, "v->codes.data"},
+        {p->v.scales.data, "v->scales.data"}, {p->v.biases.data, "v->biases.data"},
+        {p->mask, "params->mask->data"},      {p->sinks, "params->sinks->data"},
+        {p->out, "out->data"},                {p->lse, "lse->data"},
+    };
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) {
+        qsdpa_status st = qsdpa_cuda_check_device_ptr(ptrs[i].ptr, function, ptrs[i].name);
+        if (st != QSDPA_OK) return st;
+    }
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cuda_launch_status(const char *function, const char *kernel) {
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, function, kernel);
+    return QSDPA_OK;
+}

@@ -1,0 +1,94 @@
+/* Per-format decoding on the device, one element at a time (the generic
+ * kernel and the device dequantize), plus the scalar FP4/FP8/E8M0 codecs.
+ * Arithmetic follows SPEC §2 exactly (f32, unfused multiply then add), so a
+ * device dequantize equals the host one bit for bit. */
+#ifndef QSDPA_CUDA_FORMAT_CUH
+#define QSDPA_CUDA_FORMAT_CUH
+
+#include "cuda/cuda_internal.cuh"
+
+/* A K or V tensor as the device kernels see it: base pointers and element
+ * strides of (b, h, l); the last dim is contiguous. */
+typedef struct qd_qtensor {
+    const uint32_t *codes;  /* [B,H,L,row_words] u32 (PLAIN: [B,H,L,dim] plain dtype) */
+    const void *scales;     /* [B,H,L,dim/group] or NULL */
+    const void *biases;     /* [B,H,L,dim/group] or NULL */
+    int64_t cs[3], ss[3], bs[3]; /* element strides of codes, scales, biases over (b, h, l) */
+    int mode, bits, group;
+    int scale_dtype;        /* F32/F16/BF16 for affine, U8 for fp modes */
+    int plain_dtype;        /* PLAIN rows */
+    float global_scale;     /* NVFP4 G, 0 = none */
+    int dim;
+} qd_qtensor;
+
+static inline qd_qtensor qd_qtensor_make(const qsdpa_qtensor *t) {
+    qd_qtensor d;
+    d.codes = (const uint32_t *)t->codes.data;
+    d.scales = t->scales.data;
+    d.biases = t->biases.data;
+    for (int i = 0; i < 3; i++) {
+        d.cs[i] = t->codes.stride[i];
+        d.ss[i] = t->scales.data ? t->scales.stride[i] : 0;
+        d.bs[i] = t->biases.data ? t->biases.stride[i] : 0;
+    }
+    d.mode = (int)t->format.mode;
+    d.bits = t->format.bits;
+    d.group = t->format.group;
+    d.scale_dtype = (int)t->scales.dtype;
+    d.plain_dtype = (int)t->format.plain_dtype;
+    d.global_scale = t->format.global_scale;
+    d.dim = (int)t->dim;
+    return d;
+}
+
+#ifdef __CUDACC__
+/* FP4 E2M1 code (4 bits) -> value. */
+__device__ __forceinline__ float qd_fp4(unsigned c) {
+    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    float m = mag[c & 7u];
+    return (c & 8u) ? -m : m;
+}
+
+/* FP8 E4M3 byte -> value (bias 7, subnormals; magnitude 0x7F is NaN as in
+ * src/format/fp_codecs.c; the quantizer never produces it). */
+__device__ __forceinline__ float qd_fp8(unsigned b) {
+    unsigned e = (b >> 3) & 15u, m = b & 7u;
+    if ((b & 0x7Fu) == 0x7Fu) return __int_as_float(0x7fc00000);
+    float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8u + m), (int)e - 10);
+    return (b & 0x80u) ? -v : v;
+}
+
+/* E8M0 scale byte -> 2^(s-127) (s = 0 gives 2^-127, a float subnormal; 255 gives inf). */
+__device__ __forceinline__ float qd_e8m0(unsigned s) {
+    return s == 0 ? __int_as_float(0x00400000) : __int_as_float((int)(s << 23));
+}
+
+/* Code of element d of one packed row: a little-endian bit stream. */
+__device__ __forceinline__ unsigned qd_code(const uint32_t *row, int bits, int d) {
+    int bit = d * bits, w = bit >> 5, off = bit & 31;
+    uint64_t v = row[w];
+    if (off + bits > 32) v |= (uint64_t)row[w + 1] << 32;
+    return (unsigned)(v >> off) & ((1u << bits) - 1u);
+}
+
+/* Element d of row (b, h, l) of t, dequantized per SPEC §2 in f32. */
+__device__ __forceinline__ float qd_element(const qd_qtensor &t, int64_t b, int64_t h, int64_t l, int d) {
+    const uint32_t *row = t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2];
+    if (t.mode == QSDPA_MODE_PLAIN) return qd_load_float(row, t.plain_dtype, d);
+    int gi = d / t.group;
+    if (t.mode == QSDPA_MODE_AFFINE) {
+        float s = qd_load_float(t.scales, t.scale_dtype, b * t.ss[0] + h * t.ss[1] + l * t.ss[2] + gi);
+        float z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi);
+        return __fadd_rn(__fmul_rn(s, (float)qd_code(row, t.bits, d)), z);
+    }
+    unsigned sb = ((const uint8_t *)t.scales)[b * t.ss[0] + h * t.ss[1] + l * t.ss[2] + gi];
+    if (t.mode == QSDPA_MODE_MXFP4) return __fmul_rn(qd_fp4(qd_code(row, 4, d)), qd_e8m0(sb));
+    if (t.mode == QSDPA_MODE_MXFP8) return __fmul_rn(qd_fp8(qd_code(row, 8, d)), qd_e8m0(sb));
+    /* NVFP4: scale = e4m3(s) * (G / 2688) first, as MLX (src/format/unpack.c) */
+    float s = qd_fp8(sb);
+    if (t.global_scale != 0.0f) s = __fmul_rn(s, __fdiv_rn(t.global_scale, 2688.0f));
+    return __fmul_rn(qd_fp4(qd_code(row, 4, d)), s);
+}
+#endif
+
+#endif

@@ -1,0 +1,66 @@
+/* Shared declarations of the CUDA backend's translation units (not installed).
+ * Host side: the per-context state, device scratch, pointer checks, the
+ * error-to-status bridge. Device side: small numeric helpers. */
+#ifndef QSDPA_CUDA_INTERNAL_CUH
+#define QSDPA_CUDA_INTERNAL_CUH
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda/cuda_backend.h"
+
+/* Per-context CUDA state (ctx->cuda). Scratch grows on the first call of a
+ * larger shape and is reused afterwards, so steady-state calls allocate
+ * nothing and can be captured in a CUDA graph. */
+struct qsdpa_cuda_state {
+    int device;          /* CUDA ordinal the context was created on */
+    int sm_count;        /* multiprocessors */
+    int smem_optin;      /* largest dynamic shared memory per block (bytes) */
+    int cc;              /* compute capability, major*10 + minor */
+    void *scratch;       /* device scratch: split-K partials */
+    size_t scratch_bytes;
+    unsigned *counters;  /* [QSDPA_CUDA_COUNTERS] zeroed once; the last CTA of a group resets its own */
+};
+
+#define QSDPA_CUDA_COUNTERS (1 << 16)
+
+/* Device error -> QSDPA_ERR_DEVICE with the CUDA message. */
+qsdpa_status qsdpa_cuda_error(cudaError_t err, const char *function, const char *what);
+/* Grow-only device scratch of at least bytes (cudaMalloc only when it grows). */
+qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out);
+/* Make ctx's device current (cudaSetDevice) for a call. */
+qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function);
+/* QSDPA_ERR_INVALID_ARGUMENT unless ptr is device (or managed) memory usable by ctx's device. */
+qsdpa_status qsdpa_cuda_check_device_ptr(const void *ptr, const char *function, const char *name);
+/* Every data pointer of a validated problem must be on the device. */
+qsdpa_status qsdpa_cuda_check_problem(const qsdpa_problem *p, const char *function);
+/* Status of the launch just made (cudaGetLastError). */
+qsdpa_status qsdpa_cuda_launch_status(const char *function, const char *kernel);
+
+static inline cudaStream_t qsdpa_cuda_stream(const qsdpa_context *ctx) {
+    return (cudaStream_t)ctx->options.stream;
+}
+
+/* The generic kernel: every format, D <= 1024, dtype, mask, partial mode. */
+extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *p);
+
+/* ---- device helpers ----------------------------------------------------- */
+#ifdef __CUDACC__
+/* Element i of a float-typed (F32/F16/BF16) buffer as float. */
+__device__ __forceinline__ float qd_load_float(const void *base, int dtype, int64_t i) {
+    if (dtype == QSDPA_DTYPE_F32) return ((const float *)base)[i];
+    if (dtype == QSDPA_DTYPE_F16) return __half2float(((const __half *)base)[i]);
+    return __bfloat162float(((const __nv_bfloat16 *)base)[i]);
+}
+
+/* Round once to dtype (nearest even) and store. */
+__device__ __forceinline__ void qd_store_float(void *base, int dtype, int64_t i, float v) {
+    if (dtype == QSDPA_DTYPE_F32) ((float *)base)[i] = v;
+    else if (dtype == QSDPA_DTYPE_F16) ((__half *)base)[i] = __float2half_rn(v);
+    else ((__nv_bfloat16 *)base)[i] = __float2bfloat16_rn(v);
+}
+#endif
+
+#endif

@@ -1,0 +1,161 @@
+/* Register dequantization for the tensor-core kernel: one small struct per
+ * format (STYLE rule 8). Each turns packed 32-bit words into f16 pairs ready
+ * for mma.sync m16n8k16:
+ *   k_word(w, sb, out)   one K word -> U/2 half2 of the SAME key; pair p holds
+ *                        in-word elements k_order(p, 0) and k_order(p, 1)
+ *                        (the kernel permutes q the same way, so the dot
+ *                        product is unchanged);
+ *   v_words(a, b, s, z, out)  the same word of two keys -> U half2
+ *                        {key a, key b} for in-word elements 0..U-1 (the
+ *                        B operand of P.V pairs consecutive keys);
+ *   scale_bias(...)      one group's stored scale (and bias) -> half2 {s, z}.
+ * The affine dequantization s*c + z is one f16 fma of exact operands: the
+ * same value as f32 arithmetic rounded once to f16.
+ * Bit tricks: 0x6400 | c is the f16 1024 + c (c < 1024); an E2M1 code's three
+ * magnitude bits at f16 bits 9..11 read as value * 2^-14; an E4M3 byte's seven
+ * low bits at f16 bits 7..13 read as value * 2^-8 (subnormals included). */
+#ifndef QSDPA_CUDA_FAST_FORMATS_CUH
+#define QSDPA_CUDA_FAST_FORMATS_CUH
+
+#include "cuda/cuda_format.cuh"
+
+namespace qfast {
+
+__device__ __forceinline__ half2 u2h(uint32_t x) { return *reinterpret_cast<half2 *>(&x); }
+__device__ __forceinline__ uint32_t h2u(half2 x) { return *reinterpret_cast<uint32_t *>(&x); }
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) { return __byte_perm(a, b, s); }
+
+/* 1024 + c in both halves minus 1024: exact small integers as f16 */
+__device__ __forceinline__ half2 magic_int(uint32_t x, uint32_t mask) {
+    return __hsub2(u2h((x & mask) | 0x64006400u), u2h(0x64006400u));
+}
+
+/* Stored affine scale/bias of any float dtype -> f16. */
+__device__ __forceinline__ half2 affine_sb(const void *s, const void *z, int dtype, int i) {
+    return __floats2half2_rn(qd_load_float(s, dtype, i), qd_load_float(z, dtype, i));
+}
+
+template <int BITS, int GROUP>
+struct affine_fmt {
+    static constexpr int bits = BITS, group = GROUP, U = 32 / BITS;
+    static constexpr bool has_scales = true, has_biases = true;
+    static constexpr int mode = QSDPA_MODE_AFFINE;
+    __device__ static int k_order(int p, int e) { return BITS == 4 ? p + 4 * e : p + 2 * e; }
+    __device__ __forceinline__ static half2 scale_bias(const void *s, const void *z, int dtype, int i, float) {
+        return affine_sb(s, z, dtype, i);
+    }
+    __device__ __forceinline__ static void k_word(uint32_t w, half2 sb, half2 *out) {
+        half2 s2 = __low2half2(sb), z2 = __high2half2(sb);
+        if (BITS == 4) {
+            out[0] = __hfma2(magic_int(w, 0x000F000Fu), s2, z2);
+            out[1] = __hfma2(magic_int(w >> 4, 0x000F000Fu), s2, z2);
+            out[2] = __hfma2(magic_int(w >> 8, 0x000F000Fu), s2, z2);
+            out[3] = __hfma2(magic_int(w >> 12, 0x000F000Fu), s2, z2);
+        } else {
+            out[0] = __hfma2(magic_int(w, 0x00FF00FFu), s2, z2);
+            out[1] = __hfma2(magic_int(w >> 8, 0x00FF00FFu), s2, z2);
+        }
+    }
+    __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2 s2, half2 z2, half2 *out) {
+        if (BITS == 4) {
+            uint32_t lo = prmt(a, b, 0x5410), hi = prmt(a, b, 0x7632);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                out[e] = __hfma2(magic_int(lo >> (4 * e), 0x000F000Fu), s2, z2);
+                out[e + 4] = __hfma2(magic_int(hi >> (4 * e), 0x000F000Fu), s2, z2);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                out[e] = __hfma2(magic_int(prmt(a, b, (uint32_t)(e | ((4 + e) << 8))), 0x00FF00FFu), s2, z2);
+        }
+    }
+};
+
+/* E2M1 pair i of a word: nibbles i (low half) and i + 4 (high half) as f16 * 2^-14 */
+template <int I>
+__device__ __forceinline__ half2 fp4_pair(uint32_t w) {
+    constexpr int sh_mag = 9 - 4 * I, sh_sign = 12 - 4 * I;
+    uint32_t mag = sh_mag >= 0 ? (w << sh_mag) : (w >> -sh_mag);
+    uint32_t sgn = w << sh_sign;
+    return u2h((mag & 0x0E000E00u) | (sgn & 0x80008000u));
+}
+
+/* FP4 E2M1 codes with a per-group scale: MXFP4 (E8M0 per 32) or NVFP4 (E4M3 per 16). */
+template <int MODE>
+struct fp4_fmt {
+    static constexpr int bits = 4, group = MODE == QSDPA_MODE_NVFP4 ? 16 : 32, U = 8;
+    static constexpr bool has_scales = true, has_biases = false;
+    static constexpr int mode = MODE;
+    __device__ static int k_order(int p, int e) { return p + 4 * e; }
+    __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float gscale) {
+        unsigned b = ((const uint8_t *)s)[i];
+        float v = MODE == QSDPA_MODE_NVFP4 ? qd_fp8(b) : qd_e8m0(b);
+        if (MODE == QSDPA_MODE_NVFP4 && gscale != 0.0f) v = v * (gscale / 2688.0f);
+        return __floats2half2_rn(v, 0.0f);
+    }
+    __device__ __forceinline__ static void k_word(uint32_t w, half2 sb, half2 *out) {
+        const half2 k14 = __float2half2_rn(16384.0f), s2 = __low2half2(sb);
+        out[0] = __hmul2(__hmul2(fp4_pair<0>(w), k14), s2);
+        out[1] = __hmul2(__hmul2(fp4_pair<1>(w), k14), s2);
+        out[2] = __hmul2(__hmul2(fp4_pair<2>(w), k14), s2);
+        out[3] = __hmul2(__hmul2(fp4_pair<3>(w), k14), s2);
+    }
+    __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2 s2, half2, half2 *out) {
+        const half2 k14 = __float2half2_rn(16384.0f);
+        uint32_t lo = prmt(a, b, 0x5410), hi = prmt(a, b, 0x7632);
+        out[0] = __hmul2(__hmul2(fp4_pair<0>(lo), k14), s2);
+        out[1] = __hmul2(__hmul2(fp4_pair<1>(lo), k14), s2);
+        out[2] = __hmul2(__hmul2(fp4_pair<2>(lo), k14), s2);
+        out[3] = __hmul2(__hmul2(fp4_pair<3>(lo), k14), s2);
+        out[4] = __hmul2(__hmul2(fp4_pair<0>(hi), k14), s2);
+        out[5] = __hmul2(__hmul2(fp4_pair<1>(hi), k14), s2);
+        out[6] = __hmul2(__hmul2(fp4_pair<2>(hi), k14), s2);
+        out[7] = __hmul2(__hmul2(fp4_pair<3>(hi), k14), s2);
+    }
+};
+
+/* bytes 0 and 2 of t (E4M3) -> f16 * 2^-8 */
+__device__ __forceinline__ half2 fp8_pair(uint32_t t) {
+    return u2h(((t & 0x007F007Fu) << 7) | ((t & 0x00800080u) << 8));
+}
+
+/* MXFP8: E4M3 codes, E8M0 scale per 32; the 2^8 of fp8_pair folds into the scale. */
+struct mxfp8_fmt {
+    static constexpr int bits = 8, group = 32, U = 4;
+    static constexpr bool has_scales = true, has_biases = false;
+    static constexpr int mode = QSDPA_MODE_MXFP8;
+    __device__ static int k_order(int p, int e) { return p + 2 * e; }
+    __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float) {
+        return __floats2half2_rn(qd_e8m0(((const uint8_t *)s)[i]) * 256.0f, 0.0f);
+    }
+    __device__ __forceinline__ static void k_word(uint32_t w, half2 sb, half2 *out) {
+        half2 s2 = __low2half2(sb);
+        out[0] = __hmul2(fp8_pair(w), s2);      /* elements 0, 2 */
+        out[1] = __hmul2(fp8_pair(w >> 8), s2); /* elements 1, 3 */
+    }
+    __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2 s2, half2, half2 *out) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) out[e] = __hmul2(fp8_pair(prmt(a, b, (uint32_t)(e | ((4 + e) << 8)))), s2);
+    }
+};
+
+/* Unquantized f16 rows (the fp16-KV baseline of the same kernel). */
+struct plain_f16_fmt {
+    static constexpr int bits = 16, group = 1 << 20, U = 2;
+    static constexpr bool has_scales = false, has_biases = false;
+    static constexpr int mode = QSDPA_MODE_PLAIN;
+    __device__ static int k_order(int, int e) { return e; }
+    __device__ __forceinline__ static half2 scale_bias(const void *, const void *, int, int, float) {
+        return __floats2half2_rn(1.0f, 0.0f);
+    }
+    __device__ __forceinline__ static void k_word(uint32_t w, half2, half2 *out) { out[0] = u2h(w); }
+    __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2, half2, half2 *out) {
+        out[0] = u2h(prmt(a, b, 0x5410));
+        out[1] = u2h(prmt(a, b, 0x7632));
+    }
+};
+
+} // namespace qfast
+
+#endif

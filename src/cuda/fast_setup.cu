@@ -1,0 +1,112 @@
+/* Host side of the tensor-core kernel: checks that route a request to the
+ * generic kernel, the row-block / split-K configuration, scratch. */
+#include <float.h>
+#include <string.h>
+
+#include "cuda/fast_kernel.cuh"
+
+/* Every row must see at least one key under causal/window (else the
+ * reference's all-masked semantics apply: generic kernel). */
+static bool every_row_sees_a_key(const qsdpa_problem *p) {
+    if (!p->causal) return true;
+    int64_t shift = p->key_total - p->len_q - p->key_offset; /* row i: last local key i + shift */
+    int64_t first_last = shift, final_last = p->len_q - 1 + shift;
+    if (first_last < 0) return false;
+    if (p->window > 0 && final_last - p->window + 1 > p->len_k - 1) return false;
+    return true;
+}
+
+static bool aligned16(const void *ptr, const int64_t *strides, int n, size_t esize) {
+    if ((uintptr_t)ptr % 16) return false;
+    for (int i = 0; i < n; i++)
+        if (((size_t)strides[i] * esize) % 16) return false;
+    return true;
+}
+
+/* Scales of a tile: one 16-byte-aligned block (1), 4-byte rows (0), or neither (-1). */
+static int scale_mode(const qsdpa_qtensor *t) {
+    if (t->format.mode == QSDPA_MODE_PLAIN) return 1;
+    size_t es = qsdpa_dtype_size(t->scales.dtype);
+    int64_t g = t->dim / t->format.group;
+    bool vec = true, rows4 = ((size_t)g * es) % 4 == 0;
+    const qsdpa_tensor *ts[2] = {&t->scales, &t->biases};
+    for (int i = 0; i < 2; i++) {
+        if (!ts[i]->data) continue;
+        if (ts[i]->stride[2] != g || !aligned16(ts[i]->data, ts[i]->stride, 2, es)) vec = false;
+        if ((uintptr_t)ts[i]->data % 4 || ((size_t)ts[i]->stride[0] * es) % 4 || ((size_t)ts[i]->stride[1] * es) % 4 ||
+            ((size_t)ts[i]->stride[2] * es) % 4)
+            rows4 = false;
+    }
+    return vec ? 1 : rows4 ? 0 : -1;
+}
+
+qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
+                                          qfast::fast_params *p, dim3 *grid, bool *use_generic) {
+    const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
+    qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
+    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(pr, fn);
+    if (st != QSDPA_OK) return st;
+    *use_generic = false;
+
+    int ks = scale_mode(&pr->k), vs = scale_mode(&pr->v);
+    bool plain_ok = (pr->k.format.mode != QSDPA_MODE_PLAIN || pr->k.format.plain_dtype == QSDPA_DTYPE_F16) &&
+                    (pr->v.format.mode != QSDPA_MODE_PLAIN || pr->v.format.plain_dtype == QSDPA_DTYPE_F16);
+    bool codes_ok = aligned16(pr->k.codes.data, pr->k.codes.stride, 3, 4) &&
+                    aligned16(pr->v.codes.data, pr->v.codes.stride, 3, 4);
+    int64_t rows = pr->group_ratio * pr->len_q;
+    int wm = rows <= 16 ? 1 : rows <= 32 ? 2 : 4;
+    int64_t nrb = (rows + 16 * wm - 1) / (16 * wm);
+    int64_t bhkv = pr->batch * pr->heads_kv;
+    if (ks < 0 || vs < 0 || ks != vs || !plain_ok || !codes_ok || !every_row_sees_a_key(pr) ||
+        (pr->lse && pr->mask_kind == QSDPA_MASK_BOOL) || smem_bytes > ctx->cuda->smem_optin || bhkv > 65535 ||
+        nrb > 0x7fffffff) {
+        *use_generic = true;
+        return QSDPA_OK;
+    }
+
+    memset(p, 0, sizeof *p);
+    p->q = pr->q; p->q_dtype = pr->q_dtype;
+    for (int d = 0; d < 4; d++) { p->qs[d] = pr->q_stride[d]; p->ms[d] = pr->mask_stride[d]; p->os[d] = pr->out_stride[d]; }
+    for (int d = 0; d < 3; d++) p->ls[d] = pr->lse_stride[d];
+    p->k = qd_qtensor_make(&pr->k);
+    p->v = qd_qtensor_make(&pr->v);
+    p->mask_kind = pr->mask_kind; p->mask = pr->mask; p->mask_dtype = pr->mask_dtype;
+    p->sinks = pr->sinks; p->sinks_dtype = pr->sinks_dtype;
+    p->out = pr->out; p->out_dtype = pr->out_dtype; p->lse = pr->lse;
+    p->hkv = pr->heads_kv; p->lq = pr->len_q; p->lk = pr->len_k; p->ratio = pr->group_ratio;
+    p->key_offset = pr->key_offset; p->key_total = pr->key_total; p->window = pr->window;
+    p->causal = pr->causal;
+    p->wm = wm;
+    p->rows = rows;
+    p->nrb = (int)nrb;
+    p->scales_vec = ks;
+    const float log2e = 1.4426950408889634f;
+    p->scale_log2 = pr->scale * log2e;
+    float ml = pr->masked_score * log2e;
+    p->masked_log2 = ml < -FLT_MAX ? -FLT_MAX : ml;
+
+    /* Split-K: enough CTAs for about 3 per SM (the kernel's occupancy bound). */
+    int64_t tiles = (pr->len_k + qfast::BN - 1) / qfast::BN;
+    int64_t base = bhkv * nrb;
+    int64_t want = 3LL * ctx->cuda->sm_count;
+    int64_t nsplit = base >= want ? 1 : (want + base - 1) / base;
+    if (nsplit > tiles) nsplit = tiles;
+    if (nsplit > 65535) nsplit = 65535;
+    int64_t tps = (tiles + nsplit - 1) / nsplit;
+    nsplit = (tiles + tps - 1) / tps;
+    if (nsplit > 1 && base > QSDPA_CUDA_COUNTERS) { tps = tiles; nsplit = 1; }
+    p->nsplit = (int)nsplit;
+    p->tiles_per_split = (int)tps;
+    p->counters = ctx->cuda->counters;
+    if (nsplit > 1) {
+        size_t per = (size_t)rows * (size_t)(pr->dim_v + 2), bytes;
+        if (!qsdpa_mul_size(per * sizeof(float), (size_t)(nsplit * bhkv), &bytes))
+            return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "split-K scratch overflows size_t");
+        void *scratch;
+        if ((st = qsdpa_cuda_scratch(ctx, bytes, &scratch)) != QSDPA_OK) return st;
+        p->part_o = (float *)scratch;
+        p->part_ml = p->part_o + (size_t)nsplit * (size_t)bhkv * (size_t)rows * (size_t)pr->dim_v;
+    }
+    *grid = dim3((unsigned)nrb, (unsigned)nsplit, (unsigned)bhkv);
+    return QSDPA_OK;
+}

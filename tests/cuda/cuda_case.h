@@ -1,0 +1,36 @@
+/* One GPU attention case for the CUDA tests: fresh random data quantized on
+ * the host, copied to the device, run through a CUDA context (auto dispatch or
+ * a forced table row), compared with the double-precision CPU reference on
+ * the same bytes at SPEC §4 tolerances (max|V| of the dequantized V as unit). */
+#ifndef QSDPA_TEST_CUDA_CASE_H
+#define QSDPA_TEST_CUDA_CASE_H
+
+#include "test_util.h"
+
+typedef struct cuda_case {
+    int64_t batch, hq, hkv, lq, lk, dk, dv;
+    qsdpa_format kf, vf;
+    qsdpa_dtype scale_dtype; /* affine scales/biases */
+    qsdpa_dtype q_dtype;
+    int mask;                /* 0 none, 1 bool (20% false), 2 additive f32 N(0,1), 3 additive 0/-1e9 */
+    int mask_rank;           /* 4: [B,Hq,Lq,Lk]; 2: [Lq,Lk] broadcast */
+    int causal;
+    int64_t window;
+    int sinks;
+    int partial;             /* qsdpa_attention_partial over keys [key_offset, +Lk) of key_total */
+    int64_t key_offset, key_total;
+    int64_t cap_extra;       /* cache capacity beyond Lk (strided view) */
+    float scale;             /* 0: 1/sqrt(Dk) */
+    double sigma;            /* data scale; 0: 1 */
+    const char *kernel;      /* forced CUDA kernel row, or NULL */
+} cuda_case;
+
+/* Defaults: B 1, Hq 4, Hkv 1, Lq 1, Lk 300, D 128, affine:4:64 K/V, f16. */
+cuda_case cuda_case_default(void);
+/* Run one case; CHECKs on mismatch. Returns the max error / max|V|, or -1 if
+ * it could not run (status printed and counted as a failure). */
+double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label);
+/* SPEC §4 tolerance of a q dtype. */
+double cuda_tolerance(qsdpa_dtype q_dtype);
+
+#endif

@@ -1,0 +1,275 @@
+/* CUDA API behaviour: device quantize/dequantize bit-exact with the host
+ * functions (every format, every input dtype, appended into a cache view),
+ * host pointers rejected as QSDPA_ERR_INVALID_ARGUMENT without writing, a
+ * CUDA-graph capture of qsdpa_attention replaying to the same bytes, and the
+ * device qsdpa_merge against the CPU merge. */
+#include "test_util.h"
+
+#ifndef QSDPA_TEST_CUDA
+int main(void) {
+    printf("SKIP: no CUDA device (this build has no CUDA backend)\n");
+    return 77;
+}
+#else
+#include <cuda_runtime.h>
+#include <math.h>
+#include <string.h>
+
+#include "cuda_case.h"
+
+static void *dev(const void *host, size_t bytes) {
+    void *d = NULL;
+    if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) return NULL;
+    if (host) cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice);
+    return d;
+}
+
+static qsdpa_context *cuda_ctx(void *stream) {
+    qsdpa_context_options o = qsdpa_context_default_options();
+    o.backend = QSDPA_BACKEND_CUDA;
+    o.stream = stream;
+    qsdpa_context *ctx = NULL;
+    qsdpa_status st = qsdpa_context_create(&o, &ctx);
+    CHECK(st == QSDPA_OK, "CUDA context: %s", qsdpa_last_error());
+    return ctx;
+}
+
+/* quantize + dequantize of rows on the device == on the host, bit for bit */
+static void quantize_roundtrip(test_rng *rng, qsdpa_context *ctx, const char *text, qsdpa_dtype xdt) {
+    qsdpa_format f;
+    CHECK(qsdpa_format_parse(text, &f) == QSDPA_OK, "format %s", text);
+    if (f.mode == QSDPA_MODE_NVFP4 && xdt == QSDPA_DTYPE_BF16) f.global_scale = 3.5f; /* the G path too */
+    const int64_t rows = 37, dim = 256, at = 5; /* rows appended at row `at` of a 50-row cache */
+    int64_t words, groups = f.mode == QSDPA_MODE_PLAIN ? 0 : dim / f.group;
+    qsdpa_format_row_words(&f, dim, &words);
+    bool affine = f.mode == QSDPA_MODE_AFFINE, plain = f.mode == QSDPA_MODE_PLAIN;
+    qsdpa_dtype sdt = affine ? xdt : QSDPA_DTYPE_U8;
+    size_t xs = qsdpa_dtype_size(xdt), ss = qsdpa_dtype_size(sdt);
+    void *x = test_alloc((size_t)(rows * dim) * xs);
+    test_fill_normal(rng, x, xdt, rows * dim, 2.0);
+    /* an edge: a constant group and a zero group */
+    for (int64_t j = 0; j < 64; j++) qsdpa_store_float(x, xdt, j, 0.75f);
+    for (int64_t j = 64; j < 128; j++) qsdpa_store_float(x, xdt, j, 0.0f);
+    size_t cb = (size_t)(50 * words) * 4, sb = (size_t)(50 * groups) * ss;
+    uint32_t *hc = test_alloc(cb), *gc = test_alloc(cb);
+    void *hs = test_alloc(sb + 1), *hb = test_alloc(sb + 1), *gs = test_alloc(sb + 1), *gb = test_alloc(sb + 1);
+    memset(hc, 0, cb); memset(hs, 0, sb + 1); memset(hb, 0, sb + 1);
+    qsdpa_status st = qsdpa_quantize(&f, x, xdt, rows, dim, hc + at * words, plain ? NULL : (char *)hs + at * groups * ss,
+                                     affine ? (char *)hb + at * groups * ss : NULL, sdt);
+    CHECK(st == QSDPA_OK, "host quantize %s: %s", text, qsdpa_last_error());
+    void *dx = dev(x, (size_t)(rows * dim) * xs);
+    uint32_t *dc = dev(hc, cb);
+    void *ds = dev(hs, sb + 1), *db = dev(hb, sb + 1);
+    cudaMemset(dc, 0, cb);
+    cudaMemset(ds, 0, sb + 1);
+    cudaMemset(db, 0, sb + 1);
+    st = qsdpa_quantize_device(ctx, &f, dx, xdt, rows, dim, dc + at * words, plain ? NULL : (char *)ds + at * groups * ss,
+                               affine ? (char *)db + at * groups * ss : NULL, sdt);
+    CHECK(st == QSDPA_OK, "device quantize %s: %s", text, qsdpa_last_error());
+    cudaDeviceSynchronize();
+    cudaMemcpy(gc, dc, cb, cudaMemcpyDeviceToHost);
+    cudaMemcpy(gs, ds, sb + 1, cudaMemcpyDeviceToHost);
+    cudaMemcpy(gb, db, sb + 1, cudaMemcpyDeviceToHost);
+    int bad = 0;
+    for (size_t i = 0; i < cb / 4 && bad < 3; i++)
+        if (gc[i] != hc[i]) { bad++; CHECK(0, "%s x %s: code word %zu: device %08x host %08x", text, qsdpa_dtype_name(xdt), i, gc[i], hc[i]); }
+    CHECK(memcmp(gs, hs, sb + 1) == 0, "%s x %s: scales differ", text, qsdpa_dtype_name(xdt));
+    CHECK(memcmp(gb, hb, sb + 1) == 0, "%s x %s: biases differ", text, qsdpa_dtype_name(xdt));
+
+    /* dequantize of the appended rows, every output dtype */
+    const qsdpa_dtype outs[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};
+    for (int o = 0; o < 3; o++) {
+        size_t ob = (size_t)(rows * dim) * qsdpa_dtype_size(outs[o]);
+        void *ho = test_alloc(ob), *go = test_alloc(ob);
+        void *dout = dev(NULL, ob);
+        st = qsdpa_dequantize(&f, hc + at * words, plain ? NULL : (char *)hs + at * groups * ss,
+                              affine ? (char *)hb + at * groups * ss : NULL, sdt, rows, dim, ho, outs[o]);
+        CHECK(st == QSDPA_OK, "host dequantize: %s", qsdpa_last_error());
+        st = qsdpa_dequantize_device(ctx, &f, dc + at * words, plain ? NULL : (char *)ds + at * groups * ss,
+                                     affine ? (char *)db + at * groups * ss : NULL, sdt, rows, dim, dout, outs[o]);
+        CHECK(st == QSDPA_OK, "device dequantize: %s", qsdpa_last_error());
+        cudaMemcpy(go, dout, ob, cudaMemcpyDeviceToHost);
+        CHECK(memcmp(go, ho, ob) == 0, "%s x %s -> %s: dequantized bytes differ", text, qsdpa_dtype_name(xdt),
+              qsdpa_dtype_name(outs[o]));
+        cudaFree(dout);
+        free(ho);
+        free(go);
+    }
+    /* a host pointer is an invalid argument */
+    st = qsdpa_quantize_device(ctx, &f, x, xdt, rows, dim, dc, plain ? NULL : ds, affine ? db : NULL, sdt);
+    CHECK(st == QSDPA_ERR_INVALID_ARGUMENT, "host x gave %s", qsdpa_status_string(st));
+    cudaFree(dx); cudaFree(dc); cudaFree(ds); cudaFree(db);
+    free(x); free(hc); free(gc); free(hs); free(hb); free(gs); free(gb);
+}
+
+/* One f16 decode problem on the device, for the pointer and graph tests. */
+typedef struct {
+    void *q, *codes, *scales, *biases, *out;
+    qsdpa_tensor qt, ot;
+    qsdpa_qtensor k;
+    size_t out_bytes;
+} decode_problem;
+
+static void decode_make(test_rng *rng, decode_problem *d, int64_t lk) {
+    const int64_t hq = 32, hkv = 8, dim = 128, words = 16, groups = 2;
+    size_t qb = (size_t)(hq * dim) * 2;
+    d->out_bytes = qb;
+    void *hq_data = test_alloc(qb);
+    test_fill_normal(rng, hq_data, QSDPA_DTYPE_F16, hq * dim, 1.0);
+    float *x = test_alloc((size_t)(hkv * lk * dim) * 4);
+    test_fill_normal(rng, x, QSDPA_DTYPE_F32, hkv * lk * dim, 1.0);
+    uint32_t *c = test_alloc((size_t)(hkv * lk * words) * 4);
+    float *s = test_alloc((size_t)(hkv * lk * groups) * 4), *b = test_alloc((size_t)(hkv * lk * groups) * 4);
+    qsdpa_format f;
+    qsdpa_format_parse("affine:4:64", &f);
+    qsdpa_quantize(&f, x, QSDPA_DTYPE_F32, hkv * lk, dim, c, s, b, QSDPA_DTYPE_F32);
+    d->q = dev(hq_data, qb);
+    d->codes = dev(c, (size_t)(hkv * lk * words) * 4);
+    d->scales = dev(s, (size_t)(hkv * lk * groups) * 4);
+    d->biases = dev(b, (size_t)(hkv * lk * groups) * 4);
+    d->out = dev(NULL, qb);
+    d->qt = qsdpa_tensor_4d(d->q, QSDPA_DTYPE_F16, 1, hq, 1, dim);
+    d->ot = qsdpa_tensor_4d(d->out, QSDPA_DTYPE_F16, 1, hq, 1, dim);
+    memset(&d->k, 0, sizeof d->k);
+    d->k.format = f;
+    d->k.dim = dim;
+    d->k.codes = qsdpa_tensor_4d(d->codes, QSDPA_DTYPE_U32, 1, hkv, lk, words);
+    d->k.scales = qsdpa_tensor_4d(d->scales, QSDPA_DTYPE_F32, 1, hkv, lk, groups);
+    d->k.biases = qsdpa_tensor_4d(d->biases, QSDPA_DTYPE_F32, 1, hkv, lk, groups);
+    free(hq_data); free(x); free(c); free(s); free(b);
+}
+
+static void decode_free(decode_problem *d) {
+    cudaFree(d->q); cudaFree(d->codes); cudaFree(d->scales); cudaFree(d->biases); cudaFree(d->out);
+}
+
+static void host_pointer_rejected(test_rng *rng) {
+    qsdpa_context *ctx = cuda_ctx(NULL);
+    if (!ctx) return;
+    decode_problem d;
+    decode_make(rng, &d, 300);
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    cudaMemset(d.out, 0x5A, d.out_bytes);
+    void *host_q = test_alloc(d.out_bytes);
+    qsdpa_tensor hq = d.qt;
+    hq.data = host_q;
+    qsdpa_status st = qsdpa_attention(ctx, &hq, &d.k, &d.k, &p, &d.ot);
+    CHECK(st == QSDPA_ERR_INVALID_ARGUMENT, "host q gave %s", qsdpa_status_string(st));
+    CHECK(strstr(qsdpa_last_error(), "q->data") != NULL, "message does not name q: %s", qsdpa_last_error());
+    qsdpa_qtensor hk = d.k;
+    hk.scales.data = host_q;
+    st = qsdpa_attention(ctx, &d.qt, &hk, &d.k, &p, &d.ot);
+    CHECK(st == QSDPA_ERR_INVALID_ARGUMENT, "host k scales gave %s", qsdpa_status_string(st));
+    uint8_t out[64];
+    cudaMemcpy(out, d.out, sizeof out, cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < sizeof out; i++) CHECK(out[i] == 0x5A, "out written at byte %zu after an error", i);
+    free(host_q);
+    decode_free(&d);
+    qsdpa_context_destroy(ctx);
+}
+
+/* Capture qsdpa_attention into a graph on the caller's stream; a replay gives
+ * the bytes of a direct call (no allocation or sync inside the call). */
+static void graph_capture(test_rng *rng) {
+    cudaStream_t stream;
+    cudaStreamCreate(&stream);
+    qsdpa_context *ctx = cuda_ctx(stream);
+    if (!ctx) return;
+    decode_problem d;
+    decode_make(rng, &d, 20000);
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    p.scale = 0.088f;
+    qsdpa_status st = qsdpa_attention(ctx, &d.qt, &d.k, &d.k, &p, &d.ot); /* sizes the scratch */
+    CHECK(st == QSDPA_OK, "direct call: %s", qsdpa_last_error());
+    cudaStreamSynchronize(stream);
+    uint8_t *direct = test_alloc(d.out_bytes), *replay = test_alloc(d.out_bytes);
+    cudaMemcpy(direct, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
+    cudaMemset(d.out, 0xFF, d.out_bytes);
+    cudaDeviceSynchronize();
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    st = qsdpa_attention(ctx, &d.qt, &d.k, &d.k, &p, &d.ot);
+    CHECK(st == QSDPA_OK, "captured call: %s", qsdpa_last_error());
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &graph);
+    if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+    for (int r = 0; r < 3 && err == cudaSuccess; r++) err = cudaGraphLaunch(exec, stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+    CHECK(err == cudaSuccess, "graph capture/replay: %s", cudaGetErrorString(err));
+    cudaMemcpy(replay, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
+    CHECK(memcmp(direct, replay, d.out_bytes) == 0, "graph replay differs from the direct call");
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    free(direct);
+    free(replay);
+    decode_free(&d);
+    qsdpa_context_destroy(ctx);
+    cudaStreamDestroy(stream);
+}
+
+/* device merge of partials == CPU merge of the same partials */
+static void merge_matches_cpu(test_rng *rng) {
+    qsdpa_context *ctx = cuda_ctx(NULL);
+    qsdpa_context *cpu = NULL;
+    qsdpa_context_create(NULL, &cpu);
+    if (!ctx || !cpu) return;
+    const int n = 3;
+    const int64_t b = 2, h = 4, l = 3, dv = 64, on = b * h * l * dv, ln = b * h * l;
+    float *ho = test_alloc((size_t)(n * on) * 4), *hl = test_alloc((size_t)(n * ln) * 4);
+    test_fill_normal(rng, ho, QSDPA_DTYPE_F32, n * on, 1.0);
+    test_fill_normal(rng, hl, QSDPA_DTYPE_F32, n * ln, 3.0);
+    hl[0] = hl[ln] = hl[2 * ln] = -INFINITY; /* a row masked in every slice */
+    hl[1] = -INFINITY;                       /* a row masked in one slice */
+    float *dout = dev(ho, (size_t)(n * on) * 4), *dl = dev(hl, (size_t)(n * ln) * 4);
+    float *res = dev(NULL, (size_t)(on + ln) * 4), *ref = test_alloc((size_t)(on + ln) * 4);
+    float *got = test_alloc((size_t)(on + ln) * 4);
+    qsdpa_tensor ho_t[3], hl_t[3], do_t[3], dl_t[3];
+    int64_t ls[3] = {b, h, l};
+    for (int i = 0; i < n; i++) {
+        ho_t[i] = qsdpa_tensor_4d(ho + i * on, QSDPA_DTYPE_F32, b, h, l, dv);
+        hl_t[i] = qsdpa_tensor_make(hl + i * ln, QSDPA_DTYPE_F32, 3, ls);
+        do_t[i] = qsdpa_tensor_4d(dout + i * on, QSDPA_DTYPE_F32, b, h, l, dv);
+        dl_t[i] = qsdpa_tensor_make(dl + i * ln, QSDPA_DTYPE_F32, 3, ls);
+    }
+    qsdpa_tensor ro = qsdpa_tensor_4d(ref, QSDPA_DTYPE_F32, b, h, l, dv);
+    qsdpa_tensor rl = qsdpa_tensor_make(ref + on, QSDPA_DTYPE_F32, 3, ls);
+    qsdpa_tensor go = qsdpa_tensor_4d(res, QSDPA_DTYPE_F32, b, h, l, dv);
+    qsdpa_tensor gl = qsdpa_tensor_make(res + on, QSDPA_DTYPE_F32, 3, ls);
+    qsdpa_status st = qsdpa_merge(cpu, n, ho_t, hl_t, &ro, &rl);
+    CHECK(st == QSDPA_OK, "CPU merge: %s", qsdpa_last_error());
+    st = qsdpa_merge(ctx, n, do_t, dl_t, &go, &gl);
+    CHECK(st == QSDPA_OK, "CUDA merge: %s", qsdpa_last_error());
+    cudaMemcpy(got, res, (size_t)(on + ln) * 4, cudaMemcpyDeviceToHost);
+    int bad = 0;
+    for (int64_t i = 0; i < on + ln && bad < 3; i++) {
+        bool same = (isinf(ref[i]) && got[i] == ref[i]) || fabsf(got[i] - ref[i]) <= 1e-6f * (1.0f + fabsf(ref[i]));
+        if (!same) { bad++; CHECK(0, "merge element %lld: cuda %g cpu %g", (long long)i, got[i], ref[i]); }
+    }
+    cudaFree(dout); cudaFree(dl); cudaFree(res);
+    free(ho); free(hl); free(ref); free(got);
+    qsdpa_context_destroy(ctx);
+    qsdpa_context_destroy(cpu);
+}
+
+int main(void) {
+    if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
+        printf("SKIP: no CUDA device\n");
+        return 77;
+    }
+    test_rng rng;
+    test_rng_init(&rng, test_seed());
+    qsdpa_context *ctx = cuda_ctx(NULL);
+    if (ctx) {
+        const char *formats[] = {"affine:2:32", "affine:3:64", "affine:4:64", "affine:5:32", "affine:6:128",
+                                 "affine:8:64", "mxfp4",       "mxfp8",       "nvfp4",       "f16"};
+        const qsdpa_dtype xdts[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};
+        for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++)
+            for (int x = 0; x < 3; x++) quantize_roundtrip(&rng, ctx, formats[f], xdts[x]);
+        qsdpa_context_destroy(ctx);
+    }
+    host_pointer_rejected(&rng);
+    graph_capture(&rng);
+    merge_matches_cpu(&rng);
+    return test_finish("test_cuda_api");
+}
+#endif

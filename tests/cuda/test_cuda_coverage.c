@@ -1,0 +1,155 @@
+/* Coverage of the CUDA rows of the kernel table: every row, forced by name,
+ * on every concrete case its fields cover (q dtype, D, K/V formats), over a
+ * set of shapes that exercise its paths (decode split-K, GQA folding, Lk not a
+ * multiple of the tile, masks, sinks, causal prefill, window, partial slices,
+ * strided cache views), each against the CPU reference on the same bytes.
+ * QSDPA_CUDA_QUICK=1 runs one shape per row (for compute-sanitizer). */
+#include "test_util.h"
+
+#ifndef QSDPA_TEST_CUDA
+int main(void) {
+    printf("SKIP: no CUDA device (this build has no CUDA backend)\n");
+    return 77;
+}
+#else
+#include <string.h>
+
+#include "cuda_case.h"
+
+static int quick;
+
+/* The shapes every row is run on. */
+static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
+    char label[256];
+    cuda_case c;
+
+    c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 1000;
+    snprintf(label, sizeof label, "%s decode B2 GQA4 Lk1000", row);
+    cuda_case_run(rng, &c, label);
+    if (quick) return;
+
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 4; c.lk = 777; c.mask = 1; c.sinks = 1;
+    snprintf(label, sizeof label, "%s Lq4 bool mask + sinks", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 8; c.hkv = 8; c.lq = 16; c.lk = 300; c.mask = 2; c.mask_rank = 2;
+    snprintf(label, sizeof label, "%s Lq16 MHA additive mask [Lq,Lk]", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 200; c.lk = 450; c.causal = 1;
+    snprintf(label, sizeof label, "%s prefill Lq200 Lk450 causal", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 2; c.hkv = 2; c.lq = 130; c.lk = 130; c.causal = 1; c.window = 50; c.sinks = 1;
+    snprintf(label, sizeof label, "%s prefill causal window 50 + sinks", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 3; c.lk = 500; c.causal = 1; c.partial = 1; c.key_offset = 200;
+    c.key_total = 900; c.sinks = 1;
+    snprintf(label, sizeof label, "%s partial slice [200,700) of 900 causal", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 8; c.hkv = 1; c.lq = 1; c.lk = 5000; c.cap_extra = 37;
+    snprintf(label, sizeof label, "%s decode Lk5000 strided cache view", row);
+    cuda_case_run(rng, &c, label);
+}
+
+static qsdpa_format fmt(const char *text) {
+    qsdpa_format f;
+    qsdpa_status st = qsdpa_format_parse(text, &f);
+    CHECK(st == QSDPA_OK, "format %s: %s", text, qsdpa_last_error());
+    return f;
+}
+
+/* A concrete format for a row's (mode, bits, group). */
+static qsdpa_format row_format(int mode, int bits, int group) {
+    qsdpa_format f;
+    memset(&f, 0, sizeof f);
+    f.mode = (qsdpa_mode)mode;
+    f.bits = bits;
+    f.group = group == QSDPA_ANY ? 0 : group;
+    if (mode == QSDPA_MODE_PLAIN) f.plain_dtype = bits == 32 ? QSDPA_DTYPE_F32 : QSDPA_DTYPE_F16;
+    return f;
+}
+
+int main(void) {
+    if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
+        printf("SKIP: no CUDA device\n");
+        return 77;
+    }
+    const char *q = getenv("QSDPA_CUDA_QUICK");
+    quick = q && q[0] == '1';
+    test_rng rng;
+    test_rng_init(&rng, test_seed());
+    int rows = 0;
+    for (int i = 0; i < qsdpa_kernel_count(); i++) {
+        qsdpa_kernel_info info;
+        qsdpa_kernel_get(i, &info);
+        if (info.backend != QSDPA_BACKEND_CUDA) continue;
+        rows++;
+        cuda_case base = cuda_case_default();
+        base.kernel = info.name;
+        if (info.k_mode != QSDPA_ANY) {
+            base.kf = row_format(info.k_mode, info.k_bits, info.k_group);
+            base.vf = row_format(info.v_mode, info.v_bits, info.v_group);
+            base.dk = info.dk;
+            base.dv = info.dv;
+            base.q_dtype = (qsdpa_dtype)info.q_dtype;
+            run_shapes(&rng, base, info.name);
+            /* affine scales stored in other dtypes */
+            if (info.k_mode == QSDPA_MODE_AFFINE && !quick) {
+                base.scale_dtype = QSDPA_DTYPE_F32;
+                run_shapes(&rng, base, info.name);
+                base.scale_dtype = QSDPA_DTYPE_BF16;
+                run_shapes(&rng, base, info.name);
+            }
+            continue;
+        }
+        /* the generic row: every format, odd D, Dk != Dv, every q dtype */
+        const char *formats[] = {"affine:2:32", "affine:3:64", "affine:4:32", "affine:5:64", "affine:6:128",
+                                 "affine:8:64", "mxfp4",       "mxfp8",       "nvfp4",       "f32",
+                                 "f16",         "bf16"};
+        const qsdpa_dtype dts[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};
+        int nf = quick ? 3 : (int)(sizeof formats / sizeof formats[0]);
+        for (int f = 0; f < nf; f++) {
+            base.kf = base.vf = fmt(formats[f]);
+            base.q_dtype = dts[f % 3];
+            base.scale_dtype = dts[(f + 1) % 3];
+            run_shapes(&rng, base, info.name);
+        }
+        cuda_case c = cuda_case_default();
+        c.kernel = info.name;
+        c.q_dtype = QSDPA_DTYPE_F32;
+        int64_t dims[][2] = {{96, 96}, {192, 128}, {576, 512}, {256, 256}, {1024, 64}};
+        for (int d = 0; d < (quick ? 1 : 5); d++) {
+            c.dk = dims[d][0];
+            c.dv = dims[d][1];
+            c.kf = fmt("affine:8:32");
+            c.vf = fmt("nvfp4");
+            c.lq = 2;
+            c.lk = 333;
+            char label[128];
+            snprintf(label, sizeof label, "cuda.generic Dk%lld Dv%lld", (long long)c.dk, (long long)c.dv);
+            cuda_case_run(&rng, &c, label);
+        }
+        /* Lq > Lk with causal: early rows fully masked (mean of V) */
+        c = cuda_case_default();
+        c.kernel = info.name;
+        c.lq = 40; c.lk = 25; c.causal = 1;
+        cuda_case_run(&rng, &c, "cuda.generic Lq40 > Lk25 causal");
+    }
+    CHECK(rows > 1, "expected CUDA rows in the kernel table, found %d", rows);
+
+    /* auto dispatch routes the hard cases of fast rows to the generic kernel */
+    cuda_case c = cuda_case_default();
+    c.lq = 40; c.lk = 25; c.causal = 1;
+    cuda_case_run(&rng, &c, "auto f16 Lq40 > Lk25 causal");
+    c = cuda_case_default();
+    c.lq = 4; c.lk = 300; c.mask = 1; c.partial = 1;
+    cuda_case_run(&rng, &c, "auto f16 partial + bool mask");
+    c = cuda_case_default();
+    c.kf = c.vf = fmt("bf16");
+    cuda_case_run(&rng, &c, "auto f16 q over bf16 plain rows");
+    return test_finish("test_cuda_coverage");
+}
+#endif
