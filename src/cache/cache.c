@@ -100,11 +100,11 @@ qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_o
     return fill_geom(function, "v", &o->v_format, o->dim_v, o, gv);
 }
 
-static void free_side(cache_side *s) {
-    free(s->codes);
-    free(s->scales);
-    free(s->biases);
-    free(s->resid);
+static void free_side(const qsdpa_cache *c, cache_side *s) {
+    qsdpa_cache_mem_free(c, s->codes);
+    qsdpa_cache_mem_free(c, s->scales);
+    qsdpa_cache_mem_free(c, s->biases);
+    qsdpa_cache_mem_free(c, s->resid);
     memset(s, 0, sizeof *s);
 }
 
@@ -112,40 +112,36 @@ void qsdpa_cache_destroy(qsdpa_cache *cache) {
     if (!cache) return;
     if (cache->layers)
         for (int64_t l = 0; l < cache->options.layers; l++) {
-            free_side(&cache->layers[l].k);
-            free_side(&cache->layers[l].v);
+            free_side(cache, &cache->layers[l].k);
+            free_side(cache, &cache->layers[l].v);
         }
     free(cache->layers);
-    free(cache->scratch);
+    qsdpa_cache_mem_free(cache, cache->scratch);
     free(cache);
 }
 
-/* calloc of slabs * rows * row_bytes, checked; a zero size gives NULL and OK. */
-static qsdpa_status alloc_rows(const char *function, int64_t slabs, int64_t rows, size_t row_bytes, void **out) {
+/* Zeroed slabs * rows * row_bytes of the cache's memory, checked; a zero size gives NULL and OK. */
+static qsdpa_status alloc_rows(const qsdpa_cache *c, const char *function, int64_t slabs, int64_t rows,
+                               size_t row_bytes, void **out) {
     *out = NULL;
     size_t n;
     if (!qsdpa_mul_size((size_t)slabs, (size_t)rows, &n) || !qsdpa_mul_size(n, row_bytes, &n))
         return qsdpa_fail(QSDPA_ERR_OVERFLOW, function, "%lld x %lld rows of %zu bytes overflow size_t",
                           (long long)slabs, (long long)rows, row_bytes);
-    if (n == 0) return QSDPA_OK;
-    *out = calloc(1, n);
-    if (!*out) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate %zu bytes", n);
-    return QSDPA_OK;
+    return qsdpa_cache_mem_alloc(c, function, n, out);
 }
 
 qsdpa_status qsdpa_cache_create(qsdpa_context *ctx, const qsdpa_cache_options *options, qsdpa_cache **out) {
     qsdpa_clear_error();
     if (!ctx) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, __func__, "ctx is NULL");
     if (!out) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, __func__, "out is NULL");
-    if (ctx->options.backend != QSDPA_BACKEND_CPU)
-        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, __func__,
-                          "ctx is a CUDA context; the cache lives in host memory in this version (use a CPU context)");
     cache_geom gk, gv;
     qsdpa_status st = qsdpa_cache_check_options(__func__, options, &gk, &gv);
     if (st != QSDPA_OK) return st;
     qsdpa_cache *c = calloc(1, sizeof *c);
     if (!c) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, __func__, "cannot allocate the cache");
     c->options = *options;
+    c->device = ctx->options.backend == QSDPA_BACKEND_CUDA; /* storage in the context's device memory */
     if (c->options.step == 0) c->options.step = CACHE_DEFAULT_STEP;
     c->gk = gk;
     c->gv = gv;
@@ -159,8 +155,8 @@ qsdpa_status qsdpa_cache_create(qsdpa_context *ctx, const qsdpa_cache_options *o
      * per R appended tokens, not one per token. */
     int64_t slabs = c->options.batch * c->options.heads_kv, rrows = 2 * c->options.residual;
     for (int64_t l = 0; l < c->options.layers && rrows > 0; l++) {
-        st = alloc_rows(__func__, slabs, rrows, gk.resid_row_bytes, &c->layers[l].k.resid);
-        if (st == QSDPA_OK) st = alloc_rows(__func__, slabs, rrows, gv.resid_row_bytes, &c->layers[l].v.resid);
+        st = alloc_rows(c, __func__, slabs, rrows, gk.resid_row_bytes, &c->layers[l].k.resid);
+        if (st == QSDPA_OK) st = alloc_rows(c, __func__, slabs, rrows, gv.resid_row_bytes, &c->layers[l].v.resid);
         if (st != QSDPA_OK) {
             qsdpa_cache_destroy(c);
             return st;
@@ -178,17 +174,17 @@ qsdpa_status qsdpa_cache_get_options(const qsdpa_cache *cache, qsdpa_cache_optio
     return QSDPA_OK;
 }
 
-/* Move the first `rows` rows of every slab of `old` (old_cap rows per slab)
- * into `fresh` (new_cap rows per slab). */
-static void copy_slabs(void *fresh, const void *old, int64_t slabs, int64_t old_cap, int64_t new_cap, int64_t rows,
-                       size_t row_bytes) {
-    if (!old || rows == 0) return;
-    for (int64_t s = 0; s < slabs; s++)
-        memcpy((char *)fresh + (size_t)(s * new_cap) * row_bytes, (const char *)old + (size_t)(s * old_cap) * row_bytes,
-               (size_t)rows * row_bytes);
+/* Copy the first `rows` rows of every slab of `old` (old_cap rows per slab)
+ * into `fresh` (new_cap rows per slab): one strided copy. */
+static qsdpa_status copy_slabs(const qsdpa_cache *c, void *stream, void *fresh, const void *old, int64_t slabs,
+                               int64_t old_cap, int64_t new_cap, int64_t rows, size_t row_bytes) {
+    if (!old || rows == 0) return QSDPA_OK;
+    return qsdpa_cache_mem_copy2d(c, stream, fresh, (size_t)new_cap * row_bytes, old, (size_t)old_cap * row_bytes,
+                                  (size_t)rows * row_bytes, (size_t)slabs);
 }
 
-qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, cache_layer *layer, int64_t tokens) {
+qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
+                                 int64_t tokens) {
     if (tokens <= layer->capacity) return QSDPA_OK;
     int64_t step = c->options.step;
     if (tokens > INT64_MAX - step)
@@ -200,23 +196,28 @@ qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, cache_lay
     void *fresh[2][3] = {{NULL}};
     qsdpa_status st = QSDPA_OK;
     for (int s = 0; s < 2 && st == QSDPA_OK; s++) {
-        st = alloc_rows(function, slabs, cap, g[s]->code_row_bytes, &fresh[s][0]);
-        if (st == QSDPA_OK) st = alloc_rows(function, slabs, cap, g[s]->scale_row_bytes, &fresh[s][1]);
+        st = alloc_rows(c, function, slabs, cap, g[s]->code_row_bytes, &fresh[s][0]);
+        if (st == QSDPA_OK) st = alloc_rows(c, function, slabs, cap, g[s]->scale_row_bytes, &fresh[s][1]);
         if (st == QSDPA_OK && g[s]->has_biases)
-            st = alloc_rows(function, slabs, cap, g[s]->scale_row_bytes, &fresh[s][2]);
+            st = alloc_rows(c, function, slabs, cap, g[s]->scale_row_bytes, &fresh[s][2]);
+    }
+    for (int s = 0; s < 2 && st == QSDPA_OK; s++) {
+        int64_t n = layer->qlen, oc = layer->capacity;
+        st = copy_slabs(c, stream, fresh[s][0], sides[s]->codes, slabs, oc, cap, n, g[s]->code_row_bytes);
+        if (st == QSDPA_OK)
+            st = copy_slabs(c, stream, fresh[s][1], sides[s]->scales, slabs, oc, cap, n, g[s]->scale_row_bytes);
+        if (st == QSDPA_OK)
+            st = copy_slabs(c, stream, fresh[s][2], sides[s]->biases, slabs, oc, cap, n, g[s]->scale_row_bytes);
     }
     if (st != QSDPA_OK) {
         for (int s = 0; s < 2; s++)
-            for (int i = 0; i < 3; i++) free(fresh[s][i]);
+            for (int i = 0; i < 3; i++) qsdpa_cache_mem_free(c, fresh[s][i]);
         return st;
     }
     for (int s = 0; s < 2; s++) {
-        copy_slabs(fresh[s][0], sides[s]->codes, slabs, layer->capacity, cap, layer->qlen, g[s]->code_row_bytes);
-        copy_slabs(fresh[s][1], sides[s]->scales, slabs, layer->capacity, cap, layer->qlen, g[s]->scale_row_bytes);
-        copy_slabs(fresh[s][2], sides[s]->biases, slabs, layer->capacity, cap, layer->qlen, g[s]->scale_row_bytes);
-        free(sides[s]->codes);
-        free(sides[s]->scales);
-        free(sides[s]->biases);
+        qsdpa_cache_mem_free(c, sides[s]->codes);
+        qsdpa_cache_mem_free(c, sides[s]->scales);
+        qsdpa_cache_mem_free(c, sides[s]->biases);
         sides[s]->codes = fresh[s][0];
         sides[s]->scales = fresh[s][1];
         sides[s]->biases = fresh[s][2];
@@ -271,13 +272,17 @@ static void convert_elems(void *dst, qsdpa_dtype dd, const void *src, qsdpa_dtyp
 
 /* Quantize `rows` source rows (row r at src + r * src_stride bytes, x_dtype)
  * into rows [dst, dst + rows) of slab `slab` of the quantized part. */
-static qsdpa_status quantize_rows(const cache_geom *g, cache_side *s, int64_t capacity, int64_t slab, int64_t dst,
-                                  const char *src, size_t src_stride, qsdpa_dtype x_dtype, int64_t rows) {
+static qsdpa_status quantize_rows(qsdpa_context *ctx, const qsdpa_cache *c, const cache_geom *g, cache_side *s,
+                                  int64_t capacity, int64_t slab, int64_t dst, const char *src, size_t src_stride,
+                                  qsdpa_dtype x_dtype, int64_t rows) {
     size_t row0 = (size_t)(slab * capacity + dst);
     char *codes = (char *)s->codes + row0 * g->code_row_bytes;
     char *scales = s->scales ? (char *)s->scales + row0 * g->scale_row_bytes : NULL;
     char *biases = s->biases ? (char *)s->biases + row0 * g->scale_row_bytes : NULL;
     size_t packed = (size_t)g->dim * qsdpa_dtype_size(x_dtype);
+    if (c->device && g->format.mode == QSDPA_MODE_PLAIN) /* same dtype: checked by the caller */
+        return qsdpa_cache_mem_copy2d(c, ctx->options.stream, codes, g->code_row_bytes, src, src_stride,
+                                      g->code_row_bytes, (size_t)rows);
     /* Contiguous source rows go in one call; strided ones one row at a time. */
     int64_t chunk = src_stride == packed ? rows : 1;
     for (int64_t r = 0; r < rows; r += chunk) {
@@ -286,10 +291,16 @@ static qsdpa_status quantize_rows(const cache_geom *g, cache_side *s, int64_t ca
             convert_elems(codes + (size_t)r * g->code_row_bytes, g->code_dtype, x, x_dtype, chunk * g->dim);
             continue;
         }
-        qsdpa_status st = qsdpa_quantize(&g->format, x, x_dtype, chunk, g->dim,
-                                         (uint32_t *)(void *)(codes + (size_t)r * g->code_row_bytes),
-                                         scales + (size_t)r * g->scale_row_bytes,
-                                         biases ? biases + (size_t)r * g->scale_row_bytes : NULL, g->scale_dtype);
+        uint32_t *rc = (uint32_t *)(void *)(codes + (size_t)r * g->code_row_bytes);
+        char *rs = scales + (size_t)r * g->scale_row_bytes;
+        char *rb = biases ? biases + (size_t)r * g->scale_row_bytes : NULL;
+#ifdef QSDPA_HAVE_CUDA
+        qsdpa_status st = c->device ? qsdpa_quantize_device(ctx, &g->format, x, x_dtype, chunk, g->dim, rc, rs, rb,
+                                                            g->scale_dtype)
+                                    : qsdpa_quantize(&g->format, x, x_dtype, chunk, g->dim, rc, rs, rb, g->scale_dtype);
+#else
+        qsdpa_status st = qsdpa_quantize(&g->format, x, x_dtype, chunk, g->dim, rc, rs, rb, g->scale_dtype);
+#endif
         if (st != QSDPA_OK) return st;
     }
     return QSDPA_OK;
@@ -303,8 +314,9 @@ static const char *input_row(const qsdpa_tensor *t, int64_t b, int64_t h, int64_
 
 /* One side (K or V) of an append; the plan (how many rows go where) is the
  * caller's, so K and V move together. */
-static qsdpa_status append_side(qsdpa_cache *c, cache_layer *L, const cache_geom *g, cache_side *s,
-                                const qsdpa_tensor *x, int64_t from_resid, int64_t from_new, int64_t new_rstart) {
+static qsdpa_status append_side(qsdpa_context *ctx, qsdpa_cache *c, cache_layer *L, const cache_geom *g,
+                                cache_side *s, const qsdpa_tensor *x, int64_t from_resid, int64_t from_new,
+                                int64_t new_rstart) {
     int64_t B = c->options.batch, H = c->options.heads_kv, T = x->shape[2], rcap = 2 * c->options.residual;
     qsdpa_dtype rd = c->options.residual_dtype;
     size_t xstride = (size_t)x->stride[2] * qsdpa_dtype_size(x->dtype);
@@ -314,22 +326,52 @@ static qsdpa_status append_side(qsdpa_cache *c, cache_layer *L, const cache_geom
             char *win = s->resid ? (char *)s->resid + (size_t)(slab * rcap) * g->resid_row_bytes : NULL;
             qsdpa_status st = QSDPA_OK;
             if (from_resid > 0)
-                st = quantize_rows(g, s, L->capacity, slab, L->qlen, win + (size_t)L->rstart * g->resid_row_bytes,
-                                   g->resid_row_bytes, rd, from_resid);
+                st = quantize_rows(ctx, c, g, s, L->capacity, slab, L->qlen,
+                                   win + (size_t)L->rstart * g->resid_row_bytes, g->resid_row_bytes, rd, from_resid);
             if (st == QSDPA_OK && from_new > 0)
-                st = quantize_rows(g, s, L->capacity, slab, L->qlen + from_resid, input_row(x, b, h, 0), xstride,
-                                   x->dtype, from_new);
+                st = quantize_rows(ctx, c, g, s, L->capacity, slab, L->qlen + from_resid, input_row(x, b, h, 0),
+                                   xstride, x->dtype, from_new);
             if (st != QSDPA_OK) return st;
             if (!win) continue;
             int64_t kept = L->rlen - from_resid, first = L->rstart + from_resid;
+            size_t rrb = g->resid_row_bytes;
             if (new_rstart != first && kept > 0)
-                memmove(win + (size_t)new_rstart * g->resid_row_bytes, win + (size_t)first * g->resid_row_bytes,
-                        (size_t)kept * g->resid_row_bytes);
-            for (int64_t t = from_new; t < T; t++)
-                convert_elems(win + (size_t)(new_rstart + kept + t - from_new) * g->resid_row_bytes, rd,
-                              input_row(x, b, h, t), x->dtype, g->dim);
+                st = qsdpa_cache_mem_move(c, ctx->options.stream, win + (size_t)new_rstart * rrb,
+                                          win + (size_t)first * rrb, (size_t)kept * rrb);
+            if (st != QSDPA_OK) return st;
+            char *dst = win + (size_t)(new_rstart + kept) * rrb;
+            if (c->device) /* same dtype: checked by the caller */
+                st = qsdpa_cache_mem_copy2d(c, ctx->options.stream, dst, rrb, input_row(x, b, h, from_new), xstride,
+                                            rrb, (size_t)(T - from_new));
+            else
+                for (int64_t t = from_new; t < T; t++)
+                    convert_elems(dst + (size_t)(t - from_new) * rrb, rd, input_row(x, b, h, t), x->dtype, g->dim);
+            if (st != QSDPA_OK) return st;
         }
     return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *c, const qsdpa_context *ctx) {
+    int device = ctx->options.backend == QSDPA_BACKEND_CUDA;
+    if (device != c->device)
+        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "ctx is a %s context but the cache is in %s memory",
+                          device ? "CUDA" : "CPU", c->device ? "device" : "host");
+    return QSDPA_OK;
+}
+
+/* A device cache copies window rows and plain rows without converting them
+ * (no conversion kernel yet), and reads only device memory. */
+static qsdpa_status check_device_rows(const qsdpa_cache *c, const qsdpa_tensor *x, const char *name) {
+    const char *fn = "qsdpa_cache_append";
+    if (!c->device) return QSDPA_OK;
+    if (c->options.residual > 0 && x->dtype != c->options.residual_dtype)
+        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "%s->dtype = %s: a CUDA cache's window needs rows of residual_dtype %s",
+                          name, qsdpa_dtype_name(x->dtype), qsdpa_dtype_name(c->options.residual_dtype));
+    const cache_geom *g = name[0] == 'k' ? &c->gk : &c->gv;
+    if (g->format.mode == QSDPA_MODE_PLAIN && x->dtype != g->format.plain_dtype)
+        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "%s->dtype = %s: a CUDA cache stores plain %s rows as given",
+                          name, qsdpa_dtype_name(x->dtype), qsdpa_dtype_name(g->format.plain_dtype));
+    return qsdpa_cache_mem_check(c, x->data, fn, name);
 }
 
 qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t layer, const qsdpa_tensor *k,
@@ -341,8 +383,10 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     if (st == QSDPA_OK) st = check_rows("k", cache, k, cache->options.dim_k);
     if (st == QSDPA_OK) st = check_rows("v", cache, v, cache->options.dim_v);
     if (st != QSDPA_OK) return st;
-    if (ctx->options.backend != QSDPA_BACKEND_CPU)
-        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "ctx is a CUDA context; the cache is host-only in this version");
+    st = qsdpa_cache_check_context(fn, cache, ctx);
+    if (st == QSDPA_OK) st = check_device_rows(cache, k, "k");
+    if (st == QSDPA_OK) st = check_device_rows(cache, v, "v");
+    if (st != QSDPA_OK) return st;
     if (k->shape[2] != v->shape[2])
         return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, fn, "k has T = %lld tokens but v has %lld",
                           (long long)k->shape[2], (long long)v->shape[2]);
@@ -358,9 +402,9 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     int64_t kept = L->rlen - from_resid, added = T - from_new;
     int64_t new_rstart = L->rstart + from_resid;
     if (new_rstart + kept + added > 2 * R) new_rstart = 0; /* slide the window to the buffer's start */
-    st = qsdpa_cache_reserve(fn, cache, L, L->qlen + overflow);
-    if (st == QSDPA_OK) st = append_side(cache, L, &cache->gk, &L->k, k, from_resid, from_new, new_rstart);
-    if (st == QSDPA_OK) st = append_side(cache, L, &cache->gv, &L->v, v, from_resid, from_new, new_rstart);
+    st = qsdpa_cache_reserve(fn, cache, ctx->options.stream, L, L->qlen + overflow);
+    if (st == QSDPA_OK) st = append_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new, new_rstart);
+    if (st == QSDPA_OK) st = append_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new, new_rstart);
     if (st != QSDPA_OK) return st;
     L->qlen += overflow;
     L->rstart = new_rstart;

@@ -6,16 +6,16 @@
  * rounding to residual_dtype. */
 #include "cache/cache_internal.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* Grow-only scratch owned by the cache (the context's scratch is the kernels'
  * and is reused inside each call, so partials cannot live there). */
 static qsdpa_status cache_scratch(qsdpa_cache *c, size_t bytes, void **out) {
     if (bytes > c->scratch_bytes) {
-        void *p = malloc(bytes);
-        if (!p) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_cache_attend", "cannot allocate %zu bytes", bytes);
-        free(c->scratch);
+        void *p = NULL;
+        qsdpa_status st = qsdpa_cache_mem_alloc(c, "qsdpa_cache_attend", bytes, &p);
+        if (st != QSDPA_OK) return st;
+        qsdpa_cache_mem_free(c, c->scratch);
         c->scratch = p;
         c->scratch_bytes = bytes;
     }
@@ -47,8 +47,8 @@ qsdpa_status qsdpa_cache_attend(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     if (!q) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, fn, "q is NULL");
     if (!out) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, fn, "out is NULL");
     if (q->rank != 4) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, fn, "q->rank = %d, expected 4", q->rank);
-    if (ctx->options.backend != QSDPA_BACKEND_CPU)
-        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "ctx is a CUDA context; the cache is host-only in this version");
+    qsdpa_status st = qsdpa_cache_check_context(fn, cache, ctx);
+    if (st != QSDPA_OK) return st;
     qsdpa_attention_params p = params ? *params : qsdpa_attention_default_params();
     if (p.key_offset != 0 || p.key_total != 0)
         return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, fn,
@@ -84,7 +84,7 @@ qsdpa_status qsdpa_cache_attend(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
         return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "partial results of q [%lld, %lld, %lld, *] overflow size_t",
                           (long long)B, (long long)Hq, (long long)Lq);
     void *scratch = NULL;
-    qsdpa_status st = cache_scratch(cache, bytes, &scratch);
+    st = cache_scratch(cache, bytes, &scratch);
     if (st != QSDPA_OK) return st;
     float *o0 = scratch, *o1 = o0 + rows * (size_t)Dv, *l0 = o1 + rows * (size_t)Dv, *l1 = l0 + rows;
     qsdpa_tensor outs[2] = {qsdpa_tensor_4d(o0, QSDPA_DTYPE_F32, B, Hq, Lq, Dv),

@@ -37,18 +37,35 @@ typedef struct cache_geom {
 
 struct qsdpa_cache {
     qsdpa_cache_options options; /* step resolved */
+    int device;                  /* 1: storage is CUDA device memory (created on a CUDA context) */
     cache_geom gk, gv;
     cache_layer *layers;         /* [options.layers] */
     void *scratch;               /* attend: two partial outs + lses, grow-only */
     size_t scratch_bytes;
 };
 
+/* ---- storage (cache_mem.c): host heap or CUDA device memory ------------
+ * stream: the calling context's CUDA stream (ignored for host caches). */
+qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, size_t bytes, void **out); /* zeroed */
+void qsdpa_cache_mem_free(const qsdpa_cache *c, void *p);
+/* rows rows of width bytes, from src (spitch apart) to dst (dpitch apart); src may be the caller's memory. */
+qsdpa_status qsdpa_cache_mem_copy2d(const qsdpa_cache *c, void *stream, void *dst, size_t dpitch, const void *src,
+                                    size_t spitch, size_t width, size_t rows);
+/* memmove within the cache's storage (dst <= src when the regions overlap). */
+qsdpa_status qsdpa_cache_mem_move(const qsdpa_cache *c, void *stream, void *dst, const void *src, size_t bytes);
+qsdpa_status qsdpa_cache_mem_to_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes);
+qsdpa_status qsdpa_cache_mem_from_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes);
+/* Device caches: ptr must be device (or managed) memory. */
+qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const char *function, const char *name);
+
 /* Validate options (messages name `function`) and fill the two geometries. */
 qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_options *o,
                                        cache_geom *gk, cache_geom *gv);
 /* Grow one layer's quantized part to hold at least `tokens` rows per (b, h),
  * rounded up to the step. On failure the layer is unchanged. */
-qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, cache_layer *layer,
+qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
                                  int64_t tokens);
+/* The context must match the cache's memory: CUDA for a device cache, CPU otherwise. */
+qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *c, const qsdpa_context *ctx);
 
 #endif

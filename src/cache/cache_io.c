@@ -158,6 +158,9 @@ qsdpa_status qsdpa_cache_save(const qsdpa_cache *cache, const char *path) {
     bool ok = fwrite(h, 1, hbytes, f) == hbytes;
     free(h);
     int64_t slabs = cache->options.batch * cache->options.heads_kv;
+    void *stage = NULL; /* device caches: one slab of one section at a time through host memory */
+    size_t stage_bytes = 0;
+    qsdpa_status st = QSDPA_OK;
     for (int64_t l = 0; l < cache->options.layers && ok; l++) {
         section s[8];
         int n = layer_sections(cache, &cache->layers[l], s);
@@ -166,6 +169,20 @@ qsdpa_status qsdpa_cache_save(const qsdpa_cache *cache, const char *path) {
             for (int64_t b = 0; b < slabs && ok && s[i].count > 0; b++) {
                 const char *rows = s[i].base + (size_t)(b * s[i].slab_rows + s[i].first) * s[i].row_bytes;
                 size_t len = (size_t)s[i].count * s[i].row_bytes;
+                if (cache->device) {
+                    if (len > stage_bytes) {
+                        free(stage);
+                        stage = malloc(len);
+                        stage_bytes = stage ? len : 0;
+                        if (!stage) st = qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, fn, "cannot allocate %zu bytes", len);
+                    }
+                    if (st == QSDPA_OK) st = qsdpa_cache_mem_to_host(cache, stage, rows, len);
+                    if (st != QSDPA_OK) {
+                        ok = false;
+                        break;
+                    }
+                    rows = stage;
+                }
                 crc = crc_update(crc, rows, len);
                 ok = fwrite(rows, 1, len, f) == len;
             }
@@ -173,12 +190,14 @@ qsdpa_status qsdpa_cache_save(const qsdpa_cache *cache, const char *path) {
         put_u32(tail, crc);
         ok = ok && fwrite(tail, 1, 4, f) == 4;
     }
+    free(stage);
     if (fclose(f) != 0) ok = false;
+    if (st != QSDPA_OK) return st;
     if (!ok) return qsdpa_fail(QSDPA_ERR_IO, fn, "writing '%s' failed (disk full?)", path);
     return QSDPA_OK;
 }
 
-static qsdpa_status load_fail(FILE *f, qsdpa_cache *c, unsigned char *h, qsdpa_status st) {
+static qsdpa_status load_fail(FILE *f, qsdpa_cache *c, void *h, qsdpa_status st) {
     if (f) fclose(f);
     qsdpa_cache_destroy(c);
     free(h);
@@ -266,12 +285,14 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
     if (fseek(f, (long)hbytes, SEEK_SET) != 0)
         return load_fail(f, c, NULL, qsdpa_fail(QSDPA_ERR_IO, fn, "'%s': cannot seek", path));
     int64_t slabs = o.batch * o.heads_kv;
+    void *stage = NULL; /* device caches: host staging of one slab of one section */
+    size_t stage_bytes = 0;
     for (int64_t l = 0; l < o.layers; l++) {
         cache_layer *L = &c->layers[l];
         int64_t qlen = L->qlen;
         L->qlen = 0; /* nothing to copy while reserving */
-        st = qsdpa_cache_reserve(fn, c, L, qlen);
-        if (st != QSDPA_OK) return load_fail(f, c, NULL, st);
+        st = qsdpa_cache_reserve(fn, c, ctx->options.stream, L, qlen);
+        if (st != QSDPA_OK) return load_fail(f, c, stage, st);
         L->qlen = qlen;
         section s[8];
         int n = layer_sections(c, L, s);
@@ -280,16 +301,31 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
             for (int64_t b = 0; b < slabs && s[i].count > 0; b++) {
                 char *rows = s[i].base + (size_t)(b * s[i].slab_rows + s[i].first) * s[i].row_bytes;
                 size_t len = (size_t)s[i].count * s[i].row_bytes;
-                if (fread(rows, 1, len, f) != len)
-                    return load_fail(f, c, NULL, qsdpa_fail(QSDPA_ERR_IO, fn, "'%s': truncated layer %lld", path,
-                                                            (long long)l));
-                crc = crc_update(crc, rows, len);
+                char *dst = rows;
+                if (c->device) { /* through host memory; sizes were checked against the file above */
+                    if (len > stage_bytes) {
+                        free(stage);
+                        stage = malloc(len);
+                        stage_bytes = stage ? len : 0;
+                        if (!stage)
+                            return load_fail(f, c, NULL, qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, fn,
+                                                                    "cannot allocate %zu bytes", len));
+                    }
+                    dst = stage;
+                }
+                if (fread(dst, 1, len, f) != len)
+                    return load_fail(f, c, stage, qsdpa_fail(QSDPA_ERR_IO, fn, "'%s': truncated layer %lld", path,
+                                                             (long long)l));
+                crc = crc_update(crc, dst, len);
+                if (c->device && (st = qsdpa_cache_mem_from_host(c, rows, dst, len)) != QSDPA_OK)
+                    return load_fail(f, c, stage, st);
             }
         unsigned char tail[4];
         if (fread(tail, 1, 4, f) != 4 || get_u32(tail) != crc)
-            return load_fail(f, c, NULL, qsdpa_fail(QSDPA_ERR_IO, fn, "'%s': checksum mismatch in layer %lld", path,
-                                                    (long long)l));
+            return load_fail(f, c, stage, qsdpa_fail(QSDPA_ERR_IO, fn, "'%s': checksum mismatch in layer %lld", path,
+                                                     (long long)l));
     }
+    free(stage);
     fclose(f);
     *out = c;
     return QSDPA_OK;

@@ -119,6 +119,13 @@ static void check_attend(test_rng *rng, qsdpa_context *ctx, qsdpa_context *ref, 
             if (kind == 2) mask[i] = test_rng_uniform(rng) > 0.2;
             else ((float *)(void *)mask)[i] = test_rng_uniform(rng) > 0.2 ? 0.0f : -1e9f;
         }
+        /* One kept key per row: a row of -1e9 additive scores is ill-conditioned in
+         * f32 (the scores vanish in -1e9's ulp), unlike a false bool mask. */
+        for (int64_t i = 0; i < Lq; i++) {
+            int64_t j = test_rng_int(rng, 0, L - 1);
+            if (kind == 2) mask[i * L + j] = 1;
+            else ((float *)(void *)mask)[i * L + j] = 0.0f;
+        }
         tmask = qsdpa_tensor_make(mask, md, 2, mshape);
         p.mask = &tmask;
     }

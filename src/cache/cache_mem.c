@@ -1,0 +1,135 @@
+/* Where a cache's storage lives: the host heap, or CUDA device memory when
+ * the cache was created on a CUDA context (builds with QSDPA_HAVE_CUDA only).
+ * Copies take the context's stream, so they are ordered with the device
+ * quantizer and the attention kernels that read the same buffers. */
+#include "cache/cache_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef QSDPA_HAVE_CUDA
+#include <cuda_runtime.h>
+
+static qsdpa_status device_fail(cudaError_t err, const char *function, const char *what) {
+    return qsdpa_fail(QSDPA_ERR_DEVICE, function, "%s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err));
+}
+#endif
+
+qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, size_t bytes, void **out) {
+    *out = NULL;
+    if (bytes == 0) return QSDPA_OK;
+#ifdef QSDPA_HAVE_CUDA
+    if (c->device) {
+        cudaError_t err = cudaMalloc(out, bytes);
+        if (err == cudaSuccess) err = cudaMemset(*out, 0, bytes);
+        if (err != cudaSuccess) {
+            if (*out) cudaFree(*out);
+            *out = NULL;
+            (void)cudaGetLastError(); /* clear the sticky-free error state of a failed allocation */
+            return err == cudaErrorMemoryAllocation
+                       ? qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate %zu bytes of device memory", bytes)
+                       : device_fail(err, function, "cudaMalloc");
+        }
+        return QSDPA_OK;
+    }
+#endif
+    (void)c;
+    *out = calloc(1, bytes);
+    if (!*out) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate %zu bytes", bytes);
+    return QSDPA_OK;
+}
+
+void qsdpa_cache_mem_free(const qsdpa_cache *c, void *p) {
+    if (!p) return;
+#ifdef QSDPA_HAVE_CUDA
+    if (c->device) {
+        cudaFree(p);
+        return;
+    }
+#endif
+    (void)c;
+    free(p);
+}
+
+qsdpa_status qsdpa_cache_mem_copy2d(const qsdpa_cache *c, void *stream, void *dst, size_t dpitch, const void *src,
+                                    size_t spitch, size_t width, size_t rows) {
+    if (rows == 0 || width == 0) return QSDPA_OK;
+#ifdef QSDPA_HAVE_CUDA
+    if (c->device) {
+        cudaError_t err = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDefault,
+                                            (cudaStream_t)stream);
+        return err == cudaSuccess ? QSDPA_OK : device_fail(err, "qsdpa_cache", "cudaMemcpy2DAsync");
+    }
+#endif
+    (void)c;
+    (void)stream;
+    for (size_t r = 0; r < rows; r++) memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cache_mem_move(const qsdpa_cache *c, void *stream, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0 || dst == src) return QSDPA_OK;
+#ifdef QSDPA_HAVE_CUDA
+    if (c->device) {
+        /* Device copies must not overlap: move forward in chunks no longer
+         * than the distance between the two regions (dst < src here). */
+        size_t gap = dst < src ? (size_t)((const char *)src - (char *)dst) : (size_t)((char *)dst - (const char *)src);
+        if (dst > src && gap < bytes)
+            return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, "qsdpa_cache", "internal: backward overlapping move");
+        for (size_t done = 0; done < bytes; done += gap) {
+            size_t n = bytes - done < gap ? bytes - done : gap;
+            cudaError_t err = cudaMemcpyAsync((char *)dst + done, (const char *)src + done, n, cudaMemcpyDefault,
+                                              (cudaStream_t)stream);
+            if (err != cudaSuccess) return device_fail(err, "qsdpa_cache", "cudaMemcpyAsync");
+        }
+        return QSDPA_OK;
+    }
+#endif
+    (void)c;
+    (void)stream;
+    memmove(dst, src, bytes);
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cache_mem_to_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes) {
+#ifdef QSDPA_HAVE_CUDA
+    if (c->device) {
+        cudaError_t err = cudaDeviceSynchronize(); /* appends may be in flight on any stream */
+        if (err == cudaSuccess) err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+        return err == cudaSuccess ? QSDPA_OK : device_fail(err, "qsdpa_cache_save", "cudaMemcpy to host");
+    }
+#endif
+    (void)c;
+    memcpy(dst, src, bytes);
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cache_mem_from_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes) {
+#ifdef QSDPA_HAVE_CUDA
+    if (c->device) {
+        cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+        return err == cudaSuccess ? QSDPA_OK : device_fail(err, "qsdpa_cache_load", "cudaMemcpy to device");
+    }
+#endif
+    (void)c;
+    memcpy(dst, src, bytes);
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const char *function, const char *name) {
+#ifdef QSDPA_HAVE_CUDA
+    if (!c->device) return QSDPA_OK; /* host caches never touch the CUDA runtime */
+    struct cudaPointerAttributes attr;
+    cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
+    bool on_device = err == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged);
+    (void)cudaGetLastError();
+    if (!on_device)
+        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function,
+                          "%s = %p is not device memory (the cache is on a CUDA device)", name, ptr);
+#endif
+    (void)c;
+    (void)ptr;
+    (void)function;
+    (void)name;
+    return QSDPA_OK;
+}

@@ -1,0 +1,210 @@
+/* A cache on a CUDA device against the same cache on the host: the same rows
+ * appended (device copies for the device cache) in random chunks must give
+ * the same stored bytes (qsdpa_quantize_device is bit-exact with the host
+ * quantizer), attend on the device must match the CPU reference over those
+ * bytes (SPEC §4), and trim/save/load must round-trip between host and
+ * device. Skips (77) without a CUDA build or device. */
+#include "cache_fixture.h"
+
+#ifndef QSDPA_TEST_CUDA
+int main(void) {
+    printf("SKIP: built without the CUDA backend\n");
+    return 77;
+}
+#else
+#include <cuda_runtime.h>
+
+static void *to_device(const void *host, size_t bytes) {
+    void *d = NULL;
+    if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) {
+        fprintf(stderr, "cudaMalloc failed\n");
+        exit(2);
+    }
+    cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice);
+    return d;
+}
+
+/* Bytes of a [B,H,L,W] slab-strided view, device or host, into a dense host buffer. */
+static unsigned char *dense(const qsdpa_tensor *t, int device) {
+    size_t es = qsdpa_dtype_size(t->dtype), row = (size_t)t->shape[3] * es, n = row * (size_t)t->shape[2];
+    size_t total = n * (size_t)(t->shape[0] * t->shape[1]);
+    unsigned char *out = test_alloc(total + 1);
+    for (int64_t b = 0; b < t->shape[0]; b++)
+        for (int64_t h = 0; h < t->shape[1]; h++) {
+            const char *src = (const char *)t->data + (size_t)(b * t->stride[0] + h * t->stride[1]) * es;
+            unsigned char *dst = out + (size_t)(b * t->shape[1] + h) * n;
+            if (n == 0) continue;
+            if (device) cudaMemcpy2D(dst, row, src, (size_t)t->stride[2] * es, row, (size_t)t->shape[2], cudaMemcpyDeviceToHost);
+            else
+                for (int64_t l = 0; l < t->shape[2]; l++) memcpy(dst + (size_t)l * row, src + (size_t)(l * t->stride[2]) * es, row);
+        }
+    return out;
+}
+
+static size_t tensor_bytes(const qsdpa_tensor *t) {
+    return (size_t)(t->shape[0] * t->shape[1] * t->shape[2] * t->shape[3]) * qsdpa_dtype_size(t->dtype);
+}
+
+static void same_tensor(const qsdpa_tensor *a, int adev, const qsdpa_tensor *b, int bdev, const char *what) {
+    if (!a->data && !b->data) return;
+    CHECK(a->shape[2] == b->shape[2], "%s: %lld vs %lld rows", what, (long long)a->shape[2], (long long)b->shape[2]);
+    if (a->shape[2] != b->shape[2]) return;
+    unsigned char *x = dense(a, adev), *y = dense(b, bdev);
+    CHECK(memcmp(x, y, tensor_bytes(a)) == 0, "%s: stored bytes differ between host and device caches", what);
+    free(x);
+    free(y);
+}
+
+static void same_layer(const qsdpa_cache *a, int adev, const qsdpa_cache *b, int bdev, int64_t layer) {
+    for (int part = 0; part < 2; part++) {
+        qsdpa_qtensor ak, av, bk, bv;
+        qsdpa_cache_view(a, layer, (qsdpa_cache_part)part, &ak, &av);
+        qsdpa_cache_view(b, layer, (qsdpa_cache_part)part, &bk, &bv);
+        const qsdpa_qtensor *x[2] = {&ak, &av}, *y[2] = {&bk, &bv};
+        for (int s = 0; s < 2; s++) {
+            same_tensor(&x[s]->codes, adev, &y[s]->codes, bdev, part ? "window" : "codes");
+            if (x[s]->scales.rank) same_tensor(&x[s]->scales, adev, &y[s]->scales, bdev, "scales");
+            if (x[s]->biases.rank) same_tensor(&x[s]->biases, adev, &y[s]->biases, bdev, "biases");
+        }
+    }
+}
+
+static void run(test_rng *rng, qsdpa_context *cpu, qsdpa_context *ref, qsdpa_context *gpu, const char *kf,
+                const char *vf, int64_t residual) {
+    qsdpa_cache_options o = qsdpa_cache_default_options();
+    o.layers = 2;
+    o.batch = 2;
+    o.heads_kv = 2;
+    o.dim_k = 128;
+    o.dim_v = 128;
+    o.step = 32;
+    o.residual = residual;
+    o.residual_dtype = QSDPA_DTYPE_F16; /* a device window takes rows as given: inputs are f16 */
+    qsdpa_format_parse(kf, &o.k_format);
+    qsdpa_format_parse(vf, &o.v_format);
+    qsdpa_cache *hc = NULL, *dc = NULL;
+    CHECK(qsdpa_cache_create(cpu, &o, &hc) == QSDPA_OK, "create host: %s", qsdpa_last_error());
+    CHECK(qsdpa_cache_create(gpu, &o, &dc) == QSDPA_OK, "create device: %s", qsdpa_last_error());
+    if (!hc || !dc) return;
+    int64_t len = 0;
+    for (int step = 0; step < 14; step++) {
+        int64_t T = step == 0 ? 45 : test_rng_int(rng, 1, 3);
+        for (int64_t l = 0; l < o.layers; l++) {
+            size_t n = (size_t)(o.batch * o.heads_kv * T * 128);
+            uint16_t *k = test_alloc(n * 2), *v = test_alloc(n * 2);
+            test_fill_normal(rng, k, QSDPA_DTYPE_F16, (int64_t)n, 1.0);
+            test_fill_normal(rng, v, QSDPA_DTYPE_F16, (int64_t)n, 1.0);
+            void *dk = to_device(k, n * 2), *dv = to_device(v, n * 2);
+            qsdpa_tensor hk = qsdpa_tensor_4d(k, QSDPA_DTYPE_F16, o.batch, o.heads_kv, T, 128);
+            qsdpa_tensor hv = qsdpa_tensor_4d(v, QSDPA_DTYPE_F16, o.batch, o.heads_kv, T, 128);
+            qsdpa_tensor tk = hk, tv = hv;
+            tk.data = dk;
+            tv.data = dv;
+            CHECK(qsdpa_cache_append(cpu, hc, l, &hk, &hv) == QSDPA_OK, "host append: %s", qsdpa_last_error());
+            CHECK(qsdpa_cache_append(gpu, dc, l, &tk, &tv) == QSDPA_OK, "device append: %s", qsdpa_last_error());
+            if (step == 0)
+                CHECK(qsdpa_cache_append(gpu, dc, l, &hk, &hv) == QSDPA_ERR_INVALID_ARGUMENT,
+                      "host rows appended to a device cache");
+            cudaDeviceSynchronize();
+            cudaFree(dk);
+            cudaFree(dv);
+            free(k);
+            free(v);
+        }
+        len += T;
+        if (step == 7) {
+            CHECK(qsdpa_cache_trim(hc, 2) == QSDPA_OK && qsdpa_cache_trim(dc, 2) == QSDPA_OK, "trim");
+            len -= 2;
+        }
+        int64_t layer = test_rng_int(rng, 0, 1);
+        same_layer(hc, 0, dc, 1, layer);
+        /* Attend: device cache vs the CPU reference over the host cache's (equal) bytes. */
+        int64_t Hq = 8, Lq = step == 0 ? 5 : 1;
+        size_t nq = (size_t)(o.batch * Hq * Lq * 128);
+        uint16_t *q = test_alloc(nq * 2), *out = test_alloc(nq * 2), *want = test_alloc(nq * 2);
+        test_fill_normal(rng, q, QSDPA_DTYPE_F16, (int64_t)nq, 1.0);
+        void *dq = to_device(q, nq * 2), *dout = NULL;
+        cudaMalloc(&dout, nq * 2);
+        qsdpa_tensor hq = qsdpa_tensor_4d(q, QSDPA_DTYPE_F16, o.batch, Hq, Lq, 128), tq = hq;
+        qsdpa_tensor ho = qsdpa_tensor_4d(want, QSDPA_DTYPE_F16, o.batch, Hq, Lq, 128), to = ho;
+        tq.data = dq;
+        to.data = dout;
+        qsdpa_attention_params p = qsdpa_attention_default_params();
+        p.scale = 0.08838834764f;
+        p.causal = 1;
+        p.window = step % 3 == 0 ? 20 : 0;
+        float sinks[8];
+        test_fill_normal(rng, sinks, QSDPA_DTYPE_F32, 8, 1.0);
+        void *dsinks = to_device(sinks, sizeof sinks);
+        qsdpa_tensor ts = qsdpa_tensor_make(dsinks, QSDPA_DTYPE_F32, 1, &Hq), hs = ts;
+        hs.data = sinks;
+        if (step % 2) p.sinks = &hs;
+        CHECK(qsdpa_cache_attend(ref, hc, layer, &hq, &p, &ho) == QSDPA_OK, "host attend: %s", qsdpa_last_error());
+        if (step % 2) p.sinks = &ts;
+        CHECK(qsdpa_cache_attend(gpu, dc, layer, &tq, &p, &to) == QSDPA_OK, "device attend: %s", qsdpa_last_error());
+        CHECK(qsdpa_cache_attend(cpu, dc, layer, &hq, &p, &ho) == QSDPA_ERR_INVALID_ARGUMENT,
+              "a CPU context attended over a device cache");
+        cudaMemcpy(out, dout, nq * 2, cudaMemcpyDeviceToHost);
+        double err = 0, vmax = 0;
+        float *kf32, *vf32;
+        int64_t L = fixture_layer_f32(hc, layer, &kf32, &vf32);
+        vmax = fixture_max_abs(vf32, (size_t)(o.batch * o.heads_kv * L * 128));
+        for (size_t i = 0; i < nq; i++) {
+            double d = fabs((double)qsdpa_f16_to_f32(out[i]) - qsdpa_f16_to_f32(want[i]));
+            err = d > err || d != d ? d : err;
+        }
+        CHECK(err <= 2e-3 * vmax, "K %s V %s R %lld step %d: device attend error %.3g > %.3g", kf, vf,
+              (long long)residual, step, err, 2e-3 * vmax);
+        free(kf32);
+        free(vf32);
+        cudaFree(dq);
+        cudaFree(dout);
+        cudaFree(dsinks);
+        free(q);
+        free(out);
+        free(want);
+    }
+    /* Save from the device; load on the host and on the device. */
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/qsdpa_cuda_cache_%llu.kv", (unsigned long long)test_seed());
+    CHECK(qsdpa_cache_save(dc, path) == QSDPA_OK, "device save: %s", qsdpa_last_error());
+    qsdpa_cache *lh = NULL, *ld = NULL;
+    CHECK(qsdpa_cache_load(cpu, path, &lh) == QSDPA_OK, "host load: %s", qsdpa_last_error());
+    CHECK(qsdpa_cache_load(gpu, path, &ld) == QSDPA_OK, "device load: %s", qsdpa_last_error());
+    for (int64_t l = 0; l < o.layers && lh && ld; l++) {
+        same_layer(hc, 0, lh, 0, l);
+        same_layer(hc, 0, ld, 1, l);
+    }
+    remove(path);
+    qsdpa_cache_destroy(lh);
+    qsdpa_cache_destroy(ld);
+    qsdpa_cache_destroy(hc);
+    qsdpa_cache_destroy(dc);
+}
+
+int main(void) {
+    if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
+        printf("SKIP: no CUDA device\n");
+        return 77;
+    }
+    test_rng rng;
+    test_rng_init(&rng, test_seed());
+    qsdpa_context *cpu = NULL, *ref = NULL, *gpu = NULL;
+    qsdpa_context_options ro = qsdpa_context_default_options(), go = qsdpa_context_default_options();
+    ro.kernel = "cpu.reference";
+    go.backend = QSDPA_BACKEND_CUDA;
+    if (qsdpa_context_create(NULL, &cpu) != QSDPA_OK || qsdpa_context_create(&ro, &ref) != QSDPA_OK ||
+        qsdpa_context_create(&go, &gpu) != QSDPA_OK) {
+        fprintf(stderr, "context: %s\n", qsdpa_last_error());
+        return 1;
+    }
+    run(&rng, cpu, ref, gpu, "affine:4:64", "affine:4:64", 0);
+    run(&rng, cpu, ref, gpu, "affine:8:64", "mxfp4", 16);
+    run(&rng, cpu, ref, gpu, "nvfp4", "f16", 5);
+    run(&rng, cpu, ref, gpu, "mxfp8", "affine:4:32", 64);
+    qsdpa_context_destroy(cpu);
+    qsdpa_context_destroy(ref);
+    qsdpa_context_destroy(gpu);
+    return test_finish("test_cache_cuda");
+}
+#endif
