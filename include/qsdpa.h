@@ -306,8 +306,14 @@ unsigned qsdpa_cpu_features(void);
  * which is exact. Trimming past the window leaves fewer than R unquantized
  * tokens until new appends refill it (quantized rows are never expanded back).
  *
- * This version keeps the cache in host memory: a CUDA context gives
- * QSDPA_ERR_UNSUPPORTED. A cache is not thread-safe; distinct caches are. */
+ * Memory: a cache created on a CPU context lives in host memory; one created
+ * on a CUDA context lives in that device's memory, quantizes appended rows on
+ * the device (qsdpa_quantize_device, same bytes as the host) and must then be
+ * used with a CUDA context and device pointers. A device cache takes window
+ * rows (and PLAIN-format rows) only in their stored dtype (residual_dtype /
+ * plain_dtype): other dtypes give QSDPA_ERR_UNSUPPORTED. Save/load go
+ * through host memory; a file loads onto either kind of context.
+ * A cache is not thread-safe; distinct caches are. */
 typedef struct qsdpa_cache qsdpa_cache;
 
 typedef struct qsdpa_cache_options {
@@ -327,7 +333,7 @@ typedef struct qsdpa_cache_options {
  * F16 scales, step 256, no residual window (residual_dtype F16). */
 qsdpa_cache_options qsdpa_cache_default_options(void);
 
-/* Create an empty cache. ctx selects the backend (CPU only in this version). */
+/* Create an empty cache in ctx's memory (host for CPU, device for CUDA). */
 qsdpa_status qsdpa_cache_create(qsdpa_context *ctx, const qsdpa_cache_options *options,
                                 qsdpa_cache **out);
 void qsdpa_cache_destroy(qsdpa_cache *cache);
@@ -336,8 +342,9 @@ qsdpa_status qsdpa_cache_get_options(const qsdpa_cache *cache, qsdpa_cache_optio
 
 /* Append T new tokens to one layer: k [B,Hkv,T,Dk], v [B,Hkv,T,Dv], both
  * F32/F16/BF16 (may differ), any strides with the last dim contiguous.
- * Rows are quantized on the CPU on the way in (bit-exact with
- * qsdpa_quantize); the residual window, if any, takes the newest ones. */
+ * Rows are quantized on the way in (bit-exact with qsdpa_quantize), on the
+ * host or the device per the cache; the residual window, if any, takes the
+ * newest ones. ctx must be of the cache's kind (CPU or CUDA). */
 qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t layer,
                                 const qsdpa_tensor *k, const qsdpa_tensor *v);
 
@@ -368,7 +375,7 @@ typedef enum qsdpa_cache_part {
 qsdpa_status qsdpa_cache_view(const qsdpa_cache *cache, int64_t layer, qsdpa_cache_part part,
                               qsdpa_qtensor *k, qsdpa_qtensor *v);
 
-/* Bytes of host memory held (capacity included) and bytes that the stored
+/* Bytes held (capacity included; device memory for a device cache) and bytes that the stored
  * tokens occupy (codes, scales, biases, residual rows). Either may be NULL. */
 qsdpa_status qsdpa_cache_memory(const qsdpa_cache *cache, size_t *allocated_bytes,
                                 size_t *used_bytes);
