@@ -101,7 +101,9 @@ size_t qsdpa_format_string(const qsdpa_format *format, char *buf, size_t capacit
 /* Check a format for validity (mode/bits/group allowed). */
 qsdpa_status qsdpa_format_check(const qsdpa_format *format);
 
-/* uint32 words in one packed row of `dim` logical values (plain: elements).
+/* uint32 words in one packed row of `dim` logical values (dim*bits/32). For
+ * PLAIN formats this is the row's byte size / 4; their codes tensors are
+ * indexed in elements of plain_dtype (dim per row), not in words.
  * Fails if dim is not a multiple of the group or the bits do not fill words. */
 qsdpa_status qsdpa_format_row_words(const qsdpa_format *format, int64_t dim, int64_t *words);
 /* Scales (and biases, for affine) per row of `dim` values: dim / group. */
