@@ -69,8 +69,9 @@ static void same_layer(const qsdpa_cache *a, int adev, const qsdpa_cache *b, int
     }
 }
 
+/* wdt: dtype of the appended rows, and of the window (a device window takes rows as given). */
 static void run(test_rng *rng, qsdpa_context *cpu, qsdpa_context *ref, qsdpa_context *gpu, const char *kf,
-                const char *vf, int64_t residual) {
+                const char *vf, int64_t residual, qsdpa_dtype wdt) {
     qsdpa_cache_options o = qsdpa_cache_default_options();
     o.layers = 2;
     o.batch = 2;
@@ -79,7 +80,7 @@ static void run(test_rng *rng, qsdpa_context *cpu, qsdpa_context *ref, qsdpa_con
     o.dim_v = 128;
     o.step = 32;
     o.residual = residual;
-    o.residual_dtype = QSDPA_DTYPE_F16; /* a device window takes rows as given: inputs are f16 */
+    o.residual_dtype = wdt;
     qsdpa_format_parse(kf, &o.k_format);
     qsdpa_format_parse(vf, &o.v_format);
     qsdpa_cache *hc = NULL, *dc = NULL;
@@ -90,13 +91,13 @@ static void run(test_rng *rng, qsdpa_context *cpu, qsdpa_context *ref, qsdpa_con
     for (int step = 0; step < 14; step++) {
         int64_t T = step == 0 ? 45 : test_rng_int(rng, 1, 3);
         for (int64_t l = 0; l < o.layers; l++) {
-            size_t n = (size_t)(o.batch * o.heads_kv * T * 128);
-            uint16_t *k = test_alloc(n * 2), *v = test_alloc(n * 2);
-            test_fill_normal(rng, k, QSDPA_DTYPE_F16, (int64_t)n, 1.0);
-            test_fill_normal(rng, v, QSDPA_DTYPE_F16, (int64_t)n, 1.0);
-            void *dk = to_device(k, n * 2), *dv = to_device(v, n * 2);
-            qsdpa_tensor hk = qsdpa_tensor_4d(k, QSDPA_DTYPE_F16, o.batch, o.heads_kv, T, 128);
-            qsdpa_tensor hv = qsdpa_tensor_4d(v, QSDPA_DTYPE_F16, o.batch, o.heads_kv, T, 128);
+            size_t n = (size_t)(o.batch * o.heads_kv * T * 128), es = qsdpa_dtype_size(wdt);
+            void *k = test_alloc(n * es), *v = test_alloc(n * es);
+            test_fill_normal(rng, k, wdt, (int64_t)n, 1.0);
+            test_fill_normal(rng, v, wdt, (int64_t)n, 1.0);
+            void *dk = to_device(k, n * es), *dv = to_device(v, n * es);
+            qsdpa_tensor hk = qsdpa_tensor_4d(k, wdt, o.batch, o.heads_kv, T, 128);
+            qsdpa_tensor hv = qsdpa_tensor_4d(v, wdt, o.batch, o.heads_kv, T, 128);
             qsdpa_tensor tk = hk, tv = hv;
             tk.data = dk;
             tv.data = dv;
@@ -198,10 +199,10 @@ int main(void) {
         fprintf(stderr, "context: %s\n", qsdpa_last_error());
         return 1;
     }
-    run(&rng, cpu, ref, gpu, "affine:4:64", "affine:4:64", 0);
-    run(&rng, cpu, ref, gpu, "affine:8:64", "mxfp4", 16);
-    run(&rng, cpu, ref, gpu, "nvfp4", "f16", 5);
-    run(&rng, cpu, ref, gpu, "mxfp8", "affine:4:32", 64);
+    run(&rng, cpu, ref, gpu, "affine:4:64", "affine:4:64", 0, QSDPA_DTYPE_F16);
+    run(&rng, cpu, ref, gpu, "affine:8:64", "mxfp4", 16, QSDPA_DTYPE_F32);
+    run(&rng, cpu, ref, gpu, "nvfp4", "f32", 5, QSDPA_DTYPE_F32);
+    run(&rng, cpu, ref, gpu, "mxfp8", "affine:4:32", 64, QSDPA_DTYPE_F16); /* f16 window: PLAIN f16 on the device */
     qsdpa_context_destroy(cpu);
     qsdpa_context_destroy(ref);
     qsdpa_context_destroy(gpu);

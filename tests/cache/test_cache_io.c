@@ -223,7 +223,14 @@ static void test_bad_arguments(test_rng *rng, qsdpa_context *ctx) {
         qsdpa_context *gpu = NULL;
         if (qsdpa_context_create(&co, &gpu) == QSDPA_OK) {
             c = NULL;
-            CHECK(qsdpa_cache_create(gpu, &o, &c) == QSDPA_ERR_UNSUPPORTED && !c, "CUDA cache should be UNSUPPORTED");
+            CHECK(qsdpa_cache_create(gpu, &o, &c) == QSDPA_OK, "device cache: %s", qsdpa_last_error());
+            qsdpa_tensor t16 = qsdpa_tensor_4d(k, QSDPA_DTYPE_F16, 1, 1, 2, 128); /* the window's dtype, on the host */
+            CHECK(qsdpa_cache_append(gpu, c, 0, &t16, &t16) == QSDPA_ERR_INVALID_ARGUMENT,
+                  "host rows appended to a device cache");
+            CHECK(qsdpa_cache_append(ctx, c, 0, &t16, &t16) == QSDPA_ERR_INVALID_ARGUMENT,
+                  "a CPU context appended to a device cache");
+            CHECK(qsdpa_cache_append(gpu, c, 0, &tk, &tv) == QSDPA_ERR_UNSUPPORTED, "f32 rows into an f16 device window");
+            qsdpa_cache_destroy(c);
             qsdpa_context_destroy(gpu);
         }
     }
