@@ -25,13 +25,17 @@ enum fmt { F_AFF4, F_AFF8, F_MXFP4, F_NVFP4, F_FP8, F_F32, F_F16, F_BF16 };
 
 INLINE float as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 INLINE bool is_plain(int F) { return F == F_F32 || F == F_F16 || F == F_BF16; }
+/* Bits per element of a row: the byte offset of element e is e * codebytes / 8. */
+INLINE size_t codebytes(int F) {
+    return F == F_AFF4 || F == F_MXFP4 || F == F_NVFP4 ? 4 : F == F_AFF8 || F == F_FP8 ? 8 : F == F_F32 ? 32 : 16;
+}
 
 /* Eight values starting at element e (a multiple of 8) of a row. */
-INLINE __m256 decode8(int F, const char *row, int64_t e) {
+INLINE __m256 decode8(int F, const char *row, size_t e) {
     switch (F) {
     case F_AFF4: {
         uint32_t w;
-        memcpy(&w, row + e / 2, 4);
+        memcpy(&w, row + e * 4 / 8, 4);
         __m256i c = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
         return _mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32(15)));
     }
@@ -40,7 +44,7 @@ INLINE __m256 decode8(int F, const char *row, int64_t e) {
     case F_MXFP4:
     case F_NVFP4: { /* E2M1: magnitude by an 8-entry table lookup (vpermps uses the low 3 bits), sign from bit 3 */
         uint32_t w;
-        memcpy(&w, row + e / 2, 4);
+        memcpy(&w, row + e * 4 / 8, 4);
         __m256i v = _mm256_set1_epi32((int)w);
         __m256i idx = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
         __m256 mag = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), idx);
@@ -100,9 +104,9 @@ INLINE float hsum(__m256 v) {
 }
 
 /* scores[j][r0 + r] = q[r0 + r] . K[j0 + j] for r < NR. */
-INLINE void score_nr(int F, const int NR, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
+INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
                      const float *qsum, int nq, int r0, float *scores) {
-    const int64_t dim = k->dim, G = is_plain(F) ? dim : k->group, ng = dim / G;
+    const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
     for (int64_t j = 0; j < n; j++) {
         const char *row = k->codes + (j0 + j) * k->code_stride;
         const char *srow = is_plain(F) ? NULL : k->scales + (j0 + j) * k->scale_stride;
@@ -110,13 +114,15 @@ INLINE void score_nr(int F, const int NR, const cpu_rows *k, int64_t j0, int64_t
         __m256 tot[4];
         float bs[4];
         for (int r = 0; r < NR; r++) tot[r] = _mm256_setzero_ps(), bs[r] = 0.0f;
-        for (int64_t g = 0; g < ng; g++) {
+        for (size_t g = 0; g < ng; g++) {
             __m256 a0[4], a1[4]; /* two chains per row hide the FMA latency */
             for (int r = 0; r < NR; r++) a0[r] = _mm256_setzero_ps(), a1[r] = _mm256_setzero_ps();
-            for (int64_t e = g * G; e < (g + 1) * G; e += 16) {
-                __m256 c0 = decode8(F, row, e), c1 = decode8(F, row, e + 8);
+            const char *rg = row + g * G * codebytes(F) / 8;
+            const float *qg = q + (size_t)r0 * dim + g * G;
+            for (size_t e = 0; e < G; e += 16) {
+                __m256 c0 = decode8(F, rg, e), c1 = decode8(F, rg, e + 8);
                 for (int r = 0; r < NR; r++) {
-                    const float *qr = q + (int64_t)(r0 + r) * dim + e;
+                    const float *qr = qg + (size_t)r * dim + e;
                     a0[r] = _mm256_fmadd_ps(c0, _mm256_loadu_ps(qr), a0[r]);
                     a1[r] = _mm256_fmadd_ps(c1, _mm256_loadu_ps(qr + 8), a1[r]);
                 }
@@ -128,7 +134,7 @@ INLINE void score_nr(int F, const int NR, const cpu_rows *k, int64_t j0, int64_t
                 for (int r = 0; r < NR; r++) tot[r] = _mm256_fmadd_ps(_mm256_add_ps(a0[r], a1[r]), sv, tot[r]);
                 if (has_bias(F)) {
                     float b = load_scalar(k->scale_dtype, brow, g);
-                    for (int r = 0; r < NR; r++) bs[r] += b * qsum[(int64_t)(r0 + r) * ng + g];
+                    for (int r = 0; r < NR; r++) bs[r] += b * qsum[(size_t)(r0 + r) * ng + g];
                 }
             }
         }
@@ -144,11 +150,11 @@ INLINE void score_nr(int F, const int NR, const cpu_rows *k, int64_t j0, int64_t
 }
 
 /* acc[r0 + r] += sum_j w[j][r0 + r] * V[j0 + j] for r < NR. */
-INLINE void accum_nr(int F, const int NR, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, int r0,
-                     float *acc) {
-    const int64_t dim = v->dim, G = is_plain(F) ? dim : v->group, ng = dim / G;
+INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq,
+                     int r0, float *acc) {
+    const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
     float ws[CPU_BLOCK * 4]; /* [j][r]: weight times the group scale */
-    for (int64_t g = 0; g < ng; g++) {
+    for (size_t g = 0; g < ng; g++) {
         float bsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int64_t j = 0; j < n; j++) {
             float s = 1.0f, b = 0.0f;
@@ -160,15 +166,15 @@ INLINE void accum_nr(int F, const int NR, const cpu_rows *v, int64_t j0, int64_t
                 bsum[r] += wr * b;
             }
         }
-        for (int64_t e = g * G; e < (g + 1) * G; e += 16) {
+        for (size_t e = g * G; e < (g + 1) * G; e += 16) {
             __m256 a0[4], a1[4];
             for (int r = 0; r < NR; r++) {
-                a0[r] = _mm256_loadu_ps(acc + (int64_t)(r0 + r) * dim + e);
-                a1[r] = _mm256_loadu_ps(acc + (int64_t)(r0 + r) * dim + e + 8);
+                a0[r] = _mm256_loadu_ps(acc + (size_t)(r0 + r) * dim + e);
+                a1[r] = _mm256_loadu_ps(acc + (size_t)(r0 + r) * dim + e + 8);
             }
-            for (int64_t j = 0; j < n; j++) {
-                const char *row = v->codes + (j0 + j) * v->code_stride;
-                __m256 c0 = decode8(F, row, e), c1 = decode8(F, row, e + 8);
+            const char *row = v->codes + j0 * v->code_stride + e * codebytes(F) / 8;
+            for (int64_t j = 0; j < n; j++, row += v->code_stride) {
+                __m256 c0 = decode8(F, row, 0), c1 = decode8(F, row, 8);
                 for (int r = 0; r < NR; r++) {
                     __m256 wv = _mm256_broadcast_ss(ws + j * NR + r);
                     a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
@@ -176,15 +182,15 @@ INLINE void accum_nr(int F, const int NR, const cpu_rows *v, int64_t j0, int64_t
                 }
             }
             for (int r = 0; r < NR; r++) {
-                _mm256_storeu_ps(acc + (int64_t)(r0 + r) * dim + e, a0[r]);
-                _mm256_storeu_ps(acc + (int64_t)(r0 + r) * dim + e + 8, a1[r]);
+                _mm256_storeu_ps(acc + (size_t)(r0 + r) * dim + e, a0[r]);
+                _mm256_storeu_ps(acc + (size_t)(r0 + r) * dim + e + 8, a1[r]);
             }
         }
         if (has_bias(F))
             for (int r = 0; r < NR; r++) {
-                float *a = acc + (int64_t)(r0 + r) * dim + g * G;
+                float *a = acc + (size_t)(r0 + r) * dim + g * G;
                 __m256 bv = _mm256_set1_ps(bsum[r]);
-                for (int64_t e = 0; e < G; e += 8) _mm256_storeu_ps(a + e, _mm256_add_ps(_mm256_loadu_ps(a + e), bv));
+                for (size_t e = 0; e < G; e += 8) _mm256_storeu_ps(a + e, _mm256_add_ps(_mm256_loadu_ps(a + e), bv));
             }
     }
 }
@@ -205,17 +211,18 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
     }
 }
 
-/* One set of kernels per format: the query rows go in chunks of 4, the rest by 1..3. */
-#define DEFINE_FORMAT(NAME, F)                                                                                  \
+/* One set of kernels per (format, group): GC is the group size when it is known at
+ * compile time (0: read it from the rows). Query rows go in chunks of 4, the rest by 1..3. */
+#define DEFINE_FORMAT(NAME, F, GC)                                                                              \
     static void NAME##_score(const cpu_rows *k, int64_t j0, int64_t n, const float *q, const float *qsum,      \
                              int nq, float *scores, float *tmp) {                                             \
         (void)tmp;                                                                                            \
         int r0 = 0;                                                                                           \
-        for (; r0 + 4 <= nq; r0 += 4) score_nr(F, 4, k, j0, n, q, qsum, nq, r0, scores);                      \
+        for (; r0 + 4 <= nq; r0 += 4) score_nr(F, 4, GC, k, j0, n, q, qsum, nq, r0, scores);                  \
         switch (nq - r0) {                                                                                    \
-        case 3: score_nr(F, 3, k, j0, n, q, qsum, nq, r0, scores); break;                                     \
-        case 2: score_nr(F, 2, k, j0, n, q, qsum, nq, r0, scores); break;                                     \
-        case 1: score_nr(F, 1, k, j0, n, q, qsum, nq, r0, scores); break;                                     \
+        case 3: score_nr(F, 3, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
+        case 2: score_nr(F, 2, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
+        case 1: score_nr(F, 1, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
         default: break;                                                                                       \
         }                                                                                                     \
     }                                                                                                         \
@@ -223,11 +230,11 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
                              float *tmp) {                                                                    \
         (void)tmp;                                                                                            \
         int r0 = 0;                                                                                           \
-        for (; r0 + 4 <= nq; r0 += 4) accum_nr(F, 4, v, j0, n, w, nq, r0, acc);                               \
+        for (; r0 + 4 <= nq; r0 += 4) accum_nr(F, 4, GC, v, j0, n, w, nq, r0, acc);                           \
         switch (nq - r0) {                                                                                    \
-        case 3: accum_nr(F, 3, v, j0, n, w, nq, r0, acc); break;                                              \
-        case 2: accum_nr(F, 2, v, j0, n, w, nq, r0, acc); break;                                              \
-        case 1: accum_nr(F, 1, v, j0, n, w, nq, r0, acc); break;                                              \
+        case 3: accum_nr(F, 3, GC, v, j0, n, w, nq, r0, acc); break;                                          \
+        case 2: accum_nr(F, 2, GC, v, j0, n, w, nq, r0, acc); break;                                          \
+        case 1: accum_nr(F, 1, GC, v, j0, n, w, nq, r0, acc); break;                                          \
         default: break;                                                                                       \
         }                                                                                                     \
     }                                                                                                         \
@@ -236,14 +243,21 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
     }                                                                                                         \
     static const cpu_kv_ops NAME##_ops = {#NAME, NAME##_score, NAME##_accum, NAME##_unpack};
 
-DEFINE_FORMAT(affine4, F_AFF4)
-DEFINE_FORMAT(affine8, F_AFF8)
-DEFINE_FORMAT(mxfp4, F_MXFP4)
-DEFINE_FORMAT(nvfp4, F_NVFP4)
-DEFINE_FORMAT(mxfp8, F_FP8)
-DEFINE_FORMAT(f32, F_F32)
-DEFINE_FORMAT(f16, F_F16)
-DEFINE_FORMAT(bf16, F_BF16)
+DEFINE_FORMAT(affine4_g32, F_AFF4, 32)
+DEFINE_FORMAT(affine4_g64, F_AFF4, 64)
+DEFINE_FORMAT(affine4_g128, F_AFF4, 128)
+DEFINE_FORMAT(affine8_g32, F_AFF8, 32)
+DEFINE_FORMAT(affine8_g64, F_AFF8, 64)
+DEFINE_FORMAT(affine8_g128, F_AFF8, 128)
+DEFINE_FORMAT(mxfp4, F_MXFP4, 32)
+DEFINE_FORMAT(nvfp4, F_NVFP4, 16)
+DEFINE_FORMAT(mxfp8, F_FP8, 32)
+DEFINE_FORMAT(f32, F_F32, 0)
+DEFINE_FORMAT(f16, F_F16, 0)
+DEFINE_FORMAT(bf16, F_BF16, 0)
+
+static const cpu_kv_ops *const affine_ops[2][3] = {{&affine4_g32_ops, &affine4_g64_ops, &affine4_g128_ops},
+                                                   {&affine8_g32_ops, &affine8_g64_ops, &affine8_g128_ops}};
 
 /* Formats without a decoder: rows to floats (portable unpack), then the f32 kernels. */
 static cpu_rows float_rows(const cpu_rows *t, const float *tmp) {
@@ -284,7 +298,9 @@ static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
         return t->format.plain_dtype == QSDPA_DTYPE_F16 ? &f16_ops
                : t->format.plain_dtype == QSDPA_DTYPE_BF16 ? &bf16_ops
                                                            : &f32_ops;
-    case QSDPA_MODE_AFFINE: return t->format.bits == 4 ? &affine4_ops : t->format.bits == 8 ? &affine8_ops : &generic_ops;
+    case QSDPA_MODE_AFFINE:
+        if (t->format.bits != 4 && t->format.bits != 8) return &generic_ops;
+        return affine_ops[t->format.bits == 8][t->group == 32 ? 0 : t->group == 64 ? 1 : 2];
     case QSDPA_MODE_MXFP4: return &mxfp4_ops;
     case QSDPA_MODE_NVFP4: return &nvfp4_ops;
     case QSDPA_MODE_MXFP8: return &mxfp8_ops;
