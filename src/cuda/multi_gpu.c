@@ -122,7 +122,7 @@ qsdpa_status qsdpa_attention_nccl(qsdpa_context *ctx, void *nccl_comm, const qsd
         !qsdpa_mul_size(part_floats * sizeof(float), (size_t)ranks + 1, &gathered_bytes))
         return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "partial buffers of %d ranks overflow size_t", ranks);
 
-    void *scratch;
+    void *scratch = NULL;
     if ((st = device_scratch(ctx, gathered_bytes, &scratch)) != QSDPA_OK) return st;
     float *local = (float *)scratch;               /* this rank's partial */
     float *gathered = local + part_floats;         /* ranks x partial */
@@ -141,7 +141,7 @@ qsdpa_status qsdpa_attention_nccl(qsdpa_context *ctx, void *nccl_comm, const qsd
     if (!writes_out) return QSDPA_OK;
 
     /* Host-side views of the gathered partials, kept in ctx's host scratch. */
-    void *host;
+    void *host = NULL;
     if ((st = qsdpa_scratch(ctx, 2 * sizeof(qsdpa_tensor) * (size_t)ranks, &host)) != QSDPA_OK) return st;
     qsdpa_tensor *outs = host, *lses = outs + ranks;
     for (int r = 0; r < ranks; r++) {
