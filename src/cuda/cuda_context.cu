@@ -91,8 +91,10 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
     return QSDPA_OK;
 }
 
-qsdpa_status qsdpa_cuda_check_device_ptr(const void *ptr, const char *function, const char *name) {
+qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name) {
     if (!ptr) return QSDPA_OK; /* optional tensors are NULL; required ones were checked by validation */
+    size_t slot = ((uintptr_t)ptr >> 8) % QSDPA_CUDA_PTR_CACHE;
+    if (ctx->cuda->device_ptrs[slot] == ptr) return QSDPA_OK;
     cudaPointerAttributes attr;
     cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
     if (err != cudaSuccess) {
@@ -103,10 +105,11 @@ qsdpa_status qsdpa_cuda_check_device_ptr(const void *ptr, const char *function, 
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
         return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function,
                           "%s = %p is host memory but a CUDA context needs device pointers", name, ptr);
+    if (attr.type == cudaMemoryTypeDevice) ctx->cuda->device_ptrs[slot] = ptr;
     return QSDPA_OK;
 }
 
-qsdpa_status qsdpa_cuda_check_problem(const qsdpa_problem *p, const char *function) {
+qsdpa_status qsdpa_cuda_check_problem(qsdpa_context *ctx, const qsdpa_problem *p, const char *function) {
     struct { const void *ptr; const char *name; } ptrs[] = {
         {p->q, "q->data"},
         {p->k.codes.data, "k->codes.data"},   {p->k.scales.data, "k->scales.data"},
@@ -116,7 +119,7 @@ qsdpa_status qsdpa_cuda_check_problem(const qsdpa_problem *p, const char *functi
         {p->out, "out->data"},                {p->lse, "lse->data"},
     };
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) {
-        qsdpa_status st = qsdpa_cuda_check_device_ptr(ptrs[i].ptr, function, ptrs[i].name);
+        qsdpa_status st = qsdpa_cuda_check_device_ptr(ctx, ptrs[i].ptr, function, ptrs[i].name);
         if (st != QSDPA_OK) return st;
     }
     return QSDPA_OK;

@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(128) generic_combine(const gen_params p, int64
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
-    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(pr, fn);
+    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
     if (st != QSDPA_OK) return st;
     gen_params p;
     memset(&p, 0, sizeof p);

@@ -14,6 +14,9 @@
 /* Per-context CUDA state (ctx->cuda). Scratch grows on the first call of a
  * larger shape and is reused afterwards, so steady-state calls allocate
  * nothing and can be captured in a CUDA graph. */
+#define QSDPA_CUDA_COUNTERS (1 << 16)
+#define QSDPA_CUDA_PTR_CACHE 1024
+
 struct qsdpa_cuda_state {
     int device;          /* CUDA ordinal the context was created on */
     int sm_count;        /* multiprocessors */
@@ -22,9 +25,12 @@ struct qsdpa_cuda_state {
     void *scratch;       /* device scratch: split-K partials */
     size_t scratch_bytes;
     unsigned *counters;  /* [QSDPA_CUDA_COUNTERS] zeroed once; the last CTA of a group resets its own */
+    /* Pointers already found to be device memory: cudaPointerGetAttributes
+     * costs about a microsecond and a call checks up to 11 pointers, which
+     * would dominate short decode calls. Direct-mapped by address. */
+    const void *device_ptrs[QSDPA_CUDA_PTR_CACHE];
 };
 
-#define QSDPA_CUDA_COUNTERS (1 << 16)
 
 /* Device error -> QSDPA_ERR_DEVICE with the CUDA message. */
 qsdpa_status qsdpa_cuda_error(cudaError_t err, const char *function, const char *what);
@@ -33,9 +39,9 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out);
 /* Make ctx's device current (cudaSetDevice) for a call. */
 qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function);
 /* QSDPA_ERR_INVALID_ARGUMENT unless ptr is device (or managed) memory usable by ctx's device. */
-qsdpa_status qsdpa_cuda_check_device_ptr(const void *ptr, const char *function, const char *name);
+qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name);
 /* Every data pointer of a validated problem must be on the device. */
-qsdpa_status qsdpa_cuda_check_problem(const qsdpa_problem *p, const char *function);
+qsdpa_status qsdpa_cuda_check_problem(qsdpa_context *ctx, const qsdpa_problem *p, const char *function);
 /* Status of the launch just made (cudaGetLastError). */
 qsdpa_status qsdpa_cuda_launch_status(const char *function, const char *kernel);
 

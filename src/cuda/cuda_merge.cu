@@ -75,11 +75,11 @@ extern "C" qsdpa_status qsdpa_cuda_merge(qsdpa_context *ctx, int n, const qsdpa_
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st != QSDPA_OK) return st;
     for (int k = 0; k < n; k++) {
-        if ((st = qsdpa_cuda_check_device_ptr(outs[k].data, fn, "outs[k].data")) != QSDPA_OK) return st;
-        if ((st = qsdpa_cuda_check_device_ptr(lses[k].data, fn, "lses[k].data")) != QSDPA_OK) return st;
+        if ((st = qsdpa_cuda_check_device_ptr(ctx, outs[k].data, fn, "outs[k].data")) != QSDPA_OK) return st;
+        if ((st = qsdpa_cuda_check_device_ptr(ctx, lses[k].data, fn, "lses[k].data")) != QSDPA_OK) return st;
     }
-    if ((st = qsdpa_cuda_check_device_ptr(out->data, fn, "out->data")) != QSDPA_OK) return st;
-    if (lse_out && (st = qsdpa_cuda_check_device_ptr(lse_out->data, fn, "lse_out->data")) != QSDPA_OK) return st;
+    if ((st = qsdpa_cuda_check_device_ptr(ctx, out->data, fn, "out->data")) != QSDPA_OK) return st;
+    if (lse_out && (st = qsdpa_cuda_check_device_ptr(ctx, lse_out->data, fn, "lse_out->data")) != QSDPA_OK) return st;
 
     merge_params p;
     memset(&p, 0, sizeof p);

@@ -223,10 +223,10 @@ qsdpa_status check(const char *fn, qsdpa_context *ctx, const qsdpa_format *forma
         return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "rows = %lld x dim = %lld overflows size_t", (long long)rows,
                           (long long)dim);
     if ((st = qsdpa_cuda_enter(ctx, fn)) != QSDPA_OK) return st;
-    if ((st = qsdpa_cuda_check_device_ptr(values, fn, values_name)) != QSDPA_OK) return st;
-    if ((st = qsdpa_cuda_check_device_ptr(codes, fn, "codes")) != QSDPA_OK) return st;
-    if ((st = qsdpa_cuda_check_device_ptr(scales, fn, "scales")) != QSDPA_OK) return st;
-    if ((st = qsdpa_cuda_check_device_ptr(biases, fn, "biases")) != QSDPA_OK) return st;
+    if ((st = qsdpa_cuda_check_device_ptr(ctx, values, fn, values_name)) != QSDPA_OK) return st;
+    if ((st = qsdpa_cuda_check_device_ptr(ctx, codes, fn, "codes")) != QSDPA_OK) return st;
+    if ((st = qsdpa_cuda_check_device_ptr(ctx, scales, fn, "scales")) != QSDPA_OK) return st;
+    if ((st = qsdpa_cuda_check_device_ptr(ctx, biases, fn, "biases")) != QSDPA_OK) return st;
     p->mode = format->mode; p->bits = format->bits; p->group = format->group;
     p->plain_dtype = format->plain_dtype; p->global_scale = format->global_scale;
     p->rows = rows; p->dim = dim; p->words = words;

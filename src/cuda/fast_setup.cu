@@ -44,7 +44,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
                                           qfast::fast_params *p, dim3 *grid, bool *use_generic) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
-    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(pr, fn);
+    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
     if (st != QSDPA_OK) return st;
     *use_generic = false;
 

@@ -3,7 +3,8 @@
  * set of shapes that exercise its paths (decode split-K, GQA folding, Lk not a
  * multiple of the tile, masks, sinks, causal prefill, window, partial slices,
  * strided cache views), each against the CPU reference on the same bytes.
- * QSDPA_CUDA_QUICK=1 runs one shape per row (for compute-sanitizer). */
+ * QSDPA_CUDA_QUICK=1 runs one shape per row and QSDPA_CUDA_ONLY=text only the
+ * rows whose name contains text (for compute-sanitizer). */
 #include "test_util.h"
 
 #ifndef QSDPA_TEST_CUDA
@@ -79,6 +80,7 @@ int main(void) {
     }
     const char *q = getenv("QSDPA_CUDA_QUICK");
     quick = q && q[0] == '1';
+    const char *only = getenv("QSDPA_CUDA_ONLY"); /* run only rows whose name contains this */
     test_rng rng;
     test_rng_init(&rng, test_seed());
     int rows = 0;
@@ -87,6 +89,7 @@ int main(void) {
         qsdpa_kernel_get(i, &info);
         if (info.backend != QSDPA_BACKEND_CUDA) continue;
         rows++;
+        if (only && !strstr(info.name, only)) continue;
         cuda_case base = cuda_case_default();
         base.kernel = info.name;
         if (info.k_mode != QSDPA_ANY) {
@@ -140,6 +143,7 @@ int main(void) {
     }
     CHECK(rows > 1, "expected CUDA rows in the kernel table, found %d", rows);
 
+    if (only) return test_finish("test_cuda_coverage");
     /* auto dispatch routes the hard cases of fast rows to the generic kernel */
     cuda_case c = cuda_case_default();
     c.lq = 40; c.lk = 25; c.causal = 1;

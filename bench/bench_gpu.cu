@@ -1,0 +1,244 @@
+/* GPU benchmark of qsdpa_attention on a CUDA context (bench/gpu.sh runs it).
+ *
+ * Shape S: Hq 32, Hkv 8, D 128, f16 q; contexts 2K..128K, B 1 and 8, Lq 1/4/16,
+ * formats affine 4/g64, affine 8/g64, mxfp4, mxfp8, nvfp4, K8V4 and f16 (the
+ * same kernel over unquantized rows); prefill Lq = Lk = 4096 causal.
+ * Method (bench/NOTES.md): caches are quantized on the device from random
+ * data; enough copies rotate to exceed twice the L2, so every call streams
+ * its cache from HBM; CUDA events time batches of 10 back-to-back calls,
+ * median of 15 batches; bytes = the packed codes + scales + biases read once.
+ * A device-to-device copy measured in the same run is the bandwidth ceiling.
+ * Output: human-readable lines and machine-readable "RESULT," lines. */
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "qsdpa.h"
+
+#define CK(x)                                                                                   \
+    do {                                                                                        \
+        cudaError_t e_ = (x);                                                                   \
+        if (e_ != cudaSuccess) {                                                                \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            exit(1);                                                                            \
+        }                                                                                       \
+    } while (0)
+#define QK(x)                                                                                          \
+    do {                                                                                               \
+        qsdpa_status s_ = (x);                                                                         \
+        if (s_ != QSDPA_OK) {                                                                          \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, qsdpa_last_error());           \
+            exit(1);                                                                                   \
+        }                                                                                              \
+    } while (0)
+
+/* N(0,1)-ish f16 values from a hash (Box-Muller), never zeros */
+__global__ void fill_random(__half *x, size_t n, unsigned seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned h = (unsigned)i * 2654435761u ^ seed * 0x9E3779B9u;
+        h ^= h >> 16; h *= 0x7feb352du; h ^= h >> 15; h *= 0x846ca68bu; h ^= h >> 16;
+        unsigned g = h * 0x27d4eb2du + 0x165667b1u;
+        g ^= g >> 15;
+        float u1 = ((h >> 8) + 1.0f) / 16777217.0f, u2 = (g >> 8) / 16777216.0f;
+        x[i] = __float2half(sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2));
+    }
+}
+
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+struct kv_store { /* one cache copy: K and V */
+    void *kc, *ks, *kb, *vc, *vs, *vb;
+    qsdpa_qtensor k, v;
+};
+
+static size_t row_bytes(const qsdpa_format &f, int64_t dim) {
+    int64_t words;
+    qsdpa_format_row_words(&f, dim, &words);
+    size_t b = (size_t)words * 4;
+    if (f.mode == QSDPA_MODE_AFFINE) b += 2 * (size_t)(dim / f.group) * 2; /* f16 scale + bias */
+    else if (f.mode != QSDPA_MODE_PLAIN) b += (size_t)(dim / f.group);
+    return b;
+}
+
+static void make_tensor(qsdpa_context *ctx, const qsdpa_format &f, int64_t B, int64_t H, int64_t L, int64_t D,
+                        __half *src, void **codes, void **scales, void **biases, qsdpa_qtensor *t) {
+    int64_t words, rows = B * H * L;
+    QK(qsdpa_format_row_words(&f, D, &words));
+    bool plain = f.mode == QSDPA_MODE_PLAIN, affine = f.mode == QSDPA_MODE_AFFINE;
+    int64_t groups = plain ? 0 : D / f.group;
+    qsdpa_dtype sdt = affine ? QSDPA_DTYPE_F16 : QSDPA_DTYPE_U8;
+    size_t ss = affine ? 2 : 1;
+    CK(cudaMalloc(codes, (size_t)(rows * words) * 4));
+    *scales = *biases = nullptr;
+    if (!plain) CK(cudaMalloc(scales, (size_t)(rows * groups) * ss));
+    if (affine) CK(cudaMalloc(biases, (size_t)(rows * groups) * ss));
+    QK(qsdpa_quantize_device(ctx, &f, src, QSDPA_DTYPE_F16, rows, D, (uint32_t *)*codes, *scales, *biases, sdt));
+    memset(t, 0, sizeof *t);
+    t->format = f;
+    t->dim = D;
+    t->codes = qsdpa_tensor_4d(*codes, plain ? f.plain_dtype : QSDPA_DTYPE_U32, B, H, L, plain ? D : words);
+    if (!plain) t->scales = qsdpa_tensor_4d(*scales, sdt, B, H, L, groups);
+    if (affine) t->biases = qsdpa_tensor_4d(*biases, sdt, B, H, L, groups);
+}
+
+static double copy_bandwidth(cudaStream_t st) {
+    size_t n = (size_t)1 << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    CK(cudaMemset(a, 1, n));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    std::vector<double> t;
+    for (int i = 0; i < 23; i++) {
+        cudaEventRecord(e0, st);
+        CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, st));
+        cudaEventRecord(e1, st);
+        cudaEventSynchronize(e1);
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (i >= 3) t.push_back(ms);
+    }
+    cudaFree(a);
+    cudaFree(b);
+    return 2.0 * n / (median(t) * 1e-3) / 1e9;
+}
+
+struct result {
+    double us, gbps;
+    const char *kernel;
+};
+
+/* Time qsdpa_attention over `copies` rotating caches: median of 15 batches of 10 calls. */
+static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_format &kf, const qsdpa_format &vf,
+                             int64_t B, int64_t L, int64_t lq, bool causal, size_t l2) {
+    const int64_t hq = 32, hkv = 8, D = 128;
+    size_t cache_bytes = (size_t)(B * hkv * L) * (row_bytes(kf, D) + row_bytes(vf, D));
+    int copies = (int)std::min<size_t>(64, 2 * l2 / cache_bytes + 2);
+    if (cache_bytes > ((size_t)8 << 30)) copies = 1;
+    size_t src_n = (size_t)(B * hkv * L * D);
+    __half *src;
+    CK(cudaMalloc(&src, src_n * 2));
+    std::vector<kv_store> kv(copies);
+    for (int c = 0; c < copies; c++) {
+        fill_random<<<1024, 256, 0, st>>>(src, src_n, 17u + 2 * c);
+        make_tensor(ctx, kf, B, hkv, L, D, src, &kv[c].kc, &kv[c].ks, &kv[c].kb, &kv[c].k);
+        fill_random<<<1024, 256, 0, st>>>(src, src_n, 18u + 2 * c);
+        make_tensor(ctx, vf, B, hkv, L, D, src, &kv[c].vc, &kv[c].vs, &kv[c].vb, &kv[c].v);
+    }
+    __half *q, *out;
+    CK(cudaMalloc(&q, (size_t)(B * hq * lq * D) * 2));
+    CK(cudaMalloc(&out, (size_t)(B * hq * lq * D) * 2));
+    fill_random<<<256, 256, 0, st>>>(q, (size_t)(B * hq * lq * D), 99u);
+    qsdpa_tensor qt = qsdpa_tensor_4d(q, QSDPA_DTYPE_F16, B, hq, lq, D);
+    qsdpa_tensor ot = qsdpa_tensor_4d(out, QSDPA_DTYPE_F16, B, hq, lq, D);
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    p.scale = 1.0f / sqrtf((float)D);
+    p.causal = causal;
+    result r;
+    QK(qsdpa_attention_select(ctx, &qt, &kv[0].k, &kv[0].v, &p, &ot, &r.kernel));
+    for (int i = 0; i < 3 * copies; i++) QK(qsdpa_attention(ctx, &qt, &kv[i % copies].k, &kv[i % copies].v, &p, &ot));
+    CK(cudaStreamSynchronize(st));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    std::vector<double> t;
+    int it = 0, batch = causal ? 3 : 10;
+    for (int rep = 0; rep < 15; rep++) {
+        cudaEventRecord(e0, st);
+        for (int i = 0; i < batch; i++, it++)
+            QK(qsdpa_attention(ctx, &qt, &kv[it % copies].k, &kv[it % copies].v, &p, &ot));
+        cudaEventRecord(e1, st);
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        t.push_back(ms * 1e3 / batch);
+    }
+    CK(cudaGetLastError());
+    r.us = median(t);
+    r.gbps = cache_bytes / (r.us * 1e-6) / 1e9;
+    for (auto &c : kv) {
+        cudaFree(c.kc); cudaFree(c.ks); cudaFree(c.kb); cudaFree(c.vc); cudaFree(c.vs); cudaFree(c.vb);
+    }
+    cudaFree(src);
+    cudaFree(q);
+    cudaFree(out);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return r;
+}
+
+int main(int argc, char **argv) {
+    /* "quick": 32K only; "one FMT B L LQ": a single configuration (for ncu) */
+    bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+    bool one = argc > 5 && strcmp(argv[1], "one") == 0;
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    cudaStream_t st;
+    CK(cudaStreamCreate(&st));
+    qsdpa_context_options o = qsdpa_context_default_options();
+    o.backend = QSDPA_BACKEND_CUDA;
+    o.stream = st;
+    qsdpa_context *ctx;
+    QK(qsdpa_context_create(&o, &ctx));
+    double copy = copy_bandwidth(st);
+    printf("# %s SMs=%d L2=%dMB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+    printf("RESULT,copy,%.0f\n", copy);
+    printf("d2d copy: %.0f GB/s\n", copy);
+
+    struct { const char *name, *k, *v; } fmts[] = {
+        {"affine4g64", "affine:4:64", "affine:4:64"}, {"affine8g64", "affine:8:64", "affine:8:64"},
+        {"mxfp4", "mxfp4", "mxfp4"},                  {"mxfp8", "mxfp8", "mxfp8"},
+        {"nvfp4", "nvfp4", "nvfp4"},                  {"k8v4g64", "affine:8:64", "affine:4:64"},
+        {"f16", "f16", "f16"},
+    };
+    const int64_t Ls[] = {2048, 8192, 32768, 131072};
+    printf("%-11s %2s %7s %3s | %9s %8s %6s | kernel\n", "format", "B", "L", "Lq", "us", "GB/s", "%copy");
+    for (auto &f : fmts) {
+        qsdpa_format kf, vf;
+        QK(qsdpa_format_parse(f.k, &kf));
+        QK(qsdpa_format_parse(f.v, &vf));
+        for (int64_t B : {1, 8})
+            for (int64_t L : Ls)
+                for (int64_t lq : {1, 4, 16}) {
+                    if (B == 8 && lq != 1) continue;
+                    if (quick && (L != 32768 || lq == 16)) continue;
+                    if (one && (strcmp(argv[2], f.name) || B != atoll(argv[3]) || L != atoll(argv[4]) ||
+                                lq != atoll(argv[5])))
+                        continue;
+                    result r = time_attention(ctx, st, kf, vf, B, L, lq, false, prop.l2CacheSize);
+                    printf("%-11s %2lld %7lld %3lld | %9.2f %8.0f %5.1f%% | %s\n", f.name, (long long)B, (long long)L,
+                           (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.kernel);
+                    printf("RESULT,decode,%s,%lld,%lld,%lld,%.3f,%.1f,%.2f,%s\n", f.name, (long long)B, (long long)L,
+                           (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.kernel);
+                    fflush(stdout);
+                }
+    }
+    /* prefill: Lq = Lk = 4096, causal */
+    for (auto &f : fmts) {
+        if (one) break;
+        if (strcmp(f.name, "affine4g64") && strcmp(f.name, "f16") && strcmp(f.name, "affine8g64")) continue;
+        qsdpa_format kf, vf;
+        QK(qsdpa_format_parse(f.k, &kf));
+        QK(qsdpa_format_parse(f.v, &vf));
+        result r = time_attention(ctx, st, kf, vf, 1, 4096, 4096, true, prop.l2CacheSize);
+        double flops = 4.0 * 32 * 4096.0 * 4096.0 * 128 / 2;
+        printf("prefill 4K causal %-11s %9.1f us %6.0f TFLOP/s | %s\n", f.name, r.us, flops / (r.us * 1e-6) / 1e12,
+               r.kernel);
+        printf("RESULT,prefill,%s,1,4096,4096,%.3f,%.1f,0,%s\n", f.name, r.us, flops / (r.us * 1e-6) / 1e12, r.kernel);
+        fflush(stdout);
+    }
+    qsdpa_context_destroy(ctx);
+    cudaStreamDestroy(st);
+    return 0;
+}

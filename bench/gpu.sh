@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Everything the CUDA backend needs from one `device` call, in order: build
+# (sm_90a), the GPU tests, compute-sanitizer memcheck and racecheck on a short
+# subset, the benchmark, PyTorch's baselines, ncu on the 32K decode, and a
+# joined report. Each stage has its own time limit so the call ends well
+# inside 10 minutes and later stages still run when one fails.
+# Outputs under $OUT (at most 8 files): build.log tests.log sanitizer.log
+# bench.txt torch.txt ncu.txt report.md.
+# Usage (device): bash bench/gpu.sh [quick]
+set -u
+OUT=${OUT:-/tmp/qsdpa-gpu-out}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+MODE=${1:-full}
+B=build-gpu
+T0=$(date +%s)
+stamp() { echo "== $1 at +$(( $(date +%s) - T0 ))s"; }
+
+stamp build | tee "$OUT/build.log"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >>"$OUT/build.log" 2>&1
+timeout 240 bash -c "cmake -S . -B $B -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a -DQSDPA_BUILD_TOOLS=OFF \
+    -DCMAKE_BUILD_TYPE=Release >/dev/null && \
+  cmake --build $B -j16 --target qsdpa test_cuda_coverage test_cuda_mlx test_cuda_api && \
+  nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/bench_gpu.cu -L$B -lqsdpa \
+    -Xlinker -rpath,$PWD/$B -o $B/bench_gpu" >>"$OUT/build.log" 2>&1
+echo "build rc=$?" | tee -a "$OUT/build.log"
+tail -5 "$OUT/build.log"
+
+stamp tests | tee "$OUT/tests.log"
+for t in test_cuda_api test_cuda_mlx test_cuda_coverage; do
+  timeout 150 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
+  echo "$t rc=$?" | tee -a "$OUT/tests.log"
+done
+grep -c FAIL "$OUT/tests.log" | sed 's/^/FAIL lines: /'
+grep FAIL "$OUT/tests.log" | head -20
+
+if [ "$MODE" != quick ]; then
+  stamp bench | tee "$OUT/bench.txt"
+  timeout 200 "$B/bench_gpu" >>"$OUT/bench.txt" 2>&1
+  echo "bench rc=$?" >>"$OUT/bench.txt"
+fi
+
+stamp torch | tee "$OUT/torch.txt"
+timeout 100 python3 bench/torch_baselines/torch_decode.py >>"$OUT/torch.txt" 2>&1
+timeout 60 python3 bench/torch_baselines/torch_prefill.py >>"$OUT/torch.txt" 2>&1
+
+stamp sanitizer | tee "$OUT/sanitizer.log"
+CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool memcheck --leak-check no \
+  "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
+echo "memcheck coverage(a4g64) rc=$?" | tee -a "$OUT/sanitizer.log"
+QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=generic timeout 60 "$CS" --tool memcheck "$B/tests/test_cuda_coverage" \
+  >>"$OUT/sanitizer.log" 2>&1
+echo "memcheck coverage(generic) rc=$?" | tee -a "$OUT/sanitizer.log"
+QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=mxfp8.d64.bf16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
+  "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
+echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"
+QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
+  "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
+echo "racecheck coverage(a4g64 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
+grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|Invalid" "$OUT/sanitizer.log" | sort | uniq -c | head -20
+
+if [ "$MODE" != quick ]; then
+  stamp ncu | tee "$OUT/ncu.txt"
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  timeout 60 "$NCU" --clock-control none -k regex:fast_attention --launch-skip 30 --launch-count 1 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    --section WarpStateStats "$B/bench_gpu" one affine4g64 1 32768 1 >>"$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$?" >>"$OUT/ncu.txt"
+fi
+
+stamp report
+python3 bench/gpu_report.py "$OUT/bench.txt" "$OUT/torch.txt" >"$OUT/report.md" 2>&1
+cat "$OUT/report.md"
+stamp done
