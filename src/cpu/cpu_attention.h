@@ -31,9 +31,10 @@ typedef struct cpu_rows {
 
 /* Per-format kernels of one ISA. Layouts (all float, dense):
  *   q      [nq][dim]        query rows already multiplied by the softmax scale
- *   qsum   [nq][dim/group]  sum of q over each K group (read only for affine K)
- *   scores [n][nq]          key-major: the nq scores of key j are contiguous
- *   w      [n][nq]          softmax weights, same layout as scores
+ *   qsum   [dim/group][nq]  sum of q over each K group (read only for affine K), + 4 floats
+ *   scores [n][nq]          key-major: the nq scores of key j are contiguous, + 4 floats
+ *   w      [n][nq]          softmax weights, same layout as scores, + 4 floats
+ * (the "+ 4 floats" padding lets a kernel read 4 rows at r0 = nq - 1 and ignore lanes)
  *   acc    [nq][dim]        unnormalised output rows
  *   tmp    [CPU_BLOCK][dim] scratch the kernel may use
  *   dst    [n][dim]         unpacked rows */

@@ -33,8 +33,8 @@ typedef struct plan {
 /* Per-thread buffers carved from the scratch. */
 typedef struct buffers {
     float *q;      /* [rows][Dk] */
-    float *qsum;   /* [rows][Dk / k group] */
-    float *s;      /* [CPU_BLOCK][rows] */
+    float *qsum;   /* [Dk / k group][rows] + 4 */
+    float *s;      /* [CPU_BLOCK][rows] + 4 */
     float *m, *l, *mnew; /* [rows] */
     int64_t *lo, *hi;    /* [rows] visible key range, local indices */
     float *acc;    /* [rows][Dv] */
@@ -51,7 +51,7 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     size_t R = (size_t)pl->rows_max, dk = (size_t)p->dim_k, dv = (size_t)p->dim_v;
     size_t gk = p->k.format.mode == QSDPA_MODE_AFFINE ? dk / (size_t)p->k.format.group : 1;
     size_t dmax = dk > dv ? dk : dv;
-    size_t sizes[] = {R * dk * 4, R * gk * 4, CPU_BLOCK * R * 4, R * 4, R * 4, R * 4, R * 8, R * 8,
+    size_t sizes[] = {R * dk * 4, R * gk * 4 + 16, CPU_BLOCK * R * 4 + 16, R * 4, R * 4, R * 4, R * 8, R * 8,
                       R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4};
     void **slots[] = {(void **)&b->q,  (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
                       (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
@@ -81,7 +81,7 @@ static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, in
             for (int64_t g = 0; g < dk / G; g++) {
                 float s = 0.0f;
                 for (int64_t d = g * G; d < (g + 1) * G; d++) s += dst[d];
-                bf->qsum[r * (dk / G) + g] = s;
+                bf->qsum[g * nr + r] = s;
             }
         /* Visible keys: causal/window ranges in local indices (SPEC 3). */
         int64_t lo = 0, hi = p->len_k - 1;
@@ -108,8 +108,9 @@ static void apply_masks(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int
     int64_t nr = pl->ratio * ni;
     for (int64_t r = 0; r < nr; r++) {
         float *s = bf->s + r;
-        for (int64_t j = 0; j < n; j++)
-            if (j0 + j < bf->lo[r] || j0 + j > bf->hi[r]) s[j * nr] = -INFINITY; /* exactly 0 weight */
+        if (j0 < bf->lo[r] || j0 + n - 1 > bf->hi[r])
+            for (int64_t j = 0; j < n; j++)
+                if (j0 + j < bf->lo[r] || j0 + j > bf->hi[r]) s[j * nr] = -INFINITY; /* exactly 0 weight */
         if (p->mask_kind == QSDPA_MASK_NONE) continue;
         int64_t h = hkv * pl->ratio + r / ni, i = i0 + r % ni;
         const int64_t *ms = p->mask_stride;
@@ -127,11 +128,30 @@ static void apply_masks(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int
     }
 }
 
+/* Largest of n values at stride `stride` (four chains: maxss latency, not the loop, bounds it). */
+static float strided_max(const float *s, int64_t n, int64_t stride) {
+    float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+        for (int u = 0; u < 4; u++) m[u] = s[(j + u) * stride] > m[u] ? s[(j + u) * stride] : m[u];
+    for (; j < n; j++) m[0] = s[j * stride] > m[0] ? s[j * stride] : m[0];
+    float a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
+    return a > b ? a : b;
+}
+
+static float strided_sum(const float *s, int64_t n, int64_t stride) {
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+        for (int u = 0; u < 4; u++) t[u] += s[(j + u) * stride];
+    for (; j < n; j++) t[0] += s[j * stride];
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
+
 /* Online softmax over one block: rescale the running state, turn scores into weights. */
 static void softmax_block(const plan *pl, buffers *bf, int64_t nr, int64_t n, int64_t dv) {
     for (int64_t r = 0; r < nr; r++) {
-        float bm = -INFINITY;
-        for (int64_t j = 0; j < n; j++) bm = bf->s[j * nr + r] > bm ? bf->s[j * nr + r] : bm;
+        float bm = strided_max(bf->s + r, n, nr);
         float mn = bm > bf->m[r] ? bm : bf->m[r];
         if (mn > bf->m[r] && bf->m[r] != -INFINITY) {
             float alpha = expf(bf->m[r] - mn);
@@ -143,8 +163,7 @@ static void softmax_block(const plan *pl, buffers *bf, int64_t nr, int64_t n, in
         bf->mnew[r] = mn;
     }
     pl->isa->exp_sub(bf->s, n * nr, bf->mnew, (int)nr);
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t r = 0; r < nr; r++) bf->l[r] += bf->s[j * nr + r];
+    for (int64_t r = 0; r < nr; r++) bf->l[r] += strided_sum(bf->s + r, n, nr);
 }
 
 /* Sinks, normalisation, rounding: one output row (and its lse in partial mode).

@@ -96,14 +96,9 @@ INLINE float group_scale(int F, const cpu_rows *t, const char *srow, int64_t g) 
 
 INLINE bool has_bias(int F) { return F == F_AFF4 || F == F_AFF8; }
 
-INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_hadd_ps(s, s);
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(s);
-}
-
-/* scores[j][r0 + r] = q[r0 + r] . K[j0 + j] for r < NR. */
+/* scores[j][r0 + r] = q[r0 + r] . K[j0 + j] for r < NR. The group scale multiplies
+ * the decoded codes (one mul per 8 codes, shared by the NR rows) so the accumulators
+ * run across groups without spilling; the bias enters as bias_g * sum(q_g). */
 INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
                      const float *qsum, int nq, int r0, float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
@@ -111,60 +106,60 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
         const char *row = k->codes + (j0 + j) * k->code_stride;
         const char *srow = is_plain(F) ? NULL : k->scales + (j0 + j) * k->scale_stride;
         const char *brow = has_bias(F) ? k->biases + (j0 + j) * k->bias_stride : NULL;
-        __m256 tot[4];
-        float bs[4];
-        for (int r = 0; r < NR; r++) tot[r] = _mm256_setzero_ps(), bs[r] = 0.0f;
+        __m256 a0[4], a1[4]; /* two chains per row hide the FMA latency */
+        for (int r = 0; r < NR; r++) a0[r] = _mm256_setzero_ps(), a1[r] = _mm256_setzero_ps();
+        __m128 bias = _mm_setzero_ps(); /* lanes r < NR: sum_g bias_g * sum(q_g) */
         for (size_t g = 0; g < ng; g++) {
-            __m256 a0[4], a1[4]; /* two chains per row hide the FMA latency */
-            for (int r = 0; r < NR; r++) a0[r] = _mm256_setzero_ps(), a1[r] = _mm256_setzero_ps();
             const char *rg = row + g * G * codebytes(F) / 8;
             const float *qg = q + (size_t)r0 * dim + g * G;
+            __m256 sv = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow, g));
             for (size_t e = 0; e < G; e += 16) {
                 __m256 c0 = decode8(F, rg, e), c1 = decode8(F, rg, e + 8);
+                if (!is_plain(F)) c0 = _mm256_mul_ps(c0, sv), c1 = _mm256_mul_ps(c1, sv);
                 for (int r = 0; r < NR; r++) {
                     const float *qr = qg + (size_t)r * dim + e;
                     a0[r] = _mm256_fmadd_ps(c0, _mm256_loadu_ps(qr), a0[r]);
                     a1[r] = _mm256_fmadd_ps(c1, _mm256_loadu_ps(qr + 8), a1[r]);
                 }
             }
-            if (is_plain(F)) {
-                for (int r = 0; r < NR; r++) tot[r] = _mm256_add_ps(a0[r], a1[r]);
-            } else {
-                __m256 sv = _mm256_set1_ps(group_scale(F, k, srow, g));
-                for (int r = 0; r < NR; r++) tot[r] = _mm256_fmadd_ps(_mm256_add_ps(a0[r], a1[r]), sv, tot[r]);
-                if (has_bias(F)) {
-                    float b = load_scalar(k->scale_dtype, brow, g);
-                    for (int r = 0; r < NR; r++) bs[r] += b * qsum[(size_t)(r0 + r) * ng + g];
-                }
-            }
+            if (has_bias(F))
+                bias = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow, g)),
+                                    _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0), bias);
         }
+        for (int r = NR; r < 4; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(_mm256_add_ps(a0[0], a1[0]), _mm256_add_ps(a0[1], a1[1])),
+                                  _mm256_hadd_ps(_mm256_add_ps(a0[2], a1[2]), _mm256_add_ps(a0[3], a1[3])));
+        __m128 sum = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias);
         float *out = scores + j * nq + r0;
-        if (NR == 4) { /* four horizontal sums at once */
-            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(tot[0], tot[1]), _mm256_hadd_ps(tot[2], tot[3]));
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-            _mm_storeu_ps(out, _mm_add_ps(s, _mm_loadu_ps(bs)));
+        if (NR == 4) {
+            _mm_storeu_ps(out, sum);
         } else {
-            for (int r = 0; r < NR; r++) out[r] = hsum(tot[r]) + bs[r];
+            float lanes[4];
+            _mm_storeu_ps(lanes, sum);
+            for (int r = 0; r < NR; r++) out[r] = lanes[r];
         }
     }
 }
 
-/* acc[r0 + r] += sum_j w[j][r0 + r] * V[j0 + j] for r < NR. */
+/* acc[r0 + r] += sum_j w[j][r0 + r] * V[j0 + j] for r < NR. The group scale is folded
+ * into the weights (w * scale), the bias added once per group (sum_j w * bias). */
 INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq,
                      int r0, float *acc) {
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
-    float ws[CPU_BLOCK * 4]; /* [j][r]: weight times the group scale */
+    float ws[CPU_BLOCK * 4] __attribute__((aligned(16))); /* [j][4]: weight times the group scale */
     for (size_t g = 0; g < ng; g++) {
-        float bsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        __m128 bsum = _mm_setzero_ps();
         for (int64_t j = 0; j < n; j++) {
-            float s = 1.0f, b = 0.0f;
-            if (!is_plain(F)) s = group_scale(F, v, v->scales + (j0 + j) * v->scale_stride, g);
-            if (has_bias(F)) b = load_scalar(v->scale_dtype, v->biases + (j0 + j) * v->bias_stride, g);
-            for (int r = 0; r < NR; r++) {
-                float wr = w[j * nq + r0 + r];
-                ws[j * NR + r] = wr * s;
-                bsum[r] += wr * b;
+            __m128 wv = _mm_loadu_ps(w + j * nq + r0); /* lanes >= NR are never used */
+            if (is_plain(F)) {
+                _mm_store_ps(ws + 4 * j, wv);
+                continue;
             }
+            float s = group_scale(F, v, v->scales + (j0 + j) * v->scale_stride, g);
+            _mm_store_ps(ws + 4 * j, _mm_mul_ps(wv, _mm_set1_ps(s)));
+            if (has_bias(F))
+                bsum = _mm_fmadd_ps(wv, _mm_set1_ps(load_scalar(v->scale_dtype, v->biases + (j0 + j) * v->bias_stride, g)),
+                                    bsum);
         }
         for (size_t e = g * G; e < (g + 1) * G; e += 16) {
             __m256 a0[4], a1[4];
@@ -176,7 +171,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             for (int64_t j = 0; j < n; j++, row += v->code_stride) {
                 __m256 c0 = decode8(F, row, 0), c1 = decode8(F, row, 8);
                 for (int r = 0; r < NR; r++) {
-                    __m256 wv = _mm256_broadcast_ss(ws + j * NR + r);
+                    __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r);
                     a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
                     a1[r] = _mm256_fmadd_ps(c1, wv, a1[r]);
                 }
@@ -186,12 +181,15 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                 _mm256_storeu_ps(acc + (size_t)(r0 + r) * dim + e + 8, a1[r]);
             }
         }
-        if (has_bias(F))
+        if (has_bias(F)) {
+            float bl[4];
+            _mm_storeu_ps(bl, bsum);
             for (int r = 0; r < NR; r++) {
                 float *a = acc + (size_t)(r0 + r) * dim + g * G;
-                __m256 bv = _mm256_set1_ps(bsum[r]);
+                __m256 bv = _mm256_set1_ps(bl[r]);
                 for (size_t e = 0; e < G; e += 8) _mm256_storeu_ps(a + e, _mm256_add_ps(_mm256_loadu_ps(a + e), bv));
             }
+        }
     }
 }
 
@@ -330,9 +328,17 @@ static inline __m256 exp256(__m256 x) {
 }
 
 static void exp_sub_avx2(float *s, int64_t n, const float *m, int nm) {
-    for (int64_t i0 = 0; i0 < n; i0 += nm)
-        for (int r = 0; r < nm; r++) s[i0 + r] -= m[r] == -INFINITY ? 0.0f : m[r]; /* -inf stays -inf */
+    float mf[8]; /* the maxima with -inf read as 0 (a row without keys: its -inf scores stay -inf) */
     int64_t i = 0;
+    if (nm <= 8 && 8 % nm == 0) { /* 1, 2, 4, 8 rows: one vector of maxima, repeated */
+        for (int r = 0; r < 8; r++) mf[r] = m[r % nm] == -INFINITY ? 0.0f : m[r % nm];
+        __m256 mv = _mm256_loadu_ps(mf);
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv)));
+        for (; i < n; i++) s[i] = s[i] - mf[i % 8] < -87.0f ? 0.0f : expf(s[i] - mf[i % 8]);
+        return;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += nm)
+        for (int r = 0; r < nm; r++) s[i0 + r] -= m[r] == -INFINITY ? 0.0f : m[r];
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, exp256(_mm256_loadu_ps(s + i)));
     for (; i < n; i++) s[i] = s[i] < -87.0f ? 0.0f : expf(s[i]);
 }

@@ -1,0 +1,330 @@
+/* `qsdpa bench`: the CPU benchmark matrix.
+ *
+ * Shape B=1, Hq=32, Hkv=8, D=128 (GQA 4); contexts 2K..128K; K/V formats
+ * affine 4/g64, affine 8/g64, mxfp4, nvfp4 and K8V4; Lq 1, 4, 16 and a 4K causal
+ * prefill. Baselines measured in the same run: the library's own unquantized f16
+ * path (format f16) and the double-precision reference. Error is max|out - ref| /
+ * max|V| on the first KV group (and the last 64 query rows of a prefill), which
+ * keeps the reference affordable at 128K. */
+#define _POSIX_C_SOURCE 200809L
+#include "bench_cpu.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "qsdpa.h"
+
+typedef struct opts {
+    int json, threads, repeats;
+    int64_t contexts[8];
+    int ncontexts;
+    int no_reference, no_prefill;
+    const char *only; /* run only this format (NULL = all) */
+} opts;
+
+typedef struct kv {
+    qsdpa_qtensor t;
+    void *codes, *scales, *biases;
+    size_t bytes; /* bytes a full read of the cache touches */
+    float maxabs;
+} kv;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double rng_normal(void) { /* Box-Muller over xorshift64* */
+    double u[2];
+    for (int i = 0; i < 2; i++) {
+        rng_state ^= rng_state >> 12, rng_state ^= rng_state << 25, rng_state ^= rng_state >> 27;
+        u[i] = ((double)((rng_state * 0x2545F4914F6CDD1Dull) >> 11) + 0.5) / 9007199254740992.0;
+    }
+    return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
+}
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "qsdpa bench: out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+static void free_kv(kv *x) {
+    free(x->codes), free(x->scales), free(x->biases);
+    memset(x, 0, sizeof *x);
+}
+
+/* A [1, H, L, D] cache of N(0,1) values in format `fmt` (f16 scales for affine). */
+static int make_kv(const char *fmt, int64_t H, int64_t L, int64_t D, kv *out) {
+    memset(out, 0, sizeof *out);
+    qsdpa_format f;
+    if (qsdpa_format_parse(fmt, &f) != QSDPA_OK) return -1;
+    int64_t rows = H * L, words = D, ng = 0;
+    qsdpa_dtype sdt = f.mode == QSDPA_MODE_AFFINE ? QSDPA_DTYPE_F16 : QSDPA_DTYPE_U8;
+    out->t.format = f;
+    out->t.dim = D;
+    if (f.mode == QSDPA_MODE_PLAIN) {
+        out->codes = xmalloc((size_t)(rows * D) * qsdpa_dtype_size(f.plain_dtype));
+        out->t.codes = qsdpa_tensor_4d(out->codes, f.plain_dtype, 1, H, L, D);
+        out->bytes = (size_t)(rows * D) * qsdpa_dtype_size(f.plain_dtype);
+    } else {
+        qsdpa_format_row_words(&f, D, &words);
+        qsdpa_format_row_scales(&f, D, &ng);
+        out->codes = xmalloc((size_t)(rows * words) * 4);
+        out->scales = xmalloc((size_t)(rows * ng) * qsdpa_dtype_size(sdt));
+        if (f.mode == QSDPA_MODE_AFFINE) out->biases = xmalloc((size_t)(rows * ng) * qsdpa_dtype_size(sdt));
+        out->t.codes = qsdpa_tensor_4d(out->codes, QSDPA_DTYPE_U32, 1, H, L, words);
+        out->t.scales = qsdpa_tensor_4d(out->scales, sdt, 1, H, L, ng);
+        out->t.biases = qsdpa_tensor_4d(out->biases, sdt, 1, H, L, ng);
+        out->bytes = (size_t)(rows * words) * 4 + (size_t)(rows * ng) * qsdpa_dtype_size(sdt) * (out->biases ? 2 : 1);
+    }
+    /* Quantize in chunks of rows so 128K contexts need no full f32 copy. */
+    const int64_t chunk = 4096;
+    float *x = xmalloc((size_t)(chunk * D) * sizeof(float));
+    float *deq = xmalloc((size_t)(chunk * D) * sizeof(float));
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
+        for (int64_t i = 0; i < n * D; i++) x[i] = (float)rng_normal();
+        if (f.mode == QSDPA_MODE_PLAIN) { /* qsdpa_quantize converts plain rows to their dtype */
+            size_t es = qsdpa_dtype_size(f.plain_dtype);
+            qsdpa_quantize(&f, x, QSDPA_DTYPE_F32, n, D, (uint32_t *)((char *)out->codes + (size_t)(r0 * D) * es), NULL,
+                           NULL, QSDPA_DTYPE_F32);
+            for (int64_t i = 0; i < n * D; i++) out->maxabs = fabsf(x[i]) > out->maxabs ? fabsf(x[i]) : out->maxabs;
+            continue;
+        }
+        size_t ss = qsdpa_dtype_size(sdt);
+        uint32_t *c = (uint32_t *)out->codes + r0 * words;
+        void *s = (char *)out->scales + (size_t)(r0 * ng) * ss;
+        void *b = out->biases ? (char *)out->biases + (size_t)(r0 * ng) * ss : NULL;
+        if (qsdpa_quantize(&f, x, QSDPA_DTYPE_F32, n, D, c, s, b, sdt) != QSDPA_OK ||
+            qsdpa_dequantize(&f, c, s, b, sdt, n, D, deq, QSDPA_DTYPE_F32) != QSDPA_OK) {
+            fprintf(stderr, "qsdpa bench: %s\n", qsdpa_last_error());
+            free(x), free(deq);
+            return -1;
+        }
+        for (int64_t i = 0; i < n * D; i++) out->maxabs = fabsf(deq[i]) > out->maxabs ? fabsf(deq[i]) : out->maxabs;
+    }
+    free(x), free(deq);
+    if (!out->biases) out->t.biases.data = NULL;
+    return 0;
+}
+
+/* The same tensor restricted to kv head 0 (for the reference slice). */
+static qsdpa_qtensor head0(const qsdpa_qtensor *t) {
+    qsdpa_qtensor s = *t;
+    s.codes.shape[1] = 1;
+    s.scales.shape[1] = 1;
+    s.biases.shape[1] = 1;
+    return s;
+}
+
+typedef struct result {
+    const char *format;
+    int64_t lq, lk;
+    int threads;
+    double ms, gbs, err, ref_ms;
+    const char *kernel;
+} result;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median time of repeated qsdpa_attention calls (after one warm-up call). */
+static double time_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qsdpa_qtensor *k, const qsdpa_qtensor *v,
+                             const qsdpa_attention_params *prm, qsdpa_tensor *out, int repeats) {
+    double times[64];
+    if (qsdpa_attention(ctx, q, k, v, prm, out) != QSDPA_OK) return -1.0;
+    double budget_start = now_s();
+    int n = 0;
+    while (n < repeats && n < 64) {
+        double t0 = now_s();
+        qsdpa_attention(ctx, q, k, v, prm, out);
+        times[n++] = now_s() - t0;
+        if (n >= 3 && now_s() - budget_start > 2.0) break; /* long cases: 3 repeats */
+    }
+    qsort(times, (size_t)n, sizeof times[0], cmp_double);
+    return 1e3 * times[n / 2];
+}
+
+/* One (format, Lq, context) row: time the fast path, error against the reference slice. */
+static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const char *name, const kv *k, const kv *v,
+                   int64_t lq, int64_t lk, int causal, result *res) {
+    const int64_t Hq = 32, Hkv = 8, D = 128, ratio = Hq / Hkv;
+    float *q = xmalloc((size_t)(Hq * lq * D) * sizeof(float));
+    float *out = xmalloc((size_t)(Hq * lq * D) * sizeof(float));
+    for (int64_t i = 0; i < Hq * lq * D; i++) q[i] = (float)rng_normal();
+    qsdpa_tensor qt = qsdpa_tensor_4d(q, QSDPA_DTYPE_F32, 1, Hq, lq, D);
+    qsdpa_tensor ot = qsdpa_tensor_4d(out, QSDPA_DTYPE_F32, 1, Hq, lq, D);
+    qsdpa_attention_params prm = qsdpa_attention_default_params();
+    prm.scale = 1.0f / sqrtf((float)D);
+    prm.causal = causal;
+    memset(res, 0, sizeof *res);
+    res->format = name, res->lq = lq, res->lk = lk, res->threads = o->threads;
+    res->err = -1, res->ref_ms = -1;
+    qsdpa_attention_select(ctx, &qt, &k->t, &v->t, &prm, &ot, &res->kernel);
+    res->ms = time_attention(ctx, &qt, &k->t, &v->t, &prm, &ot, o->repeats);
+    if (res->ms < 0) {
+        fprintf(stderr, "qsdpa bench: %s Lq=%lld Lk=%lld failed: %s\n", name, (long long)lq, (long long)lk,
+                qsdpa_last_error());
+        free(q), free(out);
+        return -1;
+    }
+    res->gbs = (double)(k->bytes + v->bytes) / (res->ms * 1e-3) / 1e9;
+    if (!o->no_reference) {
+        /* Reference on kv head 0 and its query heads, last min(Lq, 64) query rows
+         * (bottom-right causal alignment keeps them the same rows). */
+        int64_t sl = lq < 64 ? lq : 64;
+        qsdpa_qtensor ks = head0(&k->t), vs = head0(&v->t);
+        qsdpa_tensor qs = qt, os;
+        qs.data = q + (lq - sl) * D;
+        qs.shape[1] = ratio, qs.shape[2] = sl;
+        float *ro = xmalloc((size_t)(ratio * sl * D) * sizeof(float));
+        os = qsdpa_tensor_4d(ro, QSDPA_DTYPE_F32, 1, ratio, sl, D);
+        double t0 = now_s();
+        if (qsdpa_attention(ref, &qs, &ks, &vs, &prm, &os) == QSDPA_OK) {
+            /* the reference's cost scales with heads and rows: report it for the whole problem */
+            res->ref_ms = 1e3 * (now_s() - t0) * (double)Hkv * (double)lq / (double)sl;
+            double worst = 0;
+            for (int64_t h = 0; h < ratio; h++)
+                for (int64_t i = 0; i < sl; i++)
+                    for (int64_t d = 0; d < D; d++) {
+                        double e = fabs((double)out[(h * lq + lq - sl + i) * D + d] - ro[(h * sl + i) * D + d]);
+                        if (!(e <= worst)) worst = e;
+                    }
+            res->err = worst / v->maxabs;
+        }
+        free(ro);
+    }
+    free(q), free(out);
+    return 0;
+}
+
+static void print_row(const opts *o, const result *r, const result *f16, int first) {
+    double vs_f16 = f16 && f16->ms > 0 ? f16->ms / r->ms : 0, vs_ref = r->ref_ms > 0 ? r->ref_ms / r->ms : 0;
+    if (o->json) {
+        printf("%s  {\"shape\": \"B1 Hq32 Hkv8 D128\", \"format\": \"%s\", \"lq\": %lld, \"context\": %lld, "
+               "\"threads\": %d, \"ms\": %.4f, \"gbs\": %.2f, \"err\": %.3g, \"ref_ms\": %.2f, \"vs_f16\": %.3f, "
+               "\"vs_ref\": %.1f, \"kernel\": \"%s\", \"causal\": %s}",
+               first ? "" : ",\n", r->format, (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->gbs, r->err,
+               r->ref_ms, vs_f16, vs_ref, r->kernel ? r->kernel : "?", r->lq == r->lk ? "true" : "false");
+        return;
+    }
+    printf("%-18s %-13s %5lld %7lld %3d %10.3f %7.2f %9.2e %9.3fx %9.1fx  %s\n", "B1 Hq32 Hkv8 D128", r->format,
+           (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->gbs, r->err, vs_f16, vs_ref,
+           r->kernel ? r->kernel : "?");
+}
+
+static void usage(void) {
+    printf("usage: qsdpa bench [--json] [--threads N] [--repeats N] [--contexts 2048,8192,...] [--quick]\n"
+           "                   [--format NAME] [--no-reference] [--no-prefill]\n\n"
+           "CPU benchmark: B=1, Hq=32, Hkv=8, D=128; formats affine:4:64, affine:8:64, mxfp4, nvfp4, K8V4\n"
+           "against the library's own f16 path and the reference; Lq 1, 4, 16 over 2K..128K keys and a\n"
+           "4K causal prefill. Time is the median of repeats; error is max|out - ref| / max|V|.\n");
+}
+
+static int parse(int argc, char **argv, opts *o) {
+    memset(o, 0, sizeof *o);
+    o->repeats = 15;
+    const int64_t defaults[] = {2048, 8192, 32768, 131072};
+    memcpy(o->contexts, defaults, sizeof defaults);
+    o->ncontexts = 4;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--json")) o->json = 1;
+        else if (!strcmp(a, "--quick")) o->ncontexts = 2, o->repeats = 5;
+        else if (!strcmp(a, "--no-reference")) o->no_reference = 1;
+        else if (!strcmp(a, "--no-prefill")) o->no_prefill = 1;
+        else if (!strcmp(a, "--threads") && i + 1 < argc) o->threads = atoi(argv[++i]);
+        else if (!strcmp(a, "--repeats") && i + 1 < argc) o->repeats = atoi(argv[++i]);
+        else if (!strcmp(a, "--format") && i + 1 < argc) o->only = argv[++i];
+        else if (!strcmp(a, "--contexts") && i + 1 < argc) {
+            o->ncontexts = 0;
+            for (char *s = argv[++i]; *s && o->ncontexts < 8;) {
+                o->contexts[o->ncontexts++] = strtoll(s, &s, 10);
+                if (*s == ',') s++;
+                else break;
+            }
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            return 1;
+        } else {
+            fprintf(stderr, "qsdpa bench: unknown option '%s' (see --help)\n", a);
+            return -1;
+        }
+    }
+    if (o->repeats < 1) o->repeats = 1;
+    return 0;
+}
+
+int qsdpa_bench_cpu_main(int argc, char **argv) {
+    opts o;
+    int pr = parse(argc, argv, &o);
+    if (pr) return pr > 0 ? 0 : 2;
+    qsdpa_context_options co = qsdpa_context_default_options();
+    co.num_threads = o.threads;
+    qsdpa_context *ctx, *ref;
+    if (qsdpa_context_create(&co, &ctx) != QSDPA_OK) {
+        fprintf(stderr, "qsdpa bench: %s\n", qsdpa_last_error());
+        return 1;
+    }
+    co.kernel = "cpu.reference";
+    if (qsdpa_context_create(&co, &ref) != QSDPA_OK) {
+        fprintf(stderr, "qsdpa bench: %s\n", qsdpa_last_error());
+        return 1;
+    }
+    if (o.threads <= 0) o.threads = 0; /* "all cores": printed as 0 unless given */
+    static const struct { const char *name, *k, *v; } formats[] = {
+        {"f16", "f16", "f16"},           {"affine:4:64", "affine:4:64", "affine:4:64"},
+        {"affine:8:64", "affine:8:64", "affine:8:64"}, {"mxfp4", "mxfp4", "mxfp4"},
+        {"nvfp4", "nvfp4", "nvfp4"},     {"K8V4", "affine:8:64", "affine:4:64"},
+    };
+    const int nformats = (int)(sizeof formats / sizeof formats[0]);
+    static const int64_t lqs[] = {1, 4, 16};
+    if (o.json) printf("[\n");
+    else
+        printf("%-18s %-13s %5s %7s %3s %10s %7s %9s %10s %10s  %s\n", "shape", "format", "Lq", "context", "thr",
+               "ms(median)", "GB/s", "err/max|V|", "vs own f16", "vs ref", "kernel");
+    int first = 1, status = 0;
+    for (int ci = 0; ci < o.ncontexts + !o.no_prefill; ci++) {
+        int prefill = ci == o.ncontexts;
+        int64_t lk = prefill ? 4096 : o.contexts[ci];
+        result f16res[3];
+        memset(f16res, 0, sizeof f16res);
+        for (int fi = 0; fi < nformats; fi++) {
+            if (o.only && fi > 0 && strcmp(o.only, formats[fi].name)) continue;
+            kv k, v;
+            if (make_kv(formats[fi].k, 8, lk, 128, &k) || make_kv(formats[fi].v, 8, lk, 128, &v)) {
+                fprintf(stderr, "qsdpa bench: cannot build the %s cache\n", formats[fi].name);
+                return 1;
+            }
+            for (int li = 0; li < (prefill ? 1 : 3); li++) {
+                result r;
+                int64_t lq = prefill ? lk : lqs[li];
+                if (run_row(&o, ctx, ref, formats[fi].name, &k, &v, lq, lk, prefill, &r)) {
+                    status = 1;
+                    continue;
+                }
+                if (fi == 0) f16res[li] = r;
+                print_row(&o, &r, fi == 0 ? NULL : &f16res[li], first);
+                first = 0;
+                fflush(stdout);
+            }
+            free_kv(&k), free_kv(&v);
+        }
+    }
+    if (o.json) printf("\n]\n");
+    qsdpa_context_destroy(ctx);
+    qsdpa_context_destroy(ref);
+    return status;
+}
