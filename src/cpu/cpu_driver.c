@@ -216,7 +216,7 @@ static void run_task(void *arg, int64_t t, int thread) {
     cpu_rows kr, vr, kf, vf;
     qsdpa_cpu_rows(&p->k, b, hkv, &kr);
     qsdpa_cpu_rows(&p->v, b, hkv, &vr);
-    const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL;
+    const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL, *vfops = NULL;
     if (pl->prefill) { /* float tiles read through the plain f32 kernels */
         memset(&kf, 0, sizeof kf);
         kf.format.mode = QSDPA_MODE_PLAIN;
@@ -225,7 +225,8 @@ static void run_task(void *arg, int64_t t, int thread) {
         vf = kf;
         kf.codes = (const char *)bf.kf, kf.code_stride = dk * 4, kf.dim = kf.group = dk;
         vf.codes = (const char *)bf.vf, vf.code_stride = dv * 4, vf.dim = vf.group = dv;
-        fops = pl->isa->ops_for(&kf);
+        fops = pl->isa->ops_for(&kf); /* Dk and Dv may differ: an AVX2 f32 kernel needs its dim % 16 == 0 */
+        vfops = pl->isa->ops_for(&vf);
     }
 
     int64_t c0 = sp * pl->chunk, c1 = c0 + pl->chunk < p->len_k ? c0 + pl->chunk : p->len_k;
@@ -252,7 +253,7 @@ static void run_task(void *arg, int64_t t, int thread) {
         softmax_block(pl, &bf, nr, n, dv);
         if (pl->prefill) {
             vops->unpack(&vr, j0, n, bf.vf);
-            fops->accum(&vf, 0, n, bf.s, (int)nr, bf.acc, bf.tmp);
+            vfops->accum(&vf, 0, n, bf.s, (int)nr, bf.acc, bf.tmp);
         } else {
             vops->accum(&vr, j0, n, bf.s, (int)nr, bf.acc, bf.tmp);
         }
