@@ -93,20 +93,28 @@ def git_commit():
         return "unknown"
 
 
-def markdown(rows, n_tokens, backend_name):
+def markdown(rows, oracle=None):
+    """The table; with oracle rows (same formats through the mlx oracle) two more
+    columns show how far two correct implementations land apart (the noise)."""
     base = rows[0]["ppl"]
-    lines = [
-        "| KV format (K and V) | bits/value | perplexity | Δ ppl | Δ ppl % | mean KL | KL p99 | top-1 agree |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    orc = {r["name"]: r for r in oracle or []}
+    extra_h = " ppl, MLX oracle | KL, MLX oracle |" if orc else ""
+    lines = ["| KV format (K and V) | bits/value | perplexity | Δ ppl | Δ ppl % | mean KL | "
+             "KL p99 | top-1 agree |" + extra_h,
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if orc else "")]
     for r in rows:
+        o = orc.get(r["name"])
+        tail = ""
+        if orc:
+            tail = (f" {o['ppl']:.4f} | {o['kl_mean']:.5f} |" if o and "kl_mean" in o
+                    else f" {o['ppl']:.4f} | – |" if o else " – | – |")
         if "kl_mean" not in r:
-            lines.append(f"| {r['name']} | {r['bpv']:.2f} | {r['ppl']:.4f} | – | – | – | – | – |")
+            lines.append(f"| {r['name']} | {r['bpv']:.2f} | {r['ppl']:.4f} | – | – | – | – | – |" + tail)
             continue
         d = r["ppl"] - base
         lines.append(f"| {r['name']} | {r['bpv']:.2f} | {r['ppl']:.4f} | {d:+.4f} | "
                      f"{100 * d / base:+.2f}% | {r['kl_mean']:.5f} | {r['kl_p99']:.4f} | "
-                     f"{100 * r['top1']:.2f}% |")
+                     f"{100 * r['top1']:.2f}% |" + tail)
     return "\n".join(lines)
 
 
@@ -115,10 +123,20 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=0)
     ap.add_argument("--formats", default="")
     ap.add_argument("--backend", default="auto", choices=["auto", "qsdpa", "mlx"])
-    ap.add_argument("--write", help="write the markdown table into this QUALITY.md")
+    ap.add_argument("--write", help="measure through qsdpa and the mlx oracle, and the "
+                    "real-tensor table, into this QUALITY.md")
     ap.add_argument("--json", help="write the raw numbers here")
+    ap.add_argument("--from-json", help="with --write: take the rows from two files "
+                    "QSDPA.json,MLX.json written by --json instead of measuring")
     ap.add_argument("--export", help="export real Q/K/V .npy files into this folder")
     args = ap.parse_args(argv)
+
+    if args.write and args.from_json:
+        runs = []
+        for path in args.from_json.split(","):
+            with open(path) as f:
+                runs.append(json.load(f))
+        return write_doc(args.write, runs[0], runs[1])
 
     model = Model()
     ids = model.tokenizer.encode(open(TEXT).read())
@@ -130,19 +148,28 @@ def main(argv=None):
         return 0
     names = [n.strip() for n in args.formats.split(",") if n.strip()]
     formats = fmts.by_name(["f32"] + [n for n in names if n != "f32"]) if names else fmts.FORMATS
-    backend = pick_backend(args.backend)
-    backend_name = "mlx" if backend is None else backend.NAME
-    print(f"model SmolLM2-135M-Instruct (Q4_1 weights), {len(ids)} tokens, backend {backend_name}")
-    rows = run(model, ids, formats, backend)
-    info = {"commit": git_commit(), "tokens": len(ids), "backend": backend_name, "rows": rows}
+    backends = [pick_backend("qsdpa"), None] if args.write else [pick_backend(args.backend)]
+    runs = []
+    for backend in backends:
+        name = "mlx" if backend is None else backend.NAME
+        print(f"model SmolLM2-135M-Instruct (Q4_1 weights), {len(ids)} tokens, backend {name}")
+        rows = run(model, ids, formats, backend)
+        runs.append({"commit": git_commit(), "tokens": len(ids), "backend": name, "rows": rows})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(info, f, indent=1)
+            json.dump(runs[0] if len(runs) == 1 else runs, f, indent=1)
     if args.write:
-        import report
-        report.write(args.write, markdown(rows, len(ids), backend_name), info)
-    else:
-        print(markdown(rows, len(ids), backend_name))
+        return write_doc(args.write, runs[0], runs[1])
+    print(markdown(runs[0]["rows"]))
+    return 0
+
+
+def write_doc(path, main_run, oracle_run):
+    import realdata
+    import report
+    real = realdata.table([realdata.measure(d, f) for d in realdata.folders()
+                           for f in realdata.formats()])
+    report.write(path, markdown(main_run["rows"], oracle_run["rows"]), real, main_run)
     return 0
 
 

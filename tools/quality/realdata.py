@@ -88,7 +88,7 @@ def formats():
 def table(rows):
     layers = sorted({r["layer"] for r in rows})
     head = "| KV format | " + " | ".join(f"rel. RMS err, layer {l}" for l in layers) \
-        + " | max kernel err / max|V| | bytes = mx.quantize |"
+        + " | kernel err (x max abs V) | bytes = mx.quantize |"
     lines = [head, "|---|" + "---:|" * len(layers) + "---:|:---:|"]
     for f in formats():
         rs = [r for r in rows if r["format"] == f.name]
