@@ -59,18 +59,20 @@ static bool entry_usable(const qsdpa_context *ctx, const qsdpa_kernel_entry *e) 
     return e->available();
 }
 
-qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p,
-                                 const qsdpa_kernel_entry **out) {
+/* `function` names the public entry point in messages (qsdpa_attention,
+ * qsdpa_attention_partial or qsdpa_attention_select). */
+static qsdpa_status select_kernel(const char *function, qsdpa_context *ctx, const qsdpa_problem *p,
+                                  const qsdpa_kernel_entry **out) {
     const char *forced = ctx->forced_kernel;
     for (int i = 0; i < KERNEL_COUNT; i++) {
         const qsdpa_kernel_entry *e = &kernel_table[i];
         if (forced[0]) {
             if (strcmp(e->info.name, forced) != 0) continue;
             if (e->info.backend != ctx->options.backend || !e->available())
-                return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention",
+                return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function,
                                   "forced kernel '%s' is not usable on this context/machine", forced);
             if (!qsdpa_kernel_matches(e, p))
-                return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention",
+                return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function,
                                   "forced kernel '%s' does not serve this request (Dk=%lld Dv=%lld Lq=%lld)",
                                   forced, (long long)p->dim_k, (long long)p->dim_v, (long long)p->len_q);
             *out = e;
@@ -84,10 +86,15 @@ qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p,
     char kf[32], vf[32];
     qsdpa_format_string(&p->k.format, kf, sizeof kf);
     qsdpa_format_string(&p->v.format, vf, sizeof vf);
-    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention",
+    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function,
                       "no %s kernel serves q %s, Dk=%lld, Dv=%lld, K %s, V %s, Lq=%lld",
                       ctx->options.backend == QSDPA_BACKEND_CUDA ? "CUDA" : "CPU", qsdpa_dtype_name(p->q_dtype),
                       (long long)p->dim_k, (long long)p->dim_v, kf, vf, (long long)p->len_q);
+}
+
+qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p,
+                                 const qsdpa_kernel_entry **out) {
+    return select_kernel("qsdpa_attention", ctx, p, out);
 }
 
 static qsdpa_status prepare(const char *function, qsdpa_context *ctx, const qsdpa_tensor *q,
@@ -97,7 +104,7 @@ static qsdpa_status prepare(const char *function, qsdpa_context *ctx, const qsdp
     if (!ctx) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "ctx is NULL");
     qsdpa_status st = qsdpa_validate_attention(function, q, k, v, params, out, lse, p);
     if (st != QSDPA_OK) return st;
-    return qsdpa_kernel_select(ctx, p, kernel);
+    return select_kernel(function, ctx, p, kernel);
 }
 
 qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qsdpa_qtensor *k,
