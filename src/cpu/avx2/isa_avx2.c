@@ -141,6 +141,57 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
     }
 }
 
+/* The same for two keys at a time (n even): each q vector loaded once serves both
+ * keys, which halves the q loads that otherwise bound this loop (measured at 2K:
+ * 1-key form 0.57 ms, see bench/NOTES.md). */
+INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
+                      const float *qsum, int nq, int r0, float *scores) {
+    const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
+    for (int64_t j = 0; j + 2 <= n; j += 2) {
+        const char *row[2], *srow[2] = {NULL, NULL}, *brow[2] = {NULL, NULL};
+        __m256 a[2][4];
+        __m128 bias[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
+        for (int u = 0; u < 2; u++) {
+            row[u] = k->codes + (j0 + j + u) * k->code_stride;
+            if (!is_plain(F)) srow[u] = k->scales + (j0 + j + u) * k->scale_stride;
+            if (has_bias(F)) brow[u] = k->biases + (j0 + j + u) * k->bias_stride;
+            for (int r = 0; r < 4; r++) a[u][r] = _mm256_setzero_ps();
+        }
+        for (size_t g = 0; g < ng; g++) {
+            const float *qg = q + (size_t)r0 * dim + g * G;
+            __m256 sv0 = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[0], g));
+            __m256 sv1 = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[1], g));
+            const char *rg0 = row[0] + g * G * codebytes(F) / 8, *rg1 = row[1] + g * G * codebytes(F) / 8;
+            for (size_t e = 0; e < G; e += 8) {
+                __m256 c0 = decode8(F, rg0, e), c1 = decode8(F, rg1, e);
+                if (!is_plain(F)) c0 = _mm256_mul_ps(c0, sv0), c1 = _mm256_mul_ps(c1, sv1);
+                for (int r = 0; r < NR; r++) {
+                    __m256 qv = _mm256_loadu_ps(qg + (size_t)r * dim + e);
+                    a[0][r] = _mm256_fmadd_ps(c0, qv, a[0][r]);
+                    a[1][r] = _mm256_fmadd_ps(c1, qv, a[1][r]);
+                }
+            }
+            if (has_bias(F)) {
+                __m128 qs = _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0);
+                bias[0] = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow[0], g)), qs, bias[0]);
+                bias[1] = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow[1], g)), qs, bias[1]);
+            }
+        }
+        for (int u = 0; u < 2; u++) {
+            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[u][0], a[u][1]), _mm256_hadd_ps(a[u][2], a[u][3]));
+            __m128 sum = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias[u]);
+            float *out = scores + (j + u) * nq + r0;
+            if (NR == 4) {
+                _mm_storeu_ps(out, sum);
+            } else {
+                float lanes[4];
+                _mm_storeu_ps(lanes, sum);
+                for (int r = 0; r < NR; r++) out[r] = lanes[r];
+            }
+        }
+    }
+}
+
 /* acc[r0 + r] += sum_j w[j][r0 + r] * V[j0 + j] for r < NR. The group scale is folded
  * into the weights (w * scale), the bias added once per group (sum_j w * bias). */
 INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq,
@@ -215,12 +266,20 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
     static void NAME##_score(const cpu_rows *k, int64_t j0, int64_t n, const float *q, const float *qsum,      \
                              int nq, float *scores, float *tmp) {                                             \
         (void)tmp;                                                                                            \
+        int64_t even = n & ~(int64_t)1; /* key pairs, then the odd key */                                \
+        float *st = scores + even * nq;                                                                       \
         int r0 = 0;                                                                                           \
-        for (; r0 + 4 <= nq; r0 += 4) score_nr(F, 4, GC, k, j0, n, q, qsum, nq, r0, scores);                  \
+        for (; r0 + 4 <= nq; r0 += 4) {                                                                       \
+            score2_nr(F, 4, GC, k, j0, even, q, qsum, nq, r0, scores);                                        \
+            score_nr(F, 4, GC, k, j0 + even, n - even, q, qsum, nq, r0, st);                                  \
+        }                                                                                                     \
         switch (nq - r0) {                                                                                    \
-        case 3: score_nr(F, 3, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
-        case 2: score_nr(F, 2, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
-        case 1: score_nr(F, 1, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
+        case 3: score2_nr(F, 3, GC, k, j0, even, q, qsum, nq, r0, scores);                                    \
+                score_nr(F, 3, GC, k, j0 + even, n - even, q, qsum, nq, r0, st); break;                       \
+        case 2: score2_nr(F, 2, GC, k, j0, even, q, qsum, nq, r0, scores);                                    \
+                score_nr(F, 2, GC, k, j0 + even, n - even, q, qsum, nq, r0, st); break;                       \
+        case 1: score2_nr(F, 1, GC, k, j0, even, q, qsum, nq, r0, scores);                                    \
+                score_nr(F, 1, GC, k, j0 + even, n - even, q, qsum, nq, r0, st); break;                       \
         default: break;                                                                                       \
         }                                                                                                     \
     }                                                                                                         \
