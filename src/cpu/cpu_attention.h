@@ -44,6 +44,11 @@ typedef struct cpu_kv_ops {
                   float *scores, float *tmp);
     void (*accum)(const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, float *acc, float *tmp);
     void (*unpack)(const cpu_rows *t, int64_t j0, int64_t n, float *dst);
+    /* Optional (NULL = identity): a kernel may read q and write acc in its own
+     * element order (a permutation with power-of-two lane scales, exact):
+     * prep_q maps one natural q row [dim] to that order, fix_acc maps one acc row back. */
+    void (*prep_q)(const float *q, int64_t dim, float *dst);
+    void (*fix_acc)(float *acc, int64_t dim);
 } cpu_kv_ops;
 
 /* One instruction set: its format kernels and its softmax helper. */

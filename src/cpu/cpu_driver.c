@@ -33,6 +33,7 @@ typedef struct plan {
 /* Per-thread buffers carved from the scratch. */
 typedef struct buffers {
     float *q;      /* [rows][Dk] */
+    float *qk;     /* [rows][Dk] q in the K kernel's element order (prep_q) */
     float *qsum;   /* [Dk / k group][rows] + 4 */
     float *s;      /* [CPU_BLOCK][rows] + 4 */
     float *m, *l, *mnew; /* [rows] */
@@ -51,9 +52,9 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     size_t R = (size_t)pl->rows_max, dk = (size_t)p->dim_k, dv = (size_t)p->dim_v;
     size_t gk = p->k.format.mode == QSDPA_MODE_AFFINE ? dk / (size_t)p->k.format.group : 1;
     size_t dmax = dk > dv ? dk : dv;
-    size_t sizes[] = {R * dk * 4, R * gk * 4 + 16, CPU_BLOCK * R * 4 + 16, R * 4, R * 4, R * 4, R * 8, R * 8,
+    size_t sizes[] = {R * dk * 4, R * dk * 4, R * gk * 4 + 16, CPU_BLOCK * R * 4 + 16, R * 4, R * 4, R * 4, R * 8, R * 8,
                       R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4};
-    void **slots[] = {(void **)&b->q,  (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
+    void **slots[] = {(void **)&b->q, (void **)&b->qk, (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
                       (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
                       (void **)&b->acc, (void **)&b->tmp, (void **)&b->kf,
                       (void **)&b->vf};
@@ -217,6 +218,11 @@ static void run_task(void *arg, int64_t t, int thread) {
     qsdpa_cpu_rows(&p->k, b, hkv, &kr);
     qsdpa_cpu_rows(&p->v, b, hkv, &vr);
     const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL, *vfops = NULL;
+    const float *qk = bf.q;
+    if (!pl->prefill && kops->prep_q) {
+        for (int64_t r = 0; r < nr; r++) kops->prep_q(bf.q + r * dk, dk, bf.qk + r * dk);
+        qk = bf.qk;
+    }
     if (pl->prefill) { /* float tiles read through the plain f32 kernels */
         memset(&kf, 0, sizeof kf);
         kf.format.mode = QSDPA_MODE_PLAIN;
@@ -247,7 +253,7 @@ static void run_task(void *arg, int64_t t, int thread) {
             kops->unpack(&kr, j0, n, bf.kf);
             fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
         } else {
-            kops->score(&kr, j0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
+            kops->score(&kr, j0, n, qk, bf.qsum, (int)nr, bf.s, bf.tmp);
         }
         apply_masks(pl, &bf, b, hkv, i0, ni, j0, n);
         softmax_block(pl, &bf, nr, n, dv);
@@ -259,6 +265,8 @@ static void run_task(void *arg, int64_t t, int thread) {
         }
     }
 
+    if (!pl->prefill && vops->fix_acc)
+        for (int64_t r = 0; r < nr; r++) vops->fix_acc(bf.acc + r * dv, dv);
     if (pl->n_split > 1) { /* keep the partial state for the merge */
         memcpy(pl->part_m + t * pl->rows_max, bf.m, (size_t)nr * sizeof(float));
         memcpy(pl->part_l + t * pl->rows_max, bf.l, (size_t)nr * sizeof(float));

@@ -68,6 +68,49 @@ INLINE __m256 decode8(int F, const char *row, size_t e) {
     }
 }
 
+/* Sixteen values from element e (a multiple of 16) as two vectors. For 4-bit affine
+ * the codes come out *permuted and scaled* (lane l of the first vector holds element
+ * e + l/2 + 8*(l%2) times 16^(l/2); the second the same from e + 4): one 64-bit
+ * broadcast and a per-lane mask replace the variable shift, saving a third of the
+ * decode work. The query (prep_q) and the accumulator (fix_acc) use the same layout.
+ * `last`: the chunk ends its row, so the second broadcast would read 2 bytes past it. */
+INLINE void decode16(int F, const char *row, size_t e, bool last, __m256 *c0, __m256 *c1) {
+    if (F == F_AFF4) {
+        const __m256i mask = _mm256_setr_epi32(0xF, 0xF, 0xF0, 0xF0, 0xF00, 0xF00, 0xF000, 0xF000);
+        long long w;
+        memcpy(&w, row + e / 2, 8);
+        __m256i lo = _mm256_set1_epi64x(w), hi;
+        if (last) {
+            hi = _mm256_srli_epi32(lo, 16);
+        } else {
+            memcpy(&w, row + e / 2 + 2, 8);
+            hi = _mm256_set1_epi64x(w);
+        }
+        *c0 = _mm256_cvtepi32_ps(_mm256_and_si256(lo, mask));
+        *c1 = _mm256_cvtepi32_ps(_mm256_and_si256(hi, mask));
+        return;
+    }
+    *c0 = decode8(F, row, e);
+    *c1 = decode8(F, row, e + 8);
+}
+
+/* Natural element of permuted slot i (within a 16-chunk) and its scale 16^(l/2). */
+INLINE size_t perm_elem(size_t i) { size_t l = i & 7; return (i & 8 ? 4 : 0) + (l >> 1) + 8 * (l & 1); }
+INLINE float perm_scale(size_t i) { return (float)(1u << (4 * ((i & 7) >> 1))); }
+
+static void aff4_prep_q(const float *q, int64_t dim, float *dst) {
+    for (int64_t c = 0; c < dim; c += 16)
+        for (size_t i = 0; i < 16; i++) dst[c + (int64_t)i] = q[c + (int64_t)perm_elem(i)] / perm_scale(i);
+}
+
+static void aff4_fix_acc(float *acc, int64_t dim) {
+    float tmp[16];
+    for (int64_t c = 0; c < dim; c += 16) {
+        for (size_t i = 0; i < 16; i++) tmp[perm_elem(i)] = acc[c + (int64_t)i] / perm_scale(i);
+        memcpy(acc + c, tmp, sizeof tmp);
+    }
+}
+
 INLINE float load_scalar(qsdpa_dtype dt, const char *base, int64_t g) {
     uint16_t h;
     switch (dt) {
@@ -114,7 +157,8 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
             const float *qg = q + (size_t)r0 * dim + g * G;
             __m256 sv = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow, g));
             for (size_t e = 0; e < G; e += 16) {
-                __m256 c0 = decode8(F, rg, e), c1 = decode8(F, rg, e + 8);
+                __m256 c0, c1;
+                decode16(F, rg, e, g == ng - 1 && e + 16 == G, &c0, &c1);
                 if (!is_plain(F)) c0 = _mm256_mul_ps(c0, sv), c1 = _mm256_mul_ps(c1, sv);
                 for (int r = 0; r < NR; r++) {
                     const float *qr = qg + (size_t)r * dim + e;
@@ -162,13 +206,24 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
             __m256 sv0 = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[0], g));
             __m256 sv1 = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[1], g));
             const char *rg0 = row[0] + g * G * codebytes(F) / 8, *rg1 = row[1] + g * G * codebytes(F) / 8;
-            for (size_t e = 0; e < G; e += 8) {
-                __m256 c0 = decode8(F, rg0, e), c1 = decode8(F, rg1, e);
-                if (!is_plain(F)) c0 = _mm256_mul_ps(c0, sv0), c1 = _mm256_mul_ps(c1, sv1);
+            for (size_t e = 0; e < G; e += 16) {
+                bool last = g == ng - 1 && e + 16 == G;
+                __m256 c0, c1, d0, d1; /* key 0: c0 c1, key 1: d0 d1 */
+                decode16(F, rg0, e, last, &c0, &c1);
+                decode16(F, rg1, e, last, &d0, &d1);
+                if (!is_plain(F)) {
+                    c0 = _mm256_mul_ps(c0, sv0), c1 = _mm256_mul_ps(c1, sv0);
+                    d0 = _mm256_mul_ps(d0, sv1), d1 = _mm256_mul_ps(d1, sv1);
+                }
                 for (int r = 0; r < NR; r++) {
                     __m256 qv = _mm256_loadu_ps(qg + (size_t)r * dim + e);
                     a[0][r] = _mm256_fmadd_ps(c0, qv, a[0][r]);
-                    a[1][r] = _mm256_fmadd_ps(c1, qv, a[1][r]);
+                    a[1][r] = _mm256_fmadd_ps(d0, qv, a[1][r]);
+                }
+                for (int r = 0; r < NR; r++) {
+                    __m256 qv = _mm256_loadu_ps(qg + (size_t)r * dim + e + 8);
+                    a[0][r] = _mm256_fmadd_ps(c1, qv, a[0][r]);
+                    a[1][r] = _mm256_fmadd_ps(d1, qv, a[1][r]);
                 }
             }
             if (has_bias(F)) {
@@ -219,8 +274,10 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                 a1[r] = _mm256_loadu_ps(acc + (size_t)(r0 + r) * dim + e + 8);
             }
             const char *row = v->codes + j0 * v->code_stride + e * codebytes(F) / 8;
+            bool last = e + 16 == dim;
             for (int64_t j = 0; j < n; j++, row += v->code_stride) {
-                __m256 c0 = decode8(F, row, 0), c1 = decode8(F, row, 8);
+                __m256 c0, c1;
+                decode16(F, row, 0, last, &c0, &c1);
                 for (int r = 0; r < NR; r++) {
                     __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r);
                     a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
@@ -238,6 +295,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             for (int r = 0; r < NR; r++) {
                 float *a = acc + (size_t)(r0 + r) * dim + g * G;
                 __m256 bv = _mm256_set1_ps(bl[r]);
+                if (F == F_AFF4) bv = _mm256_mul_ps(bv, _mm256_setr_ps(1, 1, 16, 16, 256, 256, 4096, 4096));
                 for (size_t e = 0; e < G; e += 8) _mm256_storeu_ps(a + e, _mm256_add_ps(_mm256_loadu_ps(a + e), bv));
             }
         }
@@ -298,7 +356,12 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
     static void NAME##_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {                         \
         unpack_rows(F, t, j0, n, dst);                                                                        \
     }                                                                                                         \
-    static const cpu_kv_ops NAME##_ops = {#NAME, NAME##_score, NAME##_accum, NAME##_unpack};
+    static const cpu_kv_ops NAME##_ops = {#NAME,                                                              \
+                                          NAME##_score,                                                       \
+                                          NAME##_accum,                                                       \
+                                          NAME##_unpack,                                                      \
+                                          F == F_AFF4 ? aff4_prep_q : NULL,                                   \
+                                          F == F_AFF4 ? aff4_fix_acc : NULL};
 
 DEFINE_FORMAT(affine4_g32, F_AFF4, 32)
 DEFINE_FORMAT(affine4_g64, F_AFF4, 64)
@@ -346,7 +409,7 @@ static void generic_accum(const cpu_rows *v, int64_t j0, int64_t n, const float 
     f32_accum(&f, 0, n, w, nq, acc, NULL);
 }
 
-static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack};
+static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack, NULL, NULL};
 
 static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
     if (t->dim % 16 != 0) return qsdpa_cpu_isa_c.ops_for(t); /* plain rows of odd width */
