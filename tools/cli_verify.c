@@ -151,9 +151,11 @@ static int check_case(verifier *vf, int pair, int dt, const cli_case *c, uint64_
     bool dev_ready = false;
     int rc = cli_problem_build(c, seed, &p);
     void *ref = NULL, *out = NULL, *dout = NULL; /* dout: device out + guard, CUDA rows only */
-    char text[160];
+    char text[200];
     cli_case_string(c, text, sizeof text);
     if (rc) goto done;
+    if (p.capacity > c->len_k) /* K/V are a view of the first Lk rows of a larger cache */
+        snprintf(text + strlen(text), sizeof text - strlen(text), " view-of-%lld-rows", (long long)p.capacity);
     ref = cli_alloc(p.out_bytes);
     out = cli_alloc(p.out_bytes + GUARD_BYTES);
     if (!ref || !out) { rc = CLI_EXIT_FAIL; goto done; }
