@@ -39,15 +39,6 @@ extern "C" qsdpa_status qsdpa_cuda_context_init(qsdpa_context *ctx) {
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
     st->cc = major * 10 + minor;
-    /* The split-K completion counters: zeroed once here; each use leaves them zero again. */
-    err = cudaMalloc((void **)&st->counters, QSDPA_CUDA_COUNTERS * sizeof(unsigned));
-    if (err == cudaSuccess) err = cudaMemset(st->counters, 0, QSDPA_CUDA_COUNTERS * sizeof(unsigned));
-    if (err == cudaSuccess) err = cudaDeviceSynchronize();
-    if (err != cudaSuccess) {
-        if (st->counters) cudaFree(st->counters);
-        free(st);
-        return qsdpa_cuda_error(err, fn, "allocating the CUDA context state");
-    }
     ctx->cuda = st;
     return QSDPA_OK;
 }
@@ -57,7 +48,6 @@ extern "C" void qsdpa_cuda_context_destroy(qsdpa_context *ctx) {
     if (!st) return;
     cudaSetDevice(st->device);
     if (st->scratch) cudaFree(st->scratch);
-    if (st->counters) cudaFree(st->counters);
     free(st);
     ctx->cuda = NULL;
 }

@@ -13,7 +13,8 @@ typedef struct qd_qtensor {
     const uint32_t *codes;  /* [B,H,L,row_words] u32 (PLAIN: [B,H,L,dim] plain dtype) */
     const void *scales;     /* [B,H,L,dim/group] or NULL */
     const void *biases;     /* [B,H,L,dim/group] or NULL */
-    int64_t cs[3], ss[3], bs[3]; /* element strides of codes, scales, biases over (b, h, l) */
+    int64_t cs[3];          /* BYTE strides of codes over (b, h, l) (PLAIN rows are 2- or 4-byte elements) */
+    int64_t ss[3], bs[3];   /* element strides of scales, biases over (b, h, l) */
     int mode, bits, group;
     int scale_dtype;        /* F32/F16/BF16 for affine, U8 for fp modes */
     int plain_dtype;        /* PLAIN rows */
@@ -27,7 +28,7 @@ static inline qd_qtensor qd_qtensor_make(const qsdpa_qtensor *t) {
     d.scales = t->scales.data;
     d.biases = t->biases.data;
     for (int i = 0; i < 3; i++) {
-        d.cs[i] = t->codes.stride[i];
+        d.cs[i] = t->codes.stride[i] * (int64_t)qsdpa_dtype_size(t->codes.dtype);
         d.ss[i] = t->scales.data ? t->scales.stride[i] : 0;
         d.bs[i] = t->biases.data ? t->biases.stride[i] : 0;
     }
@@ -73,7 +74,7 @@ __device__ __forceinline__ unsigned qd_code(const uint32_t *row, int bits, int d
 
 /* Element d of row (b, h, l) of t, dequantized per SPEC §2 in f32. */
 __device__ __forceinline__ float qd_element(const qd_qtensor &t, int64_t b, int64_t h, int64_t l, int d) {
-    const uint32_t *row = t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2];
+    const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2]);
     if (t.mode == QSDPA_MODE_PLAIN) return qd_load_float(row, t.plain_dtype, d);
     int gi = d / t.group;
     if (t.mode == QSDPA_MODE_AFFINE) {

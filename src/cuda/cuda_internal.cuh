@@ -14,7 +14,6 @@
 /* Per-context CUDA state (ctx->cuda). Scratch grows on the first call of a
  * larger shape and is reused afterwards, so steady-state calls allocate
  * nothing and can be captured in a CUDA graph. */
-#define QSDPA_CUDA_COUNTERS (1 << 16)
 #define QSDPA_CUDA_PTR_CACHE 1024
 
 struct qsdpa_cuda_state {
@@ -24,7 +23,6 @@ struct qsdpa_cuda_state {
     int cc;              /* compute capability, major*10 + minor */
     void *scratch;       /* device scratch: split-K partials */
     size_t scratch_bytes;
-    unsigned *counters;  /* [QSDPA_CUDA_COUNTERS] zeroed once; the last CTA of a group resets its own */
     /* Pointers already found to be device memory: cudaPointerGetAttributes
      * costs about a microsecond and a call checks up to 11 pointers, which
      * would dominate short decode calls. Direct-mapped by address. */

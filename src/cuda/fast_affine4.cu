@@ -1,4 +1,4 @@
-/* Tensor-core kernel instantiations: affine 4-bit (groups 32, 64, 128), D 64 and 128.
+/* Tensor-core kernel instantiations: affine 4-bit (groups 32, 64, 128), D 64 and 128 (group 128: D 128 only).
  * One file per format family so the instantiations compile in parallel. */
 #include "cuda/fast_kernel.cuh"
 
@@ -18,5 +18,4 @@ QSDPA_CUDA_FAST(qsdpa_cuda_mma_a4g64_d64, 64, 64, k_a4g64, v_a4g64)
 QSDPA_CUDA_FAST(qsdpa_cuda_mma_a4g64_d128, 128, 128, k_a4g64, v_a4g64)
 using k_a4g128 = qfast::affine_fmt<4, 128>;
 using v_a4g128 = qfast::affine_fmt<4, 128>;
-QSDPA_CUDA_FAST(qsdpa_cuda_mma_a4g128_d64, 64, 64, k_a4g128, v_a4g128)
 QSDPA_CUDA_FAST(qsdpa_cuda_mma_a4g128_d128, 128, 128, k_a4g128, v_a4g128)

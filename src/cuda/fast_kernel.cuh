@@ -12,8 +12,8 @@
  * fragments (fast_formats.cuh), so dequantized K/V never touch shared memory.
  * Q.K^T and P.V run on mma.sync m16n8k16 (f16 in, f32 accumulate); the
  * online softmax is in log2 units. Split-K: the key range is cut into
- * `nsplit` slices; each CTA writes (m, l, o) partials and the last CTA of a
- * row block to finish merges them (no second launch).
+ * `nsplit` slices; each CTA writes (m, l, o) partials and split_merge merges
+ * them (a second launch, overlapped by programmatic dependent launch).
  * Causal/window: tiles outside the CTA's visible range are skipped; the host
  * routes rows with no visible key at all (and partial mode with a bool mask)
  * to the generic kernel, which keeps the reference's semantics there. */
@@ -21,13 +21,13 @@
 #define QSDPA_CUDA_FAST_KERNEL_CUH
 
 #include <float.h>
+#include <string.h>
 
 #include "cuda/fast_formats.cuh"
 
 namespace qfast {
 
 constexpr int BN = 64;      /* keys per tile */
-constexpr int STAGES = 3;   /* cp.async pipeline depth */
 constexpr int THREADS = 128;
 
 struct fast_params {
@@ -57,7 +57,6 @@ struct fast_params {
     int scales_vec;          /* 1: a tile's scales are one 16-byte-aligned block; 0: 4-byte rows */
     float *part_o;           /* [nsplit][B*Hkv][rows][Dv] */
     float *part_ml;          /* [nsplit][B*Hkv][rows][2] */
-    unsigned *counters;      /* [B*Hkv*nrb], zero between calls */
 };
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
@@ -100,6 +99,8 @@ struct layout {
     static constexpr int STAGE_BYTES = K_BYTES + V_BYTES + 2 * KS_BYTES + 2 * VS_BYTES;
     static constexpr int SB_BYTES = BN * (GK + GV) * 4;     /* converted half2 {scale, bias} */
     static constexpr int COMBINE_BYTES = 4 * 16 * (DV + 2) * 4; /* per-warp o, m, l */
+    /* cp.async depth: 4 stages of small (4-bit) tiles, 3 of wide ones, so two CTAs fit an SM */
+    static constexpr int STAGES = STAGE_BYTES <= 16384 ? 4 : 3;
     static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
     static constexpr int BYTES = (PIPE_BYTES > COMBINE_BYTES ? PIPE_BYTES : COMBINE_BYTES) + SB_BYTES;
 };
@@ -117,19 +118,19 @@ __device__ __forceinline__ void load_tile(const fast_params &p, char *stage, int
     const int64_t key0 = (int64_t)tile * BN;
     uint32_t *sk = (uint32_t *)stage;
     uint32_t *sv = (uint32_t *)(stage + L::K_BYTES);
-    const uint32_t *kc = p.k.codes + b * p.k.cs[0] + g * p.k.cs[1];
-    const uint32_t *vc = p.v.codes + b * p.v.cs[0] + g * p.v.cs[1];
+    const char *kc = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1];
+    const char *vc = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1];
     for (int idx = tid; idx < BN * L::CWK; idx += THREADS) {
         int r = idx / L::CWK, c = idx % L::CWK;
         int64_t key = key0 + r;
         bool ok = key < p.lk;
-        cp_async16(sk + r * L::WK + k_chunk<L::CWK>(r, c) * 4, ok ? kc + key * p.k.cs[2] + c * 4 : kc, ok ? 16 : 0);
+        cp_async16(sk + r * L::WK + k_chunk<L::CWK>(r, c) * 4, ok ? kc + key * p.k.cs[2] + c * 16 : kc, ok ? 16 : 0);
     }
     for (int idx = tid; idx < BN * L::CWV; idx += THREADS) {
         int r = idx / L::CWV, c = idx % L::CWV;
         int64_t key = key0 + r;
         bool ok = key < p.lk;
-        cp_async16(sv + r * L::RSV + c * 4, ok ? vc + key * p.v.cs[2] + c * 4 : vc, ok ? 16 : 0);
+        cp_async16(sv + r * L::RSV + c * 4, ok ? vc + key * p.v.cs[2] + c * 16 : vc, ok ? 16 : 0);
     }
     /* raw scales and biases: [BN][G] elements of the stored dtype */
     char *dst = stage + L::K_BYTES + L::V_BYTES;
@@ -186,7 +187,7 @@ __device__ __forceinline__ void convert_scales(const fast_params &p, const char 
 }
 
 template <int DK, int DV, class FK, class FV>
-__global__ void __launch_bounds__(THREADS, 3) fast_attention(const fast_params p) {
+__global__ void __launch_bounds__(THREADS, 2) fast_attention(const fast_params p) {
     using L = layout<DK, DV, FK, FV>;
     constexpr int KSTEPS = DK / 16;           /* k16 steps of Q.K */
     constexpr int NT = DV / 8;                /* n8 tiles of P.V */
@@ -227,18 +228,21 @@ __global__ void __launch_bounds__(THREADS, 3) fast_attention(const fast_params p
     } else {
         t1 = t0;
     }
-    const int64_t kend = min(min(p.lk, (int64_t)(split + 1) * p.tiles_per_split * BN), hi + 1);
+    constexpr int STAGES = L::STAGES;
+    /* key indices fit int: the host sends Lk >= 2^31 to the generic kernel */
+    const int kend = (int)min(min(p.lk, (int64_t)(split + 1) * p.tiles_per_split * BN), hi + 1);
 
     /* my two rows (g and g+8 of the warp's 16) and their query position / head */
-    int64_t fr[2], ir[2], hr[2], last[2];
+    int64_t fr[2];
+    int ir[2], hr[2], last[2];
     bool rv[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         fr[r] = f_warp + gq + 8 * r;
         rv[r] = fr[r] < p.rows;
-        ir[r] = rv[r] ? fr[r] / p.ratio : 0;
-        hr[r] = g * p.ratio + (rv[r] ? fr[r] % p.ratio : 0);
-        last[r] = ir[r] + p.key_total - p.lq - p.key_offset;
+        ir[r] = rv[r] ? (int)(fr[r] / p.ratio) : 0;
+        hr[r] = (int)(g * p.ratio + (rv[r] ? fr[r] % p.ratio : 0));
+        last[r] = (int)(ir[r] + p.key_total - p.lq - p.key_offset); /* last visible local key */
     }
 
     /* Q fragments, permuted to match the K pair order */
@@ -347,18 +351,14 @@ __global__ void __launch_bounds__(THREADS, 3) fast_attention(const fast_params p
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
-                        const int64_t j = (int64_t)t * BN + ch * 16 + nt * 8 + 2 * c4 + e;
+                        const int j = t * BN + ch * 16 + nt * 8 + 2 * c4 + e;
                         float s = sc[nt][2 * r + e] * p.scale_log2;
                         if (j >= kend) s = -INFINITY;
                         else {
                             bool keep = true;
-                            if (p.causal) {
-                                int64_t pos = p.key_offset + j + 0;
-                                int64_t lst = last[r] + p.key_offset;
-                                keep = pos <= lst && !(p.window > 0 && pos <= lst - p.window);
-                            }
+                            if (p.causal) keep = j <= last[r] && !(p.window > 0 && j <= last[r] - p.window);
                             if (keep && p.mask_kind != QSDPA_MASK_NONE && rv[r]) {
-                                int64_t at = b * p.ms[0] + hr[r] * p.ms[1] + ir[r] * p.ms[2] + j * p.ms[3];
+                                int64_t at = b * p.ms[0] + hr[r] * p.ms[1] + ir[r] * p.ms[2] + (int64_t)j * p.ms[3];
                                 if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
                                 else s += qd_load_float(p.mask, p.mask_dtype, at) * 1.4426950408889634f;
                             }
@@ -424,6 +424,9 @@ __global__ void __launch_bounds__(THREADS, 3) fast_attention(const fast_params p
     }
     cp_async_wait<0>();
     __syncthreads();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
 
     /* quad-reduce l; merge the WN key warps of each row block through shared memory */
 #pragma unroll
@@ -478,57 +481,76 @@ __global__ void __launch_bounds__(THREADS, 3) fast_attention(const fast_params p
                 p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] =
                     MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
         } else {
-            const int64_t prow = (int64_t)split * gridDim.z * p.rows + bhrows + f;
+            const int64_t prow = (int64_t)split * gridDim.z * p.rows + bhrows + f; /* [split][bh][f] */
             p.part_o[prow * DV + d] = O;
             if (d == 0) { p.part_ml[prow * 2] = M; p.part_ml[prow * 2 + 1] = Ls; }
         }
     }
-    if (single) return;
+}
 
-    /* last CTA of this row block to finish merges the splits */
-    __shared__ unsigned last_flag;
-    __threadfence();
-    __syncthreads();
-    unsigned *counter = p.counters + (bh * p.nrb + rb);
-    if (tid == 0) {
-        unsigned prev = atomicAdd(counter, 1u);
-        last_flag = prev == (unsigned)p.nsplit - 1;
+/* Split-K merge, one block per (b, kv head, folded row): warp w takes the
+ * splits s = w, w + 4, ...; lane l the columns l, l + 32, ...; the four warp
+ * states merge through shared memory. Launched right behind fast_attention
+ * with programmatic dependent launch on sm_90, so its launch overlaps the
+ * attention kernel's tail (griddepcontrol.wait orders the reads). */
+template <int DV>
+__global__ void __launch_bounds__(128) split_merge(const fast_params p) {
+    constexpr int NJ = (DV + 31) / 32;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+    __shared__ float sm[4], sl[4], so[4][DV];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t prow0 = blockIdx.x; /* bh * rows + f */
+    const int64_t bh = prow0 / p.rows, f = prow0 % p.rows;
+    const int64_t sstride = (int64_t)gridDim.x;
+    float M = -INFINITY, Ls = 0.0f, O[NJ];
+#pragma unroll
+    for (int j = 0; j < NJ; j++) O[j] = 0.0f;
+#pragma unroll 4
+    for (int s = warp; s < p.nsplit; s += 4) {
+        const int64_t prow = (int64_t)s * sstride + prow0;
+        const float ms = p.part_ml[prow * 2], ls = p.part_ml[prow * 2 + 1];
+        float os[NJ];
+#pragma unroll
+        for (int j = 0; j < NJ; j++) os[j] = lane + 32 * j < DV ? p.part_o[prow * DV + lane + 32 * j] : 0.0f;
+        if (ms == -INFINITY) continue;
+        const float mn = fmaxf(M, ms);
+        const float ca = M == -INFINITY ? 0.0f : fast_exp2(M - mn), cb = fast_exp2(ms - mn);
+        Ls = Ls * ca + ls * cb;
+#pragma unroll
+        for (int j = 0; j < NJ; j++) O[j] = O[j] * ca + os[j] * cb;
+        M = mn;
     }
+    if (lane == 0) { sm[warp] = M; sl[warp] = Ls; }
+#pragma unroll
+    for (int j = 0; j < NJ; j++)
+        if (lane + 32 * j < DV) so[warp][lane + 32 * j] = O[j];
     __syncthreads();
-    if (!last_flag) return;
-    __threadfence();
-    const int64_t sstride = (int64_t)gridDim.z * p.rows;
-    for (int idx = tid; idx < crows * DV; idx += THREADS) {
-        const int row = idx / DV, d = idx % DV;
-        const int64_t f = f_cta + row;
-        if (f >= p.rows) continue;
-        const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
-        float M = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
-        const float sink = M;
-        for (int s = 0; s < p.nsplit; s++) M = fmaxf(M, __ldcg(p.part_ml + ((int64_t)s * sstride + bhrows + f) * 2));
-        float Ls = p.sinks && M != -INFINITY ? fast_exp2(sink - M) : 0.0f, O = 0.0f;
-        for (int s = 0; s < p.nsplit; s++) {
-            const int64_t prow = (int64_t)s * sstride + bhrows + f;
-            float ms = __ldcg(p.part_ml + prow * 2);
-            if (ms == -INFINITY) continue;
-            float cf = fast_exp2(ms - M);
-            Ls += __ldcg(p.part_ml + prow * 2 + 1) * cf;
-            O += __ldcg(p.part_o + prow * DV + d) * cf;
-        }
-        float v = M == -INFINITY ? 0.0f : O / Ls;
+    const int64_t b = bh / p.hkv, g = bh % p.hkv;
+    const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
+    float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
+    float MM = fmaxf(fmaxf(fmaxf(sm[0], sm[1]), fmaxf(sm[2], sm[3])), sink);
+    float c[4], LL = p.sinks && MM != -INFINITY ? fast_exp2(sink - MM) : 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        c[w] = sm[w] == -INFINITY ? 0.0f : fast_exp2(sm[w] - MM);
+        LL += sl[w] * c[w];
+    }
+    for (int d = threadIdx.x; d < DV; d += blockDim.x) {
+        float o = so[0][d] * c[0] + so[1][d] * c[1] + so[2][d] * c[2] + so[3][d] * c[3];
+        float v = MM == -INFINITY ? 0.0f : o / LL;
         qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
-        if (p.lse && d == 0)
-            p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] =
-                M == -INFINITY ? -INFINITY : (M + log2f(Ls)) * 0.6931471805599453f;
     }
-    if (tid == 0) *counter = 0u; /* ready for the next call (graph replays too) */
+    if (p.lse && threadIdx.x == 0)
+        p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
 }
 
 } // namespace qfast
 
 /* Host side: choose the configuration and launch one instantiation. */
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          qfast::fast_params *p, dim3 *grid, bool *use_generic);
+                                          int ctas_per_sm, qfast::fast_params *p, dim3 *grid, bool *use_generic);
 
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
@@ -537,19 +559,42 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    qsdpa_status st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, &p, &grid, &generic);
+    /* once per device: raise the shared-memory limit, read the occupancy (it sizes split-K) */
+    static int occupancy[64];
+    int dev = ctx->cuda->device;
+    if (dev >= 64 || !occupancy[dev]) {
+        cudaError_t err = cudaSuccess;
+        if (L::BYTES > 48 * 1024 && L::BYTES <= ctx->cuda->smem_optin)
+            err = cudaFuncSetAttribute(qfast::fast_attention<DK, DV, FK, FV>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, L::BYTES);
+        int n = 0;
+        if (err == cudaSuccess)
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, qfast::fast_attention<DK, DV, FK, FV>,
+                                                                qfast::THREADS, L::BYTES);
+        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring fast_attention");
+        if (dev < 64) occupancy[dev] = n > 0 ? n : 1;
+        else occupancy[0] = n > 0 ? n : 1;
+    }
+    qsdpa_status st =
+        qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occupancy[dev < 64 ? dev : 0], &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    static bool attr_set[64]; /* per device ordinal: raised once */
-    int dev = ctx->cuda->device;
-    if (L::BYTES > 48 * 1024 && (dev >= 64 || !attr_set[dev])) {
-        cudaError_t err = cudaFuncSetAttribute(qfast::fast_attention<DK, DV, FK, FV>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, L::BYTES);
-        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "cudaFuncSetAttribute");
-        if (dev < 64) attr_set[dev] = true;
-    }
-    qfast::fast_attention<DK, DV, FK, FV><<<grid, qfast::THREADS, L::BYTES, qsdpa_cuda_stream(ctx)>>>(p);
-    return qsdpa_cuda_launch_status(fn, "fast_attention");
+    cudaStream_t stream = qsdpa_cuda_stream(ctx);
+    qfast::fast_attention<DK, DV, FK, FV><<<grid, qfast::THREADS, L::BYTES, stream>>>(p);
+    if ((st = qsdpa_cuda_launch_status(fn, "fast_attention")) != QSDPA_OK || p.nsplit == 1) return st;
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = dim3((unsigned)(grid.z * p.rows));
+    cfg.blockDim = dim3(128);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = ctx->cuda->cc >= 90 ? 1 : 0;
+    cudaError_t err = cudaLaunchKernelEx(&cfg, qfast::split_merge<DV>, p);
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "split_merge launch");
+    return qsdpa_cuda_launch_status(fn, "split_merge");
 }
 
 #endif

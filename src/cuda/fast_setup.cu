@@ -41,7 +41,7 @@ static int scale_mode(const qsdpa_qtensor *t) {
 }
 
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          qfast::fast_params *p, dim3 *grid, bool *use_generic) {
+                                          int ctas_per_sm, qfast::fast_params *p, dim3 *grid, bool *use_generic) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
@@ -51,15 +51,15 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     int ks = scale_mode(&pr->k), vs = scale_mode(&pr->v);
     bool plain_ok = (pr->k.format.mode != QSDPA_MODE_PLAIN || pr->k.format.plain_dtype == QSDPA_DTYPE_F16) &&
                     (pr->v.format.mode != QSDPA_MODE_PLAIN || pr->v.format.plain_dtype == QSDPA_DTYPE_F16);
-    bool codes_ok = aligned16(pr->k.codes.data, pr->k.codes.stride, 3, 4) &&
-                    aligned16(pr->v.codes.data, pr->v.codes.stride, 3, 4);
+    bool codes_ok = aligned16(pr->k.codes.data, pr->k.codes.stride, 3, qsdpa_dtype_size(pr->k.codes.dtype)) &&
+                    aligned16(pr->v.codes.data, pr->v.codes.stride, 3, qsdpa_dtype_size(pr->v.codes.dtype));
     int64_t rows = pr->group_ratio * pr->len_q;
     int wm = rows <= 16 ? 1 : rows <= 32 ? 2 : 4;
     int64_t nrb = (rows + 16 * wm - 1) / (16 * wm);
     int64_t bhkv = pr->batch * pr->heads_kv;
     if (ks < 0 || vs < 0 || ks != vs || !plain_ok || !codes_ok || !every_row_sees_a_key(pr) ||
         (pr->lse && pr->mask_kind == QSDPA_MASK_BOOL) || smem_bytes > ctx->cuda->smem_optin || bhkv > 65535 ||
-        nrb > 0x7fffffff) {
+        nrb > 0x7fffffff || pr->len_k >= 0x7fffffff || pr->key_total >= 0x7fffffff) {
         *use_generic = true;
         return QSDPA_OK;
     }
@@ -85,19 +85,17 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     float ml = pr->masked_score * log2e;
     p->masked_log2 = ml < -FLT_MAX ? -FLT_MAX : ml;
 
-    /* Split-K: enough CTAs for about 3 per SM (the kernel's occupancy bound). */
+    /* Split-K: one full wave of CTAs at the kernel's occupancy. */
     int64_t tiles = (pr->len_k + qfast::BN - 1) / qfast::BN;
     int64_t base = bhkv * nrb;
-    int64_t want = 3LL * ctx->cuda->sm_count;
+    int64_t want = (int64_t)ctas_per_sm * ctx->cuda->sm_count;
     int64_t nsplit = base >= want ? 1 : (want + base - 1) / base;
     if (nsplit > tiles) nsplit = tiles;
     if (nsplit > 65535) nsplit = 65535;
     int64_t tps = (tiles + nsplit - 1) / nsplit;
     nsplit = (tiles + tps - 1) / tps;
-    if (nsplit > 1 && base > QSDPA_CUDA_COUNTERS) { tps = tiles; nsplit = 1; }
     p->nsplit = (int)nsplit;
     p->tiles_per_split = (int)tps;
-    p->counters = ctx->cuda->counters;
     if (nsplit > 1) {
         size_t per = (size_t)rows * (size_t)(pr->dim_v + 2), bytes;
         if (!qsdpa_mul_size(per * sizeof(float), (size_t)(nsplit * bhkv), &bytes))
