@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "qsdpa.h"
 
@@ -211,7 +212,7 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
 }
 
 static void print_row(const opts *o, const result *r, const result *f16, int first) {
-    double vs_f16 = f16 && f16->ms > 0 ? f16->ms / r->ms : 0, vs_ref = r->ref_ms > 0 ? r->ref_ms / r->ms : 0;
+    double vs_f16 = f16 && f16->ms > 0 ? f16->ms / r->ms : 1.0, vs_ref = r->ref_ms > 0 ? r->ref_ms / r->ms : 0;
     if (o->json) {
         printf("%s  {\"shape\": \"B1 Hq32 Hkv8 D128\", \"format\": \"%s\", \"lq\": %lld, \"context\": %lld, "
                "\"threads\": %d, \"ms\": %.4f, \"gbs\": %.2f, \"err\": %.3g, \"ref_ms\": %.2f, \"vs_f16\": %.3f, "
@@ -283,7 +284,10 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
         fprintf(stderr, "qsdpa bench: %s\n", qsdpa_last_error());
         return 1;
     }
-    if (o.threads <= 0) o.threads = 0; /* "all cores": printed as 0 unless given */
+    if (o.threads <= 0) { /* the context's default: one thread per online core */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        o.threads = cores > 0 ? (int)cores : 1;
+    }
     static const struct { const char *name, *k, *v; } formats[] = {
         {"f16", "f16", "f16"},           {"affine:4:64", "affine:4:64", "affine:4:64"},
         {"affine:8:64", "affine:8:64", "affine:8:64"}, {"mxfp4", "mxfp4", "mxfp4"},
