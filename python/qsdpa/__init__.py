@@ -17,9 +17,10 @@ import math
 import numpy as np
 
 from . import _qsdpa
-from ._arrays import BF16, F32, U8, as_array, describe, dtype_code, numpy_dtype, view_of
+from ._arrays import BF16, F16, F32, as_array, describe, dtype_code, is_device_array, numpy_dtype, view_of
 
-__all__ = ["quantize", "dequantize", "attention", "Cache", "Context", "format_string", "__version__"]
+__all__ = ["quantize", "dequantize", "attention", "Cache", "Context", "cuda_available", "format_string",
+           "__version__"]
 __version__ = _qsdpa.version()
 
 # mx.quantize's defaults per mode (group, bits).
@@ -54,20 +55,45 @@ class Context:
 _default_context = None
 
 
-def _context(context):
-    global _default_context
+_default_cuda_context = None
+
+
+def _context(context, array=None):
+    """context's capsule; by default a CPU context, or a CUDA one for device arrays."""
+    global _default_context, _default_cuda_context
     if context is not None:
         return context._cap
+    if array is not None and is_device_array(array):
+        if _default_cuda_context is None:
+            _default_cuda_context = Context("cuda")
+        return _default_cuda_context._cap
     if _default_context is None:
         _default_context = Context()
     return _default_context._cap
 
 
+def cuda_available():
+    """Is the CUDA backend compiled into this build (QSDPA_CUDA=1 pip install .) and a device present?"""
+    return _qsdpa.backend_available(1)
+
+
 def _float_input(a, name):
+    """(array, descriptor) of a float32/float16/bfloat16 array, without a copy."""
     a = as_array(a, name)
-    if not hasattr(a, "__cuda_array_interface__") and dtype_code(a.dtype) not in (0, 1, 2):
-        raise TypeError(f"{name}: dtype {a.dtype} is not float32/float16/bfloat16")
-    return a
+    d = describe(a, name)
+    if d[1] not in (F32, F16, BF16):
+        raise TypeError(f"{name}: dtype {getattr(a, 'dtype', '?')} is not float32/float16/bfloat16")
+    return a, d
+
+
+def _host(a, name):
+    """A NumPy array of a host array (shared memory where possible); TypeError for device arrays."""
+    if is_device_array(a):
+        raise TypeError(f"{name}: quantize/dequantize take host arrays (a device cache quantizes on append)")
+    try:
+        return np.asarray(a)
+    except Exception as e:
+        raise TypeError(f"{name}: expected an array, got {type(a).__name__}") from e
 
 
 def quantize(w, group_size=None, bits=None, mode="affine"):
@@ -78,7 +104,9 @@ def quantize(w, group_size=None, bits=None, mode="affine"):
     """
     fmt = format_string(mode, group_size, bits)
     _, _, b, g, has_biases = _qsdpa.format_info(fmt)
-    w = np.ascontiguousarray(_float_input(w, "w"))
+    w = np.ascontiguousarray(_host(w, "w"))
+    if dtype_code(w.dtype) not in (F32, F16, BF16):
+        raise TypeError(f"w: dtype {w.dtype} is not float32/float16/bfloat16")
     if w.ndim < 1 or w.shape[-1] % g:
         raise ValueError(f"w: last dim {w.shape[-1] if w.ndim else None} is not a multiple of group_size {g}")
     dim = w.shape[-1]
@@ -97,12 +125,12 @@ def dequantize(w, scales, biases=None, group_size=None, bits=None, mode="affine"
     for affine and float32 for the fp modes (MLX gives bfloat16 there)."""
     fmt = format_string(mode, group_size, bits)
     _, _, b, g, has_biases = _qsdpa.format_info(fmt)
-    w = np.ascontiguousarray(as_array(w, "w"))
-    scales = np.ascontiguousarray(as_array(scales, "scales"))
+    w = np.ascontiguousarray(_host(w, "w"))
+    scales = np.ascontiguousarray(_host(scales, "scales"))
     if has_biases and biases is None:
         raise ValueError("biases: required for mode affine")
     if biases is not None:
-        biases = np.ascontiguousarray(as_array(biases, "biases"))
+        biases = np.ascontiguousarray(_host(biases, "biases"))
     if w.dtype != np.uint32:
         raise TypeError(f"w: dtype {w.dtype} is not uint32")
     dim = w.shape[-1] * 32 // b
@@ -139,9 +167,18 @@ def _params(scale, mask, sinks, causal, window):
 
 
 def _out(out, q, dv):
+    """The output array: `out` checked, or a new one of q's kind (NumPy, torch, CuPy) and dtype."""
     shape = tuple(q.shape[:-1]) + (dv,)
     if out is None:
-        return np.empty(shape, q.dtype)
+        if isinstance(q, np.ndarray):
+            return np.empty(shape, q.dtype)
+        if hasattr(q, "new_empty"):  # torch.Tensor, same device and dtype
+            return q.new_empty(shape)
+        module = type(q).__module__.split(".")[0]
+        if module == "cupy":
+            import cupy
+            return cupy.empty(shape, dtype=q.dtype)
+        raise TypeError(f"out: pass an output array for q of type {type(q).__name__}")
     if tuple(out.shape) != shape:
         raise ValueError(f"out: shape {tuple(out.shape)}, expected {shape}")
     return out
@@ -163,11 +200,11 @@ def attention(q, k, k_scales, k_biases, v, v_scales, v_biases, *, scale, mask=No
     kfmt = format_string(mode, group_size, bits)
     vfmt = format_string(v_mode or mode, v_group_size if v_mode or v_group_size else group_size,
                          v_bits if v_mode or v_bits else bits)
-    q = _float_input(q, "q")
+    q, qd = _float_input(q, "q")
     kd = _qtensor(kfmt, _qsdpa.format_info(kfmt)[2], k, k_scales, k_biases, "k")
     vd = _qtensor(vfmt, _qsdpa.format_info(vfmt)[2], v, v_scales, v_biases, "v")
     o = _out(out, q, vd[1])
-    _qsdpa.attention(_context(context), describe(q, "q"), kd, vd, _params(scale, mask, sinks, causal, window),
+    _qsdpa.attention(_context(context, q), qd, kd, vd, _params(scale, mask, sinks, causal, window),
                      describe(o, "out", writable=True))
     return o
 
@@ -182,6 +219,8 @@ class Cache:
 
     def __init__(self, layers, batch, heads_kv, dim_k, dim_v=None, k_format="affine:4:64", v_format=None,
                  scale_dtype="f16", step=256, residual=0, residual_dtype="f16", context=None, _cap=None):
+        # The cache lives in its context's memory: context=qsdpa.Context("cuda") puts it on the GPU
+        # (then append/attend take device arrays: torch/CuPy tensors, via DLPack).
         self._context = context
         if _cap is not None:
             self._cap = _cap
@@ -204,20 +243,23 @@ class Cache:
 
     def append(self, layer, k, v):
         """Append k [B, Hkv, T, dim_k] and v [B, Hkv, T, dim_v] (float32/float16/bfloat16, any strides)."""
-        k, v = _float_input(k, "k"), _float_input(v, "v")
-        _qsdpa.cache_append(_context(self._context), self._cap, int(layer), describe(k, "k"), describe(v, "v"))
+        (k, kd), (v, vd) = _float_input(k, "k"), _float_input(v, "v")
+        _qsdpa.cache_append(self._ctx(), self._cap, int(layer), kd, vd)
 
     def attend(self, layer, q, *, scale=None, mask=None, sinks=None, causal=False, window=None, out=None):
         """Attention of q [B, Hq, Lq, dim_k] over the layer's tokens; the queries are the
         newest Lq positions for causal/window. scale defaults to 1/sqrt(dim_k)."""
-        q = _float_input(q, "q")
+        q, qd = _float_input(q, "q")
         opts = self.options
         if scale is None:
             scale = 1.0 / math.sqrt(opts["dim_k"])
         o = _out(out, q, opts["dim_v"])
-        _qsdpa.cache_attend(_context(self._context), self._cap, int(layer), describe(q, "q"),
-                            _params(scale, mask, sinks, causal, window), describe(o, "out", writable=True))
+        _qsdpa.cache_attend(self._ctx(), self._cap, int(layer), qd, _params(scale, mask, sinks, causal, window),
+                            describe(o, "out", writable=True))
         return o
+
+    def _ctx(self):
+        return _context(self._context)
 
     def trim(self, n):
         """Drop the newest n tokens of every layer (speculative-decoding roll-back)."""
@@ -244,6 +286,8 @@ class Cache:
         """Read-only arrays over one layer's storage, no copy: ((k, k_scales, k_biases),
         (v, v_scales, v_biases)) for part "quantized" (strided: capacity > length),
         or ((k,), (v,)) rows for part "residual". Valid until the next append/trim."""
+        if self._context is not None and self._context.backend == "cuda":
+            raise ValueError("view: the cache is in device memory; views are NumPy arrays of host caches")
         code = {"quantized": 0, "residual": 1}[part]
         kd, vd = _qsdpa.cache_view(self._cap, int(layer), code)
         if code == 1:

@@ -1,10 +1,14 @@
 """Array descriptors for the C extension, and views of C memory as arrays.
 
 A descriptor is (data pointer, qsdpa dtype code, shape, element strides). It
-is read from ``__array_interface__`` (NumPy; MLX and others convert through
-``np.asarray`` without a copy where they can) or ``__cuda_array_interface__``
-(CuPy, PyTorch CUDA tensors), so no data is copied, strided views included.
+is read, without copying anything (strided views included), from
+``__array_interface__`` (NumPy), from a DLPack capsule (``__dlpack__``:
+PyTorch, CuPy, JAX, NumPy; host or CUDA memory, bfloat16 included) or from
+``__cuda_array_interface__`` (CuPy, PyTorch, Numba). Other array types (MLX)
+go through ``np.asarray``, which shares their memory where it can.
 """
+import ctypes
+
 import numpy as np
 
 # qsdpa_dtype values (include/qsdpa.h).
@@ -37,15 +41,73 @@ def numpy_dtype(code):
     return np.dtype({F32: np.float32, F16: np.float16, U8: np.uint8, BOOL: np.bool_, U32: np.uint32}[code])
 
 
+# ---- DLPack (dlpack.h, ABI stable since v0.5) --------------------------------
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_KDLCPU, _KDLCUDA, _KDLCUDAHOST, _KDLCUDAMANAGED = 1, 2, 3, 13
+_DL_CODES = {(2, 32): F32, (2, 16): F16, (4, 16): BF16, (1, 8): U8, (6, 8): BOOL, (1, 32): U32}  # (code, bits)
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def _is_cuda_dlpack(a):
+    dev = getattr(a, "__dlpack_device__", None)
+    return dev is not None and dev()[0] in (_KDLCUDA, _KDLCUDAMANAGED)
+
+
 def is_device_array(a):
-    return hasattr(a, "__cuda_array_interface__")
+    """Does a live in CUDA memory (DLPack device or __cuda_array_interface__)?"""
+    if isinstance(a, np.ndarray):
+        return False
+    return _is_cuda_dlpack(a) or hasattr(a, "__cuda_array_interface__")
+
+
+def _describe_dlpack(a, name):
+    """Descriptor from the DLTensor of a.__dlpack__(). The capsule is not
+    consumed: its destructor releases it, while `a` keeps the memory alive."""
+    try:
+        cap = a.__dlpack__(stream=None) if _is_cuda_dlpack(a) else a.__dlpack__()
+    except TypeError:
+        cap = a.__dlpack__()
+    t = _DLTensor.from_address(_capsule_pointer(cap, b"dltensor"))
+    if t.dtype.lanes != 1 or (t.dtype.code, t.dtype.bits) not in _DL_CODES:
+        raise TypeError(f"{name}: DLPack dtype (code {t.dtype.code}, bits {t.dtype.bits}) is not supported")
+    if t.device.device_type not in (_KDLCPU, _KDLCUDA, _KDLCUDAHOST, _KDLCUDAMANAGED):
+        raise TypeError(f"{name}: DLPack device type {t.device.device_type} is not CPU or CUDA")
+    code, ndim = _DL_CODES[(t.dtype.code, t.dtype.bits)], t.ndim
+    if ndim < 1 or ndim > 4:
+        raise ValueError(f"{name}: rank {ndim} is outside [1, 4]")
+    shape = tuple(t.shape[i] for i in range(ndim))
+    if t.strides:
+        strides = tuple(t.strides[i] for i in range(ndim))
+    else:  # NULL strides: compact row-major
+        strides, acc = [], 1
+        for s in reversed(shape):
+            strides.append(acc)
+            acc *= max(s, 1)
+        strides = tuple(reversed(strides))
+    return ((t.data or 0) + t.byte_offset, code, shape, strides)
 
 
 def as_array(a, name):
-    """A NumPy array sharing a's memory where possible (TypeError if not array-like)."""
-    if isinstance(a, np.ndarray):
+    """a itself when it can be described without a copy (NumPy, DLPack, CUDA
+    array interface), else a NumPy array sharing its memory where possible."""
+    if isinstance(a, np.ndarray) or is_device_array(a):
         return a
-    if is_device_array(a):
+    if hasattr(a, "__dlpack__"):  # torch, JAX, CuPy, MLX: described from the DLPack capsule
         return a
     try:
         return np.asarray(a)
@@ -55,6 +117,8 @@ def as_array(a, name):
 
 def describe(a, name, writable=False):
     """Descriptor (ptr, dtype, shape, strides in elements) of an array without copying."""
+    if not isinstance(a, np.ndarray) and hasattr(a, "__dlpack__"):
+        return _describe_dlpack(a, name)
     if is_device_array(a):
         iface = a.__cuda_array_interface__
         code = _CUDA_TYPESTR.get(iface["typestr"])
