@@ -1,13 +1,12 @@
-/* Helpers of the random-API test: guarded buffers, strided layouts, and a
- * failure registry that prints the first few occurrences of each kind of
- * failure with the line that replays the case. Header-only (static): one
- * test includes it. */
+/* Shared by the files of the random-API test (tests/robustness): guarded
+ * buffers, strided layouts, random choices, the failure registry (each kind of
+ * failure printed a few times with the case and its replay line), the
+ * contexts, and the three case runners. */
 #ifndef QSDPA_FUZZ_UTIL_H
 #define QSDPA_FUZZ_UTIL_H
 
-#include <stdarg.h>
 #include <stdbool.h>
-#include <string.h>
+#include <stdint.h>
 
 #include "test_util.h"
 
@@ -18,7 +17,6 @@
  * copy of the whole allocation to prove that a call wrote nothing. */
 #define FUZZ_GUARD 64
 #define FUZZ_GUARD_BYTE 0xA5
-
 typedef struct gbuf {
     uint8_t *raw;  /* [GUARD + bytes + GUARD] */
     uint8_t *data; /* raw + GUARD: the body handed to qsdpa */
@@ -26,154 +24,61 @@ typedef struct gbuf {
     size_t bytes;  /* body size */
 } gbuf;
 
-static void gb_alloc(gbuf *g, size_t bytes) {
-    g->bytes = bytes ? bytes : 1;
-    g->raw = test_alloc(g->bytes + 2 * FUZZ_GUARD);
-    g->snap = test_alloc(g->bytes + 2 * FUZZ_GUARD);
-    memset(g->raw, FUZZ_GUARD_BYTE, g->bytes + 2 * FUZZ_GUARD);
-    g->data = g->raw + FUZZ_GUARD;
-    test_poison(g->data, g->bytes);
-}
+void gb_alloc(gbuf *g, size_t bytes);
+void gb_free(gbuf *g);
+void gb_snapshot(gbuf *g);
+void gb_restore(gbuf *g);       /* back to the snapshot */
+bool gb_unchanged(const gbuf *g); /* every byte (guards too) equals the snapshot */
+bool gb_guards_ok(const gbuf *g);
 
-static void gb_free(gbuf *g) {
-    free(g->raw);
-    free(g->snap);
-    memset(g, 0, sizeof *g);
-}
+/* ---- layouts ------------------------------------------------------------------
+ * fuzz_lay: strides of a tensor of extents ext (>= its shape: padding, cache
+ * capacity) in physical order ord (ord[0] outermost, the last logical dim
+ * innermost); returns the backing element count. */
+int64_t fuzz_lay(int rank, const int64_t *ext, const int *ord, int64_t *stride);
+void fuzz_order(test_rng *r, int rank, int *ord);                          /* random outer order */
+void fuzz_extents(test_rng *r, int rank, const int64_t *shape, bool pad, int64_t *ext);
+int64_t fuzz_offset(const qsdpa_tensor *t, const int64_t *idx);            /* element offset */
+bool fuzz_next(const qsdpa_tensor *t, int64_t *idx);                       /* next multi-index */
+bool fuzz_self_overlap(const qsdpa_tensor *t); /* brute force: two elements at one address? */
 
-static void gb_snapshot(gbuf *g) {
-    if (g->raw) memcpy(g->snap, g->raw, g->bytes + 2 * FUZZ_GUARD);
-}
-static void gb_restore(gbuf *g) {
-    if (g->raw) memcpy(g->raw, g->snap, g->bytes + 2 * FUZZ_GUARD);
-}
-static bool gb_unchanged(const gbuf *g) {
-    return !g->raw || memcmp(g->raw, g->snap, g->bytes + 2 * FUZZ_GUARD) == 0;
-}
-static bool gb_guards_ok(const gbuf *g) {
-    if (!g->raw) return true;
-    for (size_t i = 0; i < FUZZ_GUARD; i++)
-        if (g->raw[i] != FUZZ_GUARD_BYTE || g->raw[FUZZ_GUARD + g->bytes + i] != FUZZ_GUARD_BYTE) return false;
-    return true;
-}
+/* ---- random choices ----------------------------------------------------------- */
+bool chance(test_rng *r, double p);
+qsdpa_dtype any_float(test_rng *r);
+qsdpa_format random_format(test_rng *r);                   /* valid, SPEC 2 or plain */
+int64_t random_dim(test_rng *r, const qsdpa_format *f);    /* a valid head dim for f */
+/* A tensor of `shape` in a fresh guarded buffer with a random layout; fill it. */
+qsdpa_tensor alloc_tensor(test_rng *r, gbuf *g, qsdpa_dtype dt, int rank, const int64_t *shape, bool pad);
+void fill_tensor(test_rng *r, const qsdpa_tensor *t, double sigma);
+double spec_tol(qsdpa_dtype d); /* SPEC 4, in units of max|V| */
 
-/* ---- layouts -----------------------------------------------------------------
- * Strides of a tensor of logical `shape` stored with extents ext[d] >= shape[d]
- * (padding, cache capacity) in the physical order ord (ord[0] outermost; the
- * last logical dim is always innermost so it stays contiguous). Returns the
- * element count of the backing buffer. */
-static int64_t fuzz_lay(int rank, const int64_t *ext, const int *ord, int64_t *stride) {
-    int64_t s = 1;
-    for (int i = rank - 1; i >= 0; i--) {
-        stride[ord[i]] = s;
-        s *= ext[ord[i]];
-    }
-    return s;
-}
-
-/* A random physical order of the outer dims (identity 60% of the time). */
-static void fuzz_order(test_rng *r, int rank, int *ord) {
-    for (int d = 0; d < rank; d++) ord[d] = d;
-    if (test_rng_uniform(r) < 0.6) return;
-    for (int d = rank - 2; d > 0; d--) {
-        int e = (int)test_rng_int(r, 0, d), t = ord[d];
-        ord[d] = ord[e];
-        ord[e] = t;
-    }
-}
-
-/* Extents: shape plus random padding on some dims (when pad). */
-static void fuzz_extents(test_rng *r, int rank, const int64_t *shape, bool pad, int64_t *ext) {
-    for (int d = 0; d < rank; d++) ext[d] = shape[d] + (pad && test_rng_uniform(r) < 0.4 ? test_rng_int(r, 1, 3) : 0);
-}
-
-/* Element offset of multi-index idx. */
-static int64_t fuzz_offset(const qsdpa_tensor *t, const int64_t *idx) {
-    int64_t o = 0;
-    for (int d = 0; d < t->rank; d++) o += idx[d] * t->stride[d];
-    return o;
-}
-
-/* Advance a multi-index over t's shape; false after the last element. */
-static bool fuzz_next(const qsdpa_tensor *t, int64_t *idx) {
-    for (int d = t->rank - 1; d >= 0; d--) {
-        if (++idx[d] < t->shape[d]) return true;
-        idx[d] = 0;
-    }
-    return false;
-}
-
-/* Does any element of t (rank 1..4, small) share an address with another?
- * Brute force: the independent oracle for the validator's overlap rule. */
-static bool fuzz_self_overlap(const qsdpa_tensor *t) {
-    int64_t n = 1, idx[4] = {0, 0, 0, 0};
-    for (int d = 0; d < t->rank; d++) n *= t->shape[d];
-    int64_t *offs = test_alloc((size_t)n * sizeof *offs), k = 0;
-    do offs[k++] = fuzz_offset(t, idx);
-    while (fuzz_next(t, idx));
-    bool dup = false;
-    for (int64_t i = 0; i < n && !dup; i++) /* n is small: quadratic is fine */
-        for (int64_t j = i + 1; j < n && !dup; j++) dup = offs[i] == offs[j];
-    free(offs);
-    return dup;
-}
-
-/* ---- failures ------------------------------------------------------------------
- * Each failure has a short kind; the first FUZZ_PRINT of each kind are printed
- * with the case description and the replay line, the rest only counted. */
-#define FUZZ_KINDS 96
-#ifndef FUZZ_PRINT
-#define FUZZ_PRINT 3
-#endif
-static struct { char kind[96]; int count; char first[900]; } fuzz_kinds[FUZZ_KINDS];
-static int fuzz_nkinds;
-static uint64_t fuzz_seed;
-static int64_t fuzz_case_index;
-static char fuzz_case_desc[700]; /* what the current case is, for the report */
-
-static void fuzz_fail(const char *kind, const char *fmt, ...)
+/* ---- failures ------------------------------------------------------------------ */
+enum { EXPECT_OK, EXPECT_ERR, EXPECT_ANY }; /* what this test's own reading of SPEC 5 says */
+extern uint64_t fuzz_seed;
+extern int64_t fuzz_case_index;
+extern char fuzz_case_desc[700]; /* the current case, printed with its failures */
+void fuzz_fail(const char *kind, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
-static void fuzz_fail(const char *kind, const char *fmt, ...) {
-    test_failures++;
-    int k = 0;
-    while (k < fuzz_nkinds && strcmp(fuzz_kinds[k].kind, kind) != 0) k++;
-    if (k == fuzz_nkinds && fuzz_nkinds < FUZZ_KINDS) {
-        snprintf(fuzz_kinds[k].kind, sizeof fuzz_kinds[k].kind, "%s", kind);
-        fuzz_nkinds++;
-    }
-    char msg[600];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    int count = k < FUZZ_KINDS ? ++fuzz_kinds[k].count : FUZZ_PRINT + 1;
-    if (count == 1)
-        snprintf(fuzz_kinds[k].first, sizeof fuzz_kinds[k].first, "case %lld: %s", (long long)fuzz_case_index, msg);
-    if (count > FUZZ_PRINT) return;
-    fprintf(stderr,
-            "FAIL [%s] %s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./test_random_api\n",
-            kind, msg, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index);
-}
+void fuzz_report(void);
+/* A failing call's message must start with "<function>: " and say something. */
+void fuzz_check_message(const char *function, qsdpa_status st);
 
-static void fuzz_report(void) {
-    if (!fuzz_nkinds) return;
-    fprintf(stderr, "\n==== robustness failures by kind ====\n");
-    for (int k = 0; k < fuzz_nkinds; k++)
-        fprintf(stderr, "%6d x [%s]\n         first: %s\n", fuzz_kinds[k].count, fuzz_kinds[k].kind,
-                fuzz_kinds[k].first);
-}
+/* ---- run-wide state (test_random_api.c) ------------------------------------------ */
+#define FUZZ_MAX_CTX 16
+extern qsdpa_context *fuzz_ctx_ref;  /* forced "cpu.reference" */
+extern qsdpa_context *fuzz_ctx_auto; /* auto selection, 3 threads */
+extern qsdpa_context *fuzz_ctx_forced[FUZZ_MAX_CTX]; /* every other usable CPU kernel */
+extern const char *fuzz_forced_name[FUZZ_MAX_CTX];
+extern int fuzz_n_forced;
+typedef struct fuzz_stats_t { int64_t ok, rejected, kernel_runs, slices, quantized, merged; } fuzz_stats_t;
+extern fuzz_stats_t fuzz_stats; /* outcome counts, printed at the end */
 
-/* The checks every failing call must pass: a message that starts with
- * "<function>: " and says something. */
-static void fuzz_check_message(const char *function, qsdpa_status st) {
-    const char *m = qsdpa_last_error();
-    size_t n = strlen(function);
-    if (!m || strncmp(m, function, n) != 0 || m[n] != ':' || strlen(m) < n + 4)
-        fuzz_fail("error message does not start with the function name",
-                  "%s returned %s with message \"%s\"", function, qsdpa_status_string(st), m ? m : "(null)");
-}
+/* ---- the case runners --------------------------------------------------------------- */
+void run_attention_case(test_rng *r, int64_t index, bool verbose); /* fuzz_attention.c */
+void run_rows_case(test_rng *r, int64_t index, bool verbose);      /* fuzz_rows.c */
+void run_merge_case(test_rng *r, int64_t index, bool verbose);     /* fuzz_merge.c */
 
 #endif

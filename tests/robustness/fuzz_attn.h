@@ -1,0 +1,41 @@
+/* One random attention case of the random-API test: K/V tensors quantized
+ * into strided buffers, the call's descriptors, and its deliberate fault. */
+#ifndef QSDPA_FUZZ_ATTN_H
+#define QSDPA_FUZZ_ATTN_H
+
+#include "fuzz_util.h"
+
+/* One K or V tensor. */
+typedef struct kvdata {
+    qsdpa_format f;
+    qsdpa_dtype sd;  /* element type of scales (and biases) */
+    int64_t words;   /* codes per row: u32 words, or plain elements */
+    int64_t groups;  /* scales per row */
+    gbuf codes, scales, biases;
+    qsdpa_qtensor t; /* [B, H, Lk, *] view of [B, H, cap, *] buffers (ord, padding) */
+} kvdata;
+
+typedef struct acase {
+    int64_t B, Hq, Hkv, Lq, Lk, cap, Dk, Dv;
+    qsdpa_dtype qd;
+    kvdata k, v;
+    gbuf q, out, lse, mask, sinks, spare;
+    qsdpa_tensor tq, tout, tlse, tmask, tsinks;
+    qsdpa_attention_params prm;
+    bool use_mask, use_sinks, partial, null_params, null_ctx, null_q, null_k, null_v, null_out, null_lse;
+    bool v_is_k;   /* v passed as k's descriptor (aliasing inputs) */
+    bool mask_inf; /* the additive mask holds -inf entries */
+    gbuf *out_buf; /* the buffer out points into (c->out, or an input's when aliased) */
+    int expect;
+    char mut[240]; /* the deliberate fault, "" when none */
+} acase;
+
+size_t code_esize(const qsdpa_format *f);       /* bytes of one code element: 4, or the plain dtype's */
+double kv_max_abs(const qsdpa_qtensor *t);      /* max |dequantized value| over the view */
+void gen_case(test_rng *r, acase *c);           /* a valid call */
+void gen_mask(test_rng *r, acase *c);
+void attn_mutate(test_rng *r, acase *c);        /* one deliberate fault, c->expect set */
+void describe(const acase *c);                  /* into fuzz_case_desc */
+void acase_free(acase *c);
+
+#endif
