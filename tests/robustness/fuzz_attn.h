@@ -25,6 +25,7 @@ typedef struct acase {
     bool use_mask, use_sinks, partial, null_params, null_ctx, null_q, null_k, null_v, null_out, null_lse;
     bool v_is_k;   /* v passed as k's descriptor (aliasing inputs) */
     bool mask_inf; /* the additive mask holds -inf entries */
+    bool sinks_inf; /* some head's sink is -inf */
     gbuf *out_buf; /* the buffer out points into (c->out, or an input's when aliased) */
     int expect;
     char mut[240]; /* the deliberate fault, "" when none */

@@ -181,6 +181,10 @@ void gen_case(test_rng *r, acase *c) {
         c->tsinks = alloc_tensor(r, &c->sinks, any_float(r), 1, hs, false);
         fill_tensor(r, &c->tsinks, 2.0);
         c->use_sinks = true;
+        if (chance(r, 0.1)) { /* a head without a sink: logit -inf (an extra column of weight 0) */
+            qsdpa_store_float(c->tsinks.data, c->tsinks.dtype, test_rng_int(r, 0, c->Hq - 1) * c->tsinks.stride[0], -INFINITY);
+            c->sinks_inf = true;
+        }
     }
     if (c->partial && chance(r, 0.6)) { /* a slice of a longer context */
         int64_t extra = test_rng_int(r, 1, 10);
@@ -226,7 +230,7 @@ void describe(const acase *c) {
     w += put_tensor(s + w, n - (size_t)w, "kcodes", &c->k.t.codes);
     w += put_tensor(s + w, n - (size_t)w, "vcodes", &c->v.t.codes);
     if (c->use_mask) w += put_tensor(s + w, n - (size_t)w, c->mask_inf ? "mask(with -inf)" : "mask", &c->tmask);
-    if (c->use_sinks) w += put_tensor(s + w, n - (size_t)w, "sinks", &c->tsinks);
+    if (c->use_sinks) w += put_tensor(s + w, n - (size_t)w, c->sinks_inf ? "sinks(with -inf)" : "sinks", &c->tsinks);
     if (c->mut[0]) snprintf(s + w, n - (size_t)w, " FAULT: %s", c->mut);
 }
 
