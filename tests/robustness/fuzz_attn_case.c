@@ -138,7 +138,7 @@ void gen_case(test_rng *r, acase *c) {
     memset(c, 0, sizeof *c);
     c->B = test_rng_int(r, 1, 2);
     c->Hkv = test_rng_int(r, 1, 2);
-    c->Hq = c->Hkv * test_rng_int(r, 1, 4);
+    c->Hq = c->Hkv * (chance(r, 0.9) ? test_rng_int(r, 1, 4) : test_rng_int(r, 5, 20)); /* GQA up to 20 (prefill tiles of 64/ratio rows) */
     c->Lq = chance(r, 0.85) ? test_rng_int(r, 1, 20) : test_rng_int(r, 17, 140); /* decode / prefill tiles */
     c->Lk = chance(r, 0.9) ? test_rng_int(r, 1, 48) : test_rng_int(r, 400, 1300); /* split-K above 512 */
     if (c->Lk > 64 || c->Lq > 20) c->B = 1, c->Hkv = 1, c->Hq = test_rng_int(r, 1, 2);
