@@ -12,3 +12,10 @@ add_test(NAME quality.real_tensors
 # NumPy's BLAS uses both cores for the model's matrix products.
 set_tests_properties(quality.smollm2_formats PROPERTIES LABELS quality TIMEOUT 900 PROCESSORS 2)
 set_tests_properties(quality.real_tensors PROPERTIES LABELS quality TIMEOUT 300)
+
+# test_real_kernels.c (a C test like any tests/<area>/test_*.c) reads the .npy files:
+# link the reader, and label it "real" so the sanitizer run includes it too.
+if(TARGET test_real_kernels)
+  target_link_libraries(test_real_kernels PRIVATE qsdpa_npy)
+  set_tests_properties(quality.test_real_kernels PROPERTIES LABELS real)
+endif()
