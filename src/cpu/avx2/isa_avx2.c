@@ -193,13 +193,13 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
     for (int64_t j = 0; j + 2 <= n; j += 2) {
         const char *row[2], *srow[2] = {NULL, NULL}, *brow[2] = {NULL, NULL};
-        __m256 a[2][4];
+        __m256 a[2][4], b[2][4]; /* b: the second half-chunk for NR == 1, so 4+ FMA chains stay in flight */
         __m128 bias[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
         for (int u = 0; u < 2; u++) {
             row[u] = k->codes + (j0 + j + u) * k->code_stride;
             if (!is_plain(F)) srow[u] = k->scales + (j0 + j + u) * k->scale_stride;
             if (has_bias(F)) brow[u] = k->biases + (j0 + j + u) * k->bias_stride;
-            for (int r = 0; r < 4; r++) a[u][r] = _mm256_setzero_ps();
+            for (int r = 0; r < 4; r++) a[u][r] = b[u][r] = _mm256_setzero_ps();
         }
         for (size_t g = 0; g < ng; g++) {
             const float *qg = q + (size_t)r0 * dim + g * G;
@@ -222,8 +222,13 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
                 }
                 for (int r = 0; r < NR; r++) {
                     __m256 qv = _mm256_loadu_ps(qg + (size_t)r * dim + e + 8);
-                    a[0][r] = _mm256_fmadd_ps(c1, qv, a[0][r]);
-                    a[1][r] = _mm256_fmadd_ps(d1, qv, a[1][r]);
+                    if (NR == 1) {
+                        b[0][r] = _mm256_fmadd_ps(c1, qv, b[0][r]);
+                        b[1][r] = _mm256_fmadd_ps(d1, qv, b[1][r]);
+                    } else {
+                        a[0][r] = _mm256_fmadd_ps(c1, qv, a[0][r]);
+                        a[1][r] = _mm256_fmadd_ps(d1, qv, a[1][r]);
+                    }
                 }
             }
             if (has_bias(F)) {
@@ -233,6 +238,8 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
             }
         }
         for (int u = 0; u < 2; u++) {
+            if (NR == 1)
+                for (int r = 0; r < NR; r++) a[u][r] = _mm256_add_ps(a[u][r], b[u][r]);
             __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[u][0], a[u][1]), _mm256_hadd_ps(a[u][2], a[u][3]));
             __m128 sum = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias[u]);
             float *out = scores + (j + u) * nq + r0;
@@ -275,7 +282,25 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             }
             const char *row = v->codes + j0 * v->code_stride + e * codebytes(F) / 8;
             bool last = e + 16 == dim;
-            for (int64_t j = 0; j < n; j++, row += v->code_stride) {
+            int64_t j = 0;
+            if (NR == 1) { /* two keys per step into separate sums: 4+ FMA chains in flight */
+                __m256 x0[2], x1[2];
+                for (int r = 0; r < NR; r++) x0[r] = x1[r] = _mm256_setzero_ps();
+                for (; j + 2 <= n; j += 2, row += 2 * v->code_stride) {
+                    __m256 c0, c1, d0, d1;
+                    decode16(F, row, 0, last, &c0, &c1);
+                    decode16(F, row + v->code_stride, 0, last, &d0, &d1);
+                    for (int r = 0; r < NR; r++) {
+                        __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r), wu = _mm256_broadcast_ss(ws + 4 * j + 4 + r);
+                        a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
+                        a1[r] = _mm256_fmadd_ps(c1, wv, a1[r]);
+                        x0[r] = _mm256_fmadd_ps(d0, wu, x0[r]);
+                        x1[r] = _mm256_fmadd_ps(d1, wu, x1[r]);
+                    }
+                }
+                for (int r = 0; r < NR; r++) a0[r] = _mm256_add_ps(a0[r], x0[r]), a1[r] = _mm256_add_ps(a1[r], x1[r]);
+            }
+            for (; j < n; j++, row += v->code_stride) {
                 __m256 c0, c1;
                 decode16(F, row, 0, last, &c0, &c1);
                 for (int r = 0; r < NR; r++) {
