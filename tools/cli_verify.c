@@ -16,10 +16,11 @@
 static void help(void) {
     printf("usage: qsdpa verify [--quick] [--cases N] [--seed S] [--verbose]\n\n"
            "Randomized check of every usable kernel-table row against the double-precision\n"
-           "reference (cpu.reference): formats (every affine bits x group, mxfp4, mxfp8, nvfp4,\n"
-           "plain f32/f16/bf16, mixed K/V formats) x q dtypes f32/f16/bf16, with random head dims\n"
-           "(64/96/128/192/256, Dk 192/Dv 128), Lk, Lq (1/4/16/37), GQA 1/4/8, masks (none, bool,\n"
-           "additive, broadcast), causal, window, sinks. Pass: max|out - ref| <= tol x max|V| with\n"
+           "reference (cpu.reference): formats (every affine bits x group, mxfp4, mxfp8, nvfp4\n"
+           "with and without a global scale (+G), plain f32/f16/bf16, mixed K/V formats) x q dtypes\n"
+           "f32/f16/bf16, with random head dims (64/96/128/192/256, Dk 192/Dv 128), Lk, Lq\n"
+           "(1/4/16/37), GQA 1/4/8, masks (none, bool, additive, broadcast), causal, window, sinks,\n"
+           "K/V as views of a larger cache. Pass: max|out - ref| <= tol x max|V| with\n"
            "tol 2e-5 (f32), 2e-3 (f16), 1.6e-2 (bf16). CUDA rows run when a device exists.\n"
            "Prints one line per K format x V format x q dtype x kernel; exit 1 on any failure.\n\n"
            "  --quick       one small case per format x dtype (a few seconds)\n"
@@ -40,8 +41,21 @@ static const format_pair format_pairs[] = {
     {"mxfp4", "mxfp4"},               {"mxfp8", "mxfp8"},               {"nvfp4", "nvfp4"},
     {"f32", "f32"},                   {"f16", "f16"},                   {"bf16", "bf16"},
     {"affine:8:64", "affine:4:64"},   {"mxfp8", "mxfp4"},               {"affine:4:32", "nvfp4"},
-    {"f16", "affine:4:64"},
+    {"f16", "affine:4:64"},           {"nvfp4+G", "nvfp4+G"},
 };
+/* "+G": nvfp4 with a per-tensor global scale (SPEC 2). 0.45 is about the largest
+ * |value| of 0.1*N(0,1) data, the amax a caller would pass. */
+#define GLOBAL_SCALE 0.45f
+
+static qsdpa_status parse_label(const char *label, qsdpa_format *f) {
+    char text[32];
+    size_t n = strcspn(label, "+");
+    snprintf(text, sizeof text, "%.*s", (int)n, label);
+    qsdpa_status st = qsdpa_format_parse(text, f);
+    if (st == QSDPA_OK && strcmp(label + n, "+G") == 0) f->global_scale = GLOBAL_SCALE;
+    return st;
+}
+
 #define PAIR_COUNT ((int)(sizeof format_pairs / sizeof format_pairs[0]))
 static const qsdpa_dtype q_dtypes[3] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};
 
@@ -264,8 +278,7 @@ int cli_verify(int argc, char **argv) {
     uint64_t rng = vf.seed;
     for (int pair = 0; pair < PAIR_COUNT && !rc; pair++) {
         qsdpa_format kf, vfmt;
-        if (qsdpa_format_parse(format_pairs[pair].k, &kf) != QSDPA_OK ||
-            qsdpa_format_parse(format_pairs[pair].v, &vfmt) != QSDPA_OK) {
+        if (parse_label(format_pairs[pair].k, &kf) != QSDPA_OK || parse_label(format_pairs[pair].v, &vfmt) != QSDPA_OK) {
             rc = cli_library_error(CMD, "qsdpa_format_parse", QSDPA_ERR_PARSE);
             break;
         }
