@@ -31,6 +31,7 @@ static void help(void) {
            "            when present, D/k_biases.npy, D/v_biases.npy, D/mask.npy, D/sinks.npy\n"
            "  --format F       K and V format: affine:BITS:GROUP, mxfp4, mxfp8, nvfp4, f32, f16, bf16\n"
            "  --scale S        default 1/sqrt(Dk)\n"
+           "  --k-global-scale G, --v-global-scale G   nvfp4 per-tensor global scale (SPEC 2)\n"
            "  --window W       sliding window (with --causal)\n"
            "  --kernel NAME    force a kernel-table row (see qsdpa info), e.g. cpu.reference\n"
            "exit: 0 ok, 1 library or file error (message printed), 2 bad usage\n");
@@ -49,6 +50,7 @@ typedef struct {
     bool causal, have_scale, q_bf16, scale_bf16;
     int64_t window;
     float scale;
+    float k_global, v_global; /* nvfp4 per-tensor global scales G (0 = none) */
     int threads;
     qsdpa_backend backend;
 } run_options;
@@ -93,6 +95,10 @@ static int parse(int argc, char **argv, run_options *o, bool *help_shown) {
             if (!(rc = cli_parse_format(CMD, "--k-format", v, &o->kf))) o->k_format = v;
         } else if (cli_opt(argc, argv, &i, "--v-format", &v)) {
             if (!(rc = cli_parse_format(CMD, "--v-format", v, &o->vf))) o->v_format = v;
+        } else if (cli_opt(argc, argv, &i, "--k-global-scale", &v)) {
+            rc = cli_parse_float(CMD, "--k-global-scale", v, &o->k_global);
+        } else if (cli_opt(argc, argv, &i, "--v-global-scale", &v)) {
+            rc = cli_parse_float(CMD, "--v-global-scale", v, &o->v_global);
         } else if (strcmp(a, "--causal") == 0) o->causal = true;
         else if (cli_opt(argc, argv, &i, "--window", &v)) rc = cli_parse_i64(CMD, "--window", v, 0, INT64_MAX, &o->window);
         else if (cli_opt(argc, argv, &i, "--scale", &v)) {
@@ -113,6 +119,8 @@ static int parse(int argc, char **argv, run_options *o, bool *help_shown) {
         } else rc = cli_unknown_arg(CMD, a);
     }
     if (rc) return rc;
+    o->kf.global_scale = o->k_global; /* checked by the library (nvfp4 only, > 0) */
+    o->vf.global_scale = o->v_global;
     if (!fmt && !(o->k_format && o->v_format))
         return cli_usage_error(CMD, "the formats are missing: give --format F, or --k-format F and --v-format F");
     if (!o->out) return cli_usage_error(CMD, "--out OUT.npy is missing");
