@@ -189,7 +189,8 @@ static int dtype_of(const run_options *o, int t, const qsdpa_npy_array *a, qsdpa
                    t == T_MASK || t == T_SINKS || (t == T_K && o->kf.mode == QSDPA_MODE_PLAIN) ||
                    (t == T_V && o->vf.mode == QSDPA_MODE_PLAIN);
     if (a->type == QSDPA_NPY_U2 && !bf16_ok)
-        return file_error(o->path[t], "is uint16; bf16 data needs %s bf16", t == T_Q ? "--q-dtype" : "--scale-dtype");
+        return cli_usage_error(CMD, "%s '%s' is uint16: for bf16 data pass %s bf16", tensor_flags[t], o->path[t],
+                               t == T_Q ? "--q-dtype" : "--scale-dtype");
     int d = qsdpa_npy_type_dtype(a->type);
     if (d < 0) return file_error(o->path[t], "has an element type (%s) qsdpa cannot use", qsdpa_npy_type_descr(a->type));
     *out = (qsdpa_dtype)d;

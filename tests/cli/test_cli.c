@@ -1,13 +1,21 @@
 /* The `qsdpa` tool end to end: help texts, exit code 2 with the flag named on
  * bad arguments, `info` listing every kernel-table row, `verify --quick`
- * passing, `demo --context 512` running, `run` failing cleanly on a missing file. */
+ * passing, `demo --context 512` running, `run` failing cleanly on a missing
+ * file and, on .npy files written here, agreeing with the in-process
+ * reference (f16 q, K affine 8-bit with bf16 scales, V mxfp4, rank-2 bool
+ * mask, sinks). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "test_util.h"
+#ifdef QSDPA_CLI_HAVE_NPY
+#include "npy.h"
+#endif
 
 #ifndef QSDPA_CLI_EXE
 /* tests/cli/tests.cmake passes the executable's path; without the tool
@@ -116,11 +124,122 @@ static void test_verify_demo_run(void) {
            "/nonexistent-qsdpa-dir", NULL);
 }
 
+
+#ifdef QSDPA_CLI_HAVE_NPY
+/* Write q/k/v/mask/sinks as .npy in dir, run `qsdpa run --dir`, compare out.npy
+ * with qsdpa_attention through the reference kernel on the same bytes. */
+static void test_run_roundtrip(void) {
+    enum { B = 1, HQ = 4, HKV = 2, LQ = 3, LK = 77, D = 128, KW = D * 8 / 32, VW = D * 4 / 32 };
+    test_rng rng;
+    test_rng_init(&rng, test_seed() + 17);
+    char dir[] = "/tmp/qsdpa_cli_run_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp failed");
+    uint16_t *q = test_alloc(sizeof(uint16_t) * B * HQ * LQ * D);
+    float *k = test_alloc(sizeof(float) * B * HKV * LK * D), *v = test_alloc(sizeof(float) * B * HKV * LK * D);
+    uint32_t *kc = test_alloc(4 * B * HKV * LK * KW), *vc = test_alloc(4 * B * HKV * LK * VW);
+    uint16_t *ks = test_alloc(2 * B * HKV * LK * (D / 64)), *kb = test_alloc(2 * B * HKV * LK * (D / 64));
+    uint8_t *vs = test_alloc(B * HKV * LK * (D / 32)), *mask = test_alloc(LQ * LK);
+    float sinks[HQ];
+    test_fill_normal(&rng, q, QSDPA_DTYPE_F16, B * HQ * LQ * D, 0.1);
+    test_fill_normal(&rng, k, QSDPA_DTYPE_F32, B * HKV * LK * D, 0.1);
+    test_fill_normal(&rng, v, QSDPA_DTYPE_F32, B * HKV * LK * D, 0.1);
+    for (int i = 0; i < LQ * LK; i++) mask[i] = test_rng_uniform(&rng) >= 0.2;
+    for (int h = 0; h < HQ; h++) sinks[h] = (float)test_rng_normal(&rng);
+    qsdpa_format kf, vf;
+    CHECK(qsdpa_format_parse("affine:8:64", &kf) == QSDPA_OK && qsdpa_format_parse("mxfp4", &vf) == QSDPA_OK,
+          "format parse failed");
+    CHECK(qsdpa_quantize(&kf, k, QSDPA_DTYPE_F32, B * HKV * LK, D, kc, ks, kb, QSDPA_DTYPE_BF16) == QSDPA_OK,
+          "quantize K: %s", qsdpa_last_error());
+    CHECK(qsdpa_quantize(&vf, v, QSDPA_DTYPE_F32, B * HKV * LK, D, vc, vs, NULL, QSDPA_DTYPE_U8) == QSDPA_OK,
+          "quantize V: %s", qsdpa_last_error());
+    struct { const char *name; qsdpa_npy_type type; int rank; int64_t shape[4]; const void *data; } files[] = {
+        {"q.npy", QSDPA_NPY_F2, 4, {B, HQ, LQ, D}, q},
+        {"k.npy", QSDPA_NPY_U4, 4, {B, HKV, LK, KW}, kc},
+        {"k_scales.npy", QSDPA_NPY_U2, 4, {B, HKV, LK, D / 64}, ks},
+        {"k_biases.npy", QSDPA_NPY_U2, 4, {B, HKV, LK, D / 64}, kb},
+        {"v.npy", QSDPA_NPY_U4, 4, {B, HKV, LK, VW}, vc},
+        {"v_scales.npy", QSDPA_NPY_U1, 4, {B, HKV, LK, D / 32}, vs},
+        {"mask.npy", QSDPA_NPY_B1, 2, {LQ, LK}, mask},
+        {"sinks.npy", QSDPA_NPY_F4, 1, {HQ}, sinks},
+    };
+    char path[256], args[512];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i].name);
+        CHECK(qsdpa_npy_write(path, files[i].type, files[i].rank, files[i].shape, files[i].data) == QSDPA_OK,
+              "writing %s: %s", path, qsdpa_npy_error());
+    }
+    snprintf(args, sizeof args, "run --dir %s --k-format affine:8:64 --v-format mxfp4 --out %s/out.npy", dir, dir);
+    expect(args, 2, "--scale-dtype", NULL); /* bf16 scales travel as uint16: the flag is required */
+    snprintf(args, sizeof args,
+             "run --dir %s --k-format affine:8:64 --v-format mxfp4 --scale-dtype bf16 --threads 2 --out %s/out.npy",
+             dir, dir);
+    expect(args, 0, NULL, NULL);
+
+    /* The same problem in process, through the reference kernel. */
+    qsdpa_tensor tq = qsdpa_tensor_4d(q, QSDPA_DTYPE_F16, B, HQ, LQ, D);
+    qsdpa_qtensor tk = {kf, qsdpa_tensor_4d(kc, QSDPA_DTYPE_U32, B, HKV, LK, KW),
+                        qsdpa_tensor_4d(ks, QSDPA_DTYPE_BF16, B, HKV, LK, D / 64),
+                        qsdpa_tensor_4d(kb, QSDPA_DTYPE_BF16, B, HKV, LK, D / 64), D};
+    qsdpa_qtensor tv = {vf, qsdpa_tensor_4d(vc, QSDPA_DTYPE_U32, B, HKV, LK, VW),
+                        qsdpa_tensor_4d(vs, QSDPA_DTYPE_U8, B, HKV, LK, D / 32), {0}, D};
+    tv.biases.dtype = QSDPA_DTYPE_U8;
+    int64_t mshape[2] = {LQ, LK}, hq = HQ;
+    qsdpa_tensor tmask = qsdpa_tensor_make(mask, QSDPA_DTYPE_BOOL, 2, mshape);
+    qsdpa_tensor tsinks = qsdpa_tensor_make(sinks, QSDPA_DTYPE_F32, 1, &hq);
+    qsdpa_attention_params params = qsdpa_attention_default_params();
+    params.scale = 1.0f / sqrtf((float)D);
+    params.mask = &tmask;
+    params.sinks = &tsinks;
+    uint16_t *ref = test_alloc(2 * B * HQ * LQ * D);
+    test_poison(ref, 2 * B * HQ * LQ * D);
+    qsdpa_tensor tref = qsdpa_tensor_4d(ref, QSDPA_DTYPE_F16, B, HQ, LQ, D);
+    qsdpa_context_options opt = qsdpa_context_default_options();
+    opt.kernel = "cpu.reference";
+    qsdpa_context *ctx = NULL;
+    CHECK(qsdpa_context_create(&opt, &ctx) == QSDPA_OK, "context: %s", qsdpa_last_error());
+    CHECK(ctx && qsdpa_attention(ctx, &tq, &tk, &tv, &params, &tref) == QSDPA_OK, "reference: %s",
+          qsdpa_last_error());
+    qsdpa_context_destroy(ctx);
+
+    qsdpa_npy_array out = {0};
+    snprintf(path, sizeof path, "%s/out.npy", dir);
+    CHECK(qsdpa_npy_read(path, &out) == QSDPA_OK, "reading %s: %s", path, qsdpa_npy_error());
+    if (out.data) {
+        CHECK(out.type == QSDPA_NPY_F2 && out.rank == 4 && out.shape[0] == B && out.shape[1] == HQ &&
+                  out.shape[2] == LQ && out.shape[3] == D,
+              "out.npy has type %d rank %d, want f16 [%d,%d,%d,%d]", (int)out.type, out.rank, B, HQ, LQ, D);
+        double worst = 0.0, max_v = 0.0;
+        float *vd = test_alloc(sizeof(float) * B * HKV * LK * D);
+        qsdpa_dequantize(&vf, vc, vs, NULL, QSDPA_DTYPE_U8, B * HKV * LK, D, vd, QSDPA_DTYPE_F32);
+        for (int i = 0; i < B * HKV * LK * D; i++) max_v = fmax(max_v, fabs(vd[i]));
+        for (int64_t i = 0; i < out.count && i < B * HQ * LQ * D; i++) {
+            double e = fabs((double)qsdpa_load_float(out.data, QSDPA_DTYPE_F16, i) - qsdpa_load_float(ref, QSDPA_DTYPE_F16, i));
+            worst = isnan(e) || e > worst ? (isnan(e) ? INFINITY : e) : worst;
+        }
+        CHECK(worst <= 2e-3 * max_v, "qsdpa run vs reference: max error %g > 2e-3 * max|V| = %g", worst, 2e-3 * max_v);
+        printf("run round trip: max error %.3g (tolerance %.3g)\n", worst, 2e-3 * max_v);
+        free(vd);
+    }
+    qsdpa_npy_free(&out);
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i].name);
+        remove(path);
+    }
+    snprintf(path, sizeof path, "%s/out.npy", dir);
+    remove(path);
+    rmdir(dir);
+    free(q), free(k), free(v), free(kc), free(vc), free(ks), free(kb), free(vs), free(mask), free(ref);
+}
+#else
+static void test_run_roundtrip(void) { printf("run round trip: not built (no tools/npy)\n"); }
+#endif
+
 int main(void) {
     test_help();
     test_bad_arguments();
     test_info();
     test_verify_demo_run();
+    test_run_roundtrip();
     return test_finish("test_cli");
 }
 #endif
