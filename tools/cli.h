@@ -40,6 +40,8 @@ int cli_parse_float(const char *cmd, const char *flag, const char *text, float *
 int cli_parse_format(const char *cmd, const char *flag, const char *text, qsdpa_format *out);
 int cli_parse_qdtype(const char *cmd, const char *flag, const char *text, qsdpa_dtype *out);
 int cli_parse_backend(const char *cmd, const char *flag, const char *text, qsdpa_backend *out);
+/* A kernel-table row name (NULL-free); *out points into text. */
+int cli_parse_kernel(const char *cmd, const char *flag, const char *text, const char **out);
 /* Print the library's last error for a failed call and return CLI_EXIT_FAIL. */
 int cli_library_error(const char *cmd, const char *what, qsdpa_status st);
 

@@ -110,6 +110,18 @@ int cli_parse_backend(const char *cmd, const char *flag, const char *text, qsdpa
     return 0;
 }
 
+int cli_parse_kernel(const char *cmd, const char *flag, const char *text, const char **out) {
+    if (!text) return missing(cmd, flag);
+    for (int i = 0; i < qsdpa_kernel_count(); i++) {
+        qsdpa_kernel_info k;
+        if (qsdpa_kernel_get(i, &k) == QSDPA_OK && strcmp(k.name, text) == 0) {
+            *out = text;
+            return 0;
+        }
+    }
+    return cli_usage_error(cmd, "%s = '%s' is not a row of the kernel table (see 'qsdpa info')", flag, text);
+}
+
 int cli_library_error(const char *cmd, const char *what, qsdpa_status st) {
     fprintf(stderr, "qsdpa %s: %s failed: %s: %s\n", cmd, what, qsdpa_status_string(st), qsdpa_last_error());
     return CLI_EXIT_FAIL;

@@ -29,6 +29,7 @@ static void help(void) {
            "  --window W         sliding window of W keys (needs --causal)\n"
            "  --threads N        CPU threads (0 = all cores)\n"
            "  --backend B        cpu (default) or cuda\n"
+           "  --kernel NAME      force a kernel-table row (see qsdpa info) instead of the automatic choice\n"
            "  --runs N           timed runs, the median is printed (default: about 0.5 s worth)\n"
            "  --seed S           random seed (default: from the clock, printed)\n");
 }
@@ -37,6 +38,7 @@ typedef struct {
     cli_case c;
     int threads, runs;
     qsdpa_backend backend;
+    const char *kernel; /* forced kernel-table row, NULL = automatic */
     uint64_t seed;
 } demo_options;
 
@@ -78,6 +80,7 @@ static int parse(int argc, char **argv, demo_options *o, bool *help_shown) {
         else if (cli_opt(argc, argv, &i, "--runs", &v)) rc = cli_parse_int(CMD, "--runs", v, 1, 100000, &o->runs);
         else if (cli_opt(argc, argv, &i, "--backend", &v)) rc = cli_parse_backend(CMD, "--backend", v, &o->backend);
         else if (cli_opt(argc, argv, &i, "--seed", &v)) rc = cli_parse_u64(CMD, "--seed", v, &o->seed);
+        else if (cli_opt(argc, argv, &i, "--kernel", &v)) rc = cli_parse_kernel(CMD, "--kernel", v, &o->kernel);
         else rc = cli_unknown_arg(CMD, a);
     }
     if (rc) return rc;
@@ -115,11 +118,12 @@ static int run_reference(const cli_problem *p, const qsdpa_qtensor *k, const qsd
     return st == QSDPA_OK ? 0 : cli_library_error(CMD, "qsdpa_attention(cpu.reference)", st);
 }
 
-/* Run the automatic kernel: once for the output, then timed; *ms = median. */
+/* Run the automatic (or forced) kernel: once for the output, then timed; *ms = median. */
 static int run_fast(const demo_options *o, const cli_problem *host, void *out, const char **kernel, double *ms) {
     qsdpa_context_options opt = qsdpa_context_default_options();
     opt.backend = o->backend;
     opt.num_threads = o->threads;
+    opt.kernel = o->kernel;
     qsdpa_context *ctx = NULL;
     qsdpa_status st = qsdpa_context_create(&opt, &ctx);
     if (st != QSDPA_OK) return cli_library_error(CMD, "qsdpa_context_create", st);

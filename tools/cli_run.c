@@ -105,7 +105,7 @@ static int parse(int argc, char **argv, run_options *o, bool *help_shown) {
             rc = cli_parse_float(CMD, "--scale", v, &o->scale);
             o->have_scale = true;
         } else if (cli_opt(argc, argv, &i, "--kernel", &v)) {
-            if (!(o->kernel = v)) return cli_usage_error(CMD, "--kernel needs a kernel name (see qsdpa info)");
+            rc = cli_parse_kernel(CMD, "--kernel", v, &o->kernel);
         } else if (cli_opt(argc, argv, &i, "--threads", &v)) rc = cli_parse_int(CMD, "--threads", v, 0, 1024, &o->threads);
         else if (cli_opt(argc, argv, &i, "--backend", &v)) rc = cli_parse_backend(CMD, "--backend", v, &o->backend);
         else if (cli_opt(argc, argv, &i, "--q-dtype", &v)) {

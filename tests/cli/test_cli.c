@@ -88,6 +88,8 @@ static void test_bad_arguments(void) {
     expect("demo --heads-q 6 --heads-kv 4", 2, "--heads-q", NULL);
     expect("demo --window 8", 2, "--window", NULL);
     expect("demo --dim 96 --format affine:4:64", 2, "--dim", NULL);
+    expect("demo --kernel cpu.nosuch", 2, "--kernel", "cpu.nosuch");
+    expect("run --dir /tmp --format mxfp4 --kernel cpu.nosuch --out /tmp/x.npy", 2, "--kernel", "cpu.nosuch");
     expect("verify --cases 0", 2, "--cases", NULL);
     expect("verify --seed x1", 2, "--seed", "x1");
     expect("info --bogus", 2, "--bogus", NULL);
