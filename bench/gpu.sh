@@ -40,6 +40,20 @@ if [ "$MODE" != quick ]; then
   echo "bench rc=$?" >>"$OUT/bench.txt"
 fi
 
+if [ "$MODE" != quick ]; then
+  # compile-time variants of the same source, timed on the 32K matrix (bench quick)
+  for v in "64 3" "128 2"; do
+    set -- $v
+    VB=build-gpu-bn$1-mb$2
+    stamp "variant BN=$1 MIN_BLOCKS=$2" | tee -a "$OUT/bench.txt"
+    timeout 150 bash -c "cmake -S . -B $VB -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a -DQSDPA_BUILD_TOOLS=OFF \
+        -DQSDPA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_FLAGS='-DQSDPA_CUDA_BN=$1 -DQSDPA_CUDA_MIN_BLOCKS=$2' \
+        >/dev/null && cmake --build $VB -j16 --target qsdpa && nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
+        -Iinclude bench/bench_gpu.cu -L$VB -lqsdpa -Xlinker -rpath,$PWD/$VB -o $VB/bench_gpu" >>"$OUT/build.log" 2>&1
+    timeout 60 "$VB/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[bn$1 mb$2] /" >>"$OUT/bench.txt"
+  done
+fi
+
 stamp torch | tee "$OUT/torch.txt"
 timeout 100 python3 bench/torch_baselines/torch_decode.py >>"$OUT/torch.txt" 2>&1
 timeout 60 python3 bench/torch_baselines/torch_prefill.py >>"$OUT/torch.txt" 2>&1
@@ -63,9 +77,8 @@ grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|Invalid" "$OUT/sanitizer.log" | 
 if [ "$MODE" != quick ]; then
   stamp ncu | tee "$OUT/ncu.txt"
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-  timeout 60 "$NCU" --clock-control none -k regex:fast_attention --launch-skip 30 --launch-count 1 \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-    --section WarpStateStats "$B/bench_gpu" one affine4g64 1 32768 1 >>"$OUT/ncu.txt" 2>&1
+  timeout 90 "$NCU" --clock-control none -k regex:fast_attention --launch-skip 30 --launch-count 1 \
+    --set full "$B/bench_gpu" one affine4g64 1 32768 1 >>"$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?" >>"$OUT/ncu.txt"
 fi
 

@@ -27,7 +27,15 @@
 
 namespace qfast {
 
-constexpr int BN = 64;      /* keys per tile */
+/* Keys per tile and CTAs per SM the register budget is cut for. Compile-time
+ * knobs so the device script can time variants of one source (bench/NOTES.md). */
+#ifndef QSDPA_CUDA_BN
+#define QSDPA_CUDA_BN 64
+#endif
+#ifndef QSDPA_CUDA_MIN_BLOCKS
+#define QSDPA_CUDA_MIN_BLOCKS 2
+#endif
+constexpr int BN = QSDPA_CUDA_BN; /* keys per tile */
 constexpr int THREADS = 128;
 
 struct fast_params {
@@ -172,6 +180,20 @@ __device__ __forceinline__ void load_tile(const fast_params &p, char *stage, int
     }
 }
 
+/* n stored (scale, bias) -> half2; the dtype switch stays outside the loop. */
+template <class F>
+__device__ __forceinline__ void convert_group_table(const char *s, const char *z, half2 *out, int n, int dtype,
+                                                    float gscale, int tid) {
+    if constexpr (F::mode == QSDPA_MODE_AFFINE) {
+        if (dtype == QSDPA_DTYPE_F16) {
+            for (int i = tid; i < n; i += THREADS)
+                out[i] = __halves2half2(((const __half *)s)[i], ((const __half *)z)[i]);
+            return;
+        }
+    }
+    for (int i = tid; i < n; i += THREADS) out[i] = F::scale_bias(s, z, dtype, i, gscale);
+}
+
 /* Raw stored scales of a stage -> half2 {scale, bias} tables sbk [BN][GK], sbv [BN][GV]. */
 template <int DK, int DV, class FK, class FV>
 __device__ __forceinline__ void convert_scales(const fast_params &p, const char *stage, half2 *sbk, half2 *sbv, int tid) {
@@ -180,14 +202,12 @@ __device__ __forceinline__ void convert_scales(const fast_params &p, const char 
     const char *kz = ks + L::KS_BYTES;
     const char *vs = kz + L::KS_BYTES;
     const char *vz = vs + L::VS_BYTES;
-    for (int idx = tid; idx < BN * L::GK; idx += THREADS)
-        sbk[idx] = FK::scale_bias(ks, kz, p.k.scale_dtype, idx, p.k.global_scale);
-    for (int idx = tid; idx < BN * L::GV; idx += THREADS)
-        sbv[idx] = FV::scale_bias(vs, vz, p.v.scale_dtype, idx, p.v.global_scale);
+    convert_group_table<FK>(ks, kz, sbk, BN * L::GK, p.k.scale_dtype, p.k.global_scale, tid);
+    convert_group_table<FV>(vs, vz, sbv, BN * L::GV, p.v.scale_dtype, p.v.global_scale, tid);
 }
 
 template <int DK, int DV, class FK, class FV>
-__global__ void __launch_bounds__(THREADS, 2) fast_attention(const fast_params p) {
+__global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention(const fast_params p) {
     using L = layout<DK, DV, FK, FV>;
     constexpr int KSTEPS = DK / 16;           /* k16 steps of Q.K */
     constexpr int NT = DV / 8;                /* n8 tiles of P.V */
@@ -245,6 +265,10 @@ __global__ void __launch_bounds__(THREADS, 2) fast_attention(const fast_params p
         last[r] = (int)(ir[r] + p.key_total - p.lq - p.key_offset); /* last visible local key */
     }
 
+    /* last visible local key of the CTA's first and final query rows */
+    const int last_lo = (int)(f_cta / p.ratio + p.key_total - p.lq - p.key_offset);
+    const int last_hi = (int)((f_end - 1) / p.ratio + p.key_total - p.lq - p.key_offset);
+
     /* Q fragments, permuted to match the K pair order */
     uint32_t qa[KSTEPS][4];
     {
@@ -296,6 +320,10 @@ __global__ void __launch_bounds__(THREADS, 2) fast_attention(const fast_params p
         }
         const uint32_t *sk = (const uint32_t *)stage;
         const uint32_t *sv = (const uint32_t *)(stage + L::K_BYTES);
+        /* no mask, no end of range, every key visible to every row of the CTA: scores need no checks */
+        const bool plain_tile = p.mask_kind == QSDPA_MASK_NONE && (t + 1) * BN <= kend &&
+                                (!p.causal || ((t + 1) * BN - 1 <= last_lo &&
+                                               (p.window <= 0 || t * BN > last_hi - p.window)));
 
         for (int ch = wcol; ch < BN / 16; ch += wn_n) {
             /* S = Q K^T for 16 keys: two n8 tiles */
@@ -318,7 +346,8 @@ __global__ void __launch_bounds__(THREADS, 2) fast_attention(const fast_params p
                         kw[u] = *src;
                     }
                 }
-                sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+                /* two accumulators (even / odd k steps) halve the dependent mma chain */
+                float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
                 for (int wl = 0; wl < KWPT; wl++) {
                     const int word = (c4 + 4 * (wl / KUW)) * KUW + wl % KUW;
@@ -329,7 +358,7 @@ __global__ void __launch_bounds__(THREADS, 2) fast_attention(const fast_params p
 #pragma unroll
                         for (int pp = 0; pp < FK::U / 2; pp += 2) {
                             const int P = wl * (FK::U / 2) + pp; /* even: k step P/2 */
-                            mma16816(sc[nt], qa[P / 2], h2u(kv[pp]), h2u(kv[pp + 1]));
+                            mma16816(acc[(P / 2) & 1], qa[P / 2], h2u(kv[pp]), h2u(kv[pp + 1]));
                         }
                     } else if (wl & 1) {
                         /* one pair per word: words wl-1, wl form one k step */
@@ -338,9 +367,11 @@ __global__ void __launch_bounds__(THREADS, 2) fast_attention(const fast_params p
                                                                                   (wl - 1) % KUW) * FK::U / FK::group]
                                                              : __floats2half2_rn(1.f, 0.f),
                                    prev);
-                        mma16816(sc[nt], qa[(wl - 1) / 2], h2u(prev[0]), h2u(kv[0]));
+                        mma16816(acc[((wl - 1) / 2) & 1], qa[(wl - 1) / 2], h2u(prev[0]), h2u(kv[0]));
                     }
                 }
+#pragma unroll
+                for (int k = 0; k < 4; k++) sc[nt][k] = acc[0][k] + acc[1][k];
             }
             /* scale, mask, online softmax (rows gq and gq+8) */
             float mx[2];
@@ -353,7 +384,8 @@ __global__ void __launch_bounds__(THREADS, 2) fast_attention(const fast_params p
                     for (int e = 0; e < 2; e++) {
                         const int j = t * BN + ch * 16 + nt * 8 + 2 * c4 + e;
                         float s = sc[nt][2 * r + e] * p.scale_log2;
-                        if (j >= kend) s = -INFINITY;
+                        if (plain_tile) {
+                        } else if (j >= kend) s = -INFINITY;
                         else {
                             bool keep = true;
                             if (p.causal) keep = j <= last[r] && !(p.window > 0 && j <= last[r] - p.window);
