@@ -55,9 +55,12 @@ typedef struct cpu_kv_ops {
 typedef struct cpu_isa {
     const char *name; /* "c", "avx2" */
     const cpu_kv_ops *(*ops_for)(const cpu_rows *rows); /* never NULL */
-    /* s[i] = exp(s[i] - m[i % nm]) for i < n, returns nothing; m may hold -inf
-     * only where every matching s is -inf (those give 0). */
-    void (*exp_sub)(float *s, int64_t n, const float *m, int nm);
+    /* Softmax helpers over a key-major block s[n / nm][nm] (n a multiple of nm):
+     * row_max: out[r] = max_i s[i] over i % nm == r;
+     * exp_sub: s[i] = exp(s[i] - m[i % nm]) and sums[i % nm] += s[i]; m[r] may be -inf
+     * only where every s of row r is -inf (those give 0). */
+    void (*row_max)(const float *s, int64_t n, int nm, float *out);
+    void (*exp_sub)(float *s, int64_t n, const float *m, int nm, float *sums);
 } cpu_isa;
 
 extern const cpu_isa qsdpa_cpu_isa_c;

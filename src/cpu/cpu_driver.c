@@ -129,31 +129,11 @@ static void apply_masks(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int
     }
 }
 
-/* Largest of n values at stride `stride` (four chains: maxss latency, not the loop, bounds it). */
-static float strided_max(const float *s, int64_t n, int64_t stride) {
-    float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4)
-        for (int u = 0; u < 4; u++) m[u] = s[(j + u) * stride] > m[u] ? s[(j + u) * stride] : m[u];
-    for (; j < n; j++) m[0] = s[j * stride] > m[0] ? s[j * stride] : m[0];
-    float a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
-    return a > b ? a : b;
-}
-
-static float strided_sum(const float *s, int64_t n, int64_t stride) {
-    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4)
-        for (int u = 0; u < 4; u++) t[u] += s[(j + u) * stride];
-    for (; j < n; j++) t[0] += s[j * stride];
-    return (t[0] + t[1]) + (t[2] + t[3]);
-}
-
 /* Online softmax over one block: rescale the running state, turn scores into weights. */
 static void softmax_block(const plan *pl, buffers *bf, int64_t nr, int64_t n, int64_t dv) {
+    pl->isa->row_max(bf->s, n * nr, (int)nr, bf->mnew);
     for (int64_t r = 0; r < nr; r++) {
-        float bm = strided_max(bf->s + r, n, nr);
-        float mn = bm > bf->m[r] ? bm : bf->m[r];
+        float mn = bf->mnew[r] > bf->m[r] ? bf->mnew[r] : bf->m[r];
         if (mn > bf->m[r] && bf->m[r] != -INFINITY) {
             float alpha = expf(bf->m[r] - mn);
             bf->l[r] *= alpha;
@@ -163,8 +143,7 @@ static void softmax_block(const plan *pl, buffers *bf, int64_t nr, int64_t n, in
         bf->m[r] = mn;
         bf->mnew[r] = mn;
     }
-    pl->isa->exp_sub(bf->s, n * nr, bf->mnew, (int)nr);
-    for (int64_t r = 0; r < nr; r++) bf->l[r] += strided_sum(bf->s + r, n, nr);
+    pl->isa->exp_sub(bf->s, n * nr, bf->mnew, (int)nr, bf->l);
 }
 
 /* Sinks, normalisation, rounding: one output row (and its lse in partial mode).

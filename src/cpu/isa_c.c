@@ -44,14 +44,22 @@ static const cpu_kv_ops *ops_for_c(const cpu_rows *rows) {
     return &ops_c;
 }
 
-static void exp_sub_c(float *s, int64_t n, const float *m, int nm) {
-    for (int64_t i = 0; i < n; i++) {
-        float mi = m[i % nm];
-        s[i] = s[i] == -INFINITY ? 0.0f : expf(s[i] - mi);
-    }
+static void row_max_c(const float *s, int64_t n, int nm, float *out) {
+    for (int r = 0; r < nm; r++) out[r] = -INFINITY;
+    for (int64_t i0 = 0; i0 < n; i0 += nm)
+        for (int r = 0; r < nm; r++) out[r] = s[i0 + r] > out[r] ? s[i0 + r] : out[r];
 }
 
-const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, exp_sub_c};
+static void exp_sub_c(float *s, int64_t n, const float *m, int nm, float *sums) {
+    for (int64_t i0 = 0; i0 < n; i0 += nm)
+        for (int r = 0; r < nm; r++) {
+            float *x = s + i0 + r;
+            *x = *x == -INFINITY ? 0.0f : expf(*x - m[r]);
+            sums[r] += *x;
+        }
+}
+
+const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, row_max_c, exp_sub_c};
 
 qsdpa_status qsdpa_cpu_c_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_c_prefill(qsdpa_context *ctx, const qsdpa_problem *p);

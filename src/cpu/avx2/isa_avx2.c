@@ -474,23 +474,68 @@ static inline __m256 exp256(__m256 x) {
     return _mm256_andnot_ps(zero_mask, y);
 }
 
-static void exp_sub_avx2(float *s, int64_t n, const float *m, int nm) {
+/* Fold the 8 lanes of v into nm (1, 2, 4 or 8) row values with op (lane l holds row l % nm). */
+static __m256 fold_lanes(__m256 v, int nm, bool is_max) {
+    if (nm <= 4) {
+        __m256 w = _mm256_permute2f128_ps(v, v, 1);
+        v = is_max ? _mm256_max_ps(v, w) : _mm256_add_ps(v, w);
+    }
+    if (nm <= 2) {
+        __m256 w = _mm256_shuffle_ps(v, v, _MM_SHUFFLE(1, 0, 3, 2));
+        v = is_max ? _mm256_max_ps(v, w) : _mm256_add_ps(v, w);
+    }
+    if (nm == 1) {
+        __m256 w = _mm256_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+        v = is_max ? _mm256_max_ps(v, w) : _mm256_add_ps(v, w);
+    }
+    return v;
+}
+
+static void row_max_avx2(const float *s, int64_t n, int nm, float *out) {
+    for (int r = 0; r < nm; r++) out[r] = -INFINITY;
+    int64_t i = 0;
+    if (nm <= 8 && 8 % nm == 0) { /* 1, 2, 4, 8 rows: lane l of every vector is row l % nm */
+        __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+        for (; i + 16 <= n; i += 16) {
+            m0 = _mm256_max_ps(m0, _mm256_loadu_ps(s + i));
+            m1 = _mm256_max_ps(m1, _mm256_loadu_ps(s + i + 8));
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, fold_lanes(_mm256_max_ps(m0, m1), nm, true));
+        for (int r = 0; r < nm; r++) out[r] = lanes[r];
+    }
+    for (; i < n; i++) out[i % nm] = s[i] > out[i % nm] ? s[i] : out[i % nm];
+}
+
+static void exp_sub_avx2(float *s, int64_t n, const float *m, int nm, float *sums) {
     float mf[8]; /* the maxima with -inf read as 0 (a row without keys: its -inf scores stay -inf) */
     int64_t i = 0;
     if (nm <= 8 && 8 % nm == 0) { /* 1, 2, 4, 8 rows: one vector of maxima, repeated */
         for (int r = 0; r < 8; r++) mf[r] = m[r % nm] == -INFINITY ? 0.0f : m[r % nm];
-        __m256 mv = _mm256_loadu_ps(mf);
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv)));
-        for (; i < n; i++) s[i] = s[i] - mf[i % 8] < -87.0f ? 0.0f : expf(s[i] - mf[i % 8]);
+        __m256 mv = _mm256_loadu_ps(mf), acc = _mm256_setzero_ps();
+        for (; i + 8 <= n; i += 8) {
+            __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv));
+            _mm256_storeu_ps(s + i, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, fold_lanes(acc, nm, false));
+        for (int r = 0; r < nm; r++) sums[r] += lanes[r];
+        for (; i < n; i++) {
+            s[i] = s[i] - mf[i % 8] < -87.0f ? 0.0f : expf(s[i] - mf[i % 8]);
+            sums[i % nm] += s[i];
+        }
         return;
     }
     for (int64_t i0 = 0; i0 < n; i0 += nm)
         for (int r = 0; r < nm; r++) s[i0 + r] -= m[r] == -INFINITY ? 0.0f : m[r];
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, exp256(_mm256_loadu_ps(s + i)));
     for (; i < n; i++) s[i] = s[i] < -87.0f ? 0.0f : expf(s[i]);
+    for (int64_t i0 = 0; i0 < n; i0 += nm)
+        for (int r = 0; r < nm; r++) sums[r] += s[i0 + r];
 }
 
-const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, exp_sub_avx2};
+const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, row_max_avx2, exp_sub_avx2};
 
 qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
