@@ -117,7 +117,7 @@ static struct { char kind[96]; int count; char first[900]; } fuzz_kinds[FUZZ_KIN
 static int fuzz_nkinds;
 uint64_t fuzz_seed;
 int64_t fuzz_case_index;
-char fuzz_case_desc[700]; /* what the current case is, for the report */
+char fuzz_case_desc[1400]; /* what the current case is, for the report */
 
 void fuzz_fail(const char *kind, const char *fmt, ...) {
     test_failures++;

@@ -56,7 +56,7 @@ double spec_tol(qsdpa_dtype d); /* SPEC 4, in units of max|V| */
 enum { EXPECT_OK, EXPECT_ERR, EXPECT_ANY }; /* what this test's own reading of SPEC 5 says */
 extern uint64_t fuzz_seed;
 extern int64_t fuzz_case_index;
-extern char fuzz_case_desc[700]; /* the current case, printed with its failures */
+extern char fuzz_case_desc[1400]; /* the current case, printed with its failures */
 void fuzz_fail(const char *kind, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
