@@ -5,7 +5,7 @@ format of the table, attention through the qsdpa Python package (required), and
 holds each format to limits set from the measured table (docs/QUALITY.md): 8-bit formats within 0.5% of f32 perplexity, the others within their measured
 degradation plus a margin. The margin covers the rounding lottery: a 1e-6 change in a
 key moves some values across a quantization boundary, and on 512 tokens that alone
-moves 8-bit perplexity by about 0.15% (docs/QUALITY.md, "Noise").
+moves 8-bit perplexity by up to 0.3% and 4-bit by up to 2.5% (docs/QUALITY.md, "Noise").
 Exit 0 = pass, 1 = a limit exceeded.
 """
 import os
@@ -28,23 +28,25 @@ F32_PPL = (0.99 * 16.90, 1.01 * 16.90)
 FIRST_IDS = [1589, 314, 253, 4569, 21902, 14494, 28, 338, 253, 2244, 555, 281, 13932, 282, 253, 1123]
 
 # name: (max perplexity increase in %, max mean KL vs f32, min top-1 agreement).
-# Measured 2026-11-25 on these 512 tokens through qsdpa and through the mlx oracle
-# (the two differ only by float rounding, yet by up to 3% in 4-bit perplexity and
-# 2 points of top-1: that is the noise). Limits: 8-bit formats 0.5% (the issue's
-# rule); others 1.25x the larger measured increase + 1 point; KL 1.25x the larger
-# measured; top-1 the smaller measured minus 3 points.
+# Measured 2026-11-25 on these 512 tokens five times: through qsdpa, through the mlx
+# oracle, and through qsdpa with every key scaled by 1+1e-6, 1-1e-6, 1+3e-6. Such
+# runs differ only by rounding, yet nvfp4 moved from +3.8% to +6.3% and top-1 by up
+# to 3 points: perplexity and top-1 are noisy, mean KL is stable to 5%. Limits:
+# 8-bit formats 0.5% perplexity (the issue's rule; measured -0.3% .. +0.2%); others
+# 1.5x the largest measured increase + 1 point; KL 1.25x the largest measured;
+# top-1 the smallest measured minus 5 points.
 LIMITS = {
-    "affine 8/g64": (0.5, 0.00046, 0.954),
-    "affine 4/g64": (17.0, 0.146, 0.745),
-    "affine 4/g32": (11.7, 0.0635, 0.82),
-    "affine 3/g64": (89.0, 0.714, 0.57),
-    "affine 2/g64": (2310.0, 3.93, 0.167),
-    "mxfp4": (23.4, 0.194, 0.727),
-    "mxfp8": (0.5, 0.0065, 0.915),
-    "nvfp4": (5.8, 0.0834, 0.817),
-    "K8V4 (g64)": (2.6, 0.0101, 0.909),
-    "K4V8 (g64)": (15.6, 0.128, 0.774),
-    "affine 4/g64 + R128": (1.4, 0.0074, 0.950),
+    "affine 8/g64": (0.5, 0.00046, 0.93),
+    "affine 4/g64": (21.4, 0.146, 0.725),
+    "affine 4/g32": (14.2, 0.0635, 0.80),
+    "affine 3/g64": (111.0, 0.73, 0.527),
+    "affine 2/g64": (2910.0, 3.94, 0.122),
+    "mxfp4": (27.9, 0.194, 0.69),
+    "mxfp8": (0.5, 0.0065, 0.895),
+    "nvfp4": (10.5, 0.0856, 0.797),
+    "K8V4 (g64)": (3.2, 0.0101, 0.889),
+    "K4V8 (g64)": (18.6, 0.13, 0.738),
+    "affine 4/g64 + R128": (1.5, 0.0074, 0.93),
 }
 
 
