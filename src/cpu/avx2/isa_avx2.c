@@ -528,9 +528,17 @@ static __m256 fold_lanes(__m256 v, int nm, bool is_max) {
 }
 
 static void row_max_avx2(const float *s, int64_t n, int nm, float *out) {
-    for (int r = 0; r < nm; r++) out[r] = -INFINITY;
     int64_t i = 0;
-    if (nm <= 8 && 8 % nm == 0) { /* 1, 2, 4, 8 rows: lane l of every vector is row l % nm */
+    if (nm % 8 == 0) { /* rows in whole vectors: one running max per 8 rows, no lane folding */
+        for (int r = 0; r < nm; r += 8) {
+            __m256 m0 = _mm256_set1_ps(-INFINITY);
+            for (int64_t i0 = 0; i0 < n; i0 += nm) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(s + i0 + r));
+            _mm256_storeu_ps(out + r, m0);
+        }
+        return;
+    }
+    for (int r = 0; r < nm; r++) out[r] = -INFINITY;
+    if (8 % nm == 0) { /* 1, 2, 4 rows: lane l of every vector is row l % nm */
         __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
         for (; i + 16 <= n; i += 16) {
             m0 = _mm256_max_ps(m0, _mm256_loadu_ps(s + i));
@@ -539,14 +547,30 @@ static void row_max_avx2(const float *s, int64_t n, int nm, float *out) {
         float lanes[8];
         _mm256_storeu_ps(lanes, fold_lanes(_mm256_max_ps(m0, m1), nm, true));
         for (int r = 0; r < nm; r++) out[r] = lanes[r];
+        for (; i < n; i++) out[i % nm] = s[i] > out[i % nm] ? s[i] : out[i % nm];
+        return;
     }
-    for (; i < n; i++) out[i % nm] = s[i] > out[i % nm] ? s[i] : out[i % nm];
+    for (int64_t i0 = 0; i0 < n; i0 += nm)
+        for (int r = 0; r < nm; r++) out[r] = s[i0 + r] > out[r] ? s[i0 + r] : out[r];
 }
 
 static void exp_sub_avx2(float *s, int64_t n, const float *m, int nm, float *sums) {
     float mf[8]; /* the maxima with -inf read as 0 (a row without keys: its -inf scores stay -inf) */
     int64_t i = 0;
-    if (nm <= 8 && 8 % nm == 0) { /* 1, 2, 4, 8 rows: one vector of maxima, repeated */
+    if (nm % 8 == 0) { /* rows in whole vectors */
+        for (int r = 0; r < nm; r += 8) {
+            for (int u = 0; u < 8; u++) mf[u] = m[r + u] == -INFINITY ? 0.0f : m[r + u];
+            __m256 mv = _mm256_loadu_ps(mf), acc = _mm256_setzero_ps();
+            for (int64_t i0 = 0; i0 < n; i0 += nm) {
+                __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i0 + r), mv));
+                _mm256_storeu_ps(s + i0 + r, e);
+                acc = _mm256_add_ps(acc, e);
+            }
+            _mm256_storeu_ps(sums + r, _mm256_add_ps(_mm256_loadu_ps(sums + r), acc));
+        }
+        return;
+    }
+    if (8 % nm == 0) { /* 1, 2, 4 rows: one vector of maxima, repeated */
         for (int r = 0; r < 8; r++) mf[r] = m[r % nm] == -INFINITY ? 0.0f : m[r % nm];
         __m256 mv = _mm256_loadu_ps(mf), acc = _mm256_setzero_ps();
         for (; i + 8 <= n; i += 8) {
