@@ -77,7 +77,10 @@ static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, in
         int64_t h = hkv * pl->ratio + r / ni, i = i0 + r % ni;
         const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
         float *dst = bf->q + r * dk;
-        for (int64_t d = 0; d < dk; d++) dst[d] = qsdpa_load_float(src, p->q_dtype, d * p->q_stride[3]) * p->scale;
+        if (p->q_dtype == QSDPA_DTYPE_F32 && p->q_stride[3] == 1)
+            for (int64_t d = 0; d < dk; d++) dst[d] = ((const float *)src)[d] * p->scale;
+        else
+            for (int64_t d = 0; d < dk; d++) dst[d] = qsdpa_load_float(src, p->q_dtype, d * p->q_stride[3]) * p->scale;
         if (affine)
             for (int64_t g = 0; g < dk / G; g++) {
                 float s = 0.0f;
@@ -177,7 +180,10 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
     float inv = 1.0f / l;
     size_t osize = qsdpa_dtype_size(p->out_dtype);
     char *o = (char *)p->out + (size_t)(b * p->out_stride[0] + h * p->out_stride[1] + i * p->out_stride[2]) * osize;
-    for (int64_t d = 0; d < p->dim_v; d++) qsdpa_store_float(o, p->out_dtype, d * p->out_stride[3], acc[d] * inv);
+    if (p->out_dtype == QSDPA_DTYPE_F32 && p->out_stride[3] == 1)
+        for (int64_t d = 0; d < p->dim_v; d++) ((float *)o)[d] = acc[d] * inv;
+    else
+        for (int64_t d = 0; d < p->dim_v; d++) qsdpa_store_float(o, p->out_dtype, d * p->out_stride[3], acc[d] * inv);
     if (p->lse)
         p->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = none ? -INFINITY : m + logf(l);
 }
