@@ -12,9 +12,12 @@ static void score_c(const cpu_rows *k, int64_t j0, int64_t n, const float *q, co
         qsdpa_cpu_unpack_row(k, j0 + j, tmp);
         for (int r = 0; r < nq; r++) {
             const float *qr = q + (int64_t)r * dim;
-            float s = 0.0f;
-            for (int64_t d = 0; d < dim; d++) s += qr[d] * tmp[d];
-            scores[j * nq + r] = s;
+            float part[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* 8 partial sums: vectorisable, off the add latency */
+            int64_t d = 0;
+            for (; d + 8 <= dim; d += 8)
+                for (int u = 0; u < 8; u++) part[u] += qr[d + u] * tmp[d + u];
+            for (; d < dim; d++) part[0] += qr[d] * tmp[d];
+            scores[j * nq + r] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
         }
     }
 }

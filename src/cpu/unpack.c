@@ -66,21 +66,41 @@ void qsdpa_cpu_unpack_row(const cpu_rows *t, int64_t j, float *dst) {
     const unsigned char *row = (const unsigned char *)(t->codes + j * t->code_stride);
     int64_t dim = t->dim;
     if (t->format.mode == QSDPA_MODE_PLAIN) {
-        for (int64_t e = 0; e < dim; e++) dst[e] = qsdpa_load_float(row, t->format.plain_dtype, e);
+        if (t->format.plain_dtype == QSDPA_DTYPE_F32) memcpy(dst, row, (size_t)dim * sizeof(float));
+        else
+            for (int64_t e = 0; e < dim; e++) dst[e] = qsdpa_load_float(row, t->format.plain_dtype, e);
         return;
     }
     const char *srow = t->scales + j * t->scale_stride;
     const char *brow = t->biases ? t->biases + j * t->bias_stride : NULL;
-    int64_t G = t->group;
+    const int64_t G = t->group;
+    const int bits = t->format.bits;
     for (int64_t g = 0; g < dim / G; g++) {
         float s = qsdpa_cpu_group_scale(t, srow, g);
         float bias = brow ? qsdpa_cpu_group_bias(t, brow, g) : 0.0f;
-        for (int64_t e = g * G; e < (g + 1) * G; e++) {
-            switch (t->format.mode) {
-            case QSDPA_MODE_AFFINE: dst[e] = s * (float)code_at(row, e, t->format.bits) + bias; break;
-            case QSDPA_MODE_MXFP8: dst[e] = s * qsdpa_cpu_e4m3(row[e]); break;
-            default: dst[e] = s * fp4_values[code_at(row, e, 4)]; break; /* mxfp4, nvfp4 */
+        float *o = dst + g * G;
+        const unsigned char *c = row + g * G * bits / 8; /* groups hold whole bytes (G * bits % 8 == 0) */
+        switch (t->format.mode) {
+        case QSDPA_MODE_AFFINE:
+            if (bits == 4) /* byte-aligned widths by plain loops the compiler vectorises */
+                for (int64_t e = 0; e < G; e += 2) {
+                    o[e] = s * (float)(c[e / 2] & 15) + bias;
+                    o[e + 1] = s * (float)(c[e / 2] >> 4) + bias;
+                }
+            else if (bits == 8)
+                for (int64_t e = 0; e < G; e++) o[e] = s * (float)c[e] + bias;
+            else
+                for (int64_t e = 0; e < G; e++) o[e] = s * (float)code_at(c, e, bits) + bias;
+            break;
+        case QSDPA_MODE_MXFP8:
+            for (int64_t e = 0; e < G; e++) o[e] = s * qsdpa_cpu_e4m3(c[e]);
+            break;
+        default: /* mxfp4, nvfp4 */
+            for (int64_t e = 0; e < G; e += 2) {
+                o[e] = s * fp4_values[c[e / 2] & 15];
+                o[e + 1] = s * fp4_values[c[e / 2] >> 4];
             }
+            break;
         }
     }
 }
