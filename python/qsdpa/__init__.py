@@ -12,6 +12,7 @@ request), OSError (cache files), MemoryError.
                                                               as mx.fast.quantized_scaled_dot_product_attention
     Cache(...)                                               the quantized KV cache object
 """
+import functools
 import math
 
 import numpy as np
@@ -27,6 +28,7 @@ __version__ = _qsdpa.version()
 _DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}
 
 
+@functools.lru_cache(maxsize=256)
 def format_string(mode="affine", group_size=None, bits=None):
     """Canonical format text ("affine:4:64", "mxfp4", ...) of MLX-style arguments."""
     if mode not in _DEFAULTS:
@@ -145,6 +147,11 @@ def dequantize(w, scales, biases=None, group_size=None, bits=None, mode="affine"
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _format_bits(fmt):
+    return _qsdpa.format_info(fmt)[2]
+
+
 def _ptr(a):
     return 0 if a is None else a.__array_interface__["data"][0]
 
@@ -201,8 +208,8 @@ def attention(q, k, k_scales, k_biases, v, v_scales, v_biases, *, scale, mask=No
     vfmt = format_string(v_mode or mode, v_group_size if v_mode or v_group_size else group_size,
                          v_bits if v_mode or v_bits else bits)
     q, qd = _float_input(q, "q")
-    kd = _qtensor(kfmt, _qsdpa.format_info(kfmt)[2], k, k_scales, k_biases, "k")
-    vd = _qtensor(vfmt, _qsdpa.format_info(vfmt)[2], v, v_scales, v_biases, "v")
+    kd = _qtensor(kfmt, _format_bits(kfmt), k, k_scales, k_biases, "k")
+    vd = _qtensor(vfmt, _format_bits(vfmt), v, v_scales, v_biases, "v")
     o = _out(out, q, vd[1])
     _qsdpa.attention(_context(context, q), qd, kd, vd, _params(scale, mask, sinks, causal, window),
                      describe(o, "out", writable=True))
@@ -239,6 +246,11 @@ class Cache:
 
     @property
     def options(self):
+        """The cache's options as a dict (fixed at creation)."""
+        return dict(self._options)
+
+    @functools.cached_property
+    def _options(self):
         return _qsdpa.cache_options(self._cap)
 
     def append(self, layer, k, v):
@@ -250,7 +262,7 @@ class Cache:
         """Attention of q [B, Hq, Lq, dim_k] over the layer's tokens; the queries are the
         newest Lq positions for causal/window. scale defaults to 1/sqrt(dim_k)."""
         q, qd = _float_input(q, "q")
-        opts = self.options
+        opts = self._options
         if scale is None:
             scale = 1.0 / math.sqrt(opts["dim_k"])
         o = _out(out, q, opts["dim_v"])
