@@ -173,14 +173,17 @@ def _params(scale, mask, sinks, causal, window):
     return (float(scale), m, int(bool(causal)), int(window or 0), s)
 
 
-def _out(out, q, dv):
-    """The output array: `out` checked, or a new one of q's kind (NumPy, torch, CuPy) and dtype."""
+def _out(out, q, qd, dv):
+    """The output array: `out` checked, or a new one of q's dtype: NumPy for host q
+    (MLX included), torch/CuPy on q's device for device q."""
     shape = tuple(q.shape[:-1]) + (dv,)
     if out is None:
         if isinstance(q, np.ndarray):
             return np.empty(shape, q.dtype)
         if hasattr(q, "new_empty"):  # torch.Tensor, same device and dtype
             return q.new_empty(shape)
+        if not is_device_array(q):
+            return np.empty(shape, numpy_dtype(qd[1]))
         module = type(q).__module__.split(".")[0]
         if module == "cupy":
             import cupy
@@ -210,7 +213,7 @@ def attention(q, k, k_scales, k_biases, v, v_scales, v_biases, *, scale, mask=No
     q, qd = _float_input(q, "q")
     kd = _qtensor(kfmt, _format_bits(kfmt), k, k_scales, k_biases, "k")
     vd = _qtensor(vfmt, _format_bits(vfmt), v, v_scales, v_biases, "v")
-    o = _out(out, q, vd[1])
+    o = _out(out, q, qd, vd[1])
     _qsdpa.attention(_context(context, q), qd, kd, vd, _params(scale, mask, sinks, causal, window),
                      describe(o, "out", writable=True))
     return o
@@ -265,7 +268,7 @@ class Cache:
         opts = self._options
         if scale is None:
             scale = 1.0 / math.sqrt(opts["dim_k"])
-        o = _out(out, q, opts["dim_v"])
+        o = _out(out, q, qd, opts["dim_v"])
         _qsdpa.cache_attend(self._ctx(), self._cap, int(layer), qd, _params(scale, mask, sinks, causal, window),
                             describe(o, "out", writable=True))
         return o

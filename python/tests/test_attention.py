@@ -164,6 +164,28 @@ def test_mlx_lm_cache_layout_strided(rng, bits):
     assert np.array_equal(out, out2)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_mlx_lm_cache_with_mlx_arrays(rng, bits):
+    """The same mlx-lm layout handed over as MLX arrays (DLPack): sliced buffers of a
+    preallocated cache, quantized by mx.quantize, result in a NumPy array."""
+    b, hkv, hq, d, cap, offset = 1, 2, 8, 128, 512, 333
+    keys = [mx.zeros((b, hkv, cap, d * bits // 32), dtype=mx.uint32), mx.zeros((b, hkv, cap, d // 64), mx.float16),
+            mx.zeros((b, hkv, cap, d // 64), mx.float16)]
+    values = [mx.zeros_like(x) for x in keys]
+    k = mx.array(rng.standard_normal((b, hkv, offset, d)).astype(np.float16))
+    v = mx.array(rng.standard_normal((b, hkv, offset, d)).astype(np.float16))
+    for buf, x in ((keys, k), (values, v)):
+        for i, part in enumerate(mx.quantize(x, group_size=64, bits=bits)):
+            buf[i][..., :offset, :] = part
+    q = mx.array(rng.standard_normal((b, hq, 1, d)).astype(np.float16))
+    out = qsdpa.attention(q, *[x[..., :offset, :] for x in keys], *[x[..., :offset, :] for x in values],
+                          scale=d ** -0.5, group_size=64, bits=bits)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float16
+    kd = mx_dequantize(*[np.array(x[..., :offset, :]) for x in keys], "affine", 64, bits)
+    vd = mx_dequantize(*[np.array(x[..., :offset, :]) for x in values], "affine", 64, bits)
+    assert_close_spec(out, reference(np.array(q), kd, vd, d ** -0.5), vd, "mlx arrays")
+
+
 def test_different_k_and_v_formats(rng):
     q = rng.standard_normal((1, 4, 2, 128)).astype(np.float32)
     k = rng.standard_normal((1, 2, 90, 128)).astype(np.float32)
