@@ -6,7 +6,8 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 8 files): build.log tests.log sanitizer.log
 # bench.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick]
+# Usage (device): bash bench/gpu.sh [quick | variants]
+#   quick: no benchmark; variants: also times BN/MIN_BLOCKS builds on the 32K matrix
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -31,6 +32,7 @@ for t in test_cuda_api test_cuda_mlx test_cuda_coverage; do
   timeout 150 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
   echo "$t rc=$?" | tee -a "$OUT/tests.log"
 done
+[ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
 grep -c FAIL "$OUT/tests.log" | sed 's/^/FAIL lines: /'
 grep FAIL "$OUT/tests.log" | head -20
 
@@ -40,7 +42,7 @@ if [ "$MODE" != quick ]; then
   echo "bench rc=$?" >>"$OUT/bench.txt"
 fi
 
-if [ "$MODE" != quick ]; then
+if [ "$MODE" = variants ]; then
   # compile-time variants of the same source, timed on the 32K matrix (bench quick)
   for v in "64 3" "128 2"; do
     set -- $v

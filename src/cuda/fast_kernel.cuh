@@ -29,13 +29,19 @@ namespace qfast {
 
 /* Keys per tile and CTAs per SM the register budget is cut for. Compile-time
  * knobs so the device script can time variants of one source (bench/NOTES.md). */
-#ifndef QSDPA_CUDA_BN
-#define QSDPA_CUDA_BN 64
-#endif
 #ifndef QSDPA_CUDA_MIN_BLOCKS
 #define QSDPA_CUDA_MIN_BLOCKS 2
 #endif
-constexpr int BN = QSDPA_CUDA_BN; /* keys per tile */
+/* Keys per tile: 128 when K and V are both <= 4 bits (run 3: 4-bit 32K decode 62 us vs 79 us at 64),
+ * 64 otherwise (8-bit and f16 rows were slower at 128: their stages no longer fit two CTAs per SM). */
+template <class FK, class FV>
+constexpr int tile_keys() {
+#ifdef QSDPA_CUDA_BN
+    return QSDPA_CUDA_BN;
+#else
+    return FK::bits <= 4 && FV::bits <= 4 ? 128 : 64;
+#endif
+}
 constexpr int THREADS = 128;
 
 struct fast_params {
@@ -96,6 +102,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 /* Shared-memory geometry of one instantiation. */
 template <int DK, int DV, class FK, class FV>
 struct layout {
+    static constexpr int BN = tile_keys<FK, FV>();
     static constexpr int WK = DK * FK::bits / 32, WV = DV * FV::bits / 32; /* words per row */
     static constexpr int CWK = WK / 4, CWV = WV / 4;                        /* 16-byte chunks per row */
     static constexpr int RSV = WV + 4;  /* V row stride: rows 2c of a warp land 8 banks apart */
@@ -106,7 +113,8 @@ struct layout {
     static constexpr int K_BYTES = BN * WK * 4, V_BYTES = BN * RSV * 4;
     static constexpr int STAGE_BYTES = K_BYTES + V_BYTES + 2 * KS_BYTES + 2 * VS_BYTES;
     static constexpr int SB_BYTES = BN * (GK + GV) * 4;     /* converted half2 {scale, bias} */
-    static constexpr int COMBINE_BYTES = 4 * 16 * (DV + 2) * 4; /* per-warp o, m, l */
+    static constexpr int OSTRIDE = DV + 1;                           /* padded o row: 2-way, not 16-way, conflicts */
+    static constexpr int COMBINE_BYTES = 4 * (16 * OSTRIDE + 32) * 4; /* per-warp o [16][OSTRIDE], m[16], l[16] */
     /* cp.async depth: 4 stages of small (4-bit) tiles, 3 of wide ones, so two CTAs fit an SM */
     static constexpr int STAGES = STAGE_BYTES <= 16384 ? 4 : 3;
     static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
@@ -123,24 +131,24 @@ __device__ __forceinline__ int k_chunk(int row, int chunk) {
 template <int DK, int DV, class FK, class FV>
 __device__ __forceinline__ void load_tile(const fast_params &p, char *stage, int64_t b, int64_t g, int tile, int tid) {
     using L = layout<DK, DV, FK, FV>;
-    const int64_t key0 = (int64_t)tile * BN;
+    const int64_t key0 = (int64_t)tile * L::BN;
     uint32_t *sk = (uint32_t *)stage;
     uint32_t *sv = (uint32_t *)(stage + L::K_BYTES);
     const char *kc = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1];
     const char *vc = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1];
-    for (int idx = tid; idx < BN * L::CWK; idx += THREADS) {
+    for (int idx = tid; idx < L::BN * L::CWK; idx += THREADS) {
         int r = idx / L::CWK, c = idx % L::CWK;
         int64_t key = key0 + r;
         bool ok = key < p.lk;
         cp_async16(sk + r * L::WK + k_chunk<L::CWK>(r, c) * 4, ok ? kc + key * p.k.cs[2] + c * 16 : kc, ok ? 16 : 0);
     }
-    for (int idx = tid; idx < BN * L::CWV; idx += THREADS) {
+    for (int idx = tid; idx < L::BN * L::CWV; idx += THREADS) {
         int r = idx / L::CWV, c = idx % L::CWV;
         int64_t key = key0 + r;
         bool ok = key < p.lk;
         cp_async16(sv + r * L::RSV + c * 4, ok ? vc + key * p.v.cs[2] + c * 16 : vc, ok ? 16 : 0);
     }
-    /* raw scales and biases: [BN][G] elements of the stored dtype */
+    /* raw scales and biases: [L::BN][G] elements of the stored dtype */
     char *dst = stage + L::K_BYTES + L::V_BYTES;
     const qd_qtensor *ts[2] = {&p.k, &p.v};
     const int gs[2] = {L::GK, L::GV};
@@ -158,16 +166,16 @@ __device__ __forceinline__ void load_tile(const fast_params &p, char *stage, int
             const int64_t *st = s == 0 ? x.ss : x.bs;
             base += (b * st[0] + g * st[1]) * es;
             if (p.scales_vec) {
-                int64_t valid = p.lk - key0 < BN ? (p.lk - key0) * row_bytes : (int64_t)BN * row_bytes;
+                int64_t valid = p.lk - key0 < L::BN ? (p.lk - key0) * row_bytes : (int64_t)L::BN * row_bytes;
                 const char *src = base + key0 * row_bytes;
-                for (int c = tid; c < BN * row_bytes / 16; c += THREADS) {
+                for (int c = tid; c < L::BN * row_bytes / 16; c += THREADS) {
                     int64_t left = valid - (int64_t)c * 16;
                     int nb = left >= 16 ? 16 : left > 0 ? (int)left : 0;
                     cp_async16(dst + c * 16, nb ? src + c * 16 : base, nb);
                 }
             } else {
                 int words = row_bytes / 4;
-                for (int idx = tid; idx < BN * words; idx += THREADS) {
+                for (int idx = tid; idx < L::BN * words; idx += THREADS) {
                     int r = idx / words, w = idx % words;
                     int64_t key = key0 + r;
                     bool ok = key < p.lk;
@@ -194,7 +202,7 @@ __device__ __forceinline__ void convert_group_table(const char *s, const char *z
     for (int i = tid; i < n; i += THREADS) out[i] = F::scale_bias(s, z, dtype, i, gscale);
 }
 
-/* Raw stored scales of a stage -> half2 {scale, bias} tables sbk [BN][GK], sbv [BN][GV]. */
+/* Raw stored scales of a stage -> half2 {scale, bias} tables sbk [L::BN][GK], sbv [L::BN][GV]. */
 template <int DK, int DV, class FK, class FV>
 __device__ __forceinline__ void convert_scales(const fast_params &p, const char *stage, half2 *sbk, half2 *sbv, int tid) {
     using L = layout<DK, DV, FK, FV>;
@@ -202,8 +210,8 @@ __device__ __forceinline__ void convert_scales(const fast_params &p, const char 
     const char *kz = ks + L::KS_BYTES;
     const char *vs = kz + L::KS_BYTES;
     const char *vz = vs + L::VS_BYTES;
-    convert_group_table<FK>(ks, kz, sbk, BN * L::GK, p.k.scale_dtype, p.k.global_scale, tid);
-    convert_group_table<FV>(vs, vz, sbv, BN * L::GV, p.v.scale_dtype, p.v.global_scale, tid);
+    convert_group_table<FK>(ks, kz, sbk, L::BN * L::GK, p.k.scale_dtype, p.k.global_scale, tid);
+    convert_group_table<FV>(vs, vz, sbv, L::BN * L::GV, p.v.scale_dtype, p.v.global_scale, tid);
 }
 
 template <int DK, int DV, class FK, class FV>
@@ -218,7 +226,7 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
     static_assert(L::WV % 8 == 0, "V words per row must split over 8 lanes");
     extern __shared__ __align__(16) char smem[];
     half2 *sbk = (half2 *)(smem + (L::PIPE_BYTES > L::COMBINE_BYTES ? L::PIPE_BYTES : L::COMBINE_BYTES));
-    half2 *sbv = sbk + BN * L::GK;
+    half2 *sbv = sbk + L::BN * L::GK;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gq = lane >> 2, c4 = lane & 3;
@@ -240,17 +248,17 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
         if (p.window > 0) lo = max((int64_t)0, i_min + shift - p.window + 1);
     }
     int t0 = split * p.tiles_per_split, t1 = t0 + p.tiles_per_split;
-    int ntiles_all = (int)((p.lk + BN - 1) / BN);
+    int ntiles_all = (int)((p.lk + L::BN - 1) / L::BN);
     if (t1 > ntiles_all) t1 = ntiles_all;
     if (hi >= lo) {
-        t0 = max(t0, (int)(lo / BN));
-        t1 = min(t1, (int)(hi / BN) + 1);
+        t0 = max(t0, (int)(lo / L::BN));
+        t1 = min(t1, (int)(hi / L::BN) + 1);
     } else {
         t1 = t0;
     }
     constexpr int STAGES = L::STAGES;
     /* key indices fit int: the host sends Lk >= 2^31 to the generic kernel */
-    const int kend = (int)min(min(p.lk, (int64_t)(split + 1) * p.tiles_per_split * BN), hi + 1);
+    const int kend = (int)min(min(p.lk, (int64_t)(split + 1) * p.tiles_per_split * L::BN), hi + 1);
 
     /* my two rows (g and g+8 of the warp's 16) and their query position / head */
     int64_t fr[2];
@@ -268,6 +276,13 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
     /* last visible local key of the CTA's first and final query rows */
     const int last_lo = (int)(f_cta / p.ratio + p.key_total - p.lq - p.key_offset);
     const int last_hi = (int)((f_end - 1) / p.ratio + p.key_total - p.lq - p.key_offset);
+
+    /* pipeline prologue first: the first K/V tiles stream in while q is read */
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (t0 + s < t1) load_tile<DK, DV, FK, FV>(p, smem + s * L::STAGE_BYTES, b, g, t0 + s, tid);
+        cp_async_commit();
+    }
 
     /* Q fragments, permuted to match the K pair order */
     uint32_t qa[KSTEPS][4];
@@ -300,12 +315,6 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-    /* prologue */
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; s++) {
-        if (t0 + s < t1) load_tile<DK, DV, FK, FV>(p, smem + s * L::STAGE_BYTES, b, g, t0 + s, tid);
-        cp_async_commit();
-    }
     for (int t = t0; t < t1; t++) {
         const int it = t - t0;
         cp_async_wait<STAGES - 2>();
@@ -321,11 +330,11 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
         const uint32_t *sk = (const uint32_t *)stage;
         const uint32_t *sv = (const uint32_t *)(stage + L::K_BYTES);
         /* no mask, no end of range, every key visible to every row of the CTA: scores need no checks */
-        const bool plain_tile = p.mask_kind == QSDPA_MASK_NONE && (t + 1) * BN <= kend &&
-                                (!p.causal || ((t + 1) * BN - 1 <= last_lo &&
-                                               (p.window <= 0 || t * BN > last_hi - p.window)));
+        const bool plain_tile = p.mask_kind == QSDPA_MASK_NONE && (t + 1) * L::BN <= kend &&
+                                (!p.causal || ((t + 1) * L::BN - 1 <= last_lo &&
+                                               (p.window <= 0 || t * L::BN > last_hi - p.window)));
 
-        for (int ch = wcol; ch < BN / 16; ch += wn_n) {
+        for (int ch = wcol; ch < L::BN / 16; ch += wn_n) {
             /* S = Q K^T for 16 keys: two n8 tiles */
             float sc[2][4];
 #pragma unroll
@@ -382,7 +391,7 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
-                        const int j = t * BN + ch * 16 + nt * 8 + 2 * c4 + e;
+                        const int j = t * L::BN + ch * 16 + nt * 8 + 2 * c4 + e;
                         float s = sc[nt][2 * r + e] * p.scale_log2;
                         if (plain_tile) {
                         } else if (j >= kend) s = -INFINITY;
@@ -466,15 +475,16 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
-    float *cw = (float *)smem + warp * 16 * (DV + 2); /* [16][DV] o, then m[16], l[16] */
-    float *cm = cw + 16 * DV, *cl = cm + 16;
+    constexpr int OS = L::OSTRIDE, WB = 16 * L::OSTRIDE + 32; /* per-warp block: o [16][OS], m[16], l[16] */
+    float *cw = (float *)smem + warp * WB;
+    float *cm = cw + 16 * OS, *cl = cm + 16;
 #pragma unroll
     for (int n = 0; n < NT; n++) {
         const int a = n / FV::U, e = n % FV::U;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const int row = gq + 8 * (k >> 1), col = 2 * c4 + (k & 1);
-            cw[row * DV + (a * 8 + col) * FV::U + e] = o[n][k];
+            cw[row * OS + (a * 8 + col) * FV::U + e] = o[n][k];
         }
     }
     if (c4 == 0) {
@@ -492,14 +502,14 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
         const int64_t f = f_cta + row;
         if (f >= p.rows) continue;
         float M = -INFINITY;
-        for (int w = 0; w < wn_n; w++) M = fmaxf(M, ((float *)smem + (wr * wn_n + w) * 16 * (DV + 2) + 16 * DV)[rr]);
+        for (int w = 0; w < wn_n; w++) M = fmaxf(M, ((float *)smem + (wr * wn_n + w) * WB + 16 * OS)[rr]);
         float Ls = 0.0f, O = 0.0f;
         for (int w = 0; w < wn_n; w++) {
-            const float *bw = (float *)smem + (wr * wn_n + w) * 16 * (DV + 2);
-            float mw = bw[16 * DV + rr], lw = bw[16 * DV + 16 + rr];
+            const float *bw = (float *)smem + (wr * wn_n + w) * WB;
+            float mw = bw[16 * OS + rr], lw = bw[16 * OS + 16 + rr];
             float cf = (mw == -INFINITY) ? 0.0f : fast_exp2(mw - M);
             Ls += lw * cf;
-            O += bw[rr * DV + d] * cf;
+            O += bw[rr * OS + d] * cf;
         }
         if (single) {
             const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
@@ -582,7 +592,8 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 
 /* Host side: choose the configuration and launch one instantiation. */
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, qfast::fast_params *p, dim3 *grid, bool *use_generic);
+                                          int ctas_per_sm, int bn, qfast::fast_params *p, dim3 *grid,
+                                          bool *use_generic);
 
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
@@ -608,7 +619,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         else occupancy[0] = n > 0 ? n : 1;
     }
     qsdpa_status st =
-        qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occupancy[dev < 64 ? dev : 0], &p, &grid, &generic);
+        qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occupancy[dev < 64 ? dev : 0], L::BN, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     cudaStream_t stream = qsdpa_cuda_stream(ctx);

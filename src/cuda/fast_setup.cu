@@ -41,7 +41,8 @@ static int scale_mode(const qsdpa_qtensor *t) {
 }
 
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, qfast::fast_params *p, dim3 *grid, bool *use_generic) {
+                                          int ctas_per_sm, int bn, qfast::fast_params *p, dim3 *grid,
+                                          bool *use_generic) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
@@ -86,7 +87,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     p->masked_log2 = ml < -FLT_MAX ? -FLT_MAX : ml;
 
     /* Split-K: one full wave of CTAs at the kernel's occupancy. */
-    int64_t tiles = (pr->len_k + qfast::BN - 1) / qfast::BN;
+    int64_t tiles = (pr->len_k + bn - 1) / bn;
     int64_t base = bhkv * nrb;
     int64_t want = (int64_t)ctas_per_sm * ctx->cuda->sm_count;
     int64_t nsplit = base >= want ? 1 : (want + base - 1) / base;
