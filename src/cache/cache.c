@@ -312,43 +312,59 @@ static const char *input_row(const qsdpa_tensor *t, int64_t b, int64_t h, int64_
            (size_t)(b * t->stride[0] + h * t->stride[1] + row * t->stride[2]) * qsdpa_dtype_size(t->dtype);
 }
 
-/* One side (K or V) of an append; the plan (how many rows go where) is the
- * caller's, so K and V move together. */
-static qsdpa_status append_side(qsdpa_context *ctx, qsdpa_cache *c, cache_layer *L, const cache_geom *g,
-                                cache_side *s, const qsdpa_tensor *x, int64_t from_resid, int64_t from_new,
-                                int64_t new_rstart) {
-    int64_t B = c->options.batch, H = c->options.heads_kv, T = x->shape[2], rcap = 2 * c->options.residual;
-    qsdpa_dtype rd = c->options.residual_dtype;
+/* An append runs in two phases so that a failure changes nothing visible:
+ * first both sides quantize into rows past qlen (ignored until qlen moves),
+ * then both windows slide and take the new rows. */
+
+/* Phase 1 for one side: window rows leaving the window, then the oldest new
+ * rows, into quantized rows [qlen, qlen + from_resid + from_new). */
+static qsdpa_status quantize_side(qsdpa_context *ctx, qsdpa_cache *c, const cache_layer *L, const cache_geom *g,
+                                  cache_side *s, const qsdpa_tensor *x, int64_t from_resid, int64_t from_new) {
+    int64_t H = c->options.heads_kv, rcap = 2 * c->options.residual;
     size_t xstride = (size_t)x->stride[2] * qsdpa_dtype_size(x->dtype);
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++) {
+    qsdpa_status st = QSDPA_OK;
+    for (int64_t b = 0; b < c->options.batch; b++)
+        for (int64_t h = 0; h < H && st == QSDPA_OK; h++) {
             int64_t slab = b * H + h;
-            char *win = s->resid ? (char *)s->resid + (size_t)(slab * rcap) * g->resid_row_bytes : NULL;
-            qsdpa_status st = QSDPA_OK;
-            if (from_resid > 0)
-                st = quantize_rows(ctx, c, g, s, L->capacity, slab, L->qlen,
-                                   win + (size_t)L->rstart * g->resid_row_bytes, g->resid_row_bytes, rd, from_resid);
+            if (from_resid > 0) {
+                const char *win = (char *)s->resid + (size_t)(slab * rcap + L->rstart) * g->resid_row_bytes;
+                st = quantize_rows(ctx, c, g, s, L->capacity, slab, L->qlen, win, g->resid_row_bytes,
+                                   c->options.residual_dtype, from_resid);
+            }
             if (st == QSDPA_OK && from_new > 0)
                 st = quantize_rows(ctx, c, g, s, L->capacity, slab, L->qlen + from_resid, input_row(x, b, h, 0),
                                    xstride, x->dtype, from_new);
-            if (st != QSDPA_OK) return st;
-            if (!win) continue;
-            int64_t kept = L->rlen - from_resid, first = L->rstart + from_resid;
-            size_t rrb = g->resid_row_bytes;
+        }
+    return st;
+}
+
+/* Phase 2 for one side: the kept window rows move to new_rstart (when the
+ * buffer's end is reached) and the newest input rows follow them. */
+static qsdpa_status window_side(qsdpa_context *ctx, qsdpa_cache *c, const cache_layer *L, const cache_geom *g,
+                                cache_side *s, const qsdpa_tensor *x, int64_t from_resid, int64_t from_new,
+                                int64_t new_rstart) {
+    if (!s->resid) return QSDPA_OK;
+    int64_t H = c->options.heads_kv, T = x->shape[2], rcap = 2 * c->options.residual;
+    int64_t kept = L->rlen - from_resid, first = L->rstart + from_resid;
+    size_t rrb = g->resid_row_bytes, xstride = (size_t)x->stride[2] * qsdpa_dtype_size(x->dtype);
+    qsdpa_status st = QSDPA_OK;
+    for (int64_t b = 0; b < c->options.batch; b++)
+        for (int64_t h = 0; h < H && st == QSDPA_OK; h++) {
+            char *win = (char *)s->resid + (size_t)((b * H + h) * rcap) * rrb;
             if (new_rstart != first && kept > 0)
                 st = qsdpa_cache_mem_move(c, ctx->options.stream, win + (size_t)new_rstart * rrb,
                                           win + (size_t)first * rrb, (size_t)kept * rrb);
-            if (st != QSDPA_OK) return st;
             char *dst = win + (size_t)(new_rstart + kept) * rrb;
+            if (st != QSDPA_OK) break;
             if (c->device) /* same dtype: checked by the caller */
                 st = qsdpa_cache_mem_copy2d(c, ctx->options.stream, dst, rrb, input_row(x, b, h, from_new), xstride,
                                             rrb, (size_t)(T - from_new));
             else
                 for (int64_t t = from_new; t < T; t++)
-                    convert_elems(dst + (size_t)(t - from_new) * rrb, rd, input_row(x, b, h, t), x->dtype, g->dim);
-            if (st != QSDPA_OK) return st;
+                    convert_elems(dst + (size_t)(t - from_new) * rrb, c->options.residual_dtype, input_row(x, b, h, t),
+                                  x->dtype, g->dim);
         }
-    return QSDPA_OK;
+    return st;
 }
 
 qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *c, const qsdpa_context *ctx) {
@@ -403,8 +419,10 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     int64_t new_rstart = L->rstart + from_resid;
     if (new_rstart + kept + added > 2 * R) new_rstart = 0; /* slide the window to the buffer's start */
     st = qsdpa_cache_reserve(fn, cache, ctx->options.stream, L, L->qlen + overflow);
-    if (st == QSDPA_OK) st = append_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new, new_rstart);
-    if (st == QSDPA_OK) st = append_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new, new_rstart);
+    if (st == QSDPA_OK) st = quantize_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new);
+    if (st == QSDPA_OK) st = quantize_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new);
+    if (st == QSDPA_OK) st = window_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new, new_rstart);
+    if (st == QSDPA_OK) st = window_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new, new_rstart);
     if (st != QSDPA_OK) return st;
     L->qlen += overflow;
     L->rstart = new_rstart;
