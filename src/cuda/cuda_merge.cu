@@ -52,6 +52,7 @@ __global__ void merge_kernel(const merge_params p) {
         const part_desc &q = p.parts[k];
         double l = q.lse[b * q.ls[0] + h * q.ls[1] + i * q.ls[2]];
         double w = max == -INFINITY ? 1.0 : exp(l - max) / total;
+        if (w == 0.0) continue; /* a slice of weight 0 may hold NaN (all -inf additive mask) */
         sum += w * q.out[b * q.os[0] + h * q.os[1] + i * q.os[2] + d];
     }
     qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, (float)sum);
