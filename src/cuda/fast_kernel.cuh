@@ -634,7 +634,14 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = ctx->cuda->cc >= 90 ? 1 : 0;
+    /* PDL only where split_merge was compiled with its griddepcontrol.wait (PTX for sm_90+):
+     * an sm_80 build running on Hopper must keep plain stream order. */
+    static int merge_ptx = -1;
+    if (merge_ptx < 0) {
+        cudaFuncAttributes fa;
+        merge_ptx = cudaFuncGetAttributes(&fa, qfast::split_merge<DV>) == cudaSuccess ? fa.ptxVersion : 0;
+    }
+    cfg.numAttrs = ctx->cuda->cc >= 90 && merge_ptx >= 90 ? 1 : 0;
     cudaError_t err = cudaLaunchKernelEx(&cfg, qfast::split_merge<DV>, p);
     if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "split_merge launch");
     return qsdpa_cuda_launch_status(fn, "split_merge");
