@@ -231,7 +231,10 @@ qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qs
  * and out = (sum of the slice's V rows) / key_total: in a merge it weighs
  * nothing beside any real slice, and a row masked in every slice merges to
  * the mean of V over all keys, as the unsplit call gives. A row whose
- * additive mask is -inf on every key of the slice has lse -inf and out 0. */
+ * additive mask is -inf on every key of the slice (and no finite sink) has
+ * lse -inf and out NaN: the merge drops it beside any finite slice, and a row
+ * that is -inf everywhere merges to NaN, as the unsplit softmax (and MLX) give.
+ * A sink of -inf is no column at all. */
 qsdpa_status qsdpa_attention_partial(qsdpa_context *ctx, const qsdpa_tensor *q,
                                      const qsdpa_qtensor *k, const qsdpa_qtensor *v,
                                      const qsdpa_attention_params *params, qsdpa_tensor *out,
@@ -239,8 +242,9 @@ qsdpa_status qsdpa_attention_partial(qsdpa_context *ctx, const qsdpa_tensor *q,
 
 /* Exact merge of n partials: out = sum_i exp(lse_i - lse) out_i with
  * lse = log sum_i exp(lse_i). outs[i]: [B,Hq,Lq,Dv] F32, lses[i]: [B,Hq,Lq] F32;
- * out: F32/F16/BF16; lse_out optional (NULL). A row whose lse_i are all -inf
- * gets out = sum_i out_i and lse -inf (see qsdpa_attention_partial). */
+ * out: F32/F16/BF16; lse_out optional (NULL). Partials of weight 0 are
+ * skipped (they may hold NaN); a row whose lse_i are all -inf gets
+ * out = sum_i out_i and lse -inf (see qsdpa_attention_partial). */
 qsdpa_status qsdpa_merge(qsdpa_context *ctx, int n, const qsdpa_tensor *outs,
                          const qsdpa_tensor *lses, qsdpa_tensor *out, qsdpa_tensor *lse_out);
 

@@ -96,6 +96,7 @@ static void merge_row(int n, const qsdpa_tensor *outs, const qsdpa_tensor *lses,
         for (int k = 0; k < n; k++) {
             double l = ((const float *)lses[k].data)[at3(&lses[k], b, h, i)];
             double w = max == -INFINITY ? 1.0 : exp(l - max) / total;
+            if (w == 0.0) continue; /* a slice of weight 0 may hold NaN (all -inf additive mask) */
             sum += w * ((const float *)outs[k].data)[at4(&outs[k], b, h, i, d)];
         }
         qsdpa_store_float(out->data, out->dtype, at4(out, b, h, i, d), (float)sum);

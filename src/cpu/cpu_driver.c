@@ -150,16 +150,26 @@ static void softmax_block(const plan *pl, buffers *bf, int64_t nr, int64_t n, in
 }
 
 /* Sinks, normalisation, rounding: one output row (and its lse in partial mode).
- * A row that kept no key (l == 0) is, as in the reference: with a sink, 0; else
- * the mean of V over all keys (every score equal), and in partial mode
- * sum(V) / key_total with lse -inf so that merging all-masked slices gives that mean. */
+ * A row that kept no key (l == 0) is, as in the reference and MLX 0.32.4:
+ *  - with a (finite) sink: 0; a sink of -inf is no column at all;
+ *  - boolean/causal masking: the mean of V over all keys (every score equal), and
+ *    in partial mode sum(V) / key_total with lse -inf, so that merging all-masked
+ *    slices gives that mean;
+ *  - an additive mask of -inf on every key: NaN, as MLX's softmax gives; in
+ *    partial mode out NaN with lse -inf: a merge drops it beside any real slice
+ *    and gives NaN when every slice is such, as the unsplit call does. */
 static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h, int64_t i, float m, float l,
                        float *acc, float *tmp) {
     const qsdpa_problem *p = pl->p;
+    float sk = p->sinks ? qsdpa_load_float(p->sinks, p->sinks_dtype, h) : -INFINITY;
+    bool sink = sk > -INFINITY;
     bool none = !(l > 0.0f);
     if (none) {
         memset(acc, 0, (size_t)p->dim_v * sizeof(float));
-        if (!p->sinks) {
+        if (!sink && p->mask_kind == QSDPA_MASK_ADDITIVE) {
+            for (int64_t d = 0; d < p->dim_v; d++) acc[d] = NAN;
+            l = 1.0f;
+        } else if (!sink) {
             for (int64_t j = 0; j < p->len_k; j++) {
                 qsdpa_cpu_unpack_row(vr, j, tmp);
                 for (int64_t d = 0; d < p->dim_v; d++) acc[d] += tmp[d];
@@ -168,8 +178,7 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
         }
         m = -INFINITY;
     }
-    if (p->sinks) {
-        float sk = qsdpa_load_float(p->sinks, p->sinks_dtype, h);
+    if (sink) {
         float mf = m > sk ? m : sk;
         float keep = m == -INFINITY ? 0.0f : expf(m - mf);
         l = l * keep + expf(sk - mf);

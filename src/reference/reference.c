@@ -65,7 +65,7 @@ static void attend_row(const qsdpa_problem *p, ref_state *st, int64_t b, int64_t
                                     b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2] + d * p->q_stride[3]);
     /* scores, mask, running max (the sink is one more column) */
     double max = p->sinks ? qsdpa_load_float(p->sinks, p->sinks_dtype, h) : -INFINITY;
-    bool any_kept = p->sinks != NULL;
+    bool any_kept = max > -INFINITY; /* a finite sink is a kept column; a -inf sink is none */
     for (int64_t j = 0; j < lk; j++) {
         double dot = 0.0;
         for (int64_t d = 0; d < dk; d++) dot += st->q[d] * st->k[j * dk + d];
@@ -89,7 +89,9 @@ static void attend_row(const qsdpa_problem *p, ref_state *st, int64_t b, int64_t
          * over key_total keys. lse -inf drops the slice from a merge with any
          * real slice; out = sum(V)/key_total makes a merge of all-masked slices
          * (which sums them, see merge.c) that mean. */
-        double share = !any_kept ? 1.0 / (double)p->key_total : 0.0;
+        /* (max == -inf with a kept key: an additive -inf on every key, NaN as in
+         * the unsplit softmax; the merge drops it beside any finite slice.) */
+        double share = !any_kept ? 1.0 / (double)p->key_total : NAN;
         for (int64_t d = 0; d < dv; d++) {
             double sum = 0.0;
             for (int64_t j = 0; j < lk; j++) sum += st->v[j * dv + d];

@@ -122,7 +122,7 @@ void gen_mask(test_rng *r, acase *c) {
         if (zero[d]) c->tmask.stride[d] = 0;
     double pfalse = (double[]){0.1, 0.3, 0.6, 0.97}[test_rng_int(r, 0, 3)];
     /* Rarely, -inf entries (SPEC 3: added as given), so that some rows are -inf on every key. */
-    double pinf = dt != QSDPA_DTYPE_BOOL && chance(r, 0.05) && !fuzz_skip_inf ? 0.6 : 0.0;
+    double pinf = dt != QSDPA_DTYPE_BOOL && chance(r, 0.05) ? 0.6 : 0.0;
     c->mask_inf = pinf > 0.0;
     int64_t idx[4] = {0, 0, 0, 0};
     do {
@@ -181,7 +181,7 @@ void gen_case(test_rng *r, acase *c) {
         c->tsinks = alloc_tensor(r, &c->sinks, any_float(r), 1, hs, false);
         fill_tensor(r, &c->tsinks, 2.0);
         c->use_sinks = true;
-        if (chance(r, 0.1) && !fuzz_skip_inf) { /* a head without a sink: logit -inf (an extra column of weight 0) */
+        if (chance(r, 0.1)) { /* a head without a sink: logit -inf (an extra column of weight 0) */
             qsdpa_store_float(c->tsinks.data, c->tsinks.dtype, test_rng_int(r, 0, c->Hq - 1) * c->tsinks.stride[0], -INFINITY);
             c->sinks_inf = true;
         }
@@ -232,16 +232,14 @@ void describe(const acase *c) {
     if (c->use_mask) w += put_tensor(s + w, n - (size_t)w, c->mask_inf ? "mask(with -inf)" : "mask", &c->tmask);
     if (c->use_sinks) w += put_tensor(s + w, n - (size_t)w, c->sinks_inf ? "sinks(with -inf)" : "sinks", &c->tsinks);
     if (c->mut[0]) w += snprintf(s + w, n - (size_t)w, " FAULT: %s", c->mut);
-    /* The suspects of the two -inf families this test found (2026-11-25), so a
-     * failure points at the code; remove once they are settled. */
+    /* The rules for the two -inf families this test found (2026-11-25; now
+     * settled, as MLX does), so a failure points at the code that owns them. */
     if (c->sinks_inf && (size_t)w < n)
-        w += snprintf(s + w, n - (size_t)w, "\n  hint: a -inf sink on a row with no visible key: src/cpu/cpu_driver.c finish_row "
-                      "computes expf(sk - mf) = expf(-inf - -inf) = NaN; src/reference/reference.c counts a -inf sink as a kept "
-                      "column (any_kept) in partial mode");
+        w += snprintf(s + w, n - (size_t)w, "\n  hint: a -inf sink is no column at all: a row with no visible key is "
+                      "the mean of V (src/cpu/cpu_driver.c finish_row, src/reference/reference.c any_kept)");
     if (c->mask_inf && (size_t)w < n)
-        snprintf(s + w, n - (size_t)w, "\n  hint: additive -inf on every key of a row: the reference gives NaN "
-                 "(reference.c exp(-inf - -inf)), the CPU kernels the mean of V (l == 0 taken as 'no kept key'); partial: "
-                 "kernels give sum(V)/key_total where qsdpa.h promises out 0, lse -inf");
+        snprintf(s + w, n - (size_t)w, "\n  hint: a row with additive -inf on every key is NaN (as MLX); partial: out "
+                 "NaN, lse -inf, dropped by qsdpa_merge beside finite slices");
 }
 
 /* ---- deliberate faults ---------------------------------------------------------------

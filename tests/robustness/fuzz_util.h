@@ -75,9 +75,6 @@ extern const char *fuzz_forced_name[FUZZ_MAX_CTX];
 extern int fuzz_n_forced;
 typedef struct fuzz_stats_t { int64_t ok, rejected, kernel_runs, slices, quantized, merged; } fuzz_stats_t;
 extern fuzz_stats_t fuzz_stats; /* outcome counts, printed at the end */
-/* QSDPA_FUZZ_SKIP_INF=1: no -inf additive masks or sinks (the two open -inf bug
- * families); the random stream is the same, so seeds replay either way. */
-extern bool fuzz_skip_inf;
 
 /* ---- the case runners --------------------------------------------------------------- */
 void run_attention_case(test_rng *r, int64_t index, bool verbose); /* fuzz_attention.c */
