@@ -116,15 +116,15 @@ __global__ void __launch_bounds__(128) generic_combine(const gen_params p, int64
     const int64_t i = row % p.lq, h = (row / p.lq) % p.hq, b = row / (p.lq * p.hq);
     const int64_t stride = rows * (4 + p.dv);
     const float *src = p.part + row * (4 + p.dv);
-    float M = -INFINITY, K = p.sinks ? 1.0f : 0.0f;
+    float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) : -INFINITY;
+    float M = -INFINITY, K = sink > -INFINITY ? 1.0f : 0.0f; /* a finite sink is a kept column; -inf is none */
     for (int s = 0; s < p.nsplit; s++) {
         const float *ps = src + s * stride;
         if (ps[1] > 0.0f) M = fmaxf(M, ps[0]);
         K = fmaxf(K, ps[2]);
     }
-    float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) : -INFINITY;
     M = fmaxf(M, sink);
-    float L = p.sinks && M != -INFINITY ? expf(sink - M) : 0.0f;
+    float L = sink > -INFINITY ? expf(sink - M) : 0.0f;
     for (int s = 0; s < p.nsplit; s++) {
         const float *ps = src + s * stride;
         if (ps[1] > 0.0f && M != -INFINITY) L += ps[1] * expf(ps[0] - M);
@@ -139,7 +139,8 @@ __global__ void __launch_bounds__(128) generic_combine(const gen_params p, int64
             if (ps[1] > 0.0f && M != -INFINITY) acc += expf(ps[0] - M) * ps[4 + d];
         }
         float v = acc / L;
-        if (empty) v = M == -INFINITY && K != 0.0f ? 0.0f : v * share;
+        /* kept keys all at -inf (additive mask): NaN as the unsplit softmax, lse -inf */
+        if (empty) v = M == -INFINITY && K != 0.0f ? __int_as_float(0x7fc00000) : v * share;
         qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
     }
     if (p.lse && threadIdx.x == 0)

@@ -517,7 +517,7 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
             float MM = fmaxf(M, sink);
             float c = M == -INFINITY ? 0.0f : fast_exp2(M - MM);
             float LL = Ls * c + (p.sinks ? fast_exp2(sink - MM) : 0.0f);
-            float v = MM == -INFINITY ? 0.0f : O * c / LL;
+            float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : O * c / LL; /* every key -inf: NaN, as MLX */
             qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
             if (p.lse && d == 0)
                 p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] =
@@ -581,7 +581,7 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
     }
     for (int d = threadIdx.x; d < DV; d += blockDim.x) {
         float o = so[0][d] * c[0] + so[1][d] * c[1] + so[2][d] * c[2] + so[3][d] * c[3];
-        float v = MM == -INFINITY ? 0.0f : o / LL;
+        float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : o / LL; /* every key -inf: NaN, as MLX */
         qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
     }
     if (p.lse && threadIdx.x == 0)
