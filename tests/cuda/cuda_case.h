@@ -12,11 +12,12 @@ typedef struct cuda_case {
     qsdpa_format kf, vf;
     qsdpa_dtype scale_dtype; /* affine scales/biases */
     qsdpa_dtype q_dtype;
-    int mask;                /* 0 none, 1 bool (20% false), 2 additive f32 N(0,1), 3 additive 0/-1e9 */
+    int mask;                /* 0 none, 1 bool (20% false), 2 additive f32 N(0,1), 3 additive 0/-1e9,
+                                4 additive N(0,1) with every key -inf on query row 0 */
     int mask_rank;           /* 4: [B,Hq,Lq,Lk]; 2: [Lq,Lk] broadcast */
     int causal;
     int64_t window;
-    int sinks;
+    int sinks;               /* 1: N(0,1) per head; 2: -inf on even heads */
     int partial;             /* qsdpa_attention_partial over keys [key_offset, +Lk) of key_total */
     int64_t key_offset, key_total;
     int64_t cap_extra;       /* cache capacity beyond Lk (strided view) */

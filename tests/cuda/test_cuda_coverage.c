@@ -154,6 +154,18 @@ int main(void) {
     c = cuda_case_default();
     c.kf = c.vf = fmt("bf16");
     cuda_case_run(&rng, &c, "auto f16 q over bf16 plain rows");
+    /* MLX's masked-row rules: every key -inf gives a NaN row (partial: NaN, lse -inf); a -inf sink is no column */
+    const qsdpa_dtype qdts[2] = {QSDPA_DTYPE_F16, QSDPA_DTYPE_F32};
+    for (int t = 0; t < 2; t++)
+        for (int partial = 0; partial < 2; partial++) {
+            c = cuda_case_default();
+            c.q_dtype = qdts[t];
+            c.lq = 3; c.lk = 700; c.mask = 4; c.sinks = 2; c.partial = partial;
+            char label[96];
+            snprintf(label, sizeof label, "auto %s all--inf row + -inf sinks%s", qsdpa_dtype_name(qdts[t]),
+                     partial ? " (partial)" : "");
+            cuda_case_run(&rng, &c, label);
+        }
     return test_finish("test_cuda_coverage");
 }
 #endif
