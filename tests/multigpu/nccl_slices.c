@@ -95,6 +95,20 @@ static float max_diff(const float *a, const float *b, int64_t n) {
     return m;
 }
 
+/* params for the current device: the sinks (if any) copied to device memory. */
+static qsdpa_attention_params device_params(const qsdpa_attention_params *host, qsdpa_tensor *sinks, void **owned) {
+    qsdpa_attention_params p = *host;
+    *owned = NULL;
+    if (host->sinks) {
+        *sinks = *host->sinks;
+        cudaMalloc(owned, sizeof(float) * HEADS_Q);
+        cudaMemcpy(*owned, host->sinks->data, sizeof(float) * HEADS_Q, cudaMemcpyHostToDevice);
+        sinks->data = *owned;
+        p.sinks = sinks;
+    }
+    return p;
+}
+
 #define OUT_ELEMS ((int64_t)BATCH * HEADS_Q * LEN_Q * DIM)
 
 /* CPU reference over the whole cache. */
@@ -136,7 +150,9 @@ static void single_device_slices(const host_cache *k, const host_cache *v, const
         void *kown, *vown;
         qsdpa_qtensor kt = slice_view(k, first, last - first, true, &kown);
         qsdpa_qtensor vt = slice_view(v, first, last - first, true, &vown);
-        qsdpa_attention_params sp = *params;
+        qsdpa_tensor dsinks;
+        void *sinks_owned;
+        qsdpa_attention_params sp = device_params(params, &dsinks, &sinks_owned);
         sp.key_offset = first;
         sp.key_total = k->len;
         if (s != 0) sp.sinks = NULL;
@@ -148,6 +164,7 @@ static void single_device_slices(const host_cache *k, const host_cache *v, const
         cudaDeviceSynchronize();
         cudaFree(kown);
         cudaFree(vown);
+        cudaFree(sinks_owned);
     }
     cudaMemset(dout, 0xFF, out_bytes); /* poison */
     qsdpa_tensor ot = qsdpa_tensor_4d(dout, QSDPA_DTYPE_F32, BATCH, HEADS_Q, LEN_Q, DIM);
@@ -202,7 +219,9 @@ static void *rank_main(void *arg) {
     cudaMemset(dout, 0xFF, out_bytes);
     qsdpa_tensor qt = qsdpa_tensor_4d(dq, QSDPA_DTYPE_F32, BATCH, HEADS_Q, LEN_Q, DIM);
     qsdpa_tensor ot = qsdpa_tensor_4d(dout, QSDPA_DTYPE_F32, BATCH, HEADS_Q, LEN_Q, DIM);
-    qsdpa_attention_params p = job->params;
+    qsdpa_tensor dsinks;
+    void *sinks_owned;
+    qsdpa_attention_params p = device_params(&job->params, &dsinks, &sinks_owned);
     p.key_offset = first;
     p.key_total = job->k->len;
     job->status = qsdpa_attention_nccl(ctx, job->comm, &qt, &kt, &vt, &p, &ot, job->root);
@@ -213,6 +232,7 @@ static void *rank_main(void *arg) {
     cudaFree(dout);
     cudaFree(kown);
     cudaFree(vown);
+    cudaFree(sinks_owned);
     qsdpa_context_destroy(ctx);
     return NULL;
 }
