@@ -184,10 +184,7 @@ static void run(test_rng *rng, qsdpa_context *cpu, qsdpa_context *ref, qsdpa_con
 }
 
 int main(void) {
-    if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
+    if (test_skip_without_cuda()) return TEST_SKIPPED;
     test_rng rng;
     test_rng_init(&rng, test_seed());
     qsdpa_context *cpu = NULL, *ref = NULL, *gpu = NULL;

@@ -60,3 +60,9 @@ void *test_alloc(size_t bytes) {
     }
     return p;
 }
+
+bool test_skip_without_cuda(void) {
+    if (qsdpa_backend_available(QSDPA_BACKEND_CUDA)) return false;
+    printf("SKIP: no CUDA device\n");
+    return true;
+}

@@ -37,6 +37,11 @@ extern int test_failures;
     } while (0)
 int test_finish(const char *name);
 
+/* GPU tests on a machine without a usable CUDA device: true after printing
+ * "SKIP: no CUDA device"; main then returns TEST_SKIPPED (CTest's skip code). */
+#define TEST_SKIPPED 77
+bool test_skip_without_cuda(void);
+
 void *test_alloc(size_t bytes); /* aborts the *test* on OOM (never the library) */
 
 #endif

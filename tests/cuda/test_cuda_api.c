@@ -252,10 +252,7 @@ static void merge_matches_cpu(test_rng *rng) {
 }
 
 int main(void) {
-    if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
+    if (test_skip_without_cuda()) return TEST_SKIPPED;
     test_rng rng;
     test_rng_init(&rng, test_seed());
     qsdpa_context *ctx = cuda_ctx(NULL);

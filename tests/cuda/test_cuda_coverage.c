@@ -74,10 +74,7 @@ static qsdpa_format row_format(int mode, int bits, int group) {
 }
 
 int main(void) {
-    if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
+    if (test_skip_without_cuda()) return TEST_SKIPPED;
     const char *q = getenv("QSDPA_CUDA_QUICK");
     quick = q && q[0] == '1';
     const char *only = getenv("QSDPA_CUDA_ONLY"); /* run only rows whose name contains this */

@@ -28,10 +28,7 @@ static cuda_case scenario(const char *format, int lq, qsdpa_dtype q_dtype) {
 }
 
 int main(void) {
-    if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
+    if (test_skip_without_cuda()) return TEST_SKIPPED;
     test_rng rng;
     test_rng_init(&rng, test_seed());
     const char *fp[] = {"mxfp4", "mxfp8", "nvfp4"};

@@ -274,10 +274,7 @@ static void multi_device(int ranks, int root, const host_cache *k, const host_ca
 }
 
 int main(void) {
-    if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
+    if (test_skip_without_cuda()) return TEST_SKIPPED;
     test_rng rng;
     test_rng_init(&rng, test_seed());
     int64_t len = 3000 + test_rng_int(&rng, 0, 97); /* not a multiple of any tile */
