@@ -107,15 +107,23 @@ static qsdpa_status prepare(const char *function, qsdpa_context *ctx, const qsdp
     return select_kernel(function, ctx, p, kernel);
 }
 
+/* Validate, select, run: the body of both attention entry points. */
+static qsdpa_status run_attention(const char *function, qsdpa_context *ctx, const qsdpa_tensor *q,
+                                  const qsdpa_qtensor *k, const qsdpa_qtensor *v,
+                                  const qsdpa_attention_params *params, const qsdpa_tensor *out,
+                                  const qsdpa_tensor *lse) {
+    qsdpa_problem p;
+    const qsdpa_kernel_entry *kernel;
+    qsdpa_status st = prepare(function, ctx, q, k, v, params, out, lse, &p, &kernel);
+    if (st != QSDPA_OK) return st;
+    return kernel->run(ctx, &p);
+}
+
 qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qsdpa_qtensor *k,
                              const qsdpa_qtensor *v, const qsdpa_attention_params *params,
                              qsdpa_tensor *out) {
     qsdpa_clear_error();
-    qsdpa_problem p;
-    const qsdpa_kernel_entry *kernel;
-    qsdpa_status st = prepare(__func__, ctx, q, k, v, params, out, NULL, &p, &kernel);
-    if (st != QSDPA_OK) return st;
-    return kernel->run(ctx, &p);
+    return run_attention(__func__, ctx, q, k, v, params, out, NULL);
 }
 
 qsdpa_status qsdpa_attention_partial(qsdpa_context *ctx, const qsdpa_tensor *q,
@@ -124,11 +132,7 @@ qsdpa_status qsdpa_attention_partial(qsdpa_context *ctx, const qsdpa_tensor *q,
                                      qsdpa_tensor *lse) {
     qsdpa_clear_error();
     if (!lse) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, __func__, "lse is NULL");
-    qsdpa_problem p;
-    const qsdpa_kernel_entry *kernel;
-    qsdpa_status st = prepare(__func__, ctx, q, k, v, params, out, lse, &p, &kernel);
-    if (st != QSDPA_OK) return st;
-    return kernel->run(ctx, &p);
+    return run_attention(__func__, ctx, q, k, v, params, out, lse);
 }
 
 qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
