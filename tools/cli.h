@@ -19,6 +19,7 @@ int cli_verify(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_info(int argc, char **argv);
 int cli_bench(int argc, char **argv);
+int cli_bench_data(int argc, char **argv); /* `qsdpa bench --data DIR`: real tensors */
 
 /* ---- argument parsing (cli_args.c) --------------------------------------
  * Every parse function returns 0, or prints "qsdpa <cmd>: <flag> = '<value>' ..."

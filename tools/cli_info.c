@@ -76,11 +76,8 @@ int cli_info(int argc, char **argv) {
 #else
         const char *cuda = "no";
 #endif
-#ifdef QSDPA_CLI_NCCL
-        const char *nccl = "yes";
-#else
-        const char *nccl = "no";
-#endif
+        /* NCCL is loaded at run time by the library (multi-GPU): report whether it loads here. */
+        const char *nccl = qsdpa_nccl_available() ? "loadable" : "no";
 #ifdef QSDPA_HAVE_BENCH_CPU
         const char *bench = "yes";
 #else

@@ -1,7 +1,7 @@
 /* The `qsdpa` tool end to end: help texts, exit code 2 with the flag named on
  * bad arguments, `info` listing every kernel-table row, `verify --quick`
  * passing, `demo --context 512` running, `run` failing cleanly on a missing
- * file and, on .npy files written here, agreeing with the in-process
+ * file, `bench --data` over the real tensors and, on .npy files written here, agreeing with the in-process
  * reference (f16 q, K affine 8-bit with bf16 scales, V mxfp4, rank-2 bool
  * mask, sinks). */
 #define _POSIX_C_SOURCE 200809L
@@ -124,6 +124,10 @@ static void test_verify_demo_run(void) {
     expect(args, 0, "kernel:", "max error vs reference");
     expect("run --dir /nonexistent-qsdpa-dir --format affine:4:64 --out /tmp/qsdpa_cli_test_out.npy", 1,
            "/nonexistent-qsdpa-dir", NULL);
+    /* real tensors (SmolLM2, tests/data/real): every default format within SPEC 4 of the reference */
+    expect("bench --data tests/data/real/smollm2_layer27 --runs 2", 0, "affine:4:64", "nvfp4");
+    expect("bench --data /nonexistent-qsdpa-dir", 1, "/nonexistent-qsdpa-dir", NULL);
+    expect("bench --data tests/data/real/smollm2_layer27 --runs 0", 2, "--runs", NULL);
 }
 
 
