@@ -62,6 +62,17 @@ static const qsdpa_dtype q_dtypes[3] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_
 /* Results of one (format pair, q dtype, kernel) cell of the table. */
 typedef struct { int count, failures; double worst; } cell;
 
+/* Semantics the sweep covers, counted per comparison, so the output shows that
+ * masks, sinks, causal, window, GQA ratios and query lengths were all checked. */
+enum {
+    F_MASK_NONE, F_MASK_BOOL, F_MASK_ADDITIVE, F_MASK_BROADCAST, F_CAUSAL, F_WINDOW, F_SINKS,
+    F_GQA1, F_GQA4, F_GQA8, F_LQ1, F_LQ_SHORT, F_LQ_LONG, F_DK_NE_DV, F_VIEW, F_COUNT
+};
+static const char *const feature_names[F_COUNT] = {
+    "no mask", "bool mask", "additive mask", "broadcast mask (stride 0)", "causal", "sliding window", "sinks",
+    "GQA 1 (MHA)", "GQA 4", "GQA 8", "Lq = 1 (decode)", "Lq 2..16", "Lq > 16 (prefill)", "Dk != Dv (192/128)",
+    "K/V view of a larger cache"};
+
 typedef struct {
     int cases;
     bool quick, verbose;
@@ -72,7 +83,25 @@ typedef struct {
     int reference;                   /* index of cpu.reference */
     cell *cells;                     /* [PAIR_COUNT][3][kernel_count] */
     int comparisons, failures;
+    int feature_count[F_COUNT], feature_failures[F_COUNT];
 } verifier;
+
+static void count_features(verifier *vf, const cli_case *c, bool view, bool failed) {
+    bool on[F_COUNT] = {false};
+    on[F_MASK_NONE + (int)c->mask] = true;
+    on[F_CAUSAL] = c->causal;
+    on[F_WINDOW] = c->window > 0;
+    on[F_SINKS] = c->sinks;
+    int64_t ratio = c->heads_q / c->heads_kv;
+    on[F_GQA1] = ratio == 1, on[F_GQA4] = ratio == 4, on[F_GQA8] = ratio == 8;
+    on[F_LQ1] = c->len_q == 1, on[F_LQ_SHORT] = c->len_q > 1 && c->len_q <= 16, on[F_LQ_LONG] = c->len_q > 16;
+    on[F_DK_NE_DV] = c->dim_k != c->dim_v;
+    on[F_VIEW] = view;
+    for (int f = 0; f < F_COUNT; f++) {
+        vf->feature_count[f] += on[f];
+        vf->feature_failures[f] += on[f] && failed;
+    }
+}
 
 static int group_of(const qsdpa_format *f) { return f->group > 0 ? f->group : 1; }
 
@@ -212,6 +241,7 @@ static int check_case(verifier *vf, int pair, int dt, const cli_case *c, uint64_
         double ratio = err / tol;
         if (ratio > cl->worst || isnan(ratio)) cl->worst = ratio;
         bool pass = st == QSDPA_OK && !rc && ratio <= 1.0 && guard_ok;
+        count_features(vf, c, p.capacity > c->len_k, !pass);
         if (!pass) {
             cl->failures++;
             vf->failures++;
@@ -234,6 +264,13 @@ done:
     free(out);
     cli_problem_free(&p);
     return rc;
+}
+
+static void print_features(const verifier *vf) {
+    printf("\n%-28s %11s %9s  %s\n", "covered semantics", "comparisons", "failures", "result");
+    for (int f = 0; f < F_COUNT; f++)
+        printf("%-28s %11d %9d  %s\n", feature_names[f], vf->feature_count[f], vf->feature_failures[f],
+               vf->feature_failures[f] ? "FAIL" : vf->feature_count[f] ? "PASS" : "not drawn (raise --cases)");
 }
 
 static void print_table(const verifier *vf) {
@@ -290,6 +327,7 @@ int cli_verify(int argc, char **argv) {
     }
     if (rc) goto done;
     print_table(&vf);
+    print_features(&vf);
     printf("\nverify: %d comparisons, %d failures, %.1f s (seed %llu)\n", vf.comparisons, vf.failures,
            cli_now() - t0, (unsigned long long)vf.seed);
     if (vf.comparisons == 0) {
