@@ -1,21 +1,5 @@
-/* Tensor-core kernel instantiations: affine 8-bit (groups 32, 64, 128), D 64 and 128 (group 128: D 128 only).
- * One file per format family so the instantiations compile in parallel. */
-#include "cuda/fast_kernel.cuh"
-
-#define QSDPA_CUDA_FAST(name, DK, DV, FK, FV)                                    \
-    extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p);  \
-    extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p) { \
-        return qsdpa_cuda_fast_run<DK, DV, FK, FV>(ctx, p);                     \
-    }
-
-using k_a8g32 = qfast::affine_fmt<8, 32>;
-using v_a8g32 = qfast::affine_fmt<8, 32>;
-QSDPA_CUDA_FAST(qsdpa_cuda_mma_a8g32_d64, 64, 64, k_a8g32, v_a8g32)
-QSDPA_CUDA_FAST(qsdpa_cuda_mma_a8g32_d128, 128, 128, k_a8g32, v_a8g32)
-using k_a8g64 = qfast::affine_fmt<8, 64>;
-using v_a8g64 = qfast::affine_fmt<8, 64>;
-QSDPA_CUDA_FAST(qsdpa_cuda_mma_a8g64_d64, 64, 64, k_a8g64, v_a8g64)
-QSDPA_CUDA_FAST(qsdpa_cuda_mma_a8g64_d128, 128, 128, k_a8g64, v_a8g64)
-using k_a8g128 = qfast::affine_fmt<8, 128>;
-using v_a8g128 = qfast::affine_fmt<8, 128>;
-QSDPA_CUDA_FAST(qsdpa_cuda_mma_a8g128_d128, 128, 128, k_a8g128, v_a8g128)
+/* Tensor-core kernel instantiations of unit "affine8": the rows of the kernel
+ * table (kernels_cuda.def) whose unit column is affine8 (affine 8-bit (groups 32, 64, 128)).
+ * One file per unit so the instantiations compile in parallel. */
+#define QSDPA_CUDA_UNIT_affine8(...) QSDPA_CUDA_FAST(__VA_ARGS__)
+#include "cuda/fast_instantiate.cuh"

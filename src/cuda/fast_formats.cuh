@@ -156,6 +156,15 @@ struct plain_f16_fmt {
     }
 };
 
+/* The format type of a kernel-table row's (mode, bits, group) columns, so the
+ * instantiations are generated from the table (fast_instantiate.cuh). */
+template <int MODE, int BITS, int GROUP> struct format_of;
+template <int B, int G> struct format_of<QSDPA_MODE_AFFINE, B, G> { using type = affine_fmt<B, G>; };
+template <int G> struct format_of<QSDPA_MODE_MXFP4, 4, G> { using type = fp4_fmt<QSDPA_MODE_MXFP4>; };
+template <int G> struct format_of<QSDPA_MODE_NVFP4, 4, G> { using type = fp4_fmt<QSDPA_MODE_NVFP4>; };
+template <int G> struct format_of<QSDPA_MODE_MXFP8, 8, G> { using type = mxfp8_fmt; };
+template <int G> struct format_of<QSDPA_MODE_PLAIN, 16, G> { using type = plain_f16_fmt; };
+
 } // namespace qfast
 
 #endif
