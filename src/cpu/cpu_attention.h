@@ -67,6 +67,8 @@ typedef struct cpu_isa {
 extern const cpu_isa qsdpa_cpu_isa_c;
 #ifdef QSDPA_HAVE_AVX2_KERNELS
 extern const cpu_isa qsdpa_cpu_isa_avx2;
+void qsdpa_cpu_avx2_row_max(const float *s, int64_t n, int nm, float *out);                 /* softmax_avx2.c */
+void qsdpa_cpu_avx2_exp_sub(float *s, int64_t n, const float *m, int nm, float *sums);
 #endif
 
 /* The driver. prefill: tile over queries, unpack each K/V block to floats once
