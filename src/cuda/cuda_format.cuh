@@ -42,6 +42,47 @@ static inline qd_qtensor qd_qtensor_make(const qsdpa_qtensor *t) {
     return d;
 }
 
+/* The tensors of a validated problem as every attention kernel reads them.
+ * The kernels' parameter structs derive from it and add their own sizes. */
+struct qd_io {
+    const void *q;       /* [B,Hq,Lq,Dk] */
+    int q_dtype;
+    int64_t qs[4];
+    qd_qtensor k, v;
+    int mask_kind;
+    const void *mask;    /* broadcast element strides ms */
+    int mask_dtype;
+    int64_t ms[4];
+    const void *sinks;   /* [Hq] or NULL */
+    int sinks_dtype;
+    void *out;           /* [B,Hq,Lq,Dv] */
+    int out_dtype;
+    int64_t os[4];
+    float *lse;          /* partial mode: [B,Hq,Lq], else NULL */
+    int64_t ls[3];
+};
+
+static inline void qd_io_fill(qd_io *io, const qsdpa_problem *pr) {
+    io->q = pr->q;
+    io->q_dtype = pr->q_dtype;
+    for (int d = 0; d < 4; d++) {
+        io->qs[d] = pr->q_stride[d];
+        io->ms[d] = pr->mask_stride[d];
+        io->os[d] = pr->out_stride[d];
+    }
+    for (int d = 0; d < 3; d++) io->ls[d] = pr->lse_stride[d];
+    io->k = qd_qtensor_make(&pr->k);
+    io->v = qd_qtensor_make(&pr->v);
+    io->mask_kind = pr->mask_kind;
+    io->mask = pr->mask;
+    io->mask_dtype = pr->mask_dtype;
+    io->sinks = pr->sinks;
+    io->sinks_dtype = pr->sinks_dtype;
+    io->out = pr->out;
+    io->out_dtype = pr->out_dtype;
+    io->lse = pr->lse;
+}
+
 #ifdef __CUDACC__
 /* FP4 E2M1 code (4 bits) -> value. */
 __device__ __forceinline__ float qd_fp4(unsigned c) {

@@ -14,22 +14,7 @@
 
 namespace {
 
-struct gen_params {
-    const void *q;       /* [B,Hq,Lq,Dk] */
-    int q_dtype;
-    int64_t qs[4];
-    qd_qtensor k, v;
-    int mask_kind;
-    const void *mask;    /* broadcast strides ms */
-    int mask_dtype;
-    int64_t ms[4];
-    const void *sinks;   /* [Hq] or NULL */
-    int sinks_dtype;
-    void *out;
-    int out_dtype;
-    int64_t os[4];
-    float *lse;          /* partial mode: [B,Hq,Lq], else NULL */
-    int64_t ls[3];
+struct gen_params : qd_io {
     int64_t batch, hq, lq, lk, ratio, key_offset, key_total, window;
     int dk, dv, causal;
     float scale, masked;
@@ -156,14 +141,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     if (st != QSDPA_OK) return st;
     gen_params p;
     memset(&p, 0, sizeof p);
-    p.q = pr->q; p.q_dtype = pr->q_dtype;
-    for (int d = 0; d < 4; d++) { p.qs[d] = pr->q_stride[d]; p.ms[d] = pr->mask_stride[d]; p.os[d] = pr->out_stride[d]; }
-    for (int d = 0; d < 3; d++) p.ls[d] = pr->lse_stride[d];
-    p.k = qd_qtensor_make(&pr->k);
-    p.v = qd_qtensor_make(&pr->v);
-    p.mask_kind = pr->mask_kind; p.mask = pr->mask; p.mask_dtype = pr->mask_dtype;
-    p.sinks = pr->sinks; p.sinks_dtype = pr->sinks_dtype;
-    p.out = pr->out; p.out_dtype = pr->out_dtype; p.lse = pr->lse;
+    qd_io_fill(&p, pr);
     p.batch = pr->batch; p.hq = pr->heads_q; p.lq = pr->len_q; p.lk = pr->len_k; p.ratio = pr->group_ratio;
     p.key_offset = pr->key_offset; p.key_total = pr->key_total; p.window = pr->window;
     p.dk = (int)pr->dim_k; p.dv = (int)pr->dim_v; p.causal = pr->causal;

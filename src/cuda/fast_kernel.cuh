@@ -44,22 +44,7 @@ constexpr int tile_keys() {
 }
 constexpr int THREADS = 128;
 
-struct fast_params {
-    const void *q;           /* [B,Hq,Lq,Dk] f16/bf16 */
-    int q_dtype;
-    int64_t qs[4];
-    qd_qtensor k, v;
-    int mask_kind;
-    const void *mask;
-    int mask_dtype;
-    int64_t ms[4];
-    const void *sinks;       /* [Hq] or NULL */
-    int sinks_dtype;
-    void *out;
-    int out_dtype;
-    int64_t os[4];
-    float *lse;              /* partial mode [B,Hq,Lq] or NULL */
-    int64_t ls[3];
+struct fast_params : qd_io {
     int64_t hkv, lq, lk, ratio, key_offset, key_total, window;
     int causal;
     int wm;                  /* row warps (1, 2, 4); WN = 4 / wm */

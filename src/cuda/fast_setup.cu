@@ -66,14 +66,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     }
 
     memset(p, 0, sizeof *p);
-    p->q = pr->q; p->q_dtype = pr->q_dtype;
-    for (int d = 0; d < 4; d++) { p->qs[d] = pr->q_stride[d]; p->ms[d] = pr->mask_stride[d]; p->os[d] = pr->out_stride[d]; }
-    for (int d = 0; d < 3; d++) p->ls[d] = pr->lse_stride[d];
-    p->k = qd_qtensor_make(&pr->k);
-    p->v = qd_qtensor_make(&pr->v);
-    p->mask_kind = pr->mask_kind; p->mask = pr->mask; p->mask_dtype = pr->mask_dtype;
-    p->sinks = pr->sinks; p->sinks_dtype = pr->sinks_dtype;
-    p->out = pr->out; p->out_dtype = pr->out_dtype; p->lse = pr->lse;
+    qd_io_fill(p, pr);
     p->hkv = pr->heads_kv; p->lq = pr->len_q; p->lk = pr->len_k; p->ratio = pr->group_ratio;
     p->key_offset = pr->key_offset; p->key_total = pr->key_total; p->window = pr->window;
     p->causal = pr->causal;
