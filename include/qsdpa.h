@@ -120,7 +120,7 @@ typedef struct qsdpa_tensor {
     qsdpa_dtype dtype;
     int rank;                       /* 1..QSDPA_MAX_RANK */
     int64_t shape[QSDPA_MAX_RANK];  /* sizes, outermost first */
-    int64_t stride[QSDPA_MAX_RANK]; /* in elements; 0 broadcasts (masks only) */
+    int64_t stride[QSDPA_MAX_RANK]; /* in elements; 0 broadcasts (meant for masks; q/K/V accept it too) */
 } qsdpa_tensor;
 
 /* A contiguous (row-major) tensor view of `data`. */
@@ -147,7 +147,9 @@ qsdpa_status qsdpa_quantize(const qsdpa_format *format, const void *x, qsdpa_dty
                             int64_t rows, int64_t dim, uint32_t *codes, void *scales,
                             void *biases, qsdpa_dtype scale_dtype);
 /* Inverse: codes/scales/biases -> out [rows, dim] of out_dtype. Bit-exact with
- * mx.dequantize on CPU (computed in f32, rounded once to out_dtype). */
+ * mx.dequantize on CPU, including its rounding in the scales' dtype for f16/bf16
+ * scales (docs/SPEC.md §7); attention kernels dequantize in f32 instead, so
+ * with narrow scales the two may differ by one ulp of the scale dtype. */
 qsdpa_status qsdpa_dequantize(const qsdpa_format *format, const uint32_t *codes,
                               const void *scales, const void *biases, qsdpa_dtype scale_dtype,
                               int64_t rows, int64_t dim, void *out, qsdpa_dtype out_dtype);
