@@ -175,6 +175,19 @@ INLINE float group_scale(int F, const cpu_rows *t, const char *srow, int64_t g) 
 
 INLINE bool has_bias(int F) { return F == F_AFF4 || F == F_AFF8; }
 
+/* out[r] = sum of acc[r]'s 8 lanes + bias lane r, for r < NR (acc[NR..3] are zero). */
+INLINE void store_row_sums(const int NR, const __m256 acc[4], __m128 bias, float *out) {
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    __m128 sum = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias);
+    if (NR == 4) {
+        _mm_storeu_ps(out, sum);
+    } else {
+        float lanes[4];
+        _mm_storeu_ps(lanes, sum);
+        for (int r = 0; r < NR; r++) out[r] = lanes[r];
+    }
+}
+
 /* scores[j][r0 + r] = q[r0 + r] . K[j0 + j] for r < NR. The group scale multiplies
  * the decoded codes (one mul per 8 codes, shared by the NR rows) so the accumulators
  * run across groups without spilling; the bias enters as bias_g * sum(q_g). */
@@ -207,17 +220,8 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
                                     _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0), bias);
         }
         for (int r = NR; r < 4; r++) a0[r] = a1[r] = _mm256_setzero_ps();
-        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(_mm256_add_ps(a0[0], a1[0]), _mm256_add_ps(a0[1], a1[1])),
-                                  _mm256_hadd_ps(_mm256_add_ps(a0[2], a1[2]), _mm256_add_ps(a0[3], a1[3])));
-        __m128 sum = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias);
-        float *out = scores + j * nq + r0;
-        if (NR == 4) {
-            _mm_storeu_ps(out, sum);
-        } else {
-            float lanes[4];
-            _mm_storeu_ps(lanes, sum);
-            for (int r = 0; r < NR; r++) out[r] = lanes[r];
-        }
+        for (int r = 0; r < 4; r++) a0[r] = _mm256_add_ps(a0[r], a1[r]);
+        store_row_sums(NR, a0, bias, scores + j * nq + r0);
     }
 }
 
@@ -276,16 +280,7 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
         for (int u = 0; u < 2; u++) {
             if (NR == 1)
                 for (int r = 0; r < NR; r++) a[u][r] = _mm256_add_ps(a[u][r], b[u][r]);
-            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[u][0], a[u][1]), _mm256_hadd_ps(a[u][2], a[u][3]));
-            __m128 sum = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias[u]);
-            float *out = scores + (j + u) * nq + r0;
-            if (NR == 4) {
-                _mm_storeu_ps(out, sum);
-            } else {
-                float lanes[4];
-                _mm_storeu_ps(lanes, sum);
-                for (int r = 0; r < NR; r++) out[r] = lanes[r];
-            }
+            store_row_sums(NR, a[u], bias[u], scores + (j + u) * nq + r0);
         }
     }
 }
