@@ -118,12 +118,12 @@ qsdpa_status qsdpa_context_set_stream(qsdpa_context *ctx, void *stream) {
     return QSDPA_OK;
 }
 
-qsdpa_status qsdpa_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
+qsdpa_status qsdpa_scratch(qsdpa_context *ctx, const char *function, size_t bytes, void **out) {
     if (bytes > ctx->scratch_bytes) {
         size_t grown = bytes + bytes / 4 + 4096;
         void *p = NULL;
         if (posix_memalign(&p, 64, grown) != 0)
-            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cannot allocate %zu bytes of scratch", grown);
+            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate %zu bytes of scratch", grown);
         free(ctx->scratch);
         ctx->scratch = p;
         ctx->scratch_bytes = grown;

@@ -48,6 +48,7 @@ typedef enum qsdpa_mask_kind {
 } qsdpa_mask_kind;
 
 typedef struct qsdpa_problem {
+    const char *function; /* the public entry point, for messages ("qsdpa_attention_partial") */
     int64_t batch, heads_q, heads_kv, len_q, len_k, dim_k, dim_v;
     int64_t group_ratio; /* heads_q / heads_kv: query head h reads KV head h / group_ratio */
 
@@ -129,8 +130,9 @@ struct qsdpa_context {
     size_t multi_gpu_scratch_bytes;
 };
 
-/* Host scratch of at least `bytes`, owned by ctx (grows, never shrinks). */
-qsdpa_status qsdpa_scratch(qsdpa_context *ctx, size_t bytes, void **out);
+/* Host scratch of at least `bytes`, owned by ctx (grows, never shrinks);
+ * `function` names the public entry point in an out-of-memory message. */
+qsdpa_status qsdpa_scratch(qsdpa_context *ctx, const char *function, size_t bytes, void **out);
 
 /* ---- kernel table ------------------------------------------------------- */
 typedef qsdpa_status (*qsdpa_kernel_fn)(qsdpa_context *ctx, const qsdpa_problem *p);

@@ -318,7 +318,7 @@ static void run_all(qsdpa_threadpool *pool, bool caller_only, int64_t count, qsd
 
 qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, const cpu_isa *isa, bool prefill) {
     qsdpa_threadpool *pool;
-    qsdpa_status st = qsdpa_context_pool(ctx, &pool);
+    qsdpa_status st = qsdpa_context_pool(ctx, p->function, &pool);
     if (st != QSDPA_OK) return st;
     int threads = qsdpa_threadpool_size(pool);
     plan pl;
@@ -354,7 +354,7 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     size_t part_acc = pl.n_split > 1 ? (size_t)tasks * (size_t)pl.rows_max * (size_t)p->dim_v * 4 : 0;
     size_t total = pl.thread_bytes * (size_t)threads + 2 * part + part_acc;
     void *mem;
-    st = qsdpa_scratch(ctx, total, &mem);
+    st = qsdpa_scratch(ctx, p->function, total, &mem);
     if (st != QSDPA_OK) return st;
     pl.scratch = mem;
     char *rest = (char *)mem + pl.thread_bytes * (size_t)threads;

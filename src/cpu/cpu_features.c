@@ -18,7 +18,7 @@ qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
     (void)ctx, (void)p;
-    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention", "this build has no AVX2 kernels");
+    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, p->function, "this build has no AVX2 kernels");
 }
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
     return qsdpa_cpu_avx2_decode(ctx, p);

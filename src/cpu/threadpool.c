@@ -51,10 +51,10 @@ static void *worker_main(void *p) {
     return NULL;
 }
 
-qsdpa_status qsdpa_threadpool_create(int threads, qsdpa_threadpool **out) {
+qsdpa_status qsdpa_threadpool_create(int threads, const char *function, qsdpa_threadpool **out) {
     if (threads < 1) threads = 1;
     qsdpa_threadpool *pool = calloc(1, sizeof *pool);
-    if (!pool) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cannot allocate the thread pool");
+    if (!pool) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate the thread pool");
     pool->threads = threads;
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->wake, NULL);
@@ -64,7 +64,7 @@ qsdpa_status qsdpa_threadpool_create(int threads, qsdpa_threadpool **out) {
         pool->workers = calloc((size_t)threads - 1, sizeof *pool->workers);
         if (!pool->workers) {
             qsdpa_threadpool_destroy(pool);
-            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cannot allocate the thread pool");
+            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate the thread pool");
         }
     }
     for (int t = 1; t < threads; t++) {
@@ -74,7 +74,7 @@ qsdpa_status qsdpa_threadpool_create(int threads, qsdpa_threadpool **out) {
             free(wa);
             pool->threads = t; /* destroy joins only the threads that exist */
             qsdpa_threadpool_destroy(pool);
-            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cannot start worker thread %d of %d", t,
+            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot start worker thread %d of %d", t,
                               threads);
         }
     }
@@ -119,9 +119,9 @@ void qsdpa_threadpool_run(qsdpa_threadpool *pool, int64_t count, qsdpa_task_fn t
     pthread_mutex_unlock(&pool->lock);
 }
 
-qsdpa_status qsdpa_context_pool(qsdpa_context *ctx, qsdpa_threadpool **out) {
+qsdpa_status qsdpa_context_pool(qsdpa_context *ctx, const char *function, qsdpa_threadpool **out) {
     if (!ctx->pool) {
-        qsdpa_status st = qsdpa_threadpool_create(ctx->num_threads, &ctx->pool);
+        qsdpa_status st = qsdpa_threadpool_create(ctx->num_threads, function, &ctx->pool);
         if (st != QSDPA_OK) return st;
     }
     *out = ctx->pool;

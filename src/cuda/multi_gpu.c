@@ -142,7 +142,7 @@ qsdpa_status qsdpa_attention_nccl(qsdpa_context *ctx, void *nccl_comm, const qsd
 
     /* Host-side views of the gathered partials, kept in ctx's host scratch. */
     void *host = NULL;
-    if ((st = qsdpa_scratch(ctx, 2 * sizeof(qsdpa_tensor) * (size_t)ranks, &host)) != QSDPA_OK) return st;
+    if ((st = qsdpa_scratch(ctx, fn, 2 * sizeof(qsdpa_tensor) * (size_t)ranks, &host)) != QSDPA_OK) return st;
     qsdpa_tensor *outs = host, *lses = outs + ranks;
     for (int r = 0; r < ranks; r++) {
         float *base = gathered + (size_t)r * part_floats;

@@ -94,7 +94,7 @@ static qsdpa_status select_kernel(const char *function, qsdpa_context *ctx, cons
 
 qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p,
                                  const qsdpa_kernel_entry **out) {
-    return select_kernel("qsdpa_attention", ctx, p, out);
+    return select_kernel(p->function, ctx, p, out);
 }
 
 static qsdpa_status prepare(const char *function, qsdpa_context *ctx, const qsdpa_tensor *q,

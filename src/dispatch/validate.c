@@ -266,6 +266,7 @@ qsdpa_status qsdpa_validate_attention(const char *fn, const qsdpa_tensor *q, con
     qsdpa_attention_params defaults = qsdpa_attention_default_params();
     const qsdpa_attention_params *a = params ? params : &defaults;
     memset(p, 0, sizeof *p);
+    p->function = fn;
 
     qsdpa_span sq, sout, slse = {0, 0}, smask = {0, 0}, ssinks = {0, 0};
     qsdpa_status st = qsdpa_check_tensor(fn, "q->", q, 4, QSDPA_ROLE_INPUT, &sq);

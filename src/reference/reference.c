@@ -111,12 +111,12 @@ static qsdpa_status make_state(qsdpa_context *ctx, const qsdpa_problem *p, ref_s
     size_t nk, nv, bytes, tail = (size_t)(p->len_k + p->dim_k + p->dim_v) * sizeof(double);
     if (!qsdpa_mul_size((size_t)p->len_k, (size_t)p->dim_k * sizeof(float), &nk) ||
         !qsdpa_mul_size((size_t)p->len_k, (size_t)p->dim_v * sizeof(float), &nv) || nk > SIZE_MAX - nv - tail - 64)
-        return qsdpa_fail(QSDPA_ERR_OVERFLOW, "qsdpa_attention", "reference scratch for Lk = %lld overflows size_t",
+        return qsdpa_fail(QSDPA_ERR_OVERFLOW, p->function, "reference scratch for Lk = %lld overflows size_t",
                           (long long)p->len_k);
     nk = (nk + 7) & ~(size_t)7; /* keep the doubles after the floats aligned */
     bytes = nk + nv + tail + 8;
     void *mem;
-    qsdpa_status s = qsdpa_scratch(ctx, bytes, &mem);
+    qsdpa_status s = qsdpa_scratch(ctx, p->function, bytes, &mem);
     if (s != QSDPA_OK) return s;
     char *at = mem;
     st->k = (float *)at;

@@ -25,7 +25,7 @@ int main(void) {
     test_rng_init(&rng, test_seed());
     for (int threads = 1; threads <= 5; threads++) {
         qsdpa_threadpool *pool = NULL;
-        CHECK(qsdpa_threadpool_create(threads, &pool) == QSDPA_OK, "create %d: %s", threads, qsdpa_last_error());
+        CHECK(qsdpa_threadpool_create(threads, "test_threadpool", &pool) == QSDPA_OK, "create %d: %s", threads, qsdpa_last_error());
         if (!pool) continue;
         CHECK(qsdpa_threadpool_size(pool) == threads, "size %d != %d", qsdpa_threadpool_size(pool), threads);
         for (int run = 0; run < 200; run++) {
@@ -50,7 +50,7 @@ int main(void) {
     qsdpa_context *ctx;
     CHECK(qsdpa_context_create(&o, &ctx) == QSDPA_OK, "context: %s", qsdpa_last_error());
     qsdpa_threadpool *a = NULL, *b = NULL;
-    CHECK(qsdpa_context_pool(ctx, &a) == QSDPA_OK && qsdpa_context_pool(ctx, &b) == QSDPA_OK, "context pool");
+    CHECK(qsdpa_context_pool(ctx, "test_threadpool", &a) == QSDPA_OK && qsdpa_context_pool(ctx, "test_threadpool", &b) == QSDPA_OK, "context pool");
     CHECK(a && a == b && qsdpa_threadpool_size(a) == 3, "the context's pool is not persistent");
     qsdpa_context_destroy(ctx);
     return test_finish("test_threadpool");
