@@ -143,8 +143,6 @@ typedef struct qsdpa_kernel_entry {
     bool (*available)(void); /* CPU features / device present */
 } qsdpa_kernel_entry;
 
-/* Does this entry serve this problem (formats, dims, dtype, Lq)? */
-bool qsdpa_kernel_matches(const qsdpa_kernel_entry *e, const qsdpa_problem *p);
 /* First usable entry of the table serving p (or the forced one). */
 qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p,
                                  const qsdpa_kernel_entry **out);

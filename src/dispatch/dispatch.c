@@ -43,7 +43,8 @@ static bool format_matches(int mode, int bits, int group, const qsdpa_format *f)
     return field_matches(mode, f->mode) && field_matches(bits, f->bits) && field_matches(group, f->group);
 }
 
-bool qsdpa_kernel_matches(const qsdpa_kernel_entry *e, const qsdpa_problem *p) {
+/* Does this entry serve this problem (formats, logical dims, q dtype, Lq)? */
+static bool kernel_matches(const qsdpa_kernel_entry *e, const qsdpa_problem *p) {
     const qsdpa_kernel_info *k = &e->info;
     return field_matches(k->q_dtype, p->q_dtype) && field_matches(k->dk, p->dim_k) &&
            field_matches(k->dv, p->dim_v) && p->dim_k <= k->max_dim && p->dim_v <= k->max_dim &&
@@ -59,11 +60,10 @@ static bool entry_usable(const qsdpa_context *ctx, const qsdpa_kernel_entry *e) 
     return e->available();
 }
 
-/* `function` names the public entry point in messages (qsdpa_attention,
+/* Messages name p->function, the public entry point (qsdpa_attention,
  * qsdpa_attention_partial or qsdpa_attention_select). */
-static qsdpa_status select_kernel(const char *function, qsdpa_context *ctx, const qsdpa_problem *p,
-                                  const qsdpa_kernel_entry **out) {
-    const char *forced = ctx->forced_kernel;
+qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p, const qsdpa_kernel_entry **out) {
+    const char *forced = ctx->forced_kernel, *function = p->function;
     for (int i = 0; i < KERNEL_COUNT; i++) {
         const qsdpa_kernel_entry *e = &kernel_table[i];
         if (forced[0]) {
@@ -71,14 +71,14 @@ static qsdpa_status select_kernel(const char *function, qsdpa_context *ctx, cons
             if (e->info.backend != ctx->options.backend || !e->available())
                 return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function,
                                   "forced kernel '%s' is not usable on this context/machine", forced);
-            if (!qsdpa_kernel_matches(e, p))
+            if (!kernel_matches(e, p))
                 return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function,
                                   "forced kernel '%s' does not serve this request (Dk=%lld Dv=%lld Lq=%lld)",
                                   forced, (long long)p->dim_k, (long long)p->dim_v, (long long)p->len_q);
             *out = e;
             return QSDPA_OK;
         }
-        if (entry_usable(ctx, e) && qsdpa_kernel_matches(e, p)) {
+        if (entry_usable(ctx, e) && kernel_matches(e, p)) {
             *out = e;
             return QSDPA_OK;
         }
@@ -92,11 +92,6 @@ static qsdpa_status select_kernel(const char *function, qsdpa_context *ctx, cons
                       (long long)p->dim_k, (long long)p->dim_v, kf, vf, (long long)p->len_q);
 }
 
-qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p,
-                                 const qsdpa_kernel_entry **out) {
-    return select_kernel(p->function, ctx, p, out);
-}
-
 static qsdpa_status prepare(const char *function, qsdpa_context *ctx, const qsdpa_tensor *q,
                             const qsdpa_qtensor *k, const qsdpa_qtensor *v,
                             const qsdpa_attention_params *params, const qsdpa_tensor *out,
@@ -104,7 +99,7 @@ static qsdpa_status prepare(const char *function, qsdpa_context *ctx, const qsdp
     if (!ctx) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "ctx is NULL");
     qsdpa_status st = qsdpa_validate_attention(function, q, k, v, params, out, lse, p);
     if (st != QSDPA_OK) return st;
-    return select_kernel(function, ctx, p, kernel);
+    return qsdpa_kernel_select(ctx, p, kernel);
 }
 
 /* Validate, select, run: the body of both attention entry points. */
