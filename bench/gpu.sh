@@ -5,9 +5,9 @@
 # joined report. Each stage has its own time limit so the call ends well
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 8 files): build.log tests.log sanitizer.log
-# bench.txt torch.txt ncu.txt report.md.
+# bench.txt multi.txt torch.txt ncu.txt report.md.
 # Usage (device): bash bench/gpu.sh [quick | variants]
-#   quick: no benchmark; variants: also times BN/MIN_BLOCKS builds on the 32K matrix
+#   quick: no benchmark; variants: also times QSDPA_CUDA_DEC_MIN_BLOCKS builds on the 32K matrix
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -42,17 +42,23 @@ if [ "$MODE" != quick ]; then
   echo "bench rc=$?" >>"$OUT/bench.txt"
 fi
 
+if [ "$MODE" != quick ]; then
+  # the tile kernel on the same decode shapes (the decode kernel's baseline, same card, same run)
+  stamp "tile kernel for decode (QSDPA_CUDA_TILE_DECODE=1)" | tee -a "$OUT/bench.txt"
+  QSDPA_CUDA_TILE_DECODE=1 timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed 's/^/[tile] /' >>"$OUT/bench.txt"
+fi
+
 if [ "$MODE" = variants ]; then
   # compile-time variants of the same source, timed on the 32K matrix (bench quick)
-  for v in "64 3" "128 2"; do
+  for v in "DEC_MIN_BLOCKS 2" "DEC_MIN_BLOCKS 4"; do
     set -- $v
-    VB=build-gpu-bn$1-mb$2
-    stamp "variant BN=$1 MIN_BLOCKS=$2" | tee -a "$OUT/bench.txt"
+    VB=build-gpu-$1-$2
+    stamp "variant QSDPA_CUDA_$1=$2" | tee -a "$OUT/bench.txt"
     timeout 150 bash -c "cmake -S . -B $VB -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a -DQSDPA_BUILD_TOOLS=OFF \
-        -DQSDPA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_FLAGS='-DQSDPA_CUDA_BN=$1 -DQSDPA_CUDA_MIN_BLOCKS=$2' \
+        -DQSDPA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_FLAGS='-DQSDPA_CUDA_$1=$2' \
         >/dev/null && cmake --build $VB -j16 --target qsdpa && nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
         -Iinclude bench/bench_gpu.cu -L$VB -lqsdpa -Xlinker -rpath,$PWD/$VB -o $VB/bench_gpu" >>"$OUT/build.log" 2>&1
-    timeout 60 "$VB/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[bn$1 mb$2] /" >>"$OUT/bench.txt"
+    timeout 60 "$VB/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[$1=$2] /" >>"$OUT/bench.txt"
   done
 fi
 
@@ -79,7 +85,7 @@ grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|Invalid" "$OUT/sanitizer.log" | 
 if [ "$MODE" != quick ]; then
   stamp ncu | tee "$OUT/ncu.txt"
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-  timeout 90 "$NCU" --clock-control none -k regex:fast_attention --launch-skip 30 --launch-count 1 \
+  timeout 90 "$NCU" --clock-control none -k regex:"fast_(attention|decode)" --launch-skip 30 --launch-count 1 \
     --set full "$B/bench_gpu" one affine4g64 1 32768 1 >>"$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?" >>"$OUT/ncu.txt"
 fi

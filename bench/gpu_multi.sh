@@ -2,7 +2,7 @@
 # Sequence-parallel stage of bench/gpu.sh (issue 6): the slicing test (one device:
 # partial per slice + device merge; every GPU count the machine has: NCCL) and the
 # multi-GPU benchmark (its 1-GPU column on a one-GPU machine). Appends to $OUT/tests.log
-# and $OUT/bench.txt. Usage: bash bench/gpu_multi.sh BUILD_DIR
+# and writes $OUT/multi.txt. Usage: bash bench/gpu_multi.sh BUILD_DIR
 set -u
 B=${1:-build-gpu}
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
@@ -11,4 +11,4 @@ timeout 120 cmake --build "$B" -j16 --target test_nccl_slices bench_multi_gpu >>
 echo "== multigpu build rc=$?" | tee -a "$OUT/tests.log"
 timeout 90 "$B/tests/test_nccl_slices" >>"$OUT/tests.log" 2>&1
 echo "test_nccl_slices rc=$?" | tee -a "$OUT/tests.log"
-timeout 120 "$B/bench_multi_gpu" --iters 30 2>&1 | tee -a "$OUT/bench.txt"
+timeout 120 "$B/bench_multi_gpu" --iters 30 2>&1 | tee "$OUT/multi.txt"

@@ -25,9 +25,25 @@ __device__ __forceinline__ half2 u2h(uint32_t x) { return *reinterpret_cast<half
 __device__ __forceinline__ uint32_t h2u(half2 x) { return *reinterpret_cast<uint32_t *>(&x); }
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) { return __byte_perm(a, b, s); }
 
+/* (x & mask) | bits in one LOP3 (the compiler emits two when both are immediates) */
+__device__ __forceinline__ uint32_t and_or(uint32_t x, uint32_t mask, uint32_t bits) {
+    uint32_t y;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(y) : "r"(x), "r"(mask), "r"(bits));
+    return y;
+}
+
 /* 1024 + c in both halves minus 1024: exact small integers as f16 */
 __device__ __forceinline__ half2 magic_int(uint32_t x, uint32_t mask) {
-    return __hsub2(u2h((x & mask) | 0x64006400u), u2h(0x64006400u));
+    return __hsub2(u2h(and_or(x, mask, 0x64006400u)), u2h(0x64006400u));
+}
+
+/* Four 4-bit codes per half-word, two half2 of exact integers per call:
+ * {c0, c4} from bits 0-3 and {c1, c5} from bits 4-7 of each half (the second
+ * lands as 1024 + 16c and is scaled back by 1/16 exactly), so a word needs
+ * one shift for all four pairs. */
+__device__ __forceinline__ void nibble_pairs(uint32_t x, half2 &p0, half2 &p1) {
+    p0 = __hsub2(u2h(and_or(x, 0x000F000Fu, 0x64006400u)), u2h(0x64006400u));
+    p1 = __hfma2(u2h(and_or(x, 0x00F000F0u, 0x64006400u)), u2h(0x2C002C00u) /* 1/16 */, u2h(0xD400D400u) /* -64 */);
 }
 
 /* Stored affine scale/bias of any float dtype -> f16. */
@@ -47,23 +63,26 @@ struct affine_fmt {
     __device__ __forceinline__ static void k_word(uint32_t w, half2 sb, half2 *out) {
         half2 s2 = __low2half2(sb), z2 = __high2half2(sb);
         if (BITS == 4) {
-            out[0] = __hfma2(magic_int(w, 0x000F000Fu), s2, z2);
-            out[1] = __hfma2(magic_int(w >> 4, 0x000F000Fu), s2, z2);
-            out[2] = __hfma2(magic_int(w >> 8, 0x000F000Fu), s2, z2);
-            out[3] = __hfma2(magic_int(w >> 12, 0x000F000Fu), s2, z2);
-        } else {
-            out[0] = __hfma2(magic_int(w, 0x00FF00FFu), s2, z2);
-            out[1] = __hfma2(magic_int(w >> 8, 0x00FF00FFu), s2, z2);
+            half2 c[4];
+            nibble_pairs(w, c[0], c[1]);
+            nibble_pairs(w >> 8, c[2], c[3]);
+#pragma unroll
+            for (int i = 0; i < 4; i++) out[i] = __hfma2(c[i], s2, z2);
+        } else { /* bytes {0, 2} and {1, 3} next to the 0x64 exponent byte: one PRMT each */
+            out[0] = __hfma2(__hsub2(u2h(prmt(w, 0x64646464u, 0x4240)), u2h(0x64006400u)), s2, z2);
+            out[1] = __hfma2(__hsub2(u2h(prmt(w, 0x64646464u, 0x4341)), u2h(0x64006400u)), s2, z2);
         }
     }
     __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2 s2, half2 z2, half2 *out) {
         if (BITS == 4) {
             uint32_t lo = prmt(a, b, 0x5410), hi = prmt(a, b, 0x7632);
+            half2 c[8];
+            nibble_pairs(lo, c[0], c[1]);
+            nibble_pairs(lo >> 8, c[2], c[3]);
+            nibble_pairs(hi, c[4], c[5]);
+            nibble_pairs(hi >> 8, c[6], c[7]);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                out[e] = __hfma2(magic_int(lo >> (4 * e), 0x000F000Fu), s2, z2);
-                out[e + 4] = __hfma2(magic_int(hi >> (4 * e), 0x000F000Fu), s2, z2);
-            }
+            for (int e = 0; e < 8; e++) out[e] = __hfma2(c[e], s2, z2);
         } else {
 #pragma unroll
             for (int e = 0; e < 4; e++)
@@ -88,11 +107,13 @@ struct fp4_fmt {
     static constexpr bool has_scales = true, has_biases = false;
     static constexpr int mode = MODE;
     __device__ static int k_order(int p, int e) { return p + 4 * e; }
-    __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float gscale) {
-        unsigned b = ((const uint8_t *)s)[i];
+    __device__ __forceinline__ static half2 scale_bias_raw(uint32_t b, uint32_t, int, float gscale) {
         float v = MODE == QSDPA_MODE_NVFP4 ? qd_fp8(b) : qd_e8m0(b);
         if (MODE == QSDPA_MODE_NVFP4 && gscale != 0.0f) v = v * (gscale / 2688.0f);
         return __floats2half2_rn(v, 0.0f);
+    }
+    __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float gscale) {
+        return scale_bias_raw(((const uint8_t *)s)[i], 0, 0, gscale);
     }
     __device__ __forceinline__ static void k_word(uint32_t w, half2 sb, half2 *out) {
         const half2 k14 = __float2half2_rn(16384.0f), s2 = __low2half2(sb);
@@ -126,8 +147,11 @@ struct mxfp8_fmt {
     static constexpr bool has_scales = true, has_biases = false;
     static constexpr int mode = QSDPA_MODE_MXFP8;
     __device__ static int k_order(int p, int e) { return p + 2 * e; }
+    __device__ __forceinline__ static half2 scale_bias_raw(uint32_t b, uint32_t, int, float) {
+        return __floats2half2_rn(qd_e8m0(b) * 256.0f, 0.0f);
+    }
     __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float) {
-        return __floats2half2_rn(qd_e8m0(((const uint8_t *)s)[i]) * 256.0f, 0.0f);
+        return scale_bias_raw(((const uint8_t *)s)[i], 0, 0, 0.0f);
     }
     __device__ __forceinline__ static void k_word(uint32_t w, half2 sb, half2 *out) {
         half2 s2 = __low2half2(sb);
@@ -147,6 +171,9 @@ struct plain_f16_fmt {
     static constexpr int mode = QSDPA_MODE_PLAIN;
     __device__ static int k_order(int, int e) { return e; }
     __device__ __forceinline__ static half2 scale_bias(const void *, const void *, int, int, float) {
+        return __floats2half2_rn(1.0f, 0.0f);
+    }
+    __device__ __forceinline__ static half2 scale_bias_raw(uint32_t, uint32_t, int, float) {
         return __floats2half2_rn(1.0f, 0.0f);
     }
     __device__ __forceinline__ static void k_word(uint32_t w, half2, half2 *out) { out[0] = u2h(w); }

@@ -575,46 +575,43 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 
 } // namespace qfast
 
+#include "cuda/fast_decode.cuh"
+
 /* Host side: choose the configuration and launch one instantiation. */
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, int bn, qfast::fast_params *p, dim3 *grid,
+                                          int ctas_per_sm, int bn, bool partials, qfast::fast_params *p, dim3 *grid,
                                           bool *use_generic);
 
-template <int DK, int DV, class FK, class FV>
-static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
-    using L = qfast::layout<DK, DV, FK, FV>;
-    const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
-    qfast::fast_params p;
-    dim3 grid;
-    bool generic = false;
-    /* once per device: raise the shared-memory limit, read the occupancy (it sizes split-K) */
-    static int occupancy[64];
-    int dev = ctx->cuda->device;
-    if (dev >= 64 || !occupancy[dev]) {
+/* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
+ * variable keeps the tile kernel for every Lq, so the device script can time both. */
+bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr);
+
+/* Blocks per SM of a kernel at a shared-memory size, once per device (it sizes split-K). */
+template <class K>
+static qsdpa_status qsdpa_cuda_occupancy(qsdpa_context *ctx, K kernel, int threads, int smem_bytes, int *cache,
+                                         const char *fn, const char *what) {
+    int dev = ctx->cuda->device < 64 ? ctx->cuda->device : 0;
+    if (!cache[dev]) {
         cudaError_t err = cudaSuccess;
-        if (L::BYTES > 48 * 1024 && L::BYTES <= ctx->cuda->smem_optin)
-            err = cudaFuncSetAttribute(qfast::fast_attention<DK, DV, FK, FV>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, L::BYTES);
+        if (smem_bytes > 48 * 1024 && smem_bytes <= ctx->cuda->smem_optin)
+            err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
         int n = 0;
-        if (err == cudaSuccess)
-            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, qfast::fast_attention<DK, DV, FK, FV>,
-                                                                qfast::THREADS, L::BYTES);
-        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring fast_attention");
-        if (dev < 64) occupancy[dev] = n > 0 ? n : 1;
-        else occupancy[0] = n > 0 ? n : 1;
+        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem_bytes);
+        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, what);
+        cache[dev] = n > 0 ? n : 1;
     }
-    qsdpa_status st =
-        qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occupancy[dev < 64 ? dev : 0], L::BN, &p, &grid, &generic);
-    if (st != QSDPA_OK) return st;
-    if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    cudaStream_t stream = qsdpa_cuda_stream(ctx);
-    qfast::fast_attention<DK, DV, FK, FV><<<grid, qfast::THREADS, L::BYTES, stream>>>(p);
-    if ((st = qsdpa_cuda_launch_status(fn, "fast_attention")) != QSDPA_OK || p.nsplit == 1) return st;
+    return QSDPA_OK;
+}
+
+/* split_merge behind an attention kernel that wrote nsplit partials. */
+template <int DV>
+static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfast::fast_params &p, dim3 grid,
+                                                  const char *fn) {
     cudaLaunchConfig_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.gridDim = dim3((unsigned)(grid.z * p.rows));
     cfg.blockDim = dim3(128);
-    cfg.stream = stream;
+    cfg.stream = qsdpa_cuda_stream(ctx);
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
@@ -630,6 +627,47 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     cudaError_t err = cudaLaunchKernelEx(&cfg, qfast::split_merge<DV>, p);
     if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "split_merge launch");
     return qsdpa_cuda_launch_status(fn, "split_merge");
+}
+
+template <int DK, int DV, class FK, class FV, int NR>
+static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
+    static int occupancy[64];
+    auto kernel = qfast::fast_decode<DK, DV, FK, FV, NR>;
+    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, qfast::DEC_WARPS * 32, 0, occupancy, fn, "configuring fast_decode");
+    if (st != QSDPA_OK) return st;
+    qfast::fast_params p;
+    dim3 grid;
+    bool generic = false;
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, 0, occupancy[ctx->cuda->device < 64 ? ctx->cuda->device : 0],
+                                      qfast::DEC_TILE, true, &p, &grid, &generic);
+    if (st != QSDPA_OK) return st;
+    if (generic) return qsdpa_cuda_generic_run(ctx, pr);
+    kernel<<<grid, qfast::DEC_WARPS * 32, 0, qsdpa_cuda_stream(ctx)>>>(p);
+    if ((st = qsdpa_cuda_launch_status(fn, "fast_decode")) != QSDPA_OK) return st;
+    return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+}
+
+template <int DK, int DV, class FK, class FV>
+static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
+    using L = qfast::layout<DK, DV, FK, FV>;
+    const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
+    if (qsdpa_cuda_use_decode_kernel(pr))
+        return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
+                                                : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
+    static int occupancy[64];
+    qsdpa_status st = qsdpa_cuda_occupancy(ctx, qfast::fast_attention<DK, DV, FK, FV>, qfast::THREADS, L::BYTES,
+                                           occupancy, fn, "configuring fast_attention");
+    if (st != QSDPA_OK) return st;
+    qfast::fast_params p;
+    dim3 grid;
+    bool generic = false;
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occupancy[ctx->cuda->device < 64 ? ctx->cuda->device : 0],
+                                      L::BN, false, &p, &grid, &generic);
+    if (st != QSDPA_OK) return st;
+    if (generic) return qsdpa_cuda_generic_run(ctx, pr);
+    qfast::fast_attention<DK, DV, FK, FV><<<grid, qfast::THREADS, L::BYTES, qsdpa_cuda_stream(ctx)>>>(p);
+    if ((st = qsdpa_cuda_launch_status(fn, "fast_attention")) != QSDPA_OK || p.nsplit == 1) return st;
+    return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 }
 
 #endif

@@ -1,6 +1,7 @@
 /* Host side of the tensor-core kernel: checks that route a request to the
  * generic kernel, the row-block / split-K configuration, scratch. */
 #include <float.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda/fast_kernel.cuh"
@@ -41,8 +42,8 @@ static int scale_mode(const qsdpa_qtensor *t) {
 }
 
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, int bn, qfast::fast_params *p, dim3 *grid,
-                                          bool *use_generic) {
+                                          int ctas_per_sm, int bn, bool partials, qfast::fast_params *p,
+                                          dim3 *grid, bool *use_generic) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
@@ -90,7 +91,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     nsplit = (tiles + tps - 1) / tps;
     p->nsplit = (int)nsplit;
     p->tiles_per_split = (int)tps;
-    if (nsplit > 1) {
+    if (nsplit > 1 || partials) {
         size_t per = (size_t)rows * (size_t)(pr->dim_v + 2), bytes;
         if (!qsdpa_mul_size(per * sizeof(float), (size_t)(nsplit * bhkv), &bytes))
             return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "split-K scratch overflows size_t");
@@ -101,4 +102,26 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     }
     *grid = dim3((unsigned)nrb, (unsigned)nsplit, (unsigned)bhkv);
     return QSDPA_OK;
+}
+
+/* The decode kernel's own limits: affine scales in f16/bf16 (it loads them as
+ * 2-byte elements), and 16 keys of codes or scales within 2^31 bytes (its
+ * in-chunk offsets are 32-bit). */
+static bool decode_layout_ok(const qsdpa_qtensor *t) {
+    const int64_t limit = ((int64_t)1 << 31) / 16;
+    if (t->format.mode == QSDPA_MODE_AFFINE && t->scales.dtype != QSDPA_DTYPE_F16 && t->scales.dtype != QSDPA_DTYPE_BF16)
+        return false;
+    if (t->codes.stride[2] * (int64_t)qsdpa_dtype_size(t->codes.dtype) >= limit) return false;
+    if (t->scales.data && t->scales.stride[2] * 4 >= limit) return false;
+    if (t->biases.data && t->biases.stride[2] * 4 >= limit) return false;
+    return true;
+}
+
+bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr) {
+    static int tile_only = -1;
+    if (tile_only < 0) {
+        const char *e = getenv("QSDPA_CUDA_TILE_DECODE");
+        tile_only = e && e[0] == '1';
+    }
+    return !tile_only && pr->group_ratio * pr->len_q <= 16 && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v);
 }

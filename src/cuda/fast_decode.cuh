@@ -1,0 +1,447 @@
+/* The split-K decode kernel: short queries (ratio * Lq <= 16 folded rows)
+ * over a quantized cache, one template over (Dk, Dv, K format, V format,
+ * NR = row tiles of 8).
+ *
+ * Why a second kernel: the tile kernel (fast_kernel.cuh) puts the folded rows
+ * on mma's M side (16 rows, 4 of them real at GQA 4) and stages every tile
+ * through shared memory with block-wide barriers; at decode it was issue-bound
+ * at 8 warps per SM (bench/NOTES.md, run 4). Here the roles swap:
+ *   S^T = K Q^T   K is the A operand (16 keys x 16 dims), Q^T the B operand
+ *                 (16 dims x 8 rows), so a row tile is 8 folded rows;
+ *   O^T = V^T P^T V^T is the A operand (16 dims x 16 keys); P^T comes from
+ *                 the S^T accumulator by one movmatrix transpose per 8 keys.
+ * Each warp streams its own chunks of 16 keys straight from global memory
+ * into registers (the next chunk is loaded while the current one is
+ * computed), with no shared memory and no barrier in the loop. Both inner
+ * products may permute their reduction index freely, so each lane reads
+ * whole contiguous runs of codes:
+ *   K: lane (gq, c4) owns keys gq and gq + 8 and dims [c4 * Dk/4, +Dk/4)
+ *      (16 bytes at 4-bit D=128); q is loaded in the same permuted order;
+ *   V: lane (gq, c4) owns keys 2c4, 2c4+1, 2c4+8, 2c4+9 and dims
+ *      [gq * Dv/8, +Dv/8) (8 bytes at 4-bit D=128); the output keeps that
+ *      permutation until it is stored.
+ * The four warps of a CTA take interleaved chunks of the CTA's split and
+ * merge through shared memory at the end; every CTA writes an (m, l, o)
+ * partial and split_merge (fast_kernel.cuh) finishes: sinks, lse, dtype. */
+#ifndef QSDPA_CUDA_FAST_DECODE_CUH
+#define QSDPA_CUDA_FAST_DECODE_CUH
+
+namespace qfast {
+
+/* CTAs per SM the register budget of the 8-row kernel over <= 4-bit K and V is
+ * cut for (16 rows or wider formats: 2);
+ * a compile-time knob so the device script can time variants (bench/NOTES.md). */
+#ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
+#define QSDPA_CUDA_DEC_MIN_BLOCKS 3
+#endif
+constexpr int DEC_WARPS = 4;
+constexpr int DEC_CHUNK = 16;                    /* keys per warp step */
+constexpr int DEC_TILE = DEC_WARPS * DEC_CHUNK;  /* keys per CTA step: the split unit */
+
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
+    uint32_t y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+
+/* N contiguous 32-bit words through the read-only path (16-, 8- or 4-byte loads). */
+template <int N>
+__device__ __forceinline__ void ldg_words(const char *src, uint32_t *w) {
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 4; i++) {
+            uint4 x = __ldg((const uint4 *)src + i);
+            w[4 * i] = x.x; w[4 * i + 1] = x.y; w[4 * i + 2] = x.z; w[4 * i + 3] = x.w;
+        }
+    } else if constexpr (N == 2) {
+        uint2 x = __ldg((const uint2 *)src);
+        w[0] = x.x; w[1] = x.y;
+    } else {
+        static_assert(N == 1, "words per lane");
+        w[0] = __ldg((const unsigned int *)src);
+    }
+}
+
+template <int DK, int DV, class FK, class FV>
+struct dec_geom {
+    static constexpr int KT = DK / 4;                     /* K dims per lane per key */
+    static constexpr int KW = KT * FK::bits / 32;         /* K words per lane per key */
+    static constexpr int KG = FK::has_scales && KT > FK::group ? KT / FK::group : 1; /* K groups per lane */
+    static constexpr int VT = DV / 8;                     /* V dims per lane per key */
+    static constexpr int VW = VT * FV::bits / 32;
+    static constexpr int KSTEPS = DK / 16, MT = DV / 16;
+    static_assert(KW >= 1 && VW >= 1 && KT % FK::U == 0 && VT % FV::U == 0, "lane runs must be whole words");
+    static_assert(!FK::has_scales || KT <= FK::group || KT % FK::group == 0, "K groups per lane");
+    static_assert(!FV::has_scales || VT <= FV::group, "one V group per lane");
+};
+
+/* The raw data of one 16-key chunk held by a lane. */
+template <int DK, int DV, class FK, class FV>
+struct dec_chunk {
+    using G = dec_geom<DK, DV, FK, FV>;
+    uint32_t kw[2][G::KW];       /* keys gq, gq + 8 */
+    uint32_t ks[2][G::KG], kz[2][G::KG];
+    uint32_t vw[4][G::VW];       /* keys 2c4, 2c4 + 1, 2c4 + 8, 2c4 + 9 */
+    uint32_t vs[4], vz[4];
+};
+
+/* Per-lane constants of the streaming loop. */
+struct dec_lane {
+    const char *k, *v;             /* this lane's first code byte of key 0 */
+    const char *ks, *kz, *vs, *vz; /* scale / bias bases of (b, h) plus this lane's group */
+    int64_t kcs, vcs;              /* code bytes per key */
+    int64_t kss, kzs, vss, vzs;    /* scale / bias elements per key */
+    int gq, c4, last_key;
+};
+
+/* Bytes of a stored scale element in the decode kernel: affine scales must be
+ * f16 or bf16 there (the host sends f32 scales to the tile kernel), the fp
+ * formats' scales are bytes; a compile-time size keeps the loads branch-free. */
+template <class F>
+__host__ __device__ constexpr int dec_scale_bytes() { return F::mode == QSDPA_MODE_AFFINE ? 2 : 1; }
+
+template <int BYTES>
+__device__ __forceinline__ uint32_t ldg_scale(const char *base, int i) {
+    if constexpr (BYTES == 2) return __ldg((const unsigned short *)base + i);
+    else return __ldg((const unsigned char *)base + i);
+}
+
+/* Raw scale (and bias) bits of one group -> half2 {scale, bias}. Affine: f16 or
+ * bf16 (both conversions are computed and one selected: no branch per group). */
+template <class F>
+__device__ __forceinline__ half2 dec_scale_bias(uint32_t s, uint32_t z, bool bf16, float gscale) {
+    if constexpr (F::mode == QSDPA_MODE_AFFINE) {
+        const half2 h = u2h(s | (z << 16));
+        const half2 f = __floats2half2_rn(__uint_as_float(s << 16), __uint_as_float(z << 16));
+        return bf16 ? f : h;
+    } else {
+        return F::scale_bias_raw(s, z, 0, gscale);
+    }
+}
+
+template <int DK, int DV, class FK, class FV>
+__device__ __forceinline__ void dec_load(const dec_lane &L, int chunk, dec_chunk<DK, DV, FK, FV> &r) {
+    using G = dec_geom<DK, DV, FK, FV>;
+    constexpr int KSB = dec_scale_bytes<FK>(), VSB = dec_scale_bytes<FV>();
+    const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
+    const int lim = L.last_key - (int)j0; /* keys past the end read the last row and are masked later */
+    const char *kc = L.k + j0 * L.kcs, *vc = L.v + j0 * L.vcs;
+    const char *ks = L.ks + j0 * L.kss * KSB, *kz = L.kz + j0 * L.kzs * KSB;
+    const char *vs = L.vs + j0 * L.vss * VSB, *vz = L.vz + j0 * L.vzs * VSB;
+#pragma unroll
+    for (int kk = 0; kk < 2; kk++) {
+        const int j = min(L.gq + 8 * kk, lim);
+        ldg_words<G::KW>(kc + j * (int)L.kcs, r.kw[kk]);
+        if constexpr (FK::has_scales) {
+#pragma unroll
+            for (int kg = 0; kg < G::KG; kg++) {
+                r.ks[kk][kg] = ldg_scale<KSB>(ks, j * (int)L.kss + kg);
+                r.kz[kk][kg] = FK::has_biases ? ldg_scale<KSB>(kz, j * (int)L.kzs + kg) : 0u;
+            }
+        }
+    }
+#pragma unroll
+    for (int vv = 0; vv < 4; vv++) {
+        const int j = min(2 * L.c4 + (vv & 1) + 8 * (vv >> 1), lim);
+        ldg_words<G::VW>(vc + j * (int)L.vcs, r.vw[vv]);
+        if constexpr (FV::has_scales) {
+            r.vs[vv] = ldg_scale<VSB>(vs, j * (int)L.vss);
+            r.vz[vv] = FV::has_biases ? ldg_scale<VSB>(vz, j * (int)L.vzs) : 0u;
+        }
+    }
+}
+
+/* Per-row state of a lane: rows nr * 8 + 2c4 + e (e = 0, 1) of the S^T / O^T fragments. */
+template <int NR>
+struct dec_rows {
+    float m[NR][2], l[NR][2];
+    bool valid[NR][2];
+    int i[NR][2], h[NR][2], last[NR][2]; /* query position, q head, last visible local key */
+};
+
+template <int DK, int DV, class FK, class FV, int NR>
+__device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, bool plain, int kend,
+                                            const dec_chunk<DK, DV, FK, FV> &r, const uint32_t (&qb)[NR][DK / 16][2],
+                                            dec_rows<NR> &st, float (&o)[NR][DV / 16][4], int gq, int c4, int64_t b) {
+    using G = dec_geom<DK, DV, FK, FV>;
+    constexpr int UK = FK::U, UV = FV::U;
+    /* S^T = K Q^T: two accumulators (even / odd k steps) halve the dependent mma chain */
+    float acc[NR][2][4];
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) acc[nr][a][0] = acc[nr][a][1] = acc[nr][a][2] = acc[nr][a][3] = 0.0f;
+    half2 ksb[2][G::KG];
+#pragma unroll
+    for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+        for (int kg = 0; kg < G::KG; kg++)
+            ksb[kk][kg] = dec_scale_bias<FK>(r.ks[kk][kg], r.kz[kk][kg], p.k.scale_dtype == QSDPA_DTYPE_BF16,
+                                             p.k.global_scale);
+    uint32_t prev0 = 0, prev1 = 0;
+#pragma unroll
+    for (int wl = 0; wl < G::KW; wl++) {
+        const int kg = G::KG > 1 ? wl * UK / FK::group : 0;
+        half2 k0[UK / 2 > 0 ? UK / 2 : 1], k1[UK / 2 > 0 ? UK / 2 : 1];
+        FK::k_word(r.kw[0][wl], ksb[0][kg], k0);
+        FK::k_word(r.kw[1][wl], ksb[1][kg], k1);
+        if constexpr (UK / 2 >= 2) {
+#pragma unroll
+            for (int pp = 0; pp < UK / 2; pp += 2) {
+                const int s = (wl * (UK / 2) + pp) / 2;
+                const uint32_t a[4] = {h2u(k0[pp]), h2u(k1[pp]), h2u(k0[pp + 1]), h2u(k1[pp + 1])};
+#pragma unroll
+                for (int nr = 0; nr < NR; nr++) mma16816(acc[nr][s & 1], a, qb[nr][s][0], qb[nr][s][1]);
+            }
+        } else if (wl & 1) { /* one pair per word (f16 rows): words wl - 1, wl form k step wl / 2 */
+            const int s = wl / 2;
+            const uint32_t a[4] = {prev0, prev1, h2u(k0[0]), h2u(k1[0])};
+#pragma unroll
+            for (int nr = 0; nr < NR; nr++) mma16816(acc[nr][s & 1], a, qb[nr][s][0], qb[nr][s][1]);
+        } else {
+            prev0 = h2u(k0[0]);
+            prev1 = h2u(k1[0]);
+        }
+    }
+
+    /* scores, in log2 units: sc[nr][x], x = 2 * (key gq + 8?) + e */
+    float sc[NR][4];
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) sc[nr][x] = (acc[nr][0][x] + acc[nr][1][x]) * p.scale_log2;
+    if (!plain) {
+#pragma unroll
+        for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int e = x & 1, j = chunk * DEC_CHUNK + gq + 8 * (x >> 1);
+                float s = sc[nr][x];
+                if (j >= kend) s = -INFINITY;
+                else {
+                    bool keep = true;
+                    if (p.causal) keep = j <= st.last[nr][e] && !(p.window > 0 && j <= st.last[nr][e] - p.window);
+                    if (keep && p.mask_kind != QSDPA_MASK_NONE && st.valid[nr][e]) {
+                        int64_t at = b * p.ms[0] + st.h[nr][e] * p.ms[1] + st.i[nr][e] * p.ms[2] + (int64_t)j * p.ms[3];
+                        if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
+                        else s += qd_load_float(p.mask, p.mask_dtype, at) * 1.4426950408889634f;
+                    }
+                    if (!keep) s = p.masked_log2;
+                }
+                sc[nr][x] = s;
+            }
+    }
+
+    /* online softmax per row; a row's 16 keys live in the 8 lanes of one c4 */
+    float corr[NR][2];
+    uint32_t pb[NR][2];
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float mx = fmaxf(sc[nr][e], sc[nr][2 + e]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            const float mn = fmaxf(st.m[nr][e], mx);
+            corr[nr][e] = mn == -INFINITY ? 1.0f : fast_exp2(st.m[nr][e] - mn);
+            st.m[nr][e] = mn;
+            const float p0 = mn == -INFINITY ? 0.0f : fast_exp2(sc[nr][e] - mn);
+            const float p1 = mn == -INFINITY ? 0.0f : fast_exp2(sc[nr][2 + e] - mn);
+            st.l[nr][e] = st.l[nr][e] * corr[nr][e] + p0 + p1;
+            sc[nr][e] = p0;
+            sc[nr][2 + e] = p1;
+        }
+        /* P^T fragments: [key gq][rows 2c4, 2c4+1] transposed to [row gq][keys 2c4, 2c4+1] */
+        pb[nr][0] = transpose8x8(h2u(__floats2half2_rn(sc[nr][0], sc[nr][1])));
+        pb[nr][1] = transpose8x8(h2u(__floats2half2_rn(sc[nr][2], sc[nr][3])));
+    }
+    bool rescale = false;
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++) rescale |= corr[nr][0] != 1.0f || corr[nr][1] != 1.0f;
+    if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+        for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+            for (int mt = 0; mt < G::MT; mt++) {
+                o[nr][mt][0] *= corr[nr][0]; o[nr][mt][1] *= corr[nr][1];
+                o[nr][mt][2] *= corr[nr][0]; o[nr][mt][3] *= corr[nr][1];
+            }
+    }
+
+    /* O^T += V^T P^T: A rows are this lane's dims (element 2mt: row gq, 2mt + 1: row gq + 8) */
+    half2 s01 = __floats2half2_rn(1.0f, 1.0f), z01 = __floats2half2_rn(0.0f, 0.0f), s23 = s01, z23 = z01;
+    if constexpr (FV::has_scales) {
+        half2 sb[4];
+#pragma unroll
+        for (int vv = 0; vv < 4; vv++)
+            sb[vv] = dec_scale_bias<FV>(r.vs[vv], r.vz[vv], p.v.scale_dtype == QSDPA_DTYPE_BF16, p.v.global_scale);
+        s01 = __lows2half2(sb[0], sb[1]); z01 = __highs2half2(sb[0], sb[1]);
+        s23 = __lows2half2(sb[2], sb[3]); z23 = __highs2half2(sb[2], sb[3]);
+    }
+#pragma unroll
+    for (int w = 0; w < G::VW; w++) {
+        half2 va[UV], vb[UV];
+        FV::v_words(r.vw[0][w], r.vw[1][w], s01, z01, va);
+        FV::v_words(r.vw[2][w], r.vw[3][w], s23, z23, vb);
+#pragma unroll
+        for (int e = 0; e < UV; e += 2) {
+            const int mt = (w * UV + e) / 2;
+            const uint32_t a[4] = {h2u(va[e]), h2u(va[e + 1]), h2u(vb[e]), h2u(vb[e + 1])};
+#pragma unroll
+            for (int nr = 0; nr < NR; nr++) mma16816(o[nr][mt], a, pb[nr][0], pb[nr][1]);
+        }
+    }
+}
+
+template <int DK, int DV, class FK, class FV, int NR>
+__global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV::bits <= 4 ? QSDPA_CUDA_DEC_MIN_BLOCKS : 2) fast_decode(const fast_params p) {
+    using G = dec_geom<DK, DV, FK, FV>;
+    constexpr int ROWS = 8 * NR, OS = DV + 4; /* padded o rows of the merge buffer */
+    __shared__ __align__(16) float merge_o[DEC_WARPS][ROWS][OS];
+    __shared__ float merge_m[DEC_WARPS][ROWS], merge_l[DEC_WARPS][ROWS];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gq = lane >> 2, c4 = lane & 3;
+    const int split = blockIdx.y;
+    const int64_t bh = blockIdx.z, b = bh / p.hkv, g = bh % p.hkv;
+    const int64_t shift = p.key_total - p.lq - p.key_offset; /* row at position i sees local keys <= i + shift */
+
+    /* key range of the split, cut to what the rows can see (causal / window) */
+    int64_t lo = 0, hi = p.lk - 1;
+    if (p.causal) {
+        hi = min(hi, (p.rows - 1) / p.ratio + shift);
+        if (p.window > 0) lo = max((int64_t)0, shift - p.window + 1);
+    }
+    const int64_t split_lo = (int64_t)split * p.tiles_per_split * DEC_TILE;
+    const int kend = (int)min(min(p.lk, split_lo + (int64_t)p.tiles_per_split * DEC_TILE), hi + 1);
+    const int kbeg = (int)max(split_lo, lo);
+    const int c_first = kbeg / DEC_CHUNK, c_end = kend > kbeg ? (kend + DEC_CHUNK - 1) / DEC_CHUNK : c_first;
+    const int last_lo = (int)shift, last_hi = (int)((p.rows - 1) / p.ratio + shift);
+
+    dec_lane L;
+    L.gq = gq; L.c4 = c4;
+    L.last_key = (int)p.lk - 1;
+    L.kcs = p.k.cs[2]; L.vcs = p.v.cs[2];
+    L.k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + c4 * (G::KW * 4);
+    L.v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + gq * (G::VW * 4);
+    L.kss = p.k.ss[2]; L.kzs = p.k.bs[2]; L.vss = p.v.ss[2]; L.vzs = p.v.bs[2];
+    {
+        const int kgi = FK::has_scales ? c4 * G::KT / FK::group : 0, vgi = FV::has_scales ? gq * G::VT / FV::group : 0;
+        constexpr int KSB = dec_scale_bytes<FK>(), VSB = dec_scale_bytes<FV>();
+        L.ks = (const char *)p.k.scales + (b * p.k.ss[0] + g * p.k.ss[1] + kgi) * KSB;
+        L.kz = (const char *)p.k.biases + (b * p.k.bs[0] + g * p.k.bs[1] + kgi) * KSB;
+        L.vs = (const char *)p.v.scales + (b * p.v.ss[0] + g * p.v.ss[1] + vgi) * VSB;
+        L.vz = (const char *)p.v.biases + (b * p.v.bs[0] + g * p.v.bs[1] + vgi) * VSB;
+    }
+
+    /* the first chunk streams in while q is read */
+    dec_chunk<DK, DV, FK, FV> ra, rb;
+    int c = c_first + warp;
+    if (c < c_end) dec_load(L, c, ra);
+
+    /* Q^T fragments in the K lanes' dim order: k step s takes pairs 2s (b0) and 2s + 1 (b1) */
+    dec_rows<NR> st;
+    uint32_t qb[NR][G::KSTEPS][2];
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++) {
+        const int64_t f = nr * 8 + gq; /* the B operand's column: row gq of the tile */
+        const bool ok = f < p.rows;
+        const int64_t i = ok ? f / p.ratio : 0, h = g * p.ratio + (ok ? f % p.ratio : 0);
+        const int64_t base = b * p.qs[0] + h * p.qs[1] + i * p.qs[2];
+#pragma unroll
+        for (int s = 0; s < G::KSTEPS; s++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int P = 2 * s + hf, wl = P / (FK::U / 2 > 0 ? FK::U / 2 : 1), pp = P % (FK::U / 2 > 0 ? FK::U / 2 : 1);
+                const int word = c4 * G::KW + wl;
+                float v0 = 0.0f, v1 = 0.0f;
+                if (ok) {
+                    v0 = qd_load_float(p.q, p.q_dtype, base + word * FK::U + FK::k_order(pp, 0));
+                    v1 = qd_load_float(p.q, p.q_dtype, base + word * FK::U + FK::k_order(pp, 1));
+                }
+                qb[nr][s][hf] = h2u(__floats2half2_rn(v0, v1));
+            }
+#pragma unroll
+        for (int e = 0; e < 2; e++) { /* the accumulator's rows: 2c4 + e */
+            const int64_t fr = nr * 8 + 2 * c4 + e;
+            st.valid[nr][e] = fr < p.rows;
+            st.i[nr][e] = st.valid[nr][e] ? (int)(fr / p.ratio) : 0;
+            st.h[nr][e] = (int)(g * p.ratio + (st.valid[nr][e] ? fr % p.ratio : 0));
+            st.last[nr][e] = (int)(st.i[nr][e] + shift);
+            st.m[nr][e] = -INFINITY;
+            st.l[nr][e] = 0.0f;
+        }
+    }
+    float o[NR][G::MT][4];
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+        for (int mt = 0; mt < G::MT; mt++) o[nr][mt][0] = o[nr][mt][1] = o[nr][mt][2] = o[nr][mt][3] = 0.0f;
+
+    /* no mask, inside the range, every key visible to every row: no per-score checks */
+    auto plain_chunk = [&](int ch) {
+        const int k0 = ch * DEC_CHUNK, k1 = k0 + DEC_CHUNK - 1;
+        return p.mask_kind == QSDPA_MASK_NONE && k1 < kend && k0 >= kbeg &&
+               (!p.causal || (k1 <= last_lo && (p.window <= 0 || k0 > last_hi - p.window)));
+    };
+    /* two register sets, so the next chunk's loads are in flight during this chunk's math */
+    for (; c < c_end; c += 2 * DEC_WARPS) {
+        if (c + DEC_WARPS < c_end) dec_load(L, c + DEC_WARPS, rb);
+        dec_compute<DK, DV, FK, FV, NR>(p, c, plain_chunk(c), kend, ra, qb, st, o, gq, c4, b);
+        if (c + DEC_WARPS >= c_end) break;
+        if (c + 2 * DEC_WARPS < c_end) dec_load(L, c + 2 * DEC_WARPS, ra);
+        dec_compute<DK, DV, FK, FV, NR>(p, c + DEC_WARPS, plain_chunk(c + DEC_WARPS), kend, rb, qb, st, o, gq, c4, b);
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+
+    /* l: sum over the 8 lanes of each c4; then the four warps merge through shared memory */
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float l = st.l[nr][e];
+            l += __shfl_xor_sync(0xffffffffu, l, 4);
+            l += __shfl_xor_sync(0xffffffffu, l, 8);
+            l += __shfl_xor_sync(0xffffffffu, l, 16);
+            st.l[nr][e] = l;
+        }
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++) {
+        const int r0 = nr * 8 + 2 * c4;
+#pragma unroll
+        for (int mt = 0; mt < G::MT; mt++) {
+            const int d = gq * G::VT + 2 * mt; /* elements 2mt (c0, c1) and 2mt + 1 (c2, c3) */
+            *(float2 *)&merge_o[warp][r0][d] = make_float2(o[nr][mt][0], o[nr][mt][2]);
+            *(float2 *)&merge_o[warp][r0 + 1][d] = make_float2(o[nr][mt][1], o[nr][mt][3]);
+        }
+        if (gq == 0) {
+            merge_m[warp][r0] = st.m[nr][0]; merge_m[warp][r0 + 1] = st.m[nr][1];
+            merge_l[warp][r0] = st.l[nr][0]; merge_l[warp][r0 + 1] = st.l[nr][1];
+        }
+    }
+    __syncthreads();
+    const int rows = (int)p.rows;
+    for (int idx = threadIdx.x; idx < rows * DV; idx += DEC_WARPS * 32) {
+        const int f = idx / DV, d = idx % DV;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, merge_m[w][f]);
+        float Ls = 0.0f, O = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) {
+            const float cf = merge_m[w][f] == -INFINITY ? 0.0f : fast_exp2(merge_m[w][f] - M);
+            Ls += merge_l[w][f] * cf;
+            O += merge_o[w][f][d] * cf;
+        }
+        const int64_t prow = ((int64_t)split * gridDim.z + bh) * p.rows + f; /* [split][bh][f] */
+        p.part_o[prow * DV + d] = O;
+        if (d == 0) { p.part_ml[prow * 2] = M; p.part_ml[prow * 2 + 1] = Ls; }
+    }
+}
+
+} // namespace qfast
+
+#endif
