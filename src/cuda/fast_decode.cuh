@@ -243,8 +243,11 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-            const float mn = fmaxf(st.m[nr][e], mx);
-            corr[nr][e] = mn == -INFINITY ? 1.0f : fast_exp2(st.m[nr][e] - mn);
+            /* lazy rescaling: the reference max moves only when a score exceeds it by 2^8
+             * (P <= 256 stays exact enough in f16, l and o are f32), so most chunks skip
+             * the rescale of o; the stored m is the reference actually used */
+            const float mn = mx > st.m[nr][e] + 8.0f ? mx : st.m[nr][e];
+            corr[nr][e] = mn == st.m[nr][e] ? 1.0f : fast_exp2(st.m[nr][e] - mn);
             st.m[nr][e] = mn;
             const float p0 = mn == -INFINITY ? 0.0f : fast_exp2(sc[nr][e] - mn);
             const float p1 = mn == -INFINITY ? 0.0f : fast_exp2(sc[nr][2 + e] - mn);
@@ -340,27 +343,41 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
     int c = c_first + warp;
     if (c < c_end) dec_load(L, c, ra);
 
+    /* q rows -> shared memory as f16 (coalesced, any stride or alignment), then each
+     * lane reads its contiguous run of Dk/4 values with 16-byte loads */
+    constexpr int QS = DK + 8; /* padded row: lanes' runs start in different banks */
+    __shared__ __align__(16) __half qsm[ROWS][QS];
+    for (int idx = threadIdx.x; idx < ROWS * DK; idx += DEC_WARPS * 32) {
+        const int f = idx / DK, d = idx % DK;
+        float v = 0.0f;
+        if (f < p.rows) {
+            const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
+            v = qd_load_float(p.q, p.q_dtype, b * p.qs[0] + h * p.qs[1] + i * p.qs[2] + d);
+        }
+        qsm[f][d] = __float2half_rn(v);
+    }
+    __syncthreads();
+
     /* Q^T fragments in the K lanes' dim order: k step s takes pairs 2s (b0) and 2s + 1 (b1) */
     dec_rows<NR> st;
     uint32_t qb[NR][G::KSTEPS][2];
 #pragma unroll
     for (int nr = 0; nr < NR; nr++) {
-        const int64_t f = nr * 8 + gq; /* the B operand's column: row gq of the tile */
-        const bool ok = f < p.rows;
-        const int64_t i = ok ? f / p.ratio : 0, h = g * p.ratio + (ok ? f % p.ratio : 0);
-        const int64_t base = b * p.qs[0] + h * p.qs[1] + i * p.qs[2];
+        uint32_t qw[G::KT / 2]; /* this lane's run of row nr * 8 + gq, two halves per word */
+#pragma unroll
+        for (int x = 0; x < G::KT / 8; x++) {
+            const uint4 v = *(const uint4 *)&qsm[nr * 8 + gq][c4 * G::KT + 8 * x];
+            qw[4 * x] = v.x; qw[4 * x + 1] = v.y; qw[4 * x + 2] = v.z; qw[4 * x + 3] = v.w;
+        }
+        constexpr int PPW = FK::U / 2 > 0 ? FK::U / 2 : 1; /* pairs per K word */
 #pragma unroll
         for (int s = 0; s < G::KSTEPS; s++)
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
-                const int P = 2 * s + hf, wl = P / (FK::U / 2 > 0 ? FK::U / 2 : 1), pp = P % (FK::U / 2 > 0 ? FK::U / 2 : 1);
-                const int word = c4 * G::KW + wl;
-                float v0 = 0.0f, v1 = 0.0f;
-                if (ok) {
-                    v0 = qd_load_float(p.q, p.q_dtype, base + word * FK::U + FK::k_order(pp, 0));
-                    v1 = qd_load_float(p.q, p.q_dtype, base + word * FK::U + FK::k_order(pp, 1));
-                }
-                qb[nr][s][hf] = h2u(__floats2half2_rn(v0, v1));
+                const int P = 2 * s + hf, wl = P / PPW, pp = P % PPW;
+                const int t0 = wl * FK::U + FK::k_order(pp, 0), t1 = wl * FK::U + FK::k_order(pp, 1);
+                /* halves t0 and t1 of the run: byte pairs of words t0 / 2 and t1 / 2 */
+                qb[nr][s][hf] = prmt(qw[t0 / 2], qw[t1 / 2], (t0 & 1 ? 0x0032u : 0x0010u) | (t1 & 1 ? 0x7600u : 0x5400u));
             }
 #pragma unroll
         for (int e = 0; e < 2; e++) { /* the accumulator's rows: 2c4 + e */

@@ -515,61 +515,56 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
     }
 }
 
-/* Split-K merge, one block per (b, kv head, folded row): warp w takes the
- * splits s = w, w + 4, ...; lane l the columns l, l + 32, ...; the four warp
- * states merge through shared memory. Launched right behind fast_attention
- * with programmatic dependent launch on sm_90, so its launch overlaps the
- * attention kernel's tail (griddepcontrol.wait orders the reads). */
+/* Split-K merge, one block per (b, kv head, folded row) and 32 output columns:
+ * every warp first reduces the global max over the splits' m (so the split
+ * loop carries no online-softmax dependency and its loads pipeline), then warp
+ * w sums the splits s = w, w + 4, ..., lane l column 32 * blockIdx.y + l; the
+ * four warp sums meet in shared memory. Launched right behind the attention
+ * kernel with programmatic dependent launch on sm_90, so its launch overlaps
+ * that kernel's tail (griddepcontrol.wait orders the reads). */
 template <int DV>
 __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
-    constexpr int NJ = (DV + 31) / 32;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
-    __shared__ float sm[4], sl[4], so[4][DV];
+    __shared__ float so[4][32], sl[4];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t prow0 = blockIdx.x; /* bh * rows + f */
     const int64_t bh = prow0 / p.rows, f = prow0 % p.rows;
     const int64_t sstride = (int64_t)gridDim.x;
-    float M = -INFINITY, Ls = 0.0f, O[NJ];
+    const int d = blockIdx.y * 32 + lane;
+    float M = -INFINITY;
+    for (int s = lane; s < p.nsplit; s += 32) M = fmaxf(M, p.part_ml[((int64_t)s * sstride + prow0) * 2]);
 #pragma unroll
-    for (int j = 0; j < NJ; j++) O[j] = 0.0f;
+    for (int x = 16; x > 0; x >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, x));
+    float Ls = 0.0f, O = 0.0f;
 #pragma unroll 4
     for (int s = warp; s < p.nsplit; s += 4) {
         const int64_t prow = (int64_t)s * sstride + prow0;
         const float ms = p.part_ml[prow * 2], ls = p.part_ml[prow * 2 + 1];
-        float os[NJ];
-#pragma unroll
-        for (int j = 0; j < NJ; j++) os[j] = lane + 32 * j < DV ? p.part_o[prow * DV + lane + 32 * j] : 0.0f;
-        if (ms == -INFINITY) continue;
-        const float mn = fmaxf(M, ms);
-        const float ca = M == -INFINITY ? 0.0f : fast_exp2(M - mn), cb = fast_exp2(ms - mn);
-        Ls = Ls * ca + ls * cb;
-#pragma unroll
-        for (int j = 0; j < NJ; j++) O[j] = O[j] * ca + os[j] * cb;
-        M = mn;
+        const float os = d < DV ? p.part_o[prow * DV + d] : 0.0f;
+        if (ms != -INFINITY) { /* a split that saw no key contributes nothing */
+            const float w = fast_exp2(ms - M);
+            Ls += ls * w;
+            O += os * w;
+        }
     }
-    if (lane == 0) { sm[warp] = M; sl[warp] = Ls; }
-#pragma unroll
-    for (int j = 0; j < NJ; j++)
-        if (lane + 32 * j < DV) so[warp][lane + 32 * j] = O[j];
+    so[warp][lane] = O;
+    if (lane == 0) sl[warp] = Ls;
     __syncthreads();
+    if (warp) return;
     const int64_t b = bh / p.hkv, g = bh % p.hkv;
     const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
-    float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
-    float MM = fmaxf(fmaxf(fmaxf(sm[0], sm[1]), fmaxf(sm[2], sm[3])), sink);
-    float c[4], LL = p.sinks && MM != -INFINITY ? fast_exp2(sink - MM) : 0.0f;
-#pragma unroll
-    for (int w = 0; w < 4; w++) {
-        c[w] = sm[w] == -INFINITY ? 0.0f : fast_exp2(sm[w] - MM);
-        LL += sl[w] * c[w];
-    }
-    for (int d = threadIdx.x; d < DV; d += blockDim.x) {
-        float o = so[0][d] * c[0] + so[1][d] * c[1] + so[2][d] * c[2] + so[3][d] * c[3];
-        float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : o / LL; /* every key -inf: NaN, as MLX */
+    const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
+    const float MM = fmaxf(M, sink);
+    const float c = M == -INFINITY ? 0.0f : fast_exp2(M - MM);
+    const float LL = (sl[0] + sl[1] + sl[2] + sl[3]) * c + (p.sinks && MM != -INFINITY ? fast_exp2(sink - MM) : 0.0f);
+    if (d < DV) {
+        const float o = (so[0][lane] + so[1][lane] + so[2][lane] + so[3][lane]) * c;
+        const float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : o / LL; /* every key -inf: NaN, as MLX */
         qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
     }
-    if (p.lse && threadIdx.x == 0)
+    if (p.lse && blockIdx.y == 0 && lane == 0)
         p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
 }
 
@@ -609,7 +604,7 @@ static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfas
                                                   const char *fn) {
     cudaLaunchConfig_t cfg;
     memset(&cfg, 0, sizeof cfg);
-    cfg.gridDim = dim3((unsigned)(grid.z * p.rows));
+    cfg.gridDim = dim3((unsigned)(grid.z * p.rows), (unsigned)((DV + 31) / 32));
     cfg.blockDim = dim3(128);
     cfg.stream = qsdpa_cuda_stream(ctx);
     cudaLaunchAttribute attr[1];
