@@ -8,7 +8,8 @@
  *   v_words(a, b, s, z, out)  the same word of two keys -> U half2
  *                        {key a, key b} for in-word elements 0..U-1 (the
  *                        B operand of P.V pairs consecutive keys);
- *   scale_bias(...)      one group's stored scale (and bias) -> half2 {s, z}.
+ *   scale_bias(...)      one group's stored scale (and bias) -> half2 {s, z};
+ *   scale_bias_raw(...)  the same from raw bits already loaded (fp formats).
  * The affine dequantization s*c + z is one f16 fma of exact operands: the
  * same value as f32 arithmetic rounded once to f16.
  * Bit tricks: 0x6400 | c is the f16 1024 + c (c < 1024); an E2M1 code's three

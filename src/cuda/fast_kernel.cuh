@@ -6,7 +6,10 @@
  * serves all heads of the group and all its query positions.
  * A CTA = 4 warps = WM row warps x WN key warps (WM = 1, 2 or 4, chosen at run
  * time): 16 * WM rows; each warp owns 16 rows and 64 / WN keys of every
- * 64-key tile. Decode (<= 16 rows) uses WM = 1: four warps split each tile.
+ * 64-key tile. Up to 16 rows (decode) the split-K kernel of fast_decode.cuh
+ * serves instead; this kernel takes them only where that one's limits
+ * (f32 affine scales, huge strides) or QSDPA_CUDA_TILE_DECODE=1 say so, then
+ * with WM = 1: four warps split each tile.
  * Keys: tiles of 64 stream through a 3-stage cp.async pipeline of packed
  * codes and raw scales; each warp dequantizes its keys straight into mma
  * fragments (fast_formats.cuh), so dequantized K/V never touch shared memory.
