@@ -70,10 +70,65 @@ struct dec_geom {
     static constexpr int VT = DV / 8;                     /* V dims per lane per key */
     static constexpr int VW = VT * FV::bits / 32;
     static constexpr int KSTEPS = DK / 16, MT = DV / 16;
+    /* Folded V (affine 4/8-bit, a lane's run per group is whole words): a lane owns one
+     * run of group/8 dims in EVERY group, so each m tile lies in one group; the codes
+     * enter mma as raw offset integers (1024 + c, or 64 + c for the odd nibbles) and
+     * the group's scale multiplies P instead; sum(P s) and sum(P z) per group come from
+     * G + 1 small extra mma and correct the output once at the end. */
+    static constexpr bool FOLD = FV::mode == QSDPA_MODE_AFFINE && (FV::bits == 4 || FV::bits == 8) &&
+                                 DV % FV::group == 0 && FV::group * FV::bits % 256 == 0 && DV / FV::group <= 8;
+    static constexpr int NG = FOLD ? DV / FV::group : 1; /* V groups a lane reads per key */
+    static constexpr int RUN = FOLD ? FV::group / 8 : VT; /* V dims per lane per group run */
+    static constexpr int RW = RUN * FV::bits / 32;        /* words per run */
+    static constexpr int TPW = FV::bits == 4 ? 4 : 2;      /* folded m tiles per run word */
+    static constexpr int NGW = NG > 1 ? NG / 2 : 1;       /* words of a key's NG 16-bit scales (one load) */
     static_assert(KW >= 1 && VW >= 1 && KT % FK::U == 0 && VT % FV::U == 0, "lane runs must be whole words");
     static_assert(!FK::has_scales || KT <= FK::group || KT % FK::group == 0, "K groups per lane");
-    static_assert(!FV::has_scales || VT <= FV::group, "one V group per lane");
+    static_assert(FOLD || !FV::has_scales || VT <= FV::group, "one V group per lane");
 };
+
+/* Folded V: element of a run word in slot sigma (0: A row gq, 1: row gq + 8) of the
+ * word's m tile t, and the tile's integer offset. 4-bit: tiles {0,2} {4,6} hold the
+ * even nibbles (1024 + c), {1,3} {5,7} the odd ones (64 + c); 8-bit: {0,1} {2,3}. */
+template <int BITS>
+__host__ __device__ constexpr int fold_elem(int t, int sigma) {
+    return BITS == 4 ? (t & 1) * 4 + (t >> 1) + 2 * sigma : 2 * t + sigma;
+}
+template <int BITS>
+__host__ __device__ constexpr float fold_offset(int t) { return BITS == 4 && t >= 2 ? 64.0f : 1024.0f; }
+
+/* The same run word of two keys -> offset integers {key a, key b} per element (f16 pairs). */
+template <int BITS>
+__device__ __forceinline__ void fold_words(uint32_t a, uint32_t b, uint32_t *x) {
+    if constexpr (BITS == 4) {
+        const uint32_t lo = prmt(a, b, 0x5410), hi = prmt(a, b, 0x7632), los = lo >> 8, his = hi >> 8;
+        x[0] = and_or(lo, 0x000F000Fu, 0x64006400u);  x[1] = and_or(lo, 0x00F000F0u, 0x54005400u);
+        x[2] = and_or(los, 0x000F000Fu, 0x64006400u); x[3] = and_or(los, 0x00F000F0u, 0x54005400u);
+        x[4] = and_or(hi, 0x000F000Fu, 0x64006400u);  x[5] = and_or(hi, 0x00F000F0u, 0x54005400u);
+        x[6] = and_or(his, 0x000F000Fu, 0x64006400u); x[7] = and_or(his, 0x00F000F0u, 0x54005400u);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++) x[e] = and_or(prmt(a, b, (uint32_t)(e | ((4 + e) << 8))), 0x00FF00FFu, 0x64006400u);
+    }
+}
+
+/* Half `hi` of two words of raw 16-bit scales (f16 or bf16), one per key -> one f16 pair. */
+__device__ __forceinline__ uint32_t pack_scales(uint32_t a, uint32_t b, int hi, bool bf16) {
+    const uint32_t h = prmt(a, b, hi ? 0x7632 : 0x5410);
+    const uint32_t f = h2u(__floats2half2_rn(__uint_as_float(hi ? a & 0xFFFF0000u : a << 16),
+                                             __uint_as_float(hi ? b & 0xFFFF0000u : b << 16)));
+    return bf16 ? f : h;
+}
+
+/* A key's N 16-bit scales (N = 1, 2, 4, 8; the host checked 2N-byte alignment) in one load. */
+template <int N>
+__device__ __forceinline__ void ldg_scale_row(const char *base, int i, uint32_t *w) {
+    const unsigned short *src = (const unsigned short *)base + i;
+    if constexpr (N == 1) w[0] = __ldg(src);
+    else if constexpr (N == 2) w[0] = __ldg((const unsigned int *)src);
+    else if constexpr (N == 4) { uint2 x = __ldg((const uint2 *)src); w[0] = x.x; w[1] = x.y; }
+    else { uint4 x = __ldg((const uint4 *)src); w[0] = x.x; w[1] = x.y; w[2] = x.z; w[3] = x.w; }
+}
 
 /* The raw data of one 16-key chunk held by a lane. */
 template <int DK, int DV, class FK, class FV>
@@ -81,16 +136,15 @@ struct dec_chunk {
     using G = dec_geom<DK, DV, FK, FV>;
     uint32_t kw[2][G::KW];       /* keys gq, gq + 8 */
     uint32_t ks[2][G::KG], kz[2][G::KG];
-    uint32_t vw[4][G::VW];       /* keys 2c4, 2c4 + 1, 2c4 + 8, 2c4 + 9 */
-    uint32_t vs[4], vz[4];
+    uint32_t vw[4][G::VW];       /* keys 2c4, 2c4 + 1, 2c4 + 8, 2c4 + 9 (folded: run words of group 0, 1, ...) */
+    uint32_t vs[4][G::NGW], vz[4][G::NGW]; /* raw 16-bit scales / biases, two per word when folded */
 };
 
 /* Per-lane constants of the streaming loop. */
 struct dec_lane {
-    const char *k, *v;             /* this lane's first code byte of key 0 */
-    const char *ks, *kz, *vs, *vz; /* scale / bias bases of (b, h) plus this lane's group */
-    int64_t kcs, vcs;              /* code bytes per key */
-    int64_t kss, kzs, vss, vzs;    /* scale / bias elements per key */
+    /* this lane's code / scale / bias pointers at key 0 of the next chunk it loads; each
+     * load advances them by DEC_WARPS chunks (a uniform step: no 64-bit multiply per chunk) */
+    const char *k, *v, *ks, *kz, *vs, *vz;
     int gq, c4, last_key;
 };
 
@@ -120,35 +174,48 @@ __device__ __forceinline__ half2 dec_scale_bias(uint32_t s, uint32_t z, bool bf1
 }
 
 template <int DK, int DV, class FK, class FV>
-__device__ __forceinline__ void dec_load(const dec_lane &L, int chunk, dec_chunk<DK, DV, FK, FV> &r) {
+__device__ __forceinline__ void dec_load(dec_lane &L, const fast_params &p, int chunk, dec_chunk<DK, DV, FK, FV> &r) {
     using G = dec_geom<DK, DV, FK, FV>;
     constexpr int KSB = dec_scale_bytes<FK>(), VSB = dec_scale_bytes<FV>();
-    const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
-    const int lim = L.last_key - (int)j0; /* keys past the end read the last row and are masked later */
-    const char *kc = L.k + j0 * L.kcs, *vc = L.v + j0 * L.vcs;
-    const char *ks = L.ks + j0 * L.kss * KSB, *kz = L.kz + j0 * L.kzs * KSB;
-    const char *vs = L.vs + j0 * L.vss * VSB, *vz = L.vz + j0 * L.vzs * VSB;
+    constexpr int STEP = DEC_WARPS * DEC_CHUNK; /* keys between a warp's chunks */
+    const int lim = L.last_key - chunk * DEC_CHUNK; /* keys past the end read the last row and are masked later */
+    const int kcs = (int)p.k.cs[2], vcs = (int)p.v.cs[2];
+    const int kss = (int)p.k.ss[2], kzs = (int)p.k.bs[2], vss = (int)p.v.ss[2], vzs = (int)p.v.bs[2];
 #pragma unroll
     for (int kk = 0; kk < 2; kk++) {
         const int j = min(L.gq + 8 * kk, lim);
-        ldg_words<G::KW>(kc + j * (int)L.kcs, r.kw[kk]);
+        ldg_words<G::KW>(L.k + j * kcs, r.kw[kk]);
         if constexpr (FK::has_scales) {
 #pragma unroll
             for (int kg = 0; kg < G::KG; kg++) {
-                r.ks[kk][kg] = ldg_scale<KSB>(ks, j * (int)L.kss + kg);
-                r.kz[kk][kg] = FK::has_biases ? ldg_scale<KSB>(kz, j * (int)L.kzs + kg) : 0u;
+                r.ks[kk][kg] = ldg_scale<KSB>(L.ks, j * kss + kg);
+                r.kz[kk][kg] = FK::has_biases ? ldg_scale<KSB>(L.kz, j * kzs + kg) : 0u;
             }
         }
     }
 #pragma unroll
     for (int vv = 0; vv < 4; vv++) {
         const int j = min(2 * L.c4 + (vv & 1) + 8 * (vv >> 1), lim);
-        ldg_words<G::VW>(vc + j * (int)L.vcs, r.vw[vv]);
-        if constexpr (FV::has_scales) {
-            r.vs[vv] = ldg_scale<VSB>(vs, j * (int)L.vss);
-            r.vz[vv] = FV::has_biases ? ldg_scale<VSB>(vz, j * (int)L.vzs) : 0u;
+        if constexpr (G::FOLD) {
+#pragma unroll
+            for (int gr = 0; gr < G::NG; gr++)
+                ldg_words<G::RW>(L.v + j * vcs + gr * (FV::group * FV::bits / 8), &r.vw[vv][gr * G::RW]);
+            ldg_scale_row<G::NG>(L.vs, j * vss, r.vs[vv]);
+            ldg_scale_row<G::NG>(L.vz, j * vzs, r.vz[vv]);
+        } else {
+            ldg_words<G::VW>(L.v + j * vcs, r.vw[vv]);
+            if constexpr (FV::has_scales) {
+                r.vs[vv][0] = ldg_scale<VSB>(L.vs, j * vss);
+                r.vz[vv][0] = FV::has_biases ? ldg_scale<VSB>(L.vz, j * vzs) : 0u;
+            }
         }
     }
+    L.k += p.k.cs[2] * STEP;
+    L.v += p.v.cs[2] * STEP;
+    L.ks += p.k.ss[2] * STEP * KSB;
+    L.kz += p.k.bs[2] * STEP * KSB;
+    L.vs += p.v.ss[2] * STEP * VSB;
+    L.vz += p.v.bs[2] * STEP * VSB;
 }
 
 /* Per-row state of a lane: rows nr * 8 + 2c4 + e (e = 0, 1) of the S^T / O^T fragments. */
@@ -162,7 +229,9 @@ struct dec_rows {
 template <int DK, int DV, class FK, class FV, int NR>
 __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, bool plain, int kend,
                                             const dec_chunk<DK, DV, FK, FV> &r, const uint32_t (&qb)[NR][DK / 16][2],
-                                            dec_rows<NR> &st, float (&o)[NR][DV / 16][4], int gq, int c4, int64_t b) {
+                                            dec_rows<NR> &st, float (&o)[NR][DV / 16][4],
+                                            float (&ex)[NR][dec_geom<DK, DV, FK, FV>::NG + 1][4], int gq, int c4,
+                                            int64_t b) {
     using G = dec_geom<DK, DV, FK, FV>;
     constexpr int UK = FK::U, UV = FV::U;
     /* S^T = K Q^T: two accumulators (even / odd k steps) halve the dependent mma chain */
@@ -264,21 +333,74 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
     for (int nr = 0; nr < NR; nr++) rescale |= corr[nr][0] != 1.0f || corr[nr][1] != 1.0f;
     if (__any_sync(0xffffffffu, rescale)) {
 #pragma unroll
-        for (int nr = 0; nr < NR; nr++)
+        for (int nr = 0; nr < NR; nr++) {
 #pragma unroll
             for (int mt = 0; mt < G::MT; mt++) {
                 o[nr][mt][0] *= corr[nr][0]; o[nr][mt][1] *= corr[nr][1];
                 o[nr][mt][2] *= corr[nr][0]; o[nr][mt][3] *= corr[nr][1];
             }
+            if constexpr (G::FOLD) {
+#pragma unroll
+                for (int x = 0; x <= G::NG; x++) {
+                    ex[nr][x][0] *= corr[nr][0]; ex[nr][x][1] *= corr[nr][1];
+                    ex[nr][x][2] *= corr[nr][0]; ex[nr][x][3] *= corr[nr][1];
+                }
+            }
+        }
     }
 
+    if constexpr (G::FOLD) {
+        /* O'^T += X^T (P s_g)^T per group; ex[g] += sum(P s_g) (A row 0 all ones), ex[NG] row g += sum(P z_g) */
+        const bool bf16 = p.v.scale_dtype == QSDPA_DTYPE_BF16;
+        const uint32_t ones = gq == 0 ? 0x3C003C00u : 0u;
+        const uint32_t a_one[4] = {ones, 0u, ones, 0u};
+        uint32_t za0 = 0u, za2 = 0u;
+#pragma unroll
+        for (int gr = 0; gr < G::NG; gr++) {
+            const int w = G::NG > 1 ? gr / 2 : 0, hi = G::NG > 1 ? gr % 2 : 0;
+            const uint32_t z01 = pack_scales(r.vz[0][w], r.vz[1][w], hi, bf16), z89 = pack_scales(r.vz[2][w], r.vz[3][w], hi, bf16);
+            za0 = gq == gr ? z01 : za0;
+            za2 = gq == gr ? z89 : za2;
+        }
+        const uint32_t a_z[4] = {za0, 0u, za2, 0u};
+#pragma unroll
+        for (int nr = 0; nr < NR; nr++) mma16816(ex[nr][G::NG], a_z, pb[nr][0], pb[nr][1]);
+#pragma unroll
+        for (int gr = 0; gr < G::NG; gr++) {
+            const int sw = G::NG > 1 ? gr / 2 : 0, shi = G::NG > 1 ? gr % 2 : 0;
+            const uint32_t s01 = pack_scales(r.vs[0][sw], r.vs[1][sw], shi, bf16);
+            const uint32_t s89 = pack_scales(r.vs[2][sw], r.vs[3][sw], shi, bf16);
+            uint32_t ps[NR][2];
+#pragma unroll
+            for (int nr = 0; nr < NR; nr++) {
+                ps[nr][0] = h2u(__hmul2(u2h(pb[nr][0]), u2h(s01)));
+                ps[nr][1] = h2u(__hmul2(u2h(pb[nr][1]), u2h(s89)));
+                mma16816(ex[nr][gr], a_one, ps[nr][0], ps[nr][1]);
+            }
+#pragma unroll
+            for (int w = 0; w < G::RW; w++) {
+                uint32_t x01[UV], x89[UV];
+                fold_words<FV::bits>(r.vw[0][gr * G::RW + w], r.vw[1][gr * G::RW + w], x01);
+                fold_words<FV::bits>(r.vw[2][gr * G::RW + w], r.vw[3][gr * G::RW + w], x89);
+#pragma unroll
+                for (int t = 0; t < G::TPW; t++) {
+                    const int mt = (gr * G::RW + w) * G::TPW + t;
+                    const int e0 = fold_elem<FV::bits>(t, 0), e1 = fold_elem<FV::bits>(t, 1);
+                    const uint32_t a[4] = {x01[e0], x01[e1], x89[e0], x89[e1]};
+#pragma unroll
+                    for (int nr = 0; nr < NR; nr++) mma16816(o[nr][mt], a, ps[nr][0], ps[nr][1]);
+                }
+            }
+        }
+        return;
+    }
     /* O^T += V^T P^T: A rows are this lane's dims (element 2mt: row gq, 2mt + 1: row gq + 8) */
     half2 s01 = __floats2half2_rn(1.0f, 1.0f), z01 = __floats2half2_rn(0.0f, 0.0f), s23 = s01, z23 = z01;
     if constexpr (FV::has_scales) {
         half2 sb[4];
 #pragma unroll
         for (int vv = 0; vv < 4; vv++)
-            sb[vv] = dec_scale_bias<FV>(r.vs[vv], r.vz[vv], p.v.scale_dtype == QSDPA_DTYPE_BF16, p.v.global_scale);
+            sb[vv] = dec_scale_bias<FV>(r.vs[vv][0], r.vz[vv][0], p.v.scale_dtype == QSDPA_DTYPE_BF16, p.v.global_scale);
         s01 = __lows2half2(sb[0], sb[1]); z01 = __highs2half2(sb[0], sb[1]);
         s23 = __lows2half2(sb[2], sb[3]); z23 = __highs2half2(sb[2], sb[3]);
     }
@@ -325,23 +447,24 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
     dec_lane L;
     L.gq = gq; L.c4 = c4;
     L.last_key = (int)p.lk - 1;
-    L.kcs = p.k.cs[2]; L.vcs = p.v.cs[2];
-    L.k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + c4 * (G::KW * 4);
-    L.v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + gq * (G::VW * 4);
-    L.kss = p.k.ss[2]; L.kzs = p.k.bs[2]; L.vss = p.v.ss[2]; L.vzs = p.v.bs[2];
+    int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
+    const int64_t key0 = (int64_t)c * DEC_CHUNK;
+    L.k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + key0 * p.k.cs[2] + c4 * (G::KW * 4);
+    L.v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + key0 * p.v.cs[2] +
+          gq * (G::FOLD ? G::RW * 4 : G::VW * 4);
     {
-        const int kgi = FK::has_scales ? c4 * G::KT / FK::group : 0, vgi = FV::has_scales ? gq * G::VT / FV::group : 0;
+        const int kgi = FK::has_scales ? c4 * G::KT / FK::group : 0;
+        const int vgi = FV::has_scales && !G::FOLD ? gq * G::VT / FV::group : 0; /* folded: every group, from 0 */
         constexpr int KSB = dec_scale_bytes<FK>(), VSB = dec_scale_bytes<FV>();
-        L.ks = (const char *)p.k.scales + (b * p.k.ss[0] + g * p.k.ss[1] + kgi) * KSB;
-        L.kz = (const char *)p.k.biases + (b * p.k.bs[0] + g * p.k.bs[1] + kgi) * KSB;
-        L.vs = (const char *)p.v.scales + (b * p.v.ss[0] + g * p.v.ss[1] + vgi) * VSB;
-        L.vz = (const char *)p.v.biases + (b * p.v.bs[0] + g * p.v.bs[1] + vgi) * VSB;
+        L.ks = (const char *)p.k.scales + (b * p.k.ss[0] + g * p.k.ss[1] + key0 * p.k.ss[2] + kgi) * KSB;
+        L.kz = (const char *)p.k.biases + (b * p.k.bs[0] + g * p.k.bs[1] + key0 * p.k.bs[2] + kgi) * KSB;
+        L.vs = (const char *)p.v.scales + (b * p.v.ss[0] + g * p.v.ss[1] + key0 * p.v.ss[2] + vgi) * VSB;
+        L.vz = (const char *)p.v.biases + (b * p.v.bs[0] + g * p.v.bs[1] + key0 * p.v.bs[2] + vgi) * VSB;
     }
 
     /* the first chunk streams in while q is read */
     dec_chunk<DK, DV, FK, FV> ra, rb;
-    int c = c_first + warp;
-    if (c < c_end) dec_load(L, c, ra);
+    if (c < c_end) dec_load(L, p, c, ra);
 
     /* q rows -> shared memory as f16 (coalesced, any stride or alignment), then each
      * lane reads its contiguous run of Dk/4 values with 16-byte loads */
@@ -390,11 +513,14 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
             st.l[nr][e] = 0.0f;
         }
     }
-    float o[NR][G::MT][4];
+    float o[NR][G::MT][4], ex[NR][G::NG + 1][4];
 #pragma unroll
-    for (int nr = 0; nr < NR; nr++)
+    for (int nr = 0; nr < NR; nr++) {
 #pragma unroll
         for (int mt = 0; mt < G::MT; mt++) o[nr][mt][0] = o[nr][mt][1] = o[nr][mt][2] = o[nr][mt][3] = 0.0f;
+#pragma unroll
+        for (int x = 0; x <= G::NG; x++) ex[nr][x][0] = ex[nr][x][1] = ex[nr][x][2] = ex[nr][x][3] = 0.0f;
+    }
 
     /* no mask, inside the range, every key visible to every row: no per-score checks */
     auto plain_chunk = [&](int ch) {
@@ -404,11 +530,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
     };
     /* two register sets, so the next chunk's loads are in flight during this chunk's math */
     for (; c < c_end; c += 2 * DEC_WARPS) {
-        if (c + DEC_WARPS < c_end) dec_load(L, c + DEC_WARPS, rb);
-        dec_compute<DK, DV, FK, FV, NR>(p, c, plain_chunk(c), kend, ra, qb, st, o, gq, c4, b);
+        if (c + DEC_WARPS < c_end) dec_load(L, p, c + DEC_WARPS, rb);
+        dec_compute<DK, DV, FK, FV, NR>(p, c, plain_chunk(c), kend, ra, qb, st, o, ex, gq, c4, b);
         if (c + DEC_WARPS >= c_end) break;
-        if (c + 2 * DEC_WARPS < c_end) dec_load(L, c + 2 * DEC_WARPS, ra);
-        dec_compute<DK, DV, FK, FV, NR>(p, c + DEC_WARPS, plain_chunk(c + DEC_WARPS), kend, rb, qb, st, o, gq, c4, b);
+        if (c + 2 * DEC_WARPS < c_end) dec_load(L, p, c + 2 * DEC_WARPS, ra);
+        dec_compute<DK, DV, FK, FV, NR>(p, c + DEC_WARPS, plain_chunk(c + DEC_WARPS), kend, rb, qb, st, o, ex, gq, c4, b);
     }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -428,11 +554,37 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
 #pragma unroll
     for (int nr = 0; nr < NR; nr++) {
         const int r0 = nr * 8 + 2 * c4;
+        if constexpr (G::FOLD) {
+            /* o = o' - offset * sum(P s_g) + sum(P z_g), rows 2c4 + e; then the run's dims */
 #pragma unroll
-        for (int mt = 0; mt < G::MT; mt++) {
-            const int d = gq * G::VT + 2 * mt; /* elements 2mt (c0, c1) and 2mt + 1 (c2, c3) */
-            *(float2 *)&merge_o[warp][r0][d] = make_float2(o[nr][mt][0], o[nr][mt][2]);
-            *(float2 *)&merge_o[warp][r0 + 1][d] = make_float2(o[nr][mt][1], o[nr][mt][3]);
+            for (int gr = 0; gr < G::NG; gr++) {
+                float s1[2], z1[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    s1[e] = __shfl_sync(0xffffffffu, ex[nr][gr][e], c4);
+                    z1[e] = __shfl_sync(0xffffffffu, ex[nr][G::NG][e], gr * 4 + c4);
+                }
+#pragma unroll
+                for (int w = 0; w < G::RW; w++)
+#pragma unroll
+                    for (int t = 0; t < G::TPW; t++) {
+                        const int mt = (gr * G::RW + w) * G::TPW + t;
+                        const float off = fold_offset<FV::bits>(t);
+                        const int d0 = gr * FV::group + gq * G::RUN + w * FV::U;
+                        const int da = d0 + fold_elem<FV::bits>(t, 0), db = d0 + fold_elem<FV::bits>(t, 1);
+                        merge_o[warp][r0][da] = o[nr][mt][0] - off * s1[0] + z1[0];
+                        merge_o[warp][r0 + 1][da] = o[nr][mt][1] - off * s1[1] + z1[1];
+                        merge_o[warp][r0][db] = o[nr][mt][2] - off * s1[0] + z1[0];
+                        merge_o[warp][r0 + 1][db] = o[nr][mt][3] - off * s1[1] + z1[1];
+                    }
+            }
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < G::MT; mt++) {
+                const int d = gq * G::VT + 2 * mt; /* elements 2mt (c0, c1) and 2mt + 1 (c2, c3) */
+                *(float2 *)&merge_o[warp][r0][d] = make_float2(o[nr][mt][0], o[nr][mt][2]);
+                *(float2 *)&merge_o[warp][r0 + 1][d] = make_float2(o[nr][mt][1], o[nr][mt][3]);
+            }
         }
         if (gq == 0) {
             merge_m[warp][r0] = st.m[nr][0]; merge_m[warp][r0 + 1] = st.m[nr][1];
@@ -460,5 +612,22 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
 }
 
 } // namespace qfast
+
+/* Host: the folded-V path loads a key's NG 16-bit V scales (and biases) as one
+ * 2*NG-byte word, so their base and strides must keep that alignment (anything
+ * else is served by the tile kernel). */
+template <int DK, int DV, class FK, class FV>
+static bool qsdpa_cuda_decode_fits(const qsdpa_problem *pr) {
+    using G = qfast::dec_geom<DK, DV, FK, FV>;
+    if (!G::FOLD || G::NG == 1) return true;
+    const size_t align = 2 * (size_t)G::NG;
+    const qsdpa_tensor *ts[2] = {&pr->v.scales, &pr->v.biases};
+    for (int t = 0; t < 2; t++) {
+        if ((uintptr_t)ts[t]->data % align || ts[t]->stride[3] != 1) return false;
+        for (int i = 0; i < 3; i++)
+            if (((size_t)ts[t]->stride[i] * 2) % align) return false;
+    }
+    return true;
+}
 
 #endif

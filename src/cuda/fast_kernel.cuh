@@ -649,7 +649,7 @@ template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     using L = qfast::layout<DK, DV, FK, FV>;
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
-    if (qsdpa_cuda_use_decode_kernel(pr))
+    if (qsdpa_cuda_use_decode_kernel(pr) && qsdpa_cuda_decode_fits<DK, DV, FK, FV>(pr))
         return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                 : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
     static int occupancy[64];
