@@ -10,16 +10,17 @@
  *                 (16 dims x 8 rows), so a row tile is 8 folded rows;
  *   O^T = V^T P^T V^T is the A operand (16 dims x 16 keys); P^T comes from
  *                 the S^T accumulator by one movmatrix transpose per 8 keys.
- * Each warp streams its own chunks of 16 keys straight from global memory
- * into registers (the next chunk is loaded while the current one is
- * computed), with no shared memory and no barrier in the loop. Both inner
- * products may permute their reduction index freely, so each lane reads
- * whole contiguous runs of codes:
+ * Each warp streams its own chunks of 16 keys through its own ring of
+ * shared-memory stages (cp.async, 2-3 chunks in flight, no block barrier in
+ * the loop: only the warp waits for its copies), so the bytes in flight do not
+ * cost registers. Both inner products may permute their reduction index
+ * freely, so each lane reads whole contiguous runs of codes:
  *   K: lane (gq, c4) owns keys gq and gq + 8 and dims [c4 * Dk/4, +Dk/4)
  *      (16 bytes at 4-bit D=128); q is loaded in the same permuted order;
  *   V: lane (gq, c4) owns keys 2c4, 2c4+1, 2c4+8, 2c4+9 and dims
- *      [gq * Dv/8, +Dv/8) (8 bytes at 4-bit D=128); the output keeps that
- *      permutation until it is stored.
+ *      [gq * Dv/8, +Dv/8) (8 bytes at 4-bit D=128), or with folded V (affine,
+ *      see dec_geom) one run of group/8 dims in every group; the output keeps
+ *      that permutation until it is stored.
  * The four warps of a CTA take interleaved chunks of the CTA's split and
  * merge through shared memory at the end; every CTA writes an (m, l, o)
  * partial and split_merge (fast_kernel.cuh) finishes: sinks, lse, dtype. */
@@ -32,7 +33,7 @@ namespace qfast {
  * cut for (16 rows or wider formats: 2);
  * a compile-time knob so the device script can time variants (bench/NOTES.md). */
 #ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
-#define QSDPA_CUDA_DEC_MIN_BLOCKS 3
+#define QSDPA_CUDA_DEC_MIN_BLOCKS 4
 #endif
 constexpr int DEC_WARPS = 4;
 constexpr int DEC_CHUNK = 16;                    /* keys per warp step */
@@ -42,24 +43,6 @@ __device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
     uint32_t y;
     asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
     return y;
-}
-
-/* N contiguous 32-bit words through the read-only path (16-, 8- or 4-byte loads). */
-template <int N>
-__device__ __forceinline__ void ldg_words(const char *src, uint32_t *w) {
-    if constexpr (N % 4 == 0) {
-#pragma unroll
-        for (int i = 0; i < N / 4; i++) {
-            uint4 x = __ldg((const uint4 *)src + i);
-            w[4 * i] = x.x; w[4 * i + 1] = x.y; w[4 * i + 2] = x.z; w[4 * i + 3] = x.w;
-        }
-    } else if constexpr (N == 2) {
-        uint2 x = __ldg((const uint2 *)src);
-        w[0] = x.x; w[1] = x.y;
-    } else {
-        static_assert(N == 1, "words per lane");
-        w[0] = __ldg((const unsigned int *)src);
-    }
 }
 
 template <int DK, int DV, class FK, class FV>
@@ -120,45 +103,11 @@ __device__ __forceinline__ uint32_t pack_scales(uint32_t a, uint32_t b, int hi, 
     return bf16 ? f : h;
 }
 
-/* A key's N 16-bit scales (N = 1, 2, 4, 8; the host checked 2N-byte alignment) in one load. */
-template <int N>
-__device__ __forceinline__ void ldg_scale_row(const char *base, int i, uint32_t *w) {
-    const unsigned short *src = (const unsigned short *)base + i;
-    if constexpr (N == 1) w[0] = __ldg(src);
-    else if constexpr (N == 2) w[0] = __ldg((const unsigned int *)src);
-    else if constexpr (N == 4) { uint2 x = __ldg((const uint2 *)src); w[0] = x.x; w[1] = x.y; }
-    else { uint4 x = __ldg((const uint4 *)src); w[0] = x.x; w[1] = x.y; w[2] = x.z; w[3] = x.w; }
-}
-
-/* The raw data of one 16-key chunk held by a lane. */
-template <int DK, int DV, class FK, class FV>
-struct dec_chunk {
-    using G = dec_geom<DK, DV, FK, FV>;
-    uint32_t kw[2][G::KW];       /* keys gq, gq + 8 */
-    uint32_t ks[2][G::KG], kz[2][G::KG];
-    uint32_t vw[4][G::VW];       /* keys 2c4, 2c4 + 1, 2c4 + 8, 2c4 + 9 (folded: run words of group 0, 1, ...) */
-    uint32_t vs[4][G::NGW], vz[4][G::NGW]; /* raw 16-bit scales / biases, two per word when folded */
-};
-
-/* Per-lane constants of the streaming loop. */
-struct dec_lane {
-    /* this lane's code / scale / bias pointers at key 0 of the next chunk it loads; each
-     * load advances them by DEC_WARPS chunks (a uniform step: no 64-bit multiply per chunk) */
-    const char *k, *v, *ks, *kz, *vs, *vz;
-    int gq, c4, last_key;
-};
-
 /* Bytes of a stored scale element in the decode kernel: affine scales must be
  * f16 or bf16 there (the host sends f32 scales to the tile kernel), the fp
- * formats' scales are bytes; a compile-time size keeps the loads branch-free. */
+ * formats' scales are bytes; a compile-time size keeps the reads branch-free. */
 template <class F>
 __host__ __device__ constexpr int dec_scale_bytes() { return F::mode == QSDPA_MODE_AFFINE ? 2 : 1; }
-
-template <int BYTES>
-__device__ __forceinline__ uint32_t ldg_scale(const char *base, int i) {
-    if constexpr (BYTES == 2) return __ldg((const unsigned short *)base + i);
-    else return __ldg((const unsigned char *)base + i);
-}
 
 /* Raw scale (and bias) bits of one group -> half2 {scale, bias}. Affine: f16 or
  * bf16 (both conversions are computed and one selected: no branch per group). */
@@ -173,49 +122,141 @@ __device__ __forceinline__ half2 dec_scale_bias(uint32_t s, uint32_t z, bool bf1
     }
 }
 
+/* The raw data of one 16-key chunk held by a lane. */
 template <int DK, int DV, class FK, class FV>
-__device__ __forceinline__ void dec_load(dec_lane &L, const fast_params &p, int chunk, dec_chunk<DK, DV, FK, FV> &r) {
+struct dec_chunk {
     using G = dec_geom<DK, DV, FK, FV>;
+    uint32_t kw[2][G::KW];       /* keys gq, gq + 8 */
+    uint32_t ks[2][G::KG], kz[2][G::KG];
+    uint32_t vw[4][G::VW];       /* keys 2c4, 2c4 + 1, 2c4 + 8, 2c4 + 9 (folded: run words of group 0, 1, ...) */
+    uint32_t vs[4][G::NGW], vz[4][G::NGW]; /* raw 16-bit scales / biases, two per word when folded */
+};
+
+/* One 16-key chunk in a warp's shared-memory ring: code rows (padded so the lanes'
+ * reads are free of bank conflicts), then the chunk's [16][groups] scale and bias
+ * blocks, copied whole (the host requires contiguous, 16-byte-aligned scale rows). */
+template <int DK, int DV, class FK, class FV>
+struct dec_stage {
+    static constexpr int KROW = DK * FK::bits / 8, VROW = DV * FV::bits / 8;
+    static constexpr int KPITCH = KROW >= 128 ? KROW + 16 : KROW, VPITCH = VROW + 16;
+    static constexpr int KSROW = FK::has_scales ? DK / FK::group * dec_scale_bytes<FK>() : 0;
+    static constexpr int VSROW = FV::has_scales ? DV / FV::group * dec_scale_bytes<FV>() : 0;
+    static constexpr int KSB = (DEC_CHUNK * KSROW + 15) / 16 * 16, VSB = (DEC_CHUNK * VSROW + 15) / 16 * 16;
+    static constexpr int V_OFF = DEC_CHUNK * KPITCH, KS_OFF = V_OFF + DEC_CHUNK * VPITCH;
+    static constexpr int KZ_OFF = KS_OFF + KSB, VS_OFF = KZ_OFF + (FK::has_biases ? KSB : 0);
+    static constexpr int VZ_OFF = VS_OFF + VSB, BYTES = VZ_OFF + (FV::has_biases ? VSB : 0);
+    /* chunks in flight per warp: about 7 KB of codes for the 4-bit rows, 3 stages of wider ones */
+    static constexpr int STAGES = BYTES <= 3072 ? 4 : 3;
+    static_assert(KROW % 16 == 0 && VROW % 16 == 0, "code rows of whole 16-byte pieces");
+};
+
+/* The warp's copy of chunk `chunk` into `stage` (cp.async, zero-filled past the cache end). */
+template <int DK, int DV, class FK, class FV>
+__device__ __forceinline__ void dec_issue(const fast_params &p, int64_t b, int64_t g, int chunk, char *stage, int lane) {
+    using R = dec_stage<DK, DV, FK, FV>;
+    const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
+    const int nvalid = (int)min((int64_t)DEC_CHUNK, p.lk - j0);
+    const char *kc = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + j0 * p.k.cs[2];
+    const char *vc = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + j0 * p.v.cs[2];
+    constexpr int KC = R::KROW / 16, VC = R::VROW / 16;
+#pragma unroll
+    for (int ci = lane; ci < DEC_CHUNK * KC; ci += 32) {
+        const int key = ci / KC, part = ci % KC;
+        const bool ok = key < nvalid;
+        cp_async16(stage + key * R::KPITCH + part * 16, ok ? kc + key * p.k.cs[2] + part * 16 : kc, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int ci = lane; ci < DEC_CHUNK * VC; ci += 32) {
+        const int key = ci / VC, part = ci % VC;
+        const bool ok = key < nvalid;
+        cp_async16(stage + R::V_OFF + key * R::VPITCH + part * 16, ok ? vc + key * p.v.cs[2] + part * 16 : vc,
+                   ok ? 16 : 0);
+    }
+    /* scale / bias blocks: 16 contiguous rows each */
+    auto block = [&](const void *base, const int64_t *st, int row_bytes, int es, int off, int bytes) {
+        const char *src = (const char *)base + (b * st[0] + g * st[1]) * es + j0 * row_bytes;
+        const int valid = nvalid * row_bytes;
+        for (int ci = lane; ci < bytes / 16; ci += 32) {
+            const int left = valid - ci * 16, nb = left >= 16 ? 16 : left > 0 ? left : 0;
+            cp_async16(stage + off + ci * 16, nb ? src + ci * 16 : src, nb);
+        }
+    };
+    if constexpr (FK::has_scales) block(p.k.scales, p.k.ss, R::KSROW, dec_scale_bytes<FK>(), R::KS_OFF, R::KSB);
+    if constexpr (FK::has_biases) block(p.k.biases, p.k.bs, R::KSROW, dec_scale_bytes<FK>(), R::KZ_OFF, R::KSB);
+    if constexpr (FV::has_scales) block(p.v.scales, p.v.ss, R::VSROW, dec_scale_bytes<FV>(), R::VS_OFF, R::VSB);
+    if constexpr (FV::has_biases) block(p.v.biases, p.v.bs, R::VSROW, dec_scale_bytes<FV>(), R::VZ_OFF, R::VSB);
+}
+
+/* N contiguous 32-bit words from shared memory (16-, 8- or 4-byte reads). */
+template <int N>
+__device__ __forceinline__ void lds_words(const char *src, uint32_t *w) {
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 4; i++) {
+            const uint4 x = ((const uint4 *)src)[i];
+            w[4 * i] = x.x; w[4 * i + 1] = x.y; w[4 * i + 2] = x.z; w[4 * i + 3] = x.w;
+        }
+    } else if constexpr (N == 2) {
+        const uint2 x = *(const uint2 *)src;
+        w[0] = x.x; w[1] = x.y;
+    } else {
+        static_assert(N == 1, "words per lane");
+        w[0] = *(const uint32_t *)src;
+    }
+}
+
+template <int BYTES>
+__device__ __forceinline__ uint32_t lds_scale(const char *p) {
+    if constexpr (BYTES == 2) return *(const unsigned short *)p;
+    else return *(const unsigned char *)p;
+}
+
+/* A key's N 16-bit scales (N = 1, 2, 4, 8) in one read. */
+template <int N>
+__device__ __forceinline__ void lds_scale_row(const char *src, uint32_t *w) {
+    if constexpr (N == 1) w[0] = *(const unsigned short *)src;
+    else if constexpr (N == 2) w[0] = *(const uint32_t *)src;
+    else lds_words<N / 2>(src, w);
+}
+
+/* A lane's fragments of one staged chunk -> registers. */
+template <int DK, int DV, class FK, class FV>
+__device__ __forceinline__ void dec_read(const char *stage, int gq, int c4, dec_chunk<DK, DV, FK, FV> &r) {
+    using G = dec_geom<DK, DV, FK, FV>;
+    using R = dec_stage<DK, DV, FK, FV>;
     constexpr int KSB = dec_scale_bytes<FK>(), VSB = dec_scale_bytes<FV>();
-    constexpr int STEP = DEC_WARPS * DEC_CHUNK; /* keys between a warp's chunks */
-    const int lim = L.last_key - chunk * DEC_CHUNK; /* keys past the end read the last row and are masked later */
-    const int kcs = (int)p.k.cs[2], vcs = (int)p.v.cs[2];
-    const int kss = (int)p.k.ss[2], kzs = (int)p.k.bs[2], vss = (int)p.v.ss[2], vzs = (int)p.v.bs[2];
+    const int kgi = FK::has_scales ? c4 * G::KT / FK::group : 0;
 #pragma unroll
     for (int kk = 0; kk < 2; kk++) {
-        const int j = min(L.gq + 8 * kk, lim);
-        ldg_words<G::KW>(L.k + j * kcs, r.kw[kk]);
+        const int key = gq + 8 * kk;
+        lds_words<G::KW>(stage + key * R::KPITCH + c4 * (G::KW * 4), r.kw[kk]);
         if constexpr (FK::has_scales) {
 #pragma unroll
             for (int kg = 0; kg < G::KG; kg++) {
-                r.ks[kk][kg] = ldg_scale<KSB>(L.ks, j * kss + kg);
-                r.kz[kk][kg] = FK::has_biases ? ldg_scale<KSB>(L.kz, j * kzs + kg) : 0u;
+                r.ks[kk][kg] = lds_scale<KSB>(stage + R::KS_OFF + key * R::KSROW + (kgi + kg) * KSB);
+                r.kz[kk][kg] = FK::has_biases ? lds_scale<KSB>(stage + R::KZ_OFF + key * R::KSROW + (kgi + kg) * KSB) : 0u;
             }
         }
     }
+    const int vgi = FV::has_scales && !G::FOLD ? gq * G::VT / FV::group : 0;
 #pragma unroll
     for (int vv = 0; vv < 4; vv++) {
-        const int j = min(2 * L.c4 + (vv & 1) + 8 * (vv >> 1), lim);
+        const int key = 2 * c4 + (vv & 1) + 8 * (vv >> 1);
+        const char *row = stage + R::V_OFF + key * R::VPITCH;
         if constexpr (G::FOLD) {
 #pragma unroll
             for (int gr = 0; gr < G::NG; gr++)
-                ldg_words<G::RW>(L.v + j * vcs + gr * (FV::group * FV::bits / 8), &r.vw[vv][gr * G::RW]);
-            ldg_scale_row<G::NG>(L.vs, j * vss, r.vs[vv]);
-            ldg_scale_row<G::NG>(L.vz, j * vzs, r.vz[vv]);
+                lds_words<G::RW>(row + gr * (FV::group * FV::bits / 8) + gq * (G::RW * 4), &r.vw[vv][gr * G::RW]);
+            lds_scale_row<G::NG>(stage + R::VS_OFF + key * R::VSROW, r.vs[vv]);
+            lds_scale_row<G::NG>(stage + R::VZ_OFF + key * R::VSROW, r.vz[vv]);
         } else {
-            ldg_words<G::VW>(L.v + j * vcs, r.vw[vv]);
+            lds_words<G::VW>(row + gq * (G::VW * 4), r.vw[vv]);
             if constexpr (FV::has_scales) {
-                r.vs[vv][0] = ldg_scale<VSB>(L.vs, j * vss);
-                r.vz[vv][0] = FV::has_biases ? ldg_scale<VSB>(L.vz, j * vzs) : 0u;
+                r.vs[vv][0] = lds_scale<VSB>(stage + R::VS_OFF + key * R::VSROW + vgi * VSB);
+                r.vz[vv][0] = FV::has_biases ? lds_scale<VSB>(stage + R::VZ_OFF + key * R::VSROW + vgi * VSB) : 0u;
             }
         }
     }
-    L.k += p.k.cs[2] * STEP;
-    L.v += p.v.cs[2] * STEP;
-    L.ks += p.k.ss[2] * STEP * KSB;
-    L.kz += p.k.bs[2] * STEP * KSB;
-    L.vs += p.v.ss[2] * STEP * VSB;
-    L.vz += p.v.bs[2] * STEP * VSB;
 }
 
 /* Per-row state of a lane: rows nr * 8 + 2c4 + e (e = 0, 1) of the S^T / O^T fragments. */
@@ -419,12 +460,29 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
     }
 }
 
+/* Dynamic shared memory of a decode CTA: q rows, then the warps' rings, which the
+ * merge buffer (o, m, l of every warp) reuses after the loop. */
 template <int DK, int DV, class FK, class FV, int NR>
-__global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV::bits <= 4 ? QSDPA_CUDA_DEC_MIN_BLOCKS : 2) fast_decode(const fast_params p) {
+struct dec_smem {
+    static constexpr int ROWS = 8 * NR, OS = DV + 4, QS = DK + 8; /* padded rows: fewer bank conflicts */
+    static constexpr int Q_BYTES = (ROWS * QS * 2 + 15) / 16 * 16;
+    static constexpr int MO_BYTES = DEC_WARPS * ROWS * OS * 4, MML_BYTES = DEC_WARPS * ROWS * 4;
+    static constexpr int RING_BYTES = DEC_WARPS * dec_stage<DK, DV, FK, FV>::STAGES * dec_stage<DK, DV, FK, FV>::BYTES;
+    static constexpr int MERGE_BYTES = MO_BYTES + 2 * MML_BYTES;
+    static constexpr int BYTES = Q_BYTES + (RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES);
+};
+
+template <int DK, int DV, class FK, class FV, int NR>
+__global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 && FV::bits <= 4 ? QSDPA_CUDA_DEC_MIN_BLOCKS : 3) fast_decode(const fast_params p) {
     using G = dec_geom<DK, DV, FK, FV>;
-    constexpr int ROWS = 8 * NR, OS = DV + 4; /* padded o rows of the merge buffer */
-    __shared__ __align__(16) float merge_o[DEC_WARPS][ROWS][OS];
-    __shared__ float merge_m[DEC_WARPS][ROWS], merge_l[DEC_WARPS][ROWS];
+    using R = dec_stage<DK, DV, FK, FV>;
+    using S = dec_smem<DK, DV, FK, FV, NR>;
+    constexpr int ROWS = S::ROWS, OS = S::OS, QS = S::QS;
+    extern __shared__ __align__(16) char dsm[];
+    __half(*qsm)[QS] = (__half(*)[QS])dsm;                              /* q rows as f16 */
+    float(*merge_o)[ROWS][OS] = (float(*)[ROWS][OS])(dsm + S::Q_BYTES); /* after the loop, over the rings */
+    float(*merge_m)[ROWS] = (float(*)[ROWS])(dsm + S::Q_BYTES + S::MO_BYTES);
+    float(*merge_l)[ROWS] = (float(*)[ROWS])(dsm + S::Q_BYTES + S::MO_BYTES + S::MML_BYTES);
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = lane >> 2, c4 = lane & 3;
@@ -444,32 +502,17 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
     const int c_first = kbeg / DEC_CHUNK, c_end = kend > kbeg ? (kend + DEC_CHUNK - 1) / DEC_CHUNK : c_first;
     const int last_lo = (int)shift, last_hi = (int)((p.rows - 1) / p.ratio + shift);
 
-    dec_lane L;
-    L.gq = gq; L.c4 = c4;
-    L.last_key = (int)p.lk - 1;
+    /* the ring's first STAGES - 1 chunks stream in while q is read */
+    char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
     int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
-    const int64_t key0 = (int64_t)c * DEC_CHUNK;
-    L.k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + key0 * p.k.cs[2] + c4 * (G::KW * 4);
-    L.v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + key0 * p.v.cs[2] +
-          gq * (G::FOLD ? G::RW * 4 : G::VW * 4);
-    {
-        const int kgi = FK::has_scales ? c4 * G::KT / FK::group : 0;
-        const int vgi = FV::has_scales && !G::FOLD ? gq * G::VT / FV::group : 0; /* folded: every group, from 0 */
-        constexpr int KSB = dec_scale_bytes<FK>(), VSB = dec_scale_bytes<FV>();
-        L.ks = (const char *)p.k.scales + (b * p.k.ss[0] + g * p.k.ss[1] + key0 * p.k.ss[2] + kgi) * KSB;
-        L.kz = (const char *)p.k.biases + (b * p.k.bs[0] + g * p.k.bs[1] + key0 * p.k.bs[2] + kgi) * KSB;
-        L.vs = (const char *)p.v.scales + (b * p.v.ss[0] + g * p.v.ss[1] + key0 * p.v.ss[2] + vgi) * VSB;
-        L.vz = (const char *)p.v.biases + (b * p.v.bs[0] + g * p.v.bs[1] + key0 * p.v.bs[2] + vgi) * VSB;
+#pragma unroll
+    for (int s = 0; s < R::STAGES - 1; s++) {
+        if (c + s * DEC_WARPS < c_end) dec_issue<DK, DV, FK, FV>(p, b, g, c + s * DEC_WARPS, ring + s * R::BYTES, lane);
+        cp_async_commit();
     }
-
-    /* the first chunk streams in while q is read */
-    dec_chunk<DK, DV, FK, FV> ra, rb;
-    if (c < c_end) dec_load(L, p, c, ra);
 
     /* q rows -> shared memory as f16 (coalesced, any stride or alignment), then each
      * lane reads its contiguous run of Dk/4 values with 16-byte loads */
-    constexpr int QS = DK + 8; /* padded row: lanes' runs start in different banks */
-    __shared__ __align__(16) __half qsm[ROWS][QS];
     for (int idx = threadIdx.x; idx < ROWS * DK; idx += DEC_WARPS * 32) {
         const int f = idx / DK, d = idx % DK;
         float v = 0.0f;
@@ -528,14 +571,21 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
         return p.mask_kind == QSDPA_MASK_NONE && k1 < kend && k0 >= kbeg &&
                (!p.causal || (k1 <= last_lo && (p.window <= 0 || k0 > last_hi - p.window)));
     };
-    /* two register sets, so the next chunk's loads are in flight during this chunk's math */
-    for (; c < c_end; c += 2 * DEC_WARPS) {
-        if (c + DEC_WARPS < c_end) dec_load(L, p, c + DEC_WARPS, rb);
-        dec_compute<DK, DV, FK, FV, NR>(p, c, plain_chunk(c), kend, ra, qb, st, o, ex, gq, c4, b);
-        if (c + DEC_WARPS >= c_end) break;
-        if (c + 2 * DEC_WARPS < c_end) dec_load(L, p, c + 2 * DEC_WARPS, ra);
-        dec_compute<DK, DV, FK, FV, NR>(p, c + DEC_WARPS, plain_chunk(c + DEC_WARPS), kend, rb, qb, st, o, ex, gq, c4, b);
+    /* per chunk: wait for its stage, read the lane's fragments, refill the slot read one
+     * chunk ago with the chunk STAGES - 1 ahead, then compute from registers */
+    for (int it = 0; c < c_end; c += DEC_WARPS, it++) {
+        cp_async_wait<R::STAGES - 2>();
+        __syncwarp();
+        dec_chunk<DK, DV, FK, FV> r;
+        dec_read<DK, DV, FK, FV>(ring + (it % R::STAGES) * R::BYTES, gq, c4, r);
+        __syncwarp();
+        const int cn = c + (R::STAGES - 1) * DEC_WARPS;
+        if (cn < c_end) dec_issue<DK, DV, FK, FV>(p, b, g, cn, ring + ((it + R::STAGES - 1) % R::STAGES) * R::BYTES, lane);
+        cp_async_commit();
+        dec_compute<DK, DV, FK, FV, NR>(p, c, plain_chunk(c), kend, r, qb, st, o, ex, gq, c4, b);
     }
+    cp_async_wait<0>();
+    __syncthreads(); /* the merge buffer below reuses the rings */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
@@ -613,21 +663,26 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 1 && FK::bits <= 4 && FV
 
 } // namespace qfast
 
-/* Host: the folded-V path loads a key's NG 16-bit V scales (and biases) as one
- * 2*NG-byte word, so their base and strides must keep that alignment (anything
- * else is served by the tile kernel). */
-template <int DK, int DV, class FK, class FV>
-static bool qsdpa_cuda_decode_fits(const qsdpa_problem *pr) {
-    using G = qfast::dec_geom<DK, DV, FK, FV>;
-    if (!G::FOLD || G::NG == 1) return true;
-    const size_t align = 2 * (size_t)G::NG;
-    const qsdpa_tensor *ts[2] = {&pr->v.scales, &pr->v.biases};
-    for (int t = 0; t < 2; t++) {
-        if ((uintptr_t)ts[t]->data % align || ts[t]->stride[3] != 1) return false;
-        for (int i = 0; i < 3; i++)
-            if (((size_t)ts[t]->stride[i] * 2) % align) return false;
+/* Host: the decode kernel copies a chunk's scale and bias rows as whole 16-byte
+ * pieces, so they must be contiguous ([.., L, dim / group]) and 16-byte aligned
+ * per (b, h); anything else is served by the tile kernel. */
+static inline bool qsdpa_cuda_decode_scales_ok(const qsdpa_qtensor *t) {
+    if (t->format.mode == QSDPA_MODE_PLAIN) return true;
+    const size_t es = qsdpa_dtype_size(t->scales.dtype);
+    const int64_t groups = t->dim / t->format.group;
+    const qsdpa_tensor *ts[2] = {&t->scales, &t->biases};
+    for (int i = 0; i < 2; i++) {
+        if (!ts[i]->data) continue;
+        if ((uintptr_t)ts[i]->data % 16 || ts[i]->stride[3] != 1 || ts[i]->stride[2] != groups ||
+            ((size_t)ts[i]->stride[0] * es) % 16 || ((size_t)ts[i]->stride[1] * es) % 16)
+            return false;
     }
     return true;
+}
+
+template <int DK, int DV, class FK, class FV>
+static bool qsdpa_cuda_decode_fits(const qsdpa_problem *pr) {
+    return qsdpa_cuda_decode_scales_ok(&pr->k) && qsdpa_cuda_decode_scales_ok(&pr->v);
 }
 
 #endif

@@ -630,17 +630,18 @@ static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfas
 template <int DK, int DV, class FK, class FV, int NR>
 static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
     static int occupancy[64];
+    constexpr int smem = qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES;
     auto kernel = qfast::fast_decode<DK, DV, FK, FV, NR>;
-    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, qfast::DEC_WARPS * 32, 0, occupancy, fn, "configuring fast_decode");
+    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, qfast::DEC_WARPS * 32, smem, occupancy, fn, "configuring fast_decode");
     if (st != QSDPA_OK) return st;
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, 0, occupancy[ctx->cuda->device < 64 ? ctx->cuda->device : 0],
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occupancy[ctx->cuda->device < 64 ? ctx->cuda->device : 0],
                                       qfast::DEC_TILE, true, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    kernel<<<grid, qfast::DEC_WARPS * 32, 0, qsdpa_cuda_stream(ctx)>>>(p);
+    kernel<<<grid, qfast::DEC_WARPS * 32, smem, qsdpa_cuda_stream(ctx)>>>(p);
     if ((st = qsdpa_cuda_launch_status(fn, "fast_decode")) != QSDPA_OK) return st;
     return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 }
