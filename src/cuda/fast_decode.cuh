@@ -150,42 +150,65 @@ struct dec_stage {
     static_assert(KROW % 16 == 0 && VROW % 16 == 0, "code rows of whole 16-byte pieces");
 };
 
-/* The warp's copy of chunk `chunk` into `stage` (cp.async, zero-filled past the cache end). */
+/* A lane's share of copying its warp's chunks into the ring (cp.async, zero-filled
+ * past the cache end), set up once: source pointers at the lane's first 16-byte
+ * piece of the warp's next chunk, advanced by DEC_WARPS chunks per copy. */
 template <int DK, int DV, class FK, class FV>
-__device__ __forceinline__ void dec_issue(const fast_params &p, int64_t b, int64_t g, int chunk, char *stage, int lane) {
+struct dec_copier {
     using R = dec_stage<DK, DV, FK, FV>;
-    const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
-    const int nvalid = (int)min((int64_t)DEC_CHUNK, p.lk - j0);
-    const char *kc = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + j0 * p.k.cs[2];
-    const char *vc = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + j0 * p.v.cs[2];
-    constexpr int KC = R::KROW / 16, VC = R::VROW / 16;
-#pragma unroll
-    for (int ci = lane; ci < DEC_CHUNK * KC; ci += 32) {
-        const int key = ci / KC, part = ci % KC;
-        const bool ok = key < nvalid;
-        cp_async16(stage + key * R::KPITCH + part * 16, ok ? kc + key * p.k.cs[2] + part * 16 : kc, ok ? 16 : 0);
+    static constexpr int KC = R::KROW / 16, VC = R::VROW / 16;               /* pieces per code row */
+    static constexpr int KN = DEC_CHUNK * KC / 32, VN = DEC_CHUNK * VC / 32; /* code pieces per lane */
+    static constexpr int KSP = FK::has_scales ? R::KSB / 16 : 0, VSP = FV::has_scales ? R::VSB / 16 : 0;
+    static constexpr int KZP = FK::has_biases ? KSP : 0, VZP = FV::has_biases ? VSP : 0;
+    static constexpr int NSP = KSP + KZP + VSP + VZP;                        /* scale pieces per chunk */
+    static_assert(KN >= 1 && VN >= 1 && 32 % KC == 0 && 32 % VC == 0 && NSP <= 32, "copy split");
+    const char *k, *v, *s; /* lane's first K / V code piece, its scale piece (if lane < NSP) */
+    int s_row, s_dst, s_off; /* its scale block's bytes per key, the piece's stage offset and offset in the block */
+
+    __device__ __forceinline__ dec_copier(const fast_params &p, int64_t b, int64_t g, int chunk, int lane) {
+        const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
+        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KC) * p.k.cs[2] + (lane % KC) * 16;
+        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VC) * p.v.cs[2] + (lane % VC) * 16;
+        int piece = lane, blk = 0;
+        if (piece >= KSP) { piece -= KSP; blk = 1; }
+        if (blk == 1 && piece >= KZP) { piece -= KZP; blk = 2; }
+        if (blk == 2 && piece >= VSP) { piece -= VSP; blk = 3; }
+        const qd_qtensor &t = blk < 2 ? p.k : p.v;
+        const int es = blk < 2 ? dec_scale_bytes<FK>() : dec_scale_bytes<FV>();
+        const void *base = (blk & 1) ? t.biases : t.scales;
+        const int64_t *st = (blk & 1) ? t.bs : t.ss;
+        s_row = lane < NSP ? (blk < 2 ? R::KSROW : R::VSROW) : 0;
+        s_dst = (blk == 0 ? R::KS_OFF : blk == 1 ? R::KZ_OFF : blk == 2 ? R::VS_OFF : R::VZ_OFF) + piece * 16;
+        s_off = piece * 16;
+        s = lane < NSP ? (const char *)base + (b * st[0] + g * st[1]) * es + j0 * s_row + piece * 16 : nullptr;
     }
+
+    /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on */
+    __device__ __forceinline__ void issue(const fast_params &p, int chunk, char *stage, int lane) {
+        const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
+        const int nvalid = (int)min((int64_t)DEC_CHUNK, p.lk - j0);
+        const int kkey = lane / KC, vkey = lane / VC;
 #pragma unroll
-    for (int ci = lane; ci < DEC_CHUNK * VC; ci += 32) {
-        const int key = ci / VC, part = ci % VC;
-        const bool ok = key < nvalid;
-        cp_async16(stage + R::V_OFF + key * R::VPITCH + part * 16, ok ? vc + key * p.v.cs[2] + part * 16 : vc,
-                   ok ? 16 : 0);
-    }
-    /* scale / bias blocks: 16 contiguous rows each */
-    auto block = [&](const void *base, const int64_t *st, int row_bytes, int es, int off, int bytes) {
-        const char *src = (const char *)base + (b * st[0] + g * st[1]) * es + j0 * row_bytes;
-        const int valid = nvalid * row_bytes;
-        for (int ci = lane; ci < bytes / 16; ci += 32) {
-            const int left = valid - ci * 16, nb = left >= 16 ? 16 : left > 0 ? left : 0;
-            cp_async16(stage + off + ci * 16, nb ? src + ci * 16 : src, nb);
+        for (int i = 0; i < KN; i++) {
+            const bool ok = kkey + i * (32 / KC) < nvalid;
+            cp_async16(stage + (kkey + i * (32 / KC)) * R::KPITCH + (lane % KC) * 16,
+                       ok ? k + (int64_t)(i * (32 / KC)) * p.k.cs[2] : k, ok ? 16 : 0);
         }
-    };
-    if constexpr (FK::has_scales) block(p.k.scales, p.k.ss, R::KSROW, dec_scale_bytes<FK>(), R::KS_OFF, R::KSB);
-    if constexpr (FK::has_biases) block(p.k.biases, p.k.bs, R::KSROW, dec_scale_bytes<FK>(), R::KZ_OFF, R::KSB);
-    if constexpr (FV::has_scales) block(p.v.scales, p.v.ss, R::VSROW, dec_scale_bytes<FV>(), R::VS_OFF, R::VSB);
-    if constexpr (FV::has_biases) block(p.v.biases, p.v.bs, R::VSROW, dec_scale_bytes<FV>(), R::VZ_OFF, R::VSB);
-}
+#pragma unroll
+        for (int i = 0; i < VN; i++) {
+            const bool ok = vkey + i * (32 / VC) < nvalid;
+            cp_async16(stage + R::V_OFF + (vkey + i * (32 / VC)) * R::VPITCH + (lane % VC) * 16,
+                       ok ? v + (int64_t)(i * (32 / VC)) * p.v.cs[2] : v, ok ? 16 : 0);
+        }
+        if (s_row) { /* lanes < NSP: one scale or bias piece each */
+            const int left = nvalid * s_row - s_off, nb = left >= 16 ? 16 : left > 0 ? left : 0;
+            cp_async16(stage + s_dst, nb ? s : (const char *)p.k.codes, nb);
+            s += (int64_t)s_row * (DEC_WARPS * DEC_CHUNK);
+        }
+        k += p.k.cs[2] * (DEC_WARPS * DEC_CHUNK);
+        v += p.v.cs[2] * (DEC_WARPS * DEC_CHUNK);
+    }
+};
 
 /* N contiguous 32-bit words from shared memory (16-, 8- or 4-byte reads). */
 template <int N>
@@ -505,9 +528,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
     /* the ring's first STAGES - 1 chunks stream in while q is read */
     char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
     int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
+    dec_copier<DK, DV, FK, FV> copier(p, b, g, c, lane);
 #pragma unroll
     for (int s = 0; s < R::STAGES - 1; s++) {
-        if (c + s * DEC_WARPS < c_end) dec_issue<DK, DV, FK, FV>(p, b, g, c + s * DEC_WARPS, ring + s * R::BYTES, lane);
+        if (c + s * DEC_WARPS < c_end) copier.issue(p, c + s * DEC_WARPS, ring + s * R::BYTES, lane);
         cp_async_commit();
     }
 
@@ -580,7 +604,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
         dec_read<DK, DV, FK, FV>(ring + (it % R::STAGES) * R::BYTES, gq, c4, r);
         __syncwarp();
         const int cn = c + (R::STAGES - 1) * DEC_WARPS;
-        if (cn < c_end) dec_issue<DK, DV, FK, FV>(p, b, g, cn, ring + ((it + R::STAGES - 1) % R::STAGES) * R::BYTES, lane);
+        if (cn < c_end) copier.issue(p, cn, ring + ((it + R::STAGES - 1) % R::STAGES) * R::BYTES, lane);
         cp_async_commit();
         dec_compute<DK, DV, FK, FV, NR>(p, c, plain_chunk(c), kend, r, qb, st, o, ex, gq, c4, b);
     }
