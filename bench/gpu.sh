@@ -7,7 +7,7 @@
 # Outputs under $OUT (at most 8 files): build.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
 # Usage (device): bash bench/gpu.sh [quick | variants]
-#   quick: no benchmark; variants: also times QSDPA_CUDA_DEC_MIN_BLOCKS builds on the 32K matrix
+#   quick: no benchmark; variants: also times QSDPA_CUDA_SPLIT_WAVES 0.5 and 2 on the 32K matrix
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -49,16 +49,10 @@ if [ "$MODE" != quick ]; then
 fi
 
 if [ "$MODE" = variants ]; then
-  # compile-time variants of the same source, timed on the 32K matrix (bench quick)
-  for v in "DEC_MIN_BLOCKS 2" "DEC_MIN_BLOCKS 4"; do
-    set -- $v
-    VB=build-gpu-$1-$2
-    stamp "variant QSDPA_CUDA_$1=$2" | tee -a "$OUT/bench.txt"
-    timeout 150 bash -c "cmake -S . -B $VB -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a -DQSDPA_BUILD_TOOLS=OFF \
-        -DQSDPA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_FLAGS='-DQSDPA_CUDA_$1=$2' \
-        >/dev/null && cmake --build $VB -j16 --target qsdpa && nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
-        -Iinclude bench/bench_gpu.cu -L$VB -lqsdpa -Xlinker -rpath,$PWD/$VB -o $VB/bench_gpu" >>"$OUT/build.log" 2>&1
-    timeout 60 "$VB/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[$1=$2] /" >>"$OUT/bench.txt"
+  # split-K sizing at run time: fewer / more CTAs than one wave, 32K matrix (bench quick)
+  for w in 0.5 2; do
+    stamp "variant QSDPA_CUDA_SPLIT_WAVES=$w" | tee -a "$OUT/bench.txt"
+    QSDPA_CUDA_SPLIT_WAVES=$w timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[waves=$w] /" >>"$OUT/bench.txt"
   done
 fi
 

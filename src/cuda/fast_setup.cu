@@ -80,10 +80,18 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     float ml = pr->masked_score * log2e;
     p->masked_log2 = ml < -FLT_MAX ? -FLT_MAX : ml;
 
-    /* Split-K: one full wave of CTAs at the kernel's occupancy. */
+    /* Split-K: one full wave of CTAs at the kernel's occupancy (QSDPA_CUDA_SPLIT_WAVES, read
+     * once, scales it: a benchmark knob, bench/gpu.sh variants). */
+    static double waves = -1.0;
+    if (waves < 0.0) {
+        const char *e = getenv("QSDPA_CUDA_SPLIT_WAVES");
+        double w = e ? atof(e) : 1.0;
+        waves = w > 0.0 && w <= 64.0 ? w : 1.0;
+    }
     int64_t tiles = (pr->len_k + bn - 1) / bn;
     int64_t base = bhkv * nrb;
-    int64_t want = (int64_t)ctas_per_sm * ctx->cuda->sm_count;
+    int64_t want = (int64_t)((double)ctas_per_sm * ctx->cuda->sm_count * waves + 0.5);
+    if (want < 1) want = 1;
     int64_t nsplit = base >= want ? 1 : (want + base - 1) / base;
     if (nsplit > tiles) nsplit = tiles;
     if (nsplit > 65535) nsplit = 65535;
