@@ -82,6 +82,14 @@ if [ "$MODE" != quick ]; then
   timeout 90 "$NCU" --clock-control none -k regex:"fast_(attention|decode)" --launch-skip 30 --launch-count 1 \
     --set full "$B/bench_gpu" one affine4g64 1 32768 1 >>"$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?" >>"$OUT/ncu.txt"
+  # where the decode kernel's warps wait (stall reasons per issued instruction)
+  M=smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio
+  for r in short_scoreboard wait math_pipe_throttle mio_throttle lg_throttle barrier no_instruction \
+           dispatch_stall not_selected selected branch_resolving membar; do
+    M=$M,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio
+  done
+  timeout 60 "$NCU" --clock-control none -k regex:fast_decode --launch-skip 30 --launch-count 1 --metrics "$M" \
+    "$B/bench_gpu" one affine4g64 1 32768 1 2>&1 | grep -E "stalled|fast_decode" >>"$OUT/ncu.txt"
 fi
 
 stamp report
