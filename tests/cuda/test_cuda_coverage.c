@@ -53,6 +53,20 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
     c = base; c.hq = 8; c.hkv = 1; c.lq = 1; c.lk = 5000; c.cap_extra = 37;
     snprintf(label, sizeof label, "%s decode Lk5000 strided cache view", row);
     cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 2; c.lk = 2003; c.causal = 1; c.window = 300;
+    snprintf(label, sizeof label, "%s decode Lq2 causal window 300", row);
+    cuda_case_run(rng, &c, label);
+
+    if (base.kf.mode == QSDPA_MODE_AFFINE || base.vf.mode == QSDPA_MODE_AFFINE) {
+        /* bf16 scales and biases: the decode kernel's second conversion path (8 and 16 rows) */
+        c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 1531; c.scale_dtype = QSDPA_DTYPE_BF16;
+        snprintf(label, sizeof label, "%s decode bf16 scales", row);
+        cuda_case_run(rng, &c, label);
+        c.lq = 4; c.sinks = 1;
+        snprintf(label, sizeof label, "%s Lq4 bf16 scales + sinks", row);
+        cuda_case_run(rng, &c, label);
+    }
 }
 
 static qsdpa_format fmt(const char *text) {
