@@ -30,8 +30,8 @@
 namespace qfast {
 
 /* CTAs per SM the register budget of the 8-row kernel over <= 4-bit K and V is
- * cut for (16 rows or wider formats: 2);
- * a compile-time knob so the device script can time variants (bench/NOTES.md). */
+ * cut for (4 = 128 registers; wider formats 3, 16 rows 2); a compile-time knob
+ * so the device script can time variants (bench/NOTES.md). */
 #ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
 #define QSDPA_CUDA_DEC_MIN_BLOCKS 4
 #endif
