@@ -112,9 +112,10 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     return QSDPA_OK;
 }
 
-/* The decode kernel's own limits: affine scales in f16/bf16 (it loads them as
- * 2-byte elements), and 16 keys of codes or scales within 2^31 bytes (its
- * in-chunk offsets are 32-bit). */
+/* The decode kernel's own limits: affine scales in f16/bf16 (it reads them as
+ * 2-byte elements); per-key strides above 2^27 bytes stay on the tile kernel
+ * (a conservative bound from its first version, never timed on such layouts).
+ * Scale-row layout is checked per instantiation (qsdpa_cuda_decode_fits). */
 static bool decode_layout_ok(const qsdpa_qtensor *t) {
     const int64_t limit = ((int64_t)1 << 31) / 16;
     if (t->format.mode == QSDPA_MODE_AFFINE && t->scales.dtype != QSDPA_DTYPE_F16 && t->scales.dtype != QSDPA_DTYPE_BF16)
