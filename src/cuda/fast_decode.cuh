@@ -95,7 +95,8 @@ __device__ __forceinline__ void fold_words(uint32_t a, uint32_t b, uint32_t *x) 
     }
 }
 
-/* Half `hi` of two words of raw 16-bit scales (f16 or bf16), one per key -> one f16 pair. */
+/* Half `hi` of two words of raw 16-bit scales (f16 or bf16) -> one f16 pair (both
+ * conversions are computed and one selected: no branch per group). */
 __device__ __forceinline__ uint32_t pack_scales(uint32_t a, uint32_t b, int hi, bool bf16) {
     const uint32_t h = prmt(a, b, hi ? 0x7632 : 0x5410);
     const uint32_t f = h2u(__floats2half2_rn(__uint_as_float(hi ? a & 0xFFFF0000u : a << 16),
@@ -109,14 +110,11 @@ __device__ __forceinline__ uint32_t pack_scales(uint32_t a, uint32_t b, int hi, 
 template <class F>
 __host__ __device__ constexpr int dec_scale_bytes() { return F::mode == QSDPA_MODE_AFFINE ? 2 : 1; }
 
-/* Raw scale (and bias) bits of one group -> half2 {scale, bias}. Affine: f16 or
- * bf16 (both conversions are computed and one selected: no branch per group). */
+/* Raw scale (and bias) bits of one group -> half2 {scale, bias}. */
 template <class F>
 __device__ __forceinline__ half2 dec_scale_bias(uint32_t s, uint32_t z, bool bf16, float gscale) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
-        const half2 h = u2h(s | (z << 16));
-        const half2 f = __floats2half2_rn(__uint_as_float(s << 16), __uint_as_float(z << 16));
-        return bf16 ? f : h;
+        return u2h(pack_scales(s, z, 0, bf16));
     } else {
         return F::scale_bias_raw(s, z, 0, gscale);
     }
@@ -554,11 +552,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
 #pragma unroll
     for (int nr = 0; nr < NR; nr++) {
         uint32_t qw[G::KT / 2]; /* this lane's run of row nr * 8 + gq, two halves per word */
-#pragma unroll
-        for (int x = 0; x < G::KT / 8; x++) {
-            const uint4 v = *(const uint4 *)&qsm[nr * 8 + gq][c4 * G::KT + 8 * x];
-            qw[4 * x] = v.x; qw[4 * x + 1] = v.y; qw[4 * x + 2] = v.z; qw[4 * x + 3] = v.w;
-        }
+        lds_words<G::KT / 2>((const char *)&qsm[nr * 8 + gq][c4 * G::KT], qw);
         constexpr int PPW = FK::U / 2 > 0 ? FK::U / 2 : 1; /* pairs per K word */
 #pragma unroll
         for (int s = 0; s < G::KSTEPS; s++)
@@ -686,27 +680,5 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
 }
 
 } // namespace qfast
-
-/* Host: the decode kernel copies a chunk's scale and bias rows as whole 16-byte
- * pieces, so they must be contiguous ([.., L, dim / group]) and 16-byte aligned
- * per (b, h); anything else is served by the tile kernel. */
-static inline bool qsdpa_cuda_decode_scales_ok(const qsdpa_qtensor *t) {
-    if (t->format.mode == QSDPA_MODE_PLAIN) return true;
-    const size_t es = qsdpa_dtype_size(t->scales.dtype);
-    const int64_t groups = t->dim / t->format.group;
-    const qsdpa_tensor *ts[2] = {&t->scales, &t->biases};
-    for (int i = 0; i < 2; i++) {
-        if (!ts[i]->data) continue;
-        if ((uintptr_t)ts[i]->data % 16 || ts[i]->stride[3] != 1 || ts[i]->stride[2] != groups ||
-            ((size_t)ts[i]->stride[0] * es) % 16 || ((size_t)ts[i]->stride[1] * es) % 16)
-            return false;
-    }
-    return true;
-}
-
-template <int DK, int DV, class FK, class FV>
-static bool qsdpa_cuda_decode_fits(const qsdpa_problem *pr) {
-    return qsdpa_cuda_decode_scales_ok(&pr->k) && qsdpa_cuda_decode_scales_ok(&pr->v);
-}
 
 #endif

@@ -8,7 +8,8 @@
  * time): 16 * WM rows; each warp owns 16 rows and 64 / WN keys of every
  * 64-key tile. Up to 16 rows (decode) the split-K kernel of fast_decode.cuh
  * serves instead; this kernel takes them only where that one's limits
- * (f32 affine scales, huge strides) or QSDPA_CUDA_TILE_DECODE=1 say so, then
+ * (qsdpa_cuda_use_decode_kernel: f32 affine scales, scale rows that are not
+ * one aligned block, huge strides) or QSDPA_CUDA_TILE_DECODE=1 say so, then
  * with WM = 1: four warps split each tile.
  * Keys: tiles of 64 stream through a 3-stage cp.async pipeline of packed
  * codes and raw scales; each warp dequantizes its keys straight into mma
@@ -584,10 +585,11 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
  * variable keeps the tile kernel for every Lq, so the device script can time both. */
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr);
 
-/* Blocks per SM of a kernel at a shared-memory size, once per device (it sizes split-K). */
+/* Blocks per SM of a kernel at a shared-memory size, read once per device into
+ * cache (it sizes split-K), returned in *blocks. */
 template <class K>
 static qsdpa_status qsdpa_cuda_occupancy(qsdpa_context *ctx, K kernel, int threads, int smem_bytes, int *cache,
-                                         const char *fn, const char *what) {
+                                         const char *fn, const char *what, int *blocks) {
     int dev = ctx->cuda->device < 64 ? ctx->cuda->device : 0;
     if (!cache[dev]) {
         cudaError_t err = cudaSuccess;
@@ -598,6 +600,7 @@ static qsdpa_status qsdpa_cuda_occupancy(qsdpa_context *ctx, K kernel, int threa
         if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, what);
         cache[dev] = n > 0 ? n : 1;
     }
+    *blocks = cache[dev];
     return QSDPA_OK;
 }
 
@@ -632,14 +635,15 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
     static int occupancy[64];
     constexpr int smem = qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES;
     auto kernel = qfast::fast_decode<DK, DV, FK, FV, NR>;
-    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, qfast::DEC_WARPS * 32, smem, occupancy, fn, "configuring fast_decode");
+    int occ;
+    qsdpa_status st =
+        qsdpa_cuda_occupancy(ctx, kernel, qfast::DEC_WARPS * 32, smem, occupancy, fn, "configuring fast_decode", &occ);
     if (st != QSDPA_OK) return st;
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
     /* split-K sized for 2 CTAs (8 warps) per SM even where 4 fit: longer per-warp streams
      * amortise the ring's fill and the partials (run 12: 4-bit 32K 28.8 us vs 30.5 at 4 per SM) */
-    const int occ = occupancy[ctx->cuda->device < 64 ? ctx->cuda->device : 0];
     st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ < 2 ? occ : 2, qfast::DEC_TILE, true, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
@@ -652,18 +656,18 @@ template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     using L = qfast::layout<DK, DV, FK, FV>;
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
-    if (qsdpa_cuda_use_decode_kernel(pr) && qsdpa_cuda_decode_fits<DK, DV, FK, FV>(pr))
+    if (qsdpa_cuda_use_decode_kernel(pr))
         return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                 : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
     static int occupancy[64];
+    int occ;
     qsdpa_status st = qsdpa_cuda_occupancy(ctx, qfast::fast_attention<DK, DV, FK, FV>, qfast::THREADS, L::BYTES,
-                                           occupancy, fn, "configuring fast_attention");
+                                           occupancy, fn, "configuring fast_attention", &occ);
     if (st != QSDPA_OK) return st;
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occupancy[ctx->cuda->device < 64 ? ctx->cuda->device : 0],
-                                      L::BN, false, &p, &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occ, L::BN, false, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     qfast::fast_attention<DK, DV, FK, FV><<<grid, qfast::THREADS, L::BYTES, qsdpa_cuda_stream(ctx)>>>(p);

@@ -113,13 +113,15 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
 }
 
 /* The decode kernel's own limits: affine scales in f16/bf16 (it reads them as
- * 2-byte elements); per-key strides above 2^27 bytes stay on the tile kernel
- * (a conservative bound from its first version, never timed on such layouts).
- * Scale-row layout is checked per instantiation (qsdpa_cuda_decode_fits). */
+ * 2-byte elements); a chunk's scale and bias rows one 16-byte-aligned block
+ * (scale_mode 1: it copies them whole); per-key strides above 2^27 bytes stay on
+ * the tile kernel (a conservative bound from its first version, never timed on
+ * such layouts). */
 static bool decode_layout_ok(const qsdpa_qtensor *t) {
     const int64_t limit = ((int64_t)1 << 31) / 16;
     if (t->format.mode == QSDPA_MODE_AFFINE && t->scales.dtype != QSDPA_DTYPE_F16 && t->scales.dtype != QSDPA_DTYPE_BF16)
         return false;
+    if (scale_mode(t) != 1) return false;
     if (t->codes.stride[2] * (int64_t)qsdpa_dtype_size(t->codes.dtype) >= limit) return false;
     if (t->scales.data && t->scales.stride[2] * 4 >= limit) return false;
     if (t->biases.data && t->biases.stride[2] * 4 >= limit) return false;
