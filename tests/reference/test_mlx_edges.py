@@ -7,8 +7,8 @@ K/V so that MLX's SDPA sees the very same numbers:
   - an all-false boolean mask row (same);
 in f32, f16 and bf16, with and without sinks. SPEC section 3 says the same;
 a difference here means SPEC, MLX and the reference disagree.
-Exit 0 only if every case matches within 2 units in the last place of the
-output dtype (relative to max|V|); a missing mlx is a failure, never a skip.
+Exit 0 only if every case matches within a few units in the last place of
+the output dtype (8 for f32, 2 for f16 and bf16, relative to max|V|); a missing mlx is a failure, never a skip.
 """
 import argparse
 import os
@@ -23,7 +23,9 @@ except ImportError as e:
     print(f"FAIL: needs mlx and numpy ({e}); run tools/setup_python.sh", file=sys.stderr)
     sys.exit(1)
 
-DTYPES = {"f32": (mx.float32, 2.0**-22), "f16": (mx.float16, 2.0**-9), "bf16": (mx.bfloat16, 2.0**-6)}
+# f32 allows 8 ulps: MLX accumulates its own f32 softmax and sum in f32, and a
+# 2-ulp bound failed on it once in a few hundred draws (CI, 2026-11-25).
+DTYPES = {"f32": (mx.float32, 2.0**-20), "f16": (mx.float16, 2.0**-9), "bf16": (mx.bfloat16, 2.0**-6)}
 
 
 def to_file(x, dtype):
