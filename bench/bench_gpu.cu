@@ -7,12 +7,16 @@
  * data; enough copies rotate to exceed twice the L2, so every call streams
  * its cache from HBM; CUDA events time batches of 10 back-to-back calls,
  * median of 15 batches; bytes = the packed codes + scales + biases read once.
+ * Beside that time each decode row prints the host's enqueue time per call and
+ * the time per call of the same batch replayed from a CUDA graph (no host in
+ * the loop), which separate launch cost from GPU time.
  * A device-to-device copy measured in the same run is the bandwidth ceiling.
  * Output: human-readable lines and machine-readable "RESULT," lines. */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -116,6 +120,8 @@ static double copy_bandwidth(cudaStream_t st) {
 
 struct result {
     double us, gbps;
+    double host_us;  /* host time to enqueue one call (no synchronisation): the launch-rate floor */
+    double graph_us; /* the same calls replayed from a CUDA graph: GPU time without host launches */
     const char *kernel;
 };
 
@@ -152,12 +158,15 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
-    std::vector<double> t;
+    std::vector<double> t, host;
     int it = 0, batch = causal ? 3 : 10;
     for (int rep = 0; rep < 15; rep++) {
         cudaEventRecord(e0, st);
+        auto h0 = std::chrono::steady_clock::now();
         for (int i = 0; i < batch; i++, it++)
             QK(qsdpa_attention(ctx, &qt, &kv[it % copies].k, &kv[it % copies].v, &p, &ot));
+        host.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - h0).count() /
+                       batch);
         cudaEventRecord(e1, st);
         CK(cudaEventSynchronize(e1));
         float ms;
@@ -166,6 +175,34 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     }
     CK(cudaGetLastError());
     r.us = median(t);
+    r.host_us = median(host);
+    /* the same batch captured once and replayed: what the GPU needs when the host
+     * launches ahead of it (a serving loop with CUDA graphs) */
+    r.graph_us = -1.0;
+    if (!causal) {
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < batch; i++, it++)
+            QK(qsdpa_attention(ctx, &qt, &kv[it % copies].k, &kv[it % copies].v, &p, &ot));
+        CK(cudaStreamEndCapture(st, &graph));
+        CK(cudaGraphInstantiate(&exec, graph, 0));
+        CK(cudaGraphLaunch(exec, st));
+        CK(cudaStreamSynchronize(st));
+        std::vector<double> g;
+        for (int rep = 0; rep < 15; rep++) {
+            cudaEventRecord(e0, st);
+            CK(cudaGraphLaunch(exec, st));
+            cudaEventRecord(e1, st);
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            cudaEventElapsedTime(&ms, e0, e1);
+            g.push_back(ms * 1e3 / batch);
+        }
+        r.graph_us = median(g);
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+    }
     r.gbps = cache_bytes / (r.us * 1e-6) / 1e9;
     for (auto &c : kv) {
         cudaFree(c.kc); cudaFree(c.ks); cudaFree(c.kb); cudaFree(c.vc); cudaFree(c.vs); cudaFree(c.vb);
@@ -203,7 +240,8 @@ int main(int argc, char **argv) {
         {"f16", "f16", "f16"},
     };
     const int64_t Ls[] = {2048, 8192, 32768, 131072};
-    printf("%-11s %2s %7s %3s | %9s %8s %6s | kernel\n", "format", "B", "L", "Lq", "us", "GB/s", "%copy");
+    printf("%-11s %2s %7s %3s | %9s %8s %6s | %7s %8s | kernel\n", "format", "B", "L", "Lq", "us", "GB/s", "%copy",
+           "host us", "graph us");
     for (auto &f : fmts) {
         qsdpa_format kf, vf;
         QK(qsdpa_format_parse(f.k, &kf));
@@ -217,10 +255,12 @@ int main(int argc, char **argv) {
                                 lq != atoll(argv[5])))
                         continue;
                     result r = time_attention(ctx, st, kf, vf, B, L, lq, false, prop.l2CacheSize);
-                    printf("%-11s %2lld %7lld %3lld | %9.2f %8.0f %5.1f%% | %s\n", f.name, (long long)B, (long long)L,
-                           (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.kernel);
-                    printf("RESULT,decode,%s,%lld,%lld,%lld,%.3f,%.1f,%.2f,%s\n", f.name, (long long)B, (long long)L,
-                           (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.kernel);
+                    printf("%-11s %2lld %7lld %3lld | %9.2f %8.0f %5.1f%% | %7.2f %8.2f | %s\n", f.name, (long long)B,
+                           (long long)L, (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.host_us, r.graph_us,
+                           r.kernel);
+                    printf("RESULT,decode,%s,%lld,%lld,%lld,%.3f,%.1f,%.2f,%s,%.3f,%.3f\n", f.name, (long long)B,
+                           (long long)L, (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.kernel, r.host_us,
+                           r.graph_us);
                     fflush(stdout);
                 }
     }

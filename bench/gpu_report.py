@@ -15,7 +15,8 @@ def parse_bench(path):
         if f[1] == "copy":
             copy = float(f[2])
         elif f[1] == "decode":
-            decode[(f[2], int(f[3]), int(f[4]), int(f[5]))] = (float(f[6]), float(f[7]), float(f[8]), f[9])
+            extra = (float(f[10]), float(f[11])) if len(f) > 11 else (float("nan"), float("nan"))
+            decode[(f[2], int(f[3]), int(f[4]), int(f[5]))] = (float(f[6]), float(f[7]), float(f[8]), f[9]) + extra
         elif f[1] == "prefill":
             prefill[f[2]] = (float(f[6]), float(f[7]), f[9])
     return card, copy, decode, prefill
@@ -47,15 +48,17 @@ def main():
     card, copy, decode, prefill = parse_bench(sys.argv[1])
     dec, naive, lqt, pre, tcard, tcopy = parse_torch(sys.argv[2])
     print(f"Card: {card}; qsdpa copy ceiling {copy:.0f} GB/s; PyTorch run: {tcard}, copy {tcopy} GB/s\n")
-    print("| format | B | L | Lq | qsdpa us | GB/s | % copy | torch fp16 us | speedup vs fp16 | vs dequant+SDPA | kernel |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (fmt, b, l, q), (us, gb, pct, kern) in decode.items():
+    print("| format | B | L | Lq | qsdpa us | GB/s | % copy | host us/call | graph us/call | torch fp16 us |"
+          " speedup vs fp16 | vs dequant+SDPA | kernel |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (fmt, b, l, q), (us, gb, pct, kern, host, graph) in decode.items():
         t = dec.get((b, l)) if q == 1 else (lqt.get(q) if (b, l) == (1, 32768) else None)
         n = naive.get((b, l)) if q == 1 and fmt == "affine4g64" else None
         ts = f"{t[0]:.1f} ({t[1][:5]})" if t else "-"
         sp = f"{t[0] / us:.2f}x" if t else "-"
         ns = f"{n / us:.1f}x" if n else "-"
-        print(f"| {fmt} | {b} | {l} | {q} | {us:.2f} | {gb:.0f} | {pct:.1f}% | {ts} | {sp} | {ns} | {kern} |")
+        print(f"| {fmt} | {b} | {l} | {q} | {us:.2f} | {gb:.0f} | {pct:.1f}% | {host:.2f} | {graph:.2f} | {ts} | {sp} |"
+              f" {ns} | {kern} |")
     print("\n| prefill 4K causal | qsdpa us | TFLOP/s | kernel |")
     print("|---|---|---|---|")
     for fmt, (us, tf, kern) in prefill.items():
@@ -64,7 +67,7 @@ def main():
         print(f"\nPyTorch prefill 4K causal: best {pre[4096][0]:.3f} ms ({pre[4096][1]}); all: {pre[4096][2]}")
 
     def d(fmt, b, l, q):
-        return decode.get((fmt, b, l, q), (float("nan"),) * 3 + ("?",))
+        return decode.get((fmt, b, l, q), (float("nan"),) * 3 + ("?",) + (float("nan"),) * 2)
 
     print("\n## Targets")
     a1 = d("affine4g64", 1, 32768, 1)[0]
