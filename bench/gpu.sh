@@ -7,6 +7,8 @@
 # Outputs under $OUT (at most 8 files): build.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
 # Usage (device): bash bench/gpu.sh [quick | variants]
+# A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
+# then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 #   quick: no benchmark; variants: also times QSDPA_CUDA_SPLIT_WAVES 0.5 and 2 on the 32K matrix
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
@@ -40,6 +42,19 @@ if [ "$MODE" != quick ]; then
   stamp bench | tee "$OUT/bench.txt"
   timeout 200 "$B/bench_gpu" >>"$OUT/bench.txt" 2>&1
   echo "bench rc=$?" >>"$OUT/bench.txt"
+fi
+
+if [ -d build-base-src ] && [ "$MODE" != quick ]; then
+  # the previous kernel version, built from `git archive <commit>` unpacked into build-base-src
+  # (carried to the device, never committed), timed on the same card in the same run
+  stamp "baseline build ($(cat build-base-src/.commit 2>/dev/null || echo '?'))" | tee -a "$OUT/bench.txt"
+  timeout 240 bash -c "cmake -S build-base-src -B build-base -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a \
+      -DQSDPA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build-base -j16 --target qsdpa && \
+    nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/bench_gpu.cu -Lbuild-base -lqsdpa \
+      -Xlinker -rpath,$PWD/build-base -o build-base/bench_gpu" >>"$OUT/build.log" 2>&1
+  echo "baseline build rc=$?" | tee -a "$OUT/build.log"
+  timeout 60 build-base/bench_gpu quick 2>&1 | grep -v '^RESULT' | sed 's/^/[base] /' >>"$OUT/bench.txt"
+  timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed 's/^/[new] /' >>"$OUT/bench.txt"
 fi
 
 if [ "$MODE" != quick ]; then
