@@ -59,9 +59,12 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     int wm = rows <= 16 ? 1 : rows <= 32 ? 2 : 4;
     int64_t nrb = (rows + 16 * wm - 1) / (16 * wm);
     int64_t bhkv = pr->batch * pr->heads_kv;
+    /* key indices are 32-bit in the kernels, rounded up to whole 64-key tiles (kend + 63):
+     * longer contexts take the generic kernel */
+    const int64_t key_limit = 0x7fffffff - 64;
     if (ks < 0 || vs < 0 || ks != vs || !plain_ok || !codes_ok || !every_row_sees_a_key(pr) ||
         (pr->lse && pr->mask_kind == QSDPA_MASK_BOOL) || smem_bytes > ctx->cuda->smem_optin || bhkv > 65535 ||
-        nrb > 0x7fffffff || pr->len_k >= 0x7fffffff || pr->key_total >= 0x7fffffff) {
+        nrb > 0x7fffffff || pr->len_k > key_limit || pr->key_total > key_limit) {
         *use_generic = true;
         return QSDPA_OK;
     }
