@@ -9,7 +9,7 @@
 # Usage (device): bash bench/gpu.sh [quick | variants]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
-#   quick: no benchmark; variants: also times QSDPA_CUDA_SPLIT_WAVES 0.5 and 2 on the 32K matrix
+#   quick: no benchmark; variants: also times QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -65,7 +65,7 @@ fi
 
 if [ "$MODE" = variants ]; then
   # split-K sizing at run time: fewer / more CTAs than one wave, 32K matrix (bench quick)
-  for w in 0.5 2; do
+  for w in 0.5 1.5 2; do
     stamp "variant QSDPA_CUDA_SPLIT_WAVES=$w" | tee -a "$OUT/bench.txt"
     QSDPA_CUDA_SPLIT_WAVES=$w timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[waves=$w] /" >>"$OUT/bench.txt"
   done
