@@ -9,7 +9,8 @@
 # Usage (device): bash bench/gpu.sh [quick | variants]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
-#   quick: no benchmark; variants: also times QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix
+#   quick: no full benchmark (the baseline comparison below still runs); variants: also times
+#   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -44,7 +45,7 @@ if [ "$MODE" != quick ]; then
   echo "bench rc=$?" >>"$OUT/bench.txt"
 fi
 
-if [ -d build-base-src ] && [ "$MODE" != quick ]; then
+if [ -d build-base-src ]; then
   # the previous kernel version, built from `git archive <commit>` unpacked into build-base-src
   # (carried to the device, never committed), timed on the same card in the same run
   stamp "baseline build ($(cat build-base-src/.commit 2>/dev/null || echo '?'))" | tee -a "$OUT/bench.txt"
