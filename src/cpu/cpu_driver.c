@@ -197,6 +197,28 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
         p->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = none ? -INFINITY : m + logf(l);
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH_L2(p) __builtin_prefetch((p), 0, 2)
+#else
+#define PREFETCH_L2(p) ((void)(p))
+#endif
+
+/* Ask for rows [j0, j0 + n) of a K or V slice ahead of use (into L2): codes, scales,
+ * biases. Only rows of >= 128 code bytes: 32K decode, 2 threads, this VM (bench/NOTES.md):
+ * affine 8/g64 (128 B rows) 9% faster, affine 4/g64 (64 B rows) 2-3% slower, as the
+ * hardware prefetcher keeps up with the short rows and the hints cost issue slots. */
+static void prefetch_rows(const cpu_rows *t, int64_t j0, int64_t n) {
+    int64_t code_bytes = t->format.mode == QSDPA_MODE_PLAIN ? t->dim * (int64_t)qsdpa_dtype_size(t->format.plain_dtype)
+                                                           : (t->dim * t->format.bits + 31) / 32 * 4;
+    if (code_bytes < 128) return;
+    for (int64_t j = j0; j < j0 + n; j++) {
+        const char *row = t->codes + j * t->code_stride;
+        for (int64_t b = 0; b < code_bytes; b += 64) PREFETCH_L2(row + b);
+        if (t->scales && j % 8 == 0) PREFETCH_L2(t->scales + j * t->scale_stride);
+        if (t->biases && j % 8 == 0) PREFETCH_L2(t->biases + j * t->bias_stride);
+    }
+}
+
 static void run_task(void *arg, int64_t t, int thread) {
     const plan *pl = arg;
     const qsdpa_problem *p = pl->p;
@@ -247,6 +269,11 @@ static void run_task(void *arg, int64_t t, int thread) {
         bool seen = false; /* skip blocks no row sees (causal and window tiles) */
         for (int64_t r = 0; r < nr && !seen; r++) seen = bf.lo[r] <= j0 + n - 1 && bf.hi[r] >= j0;
         if (!seen) continue;
+        if (j0 + n <= kmax) { /* the next block streams in while this one is computed */
+            int64_t nn = kmax + 1 - (j0 + n) < CPU_BLOCK ? kmax + 1 - (j0 + n) : CPU_BLOCK;
+            prefetch_rows(&kr, j0 + n, nn);
+            prefetch_rows(&vr, j0 + n, nn);
+        }
         if (tiles) {
             kops->unpack(&kr, j0, n, bf.kf);
             fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
