@@ -10,9 +10,10 @@
 
 #include "internal.h"
 
-/* Keys per block of the online softmax: the block's scores ([128][4] for GQA 4 decode)
- * and the K/V codes it touches stay in L1; per-block work (group-scale prep, softmax)
- * is amortised over more keys than at 64 (-2% at 2K keys, 1 thread, 2026-11-25). */
+/* Keys per block of the online softmax, at most: the block's scores ([128][4] for GQA 4
+ * decode) and the K/V codes it touches stay in L1; per-block work (group-scale prep,
+ * softmax) is amortised over more keys than at 64 (-2% at 2K keys, 1 thread). Decode over
+ * codes uses fewer keys where rows are wide (cpu_driver.c, decode_block). */
 #define CPU_BLOCK 128
 
 /* The rows of one (batch, kv head) slice of a K or V tensor, resolved to bytes. */

@@ -22,6 +22,7 @@ typedef struct plan {
     int64_t n_qtiles;      /* ceil(Lq / q_tile) */
     int64_t n_split;       /* key chunks per (b, kv head, query tile) */
     int64_t chunk;         /* keys per chunk (multiple of CPU_BLOCK) */
+    int64_t block;         /* keys per online-softmax block over codes (<= CPU_BLOCK, divides it) */
     int64_t rows_max;      /* ratio * q_tile */
     int64_t key_total;     /* global key count for causal/window */
     char *scratch;         /* [threads][thread_bytes] */
@@ -197,6 +198,12 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
         p->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = none ? -INFINITY : m + logf(l);
 }
 
+/* Code bytes of one K or V row of `dim` values. */
+static int64_t code_bytes(const qsdpa_format *f, int64_t dim) {
+    if (f->mode == QSDPA_MODE_PLAIN) return dim * (int64_t)qsdpa_dtype_size(f->plain_dtype);
+    return (dim * f->bits + 31) / 32 * 4;
+}
+
 #if defined(__GNUC__) || defined(__clang__)
 #define PREFETCH_L2(p) __builtin_prefetch((p), 0, 2)
 #else
@@ -208,12 +215,11 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
  * affine 8/g64 (128 B rows) 9% faster, affine 4/g64 (64 B rows) 2-3% slower, as the
  * hardware prefetcher keeps up with the short rows and the hints cost issue slots. */
 static void prefetch_rows(const cpu_rows *t, int64_t j0, int64_t n) {
-    int64_t code_bytes = t->format.mode == QSDPA_MODE_PLAIN ? t->dim * (int64_t)qsdpa_dtype_size(t->format.plain_dtype)
-                                                           : (t->dim * t->format.bits + 31) / 32 * 4;
-    if (code_bytes < 128) return;
+    const int64_t bytes = code_bytes(&t->format, t->dim);
+    if (bytes < 128) return;
     for (int64_t j = j0; j < j0 + n; j++) {
         const char *row = t->codes + j * t->code_stride;
-        for (int64_t b = 0; b < code_bytes; b += 64) PREFETCH_L2(row + b);
+        for (int64_t b = 0; b < bytes; b += 64) PREFETCH_L2(row + b);
         if (t->scales && j % 8 == 0) PREFETCH_L2(t->scales + j * t->scale_stride);
         if (t->biases && j % 8 == 0) PREFETCH_L2(t->biases + j * t->bias_stride);
     }
@@ -264,13 +270,14 @@ static void run_task(void *arg, int64_t t, int thread) {
     }
     kmin = kmin < c0 ? c0 : kmin;
     kmax = kmax >= c1 ? c1 - 1 : kmax;
-    for (int64_t j0 = kmin; j0 <= kmax; j0 += CPU_BLOCK) {
-        int64_t n = kmax + 1 - j0 < CPU_BLOCK ? kmax + 1 - j0 : CPU_BLOCK;
+    const int64_t block = tiles ? CPU_BLOCK : pl->block;
+    for (int64_t j0 = kmin; j0 <= kmax; j0 += block) {
+        int64_t n = kmax + 1 - j0 < block ? kmax + 1 - j0 : block;
         bool seen = false; /* skip blocks no row sees (causal and window tiles) */
         for (int64_t r = 0; r < nr && !seen; r++) seen = bf.lo[r] <= j0 + n - 1 && bf.hi[r] >= j0;
         if (!seen) continue;
         if (j0 + n <= kmax) { /* the next block streams in while this one is computed */
-            int64_t nn = kmax + 1 - (j0 + n) < CPU_BLOCK ? kmax + 1 - (j0 + n) : CPU_BLOCK;
+            int64_t nn = kmax + 1 - (j0 + n) < block ? kmax + 1 - (j0 + n) : block;
             prefetch_rows(&kr, j0 + n, nn);
             prefetch_rows(&vr, j0 + n, nn);
         }
@@ -330,6 +337,19 @@ static void merge_task(void *arg, int64_t bhq, int thread) {
     }
 }
 
+/* Keys per block when decode works on codes. A long cache streams from memory: the
+ * block's K and V code rows are kept within about 8 KB, so they stay in L1 between the
+ * score and the accumulate pass and beside the next block's prefetch (8K-32K decode, this
+ * VM, bench/NOTES.md: 4-bit rows 3-12% faster at 64 keys than at 128, 8-bit 12% at 32).
+ * A slice of at most 512 KB sits in L2 anyway and keeps CPU_BLOCK keys, where the
+ * per-block work weighs more (2K keys: 64 cost 2% against 128). */
+static int64_t decode_block(const qsdpa_problem *p) {
+    int64_t bytes = code_bytes(&p->k.format, p->k.dim) + code_bytes(&p->v.format, p->v.dim), block = CPU_BLOCK;
+    if (p->len_k * bytes <= ((int64_t)512 << 10)) return block;
+    while (block > 16 && block * bytes > 8192) block /= 2;
+    return block;
+}
+
 /* Run count tasks on the pool, or on the caller alone for small calls: waking a
  * worker costs more than the work below about 2 M multiply-adds (2026-11-25,
  * 2 idle cores, qsdpa demo: Hq 8, D 64, 64 keys 3.7 us on 1 thread vs 38 us on 2;
@@ -362,6 +382,7 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
         pl.q_tile = p->len_q;
     }
     pl.n_qtiles = (p->len_q + pl.q_tile - 1) / pl.q_tile;
+    pl.block = decode_block(p);
     pl.rows_max = pl.ratio * pl.q_tile;
     int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys
