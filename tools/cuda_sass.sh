@@ -2,9 +2,10 @@
 # Registers, spills and SASS size of the tensor-core kernels of one unit
 # (src/cuda/fast_<unit>.cu) on a machine without a GPU: ptxas -v for every
 # entry point, then per-opcode instruction counts of the kernels matching a
-# regex. cuobjdump comes from PyPI (nvidia-cuda-cuobjdump) into .venv-cudatools
-# when the local CUDA toolkit lacks it. This is how the decode kernel was tuned
-# between device runs (bench/NOTES.md).
+# regex and the static size of each kernel's main loop. cuobjdump comes from
+# PyPI (nvidia-cuda-cuobjdump) into .venv-cudatools when the local CUDA toolkit
+# lacks it. This is how the decode kernel was tuned between device runs
+# (bench/NOTES.md).
 # Usage: tools/cuda_sass.sh [unit=affine4] [kernel-regex=fast_decode] [arch=90a]
 set -eu
 cd "$(dirname "$0")/.."
@@ -40,5 +41,22 @@ for fn in $("$CUOBJDUMP" -sass "$OUT/$UNIT.cubin" | grep -oE "Function : [A-Za-z
     awk '{op = $2; if (op ~ /^@/) op = $3; sub(/\..*/, "", op); print op}' | sort | uniq -c | sort -rn >"$OUT/ops.txt"
   printf "%6d instructions:" "$(awk '{t += $1} END {print t}' "$OUT/ops.txt")"
   head -8 "$OUT/ops.txt" | awk '{printf " %s %d", $2, $1} END {print ""}'
+  # the main loop: the backward branch whose body holds the most HMMA (its static size;
+  # the executed path per iteration is smaller where the body has skipped branches)
+  "$CUOBJDUMP" -sass -fun "$fn" "$OUT/$UNIT.cubin" | python3 -c '
+import re, sys
+ins = [(int(m.group(1), 16), m.group(2)) for m in (re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+([^;]*);", l) for l in sys.stdin) if m]
+at = {a: i for i, (a, _) in enumerate(ins)}
+best = None
+for i, (a, t) in enumerate(ins):
+    m = re.search(r"BRA (0x[0-9a-f]+)", t)
+    if m and int(m.group(1), 16) < a and int(m.group(1), 16) in at:
+        body = ins[at[int(m.group(1), 16)]:i + 1]
+        h = sum("HMMA" in x for _, x in body)
+        if best is None or h > best[0]:
+            best = (h, len(body))
+if best:
+    print(f"        main loop: {best[1]} instructions, {best[0]} HMMA")
+'
   echo "        $fn"
 done
