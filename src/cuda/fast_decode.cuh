@@ -121,6 +121,37 @@ __device__ __forceinline__ uint32_t pack_scales(uint32_t a, uint32_t b, int hi, 
     return bf16 ? f : h;
 }
 
+/* Two bf16 values of a word -> the f16 pair (the decode kernel's scales enter f16
+ * arithmetic; converted once per chunk, in place, so the f16 case costs nothing) */
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
+    return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u)));
+}
+
+/* The affine scale and bias words of a chunk that feed f16 arithmetic (all of V's,
+ * K's unless K is folded: folded K reads its scales exactly as f32) from bf16 to
+ * f16, so pack_scales and dec_scale_bias see f16 only. */
+template <class C, class G>
+__device__ __forceinline__ void dec_scales_to_f16(C &r, bool k_bf16, bool v_bf16) {
+    if (v_bf16) {
+#pragma unroll
+        for (int vv = 0; vv < 4; vv++)
+#pragma unroll
+            for (int w = 0; w < (int)(sizeof r.vs[0] / sizeof r.vs[0][0]); w++) {
+                r.vs[vv][w] = bf16x2_to_f16x2(r.vs[vv][w]);
+                r.vz[vv][w] = bf16x2_to_f16x2(r.vz[vv][w]);
+            }
+    }
+    if (!G::FOLDK && k_bf16) {
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+            for (int kg = 0; kg < G::KG; kg++) {
+                r.ks[kk][kg] = bf16x2_to_f16x2(r.ks[kk][kg]);
+                r.kz[kk][kg] = bf16x2_to_f16x2(r.kz[kk][kg]);
+            }
+    }
+}
+
 /* Half `hi` of a word of raw 16-bit scales (f16 or bf16) -> f32 */
 __device__ __forceinline__ float scale_f32(uint32_t w, int hi, bool bf16) {
     const uint32_t h = hi ? w >> 16 : w & 0xFFFFu;
@@ -397,7 +428,7 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
         for (int kk = 0; kk < 2; kk++)
 #pragma unroll
             for (int kg = 0; kg < G::KG; kg++)
-                ksb[kk][kg] = dec_scale_bias<FK>(r.ks[kk][kg], r.kz[kk][kg], p.k.scale_dtype == QSDPA_DTYPE_BF16,
+                ksb[kk][kg] = dec_scale_bias<FK>(r.ks[kk][kg], r.kz[kk][kg], false /* f16 by now */,
                                                  p.k.global_scale);
         uint32_t prev0 = 0, prev1 = 0;
 #pragma unroll
@@ -501,7 +532,7 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
 
     if constexpr (G::FOLD) {
         /* O'^T += X^T (P s_g)^T per group; ex[g] += sum(P s_g) (A row 0 all ones), ex[NG] row g += sum(P z_g) */
-        const bool bf16 = p.v.scale_dtype == QSDPA_DTYPE_BF16;
+        const bool bf16 = false; /* dec_scales_to_f16 converted bf16 scales */
         const uint32_t ones = gq == 0 ? 0x3C003C00u : 0u;
         const uint32_t a_one[4] = {ones, 0u, ones, 0u};
         uint32_t za0 = 0u, za2 = 0u;
@@ -550,7 +581,7 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
         half2 sb[4];
 #pragma unroll
         for (int vv = 0; vv < 4; vv++)
-            sb[vv] = dec_scale_bias<FV>(r.vs[vv][0], r.vz[vv][0], p.v.scale_dtype == QSDPA_DTYPE_BF16, p.v.global_scale);
+            sb[vv] = dec_scale_bias<FV>(r.vs[vv][0], r.vz[vv][0], false /* f16 by now */, p.v.global_scale);
         s01 = __lows2half2(sb[0], sb[1]); z01 = __highs2half2(sb[0], sb[1]);
         s23 = __lows2half2(sb[2], sb[3]); z23 = __highs2half2(sb[2], sb[3]);
     }
@@ -710,6 +741,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         if (p.window > 0) plain_lo = max(plain_lo, (int)((last_hi - p.window) / DEC_CHUNK + 1));
     }
     if (p.mask_kind != QSDPA_MASK_NONE) plain_hi = plain_lo;
+    const bool k_bf16 = FK::mode == QSDPA_MODE_AFFINE && p.k.scale_dtype == QSDPA_DTYPE_BF16;
+    const bool v_bf16 = FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_BF16;
     /* per chunk: wait for its stage, read the lane's fragments, refill the slot read one
      * chunk ago with the chunk STAGES - 1 ahead, then compute from registers */
     for (int it = 0; c < c_end; c += DEC_WARPS, it++) {
@@ -717,6 +750,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         __syncwarp();
         dec_chunk<DK, DV, FK, FV> r;
         dec_read<DK, DV, FK, FV>(ring + (it % R::STAGES) * R::BYTES, gq, c4, r);
+        if constexpr (FK::mode == QSDPA_MODE_AFFINE || FV::mode == QSDPA_MODE_AFFINE)
+            dec_scales_to_f16<dec_chunk<DK, DV, FK, FV>, G>(r, k_bf16, v_bf16);
         __syncwarp();
         const int cn = c + (R::STAGES - 1) * DEC_WARPS;
         if (cn < c_end) copier.issue(p, cn, ring + ((it + R::STAGES - 1) % R::STAGES) * R::BYTES, lane);
