@@ -652,16 +652,30 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         cp_async_commit();
     }
 
-    /* q rows -> shared memory as f16 (coalesced, any stride or alignment), then each
-     * lane reads its contiguous run of Dk/4 values with 16-byte loads */
-    for (int idx = threadIdx.x; idx < ROWS * DK; idx += DEC_WARPS * 32) {
-        const int f = idx / DK, d = idx % DK;
-        float v = 0.0f;
-        if (f < p.rows) {
-            const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
-            v = qd_load_float(p.q, p.q_dtype, b * p.qs[0] + h * p.qs[1] + i * p.qs[2] + d);
+    /* q rows -> shared memory as f16, then each lane reads its contiguous run(s) of Dk/4
+     * values with 16-byte loads. Warp w stages rows w, w + DEC_WARPS, ...: a row is
+     * contiguous (the API's last-dim rule), so where it starts 8-byte aligned the lanes
+     * read four f16/bf16 values at once (one round trip, index arithmetic once per row);
+     * other rows go value by value, any dtype. */
+    for (int f = warp; f < ROWS; f += DEC_WARPS) {
+        __half *dst = qsm[f];
+        if (f >= p.rows) {
+            for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(0.0f);
+            continue;
         }
-        qsm[f][d] = __float2half_rn(v);
+        const int ratio = (int)p.ratio; /* <= 16 folded rows here */
+        const int64_t h = g * p.ratio + f % ratio, off = b * p.qs[0] + h * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
+        const bool halves = p.q_dtype == QSDPA_DTYPE_F16 || p.q_dtype == QSDPA_DTYPE_BF16;
+        const char *row = (const char *)p.q + off * 2;
+        if (halves && ((uintptr_t)row & 7) == 0) {
+            for (int d = 4 * lane; d < DK; d += 128) {
+                uint2 x = *(const uint2 *)(row + 2 * d);
+                if (p.q_dtype == QSDPA_DTYPE_BF16) x = make_uint2(bf16x2_to_f16x2(x.x), bf16x2_to_f16x2(x.y));
+                *(uint2 *)&dst[d] = x;
+            }
+        } else {
+            for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(qd_load_float(p.q, p.q_dtype, off + d));
+        }
     }
     __syncthreads();
 
