@@ -33,6 +33,10 @@ namespace qfast {
  * registers; 16 rows: 2). At 4 (128 registers) the 4-bit D128 kernels spill
  * since K is folded (v9), and split-K is sized for 2 CTAs per SM anyway; a
  * compile-time knob so the device script can time variants (bench/NOTES.md). */
+/* The ring copy's lane plan (bench/NOTES.md, v9.3): 1 = consecutive pieces, 0 = half a row per lane. */
+#ifndef QSDPA_CUDA_DEC_COPY_COALESCED
+#define QSDPA_CUDA_DEC_COPY_COALESCED 1
+#endif
 #ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
 #define QSDPA_CUDA_DEC_MIN_BLOCKS 3
 #endif
@@ -218,18 +222,27 @@ template <int DK, int DV, class FK, class FV>
 struct dec_copier {
     using R = dec_stage<DK, DV, FK, FV>;
     static constexpr int KC = R::KROW / 16, VC = R::VROW / 16;               /* pieces per code row */
-    static constexpr int KN = KC / 2, VN = VC / 2;                           /* code pieces per lane */
+#if QSDPA_CUDA_DEC_COPY_COALESCED
+    /* lanes take consecutive 16-byte pieces of the chunk's rows: each copy instruction
+     * reads 512 contiguous bytes where rows are contiguous (4 lines, not 16 sectors of
+     * 16 lines); piece i of a lane lies i * 32 / KC rows further, a product per piece */
+    static constexpr int KL = KC, VL = VC;
+#else
+    static constexpr int KL = 2, VL = 2; /* lanes per code row: half a row per lane */
+#endif
+    static constexpr int KN = DEC_CHUNK * KC / 32, VN = DEC_CHUNK * VC / 32;  /* code pieces per lane */
     static constexpr int KSP = FK::has_scales ? R::KSB / 16 : 0, VSP = FV::has_scales ? R::VSB / 16 : 0;
     static constexpr int KZP = FK::has_biases ? KSP : 0, VZP = FV::has_biases ? VSP : 0;
     static constexpr int NSP = KSP + KZP + VSP + VZP;                        /* scale pieces per chunk */
-    static_assert(DEC_CHUNK == 16 && KC % 2 == 0 && VC % 2 == 0 && NSP <= 32, "copy split: half a row per lane");
+    static_assert(DEC_CHUNK == 16 && KC % 2 == 0 && VC % 2 == 0 && 32 % KC == 0 && 32 % VC == 0 && NSP <= 32,
+                  "copy split: whole pieces per lane");
     const char *k, *v, *s; /* lane's first K / V code piece, its scale piece (if lane < NSP) */
     int s_row, s_off; /* its scale block's bytes per key, the piece's offset in that block */
 
     __device__ __forceinline__ dec_copier(const fast_params &p, int64_t b, int64_t g, int chunk, int lane) {
         const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
-        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / 2) * p.k.cs[2] + (lane % 2) * 16;
-        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / 2) * p.v.cs[2] + (lane % 2) * 16;
+        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KL) * p.k.cs[2] + (lane % KL) * 16;
+        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VL) * p.v.cs[2] + (lane % VL) * 16;
         /* the four scale blocks lie back to back in a stage (KS, KZ, VS, VZ), so lane i
          * copies piece i of the whole run; its source is piece `piece` of block `blk` */
         int piece = lane, blk = 0;
@@ -249,9 +262,24 @@ struct dec_copier {
      * whole chunks (all but the cache's last) take no per-piece checks */
     __device__ __forceinline__ void issue(const fast_params &p, int chunk, char *stage, int lane) {
         const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk; /* the host keeps Lk < 2^31 */
-        char *kdst = stage + (lane / 2) * R::KPITCH + (lane % 2) * 16;
-        char *vdst = stage + R::V_OFF + (lane / 2) * R::VPITCH + (lane % 2) * 16;
+        constexpr int KR = 32 / KL, VR = 32 / VL; /* rows between a lane's pieces */
+        char *kdst = stage + (lane / KL) * R::KPITCH + (lane % KL) * 16;
+        char *vdst = stage + R::V_OFF + (lane / VL) * R::VPITCH + (lane % VL) * 16;
         const bool whole = j0 + DEC_CHUNK <= lk;
+#if QSDPA_CUDA_DEC_COPY_COALESCED
+#pragma unroll
+        for (int i = 0; i < KN; i++) {
+            const bool ok = whole || j0 + lane / KL + i * KR < lk;
+            cp_async16(kdst + i * KR * R::KPITCH, ok ? k + (int64_t)(i * KR) * p.k.cs[2] : k, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < VN; i++) {
+            const bool ok = whole || j0 + lane / VL + i * VR < lk;
+            cp_async16(vdst + i * VR * R::VPITCH, ok ? v + (int64_t)(i * VR) * p.v.cs[2] : v, ok ? 16 : 0);
+        }
+#else
+        (void)KR;
+        (void)VR;
         if (whole) {
 #pragma unroll
             for (int i = 0; i < KN; i++) cp_async16(kdst + 32 * i, k + 32 * i, 16);
@@ -264,6 +292,7 @@ struct dec_copier {
 #pragma unroll
             for (int i = 0; i < VN; i++) cp_async16(vdst + 32 * i, ok ? v + 32 * i : v, ok ? 16 : 0);
         }
+#endif
         if (lane < NSP) {
             if (whole) cp_async16(stage + R::KS_OFF + lane * 16, s, 16);
             else { /* cut at the last key */
