@@ -9,6 +9,7 @@
 # Usage (device): bash bench/gpu.sh [quick | variants]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
+# QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run.
 #   quick: no full benchmark (the baseline comparison below still runs); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix
 set -u
@@ -35,7 +36,7 @@ for t in test_cuda_api test_cuda_mlx test_cuda_coverage; do
   timeout 150 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
   echo "$t rc=$?" | tee -a "$OUT/tests.log"
 done
-[ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
+[ "$MODE" != quick ] && [ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
 grep -c FAIL "$OUT/tests.log" | sed 's/^/FAIL lines: /'
 grep FAIL "$OUT/tests.log" | head -20
 
@@ -57,6 +58,22 @@ if [ -d build-base-src ]; then
   timeout 60 build-base/bench_gpu quick 2>&1 | grep -v '^RESULT' | sed 's/^/[base] /' >>"$OUT/bench.txt"
   timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed 's/^/[new] /' >>"$OUT/bench.txt"
 fi
+
+# compile-time variants of this tree, timed beside it: QSDPA_GPU_VARIANTS="label=nvcc flags;label=flags"
+# (e.g. "rows=-DQSDPA_CUDA_DEC_COPY_COALESCED=0"), each built into build-var-<label>
+IFS=';' read -ra VARIANTS <<<"${QSDPA_GPU_VARIANTS:-}"
+for spec in "${VARIANTS[@]}"; do
+  label=${spec%%=*} flags=${spec#*=}
+  stamp "variant build $label ($flags)" | tee -a "$OUT/bench.txt"
+  timeout 200 bash -c "cmake -S . -B build-var-$label -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a \
+      -DQSDPA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=Release '-DCMAKE_CUDA_FLAGS=$flags' >/dev/null && \
+    cmake --build build-var-$label -j16 --target qsdpa && \
+    nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/bench_gpu.cu -Lbuild-var-$label -lqsdpa \
+      -Xlinker -rpath,$PWD/build-var-$label -o build-var-$label/bench_gpu" >>"$OUT/build.log" 2>&1
+  echo "variant build $label rc=$?" | tee -a "$OUT/build.log"
+  timeout 60 "build-var-$label/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[$label] /" >>"$OUT/bench.txt"
+done
+[ ${#VARIANTS[@]} -gt 0 ] && timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed 's/^/[new2] /' >>"$OUT/bench.txt"
 
 if [ "$MODE" != quick ]; then
   # the tile kernel on the same decode shapes (the decode kernel's baseline, same card, same run)

@@ -44,10 +44,40 @@ def parse_torch(path):
     return dec, naive, lq, pre, card, copy
 
 
+def print_labelled(path):
+    """The [label] lines (a baseline commit, build variants, run-time variants) of
+    one run side by side: us per call for each decode row, ratio to the first label."""
+    rows, labels = {}, []
+    pat = re.compile(r"\[([^\]]+)\] (\S+)\s+(\d+)\s+(\d+)\s+(\d+) \|\s+([\d.]+)")
+    for line in open(path, errors="replace"):
+        m = pat.match(line)
+        if not m:
+            continue
+        label = m.group(1)
+        if label not in labels:
+            labels.append(label)
+        rows.setdefault(m.group(2, 3, 4, 5), {})[label] = float(m.group(6))
+    if not rows:
+        return
+    print("| format | B | L | Lq | " + " | ".join(f"{x} us" for x in labels) + " | " +
+          " | ".join(f"{x}/{labels[0]}" for x in labels[1:]) + " |")
+    print("|---" * (4 + 2 * len(labels) - 1) + "|")
+    for key, t in rows.items():
+        us = [t.get(x) for x in labels]
+        cells = [f"{u:.2f}" if u else "-" for u in us]
+        ratios = [f"{u / us[0]:.3f}" if u and us[0] else "-" for u in us[1:]]
+        print("| " + " | ".join(key) + " | " + " | ".join(cells + ratios) + " |")
+    print()
+
+
 def main():
     card, copy, decode, prefill = parse_bench(sys.argv[1])
     dec, naive, lqt, pre, tcard, tcopy = parse_torch(sys.argv[2])
-    print(f"Card: {card}; qsdpa copy ceiling {copy:.0f} GB/s; PyTorch run: {tcard}, copy {tcopy} GB/s\n")
+    copy_s = f"{copy:.0f}" if copy else "- (no full benchmark in this run)"
+    print(f"Card: {card}; qsdpa copy ceiling {copy_s} GB/s; PyTorch run: {tcard}, copy {tcopy} GB/s\n")
+    print_labelled(sys.argv[1])
+    if not decode:
+        return
     print("| format | B | L | Lq | qsdpa us | GB/s | % copy | host us/call | graph us/call | torch fp16 us |"
           " speedup vs fp16 | vs dequant+SDPA | kernel |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

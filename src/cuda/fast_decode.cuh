@@ -29,11 +29,16 @@
 
 namespace qfast {
 
-/* CTAs per SM the register budget of the 8-row kernel over <= 4-bit K and V is
- * cut for (4 = 128 registers; wider formats 3, 16 rows 2); a compile-time knob
- * so the device script can time variants (bench/NOTES.md). */
+/* CTAs per SM the register budget of the 8-row kernel is cut for (3 = 168
+ * registers; 16 rows: 2). At 4 (128 registers) the 4-bit D128 kernels spill
+ * since K is folded (v9), and split-K is sized for 2 CTAs per SM anyway; a
+ * compile-time knob so the device script can time variants (bench/NOTES.md). */
+/* The ring copy's lane plan (bench/NOTES.md, v9.3): 1 = consecutive pieces, 0 = half a row per lane. */
+#ifndef QSDPA_CUDA_DEC_COPY_COALESCED
+#define QSDPA_CUDA_DEC_COPY_COALESCED 1
+#endif
 #ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
-#define QSDPA_CUDA_DEC_MIN_BLOCKS 4
+#define QSDPA_CUDA_DEC_MIN_BLOCKS 3
 #endif
 constexpr int DEC_WARPS = 4;
 constexpr int DEC_CHUNK = 16;                    /* keys per warp step */
@@ -65,6 +70,22 @@ struct dec_geom {
     static constexpr int RW = RUN * FV::bits / 32;        /* words per run */
     static constexpr int TPW = FV::bits == 4 ? 4 : 2;      /* folded m tiles per run word */
     static constexpr int NGW = NG > 1 ? NG / 2 : 1;       /* words of a key's NG 16-bit scales (one load) */
+    /* Folded K (affine 4/8-bit, a lane's run per group whole words, at most 4 / 2 groups):
+     * lane c4 owns dims [g * group + c4 * group/4, +group/4) of every group g, so each
+     * k step lies in one group; the codes enter mma as offset integers and the key's
+     * scale and bias apply to the f32 group sums: S = sum_g s_g acc_g + z_g Q_g, where
+     * acc_g starts at -sum(offset * q) and Q_g = sum(q) over the group (both from mma
+     * once per warp). */
+    static constexpr bool FOLDK = FK::mode == QSDPA_MODE_AFFINE && (FK::bits == 4 || FK::bits == 8) &&
+                                  DK % FK::group == 0 && (FK::group / 4) % FK::U == 0 &&
+                                  DK / FK::group <= (FK::bits == 4 ? 4 : 2); /* a8g32 D128: 4 groups spill */
+    static constexpr int NGK = FOLDK ? DK / FK::group : 1;     /* K groups a lane reads per key */
+    static constexpr int KRUN = FOLDK ? FK::group / 4 : KT;    /* K dims per lane run */
+    static constexpr int KRW = KRUN * FK::bits / 32;           /* words per K run */
+    static constexpr int NKACC = FOLDK && NGK >= 2 ? NGK : 2;  /* S^T accumulators: per group, or even/odd steps */
+    static constexpr int NGKW = NGK > 1 ? NGK / 2 : 1;         /* words of a key's NGK 16-bit scales */
+    /* accumulator of k step s (a group's steps are consecutive in the lane's word order) */
+    __host__ __device__ static constexpr int kacc(int s) { return FOLDK && NGK >= 2 ? s / (KSTEPS / NGK) : s & 1; }
     static_assert(KW >= 1 && VW >= 1 && KT % FK::U == 0 && VT % FV::U == 0, "lane runs must be whole words");
     static_assert(!FK::has_scales || KT <= FK::group || KT % FK::group == 0, "K groups per lane");
     static_assert(FOLD || !FV::has_scales || VT <= FV::group, "one V group per lane");
@@ -104,6 +125,43 @@ __device__ __forceinline__ uint32_t pack_scales(uint32_t a, uint32_t b, int hi, 
     return bf16 ? f : h;
 }
 
+/* Two bf16 values of a word -> the f16 pair (the decode kernel's scales enter f16
+ * arithmetic; converted once per chunk, in place, so the f16 case costs nothing) */
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
+    return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u)));
+}
+
+/* The affine scale and bias words of a chunk that feed f16 arithmetic (all of V's,
+ * K's unless K is folded: folded K reads its scales exactly as f32) from bf16 to
+ * f16, so pack_scales and dec_scale_bias see f16 only. */
+template <class C, class G>
+__device__ __forceinline__ void dec_scales_to_f16(C &r, bool k_bf16, bool v_bf16) {
+    if (v_bf16) {
+#pragma unroll
+        for (int vv = 0; vv < 4; vv++)
+#pragma unroll
+            for (int w = 0; w < (int)(sizeof r.vs[0] / sizeof r.vs[0][0]); w++) {
+                r.vs[vv][w] = bf16x2_to_f16x2(r.vs[vv][w]);
+                r.vz[vv][w] = bf16x2_to_f16x2(r.vz[vv][w]);
+            }
+    }
+    if (!G::FOLDK && k_bf16) {
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+            for (int kg = 0; kg < G::KG; kg++) {
+                r.ks[kk][kg] = bf16x2_to_f16x2(r.ks[kk][kg]);
+                r.kz[kk][kg] = bf16x2_to_f16x2(r.kz[kk][kg]);
+            }
+    }
+}
+
+/* Half `hi` of a word of raw 16-bit scales (f16 or bf16) -> f32 */
+__device__ __forceinline__ float scale_f32(uint32_t w, int hi, bool bf16) {
+    const uint32_t h = hi ? w >> 16 : w & 0xFFFFu;
+    return bf16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
+}
+
 /* Bytes of a stored scale element in the decode kernel: affine scales must be
  * f16 or bf16 there (the host sends f32 scales to the tile kernel), the fp
  * formats' scales are bytes; a compile-time size keeps the reads branch-free. */
@@ -126,6 +184,7 @@ struct dec_chunk {
     using G = dec_geom<DK, DV, FK, FV>;
     uint32_t kw[2][G::KW];       /* keys gq, gq + 8 */
     uint32_t ks[2][G::KG], kz[2][G::KG];
+    uint32_t kfs[2][G::NGKW], kfz[2][G::NGKW]; /* folded K: raw 16-bit scales / biases, two per word */
     uint32_t vw[4][G::VW];       /* keys 2c4, 2c4 + 1, 2c4 + 8, 2c4 + 9 (folded: run words of group 0, 1, ...) */
     uint32_t vs[4][G::NGW], vz[4][G::NGW]; /* raw 16-bit scales / biases, two per word when folded */
 };
@@ -136,7 +195,14 @@ struct dec_chunk {
 template <int DK, int DV, class FK, class FV>
 struct dec_stage {
     static constexpr int KROW = DK * FK::bits / 8, VROW = DV * FV::bits / 8;
-    static constexpr int KPITCH = KROW >= 128 ? KROW + 16 : KROW, VPITCH = VROW + 16;
+    /* pitches that keep the lanes' fragment reads free of bank conflicts: a lane reads
+     * W-byte runs (W <= 16), 32/W rows per phase, so the pitch must be an odd multiple
+     * of 4W modulo 128; wider runs (two 16-byte reads) want 16 modulo 32 */
+    static constexpr int KRUNB = dec_geom<DK, DV, FK, FV>::KRW * 4;
+    static constexpr int KPITCH = dec_geom<DK, DV, FK, FV>::FOLDK && KRUNB <= 16
+                                      ? KROW + ((4 * KRUNB - KROW % (8 * KRUNB)) + 8 * KRUNB) % (8 * KRUNB)
+                                      : (KROW >= 128 ? KROW + 16 : KROW);
+    static constexpr int VPITCH = VROW + 16;
     static constexpr int KSROW = FK::has_scales ? DK / FK::group * dec_scale_bytes<FK>() : 0;
     static constexpr int VSROW = FV::has_scales ? DV / FV::group * dec_scale_bytes<FV>() : 0;
     static constexpr int KSB = (DEC_CHUNK * KSROW + 15) / 16 * 16, VSB = (DEC_CHUNK * VSROW + 15) / 16 * 16;
@@ -149,24 +215,36 @@ struct dec_stage {
 };
 
 /* A lane's share of copying its warp's chunks into the ring (cp.async, zero-filled
- * past the cache end), set up once: source pointers at the lane's first 16-byte
- * piece of the warp's next chunk, advanced by DEC_WARPS chunks per copy. */
+ * past the cache end), set up once: lane l copies half of code row l / 2 (its pieces
+ * l % 2, l % 2 + 2, ...: fixed offsets from one pointer, so no stride arithmetic per
+ * chunk) and, if l < NSP, one 16-byte piece of the chunk's scale blocks. */
 template <int DK, int DV, class FK, class FV>
 struct dec_copier {
     using R = dec_stage<DK, DV, FK, FV>;
     static constexpr int KC = R::KROW / 16, VC = R::VROW / 16;               /* pieces per code row */
-    static constexpr int KN = DEC_CHUNK * KC / 32, VN = DEC_CHUNK * VC / 32; /* code pieces per lane */
+#if QSDPA_CUDA_DEC_COPY_COALESCED
+    /* lanes take consecutive 16-byte pieces of the chunk's rows: each copy instruction
+     * reads 512 contiguous bytes where rows are contiguous (4 lines, not 16 sectors of
+     * 16 lines); piece i of a lane lies i * 32 / KC rows further, a product per piece */
+    static constexpr int KL = KC, VL = VC;
+#else
+    static constexpr int KL = 2, VL = 2; /* lanes per code row: half a row per lane */
+#endif
+    static constexpr int KN = DEC_CHUNK * KC / 32, VN = DEC_CHUNK * VC / 32;  /* code pieces per lane */
     static constexpr int KSP = FK::has_scales ? R::KSB / 16 : 0, VSP = FV::has_scales ? R::VSB / 16 : 0;
     static constexpr int KZP = FK::has_biases ? KSP : 0, VZP = FV::has_biases ? VSP : 0;
     static constexpr int NSP = KSP + KZP + VSP + VZP;                        /* scale pieces per chunk */
-    static_assert(KN >= 1 && VN >= 1 && 32 % KC == 0 && 32 % VC == 0 && NSP <= 32, "copy split");
+    static_assert(DEC_CHUNK == 16 && KC % 2 == 0 && VC % 2 == 0 && 32 % KC == 0 && 32 % VC == 0 && NSP <= 32,
+                  "copy split: whole pieces per lane");
     const char *k, *v, *s; /* lane's first K / V code piece, its scale piece (if lane < NSP) */
-    int s_row, s_dst, s_off; /* its scale block's bytes per key, the piece's stage offset and offset in the block */
+    int s_row, s_off; /* its scale block's bytes per key, the piece's offset in that block */
 
     __device__ __forceinline__ dec_copier(const fast_params &p, int64_t b, int64_t g, int chunk, int lane) {
         const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
-        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KC) * p.k.cs[2] + (lane % KC) * 16;
-        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VC) * p.v.cs[2] + (lane % VC) * 16;
+        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KL) * p.k.cs[2] + (lane % KL) * 16;
+        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VL) * p.v.cs[2] + (lane % VL) * 16;
+        /* the four scale blocks lie back to back in a stage (KS, KZ, VS, VZ), so lane i
+         * copies piece i of the whole run; its source is piece `piece` of block `blk` */
         int piece = lane, blk = 0;
         if (piece >= KSP) { piece -= KSP; blk = 1; }
         if (blk == 1 && piece >= KZP) { piece -= KZP; blk = 2; }
@@ -176,31 +254,51 @@ struct dec_copier {
         const void *base = (blk & 1) ? t.biases : t.scales;
         const int64_t *st = (blk & 1) ? t.bs : t.ss;
         s_row = lane < NSP ? (blk < 2 ? R::KSROW : R::VSROW) : 0;
-        s_dst = (blk == 0 ? R::KS_OFF : blk == 1 ? R::KZ_OFF : blk == 2 ? R::VS_OFF : R::VZ_OFF) + piece * 16;
         s_off = piece * 16;
         s = lane < NSP ? (const char *)base + (b * st[0] + g * st[1]) * es + j0 * s_row + piece * 16 : nullptr;
     }
 
-    /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on */
+    /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on;
+     * whole chunks (all but the cache's last) take no per-piece checks */
     __device__ __forceinline__ void issue(const fast_params &p, int chunk, char *stage, int lane) {
-        const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
-        const int nvalid = (int)min((int64_t)DEC_CHUNK, p.lk - j0);
-        const int kkey = lane / KC, vkey = lane / VC;
+        const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk; /* the host keeps Lk < 2^31 */
+        constexpr int KR = 32 / KL, VR = 32 / VL; /* rows between a lane's pieces */
+        char *kdst = stage + (lane / KL) * R::KPITCH + (lane % KL) * 16;
+        char *vdst = stage + R::V_OFF + (lane / VL) * R::VPITCH + (lane % VL) * 16;
+        const bool whole = j0 + DEC_CHUNK <= lk;
+#if QSDPA_CUDA_DEC_COPY_COALESCED
 #pragma unroll
         for (int i = 0; i < KN; i++) {
-            const bool ok = kkey + i * (32 / KC) < nvalid;
-            cp_async16(stage + (kkey + i * (32 / KC)) * R::KPITCH + (lane % KC) * 16,
-                       ok ? k + (int64_t)(i * (32 / KC)) * p.k.cs[2] : k, ok ? 16 : 0);
+            const bool ok = whole || j0 + lane / KL + i * KR < lk;
+            cp_async16(kdst + i * KR * R::KPITCH, ok ? k + (int64_t)(i * KR) * p.k.cs[2] : k, ok ? 16 : 0);
         }
 #pragma unroll
         for (int i = 0; i < VN; i++) {
-            const bool ok = vkey + i * (32 / VC) < nvalid;
-            cp_async16(stage + R::V_OFF + (vkey + i * (32 / VC)) * R::VPITCH + (lane % VC) * 16,
-                       ok ? v + (int64_t)(i * (32 / VC)) * p.v.cs[2] : v, ok ? 16 : 0);
+            const bool ok = whole || j0 + lane / VL + i * VR < lk;
+            cp_async16(vdst + i * VR * R::VPITCH, ok ? v + (int64_t)(i * VR) * p.v.cs[2] : v, ok ? 16 : 0);
         }
-        if (s_row) { /* lanes < NSP: one scale or bias piece each */
-            const int left = nvalid * s_row - s_off, nb = left >= 16 ? 16 : left > 0 ? left : 0;
-            cp_async16(stage + s_dst, nb ? s : (const char *)p.k.codes, nb);
+#else
+        (void)KR;
+        (void)VR;
+        if (whole) {
+#pragma unroll
+            for (int i = 0; i < KN; i++) cp_async16(kdst + 32 * i, k + 32 * i, 16);
+#pragma unroll
+            for (int i = 0; i < VN; i++) cp_async16(vdst + 32 * i, v + 32 * i, 16);
+        } else {
+            const bool ok = j0 + lane / 2 < lk; /* this lane's row exists */
+#pragma unroll
+            for (int i = 0; i < KN; i++) cp_async16(kdst + 32 * i, ok ? k + 32 * i : k, ok ? 16 : 0);
+#pragma unroll
+            for (int i = 0; i < VN; i++) cp_async16(vdst + 32 * i, ok ? v + 32 * i : v, ok ? 16 : 0);
+        }
+#endif
+        if (lane < NSP) {
+            if (whole) cp_async16(stage + R::KS_OFF + lane * 16, s, 16);
+            else { /* cut at the last key */
+                const int left = (lk - j0) * s_row - s_off, nb = left >= 16 ? 16 : left > 0 ? left : 0;
+                cp_async16(stage + R::KS_OFF + lane * 16, nb ? s : (const char *)p.k.codes, nb);
+            }
             s += (int64_t)s_row * (DEC_WARPS * DEC_CHUNK);
         }
         k += p.k.cs[2] * (DEC_WARPS * DEC_CHUNK);
@@ -250,6 +348,15 @@ __device__ __forceinline__ void dec_read(const char *stage, int gq, int c4, dec_
 #pragma unroll
     for (int kk = 0; kk < 2; kk++) {
         const int key = gq + 8 * kk;
+        if constexpr (G::FOLDK) { /* the lane's run in every group, then the key's scale and bias rows */
+#pragma unroll
+            for (int gr = 0; gr < G::NGK; gr++)
+                lds_words<G::KRW>(stage + key * R::KPITCH + (gr * FK::group + c4 * G::KRUN) * FK::bits / 8,
+                                  &r.kw[kk][gr * G::KRW]);
+            lds_scale_row<G::NGK>(stage + R::KS_OFF + key * R::KSROW, r.kfs[kk]);
+            lds_scale_row<G::NGK>(stage + R::KZ_OFF + key * R::KSROW, r.kfz[kk]);
+            continue;
+        }
         lds_words<G::KW>(stage + key * R::KPITCH + c4 * (G::KW * 4), r.kw[kk]);
         if constexpr (FK::has_scales) {
 #pragma unroll
@@ -291,56 +398,97 @@ struct dec_rows {
 template <int DK, int DV, class FK, class FV, int NR>
 __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, bool plain, int kend,
                                             const dec_chunk<DK, DV, FK, FV> &r, const uint32_t (&qb)[NR][DK / 16][2],
+                                            const float (&kq)[NR][dec_geom<DK, DV, FK, FV>::NKACC + dec_geom<DK, DV, FK, FV>::NGK][2],
                                             dec_rows<NR> &st, float (&o)[NR][DV / 16][4],
                                             float (&ex)[NR][dec_geom<DK, DV, FK, FV>::NG + 1][4], int gq, int c4,
                                             int64_t b) {
     using G = dec_geom<DK, DV, FK, FV>;
     constexpr int UK = FK::U, UV = FV::U;
-    /* S^T = K Q^T: two accumulators (even / odd k steps) halve the dependent mma chain */
-    float acc[NR][2][4];
+    /* S^T = K Q^T: two accumulators (even / odd k steps) halve the dependent mma chain;
+     * folded K has one per group, starting at -sum(offset * q) (kq[.][a]) */
+    float acc[NR][G::NKACC][4];
 #pragma unroll
     for (int nr = 0; nr < NR; nr++)
 #pragma unroll
-        for (int a = 0; a < 2; a++) acc[nr][a][0] = acc[nr][a][1] = acc[nr][a][2] = acc[nr][a][3] = 0.0f;
-    half2 ksb[2][G::KG];
+        for (int a = 0; a < G::NKACC; a++) {
+            acc[nr][a][0] = acc[nr][a][2] = G::FOLDK ? kq[nr][a][0] : 0.0f;
+            acc[nr][a][1] = acc[nr][a][3] = G::FOLDK ? kq[nr][a][1] : 0.0f;
+        }
+    float sc[NR][4]; /* scores, in log2 units: sc[nr][x], x = 2 * (key gq + 8?) + e */
+    if constexpr (G::FOLDK) {
 #pragma unroll
-    for (int kk = 0; kk < 2; kk++)
-#pragma unroll
-        for (int kg = 0; kg < G::KG; kg++)
-            ksb[kk][kg] = dec_scale_bias<FK>(r.ks[kk][kg], r.kz[kk][kg], p.k.scale_dtype == QSDPA_DTYPE_BF16,
-                                             p.k.global_scale);
-    uint32_t prev0 = 0, prev1 = 0;
-#pragma unroll
-    for (int wl = 0; wl < G::KW; wl++) {
-        const int kg = G::KG > 1 ? wl * UK / FK::group : 0;
-        half2 k0[UK / 2 > 0 ? UK / 2 : 1], k1[UK / 2 > 0 ? UK / 2 : 1];
-        FK::k_word(r.kw[0][wl], ksb[0][kg], k0);
-        FK::k_word(r.kw[1][wl], ksb[1][kg], k1);
-        if constexpr (UK / 2 >= 2) {
+        for (int wl = 0; wl < G::KW; wl++) {
+            uint32_t k0[UK / 2], k1[UK / 2];
+            FK::k_word_raw(r.kw[0][wl], k0);
+            FK::k_word_raw(r.kw[1][wl], k1);
 #pragma unroll
             for (int pp = 0; pp < UK / 2; pp += 2) {
                 const int s = (wl * (UK / 2) + pp) / 2;
-                const uint32_t a[4] = {h2u(k0[pp]), h2u(k1[pp]), h2u(k0[pp + 1]), h2u(k1[pp + 1])};
+                const uint32_t a[4] = {k0[pp], k1[pp], k0[pp + 1], k1[pp + 1]};
+#pragma unroll
+                for (int nr = 0; nr < NR; nr++) mma16816(acc[nr][G::kacc(s)], a, qb[nr][s][0], qb[nr][s][1]);
+            }
+        }
+        /* S = sum_g s_g acc_g + z_g Q_g, per key (x >> 1) and row (x & 1), in f32 */
+        const bool bf16 = p.k.scale_dtype == QSDPA_DTYPE_BF16;
+        float ks[2][G::NGK], kz[2][G::NGK];
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+            for (int gr = 0; gr < G::NGK; gr++) {
+                ks[kk][gr] = scale_f32(r.kfs[kk][gr / 2], gr & 1, bf16);
+                kz[kk][gr] = scale_f32(r.kfz[kk][gr / 2], gr & 1, bf16);
+            }
+#pragma unroll
+        for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int kk = x >> 1, e = x & 1;
+                float v = 0.0f;
+#pragma unroll
+                for (int a = 0; a < G::NKACC; a++) v = fmaf(ks[kk][G::NGK >= 2 ? a : 0], acc[nr][a][x], v);
+#pragma unroll
+                for (int gr = 0; gr < G::NGK; gr++) v = fmaf(kz[kk][gr], kq[nr][G::NKACC + gr][e], v);
+                sc[nr][x] = v * p.scale_log2;
+            }
+    } else {
+        half2 ksb[2][G::KG];
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+            for (int kg = 0; kg < G::KG; kg++)
+                ksb[kk][kg] = dec_scale_bias<FK>(r.ks[kk][kg], r.kz[kk][kg], false /* f16 by now */,
+                                                 p.k.global_scale);
+        uint32_t prev0 = 0, prev1 = 0;
+#pragma unroll
+        for (int wl = 0; wl < G::KW; wl++) {
+            const int kg = G::KG > 1 ? wl * UK / FK::group : 0;
+            half2 k0[UK / 2 > 0 ? UK / 2 : 1], k1[UK / 2 > 0 ? UK / 2 : 1];
+            FK::k_word(r.kw[0][wl], ksb[0][kg], k0);
+            FK::k_word(r.kw[1][wl], ksb[1][kg], k1);
+            if constexpr (UK / 2 >= 2) {
+#pragma unroll
+                for (int pp = 0; pp < UK / 2; pp += 2) {
+                    const int s = (wl * (UK / 2) + pp) / 2;
+                    const uint32_t a[4] = {h2u(k0[pp]), h2u(k1[pp]), h2u(k0[pp + 1]), h2u(k1[pp + 1])};
+#pragma unroll
+                    for (int nr = 0; nr < NR; nr++) mma16816(acc[nr][s & 1], a, qb[nr][s][0], qb[nr][s][1]);
+                }
+            } else if (wl & 1) { /* one pair per word (f16 rows): words wl - 1, wl form k step wl / 2 */
+                const int s = wl / 2;
+                const uint32_t a[4] = {prev0, prev1, h2u(k0[0]), h2u(k1[0])};
 #pragma unroll
                 for (int nr = 0; nr < NR; nr++) mma16816(acc[nr][s & 1], a, qb[nr][s][0], qb[nr][s][1]);
+            } else {
+                prev0 = h2u(k0[0]);
+                prev1 = h2u(k1[0]);
             }
-        } else if (wl & 1) { /* one pair per word (f16 rows): words wl - 1, wl form k step wl / 2 */
-            const int s = wl / 2;
-            const uint32_t a[4] = {prev0, prev1, h2u(k0[0]), h2u(k1[0])};
-#pragma unroll
-            for (int nr = 0; nr < NR; nr++) mma16816(acc[nr][s & 1], a, qb[nr][s][0], qb[nr][s][1]);
-        } else {
-            prev0 = h2u(k0[0]);
-            prev1 = h2u(k1[0]);
         }
+#pragma unroll
+        for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) sc[nr][x] = (acc[nr][0][x] + acc[nr][1][x]) * p.scale_log2;
     }
-
-    /* scores, in log2 units: sc[nr][x], x = 2 * (key gq + 8?) + e */
-    float sc[NR][4];
-#pragma unroll
-    for (int nr = 0; nr < NR; nr++)
-#pragma unroll
-        for (int x = 0; x < 4; x++) sc[nr][x] = (acc[nr][0][x] + acc[nr][1][x]) * p.scale_log2;
     if (!plain) {
 #pragma unroll
         for (int nr = 0; nr < NR; nr++)
@@ -413,7 +561,7 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
 
     if constexpr (G::FOLD) {
         /* O'^T += X^T (P s_g)^T per group; ex[g] += sum(P s_g) (A row 0 all ones), ex[NG] row g += sum(P z_g) */
-        const bool bf16 = p.v.scale_dtype == QSDPA_DTYPE_BF16;
+        const bool bf16 = false; /* dec_scales_to_f16 converted bf16 scales */
         const uint32_t ones = gq == 0 ? 0x3C003C00u : 0u;
         const uint32_t a_one[4] = {ones, 0u, ones, 0u};
         uint32_t za0 = 0u, za2 = 0u;
@@ -462,7 +610,7 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
         half2 sb[4];
 #pragma unroll
         for (int vv = 0; vv < 4; vv++)
-            sb[vv] = dec_scale_bias<FV>(r.vs[vv][0], r.vz[vv][0], p.v.scale_dtype == QSDPA_DTYPE_BF16, p.v.global_scale);
+            sb[vv] = dec_scale_bias<FV>(r.vs[vv][0], r.vz[vv][0], false /* f16 by now */, p.v.global_scale);
         s01 = __lows2half2(sb[0], sb[1]); z01 = __highs2half2(sb[0], sb[1]);
         s23 = __lows2half2(sb[2], sb[3]); z23 = __highs2half2(sb[2], sb[3]);
     }
@@ -494,7 +642,7 @@ struct dec_smem {
 };
 
 template <int DK, int DV, class FK, class FV, int NR>
-__global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 && FV::bits <= 4 ? QSDPA_CUDA_DEC_MIN_BLOCKS : 3) fast_decode(const fast_params p) {
+__global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_MIN_BLOCKS) fast_decode(const fast_params p) {
     using G = dec_geom<DK, DV, FK, FV>;
     using R = dec_stage<DK, DV, FK, FV>;
     using S = dec_smem<DK, DV, FK, FV, NR>;
@@ -533,16 +681,30 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
         cp_async_commit();
     }
 
-    /* q rows -> shared memory as f16 (coalesced, any stride or alignment), then each
-     * lane reads its contiguous run of Dk/4 values with 16-byte loads */
-    for (int idx = threadIdx.x; idx < ROWS * DK; idx += DEC_WARPS * 32) {
-        const int f = idx / DK, d = idx % DK;
-        float v = 0.0f;
-        if (f < p.rows) {
-            const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
-            v = qd_load_float(p.q, p.q_dtype, b * p.qs[0] + h * p.qs[1] + i * p.qs[2] + d);
+    /* q rows -> shared memory as f16, then each lane reads its contiguous run(s) of Dk/4
+     * values with 16-byte loads. Warp w stages rows w, w + DEC_WARPS, ...: a row is
+     * contiguous (the API's last-dim rule), so where it starts 8-byte aligned the lanes
+     * read four f16/bf16 values at once (one round trip, index arithmetic once per row);
+     * other rows go value by value, any dtype. */
+    for (int f = warp; f < ROWS; f += DEC_WARPS) {
+        __half *dst = qsm[f];
+        if (f >= p.rows) {
+            for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(0.0f);
+            continue;
         }
-        qsm[f][d] = __float2half_rn(v);
+        const int ratio = (int)p.ratio; /* <= 16 folded rows here */
+        const int64_t h = g * p.ratio + f % ratio, off = b * p.qs[0] + h * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
+        const bool halves = p.q_dtype == QSDPA_DTYPE_F16 || p.q_dtype == QSDPA_DTYPE_BF16;
+        const char *row = (const char *)p.q + off * 2;
+        if (halves && ((uintptr_t)row & 7) == 0) {
+            for (int d = 4 * lane; d < DK; d += 128) {
+                uint2 x = *(const uint2 *)(row + 2 * d);
+                if (p.q_dtype == QSDPA_DTYPE_BF16) x = make_uint2(bf16x2_to_f16x2(x.x), bf16x2_to_f16x2(x.y));
+                *(uint2 *)&dst[d] = x;
+            }
+        } else {
+            for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(qd_load_float(p.q, p.q_dtype, off + d));
+        }
     }
     __syncthreads();
 
@@ -551,8 +713,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
     uint32_t qb[NR][G::KSTEPS][2];
 #pragma unroll
     for (int nr = 0; nr < NR; nr++) {
-        uint32_t qw[G::KT / 2]; /* this lane's run of row nr * 8 + gq, two halves per word */
-        lds_words<G::KT / 2>((const char *)&qsm[nr * 8 + gq][c4 * G::KT], qw);
+        uint32_t qw[G::KT / 2]; /* this lane's runs of row nr * 8 + gq, two halves per word */
+#pragma unroll
+        for (int gr = 0; gr < G::KT / G::KRUN; gr++) /* folded K: one run per group */
+            lds_words<G::KRUN / 2>((const char *)&qsm[nr * 8 + gq][gr * FK::group + c4 * G::KRUN],
+                                   &qw[gr * (G::KRUN / 2)]);
         constexpr int PPW = FK::U / 2 > 0 ? FK::U / 2 : 1; /* pairs per K word */
 #pragma unroll
         for (int s = 0; s < G::KSTEPS; s++)
@@ -574,6 +739,33 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
             st.l[nr][e] = 0.0f;
         }
     }
+    /* Folded K: per row (2c4 + e), kq[a] = -sum(offset * q) over accumulator a's k steps
+     * (its start value) and kq[NKACC + g] = sum(q) over group g, from mma with the
+     * offsets alone (k_word_raw(0)) and with ones as the A operand */
+    float kq[NR][G::NKACC + G::NGK][2];
+    if constexpr (G::FOLDK) {
+        uint32_t off[FK::U / 2];
+        FK::k_word_raw(0u, off);
+#pragma unroll
+        for (int nr = 0; nr < NR; nr++) {
+            float qo[G::NKACC][4] = {}, qs[G::NGK][4] = {};
+#pragma unroll
+            for (int s = 0; s < G::KSTEPS; s++) {
+                const int pp = (2 * s) % (FK::U / 2);
+                const uint32_t a_off[4] = {off[pp], off[pp], off[pp + 1], off[pp + 1]};
+                const uint32_t a_one[4] = {0x3C003C00u, 0x3C003C00u, 0x3C003C00u, 0x3C003C00u};
+                mma16816(qo[G::kacc(s)], a_off, qb[nr][s][0], qb[nr][s][1]);
+                mma16816(qs[s / (G::KSTEPS / G::NGK)], a_one, qb[nr][s][0], qb[nr][s][1]);
+            }
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+#pragma unroll
+                for (int a = 0; a < G::NKACC; a++) kq[nr][a][e] = -qo[a][e];
+#pragma unroll
+                for (int gr = 0; gr < G::NGK; gr++) kq[nr][G::NKACC + gr][e] = qs[gr][e];
+            }
+        }
+    }
     float o[NR][G::MT][4], ex[NR][G::NG + 1][4];
 #pragma unroll
     for (int nr = 0; nr < NR; nr++) {
@@ -583,12 +775,17 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
         for (int x = 0; x <= G::NG; x++) ex[nr][x][0] = ex[nr][x][1] = ex[nr][x][2] = ex[nr][x][3] = 0.0f;
     }
 
-    /* no mask, inside the range, every key visible to every row: no per-score checks */
-    auto plain_chunk = [&](int ch) {
-        const int k0 = ch * DEC_CHUNK, k1 = k0 + DEC_CHUNK - 1;
-        return p.mask_kind == QSDPA_MASK_NONE && k1 < kend && k0 >= kbeg &&
-               (!p.causal || (k1 <= last_lo && (p.window <= 0 || k0 > last_hi - p.window)));
-    };
+    /* chunks [plain_lo, plain_hi) need no per-score checks: no mask, inside the split's
+     * range, every key visible to every row (causal: keys <= last_lo; window: keys past
+     * last_hi - window) */
+    int plain_lo = (kbeg + DEC_CHUNK - 1) / DEC_CHUNK, plain_hi = kend / DEC_CHUNK;
+    if (p.causal) {
+        plain_hi = min(plain_hi, (last_lo + 1) / DEC_CHUNK);
+        if (p.window > 0) plain_lo = max(plain_lo, (int)((last_hi - p.window) / DEC_CHUNK + 1));
+    }
+    if (p.mask_kind != QSDPA_MASK_NONE) plain_hi = plain_lo;
+    const bool k_bf16 = FK::mode == QSDPA_MODE_AFFINE && p.k.scale_dtype == QSDPA_DTYPE_BF16;
+    const bool v_bf16 = FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_BF16;
     /* per chunk: wait for its stage, read the lane's fragments, refill the slot read one
      * chunk ago with the chunk STAGES - 1 ahead, then compute from registers */
     for (int it = 0; c < c_end; c += DEC_WARPS, it++) {
@@ -596,11 +793,13 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : FK::bits <= 4 &&
         __syncwarp();
         dec_chunk<DK, DV, FK, FV> r;
         dec_read<DK, DV, FK, FV>(ring + (it % R::STAGES) * R::BYTES, gq, c4, r);
+        if constexpr (FK::mode == QSDPA_MODE_AFFINE || FV::mode == QSDPA_MODE_AFFINE)
+            dec_scales_to_f16<dec_chunk<DK, DV, FK, FV>, G>(r, k_bf16, v_bf16);
         __syncwarp();
         const int cn = c + (R::STAGES - 1) * DEC_WARPS;
         if (cn < c_end) copier.issue(p, cn, ring + ((it + R::STAGES - 1) % R::STAGES) * R::BYTES, lane);
         cp_async_commit();
-        dec_compute<DK, DV, FK, FV, NR>(p, c, plain_chunk(c), kend, r, qb, st, o, ex, gq, c4, b);
+        dec_compute<DK, DV, FK, FV, NR>(p, c, c >= plain_lo && c < plain_hi, kend, r, qb, kq, st, o, ex, gq, c4, b);
     }
     cp_async_wait<0>();
     __syncthreads(); /* the merge buffer below reuses the rings */

@@ -74,6 +74,21 @@ struct affine_fmt {
             out[1] = __hfma2(__hsub2(u2h(prmt(w, 0x64646464u, 0x4341)), u2h(0x64006400u)), s2, z2);
         }
     }
+    /* Folded K (fast_decode.cuh): the pairs of k_word as offset integers, scale and
+     * bias left out: 1024 + c, or 64 + c for the odd nibbles (a second magic
+     * exponent, one step of 1/16); k_word_raw(0) yields the offsets alone. */
+    __device__ __forceinline__ static void k_word_raw(uint32_t w, uint32_t *out) {
+        if (BITS == 4) {
+            const uint32_t w8 = w >> 8;
+            out[0] = and_or(w, 0x000F000Fu, 0x64006400u);
+            out[1] = and_or(w, 0x00F000F0u, 0x54005400u);
+            out[2] = and_or(w8, 0x000F000Fu, 0x64006400u);
+            out[3] = and_or(w8, 0x00F000F0u, 0x54005400u);
+        } else {
+            out[0] = prmt(w, 0x64646464u, 0x4240);
+            out[1] = prmt(w, 0x64646464u, 0x4341);
+        }
+    }
     __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2 s2, half2 z2, half2 *out) {
         if (BITS == 4) {
             uint32_t lo = prmt(a, b, 0x5410), hi = prmt(a, b, 0x7632);
