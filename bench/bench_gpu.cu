@@ -211,6 +211,7 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     }
     CK(cudaGetLastError());
     r.us = median(t);
+    r.gbps = cache_bytes / (r.us * 1e-6) / 1e9;
     r.host_us = median(host);
     /* the same batch captured once and replayed: what the GPU needs when the host
      * launches ahead of it (a serving loop with CUDA graphs) */

@@ -36,7 +36,7 @@ for t in test_cuda_api test_cuda_mlx test_cuda_coverage; do
   timeout 150 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
   echo "$t rc=$?" | tee -a "$OUT/tests.log"
 done
-[ "$MODE" != quick ] && [ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
+[ "$MODE" != quick ] && [ -z "${QSDPA_GPU_SKIP_MULTI:-}" ] && [ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
 grep -c FAIL "$OUT/tests.log" | sed 's/^/FAIL lines: /'
 grep FAIL "$OUT/tests.log" | head -20
 
@@ -124,6 +124,8 @@ if [ "$MODE" != quick ]; then
   timeout 60 "$NCU" --clock-control none -k regex:fast_decode --launch-skip 30 --launch-count 1 --metrics "$M" \
     "$B/bench_gpu" one affine4g64 1 32768 1 2>&1 | grep -E "stalled|fast_decode" >>"$OUT/ncu.txt"
 fi
+
+[ "$MODE" != quick ] && bash bench/gpu_durations.sh "$B" | tee -a "$OUT/ncu.txt"
 
 stamp report
 python3 bench/gpu_report.py "$OUT/bench.txt" "$OUT/torch.txt" >"$OUT/report.md" 2>&1

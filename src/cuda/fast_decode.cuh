@@ -40,6 +40,11 @@ namespace qfast {
 #ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
 #define QSDPA_CUDA_DEC_MIN_BLOCKS 3
 #endif
+#if QSDPA_CUDA_DEC_TRACE
+#define DEC_TRACE(i) (trace_c[i] = clock64(), trace_g[i] = dec_globaltimer())
+#else
+#define DEC_TRACE(i) ((void)0)
+#endif
 constexpr int DEC_WARPS = 4;
 constexpr int DEC_CHUNK = 16;                    /* keys per warp step */
 constexpr int DEC_TILE = DEC_WARPS * DEC_CHUNK;  /* keys per CTA step: the split unit */
@@ -653,6 +658,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     float(*merge_m)[ROWS] = (float(*)[ROWS])(dsm + S::Q_BYTES + S::MO_BYTES);
     float(*merge_l)[ROWS] = (float(*)[ROWS])(dsm + S::Q_BYTES + S::MO_BYTES + S::MML_BYTES);
 
+#if QSDPA_CUDA_DEC_TRACE
+    long long trace_c[6] = {};
+    unsigned long long trace_g[6] = {};
+#endif
+    DEC_TRACE(0);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = lane >> 2, c4 = lane & 3;
     const int split = blockIdx.y;
@@ -707,6 +717,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         }
     }
     __syncthreads();
+    DEC_TRACE(1);
 
     /* Q^T fragments in the K lanes' dim order: k step s takes pairs 2s (b0) and 2s + 1 (b1) */
     dec_rows<NR> st;
@@ -791,6 +802,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     for (int it = 0; c < c_end; c += DEC_WARPS, it++) {
         cp_async_wait<R::STAGES - 2>();
         __syncwarp();
+#if QSDPA_CUDA_DEC_TRACE
+        if (it == 0) DEC_TRACE(2);
+#endif
         dec_chunk<DK, DV, FK, FV> r;
         dec_read<DK, DV, FK, FV>(ring + (it % R::STAGES) * R::BYTES, gq, c4, r);
         if constexpr (FK::mode == QSDPA_MODE_AFFINE || FV::mode == QSDPA_MODE_AFFINE)
@@ -803,6 +817,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     }
     cp_async_wait<0>();
     __syncthreads(); /* the merge buffer below reuses the rings */
+    DEC_TRACE(3);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
@@ -876,6 +891,14 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         p.part_o[prow * DV + d] = O;
         if (d == 0) { p.part_ml[prow * 2] = M; p.part_ml[prow * 2 + 1] = Ls; }
     }
+#if QSDPA_CUDA_DEC_TRACE
+    DEC_TRACE(4);
+    const bool first = blockIdx.y == 0 && blockIdx.z == 0, last = blockIdx.y == gridDim.y - 1 && blockIdx.z == gridDim.z - 1;
+    if (threadIdx.x == 0 && (first || last))
+        printf("TRACE decode cta %s chunks/warp %d | cycles q %lld ring0 %lld loop %lld end %lld | gt start %llu end %llu\n",
+               first ? "first" : "last", (c_end - c_first + DEC_WARPS - 1) / DEC_WARPS, trace_c[1] - trace_c[0],
+               trace_c[2] - trace_c[0], trace_c[3] - trace_c[0], trace_c[4] - trace_c[0], trace_g[0], trace_g[4]);
+#endif
 }
 
 } // namespace qfast

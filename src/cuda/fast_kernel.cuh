@@ -28,8 +28,23 @@
 #include <string.h>
 
 #include "cuda/fast_formats.cuh"
+#if defined(QSDPA_CUDA_DEC_TRACE) && QSDPA_CUDA_DEC_TRACE
+#include <stdio.h> /* the diagnostic build's device printf */
+#endif
 
 namespace qfast {
+
+/* Diagnostic build (QSDPA_CUDA_DEC_TRACE=1, never the default): the first and last CTA
+ * of each launch print clock64 and globaltimer marks of their phases, so a device
+ * run can show where a decode call's fixed time goes (bench/gpu_durations.sh). */
+#ifndef QSDPA_CUDA_DEC_TRACE
+#define QSDPA_CUDA_DEC_TRACE 0
+#endif
+__device__ __forceinline__ unsigned long long dec_globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
 
 /* Keys per tile and CTAs per SM the register budget is cut for. Compile-time
  * knobs so the device script can time variants of one source (bench/NOTES.md). */
@@ -528,8 +543,15 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
  * that kernel's tail (griddepcontrol.wait orders the reads). */
 template <int DV>
 __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
+#if QSDPA_CUDA_DEC_TRACE
+    const unsigned long long t_entry = dec_globaltimer();
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+#if QSDPA_CUDA_DEC_TRACE
+    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0)
+        printf("TRACE merge block 0 | gt entry %llu after wait %llu\n", t_entry, dec_globaltimer());
 #endif
     __shared__ float so[4][32], sl[4];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
