@@ -59,8 +59,8 @@ def print_labelled(path):
         rows.setdefault(m.group(2, 3, 4, 5), {})[label] = float(m.group(6))
     if not rows:
         return
-    print("| format | B | L | Lq | " + " | ".join(f"{x} us" for x in labels) + " | " +
-          " | ".join(f"{x}/{labels[0]}" for x in labels[1:]) + " |")
+    ratio_heads = [f"{x}/{labels[0]}" for x in labels[1:]]
+    print("| format | B | L | Lq | " + " | ".join([f"{x} us" for x in labels] + ratio_heads) + " |")
     print("|---" * (4 + 2 * len(labels) - 1) + "|")
     for key, t in rows.items():
         us = [t.get(x) for x in labels]
