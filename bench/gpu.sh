@@ -9,7 +9,8 @@
 # Usage (device): bash bench/gpu.sh [quick | variants]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
-# QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run.
+# QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
+# and QSDPA_GPU_SKIP_MULTI=1 leave out the PyTorch baselines and the multi-GPU stage.
 #   quick: no full benchmark (the baseline comparison below still runs); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix
 set -u
@@ -90,8 +91,10 @@ if [ "$MODE" = variants ]; then
 fi
 
 stamp torch | tee "$OUT/torch.txt"
-timeout 100 python3 bench/torch_baselines/torch_decode.py >>"$OUT/torch.txt" 2>&1
-timeout 60 python3 bench/torch_baselines/torch_prefill.py >>"$OUT/torch.txt" 2>&1
+if [ -z "${QSDPA_GPU_SKIP_TORCH:-}" ]; then # skip only in A/B runs that compare two builds of ours
+  timeout 100 python3 bench/torch_baselines/torch_decode.py >>"$OUT/torch.txt" 2>&1
+  timeout 60 python3 bench/torch_baselines/torch_prefill.py >>"$OUT/torch.txt" 2>&1
+fi
 
 stamp sanitizer | tee "$OUT/sanitizer.log"
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

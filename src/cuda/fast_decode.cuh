@@ -681,7 +681,31 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     const int c_first = kbeg / DEC_CHUNK, c_end = kend > kbeg ? (kend + DEC_CHUNK - 1) / DEC_CHUNK : c_first;
     const int last_lo = (int)shift, last_hi = (int)((p.rows - 1) / p.ratio + shift);
 
-    /* the ring's first STAGES - 1 chunks stream in while q is read */
+    /* q rows -> shared memory as f16, then each lane reads its contiguous run(s) of Dk/4
+     * values with 16-byte loads. Warp w stages rows w, w + DEC_WARPS, ...: a row is
+     * contiguous (the API's last-dim rule), so where it starts 8-byte aligned the lanes
+     * read four f16/bf16 values at once; other rows go value by value, any dtype.
+     * The aligned rows' loads go out before the ring's: at 32K the ring's first requests
+     * are ~7 MB over all SMs, and q queued behind them held the prologue ~2 us (run 18). */
+    constexpr int QRW = ROWS / DEC_WARPS, QPR = (DK + 127) / 128; /* rows per warp, loads per lane and row */
+    static_assert(ROWS % DEC_WARPS == 0, "whole q rows per warp");
+    const bool q_halves = p.q_dtype == QSDPA_DTYPE_F16 || p.q_dtype == QSDPA_DTYPE_BF16;
+    uint2 qv[QRW][QPR];
+    bool qvec[QRW];
+#pragma unroll
+    for (int r = 0; r < QRW; r++) {
+        const int f = warp + r * DEC_WARPS, ratio = (int)p.ratio; /* <= 16 folded rows here */
+        const int64_t h = g * p.ratio + f % ratio, off = b * p.qs[0] + h * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
+        const char *row = (const char *)p.q + off * 2;
+        qvec[r] = f < p.rows && q_halves && ((uintptr_t)row & 7) == 0;
+#pragma unroll
+        for (int i = 0; i < QPR; i++) {
+            const int d = 4 * lane + 128 * i;
+            qv[r][i] = qvec[r] && d < DK ? *(const uint2 *)(row + 2 * d) : make_uint2(0u, 0u);
+        }
+    }
+
+    /* the ring's first STAGES - 1 chunks stream in while q is staged */
     char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
     int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
     dec_copier<DK, DV, FK, FV> copier(p, b, g, c, lane);
@@ -691,28 +715,23 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         cp_async_commit();
     }
 
-    /* q rows -> shared memory as f16, then each lane reads its contiguous run(s) of Dk/4
-     * values with 16-byte loads. Warp w stages rows w, w + DEC_WARPS, ...: a row is
-     * contiguous (the API's last-dim rule), so where it starts 8-byte aligned the lanes
-     * read four f16/bf16 values at once (one round trip, index arithmetic once per row);
-     * other rows go value by value, any dtype. */
-    for (int f = warp; f < ROWS; f += DEC_WARPS) {
+#pragma unroll
+    for (int r = 0; r < QRW; r++) {
+        const int f = warp + r * DEC_WARPS;
         __half *dst = qsm[f];
         if (f >= p.rows) {
             for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(0.0f);
-            continue;
-        }
-        const int ratio = (int)p.ratio; /* <= 16 folded rows here */
-        const int64_t h = g * p.ratio + f % ratio, off = b * p.qs[0] + h * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
-        const bool halves = p.q_dtype == QSDPA_DTYPE_F16 || p.q_dtype == QSDPA_DTYPE_BF16;
-        const char *row = (const char *)p.q + off * 2;
-        if (halves && ((uintptr_t)row & 7) == 0) {
-            for (int d = 4 * lane; d < DK; d += 128) {
-                uint2 x = *(const uint2 *)(row + 2 * d);
+        } else if (qvec[r]) {
+#pragma unroll
+            for (int i = 0; i < QPR; i++) {
+                const int d = 4 * lane + 128 * i;
+                uint2 x = qv[r][i];
                 if (p.q_dtype == QSDPA_DTYPE_BF16) x = make_uint2(bf16x2_to_f16x2(x.x), bf16x2_to_f16x2(x.y));
-                *(uint2 *)&dst[d] = x;
+                if (d < DK) *(uint2 *)&dst[d] = x;
             }
         } else {
+            const int ratio = (int)p.ratio;
+            const int64_t h = g * p.ratio + f % ratio, off = b * p.qs[0] + h * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
             for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(qd_load_float(p.q, p.q_dtype, off + d));
         }
     }
