@@ -59,6 +59,36 @@ static double median(std::vector<double> v) {
     return v[v.size() / 2];
 }
 
+/* The one timing loop: `warm` unrecorded, then `reps` recorded repetitions of
+ * enqueue() between two CUDA events; returns the median GPU time of a repetition
+ * divided by `per` (calls per repetition) in us, and in *host_us (if given) the
+ * median host time to enqueue one call. -1 if an enqueue or the events fail. */
+template <class Enqueue>
+static double event_median_us(cudaStream_t st, int warm, int reps, int per, Enqueue enqueue,
+                              double *host_us = nullptr) {
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<double> gpu, host;
+    bool ok = true;
+    for (int rep = 0; ok && rep < warm + reps; rep++) {
+        ok = cudaEventRecord(e0, st) == cudaSuccess;
+        auto h0 = std::chrono::steady_clock::now();
+        ok = ok && enqueue();
+        auto h1 = std::chrono::steady_clock::now();
+        ok = ok && cudaEventRecord(e1, st) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess;
+        float ms = 0.0f;
+        ok = ok && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess;
+        if (rep < warm) continue;
+        gpu.push_back(ms * 1e3 / per);
+        host.push_back(std::chrono::duration<double, std::micro>(h1 - h0).count() / per);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (host_us) *host_us = ok ? median(host) : -1.0;
+    return ok ? median(gpu) : -1.0;
+}
+
 struct kv_store { /* one cache copy: K and V */
     void *kc, *ks, *kb, *vc, *vs, *vb;
     qsdpa_qtensor k, v;
@@ -100,22 +130,16 @@ static double copy_bandwidth(cudaStream_t st) {
     CK(cudaMalloc(&a, n));
     CK(cudaMalloc(&b, n));
     CK(cudaMemset(a, 1, n));
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<double> t;
-    for (int i = 0; i < 23; i++) {
-        cudaEventRecord(e0, st);
-        CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, st));
-        cudaEventRecord(e1, st);
-        cudaEventSynchronize(e1);
-        float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
-        if (i >= 3) t.push_back(ms);
+    const double us = event_median_us(st, 3, 20, 1, [&] {
+        return cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, st) == cudaSuccess;
+    });
+    if (us <= 0.0) {
+        fprintf(stderr, "copy timing failed: %s\n", cudaGetErrorString(cudaGetLastError()));
+        exit(1);
     }
     cudaFree(a);
     cudaFree(b);
-    return 2.0 * n / (median(t) * 1e-3) / 1e9;
+    return 2.0 * n / (us * 1e-6) / 1e9;
 }
 
 struct result {
@@ -139,26 +163,14 @@ static double time_graph(qsdpa_context *ctx, cudaStream_t st, const qsdpa_tensor
     ok = cudaStreamEndCapture(st, &graph) == cudaSuccess && ok;
     ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
     ok = ok && cudaGraphLaunch(exec, st) == cudaSuccess && cudaStreamSynchronize(st) == cudaSuccess;
-    std::vector<double> g;
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    for (int rep = 0; ok && rep < 15; rep++) {
-        cudaEventRecord(e0, st);
-        ok = cudaGraphLaunch(exec, st) == cudaSuccess;
-        cudaEventRecord(e1, st);
-        ok = cudaEventSynchronize(e1) == cudaSuccess && ok;
-        float ms = 0.0f;
-        cudaEventElapsedTime(&ms, e0, e1);
-        g.push_back(ms * 1e3 / batch);
-    }
+    const double us = ok ? event_median_us(st, 0, 15, batch, [&] { return cudaGraphLaunch(exec, st) == cudaSuccess; })
+                         : -1.0;
+    ok = ok && us > 0.0;
     cudaError_t err = cudaGetLastError(); /* clear a capture error so later calls are unaffected */
     if (!ok) fprintf(stderr, "graph timing unavailable: %s\n", cudaGetErrorString(err));
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    return ok ? median(g) : -1.0;
+    return ok ? us : -1.0;
 }
 
 /* Time qsdpa_attention over `copies` rotating caches: median of 15 batches of 10 calls. */
@@ -191,28 +203,17 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     QK(qsdpa_attention_select(ctx, &qt, &kv[0].k, &kv[0].v, &p, &ot, &r.kernel));
     for (int i = 0; i < 3 * copies; i++) QK(qsdpa_attention(ctx, &qt, &kv[i % copies].k, &kv[i % copies].v, &p, &ot));
     CK(cudaStreamSynchronize(st));
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<double> t, host;
     int it = 0, batch = causal ? 3 : 10;
-    for (int rep = 0; rep < 15; rep++) {
-        cudaEventRecord(e0, st);
-        auto h0 = std::chrono::steady_clock::now();
+    r.us = event_median_us(st, 0, 15, batch, [&] {
         for (int i = 0; i < batch; i++, it++)
-            QK(qsdpa_attention(ctx, &qt, &kv[it % copies].k, &kv[it % copies].v, &p, &ot));
-        host.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - h0).count() /
-                       batch);
-        cudaEventRecord(e1, st);
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
-        t.push_back(ms * 1e3 / batch);
+            if (qsdpa_attention(ctx, &qt, &kv[it % copies].k, &kv[it % copies].v, &p, &ot) != QSDPA_OK) return false;
+        return true;
+    }, &r.host_us);
+    if (r.us <= 0.0) {
+        fprintf(stderr, "attention timing failed: %s / %s\n", qsdpa_last_error(), cudaGetErrorString(cudaGetLastError()));
+        exit(1);
     }
-    CK(cudaGetLastError());
-    r.us = median(t);
     r.gbps = cache_bytes / (r.us * 1e-6) / 1e9;
-    r.host_us = median(host);
     /* the same batch captured once and replayed: what the GPU needs when the host
      * launches ahead of it (a serving loop with CUDA graphs) */
     r.graph_us = -1.0;
@@ -223,8 +224,6 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     cudaFree(src);
     cudaFree(q);
     cudaFree(out);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
     return r;
 }
 
