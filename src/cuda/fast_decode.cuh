@@ -33,10 +33,6 @@ namespace qfast {
  * registers; 16 rows: 2). At 4 (128 registers) the 4-bit D128 kernels spill
  * since K is folded (v9), and split-K is sized for 2 CTAs per SM anyway; a
  * compile-time knob so the device script can time variants (bench/NOTES.md). */
-/* The ring copy's lane plan (bench/NOTES.md, v9.3): 1 = consecutive pieces, 0 = half a row per lane. */
-#ifndef QSDPA_CUDA_DEC_COPY_COALESCED
-#define QSDPA_CUDA_DEC_COPY_COALESCED 1
-#endif
 #ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
 #define QSDPA_CUDA_DEC_MIN_BLOCKS 3
 #endif
@@ -220,21 +216,15 @@ struct dec_stage {
 };
 
 /* A lane's share of copying its warp's chunks into the ring (cp.async, zero-filled
- * past the cache end), set up once: lane l copies half of code row l / 2 (its pieces
- * l % 2, l % 2 + 2, ...: fixed offsets from one pointer, so no stride arithmetic per
- * chunk) and, if l < NSP, one 16-byte piece of the chunk's scale blocks. */
+ * past the cache end), set up once: lane l copies 16-byte pieces l, l + 32, ... of the
+ * chunk's code rows, so one copy instruction reads 512 contiguous bytes where rows are
+ * contiguous (v9's half-row-per-lane plan touched 16 lines per instruction and cost
+ * 8-20% on rows of >= 128 bytes, bench/NOTES.md v9.3), and, if l < NSP, one 16-byte
+ * piece of the chunk's scale blocks. */
 template <int DK, int DV, class FK, class FV>
 struct dec_copier {
     using R = dec_stage<DK, DV, FK, FV>;
-    static constexpr int KC = R::KROW / 16, VC = R::VROW / 16;               /* pieces per code row */
-#if QSDPA_CUDA_DEC_COPY_COALESCED
-    /* lanes take consecutive 16-byte pieces of the chunk's rows: each copy instruction
-     * reads 512 contiguous bytes where rows are contiguous (4 lines, not 16 sectors of
-     * 16 lines); piece i of a lane lies i * 32 / KC rows further, a product per piece */
-    static constexpr int KL = KC, VL = VC;
-#else
-    static constexpr int KL = 2, VL = 2; /* lanes per code row: half a row per lane */
-#endif
+    static constexpr int KC = R::KROW / 16, VC = R::VROW / 16;               /* pieces (= lanes) per code row */
     static constexpr int KN = DEC_CHUNK * KC / 32, VN = DEC_CHUNK * VC / 32;  /* code pieces per lane */
     static constexpr int KSP = FK::has_scales ? R::KSB / 16 : 0, VSP = FV::has_scales ? R::VSB / 16 : 0;
     static constexpr int KZP = FK::has_biases ? KSP : 0, VZP = FV::has_biases ? VSP : 0;
@@ -246,8 +236,8 @@ struct dec_copier {
 
     __device__ __forceinline__ dec_copier(const fast_params &p, int64_t b, int64_t g, int chunk, int lane) {
         const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
-        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KL) * p.k.cs[2] + (lane % KL) * 16;
-        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VL) * p.v.cs[2] + (lane % VL) * 16;
+        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KC) * p.k.cs[2] + (lane % KC) * 16;
+        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VC) * p.v.cs[2] + (lane % VC) * 16;
         /* the four scale blocks lie back to back in a stage (KS, KZ, VS, VZ), so lane i
          * copies piece i of the whole run; its source is piece `piece` of block `blk` */
         int piece = lane, blk = 0;
@@ -267,37 +257,20 @@ struct dec_copier {
      * whole chunks (all but the cache's last) take no per-piece checks */
     __device__ __forceinline__ void issue(const fast_params &p, int chunk, char *stage, int lane) {
         const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk; /* the host keeps Lk < 2^31 */
-        constexpr int KR = 32 / KL, VR = 32 / VL; /* rows between a lane's pieces */
-        char *kdst = stage + (lane / KL) * R::KPITCH + (lane % KL) * 16;
-        char *vdst = stage + R::V_OFF + (lane / VL) * R::VPITCH + (lane % VL) * 16;
+        constexpr int KR = 32 / KC, VR = 32 / VC; /* rows between a lane's pieces (a product per piece) */
+        char *kdst = stage + (lane / KC) * R::KPITCH + (lane % KC) * 16;
+        char *vdst = stage + R::V_OFF + (lane / VC) * R::VPITCH + (lane % VC) * 16;
         const bool whole = j0 + DEC_CHUNK <= lk;
-#if QSDPA_CUDA_DEC_COPY_COALESCED
 #pragma unroll
         for (int i = 0; i < KN; i++) {
-            const bool ok = whole || j0 + lane / KL + i * KR < lk;
+            const bool ok = whole || j0 + lane / KC + i * KR < lk;
             cp_async16(kdst + i * KR * R::KPITCH, ok ? k + (int64_t)(i * KR) * p.k.cs[2] : k, ok ? 16 : 0);
         }
 #pragma unroll
         for (int i = 0; i < VN; i++) {
-            const bool ok = whole || j0 + lane / VL + i * VR < lk;
+            const bool ok = whole || j0 + lane / VC + i * VR < lk;
             cp_async16(vdst + i * VR * R::VPITCH, ok ? v + (int64_t)(i * VR) * p.v.cs[2] : v, ok ? 16 : 0);
         }
-#else
-        (void)KR;
-        (void)VR;
-        if (whole) {
-#pragma unroll
-            for (int i = 0; i < KN; i++) cp_async16(kdst + 32 * i, k + 32 * i, 16);
-#pragma unroll
-            for (int i = 0; i < VN; i++) cp_async16(vdst + 32 * i, v + 32 * i, 16);
-        } else {
-            const bool ok = j0 + lane / 2 < lk; /* this lane's row exists */
-#pragma unroll
-            for (int i = 0; i < KN; i++) cp_async16(kdst + 32 * i, ok ? k + 32 * i : k, ok ? 16 : 0);
-#pragma unroll
-            for (int i = 0; i < VN; i++) cp_async16(vdst + 32 * i, ok ? v + 32 * i : v, ok ? 16 : 0);
-        }
-#endif
         if (lane < NSP) {
             if (whole) cp_async16(stage + R::KS_OFF + lane * 16, s, 16);
             else { /* cut at the last key */
@@ -690,13 +663,17 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     constexpr int QRW = ROWS / DEC_WARPS, QPR = (DK + 127) / 128; /* rows per warp, loads per lane and row */
     static_assert(ROWS % DEC_WARPS == 0, "whole q rows per warp");
     const bool q_halves = p.q_dtype == QSDPA_DTYPE_F16 || p.q_dtype == QSDPA_DTYPE_BF16;
+    const int ratio = (int)p.ratio; /* <= 16 folded rows here */
+    /* element offset of folded row f's q: query row f / ratio of head g * ratio + f % ratio */
+    auto q_offset = [&](int f) {
+        return b * p.qs[0] + (g * p.ratio + f % ratio) * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
+    };
     uint2 qv[QRW][QPR];
     bool qvec[QRW];
 #pragma unroll
     for (int r = 0; r < QRW; r++) {
-        const int f = warp + r * DEC_WARPS, ratio = (int)p.ratio; /* <= 16 folded rows here */
-        const int64_t h = g * p.ratio + f % ratio, off = b * p.qs[0] + h * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
-        const char *row = (const char *)p.q + off * 2;
+        const int f = warp + r * DEC_WARPS;
+        const char *row = (const char *)p.q + q_offset(f) * 2;
         qvec[r] = f < p.rows && q_halves && ((uintptr_t)row & 7) == 0;
 #pragma unroll
         for (int i = 0; i < QPR; i++) {
@@ -730,8 +707,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
                 if (d < DK) *(uint2 *)&dst[d] = x;
             }
         } else {
-            const int ratio = (int)p.ratio;
-            const int64_t h = g * p.ratio + f % ratio, off = b * p.qs[0] + h * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
+            const int64_t off = q_offset(f);
             for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(qd_load_float(p.q, p.q_dtype, off + d));
         }
     }
