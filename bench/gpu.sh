@@ -21,14 +21,29 @@ MODE=${1:-full}
 B=build-gpu
 T0=$(date +%s)
 stamp() { echo "== $1 at +$(( $(date +%s) - T0 ))s"; }
+# Configure and build the library of tree $1 in $2 with CUDA flags $3 (plus any targets
+# after them), then this tree's bench_gpu.cu against it: one benchmark source for every
+# library timed in a run.
+build_tree() {
+  local src=$1 dir=$2 flags=$3
+  shift 3
+  cmake -S "$src" -B "$dir" -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a -DQSDPA_BUILD_TOOLS=OFF \
+      -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_FLAGS=$flags" >/dev/null &&
+    cmake --build "$dir" -j16 --target qsdpa "$@" &&
+    nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/bench_gpu.cu -L"$dir" -lqsdpa \
+      -Xlinker -rpath,"$PWD/$dir" -o "$dir/bench_gpu"
+}
+export -f build_tree
+# `bench_gpu quick` of binary $2 (environment assignments after it), rows tagged [$1] in bench.txt
+quick_rows() {
+  local label=$1 bin=$2
+  shift 2
+  env "$@" timeout 60 "$bin" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[$label] /" >>"$OUT/bench.txt"
+}
 
 stamp build | tee "$OUT/build.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >>"$OUT/build.log" 2>&1
-timeout 240 bash -c "cmake -S . -B $B -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a -DQSDPA_BUILD_TOOLS=OFF \
-    -DCMAKE_BUILD_TYPE=Release >/dev/null && \
-  cmake --build $B -j16 --target qsdpa test_cuda_coverage test_cuda_mlx test_cuda_api && \
-  nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/bench_gpu.cu -L$B -lqsdpa \
-    -Xlinker -rpath,$PWD/$B -o $B/bench_gpu" >>"$OUT/build.log" 2>&1
+timeout 240 bash -c "build_tree . $B '' test_cuda_coverage test_cuda_mlx test_cuda_api" >>"$OUT/build.log" 2>&1
 echo "build rc=$?" | tee -a "$OUT/build.log"
 tail -5 "$OUT/build.log"
 
@@ -51,42 +66,35 @@ if [ -d build-base-src ]; then
   # the previous kernel version, built from `git archive <commit>` unpacked into build-base-src
   # (carried to the device, never committed), timed on the same card in the same run
   stamp "baseline build ($(cat build-base-src/.commit 2>/dev/null || echo '?'))" | tee -a "$OUT/bench.txt"
-  timeout 240 bash -c "cmake -S build-base-src -B build-base -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a \
-      -DQSDPA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build-base -j16 --target qsdpa && \
-    nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/bench_gpu.cu -Lbuild-base -lqsdpa \
-      -Xlinker -rpath,$PWD/build-base -o build-base/bench_gpu" >>"$OUT/build.log" 2>&1
+  timeout 240 bash -c "build_tree build-base-src build-base ''" >>"$OUT/build.log" 2>&1
   echo "baseline build rc=$?" | tee -a "$OUT/build.log"
-  timeout 60 build-base/bench_gpu quick 2>&1 | grep -v '^RESULT' | sed 's/^/[base] /' >>"$OUT/bench.txt"
-  timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed 's/^/[new] /' >>"$OUT/bench.txt"
+  quick_rows base build-base/bench_gpu
+  quick_rows new "$B/bench_gpu"
 fi
 
 # compile-time variants of this tree, timed beside it: QSDPA_GPU_VARIANTS="label=nvcc flags;label=flags"
-# (e.g. "rows=-DQSDPA_CUDA_DEC_COPY_COALESCED=0"), each built into build-var-<label>
+# (e.g. "mb4=-DQSDPA_CUDA_DEC_MIN_BLOCKS=4"), each built into build-var-<label>
 IFS=';' read -ra VARIANTS <<<"${QSDPA_GPU_VARIANTS:-}"
 for spec in "${VARIANTS[@]}"; do
   label=${spec%%=*} flags=${spec#*=}
   stamp "variant build $label ($flags)" | tee -a "$OUT/bench.txt"
-  timeout 200 bash -c "cmake -S . -B build-var-$label -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a \
-      -DQSDPA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=Release '-DCMAKE_CUDA_FLAGS=$flags' >/dev/null && \
-    cmake --build build-var-$label -j16 --target qsdpa && \
-    nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/bench_gpu.cu -Lbuild-var-$label -lqsdpa \
-      -Xlinker -rpath,$PWD/build-var-$label -o build-var-$label/bench_gpu" >>"$OUT/build.log" 2>&1
+  timeout 200 bash -c "build_tree . build-var-$label '$flags'" >>"$OUT/build.log" 2>&1
   echo "variant build $label rc=$?" | tee -a "$OUT/build.log"
-  timeout 60 "build-var-$label/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[$label] /" >>"$OUT/bench.txt"
+  quick_rows "$label" "build-var-$label/bench_gpu"
 done
-[ ${#VARIANTS[@]} -gt 0 ] && timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed 's/^/[new2] /' >>"$OUT/bench.txt"
+[ ${#VARIANTS[@]} -gt 0 ] && quick_rows new2 "$B/bench_gpu"
 
 if [ "$MODE" != quick ]; then
   # the tile kernel on the same decode shapes (the decode kernel's baseline, same card, same run)
   stamp "tile kernel for decode (QSDPA_CUDA_TILE_DECODE=1)" | tee -a "$OUT/bench.txt"
-  QSDPA_CUDA_TILE_DECODE=1 timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed 's/^/[tile] /' >>"$OUT/bench.txt"
+  quick_rows tile "$B/bench_gpu" QSDPA_CUDA_TILE_DECODE=1
 fi
 
 if [ "$MODE" = variants ]; then
   # split-K sizing at run time: fewer / more CTAs than one wave, 32K matrix (bench quick)
   for w in 0.5 1.5 2; do
     stamp "variant QSDPA_CUDA_SPLIT_WAVES=$w" | tee -a "$OUT/bench.txt"
-    QSDPA_CUDA_SPLIT_WAVES=$w timeout 60 "$B/bench_gpu" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[waves=$w] /" >>"$OUT/bench.txt"
+    quick_rows "waves=$w" "$B/bench_gpu" QSDPA_CUDA_SPLIT_WAVES=$w
   done
 fi
 
