@@ -149,16 +149,15 @@ struct result {
     const char *kernel;
 };
 
-/* Per-call time of `batch` calls captured once into a CUDA graph and replayed (median of
- * 15 replays), or -1 where capture or replay fails (reported, never fatal: the stream
- * timing above stands on its own). */
-static double time_graph(qsdpa_context *ctx, cudaStream_t st, const qsdpa_tensor &qt, std::vector<kv_store> &kv,
-                         int copies, const qsdpa_attention_params &p, qsdpa_tensor &ot, int batch, int *it) {
+/* Per-call time of `batch` calls, call(i) for the next i of *it, captured once into a CUDA
+ * graph and replayed (median of 15 replays), or -1 where capture or replay fails (reported,
+ * never fatal: the stream timing above stands on its own). */
+template <class Call>
+static double time_graph(cudaStream_t st, Call call, int batch, int *it) {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     bool ok = cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed) == cudaSuccess;
-    for (int i = 0; ok && i < batch; i++, (*it)++)
-        ok = qsdpa_attention(ctx, &qt, &kv[*it % copies].k, &kv[*it % copies].v, &p, &ot) == QSDPA_OK;
+    for (int i = 0; ok && i < batch; i++) ok = call((*it)++) == QSDPA_OK;
     if (!ok) fprintf(stderr, "graph capture: %s\n", qsdpa_last_error());
     ok = cudaStreamEndCapture(st, &graph) == cudaSuccess && ok;
     ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
@@ -201,12 +200,14 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     p.causal = causal;
     result r;
     QK(qsdpa_attention_select(ctx, &qt, &kv[0].k, &kv[0].v, &p, &ot, &r.kernel));
-    for (int i = 0; i < 3 * copies; i++) QK(qsdpa_attention(ctx, &qt, &kv[i % copies].k, &kv[i % copies].v, &p, &ot));
+    /* call i reads cache copy i % copies */
+    auto call = [&](int i) { return qsdpa_attention(ctx, &qt, &kv[i % copies].k, &kv[i % copies].v, &p, &ot); };
+    for (int i = 0; i < 3 * copies; i++) QK(call(i));
     CK(cudaStreamSynchronize(st));
     int it = 0, batch = causal ? 3 : 10;
     r.us = event_median_us(st, 0, 15, batch, [&] {
-        for (int i = 0; i < batch; i++, it++)
-            if (qsdpa_attention(ctx, &qt, &kv[it % copies].k, &kv[it % copies].v, &p, &ot) != QSDPA_OK) return false;
+        for (int i = 0; i < batch; i++)
+            if (call(it++) != QSDPA_OK) return false;
         return true;
     }, &r.host_us);
     if (r.us <= 0.0) {
@@ -217,7 +218,7 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     /* the same batch captured once and replayed: what the GPU needs when the host
      * launches ahead of it (a serving loop with CUDA graphs) */
     r.graph_us = -1.0;
-    if (!causal) r.graph_us = time_graph(ctx, st, qt, kv, copies, p, ot, batch, &it);
+    if (!causal) r.graph_us = time_graph(st, call, batch, &it);
     for (auto &c : kv) {
         cudaFree(c.kc); cudaFree(c.ks); cudaFree(c.kb); cudaFree(c.vc); cudaFree(c.vs); cudaFree(c.vb);
     }
