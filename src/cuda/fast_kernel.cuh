@@ -600,8 +600,8 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 
 /* Host side: choose the configuration and launch one instantiation. */
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, int bn, bool partials, qfast::fast_params *p, dim3 *grid,
-                                          bool *use_generic);
+                                          int ctas_per_sm, int bn, int block_rows, bool partials,
+                                          qfast::fast_params *p, dim3 *grid, bool *use_generic);
 
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable keeps the tile kernel for every Lq, so the device script can time both. */
@@ -666,7 +666,8 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
     bool generic = false;
     /* split-K sized for 2 CTAs (8 warps) per SM even where 4 fit: longer per-warp streams
      * amortise the ring's fill and the partials (run 12: 4-bit 32K 28.8 us vs 30.5 at 4 per SM) */
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ < 2 ? occ : 2, qfast::DEC_TILE, true, &p, &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ < 2 ? occ : 2, qfast::DEC_TILE, 8 * NR, true, &p, &grid,
+                                      &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     kernel<<<grid, qfast::DEC_WARPS * 32, smem, qsdpa_cuda_stream(ctx)>>>(p);
@@ -689,7 +690,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occ, L::BN, false, &p, &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occ, L::BN, 0, false, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     qfast::fast_attention<DK, DV, FK, FV><<<grid, qfast::THREADS, L::BYTES, qsdpa_cuda_stream(ctx)>>>(p);
