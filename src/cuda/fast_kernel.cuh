@@ -6,7 +6,7 @@
  * serves all heads of the group and all its query positions.
  * A CTA = 4 warps = WM row warps x WN key warps (WM = 1, 2 or 4, chosen at run
  * time): 16 * WM rows; each warp owns 16 rows and 64 / WN keys of every
- * 64-key tile. Up to 16 rows (decode) the split-K kernel of fast_decode.cuh
+ * 64-key tile. Up to 64 rows (decode, DEC_MAX_ROWS) the split-K kernel of fast_decode.cuh
  * serves instead; this kernel takes them only where that one's limits
  * (qsdpa_cuda_use_decode_kernel: f32 affine scales, scale rows that are not
  * one aligned block, huge strides) or QSDPA_CUDA_TILE_DECODE=1 say so, then
@@ -68,7 +68,7 @@ struct fast_params : qd_io {
     int causal;
     int wm;                  /* row warps (1, 2, 4); WN = 4 / wm */
     int64_t rows;            /* ratio * Lq folded rows */
-    int nrb;                 /* row blocks of 16 * wm rows */
+    int nrb;                 /* row blocks: 16 * wm rows (tile kernel), 8 * NR (decode kernel) */
     int nsplit, tiles_per_split;
     float scale_log2;        /* scale * log2(e) */
     float masked_log2;       /* masked score * log2(e), clamped finite */
