@@ -1,4 +1,4 @@
-/* The split-K decode kernel: short queries (ratio * Lq <= 16 folded rows)
+/* The split-K decode kernel: short queries (ratio * Lq <= DEC_MAX_ROWS folded rows)
  * over a quantized cache, one template over (Dk, Dv, K format, V format,
  * NR = row tiles of 8).
  *
@@ -42,6 +42,7 @@ namespace qfast {
 #define DEC_TRACE(i) ((void)0)
 #endif
 constexpr int DEC_WARPS = 4;
+constexpr int DEC_MAX_ROWS = 64; /* folded rows served by row blocks of 16 (more: the tile kernel) */
 constexpr int DEC_CHUNK = 16;                    /* keys per warp step */
 constexpr int DEC_TILE = DEC_WARPS * DEC_CHUNK;  /* keys per CTA step: the split unit */
 
@@ -640,6 +641,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     const int gq = lane >> 2, c4 = lane & 3;
     const int split = blockIdx.y;
     const int64_t bh = blockIdx.z, b = bh / p.hkv, g = bh % p.hkv;
+    /* this CTA's folded rows: [row0, row0 + ROWS) of p.rows (more than ROWS rows take
+     * several row blocks; they stream the same K/V at the same time, mostly from L2) */
+    const int row0 = blockIdx.x * ROWS;
     const int64_t shift = p.key_total - p.lq - p.key_offset; /* row at position i sees local keys <= i + shift */
 
     /* key range of the split, cut to what the rows can see (causal / window) */
@@ -663,7 +667,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     constexpr int QRW = ROWS / DEC_WARPS, QPR = (DK + 127) / 128; /* rows per warp, loads per lane and row */
     static_assert(ROWS % DEC_WARPS == 0, "whole q rows per warp");
     const bool q_halves = p.q_dtype == QSDPA_DTYPE_F16 || p.q_dtype == QSDPA_DTYPE_BF16;
-    const int ratio = (int)p.ratio; /* <= 16 folded rows here */
+    const int ratio = (int)p.ratio; /* <= DEC_MAX_ROWS folded rows */
     /* element offset of folded row f's q: query row f / ratio of head g * ratio + f % ratio */
     auto q_offset = [&](int f) {
         return b * p.qs[0] + (g * p.ratio + f % ratio) * p.qs[1] + (int64_t)(f / ratio) * p.qs[2];
@@ -672,7 +676,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     bool qvec[QRW];
 #pragma unroll
     for (int r = 0; r < QRW; r++) {
-        const int f = warp + r * DEC_WARPS;
+        const int f = row0 + warp + r * DEC_WARPS;
         const char *row = (const char *)p.q + q_offset(f) * 2;
         qvec[r] = f < p.rows && q_halves && ((uintptr_t)row & 7) == 0;
 #pragma unroll
@@ -694,8 +698,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
 
 #pragma unroll
     for (int r = 0; r < QRW; r++) {
-        const int f = warp + r * DEC_WARPS;
-        __half *dst = qsm[f];
+        const int fl = warp + r * DEC_WARPS, f = row0 + fl;
+        __half *dst = qsm[fl];
         if (f >= p.rows) {
             for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(0.0f);
         } else if (qvec[r]) {
@@ -736,7 +740,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
             }
 #pragma unroll
         for (int e = 0; e < 2; e++) { /* the accumulator's rows: 2c4 + e */
-            const int64_t fr = nr * 8 + 2 * c4 + e;
+            const int64_t fr = row0 + nr * 8 + 2 * c4 + e;
             st.valid[nr][e] = fr < p.rows;
             st.i[nr][e] = st.valid[nr][e] ? (int)(fr / p.ratio) : 0;
             st.h[nr][e] = (int)(g * p.ratio + (st.valid[nr][e] ? fr % p.ratio : 0));
@@ -869,7 +873,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         }
     }
     __syncthreads();
-    const int rows = (int)p.rows;
+    const int rows = (int)min((int64_t)ROWS, p.rows - row0); /* this block's real rows */
     for (int idx = threadIdx.x; idx < rows * DV; idx += DEC_WARPS * 32) {
         const int f = idx / DV, d = idx % DV;
         float M = -INFINITY;
@@ -882,7 +886,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
             Ls += merge_l[w][f] * cf;
             O += merge_o[w][f][d] * cf;
         }
-        const int64_t prow = ((int64_t)split * gridDim.z + bh) * p.rows + f; /* [split][bh][f] */
+        const int64_t prow = ((int64_t)split * gridDim.z + bh) * p.rows + row0 + f; /* [split][bh][row] */
         p.part_o[prow * DV + d] = O;
         if (d == 0) { p.part_ml[prow * 2] = M; p.part_ml[prow * 2 + 1] = Ls; }
     }

@@ -6,7 +6,7 @@
  * serves all heads of the group and all its query positions.
  * A CTA = 4 warps = WM row warps x WN key warps (WM = 1, 2 or 4, chosen at run
  * time): 16 * WM rows; each warp owns 16 rows and 64 / WN keys of every
- * 64-key tile. Up to 16 rows (decode) the split-K kernel of fast_decode.cuh
+ * 64-key tile. Up to 64 rows (decode, DEC_MAX_ROWS) the split-K kernel of fast_decode.cuh
  * serves instead; this kernel takes them only where that one's limits
  * (qsdpa_cuda_use_decode_kernel: f32 affine scales, scale rows that are not
  * one aligned block, huge strides) or QSDPA_CUDA_TILE_DECODE=1 say so, then
@@ -68,7 +68,7 @@ struct fast_params : qd_io {
     int causal;
     int wm;                  /* row warps (1, 2, 4); WN = 4 / wm */
     int64_t rows;            /* ratio * Lq folded rows */
-    int nrb;                 /* row blocks of 16 * wm rows */
+    int nrb;                 /* row blocks: 16 * wm rows (tile kernel), 8 * NR (decode kernel) */
     int nsplit, tiles_per_split;
     float scale_log2;        /* scale * log2(e) */
     float masked_log2;       /* masked score * log2(e), clamped finite */
@@ -600,8 +600,8 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 
 /* Host side: choose the configuration and launch one instantiation. */
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, int bn, bool partials, qfast::fast_params *p, dim3 *grid,
-                                          bool *use_generic);
+                                          int ctas_per_sm, int bn, int block_rows, bool partials,
+                                          qfast::fast_params *p, dim3 *grid, bool *use_generic);
 
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable keeps the tile kernel for every Lq, so the device script can time both. */
@@ -666,7 +666,8 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
     bool generic = false;
     /* split-K sized for 2 CTAs (8 warps) per SM even where 4 fit: longer per-warp streams
      * amortise the ring's fill and the partials (run 12: 4-bit 32K 28.8 us vs 30.5 at 4 per SM) */
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ < 2 ? occ : 2, qfast::DEC_TILE, true, &p, &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ < 2 ? occ : 2, qfast::DEC_TILE, 8 * NR, true, &p, &grid,
+                                      &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     kernel<<<grid, qfast::DEC_WARPS * 32, smem, qsdpa_cuda_stream(ctx)>>>(p);
@@ -689,7 +690,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occ, L::BN, false, &p, &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occ, L::BN, 0, false, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     qfast::fast_attention<DK, DV, FK, FV><<<grid, qfast::THREADS, L::BYTES, qsdpa_cuda_stream(ctx)>>>(p);

@@ -42,8 +42,8 @@ static int scale_mode(const qsdpa_qtensor *t) {
 }
 
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, int bn, bool partials, qfast::fast_params *p,
-                                          dim3 *grid, bool *use_generic) {
+                                          int ctas_per_sm, int bn, int block_rows, bool partials,
+                                          qfast::fast_params *p, dim3 *grid, bool *use_generic) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
@@ -57,7 +57,8 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
                     aligned16(pr->v.codes.data, pr->v.codes.stride, 3, qsdpa_dtype_size(pr->v.codes.dtype));
     int64_t rows = pr->group_ratio * pr->len_q;
     int wm = rows <= 16 ? 1 : rows <= 32 ? 2 : 4;
-    int64_t nrb = (rows + 16 * wm - 1) / (16 * wm);
+    /* row blocks: the tile kernel's 16 * wm rows, or the decode kernel's fixed block_rows */
+    int64_t nrb = block_rows > 0 ? (rows + block_rows - 1) / block_rows : (rows + 16 * wm - 1) / (16 * wm);
     int64_t bhkv = pr->batch * pr->heads_kv;
     /* key indices are 32-bit in the kernels, rounded up to whole 64-key tiles (kend + 63):
      * longer contexts take the generic kernel */
@@ -137,5 +138,6 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr) {
         const char *e = getenv("QSDPA_CUDA_TILE_DECODE");
         tile_only = e && e[0] == '1';
     }
-    return !tile_only && pr->group_ratio * pr->len_q <= 16 && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v);
+    return !tile_only && pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && decode_layout_ok(&pr->k) &&
+           decode_layout_ok(&pr->v);
 }

@@ -37,6 +37,28 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
     snprintf(label, sizeof label, "%s Lq16 MHA additive mask [Lq,Lk]", row);
     cuda_case_run(rng, &c, label);
 
+    /* more folded rows than one decode row block: 4 blocks of 16, the last one short */
+    c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 15; c.lk = 1200; c.sinks = 1;
+    snprintf(label, sizeof label, "%s Lq15 GQA4 (60 rows) + sinks", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 12; c.lk = 900; c.causal = 1; c.window = 200;
+    snprintf(label, sizeof label, "%s Lq12 GQA4 causal window 200", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 13; c.lk = 500; c.causal = 1; c.partial = 1; c.key_offset = 150;
+    c.key_total = 800;
+    snprintf(label, sizeof label, "%s Lq13 GQA4 (52 rows) causal partial slice", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 13; c.lk = 640; c.mask = 2; c.mask_rank = 2; c.partial = 1;
+    snprintf(label, sizeof label, "%s Lq13 GQA4 additive mask [Lq,Lk] + lse", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 64; c.hkv = 1; c.lq = 1; c.lk = 700;
+    snprintf(label, sizeof label, "%s decode GQA64 (4 row blocks of heads)", row);
+    cuda_case_run(rng, &c, label);
+
     c = base; c.hq = 4; c.hkv = 1; c.lq = 200; c.lk = 450; c.causal = 1;
     snprintf(label, sizeof label, "%s prefill Lq200 Lk450 causal", row);
     cuda_case_run(rng, &c, label);
