@@ -229,9 +229,12 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
 }
 
 int main(int argc, char **argv) {
-    /* "quick": 32K only; "one FMT B L LQ": a single configuration (for ncu) */
+    /* "quick": 32K only; "one FMT B L LQ": a single configuration, any Lq (for ncu);
+     * "prefill": the 4K causal prefill rows only */
     bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     bool one = argc > 5 && strcmp(argv[1], "one") == 0;
+    bool prefill_only = argc > 1 && strcmp(argv[1], "prefill") == 0;
+    const int64_t one_lq = one ? atoll(argv[5]) : 0;
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     cudaStream_t st;
@@ -261,7 +264,8 @@ int main(int argc, char **argv) {
         QK(qsdpa_format_parse(f.v, &vf));
         for (int64_t B : {1, 8})
             for (int64_t L : Ls)
-                for (int64_t lq : {1, 4, 16}) {
+                for (int64_t lq : one ? std::vector<int64_t>{one_lq} : std::vector<int64_t>{1, 4, 16}) {
+                    if (prefill_only) continue;
                     if (B == 8 && lq != 1) continue;
                     if (quick && (L != 32768 || lq == 16)) continue;
                     if (one && (strcmp(argv[2], f.name) || B != atoll(argv[3]) || L != atoll(argv[4]) ||

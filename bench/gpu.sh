@@ -118,6 +118,14 @@ echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(a4g64 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
+# the prefill kernel (more than 64 folded rows): dequantized tiles (a4g64) and f16 rows read in place
+for only in a4g64.d128.f16 f16.d64.bf16; do
+  for tool in memcheck racecheck; do
+    QSDPA_CUDA_ONLY=$only QSDPA_CUDA_SHAPE=prefill timeout 90 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
+      >>"$OUT/sanitizer.log" 2>&1
+    echo "$tool coverage($only prefill shapes) rc=$?" | tee -a "$OUT/sanitizer.log"
+  done
+done
 grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|Invalid" "$OUT/sanitizer.log" | sort | uniq -c | head -20
 
 if [ "$MODE" != quick ]; then

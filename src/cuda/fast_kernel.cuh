@@ -104,8 +104,11 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 /* Shared-memory geometry of one instantiation. */
-template <int DK, int DV, class FK, class FV>
+template <int DK, int DV, class FK_, class FV_>
 struct layout {
+    using FK = FK_;
+    using FV = FV_;
+    static constexpr int THREADS = qfast::THREADS;
     static constexpr int BN = tile_keys<FK, FV>();
     static constexpr int WK = DK * FK::bits / 32, WV = DV * FV::bits / 32; /* words per row */
     static constexpr int CWK = WK / 4, CWV = WV / 4;                        /* 16-byte chunks per row */
@@ -123,6 +126,9 @@ struct layout {
     static constexpr int STAGES = STAGE_BYTES <= 16384 ? 4 : 3;
     static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
     static constexpr int BYTES = (PIPE_BYTES > COMBINE_BYTES ? PIPE_BYTES : COMBINE_BYTES) + SB_BYTES;
+    /* 32-bit word of 16-byte chunk c of key row r in a stage's K and V regions */
+    __device__ static int k_slot(int r, int c);
+    __device__ static int v_slot(int r, int c) { return r * RSV + c * 4; }
 };
 
 /* Swizzle of K's 16-byte chunks: odd rows of wide rows flip chunk bit 2, so the
@@ -133,24 +139,32 @@ __device__ __forceinline__ int k_chunk(int row, int chunk) {
 }
 
 template <int DK, int DV, class FK, class FV>
+__device__ __forceinline__ int layout<DK, DV, FK, FV>::k_slot(int r, int c) {
+    return r * WK + k_chunk<CWK>(r, c) * 4;
+}
+
+/* Copies tile `tile` of the (b, g) head's packed rows and raw scales into a stage of layout L
+ * (any struct with layout's members: the tile kernel's, the prefill kernel's). */
+template <class L>
 __device__ __forceinline__ void load_tile(const fast_params &p, char *stage, int64_t b, int64_t g, int tile, int tid) {
-    using L = layout<DK, DV, FK, FV>;
+    using FK = typename L::FK;
+    using FV = typename L::FV;
     const int64_t key0 = (int64_t)tile * L::BN;
     uint32_t *sk = (uint32_t *)stage;
     uint32_t *sv = (uint32_t *)(stage + L::K_BYTES);
     const char *kc = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1];
     const char *vc = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1];
-    for (int idx = tid; idx < L::BN * L::CWK; idx += THREADS) {
+    for (int idx = tid; idx < L::BN * L::CWK; idx += L::THREADS) {
         int r = idx / L::CWK, c = idx % L::CWK;
         int64_t key = key0 + r;
         bool ok = key < p.lk;
-        cp_async16(sk + r * L::WK + k_chunk<L::CWK>(r, c) * 4, ok ? kc + key * p.k.cs[2] + c * 16 : kc, ok ? 16 : 0);
+        cp_async16(sk + L::k_slot(r, c), ok ? kc + key * p.k.cs[2] + c * 16 : kc, ok ? 16 : 0);
     }
-    for (int idx = tid; idx < L::BN * L::CWV; idx += THREADS) {
+    for (int idx = tid; idx < L::BN * L::CWV; idx += L::THREADS) {
         int r = idx / L::CWV, c = idx % L::CWV;
         int64_t key = key0 + r;
         bool ok = key < p.lk;
-        cp_async16(sv + r * L::RSV + c * 4, ok ? vc + key * p.v.cs[2] + c * 16 : vc, ok ? 16 : 0);
+        cp_async16(sv + L::v_slot(r, c), ok ? vc + key * p.v.cs[2] + c * 16 : vc, ok ? 16 : 0);
     }
     /* raw scales and biases: [L::BN][G] elements of the stored dtype */
     char *dst = stage + L::K_BYTES + L::V_BYTES;
@@ -172,14 +186,14 @@ __device__ __forceinline__ void load_tile(const fast_params &p, char *stage, int
             if (p.scales_vec) {
                 int64_t valid = p.lk - key0 < L::BN ? (p.lk - key0) * row_bytes : (int64_t)L::BN * row_bytes;
                 const char *src = base + key0 * row_bytes;
-                for (int c = tid; c < L::BN * row_bytes / 16; c += THREADS) {
+                for (int c = tid; c < L::BN * row_bytes / 16; c += L::THREADS) {
                     int64_t left = valid - (int64_t)c * 16;
                     int nb = left >= 16 ? 16 : left > 0 ? (int)left : 0;
                     cp_async16(dst + c * 16, nb ? src + c * 16 : base, nb);
                 }
             } else {
                 int words = row_bytes / 4;
-                for (int idx = tid; idx < L::BN * words; idx += THREADS) {
+                for (int idx = tid; idx < L::BN * words; idx += L::THREADS) {
                     int r = idx / words, w = idx % words;
                     int64_t key = key0 + r;
                     bool ok = key < p.lk;
@@ -207,9 +221,10 @@ __device__ __forceinline__ void convert_group_table(const char *s, const char *z
 }
 
 /* Raw stored scales of a stage -> half2 {scale, bias} tables sbk [L::BN][GK], sbv [L::BN][GV]. */
-template <int DK, int DV, class FK, class FV>
+template <class L>
 __device__ __forceinline__ void convert_scales(const fast_params &p, const char *stage, half2 *sbk, half2 *sbv, int tid) {
-    using L = layout<DK, DV, FK, FV>;
+    using FK = typename L::FK;
+    using FV = typename L::FV;
     const char *ks = stage + L::K_BYTES + L::V_BYTES;
     const char *kz = ks + L::KS_BYTES;
     const char *vs = kz + L::KS_BYTES;
@@ -284,7 +299,7 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
     /* pipeline prologue first: the first K/V tiles stream in while q is read */
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (t0 + s < t1) load_tile<DK, DV, FK, FV>(p, smem + s * L::STAGE_BYTES, b, g, t0 + s, tid);
+        if (t0 + s < t1) load_tile<L>(p, smem + s * L::STAGE_BYTES, b, g, t0 + s, tid);
         cp_async_commit();
     }
 
@@ -324,11 +339,11 @@ __global__ void __launch_bounds__(THREADS, QSDPA_CUDA_MIN_BLOCKS) fast_attention
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         if (t + STAGES - 1 < t1)
-            load_tile<DK, DV, FK, FV>(p, smem + ((it + STAGES - 1) % STAGES) * L::STAGE_BYTES, b, g, t + STAGES - 1, tid);
+            load_tile<L>(p, smem + ((it + STAGES - 1) % STAGES) * L::STAGE_BYTES, b, g, t + STAGES - 1, tid);
         cp_async_commit();
         const char *stage = smem + (it % STAGES) * L::STAGE_BYTES;
         if (FK::has_scales || FV::has_scales) {
-            convert_scales<DK, DV, FK, FV>(p, stage, sbk, sbv, tid);
+            convert_scales<L>(p, stage, sbk, sbv, tid);
             __syncthreads();
         }
         const uint32_t *sk = (const uint32_t *)stage;
@@ -597,6 +612,7 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 } // namespace qfast
 
 #include "cuda/fast_decode.cuh"
+#include "cuda/fast_prefill.cuh"
 
 /* Host side: choose the configuration and launch one instantiation. */
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
@@ -675,6 +691,30 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
     return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 }
 
+/* The prefill kernel (fast_prefill.cuh) past the decode kernel's rows unless
+ * QSDPA_CUDA_TILE_KERNEL=old (read once): the device script times both. */
+bool qsdpa_cuda_use_prefill_kernel(void);
+
+template <int DK, int DV, class FK, class FV>
+static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
+    using L = qfast::pf_layout<DK, DV, FK, FV>;
+    static int occupancy[64];
+    int occ;
+    auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
+    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, qfast::PF_THREADS, L::BYTES, occupancy, fn,
+                                           "configuring fast_prefill", &occ);
+    if (st != QSDPA_OK) return st;
+    qfast::fast_params p;
+    dim3 grid;
+    bool generic = false;
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occ, L::BN, qfast::PF_ROWS, false, &p, &grid, &generic);
+    if (st != QSDPA_OK) return st;
+    if (generic) return qsdpa_cuda_generic_run(ctx, pr);
+    kernel<<<grid, qfast::PF_THREADS, L::BYTES, qsdpa_cuda_stream(ctx)>>>(p);
+    if ((st = qsdpa_cuda_launch_status(fn, "fast_prefill")) != QSDPA_OK || p.nsplit == 1) return st;
+    return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+}
+
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     using L = qfast::layout<DK, DV, FK, FV>;
@@ -682,6 +722,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     if (qsdpa_cuda_use_decode_kernel(pr))
         return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                 : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
+    if (qsdpa_cuda_use_prefill_kernel()) return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(ctx, pr, fn);
     static int occupancy[64];
     int occ;
     qsdpa_status st = qsdpa_cuda_occupancy(ctx, qfast::fast_attention<DK, DV, FK, FV>, qfast::THREADS, L::BYTES,

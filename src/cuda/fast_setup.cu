@@ -141,3 +141,12 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr) {
     return !tile_only && pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && decode_layout_ok(&pr->k) &&
            decode_layout_ok(&pr->v);
 }
+
+bool qsdpa_cuda_use_prefill_kernel(void) {
+    static int old = -1;
+    if (old < 0) {
+        const char *e = getenv("QSDPA_CUDA_TILE_KERNEL");
+        old = e && strcmp(e, "old") == 0;
+    }
+    return !old;
+}

@@ -29,7 +29,8 @@ typedef struct cuda_case {
 /* Defaults: B 1, Hq 4, Hkv 1, Lq 1, Lk 300, D 128, affine:4:64 K/V, f16. */
 cuda_case cuda_case_default(void);
 /* Run one case; CHECKs on mismatch. Returns the max error / max|V|, or -1 if
- * it could not run (status printed and counted as a failure). */
+ * it could not run (status printed and counted as a failure). With
+ * QSDPA_CUDA_SHAPE set, a case whose label lacks that text is skipped (0). */
 double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label);
 /* SPEC §4 tolerance of a q dtype. */
 double cuda_tolerance(qsdpa_dtype q_dtype);

@@ -67,6 +67,19 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
     snprintf(label, sizeof label, "%s prefill causal window 50 + sinks", row);
     cuda_case_run(rng, &c, label);
 
+    /* the prefill kernel (more than 64 folded rows): split-K when few row blocks, masks, views */
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 20; c.lk = 3000; c.mask = 2; c.mask_rank = 2; c.partial = 1;
+    snprintf(label, sizeof label, "%s prefill Lq20 GQA4 (80 rows, split-K) additive mask + lse", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 33; c.lk = 700; c.mask = 1; c.sinks = 1;
+    snprintf(label, sizeof label, "%s prefill Lq33 GQA4 (132 rows) bool mask + sinks", row);
+    cuda_case_run(rng, &c, label);
+
+    c = base; c.hq = 4; c.hkv = 2; c.lq = 70; c.lk = 333; c.causal = 1; c.cap_extra = 19;
+    snprintf(label, sizeof label, "%s prefill Lq70 causal strided cache view", row);
+    cuda_case_run(rng, &c, label);
+
     c = base; c.hq = 4; c.hkv = 1; c.lq = 3; c.lk = 500; c.causal = 1; c.partial = 1; c.key_offset = 200;
     c.key_total = 900; c.sinks = 1;
     snprintf(label, sizeof label, "%s partial slice [200,700) of 900 causal", row);
@@ -87,6 +100,13 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
         cuda_case_run(rng, &c, label);
         c.lq = 4; c.sinks = 1;
         snprintf(label, sizeof label, "%s Lq4 bf16 scales + sinks", row);
+        cuda_case_run(rng, &c, label);
+        /* f32 scales: beyond the decode kernel's layouts, so the prefill kernel takes even one row */
+        c = base; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 1100; c.scale_dtype = QSDPA_DTYPE_F32;
+        snprintf(label, sizeof label, "%s decode f32 scales (tile kernel)", row);
+        cuda_case_run(rng, &c, label);
+        c.lq = 40; c.causal = 1;
+        snprintf(label, sizeof label, "%s prefill Lq40 f32 scales causal", row);
         cuda_case_run(rng, &c, label);
     }
 }

@@ -1,0 +1,391 @@
+/* The prefill kernel: many folded rows (long queries) over a quantized KV
+ * cache, one template over (Dk, Dv, K format, V format).
+ *
+ * Why a second tile kernel: in fast_attention every warp dequantizes every
+ * key of a tile into its own mma fragments, so a 64-row CTA pays the
+ * dequantization four times, and its 16-key softmax steps cost more issue
+ * slots than the mma they feed. Here a tile's packed K and V rows are
+ * dequantized ONCE per CTA into f16 tiles in shared memory, and the four
+ * warps (16 rows each, 64 folded rows per CTA) read them with ldmatrix, as a
+ * kernel over f16 rows would: the dequantization cost is shared by 64 rows,
+ * and f16 rows skip it (their ring stage is the f16 tile).
+ * Tiles: 64 keys through a cp.async ring of packed codes and raw scales
+ * (load_tile of fast_kernel.cuh, with a swizzle of 16-byte chunks, c ^ (r & 7),
+ * so the 8 row addresses of an ldmatrix phase hit distinct banks); the online
+ * softmax runs once per 64-key tile. Q.K^T and P.V: mma.sync m16n8k16 (f16 in,
+ * f32 accumulate). Causal/window tiles outside a CTA's rows are skipped;
+ * split-K partials and split_merge as in fast_attention (used when a launch
+ * has too few row blocks to fill the GPU). */
+#ifndef QSDPA_CUDA_FAST_PREFILL_CUH
+#define QSDPA_CUDA_FAST_PREFILL_CUH
+
+#include <type_traits>
+
+namespace qfast {
+
+constexpr int PF_BN = 64;            /* keys per tile */
+#ifndef QSDPA_CUDA_PF_WARPS
+#define QSDPA_CUDA_PF_WARPS 8
+#endif
+constexpr int PF_WARPS = QSDPA_CUDA_PF_WARPS; /* row warps per CTA, 16 folded rows each (4 or 8) */
+constexpr int PF_ROWS = 16 * PF_WARPS;
+constexpr int PF_THREADS = 32 * PF_WARPS;
+
+template <int DK, int DV, class FK_, class FV_>
+struct pf_layout {
+    using FK = FK_;
+    using FV = FV_;
+    static constexpr int THREADS = PF_THREADS;
+    static constexpr int BN = PF_BN;
+    /* f16 rows are used in place (ldmatrix reads the ring stage); other formats are
+     * dequantized from the stage into double-buffered f16 tiles */
+    static constexpr bool DIRECT = FK::mode == QSDPA_MODE_PLAIN;
+    static_assert((FK::mode == QSDPA_MODE_PLAIN) == (FV::mode == QSDPA_MODE_PLAIN),
+                  "K and V both f16 rows or both quantized (one pipeline schedule)");
+    static constexpr int WK = DK * FK::bits / 32, WV = DV * FV::bits / 32; /* words per packed row */
+    static constexpr int CWK = WK / 4, CWV = WV / 4;                        /* 16-byte chunks per row */
+    static constexpr int GK = FK::has_scales ? DK / FK::group : 0, GV = FV::has_scales ? DV / FV::group : 0;
+    static constexpr int SBYTES = 4;
+    static constexpr int KS_BYTES = (BN * GK * SBYTES + 15) / 16 * 16;
+    static constexpr int VS_BYTES = (BN * GV * SBYTES + 15) / 16 * 16;
+    static constexpr int K_BYTES = BN * WK * 4, V_BYTES = BN * WV * 4;
+    static constexpr int STAGE_BYTES = K_BYTES + V_BYTES + 2 * KS_BYTES + 2 * VS_BYTES;
+    static constexpr int STAGES = 3;
+    static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
+    static constexpr int TILE_BYTES = DIRECT ? 0 : BN * (DK + DV) * 2; /* one f16 K tile + V tile */
+    static constexpr int BYTES = PIPE_BYTES + 2 * TILE_BYTES;
+    static_assert(DK % 64 == 0 && DV % 64 == 0, "f16 tile rows of whole 8-chunk swizzle units");
+    /* f16 tiles (in place or dequantized) swizzle their 16-byte chunks; packed rows stay in order */
+    __device__ static int k_slot(int r, int c) { return r * WK + (DIRECT ? c ^ (r & 7) : c) * 4; }
+    __device__ static int v_slot(int r, int c) { return r * WV + (DIRECT ? c ^ (r & 7) : c) * 4; }
+};
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t *d, const void *smem_row) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(smem_row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *d, const void *smem_row) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(smem_row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a));
+}
+
+/* Packed rows of a stage -> a swizzled f16 tile [BN][D]: thread work item = one
+ * 16-byte f16 chunk (8 elements, within one scale group) of one key, decoded by
+ * the format's k_word (pairs in its k_order) and stored in element order. The
+ * group's stored scale (and bias) is converted here, from the stage's raw
+ * [BN][G] rows (`scales`, `biases`), so no table or barrier sits between. */
+/* One group's {scale, bias} as f16: affine scales of stored type S (no dtype branch in the
+ * tile loop), other formats through their own decoder (u8 scales). */
+template <class F, class S>
+__device__ __forceinline__ half2 group_scale_bias(const char *scales, const char *biases, int i, float gscale) {
+    if constexpr (F::mode == QSDPA_MODE_AFFINE) {
+        if constexpr (std::is_same<S, __half>::value)
+            return __halves2half2(((const __half *)scales)[i], ((const __half *)biases)[i]);
+        else
+            return __floats2half2_rn((float)((const S *)scales)[i], (float)((const S *)biases)[i]);
+    } else {
+        return F::scale_bias(scales, biases, 0, i, gscale);
+    }
+}
+
+template <int D, class F, class S>
+__device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char *scales, const char *biases,
+                                             float gscale, uint32_t *tile, int tid) {
+    constexpr int W = D * F::bits / 32; /* packed words per row */
+    constexpr int CH = D / 8;           /* f16 chunks per row */
+    constexpr int WPC = 8 / F::U;       /* packed words per chunk */
+    constexpr int G = F::has_scales ? D / F::group : 1;
+    static_assert(8 % F::U == 0 && (!F::has_scales || F::group % 8 == 0), "a chunk: whole words, one group");
+#pragma unroll 1
+    for (int idx = tid; idx < PF_BN * CH; idx += PF_THREADS) {
+        const int r = idx / CH, c = idx % CH;
+        const half2 sb = group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, gscale);
+        __half h[8];
+#pragma unroll
+        for (int w = 0; w < WPC; w++) {
+            half2 pairs[F::U / 2];
+            F::k_word(packed[r * W + c * WPC + w], sb, pairs);
+#pragma unroll
+            for (int q = 0; q < F::U / 2; q++) {
+                h[w * F::U + F::k_order(q, 0)] = __low2half(pairs[q]);
+                h[w * F::U + F::k_order(q, 1)] = __high2half(pairs[q]);
+            }
+        }
+        uint4 out;
+        out.x = h2u(__halves2half2(h[0], h[1]));
+        out.y = h2u(__halves2half2(h[2], h[3]));
+        out.z = h2u(__halves2half2(h[4], h[5]));
+        out.w = h2u(__halves2half2(h[6], h[7]));
+        *(uint4 *)(tile + r * (D / 2) + (c ^ (r & 7)) * 4) = out;
+    }
+}
+
+template <int D, class F>
+__device__ __forceinline__ void dequant_tile(const qd_qtensor &t, const uint32_t *packed, const char *scales,
+                                             const char *biases, uint32_t *tile, int tid) {
+    if constexpr (F::mode == QSDPA_MODE_AFFINE) {
+        if (t.scale_dtype == QSDPA_DTYPE_F16) dequant_rows<D, F, __half>(packed, scales, biases, 0.0f, tile, tid);
+        else if (t.scale_dtype == QSDPA_DTYPE_BF16)
+            dequant_rows<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
+        else dequant_rows<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
+    } else {
+        dequant_rows<D, F, uint8_t>(packed, scales, biases, t.global_scale, tile, tid);
+    }
+}
+
+/* A stage's packed K and V tile -> the f16 tiles at `tile` (K [BN][DK], then V [BN][DV]). */
+template <class L, int DK, int DV>
+__device__ __forceinline__ void dequant_stage(const fast_params &p, const char *stage, uint32_t *tile, int tid) {
+    const char *ks = stage + L::K_BYTES + L::V_BYTES;
+    const char *vs = ks + 2 * L::KS_BYTES;
+    dequant_tile<DK, typename L::FK>(p.k, (const uint32_t *)stage, ks, ks + L::KS_BYTES, tile, tid);
+    dequant_tile<DV, typename L::FV>(p.v, (const uint32_t *)(stage + L::K_BYTES), vs, vs + L::VS_BYTES,
+                                     tile + L::BN * DK / 2, tid);
+}
+
+template <int DK, int DV, class FK, class FV>
+__global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const fast_params p) {
+    using L = pf_layout<DK, DV, FK, FV>;
+    constexpr int KSTEPS = DK / 16; /* k16 steps of Q.K */
+    constexpr int NT = DV / 8;      /* n8 tiles of O */
+    constexpr int BN = L::BN;
+    extern __shared__ __align__(16) char smem[];
+    uint32_t *tiles = (uint32_t *)(smem + L::PIPE_BYTES); /* two f16 (K, V) tile pairs */
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gq = lane >> 2, c4 = lane & 3;
+    const int rb = p.nrb - 1 - (int)blockIdx.x; /* heaviest (latest causal) row blocks first */
+    const int split = blockIdx.y;
+    const int64_t bh = blockIdx.z, b = bh / p.hkv, g = bh % p.hkv;
+    const int64_t f_cta = (int64_t)rb * PF_ROWS;
+    const int64_t f_warp = f_cta + 16 * warp;
+    const int64_t f_end = min(p.rows, f_cta + PF_ROWS);
+
+    /* visible key range of the CTA's rows (local indices), tile-aligned */
+    int64_t lo = 0, hi = p.lk - 1;
+    if (p.causal) {
+        int64_t i_min = f_cta / p.ratio, i_max = (f_end - 1) / p.ratio;
+        int64_t shift = p.key_total - p.lq - p.key_offset;
+        hi = min(hi, i_max + shift);
+        if (p.window > 0) lo = max((int64_t)0, i_min + shift - p.window + 1);
+    }
+    int t0 = split * p.tiles_per_split, t1 = t0 + p.tiles_per_split;
+    const int ntiles_all = (int)((p.lk + BN - 1) / BN);
+    if (t1 > ntiles_all) t1 = ntiles_all;
+    if (hi >= lo) {
+        t0 = max(t0, (int)(lo / BN));
+        t1 = min(t1, (int)(hi / BN) + 1);
+    } else {
+        t1 = t0;
+    }
+    const int kend = (int)min(min(p.lk, (int64_t)(split + 1) * p.tiles_per_split * BN), hi + 1);
+
+    /* my two rows (gq and gq+8 of the warp's 16) */
+    int64_t fr[2];
+    int ir[2], hr[2], last[2];
+    bool rv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        fr[r] = f_warp + gq + 8 * r;
+        rv[r] = fr[r] < p.rows;
+        ir[r] = rv[r] ? (int)(fr[r] / p.ratio) : 0;
+        hr[r] = (int)(g * p.ratio + (rv[r] ? fr[r] % p.ratio : 0));
+        last[r] = (int)(ir[r] + p.key_total - p.lq - p.key_offset); /* last visible local key */
+    }
+    const int last_lo = (int)(f_cta / p.ratio + p.key_total - p.lq - p.key_offset);
+    const int last_hi = (int)((f_end - 1) / p.ratio + p.key_total - p.lq - p.key_offset);
+
+#pragma unroll
+    for (int s = 0; s < L::STAGES - 1; s++) {
+        if (t0 + s < t1) load_tile<L>(p, smem + s * L::STAGE_BYTES, b, g, t0 + s, tid);
+        cp_async_commit();
+    }
+
+    /* Q fragments in element order (K tiles are f16 in element order) */
+    uint32_t qa[KSTEPS][4];
+#pragma unroll
+    for (int s = 0; s < KSTEPS; s++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) { /* a0: row gq, k 2c; a1: row gq+8; a2: row gq, k 2c+8; a3: row gq+8, k 2c+8 */
+            const int r = x & 1, d = 16 * s + 2 * c4 + 8 * (x >> 1);
+            float v0 = 0.0f, v1 = 0.0f;
+            if (rv[r]) {
+                int64_t base = b * p.qs[0] + hr[r] * p.qs[1] + ir[r] * p.qs[2];
+                v0 = qd_load_float(p.q, p.q_dtype, base + d);
+                v1 = qd_load_float(p.q, p.q_dtype, base + d + 1);
+            }
+            qa[s][x] = h2u(__floats2half2_rn(v0, v1));
+        }
+
+    float o[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    /* Schedule, one barrier per step: f16 rows attend to tile t0 + it in step it; quantized
+     * tiles are dequantized one step ahead of their attention (step it dequantizes tile
+     * t0 + it into buffer it & 1 and attends to tile t0 + it - 1), so every warp's
+     * dequantization work sits beside the tensor-core work of the other warps. */
+    const int lag = L::DIRECT ? 0 : 1;
+    for (int it = 0; it < t1 - t0 + lag; it++) {
+        const int t = t0 + it; /* tile arriving in this step */
+        if (t < t1) cp_async_wait<L::STAGES - 2>();
+        __syncthreads(); /* tile t landed; every warp is done with step it-1's reads */
+        if (t + L::STAGES - 1 < t1)
+            load_tile<L>(p, smem + ((it + L::STAGES - 1) % L::STAGES) * L::STAGE_BYTES, b, g, t + L::STAGES - 1, tid);
+        cp_async_commit();
+        const char *kbytes, *vbytes;
+        if constexpr (L::DIRECT) {
+            kbytes = smem + (it % L::STAGES) * L::STAGE_BYTES;
+            vbytes = kbytes + L::K_BYTES;
+        } else {
+            if (t < t1) dequant_stage<L, DK, DV>(p, smem + (it % L::STAGES) * L::STAGE_BYTES,
+                                                 tiles + (it & 1) * (L::TILE_BYTES / 4), tid);
+            if (it == 0) continue; /* nothing dequantized yet to attend to */
+            kbytes = (const char *)(tiles + ((it - 1) & 1) * (L::TILE_BYTES / 4));
+            vbytes = kbytes + BN * DK * 2;
+        }
+        const int ta = t - lag; /* tile attended to in this step */
+
+        /* S = Q K^T for 64 keys: n8 tile j = keys 8j..8j+7 */
+        float sc[BN / 8][4];
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+        /* k outer, key tiles inner: consecutive mma accumulate into different tiles, so the
+         * eight 8-deep dependent chains overlap instead of running one after another */
+#pragma unroll
+        for (int s2 = 0; s2 < KSTEPS / 2; s2++) { /* two k steps (32 dims) per ldmatrix.x4 */
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) {
+                const int key = 8 * j + (lane & 7), chunk = 4 * s2 + (lane >> 3);
+                uint32_t bf[4];
+                ldmatrix_x4(bf, kbytes + key * (DK * 2) + ((chunk ^ (key & 7)) * 16));
+                mma16816(sc[j], qa[2 * s2], bf[0], bf[1]);
+                mma16816(sc[j], qa[2 * s2 + 1], bf[2], bf[3]);
+            }
+        }
+
+        /* scale, mask, online softmax over the tile (rows gq and gq+8) */
+        const bool plain_tile = p.mask_kind == QSDPA_MASK_NONE && (ta + 1) * BN <= kend &&
+                                (!p.causal || ((ta + 1) * BN - 1 <= last_lo &&
+                                               (p.window <= 0 || ta * BN > last_hi - p.window)));
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int r = x >> 1;
+                const int key = ta * BN + 8 * j + 2 * c4 + (x & 1);
+                float s = sc[j][x] * p.scale_log2;
+                if (!plain_tile) {
+                    if (key >= kend) s = -INFINITY;
+                    else {
+                        bool keep = true;
+                        if (p.causal) keep = key <= last[r] && !(p.window > 0 && key <= last[r] - p.window);
+                        if (keep && p.mask_kind != QSDPA_MASK_NONE && rv[r]) {
+                            int64_t at = b * p.ms[0] + hr[r] * p.ms[1] + ir[r] * p.ms[2] + (int64_t)key * p.ms[3];
+                            if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
+                            else s += qd_load_float(p.mask, p.mask_dtype, at) * 1.4426950408889634f;
+                        }
+                        if (!keep) s = p.masked_log2;
+                    }
+                }
+                sc[j][x] = s;
+                mx[r] = fmaxf(mx[r], s);
+            }
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float mn = fmaxf(m[r], mx[r]);
+            corr[r] = mn == -INFINITY ? 1.0f : fast_exp2(m[r] - mn);
+            m[r] = mn;
+            /* a row with every score -inf so far subtracts 0 (exp2(-inf) = 0): no per-score select */
+            const float msub = mn == -INFINITY ? 0.0f : mn;
+            float sum = 0.0f;
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float pv = fast_exp2(sc[j][2 * r + e] - msub);
+                    sc[j][2 * r + e] = pv;
+                    sum += pv;
+                }
+            l[r] = l[r] * corr[r] + sum;
+        }
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            o[n][0] *= corr[0]; o[n][1] *= corr[0];
+            o[n][2] *= corr[1]; o[n][3] *= corr[1];
+        }
+
+        /* O += P V: k step kk = keys 16kk..16kk+15; ldmatrix.trans gives two n8 tiles of V */
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t pa[4];
+            pa[0] = h2u(__floats2half2_rn(sc[2 * kk][0], sc[2 * kk][1]));
+            pa[1] = h2u(__floats2half2_rn(sc[2 * kk][2], sc[2 * kk][3]));
+            pa[2] = h2u(__floats2half2_rn(sc[2 * kk + 1][0], sc[2 * kk + 1][1]));
+            pa[3] = h2u(__floats2half2_rn(sc[2 * kk + 1][2], sc[2 * kk + 1][3]));
+            const int key = 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1);
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                const int chunk = 2 * np + (lane >> 4);
+                uint32_t bf[4];
+                ldmatrix_x4_trans(bf, vbytes + key * (DV * 2) + ((chunk ^ (key & 7)) * 16));
+                mma16816(o[2 * np], pa, bf[0], bf[1]);
+                mma16816(o[2 * np + 1], pa, bf[2], bf[3]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+
+    /* each warp owns its 16 rows whole: quad-reduce l, then write out (or partials) */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (!rv[r]) continue;
+        const int64_t f = fr[r];
+        if (p.nsplit == 1) {
+            const int64_t i = ir[r], h = hr[r];
+            const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
+            const float MM = fmaxf(m[r], sink);
+            const float c = m[r] == -INFINITY ? 0.0f : fast_exp2(m[r] - MM);
+            const float LL = l[r] * c + (p.sinks ? fast_exp2(sink - MM) : 0.0f);
+            const float scale = MM == -INFINITY ? 0.0f : c / LL;
+            const int64_t orow = b * p.os[0] + h * p.os[1] + i * p.os[2];
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : o[n][2 * r + e] * scale;
+                    qd_store_float(p.out, p.out_dtype, orow + 8 * n + 2 * c4 + e, v);
+                }
+            if (p.lse && c4 == 0)
+                p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] =
+                    MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
+        } else {
+            const int64_t prow = (int64_t)split * gridDim.z * p.rows + bh * p.rows + f; /* [split][bh][f] */
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+                *(float2 *)&p.part_o[prow * DV + 8 * n + 2 * c4] = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+            if (c4 == 0) { p.part_ml[prow * 2] = m[r]; p.part_ml[prow * 2 + 1] = l[r]; }
+        }
+    }
+}
+
+} // namespace qfast
+
+#endif
