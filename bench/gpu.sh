@@ -85,8 +85,8 @@ done
 [ ${#VARIANTS[@]} -gt 0 ] && quick_rows new2 "$B/bench_gpu"
 
 if [ "$MODE" != quick ]; then
-  # the tile kernel on the same decode shapes (the decode kernel's baseline, same card, same run)
-  stamp "tile kernel for decode (QSDPA_CUDA_TILE_DECODE=1)" | tee -a "$OUT/bench.txt"
+  # the prefill kernel on the same decode shapes (the decode kernel's baseline, same card, same run)
+  stamp "prefill kernel for decode (QSDPA_CUDA_TILE_DECODE=1)" | tee -a "$OUT/bench.txt"
   quick_rows tile "$B/bench_gpu" QSDPA_CUDA_TILE_DECODE=1
 fi
 

@@ -3,7 +3,7 @@
 # environment assignments (QSDPA_AB="label=VAR=value VAR2=value;label2=..."; an empty
 # assignment list is the default build), run in alternating rounds so drift shows as
 # spread, every output row tagged [label]. Usage: bash bench/gpu_ab.sh ROUNDS BIN ARGS...
-# e.g. QSDPA_AB="new=;old=QSDPA_CUDA_TILE_KERNEL=old" bash bench/gpu_ab.sh 2 build-gpu/bench_gpu prefill
+# e.g. QSDPA_AB="dec=;prefill=QSDPA_CUDA_TILE_DECODE=1" bash bench/gpu_ab.sh 2 build-gpu/bench_gpu one f16 1 32768 16
 set -u
 rounds=$1 bin=$2
 shift 2

@@ -56,7 +56,7 @@ static int print_kernels(void) {
                k.q_dtype == QSDPA_ANY ? "*" : qsdpa_dtype_name((qsdpa_dtype)k.q_dtype), field(k.dk, dk, sizeof dk),
                field(k.dv, dv, sizeof dv), kf, vf, field(k.max_lq, lq, sizeof lq), k.max_dim, k.usable ? "yes" : "no");
     }
-    printf("  (a cuda.mma row runs a split-K decode kernel when GQA ratio x Lq <= 16, a tile kernel for longer\n"
+    printf("  (a cuda.mma row runs a split-K decode kernel when GQA ratio x Lq <= 64, a prefill kernel for longer\n"
            "   queries and for layouts the decode kernel does not take; cuda.generic serves what neither takes)\n");
     return 0;
 }

@@ -2,10 +2,10 @@
  * over a quantized cache, one template over (Dk, Dv, K format, V format,
  * NR = row tiles of 8).
  *
- * Why a second kernel: the tile kernel (fast_kernel.cuh) puts the folded rows
- * on mma's M side (16 rows, 4 of them real at GQA 4) and stages every tile
- * through shared memory with block-wide barriers; at decode it was issue-bound
- * at 8 warps per SM (bench/NOTES.md, run 4). Here the roles swap:
+ * Why a kernel of its own: a tile kernel puts the folded rows on mma's M side
+ * (16 rows, 4 of them real at GQA 4) and stages every tile through shared
+ * memory with block-wide barriers; at decode the first one was issue-bound at
+ * 8 warps per SM (bench/NOTES.md, run 4). Here the roles swap:
  *   S^T = K Q^T   K is the A operand (16 keys x 16 dims), Q^T the B operand
  *                 (16 dims x 8 rows), so a row tile is 8 folded rows;
  *   O^T = V^T P^T V^T is the A operand (16 dims x 16 keys); P^T comes from
@@ -42,7 +42,7 @@ namespace qfast {
 #define DEC_TRACE(i) ((void)0)
 #endif
 constexpr int DEC_WARPS = 4;
-constexpr int DEC_MAX_ROWS = 64; /* folded rows served by row blocks of 16 (more: the tile kernel) */
+constexpr int DEC_MAX_ROWS = 64; /* folded rows served by row blocks of 16 (more: the prefill kernel) */
 constexpr int DEC_CHUNK = 16;                    /* keys per warp step */
 constexpr int DEC_TILE = DEC_WARPS * DEC_CHUNK;  /* keys per CTA step: the split unit */
 
@@ -165,7 +165,7 @@ __device__ __forceinline__ float scale_f32(uint32_t w, int hi, bool bf16) {
 }
 
 /* Bytes of a stored scale element in the decode kernel: affine scales must be
- * f16 or bf16 there (the host sends f32 scales to the tile kernel), the fp
+ * f16 or bf16 there (the host sends f32 scales to the prefill kernel), the fp
  * formats' scales are bytes; a compile-time size keeps the reads branch-free. */
 template <class F>
 __host__ __device__ constexpr int dec_scale_bytes() { return F::mode == QSDPA_MODE_AFFINE ? 2 : 1; }

@@ -1,21 +1,21 @@
-/* The prefill kernel: many folded rows (long queries) over a quantized KV
- * cache, one template over (Dk, Dv, K format, V format).
+/* The prefill kernel: more folded rows than the decode kernel takes (long
+ * queries), over a quantized KV cache; one template over (Dk, Dv, K format,
+ * V format).
  *
- * Why a second tile kernel: in fast_attention every warp dequantizes every
- * key of a tile into its own mma fragments, so a 64-row CTA pays the
- * dequantization four times, and its 16-key softmax steps cost more issue
- * slots than the mma they feed. Here a tile's packed K and V rows are
- * dequantized ONCE per CTA into f16 tiles in shared memory, and the four
- * warps (16 rows each, 64 folded rows per CTA) read them with ldmatrix, as a
- * kernel over f16 rows would: the dequantization cost is shared by 64 rows,
- * and f16 rows skip it (their ring stage is the f16 tile).
- * Tiles: 64 keys through a cp.async ring of packed codes and raw scales
- * (load_tile of fast_kernel.cuh, with a swizzle of 16-byte chunks, c ^ (r & 7),
- * so the 8 row addresses of an ldmatrix phase hit distinct banks); the online
- * softmax runs once per 64-key tile. Q.K^T and P.V: mma.sync m16n8k16 (f16 in,
- * f32 accumulate). Causal/window tiles outside a CTA's rows are skipped;
- * split-K partials and split_merge as in fast_attention (used when a launch
- * has too few row blocks to fill the GPU). */
+ * Each 64-key tile's packed K and V rows are dequantized ONCE per CTA into f16
+ * tiles in shared memory, and the eight warps (16 folded rows each, 128 per
+ * CTA) read them with ldmatrix as a kernel over f16 rows would, so the
+ * dequantization is shared by 128 rows (the tile kernel it replaced had every
+ * warp dequantize every key into its own fragments: 4x the work per CTA).
+ * f16 rows skip the dequantization: their ring stage is the f16 tile.
+ * Schedule: packed tiles stream through a 3-stage cp.async ring (load_tile,
+ * with a swizzle of 16-byte chunks, c ^ (r & 7), so the 8 row addresses of an
+ * ldmatrix phase hit distinct banks); step i dequantizes tile i into one of
+ * two f16 buffers while the warps attend to tile i - 1 from the other, one
+ * barrier per step. The online softmax runs once per 64-key tile. Causal and
+ * window tiles outside a CTA's rows are skipped; split-K partials and
+ * split_merge serve launches with too few row blocks to fill the GPU.
+ * Measured and profiled in bench/NOTES.md (v11). */
 #ifndef QSDPA_CUDA_FAST_PREFILL_CUH
 #define QSDPA_CUDA_FAST_PREFILL_CUH
 
@@ -254,14 +254,12 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         /* S = Q K^T for 64 keys: n8 tile j = keys 8j..8j+7 */
         float sc[BN / 8][4];
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
-        /* k outer, key tiles inner: consecutive mma accumulate into different tiles, so the
-         * eight 8-deep dependent chains overlap instead of running one after another */
+        for (int j = 0; j < BN / 8; j++) {
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+            const int key = 8 * j + (lane & 7);
 #pragma unroll
-        for (int s2 = 0; s2 < KSTEPS / 2; s2++) { /* two k steps (32 dims) per ldmatrix.x4 */
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++) {
-                const int key = 8 * j + (lane & 7), chunk = 4 * s2 + (lane >> 3);
+            for (int s2 = 0; s2 < KSTEPS / 2; s2++) { /* two k steps (32 dims) per ldmatrix.x4 */
+                const int chunk = 4 * s2 + (lane >> 3);
                 uint32_t bf[4];
                 ldmatrix_x4(bf, kbytes + key * (DK * 2) + ((chunk ^ (key & 7)) * 16));
                 mma16816(sc[j], qa[2 * s2], bf[0], bf[1]);

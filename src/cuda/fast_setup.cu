@@ -56,9 +56,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     bool codes_ok = aligned16(pr->k.codes.data, pr->k.codes.stride, 3, qsdpa_dtype_size(pr->k.codes.dtype)) &&
                     aligned16(pr->v.codes.data, pr->v.codes.stride, 3, qsdpa_dtype_size(pr->v.codes.dtype));
     int64_t rows = pr->group_ratio * pr->len_q;
-    int wm = rows <= 16 ? 1 : rows <= 32 ? 2 : 4;
-    /* row blocks: the tile kernel's 16 * wm rows, or the decode kernel's fixed block_rows */
-    int64_t nrb = block_rows > 0 ? (rows + block_rows - 1) / block_rows : (rows + 16 * wm - 1) / (16 * wm);
+    int64_t nrb = (rows + block_rows - 1) / block_rows; /* row blocks of the kernel's block_rows */
     int64_t bhkv = pr->batch * pr->heads_kv;
     /* key indices are 32-bit in the kernels, rounded up to whole 64-key tiles (kend + 63):
      * longer contexts take the generic kernel */
@@ -75,7 +73,6 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     p->hkv = pr->heads_kv; p->lq = pr->len_q; p->lk = pr->len_k; p->ratio = pr->group_ratio;
     p->key_offset = pr->key_offset; p->key_total = pr->key_total; p->window = pr->window;
     p->causal = pr->causal;
-    p->wm = wm;
     p->rows = rows;
     p->nrb = (int)nrb;
     p->scales_vec = ks;
@@ -119,7 +116,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
 /* The decode kernel's own limits: affine scales in f16/bf16 (it reads them as
  * 2-byte elements); a chunk's scale and bias rows one 16-byte-aligned block
  * (scale_mode 1: it copies them whole); per-key strides above 2^27 bytes stay on
- * the tile kernel (a conservative bound from its first version, never timed on
+ * the prefill kernel (a conservative bound from its first version, never timed on
  * such layouts). */
 static bool decode_layout_ok(const qsdpa_qtensor *t) {
     const int64_t limit = ((int64_t)1 << 31) / 16;
@@ -140,13 +137,4 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr) {
     }
     return !tile_only && pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && decode_layout_ok(&pr->k) &&
            decode_layout_ok(&pr->v);
-}
-
-bool qsdpa_cuda_use_prefill_kernel(void) {
-    static int old = -1;
-    if (old < 0) {
-        const char *e = getenv("QSDPA_CUDA_TILE_KERNEL");
-        old = e && strcmp(e, "old") == 0;
-    }
-    return !old;
 }
