@@ -157,26 +157,30 @@ __device__ __forceinline__ half2 fp8_pair(uint32_t t) {
     return u2h(((t & 0x007F007Fu) << 7) | ((t & 0x00800080u) << 8));
 }
 
-/* MXFP8: E4M3 codes, E8M0 scale per 32; the 2^8 of fp8_pair folds into the scale. */
+/* MXFP8: E4M3 codes, E8M0 scale per 32. fp8_pair's 2^-8 is undone half on each side:
+ * codes x 16 (exact, <= 28) times scale x 16, so no factor overflows f16 while the
+ * value fits it (folding all 2^8 into the scale overflowed for groups with max > 57344,
+ * scale 2^8 -> 2^16 = inf in f16), at the cost of groups below ~8e-7 (scale < 2^-28). */
 struct mxfp8_fmt {
     static constexpr int bits = 8, group = 32, U = 4;
     static constexpr bool has_scales = true, has_biases = false;
     static constexpr int mode = QSDPA_MODE_MXFP8;
     __device__ static int k_order(int p, int e) { return p + 2 * e; }
     __device__ __forceinline__ static half2 scale_bias_raw(uint32_t b, uint32_t, int, float) {
-        return __floats2half2_rn(qd_e8m0(b) * 256.0f, 0.0f);
+        return __floats2half2_rn(qd_e8m0(b) * 16.0f, 0.0f);
     }
     __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float) {
         return scale_bias_raw(((const uint8_t *)s)[i], 0, 0, 0.0f);
     }
     __device__ __forceinline__ static void k_word(uint32_t w, half2 sb, half2 *out) {
-        half2 s2 = __low2half2(sb);
-        out[0] = __hmul2(fp8_pair(w), s2);      /* elements 0, 2 */
-        out[1] = __hmul2(fp8_pair(w >> 8), s2); /* elements 1, 3 */
+        const half2 s2 = __low2half2(sb), k16 = __float2half2_rn(16.0f);
+        out[0] = __hmul2(__hmul2(fp8_pair(w), k16), s2);      /* elements 0, 2 */
+        out[1] = __hmul2(__hmul2(fp8_pair(w >> 8), k16), s2); /* elements 1, 3 */
     }
     __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2 s2, half2, half2 *out) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) out[e] = __hmul2(fp8_pair(prmt(a, b, (uint32_t)(e | ((4 + e) << 8)))), s2);
+        for (int e = 0; e < 4; e++)
+            out[e] = __hmul2(__hmul2(fp8_pair(prmt(a, b, (uint32_t)(e | ((4 + e) << 8)))), __float2half2_rn(16.0f)), s2);
     }
 };
 

@@ -23,6 +23,7 @@ typedef struct cuda_case {
     int64_t cap_extra;       /* cache capacity beyond Lk (strided view) */
     float scale;             /* 0: 1/sqrt(Dk) */
     double sigma;            /* data scale; 0: 1 */
+    double v_sigma, v_clamp; /* V's own scale (0: sigma) and clip (0: none) */
     const char *kernel;      /* forced CUDA kernel row, or NULL */
 } cuda_case;
 
