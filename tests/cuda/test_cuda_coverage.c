@@ -114,7 +114,7 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
         cuda_case_run(rng, &c, label);
         /* f32 scales: beyond the decode kernel's layouts, so the prefill kernel takes even one row */
         c = base; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 1100; c.scale_dtype = QSDPA_DTYPE_F32;
-        snprintf(label, sizeof label, "%s decode f32 scales (tile kernel)", row);
+        snprintf(label, sizeof label, "%s decode f32 scales (prefill kernel)", row);
         cuda_case_run(rng, &c, label);
         c.lq = 40; c.causal = 1;
         snprintf(label, sizeof label, "%s prefill Lq40 f32 scales causal", row);
