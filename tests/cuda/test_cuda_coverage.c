@@ -76,6 +76,10 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
     snprintf(label, sizeof label, "%s prefill Lq33 GQA4 (132 rows) bool mask + sinks", row);
     cuda_case_run(rng, &c, label);
 
+    c = base; c.hq = 8; c.hkv = 2; c.lq = 25; c.lk = 40; c.sinks = 1;
+    snprintf(label, sizeof label, "%s prefill Lq25 Lk40 (one partial tile) + sinks", row);
+    cuda_case_run(rng, &c, label);
+
     c = base; c.hq = 4; c.hkv = 2; c.lq = 70; c.lk = 333; c.causal = 1; c.cap_extra = 19;
     snprintf(label, sizeof label, "%s prefill Lq70 causal strided cache view", row);
     cuda_case_run(rng, &c, label);
