@@ -178,9 +178,10 @@ struct mxfp8_fmt {
         out[1] = __hmul2(__hmul2(fp8_pair(w >> 8), k16), s2); /* elements 1, 3 */
     }
     __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2 s2, half2, half2 *out) {
+        const half2 k16 = __float2half2_rn(16.0f);
 #pragma unroll
         for (int e = 0; e < 4; e++)
-            out[e] = __hmul2(__hmul2(fp8_pair(prmt(a, b, (uint32_t)(e | ((4 + e) << 8)))), __float2half2_rn(16.0f)), s2);
+            out[e] = __hmul2(__hmul2(fp8_pair(prmt(a, b, (uint32_t)(e | ((4 + e) << 8)))), k16), s2);
     }
 };
 

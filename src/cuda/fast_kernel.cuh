@@ -265,47 +265,47 @@ static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfas
     return qsdpa_cuda_launch_status(fn, "split_merge");
 }
 
-template <int DK, int DV, class FK, class FV, int NR>
-static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
-    static int occupancy[64];
-    constexpr int smem = qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES;
-    auto kernel = qfast::fast_decode<DK, DV, FK, FV, NR>;
+/* Configure and launch one tensor-core kernel (occupancy read once per device into
+ * `occupancy`, split-K sized for at most `cta_cap` CTAs per SM, row blocks of
+ * `block_rows`), then split_merge where it wrote partials: always with `partials`,
+ * else only when the keys were split. */
+template <int DV, class K>
+static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
+                                           const char *name, const char *configuring, int threads, int smem,
+                                           int *occupancy, int cta_cap, int bn, int block_rows, bool partials) {
     int occ;
-    qsdpa_status st =
-        qsdpa_cuda_occupancy(ctx, kernel, qfast::DEC_WARPS * 32, smem, occupancy, fn, "configuring fast_decode", &occ);
+    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, threads, smem, occupancy, fn, configuring, &occ);
     if (st != QSDPA_OK) return st;
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    /* split-K sized for 2 CTAs (8 warps) per SM even where 4 fit: longer per-warp streams
-     * amortise the ring's fill and the partials (run 12: 4-bit 32K 28.8 us vs 30.5 at 4 per SM) */
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ < 2 ? occ : 2, qfast::DEC_TILE, 8 * NR, true, &p, &grid,
-                                      &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ < cta_cap ? occ : cta_cap, bn, block_rows, partials, &p,
+                                      &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    kernel<<<grid, qfast::DEC_WARPS * 32, smem, qsdpa_cuda_stream(ctx)>>>(p);
-    if ((st = qsdpa_cuda_launch_status(fn, "fast_decode")) != QSDPA_OK) return st;
+    kernel<<<grid, threads, smem, qsdpa_cuda_stream(ctx)>>>(p);
+    if ((st = qsdpa_cuda_launch_status(fn, name)) != QSDPA_OK || (!partials && p.nsplit == 1)) return st;
     return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+}
+
+template <int DK, int DV, class FK, class FV, int NR>
+static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
+    static int occupancy[64];
+    /* split-K sized for 2 CTAs (8 warps) per SM even where 4 fit: longer per-warp streams
+     * amortise the ring's fill and the partials (run 12: 4-bit 32K 28.8 us vs 30.5 at 4 per SM) */
+    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode",
+                                      "configuring fast_decode", qfast::DEC_WARPS * 32,
+                                      qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, occupancy, 2, qfast::DEC_TILE, 8 * NR,
+                                      true);
 }
 
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
-    using L = qfast::pf_layout<DK, DV, FK, FV>;
     static int occupancy[64];
-    int occ;
-    auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
-    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, qfast::PF_THREADS, L::BYTES, occupancy, fn,
-                                           "configuring fast_prefill", &occ);
-    if (st != QSDPA_OK) return st;
-    qfast::fast_params p;
-    dim3 grid;
-    bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occ, L::BN, qfast::PF_ROWS, false, &p, &grid, &generic);
-    if (st != QSDPA_OK) return st;
-    if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    kernel<<<grid, qfast::PF_THREADS, L::BYTES, qsdpa_cuda_stream(ctx)>>>(p);
-    if ((st = qsdpa_cuda_launch_status(fn, "fast_prefill")) != QSDPA_OK || p.nsplit == 1) return st;
-    return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_prefill<DK, DV, FK, FV>, "fast_prefill",
+                                      "configuring fast_prefill", qfast::PF_THREADS,
+                                      qfast::pf_layout<DK, DV, FK, FV>::BYTES, occupancy, 1 << 30, qfast::PF_BN,
+                                      qfast::PF_ROWS, false);
 }
 
 template <int DK, int DV, class FK, class FV>
