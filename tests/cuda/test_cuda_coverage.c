@@ -19,110 +19,93 @@ int main(void) {
 
 static int quick;
 
+/* One case, labelled "<row> <what>". */
+static void run_shape(test_rng *rng, const cuda_case *c, const char *row, const char *what) {
+    char label[256];
+    snprintf(label, sizeof label, "%s %s", row, what);
+    cuda_case_run(rng, c, label);
+}
+
 /* The shapes every row is run on. */
 static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
-    char label[256];
     cuda_case c;
 
     c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 1000;
-    snprintf(label, sizeof label, "%s decode B2 GQA4 Lk1000", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "decode B2 GQA4 Lk1000");
     if (quick) return;
 
     c = base; c.hq = 4; c.hkv = 1; c.lq = 4; c.lk = 777; c.mask = 1; c.sinks = 1;
-    snprintf(label, sizeof label, "%s Lq4 bool mask + sinks", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "Lq4 bool mask + sinks");
 
     c = base; c.hq = 8; c.hkv = 8; c.lq = 16; c.lk = 300; c.mask = 2; c.mask_rank = 2;
-    snprintf(label, sizeof label, "%s Lq16 MHA additive mask [Lq,Lk]", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "Lq16 MHA additive mask [Lq,Lk]");
 
     /* more folded rows than one decode row block: 4 blocks of 16, the last one short */
     c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 15; c.lk = 1200; c.sinks = 1;
-    snprintf(label, sizeof label, "%s Lq15 GQA4 (60 rows) + sinks", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "Lq15 GQA4 (60 rows) + sinks");
 
     c = base; c.hq = 4; c.hkv = 1; c.lq = 12; c.lk = 900; c.causal = 1; c.window = 200;
-    snprintf(label, sizeof label, "%s Lq12 GQA4 causal window 200", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "Lq12 GQA4 causal window 200");
 
     c = base; c.hq = 4; c.hkv = 1; c.lq = 13; c.lk = 500; c.causal = 1; c.partial = 1; c.key_offset = 150;
     c.key_total = 800;
-    snprintf(label, sizeof label, "%s Lq13 GQA4 (52 rows) causal partial slice", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "Lq13 GQA4 (52 rows) causal partial slice");
 
     c = base; c.hq = 4; c.hkv = 1; c.lq = 13; c.lk = 640; c.mask = 2; c.mask_rank = 2; c.partial = 1;
-    snprintf(label, sizeof label, "%s Lq13 GQA4 additive mask [Lq,Lk] + lse", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "Lq13 GQA4 additive mask [Lq,Lk] + lse");
 
     c = base; c.hq = 64; c.hkv = 1; c.lq = 1; c.lk = 700;
-    snprintf(label, sizeof label, "%s decode GQA64 (4 row blocks of heads)", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "decode GQA64 (4 row blocks of heads)");
 
     c = base; c.hq = 4; c.hkv = 1; c.lq = 200; c.lk = 450; c.causal = 1;
-    snprintf(label, sizeof label, "%s prefill Lq200 Lk450 causal", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "prefill Lq200 Lk450 causal");
 
     c = base; c.hq = 2; c.hkv = 2; c.lq = 130; c.lk = 130; c.causal = 1; c.window = 50; c.sinks = 1;
-    snprintf(label, sizeof label, "%s prefill causal window 50 + sinks", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "prefill causal window 50 + sinks");
 
     /* the prefill kernel (more than 64 folded rows): split-K when few row blocks, masks, views */
     c = base; c.hq = 4; c.hkv = 1; c.lq = 20; c.lk = 3000; c.mask = 2; c.mask_rank = 2; c.partial = 1;
-    snprintf(label, sizeof label, "%s prefill Lq20 GQA4 (80 rows, split-K) additive mask + lse", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "prefill Lq20 GQA4 (80 rows, split-K) additive mask + lse");
 
     c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 33; c.lk = 700; c.mask = 1; c.sinks = 1;
-    snprintf(label, sizeof label, "%s prefill Lq33 GQA4 (132 rows) bool mask + sinks", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "prefill Lq33 GQA4 (132 rows) bool mask + sinks");
 
     c = base; c.hq = 8; c.hkv = 2; c.lq = 25; c.lk = 40; c.sinks = 1;
-    snprintf(label, sizeof label, "%s prefill Lq25 Lk40 (one partial tile) + sinks", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "prefill Lq25 Lk40 (one partial tile) + sinks");
 
     c = base; c.hq = 4; c.hkv = 2; c.lq = 70; c.lk = 333; c.causal = 1; c.cap_extra = 19;
-    snprintf(label, sizeof label, "%s prefill Lq70 causal strided cache view", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "prefill Lq70 causal strided cache view");
 
     c = base; c.hq = 4; c.hkv = 1; c.lq = 3; c.lk = 500; c.causal = 1; c.partial = 1; c.key_offset = 200;
     c.key_total = 900; c.sinks = 1;
-    snprintf(label, sizeof label, "%s partial slice [200,700) of 900 causal", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "partial slice [200,700) of 900 causal");
 
     c = base; c.hq = 8; c.hkv = 1; c.lq = 1; c.lk = 5000; c.cap_extra = 37;
-    snprintf(label, sizeof label, "%s decode Lk5000 strided cache view", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "decode Lk5000 strided cache view");
 
     c = base; c.hq = 4; c.hkv = 1; c.lq = 2; c.lk = 2003; c.causal = 1; c.window = 300;
-    snprintf(label, sizeof label, "%s decode Lq2 causal window 300", row);
-    cuda_case_run(rng, &c, label);
+    run_shape(rng, &c, row, "decode Lq2 causal window 300");
 
     if (base.vf.mode == QSDPA_MODE_MXFP8) {
         /* V near the f16 limit: groups with max in (57344, 61000] (dequantized <= 61440) have E8M0 scale 2^8, which
          * overflowed f16 when the kernels folded fp8's 2^8 into it (inf and NaN rows) */
         c = base; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 700; c.v_sigma = 30000.0; c.v_clamp = 61000.0;
-        snprintf(label, sizeof label, "%s decode V near the f16 limit", row);
-        cuda_case_run(rng, &c, label);
+        run_shape(rng, &c, row, "decode V near the f16 limit");
         c.lq = 40; c.causal = 1;
-        snprintf(label, sizeof label, "%s prefill V near the f16 limit", row);
-        cuda_case_run(rng, &c, label);
+        run_shape(rng, &c, row, "prefill V near the f16 limit");
     }
 
     if (base.kf.mode == QSDPA_MODE_AFFINE || base.vf.mode == QSDPA_MODE_AFFINE) {
         /* bf16 scales and biases: the decode kernel's second conversion path (8 and 16 rows) */
         c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 1531; c.scale_dtype = QSDPA_DTYPE_BF16;
-        snprintf(label, sizeof label, "%s decode bf16 scales", row);
-        cuda_case_run(rng, &c, label);
+        run_shape(rng, &c, row, "decode bf16 scales");
         c.lq = 4; c.sinks = 1;
-        snprintf(label, sizeof label, "%s Lq4 bf16 scales + sinks", row);
-        cuda_case_run(rng, &c, label);
+        run_shape(rng, &c, row, "Lq4 bf16 scales + sinks");
         /* f32 scales: beyond the decode kernel's layouts, so the prefill kernel takes even one row */
         c = base; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 1100; c.scale_dtype = QSDPA_DTYPE_F32;
-        snprintf(label, sizeof label, "%s decode f32 scales (prefill kernel)", row);
-        cuda_case_run(rng, &c, label);
+        run_shape(rng, &c, row, "decode f32 scales (prefill kernel)");
         c.lq = 40; c.causal = 1;
-        snprintf(label, sizeof label, "%s prefill Lq40 f32 scales causal", row);
-        cuda_case_run(rng, &c, label);
+        run_shape(rng, &c, row, "prefill Lq40 f32 scales causal");
     }
 }
 
