@@ -294,16 +294,23 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     static int occupancy[64];
     int occ;
     auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
-    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, qfast::PF_THREADS, L::BYTES, occupancy, fn,
+    /* the binary's own architecture decides its path (wgmma in sm_90a code) and so its shared memory */
+    static int binary_version = -1;
+    if (binary_version < 0) {
+        cudaFuncAttributes fa;
+        binary_version = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess ? fa.binaryVersion : 0;
+    }
+    const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
+    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, qfast::PF_THREADS, smem, occupancy, fn,
                                            "configuring fast_prefill", &occ);
     if (st != QSDPA_OK) return st;
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, L::BYTES, occ, L::BN, qfast::PF_ROWS, false, &p, &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ, L::BN, qfast::PF_ROWS, false, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    kernel<<<grid, qfast::PF_THREADS, L::BYTES, qsdpa_cuda_stream(ctx)>>>(p);
+    kernel<<<grid, qfast::PF_THREADS, smem, qsdpa_cuda_stream(ctx)>>>(p);
     if ((st = qsdpa_cuda_launch_status(fn, "fast_prefill")) != QSDPA_OK || p.nsplit == 1) return st;
     return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 }

@@ -57,7 +57,10 @@ struct pf_layout {
     static constexpr int PIPE_BYTES = (STAGES * STAGE_BYTES + 1023) / 1024 * 1024;
     static constexpr int TILE_BYTES = DIRECT ? 0 : BN * (DK + DV) * 2; /* one f16 K tile + V tile */
     static constexpr int Q_BYTES = PF_ROWS * DK * 2;                  /* the CTA's q rows (wgmma's A) */
-    static constexpr int BYTES = 1024 + PIPE_BYTES + 2 * TILE_BYTES + Q_BYTES; /* + alignment slack */
+    /* dynamic shared memory of the two builds: the mma.sync path (sm_80 binaries) needs neither the
+     * q tile nor 1024-byte alignment; the wgmma path (sm_90a binaries) gets both (+ alignment slack) */
+    static constexpr int BYTES_MMA = PIPE_BYTES + 2 * TILE_BYTES;
+    static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + 2 * TILE_BYTES + Q_BYTES;
     static_assert(DK % 64 == 0 && DV % 64 == 0, "f16 tile rows of whole 8-chunk swizzle units");
     /* f16 tiles (in place or dequantized) are 128-byte-swizzled halves (tile_chunk, wgmma.cuh);
      * packed rows stay in order */
@@ -162,7 +165,12 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
     constexpr int NT = DV / 8;      /* n8 tiles of O */
     constexpr int BN = L::BN;
     extern __shared__ __align__(16) char smem_raw[];
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    static_assert(PF_WARPS % 4 == 0 && (DV == 64 || DV == 128), "whole warpgroups; wgmma N of 64 or 128");
     char *smem = smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(smem_raw) & 1023)) & 1023);
+#else
+    char *smem = smem_raw;
+#endif
     uint32_t *tiles = (uint32_t *)(smem + L::PIPE_BYTES); /* two f16 (K, V) tile pairs */
     char *qsm = smem + L::PIPE_BYTES + 2 * L::TILE_BYTES;   /* q [PF_ROWS][DK] f16, swizzled */
 
@@ -288,6 +296,9 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
 #ifdef QSDPA_CUDA_HAVE_WGMMA
         /* one m64n64k16 per k step for this warpgroup's 64 rows; the accumulator layout is the
          * mma.sync one (sc[j][2h + e]), so the softmax below is shared by both paths */
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+        wg_hold(&sc[0][0], BN / 2);
         wg_fence();
 #pragma unroll
         for (int s = 0; s < KSTEPS; s++)
@@ -295,6 +306,7 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
                         wg_desc(kbytes + (s / 4) * BN * 128 + (s % 4) * 32, 16, 1024), s > 0);
         wg_commit();
         wg_wait0();
+        wg_hold(&sc[0][0], BN / 2);
 #else
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
@@ -378,6 +390,8 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
 #ifdef QSDPA_CUDA_HAVE_WGMMA
         /* P from registers (its fragments are the accumulator layout), V MN-major: 16 keys per
          * 2048 bytes, the two 64-column halves of Dv 128 are BN * 128 bytes apart */
+        wg_hold(&o[0][0], DV / 2);
+        wg_hold_regs(&pk[0][0], BN / 4);
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
@@ -387,6 +401,7 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         }
         wg_commit();
         wg_wait0();
+        wg_hold(&o[0][0], DV / 2);
 #else
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {

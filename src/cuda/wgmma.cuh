@@ -34,6 +34,17 @@ __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync
 /* shared memory written by ordinary stores or cp.async, read next by wgmma */
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+/* Keep the compiler from moving reads or writes of wgmma operand registers across the
+ * fence / wait that order them (the hardware reads and writes them asynchronously). */
+__device__ __forceinline__ void wg_hold(float *r, int n) {
+#pragma unroll
+    for (int i = 0; i < n; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+__device__ __forceinline__ void wg_hold_regs(uint32_t *r, int n) {
+#pragma unroll
+    for (int i = 0; i < n; i++) asm volatile("" : "+r"(r[i])::"memory");
+}
+
 #define QSDPA_WG_R8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
                        "+f"(d[i + 6]), "+f"(d[i + 7])
 

@@ -9,7 +9,9 @@
  *      64-column halves LBO apart;
  *   3. the accumulator layout d[4j + 2h + e] = (row 16w + l/4 + 8h, col 8j + 2(l%4) + e).
  * One warpgroup (128 threads); values are small integers so every product and
- * sum is exact in f16/f32 and the comparison is equality. Skips without an
+ * sum is exact in f16/f32 and the comparison is equality. It calls the kernels' own
+ * descriptor, layout and wrappers (src/cuda/wgmma.cuh), plus the n = 64 register-A
+ * form of a Dv 64 kernel. Skips without an
  * sm_90 device. */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -23,53 +25,17 @@
 #define KEYS 64
 #define DV 128
 
-/* byte offset of element (r, c) of a [rows][cols] f16 tile stored as 64-column
- * halves of [rows][128 B] with the 128-byte swizzle (16-byte chunk ^= row & 7) */
-__host__ __device__ static inline uint32_t swz(int r, int c, int rows) {
-    return (uint32_t)((c / 64) * rows * 128 + r * 128 + ((((c % 64) / 8) ^ (r & 7)) << 4) + 2 * (c % 8));
-}
+#include "cuda/wgmma.cuh" /* the kernel's own descriptor, layout and wrappers under test */
 
-/* shared-memory matrix descriptor: start, leading and stride byte offsets, 128-byte swizzle */
-__device__ static inline uint64_t desc(const void *smem, uint32_t lbo, uint32_t sbo) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
-           ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)1 << 62);
-}
+using qfast::tile_chunk;
 
-__device__ static inline void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ static inline void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ static inline void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-
-#define R8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
-              "+f"(d[i + 6]), "+f"(d[i + 7])
-
-/* d (32 f32) += A(smem, K-major) * B(smem, K-major), m64n64k16 */
-__device__ static inline void wgmma_64x64_ss(float *d, uint64_t da, uint64_t db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : R8(0), R8(8), R8(16), R8(24)
-        : "l"(da), "l"(db), "r"(accumulate));
-}
-
-/* d (64 f32) += A(registers) * B(smem, MN-major: trans-b), m64n128k16 */
-__device__ static inline void wgmma_64x128_rs_tb(float *d, const uint32_t *a, uint64_t db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"
-        " {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
-        : R8(0), R8(8), R8(16), R8(24), R8(32), R8(40), R8(48), R8(56)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
+/* byte offset of element (r, c) in a swizzled tile of `rows` rows */
+__host__ __device__ static inline uint32_t swz(int r, int c, int rows) { return tile_chunk(r, c / 8, rows) + 2 * (c % 8); }
 
 __global__ void probe(const __half *q, const __half *k, const __half *pm, const __half *v, float *s_out,
-                      float *o_out) {
+                      float *o_out, float *o64_out) {
+#if defined(QSDPA_CUDA_HAVE_WGMMA)
+    using namespace qfast;
     __shared__ __align__(1024) unsigned char sq[ROWS * DK * 2];
     __shared__ __align__(1024) unsigned char sk[KEYS * DK * 2];
     __shared__ __align__(1024) unsigned char sv[KEYS * DV * 2];
@@ -87,7 +53,7 @@ __global__ void probe(const __half *q, const __half *k, const __half *pm, const 
 #pragma unroll
     for (int s = 0; s < DK / 16; s++) {
         const uint32_t off_q = (s / 4) * ROWS * 128 + (s % 4) * 32, off_k = (s / 4) * KEYS * 128 + (s % 4) * 32;
-        wgmma_64x64_ss(d, desc(sq + off_q, 16, 1024), desc(sk + off_k, 16, 1024), s > 0);
+        wg_64x64_ss(d, wg_desc(sq + off_q, 16, 1024), wg_desc(sk + off_k, 16, 1024), s > 0);
     }
     wg_commit();
     wg_wait0();
@@ -111,13 +77,26 @@ __global__ void probe(const __half *q, const __half *k, const __half *pm, const 
     for (int i = 0; i < 64; i++) d[i] = 0.0f;
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < KEYS / 16; kk++) wgmma_64x128_rs_tb(d, a[kk], desc(sv + kk * 2048, KEYS * 128, 1024), kk > 0);
+    for (int kk = 0; kk < KEYS / 16; kk++) wg_64x128_rs_tb(d, a[kk], wg_desc(sv + kk * 2048, KEYS * 128, 1024), kk > 0);
     wg_commit();
     wg_wait0();
     for (int j = 0; j < DV / 8; j++)
         for (int h = 0; h < 2; h++)
             for (int e = 0; e < 2; e++)
                 o_out[(16 * w + l / 4 + 8 * h) * DV + 8 * j + 2 * (l % 4) + e] = d[4 * j + 2 * h + e];
+
+    /* 3. O64 = P V[:, 0:64]: the n = 64 register-A form (a Dv = 64 kernel), first half of V */
+    for (int i = 0; i < 64; i++) d[i] = 0.0f;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < KEYS / 16; kk++) wg_64x64_rs_tb(d, a[kk], wg_desc(sv + kk * 2048, KEYS * 128, 1024), kk > 0);
+    wg_commit();
+    wg_wait0();
+    for (int j = 0; j < 8; j++)
+        for (int h = 0; h < 2; h++)
+            for (int e = 0; e < 2; e++)
+                o64_out[(16 * w + l / 4 + 8 * h) * 64 + 8 * j + 2 * (l % 4) + e] = d[4 * j + 2 * h + e];
+#endif
 }
 
 static int check(const char *what, const float *got, const double *want, int n, int cols) {
@@ -166,16 +145,17 @@ int main(void) {
         }
     }
     __half *dq, *dk, *dp, *dv;
-    float *ds, *dout;
+    float *ds, *dout, *do64;
     cudaMalloc(&dq, sizeof hq); cudaMalloc(&dk, sizeof hk); cudaMalloc(&dp, sizeof hp); cudaMalloc(&dv, sizeof hv);
-    cudaMalloc(&ds, sizeof want_s / 2); cudaMalloc(&dout, sizeof want_o / 2);
+    cudaMalloc(&ds, sizeof want_s / 2); cudaMalloc(&dout, sizeof want_o / 2); cudaMalloc(&do64, ROWS * 64 * sizeof(float));
     cudaMemcpy(dq, hq, sizeof hq, cudaMemcpyHostToDevice);
     cudaMemcpy(dk, hk, sizeof hk, cudaMemcpyHostToDevice);
     cudaMemcpy(dp, hp, sizeof hp, cudaMemcpyHostToDevice);
     cudaMemcpy(dv, hv, sizeof hv, cudaMemcpyHostToDevice);
     cudaMemset(ds, 0xFF, sizeof want_s / 2); /* poison: NaN */
     cudaMemset(dout, 0xFF, sizeof want_o / 2);
-    probe<<<1, 128>>>(dq, dk, dp, dv, ds, dout);
+    cudaMemset(do64, 0xFF, ROWS * 64 * sizeof(float));
+    probe<<<1, 128>>>(dq, dk, dp, dv, ds, dout, do64);
     cudaError_t err = cudaDeviceSynchronize();
     if (err != cudaSuccess) {
         printf("FAIL: kernel: %s\n", cudaGetErrorString(err));
@@ -184,7 +164,13 @@ int main(void) {
     static float got_s[ROWS * KEYS], got_o[ROWS * DV];
     cudaMemcpy(got_s, ds, sizeof got_s, cudaMemcpyDeviceToHost);
     cudaMemcpy(got_o, dout, sizeof got_o, cudaMemcpyDeviceToHost);
+    static float got_o64[ROWS * 64];
+    static double want_o64[ROWS * 64];
+    cudaMemcpy(got_o64, do64, sizeof got_o64, cudaMemcpyDeviceToHost);
+    for (int r = 0; r < ROWS; r++)
+        for (int c = 0; c < 64; c++) want_o64[r * 64 + c] = want_o[r * DV + c];
     int bad = check("S = Q K^T (SS, K-major, 128B swizzle, 2 halves)", got_s, want_s, ROWS * KEYS, KEYS) +
-              check("O = P V (RS, V MN-major trans-b, LBO between halves)", got_o, want_o, ROWS * DV, DV);
+              check("O = P V (RS, V MN-major trans-b, LBO between halves)", got_o, want_o, ROWS * DV, DV) +
+              check("O64 = P V[:, :64] (RS, n 64)", got_o64, want_o64, ROWS * 64, 64);
     return bad ? 1 : 0;
 }
