@@ -302,10 +302,17 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
     static int occupancy[64];
-    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_prefill<DK, DV, FK, FV>, "fast_prefill",
-                                      "configuring fast_prefill", qfast::PF_THREADS,
-                                      qfast::pf_layout<DK, DV, FK, FV>::BYTES, occupancy, 1 << 30, qfast::PF_BN,
-                                      qfast::PF_ROWS, false);
+    auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
+    /* the binary's own architecture decides its path (wgmma in sm_90a code) and so its shared memory */
+    static int binary_version = -1;
+    if (binary_version < 0) {
+        cudaFuncAttributes fa;
+        binary_version = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess ? fa.binaryVersion : 0;
+    }
+    using L = qfast::pf_layout<DK, DV, FK, FV>;
+    const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
+    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "configuring fast_prefill",
+                                      qfast::PF_THREADS, smem, occupancy, 1 << 30, L::BN, qfast::PF_ROWS, false);
 }
 
 template <int DK, int DV, class FK, class FV>

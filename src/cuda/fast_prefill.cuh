@@ -21,6 +21,8 @@
 
 #include <type_traits>
 
+#include "cuda/wgmma.cuh"
+
 namespace qfast {
 
 constexpr int PF_BN = 64;            /* keys per tile */
@@ -51,13 +53,19 @@ struct pf_layout {
     static constexpr int K_BYTES = BN * WK * 4, V_BYTES = BN * WV * 4;
     static constexpr int STAGE_BYTES = K_BYTES + V_BYTES + 2 * KS_BYTES + 2 * VS_BYTES;
     static constexpr int STAGES = 3;
-    static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
+    /* 1024-byte-aligned regions: the swizzle pattern repeats every 8 rows of 128 bytes */
+    static constexpr int PIPE_BYTES = (STAGES * STAGE_BYTES + 1023) / 1024 * 1024;
     static constexpr int TILE_BYTES = DIRECT ? 0 : BN * (DK + DV) * 2; /* one f16 K tile + V tile */
-    static constexpr int BYTES = PIPE_BYTES + 2 * TILE_BYTES;
+    static constexpr int Q_BYTES = PF_ROWS * DK * 2;                  /* the CTA's q rows (wgmma's A) */
+    /* dynamic shared memory of the two builds: the mma.sync path (sm_80 binaries) needs neither the
+     * q tile nor 1024-byte alignment; the wgmma path (sm_90a binaries) gets both (+ alignment slack) */
+    static constexpr int BYTES_MMA = PIPE_BYTES + 2 * TILE_BYTES;
+    static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + 2 * TILE_BYTES + Q_BYTES;
     static_assert(DK % 64 == 0 && DV % 64 == 0, "f16 tile rows of whole 8-chunk swizzle units");
-    /* f16 tiles (in place or dequantized) swizzle their 16-byte chunks; packed rows stay in order */
-    __device__ static int k_slot(int r, int c) { return r * WK + (DIRECT ? c ^ (r & 7) : c) * 4; }
-    __device__ static int v_slot(int r, int c) { return r * WV + (DIRECT ? c ^ (r & 7) : c) * 4; }
+    /* f16 tiles (in place or dequantized) are 128-byte-swizzled halves (tile_chunk, wgmma.cuh);
+     * packed rows stay in order */
+    __device__ static int k_slot(int r, int c) { return DIRECT ? (int)tile_chunk(r, c, BN) / 4 : r * WK + c * 4; }
+    __device__ static int v_slot(int r, int c) { return DIRECT ? (int)tile_chunk(r, c, BN) / 4 : r * WV + c * 4; }
 };
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t *d, const void *smem_row) {
@@ -120,8 +128,11 @@ __device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char 
         out.y = h2u(__halves2half2(h[2], h[3]));
         out.z = h2u(__halves2half2(h[4], h[5]));
         out.w = h2u(__halves2half2(h[6], h[7]));
-        *(uint4 *)(tile + r * (D / 2) + (c ^ (r & 7)) * 4) = out;
+        *(uint4 *)((char *)tile + tile_chunk((int)r, (int)c, PF_BN)) = out;
     }
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    fence_proxy_async(); /* the tile is read next by wgmma (async proxy) */
+#endif
 }
 
 template <int D, class F>
@@ -153,8 +164,15 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
     constexpr int KSTEPS = DK / 16; /* k16 steps of Q.K */
     constexpr int NT = DV / 8;      /* n8 tiles of O */
     constexpr int BN = L::BN;
-    extern __shared__ __align__(16) char smem[];
+    extern __shared__ __align__(16) char smem_raw[];
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    static_assert(PF_WARPS % 4 == 0 && (DV == 64 || DV == 128), "whole warpgroups; wgmma N of 64 or 128");
+    char *smem = smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(smem_raw) & 1023)) & 1023);
+#else
+    char *smem = smem_raw;
+#endif
     uint32_t *tiles = (uint32_t *)(smem + L::PIPE_BYTES); /* two f16 (K, V) tile pairs */
+    char *qsm = smem + L::PIPE_BYTES + 2 * L::TILE_BYTES;   /* q [PF_ROWS][DK] f16, swizzled */
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gq = lane >> 2, c4 = lane & 3;
@@ -205,6 +223,24 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         cp_async_commit();
     }
 
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    /* q rows -> f16 in shared memory (zeros past the last row), wgmma's A operand */
+    for (int idx = tid; idx < PF_ROWS * (DK / 8); idx += PF_THREADS) {
+        const int row = idx / (DK / 8), c = idx % (DK / 8);
+        const int64_t f = f_cta + row;
+        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (f < p.rows) {
+            const int64_t base = b * p.qs[0] + (g * p.ratio + f % p.ratio) * p.qs[1] + (f / p.ratio) * p.qs[2] + 8 * c;
+#pragma unroll
+            for (int e = 0; e < 8; e++) v[e] = qd_load_float(p.q, p.q_dtype, base + e);
+        }
+        *(uint4 *)(qsm + tile_chunk(row, c, PF_ROWS)) =
+            make_uint4(h2u(__floats2half2_rn(v[0], v[1])), h2u(__floats2half2_rn(v[2], v[3])),
+                       h2u(__floats2half2_rn(v[4], v[5])), h2u(__floats2half2_rn(v[6], v[7])));
+    }
+    fence_proxy_async(); /* published by the loop's first barrier */
+    const char *q_wg = qsm + (warp / 4) * 64 * 128; /* this warpgroup's 64 rows of each half */
+#else
     /* Q fragments in element order (K tiles are f16 in element order) */
     uint32_t qa[KSTEPS][4];
 #pragma unroll
@@ -221,6 +257,7 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
             qa[s][x] = h2u(__floats2half2_rn(v0, v1));
         }
 
+#endif
     float o[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -234,6 +271,9 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
     for (int it = 0; it < t1 - t0 + lag; it++) {
         const int t = t0 + it; /* tile arriving in this step */
         if (t < t1) cp_async_wait<L::STAGES - 2>();
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+        if constexpr (L::DIRECT) fence_proxy_async(); /* cp.async data, read next by wgmma */
+#endif
         __syncthreads(); /* tile t landed; every warp is done with step it-1's reads */
         if (t + L::STAGES - 1 < t1)
             load_tile<L>(p, smem + ((it + L::STAGES - 1) % L::STAGES) * L::STAGE_BYTES, b, g, t + L::STAGES - 1, tid);
@@ -253,6 +293,21 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
 
         /* S = Q K^T for 64 keys: n8 tile j = keys 8j..8j+7 */
         float sc[BN / 8][4];
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+        /* one m64n64k16 per k step for this warpgroup's 64 rows; the accumulator layout is the
+         * mma.sync one (sc[j][2h + e]), so the softmax below is shared by both paths */
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+        wg_hold(&sc[0][0], BN / 2);
+        wg_fence();
+#pragma unroll
+        for (int s = 0; s < KSTEPS; s++)
+            wg_64x64_ss(&sc[0][0], wg_desc(q_wg + (s / 4) * PF_ROWS * 128 + (s % 4) * 32, 16, 1024),
+                        wg_desc(kbytes + (s / 4) * BN * 128 + (s % 4) * 32, 16, 1024), s > 0);
+        wg_commit();
+        wg_wait0();
+        wg_hold(&sc[0][0], BN / 2);
+#else
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
             sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
@@ -261,11 +316,12 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
             for (int s2 = 0; s2 < KSTEPS / 2; s2++) { /* two k steps (32 dims) per ldmatrix.x4 */
                 const int chunk = 4 * s2 + (lane >> 3);
                 uint32_t bf[4];
-                ldmatrix_x4(bf, kbytes + key * (DK * 2) + ((chunk ^ (key & 7)) * 16));
+                ldmatrix_x4(bf, kbytes + tile_chunk(key, chunk, BN));
                 mma16816(sc[j], qa[2 * s2], bf[0], bf[1]);
                 mma16816(sc[j], qa[2 * s2 + 1], bf[2], bf[3]);
             }
         }
+#endif
 
         /* scale, mask, online softmax over the tile (rows gq and gq+8) */
         const bool plain_tile = p.mask_kind == QSDPA_MASK_NONE && (ta + 1) * BN <= kend &&
@@ -322,24 +378,44 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
             o[n][2] *= corr[1]; o[n][3] *= corr[1];
         }
 
-        /* O += P V: k step kk = keys 16kk..16kk+15; ldmatrix.trans gives two n8 tiles of V */
+        /* O += P V: k step kk = keys 16kk..16kk+15 */
+        uint32_t pk[BN / 16][4];
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
-            uint32_t pa[4];
-            pa[0] = h2u(__floats2half2_rn(sc[2 * kk][0], sc[2 * kk][1]));
-            pa[1] = h2u(__floats2half2_rn(sc[2 * kk][2], sc[2 * kk][3]));
-            pa[2] = h2u(__floats2half2_rn(sc[2 * kk + 1][0], sc[2 * kk + 1][1]));
-            pa[3] = h2u(__floats2half2_rn(sc[2 * kk + 1][2], sc[2 * kk + 1][3]));
+            pk[kk][0] = h2u(__floats2half2_rn(sc[2 * kk][0], sc[2 * kk][1]));
+            pk[kk][1] = h2u(__floats2half2_rn(sc[2 * kk][2], sc[2 * kk][3]));
+            pk[kk][2] = h2u(__floats2half2_rn(sc[2 * kk + 1][0], sc[2 * kk + 1][1]));
+            pk[kk][3] = h2u(__floats2half2_rn(sc[2 * kk + 1][2], sc[2 * kk + 1][3]));
+        }
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+        /* P from registers (its fragments are the accumulator layout), V MN-major: 16 keys per
+         * 2048 bytes, the two 64-column halves of Dv 128 are BN * 128 bytes apart */
+        wg_hold(&o[0][0], DV / 2);
+        wg_hold_regs(&pk[0][0], BN / 4);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            const uint64_t dv = wg_desc(vbytes + kk * 2048, BN * 128, 1024);
+            if constexpr (DV == 128) wg_64x128_rs_tb(&o[0][0], pk[kk], dv, 1);
+            else wg_64x64_rs_tb(&o[0][0], pk[kk], dv, 1);
+        }
+        wg_commit();
+        wg_wait0();
+        wg_hold(&o[0][0], DV / 2);
+#else
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
             const int key = 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1);
 #pragma unroll
             for (int np = 0; np < NT / 2; np++) {
                 const int chunk = 2 * np + (lane >> 4);
                 uint32_t bf[4];
-                ldmatrix_x4_trans(bf, vbytes + key * (DV * 2) + ((chunk ^ (key & 7)) * 16));
-                mma16816(o[2 * np], pa, bf[0], bf[1]);
-                mma16816(o[2 * np + 1], pa, bf[2], bf[3]);
+                ldmatrix_x4_trans(bf, vbytes + tile_chunk(key, chunk, BN));
+                mma16816(o[2 * np], pk[kk], bf[0], bf[1]);
+                mma16816(o[2 * np + 1], pk[kk], bf[2], bf[3]);
             }
         }
+#endif
     }
     cp_async_wait<0>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

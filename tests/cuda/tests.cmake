@@ -10,3 +10,14 @@ if(QSDPA_CUDA)
     target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_LIST_DIR})
   endforeach()
 endif()
+
+# The wgmma layout probe (sm_90a only): descriptors, swizzle and register layouts a wgmma
+# kernel would rely on, checked exactly against the host; skips without an sm_90 device.
+if(QSDPA_CUDA AND "90a" IN_LIST QSDPA_CUDA_ARCHITECTURES)
+  add_executable(test_wgmma_layout ${CMAKE_CURRENT_LIST_DIR}/wgmma_layout.cu)
+  set_target_properties(test_wgmma_layout PROPERTIES CUDA_ARCHITECTURES 90a)
+  target_link_libraries(test_wgmma_layout PRIVATE CUDA::cudart_static)
+  target_include_directories(test_wgmma_layout PRIVATE ${PROJECT_SOURCE_DIR}/src)
+  add_test(NAME cuda.test_wgmma_layout COMMAND test_wgmma_layout)
+  set_tests_properties(cuda.test_wgmma_layout PROPERTIES SKIP_RETURN_CODE 77 LABELS cuda)
+endif()
