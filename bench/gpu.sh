@@ -4,7 +4,7 @@
 # subset, the benchmark, PyTorch's baselines, ncu on the 32K decode, and a
 # joined report. Each stage has its own time limit so the call ends well
 # inside 10 minutes and later stages still run when one fails.
-# Outputs under $OUT (at most 8 files): build.log tests.log sanitizer.log
+# Outputs under $OUT (at most 9 files): build.log build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
 # Usage (device): bash bench/gpu.sh [quick | variants]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
@@ -43,12 +43,19 @@ quick_rows() {
 
 stamp build | tee "$OUT/build.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >>"$OUT/build.log" 2>&1
-timeout 240 bash -c "build_tree . $B '' test_cuda_coverage test_cuda_mlx test_cuda_api" >>"$OUT/build.log" 2>&1
+timeout 240 bash -c "build_tree . $B '' test_cuda_coverage test_cuda_mlx test_cuda_api test_wgmma_layout" \
+  >>"$OUT/build.log" 2>&1
 echo "build rc=$?" | tee -a "$OUT/build.log"
 tail -5 "$OUT/build.log"
+# the baseline builds on the CPU while the tests below run on the GPU (nothing is timed before it is joined)
+if [ -d build-base-src ]; then
+  timeout 300 bash -c "build_tree build-base-src build-base ''" >"$OUT/build-base.log" 2>&1 &
+  BASE_BUILD=$!
+fi
 
 stamp tests | tee "$OUT/tests.log"
-for t in test_cuda_api test_cuda_mlx test_cuda_coverage; do
+for t in test_wgmma_layout test_cuda_api test_cuda_mlx test_cuda_coverage; do
+  [ -x "$B/tests/$t" ] || continue
   timeout 150 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
   echo "$t rc=$?" | tee -a "$OUT/tests.log"
 done
@@ -65,9 +72,10 @@ fi
 if [ -d build-base-src ]; then
   # the previous kernel version, built from `git archive <commit>` unpacked into build-base-src
   # (carried to the device, never committed), timed on the same card in the same run
-  stamp "baseline build ($(cat build-base-src/.commit 2>/dev/null || echo '?'))" | tee -a "$OUT/bench.txt"
-  timeout 240 bash -c "build_tree build-base-src build-base ''" >>"$OUT/build.log" 2>&1
+  stamp "baseline build ($(cat build-base-src/.commit 2>/dev/null || echo '?')) joined" | tee -a "$OUT/bench.txt"
+  wait "$BASE_BUILD"
   echo "baseline build rc=$?" | tee -a "$OUT/build.log"
+  tail -3 "$OUT/build-base.log" >>"$OUT/build.log"
   quick_rows base build-base/bench_gpu
   quick_rows new "$B/bench_gpu"
 fi
