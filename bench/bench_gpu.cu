@@ -230,7 +230,7 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
 
 int main(int argc, char **argv) {
     /* "quick": 32K only; "one FMT B L LQ": a single configuration, any Lq (for ncu);
-     * "prefill": the 4K causal prefill rows only */
+     * "prefill [FMT]": the 4K causal prefill rows only (one format if named) */
     bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     bool one = argc > 5 && strcmp(argv[1], "one") == 0;
     bool prefill_only = argc > 1 && strcmp(argv[1], "prefill") == 0;
@@ -285,6 +285,7 @@ int main(int argc, char **argv) {
     for (auto &f : fmts) {
         if (one) break;
         if (strcmp(f.name, "affine4g64") && strcmp(f.name, "f16") && strcmp(f.name, "affine8g64")) continue;
+        if (prefill_only && argc > 2 && strcmp(f.name, argv[2])) continue;
         qsdpa_format kf, vf;
         QK(qsdpa_format_parse(f.k, &kf));
         QK(qsdpa_format_parse(f.v, &vf));

@@ -6,13 +6,14 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 9 files): build.log build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | variants]
+# Usage (device): bash bench/gpu.sh [quick | variants | profile-prefill]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
 # and QSDPA_GPU_SKIP_MULTI=1 leave out the PyTorch baselines and the multi-GPU stage.
 #   quick: no full benchmark (the baseline comparison below still runs); variants: also times
-#   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix
+#   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
+#   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -51,6 +52,22 @@ tail -5 "$OUT/build.log"
 if [ -d build-base-src ]; then
   timeout 300 bash -c "build_tree build-base-src build-base ''" >"$OUT/build-base.log" 2>&1 &
   BASE_BUILD=$!
+fi
+
+if [ "$MODE" = profile-prefill ]; then
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  timeout 60 "$B/bench_gpu" prefill | tee "$OUT/bench.txt"
+  for f in f16 affine4g64; do
+    stamp "ncu prefill $f" | tee -a "$OUT/ncu.txt"
+    timeout 150 "$NCU" --clock-control none -k regex:fast_prefill --launch-skip 3 --launch-count 1 --set full \
+      --import-source no -f -o "/tmp/prefill_$f" "$B/bench_gpu" prefill $f >>"$OUT/ncu.txt" 2>&1
+    echo "ncu rc=$?" >>"$OUT/ncu.txt"
+    "$NCU" -i "/tmp/prefill_$f.ncu-rep" --print-details all >>"$OUT/ncu.txt" 2>&1
+    # per-SASS-instruction counters (executed, stall samples by reason), read offline
+    "$NCU" -i "/tmp/prefill_$f.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_$f.csv.gz"
+  done
+  stamp done
+  exit 0
 fi
 
 stamp tests | tee "$OUT/tests.log"
