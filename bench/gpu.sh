@@ -56,7 +56,7 @@ fi
 
 if [ "$MODE" = profile-prefill ]; then
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-  timeout 60 "$B/bench_gpu" prefill | tee "$OUT/bench.txt"
+  timeout 60 "$B/bench_gpu" prefill | tee "$OUT/prefill.txt"
   for f in f16 affine4g64; do
     stamp "ncu prefill $f" | tee -a "$OUT/ncu.txt"
     timeout 150 "$NCU" --clock-control none -k regex:fast_prefill --launch-skip 3 --launch-count 1 --set full \

@@ -83,6 +83,36 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
+/* Packed rows [key0, key0 + L::BN) of one tensor (`rows` = its first row, `stride` bytes
+ * apart, `valid` of them inside the cache; rows past them are zero-filled from the
+ * in-bounds address `head`) -> the stage's 16-byte slots (L::k_slot or v_slot). Where the threads cover whole rows, each thread's chunk column is fixed and
+ * only its row steps, so the addresses are one add per chunk (run 33: the div/mod and
+ * 64-bit multiplies per chunk were 28% of the f16 kernel's instructions). */
+template <class L, bool IS_K>
+__device__ __forceinline__ void load_code_rows(const char *head, const char *rows, int64_t stride, int64_t valid,
+                                               uint32_t *dst, int tid) {
+    constexpr int CW = IS_K ? L::CWK : L::CWV; /* 16-byte chunks per row */
+    auto slot = [](int r, int c) { return IS_K ? L::k_slot(r, c) : L::v_slot(r, c); };
+    if constexpr (L::THREADS % CW == 0 && L::BN % (L::THREADS / CW) == 0) {
+        constexpr int ROW_STEP = L::THREADS / CW;
+        const int c = tid % CW, r0 = tid / CW;
+        const char *src = rows + r0 * stride + c * 16;
+        const int64_t step = ROW_STEP * stride;
+#pragma unroll
+        for (int i = 0; i < L::BN / ROW_STEP; i++, src += step) {
+            const int r = r0 + i * ROW_STEP;
+            const bool ok = r < valid;
+            cp_async16(dst + slot(r, c), ok ? src : head, ok ? 16 : 0);
+        }
+    } else {
+        for (int idx = tid; idx < L::BN * CW; idx += L::THREADS) {
+            const int r = idx / CW, c = idx % CW;
+            const bool ok = r < valid;
+            cp_async16(dst + slot(r, c), ok ? rows + r * stride + c * 16 : head, ok ? 16 : 0);
+        }
+    }
+}
+
 /* Copies tile `tile` of the (b, g) head's packed rows and raw scales into a stage of layout L
  * (pf_layout: L::k_slot / v_slot place each 16-byte chunk, L::THREADS copy). */
 template <class L>
@@ -90,22 +120,11 @@ __device__ __forceinline__ void load_tile(const fast_params &p, char *stage, int
     using FK = typename L::FK;
     using FV = typename L::FV;
     const int64_t key0 = (int64_t)tile * L::BN;
-    uint32_t *sk = (uint32_t *)stage;
-    uint32_t *sv = (uint32_t *)(stage + L::K_BYTES);
     const char *kc = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1];
     const char *vc = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1];
-    for (int idx = tid; idx < L::BN * L::CWK; idx += L::THREADS) {
-        int r = idx / L::CWK, c = idx % L::CWK;
-        int64_t key = key0 + r;
-        bool ok = key < p.lk;
-        cp_async16(sk + L::k_slot(r, c), ok ? kc + key * p.k.cs[2] + c * 16 : kc, ok ? 16 : 0);
-    }
-    for (int idx = tid; idx < L::BN * L::CWV; idx += L::THREADS) {
-        int r = idx / L::CWV, c = idx % L::CWV;
-        int64_t key = key0 + r;
-        bool ok = key < p.lk;
-        cp_async16(sv + L::v_slot(r, c), ok ? vc + key * p.v.cs[2] + c * 16 : vc, ok ? 16 : 0);
-    }
+    load_code_rows<L, true>(kc, kc + key0 * p.k.cs[2], p.k.cs[2], p.lk - key0, (uint32_t *)stage, tid);
+    load_code_rows<L, false>(vc, vc + key0 * p.v.cs[2], p.v.cs[2], p.lk - key0, (uint32_t *)(stage + L::K_BYTES),
+                             tid);
     /* raw scales and biases: [L::BN][G] elements of the stored dtype */
     char *dst = stage + L::K_BYTES + L::V_BYTES;
     const qd_qtensor *ts[2] = {&p.k, &p.v};

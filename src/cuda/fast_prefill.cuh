@@ -108,9 +108,8 @@ __device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char 
     constexpr int WPC = 8 / F::U;       /* packed words per chunk */
     constexpr int G = F::has_scales ? D / F::group : 1;
     static_assert(8 % F::U == 0 && (!F::has_scales || F::group % 8 == 0), "a chunk: whole words, one group");
-#pragma unroll 1
-    for (int idx = tid; idx < PF_BN * CH; idx += PF_THREADS) {
-        const int r = idx / CH, c = idx % CH;
+    /* one chunk: 8 elements of row r, columns 8c..8c+7 */
+    auto chunk = [&](int r, int c) {
         const half2 sb = group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, gscale);
         __half h[8];
 #pragma unroll
@@ -128,7 +127,18 @@ __device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char 
         out.y = h2u(__halves2half2(h[2], h[3]));
         out.z = h2u(__halves2half2(h[4], h[5]));
         out.w = h2u(__halves2half2(h[6], h[7]));
-        *(uint4 *)((char *)tile + tile_chunk((int)r, (int)c, PF_BN)) = out;
+        *(uint4 *)((char *)tile + tile_chunk(r, c, PF_BN)) = out;
+    };
+    if constexpr (PF_THREADS % CH == 0 && PF_BN % (PF_THREADS / CH) == 0) {
+        /* each thread's chunk column is fixed and its rows step by ROW_STEP: the
+         * addresses reduce to adds (run 33: the generic loop's index math was
+         * about half of its ~44 instructions per chunk) */
+        constexpr int ROW_STEP = PF_THREADS / CH;
+#pragma unroll
+        for (int i = 0; i < PF_BN / ROW_STEP; i++) chunk(tid / CH + i * ROW_STEP, tid % CH);
+    } else {
+#pragma unroll 1
+        for (int idx = tid; idx < PF_BN * CH; idx += PF_THREADS) chunk(idx / CH, idx % CH);
     }
 #ifdef QSDPA_CUDA_HAVE_WGMMA
     fence_proxy_async(); /* the tile is read next by wgmma (async proxy) */
@@ -239,7 +249,8 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
                        h2u(__floats2half2_rn(v[4], v[5])), h2u(__floats2half2_rn(v[6], v[7])));
     }
     fence_proxy_async(); /* published by the loop's first barrier */
-    const char *q_wg = qsm + (warp / 4) * 64 * 128; /* this warpgroup's 64 rows of each half */
+    /* this warpgroup's 64 rows of each half */
+    const uint64_t q_desc = wg_desc(qsm + (warp / 4) * 64 * 128, 16, 1024);
 #else
     /* Q fragments in element order (K tiles are f16 in element order) */
     uint32_t qa[KSTEPS][4];
@@ -300,10 +311,11 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         for (int j = 0; j < BN / 8; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
         wg_hold(&sc[0][0], BN / 2);
         wg_fence();
+        const uint64_t k_desc = wg_desc(kbytes, 16, 1024);
 #pragma unroll
         for (int s = 0; s < KSTEPS; s++)
-            wg_64x64_ss(&sc[0][0], wg_desc(q_wg + (s / 4) * PF_ROWS * 128 + (s % 4) * 32, 16, 1024),
-                        wg_desc(kbytes + (s / 4) * BN * 128 + (s % 4) * 32, 16, 1024), s > 0);
+            wg_64x64_ss(&sc[0][0], wg_desc_add(q_desc, (s / 4) * PF_ROWS * 128 + (s % 4) * 32),
+                        wg_desc_add(k_desc, (s / 4) * BN * 128 + (s % 4) * 32), s > 0);
         wg_commit();
         wg_wait0();
         wg_hold(&sc[0][0], BN / 2);
@@ -328,14 +340,25 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
                                 (!p.causal || ((ta + 1) * BN - 1 <= last_lo &&
                                                (p.window <= 0 || ta * BN > last_hi - p.window)));
         float mx[2] = {-INFINITY, -INFINITY};
+        /* two loops, not one with a per-score test: the per-score branch cost a convergence
+         * barrier per score and a 2000-instruction walk through the masked code every tile
+         * (run 33: BSYNC held 38% of the stall samples) */
+        if (plain_tile) {
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++)
+            for (int j = 0; j < BN / 8; j++)
 #pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const int r = x >> 1;
-                const int key = ta * BN + 8 * j + 2 * c4 + (x & 1);
-                float s = sc[j][x] * p.scale_log2;
-                if (!plain_tile) {
+                for (int x = 0; x < 4; x++) {
+                    sc[j][x] *= p.scale_log2;
+                    mx[x >> 1] = fmaxf(mx[x >> 1], sc[j][x]);
+                }
+        } else {
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    const int r = x >> 1;
+                    const int key = ta * BN + 8 * j + 2 * c4 + (x & 1);
+                    float s = sc[j][x] * p.scale_log2;
                     if (key >= kend) s = -INFINITY;
                     else {
                         bool keep = true;
@@ -347,10 +370,10 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
                         }
                         if (!keep) s = p.masked_log2;
                     }
+                    sc[j][x] = s;
+                    mx[r] = fmaxf(mx[r], s);
                 }
-                sc[j][x] = s;
-                mx[r] = fmaxf(mx[r], s);
-            }
+        }
         float corr[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -393,9 +416,10 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         wg_hold(&o[0][0], DV / 2);
         wg_hold_regs(&pk[0][0], BN / 4);
         wg_fence();
+        const uint64_t v_desc = wg_desc(vbytes, BN * 128, 1024);
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
-            const uint64_t dv = wg_desc(vbytes + kk * 2048, BN * 128, 1024);
+            const uint64_t dv = wg_desc_add(v_desc, kk * 2048);
             if constexpr (DV == 128) wg_64x128_rs_tb(&o[0][0], pk[kk], dv, 1);
             else wg_64x64_rs_tb(&o[0][0], pk[kk], dv, 1);
         }

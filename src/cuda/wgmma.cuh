@@ -28,6 +28,9 @@ __device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint
     return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
            ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)1 << 62);
 }
+/* the descriptor of `desc`'s operand moved by `bytes` (a multiple of 16): the start field is
+ * address / 16 in 14 bits, and shared addresses stay below 256 KB, so no carry leaves it */
+__device__ __forceinline__ uint64_t wg_desc_add(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
