@@ -113,55 +113,81 @@ __device__ __forceinline__ void load_code_rows(const char *head, const char *row
     }
 }
 
-/* Copies tile `tile` of the (b, g) head's packed rows and raw scales into a stage of layout L
- * (pf_layout: L::k_slot / v_slot place each 16-byte chunk, L::THREADS copy). */
+/* Where one (b, kv head)'s tiles come from: computed once per CTA, so a tile's copy is
+ * pointer adds (run 33: recomputing the head offsets, element sizes and strides of the four
+ * scale/bias sources per tile cost ~200 instructions per warp and tile). */
+struct tile_sources {
+    const char *k, *v;          /* the head's first packed row */
+    int64_t k_stride, v_stride; /* bytes between keys */
+    const char *sb[4];          /* K scales, K biases, V scales, V biases: the head's first row */
+    int64_t sb_stride[4];       /* bytes between keys */
+    int sb_row_bytes[4];        /* bytes of one key's groups; 0: no such source */
+};
+
 template <class L>
-__device__ __forceinline__ void load_tile(const fast_params &p, char *stage, int64_t b, int64_t g, int tile, int tid) {
-    using FK = typename L::FK;
-    using FV = typename L::FV;
-    const int64_t key0 = (int64_t)tile * L::BN;
-    const char *kc = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1];
-    const char *vc = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1];
-    load_code_rows<L, true>(kc, kc + key0 * p.k.cs[2], p.k.cs[2], p.lk - key0, (uint32_t *)stage, tid);
-    load_code_rows<L, false>(vc, vc + key0 * p.v.cs[2], p.v.cs[2], p.lk - key0, (uint32_t *)(stage + L::K_BYTES),
-                             tid);
-    /* raw scales and biases: [L::BN][G] elements of the stored dtype */
-    char *dst = stage + L::K_BYTES + L::V_BYTES;
+__device__ __forceinline__ tile_sources tile_sources_of(const fast_params &p, int64_t b, int64_t g) {
+    tile_sources src;
+    src.k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1];
+    src.v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1];
+    src.k_stride = p.k.cs[2];
+    src.v_stride = p.v.cs[2];
     const qd_qtensor *ts[2] = {&p.k, &p.v};
-    const int gs[2] = {L::GK, L::GV};
-    const int bytes_of[2] = {L::KS_BYTES, L::VS_BYTES};
+    const int groups[2] = {L::GK, L::GV};
+    const bool biases[2] = {L::FK::has_biases, L::FV::has_biases};
 #pragma unroll
     for (int t = 0; t < 2; t++) {
         const qd_qtensor &x = *ts[t];
-        if (gs[t] == 0) continue;
-        int es = x.scale_dtype == QSDPA_DTYPE_F32 ? 4 : x.scale_dtype == QSDPA_DTYPE_U8 ? 1 : 2;
-        int row_bytes = gs[t] * es;
-        const bool biases = t == 0 ? FK::has_biases : FV::has_biases;
-        const int nsrc = biases ? 2 : 1;
-        for (int s = 0; s < nsrc; s++) {
-            const char *base = (const char *)(s == 0 ? x.scales : x.biases);
+        const int es = x.scale_dtype == QSDPA_DTYPE_F32 ? 4 : x.scale_dtype == QSDPA_DTYPE_U8 ? 1 : 2;
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            const int i = 2 * t + s;
+            const bool present = groups[t] > 0 && (s == 0 || biases[t]);
             const int64_t *st = s == 0 ? x.ss : x.bs;
-            base += (b * st[0] + g * st[1]) * es;
-            if (p.scales_vec) {
-                int64_t valid = p.lk - key0 < L::BN ? (p.lk - key0) * row_bytes : (int64_t)L::BN * row_bytes;
-                const char *src = base + key0 * row_bytes;
-                for (int c = tid; c < L::BN * row_bytes / 16; c += L::THREADS) {
-                    int64_t left = valid - (int64_t)c * 16;
-                    int nb = left >= 16 ? 16 : left > 0 ? (int)left : 0;
-                    cp_async16(dst + c * 16, nb ? src + c * 16 : base, nb);
-                }
-            } else {
-                int words = row_bytes / 4;
-                for (int idx = tid; idx < L::BN * words; idx += L::THREADS) {
-                    int r = idx / words, w = idx % words;
-                    int64_t key = key0 + r;
-                    bool ok = key < p.lk;
-                    cp_async4(dst + r * row_bytes + w * 4, ok ? base + key * st[2] * es + w * 4 : base, ok ? 4 : 0);
-                }
-            }
-            dst += bytes_of[t];
+            src.sb[i] = present ? (const char *)(s == 0 ? x.scales : x.biases) + (b * st[0] + g * st[1]) * es : nullptr;
+            src.sb_stride[i] = present ? st[2] * es : 0;
+            src.sb_row_bytes[i] = present ? groups[t] * es : 0;
         }
-        if (!biases) dst += bytes_of[t];
+    }
+    return src;
+}
+
+/* Copies tile `tile` of one head's packed rows and raw scales (`src`) into a stage of layout L
+ * (pf_layout: L::k_slot / v_slot place each 16-byte chunk, L::THREADS copy; the raw scales and
+ * biases land as [L::BN][G] elements of their stored dtype after the V rows). */
+template <class L>
+__device__ __forceinline__ void load_tile(const fast_params &p, const tile_sources &src, char *stage, int tile,
+                                          int tid) {
+    const int64_t key0 = (int64_t)tile * L::BN;
+    const int64_t valid = p.lk - key0; /* keys of this tile inside the cache (may exceed BN) */
+    load_code_rows<L, true>(src.k, src.k + key0 * src.k_stride, src.k_stride, valid, (uint32_t *)stage, tid);
+    load_code_rows<L, false>(src.v, src.v + key0 * src.v_stride, src.v_stride, valid,
+                             (uint32_t *)(stage + L::K_BYTES), tid);
+    const int offset[4] = {0, L::KS_BYTES, 2 * L::KS_BYTES, 2 * L::KS_BYTES + L::VS_BYTES};
+    const int groups[4] = {L::GK, L::GK, L::GV, L::GV};
+    const bool has[4] = {L::GK > 0, L::GK > 0 && L::FK::has_biases, L::GV > 0, L::GV > 0 && L::FV::has_biases};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (!has[i] || groups[i] == 0) continue;
+        char *dst = stage + L::K_BYTES + L::V_BYTES + offset[i];
+        const char *head = src.sb[i];
+        const int row_bytes = src.sb_row_bytes[i];
+        if (p.scales_vec) { /* the tile's rows are one contiguous, 16-byte-aligned block */
+            const int64_t bytes = (valid < L::BN ? valid : (int64_t)L::BN) * row_bytes;
+            const char *rows = head + key0 * row_bytes;
+            for (int c = tid; c < L::BN * row_bytes / 16; c += L::THREADS) {
+                const int64_t left = bytes - (int64_t)c * 16;
+                const int nb = left >= 16 ? 16 : left > 0 ? (int)left : 0;
+                cp_async16(dst + c * 16, nb ? rows + c * 16 : head, nb);
+            }
+        } else { /* 4-byte words of rows `sb_stride` apart */
+            const int words = row_bytes / 4;
+            const char *rows = head + key0 * src.sb_stride[i];
+            for (int idx = tid; idx < L::BN * words; idx += L::THREADS) {
+                const int r = idx / words, w = idx % words;
+                const bool ok = r < valid;
+                cp_async4(dst + r * row_bytes + w * 4, ok ? rows + r * src.sb_stride[i] + w * 4 : head, ok ? 4 : 0);
+            }
+        }
     }
 }
 

@@ -59,8 +59,11 @@ struct pf_layout {
     static constexpr int Q_BYTES = PF_ROWS * DK * 2;                  /* the CTA's q rows (wgmma's A) */
     /* dynamic shared memory of the two builds: the mma.sync path (sm_80 binaries) needs neither the
      * q tile nor 1024-byte alignment; the wgmma path (sm_90a binaries) gets both (+ alignment slack) */
-    static constexpr int BYTES_MMA = PIPE_BYTES + 2 * TILE_BYTES;
-    static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + 2 * TILE_BYTES + Q_BYTES;
+    /* f16 tile pairs: the mma.sync path dequantizes tile i while attending to tile i - 1 (2);
+     * the wgmma path also keeps tile i - 2 until its asynchronous P V has been waited for (3) */
+    static constexpr int TILE_BUFS_MMA = 2, TILE_BUFS_WGMMA = 3;
+    static constexpr int BYTES_MMA = PIPE_BYTES + TILE_BUFS_MMA * TILE_BYTES;
+    static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + TILE_BUFS_WGMMA * TILE_BYTES + Q_BYTES;
     static_assert(DK % 64 == 0 && DV % 64 == 0, "f16 tile rows of whole 8-chunk swizzle units");
     /* f16 tiles (in place or dequantized) are 128-byte-swizzled halves (tile_chunk, wgmma.cuh);
      * packed rows stay in order */
@@ -178,11 +181,14 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
 #ifdef QSDPA_CUDA_HAVE_WGMMA
     static_assert(PF_WARPS % 4 == 0 && (DV == 64 || DV == 128), "whole warpgroups; wgmma N of 64 or 128");
     char *smem = smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(smem_raw) & 1023)) & 1023);
+    constexpr int TILE_BUFS = L::TILE_BUFS_WGMMA;
 #else
     char *smem = smem_raw;
+    constexpr int TILE_BUFS = L::TILE_BUFS_MMA;
 #endif
-    uint32_t *tiles = (uint32_t *)(smem + L::PIPE_BYTES); /* two f16 (K, V) tile pairs */
-    char *qsm = smem + L::PIPE_BYTES + 2 * L::TILE_BYTES;   /* q [PF_ROWS][DK] f16, swizzled */
+    uint32_t *tiles = (uint32_t *)(smem + L::PIPE_BYTES);       /* f16 (K, V) tile pairs */
+    char *qsm = smem + L::PIPE_BYTES + TILE_BUFS * L::TILE_BYTES; /* q [PF_ROWS][DK] f16, swizzled */
+    auto tile_buf = [&](int i) { return tiles + (i % TILE_BUFS) * (L::TILE_BYTES / 4); };
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gq = lane >> 2, c4 = lane & 3;
@@ -227,9 +233,10 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
     const int last_lo = (int)(f_cta / p.ratio + p.key_total - p.lq - p.key_offset);
     const int last_hi = (int)((f_end - 1) / p.ratio + p.key_total - p.lq - p.key_offset);
 
+    const tile_sources src = tile_sources_of<L>(p, b, g);
 #pragma unroll
     for (int s = 0; s < L::STAGES - 1; s++) {
-        if (t0 + s < t1) load_tile<L>(p, smem + s * L::STAGE_BYTES, b, g, t0 + s, tid);
+        if (t0 + s < t1) load_tile<L>(p, src, smem + s * L::STAGE_BYTES, t0 + s, tid);
         cp_async_commit();
     }
 
@@ -276,9 +283,14 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
 
     /* Schedule, one barrier per step: f16 rows attend to tile t0 + it in step it; quantized
      * tiles are dequantized one step ahead of their attention (step it dequantizes tile
-     * t0 + it into buffer it & 1 and attends to tile t0 + it - 1), so every warp's
-     * dequantization work sits beside the tensor-core work of the other warps. */
+     * t0 + it into buffer it and attends to tile t0 + it - 1). With wgmma the step issues
+     * S = Q K^T, dequantizes while the tensor cores run it, and leaves its P V in flight
+     * until the next step's wait (quantized tiles; f16 rows wait at once, because the ring
+     * stage P V reads is refilled by the next step's load). */
     const int lag = L::DIRECT ? 0 : 1;
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    uint32_t pk[BN / 16][4]; /* P as f16 A fragments; read by an in-flight wgmma until its wait */
+#endif
     for (int it = 0; it < t1 - t0 + lag; it++) {
         const int t = t0 + it; /* tile arriving in this step */
         if (t < t1) cp_async_wait<L::STAGES - 2>();
@@ -287,17 +299,22 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
 #endif
         __syncthreads(); /* tile t landed; every warp is done with step it-1's reads */
         if (t + L::STAGES - 1 < t1)
-            load_tile<L>(p, smem + ((it + L::STAGES - 1) % L::STAGES) * L::STAGE_BYTES, b, g, t + L::STAGES - 1, tid);
+            load_tile<L>(p, src, smem + ((it + L::STAGES - 1) % L::STAGES) * L::STAGE_BYTES, t + L::STAGES - 1, tid);
         cp_async_commit();
         const char *kbytes, *vbytes;
         if constexpr (L::DIRECT) {
             kbytes = smem + (it % L::STAGES) * L::STAGE_BYTES;
             vbytes = kbytes + L::K_BYTES;
         } else {
-            if (t < t1) dequant_stage<L, DK, DV>(p, smem + (it % L::STAGES) * L::STAGE_BYTES,
-                                                 tiles + (it & 1) * (L::TILE_BYTES / 4), tid);
-            if (it == 0) continue; /* nothing dequantized yet to attend to */
-            kbytes = (const char *)(tiles + ((it - 1) & 1) * (L::TILE_BYTES / 4));
+            const char *stage = smem + (it % L::STAGES) * L::STAGE_BYTES;
+            if (it == 0) { /* nothing dequantized yet to attend to */
+                if (t < t1) dequant_stage<L, DK, DV>(p, stage, tile_buf(it), tid);
+                continue;
+            }
+#ifndef QSDPA_CUDA_HAVE_WGMMA
+            if (t < t1) dequant_stage<L, DK, DV>(p, stage, tile_buf(it), tid);
+#endif
+            kbytes = (const char *)tile_buf(it - 1);
             vbytes = kbytes + BN * DK * 2;
         }
         const int ta = t - lag; /* tile attended to in this step */
@@ -317,8 +334,14 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
             wg_64x64_ss(&sc[0][0], wg_desc_add(q_desc, (s / 4) * PF_ROWS * 128 + (s % 4) * 32),
                         wg_desc_add(k_desc, (s / 4) * BN * 128 + (s % 4) * 32), s > 0);
         wg_commit();
-        wg_wait0();
+        if constexpr (!L::DIRECT) /* CUDA-core work beside the tensor cores' S and last step's P V */
+            if (t < t1) dequant_stage<L, DK, DV>(p, smem + (it % L::STAGES) * L::STAGE_BYTES, tile_buf(it), tid);
+        wg_wait0(); /* S, and the previous step's P V into o (its tile buffer is it - 2's) */
         wg_hold(&sc[0][0], BN / 2);
+        if constexpr (!L::DIRECT) {
+            wg_hold(&o[0][0], DV / 2);
+            wg_hold_regs(&pk[0][0], BN / 4);
+        }
 #else
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
@@ -402,7 +425,9 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         }
 
         /* O += P V: k step kk = keys 16kk..16kk+15 */
+#ifndef QSDPA_CUDA_HAVE_WGMMA
         uint32_t pk[BN / 16][4];
+#endif
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
             pk[kk][0] = h2u(__floats2half2_rn(sc[2 * kk][0], sc[2 * kk][1]));
@@ -424,8 +449,10 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
             else wg_64x64_rs_tb(&o[0][0], pk[kk], dv, 1);
         }
         wg_commit();
-        wg_wait0();
-        wg_hold(&o[0][0], DV / 2);
+        if constexpr (L::DIRECT) {
+            wg_wait0();
+            wg_hold(&o[0][0], DV / 2);
+        }
 #else
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
@@ -441,6 +468,10 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         }
 #endif
     }
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    wg_wait0(); /* the last P V */
+    wg_hold(&o[0][0], DV / 2);
+#endif
     cp_async_wait<0>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
