@@ -48,6 +48,8 @@ timeout 240 bash -c "build_tree . $B '' test_cuda_coverage test_cuda_mlx test_cu
   >>"$OUT/build.log" 2>&1
 echo "build rc=$?" | tee -a "$OUT/build.log"
 tail -5 "$OUT/build.log"
+# ptxas serializing wgmma (an accumulator register written while a wgmma is in flight) costs speed silently
+grep -h "C7515" "$OUT/build.log" | sed 's/.*function ./wgmma serialized: /' | sort -u | head -5
 # the baseline builds on the CPU while the tests below run on the GPU (nothing is timed before it is joined)
 if [ -d build-base-src ]; then
   timeout 300 bash -c "build_tree build-base-src build-base ''" >"$OUT/build-base.log" 2>&1 &

@@ -59,11 +59,9 @@ struct pf_layout {
     static constexpr int Q_BYTES = PF_ROWS * DK * 2;                  /* the CTA's q rows (wgmma's A) */
     /* dynamic shared memory of the two builds: the mma.sync path (sm_80 binaries) needs neither the
      * q tile nor 1024-byte alignment; the wgmma path (sm_90a binaries) gets both (+ alignment slack) */
-    /* f16 tile pairs: the mma.sync path dequantizes tile i while attending to tile i - 1 (2);
-     * the wgmma path also keeps tile i - 2 until its asynchronous P V has been waited for (3) */
-    static constexpr int TILE_BUFS_MMA = 2, TILE_BUFS_WGMMA = 3;
-    static constexpr int BYTES_MMA = PIPE_BYTES + TILE_BUFS_MMA * TILE_BYTES;
-    static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + TILE_BUFS_WGMMA * TILE_BYTES + Q_BYTES;
+    static constexpr int TILE_BUFS = 2; /* f16 tile pairs: tile i dequantized while tile i - 1 is attended to */
+    static constexpr int BYTES_MMA = PIPE_BYTES + TILE_BUFS * TILE_BYTES;
+    static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + TILE_BUFS * TILE_BYTES + Q_BYTES;
     static_assert(DK % 64 == 0 && DV % 64 == 0, "f16 tile rows of whole 8-chunk swizzle units");
     /* f16 tiles (in place or dequantized) are 128-byte-swizzled halves (tile_chunk, wgmma.cuh);
      * packed rows stay in order */
@@ -111,14 +109,13 @@ __device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char 
     constexpr int WPC = 8 / F::U;       /* packed words per chunk */
     constexpr int G = F::has_scales ? D / F::group : 1;
     static_assert(8 % F::U == 0 && (!F::has_scales || F::group % 8 == 0), "a chunk: whole words, one group");
-    /* one chunk: 8 elements of row r, columns 8c..8c+7 */
-    auto chunk = [&](int r, int c) {
-        const half2 sb = group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, gscale);
+    /* one chunk: 8 elements of row r, columns 8c..8c+7, from its packed words and group scale */
+    auto emit = [&](int r, int c, const uint32_t *words, half2 sb) {
         __half h[8];
 #pragma unroll
         for (int w = 0; w < WPC; w++) {
             half2 pairs[F::U / 2];
-            F::k_word(packed[r * W + c * WPC + w], sb, pairs);
+            F::k_word(words[w], sb, pairs);
 #pragma unroll
             for (int q = 0; q < F::U / 2; q++) {
                 h[w * F::U + F::k_order(q, 0)] = __low2half(pairs[q]);
@@ -132,16 +129,36 @@ __device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char 
         out.w = h2u(__halves2half2(h[6], h[7]));
         *(uint4 *)((char *)tile + tile_chunk(r, c, PF_BN)) = out;
     };
+    auto scale_of = [&](int r, int c) {
+        return group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, gscale);
+    };
     if constexpr (PF_THREADS % CH == 0 && PF_BN % (PF_THREADS / CH) == 0) {
-        /* each thread's chunk column is fixed and its rows step by ROW_STEP: the
-         * addresses reduce to adds (run 33: the generic loop's index math was
-         * about half of its ~44 instructions per chunk) */
-        constexpr int ROW_STEP = PF_THREADS / CH;
+        /* each thread's chunk column is fixed and its rows step by ROW_STEP, so the addresses
+         * reduce to adds (run 33: the generic loop's index math was about half of its ~44
+         * instructions per chunk); every load is issued before the first store, because the
+         * compiler cannot tell the stage from the tile and would otherwise wait out each
+         * chunk's shared-memory latency in turn */
+        constexpr int ROW_STEP = PF_THREADS / CH, N = PF_BN / ROW_STEP;
+        const int c = tid % CH, r0 = tid / CH;
+        uint32_t words[N][WPC];
+        half2 sb[N];
 #pragma unroll
-        for (int i = 0; i < PF_BN / ROW_STEP; i++) chunk(tid / CH + i * ROW_STEP, tid % CH);
+        for (int i = 0; i < N; i++) {
+            sb[i] = scale_of(r0 + i * ROW_STEP, c);
+#pragma unroll
+            for (int w = 0; w < WPC; w++) words[i][w] = packed[(r0 + i * ROW_STEP) * W + c * WPC + w];
+        }
+#pragma unroll
+        for (int i = 0; i < N; i++) emit(r0 + i * ROW_STEP, c, words[i], sb[i]);
     } else {
 #pragma unroll 1
-        for (int idx = tid; idx < PF_BN * CH; idx += PF_THREADS) chunk(idx / CH, idx % CH);
+        for (int idx = tid; idx < PF_BN * CH; idx += PF_THREADS) {
+            const int r = idx / CH, c = idx % CH;
+            uint32_t words[WPC];
+#pragma unroll
+            for (int w = 0; w < WPC; w++) words[w] = packed[r * W + c * WPC + w];
+            emit(r, c, words, scale_of(r, c));
+        }
     }
 #ifdef QSDPA_CUDA_HAVE_WGMMA
     fence_proxy_async(); /* the tile is read next by wgmma (async proxy) */
@@ -181,11 +198,10 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
 #ifdef QSDPA_CUDA_HAVE_WGMMA
     static_assert(PF_WARPS % 4 == 0 && (DV == 64 || DV == 128), "whole warpgroups; wgmma N of 64 or 128");
     char *smem = smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(smem_raw) & 1023)) & 1023);
-    constexpr int TILE_BUFS = L::TILE_BUFS_WGMMA;
 #else
     char *smem = smem_raw;
-    constexpr int TILE_BUFS = L::TILE_BUFS_MMA;
 #endif
+    constexpr int TILE_BUFS = L::TILE_BUFS;
     uint32_t *tiles = (uint32_t *)(smem + L::PIPE_BYTES);       /* f16 (K, V) tile pairs */
     char *qsm = smem + L::PIPE_BYTES + TILE_BUFS * L::TILE_BYTES; /* q [PF_ROWS][DK] f16, swizzled */
     auto tile_buf = [&](int i) { return tiles + (i % TILE_BUFS) * (L::TILE_BYTES / 4); };
@@ -284,12 +300,12 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
     /* Schedule, one barrier per step: f16 rows attend to tile t0 + it in step it; quantized
      * tiles are dequantized one step ahead of their attention (step it dequantizes tile
      * t0 + it into buffer it and attends to tile t0 + it - 1). With wgmma the step issues
-     * S = Q K^T, dequantizes while the tensor cores run it, and leaves its P V in flight
-     * until the next step's wait (quantized tiles; f16 rows wait at once, because the ring
-     * stage P V reads is refilled by the next step's load). */
+     * S = Q K^T and dequantizes while the tensor cores run it. P V is waited for within its
+     * step: leaving it in flight into the next step (run 35) made ptxas serialize every
+     * wgmma (C7515, "non wgmma instructions defining accumulator registers"), 3% slower. */
     const int lag = L::DIRECT ? 0 : 1;
 #ifdef QSDPA_CUDA_HAVE_WGMMA
-    uint32_t pk[BN / 16][4]; /* P as f16 A fragments; read by an in-flight wgmma until its wait */
+    float sc[BN / 8][4]; /* S; not zeroed: the first k step ignores it (accumulate 0) */
 #endif
     for (int it = 0; it < t1 - t0 + lag; it++) {
         const int t = t0 + it; /* tile arriving in this step */
@@ -320,12 +336,12 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         const int ta = t - lag; /* tile attended to in this step */
 
         /* S = Q K^T for 64 keys: n8 tile j = keys 8j..8j+7 */
+#ifndef QSDPA_CUDA_HAVE_WGMMA
         float sc[BN / 8][4];
+#endif
 #ifdef QSDPA_CUDA_HAVE_WGMMA
         /* one m64n64k16 per k step for this warpgroup's 64 rows; the accumulator layout is the
          * mma.sync one (sc[j][2h + e]), so the softmax below is shared by both paths */
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
         wg_hold(&sc[0][0], BN / 2);
         wg_fence();
         const uint64_t k_desc = wg_desc(kbytes, 16, 1024);
@@ -336,12 +352,8 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         wg_commit();
         if constexpr (!L::DIRECT) /* CUDA-core work beside the tensor cores' S and last step's P V */
             if (t < t1) dequant_stage<L, DK, DV>(p, smem + (it % L::STAGES) * L::STAGE_BYTES, tile_buf(it), tid);
-        wg_wait0(); /* S, and the previous step's P V into o (its tile buffer is it - 2's) */
+        wg_wait0();
         wg_hold(&sc[0][0], BN / 2);
-        if constexpr (!L::DIRECT) {
-            wg_hold(&o[0][0], DV / 2);
-            wg_hold_regs(&pk[0][0], BN / 4);
-        }
 #else
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
@@ -425,9 +437,7 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         }
 
         /* O += P V: k step kk = keys 16kk..16kk+15 */
-#ifndef QSDPA_CUDA_HAVE_WGMMA
         uint32_t pk[BN / 16][4];
-#endif
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
             pk[kk][0] = h2u(__floats2half2_rn(sc[2 * kk][0], sc[2 * kk][1]));
@@ -449,10 +459,8 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
             else wg_64x64_rs_tb(&o[0][0], pk[kk], dv, 1);
         }
         wg_commit();
-        if constexpr (L::DIRECT) {
-            wg_wait0();
-            wg_hold(&o[0][0], DV / 2);
-        }
+        wg_wait0();
+        wg_hold(&o[0][0], DV / 2);
 #else
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
@@ -468,10 +476,6 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         }
 #endif
     }
-#ifdef QSDPA_CUDA_HAVE_WGMMA
-    wg_wait0(); /* the last P V */
-    wg_hold(&o[0][0], DV / 2);
-#endif
     cp_async_wait<0>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
