@@ -85,9 +85,10 @@ __device__ __forceinline__ float fast_exp2(float x) {
 
 /* Packed rows [key0, key0 + L::BN) of one tensor (`rows` = its first row, `stride` bytes
  * apart, `valid` of them inside the cache; rows past them are zero-filled from the
- * in-bounds address `head`) -> the stage's 16-byte slots (L::k_slot or v_slot). Where the threads cover whole rows, each thread's chunk column is fixed and
- * only its row steps, so the addresses are one add per chunk (run 33: the div/mod and
- * 64-bit multiplies per chunk were 28% of the f16 kernel's instructions). */
+ * in-bounds address `head`) -> the stage's 16-byte slots (L::k_slot or v_slot). Where the
+ * threads cover whole rows, each thread's chunk column is fixed and only its row steps, so
+ * the addresses are one add per chunk (run 33: the div/mod and 64-bit multiplies per chunk
+ * were 28% of the f16 kernel's instructions). */
 template <class L, bool IS_K>
 __device__ __forceinline__ void load_code_rows(const char *head, const char *rows, int64_t stride, int64_t valid,
                                                uint32_t *dst, int tid) {
