@@ -349,7 +349,8 @@ template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
     static int occupancy[64];
     auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
-    /* the binary's own architecture decides its path (wgmma in sm_90a code) and so its shared memory */
+    /* the binary's own architecture decides its path (wgmma and a producer warpgroup in sm_90a
+     * code) and so its shared memory and block size */
     static int binary_version = -1;
     if (binary_version < 0) {
         cudaFuncAttributes fa;
@@ -357,8 +358,9 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     }
     using L = qfast::pf_layout<DK, DV, FK, FV>;
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
-    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "configuring fast_prefill",
-                                      qfast::PF_THREADS, smem, occupancy, 1 << 30, L::BN, qfast::PF_ROWS, false);
+    const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
+    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "configuring fast_prefill", threads,
+                                      smem, occupancy, 1 << 30, L::BN, qfast::PF_ROWS, false);
 }
 
 template <int DK, int DV, class FK, class FV>

@@ -3,19 +3,23 @@
  * V format).
  *
  * Each 64-key tile's packed K and V rows are dequantized ONCE per CTA into f16
- * tiles in shared memory, and the eight warps (16 folded rows each, 128 per
- * CTA) read them with ldmatrix as a kernel over f16 rows would, so the
- * dequantization is shared by 128 rows (the tile kernel it replaced had every
- * warp dequantize every key into its own fragments: 4x the work per CTA).
- * f16 rows skip the dequantization: their ring stage is the f16 tile.
- * Schedule: packed tiles stream through a 3-stage cp.async ring (load_tile,
- * with a swizzle of 16-byte chunks, c ^ (r & 7), so the 8 row addresses of an
- * ldmatrix phase hit distinct banks); step i dequantizes tile i into one of
- * two f16 buffers while the warps attend to tile i - 1 from the other, one
- * barrier per step. The online softmax runs once per 64-key tile. Causal and
- * window tiles outside a CTA's rows are skipped; split-K partials and
- * split_merge serve launches with too few row blocks to fill the GPU.
- * Measured and profiled in bench/NOTES.md (v11). */
+ * tiles in shared memory, read by the CTA's eight row warps (16 folded rows
+ * each, 128 per CTA), so the dequantization is shared by 128 rows. f16 rows
+ * skip it: their ring stage is the f16 tile. Packed tiles stream through a
+ * 3-stage cp.async ring (load_tile); f16 tiles are 128-byte swizzled
+ * (tile_chunk, wgmma.cuh). The online softmax runs once per 64-key tile.
+ * Causal and window tiles outside a CTA's rows are skipped; split-K partials
+ * and split_merge serve launches with too few row blocks to fill the GPU.
+ *
+ * sm_90a (wgmma): a fourth warpgroup is the producer (pf_produce): it loads
+ * and dequantizes tiles up to 3 ahead into f16 buffers, handing them to the
+ * two row warpgroups through named barriers (FULL / EMPTY per buffer), and
+ * gives most of its registers to them (setmaxnreg). The row warpgroups run
+ * S = Q K^T and O += P V on wgmma, q staged in shared memory.
+ * sm_80 (mma.sync, portable): all eight warps load, dequantize tile i into one
+ * of two buffers and attend to tile i - 1 from the other, one barrier per step,
+ * reading the tiles with ldmatrix.
+ * Measured and profiled in bench/NOTES.md (v11, v12, v13). */
 #ifndef QSDPA_CUDA_FAST_PREFILL_CUH
 #define QSDPA_CUDA_FAST_PREFILL_CUH
 
@@ -31,13 +35,23 @@ constexpr int PF_BN = 64;            /* keys per tile */
 #endif
 constexpr int PF_WARPS = QSDPA_CUDA_PF_WARPS; /* row warps per CTA, 16 folded rows each (4 or 8) */
 constexpr int PF_ROWS = 16 * PF_WARPS;
-constexpr int PF_THREADS = 32 * PF_WARPS;
+constexpr int PF_THREADS = 32 * PF_WARPS; /* the row (consumer) threads */
+/* sm_90a binaries add a producer warpgroup that loads and dequantizes the tiles (fast_prefill) */
+constexpr int PF_PRODUCER_THREADS = 128;
+constexpr int PF_BLOCK_THREADS_WGMMA = PF_THREADS + PF_PRODUCER_THREADS;
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+#define QSDPA_PF_BLOCK_THREADS (qfast::PF_BLOCK_THREADS_WGMMA)
+#define QSDPA_PF_LOAD_THREADS (qfast::PF_PRODUCER_THREADS)
+#else
+#define QSDPA_PF_BLOCK_THREADS (qfast::PF_THREADS)
+#define QSDPA_PF_LOAD_THREADS (qfast::PF_THREADS)
+#endif
 
 template <int DK, int DV, class FK_, class FV_>
 struct pf_layout {
     using FK = FK_;
     using FV = FV_;
-    static constexpr int THREADS = PF_THREADS;
+    static constexpr int THREADS = QSDPA_PF_LOAD_THREADS; /* threads that load and dequantize */
     static constexpr int BN = PF_BN;
     /* f16 rows are used in place (ldmatrix reads the ring stage); other formats are
      * dequantized from the stage into double-buffered f16 tiles */
@@ -59,9 +73,11 @@ struct pf_layout {
     static constexpr int Q_BYTES = PF_ROWS * DK * 2;                  /* the CTA's q rows (wgmma's A) */
     /* dynamic shared memory of the two builds: the mma.sync path (sm_80 binaries) needs neither the
      * q tile nor 1024-byte alignment; the wgmma path (sm_90a binaries) gets both (+ alignment slack) */
-    static constexpr int TILE_BUFS = 2; /* f16 tile pairs: tile i dequantized while tile i - 1 is attended to */
-    static constexpr int BYTES_MMA = PIPE_BYTES + TILE_BUFS * TILE_BYTES;
-    static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + TILE_BUFS * TILE_BYTES + Q_BYTES;
+    /* f16 tile pairs: the mma.sync path dequantizes tile i while attending to tile i - 1 (2);
+     * the producer of the wgmma path runs up to 3 tiles ahead of the consumers */
+    static constexpr int TILE_BUFS_MMA = 2, TILE_BUFS_WGMMA = 3;
+    static constexpr int BYTES_MMA = PIPE_BYTES + TILE_BUFS_MMA * TILE_BYTES;
+    static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + TILE_BUFS_WGMMA * TILE_BYTES + Q_BYTES;
     static_assert(DK % 64 == 0 && DV % 64 == 0, "f16 tile rows of whole 8-chunk swizzle units");
     /* f16 tiles (in place or dequantized) are 128-byte-swizzled halves (tile_chunk, wgmma.cuh);
      * packed rows stay in order */
@@ -132,13 +148,14 @@ __device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char 
     auto scale_of = [&](int r, int c) {
         return group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, gscale);
     };
-    if constexpr (PF_THREADS % CH == 0 && PF_BN % (PF_THREADS / CH) == 0) {
+    constexpr int NTH = QSDPA_PF_LOAD_THREADS;
+    if constexpr (NTH % CH == 0 && PF_BN % (NTH / CH) == 0) {
         /* each thread's chunk column is fixed and its rows step by ROW_STEP, so the addresses
          * reduce to adds (run 33: the generic loop's index math was about half of its ~44
          * instructions per chunk); every load is issued before the first store, because the
          * compiler cannot tell the stage from the tile and would otherwise wait out each
          * chunk's shared-memory latency in turn */
-        constexpr int ROW_STEP = PF_THREADS / CH, N = PF_BN / ROW_STEP;
+        constexpr int ROW_STEP = NTH / CH, N = PF_BN / ROW_STEP;
         const int c = tid % CH, r0 = tid / CH;
         uint32_t words[N][WPC];
         half2 sb[N];
@@ -152,7 +169,7 @@ __device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char 
         for (int i = 0; i < N; i++) emit(r0 + i * ROW_STEP, c, words[i], sb[i]);
     } else {
 #pragma unroll 1
-        for (int idx = tid; idx < PF_BN * CH; idx += PF_THREADS) {
+        for (int idx = tid; idx < PF_BN * CH; idx += NTH) {
             const int r = idx / CH, c = idx % CH;
             uint32_t words[WPC];
 #pragma unroll
@@ -188,8 +205,76 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
                                      tile + L::BN * DK / 2, tid);
 }
 
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+/* Named barriers between the producer warpgroup and the row warps (id 0 is __syncthreads):
+ * tile buffer b is FULL once the producer has written it, EMPTY once every row warp's
+ * wgmma has finished reading it; PF_BAR_PRODUCER orders the producer's own ring. */
+constexpr int PF_BAR_FULL = 1, PF_BAR_EMPTY = 4, PF_BAR_PRODUCER = 7;
+/* registers per thread after setmaxnreg: 2 x 128 x 192 + 128 x 128 = 64K, the SM's file
+ * (the launch gives each of the 384 threads 168) */
+constexpr int PF_ROW_REGS = 192, PF_PRODUCER_REGS = 128;
+static_assert(PF_THREADS * PF_ROW_REGS + PF_PRODUCER_THREADS * PF_PRODUCER_REGS <= 65536, "register file");
+__device__ __forceinline__ void named_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+/* The producer warpgroup (`ptid` 0..127) of tiles t0..t1-1: packed tiles through the
+ * cp.async ring, each dequantized into tile buffer i % TILE_BUFS_WGMMA once the row
+ * warps have released it, then published (FULL). f16 rows: the ring stages are the
+ * buffers; a stage is published when its copy lands and refilled when released. The
+ * producer runs ahead by as many tiles as there are buffers, so the row warps find
+ * their next tile ready while it loads and dequantizes the ones after. */
+template <class L, int DK, int DV>
+__device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sources &src, char *smem,
+                                           uint32_t *tiles, int t0, int t1, int ptid) {
+    constexpr int S = L::STAGES, NB = L::DIRECT ? L::STAGES : L::TILE_BUFS_WGMMA;
+    constexpr int ALL = PF_BLOCK_THREADS_WGMMA;
+    const int n = t1 - t0;
+    auto stage = [&](int i) { return smem + (i % S) * L::STAGE_BYTES; };
+    if constexpr (L::DIRECT) {
+#pragma unroll
+        for (int i = 0; i < S; i++) { /* one commit group per tile, empty past the last */
+            if (i < n) load_tile<L>(p, src, stage(i), t0 + i, ptid);
+            cp_async_commit();
+        }
+        for (int it = 0; it < n; it++) {
+            cp_async_wait<S - 1>(); /* this thread's copies of tile it (groups committed: S + it) */
+            fence_proxy_async();
+            named_arrive(PF_BAR_FULL + it % NB, ALL);
+            /* refill the stage of tile it - 1 with tile it - 1 + S once the row warps release it */
+            if (it >= 1 && it - 1 + S < n) {
+                named_sync(PF_BAR_EMPTY + (it - 1) % NB, ALL);
+                load_tile<L>(p, src, stage(it - 1), t0 + it - 1 + S, ptid);
+            }
+            cp_async_commit();
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < S - 1; i++) {
+            if (i < n) load_tile<L>(p, src, stage(i), t0 + i, ptid);
+            cp_async_commit();
+        }
+        for (int it = 0; it < n; it++) {
+            cp_async_wait<S - 2>(); /* groups committed: S - 1 + it */
+            /* every producer thread's copies of tile it landed, and every one is done with
+             * stage it - 1, which the load below refills */
+            named_sync(PF_BAR_PRODUCER, PF_PRODUCER_THREADS);
+            if (it + S - 1 < n) load_tile<L>(p, src, stage(it + S - 1), t0 + it + S - 1, ptid);
+            cp_async_commit();
+            if (it >= NB) named_sync(PF_BAR_EMPTY + it % NB, ALL); /* tile it - NB's readers are done */
+            dequant_stage<L, DK, DV>(p, stage(it), tiles + (it % NB) * (L::TILE_BYTES / 4), ptid);
+            named_arrive(PF_BAR_FULL + it % NB, ALL);
+        }
+    }
+    cp_async_wait<0>();
+}
+#endif
+
 template <int DK, int DV, class FK, class FV>
-__global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const fast_params p) {
+__global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const fast_params p) {
     using L = pf_layout<DK, DV, FK, FV>;
     constexpr int KSTEPS = DK / 16; /* k16 steps of Q.K */
     constexpr int NT = DV / 8;      /* n8 tiles of O */
@@ -201,10 +286,10 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
 #else
     char *smem = smem_raw;
 #endif
-    constexpr int TILE_BUFS = L::TILE_BUFS;
-    uint32_t *tiles = (uint32_t *)(smem + L::PIPE_BYTES);       /* f16 (K, V) tile pairs */
-    char *qsm = smem + L::PIPE_BYTES + TILE_BUFS * L::TILE_BYTES; /* q [PF_ROWS][DK] f16, swizzled */
-    auto tile_buf = [&](int i) { return tiles + (i % TILE_BUFS) * (L::TILE_BYTES / 4); };
+    uint32_t *tiles = (uint32_t *)(smem + L::PIPE_BYTES); /* f16 (K, V) tile pairs */
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    char *qsm = smem + L::PIPE_BYTES + L::TILE_BUFS_WGMMA * L::TILE_BYTES; /* q [PF_ROWS][DK] f16, swizzled */
+#endif
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gq = lane >> 2, c4 = lane & 3;
@@ -249,151 +334,14 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
     const int last_lo = (int)(f_cta / p.ratio + p.key_total - p.lq - p.key_offset);
     const int last_hi = (int)((f_end - 1) / p.ratio + p.key_total - p.lq - p.key_offset);
 
-    const tile_sources src = tile_sources_of<L>(p, b, g);
-#pragma unroll
-    for (int s = 0; s < L::STAGES - 1; s++) {
-        if (t0 + s < t1) load_tile<L>(p, src, smem + s * L::STAGE_BYTES, t0 + s, tid);
-        cp_async_commit();
-    }
-
-#ifdef QSDPA_CUDA_HAVE_WGMMA
-    /* q rows -> f16 in shared memory (zeros past the last row), wgmma's A operand. 16-byte
-     * loads where the row is aligned, and 32-bit index arithmetic where the rows allow it (run
-     * 36: per-element loads and 64-bit divisions made this prologue 7% of the 4-bit kernel) */
-    const bool rows32 = p.rows <= 0x7fffffff && p.ratio <= 0x7fffffff;
-    for (int idx = tid; idx < PF_ROWS * (DK / 8); idx += PF_THREADS) {
-        const int row = idx / (DK / 8), c = idx % (DK / 8);
-        const int64_t f = f_cta + row;
-        uint4 chunk = make_uint4(0u, 0u, 0u, 0u);
-        if (f < p.rows) {
-            int64_t qi, qh;
-            if (rows32) {
-                qi = (uint32_t)f / (uint32_t)p.ratio;
-                qh = (uint32_t)f - (uint32_t)qi * (uint32_t)p.ratio;
-            } else {
-                qi = f / p.ratio;
-                qh = f % p.ratio;
-            }
-            const int64_t base = b * p.qs[0] + (g * p.ratio + qh) * p.qs[1] + qi * p.qs[2] + 8 * c;
-            const bool f16 = p.q_dtype == QSDPA_DTYPE_F16, bf16 = p.q_dtype == QSDPA_DTYPE_BF16;
-            const char *src = (const char *)p.q + base * (f16 || bf16 ? 2 : 4);
-            if ((f16 || bf16) && ((uintptr_t)src & 15) == 0) {
-                chunk = *(const uint4 *)src;
-                if (bf16) {
-                    uint32_t *w = &chunk.x;
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        w[e] = h2u(__float22half2_rn(__bfloat1622float2(*(__nv_bfloat162 *)&w[e])));
-                }
-            } else {
-                float v[8];
-#pragma unroll
-                for (int e = 0; e < 8; e++) v[e] = qd_load_float(p.q, p.q_dtype, base + e);
-                chunk = make_uint4(h2u(__floats2half2_rn(v[0], v[1])), h2u(__floats2half2_rn(v[2], v[3])),
-                                   h2u(__floats2half2_rn(v[4], v[5])), h2u(__floats2half2_rn(v[6], v[7])));
-            }
-        }
-        *(uint4 *)(qsm + tile_chunk(row, c, PF_ROWS)) = chunk;
-    }
-    fence_proxy_async(); /* published by the loop's first barrier */
-    /* this warpgroup's 64 rows of each half */
-    const uint64_t q_desc = wg_desc(qsm + (warp / 4) * 64 * 128, 16, 1024);
-#else
-    /* Q fragments in element order (K tiles are f16 in element order) */
-    uint32_t qa[KSTEPS][4];
-#pragma unroll
-    for (int s = 0; s < KSTEPS; s++)
-#pragma unroll
-        for (int x = 0; x < 4; x++) { /* a0: row gq, k 2c; a1: row gq+8; a2: row gq, k 2c+8; a3: row gq+8, k 2c+8 */
-            const int r = x & 1, d = 16 * s + 2 * c4 + 8 * (x >> 1);
-            float v0 = 0.0f, v1 = 0.0f;
-            if (rv[r]) {
-                int64_t base = b * p.qs[0] + hr[r] * p.qs[1] + ir[r] * p.qs[2];
-                v0 = qd_load_float(p.q, p.q_dtype, base + d);
-                v1 = qd_load_float(p.q, p.q_dtype, base + d + 1);
-            }
-            qa[s][x] = h2u(__floats2half2_rn(v0, v1));
-        }
-
-#endif
     float o[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-    /* Schedule, one barrier per step: f16 rows attend to tile t0 + it in step it; quantized
-     * tiles are dequantized one step ahead of their attention (step it dequantizes tile
-     * t0 + it into buffer it and attends to tile t0 + it - 1). With wgmma the step issues
-     * S = Q K^T and dequantizes while the tensor cores run it. P V is waited for within its
-     * step: leaving it in flight into the next step (run 35) made ptxas serialize every
-     * wgmma (C7515, "non wgmma instructions defining accumulator registers"), 3% slower. */
-    const int lag = L::DIRECT ? 0 : 1;
-#ifdef QSDPA_CUDA_HAVE_WGMMA
-    float sc[BN / 8][4]; /* S; not zeroed: the first k step ignores it (accumulate 0) */
-#endif
-    for (int it = 0; it < t1 - t0 + lag; it++) {
-        const int t = t0 + it; /* tile arriving in this step */
-        if (t < t1) cp_async_wait<L::STAGES - 2>();
-#ifdef QSDPA_CUDA_HAVE_WGMMA
-        if constexpr (L::DIRECT) fence_proxy_async(); /* cp.async data, read next by wgmma */
-#endif
-        __syncthreads(); /* tile t landed; every warp is done with step it-1's reads */
-        if (t + L::STAGES - 1 < t1)
-            load_tile<L>(p, src, smem + ((it + L::STAGES - 1) % L::STAGES) * L::STAGE_BYTES, t + L::STAGES - 1, tid);
-        cp_async_commit();
-        const char *kbytes, *vbytes;
-        if constexpr (L::DIRECT) {
-            kbytes = smem + (it % L::STAGES) * L::STAGE_BYTES;
-            vbytes = kbytes + L::K_BYTES;
-        } else {
-            const char *stage = smem + (it % L::STAGES) * L::STAGE_BYTES;
-            if (it == 0) { /* nothing dequantized yet to attend to */
-                if (t < t1) dequant_stage<L, DK, DV>(p, stage, tile_buf(it), tid);
-                continue;
-            }
-#ifndef QSDPA_CUDA_HAVE_WGMMA
-            if (t < t1) dequant_stage<L, DK, DV>(p, stage, tile_buf(it), tid);
-#endif
-            kbytes = (const char *)tile_buf(it - 1);
-            vbytes = kbytes + BN * DK * 2;
-        }
-        const int ta = t - lag; /* tile attended to in this step */
-
-        /* S = Q K^T for 64 keys: n8 tile j = keys 8j..8j+7 */
-#ifndef QSDPA_CUDA_HAVE_WGMMA
-        float sc[BN / 8][4];
-#endif
-#ifdef QSDPA_CUDA_HAVE_WGMMA
-        /* one m64n64k16 per k step for this warpgroup's 64 rows; the accumulator layout is the
-         * mma.sync one (sc[j][2h + e]), so the softmax below is shared by both paths */
-        wg_hold(&sc[0][0], BN / 2);
-        wg_fence();
-        const uint64_t k_desc = wg_desc(kbytes, 16, 1024);
-#pragma unroll
-        for (int s = 0; s < KSTEPS; s++)
-            wg_64x64_ss(&sc[0][0], wg_desc_add(q_desc, (s / 4) * PF_ROWS * 128 + (s % 4) * 32),
-                        wg_desc_add(k_desc, (s / 4) * BN * 128 + (s % 4) * 32), s > 0);
-        wg_commit();
-        if constexpr (!L::DIRECT) /* CUDA-core work beside the tensor cores' S and last step's P V */
-            if (t < t1) dequant_stage<L, DK, DV>(p, smem + (it % L::STAGES) * L::STAGE_BYTES, tile_buf(it), tid);
-        wg_wait0();
-        wg_hold(&sc[0][0], BN / 2);
-#else
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++) {
-            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
-            const int key = 8 * j + (lane & 7);
-#pragma unroll
-            for (int s2 = 0; s2 < KSTEPS / 2; s2++) { /* two k steps (32 dims) per ldmatrix.x4 */
-                const int chunk = 4 * s2 + (lane >> 3);
-                uint32_t bf[4];
-                ldmatrix_x4(bf, kbytes + tile_chunk(key, chunk, BN));
-                mma16816(sc[j], qa[2 * s2], bf[0], bf[1]);
-                mma16816(sc[j], qa[2 * s2 + 1], bf[2], bf[3]);
-            }
-        }
-#endif
-
+    /* Tile ta's scores sc (rows gq and gq+8): scale, mask, online softmax into m, l and o,
+     * and P packed as pk, the A fragments of P V */
+    auto attend = [&](int ta, float (&sc)[BN / 8][4], uint32_t (&pk)[BN / 16][4]) {
         /* scale, mask, online softmax over the tile (rows gq and gq+8) */
         const bool plain_tile = p.mask_kind == QSDPA_MASK_NONE && (ta + 1) * BN <= kend &&
                                 (!p.causal || ((ta + 1) * BN - 1 <= last_lo &&
@@ -460,8 +408,7 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
             o[n][2] *= corr[1]; o[n][3] *= corr[1];
         }
 
-        /* O += P V: k step kk = keys 16kk..16kk+15 */
-        uint32_t pk[BN / 16][4];
+        /* P as f16 A fragments of P V (k step kk = keys 16kk..16kk+15) */
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
             pk[kk][0] = h2u(__floats2half2_rn(sc[2 * kk][0], sc[2 * kk][1]));
@@ -469,9 +416,81 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
             pk[kk][2] = h2u(__floats2half2_rn(sc[2 * kk + 1][0], sc[2 * kk + 1][1]));
             pk[kk][3] = h2u(__floats2half2_rn(sc[2 * kk + 1][2], sc[2 * kk + 1][3]));
         }
+    };
+
 #ifdef QSDPA_CUDA_HAVE_WGMMA
-        /* P from registers (its fragments are the accumulator layout), V MN-major: 16 keys per
-         * 2048 bytes, the two 64-column halves of Dv 128 are BN * 128 bytes apart */
+    /* q rows -> f16 in shared memory (zeros past the last row), wgmma's A operand. 16-byte
+     * loads where the row is aligned, and 32-bit index arithmetic where the rows allow it (run
+     * 36: per-element loads and 64-bit divisions made this prologue 7% of the 4-bit kernel) */
+    const bool rows32 = p.rows <= 0x7fffffff && p.ratio <= 0x7fffffff;
+    for (int idx = tid; idx < PF_ROWS * (DK / 8); idx += PF_BLOCK_THREADS_WGMMA) {
+        const int row = idx / (DK / 8), c = idx % (DK / 8);
+        const int64_t f = f_cta + row;
+        uint4 chunk = make_uint4(0u, 0u, 0u, 0u);
+        if (f < p.rows) {
+            int64_t qi, qh;
+            if (rows32) {
+                qi = (uint32_t)f / (uint32_t)p.ratio;
+                qh = (uint32_t)f - (uint32_t)qi * (uint32_t)p.ratio;
+            } else {
+                qi = f / p.ratio;
+                qh = f % p.ratio;
+            }
+            const int64_t base = b * p.qs[0] + (g * p.ratio + qh) * p.qs[1] + qi * p.qs[2] + 8 * c;
+            const bool f16 = p.q_dtype == QSDPA_DTYPE_F16, bf16 = p.q_dtype == QSDPA_DTYPE_BF16;
+            const char *src = (const char *)p.q + base * (f16 || bf16 ? 2 : 4);
+            if ((f16 || bf16) && ((uintptr_t)src & 15) == 0) {
+                chunk = *(const uint4 *)src;
+                if (bf16) {
+                    uint32_t *w = &chunk.x;
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        w[e] = h2u(__float22half2_rn(__bfloat1622float2(*(__nv_bfloat162 *)&w[e])));
+                }
+            } else {
+                float v[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++) v[e] = qd_load_float(p.q, p.q_dtype, base + e);
+                chunk = make_uint4(h2u(__floats2half2_rn(v[0], v[1])), h2u(__floats2half2_rn(v[2], v[3])),
+                                   h2u(__floats2half2_rn(v[4], v[5])), h2u(__floats2half2_rn(v[6], v[7])));
+            }
+        }
+        *(uint4 *)(qsm + tile_chunk(row, c, PF_ROWS)) = chunk;
+    }
+    fence_proxy_async();
+    __syncthreads(); /* q staged; from here the producer warpgroup and the row warps part */
+    if (warp >= PF_WARPS) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PF_PRODUCER_REGS));
+        pf_produce<L, DK, DV>(p, tile_sources_of<L>(p, b, g), smem, tiles, t0, t1, tid - PF_THREADS);
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(PF_ROW_REGS));
+    /* this warpgroup's 64 rows of each half */
+    const uint64_t q_desc = wg_desc(qsm + (warp / 4) * 64 * 128, 16, 1024);
+    constexpr int NB = L::DIRECT ? L::STAGES : L::TILE_BUFS_WGMMA;
+    for (int it = 0; it < t1 - t0; it++) {
+        const int ta = t0 + it;
+        named_sync(PF_BAR_FULL + it % NB, PF_BLOCK_THREADS_WGMMA); /* the producer published tile ta */
+        const char *kbytes = L::DIRECT ? smem + (it % L::STAGES) * L::STAGE_BYTES
+                                       : (const char *)(tiles + (it % NB) * (L::TILE_BYTES / 4));
+        const char *vbytes = kbytes + (L::DIRECT ? L::K_BYTES : BN * DK * 2);
+        /* S = Q K^T: one m64n64k16 per k step for this warpgroup's 64 rows; the accumulator
+         * layout is the mma.sync one (sc[j][2h + e]), so attend() serves both paths */
+        float sc[BN / 8][4];
+        wg_hold(&sc[0][0], BN / 2);
+        wg_fence();
+        const uint64_t k_desc = wg_desc(kbytes, 16, 1024);
+#pragma unroll
+        for (int s = 0; s < KSTEPS; s++) /* the first k step does not accumulate: sc needs no zeroing */
+            wg_64x64_ss(&sc[0][0], wg_desc_add(q_desc, (s / 4) * PF_ROWS * 128 + (s % 4) * 32),
+                        wg_desc_add(k_desc, (s / 4) * BN * 128 + (s % 4) * 32), s > 0);
+        wg_commit();
+        wg_wait0();
+        wg_hold(&sc[0][0], BN / 2);
+        uint32_t pk[BN / 16][4];
+        attend(ta, sc, pk);
+        /* O += P V, P from registers, V MN-major: 16 keys per 2048 bytes, the two 64-column
+         * halves of Dv 128 BN * 128 bytes apart */
         wg_hold(&o[0][0], DV / 2);
         wg_hold_regs(&pk[0][0], BN / 4);
         wg_fence();
@@ -485,7 +504,72 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
         wg_commit();
         wg_wait0();
         wg_hold(&o[0][0], DV / 2);
+        if (it + NB < t1 - t0) named_arrive(PF_BAR_EMPTY + it % NB, PF_BLOCK_THREADS_WGMMA); /* buffer free */
+    }
 #else
+    const tile_sources src = tile_sources_of<L>(p, b, g);
+#pragma unroll
+    for (int s = 0; s < L::STAGES - 1; s++) {
+        if (t0 + s < t1) load_tile<L>(p, src, smem + s * L::STAGE_BYTES, t0 + s, tid);
+        cp_async_commit();
+    }
+    /* Q fragments in element order (K tiles are f16 in element order) */
+    uint32_t qa[KSTEPS][4];
+#pragma unroll
+    for (int s = 0; s < KSTEPS; s++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) { /* a0: row gq, k 2c; a1: row gq+8; a2: row gq, k 2c+8; a3: row gq+8, k 2c+8 */
+            const int r = x & 1, d = 16 * s + 2 * c4 + 8 * (x >> 1);
+            float v0 = 0.0f, v1 = 0.0f;
+            if (rv[r]) {
+                int64_t base = b * p.qs[0] + hr[r] * p.qs[1] + ir[r] * p.qs[2];
+                v0 = qd_load_float(p.q, p.q_dtype, base + d);
+                v1 = qd_load_float(p.q, p.q_dtype, base + d + 1);
+            }
+            qa[s][x] = h2u(__floats2half2_rn(v0, v1));
+        }
+
+    /* Schedule, one barrier per step: f16 rows attend to tile t0 + it in step it; quantized
+     * tiles are dequantized one step ahead of their attention (step it dequantizes tile
+     * t0 + it into buffer it & 1 and attends to tile t0 + it - 1), so every warp's
+     * dequantization work sits beside the tensor-core work of the other warps. */
+    const int lag = L::DIRECT ? 0 : 1;
+    for (int it = 0; it < t1 - t0 + lag; it++) {
+        const int t = t0 + it; /* tile arriving in this step */
+        if (t < t1) cp_async_wait<L::STAGES - 2>();
+        __syncthreads(); /* tile t landed; every warp is done with step it-1's reads */
+        if (t + L::STAGES - 1 < t1)
+            load_tile<L>(p, src, smem + ((it + L::STAGES - 1) % L::STAGES) * L::STAGE_BYTES, t + L::STAGES - 1, tid);
+        cp_async_commit();
+        const char *kbytes, *vbytes;
+        if constexpr (L::DIRECT) {
+            kbytes = smem + (it % L::STAGES) * L::STAGE_BYTES;
+            vbytes = kbytes + L::K_BYTES;
+        } else {
+            if (t < t1) dequant_stage<L, DK, DV>(p, smem + (it % L::STAGES) * L::STAGE_BYTES,
+                                                 tiles + (it & 1) * (L::TILE_BYTES / 4), tid);
+            if (it == 0) continue; /* nothing dequantized yet to attend to */
+            kbytes = (const char *)(tiles + ((it - 1) & 1) * (L::TILE_BYTES / 4));
+            vbytes = kbytes + BN * DK * 2;
+        }
+        /* S = Q K^T for 64 keys: n8 tile j = keys 8j..8j+7 */
+        float sc[BN / 8][4];
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+            const int key = 8 * j + (lane & 7);
+#pragma unroll
+            for (int s2 = 0; s2 < KSTEPS / 2; s2++) { /* two k steps (32 dims) per ldmatrix.x4 */
+                const int chunk = 4 * s2 + (lane >> 3);
+                uint32_t bf[4];
+                ldmatrix_x4(bf, kbytes + tile_chunk(key, chunk, BN));
+                mma16816(sc[j], qa[2 * s2], bf[0], bf[1]);
+                mma16816(sc[j], qa[2 * s2 + 1], bf[2], bf[3]);
+            }
+        }
+        uint32_t pk[BN / 16][4];
+        attend(t - lag, sc, pk);
+        /* O += P V */
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
             const int key = 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1);
@@ -498,8 +582,8 @@ __global__ void __launch_bounds__(PF_THREADS, 8 / PF_WARPS) fast_prefill(const f
                 mma16816(o[2 * np + 1], pk[kk], bf[2], bf[3]);
             }
         }
-#endif
     }
+#endif
     cp_async_wait<0>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
