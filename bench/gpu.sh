@@ -4,7 +4,7 @@
 # subset, the benchmark, PyTorch's baselines, ncu on the 32K decode, and a
 # joined report. Each stage has its own time limit so the call ends well
 # inside 10 minutes and later stages still run when one fails.
-# Outputs under $OUT (at most 9 files): build.log build-base.log tests.log sanitizer.log
+# Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
 # Usage (device): bash bench/gpu.sh [quick | variants | profile-prefill]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
@@ -50,6 +50,11 @@ echo "build rc=$?" | tee -a "$OUT/build.log"
 tail -5 "$OUT/build.log"
 # ptxas serializing wgmma (an accumulator register written while a wgmma is in flight) costs speed silently
 grep -h "C7515" "$OUT/build.log" | sed 's/.*function ./wgmma serialized: /' | sort -u | head -5
+# a kernel that hangs would eat every later stage's time limit: one prefill launch first, stop if it hangs
+if ! timeout 30 "$B/bench_gpu" prefill affine4g64 >"$OUT/smoke.txt" 2>&1; then
+  echo "SMOKE FAILED (rc=$?): bench_gpu prefill affine4g64 did not finish in 30 s; stopping" | tee -a "$OUT/build.log"
+  exit 1
+fi
 # the baseline builds on the CPU while the tests below run on the GPU (nothing is timed before it is joined)
 if [ -d build-base-src ]; then
   timeout 300 bash -c "build_tree build-base-src build-base ''" >"$OUT/build-base.log" 2>&1 &

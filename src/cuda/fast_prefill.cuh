@@ -210,10 +210,13 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
  * tile buffer b is FULL once the producer has written it, EMPTY once every row warp's
  * wgmma has finished reading it; PF_BAR_PRODUCER orders the producer's own ring. */
 constexpr int PF_BAR_FULL = 1, PF_BAR_EMPTY = 4, PF_BAR_PRODUCER = 7;
-/* registers per thread after setmaxnreg: 2 x 128 x 192 + 128 x 128 = 64K, the SM's file
- * (the launch gives each of the 384 threads 168) */
-constexpr int PF_ROW_REGS = 192, PF_PRODUCER_REGS = 128;
-static_assert(PF_THREADS * PF_ROW_REGS + PF_PRODUCER_THREADS * PF_PRODUCER_REGS <= 65536, "register file");
+/* registers per thread after setmaxnreg. setmaxnreg.inc only takes what other warps of the
+ * CTA released, so the split must fit the launch's allocation, 384 x 168, not the SM's 64K
+ * (run 37: 2 x 128 x 192 + 128 x 128 = 64K hung every launch in setmaxnreg.inc) */
+constexpr int PF_LAUNCH_REGS = 168, PF_ROW_REGS = 192, PF_PRODUCER_REGS = 120;
+static_assert(PF_THREADS * PF_ROW_REGS + PF_PRODUCER_THREADS * PF_PRODUCER_REGS <=
+                  PF_BLOCK_THREADS_WGMMA * PF_LAUNCH_REGS,
+              "setmaxnreg split within the launch's registers");
 __device__ __forceinline__ void named_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -241,7 +244,9 @@ __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sour
             cp_async_commit();
         }
         for (int it = 0; it < n; it++) {
-            cp_async_wait<S - 1>(); /* this thread's copies of tile it (groups committed: S + it) */
+            /* this thread's copies of tile it: S + it groups committed, the empty one of step 0
+             * among them, so tile it (>= S) is group it + 1 and S - 2 may stay pending */
+            cp_async_wait<S - 2>();
             fence_proxy_async();
             named_arrive(PF_BAR_FULL + it % NB, ALL);
             /* refill the stage of tile it - 1 with tile it - 1 + S once the row warps release it */
