@@ -36,7 +36,8 @@ constexpr int PF_BN = 64;            /* keys per tile */
 constexpr int PF_WARPS = QSDPA_CUDA_PF_WARPS; /* row warps per CTA, 16 folded rows each (4 or 8) */
 constexpr int PF_ROWS = 16 * PF_WARPS;
 constexpr int PF_THREADS = 32 * PF_WARPS; /* the row (consumer) threads */
-/* sm_90a binaries add a producer warpgroup that loads and dequantizes the tiles (fast_prefill) */
+/* sm_90a binaries add a producer warpgroup that loads and dequantizes the tiles (fast_prefill).
+ * Two (512 threads, 128 registers each at launch) made ptxas spill ~300 bytes: not tried. */
 constexpr int PF_PRODUCER_THREADS = 128;
 constexpr int PF_BLOCK_THREADS_WGMMA = PF_THREADS + PF_PRODUCER_THREADS;
 #ifdef QSDPA_CUDA_HAVE_WGMMA
@@ -117,92 +118,155 @@ __device__ __forceinline__ half2 group_scale_bias(const char *scales, const char
     }
 }
 
-template <int D, class F, class S>
-__device__ __forceinline__ void dequant_rows(const uint32_t *packed, const char *scales, const char *biases,
-                                             float gscale, uint32_t *tile, int tid) {
-    constexpr int W = D * F::bits / 32; /* packed words per row */
-    constexpr int CH = D / 8;           /* f16 chunks per row */
-    constexpr int WPC = 8 / F::U;       /* packed words per chunk */
-    constexpr int G = F::has_scales ? D / F::group : 1;
-    static_assert(8 % F::U == 0 && (!F::has_scales || F::group % 8 == 0), "a chunk: whole words, one group");
-    /* one chunk: 8 elements of row r, columns 8c..8c+7, from its packed words and group scale */
-    auto emit = [&](int r, int c, const uint32_t *words, half2 sb) {
-        __half h[8];
+/* One 16-byte chunk of a swizzled f16 tile: 8 elements of row r, columns 8c..8c+7, from
+ * their packed words and group {scale, bias}, stored in element order. */
+template <class F>
+__device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, half2 sb) {
+    __half h[8];
 #pragma unroll
-        for (int w = 0; w < WPC; w++) {
-            half2 pairs[F::U / 2];
-            F::k_word(words[w], sb, pairs);
+    for (int w = 0; w < 8 / F::U; w++) {
+        half2 pairs[F::U / 2];
+        F::k_word(words[w], sb, pairs);
 #pragma unroll
-            for (int q = 0; q < F::U / 2; q++) {
-                h[w * F::U + F::k_order(q, 0)] = __low2half(pairs[q]);
-                h[w * F::U + F::k_order(q, 1)] = __high2half(pairs[q]);
-            }
-        }
-        uint4 out;
-        out.x = h2u(__halves2half2(h[0], h[1]));
-        out.y = h2u(__halves2half2(h[2], h[3]));
-        out.z = h2u(__halves2half2(h[4], h[5]));
-        out.w = h2u(__halves2half2(h[6], h[7]));
-        *(uint4 *)((char *)tile + tile_chunk(r, c, PF_BN)) = out;
-    };
-    auto scale_of = [&](int r, int c) {
-        return group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, gscale);
-    };
-    constexpr int NTH = QSDPA_PF_LOAD_THREADS;
-    if constexpr (NTH % CH == 0 && PF_BN % (NTH / CH) == 0) {
-        /* each thread's chunk column is fixed and its rows step by ROW_STEP, so the addresses
-         * reduce to adds (run 33: the generic loop's index math was about half of its ~44
-         * instructions per chunk); every load is issued before the first store, because the
-         * compiler cannot tell the stage from the tile and would otherwise wait out each
-         * chunk's shared-memory latency in turn */
-        constexpr int ROW_STEP = NTH / CH, N = PF_BN / ROW_STEP;
-        const int c = tid % CH, r0 = tid / CH;
-        uint32_t words[N][WPC];
-        half2 sb[N];
-#pragma unroll
-        for (int i = 0; i < N; i++) {
-            sb[i] = scale_of(r0 + i * ROW_STEP, c);
-#pragma unroll
-            for (int w = 0; w < WPC; w++) words[i][w] = packed[(r0 + i * ROW_STEP) * W + c * WPC + w];
-        }
-#pragma unroll
-        for (int i = 0; i < N; i++) emit(r0 + i * ROW_STEP, c, words[i], sb[i]);
-    } else {
-#pragma unroll 1
-        for (int idx = tid; idx < PF_BN * CH; idx += NTH) {
-            const int r = idx / CH, c = idx % CH;
-            uint32_t words[WPC];
-#pragma unroll
-            for (int w = 0; w < WPC; w++) words[w] = packed[r * W + c * WPC + w];
-            emit(r, c, words, scale_of(r, c));
+        for (int q = 0; q < F::U / 2; q++) {
+            h[w * F::U + F::k_order(q, 0)] = __low2half(pairs[q]);
+            h[w * F::U + F::k_order(q, 1)] = __high2half(pairs[q]);
         }
     }
-#ifdef QSDPA_CUDA_HAVE_WGMMA
-    fence_proxy_async(); /* the tile is read next by wgmma (async proxy) */
-#endif
+    uint4 out;
+    out.x = h2u(__halves2half2(h[0], h[1]));
+    out.y = h2u(__halves2half2(h[2], h[3]));
+    out.z = h2u(__halves2half2(h[4], h[5]));
+    out.w = h2u(__halves2half2(h[6], h[7]));
+    *(uint4 *)((char *)tile + tile_chunk(r, c, PF_BN)) = out;
+}
+
+/* This thread's share of one tensor's tile where the loading threads cover whole rows:
+ * a fixed chunk column c and rows r0 + i * ROW_STEP, so addresses are adds (run 33: the
+ * generic loop's index math was half of its ~44 instructions per chunk). gather() loads
+ * every word and group scale (converted to f16 here, one dtype branch per tensor), emit()
+ * decodes and stores: the caller gathers K and V before emitting either, because the
+ * compiler cannot tell the stage from the tile and would otherwise wait out each load's
+ * latency behind the previous store (runs 36-39). */
+template <int D, class F>
+struct chunk_batch {
+    static constexpr int W = D * F::bits / 32; /* packed words per row */
+    static constexpr int CH = D / 8;           /* f16 chunks per row */
+    static constexpr int WPC = 8 / F::U;       /* packed words per chunk */
+    static constexpr int G = F::has_scales ? D / F::group : 1;
+    static constexpr int NTH = QSDPA_PF_LOAD_THREADS;
+    static constexpr bool FIXED = NTH % CH == 0 && PF_BN % (NTH / CH) == 0;
+    static constexpr int ROW_STEP = FIXED ? NTH / CH : 1, N = FIXED ? PF_BN / ROW_STEP : 1;
+    static_assert(8 % F::U == 0 && (!F::has_scales || F::group % 8 == 0), "a chunk: whole words, one group");
+    uint32_t words[N][WPC];
+    half2 sb[N];
+
+    template <class S>
+    __device__ __forceinline__ void gather_as(const uint32_t *packed, const char *scales, const char *biases,
+                                              float gscale, int tid) {
+        const int c = tid % CH, r0 = tid / CH;
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const int r = r0 + i * ROW_STEP;
+            sb[i] = group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, gscale);
+#pragma unroll
+            for (int w = 0; w < WPC; w++) words[i][w] = packed[r * W + c * WPC + w];
+        }
+    }
+    __device__ __forceinline__ void gather(const qd_qtensor &t, const uint32_t *packed, const char *scales,
+                                           const char *biases, int tid) {
+        if constexpr (F::mode == QSDPA_MODE_AFFINE) {
+            if (t.scale_dtype == QSDPA_DTYPE_F16) gather_as<__half>(packed, scales, biases, 0.0f, tid);
+            else if (t.scale_dtype == QSDPA_DTYPE_BF16) gather_as<__nv_bfloat16>(packed, scales, biases, 0.0f, tid);
+            else gather_as<float>(packed, scales, biases, 0.0f, tid);
+        } else {
+            gather_as<uint8_t>(packed, scales, biases, t.global_scale, tid);
+        }
+    }
+    __device__ __forceinline__ void emit(uint32_t *tile, int tid) const {
+#pragma unroll
+        for (int i = 0; i < N; i++) emit_chunk<F>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i]);
+    }
+};
+
+/* The same for layouts whose threads do not cover whole rows: one chunk at a time. */
+template <int D, class F, class S>
+__device__ __forceinline__ void dequant_rows_generic(const uint32_t *packed, const char *scales, const char *biases,
+                                                     float gscale, uint32_t *tile, int tid) {
+    using CB = chunk_batch<D, F>;
+#pragma unroll 1
+    for (int idx = tid; idx < PF_BN * CB::CH; idx += CB::NTH) {
+        const int r = idx / CB::CH, c = idx % CB::CH;
+        uint32_t words[CB::WPC];
+#pragma unroll
+        for (int w = 0; w < CB::WPC; w++) words[w] = packed[r * CB::W + c * CB::WPC + w];
+        emit_chunk<F>(tile, r, c, words, group_scale_bias<F, S>(scales, biases, r * CB::G + c * 8 / F::group, gscale));
+    }
 }
 
 template <int D, class F>
-__device__ __forceinline__ void dequant_tile(const qd_qtensor &t, const uint32_t *packed, const char *scales,
-                                             const char *biases, uint32_t *tile, int tid) {
+__device__ __forceinline__ void dequant_tile_generic(const qd_qtensor &t, const uint32_t *packed, const char *scales,
+                                                     const char *biases, uint32_t *tile, int tid) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
-        if (t.scale_dtype == QSDPA_DTYPE_F16) dequant_rows<D, F, __half>(packed, scales, biases, 0.0f, tile, tid);
+        if (t.scale_dtype == QSDPA_DTYPE_F16)
+            dequant_rows_generic<D, F, __half>(packed, scales, biases, 0.0f, tile, tid);
         else if (t.scale_dtype == QSDPA_DTYPE_BF16)
-            dequant_rows<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
-        else dequant_rows<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
+            dequant_rows_generic<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
+        else dequant_rows_generic<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
     } else {
-        dequant_rows<D, F, uint8_t>(packed, scales, biases, t.global_scale, tile, tid);
+        dequant_rows_generic<D, F, uint8_t>(packed, scales, biases, t.global_scale, tile, tid);
+    }
+}
+
+template <int D, class F, class S>
+__device__ __forceinline__ void dequant_rows_fixed(const uint32_t *packed, const char *scales, const char *biases,
+                                                   float gscale, uint32_t *tile, int tid) {
+    chunk_batch<D, F> cb;
+    cb.template gather_as<S>(packed, scales, biases, gscale, tid);
+    cb.emit(tile, tid);
+}
+
+template <int D, class F>
+__device__ __forceinline__ void dequant_tile_fixed(const qd_qtensor &t, const uint32_t *packed, const char *scales,
+                                                   const char *biases, uint32_t *tile, int tid) {
+    if constexpr (F::mode == QSDPA_MODE_AFFINE) {
+        if (t.scale_dtype == QSDPA_DTYPE_F16) dequant_rows_fixed<D, F, __half>(packed, scales, biases, 0.0f, tile, tid);
+        else if (t.scale_dtype == QSDPA_DTYPE_BF16)
+            dequant_rows_fixed<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
+        else dequant_rows_fixed<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
+    } else {
+        dequant_rows_fixed<D, F, uint8_t>(packed, scales, biases, t.global_scale, tile, tid);
     }
 }
 
 /* A stage's packed K and V tile -> the f16 tiles at `tile` (K [BN][DK], then V [BN][DV]). */
 template <class L, int DK, int DV>
 __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *stage, uint32_t *tile, int tid) {
+    using FK = typename L::FK;
+    using FV = typename L::FV;
+    const uint32_t *kp = (const uint32_t *)stage, *vp = (const uint32_t *)(stage + L::K_BYTES);
     const char *ks = stage + L::K_BYTES + L::V_BYTES;
     const char *vs = ks + 2 * L::KS_BYTES;
-    dequant_tile<DK, typename L::FK>(p.k, (const uint32_t *)stage, ks, ks + L::KS_BYTES, tile, tid);
-    dequant_tile<DV, typename L::FV>(p.v, (const uint32_t *)(stage + L::K_BYTES), vs, vs + L::VS_BYTES,
-                                     tile + L::BN * DK / 2, tid);
+    uint32_t *vtile = tile + L::BN * DK / 2;
+    if constexpr (chunk_batch<DK, FK>::FIXED && chunk_batch<DV, FV>::FIXED) {
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+        chunk_batch<DK, FK> kb; /* the producer has the registers to hold both batches */
+        chunk_batch<DV, FV> vb;
+        kb.gather(p.k, kp, ks, ks + L::KS_BYTES, tid);
+        vb.gather(p.v, vp, vs, vs + L::VS_BYTES, tid);
+        kb.emit(tile, tid);
+        vb.emit(vtile, tid);
+#else /* 256 threads at 255 registers (sm_80): one batch at a time, the dtype branch around it, or they spill */
+        dequant_tile_fixed<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
+        dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
+#endif
+    } else {
+        dequant_tile_generic<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
+        dequant_tile_generic<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
+    }
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    fence_proxy_async(); /* the tiles are read next by wgmma (async proxy) */
+#endif
 }
 
 #ifdef QSDPA_CUDA_HAVE_WGMMA
@@ -210,10 +274,14 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
  * tile buffer b is FULL once the producer has written it, EMPTY once every row warp's
  * wgmma has finished reading it; PF_BAR_PRODUCER orders the producer's own ring. */
 constexpr int PF_BAR_FULL = 1, PF_BAR_EMPTY = 4, PF_BAR_PRODUCER = 7;
-/* registers per thread after setmaxnreg. setmaxnreg.inc only takes what other warps of the
- * CTA released, so the split must fit the launch's allocation, 384 x 168, not the SM's 64K
- * (run 37: 2 x 128 x 192 + 128 x 128 = 64K hung every launch in setmaxnreg.inc) */
-constexpr int PF_LAUNCH_REGS = 168, PF_ROW_REGS = 192, PF_PRODUCER_REGS = 120;
+/* registers per thread after setmaxnreg (one producer warpgroup: rows 192, producer 120).
+ * setmaxnreg.inc only takes what other warps of the CTA released, so the split must fit the
+ * launch's allocation, 384 x 168, not the SM's 64K (run 37: 2 x 128 x 192 + 128 x 128 = 64K
+ * hung every launch in setmaxnreg.inc) */
+constexpr int PF_LAUNCH_REGS = 65536 / PF_BLOCK_THREADS_WGMMA / 8 * 8, PF_ROW_REGS = 192;
+constexpr int PF_PRODUCER_REGS =
+    (PF_BLOCK_THREADS_WGMMA * PF_LAUNCH_REGS - PF_THREADS * PF_ROW_REGS) / PF_PRODUCER_THREADS / 8 * 8;
+static_assert(PF_PRODUCER_REGS >= 56, "enough registers left for the producer");
 static_assert(PF_THREADS * PF_ROW_REGS + PF_PRODUCER_THREADS * PF_PRODUCER_REGS <=
                   PF_BLOCK_THREADS_WGMMA * PF_LAUNCH_REGS,
               "setmaxnreg split within the launch's registers");
