@@ -272,8 +272,9 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
 #ifdef QSDPA_CUDA_HAVE_WGMMA
 /* Named barriers between the producer warpgroup and the row warps (id 0 is __syncthreads):
  * tile buffer b is FULL once the producer has written it, EMPTY once every row warp's
- * wgmma has finished reading it; PF_BAR_PRODUCER orders the producer's own ring. */
-constexpr int PF_BAR_FULL = 1, PF_BAR_EMPTY = 4, PF_BAR_PRODUCER = 7;
+ * wgmma has finished reading it; PF_BAR_PRODUCER orders the producer's own ring and
+ * PF_BAR_ROWS the row warps' staging of q. */
+constexpr int PF_BAR_FULL = 1, PF_BAR_EMPTY = 4, PF_BAR_PRODUCER = 7, PF_BAR_ROWS = 8;
 /* registers per thread after setmaxnreg (one producer warpgroup: rows 192, producer 120).
  * setmaxnreg.inc only takes what other warps of the CTA released, so the split must fit the
  * launch's allocation, 384 x 168, not the SM's 64K (run 37: 2 x 128 x 192 + 128 x 128 = 64K
@@ -431,6 +432,28 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
                     sc[j][x] *= p.scale_log2;
                     mx[x >> 1] = fmaxf(mx[x >> 1], sc[j][x]);
                 }
+        } else if (p.mask_kind == QSDPA_MASK_NONE) {
+            /* causal, window and key-range edges only: compares and selects (the general loop
+             * below, with its mask loads and dtype branches, held 10% of the stall samples at
+             * one diagonal tile per CTA, run 40) */
+            int64_t above[2], below[2]; /* keep above < key <= below */
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                above[r] = p.causal && p.window > 0 ? last[r] - p.window : INT64_MIN;
+                below[r] = p.causal ? (int64_t)last[r] : INT64_MAX;
+            }
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    const int r = x >> 1;
+                    const int key = ta * BN + 8 * j + 2 * c4 + (x & 1);
+                    float s = sc[j][x] * p.scale_log2;
+                    s = key > above[r] && key <= below[r] ? s : p.masked_log2;
+                    s = key < kend ? s : -INFINITY;
+                    sc[j][x] = s;
+                    mx[r] = fmaxf(mx[r], s);
+                }
         } else {
 #pragma unroll
             for (int j = 0; j < BN / 8; j++)
@@ -492,11 +515,18 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
     };
 
 #ifdef QSDPA_CUDA_HAVE_WGMMA
+    /* the producer warpgroup starts loading at once; the row warps stage q meanwhile */
+    if (warp >= PF_WARPS) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PF_PRODUCER_REGS));
+        pf_produce<L, DK, DV>(p, tile_sources_of<L>(p, b, g), smem, tiles, t0, t1, tid - PF_THREADS);
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(PF_ROW_REGS));
     /* q rows -> f16 in shared memory (zeros past the last row), wgmma's A operand. 16-byte
      * loads where the row is aligned, and 32-bit index arithmetic where the rows allow it (run
      * 36: per-element loads and 64-bit divisions made this prologue 7% of the 4-bit kernel) */
     const bool rows32 = p.rows <= 0x7fffffff && p.ratio <= 0x7fffffff;
-    for (int idx = tid; idx < PF_ROWS * (DK / 8); idx += PF_BLOCK_THREADS_WGMMA) {
+    for (int idx = tid; idx < PF_ROWS * (DK / 8); idx += PF_THREADS) {
         const int row = idx / (DK / 8), c = idx % (DK / 8);
         const int64_t f = f_cta + row;
         uint4 chunk = make_uint4(0u, 0u, 0u, 0u);
@@ -531,13 +561,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
         *(uint4 *)(qsm + tile_chunk(row, c, PF_ROWS)) = chunk;
     }
     fence_proxy_async();
-    __syncthreads(); /* q staged; from here the producer warpgroup and the row warps part */
-    if (warp >= PF_WARPS) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PF_PRODUCER_REGS));
-        pf_produce<L, DK, DV>(p, tile_sources_of<L>(p, b, g), smem, tiles, t0, t1, tid - PF_THREADS);
-        return;
-    }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(PF_ROW_REGS));
+    named_sync(PF_BAR_ROWS, PF_THREADS); /* q staged by every row warp */
     /* this warpgroup's 64 rows of each half */
     const uint64_t q_desc = wg_desc(qsm + (warp / 4) * 64 * 128, 16, 1024);
     constexpr int NB = L::DIRECT ? L::STAGES : L::TILE_BUFS_WGMMA;
