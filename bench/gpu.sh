@@ -10,7 +10,8 @@
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
-# and QSDPA_GPU_SKIP_MULTI=1 leave out the PyTorch baselines and the multi-GPU stage.
+# and QSDPA_GPU_SKIP_MULTI=1 leave out the PyTorch baselines and the multi-GPU stage; QSDPA_GPU_SKIP_CHECKS=1 the
+# GPU tests and sanitizers (timing-only calls on a commit already checked).
 #   quick: no full benchmark (the baseline comparison below still runs); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
 #   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop
@@ -80,6 +81,7 @@ fi
 stamp tests | tee "$OUT/tests.log"
 for t in test_wgmma_layout test_cuda_api test_cuda_mlx test_cuda_coverage; do
   [ -x "$B/tests/$t" ] || continue
+  [ -n "${QSDPA_GPU_SKIP_CHECKS:-}" ] && { echo "$t skipped (QSDPA_GPU_SKIP_CHECKS)" | tee -a "$OUT/tests.log"; continue; }
   timeout 150 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
   echo "$t rc=$?" | tee -a "$OUT/tests.log"
 done
@@ -137,6 +139,8 @@ if [ -z "${QSDPA_GPU_SKIP_TORCH:-}" ]; then # skip only in A/B runs that compare
 fi
 
 stamp sanitizer | tee "$OUT/sanitizer.log"
+# QSDPA_GPU_SKIP_CHECKS=1: a timing-only call on a commit whose tests and sanitizers passed in an earlier call
+if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ]; then
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool memcheck --leak-check no \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
@@ -159,6 +163,7 @@ for only in a4g64.d128.f16 f16.d64.bf16; do
   done
 done
 grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|Invalid" "$OUT/sanitizer.log" | sort | uniq -c | head -20
+fi
 
 if [ "$MODE" != quick ]; then
   stamp ncu | tee "$OUT/ncu.txt"
