@@ -49,8 +49,9 @@ timeout 240 bash -c "build_tree . $B '' test_cuda_coverage test_cuda_mlx test_cu
   >>"$OUT/build.log" 2>&1
 echo "build rc=$?" | tee -a "$OUT/build.log"
 tail -5 "$OUT/build.log"
-# ptxas serializing wgmma (an accumulator register written while a wgmma is in flight) costs speed silently
-grep -h "C7515" "$OUT/build.log" | sed 's/.*function ./wgmma serialized: /' | sort -u | head -5
+# ptxas serializing wgmma (C7514 / C7515: accumulator registers read or written while a wgmma is in flight)
+# costs speed silently
+grep -h "wgmma.mma_async instructions are serialized" "$OUT/build.log" | sed 's/.*(C75\([0-9]*\)).*function ./wgmma serialized (C75\1): /' | sort -u | head -5
 # a kernel that hangs would eat every later stage's time limit: one prefill launch first, stop if it hangs
 if ! timeout 30 "$B/bench_gpu" prefill affine4g64 >"$OUT/smoke.txt" 2>&1; then
   echo "SMOKE FAILED (rc=$?): bench_gpu prefill affine4g64 did not finish in 30 s; stopping" | tee -a "$OUT/build.log"
