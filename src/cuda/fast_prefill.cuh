@@ -52,6 +52,7 @@ template <int DK, int DV, class FK_, class FV_>
 struct pf_layout {
     using FK = FK_;
     using FV = FV_;
+    static constexpr int D_K = DK, D_V = DV;
     static constexpr int THREADS = QSDPA_PF_LOAD_THREADS; /* threads that load and dequantize */
     static constexpr int BN = PF_BN;
     /* f16 rows are used in place (ldmatrix reads the ring stage); other formats are
@@ -119,9 +120,23 @@ __device__ __forceinline__ half2 group_scale_bias(const char *scales, const char
 }
 
 /* One 16-byte chunk of a swizzled f16 tile: 8 elements of row r, columns 8c..8c+7, from
- * their packed words and group {scale, bias}, stored in element order. */
-template <class F>
+ * their packed words and group {scale, bias}, stored in element order, or with PAIR_ORDER in
+ * the order k_word yields them (halves 2q, 2q + 1 of word w = elements k_order(q, 0), (q, 1)):
+ * a K tile whose q is permuted the same way (pf_pair_order) needs no reordering. */
+template <class F, bool PAIR_ORDER = false>
 __device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, half2 sb) {
+    if constexpr (PAIR_ORDER) {
+        uint32_t out[4];
+#pragma unroll
+        for (int w = 0; w < 8 / F::U; w++) {
+            half2 pairs[F::U / 2];
+            F::k_word(words[w], sb, pairs);
+#pragma unroll
+            for (int q = 0; q < F::U / 2; q++) out[w * F::U / 2 + q] = h2u(pairs[q]);
+        }
+        *(uint4 *)((char *)tile + tile_chunk(r, c, PF_BN)) = make_uint4(out[0], out[1], out[2], out[3]);
+        return;
+    }
     __half h[8];
 #pragma unroll
     for (int w = 0; w < 8 / F::U; w++) {
@@ -183,9 +198,11 @@ struct chunk_batch {
             gather_as<uint8_t>(packed, scales, biases, t.global_scale, tid);
         }
     }
+    template <bool PAIR_ORDER = false>
     __device__ __forceinline__ void emit(uint32_t *tile, int tid) const {
 #pragma unroll
-        for (int i = 0; i < N; i++) emit_chunk<F>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i]);
+        for (int i = 0; i < N; i++)
+            emit_chunk<F, PAIR_ORDER>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i]);
     }
 };
 
@@ -239,6 +256,19 @@ __device__ __forceinline__ void dequant_tile_fixed(const qd_qtensor &t, const ui
     }
 }
 
+/* K tiles of the wgmma path keep k_word's pair order where it differs from element order
+ * (quantized K dequantized by the fixed-column batch); q is staged permuted to match, once
+ * per CTA, instead of every K chunk being reordered (run 41: ~4 of ~26 producer
+ * instructions per chunk). */
+template <class L>
+__host__ __device__ constexpr bool pf_k_pair_order() {
+#ifdef QSDPA_CUDA_HAVE_WGMMA
+    return !L::DIRECT && chunk_batch<L::D_K, typename L::FK>::FIXED && chunk_batch<L::D_V, typename L::FV>::FIXED;
+#else
+    return false;
+#endif
+}
+
 /* A stage's packed K and V tile -> the f16 tiles at `tile` (K [BN][DK], then V [BN][DV]). */
 template <class L, int DK, int DV>
 __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *stage, uint32_t *tile, int tid) {
@@ -254,7 +284,7 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
         chunk_batch<DV, FV> vb;
         kb.gather(p.k, kp, ks, ks + L::KS_BYTES, tid);
         vb.gather(p.v, vp, vs, vs + L::VS_BYTES, tid);
-        kb.emit(tile, tid);
+        kb.template emit<pf_k_pair_order<L>()>(tile, tid); /* q is staged in the same order */
         vb.emit(vtile, tid);
 #else /* 256 threads at 255 registers (sm_80): one batch at a time, the dtype branch around it, or they spill */
         dequant_tile_fixed<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
@@ -557,6 +587,18 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
                 chunk = make_uint4(h2u(__floats2half2_rn(v[0], v[1])), h2u(__floats2half2_rn(v[2], v[3])),
                                    h2u(__floats2half2_rn(v[4], v[5])), h2u(__floats2half2_rn(v[6], v[7])));
             }
+        }
+        if constexpr (pf_k_pair_order<L>()) { /* the K tile's order: half 2q + e of word w = element k_order */
+            using FK = typename L::FK;
+            const __half *h = (const __half *)&chunk;
+            __half perm[8];
+#pragma unroll
+            for (int w = 0; w < 8 / FK::U; w++)
+#pragma unroll
+                for (int q = 0; q < FK::U / 2; q++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) perm[w * FK::U + 2 * q + e] = h[w * FK::U + FK::k_order(q, e)];
+            chunk = *(const uint4 *)perm;
         }
         *(uint4 *)(qsm + tile_chunk(row, c, PF_ROWS)) = chunk;
     }
