@@ -135,11 +135,12 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr) {
         const char *e = getenv("QSDPA_CUDA_TILE_DECODE");
         tile_only = e && e[0] == '1';
     }
-    const int64_t rows = pr->group_ratio * pr->len_q;
-    /* 33-64 folded rows: the prefill kernel (since v13) beats the decode kernel's four row
-     * blocks except over long quantized contexts (run 43, H200, Lq 16 at GQA 4: 4-bit 8K 30.0
-     * vs 37.2 us, 32K 108 vs 120, 128K 456 vs 423; f16 rows 32K 81 vs 172; Lq 8 stays: 57 vs 106) */
+    /* folded rows the decode kernel takes: 32, or DEC_MAX_ROWS (64) over quantized contexts
+     * longer than 64K keys; for 33-64 rows the prefill kernel (since v13) beats its four row
+     * blocks elsewhere (run 43, H200, Lq 16 at GQA 4: 4-bit 8K 30.0 vs 37.2 us, 32K 108 vs 120,
+     * 128K 456 vs 423; f16 rows 32K 81 vs 172; Lq 8 stays: 57 vs 106) */
     const bool quantized = pr->k.format.mode != QSDPA_MODE_PLAIN || pr->v.format.mode != QSDPA_MODE_PLAIN;
-    if (rows > 32 && !(quantized && pr->len_k > 65536)) return false;
-    return !tile_only && rows <= qfast::DEC_MAX_ROWS && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v);
+    const int64_t max_rows = quantized && pr->len_k > 65536 ? qfast::DEC_MAX_ROWS : 32;
+    return !tile_only && pr->group_ratio * pr->len_q <= max_rows && decode_layout_ok(&pr->k) &&
+           decode_layout_ok(&pr->v);
 }
