@@ -32,6 +32,16 @@ using qfast::tile_chunk;
 /* byte offset of element (r, c) in a swizzled tile of `rows` rows */
 __host__ __device__ static inline uint32_t swz(int r, int c, int rows) { return tile_chunk(r, c / 8, rows) + 2 * (c % 8); }
 
+#if defined(QSDPA_CUDA_HAVE_WGMMA)
+/* accumulator d of warp w, lane l -> out[64][cols] row-major, by the layout under test (3.) */
+__device__ static void store_accumulator(float *out, const float *d, int cols, int w, int l) {
+    for (int j = 0; j < cols / 8; j++)
+        for (int h = 0; h < 2; h++)
+            for (int e = 0; e < 2; e++)
+                out[(16 * w + l / 4 + 8 * h) * cols + 8 * j + 2 * (l % 4) + e] = d[4 * j + 2 * h + e];
+}
+#endif
+
 __global__ void probe(const __half *q, const __half *k, const __half *pm, const __half *v, float *s_out,
                       float *o_out, float *o64_out) {
 #if defined(QSDPA_CUDA_HAVE_WGMMA)
@@ -57,10 +67,7 @@ __global__ void probe(const __half *q, const __half *k, const __half *pm, const 
     }
     wg_commit();
     wg_wait0();
-    for (int j = 0; j < KEYS / 8; j++)
-        for (int h = 0; h < 2; h++)
-            for (int e = 0; e < 2; e++)
-                s_out[(16 * w + l / 4 + 8 * h) * KEYS + 8 * j + 2 * (l % 4) + e] = d[4 * j + 2 * h + e];
+    store_accumulator(s_out, d, KEYS, w, l);
 
     /* 2. O = P V: A from registers (mma.sync A fragment layout per warp), V MN-major,
      * k step kk = 16 keys at 2048 bytes, the two 64-dv halves KEYS * 128 bytes apart (LBO) */
@@ -80,10 +87,7 @@ __global__ void probe(const __half *q, const __half *k, const __half *pm, const 
     for (int kk = 0; kk < KEYS / 16; kk++) wg_64x128_rs_tb(d, a[kk], wg_desc(sv + kk * 2048, KEYS * 128, 1024), kk > 0);
     wg_commit();
     wg_wait0();
-    for (int j = 0; j < DV / 8; j++)
-        for (int h = 0; h < 2; h++)
-            for (int e = 0; e < 2; e++)
-                o_out[(16 * w + l / 4 + 8 * h) * DV + 8 * j + 2 * (l % 4) + e] = d[4 * j + 2 * h + e];
+    store_accumulator(o_out, d, DV, w, l);
 
     /* 3. O64 = P V[:, 0:64]: the n = 64 register-A form (a Dv = 64 kernel), first half of V */
     for (int i = 0; i < 64; i++) d[i] = 0.0f;
@@ -92,10 +96,7 @@ __global__ void probe(const __half *q, const __half *k, const __half *pm, const 
     for (int kk = 0; kk < KEYS / 16; kk++) wg_64x64_rs_tb(d, a[kk], wg_desc(sv + kk * 2048, KEYS * 128, 1024), kk > 0);
     wg_commit();
     wg_wait0();
-    for (int j = 0; j < 8; j++)
-        for (int h = 0; h < 2; h++)
-            for (int e = 0; e < 2; e++)
-                o64_out[(16 * w + l / 4 + 8 * h) * 64 + 8 * j + 2 * (l % 4) + e] = d[4 * j + 2 * h + e];
+    store_accumulator(o64_out, d, 64, w, l);
 #endif
 }
 
