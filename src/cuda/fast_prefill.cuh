@@ -100,13 +100,11 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *d, const void *smem_
                  : "r"(a));
 }
 
-/* Packed rows of a stage -> a swizzled f16 tile [BN][D]: thread work item = one
- * 16-byte f16 chunk (8 elements, within one scale group) of one key, decoded by
- * the format's k_word (pairs in its k_order) and stored in element order. The
- * group's stored scale (and bias) is converted here, from the stage's raw
- * [BN][G] rows (`scales`, `biases`), so no table or barrier sits between. */
-/* One group's {scale, bias} as f16: affine scales of stored type S (no dtype branch in the
- * tile loop), other formats through their own decoder (u8 scales). */
+/* Dequantization: packed rows of a stage -> swizzled f16 tiles [BN][D], one 16-byte chunk
+ * (8 elements of one key, within one scale group) per work item; each group's stored scale
+ * and bias are converted from the stage's raw [BN][G] rows, so no table or barrier sits
+ * between. Here: one group's {scale, bias} as f16, affine scales of stored type S (no dtype
+ * branch in the tile loop), other formats through their own decoder (u8 scales). */
 template <class F, class S>
 __device__ __forceinline__ half2 group_scale_bias(const char *scales, const char *biases, int i, float gscale) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
@@ -122,7 +120,7 @@ __device__ __forceinline__ half2 group_scale_bias(const char *scales, const char
 /* One 16-byte chunk of a swizzled f16 tile: 8 elements of row r, columns 8c..8c+7, from
  * their packed words and group {scale, bias}, stored in element order, or with PAIR_ORDER in
  * the order k_word yields them (halves 2q, 2q + 1 of word w = elements k_order(q, 0), (q, 1)):
- * a K tile whose q is permuted the same way (pf_pair_order) needs no reordering. */
+ * a K tile whose q is permuted the same way (pf_k_pair_order) needs no reordering. */
 template <class F, bool PAIR_ORDER = false>
 __device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, half2 sb) {
     if constexpr (PAIR_ORDER) {
