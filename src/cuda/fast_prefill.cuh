@@ -123,18 +123,6 @@ __device__ __forceinline__ half2 group_scale_bias(const char *scales, const char
  * a K tile whose q is permuted the same way (pf_k_pair_order) needs no reordering. */
 template <class F, bool PAIR_ORDER = false>
 __device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, half2 sb) {
-    if constexpr (PAIR_ORDER) {
-        uint32_t out[4];
-#pragma unroll
-        for (int w = 0; w < 8 / F::U; w++) {
-            half2 pairs[F::U / 2];
-            F::k_word(words[w], sb, pairs);
-#pragma unroll
-            for (int q = 0; q < F::U / 2; q++) out[w * F::U / 2 + q] = h2u(pairs[q]);
-        }
-        *(uint4 *)((char *)tile + tile_chunk(r, c, PF_BN)) = make_uint4(out[0], out[1], out[2], out[3]);
-        return;
-    }
     __half h[8];
 #pragma unroll
     for (int w = 0; w < 8 / F::U; w++) {
@@ -142,8 +130,8 @@ __device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const u
         F::k_word(words[w], sb, pairs);
 #pragma unroll
         for (int q = 0; q < F::U / 2; q++) {
-            h[w * F::U + F::k_order(q, 0)] = __low2half(pairs[q]);
-            h[w * F::U + F::k_order(q, 1)] = __high2half(pairs[q]);
+            h[w * F::U + (PAIR_ORDER ? 2 * q : F::k_order(q, 0))] = __low2half(pairs[q]);
+            h[w * F::U + (PAIR_ORDER ? 2 * q + 1 : F::k_order(q, 1))] = __high2half(pairs[q]);
         }
     }
     uint4 out;
@@ -587,8 +575,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
             }
         }
         if constexpr (pf_k_pair_order<L>()) { /* the K tile's order: half 2q + e of word w = element k_order */
-            using FK = typename L::FK;
-            const __half *h = (const __half *)&chunk;
+            const __half *h = (const __half *)&chunk; /* FK: the kernel's K format, L::FK */
             __half perm[8];
 #pragma unroll
             for (int w = 0; w < 8 / FK::U; w++)
