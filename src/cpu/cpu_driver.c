@@ -43,6 +43,8 @@ typedef struct buffers {
     float *tmp;    /* [CPU_BLOCK][max(Dk, Dv)] */
     float *kf;     /* [CPU_BLOCK][Dk] prefill tiles */
     float *vf;     /* [CPU_BLOCK][Dv] */
+    int16_t *q16;  /* [rows][Dk] q as int16 in the K kernel's order (score_q16) */
+    float *qscale; /* [rows] + 4: q = q16 * qscale */
 } buffers;
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -54,11 +56,11 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     size_t gk = p->k.format.mode == QSDPA_MODE_AFFINE ? dk / (size_t)p->k.format.group : 1;
     size_t dmax = dk > dv ? dk : dv;
     size_t sizes[] = {R * dk * 4, R * dk * 4, R * gk * 4 + 16, CPU_BLOCK * R * 4 + 16, R * 4, R * 4, R * 4, R * 8, R * 8,
-                      R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4};
+                      R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4, R * dk * 2, R * 4 + 16};
     void **slots[] = {(void **)&b->q, (void **)&b->qk, (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
                       (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
                       (void **)&b->acc, (void **)&b->tmp, (void **)&b->kf,
-                      (void **)&b->vf};
+                      (void **)&b->vf,  (void **)&b->q16, (void **)&b->qscale};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base) *slots[i] = base + off;
@@ -101,6 +103,37 @@ static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, in
         bf->l[r] = 0.0f;
     }
     memset(bf->acc, 0, (size_t)nr * (size_t)p->dim_v * sizeof(float));
+}
+
+/* q rows as int16 for a K kernel's integer path (score_q16): one scale per row, and the
+ * group sums recomputed from the int16 values so that the bias term sees the same q. */
+static void prepare_q16(const plan *pl, buffers *bf, const cpu_kv_ops *kops, int64_t nr) {
+    const qsdpa_problem *p = pl->p;
+    int64_t dk = p->dim_k;
+    bool affine = p->k.format.mode == QSDPA_MODE_AFFINE;
+    int64_t G = affine ? p->k.format.group : dk;
+    int16_t *natural = (int16_t *)bf->tmp; /* free until the first block */
+    for (int64_t r = 0; r < nr; r++) {
+        const float *q = bf->q + r * dk;
+        float amax = 0.0f;
+        for (int64_t d = 0; d < dk; d++) amax = fabsf(q[d]) > amax ? fabsf(q[d]) : amax;
+        float scale = amax > 0.0f ? amax / 32767.0f : 1.0f, inv = 1.0f / scale;
+        for (int64_t d = 0; d < dk; d++) {
+            long v = lrintf(q[d] * inv);
+            natural[d] = (int16_t)(v > 32767 ? 32767 : v < -32767 ? -32767 : v);
+        }
+        bf->qscale[r] = scale;
+        if (affine)
+            for (int64_t g = 0; g < dk / G; g++) {
+                int32_t sum = 0;
+                for (int64_t d = g * G; d < (g + 1) * G; d++) sum += natural[d];
+                bf->qsum[g * nr + r] = (float)sum * scale;
+            }
+        if (kops->order_q16)
+            kops->order_q16(natural, dk, bf->q16 + r * dk);
+        else
+            memcpy(bf->q16 + r * dk, natural, (size_t)dk * sizeof(int16_t));
+    }
 }
 
 /* Causal/window ranges, then the array mask, on a block of scores [n][nr]. A masked
@@ -245,7 +278,11 @@ static void run_task(void *arg, int64_t t, int thread) {
     bool tiles = pl->prefill || nr > 16;
     const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL, *vfops = NULL;
     const float *qk = bf.q;
-    if (!tiles && kops->prep_q) {
+    /* f16/bf16 q and out: K scored through the kernel's integer path where it has one
+     * (cpu_attention.h). Partial results are f32 and held to f32's bound: float kernels. */
+    const bool q16 = !tiles && kops->score_q16 && p->q_dtype != QSDPA_DTYPE_F32 && p->out_dtype != QSDPA_DTYPE_F32;
+    if (q16) prepare_q16(pl, &bf, kops, nr);
+    if (!tiles && !q16 && kops->prep_q) {
         for (int64_t r = 0; r < nr; r++) kops->prep_q(bf.q + r * dk, dk, bf.qk + r * dk);
         qk = bf.qk;
     }
@@ -284,6 +321,8 @@ static void run_task(void *arg, int64_t t, int thread) {
         if (tiles) {
             kops->unpack(&kr, j0, n, bf.kf);
             fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
+        } else if (q16) {
+            kops->score_q16(&kr, j0, n, bf.q16, bf.qscale, bf.qsum, (int)nr, bf.s);
         } else {
             kops->score(&kr, j0, n, qk, bf.qsum, (int)nr, bf.s, bf.tmp);
         }

@@ -248,6 +248,14 @@ int main(void) {
             test_case c = {1, 8, 2, lq, 77 + 64 * di, D, D, formats[fi], formats[fi], QSDPA_DTYPE_F32,
                            QSDPA_DTYPE_F16, 0, di == 2, 0, 0, 0, 0.0f};
             run_case(&rng, &c);
+            /* f16/bf16 q on the decode shapes: the integer K path of the 4-bit, 8-bit and
+             * FP4 kernels (q as int16), and the float kernels of the other formats */
+            if (lq != 19)
+                for (int qi = 0; qi < 2; qi++) {
+                    c.qdt = qi ? QSDPA_DTYPE_BF16 : QSDPA_DTYPE_F16;
+                    c.sdt = c.qdt;
+                    run_case(&rng, &c);
+                }
         }
     /* 2. Features across formats: masks, causal, window, sinks, q dtypes, partial, GQA ratios. */
     static const qsdpa_dtype qdts[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};

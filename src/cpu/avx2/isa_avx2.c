@@ -285,6 +285,108 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
     }
 }
 
+/* The integer K path (cpu_kv_ops.score_q16: f16/bf16 q only). Codes become int16 and
+ * meet q as int16 in vpmaddwd: 16 multiply-adds per instruction where an f32 FMA does 8,
+ * no int-to-float conversion and no per-vector scale multiply; the group scale enters
+ * once per group on the int32 sums. Codes per step: 16 for NVFP4 (its group), else 32. */
+INLINE size_t q16_step(int F) { return F == F_NVFP4 ? 16 : 32; }
+
+/* E2M1 times 2 as int8 (0, 1, 2, 3, 4, 6, 8, 12 and their negatives): exact integers, so
+ * the group scale carries the factor 1/2. */
+INLINE __m128i fp4_x2(__m128i nibbles) {
+    return _mm_shuffle_epi8(_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12), nibbles);
+}
+
+/* One step of codes from element e of a row as int16 vectors. 4-bit formats come out
+ * with the even elements of the step first, then the odd ones (the nibble order of
+ * each byte); order_q16 below puts q in the same order. */
+INLINE void decode_q16(int F, const char *row, size_t e, __m256i *c0, __m256i *c1) {
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    switch (F) {
+    case F_AFF8:
+        *c0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(row + e)));
+        *c1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(row + e + 16)));
+        return;
+    case F_AFF4: { /* each byte zero-extended to a word: its low nibble and, shifted, its high one */
+        __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(row + e / 2)));
+        *c0 = _mm256_and_si256(w, _mm256_set1_epi16(0x0F));
+        *c1 = _mm256_srli_epi16(w, 4);
+        return;
+    }
+    case F_MXFP4: {
+        __m128i x = _mm_loadu_si128((const __m128i *)(row + e / 2));
+        *c0 = _mm256_cvtepi8_epi16(fp4_x2(_mm_and_si128(x, low4)));
+        *c1 = _mm256_cvtepi8_epi16(fp4_x2(_mm_and_si128(_mm_srli_epi16(x, 4), low4)));
+        return;
+    }
+    default: { /* NVFP4: 16 codes, one vector */
+        __m128i x = _mm_loadl_epi64((const __m128i *)(row + e / 2));
+        __m128i v = _mm_unpacklo_epi64(_mm_and_si128(x, low4), _mm_and_si128(_mm_srli_epi16(x, 4), low4));
+        *c0 = _mm256_cvtepi8_epi16(fp4_x2(v));
+        *c1 = _mm256_setzero_si256();
+        return;
+    }
+    }
+}
+
+/* Natural q row -> the kernel's order: per step of `step` elements, even then odd. */
+INLINE void order_nibbles(const int16_t *q, int64_t dim, int64_t step, int16_t *dst) {
+    for (int64_t c = 0; c < dim; c += step)
+        for (int64_t i = 0; i < step / 2; i++) {
+            dst[c + i] = q[c + 2 * i];
+            dst[c + step / 2 + i] = q[c + 2 * i + 1];
+        }
+}
+static void order_q16_step32(const int16_t *q, int64_t dim, int16_t *dst) { order_nibbles(q, dim, 32, dst); }
+static void order_q16_step16(const int16_t *q, int64_t dim, int16_t *dst) { order_nibbles(q, dim, 16, dst); }
+
+/* scores[j][r0 + r] = qscale[r0 + r] * (q16[r0 + r] . codes[j0 + j] scaled per group)
+ * + sum_g bias_g * sum(q_g), for r < NR. The int32 sums of a group are reduced across
+ * lanes at once (lane r: row r), so the group scale, the bias and the row scale are
+ * one 4-lane FMA each and a key ends with no horizontal sum. */
+INLINE void score_q16_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const int16_t *q,
+                         const float *qscale, const float *qsum, int nq, int r0, float *scores) {
+    const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : (size_t)k->group, ng = dim / G, step = q16_step(F);
+    const float code_unit = F == F_MXFP4 || F == F_NVFP4 ? 0.5f : 1.0f; /* fp4_x2's factor 2 */
+    const __m128 row_scale = _mm_loadu_ps(qscale + r0); /* lanes >= NR are never stored */
+    for (int64_t j = 0; j < n; j++) {
+        const char *row = k->codes + (j0 + j) * k->code_stride;
+        const char *srow = k->scales + (j0 + j) * k->scale_stride;
+        const char *brow = has_bias(F) ? k->biases + (j0 + j) * k->bias_stride : NULL;
+        __m128 dot = _mm_setzero_ps(), bias = _mm_setzero_ps();
+        for (size_t g = 0; g < ng; g++) {
+            __m256i s[4];
+            for (int r = 0; r < 4; r++) s[r] = _mm256_setzero_si256();
+            const int16_t *qg = q + (size_t)r0 * dim + g * G;
+            for (size_t e = 0; e < G; e += step) {
+                __m256i c0, c1;
+                decode_q16(F, row, g * G + e, &c0, &c1);
+                for (int r = 0; r < NR; r++) {
+                    const int16_t *qr = qg + (size_t)r * dim + e;
+                    __m256i p = _mm256_madd_epi16(c0, _mm256_loadu_si256((const __m256i *)qr));
+                    if (step == 32) p = _mm256_add_epi32(p, _mm256_madd_epi16(c1, _mm256_loadu_si256((const __m256i *)(qr + 16))));
+                    s[r] = _mm256_add_epi32(s[r], p);
+                }
+            }
+            __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+            __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            dot = _mm_fmadd_ps(_mm_cvtepi32_ps(sum), _mm_set1_ps(group_scale(F, k, srow, g) * code_unit), dot);
+            if (has_bias(F))
+                bias = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow, g)),
+                                    _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0), bias);
+        }
+        __m128 out = _mm_fmadd_ps(dot, row_scale, bias);
+        float *dst = scores + j * nq + r0;
+        if (NR == 4) {
+            _mm_storeu_ps(dst, out);
+        } else {
+            float lanes[4];
+            _mm_storeu_ps(lanes, out);
+            for (int r = 0; r < NR; r++) dst[r] = lanes[r];
+        }
+    }
+}
+
 /* acc[r0 + r] += sum_j w[j][r0 + r] * V[j0 + j] for r < NR. The group scale is folded
  * into the weights (w * scale), the bias added once per group (sum_j w * bias). */
 INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq,
@@ -374,6 +476,9 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
     }
 }
 
+/* Formats whose codes are integers (times a known unit) in int16: the integer K path. */
+#define HAS_Q16(F) ((F) == F_AFF4 || (F) == F_AFF8 || (F) == F_MXFP4 || (F) == F_NVFP4)
+
 /* One set of kernels per (format, group): GC is the group size when it is known at
  * compile time (0: read it from the rows). Query rows go in chunks of 4, the rest by 1..3. */
 #define DEFINE_FORMAT(NAME, F, GC)                                                                              \
@@ -412,12 +517,27 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
     static void NAME##_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {                         \
         unpack_rows(F, t, j0, n, dst);                                                                        \
     }                                                                                                         \
+    static void NAME##_score_q16(const cpu_rows *k, int64_t j0, int64_t n, const int16_t *q16,                \
+                                 const float *qscale, const float *qsum, int nq, float *scores) {             \
+        int r0 = 0;                                                                                           \
+        for (; r0 + 4 <= nq; r0 += 4) score_q16_nr(F, 4, GC, k, j0, n, q16, qscale, qsum, nq, r0, scores);    \
+        switch (nq - r0) {                                                                                    \
+        case 3: score_q16_nr(F, 3, GC, k, j0, n, q16, qscale, qsum, nq, r0, scores); break;                   \
+        case 2: score_q16_nr(F, 2, GC, k, j0, n, q16, qscale, qsum, nq, r0, scores); break;                   \
+        case 1: score_q16_nr(F, 1, GC, k, j0, n, q16, qscale, qsum, nq, r0, scores); break;                   \
+        default: break;                                                                                       \
+        }                                                                                                     \
+    }                                                                                                         \
     static const cpu_kv_ops NAME##_ops = {#NAME,                                                              \
                                           NAME##_score,                                                       \
                                           NAME##_accum,                                                       \
                                           NAME##_unpack,                                                      \
                                           F == F_AFF4 ? aff4_prep_q : NULL,                                   \
-                                          F == F_AFF4 ? aff4_fix_acc : NULL};
+                                          F == F_AFF4 ? aff4_fix_acc : NULL,                                  \
+                                          HAS_Q16(F) ? NAME##_score_q16 : NULL,                               \
+                                          F == F_AFF4 || F == F_MXFP4 ? order_q16_step32                      \
+                                          : F == F_NVFP4              ? order_q16_step16                      \
+                                                                      : NULL};
 
 DEFINE_FORMAT(affine4_g32, F_AFF4, 32)
 DEFINE_FORMAT(affine4_g64, F_AFF4, 64)
@@ -465,7 +585,7 @@ static void generic_accum(const cpu_rows *v, int64_t j0, int64_t n, const float 
     f32_accum(&f, 0, n, w, nq, acc, NULL);
 }
 
-static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack, NULL, NULL};
+static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack, NULL, NULL, NULL, NULL};
 
 static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
     if (t->dim % 16 != 0) return qsdpa_cpu_isa_c.ops_for(t); /* plain rows of odd width */
