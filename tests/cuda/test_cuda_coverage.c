@@ -107,6 +107,15 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
         c.lq = 40; c.causal = 1;
         run_shape(rng, &c, row, "prefill Lq40 f32 scales causal");
     }
+
+    if (strstr(row, "cuda.mma") && strstr(row, ".f16") && base.scale_dtype == QSDPA_DTYPE_F16 &&
+        (base.kf.mode != QSDPA_MODE_PLAIN || base.vf.mode != QSDPA_MODE_PLAIN)) {
+        /* 33-64 folded rows reach the decode kernel's row blocks only over quantized contexts
+         * past 64K keys (qsdpa_cuda_use_decode_kernel); elsewhere the prefill kernel takes them.
+         * Once per format (f16 q, f16 scales): the CPU reference of 60 rows x 65600 keys costs ~1 s */
+        c = base; c.hq = 4; c.hkv = 1; c.lq = 15; c.lk = 65600; c.sinks = 1;
+        run_shape(rng, &c, row, "Lq15 GQA4 (60 rows: decode row blocks) over 65600 keys + sinks");
+    }
 }
 
 static qsdpa_format fmt(const char *text) {
