@@ -25,6 +25,7 @@ typedef struct opts {
     int ncontexts;
     int no_reference, no_prefill;
     const char *only; /* run only this format (NULL = all) */
+    qsdpa_dtype dtype; /* q and out (f32, f16, bf16) */
 } opts;
 
 typedef struct kv {
@@ -169,6 +170,22 @@ static double time_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qs
     return 1e3 * times[n / 2];
 }
 
+/* n floats <-> a plain f16/bf16 buffer, through the library's own plain-format codec. */
+static void *to_dtype(qsdpa_dtype dt, const float *x, int64_t n) {
+    if (dt == QSDPA_DTYPE_F32) return (void *)x;
+    qsdpa_format f;
+    qsdpa_format_parse(qsdpa_dtype_name(dt), &f);
+    void *y = xmalloc((size_t)n * qsdpa_dtype_size(dt));
+    qsdpa_quantize(&f, x, QSDPA_DTYPE_F32, 1, n, y, NULL, NULL, QSDPA_DTYPE_F32);
+    return y;
+}
+static void from_dtype(qsdpa_dtype dt, const void *y, int64_t n, float *x) {
+    if (dt == QSDPA_DTYPE_F32) return;
+    qsdpa_format f;
+    qsdpa_format_parse(qsdpa_dtype_name(dt), &f);
+    qsdpa_dequantize(&f, y, NULL, NULL, QSDPA_DTYPE_F32, 1, n, x, QSDPA_DTYPE_F32);
+}
+
 /* One (format, Lq, context) row: time the fast path, error against the reference slice. */
 static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const char *name, const kv *k, const kv *v,
                    int64_t lq, int64_t lk, int causal, result *res) {
@@ -176,8 +193,11 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
     float *q = xmalloc((size_t)(Hq * lq * D) * sizeof(float));
     float *out = xmalloc((size_t)(Hq * lq * D) * sizeof(float));
     for (int64_t i = 0; i < Hq * lq * D; i++) q[i] = (float)rng_normal();
-    qsdpa_tensor qt = qsdpa_tensor_4d(q, QSDPA_DTYPE_F32, 1, Hq, lq, D);
-    qsdpa_tensor ot = qsdpa_tensor_4d(out, QSDPA_DTYPE_F32, 1, Hq, lq, D);
+    const qsdpa_dtype dt = o->dtype;
+    const size_t es = qsdpa_dtype_size(dt);
+    void *qd = to_dtype(dt, q, Hq * lq * D), *od = dt == QSDPA_DTYPE_F32 ? (void *)out : xmalloc((size_t)(Hq * lq * D) * es);
+    qsdpa_tensor qt = qsdpa_tensor_4d(qd, dt, 1, Hq, lq, D);
+    qsdpa_tensor ot = qsdpa_tensor_4d(od, dt, 1, Hq, lq, D);
     qsdpa_attention_params prm = qsdpa_attention_default_params();
     prm.scale = 1.0f / sqrtf((float)D);
     prm.causal = causal;
@@ -189,9 +209,11 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
     if (res->ms < 0) {
         fprintf(stderr, "qsdpa bench: %s Lq=%lld Lk=%lld failed: %s\n", name, (long long)lq, (long long)lk,
                 qsdpa_last_error());
+        if (dt != QSDPA_DTYPE_F32) free(qd), free(od);
         free(q), free(out);
         return -1;
     }
+    from_dtype(dt, od, Hq * lq * D, out);
     res->gbs = (double)(k->bytes + v->bytes) / (res->ms * 1e-3) / 1e9;
     if (!o->no_reference) {
         /* Reference on kv head 0 and its query heads, last min(Lq, 64) query rows
@@ -199,12 +221,14 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
         int64_t sl = lq < 64 ? lq : 64;
         qsdpa_qtensor ks = head0(&k->t), vs = head0(&v->t);
         qsdpa_tensor qs = qt, os;
-        qs.data = q + (lq - sl) * D;
+        qs.data = (char *)qd + (size_t)((lq - sl) * D) * es;
         qs.shape[1] = ratio, qs.shape[2] = sl;
         float *ro = xmalloc((size_t)(ratio * sl * D) * sizeof(float));
-        os = qsdpa_tensor_4d(ro, QSDPA_DTYPE_F32, 1, ratio, sl, D);
+        void *rod = dt == QSDPA_DTYPE_F32 ? (void *)ro : xmalloc((size_t)(ratio * sl * D) * es);
+        os = qsdpa_tensor_4d(rod, dt, 1, ratio, sl, D);
         double t0 = now_s();
         if (qsdpa_attention(ref, &qs, &ks, &vs, &prm, &os) == QSDPA_OK) {
+            from_dtype(dt, rod, ratio * sl * D, ro);
             /* the reference's cost scales with heads and rows: report it for the whole problem */
             res->ref_ms = 1e3 * (now_s() - t0) * (double)Hkv * (double)lq / (double)sl;
             double worst = 0;
@@ -216,8 +240,10 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
                     }
             res->err = worst / v->maxabs;
         }
+        if (dt != QSDPA_DTYPE_F32) free(rod);
         free(ro);
     }
+    if (dt != QSDPA_DTYPE_F32) free(qd), free(od);
     free(q), free(out);
     return 0;
 }
@@ -225,29 +251,32 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
 static void print_row(const opts *o, const result *r, const result *f16, int first) {
     double vs_f16 = f16 && f16->ms > 0 ? f16->ms / r->ms : 1.0, vs_ref = r->ref_ms > 0 ? r->ref_ms / r->ms : 0;
     if (o->json) {
-        printf("%s  {\"shape\": \"B1 Hq32 Hkv8 D128\", \"format\": \"%s\", \"lq\": %lld, \"context\": %lld, "
+        printf("%s  {\"shape\": \"B1 Hq32 Hkv8 D128\", \"dtype\": \"%s\", \"format\": \"%s\", \"lq\": %lld, \"context\": %lld, "
                "\"threads\": %d, \"ms\": %.4f, \"cpu_ms\": %.4f, \"gbs\": %.2f, \"err\": %.3g, \"ref_ms\": %.2f, \"vs_f16\": %.3f, "
                "\"vs_ref\": %.1f, \"kernel\": \"%s\", \"causal\": %s}",
-               first ? "" : ",\n", r->format, (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err,
+               first ? "" : ",\n", qsdpa_dtype_name(o->dtype), r->format, (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err,
                r->ref_ms, vs_f16, vs_ref, r->kernel ? r->kernel : "?", r->lq == r->lk ? "true" : "false");
         return;
     }
-    printf("%-18s %-13s %5lld %7lld %3d %10.3f %9.3f %7.2f %9.2e %9.3fx %9.1fx  %s\n", "B1 Hq32 Hkv8 D128", r->format,
+    printf("%-18s %-4s %-13s %5lld %7lld %3d %10.3f %9.3f %7.2f %9.2e %9.3fx %9.1fx  %s\n", "B1 Hq32 Hkv8 D128",
+           qsdpa_dtype_name(o->dtype), r->format,
            (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err, vs_f16, vs_ref,
            r->kernel ? r->kernel : "?");
 }
 
 static void usage(void) {
     printf("usage: qsdpa bench [--json] [--threads N] [--repeats N] [--contexts 2048,8192,...] [--quick]\n"
-           "                   [--format NAME] [--no-reference] [--no-prefill]\n\n"
+           "                   [--format NAME] [--dtype f32|f16|bf16] [--no-reference] [--no-prefill]\n\n"
            "CPU benchmark: B=1, Hq=32, Hkv=8, D=128; formats affine:4:64, affine:8:64, mxfp4, nvfp4, K8V4\n"
            "against the library's own f16 path and the reference; Lq 1, 4, 16 over 2K..128K keys and a\n"
-           "4K causal prefill. Time is the median of repeats; error is max|out - ref| / max|V|.\n");
+           "4K causal prefill. Time is the median of repeats; error is max|out - ref| / max|V|.\n"
+           "--dtype: q and out (default f32); f16/bf16 take the integer K path where a format has one.\n");
 }
 
 static int parse(int argc, char **argv, opts *o) {
     memset(o, 0, sizeof *o);
     o->repeats = 15;
+    o->dtype = QSDPA_DTYPE_F32;
     const int64_t defaults[] = {2048, 8192, 32768, 131072};
     memcpy(o->contexts, defaults, sizeof defaults);
     o->ncontexts = 4;
@@ -260,6 +289,14 @@ static int parse(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--threads") && i + 1 < argc) o->threads = atoi(argv[++i]);
         else if (!strcmp(a, "--repeats") && i + 1 < argc) o->repeats = atoi(argv[++i]);
         else if (!strcmp(a, "--format") && i + 1 < argc) o->only = argv[++i];
+        else if (!strcmp(a, "--dtype") && i + 1 < argc) {
+            const char *t = argv[++i];
+            if (qsdpa_dtype_parse(t, &o->dtype) != QSDPA_OK ||
+                (o->dtype != QSDPA_DTYPE_F32 && o->dtype != QSDPA_DTYPE_F16 && o->dtype != QSDPA_DTYPE_BF16)) {
+                fprintf(stderr, "qsdpa bench: --dtype '%s': expected f32, f16 or bf16\n", t);
+                return -1;
+            }
+        }
         else if (!strcmp(a, "--contexts") && i + 1 < argc) {
             o->ncontexts = 0;
             for (char *s = argv[++i]; *s && o->ncontexts < 8;) {
@@ -308,7 +345,7 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
     static const int64_t lqs[] = {1, 4, 16};
     if (o.json) printf("[\n");
     else
-        printf("%-18s %-13s %5s %7s %3s %10s %9s %7s %9s %10s %10s  %s\n", "shape", "format", "Lq", "context", "thr",
+        printf("%-18s %-4s %-13s %5s %7s %3s %10s %9s %7s %9s %10s %10s  %s\n", "shape", "q", "format", "Lq", "context", "thr",
                "ms(median)", "cpu ms", "GB/s", "err/max|V|", "vs own f16", "vs ref", "kernel");
     int first = 1, status = 0;
     for (int ci = 0; ci < o.ncontexts + !o.no_prefill; ci++) {

@@ -90,7 +90,6 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
 void qsdpa_cpu_rows(const qsdpa_qtensor *t, int64_t b, int64_t h, cpu_rows *out);
 
 /* Scalar decoding shared by both ISAs. */
-float qsdpa_cpu_e4m3(uint8_t byte);                 /* FP8 E4M3 (0x7F reads 480, as MLX's CPU) */
 float qsdpa_cpu_group_scale(const cpu_rows *t, const char *scale_row, int64_t g);
 float qsdpa_cpu_group_bias(const cpu_rows *t, const char *bias_row, int64_t g);
 /* Dequantize row j of t into dst[dim] (any format, portable). */

@@ -197,7 +197,7 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
     const qsdpa_problem *p = pl->p;
     float sk = p->sinks ? qsdpa_load_float(p->sinks, p->sinks_dtype, h) : -INFINITY;
     bool sink = sk > -INFINITY;
-    bool none = !(l > 0.0f);
+    bool none = l == 0.0f; /* a NaN sum (a NaN score) is not "no key": it stays NaN, as in the reference */
     if (none) {
         memset(acc, 0, (size_t)p->dim_v * sizeof(float));
         if (!sink && p->mask_kind == QSDPA_MASK_ADDITIVE) {

@@ -1,5 +1,6 @@
 /* Portable decoding of K/V rows: slice resolution, group scales, one row to floats. */
 #include "cpu/cpu_attention.h"
+#include "format/format_internal.h"
 
 #include <math.h>
 #include <string.h>
@@ -27,12 +28,6 @@ void qsdpa_cpu_rows(const qsdpa_qtensor *t, int64_t b, int64_t h, cpu_rows *out)
         out->global = t->format.global_scale / 2688.0f;
 }
 
-float qsdpa_cpu_e4m3(uint8_t byte) {
-    int e = (byte >> 3) & 15, m = byte & 7;
-    float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10);
-    return (byte & 0x80) ? -v : v;
-}
-
 static float e8m0(uint8_t s) { return s == 0 ? ldexpf(1.0f, -127) : ldexpf(1.0f, (int)s - 127); }
 
 float qsdpa_cpu_group_scale(const cpu_rows *t, const char *scale_row, int64_t g) {
@@ -40,7 +35,7 @@ float qsdpa_cpu_group_scale(const cpu_rows *t, const char *scale_row, int64_t g)
     case QSDPA_MODE_AFFINE: return qsdpa_load_float(scale_row, t->scale_dtype, g);
     case QSDPA_MODE_MXFP4:
     case QSDPA_MODE_MXFP8: return e8m0((uint8_t)scale_row[g]);
-    case QSDPA_MODE_NVFP4: return qsdpa_cpu_e4m3((uint8_t)scale_row[g]) * t->global;
+    case QSDPA_MODE_NVFP4: return qsdpa_fp8_decode((uint8_t)scale_row[g]) * t->global;
     default: return 1.0f;
     }
 }
@@ -93,7 +88,7 @@ void qsdpa_cpu_unpack_row(const cpu_rows *t, int64_t j, float *dst) {
                 for (int64_t e = 0; e < G; e++) o[e] = s * (float)code_at(c, e, bits) + bias;
             break;
         case QSDPA_MODE_MXFP8:
-            for (int64_t e = 0; e < G; e++) o[e] = s * qsdpa_cpu_e4m3(c[e]);
+            for (int64_t e = 0; e < G; e++) o[e] = s * qsdpa_fp8_decode(c[e]);
             break;
         default: /* mxfp4, nvfp4 */
             for (int64_t e = 0; e < G; e += 2) {

@@ -52,7 +52,9 @@ INLINE __m256 decode8(int F, const char *row, size_t e) {
         sign = _mm256_and_si256(sign, _mm256_set1_epi32((int)0x80000000u));
         return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
     }
-    case F_FP8: { /* E4M3 by moving its bits into an f32 (subnormals included) and rescaling by 2^120 */
+    case F_FP8: { /* E4M3 by moving its bits into an f32 (subnormals included) and rescaling by 2^120.
+                   * Magnitude 0x7F, which quantize never makes, reads 480 here where the reference
+                   * decodes NaN: the check cost 31% of an mxfp8 decode (bench/NOTES.md, session 7) */
         __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + e)));
         __m256i x = _mm256_srai_epi32(_mm256_slli_epi32(b, 24), 4);
         x = _mm256_and_si256(x, _mm256_set1_epi32((int)0x87FFFFFFu));
@@ -120,7 +122,8 @@ INLINE float load_scalar(qsdpa_dtype dt, const char *base, int64_t g) {
     }
 }
 
-/* FP8 E4M3 byte -> value (0x7F reads 480, as MLX's CPU decoder): the NVFP4 group scale
+/* FP8 E4M3 byte -> value (magnitude 0x7F is NaN, as qsdpa_fp8_decode and MLX 0.32.4; the
+ * quantizer never makes it): the NVFP4 group scale
  * by one load instead of six bit operations per group. */
 static const float e4m3_table[256] = {
     0.0f, 0.001953125f, 0.00390625f, 0.005859375f, 0.0078125f, 0.009765625f, 0.01171875f, 0.013671875f,
@@ -138,7 +141,7 @@ static const float e4m3_table[256] = {
     32.0f, 36.0f, 40.0f, 44.0f, 48.0f, 52.0f, 56.0f, 60.0f,
     64.0f, 72.0f, 80.0f, 88.0f, 96.0f, 104.0f, 112.0f, 120.0f,
     128.0f, 144.0f, 160.0f, 176.0f, 192.0f, 208.0f, 224.0f, 240.0f,
-    256.0f, 288.0f, 320.0f, 352.0f, 384.0f, 416.0f, 448.0f, 480.0f,
+    256.0f, 288.0f, 320.0f, 352.0f, 384.0f, 416.0f, 448.0f, NAN,
     -0.0f, -0.001953125f, -0.00390625f, -0.005859375f, -0.0078125f, -0.009765625f, -0.01171875f, -0.013671875f,
     -0.015625f, -0.017578125f, -0.01953125f, -0.021484375f, -0.0234375f, -0.025390625f, -0.02734375f, -0.029296875f,
     -0.03125f, -0.03515625f, -0.0390625f, -0.04296875f, -0.046875f, -0.05078125f, -0.0546875f, -0.05859375f,
@@ -154,7 +157,7 @@ static const float e4m3_table[256] = {
     -32.0f, -36.0f, -40.0f, -44.0f, -48.0f, -52.0f, -56.0f, -60.0f,
     -64.0f, -72.0f, -80.0f, -88.0f, -96.0f, -104.0f, -112.0f, -120.0f,
     -128.0f, -144.0f, -160.0f, -176.0f, -192.0f, -208.0f, -224.0f, -240.0f,
-    -256.0f, -288.0f, -320.0f, -352.0f, -384.0f, -416.0f, -448.0f, -480.0f,
+    -256.0f, -288.0f, -320.0f, -352.0f, -384.0f, -416.0f, -448.0f, -NAN,
 };
 
 /* Scale of group g (affine: as stored; mx: E8M0; nv: E4M3 times the global factor). */

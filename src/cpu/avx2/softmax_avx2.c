@@ -6,10 +6,12 @@
 #include <math.h>
 
 /* exp(x) for x <= 0 (Cephes polynomial, ~1 ulp); x below -87 gives exactly 0,
- * which masked keys (-inf, or the lowest finite score) need. */
+ * which masked keys (-inf, or the lowest finite score) need; NaN stays NaN (vmaxps
+ * returns its second operand when one is NaN), so a NaN score reaches the output as
+ * in the reference. */
 static inline __m256 exp256(__m256 x) {
     __m256 zero_mask = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
     __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
