@@ -19,6 +19,7 @@ typedef struct qd_qtensor {
     int scale_dtype;        /* F32/F16/BF16 for affine, U8 for fp modes */
     int plain_dtype;        /* PLAIN rows */
     float global_scale;     /* NVFP4 G, 0 = none */
+    float nv_factor;        /* NVFP4: G / 2688 rounded once (f32), 1 without G; what multiplies e4m3(s) */
     int dim;
 } qd_qtensor;
 
@@ -38,6 +39,7 @@ static inline qd_qtensor qd_qtensor_make(const qsdpa_qtensor *t) {
     d.scale_dtype = (int)t->scales.dtype;
     d.plain_dtype = (int)t->format.plain_dtype;
     d.global_scale = t->format.global_scale;
+    d.nv_factor = t->format.global_scale != 0.0f ? t->format.global_scale / 2688.0f : 1.0f;
     d.dim = (int)t->dim;
     return d;
 }

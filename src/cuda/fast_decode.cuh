@@ -174,11 +174,11 @@ __host__ __device__ constexpr int dec_scale_bytes() { return F::mode == QSDPA_MO
 
 /* Raw scale (and bias) bits of one group -> half2 {scale, bias}. */
 template <class F>
-__device__ __forceinline__ half2 dec_scale_bias(uint32_t s, uint32_t z, bool bf16, float gscale) {
+__device__ __forceinline__ half2 dec_scale_bias(uint32_t s, uint32_t z, bool bf16, float nv_factor) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
         return u2h(pack_scales(s, z, 0, bf16));
     } else {
-        return F::scale_bias_raw(s, z, 0, gscale);
+        return F::scale_bias_raw(s, z, 0, nv_factor);
     }
 }
 
@@ -439,7 +439,7 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
 #pragma unroll
             for (int kg = 0; kg < G::KG; kg++)
                 ksb[kk][kg] = dec_scale_bias<FK>(r.ks[kk][kg], r.kz[kk][kg], false /* f16 by now */,
-                                                 p.k.global_scale);
+                                                 p.k.nv_factor);
         uint32_t prev0 = 0, prev1 = 0;
 #pragma unroll
         for (int wl = 0; wl < G::KW; wl++) {
@@ -591,7 +591,7 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
         half2 sb[4];
 #pragma unroll
         for (int vv = 0; vv < 4; vv++)
-            sb[vv] = dec_scale_bias<FV>(r.vs[vv][0], r.vz[vv][0], false /* f16 by now */, p.v.global_scale);
+            sb[vv] = dec_scale_bias<FV>(r.vs[vv][0], r.vz[vv][0], false /* f16 by now */, p.v.nv_factor);
         s01 = __lows2half2(sb[0], sb[1]); z01 = __highs2half2(sb[0], sb[1]);
         s23 = __lows2half2(sb[2], sb[3]); z23 = __highs2half2(sb[2], sb[3]);
     }

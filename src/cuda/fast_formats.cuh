@@ -9,7 +9,8 @@
  *                        {key a, key b} for in-word elements 0..U-1 (the
  *                        B operand of P.V pairs consecutive keys);
  *   scale_bias(...)      one group's stored scale (and bias) -> half2 {s, z};
- *   scale_bias_raw(...)  the same from raw bits already loaded (fp formats).
+ *   scale_bias_raw(...)  the same from raw bits already loaded (fp formats);
+ *                        the float argument is qd_qtensor.nv_factor (NVFP4).
  * The affine dequantization s*c + z is one f16 fma of exact operands: the
  * same value as f32 arithmetic rounded once to f16.
  * Bit tricks: 0x6400 | c is the f16 1024 + c (c < 1024); an E2M1 code's three
@@ -123,13 +124,22 @@ struct fp4_fmt {
     static constexpr bool has_scales = true, has_biases = false;
     static constexpr int mode = MODE;
     __device__ static int k_order(int p, int e) { return p + 4 * e; }
-    __device__ __forceinline__ static half2 scale_bias_raw(uint32_t b, uint32_t, int, float gscale) {
-        float v = MODE == QSDPA_MODE_NVFP4 ? qd_fp8(b) : qd_e8m0(b);
-        if (MODE == QSDPA_MODE_NVFP4 && gscale != 0.0f) v = v * (gscale / 2688.0f);
+    /* NVFP4: the E4M3 byte's bits placed at f16 bits 7..15 read as e4m3 * 2^-8 exactly
+     * (subnormals too), and factor * 256 is exact, so the product rounds once to the
+     * reference's e4m3 * factor (cuda_format.cuh), with no ldexp, branch or division
+     * per group; magnitude 0x7F is NaN as there */
+    __device__ __forceinline__ static half2 scale_bias_raw(uint32_t b, uint32_t, int, float factor) {
+        float v;
+        if constexpr (MODE == QSDPA_MODE_NVFP4) {
+            const float e = __half2float(__ushort_as_half((unsigned short)(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8))));
+            v = (b & 0x7Fu) == 0x7Fu ? __int_as_float(0x7fc00000) : e * (factor * 256.0f);
+        } else {
+            v = qd_e8m0(b);
+        }
         return __floats2half2_rn(v, 0.0f);
     }
-    __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float gscale) {
-        return scale_bias_raw(((const uint8_t *)s)[i], 0, 0, gscale);
+    __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float factor) {
+        return scale_bias_raw(((const uint8_t *)s)[i], 0, 0, factor);
     }
     __device__ __forceinline__ static void k_word(uint32_t w, half2 sb, half2 *out) {
         const half2 k14 = __float2half2_rn(16384.0f), s2 = __low2half2(sb);

@@ -106,14 +106,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *d, const void *smem_
  * between. Here: one group's {scale, bias} as f16, affine scales of stored type S (no dtype
  * branch in the tile loop), other formats through their own decoder (u8 scales). */
 template <class F, class S>
-__device__ __forceinline__ half2 group_scale_bias(const char *scales, const char *biases, int i, float gscale) {
+__device__ __forceinline__ half2 group_scale_bias(const char *scales, const char *biases, int i, float nv_factor) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
         if constexpr (std::is_same<S, __half>::value)
             return __halves2half2(((const __half *)scales)[i], ((const __half *)biases)[i]);
         else
             return __floats2half2_rn((float)((const S *)scales)[i], (float)((const S *)biases)[i]);
     } else {
-        return F::scale_bias(scales, biases, 0, i, gscale);
+        return F::scale_bias(scales, biases, 0, i, nv_factor);
     }
 }
 
@@ -164,12 +164,12 @@ struct chunk_batch {
 
     template <class S>
     __device__ __forceinline__ void gather_as(const uint32_t *packed, const char *scales, const char *biases,
-                                              float gscale, int tid) {
+                                              float nv_factor, int tid) {
         const int c = tid % CH, r0 = tid / CH;
 #pragma unroll
         for (int i = 0; i < N; i++) {
             const int r = r0 + i * ROW_STEP;
-            sb[i] = group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, gscale);
+            sb[i] = group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, nv_factor);
 #pragma unroll
             for (int w = 0; w < WPC; w++) words[i][w] = packed[r * W + c * WPC + w];
         }
@@ -181,7 +181,7 @@ struct chunk_batch {
             else if (t.scale_dtype == QSDPA_DTYPE_BF16) gather_as<__nv_bfloat16>(packed, scales, biases, 0.0f, tid);
             else gather_as<float>(packed, scales, biases, 0.0f, tid);
         } else {
-            gather_as<uint8_t>(packed, scales, biases, t.global_scale, tid);
+            gather_as<uint8_t>(packed, scales, biases, t.nv_factor, tid);
         }
     }
     template <bool PAIR_ORDER = false>
@@ -195,7 +195,7 @@ struct chunk_batch {
 /* The same for layouts whose threads do not cover whole rows: one chunk at a time. */
 template <int D, class F, class S>
 __device__ __forceinline__ void dequant_rows_generic(const uint32_t *packed, const char *scales, const char *biases,
-                                                     float gscale, uint32_t *tile, int tid) {
+                                                     float nv_factor, uint32_t *tile, int tid) {
     using CB = chunk_batch<D, F>;
 #pragma unroll 1
     for (int idx = tid; idx < PF_BN * CB::CH; idx += CB::NTH) {
@@ -203,7 +203,7 @@ __device__ __forceinline__ void dequant_rows_generic(const uint32_t *packed, con
         uint32_t words[CB::WPC];
 #pragma unroll
         for (int w = 0; w < CB::WPC; w++) words[w] = packed[r * CB::W + c * CB::WPC + w];
-        emit_chunk<F>(tile, r, c, words, group_scale_bias<F, S>(scales, biases, r * CB::G + c * 8 / F::group, gscale));
+        emit_chunk<F>(tile, r, c, words, group_scale_bias<F, S>(scales, biases, r * CB::G + c * 8 / F::group, nv_factor));
     }
 }
 
@@ -217,15 +217,15 @@ __device__ __forceinline__ void dequant_tile_generic(const qd_qtensor &t, const 
             dequant_rows_generic<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
         else dequant_rows_generic<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
     } else {
-        dequant_rows_generic<D, F, uint8_t>(packed, scales, biases, t.global_scale, tile, tid);
+        dequant_rows_generic<D, F, uint8_t>(packed, scales, biases, t.nv_factor, tile, tid);
     }
 }
 
 template <int D, class F, class S>
 __device__ __forceinline__ void dequant_rows_fixed(const uint32_t *packed, const char *scales, const char *biases,
-                                                   float gscale, uint32_t *tile, int tid) {
+                                                   float nv_factor, uint32_t *tile, int tid) {
     chunk_batch<D, F> cb;
-    cb.template gather_as<S>(packed, scales, biases, gscale, tid);
+    cb.template gather_as<S>(packed, scales, biases, nv_factor, tid);
     cb.emit(tile, tid);
 }
 
@@ -238,7 +238,7 @@ __device__ __forceinline__ void dequant_tile_fixed(const qd_qtensor &t, const ui
             dequant_rows_fixed<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
         else dequant_rows_fixed<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
     } else {
-        dequant_rows_fixed<D, F, uint8_t>(packed, scales, biases, t.global_scale, tile, tid);
+        dequant_rows_fixed<D, F, uint8_t>(packed, scales, biases, t.nv_factor, tile, tid);
     }
 }
 
