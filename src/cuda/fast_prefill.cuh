@@ -603,44 +603,44 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
             if (it + NB < t1 - t0) named_arrive(PF_BAR_EMPTY + it % NB, PF_BLOCK_THREADS_WGMMA);
         }
     } else {
-    for (int it = 0; it < t1 - t0; it++) {
-        const int ta = t0 + it;
-        named_sync(PF_BAR_FULL + it % NB, PF_BLOCK_THREADS_WGMMA); /* the producer published tile ta */
-        const char *kbytes = L::DIRECT ? smem + (it % L::STAGES) * L::STAGE_BYTES
-                                       : (const char *)(tiles + (it % NB) * (L::TILE_BYTES / 4));
-        const char *vbytes = kbytes + (L::DIRECT ? L::K_BYTES : BN * DK * 2);
-        /* S = Q K^T: one m64n64k16 per k step for this warpgroup's 64 rows; the accumulator
-         * layout is the mma.sync one (sc[j][2h + e]), so attend() serves both paths */
-        float sc[BN / 8][4];
-        wg_hold(&sc[0][0], BN / 2);
-        wg_fence();
-        const uint64_t k_desc = wg_desc(kbytes, 16, 1024);
+        for (int it = 0; it < t1 - t0; it++) {
+            const int ta = t0 + it;
+            named_sync(PF_BAR_FULL + it % NB, PF_BLOCK_THREADS_WGMMA); /* the producer published tile ta */
+            const char *kbytes = L::DIRECT ? smem + (it % L::STAGES) * L::STAGE_BYTES
+                                           : (const char *)(tiles + (it % NB) * (L::TILE_BYTES / 4));
+            const char *vbytes = kbytes + (L::DIRECT ? L::K_BYTES : BN * DK * 2);
+            /* S = Q K^T: one m64n64k16 per k step for this warpgroup's 64 rows; the accumulator
+             * layout is the mma.sync one (sc[j][2h + e]), so attend() serves both paths */
+            float sc[BN / 8][4];
+            wg_hold(&sc[0][0], BN / 2);
+            wg_fence();
+            const uint64_t k_desc = wg_desc(kbytes, 16, 1024);
 #pragma unroll
-        for (int s = 0; s < KSTEPS; s++) /* the first k step does not accumulate: sc needs no zeroing */
-            wg_64x64_ss(&sc[0][0], wg_desc_add(q_desc, (s / 4) * PF_ROWS * 128 + (s % 4) * 32),
-                        wg_desc_add(k_desc, (s / 4) * BN * 128 + (s % 4) * 32), s > 0);
-        wg_commit();
-        wg_wait0();
-        wg_hold(&sc[0][0], BN / 2);
-        uint32_t pk[BN / 16][4];
-        attend(ta, sc, pk);
-        /* O += P V, P from registers, V MN-major: 16 keys per 2048 bytes, the two 64-column
-         * halves of Dv 128 BN * 128 bytes apart */
-        wg_hold(&o[0][0], DV / 2);
-        wg_hold_regs(&pk[0][0], BN / 4);
-        wg_fence();
-        const uint64_t v_desc = wg_desc(vbytes, BN * 128, 1024);
+            for (int s = 0; s < KSTEPS; s++) /* the first k step does not accumulate: sc needs no zeroing */
+                wg_64x64_ss(&sc[0][0], wg_desc_add(q_desc, (s / 4) * PF_ROWS * 128 + (s % 4) * 32),
+                            wg_desc_add(k_desc, (s / 4) * BN * 128 + (s % 4) * 32), s > 0);
+            wg_commit();
+            wg_wait0();
+            wg_hold(&sc[0][0], BN / 2);
+            uint32_t pk[BN / 16][4];
+            attend(ta, sc, pk);
+            /* O += P V, P from registers, V MN-major: 16 keys per 2048 bytes, the two 64-column
+             * halves of Dv 128 BN * 128 bytes apart */
+            wg_hold(&o[0][0], DV / 2);
+            wg_hold_regs(&pk[0][0], BN / 4);
+            wg_fence();
+            const uint64_t v_desc = wg_desc(vbytes, BN * 128, 1024);
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            const uint64_t dv = wg_desc_add(v_desc, kk * 2048);
-            if constexpr (DV == 128) wg_64x128_rs_tb(&o[0][0], pk[kk], dv, 1);
-            else wg_64x64_rs_tb(&o[0][0], pk[kk], dv, 1);
+            for (int kk = 0; kk < BN / 16; kk++) {
+                const uint64_t dv = wg_desc_add(v_desc, kk * 2048);
+                if constexpr (DV == 128) wg_64x128_rs_tb(&o[0][0], pk[kk], dv, 1);
+                else wg_64x64_rs_tb(&o[0][0], pk[kk], dv, 1);
+            }
+            wg_commit();
+            wg_wait0();
+            wg_hold(&o[0][0], DV / 2);
+            if (it + NB < t1 - t0) named_arrive(PF_BAR_EMPTY + it % NB, PF_BLOCK_THREADS_WGMMA); /* buffer free */
         }
-        wg_commit();
-        wg_wait0();
-        wg_hold(&o[0][0], DV / 2);
-        if (it + NB < t1 - t0) named_arrive(PF_BAR_EMPTY + it % NB, PF_BLOCK_THREADS_WGMMA); /* buffer free */
-    }
     }
 #else
     const tile_sources src = tile_sources_of<L>(p, b, g);
