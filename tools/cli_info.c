@@ -56,8 +56,8 @@ static int print_kernels(void) {
                k.q_dtype == QSDPA_ANY ? "*" : qsdpa_dtype_name((qsdpa_dtype)k.q_dtype), field(k.dk, dk, sizeof dk),
                field(k.dv, dv, sizeof dv), kf, vf, field(k.max_lq, lq, sizeof lq), k.max_dim, k.usable ? "yes" : "no");
     }
-    printf("  (a cuda.mma row runs a split-K decode kernel when GQA ratio x Lq <= 32 (<= 64 over quantized contexts\n"
-           "   longer than 64K keys), a prefill kernel for longer queries and for layouts the decode kernel does not\n"
+    printf("  (a cuda.mma row runs a split-K decode kernel when GQA ratio x Lq <= 32 over a quantized cache, a\n"
+           "   prefill kernel for longer queries, for f16 rows on sm_90a and for layouts the decode kernel does not\n"
            "   take; cuda.generic serves what neither takes)\n");
     return 0;
 }

@@ -42,9 +42,9 @@ namespace qfast {
 #define DEC_TRACE(i) ((void)0)
 #endif
 constexpr int DEC_WARPS = 4;
-/* folded rows that row blocks of 16 can serve; above 32 they are used only over long quantized
- * contexts (qsdpa_cuda_use_decode_kernel) */
-constexpr int DEC_MAX_ROWS = 64;
+/* folded rows the decode kernel serves, as row blocks of 16 (qsdpa_cuda_use_decode_kernel:
+ * past 32 the prefill kernel is faster everywhere, run 56) */
+constexpr int DEC_MAX_ROWS = 32;
 constexpr int DEC_CHUNK = 16;                    /* keys per warp step */
 constexpr int DEC_TILE = DEC_WARPS * DEC_CHUNK;  /* keys per CTA step: the split unit */
 

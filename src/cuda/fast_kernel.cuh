@@ -5,7 +5,7 @@
  * Rows: the GQA group is folded into the query rows, row f = i * ratio + hg
  * (query position i, head hg of the group), so every K/V tile a CTA loads
  * serves all heads of the group and all its query positions. Two kernels:
- *   fast_decode.cuh   up to DEC_MAX_ROWS (64) folded rows (decode, short
+ *   fast_decode.cuh   up to DEC_MAX_ROWS (32) folded rows (decode, short
  *                     queries): split-K, K/V dequantized straight into mma
  *                     fragments, no barrier in the key loop;
  *   fast_prefill.cuh  everything else, and the layouts the decode kernel does
@@ -264,7 +264,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
 
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable sends every Lq to the prefill kernel, so the device script can time both. */
-bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr);
+bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
 
 /* Blocks per SM of a kernel at a shared-memory size, read once per device into
  * cache (it sizes split-K), returned in *blocks. */
@@ -345,17 +345,24 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
                                       true);
 }
 
+/* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma
+ * and a producer warpgroup in sm_90a code), so its shared memory, block size and routing. */
+template <int DK, int DV, class FK, class FV>
+static int qsdpa_cuda_prefill_binary_version() {
+    static int binary_version = -1;
+    if (binary_version < 0) {
+        cudaFuncAttributes fa;
+        binary_version =
+            cudaFuncGetAttributes(&fa, qfast::fast_prefill<DK, DV, FK, FV>) == cudaSuccess ? fa.binaryVersion : 0;
+    }
+    return binary_version;
+}
+
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
     static int occupancy[64];
     auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
-    /* the binary's own architecture decides its path (wgmma and a producer warpgroup in sm_90a
-     * code) and so its shared memory and block size */
-    static int binary_version = -1;
-    if (binary_version < 0) {
-        cudaFuncAttributes fa;
-        binary_version = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess ? fa.binaryVersion : 0;
-    }
+    const int binary_version = qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>();
     using L = qfast::pf_layout<DK, DV, FK, FV>;
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
@@ -366,7 +373,7 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
-    if (qsdpa_cuda_use_decode_kernel(pr))
+    if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
         return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                 : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
     return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(ctx, pr, fn);

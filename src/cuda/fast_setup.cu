@@ -137,18 +137,20 @@ static bool decode_layout_ok(const qsdpa_qtensor *t) {
     return true;
 }
 
-bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr) {
+bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill) {
     static int tile_only = -1;
     if (tile_only < 0) {
         const char *e = getenv("QSDPA_CUDA_TILE_DECODE");
         tile_only = e && e[0] == '1';
     }
-    /* folded rows the decode kernel takes: 32, or DEC_MAX_ROWS (64) over quantized contexts
-     * longer than 64K keys; for 33-64 rows the prefill kernel (since v13) beats its four row
-     * blocks elsewhere (run 43, H200, Lq 16 at GQA 4: 4-bit 8K 30.0 vs 37.2 us, 32K 108 vs 120,
-     * 128K 456 vs 423; f16 rows 32K 81 vs 172; Lq 8 stays: 57 vs 106) */
+    /* The decode kernel takes up to 32 folded rows of a quantized cache. Past 32 rows the
+     * prefill kernel wins at every context since v17's split counts (run 56, H200, Lq 16 at
+     * GQA 4, 128K: 4-bit 218 vs 244 us, 8-bit 226 vs 284, mxfp4 174 vs 288; Lq 8 stays on the
+     * decode kernel: 32K 42.6 vs 63.7, 128K 129 vs 217). f16 rows go to the prefill kernel
+     * whenever its wgmma build runs, as it reads them in place, unconverted, and won at every
+     * shape measured (run 57: Lq 1 32K 40.8 vs 45.1 us, 128K 127 vs 146, B=8 32K 243 vs 266;
+     * Lq 4 2K 12.9 vs 16.9); the sm_80 path keeps them on the decode kernel (not measured). */
     const bool quantized = pr->k.format.mode != QSDPA_MODE_PLAIN || pr->v.format.mode != QSDPA_MODE_PLAIN;
-    const int64_t max_rows = quantized && pr->len_k > 65536 ? qfast::DEC_MAX_ROWS : 32;
-    return !tile_only && pr->group_ratio * pr->len_q <= max_rows && decode_layout_ok(&pr->k) &&
-           decode_layout_ok(&pr->v);
+    if (tile_only || (!quantized && wgmma_prefill)) return false;
+    return pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v);
 }

@@ -40,7 +40,11 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
     c = base; c.hq = 8; c.hkv = 8; c.lq = 16; c.lk = 300; c.mask = 2; c.mask_rank = 2;
     run_shape(rng, &c, row, "Lq16 MHA additive mask [Lq,Lk]");
 
-    /* more folded rows than one decode row block: 4 blocks of 16, the last one short */
+    /* more folded rows than one decode row block: two blocks of 16, the second short */
+    c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 7; c.lk = 1200; c.sinks = 1;
+    run_shape(rng, &c, row, "Lq7 GQA4 (28 rows: two decode row blocks) + sinks");
+
+    /* 60 rows: the prefill kernel with one idle row warpgroup */
     c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 15; c.lk = 1200; c.sinks = 1;
     run_shape(rng, &c, row, "Lq15 GQA4 (60 rows) + sinks");
 
@@ -55,7 +59,7 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
     run_shape(rng, &c, row, "Lq13 GQA4 additive mask [Lq,Lk] + lse");
 
     c = base; c.hq = 64; c.hkv = 1; c.lq = 1; c.lk = 700;
-    run_shape(rng, &c, row, "decode GQA64 (4 row blocks of heads)");
+    run_shape(rng, &c, row, "decode GQA64 (64 rows: the prefill kernel)");
 
     c = base; c.hq = 4; c.hkv = 1; c.lq = 200; c.lk = 450; c.causal = 1;
     run_shape(rng, &c, row, "prefill Lq200 Lk450 causal");
@@ -106,15 +110,6 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
         run_shape(rng, &c, row, "decode f32 scales (prefill kernel)");
         c.lq = 40; c.causal = 1;
         run_shape(rng, &c, row, "prefill Lq40 f32 scales causal");
-    }
-
-    if (strstr(row, "cuda.mma") && strstr(row, ".f16") && base.scale_dtype == QSDPA_DTYPE_F16 &&
-        (base.kf.mode != QSDPA_MODE_PLAIN || base.vf.mode != QSDPA_MODE_PLAIN)) {
-        /* 33-64 folded rows reach the decode kernel's row blocks only over quantized contexts
-         * past 64K keys (qsdpa_cuda_use_decode_kernel); elsewhere the prefill kernel takes them.
-         * Once per format (f16 q, f16 scales): the CPU reference of 60 rows x 65600 keys costs ~1 s */
-        c = base; c.hq = 4; c.hkv = 1; c.lq = 15; c.lk = 65600; c.sinks = 1;
-        run_shape(rng, &c, row, "Lq15 GQA4 (60 rows: decode row blocks) over 65600 keys + sinks");
     }
 }
 
