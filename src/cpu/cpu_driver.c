@@ -10,6 +10,7 @@
 #include "cpu/cpu_attention.h"
 #include "cpu/threadpool.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -106,10 +107,14 @@ static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, in
 }
 
 /* q rows as int16 for a K kernel's integer path (score_q16): one scale per row, and the
- * group sums recomputed from the int16 values so that the bias term sees the same q. */
-static void prepare_q16(const plan *pl, buffers *bf, const cpu_kv_ops *kops, int64_t nr) {
+ * group sums recomputed from the int16 values so that the bias term sees the same q.
+ * false where a row holds inf or NaN: those take the float kernels, which carry them
+ * through as the reference does. */
+static bool prepare_q16(const plan *pl, buffers *bf, const cpu_kv_ops *kops, int64_t nr) {
     const qsdpa_problem *p = pl->p;
     int64_t dk = p->dim_k;
+    for (int64_t i = 0; i < nr * dk; i++) /* before anything is written: qsum serves the float path too */
+        if (!isfinite(bf->q[i]) || !(fabsf(bf->q[i]) <= FLT_MAX / 2)) return false;
     bool affine = p->k.format.mode == QSDPA_MODE_AFFINE;
     int64_t G = affine ? p->k.format.group : dk;
     int16_t *natural = (int16_t *)bf->tmp; /* free until the first block */
@@ -134,6 +139,7 @@ static void prepare_q16(const plan *pl, buffers *bf, const cpu_kv_ops *kops, int
         else
             memcpy(bf->q16 + r * dk, natural, (size_t)dk * sizeof(int16_t));
     }
+    return true;
 }
 
 /* Causal/window ranges, then the array mask, on a block of scores [n][nr]. A masked
@@ -280,8 +286,8 @@ static void run_task(void *arg, int64_t t, int thread) {
     const float *qk = bf.q;
     /* f16/bf16 q and out: K scored through the kernel's integer path where it has one
      * (cpu_attention.h). Partial results are f32 and held to f32's bound: float kernels. */
-    const bool q16 = !tiles && kops->score_q16 && p->q_dtype != QSDPA_DTYPE_F32 && p->out_dtype != QSDPA_DTYPE_F32;
-    if (q16) prepare_q16(pl, &bf, kops, nr);
+    const bool q16 = !tiles && kops->score_q16 && p->q_dtype != QSDPA_DTYPE_F32 && p->out_dtype != QSDPA_DTYPE_F32 &&
+                     prepare_q16(pl, &bf, kops, nr);
     if (!tiles && !q16 && kops->prep_q) {
         for (int64_t r = 0; r < nr; r++) kops->prep_q(bf.q + r * dk, dk, bf.qk + r * dk);
         qk = bf.qk;

@@ -99,6 +99,7 @@ static int cases_run, kernel_runs;
  * The AVX2 mxfp8 code decoder reads it as 480 (a documented deviation, docs/SPEC.md 7):
  * its cases run on the portable kernels only. */
 static int poke_nan;
+static int poke_q_nan; /* q[0][0][0][1] = NaN: that row's output is NaN, the others exact */
 
 static void poke_e4m3_nan(kv_buf *kv) {
     int64_t words = kv->t.codes.shape[3], ng = kv->t.scales.shape[3];
@@ -128,6 +129,7 @@ static void run_case(test_rng *rng, const test_case *c) {
     int64_t nq = c->B * c->Hq * c->Lq * c->Dk;
     void *q = test_alloc((size_t)nq * qsdpa_dtype_size(c->qdt));
     test_fill_normal(rng, q, c->qdt, nq, 1.0);
+    if (poke_q_nan) qsdpa_store_float(q, c->qdt, 1, NAN);
     qsdpa_tensor qt = qsdpa_tensor_4d(q, c->qdt, c->B, c->Hq, c->Lq, c->Dk);
 
     qsdpa_attention_params prm = qsdpa_attention_default_params();
@@ -328,6 +330,16 @@ int main(void) {
         for (size_t i = 0; i < sizeof nan_cases / sizeof nan_cases[0]; i++) run_case(&rng, &nan_cases[i]);
     }
     poke_nan = 0;
+    /* 5. a NaN in q (f16, bf16: the integer K path quantizes q; a NaN row takes the float kernels) */
+    poke_q_nan = 1;
+    {
+        test_case nan_q[] = {
+            {1, 8, 2, 1, 300, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0},
+            {1, 8, 2, 3, 300, 64, 64, "mxfp4", "affine:8:32", QSDPA_DTYPE_BF16, QSDPA_DTYPE_BF16, 0, 0, 0, 0, 0, 0},
+        };
+        for (size_t i = 0; i < sizeof nan_q / sizeof nan_q[0]; i++) run_case(&rng, &nan_q[i]);
+    }
+    poke_q_nan = 0;
 
     /* 4. disable_simd picks the portable kernels; auto picks AVX2 where the CPU has it. */
     {
