@@ -51,8 +51,8 @@ typedef struct cpu_kv_ops {
      * prep_q maps one natural q row [dim] to that order, fix_acc maps one acc row back. */
     void (*prep_q)(const float *q, int64_t dim, float *dst);
     void (*fix_acc)(float *acc, int64_t dim);
-    /* Optional integer K path (NULL = none), taken for f16/bf16 q only: their SPEC 4
-     * bounds (2e-3 and 1.6e-2 max|V|) leave room for q as int16 per row, whose error is
+    /* Optional integer K path (NULL = none), taken for f16/bf16 q and out with finite q
+     * only: their SPEC 4 bounds (2e-3 and 1.6e-2 max|V|) leave room for q as int16 per row, whose error is
      * at most max|q_row| / 65534 per element, 1/65 of f16's bound on the scores; f32 q
      * (2e-5) keeps the float kernels. Layouts: q16 [nq][dim] int16 in the kernel's
      * element order (order_q16 maps one natural row to it; NULL = natural), qscale[nq]

@@ -178,17 +178,21 @@ INLINE float group_scale(int F, const cpu_rows *t, const char *srow, int64_t g) 
 
 INLINE bool has_bias(int F) { return F == F_AFF4 || F == F_AFF8; }
 
+/* out[r] = lane r of v, for r < NR (the rest of out is another row chunk's). */
+INLINE void store_rows(const int NR, __m128 v, float *out) {
+    if (NR == 4) {
+        _mm_storeu_ps(out, v);
+    } else {
+        float lanes[4];
+        _mm_storeu_ps(lanes, v);
+        for (int r = 0; r < NR; r++) out[r] = lanes[r];
+    }
+}
+
 /* out[r] = sum of acc[r]'s 8 lanes + bias lane r, for r < NR (acc[NR..3] are zero). */
 INLINE void store_row_sums(const int NR, const __m256 acc[4], __m128 bias, float *out) {
     __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    __m128 sum = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias);
-    if (NR == 4) {
-        _mm_storeu_ps(out, sum);
-    } else {
-        float lanes[4];
-        _mm_storeu_ps(lanes, sum);
-        for (int r = 0; r < NR; r++) out[r] = lanes[r];
-    }
+    store_rows(NR, _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias), out);
 }
 
 /* scores[j][r0 + r] = q[r0 + r] . K[j0 + j] for r < NR. The group scale multiplies
@@ -378,15 +382,7 @@ INLINE void score_q16_nr(int F, const int NR, const int GC, const cpu_rows *k, i
                 bias = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow, g)),
                                     _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0), bias);
         }
-        __m128 out = _mm_fmadd_ps(dot, row_scale, bias);
-        float *dst = scores + j * nq + r0;
-        if (NR == 4) {
-            _mm_storeu_ps(dst, out);
-        } else {
-            float lanes[4];
-            _mm_storeu_ps(lanes, out);
-            for (int r = 0; r < NR; r++) dst[r] = lanes[r];
-        }
+        store_rows(NR, _mm_fmadd_ps(dot, row_scale, bias), scores + j * nq + r0);
     }
 }
 
