@@ -256,6 +256,22 @@ struct dec_copier {
         s = lane < NSP ? (const char *)base + (b * st[0] + g * st[1]) * es + j0 * s_row + piece * 16 : nullptr;
     }
 
+    /* before pdl_wait: pull into L2 the pieces issue() will copy for the chunk `ahead`
+     * steps of DEC_WARPS chunks past the pointers' one (`chunk`), keys past the cache
+     * end left out */
+    __device__ __forceinline__ void prefetch(const fast_params &p, int chunk, int ahead, int lane) const {
+        const int j0 = (chunk + ahead * DEC_WARPS) * DEC_CHUNK, lk = (int)p.lk;
+        const int64_t rows = (int64_t)ahead * (DEC_WARPS * DEC_CHUNK);
+        constexpr int KR = 32 / KC, VR = 32 / VC;
+#pragma unroll
+        for (int i = 0; i < KN; i++)
+            if (j0 + lane / KC + i * KR < lk) prefetch_l2(k + (rows + i * KR) * p.k.cs[2]);
+#pragma unroll
+        for (int i = 0; i < VN; i++)
+            if (j0 + lane / VC + i * VR < lk) prefetch_l2(v + (rows + i * VR) * p.v.cs[2]);
+        if (lane < NSP && (lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
+    }
+
     /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on;
      * whole chunks (all but the cache's last) take no per-piece checks */
     __device__ __forceinline__ void issue(const fast_params &p, int chunk, char *stage, int lane) {
@@ -666,6 +682,15 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
      * read four f16/bf16 values at once; other rows go value by value, any dtype.
      * The aligned rows' loads go out before the ring's: at 32K the ring's first requests
      * are ~7 MB over all SMs, and q queued behind them held the prologue ~2 us (run 18). */
+    char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
+    int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
+    dec_copier<DK, DV, FK, FV> copier(p, b, g, c, lane);
+    /* launched with PDL on sm_90: the first chunks go to L2 while the previous kernel ends */
+#pragma unroll
+    for (int s = 0; s < R::STAGES - 1; s++)
+        if (c + s * DEC_WARPS < c_end) copier.prefetch(p, c, s, lane);
+    pdl_wait();
+
     constexpr int QRW = ROWS / DEC_WARPS, QPR = (DK + 127) / 128; /* rows per warp, loads per lane and row */
     static_assert(ROWS % DEC_WARPS == 0, "whole q rows per warp");
     const bool q_halves = p.q_dtype == QSDPA_DTYPE_F16 || p.q_dtype == QSDPA_DTYPE_BF16;
@@ -689,9 +714,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     }
 
     /* the ring's first STAGES - 1 chunks stream in while q is staged */
-    char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
-    int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
-    dec_copier<DK, DV, FK, FV> copier(p, b, g, c, lane);
 #pragma unroll
     for (int s = 0; s < R::STAGES - 1; s++) {
         if (c + s * DEC_WARPS < c_end) copier.issue(p, c + s * DEC_WARPS, ring + s * R::BYTES, lane);
@@ -819,9 +841,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     cp_async_wait<0>();
     __syncthreads(); /* the merge buffer below reuses the rings */
     DEC_TRACE(3);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
+    pdl_trigger();
 
     /* l: sum over the 8 lanes of each c4; then the four warps merge through shared memory */
 #pragma unroll

@@ -65,6 +65,25 @@ __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int src_
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 }
+/* Programmatic dependent launch (sm_90+): a kernel launched with it may start while
+ * the kernel ahead of it in the stream still runs. Until pdl_wait returns it must not
+ * read or write what that kernel may touch (q, K, V, the partials, the output); an L2
+ * prefetch is the one early access allowed, because L2 is where every SM's writes
+ * land: a line prefetched early still reads as the earlier kernel left it. pdl_trigger
+ * lets the next kernel's CTAs be placed while this one finishes. */
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void prefetch_l2(const void *gmem) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(gmem));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -198,15 +217,14 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
  * w sums the splits s = w, w + 4, ..., lane l column 32 * blockIdx.y + l; the
  * four warp sums meet in shared memory. Launched right behind the attention
  * kernel with programmatic dependent launch on sm_90, so its launch overlaps
- * that kernel's tail (griddepcontrol.wait orders the reads). */
+ * that kernel's tail (pdl_wait orders the reads). */
 template <int DV>
 __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 #if QSDPA_CUDA_DEC_TRACE
     const unsigned long long t_entry = dec_globaltimer();
 #endif
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
+    pdl_trigger(); /* the next call's kernel may take the SMs' free slots and wait there */
+    pdl_wait();
 #if QSDPA_CUDA_DEC_TRACE
     if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0)
         printf("TRACE merge block 0 | gt entry %llu after wait %llu\n", t_entry, dec_globaltimer());
@@ -266,61 +284,83 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
  * variable sends every Lq to the prefill kernel, so the device script can time both. */
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
 
-/* Blocks per SM of a kernel at a shared-memory size, read once per device into
- * cache (it sizes split-K), returned in *blocks. */
+/* What the launcher reads once per kernel (and per device): blocks per SM at its
+ * shared-memory size (it sizes split-K) and whether its loaded binary was compiled
+ * for sm_90+, where the kernel calls pdl_wait and may launch with PDL. */
+struct qsdpa_cuda_kernel_info {
+    int blocks[64];      /* 0: not read yet */
+    int ptx_version[64];
+};
+
 template <class K>
-static qsdpa_status qsdpa_cuda_occupancy(qsdpa_context *ctx, K kernel, int threads, int smem_bytes, int *cache,
-                                         const char *fn, const char *what, int *blocks) {
+static qsdpa_status qsdpa_cuda_kernel_query(qsdpa_context *ctx, K kernel, int threads, int smem_bytes,
+                                            qsdpa_cuda_kernel_info *info, const char *fn, const char *what,
+                                            int *blocks, bool *pdl) {
     int dev = ctx->cuda->device < 64 ? ctx->cuda->device : 0;
-    if (!cache[dev]) {
+    if (!info->blocks[dev]) {
         cudaError_t err = cudaSuccess;
         if (smem_bytes > 48 * 1024 && smem_bytes <= ctx->cuda->smem_optin)
             err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
         int n = 0;
         if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem_bytes);
+        cudaFuncAttributes fa;
+        if (err == cudaSuccess) err = cudaFuncGetAttributes(&fa, kernel);
         if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, what);
-        cache[dev] = n > 0 ? n : 1;
+        info->ptx_version[dev] = fa.ptxVersion;
+        info->blocks[dev] = n > 0 ? n : 1;
     }
-    *blocks = cache[dev];
+    *blocks = info->blocks[dev];
+    *pdl = ctx->cuda->cc >= 90 && info->ptx_version[dev] >= 90;
     return QSDPA_OK;
+}
+
+/* One launch of a fast_params kernel on the context's stream; with `pdl`, programmatic
+ * dependent launch (the kernel must call pdl_wait before it touches global memory). */
+static qsdpa_status qsdpa_cuda_launch_fast_kernel(qsdpa_context *ctx, void (*kernel)(const qfast::fast_params),
+                                                  dim3 grid, dim3 block, int smem, bool pdl,
+                                                  const qfast::fast_params &p, const char *fn, const char *name) {
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = qsdpa_cuda_stream(ctx);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, p);
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, name);
+    return qsdpa_cuda_launch_status(fn, name);
 }
 
 /* split_merge behind an attention kernel that wrote nsplit partials. */
 template <int DV>
 static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfast::fast_params &p, dim3 grid,
                                                   const char *fn) {
-    cudaLaunchConfig_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.gridDim = dim3((unsigned)(grid.z * p.rows), (unsigned)((DV + 31) / 32));
-    cfg.blockDim = dim3(128);
-    cfg.stream = qsdpa_cuda_stream(ctx);
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    /* PDL only where split_merge was compiled with its griddepcontrol.wait (PTX for sm_90+):
-     * an sm_80 build running on Hopper must keep plain stream order. */
-    static int merge_ptx = -1;
-    if (merge_ptx < 0) {
-        cudaFuncAttributes fa;
-        merge_ptx = cudaFuncGetAttributes(&fa, qfast::split_merge<DV>) == cudaSuccess ? fa.ptxVersion : 0;
-    }
-    cfg.numAttrs = ctx->cuda->cc >= 90 && merge_ptx >= 90 ? 1 : 0;
-    cudaError_t err = cudaLaunchKernelEx(&cfg, qfast::split_merge<DV>, p);
-    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "split_merge launch");
-    return qsdpa_cuda_launch_status(fn, "split_merge");
+    static qsdpa_cuda_kernel_info info;
+    int blocks;
+    bool pdl;
+    qsdpa_status st = qsdpa_cuda_kernel_query(ctx, qfast::split_merge<DV>, 128, 0, &info, fn,
+                                              "configuring split_merge", &blocks, &pdl);
+    if (st != QSDPA_OK) return st;
+    return qsdpa_cuda_launch_fast_kernel(ctx, qfast::split_merge<DV>, dim3((unsigned)(grid.z * p.rows), (unsigned)((DV + 31) / 32)),
+                                         dim3(128), 0, pdl, p, fn, "split_merge launch");
 }
 
-/* Configure and launch one tensor-core kernel (occupancy read once per device into
- * `occupancy`, split-K sized for at most `cta_cap` CTAs per SM, row blocks of
+/* Configure and launch one tensor-core kernel (occupancy and binary read once per device
+ * into `info`, split-K sized for at most `cta_cap` CTAs per SM, row blocks of
  * `block_rows`), then split_merge where it wrote partials: always with `partials`,
  * else only when the keys were split. */
 template <int DV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
                                            const char *name, const char *configuring, int threads, int smem,
-                                           int *occupancy, int cta_cap, int bn, int block_rows, bool partials) {
+                                           qsdpa_cuda_kernel_info *info, int cta_cap, int bn, int block_rows,
+                                           bool partials) {
     int occ;
-    qsdpa_status st = qsdpa_cuda_occupancy(ctx, kernel, threads, smem, occupancy, fn, configuring, &occ);
+    bool pdl;
+    qsdpa_status st = qsdpa_cuda_kernel_query(ctx, kernel, threads, smem, info, fn, configuring, &occ, &pdl);
     if (st != QSDPA_OK) return st;
     qfast::fast_params p;
     dim3 grid;
@@ -329,19 +369,19 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
                                       &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    kernel<<<grid, threads, smem, qsdpa_cuda_stream(ctx)>>>(p);
-    if ((st = qsdpa_cuda_launch_status(fn, name)) != QSDPA_OK || (!partials && p.nsplit == 1)) return st;
+    st = qsdpa_cuda_launch_fast_kernel(ctx, kernel, grid, dim3(threads), smem, pdl, p, fn, name);
+    if (st != QSDPA_OK || (!partials && p.nsplit == 1)) return st;
     return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 }
 
 template <int DK, int DV, class FK, class FV, int NR>
 static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
-    static int occupancy[64];
+    static qsdpa_cuda_kernel_info info;
     /* split-K sized for 2 CTAs (8 warps) per SM even where 4 fit: longer per-warp streams
      * amortise the ring's fill and the partials (run 12: 4-bit 32K 28.8 us vs 30.5 at 4 per SM) */
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode",
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
-                                      qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, occupancy, 2, qfast::DEC_TILE, 8 * NR,
+                                      qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, qfast::DEC_TILE, 8 * NR,
                                       true);
 }
 
@@ -360,14 +400,14 @@ static int qsdpa_cuda_prefill_binary_version() {
 
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
-    static int occupancy[64];
+    static qsdpa_cuda_kernel_info info;
     auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
     const int binary_version = qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>();
     using L = qfast::pf_layout<DK, DV, FK, FV>;
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "configuring fast_prefill", threads,
-                                      smem, occupancy, 1 << 30, L::BN, qfast::PF_ROWS, false);
+                                      smem, &info, 1 << 30, L::BN, qfast::PF_ROWS, false);
 }
 
 template <int DK, int DV, class FK, class FV>

@@ -381,6 +381,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
     char *qsm = smem + L::PIPE_BYTES + L::TILE_BUFS_WGMMA * L::TILE_BYTES; /* q [PF_ROWS][DK] f16, swizzled */
 #endif
 
+    pdl_wait(); /* launched with PDL on sm_90: nothing global is touched before this */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gq = lane >> 2, c4 = lane & 3;
     const int rb = p.nrb - 1 - (int)blockIdx.x; /* heaviest (latest causal) row blocks first */
@@ -722,9 +723,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
     }
 #endif
     cp_async_wait<0>();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
+    pdl_trigger();
 
     /* each warp owns its 16 rows whole: quad-reduce l, then write out (or partials) */
 #pragma unroll
