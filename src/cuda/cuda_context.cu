@@ -36,6 +36,7 @@ extern "C" qsdpa_status qsdpa_cuda_context_init(qsdpa_context *ctx) {
     int major = 0, minor = 0;
     cudaDeviceGetAttribute(&st->sm_count, cudaDevAttrMultiProcessorCount, dev);
     cudaDeviceGetAttribute(&st->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cudaDeviceGetAttribute(&st->smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
     st->cc = major * 10 + minor;

@@ -20,6 +20,7 @@ struct qsdpa_cuda_state {
     int device;          /* CUDA ordinal the context was created on */
     int sm_count;        /* multiprocessors */
     int smem_optin;      /* largest dynamic shared memory per block (bytes) */
+    int smem_per_sm;     /* shared memory of a multiprocessor (bytes) */
     int cc;              /* compute capability, major*10 + minor */
     void *scratch;       /* device scratch: split-K partials */
     size_t scratch_bytes;

@@ -23,6 +23,7 @@
 #define QSDPA_CUDA_FAST_KERNEL_CUH
 
 #include <float.h>
+#include <math.h>
 #include <string.h>
 
 #include "cuda/fast_formats.cuh"
@@ -280,6 +281,10 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
                                           int ctas_per_sm, int bn, int block_rows, bool partials,
                                           qfast::fast_params *p, dim3 *grid, bool *use_generic);
 
+/* Waves of CTAs split-K fills (1 unless QSDPA_CUDA_SPLIT_WAVES, read once, says
+ * otherwise: a benchmark knob, bench/gpu.sh variants). */
+double qsdpa_cuda_split_waves(void);
+
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable sends every Lq to the prefill kernel, so the device script can time both. */
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
@@ -290,6 +295,8 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
 struct qsdpa_cuda_kernel_info {
     int blocks[64];      /* 0: not read yet */
     int ptx_version[64];
+    int capped_smem[64]; /* see qsdpa_cuda_cap_residency; 0: not read yet */
+    int capped_to[64];
 };
 
 template <class K>
@@ -311,6 +318,35 @@ static qsdpa_status qsdpa_cuda_kernel_query(qsdpa_context *ctx, K kernel, int th
     }
     *blocks = info->blocks[dev];
     *pdl = ctx->cuda->cc >= 90 && info->ptx_version[dev] >= 90;
+    return QSDPA_OK;
+}
+
+/* The dynamic shared memory that lets at most `resident` CTAs of `kernel` share an SM
+ * (at least `smem`; `smem` itself where the kernel's occupancy is no higher anyway).
+ * Why: split-K sizes the grid as whole waves of `resident` CTAs per SM, but a kernel
+ * launched with PDL places its CTAs while the previous kernel still holds some SMs,
+ * so where a third CTA would fit, the first SMs to free up take three and others one:
+ * the wave runs as long as its fullest SM (run 68: 4-bit 128K +21%, B=8 +19-33%). */
+template <class K>
+static qsdpa_status qsdpa_cuda_cap_residency(qsdpa_context *ctx, K kernel, int threads, int smem, int resident,
+                                             qsdpa_cuda_kernel_info *info, const char *fn, int *smem_out) {
+    int dev = ctx->cuda->device < 64 ? ctx->cuda->device : 0;
+    *smem_out = smem;
+    if (resident < 1 || resident >= info->blocks[dev]) return QSDPA_OK;
+    if (info->capped_to[dev] != resident) {
+        /* each CTA also holds 1 KB the runtime reserves; one byte past a (resident + 1)th share */
+        int want = ctx->cuda->smem_per_sm / (resident + 1) - 1024 + 16;
+        want = want < smem ? smem : (want + 15) / 16 * 16;
+        int n = 0;
+        cudaError_t err = cudaSuccess;
+        if (want > ctx->cuda->smem_optin) want = smem; /* cannot cap: keep the kernel's own size */
+        else if (want > 48 * 1024) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, want);
+        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, want);
+        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "capping CTAs per SM");
+        info->capped_smem[dev] = n >= 1 && n <= resident ? want : smem;
+        info->capped_to[dev] = resident;
+    }
+    *smem_out = info->capped_smem[dev];
     return QSDPA_OK;
 }
 
@@ -369,7 +405,14 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
                                       &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    st = qsdpa_cuda_launch_fast_kernel(ctx, kernel, grid, dim3(threads), smem, pdl, p, fn, name);
+    int smem_launch = smem;
+    if (pdl) {
+        const int per_sm = occ < cta_cap ? occ : cta_cap;
+        st = qsdpa_cuda_cap_residency(ctx, kernel, threads, smem, (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9),
+                                      info, fn, &smem_launch);
+        if (st != QSDPA_OK) return st;
+    }
+    st = qsdpa_cuda_launch_fast_kernel(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
     if (st != QSDPA_OK || (!partials && p.nsplit == 1)) return st;
     return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 }

@@ -41,6 +41,16 @@ static int scale_mode(const qsdpa_qtensor *t) {
     return vec ? 1 : rows4 ? 0 : -1;
 }
 
+double qsdpa_cuda_split_waves(void) {
+    static double waves = -1.0;
+    if (waves < 0.0) {
+        const char *e = getenv("QSDPA_CUDA_SPLIT_WAVES");
+        double w = e ? atof(e) : 1.0;
+        waves = w > 0.0 && w <= 64.0 ? w : 1.0;
+    }
+    return waves;
+}
+
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
                                           int ctas_per_sm, int bn, int block_rows, bool partials,
                                           qfast::fast_params *p, dim3 *grid, bool *use_generic) {
@@ -81,14 +91,8 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     float ml = pr->masked_score * log2e;
     p->masked_log2 = ml < -FLT_MAX ? -FLT_MAX : ml;
 
-    /* Split-K: one full wave of CTAs at the kernel's occupancy (QSDPA_CUDA_SPLIT_WAVES, read
-     * once, scales it: a benchmark knob, bench/gpu.sh variants). */
-    static double waves = -1.0;
-    if (waves < 0.0) {
-        const char *e = getenv("QSDPA_CUDA_SPLIT_WAVES");
-        double w = e ? atof(e) : 1.0;
-        waves = w > 0.0 && w <= 64.0 ? w : 1.0;
-    }
+    /* Split-K: one full wave of CTAs at the kernel's occupancy */
+    const double waves = qsdpa_cuda_split_waves();
     int64_t tiles = (pr->len_k + bn - 1) / bn;
     int64_t base = bhkv * nrb;
     int64_t want = (int64_t)((double)ctas_per_sm * ctx->cuda->sm_count * waves + 0.5);
