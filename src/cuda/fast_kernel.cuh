@@ -385,29 +385,42 @@ static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfas
                                          dim3(128), 0, pdl, p, fn, "split_merge launch");
 }
 
+/* Tiles of `bn` keys each CTA streams when split-K fills `per_sm` CTAs per SM (before
+ * causal or window cuts): the split count's own rule in fast_setup.cu, up to rounding. */
+static int64_t qsdpa_cuda_tiles_per_cta(const qsdpa_context *ctx, const qsdpa_problem *pr, int per_sm, int bn,
+                                        int block_rows) {
+    const int64_t tiles = (pr->len_k + bn - 1) / bn;
+    const int64_t rows = pr->group_ratio * pr->len_q, base = pr->batch * pr->heads_kv * ((rows + block_rows - 1) / block_rows);
+    const int64_t want = (int64_t)((double)per_sm * ctx->cuda->sm_count * qsdpa_cuda_split_waves() + 0.5);
+    const int64_t splits = base >= want ? 1 : (want + base - 1) / base;
+    return (tiles + splits - 1) / splits;
+}
+
 /* Configure and launch one tensor-core kernel (occupancy and binary read once per device
- * into `info`, split-K sized for at most `cta_cap` CTAs per SM, row blocks of
- * `block_rows`), then split_merge where it wrote partials: always with `partials`,
- * else only when the keys were split. */
+ * into `info`; split-K sized for at most `cta_cap` CTAs per SM, or for the kernel's
+ * occupancy where even then each CTA would stream more than `long_tiles` tiles
+ * (0: never); row blocks of `block_rows`), then split_merge where it wrote partials:
+ * always with `partials`, else only when the keys were split. */
 template <int DV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
                                            const char *name, const char *configuring, int threads, int smem,
-                                           qsdpa_cuda_kernel_info *info, int cta_cap, int bn, int block_rows,
-                                           bool partials) {
+                                           qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
+                                           int block_rows, bool partials) {
     int occ;
     bool pdl;
     qsdpa_status st = qsdpa_cuda_kernel_query(ctx, kernel, threads, smem, info, fn, configuring, &occ, &pdl);
     if (st != QSDPA_OK) return st;
+    int per_sm = occ < cta_cap ? occ : cta_cap;
+    if (long_tiles > 0 && per_sm < occ && qsdpa_cuda_tiles_per_cta(ctx, pr, per_sm, bn, block_rows) > long_tiles)
+        per_sm = occ;
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, occ < cta_cap ? occ : cta_cap, bn, block_rows, partials, &p,
-                                      &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, per_sm, bn, block_rows, partials, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     int smem_launch = smem;
     if (pdl) {
-        const int per_sm = occ < cta_cap ? occ : cta_cap;
         st = qsdpa_cuda_cap_residency(ctx, kernel, threads, smem, (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9),
                                       info, fn, &smem_launch);
         if (st != QSDPA_OK) return st;
@@ -420,11 +433,14 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
 template <int DK, int DV, class FK, class FV, int NR>
 static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
     static qsdpa_cuda_kernel_info info;
-    /* split-K sized for 2 CTAs (8 warps) per SM even where 4 fit: longer per-warp streams
-     * amortise the ring's fill and the partials (run 12: 4-bit 32K 28.8 us vs 30.5 at 4 per SM) */
+    /* split-K sized for 2 CTAs (8 warps) per SM even where 3 fit: longer per-warp streams
+     * amortise the ring's fill and the partials (run 12: 4-bit 32K 28.8 us vs 30.5 at 4 per
+     * SM; run 69: 32K 21.3 us vs 22.5 at 3), unless the streams are long anyway: past 32
+     * tiles per CTA the third CTA's latency hiding wins (run 69: 128K 57.0 -> 53.4 us,
+     * B=8 32K 104 -> 94; B=8 8K, 26 tiles, even) */
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode",
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
-                                      qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, qfast::DEC_TILE, 8 * NR,
+                                      qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, 32, qfast::DEC_TILE, 8 * NR,
                                       true);
 }
 
@@ -450,7 +466,7 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "configuring fast_prefill", threads,
-                                      smem, &info, 1 << 30, L::BN, qfast::PF_ROWS, false);
+                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false);
 }
 
 template <int DK, int DV, class FK, class FV>
