@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | variants | profile-prefill]
+# Usage (device): bash bench/gpu.sh [quick | variants | profile-prefill | profile-decode]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -14,7 +14,8 @@
 # GPU tests and sanitizers (timing-only calls on a commit already checked).
 #   quick: no full benchmark (the baseline comparison below still runs); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
-#   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop
+#   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop;
+#   profile-decode: the same for one 128K 4-bit decode launch
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -63,6 +64,17 @@ if [ -d build-base-src ]; then
   BASE_BUILD=$!
 fi
 
+if [ "$MODE" = profile-decode ]; then
+  # the 128K 4-bit decode launch (3 CTAs per SM since v22.2): per-SASS counters, read offline
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  timeout 150 "$NCU" --clock-control none -k regex:fast_decode --launch-skip 20 --launch-count 1 --set full \
+    --import-source no -f -o /tmp/decode_a4 "$B/bench_gpu" one affine4g64 1 131072 1 >>"$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$?" >>"$OUT/ncu.txt"
+  "$NCU" -i /tmp/decode_a4.ncu-rep --print-details all >>"$OUT/ncu.txt" 2>&1
+  "$NCU" -i /tmp/decode_a4.ncu-rep --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_decode_a4.csv.gz"
+  stamp done
+  exit 0
+fi
 if [ "$MODE" = profile-prefill ]; then
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   timeout 60 "$B/bench_gpu" prefill | tee "$OUT/prefill.txt"
