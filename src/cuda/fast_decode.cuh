@@ -234,13 +234,22 @@ struct dec_copier {
     static constexpr int NSP = KSP + KZP + VSP + VZP;                        /* scale pieces per chunk */
     static_assert(DEC_CHUNK == 16 && KC % 2 == 0 && VC % 2 == 0 && 32 % KC == 0 && 32 % VC == 0 && NSP <= 32,
                   "copy split: whole pieces per lane");
-    const char *k, *v, *s; /* lane's first K / V code piece, its scale piece (if lane < NSP) */
-    int s_row, s_off; /* its scale block's bytes per key, the piece's offset in that block */
+    const char *k, *v, *s; /* lane's first K / V code piece, its scale piece (if has_scale) */
+    int k_step, v_step;    /* bytes between a lane's pieces of one chunk (KR / VR keys; < 2^31: the host
+                            * sends per-key strides of 2^27 bytes and more to the prefill kernel) */
+    int k_dst, v_dst;      /* the lane's first piece in a stage */
+    int s_row, s_off;      /* its scale block's bytes per key, the piece's offset in that block */
+    bool has_scale;        /* lane < NSP */
+    static constexpr int KR = 32 / KC, VR = 32 / VC; /* keys between a lane's pieces */
 
     __device__ __forceinline__ dec_copier(const fast_params &p, int64_t b, int64_t g, int chunk, int lane) {
         const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
         k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KC) * p.k.cs[2] + (lane % KC) * 16;
         v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VC) * p.v.cs[2] + (lane % VC) * 16;
+        k_step = (int)(KR * p.k.cs[2]);
+        v_step = (int)(VR * p.v.cs[2]);
+        k_dst = (lane / KC) * R::KPITCH + (lane % KC) * 16;
+        v_dst = R::V_OFF + (lane / VC) * R::VPITCH + (lane % VC) * 16;
         /* the four scale blocks lie back to back in a stage (KS, KZ, VS, VZ), so lane i
          * copies piece i of the whole run; its source is piece `piece` of block `blk` */
         int piece = lane, blk = 0;
@@ -251,9 +260,10 @@ struct dec_copier {
         const int es = blk < 2 ? dec_scale_bytes<FK>() : dec_scale_bytes<FV>();
         const void *base = (blk & 1) ? t.biases : t.scales;
         const int64_t *st = (blk & 1) ? t.bs : t.ss;
-        s_row = lane < NSP ? (blk < 2 ? R::KSROW : R::VSROW) : 0;
+        has_scale = lane < NSP;
+        s_row = has_scale ? (blk < 2 ? R::KSROW : R::VSROW) : 0;
         s_off = piece * 16;
-        s = lane < NSP ? (const char *)base + (b * st[0] + g * st[1]) * es + j0 * s_row + piece * 16 : nullptr;
+        s = has_scale ? (const char *)base + (b * st[0] + g * st[1]) * es + j0 * s_row + piece * 16 : nullptr;
     }
 
     /* before pdl_wait: pull into L2 the pieces issue() will copy for the chunk `ahead`
@@ -262,42 +272,44 @@ struct dec_copier {
     __device__ __forceinline__ void prefetch(const fast_params &p, int chunk, int ahead, int lane) const {
         const int j0 = (chunk + ahead * DEC_WARPS) * DEC_CHUNK, lk = (int)p.lk;
         const int64_t rows = (int64_t)ahead * (DEC_WARPS * DEC_CHUNK);
-        constexpr int KR = 32 / KC, VR = 32 / VC;
 #pragma unroll
         for (int i = 0; i < KN; i++)
-            if (j0 + lane / KC + i * KR < lk) prefetch_l2(k + (rows + i * KR) * p.k.cs[2]);
+            if (j0 + lane / KC + i * KR < lk) prefetch_l2(k + rows * p.k.cs[2] + i * k_step);
 #pragma unroll
         for (int i = 0; i < VN; i++)
-            if (j0 + lane / VC + i * VR < lk) prefetch_l2(v + (rows + i * VR) * p.v.cs[2]);
-        if (lane < NSP && (lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
+            if (j0 + lane / VC + i * VR < lk) prefetch_l2(v + rows * p.v.cs[2] + i * v_step);
+        if (has_scale && (lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
     }
 
-    /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on;
-     * whole chunks (all but the cache's last) take no per-piece checks */
+    /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on.
+     * Whole chunks (all but the cache's last) take the short path: offsets set up once,
+     * no per-piece checks (run 71: the copy was 62 of 374 instructions per chunk and a
+     * fifth of the stall samples while it recomputed them) */
     __device__ __forceinline__ void issue(const fast_params &p, int chunk, char *stage, int lane) {
         const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk; /* the host keeps Lk < 2^31 */
-        constexpr int KR = 32 / KC, VR = 32 / VC; /* rows between a lane's pieces (a product per piece) */
-        char *kdst = stage + (lane / KC) * R::KPITCH + (lane % KC) * 16;
-        char *vdst = stage + R::V_OFF + (lane / VC) * R::VPITCH + (lane % VC) * 16;
-        const bool whole = j0 + DEC_CHUNK <= lk;
+        if (j0 + DEC_CHUNK <= lk) {
 #pragma unroll
-        for (int i = 0; i < KN; i++) {
-            const bool ok = whole || j0 + lane / KC + i * KR < lk;
-            cp_async16(kdst + i * KR * R::KPITCH, ok ? k + (int64_t)(i * KR) * p.k.cs[2] : k, ok ? 16 : 0);
-        }
+            for (int i = 0; i < KN; i++) cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step);
 #pragma unroll
-        for (int i = 0; i < VN; i++) {
-            const bool ok = whole || j0 + lane / VC + i * VR < lk;
-            cp_async16(vdst + i * VR * R::VPITCH, ok ? v + (int64_t)(i * VR) * p.v.cs[2] : v, ok ? 16 : 0);
-        }
-        if (lane < NSP) {
-            if (whole) cp_async16(stage + R::KS_OFF + lane * 16, s, 16);
-            else { /* cut at the last key */
+            for (int i = 0; i < VN; i++) cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step);
+            if (has_scale) cp_async16(stage + R::KS_OFF + lane * 16, s);
+        } else {
+#pragma unroll
+            for (int i = 0; i < KN; i++) {
+                const bool ok = j0 + lane / KC + i * KR < lk;
+                cp_async16(stage + k_dst + i * KR * R::KPITCH, ok ? k + i * k_step : k, ok ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < VN; i++) {
+                const bool ok = j0 + lane / VC + i * VR < lk;
+                cp_async16(stage + v_dst + i * VR * R::VPITCH, ok ? v + i * v_step : v, ok ? 16 : 0);
+            }
+            if (has_scale) { /* cut at the last key */
                 const int left = (lk - j0) * s_row - s_off, nb = left >= 16 ? 16 : left > 0 ? left : 0;
                 cp_async16(stage + R::KS_OFF + lane * 16, nb ? s : (const char *)p.k.codes, nb);
             }
-            s += (int64_t)s_row * (DEC_WARPS * DEC_CHUNK);
         }
+        if (has_scale) s += (int64_t)s_row * (DEC_WARPS * DEC_CHUNK);
         k += p.k.cs[2] * (DEC_WARPS * DEC_CHUNK);
         v += p.v.cs[2] * (DEC_WARPS * DEC_CHUNK);
     }
@@ -508,21 +520,32 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
             }
     }
 
-    /* online softmax per row; a row's 16 keys live in the 8 lanes of one c4 */
+    /* online softmax per row; a row's 16 keys live in the 8 lanes of one c4.
+     * Lazy rescaling: the reference max moves only when a score exceeds it by 2^8
+     * (P <= 256 stays exact enough in f16, l and o are f32), so most chunks skip the
+     * rescale of o; the stored m is the reference actually used. Whether any row of
+     * the warp moves is one vote on the lanes' own scores, so most chunks also skip
+     * the row max's three dependent shuffles (run 71: the longest stalls of the loop). */
+    bool moves = false;
+#pragma unroll
+    for (int nr = 0; nr < NR; nr++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) moves |= fmaxf(sc[nr][e], sc[nr][2 + e]) > st.m[nr][e] + 8.0f;
+    moves = __any_sync(0xffffffffu, moves);
     float corr[NR][2];
     uint32_t pb[NR][2];
 #pragma unroll
     for (int nr = 0; nr < NR; nr++) {
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            float mx = fmaxf(sc[nr][e], sc[nr][2 + e]);
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-            /* lazy rescaling: the reference max moves only when a score exceeds it by 2^8
-             * (P <= 256 stays exact enough in f16, l and o are f32), so most chunks skip
-             * the rescale of o; the stored m is the reference actually used */
-            const float mn = mx > st.m[nr][e] + 8.0f ? mx : st.m[nr][e];
+            float mn = st.m[nr][e];
+            if (moves) {
+                float mx = fmaxf(sc[nr][e], sc[nr][2 + e]);
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+                mn = mx > mn + 8.0f ? mx : mn;
+            }
             corr[nr][e] = mn == st.m[nr][e] ? 1.0f : fast_exp2(st.m[nr][e] - mn);
             st.m[nr][e] = mn;
             const float p0 = mn == -INFINITY ? 0.0f : fast_exp2(sc[nr][e] - mn);
@@ -535,10 +558,7 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
         pb[nr][0] = transpose8x8(h2u(__floats2half2_rn(sc[nr][0], sc[nr][1])));
         pb[nr][1] = transpose8x8(h2u(__floats2half2_rn(sc[nr][2], sc[nr][3])));
     }
-    bool rescale = false;
-#pragma unroll
-    for (int nr = 0; nr < NR; nr++) rescale |= corr[nr][0] != 1.0f || corr[nr][1] != 1.0f;
-    if (__any_sync(0xffffffffu, rescale)) {
+    if (moves) { /* rows whose reference stayed have corr 1 */
 #pragma unroll
         for (int nr = 0; nr < NR; nr++) {
 #pragma unroll
