@@ -36,6 +36,10 @@ namespace qfast {
 #ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
 #define QSDPA_CUDA_DEC_MIN_BLOCKS 3
 #endif
+/* two chunks a warp step in the 8-row kernel with 4-stage rings (dec_pairing); 0 keeps one */
+#ifndef QSDPA_CUDA_DEC_PAIR
+#define QSDPA_CUDA_DEC_PAIR 1
+#endif
 #if QSDPA_CUDA_DEC_TRACE
 #define DEC_TRACE(i) (trace_c[i] = clock64(), trace_g[i] = dec_globaltimer())
 #else
@@ -404,15 +408,15 @@ struct dec_rows {
     int i[NR][2], h[NR][2], last[NR][2]; /* query position, q head, last visible local key */
 };
 
+/* Q K^T of one staged chunk in registers -> scores in log2 units, sc[nr][x]: key
+ * gq + 8 * (x >> 1), row nr * 8 + 2c4 + (x & 1); masked per score unless `plain`. */
 template <int DK, int DV, class FK, class FV, int NR>
-__device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, bool plain, int kend,
-                                            const dec_chunk<DK, DV, FK, FV> &r, const uint32_t (&qb)[NR][DK / 16][2],
-                                            const float (&kq)[NR][dec_geom<DK, DV, FK, FV>::NKACC + dec_geom<DK, DV, FK, FV>::NGK][2],
-                                            dec_rows<NR> &st, float (&o)[NR][DV / 16][4],
-                                            float (&ex)[NR][dec_geom<DK, DV, FK, FV>::NG + 1][4], int gq, int c4,
-                                            int64_t b) {
+__device__ __forceinline__ void dec_scores(const fast_params &p, int chunk, bool plain, int kend,
+                                           const dec_chunk<DK, DV, FK, FV> &r, const uint32_t (&qb)[NR][DK / 16][2],
+                                           const float (&kq)[NR][dec_geom<DK, DV, FK, FV>::NKACC + dec_geom<DK, DV, FK, FV>::NGK][2],
+                                           const dec_rows<NR> &st, float (&sc)[NR][4], int gq, int64_t b) {
     using G = dec_geom<DK, DV, FK, FV>;
-    constexpr int UK = FK::U, UV = FV::U;
+    constexpr int UK = FK::U;
     /* S^T = K Q^T: two accumulators (even / odd k steps) halve the dependent mma chain;
      * folded K has one per group, starting at -sum(offset * q) (kq[.][a]) */
     float acc[NR][G::NKACC][4];
@@ -423,7 +427,6 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
             acc[nr][a][0] = acc[nr][a][2] = G::FOLDK ? kq[nr][a][0] : 0.0f;
             acc[nr][a][1] = acc[nr][a][3] = G::FOLDK ? kq[nr][a][1] : 0.0f;
         }
-    float sc[NR][4]; /* scores, in log2 units: sc[nr][x], x = 2 * (key gq + 8?) + e */
     if constexpr (G::FOLDK) {
 #pragma unroll
         for (int wl = 0; wl < G::KW; wl++) {
@@ -520,62 +523,93 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
             }
     }
 
-    /* online softmax per row; a row's 16 keys live in the 8 lanes of one c4.
-     * Lazy rescaling: the reference max moves only when a score exceeds it by 2^8
-     * (P <= 256 stays exact enough in f16, l and o are f32), so most chunks skip the
-     * rescale of o; the stored m is the reference actually used. Whether any row of
-     * the warp moves is one vote on the lanes' own scores, so most chunks also skip
-     * the row max's three dependent shuffles (run 71: the longest stalls of the loop). */
+}
+
+/* Online softmax over NC chunks' scores at once (sc[ch] -> P^T fragments pb[ch]); a
+ * row's keys live in the 8 lanes of one c4. Lazy rescaling: the reference max moves
+ * only when a score exceeds it by 2^8 (P <= 256 stays exact enough in f16, l and o are
+ * f32), so most steps skip the rescale of o; the stored m is the reference actually
+ * used. Whether any row of the warp moves is one vote on the lanes' own scores, so most
+ * steps also skip the row max's three dependent shuffles (run 71: the longest stalls of
+ * the loop). Returns whether o must be rescaled by corr. */
+template <int NC, int NR>
+__device__ __forceinline__ bool dec_softmax(float (&sc)[NC][NR][4], dec_rows<NR> &st, float (&corr)[NR][2],
+                                            uint32_t (&pb)[NC][NR][2]) {
+    float mx[NR][2];
     bool moves = false;
 #pragma unroll
     for (int nr = 0; nr < NR; nr++)
 #pragma unroll
-        for (int e = 0; e < 2; e++) moves |= fmaxf(sc[nr][e], sc[nr][2 + e]) > st.m[nr][e] + 8.0f;
+        for (int e = 0; e < 2; e++) {
+            mx[nr][e] = fmaxf(sc[0][nr][e], sc[0][nr][2 + e]);
+#pragma unroll
+            for (int ch = 1; ch < NC; ch++) mx[nr][e] = fmaxf(mx[nr][e], fmaxf(sc[ch][nr][e], sc[ch][nr][2 + e]));
+            moves |= mx[nr][e] > st.m[nr][e] + 8.0f;
+        }
     moves = __any_sync(0xffffffffu, moves);
-    float corr[NR][2];
-    uint32_t pb[NR][2];
 #pragma unroll
     for (int nr = 0; nr < NR; nr++) {
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             float mn = st.m[nr][e];
             if (moves) {
-                float mx = fmaxf(sc[nr][e], sc[nr][2 + e]);
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-                mn = mx > mn + 8.0f ? mx : mn;
+                float m = mx[nr][e];
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+                mn = m > mn + 8.0f ? m : mn;
             }
             corr[nr][e] = mn == st.m[nr][e] ? 1.0f : fast_exp2(st.m[nr][e] - mn);
             st.m[nr][e] = mn;
-            const float p0 = mn == -INFINITY ? 0.0f : fast_exp2(sc[nr][e] - mn);
-            const float p1 = mn == -INFINITY ? 0.0f : fast_exp2(sc[nr][2 + e] - mn);
-            st.l[nr][e] = st.l[nr][e] * corr[nr][e] + p0 + p1;
-            sc[nr][e] = p0;
-            sc[nr][2 + e] = p1;
+            float l = st.l[nr][e] * corr[nr][e];
+#pragma unroll
+            for (int ch = 0; ch < NC; ch++) {
+                const float p0 = mn == -INFINITY ? 0.0f : fast_exp2(sc[ch][nr][e] - mn);
+                const float p1 = mn == -INFINITY ? 0.0f : fast_exp2(sc[ch][nr][2 + e] - mn);
+                l += p0 + p1;
+                sc[ch][nr][e] = p0;
+                sc[ch][nr][2 + e] = p1;
+            }
+            st.l[nr][e] = l;
         }
         /* P^T fragments: [key gq][rows 2c4, 2c4+1] transposed to [row gq][keys 2c4, 2c4+1] */
-        pb[nr][0] = transpose8x8(h2u(__floats2half2_rn(sc[nr][0], sc[nr][1])));
-        pb[nr][1] = transpose8x8(h2u(__floats2half2_rn(sc[nr][2], sc[nr][3])));
+#pragma unroll
+        for (int ch = 0; ch < NC; ch++) {
+            pb[ch][nr][0] = transpose8x8(h2u(__floats2half2_rn(sc[ch][nr][0], sc[ch][nr][1])));
+            pb[ch][nr][1] = transpose8x8(h2u(__floats2half2_rn(sc[ch][nr][2], sc[ch][nr][3])));
+        }
     }
-    if (moves) { /* rows whose reference stayed have corr 1 */
+    return moves;
+}
+
+/* o (and folded V's group sums) times the rows' corrections */
+template <int NR, int MT, int NX>
+__device__ __forceinline__ void dec_rescale(const float (&corr)[NR][2], float (&o)[NR][MT][4], float (&ex)[NR][NX][4],
+                                            bool fold) {
 #pragma unroll
-        for (int nr = 0; nr < NR; nr++) {
+    for (int nr = 0; nr < NR; nr++) {
 #pragma unroll
-            for (int mt = 0; mt < G::MT; mt++) {
-                o[nr][mt][0] *= corr[nr][0]; o[nr][mt][1] *= corr[nr][1];
-                o[nr][mt][2] *= corr[nr][0]; o[nr][mt][3] *= corr[nr][1];
-            }
-            if constexpr (G::FOLD) {
+        for (int mt = 0; mt < MT; mt++) {
+            o[nr][mt][0] *= corr[nr][0]; o[nr][mt][1] *= corr[nr][1];
+            o[nr][mt][2] *= corr[nr][0]; o[nr][mt][3] *= corr[nr][1];
+        }
+        if (fold) {
 #pragma unroll
-                for (int x = 0; x <= G::NG; x++) {
-                    ex[nr][x][0] *= corr[nr][0]; ex[nr][x][1] *= corr[nr][1];
-                    ex[nr][x][2] *= corr[nr][0]; ex[nr][x][3] *= corr[nr][1];
-                }
+            for (int x = 0; x < NX; x++) {
+                ex[nr][x][0] *= corr[nr][0]; ex[nr][x][1] *= corr[nr][1];
+                ex[nr][x][2] *= corr[nr][0]; ex[nr][x][3] *= corr[nr][1];
             }
         }
     }
+}
 
+/* O^T += V^T P^T for one chunk in registers and its P^T fragments */
+template <int DK, int DV, class FK, class FV, int NR>
+__device__ __forceinline__ void dec_pv(const fast_params &p, const dec_chunk<DK, DV, FK, FV> &r,
+                                       const uint32_t (&pb)[NR][2], float (&o)[NR][DV / 16][4],
+                                       float (&ex)[NR][dec_geom<DK, DV, FK, FV>::NG + 1][4], int gq) {
+    using G = dec_geom<DK, DV, FK, FV>;
+    constexpr int UV = FV::U;
     if constexpr (G::FOLD) {
         /* O'^T += X^T (P s_g)^T per group; ex[g] += sum(P s_g) (A row 0 all ones), ex[NG] row g += sum(P z_g) */
         const bool bf16 = false; /* dec_scales_to_f16 converted bf16 scales */
@@ -646,6 +680,32 @@ __device__ __forceinline__ void dec_compute(const fast_params &p, int chunk, boo
     }
 }
 
+/* One chunk's whole step: scores, softmax, P V. */
+template <int DK, int DV, class FK, class FV, int NR>
+__device__ __forceinline__ void dec_step(const fast_params &p, int chunk, bool plain, int kend,
+                                         const dec_chunk<DK, DV, FK, FV> &r, const uint32_t (&qb)[NR][DK / 16][2],
+                                         const float (&kq)[NR][dec_geom<DK, DV, FK, FV>::NKACC + dec_geom<DK, DV, FK, FV>::NGK][2],
+                                         dec_rows<NR> &st, float (&o)[NR][DV / 16][4],
+                                         float (&ex)[NR][dec_geom<DK, DV, FK, FV>::NG + 1][4], int gq, int64_t b) {
+    using G = dec_geom<DK, DV, FK, FV>;
+    float sc[1][NR][4], corr[NR][2];
+    uint32_t pb[1][NR][2];
+    dec_scores<DK, DV, FK, FV, NR>(p, chunk, plain, kend, r, qb, kq, st, sc[0], gq, b);
+    if (dec_softmax<1, NR>(sc, st, corr, pb)) dec_rescale<NR, G::MT, G::NG + 1>(corr, o, ex, G::FOLD);
+    dec_pv<DK, DV, FK, FV, NR>(p, r, pb[0], o, ex, gq);
+}
+
+/* Two chunks a step (the 8-row kernel where a chunk stage is small, 4-bit rows): their
+ * scores, then one softmax over both, then both P V. A warp's instruction stream was a
+ * chain of dependent 4-6-cycle steps at 3 warps per scheduler (run 72: issue ~0.6 per
+ * cycle whatever the instruction count); two independent chunks give each phase two
+ * chains, and the softmax's vote and bookkeeping serve 32 keys. It costs the registers
+ * of a second chunk: 2 CTAs per SM instead of 3. */
+template <int DK, int DV, class FK, class FV, int NR>
+struct dec_pairing {
+    static constexpr bool PAIR = QSDPA_CUDA_DEC_PAIR && NR == 1 && dec_stage<DK, DV, FK, FV>::STAGES == 4;
+};
+
 /* Dynamic shared memory of a decode CTA: q rows, then the warps' rings, which the
  * merge buffer (o, m, l of every warp) reuses after the loop. */
 template <int DK, int DV, class FK, class FV, int NR>
@@ -659,7 +719,8 @@ struct dec_smem {
 };
 
 template <int DK, int DV, class FK, class FV, int NR>
-__global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_MIN_BLOCKS) fast_decode(const fast_params p) {
+__global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 || dec_pairing<DK, DV, FK, FV, NR>::PAIR ? 2 : QSDPA_CUDA_DEC_MIN_BLOCKS)
+    fast_decode(const fast_params p) {
     using G = dec_geom<DK, DV, FK, FV>;
     using R = dec_stage<DK, DV, FK, FV>;
     using S = dec_smem<DK, DV, FK, FV, NR>;
@@ -702,12 +763,14 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
      * read four f16/bf16 values at once; other rows go value by value, any dtype.
      * The aligned rows' loads go out before the ring's: at 32K the ring's first requests
      * are ~7 MB over all SMs, and q queued behind them held the prologue ~2 us (run 18). */
+    constexpr bool PAIR = dec_pairing<DK, DV, FK, FV, NR>::PAIR;
+    constexpr int PRE = PAIR ? R::STAGES : R::STAGES - 1; /* chunks issued ahead of the loop */
     char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
     int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
     dec_copier<DK, DV, FK, FV> copier(p, b, g, c, lane);
     /* launched with PDL on sm_90: the first chunks go to L2 while the previous kernel ends */
 #pragma unroll
-    for (int s = 0; s < R::STAGES - 1; s++)
+    for (int s = 0; s < PRE; s++)
         if (c + s * DEC_WARPS < c_end) copier.prefetch(p, c, s, lane);
     pdl_wait();
 
@@ -733,9 +796,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         }
     }
 
-    /* the ring's first STAGES - 1 chunks stream in while q is staged */
+    /* the ring's first chunks stream in while q is staged */
 #pragma unroll
-    for (int s = 0; s < R::STAGES - 1; s++) {
+    for (int s = 0; s < PRE; s++) {
         if (c + s * DEC_WARPS < c_end) copier.issue(p, c + s * DEC_WARPS, ring + s * R::BYTES, lane);
         cp_async_commit();
     }
@@ -840,9 +903,40 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
     if (p.mask_kind != QSDPA_MASK_NONE) plain_hi = plain_lo;
     const bool k_bf16 = FK::mode == QSDPA_MODE_AFFINE && p.k.scale_dtype == QSDPA_DTYPE_BF16;
     const bool v_bf16 = FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_BF16;
-    /* per chunk: wait for its stage, read the lane's fragments, refill the slot read one
-     * chunk ago with the chunk STAGES - 1 ahead, then compute from registers */
-    for (int it = 0; c < c_end; c += DEC_WARPS, it++) {
+    /* per chunk: wait for its stage, read the lane's fragments, refill the slot just read
+     * with the chunk PRE ahead, then compute from registers */
+    int it = 0;
+    if constexpr (PAIR) {
+        for (; c + DEC_WARPS < c_end; c += 2 * DEC_WARPS, it += 2) {
+            cp_async_wait<R::STAGES - 2>(); /* the oldest two stages: chunks c, c + DEC_WARPS */
+            __syncwarp();
+            dec_chunk<DK, DV, FK, FV> ra, rb;
+            dec_read<DK, DV, FK, FV>(ring + (it % R::STAGES) * R::BYTES, gq, c4, ra);
+            dec_read<DK, DV, FK, FV>(ring + ((it + 1) % R::STAGES) * R::BYTES, gq, c4, rb);
+            if constexpr (FK::mode == QSDPA_MODE_AFFINE || FV::mode == QSDPA_MODE_AFFINE) {
+                dec_scales_to_f16<dec_chunk<DK, DV, FK, FV>, G>(ra, k_bf16, v_bf16);
+                dec_scales_to_f16<dec_chunk<DK, DV, FK, FV>, G>(rb, k_bf16, v_bf16);
+            }
+            __syncwarp();
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const int cn = c + (R::STAGES + k) * DEC_WARPS;
+                if (cn < c_end) copier.issue(p, cn, ring + ((it + k) % R::STAGES) * R::BYTES, lane);
+                cp_async_commit();
+            }
+            const int cb = c + DEC_WARPS;
+            float sc[2][NR][4], corr[NR][2];
+            uint32_t pb[2][NR][2];
+            dec_scores<DK, DV, FK, FV, NR>(p, c, c >= plain_lo && c < plain_hi, kend, ra, qb, kq, st, sc[0], gq, b);
+            dec_scores<DK, DV, FK, FV, NR>(p, cb, cb >= plain_lo && cb < plain_hi, kend, rb, qb, kq, st, sc[1], gq, b);
+            if (dec_softmax<2, NR>(sc, st, corr, pb)) dec_rescale<NR, G::MT, G::NG + 1>(corr, o, ex, G::FOLD);
+            dec_pv<DK, DV, FK, FV, NR>(p, ra, pb[0], o, ex, gq);
+            dec_pv<DK, DV, FK, FV, NR>(p, rb, pb[1], o, ex, gq);
+        }
+    }
+    /* one chunk a step; with pairs, the warp's last chunk when its count is odd (its stage
+     * is the oldest pending one, every later group empty) */
+    for (; c < c_end; c += DEC_WARPS, it++) {
         cp_async_wait<R::STAGES - 2>();
         __syncwarp();
 #if QSDPA_CUDA_DEC_TRACE
@@ -853,10 +947,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 ? 2 : QSDPA_CUDA_DEC_M
         if constexpr (FK::mode == QSDPA_MODE_AFFINE || FV::mode == QSDPA_MODE_AFFINE)
             dec_scales_to_f16<dec_chunk<DK, DV, FK, FV>, G>(r, k_bf16, v_bf16);
         __syncwarp();
-        const int cn = c + (R::STAGES - 1) * DEC_WARPS;
-        if (cn < c_end) copier.issue(p, cn, ring + ((it + R::STAGES - 1) % R::STAGES) * R::BYTES, lane);
+        const int cn = c + PRE * DEC_WARPS;
+        if (!PAIR && cn < c_end) copier.issue(p, cn, ring + ((it + PRE) % R::STAGES) * R::BYTES, lane);
         cp_async_commit();
-        dec_compute<DK, DV, FK, FV, NR>(p, c, c >= plain_lo && c < plain_hi, kend, r, qb, kq, st, o, ex, gq, c4, b);
+        dec_step<DK, DV, FK, FV, NR>(p, c, c >= plain_lo && c < plain_hi, kend, r, qb, kq, st, o, ex, gq, b);
     }
     cp_async_wait<0>();
     __syncthreads(); /* the merge buffer below reuses the rings */
