@@ -695,15 +695,18 @@ __device__ __forceinline__ void dec_step(const fast_params &p, int chunk, bool p
     dec_pv<DK, DV, FK, FV, NR>(p, r, pb[0], o, ex, gq);
 }
 
-/* Two chunks a step (the 8-row kernel where a chunk stage is small, 4-bit rows): their
- * scores, then one softmax over both, then both P V. A warp's instruction stream was a
- * chain of dependent 4-6-cycle steps at 3 warps per scheduler (run 72: issue ~0.6 per
- * cycle whatever the instruction count); two independent chunks give each phase two
- * chains, and the softmax's vote and bookkeeping serve 32 keys. It costs the registers
- * of a second chunk: 2 CTAs per SM instead of 3. */
+/* Two chunks a step (the 8-row kernel over folded affine K and V with small stages:
+ * 4-bit rows): their scores, then one softmax over both, then both P V. A warp's
+ * instruction stream was a chain of dependent 4-6-cycle steps at 3 warps per scheduler
+ * (run 72: issue ~0.6 per cycle whatever the instruction count); two independent chunks
+ * give each phase two chains, and the softmax's vote and bookkeeping serve 32 keys. It
+ * costs the registers of a second chunk: 2 CTAs per SM instead of 3. Run 74: affine
+ * 4-bit 128K and B=8 -3%; mxfp4 / nvfp4 even or +2%, so they keep one chunk a step. */
 template <int DK, int DV, class FK, class FV, int NR>
 struct dec_pairing {
-    static constexpr bool PAIR = QSDPA_CUDA_DEC_PAIR && NR == 1 && dec_stage<DK, DV, FK, FV>::STAGES == 4;
+    using G = dec_geom<DK, DV, FK, FV>;
+    static constexpr bool PAIR = QSDPA_CUDA_DEC_PAIR && NR == 1 && G::FOLD && G::FOLDK &&
+                                 dec_stage<DK, DV, FK, FV>::STAGES == 4;
 };
 
 /* Dynamic shared memory of a decode CTA: q rows, then the warps' rings, which the
