@@ -174,8 +174,8 @@ static double time_graph(cudaStream_t st, Call call, int batch, int *it) {
 
 /* Time qsdpa_attention over `copies` rotating caches: median of 15 batches of 10 calls. */
 static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_format &kf, const qsdpa_format &vf,
-                             int64_t B, int64_t L, int64_t lq, bool causal, size_t l2) {
-    const int64_t hq = 32, hkv = 8, D = 128;
+                             int64_t B, int64_t L, int64_t lq, bool causal, size_t l2, int64_t D = 128) {
+    const int64_t hq = 32, hkv = 8;
     size_t cache_bytes = (size_t)(B * hkv * L) * (row_bytes(kf, D) + row_bytes(vf, D));
     int copies = (int)std::min<size_t>(64, 2 * l2 / cache_bytes + 2);
     if (cache_bytes > ((size_t)8 << 30)) copies = 1;
@@ -229,12 +229,13 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
 }
 
 int main(int argc, char **argv) {
-    /* "quick": 32K only; "one FMT B L LQ": a single configuration, any Lq (for ncu);
+    /* "quick": 32K only; "one FMT B L LQ [D]": a single configuration, any Lq (for ncu), head dim D
+     * (default 128);
      * "prefill [FMT]": the 4K causal prefill rows only (one format if named) */
     bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     bool one = argc > 5 && strcmp(argv[1], "one") == 0;
     bool prefill_only = argc > 1 && strcmp(argv[1], "prefill") == 0;
-    const int64_t one_lq = one ? atoll(argv[5]) : 0;
+    const int64_t one_lq = one ? atoll(argv[5]) : 0, one_d = one && argc > 6 ? atoll(argv[6]) : 128;
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     cudaStream_t st;
@@ -271,7 +272,8 @@ int main(int argc, char **argv) {
                     if (one && (strcmp(argv[2], f.name) || B != atoll(argv[3]) || L != atoll(argv[4]) ||
                                 lq != atoll(argv[5])))
                         continue;
-                    result r = time_attention(ctx, st, kf, vf, B, L, lq, false, prop.l2CacheSize);
+                    result r = time_attention(ctx, st, kf, vf, B, L, lq, false, prop.l2CacheSize, one ? one_d : 128);
+                    if (one && one_d != 128) printf("D=%lld ", (long long)one_d);
                     printf("%-11s %2lld %7lld %3lld | %9.2f %8.0f %5.1f%% | %7.2f %8.2f | %s\n", f.name, (long long)B,
                            (long long)L, (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.host_us, r.graph_us,
                            r.kernel);

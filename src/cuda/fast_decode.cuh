@@ -722,7 +722,8 @@ struct dec_smem {
 };
 
 template <int DK, int DV, class FK, class FV, int NR>
-__global__ void __launch_bounds__(DEC_WARPS * 32, NR == 2 || dec_pairing<DK, DV, FK, FV, NR>::PAIR ? 2 : QSDPA_CUDA_DEC_MIN_BLOCKS)
+__global__ void __launch_bounds__(DEC_WARPS * 32,
+                                  NR == 2 || DK > 128 || DV > 128 || dec_pairing<DK, DV, FK, FV, NR>::PAIR ? 2 : QSDPA_CUDA_DEC_MIN_BLOCKS)
     fast_decode(const fast_params p) {
     using G = dec_geom<DK, DV, FK, FV>;
     using R = dec_stage<DK, DV, FK, FV>;

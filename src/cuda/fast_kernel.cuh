@@ -477,10 +477,17 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
-    if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
-        return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
-                                                : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
-    return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(ctx, pr, fn);
+    if constexpr (DK > 128 || DV > 128) {
+        /* past D 128 only the 8-row decode kernel exists (kernels_cuda.def) */
+        if (pr->group_ratio * pr->len_q <= 8 && qsdpa_cuda_use_decode_kernel(pr, false))
+            return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn);
+        return qsdpa_cuda_generic_run(ctx, pr);
+    } else {
+        if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
+            return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
+                                                    : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
+        return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(ctx, pr, fn);
+    }
 }
 
 #endif

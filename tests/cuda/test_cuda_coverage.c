@@ -18,9 +18,11 @@ int main(void) {
 #include "cuda_case.h"
 
 static int quick;
+static int64_t row_max_lq; /* the row's Lq limit (0: none): longer shapes are not its to run */
 
 /* One case, labelled "<row> <what>". */
 static void run_shape(test_rng *rng, const cuda_case *c, const char *row, const char *what) {
+    if (row_max_lq > 0 && c->lq > row_max_lq) return;
     char label[256];
     snprintf(label, sizeof label, "%s %s", row, what);
     cuda_case_run(rng, c, label);
@@ -39,6 +41,12 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
 
     c = base; c.hq = 8; c.hkv = 8; c.lq = 16; c.lk = 300; c.mask = 2; c.mask_rank = 2;
     run_shape(rng, &c, row, "Lq16 MHA additive mask [Lq,Lk]");
+
+    /* 8 folded rows with masks, sinks and lse: one 8-row decode block (the only one at D 256) */
+    c = base; c.hq = 4; c.hkv = 2; c.lq = 4; c.lk = 901; c.mask = 1; c.sinks = 1;
+    run_shape(rng, &c, row, "Lq4 GQA2 (8 rows) bool mask + sinks");
+    c = base; c.hq = 2; c.hkv = 1; c.lq = 3; c.lk = 1777; c.mask = 2; c.mask_rank = 2; c.partial = 1;
+    run_shape(rng, &c, row, "Lq3 GQA2 (6 rows) additive mask [Lq,Lk] + lse");
 
     /* more folded rows than one decode row block: two blocks of 16, the second short */
     c = base; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 7; c.lk = 1200; c.sinks = 1;
@@ -147,6 +155,7 @@ int main(void) {
         if (only && !strstr(info.name, only)) continue;
         cuda_case base = cuda_case_default();
         base.kernel = info.name;
+        row_max_lq = info.max_lq == QSDPA_ANY ? 0 : info.max_lq;
         if (info.k_mode != QSDPA_ANY) {
             base.kf = row_format(info.k_mode, info.k_bits, info.k_group);
             base.vf = row_format(info.v_mode, info.v_bits, info.v_group);
