@@ -85,13 +85,10 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
     for (int64_t jt = j0; jt < j1; jt += T) {
         const int n = (int)min((int64_t)T, j1 - jt);
         __syncthreads(); /* q staged / the previous tile consumed */
-        for (int e = threadIdx.x; e < n * dk; e += blockDim.x) {
-            const int t = e / dk, d = e % dk;
-            k_s[t * (dk + 1) + d] = qd_element(p.k, b, g, jt + t, d);
-        }
-        for (int e = threadIdx.x; e < n * dv; e += blockDim.x) {
-            const int t = e / dv, d = e % dv;
-            v_s[t * (dv + 1) + d] = qd_element(p.v, b, g, jt + t, d);
+        /* a warp per key, lanes over its dims (neighbouring lanes, neighbouring codes) */
+        for (int t = warp; t < n; t += GEN_WARPS) {
+            for (int d = lane; d < dk; d += 32) k_s[t * (dk + 1) + d] = qd_element(p.k, b, g, jt + t, d);
+            for (int d = lane; d < dv; d += 32) v_s[t * (dv + 1) + d] = qd_element(p.v, b, g, jt + t, d);
         }
         __syncthreads();
 #pragma unroll
@@ -102,9 +99,13 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
             float s = -INFINITY;
             if (lane < n) {
                 const float *qr = q_s + r * dk, *kr = k_s + lane * (dk + 1);
-                float dot = 0.0f;
-                for (int d = 0; d < dk; d++) dot = fmaf(qr[d], kr[d], dot);
-                s = p.scale * dot;
+                float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* four chains: a lane's dot is serial */
+                int d = 0;
+                for (; d + 4 <= dk; d += 4)
+#pragma unroll
+                    for (int c = 0; c < 4; c++) dot[c] = fmaf(qr[d + c], kr[d + c], dot[c]);
+                for (; d < dk; d++) dot[0] = fmaf(qr[d], kr[d], dot[0]);
+                s = p.scale * ((dot[0] + dot[1]) + (dot[2] + dot[3]));
                 bool keep = true;
                 if (p.causal) {
                     const int64_t pos = p.key_offset + j;
@@ -126,12 +127,14 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
             p_s[r * 32 + lane] = w;
             __syncwarp();
 #pragma unroll
-            for (int t = 0; t < NT; t++) {
-                const int d = lane + 32 * t;
-                if (d >= dv) break;
-                float acc = o[rr][t] * corr;
-                for (int u = 0; u < n; u++) acc = fmaf(p_s[r * 32 + u], v_s[u * (dv + 1) + d], acc);
-                o[rr][t] = acc;
+            for (int t = 0; t < NT; t++) o[rr][t] *= corr;
+            /* keys outer, dims inner: NT independent chains per lane */
+            for (int u = 0; u < n; u++) {
+                const float wu = p_s[r * 32 + u];
+                const float *vr = v_s + u * (dv + 1) + lane;
+#pragma unroll
+                for (int t = 0; t < NT; t++)
+                    if (lane + 32 * t < dv) o[rr][t] = fmaf(wu, vr[32 * t], o[rr][t]);
             }
             __syncwarp();
         }
