@@ -133,6 +133,47 @@ __device__ __forceinline__ float qd_element(const qd_qtensor &t, int64_t b, int6
     if (t.global_scale != 0.0f) s = __fmul_rn(s, __fdiv_rn(t.global_scale, 2688.0f));
     return __fmul_rn(qd_fp4(qd_code(row, 4, d)), s);
 }
+
+/* Row (b, h, l) of t -> dst[0, dim), decoded by the 32 lanes of a warp, each value as
+ * qd_element gives it. Codes of 2, 4 or 8 bits whose words never straddle a group go a
+ * word per lane: one code load and one scale (and bias) per 32 bits, where qd_element
+ * would redo the row address, the format switch and the scale load for every value
+ * (bench/NOTES.md v26.2); other formats and plain rows go value by value. */
+__device__ __forceinline__ void qd_row_decode(const qd_qtensor &t, int64_t b, int64_t h, int64_t l, float *dst,
+                                              int lane) {
+    const int dim = t.dim;
+    const bool packed = t.mode != QSDPA_MODE_PLAIN && 32 % t.bits == 0;
+    if (packed && t.group % (32 / t.bits) == 0 && dim % (32 / t.bits) == 0) {
+        const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2]);
+        const int per = 32 / t.bits, words = dim / per;
+        const unsigned mask = (1u << t.bits) - 1u;
+        const int64_t srow = b * t.ss[0] + h * t.ss[1] + l * t.ss[2];
+        for (int w = lane; w < words; w += 32) {
+            const uint32_t word = row[w];
+            const int d0 = w * per, gi = d0 / t.group;
+            float s, z = 0.0f;
+            if (t.mode == QSDPA_MODE_AFFINE) {
+                s = qd_load_float(t.scales, t.scale_dtype, srow + gi);
+                z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi);
+            } else {
+                const unsigned sb = ((const uint8_t *)t.scales)[srow + gi];
+                if (t.mode != QSDPA_MODE_NVFP4) s = qd_e8m0(sb);
+                else {
+                    s = qd_fp8(sb);
+                    if (t.global_scale != 0.0f) s = __fmul_rn(s, __fdiv_rn(t.global_scale, 2688.0f));
+                }
+            }
+            for (int c = 0; c < per; c++) {
+                const unsigned code = (word >> (c * t.bits)) & mask;
+                dst[d0 + c] = t.mode == QSDPA_MODE_AFFINE ? __fadd_rn(__fmul_rn(s, (float)code), z)
+                              : t.bits == 4              ? __fmul_rn(qd_fp4(code), s)
+                                                         : __fmul_rn(qd_fp8(code), s);
+            }
+        }
+        return;
+    }
+    for (int d = lane; d < dim; d += 32) dst[d] = qd_element(t, b, h, l, d);
+}
 #endif
 
 #endif

@@ -85,10 +85,10 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
     for (int64_t jt = j0; jt < j1; jt += T) {
         const int n = (int)min((int64_t)T, j1 - jt);
         __syncthreads(); /* q staged / the previous tile consumed */
-        /* a warp per key, lanes over its dims (neighbouring lanes, neighbouring codes) */
+        /* a warp per key, lanes over its codes */
         for (int t = warp; t < n; t += GEN_WARPS) {
-            for (int d = lane; d < dk; d += 32) k_s[t * (dk + 1) + d] = qd_element(p.k, b, g, jt + t, d);
-            for (int d = lane; d < dv; d += 32) v_s[t * (dv + 1) + d] = qd_element(p.v, b, g, jt + t, d);
+            qd_row_decode(p.k, b, g, jt + t, k_s + t * (dk + 1), lane);
+            qd_row_decode(p.v, b, g, jt + t, v_s + t * (dv + 1), lane);
         }
         __syncthreads();
 #pragma unroll
