@@ -86,13 +86,11 @@ static inline void qd_io_fill(qd_io *io, const qsdpa_problem *pr) {
 }
 
 #ifdef __CUDACC__
-/* FP4 E2M1 code (4 bits) -> value: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives,
- * built from the bits (a table here was a local-memory array: run 79, qd_row_decode's
- * mxfp4 path 1.8x slower than value by value) */
+/* FP4 E2M1 code (4 bits) -> value. */
 __device__ __forceinline__ float qd_fp4(unsigned c) {
-    const unsigned e = (c >> 1) & 3u, m = c & 1u;
-    const float v = e ? __int_as_float((int)(((e + 126u) << 23) | (m << 22))) : (m ? 0.5f : 0.0f);
-    return (c & 8u) ? -v : v;
+    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    float m = mag[c & 7u];
+    return (c & 8u) ? -m : m;
 }
 
 /* FP8 E4M3 byte -> value (bias 7, subnormals; magnitude 0x7F is NaN as in
@@ -137,14 +135,16 @@ __device__ __forceinline__ float qd_element(const qd_qtensor &t, int64_t b, int6
 }
 
 /* Row (b, h, l) of t -> dst[0, dim), decoded by the 32 lanes of a warp, each value as
- * qd_element gives it. Codes of 2, 4 or 8 bits whose words never straddle a group go a
- * word per lane: one code load and one scale (and bias) per 32 bits, where qd_element
- * would redo the row address, the format switch and the scale load for every value
- * (bench/NOTES.md v26.2); other formats and plain rows go value by value. */
+ * qd_element gives it. Affine codes of 2, 4 or 8 bits and MXFP8 (words that never
+ * straddle a group) go a word per lane: one code load and one scale (and bias) per 32
+ * bits, where qd_element would redo the row address, the format switch and the scale
+ * load for every value (bench/NOTES.md v26.2: affine 2.3-2.5x). The FP4 formats go
+ * value by value: qd_fp4's table is a local-memory array, and eight lookups per lane
+ * made mxfp4 slower (run 79; branch cuda-generic-fp4 builds it from the bits, untimed). */
 __device__ __forceinline__ void qd_row_decode(const qd_qtensor &t, int64_t b, int64_t h, int64_t l, float *dst,
                                               int lane) {
     const int dim = t.dim;
-    const bool packed = t.mode != QSDPA_MODE_PLAIN && 32 % t.bits == 0;
+    const bool packed = (t.mode == QSDPA_MODE_AFFINE && 32 % t.bits == 0) || t.mode == QSDPA_MODE_MXFP8;
     if (packed && t.group % (32 / t.bits) == 0 && dim % (32 / t.bits) == 0) {
         const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2]);
         const int per = 32 / t.bits, words = dim / per;
@@ -157,19 +157,13 @@ __device__ __forceinline__ void qd_row_decode(const qd_qtensor &t, int64_t b, in
             if (t.mode == QSDPA_MODE_AFFINE) {
                 s = qd_load_float(t.scales, t.scale_dtype, srow + gi);
                 z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi);
-            } else {
-                const unsigned sb = ((const uint8_t *)t.scales)[srow + gi];
-                if (t.mode != QSDPA_MODE_NVFP4) s = qd_e8m0(sb);
-                else {
-                    s = qd_fp8(sb);
-                    if (t.global_scale != 0.0f) s = __fmul_rn(s, __fdiv_rn(t.global_scale, 2688.0f));
-                }
+            } else { /* MXFP8 */
+                s = qd_e8m0(((const uint8_t *)t.scales)[srow + gi]);
             }
             for (int c = 0; c < per; c++) {
                 const unsigned code = (word >> (c * t.bits)) & mask;
                 dst[d0 + c] = t.mode == QSDPA_MODE_AFFINE ? __fadd_rn(__fmul_rn(s, (float)code), z)
-                              : t.bits == 4              ? __fmul_rn(qd_fp4(code), s)
-                                                         : __fmul_rn(qd_fp8(code), s);
+                                                          : __fmul_rn(qd_fp8(code), s);
             }
         }
         return;
