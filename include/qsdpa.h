@@ -294,7 +294,8 @@ qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
                                     const char **name);
 
 /* ---- CPU features (for `qsdpa info`) ----------------------------------- */
-/* Bit set: 1 = AVX2, 2 = FMA, 4 = F16C (each only if the OS saves YMM state). */
+/* Bit set: 1 = AVX2, 2 = FMA, 4 = F16C (each only if the OS saves YMM state),
+ * 8 = AVX512-VNNI with AVX512F/VL (only if the OS saves the ZMM and opmask state). */
 unsigned qsdpa_cpu_features(void);
 
 /* ---- KV cache ------------------------------------------------------------

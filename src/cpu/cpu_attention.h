@@ -97,6 +97,7 @@ void qsdpa_cpu_unpack_row(const cpu_rows *t, int64_t j, float *dst);
 
 /* Kernel-table entry points (src/cpu/kernels_cpu.def). */
 bool qsdpa_cpu_avx2_available(void);
+bool qsdpa_cpu_vnni_available(void);
 bool qsdpa_cpu_c_available(void);
 
 #endif

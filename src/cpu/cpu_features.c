@@ -10,6 +10,14 @@ bool qsdpa_cpu_avx2_available(void) {
 #endif
 }
 
+bool qsdpa_cpu_vnni_available(void) {
+#ifdef QSDPA_HAVE_AVX2_KERNELS
+    return (qsdpa_cpu_features() & 15u) == 15u; /* the AVX2 set + AVX512-VNNI/VL */
+#else
+    return false;
+#endif
+}
+
 bool qsdpa_cpu_c_available(void) { return true; }
 
 #ifndef QSDPA_HAVE_AVX2_KERNELS
@@ -21,6 +29,10 @@ qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
     return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, p->function, "this build has no AVX2 kernels");
 }
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_avx2_decode(ctx, p);
+}
+qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
     return qsdpa_cpu_avx2_decode(ctx, p);
 }
 #endif

@@ -89,8 +89,11 @@ typedef struct test_case {
     float global;    /* nvfp4 global scale */
 } test_case;
 
-static const char *kernel_names[] = {"cpu.avx2.decode", "cpu.avx2.prefill", "cpu.c.decode", "cpu.c.prefill"};
-#define NKERNELS 4
+static const char *kernel_names[] = {"cpu.vnni.decode", "cpu.avx2.decode", "cpu.avx2.prefill", "cpu.c.decode",
+                                     "cpu.c.prefill"};
+#define NKERNELS 5
+/* the SIMD rows share the AVX2 decoders (cpu.vnni is isa_avx2.c rebuilt with vpdpwssd) */
+static int simd_row(const char *name) { return strstr(name, "avx2") || strstr(name, "vnni"); }
 static qsdpa_context *ctx_ref, *ctx_kernel[NKERNELS];
 static int cases_run, kernel_runs;
 
@@ -196,7 +199,7 @@ static void run_case(test_rng *rng, const test_case *c) {
     for (int kn = 0; kn < NKERNELS && s == QSDPA_OK; kn++) {
         if (!ctx_kernel[kn]) continue;
         if (c->Lq > 16 && strstr(kernel_names[kn], "decode")) continue;
-        if (poke_nan && strstr(kernel_names[kn], "avx2") &&
+        if (poke_nan && simd_row(kernel_names[kn]) &&
             (!strcmp(poke_nan == 1 ? c->vfmt : c->kfmt, "mxfp8")))
             continue;
         test_poison(out, obytes);
@@ -247,9 +250,11 @@ int main(void) {
     qsdpa_context_options o = qsdpa_context_default_options();
     o.kernel = "cpu.reference";
     CHECK(qsdpa_context_create(&o, &ctx_ref) == QSDPA_OK, "reference context: %s", qsdpa_last_error());
-    int avx2 = (qsdpa_cpu_features() & 7u) == 7u;
+    int avx2 = (qsdpa_cpu_features() & 7u) == 7u, vnni = (qsdpa_cpu_features() & 15u) == 15u;
+    if (!vnni) printf("cpu.vnni.decode: not run (this CPU lacks AVX512-VNNI/VL)\n");
     for (int kn = 0; kn < NKERNELS; kn++) {
         if (!avx2 && strstr(kernel_names[kn], "avx2")) continue;
+        if (!vnni && strstr(kernel_names[kn], "vnni")) continue;
         o = qsdpa_context_default_options();
         o.kernel = kernel_names[kn];
         o.num_threads = 3; /* more threads than this machine's cores: exercises the pool */
@@ -359,7 +364,7 @@ int main(void) {
             const char *sel = NULL;
             CHECK(qsdpa_attention_select(cx, &qt, &k.t, &v.t, &prm, &ot, &sel) == QSDPA_OK, "select: %s",
                   qsdpa_last_error());
-            const char *want = simd_off || !avx2 ? "cpu.c.decode" : "cpu.avx2.decode";
+            const char *want = simd_off || !avx2 ? "cpu.c.decode" : vnni ? "cpu.vnni.decode" : "cpu.avx2.decode";
             CHECK(sel && strcmp(sel, want) == 0, "disable_simd=%d selected %s, want %s", simd_off, sel ? sel : "?", want);
             qsdpa_context_destroy(cx);
         }

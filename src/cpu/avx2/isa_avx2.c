@@ -296,6 +296,15 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
  * meet q as int16 in vpmaddwd: 16 multiply-adds per instruction where an f32 FMA does 8,
  * no int-to-float conversion and no per-vector scale multiply; the group scale enters
  * once per group on the int32 sums. Codes per step: 16 for NVFP4 (its group), else 32. */
+/* The VNNI build (src/cpu/vnni/isa_vnni.c) compiles this file with the same AVX2 flags
+ * and gives only the integer K path AVX512-VNNI/VL, so every other kernel's code is the
+ * AVX2 build's. */
+#ifdef QSDPA_ISA_VNNI
+#define Q16_TARGET __attribute__((target("avx512f,avx512vl,avx512vnni")))
+#else
+#define Q16_TARGET
+#endif
+
 INLINE size_t q16_step(int F) { return F == F_NVFP4 ? 16 : 32; }
 
 /* E2M1 times 2 as int8 (0, 1, 2, 3, 4, 6, 8, 12 and their negatives): exact integers, so
@@ -351,7 +360,8 @@ static void order_q16_step16(const int16_t *q, int64_t dim, int16_t *dst) { orde
  * + sum_g bias_g * sum(q_g), for r < NR. The int32 sums of a group are reduced across
  * lanes at once (lane r: row r), so the group scale, the bias and the row scale are
  * one 4-lane FMA each and a key ends with no horizontal sum. */
-INLINE void score_q16_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const int16_t *q,
+INLINE Q16_TARGET void score_q16_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n,
+                                    const int16_t *q,
                          const float *qscale, const float *qsum, int nq, int r0, float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : (size_t)k->group, ng = dim / G, step = q16_step(F);
     const float code_unit = F == F_MXFP4 || F == F_NVFP4 ? 0.5f : 1.0f; /* fp4_x2's factor 2 */
@@ -370,9 +380,14 @@ INLINE void score_q16_nr(int F, const int NR, const int GC, const cpu_rows *k, i
                 decode_q16(F, row, g * G + e, &c0, &c1);
                 for (int r = 0; r < NR; r++) {
                     const int16_t *qr = qg + (size_t)r * dim + e;
+#ifdef QSDPA_ISA_VNNI /* vpdpwssd: madd and add in one, the same exact int32 sums */
+                    s[r] = _mm256_dpwssd_epi32(s[r], c0, _mm256_loadu_si256((const __m256i *)qr));
+                    if (step == 32) s[r] = _mm256_dpwssd_epi32(s[r], c1, _mm256_loadu_si256((const __m256i *)(qr + 16)));
+#else
                     __m256i p = _mm256_madd_epi16(c0, _mm256_loadu_si256((const __m256i *)qr));
                     if (step == 32) p = _mm256_add_epi32(p, _mm256_madd_epi16(c1, _mm256_loadu_si256((const __m256i *)(qr + 16))));
                     s[r] = _mm256_add_epi32(s[r], p);
+#endif
                 }
             }
             __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
@@ -516,7 +531,7 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
     static void NAME##_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {                         \
         unpack_rows(F, t, j0, n, dst);                                                                        \
     }                                                                                                         \
-    static void NAME##_score_q16(const cpu_rows *k, int64_t j0, int64_t n, const int16_t *q16,                \
+    static Q16_TARGET void NAME##_score_q16(const cpu_rows *k, int64_t j0, int64_t n, const int16_t *q16,     \
                                  const float *qscale, const float *qsum, int nq, float *scores) {             \
         int r0 = 0;                                                                                           \
         for (; r0 + 4 <= nq; r0 += 4) score_q16_nr(F, 4, GC, k, j0, n, q16, qscale, qsum, nq, r0, scores);    \
@@ -603,6 +618,16 @@ static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
     }
 }
 
+#ifdef QSDPA_ISA_VNNI
+/* The same kernels with the integer K path on vpdpwssd (src/cpu/vnni/isa_vnni.c builds this
+ * file again with AVX512-VNNI/VL): a decode row of its own, chosen where the CPU has it. */
+static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub};
+
+qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_attention(ctx, p, &isa_vnni, false);
+}
+#else
 const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub};
 
 qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
@@ -613,3 +638,4 @@ qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
     return qsdpa_cpu_attention(ctx, p, &qsdpa_cpu_isa_avx2, true);
 }
+#endif
