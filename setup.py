@@ -33,7 +33,8 @@ def rel_glob(pattern):
 sources = ["python/qsdpa/_qsdpa.c"]
 for d in SRC_DIRS:
     sources += rel_glob(d + "/*.c")
-avx2_sources = rel_glob("src/cpu/avx2/*.c") if X86 else []
+# src/cpu/vnni/ rebuilds the AVX2 file with the same flags (its K path carries its own target attribute)
+avx2_sources = rel_glob("src/cpu/avx2/*.c") + rel_glob("src/cpu/vnni/*.c") if X86 else []
 
 c_flags = ["-std=c11", "-O3", "-fvisibility=hidden"] if sys.platform != "win32" else []
 macros = [("QSDPA_HAVE_AVX2_KERNELS", "1")] if X86 and avx2_sources else []
