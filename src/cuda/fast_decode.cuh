@@ -282,7 +282,7 @@ struct dec_copier {
 #pragma unroll
         for (int i = 0; i < VN; i++)
             if (j0 + lane / VC + i * VR < lk) prefetch_l2(v + rows * p.v.cs[2] + i * v_step);
-        if (has_scale && (lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
+        if (has_scale && (int64_t)(lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
     }
 
     /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on.
@@ -700,8 +700,9 @@ __device__ __forceinline__ void dec_step(const fast_params &p, int chunk, bool p
  * instruction stream was a chain of dependent 4-6-cycle steps at 3 warps per scheduler
  * (run 72: issue ~0.6 per cycle whatever the instruction count); two independent chunks
  * give each phase two chains, and the softmax's vote and bookkeeping serve 32 keys. It
- * costs the registers of a second chunk: 2 CTAs per SM instead of 3. Run 74: affine
- * 4-bit 128K and B=8 -3%; mxfp4 / nvfp4 even or +2%, so they keep one chunk a step. */
+ * costs the registers of a second chunk (a4g64 / a4g128 D128: 206 / 201, so 2 CTAs per
+ * SM instead of 3; D 64: 163). Run 74: affine 4-bit 128K and B=8 -3%;
+ * mxfp4 / nvfp4 even or +2%, so they keep one chunk a step. */
 template <int DK, int DV, class FK, class FV, int NR>
 struct dec_pairing {
     using G = dec_geom<DK, DV, FK, FV>;

@@ -300,8 +300,8 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
 struct qsdpa_cuda_kernel_info {
     int blocks[64];      /* 0: not read yet */
     int ptx_version[64];
-    int capped_smem[64]; /* see qsdpa_cuda_cap_residency; 0: not read yet */
-    int capped_to[64];
+    int capped[64];      /* qsdpa_cuda_cap_residency: smem * 64 + resident, one word so a thread
+                          * never sees one half of it new (0: not read yet) */
 };
 
 template <class K>
@@ -337,8 +337,9 @@ static qsdpa_status qsdpa_cuda_cap_residency(qsdpa_context *ctx, K kernel, int t
                                              qsdpa_cuda_kernel_info *info, const char *fn, int *smem_out) {
     int dev = ctx->cuda->device < 64 ? ctx->cuda->device : 0;
     *smem_out = smem;
-    if (resident < 1 || resident >= info->blocks[dev]) return QSDPA_OK;
-    if (info->capped_to[dev] != resident) {
+    if (resident < 1 || resident >= 64 || resident >= info->blocks[dev]) return QSDPA_OK;
+    int capped = __atomic_load_n(&info->capped[dev], __ATOMIC_RELAXED);
+    if (capped % 64 != resident) {
         /* each CTA also holds 1 KB the runtime reserves; one byte past a (resident + 1)th share */
         int want = ctx->cuda->smem_per_sm / (resident + 1) - 1024 + 16;
         want = want < smem ? smem : (want + 15) / 16 * 16;
@@ -348,10 +349,10 @@ static qsdpa_status qsdpa_cuda_cap_residency(qsdpa_context *ctx, K kernel, int t
         else if (want > 48 * 1024) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, want);
         if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, want);
         if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "capping CTAs per SM");
-        info->capped_smem[dev] = n >= 1 && n <= resident ? want : smem;
-        info->capped_to[dev] = resident;
+        capped = (n >= 1 && n <= resident ? want : smem) * 64 + resident;
+        __atomic_store_n(&info->capped[dev], capped, __ATOMIC_RELAXED);
     }
-    *smem_out = info->capped_smem[dev];
+    *smem_out = capped / 64;
     return QSDPA_OK;
 }
 
@@ -411,9 +412,12 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
                                            const char *name, const char *configuring, int threads, int smem,
                                            qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
                                            int block_rows, bool partials) {
+    /* the context's device first: the query sets and reads per-device kernel attributes */
+    qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
+    if (st != QSDPA_OK) return st;
     int occ;
     bool pdl;
-    qsdpa_status st = qsdpa_cuda_kernel_query(ctx, kernel, threads, smem, info, fn, configuring, &occ, &pdl);
+    st = qsdpa_cuda_kernel_query(ctx, kernel, threads, smem, info, fn, configuring, &occ, &pdl);
     if (st != QSDPA_OK) return st;
     int per_sm = occ < cta_cap ? occ : cta_cap;
     if (long_tiles > 0 && per_sm < occ && qsdpa_cuda_tiles_per_cta(ctx, pr, per_sm, bn, block_rows) > long_tiles)
@@ -425,9 +429,11 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     int smem_launch = smem;
-    if (pdl) {
-        st = qsdpa_cuda_cap_residency(ctx, kernel, threads, smem, (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9),
-                                      info, fn, &smem_launch);
+    const int resident = (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9);
+    /* only a grid planned as one wave: a grid of several waves at the occupancy (large
+     * B * Hkv, one split) would lose its third CTA per SM to the cap */
+    if (pdl && (int64_t)grid.x * grid.y * grid.z <= (int64_t)resident * ctx->cuda->sm_count) {
+        st = qsdpa_cuda_cap_residency(ctx, kernel, threads, smem, resident, info, fn, &smem_launch);
         if (st != QSDPA_OK) return st;
     }
     st = qsdpa_cuda_launch_fast_kernel(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
