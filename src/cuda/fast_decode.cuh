@@ -762,12 +762,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
     const int c_first = kbeg / DEC_CHUNK, c_end = kend > kbeg ? (kend + DEC_CHUNK - 1) / DEC_CHUNK : c_first;
     const int last_lo = (int)shift, last_hi = (int)((p.rows - 1) / p.ratio + shift);
 
-    /* q rows -> shared memory as f16, then each lane reads its contiguous run(s) of Dk/4
-     * values with 16-byte loads. Warp w stages rows w, w + DEC_WARPS, ...: a row is
-     * contiguous (the API's last-dim rule), so where it starts 8-byte aligned the lanes
-     * read four f16/bf16 values at once; other rows go value by value, any dtype.
-     * The aligned rows' loads go out before the ring's: at 32K the ring's first requests
-     * are ~7 MB over all SMs, and q queued behind them held the prologue ~2 us (run 18). */
     constexpr bool PAIR = dec_pairing<DK, DV, FK, FV, NR>::PAIR;
     constexpr int PRE = PAIR ? R::STAGES : R::STAGES - 1; /* chunks issued ahead of the loop */
     char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
@@ -779,6 +773,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         if (c + s * DEC_WARPS < c_end) copier.prefetch(p, c, s, lane);
     pdl_wait();
 
+    /* q rows -> shared memory as f16, then each lane reads its contiguous run(s) of Dk/4
+     * values with 16-byte loads. Warp w stages rows w, w + DEC_WARPS, ...: a row is
+     * contiguous (the API's last-dim rule), so where it starts 8-byte aligned the lanes
+     * read four f16/bf16 values at once; other rows go value by value, any dtype.
+     * The aligned rows' loads go out before the ring's: at 32K the ring's first requests
+     * are ~7 MB over all SMs, and q queued behind them held the prologue ~2 us (run 18). */
     constexpr int QRW = ROWS / DEC_WARPS, QPR = (DK + 127) / 128; /* rows per warp, loads per lane and row */
     static_assert(ROWS % DEC_WARPS == 0, "whole q rows per warp");
     const bool q_halves = p.q_dtype == QSDPA_DTYPE_F16 || p.q_dtype == QSDPA_DTYPE_BF16;
