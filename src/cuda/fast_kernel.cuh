@@ -290,6 +290,14 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
  * otherwise: a benchmark knob, bench/gpu.sh variants). */
 double qsdpa_cuda_split_waves(void);
 
+/* What bounds split-K for `ctas_per_sm` CTAs per SM (fast_setup.cu): key tiles of `bn`,
+ * (b * Hkv, row block) pairs, CTAs wanted, and the most splits it may use. */
+struct qsdpa_cuda_split_bounds {
+    int64_t tiles, base, want, n_max;
+};
+qsdpa_cuda_split_bounds qsdpa_cuda_split_limits(const qsdpa_context *ctx, const qsdpa_problem *pr, int ctas_per_sm,
+                                                int bn, int block_rows);
+
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable sends every Lq to the prefill kernel, so the device script can time both. */
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
@@ -391,15 +399,12 @@ static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfas
                                          dim3(128), 0, pdl, p, fn, "split_merge launch");
 }
 
-/* Tiles of `bn` keys each CTA streams when split-K fills `per_sm` CTAs per SM (before
- * causal or window cuts): the split count's own rule in fast_setup.cu, up to rounding. */
+/* Tiles of `bn` keys each CTA streams when split-K fills `per_sm` CTAs per SM at its
+ * most splits (before causal or window cuts) */
 static int64_t qsdpa_cuda_tiles_per_cta(const qsdpa_context *ctx, const qsdpa_problem *pr, int per_sm, int bn,
                                         int block_rows) {
-    const int64_t tiles = (pr->len_k + bn - 1) / bn;
-    const int64_t rows = pr->group_ratio * pr->len_q, base = pr->batch * pr->heads_kv * ((rows + block_rows - 1) / block_rows);
-    const int64_t want = (int64_t)((double)per_sm * ctx->cuda->sm_count * qsdpa_cuda_split_waves() + 0.5);
-    const int64_t splits = base >= want ? 1 : (want + base - 1) / base;
-    return (tiles + splits - 1) / splits;
+    const qsdpa_cuda_split_bounds lim = qsdpa_cuda_split_limits(ctx, pr, per_sm, bn, block_rows);
+    return (lim.tiles + lim.n_max - 1) / lim.n_max;
 }
 
 /* Configure and launch one tensor-core kernel (occupancy and binary read once per device

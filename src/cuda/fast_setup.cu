@@ -51,6 +51,20 @@ double qsdpa_cuda_split_waves(void) {
     return waves;
 }
 
+qsdpa_cuda_split_bounds qsdpa_cuda_split_limits(const qsdpa_context *ctx, const qsdpa_problem *pr, int ctas_per_sm,
+                                                int bn, int block_rows) {
+    qsdpa_cuda_split_bounds s;
+    const int64_t rows = pr->group_ratio * pr->len_q;
+    s.tiles = (pr->len_k + bn - 1) / bn;
+    s.base = pr->batch * pr->heads_kv * ((rows + block_rows - 1) / block_rows);
+    s.want = (int64_t)((double)ctas_per_sm * ctx->cuda->sm_count * qsdpa_cuda_split_waves() + 0.5);
+    if (s.want < 1) s.want = 1;
+    s.n_max = s.base >= s.want ? 1 : (s.want + s.base - 1) / s.base;
+    if (s.n_max > s.tiles) s.n_max = s.tiles;
+    if (s.n_max > 65535) s.n_max = 65535;
+    return s;
+}
+
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
                                           int ctas_per_sm, int bn, int block_rows, bool partials,
                                           qfast::fast_params *p, dim3 *grid, bool *use_generic) {
@@ -91,21 +105,15 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     float ml = pr->masked_score * log2e;
     p->masked_log2 = ml < -FLT_MAX ? -FLT_MAX : ml;
 
-    /* Split-K: one full wave of CTAs at the kernel's occupancy */
-    const double waves = qsdpa_cuda_split_waves();
-    int64_t tiles = (pr->len_k + bn - 1) / bn;
-    int64_t base = bhkv * nrb;
-    int64_t want = (int64_t)((double)ctas_per_sm * ctx->cuda->sm_count * waves + 0.5);
-    if (want < 1) want = 1;
-    /* The split count with the least (waves of CTAs) x (tiles per CTA), up to the count that
-     * first fills a wave: a last wave filled only in part costs about a whole one (B=8 8K:
-     * 5 splits = 320 CTAs, 1.2 waves of 264, against 4 splits in one wave), and at equal cost
-     * the larger count (shorter CTAs). */
-    int64_t n_max = base >= want ? 1 : (want + base - 1) / base;
-    if (n_max > tiles) n_max = tiles;
-    if (n_max > 65535) n_max = 65535;
+    /* Split-K: one full wave of CTAs at the kernel's occupancy. The split count with the
+     * least (waves of CTAs) x (tiles per CTA), up to the count that first fills a wave: a
+     * last wave filled only in part costs about a whole one (B=8 8K: 5 splits = 320 CTAs,
+     * 1.2 waves of 264, against 4 splits in one wave), and at equal cost the larger count
+     * (shorter CTAs). */
+    const qsdpa_cuda_split_bounds lim = qsdpa_cuda_split_limits(ctx, pr, ctas_per_sm, bn, block_rows);
+    const int64_t tiles = lim.tiles, base = lim.base, want = lim.want;
     int64_t nsplit = 1, tps = tiles, best = INT64_MAX;
-    for (int64_t n = 1; n <= n_max; n++) {
+    for (int64_t n = 1; n <= lim.n_max; n++) {
         const int64_t t = (tiles + n - 1) / n, nn = (tiles + t - 1) / t;
         const int64_t cost = (base * nn + want - 1) / want * t;
         if (cost < best || (cost == best && nn > nsplit)) best = cost, nsplit = nn, tps = t;
