@@ -292,10 +292,6 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
     }
 }
 
-/* The integer K path (cpu_kv_ops.score_q16: f16/bf16 q only). Codes become int16 and
- * meet q as int16 in vpmaddwd: 16 multiply-adds per instruction where an f32 FMA does 8,
- * no int-to-float conversion and no per-vector scale multiply; the group scale enters
- * once per group on the int32 sums. Codes per step: 16 for NVFP4 (its group), else 32. */
 /* The VNNI build (src/cpu/vnni/isa_vnni.c) compiles this file with the same AVX2 flags
  * and gives only the integer K path AVX512-VNNI/VL, so every other kernel's code is the
  * AVX2 build's. */
@@ -305,6 +301,10 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
 #define Q16_TARGET
 #endif
 
+/* The integer K path (cpu_kv_ops.score_q16: f16/bf16 q only). Codes become int16 and
+ * meet q as int16 in vpmaddwd: 16 multiply-adds per instruction where an f32 FMA does 8,
+ * no int-to-float conversion and no per-vector scale multiply; the group scale enters
+ * once per group on the int32 sums. Codes per step: 16 for NVFP4 (its group), else 32. */
 INLINE size_t q16_step(int F) { return F == F_NVFP4 ? 16 : 32; }
 
 /* E2M1 times 2 as int8 (0, 1, 2, 3, 4, 6, 8, 12 and their negatives): exact integers, so
@@ -361,8 +361,8 @@ static void order_q16_step16(const int16_t *q, int64_t dim, int16_t *dst) { orde
  * lanes at once (lane r: row r), so the group scale, the bias and the row scale are
  * one 4-lane FMA each and a key ends with no horizontal sum. */
 INLINE Q16_TARGET void score_q16_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n,
-                                    const int16_t *q,
-                         const float *qscale, const float *qsum, int nq, int r0, float *scores) {
+                                    const int16_t *q, const float *qscale, const float *qsum, int nq, int r0,
+                                    float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : (size_t)k->group, ng = dim / G, step = q16_step(F);
     const float code_unit = F == F_MXFP4 || F == F_NVFP4 ? 0.5f : 1.0f; /* fp4_x2's factor 2 */
     const __m128 row_scale = _mm_loadu_ps(qscale + r0); /* lanes >= NR are never stored */
