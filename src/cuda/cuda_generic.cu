@@ -6,7 +6,8 @@
  *
  * One block of 4 warps per (b, kv head, query position, up to 8 of the group's q
  * heads, key split): per tile of T keys the block decodes K and V once into shared
- * memory as f32 (every element through qd_element, spread over all threads), then
+ * memory as f32 (a warp per key, qd_row_decode: a word of codes per lane for affine and
+ * MXFP8, qd_element value by value otherwise), then
  * each warp scores its rows with a lane per key, takes one online-softmax step per
  * tile, and accumulates P V with a lane per output dim. f32 throughout: it also
  * serves f32 q at SPEC's 2e-5.
