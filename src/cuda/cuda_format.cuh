@@ -86,11 +86,13 @@ static inline void qd_io_fill(qd_io *io, const qsdpa_problem *pr) {
 }
 
 #ifdef __CUDACC__
-/* FP4 E2M1 code (4 bits) -> value. */
+/* FP4 E2M1 code (4 bits) -> value: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives,
+ * built from the bits (a table here is a local-memory array: run 79, eight lookups per
+ * lane made the generic kernel's mxfp4 decode 1.8x slower than value by value) */
 __device__ __forceinline__ float qd_fp4(unsigned c) {
-    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-    float m = mag[c & 7u];
-    return (c & 8u) ? -m : m;
+    const unsigned e = (c >> 1) & 3u, m = c & 1u;
+    const float v = e ? __int_as_float((int)(((e + 126u) << 23) | (m << 22))) : (m ? 0.5f : 0.0f);
+    return (c & 8u) ? -v : v;
 }
 
 /* FP8 E4M3 byte -> value (bias 7, subnormals; magnitude 0x7F is NaN as in
@@ -134,41 +136,112 @@ __device__ __forceinline__ float qd_element(const qd_qtensor &t, int64_t b, int6
     return __fmul_rn(qd_fp4(qd_code(row, 4, d)), s);
 }
 
-/* Row (b, h, l) of t -> dst[0, dim), decoded by the 32 lanes of a warp, each value as
- * qd_element gives it. Affine codes of 2, 4 or 8 bits and MXFP8 (words that never
- * straddle a group) go a word per lane: one code load and one scale (and bias) per 32
- * bits, where qd_element would redo the row address, the format switch and the scale
- * load for every value (bench/NOTES.md v26.2: affine 2.3-2.5x). The FP4 formats go
- * value by value: qd_fp4's table is a local-memory array, and eight lookups per lane
- * made mxfp4 slower (run 79; branch cuda-generic-fp4 builds it from the bits, untimed). */
-__device__ __forceinline__ void qd_row_decode(const qd_qtensor &t, int64_t b, int64_t h, int64_t l, float *dst,
-                                              int lane) {
-    const int dim = t.dim;
-    const bool packed = (t.mode == QSDPA_MODE_AFFINE && 32 % t.bits == 0) || t.mode == QSDPA_MODE_MXFP8;
-    if (packed && t.group % (32 / t.bits) == 0 && dim % (32 / t.bits) == 0) {
-        const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2]);
-        const int per = 32 / t.bits, words = dim / per;
-        const unsigned mask = (1u << t.bits) - 1u;
-        const int64_t srow = b * t.ss[0] + h * t.ss[1] + l * t.ss[2];
-        for (int w = lane; w < words; w += 32) {
-            const uint32_t word = row[w];
-            const int d0 = w * per, gi = d0 / t.group;
-            float s, z = 0.0f;
-            if (t.mode == QSDPA_MODE_AFFINE) {
-                s = qd_load_float(t.scales, t.scale_dtype, srow + gi);
-                z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi);
-            } else { /* MXFP8 */
-                s = qd_e8m0(((const uint8_t *)t.scales)[srow + gi]);
-            }
-            for (int c = 0; c < per; c++) {
-                const unsigned code = (word >> (c * t.bits)) & mask;
-                dst[d0 + c] = t.mode == QSDPA_MODE_AFFINE ? __fadd_rn(__fmul_rn(s, (float)code), z)
-                                                          : __fmul_rn(qd_fp8(code), s);
+/* Whether rows of t decode a 32-bit word per lane (qd_rows_decode): codes that pack
+ * whole values into words, words that never straddle a group, rows of whole words at
+ * 4-byte alignment. Affine of 3, 5 or 6 bits and odd-width 16-bit rows go value by value. */
+static inline int qd_word_path(const qd_qtensor *t) {
+    int per;
+    if (t->mode == QSDPA_MODE_PLAIN) per = t->plain_dtype == QSDPA_DTYPE_F32 ? 1 : 2;
+    else if (32 % t->bits == 0) per = 32 / t->bits;
+    else return 0;
+    if (t->mode != QSDPA_MODE_PLAIN && t->group % per != 0) return 0;
+    if (t->dim % per != 0 || (uintptr_t)t->codes % 4 != 0) return 0;
+    for (int i = 0; i < 3; i++)
+        if (t->cs[i] % 4 != 0) return 0;
+    return 1;
+}
+
+/* The scale of group gi of row srow: affine's as stored, E8M0, or NVFP4's e4m3 times
+ * (G / 2688) (rounded once on the host, as MLX, src/format/unpack.c). */
+__device__ __forceinline__ float qd_group_scale(const qd_qtensor &t, int64_t srow, int gi) {
+    if (t.mode == QSDPA_MODE_AFFINE) return qd_load_float(t.scales, t.scale_dtype, srow + gi);
+    const unsigned sb = ((const uint8_t *)t.scales)[srow + gi];
+    if (t.mode == QSDPA_MODE_NVFP4) {
+        const float s = qd_fp8(sb);
+        return t.global_scale != 0.0f ? __fmul_rn(s, t.nv_factor) : s;
+    }
+    return qd_e8m0(sb);
+}
+
+/* Value c of a word of codes of mode MODE with its group's scale s (and bias z), per
+ * SPEC §2 exactly as qd_element (FP4 modes: s is the group's whole scale). */
+template <int MODE>
+__device__ __forceinline__ float qd_word_value(uint32_t word, int bits, int c, float s, float z) {
+    if constexpr (MODE == QSDPA_MODE_AFFINE)
+        return __fadd_rn(__fmul_rn(s, (float)((word >> (c * bits)) & ((1u << bits) - 1u))), z);
+    else if constexpr (MODE == QSDPA_MODE_MXFP8)
+        return __fmul_rn(qd_fp8((word >> (8 * c)) & 0xFFu), s);
+    else
+        return __fmul_rn(qd_fp4((word >> (4 * c)) & 0xFu), s);
+}
+
+/* qd_rows_decode's word path for one mode (the mode's switch out of the value loop). */
+template <int MODE, int KPW>
+__device__ __forceinline__ void qd_rows_decode_words(const qd_qtensor &t, int64_t b, int64_t h, int64_t l0, int first,
+                                                     int n, float *dst, int pitch, int lane) {
+    const bool f32 = t.plain_dtype == QSDPA_DTYPE_F32, f16 = t.plain_dtype == QSDPA_DTYPE_F16;
+    const int per = MODE == QSDPA_MODE_PLAIN ? (f32 ? 1 : 2) : 32 / t.bits, nwords = t.dim / per;
+    const char *base = (const char *)t.codes + b * t.cs[0] + h * t.cs[1];
+    const int64_t sbase = b * t.ss[0] + h * t.ss[1], zbase = b * t.bs[0] + h * t.bs[1];
+    for (int w0 = 0; w0 < nwords; w0 += 32) {
+        const int w = w0 + lane, d0 = w * per, gi = MODE == QSDPA_MODE_PLAIN ? 0 : d0 / t.group;
+        uint32_t word[KPW];
+        float s[KPW], z[KPW];
+#pragma unroll
+        for (int j = 0; j < KPW; j++) { /* every row's loads first */
+            const int64_t l = l0 + first + 4 * j;
+            word[j] = 0;
+            s[j] = 1.0f;
+            z[j] = 0.0f;
+            if (first + 4 * j >= n || w >= nwords) continue;
+            word[j] = ((const uint32_t *)(base + l * t.cs[2]))[w];
+            if (MODE != QSDPA_MODE_PLAIN) s[j] = qd_group_scale(t, sbase + l * t.ss[2], gi);
+            if (MODE == QSDPA_MODE_AFFINE) z[j] = qd_load_float(t.biases, t.scale_dtype, zbase + l * t.bs[2] + gi);
+        }
+#pragma unroll
+        for (int j = 0; j < KPW; j++) {
+            if (first + 4 * j >= n || w >= nwords) continue;
+            float *row = dst + (first + 4 * j) * pitch + d0;
+            if constexpr (MODE == QSDPA_MODE_PLAIN) {
+                if (f32) row[0] = __uint_as_float(word[j]);
+                else if (f16) *(float2 *)row = __half22float2(*(const __half2 *)&word[j]);
+                else *(float2 *)row = make_float2(__uint_as_float(word[j] << 16), __uint_as_float(word[j] & 0xFFFF0000u));
+            } else {
+                for (int c = 0; c < per; c += 4) /* per is 4, 8, 16 or 32 */
+                    *(float4 *)(row + c) = make_float4(qd_word_value<MODE>(word[j], t.bits, c, s[j], z[j]),
+                                                       qd_word_value<MODE>(word[j], t.bits, c + 1, s[j], z[j]),
+                                                       qd_word_value<MODE>(word[j], t.bits, c + 2, s[j], z[j]),
+                                                       qd_word_value<MODE>(word[j], t.bits, c + 3, s[j], z[j]));
             }
         }
-        return;
     }
-    for (int d = lane; d < dim; d += 32) dst[d] = qd_element(t, b, h, l, d);
+}
+
+/* Rows l0 + first + 4j (j < KPW, first + 4j < n) of t -> dst + (first + 4j) * pitch,
+ * [0, dim), decoded by the 32 lanes of one warp, each value as qd_element gives it.
+ * On the word path (`words`: qd_word_path) a lane decodes a 32-bit word of codes with
+ * one scale (and bias) load, and every row's loads are issued before any row is
+ * decoded, so KPW rows of loads are in flight per lane rather than one (v27: one row at
+ * a time, the generic kernel's decode was latency-bound). Otherwise value by value. */
+template <int KPW>
+__device__ __forceinline__ void qd_rows_decode(const qd_qtensor &t, bool words, int64_t b, int64_t h, int64_t l0,
+                                               int first, int n, float *dst, int pitch, int lane) {
+    if (words) {
+        switch (t.mode) {
+        case QSDPA_MODE_PLAIN: qd_rows_decode_words<QSDPA_MODE_PLAIN, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+        case QSDPA_MODE_AFFINE: qd_rows_decode_words<QSDPA_MODE_AFFINE, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+        case QSDPA_MODE_MXFP8: qd_rows_decode_words<QSDPA_MODE_MXFP8, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+        default: qd_rows_decode_words<QSDPA_MODE_MXFP4, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+        }
+    }
+    for (int d = lane; d < t.dim; d += 32) {
+        float x[KPW];
+#pragma unroll
+        for (int j = 0; j < KPW; j++) x[j] = first + 4 * j < n ? qd_element(t, b, h, l0 + first + 4 * j, d) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < KPW; j++)
+            if (first + 4 * j < n) dst[(first + 4 * j) * pitch + d] = x[j];
+    }
 }
 #endif
 

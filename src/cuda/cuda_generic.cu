@@ -1,16 +1,21 @@
 /* The generic CUDA kernel: serves every format (any bits, any group), any
  * D <= 1024, Dk != Dv, every q dtype, masks, sinks, causal/window and partial
  * mode. It is the GPU's correctness fallback (never a host round trip), not its
- * fast path, but it should not be a cliff either (v26, bench/NOTES.md: the
- * one-key-per-warp version ran at 0.2-0.7% of copy).
+ * fast path, but it should not be a cliff either (bench/NOTES.md v26, v27).
  *
- * One block of 4 warps per (b, kv head, query position, up to 8 of the group's q
- * heads, key split): per tile of T keys the block decodes K and V once into shared
- * memory as f32 (a warp per key, qd_row_decode: a word of codes per lane for affine and
- * MXFP8, qd_element value by value otherwise), then
- * each warp scores its rows with a lane per key, takes one online-softmax step per
- * tile, and accumulates P V with a lane per output dim. f32 throughout: it also
- * serves f32 q at SPEC's 2e-5.
+ * One block of 4 warps per (b, kv head, up to 8 folded rows, key split); a folded
+ * row is one (q head of the group, query position) pair, so every row of a block
+ * reads the same K/V rows. Per tile of T keys (32, 16 or 8 by head dim, so the
+ * tiles stay within ~50 KB and four or more blocks share an SM):
+ *   decode  each warp decodes T/4 keys' K and V rows into shared memory as f32
+ *           (qd_rows_decode: a word of codes per lane, all its rows' loads issued
+ *           before any is decoded);
+ *   scores  each warp scores T/4 consecutive keys for every row, 32/(T/4) lanes per key
+ *           splitting the dims, float4 reads, so a K value read serves all rows;
+ *   softmax warp w runs rows w and w + 4 (a lane per key), one online step a tile;
+ *   P V     each warp owns a quarter of the output dims for every row, so a V
+ *           value read serves all rows.
+ * f32 throughout: it also serves f32 q at SPEC's 2e-5.
  *
  * Partials of the splits go to device scratch as [split][row][4 + Dv] floats
  * (m, l, kept, -, o[Dv]) in natural-log units, then a combine kernel merges
@@ -22,6 +27,9 @@
 
 namespace {
 
+constexpr int GEN_ROWS = 8;  /* folded rows per block */
+constexpr int GEN_WARPS = 4;
+
 struct gen_params : qd_io {
     int64_t batch, hq, lq, lk, ratio, key_offset, key_total, window;
     int dk, dv, causal;
@@ -30,17 +38,27 @@ struct gen_params : qd_io {
     int nsplit;
     int64_t keys_per_split;
     int64_t rows;        /* batch * hq * lq */
-    int head_chunks;     /* ceil(ratio / GEN_ROWS) */
-    int tile;            /* keys per tile (T <= 32) */
+    int64_t row_chunks;  /* ceil(ratio * lq / GEN_ROWS) */
+    int kpitch, vpitch;  /* floats per staged K / V row (K: dims padded with zeros to kpitch) */
+    bool k_words, v_words; /* qd_word_path */
 };
 
-constexpr int GEN_ROWS = 8;  /* q heads per block (two per warp) */
-constexpr int GEN_WARPS = 4;
+/* Keys per tile: K and V tiles and q rows in f32 within ~50 KB. */
+__host__ __device__ constexpr int gen_tile(int dk, int dv) { return dk + dv <= 256 ? 32 : dk + dv <= 512 ? 16 : 8; }
 
-/* shared memory: q rows, the K and V tiles (rows padded by one float: the score
- * lanes read different keys at the same dim), the tile's weights */
-__host__ __device__ inline size_t gen_smem_floats(int dk, int dv, int tile) {
-    return (size_t)GEN_ROWS * dk + (size_t)tile * (dk + 1) + (size_t)tile * (dv + 1) + GEN_ROWS * 32;
+/* K row pitch: a multiple of the 4 * (32 / (T/4)) dims a score step covers (the pad is
+ * zero in q and K); at T = 32 two keys share a phase of a float4 read, so the pitch is
+ * 16 mod 32 floats and their 64-byte runs fall in different banks. */
+__host__ __device__ constexpr int gen_kpitch(int dk, int tile) {
+    return tile == 32 ? (dk + 15) / 16 * 16 + ((dk + 15) / 16 % 2 == 0 ? 16 : 0)
+                      : (dk + 4 * (128 / tile) - 1) / (4 * (128 / tile)) * (4 * (128 / tile));
+}
+
+/* shared memory in floats: q rows, K and V tiles, scores [8][32], weights [32][8], the
+ * rows' corrections [8] and kept flags [8][32] */
+__host__ __device__ inline size_t gen_smem_floats(int kpitch, int vpitch, int tile) {
+    return (size_t)GEN_ROWS * kpitch + (size_t)tile * kpitch + (size_t)tile * vpitch + 2 * GEN_ROWS * 32 + GEN_ROWS +
+           GEN_ROWS * 32;
 }
 
 __device__ __forceinline__ float warp_max(float x) {
@@ -52,107 +70,146 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-/* NT = ceil(Dv / 32) output values per lane and row. */
-template <int NT>
+/* T keys per tile; DPL = ceil(Dv / 128) output dims per lane and row. */
+template <int T, int DPL>
 __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_params p) {
-    extern __shared__ float gsm[];
-    const int T = p.tile, dk = p.dk, dv = p.dv;
-    float *q_s = gsm, *k_s = q_s + GEN_ROWS * dk, *v_s = k_s + T * (dk + 1), *p_s = v_s + T * (dv + 1);
+    constexpr int KPW = T / GEN_WARPS, LPK = 32 / KPW; /* keys per warp, lanes per key in the scores */
+    extern __shared__ float4 gsm4[];
+    float *gsm = (float *)gsm4;
+    const int kp = p.kpitch, vp = p.vpitch, dv = p.dv;
+    float *q_s = gsm, *k_s = q_s + GEN_ROWS * kp, *v_s = k_s + T * kp, *s_s = v_s + T * vp;
+    float *p_s = s_s + GEN_ROWS * 32, *corr_s = p_s + 32 * GEN_ROWS, *keep_s = corr_s + GEN_ROWS;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    /* block x: ((b * hkv + g) * lq + i) * head_chunks + chunk */
+    /* block x: (b * hkv + g) * row_chunks + chunk */
     const int64_t hkv = p.hq / p.ratio;
-    int64_t x = blockIdx.x;
-    const int chunk = (int)(x % p.head_chunks);
-    x /= p.head_chunks;
-    const int64_t i = x % p.lq, g = (x / p.lq) % hkv, b = x / (p.lq * hkv);
-    const int64_t h0 = g * p.ratio + (int64_t)chunk * GEN_ROWS;
-    const int nrows = (int)min((int64_t)GEN_ROWS, p.ratio - (int64_t)chunk * GEN_ROWS);
-    for (int e = threadIdx.x; e < GEN_ROWS * dk; e += blockDim.x) {
-        const int r = e / dk, d = e % dk;
-        q_s[e] = r < nrows ? qd_load_float(p.q, p.q_dtype, b * p.qs[0] + (h0 + r) * p.qs[1] + i * p.qs[2] + d) : 0.0f;
+    const int64_t chunk = blockIdx.x % p.row_chunks, g = (blockIdx.x / p.row_chunks) % hkv,
+                  b = blockIdx.x / (p.row_chunks * hkv);
+    const int64_t f0 = chunk * GEN_ROWS; /* first folded row: (head in group) * lq + i */
+    const int nrows = (int)min((int64_t)GEN_ROWS, p.ratio * p.lq - f0);
+    for (int e = threadIdx.x; e < GEN_ROWS * kp; e += blockDim.x) {
+        const int r = e / kp, d = e % kp;
+        const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
+        q_s[e] = r < nrows && d < p.dk ? qd_load_float(p.q, p.q_dtype, b * p.qs[0] + h * p.qs[1] + i * p.qs[2] + d)
+                                       : 0.0f;
     }
+    /* the K tile's pad dims stay zero (decoding writes [0, dk) only) */
+    for (int e = threadIdx.x; e < T * kp; e += blockDim.x) k_s[e] = 0.0f;
+    /* weights of rows past nrows stay zero (P V multiplies every row) */
+    for (int e = threadIdx.x; e < 32 * GEN_ROWS; e += blockDim.x) p_s[e] = 0.0f;
 
     const int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split;
     const int64_t j1 = min(p.lk, j0 + p.keys_per_split);
-    const int64_t last = i + p.key_total - p.lq; /* last visible global position */
-    /* warp w: rows w and w + 4 */
+    /* softmax rows of this warp: w and w + 4 */
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, kept[2] = {0.0f, 0.0f};
-    float o[2][NT];
+    float o[GEN_ROWS][DPL];
 #pragma unroll
-    for (int rr = 0; rr < 2; rr++)
+    for (int r = 0; r < GEN_ROWS; r++)
 #pragma unroll
-        for (int t = 0; t < NT; t++) o[rr][t] = 0.0f;
+        for (int x = 0; x < DPL; x++) o[r][x] = 0.0f;
 
     for (int64_t jt = j0; jt < j1; jt += T) {
         const int n = (int)min((int64_t)T, j1 - jt);
         __syncthreads(); /* q staged / the previous tile consumed */
-        /* a warp per key, lanes over its codes */
-        for (int t = warp; t < n; t += GEN_WARPS) {
-            qd_row_decode(p.k, b, g, jt + t, k_s + t * (dk + 1), lane);
-            qd_row_decode(p.v, b, g, jt + t, v_s + t * (dv + 1), lane);
+        qd_rows_decode<KPW>(p.k, p.k_words, b, g, jt, warp, n, k_s, kp, lane);
+        qd_rows_decode<KPW>(p.v, p.v_words, b, g, jt, warp, n, v_s, vp, lane);
+        __syncthreads();
+        { /* scores: key t of this warp, dims part * 4 + LPK * 4 * step */
+            const int t = warp * KPW + lane / LPK, part = lane % LPK;
+            float acc[GEN_ROWS];
+#pragma unroll
+            for (int r = 0; r < GEN_ROWS; r++) acc[r] = 0.0f;
+            for (int d = part * 4; d < kp; d += LPK * 4) {
+                const float4 kv = *(const float4 *)(k_s + t * kp + d);
+#pragma unroll
+                for (int r = 0; r < GEN_ROWS; r++) {
+                    if (r >= nrows) break;
+                    const float4 qv = *(const float4 *)(q_s + r * kp + d);
+                    acc[r] = fmaf(qv.x, kv.x, fmaf(qv.y, kv.y, fmaf(qv.z, kv.z, fmaf(qv.w, kv.w, acc[r]))));
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < GEN_ROWS; r++)
+#pragma unroll
+                for (int off = LPK / 2; off > 0; off >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+            if (part == 0) {
+                const int64_t j = jt + t;
+#pragma unroll
+                for (int r = 0; r < GEN_ROWS; r++) {
+                    if (r >= nrows) break;
+                    float s = -INFINITY, keep_flag = 0.0f;
+                    if (t < n) {
+                        const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
+                        const int64_t last = i + p.key_total - p.lq; /* last visible global position */
+                        s = p.scale * acc[r];
+                        bool keep = true;
+                        if (p.causal) {
+                            const int64_t pos = p.key_offset + j;
+                            if (pos > last || (p.window > 0 && pos <= last - p.window)) keep = false;
+                        }
+                        if (keep && p.mask_kind != QSDPA_MASK_NONE) {
+                            const int64_t at = b * p.ms[0] + h * p.ms[1] + i * p.ms[2] + j * p.ms[3];
+                            if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
+                            else s += qd_load_float(p.mask, p.mask_dtype, at);
+                        }
+                        if (!keep) s = p.masked;
+                        keep_flag = keep ? 1.0f : 0.0f;
+                    }
+                    s_s[r * 32 + t] = s;
+                    keep_s[r * 32 + t] = keep_flag;
+                }
+            }
         }
         __syncthreads();
 #pragma unroll
-        for (int rr = 0; rr < 2; rr++) {
+        for (int rr = 0; rr < 2; rr++) { /* online softmax of rows w, w + 4: a lane per key */
             const int r = warp + GEN_WARPS * rr;
             if (r >= nrows) continue; /* warp-uniform */
-            const int64_t h = h0 + r, j = jt + lane;
-            float s = -INFINITY;
-            if (lane < n) {
-                const float *qr = q_s + r * dk, *kr = k_s + lane * (dk + 1);
-                float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* four chains: a lane's dot is serial */
-                int d = 0;
-                for (; d + 4 <= dk; d += 4)
-#pragma unroll
-                    for (int c = 0; c < 4; c++) dot[c] = fmaf(qr[d + c], kr[d + c], dot[c]);
-                for (; d < dk; d++) dot[0] = fmaf(qr[d], kr[d], dot[0]);
-                s = p.scale * ((dot[0] + dot[1]) + (dot[2] + dot[3]));
-                bool keep = true;
-                if (p.causal) {
-                    const int64_t pos = p.key_offset + j;
-                    if (pos > last || (p.window > 0 && pos <= last - p.window)) keep = false;
-                }
-                if (keep && p.mask_kind != QSDPA_MASK_NONE) {
-                    const int64_t at = b * p.ms[0] + h * p.ms[1] + i * p.ms[2] + j * p.ms[3];
-                    if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
-                    else s += qd_load_float(p.mask, p.mask_dtype, at);
-                }
-                if (!keep) s = p.masked;
-                else kept[rr] = 1.0f;
-            }
+            const float s = lane < n ? s_s[r * 32 + lane] : -INFINITY;
+            if (lane < n) kept[rr] = fmaxf(kept[rr], keep_s[r * 32 + lane]);
             const float mn = fmaxf(m[rr], warp_max(s));
             const float corr = mn == -INFINITY ? 1.0f : expf(m[rr] - mn);
             const float w = mn == -INFINITY || lane >= n ? 0.0f : expf(s - mn);
             l[rr] = l[rr] * corr + warp_sum(w);
             m[rr] = mn;
-            p_s[r * 32 + lane] = w;
-            __syncwarp();
+            p_s[lane * GEN_ROWS + r] = w;
+            if (lane == 0) corr_s[r] = corr;
+        }
+        __syncthreads();
+        /* P V: dims warp * 32 + lane + 128 x of every row */
+        float corr[GEN_ROWS];
 #pragma unroll
-            for (int t = 0; t < NT; t++) o[rr][t] *= corr;
-            /* keys outer, dims inner: NT independent chains per lane */
-            for (int u = 0; u < n; u++) {
-                const float wu = p_s[r * 32 + u];
-                const float *vr = v_s + u * (dv + 1) + lane;
+        for (int r = 0; r < GEN_ROWS; r++) corr[r] = r < nrows ? corr_s[r] : 1.0f;
 #pragma unroll
-                for (int t = 0; t < NT; t++)
-                    if (lane + 32 * t < dv) o[rr][t] = fmaf(wu, vr[32 * t], o[rr][t]);
+        for (int r = 0; r < GEN_ROWS; r++)
+#pragma unroll
+            for (int x = 0; x < DPL; x++) o[r][x] *= corr[r];
+        for (int u = 0; u < n; u++) {
+            const float4 w0 = *(const float4 *)(p_s + u * GEN_ROWS), w1 = *(const float4 *)(p_s + u * GEN_ROWS + 4);
+            const float w[GEN_ROWS] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+            for (int x = 0; x < DPL; x++) {
+                const int d = warp * 32 + lane + 128 * x;
+                if (d >= dv) break;
+                const float vv = v_s[u * vp + d];
+#pragma unroll
+                for (int r = 0; r < GEN_ROWS; r++) o[r][x] = fmaf(w[r], vv, o[r][x]);
             }
-            __syncwarp();
         }
     }
-    /* each warp's rows are whole: write the split's partials */
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-        const int r = warp + GEN_WARPS * rr;
-        if (r >= nrows) continue;
-        const float K = warp_max(kept[rr]);
-        const int64_t row = (b * p.hq + h0 + r) * p.lq + i;
+    /* the split's partials: (m, l, kept) from the softmax warps, o from every warp */
+    for (int r = 0; r < nrows; r++) {
+        const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
+        const int64_t row = (b * p.hq + h) * p.lq + i;
         float *dst = p.part + ((int64_t)blockIdx.y * p.rows + row) * (4 + p.dv);
-        if (lane == 0) { dst[0] = m[rr]; dst[1] = l[rr]; dst[2] = K; dst[3] = 0.0f; }
+        if (r % GEN_WARPS == warp) {
+            const int rr = r / GEN_WARPS;
+            const float K = warp_max(kept[rr]);
+            if (lane == 0) { dst[0] = m[rr]; dst[1] = l[rr]; dst[2] = K; dst[3] = 0.0f; }
+        }
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            const int d = lane + 32 * t;
-            if (d < dv) dst[4 + d] = o[rr][t];
+        for (int x = 0; x < DPL; x++) {
+            const int d = warp * 32 + lane + 128 * x;
+            if (d < dv) dst[4 + d] = o[r][x];
         }
     }
 }
@@ -211,22 +268,25 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
 
     int64_t rows = pr->batch * pr->heads_q * pr->len_q;
     p.rows = rows;
-    p.head_chunks = (int)((pr->group_ratio + GEN_ROWS - 1) / GEN_ROWS);
-    const int64_t blocks = pr->batch * pr->heads_kv * pr->len_q * p.head_chunks;
+    p.row_chunks = (pr->group_ratio * pr->len_q + GEN_ROWS - 1) / GEN_ROWS;
+    const int64_t blocks = pr->batch * pr->heads_kv * p.row_chunks;
     if (rows > 0x7fffffff || blocks > 0x7fffffff)
         return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "B*Hq*Lq = %lld rows exceed the generic kernel's grid",
                           (long long)rows);
-    /* keys per tile: the K and V tiles in f32 within ~64 KB */
-    p.tile = p.dk + p.dv <= 512 ? 32 : p.dk + p.dv <= 1024 ? 16 : 8;
-    const size_t smem = gen_smem_floats(p.dk, p.dv, p.tile) * sizeof(float);
-    /* enough blocks to fill the device: about 8 per SM, a split at least 64 keys */
+    const int tile = gen_tile(p.dk, p.dv);
+    p.kpitch = gen_kpitch(p.dk, tile);
+    p.vpitch = (p.dv + 3) / 4 * 4;
+    p.k_words = qd_word_path(&p.k) != 0;
+    p.v_words = qd_word_path(&p.v) != 0;
+    const size_t smem = gen_smem_floats(p.kpitch, p.vpitch, tile) * sizeof(float);
+    /* enough blocks to fill the device: about 8 per SM, a split at least 64 keys and whole tiles */
     int64_t want = 8LL * ctx->cuda->sm_count;
     int64_t nsplit = (want + blocks - 1) / blocks;
     int64_t max_split = (pr->len_k + 63) / 64;
     if (nsplit > max_split) nsplit = max_split;
     if (nsplit > 65535) nsplit = 65535;
     if (nsplit < 1) nsplit = 1;
-    p.keys_per_split = (pr->len_k + nsplit - 1) / nsplit;
+    p.keys_per_split = ((pr->len_k + nsplit - 1) / nsplit + tile - 1) / tile * tile;
     p.nsplit = (int)((pr->len_k + p.keys_per_split - 1) / p.keys_per_split);
 
     size_t floats_per = (size_t)(4 + p.dv), bytes;
@@ -238,11 +298,16 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
 
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
     dim3 grid((unsigned)blocks, (unsigned)p.nsplit);
-    const int dmax = p.dv;
-    void (*kernel)(const gen_params) = dmax <= 128   ? generic_attention<4>
-                                       : dmax <= 256 ? generic_attention<8>
-                                       : dmax <= 512 ? generic_attention<16>
-                                                     : generic_attention<32>;
+    const int dpl = p.dv <= 128 ? 1 : p.dv <= 256 ? 2 : p.dv <= 512 ? 4 : 8;
+    /* the tile rule bounds Dv: T 32 has Dv < 256, T 16 Dv < 512 */
+    void (*kernel)(const gen_params) = tile == 32 ? (dpl == 1 ? generic_attention<32, 1> : generic_attention<32, 2>)
+                                       : tile == 16 ? (dpl == 1   ? generic_attention<16, 1>
+                                                       : dpl == 2 ? generic_attention<16, 2>
+                                                                  : generic_attention<16, 4>)
+                                                    : (dpl == 1   ? generic_attention<8, 1>
+                                                       : dpl == 2 ? generic_attention<8, 2>
+                                                       : dpl == 4 ? generic_attention<8, 4>
+                                                                  : generic_attention<8, 8>);
     if (smem > 48 * 1024) {
         cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring generic_attention");

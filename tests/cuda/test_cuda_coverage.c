@@ -199,6 +199,24 @@ int main(void) {
             snprintf(label, sizeof label, "cuda.generic Dk%lld Dv%lld", (long long)c.dk, (long long)c.dv);
             cuda_case_run(&rng, &c, label);
         }
+        /* rows value by value (odd D: 16-bit rows not of whole words), plain rows by words, and
+         * more folded rows (heads x positions) than one block takes */
+        const struct { const char *f; int64_t dk, dv, hq, hkv, lq; qsdpa_dtype q; } more[] = {
+            {"f16", 33, 17, 4, 1, 1, QSDPA_DTYPE_F32},         {"bf16", 80, 80, 8, 2, 3, QSDPA_DTYPE_F16},
+            {"affine:4:32", 96, 96, 16, 1, 3, QSDPA_DTYPE_F32}, {"mxfp4", 64, 224, 32, 2, 1, QSDPA_DTYPE_BF16},
+        };
+        for (int m = 0; m < (quick ? 1 : 4); m++) {
+            c = cuda_case_default();
+            c.kernel = info.name;
+            c.kf = c.vf = fmt(more[m].f);
+            c.dk = more[m].dk; c.dv = more[m].dv; c.hq = more[m].hq; c.hkv = more[m].hkv; c.lq = more[m].lq;
+            c.q_dtype = more[m].q;
+            c.lk = 517; c.causal = m % 2; c.sinks = m / 2;
+            char label[128];
+            snprintf(label, sizeof label, "cuda.generic %s Dk%lld Dv%lld Hq%lld/%lld Lq%lld", more[m].f,
+                     (long long)c.dk, (long long)c.dv, (long long)c.hq, (long long)c.hkv, (long long)c.lq);
+            cuda_case_run(&rng, &c, label);
+        }
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
