@@ -161,6 +161,9 @@ echo "memcheck coverage(a4g64) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=generic timeout 60 "$CS" --tool memcheck "$B/tests/test_cuda_coverage" \
   >>"$OUT/sanitizer.log" 2>&1
 echo "memcheck coverage(generic) rc=$?" | tee -a "$OUT/sanitizer.log"
+QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=generic timeout 90 "$CS" --tool racecheck --racecheck-report analysis \
+  "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
+echo "racecheck coverage(generic) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=mxfp8.d64.bf16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"
