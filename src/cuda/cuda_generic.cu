@@ -96,6 +96,14 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
     for (int e = threadIdx.x; e < T * kp; e += blockDim.x) k_s[e] = 0.0f;
     /* weights of rows past nrows stay zero (P V multiplies every row) */
     for (int e = threadIdx.x; e < 32 * GEN_ROWS; e += blockDim.x) p_s[e] = 0.0f;
+    /* per row: the last visible global key position and the mask's row offset (no 64-bit
+     * division in the tile loop) */
+    __shared__ int64_t last_s[GEN_ROWS], mrow_s[GEN_ROWS];
+    if (threadIdx.x < GEN_ROWS) {
+        const int64_t f = f0 + threadIdx.x, h = g * p.ratio + f / p.lq, i = f % p.lq;
+        last_s[threadIdx.x] = i + p.key_total - p.lq;
+        mrow_s[threadIdx.x] = b * p.ms[0] + h * p.ms[1] + i * p.ms[2];
+    }
 
     const int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split;
     const int64_t j1 = min(p.lk, j0 + p.keys_per_split);
@@ -138,8 +146,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
                     if (r >= nrows) break;
                     float s = -INFINITY, keep_flag = 0.0f;
                     if (t < n) {
-                        const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
-                        const int64_t last = i + p.key_total - p.lq; /* last visible global position */
+                        const int64_t last = last_s[r];
                         s = p.scale * acc[r];
                         bool keep = true;
                         if (p.causal) {
@@ -147,7 +154,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
                             if (pos > last || (p.window > 0 && pos <= last - p.window)) keep = false;
                         }
                         if (keep && p.mask_kind != QSDPA_MASK_NONE) {
-                            const int64_t at = b * p.ms[0] + h * p.ms[1] + i * p.ms[2] + j * p.ms[3];
+                            const int64_t at = mrow_s[r] + j * p.ms[3];
                             if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
                             else s += qd_load_float(p.mask, p.mask_dtype, at);
                         }
