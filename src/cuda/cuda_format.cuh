@@ -175,43 +175,50 @@ __device__ __forceinline__ float qd_word_value(uint32_t word, int bits, int c, f
         return __fmul_rn(qd_fp4((word >> (4 * c)) & 0xFu), s);
 }
 
-/* qd_rows_decode's word path for one mode (the mode's switch out of the value loop). */
+/* qd_rows_decode's word path for one mode (the mode's switch out of the value loop). The
+ * warp's (row, word) items are dealt to lanes row-major, KPW per lane per pass, so rows
+ * shorter than 32 words still keep every lane busy (v27: a D 96 4-bit row is 12 words). */
 template <int MODE, int KPW>
 __device__ __forceinline__ void qd_rows_decode_words(const qd_qtensor &t, int64_t b, int64_t h, int64_t l0, int first,
                                                      int n, float *dst, int pitch, int lane) {
     const bool f32 = t.plain_dtype == QSDPA_DTYPE_F32, f16 = t.plain_dtype == QSDPA_DTYPE_F16;
     const int per = MODE == QSDPA_MODE_PLAIN ? (f32 ? 1 : 2) : 32 / t.bits, nwords = t.dim / per;
+    const int rows = min(KPW, (n - first + 3) / 4), items = rows * nwords; /* the warp's rows first + 4j < n */
     const char *base = (const char *)t.codes + b * t.cs[0] + h * t.cs[1];
     const int64_t sbase = b * t.ss[0] + h * t.ss[1], zbase = b * t.bs[0] + h * t.bs[1];
-    for (int w0 = 0; w0 < nwords; w0 += 32) {
-        const int w = w0 + lane, d0 = w * per, gi = MODE == QSDPA_MODE_PLAIN ? 0 : d0 / t.group;
+    for (int i0 = 0; i0 < items; i0 += 32 * KPW) {
         uint32_t word[KPW];
         float s[KPW], z[KPW];
+        int at[KPW]; /* the item's first value in dst, -1: none */
 #pragma unroll
-        for (int j = 0; j < KPW; j++) { /* every row's loads first */
+        for (int k = 0; k < KPW; k++) { /* every item's loads first */
+            const int idx = i0 + lane + 32 * k, j = idx / nwords, w = idx - j * nwords;
             const int64_t l = l0 + first + 4 * j;
-            word[j] = 0;
-            s[j] = 1.0f;
-            z[j] = 0.0f;
-            if (first + 4 * j >= n || w >= nwords) continue;
-            word[j] = ((const uint32_t *)(base + l * t.cs[2]))[w];
-            if (MODE != QSDPA_MODE_PLAIN) s[j] = qd_group_scale(t, sbase + l * t.ss[2], gi);
-            if (MODE == QSDPA_MODE_AFFINE) z[j] = qd_load_float(t.biases, t.scale_dtype, zbase + l * t.bs[2] + gi);
+            word[k] = 0;
+            s[k] = 1.0f;
+            z[k] = 0.0f;
+            at[k] = -1;
+            if (idx >= items) continue;
+            const int d0 = w * per, gi = MODE == QSDPA_MODE_PLAIN ? 0 : d0 / t.group;
+            at[k] = (first + 4 * j) * pitch + d0;
+            word[k] = ((const uint32_t *)(base + l * t.cs[2]))[w];
+            if (MODE != QSDPA_MODE_PLAIN) s[k] = qd_group_scale(t, sbase + l * t.ss[2], gi);
+            if (MODE == QSDPA_MODE_AFFINE) z[k] = qd_load_float(t.biases, t.scale_dtype, zbase + l * t.bs[2] + gi);
         }
 #pragma unroll
-        for (int j = 0; j < KPW; j++) {
-            if (first + 4 * j >= n || w >= nwords) continue;
-            float *row = dst + (first + 4 * j) * pitch + d0;
+        for (int k = 0; k < KPW; k++) {
+            if (at[k] < 0) continue;
+            float *row = dst + at[k];
             if constexpr (MODE == QSDPA_MODE_PLAIN) {
-                if (f32) row[0] = __uint_as_float(word[j]);
-                else if (f16) *(float2 *)row = __half22float2(*(const __half2 *)&word[j]);
-                else *(float2 *)row = make_float2(__uint_as_float(word[j] << 16), __uint_as_float(word[j] & 0xFFFF0000u));
+                if (f32) row[0] = __uint_as_float(word[k]);
+                else if (f16) *(float2 *)row = __half22float2(*(const __half2 *)&word[k]);
+                else *(float2 *)row = make_float2(__uint_as_float(word[k] << 16), __uint_as_float(word[k] & 0xFFFF0000u));
             } else {
                 for (int c = 0; c < per; c += 4) /* per is 4, 8, 16 or 32 */
-                    *(float4 *)(row + c) = make_float4(qd_word_value<MODE>(word[j], t.bits, c, s[j], z[j]),
-                                                       qd_word_value<MODE>(word[j], t.bits, c + 1, s[j], z[j]),
-                                                       qd_word_value<MODE>(word[j], t.bits, c + 2, s[j], z[j]),
-                                                       qd_word_value<MODE>(word[j], t.bits, c + 3, s[j], z[j]));
+                    *(float4 *)(row + c) = make_float4(qd_word_value<MODE>(word[k], t.bits, c, s[k], z[k]),
+                                                       qd_word_value<MODE>(word[k], t.bits, c + 1, s[k], z[k]),
+                                                       qd_word_value<MODE>(word[k], t.bits, c + 2, s[k], z[k]),
+                                                       qd_word_value<MODE>(word[k], t.bits, c + 3, s[k], z[k]));
             }
         }
     }

@@ -221,35 +221,74 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
     }
 }
 
-/* Merge the splits of one row (block per row), finish as the reference does. */
-__global__ void __launch_bounds__(128) generic_combine(const gen_params p, int64_t rows) {
+/* Block-wide max / sum over the combine kernel's 4 warps (all threads get the result). */
+__device__ __forceinline__ float block_reduce(float x, bool is_max, float *scratch) {
+    x = is_max ? warp_max(x) : warp_sum(x);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads(); /* scratch free (an earlier reduction read it) */
+    if (lane == 0) scratch[warp] = x;
+    __syncthreads();
+    x = scratch[0];
+    for (int w = 1; w < GEN_WARPS; w++) x = is_max ? fmaxf(x, scratch[w]) : x + scratch[w];
+    return x;
+}
+
+constexpr int COMB_CHUNK = 256; /* splits whose weights are staged at once */
+
+/* Merge the splits of one row (block per row), finish as the reference does. The splits
+ * are spread over the threads (run 82's estimate: one thread walking 128 splits three
+ * times, each load waiting on the last, cost tens of us). */
+__global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_params p, int64_t rows) {
+    __shared__ float red[GEN_WARPS], w_s[COMB_CHUNK];
     const int64_t row = blockIdx.x;
     const int64_t i = row % p.lq, h = (row / p.lq) % p.hq, b = row / (p.lq * p.hq);
     const int64_t stride = rows * (4 + p.dv);
     const float *src = p.part + row * (4 + p.dv);
-    float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) : -INFINITY;
-    float M = -INFINITY, K = sink > -INFINITY ? 1.0f : 0.0f; /* a finite sink is a kept column; -inf is none */
-    for (int s = 0; s < p.nsplit; s++) {
+    const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) : -INFINITY;
+    float M = -INFINITY, K = 0.0f;
+    for (int s = threadIdx.x; s < p.nsplit; s += blockDim.x) {
         const float *ps = src + s * stride;
         if (ps[1] > 0.0f) M = fmaxf(M, ps[0]);
         K = fmaxf(K, ps[2]);
     }
-    M = fmaxf(M, sink);
-    float L = sink > -INFINITY ? expf(sink - M) : 0.0f;
-    for (int s = 0; s < p.nsplit; s++) {
+    M = fmaxf(block_reduce(M, true, red), sink);
+    K = fmaxf(block_reduce(K, true, red), sink > -INFINITY ? 1.0f : 0.0f); /* a finite sink is a kept column */
+    float L = 0.0f;
+    for (int s = threadIdx.x; s < p.nsplit; s += blockDim.x) {
         const float *ps = src + s * stride;
         if (ps[1] > 0.0f && M != -INFINITY) L += ps[1] * expf(ps[0] - M);
     }
-    bool empty = p.lse && (K == 0.0f || M == -INFINITY);
+    L = block_reduce(L, false, red) + (sink > -INFINITY ? expf(sink - M) : 0.0f);
+    const bool empty = p.lse && (K == 0.0f || M == -INFINITY);
     /* all keys of the slice masked: out = sum(V)/key_total = mean(V) * Lk/key_total */
-    float share = K == 0.0f ? (float)((double)p.lk / (double)p.key_total) : 0.0f;
-    for (int d = threadIdx.x; d < p.dv; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int s = 0; s < p.nsplit; s++) {
-            const float *ps = src + s * stride;
-            if (ps[1] > 0.0f && M != -INFINITY) acc += expf(ps[0] - M) * ps[4 + d];
+    const float share = K == 0.0f ? (float)((double)p.lk / (double)p.key_total) : 0.0f;
+    constexpr int DMAX = 1024 / (GEN_WARPS * 32); /* output dims per thread */
+    float acc[DMAX];
+#pragma unroll
+    for (int x = 0; x < DMAX; x++) acc[x] = 0.0f;
+    for (int c0 = 0; c0 < p.nsplit; c0 += COMB_CHUNK) {
+        const int nc = min(COMB_CHUNK, p.nsplit - c0);
+        __syncthreads(); /* the previous chunk's weights consumed */
+        for (int s = threadIdx.x; s < nc; s += blockDim.x) {
+            const float *ps = src + (c0 + s) * stride;
+            w_s[s] = ps[1] > 0.0f && M != -INFINITY ? expf(ps[0] - M) : -1.0f; /* -1: the split is left out */
         }
-        float v = acc / L;
+        __syncthreads();
+#pragma unroll
+        for (int x = 0; x < DMAX; x++) {
+            const int d = threadIdx.x + x * GEN_WARPS * 32;
+            if (d >= p.dv) break;
+            const float *col = src + (int64_t)c0 * stride + 4 + d;
+#pragma unroll 4
+            for (int s = 0; s < nc; s++)
+                if (w_s[s] >= 0.0f) acc[x] += w_s[s] * col[s * stride];
+        }
+    }
+#pragma unroll
+    for (int x = 0; x < DMAX; x++) {
+        const int d = threadIdx.x + x * GEN_WARPS * 32;
+        if (d >= p.dv) break;
+        float v = acc[x] / L;
         /* kept keys all at -inf (additive mask): NaN as the unsplit softmax, lse -inf */
         if (empty) v = M == -INFINITY && K != 0.0f ? __int_as_float(0x7fc00000) : v * share;
         qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
@@ -286,8 +325,26 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     p.k_words = qd_word_path(&p.k) != 0;
     p.v_words = qd_word_path(&p.v) != 0;
     const size_t smem = gen_smem_floats(p.kpitch, p.vpitch, tile) * sizeof(float);
-    /* enough blocks to fill the device: about 8 per SM, a split at least 64 keys and whole tiles */
-    int64_t want = 8LL * ctx->cuda->sm_count;
+    const int dpl = p.dv <= 128 ? 1 : p.dv <= 256 ? 2 : p.dv <= 512 ? 4 : 8;
+    /* the tile rule bounds Dv: T 32 has Dv < 256, T 16 Dv < 512 */
+    void (*kernel)(const gen_params) = tile == 32 ? (dpl == 1 ? generic_attention<32, 1> : generic_attention<32, 2>)
+                                       : tile == 16 ? (dpl == 1   ? generic_attention<16, 1>
+                                                       : dpl == 2 ? generic_attention<16, 2>
+                                                                  : generic_attention<16, 4>)
+                                                    : (dpl == 1   ? generic_attention<8, 1>
+                                                       : dpl == 2 ? generic_attention<8, 2>
+                                                       : dpl == 4 ? generic_attention<8, 4>
+                                                                  : generic_attention<8, 8>);
+    if (smem > 48 * 1024) {
+        cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring generic_attention");
+    }
+    /* splits: one wave of the blocks that fit an SM (run 82: about 8 per SM ran as two waves
+     * of 4-5), a split at least 64 keys and whole tiles */
+    int per_sm = 0;
+    cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEN_WARPS * 32, smem);
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "sizing generic_attention");
+    int64_t want = (int64_t)(per_sm > 0 ? per_sm : 1) * ctx->cuda->sm_count;
     int64_t nsplit = (want + blocks - 1) / blocks;
     int64_t max_split = (pr->len_k + 63) / 64;
     if (nsplit > max_split) nsplit = max_split;
@@ -305,23 +362,9 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
 
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
     dim3 grid((unsigned)blocks, (unsigned)p.nsplit);
-    const int dpl = p.dv <= 128 ? 1 : p.dv <= 256 ? 2 : p.dv <= 512 ? 4 : 8;
-    /* the tile rule bounds Dv: T 32 has Dv < 256, T 16 Dv < 512 */
-    void (*kernel)(const gen_params) = tile == 32 ? (dpl == 1 ? generic_attention<32, 1> : generic_attention<32, 2>)
-                                       : tile == 16 ? (dpl == 1   ? generic_attention<16, 1>
-                                                       : dpl == 2 ? generic_attention<16, 2>
-                                                                  : generic_attention<16, 4>)
-                                                    : (dpl == 1   ? generic_attention<8, 1>
-                                                       : dpl == 2 ? generic_attention<8, 2>
-                                                       : dpl == 4 ? generic_attention<8, 4>
-                                                                  : generic_attention<8, 8>);
-    if (smem > 48 * 1024) {
-        cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring generic_attention");
-    }
     kernel<<<grid, GEN_WARPS * 32, smem, stream>>>(p);
     if ((st = qsdpa_cuda_launch_status(fn, "generic_attention")) != QSDPA_OK) return st;
-    generic_combine<<<(unsigned)rows, 128, 0, stream>>>(p, rows);
+    generic_combine<<<(unsigned)rows, GEN_WARPS * 32, 0, stream>>>(p, rows);
     return qsdpa_cuda_launch_status(fn, "generic_combine");
 }
 
