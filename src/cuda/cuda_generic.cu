@@ -21,6 +21,7 @@
  * (m, l, kept, -, o[Dv]) in natural-log units, then a combine kernel merges
  * them exactly as the reference does (sinks, fully masked rows, lse). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda/cuda_format.cuh"
@@ -279,9 +280,13 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
             const int d = threadIdx.x + x * GEN_WARPS * 32;
             if (d >= p.dv) break;
             const float *col = src + (int64_t)c0 * stride + 4 + d;
-#pragma unroll 4
-            for (int s = 0; s < nc; s++)
-                if (w_s[s] >= 0.0f) acc[x] += w_s[s] * col[s * stride];
+            /* loads not under the branch, so several are in flight (run 83: under it they
+             * went one at a time, 52 us at D 256 over 82 splits) */
+#pragma unroll 8
+            for (int s = 0; s < nc; s++) {
+                const float c = col[s * stride], w = w_s[s];
+                acc[x] += w >= 0.0f ? w * c : 0.0f;
+            }
         }
     }
 #pragma unroll
@@ -298,6 +303,19 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
 }
 
 } // namespace
+
+/* Waves of generic blocks the split count aims at: 2, or QSDPA_CUDA_GENERIC_WAVES (read once; a
+ * benchmark knob). Run 83: one wave made the many-block shapes (Lq 16, B 8) 30-40% slower than
+ * v27's ~8 blocks per SM. */
+static int qsdpa_cuda_generic_waves(void) {
+    static int waves = 0;
+    if (!waves) {
+        const char *e = getenv("QSDPA_CUDA_GENERIC_WAVES");
+        const int w = e ? atoi(e) : 2;
+        waves = w >= 1 && w <= 16 ? w : 2;
+    }
+    return waves;
+}
 
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
@@ -339,12 +357,12 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
         cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring generic_attention");
     }
-    /* splits: one wave of the blocks that fit an SM (run 82: about 8 per SM ran as two waves
-     * of 4-5), a split at least 64 keys and whole tiles */
+    /* splits: whole waves of the blocks that fit an SM (qsdpa_cuda_generic_waves), a split at
+     * least 64 keys and whole tiles */
     int per_sm = 0;
     cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEN_WARPS * 32, smem);
     if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "sizing generic_attention");
-    int64_t want = (int64_t)(per_sm > 0 ? per_sm : 1) * ctx->cuda->sm_count;
+    int64_t want = (int64_t)(per_sm > 0 ? per_sm : 1) * ctx->cuda->sm_count * qsdpa_cuda_generic_waves();
     int64_t nsplit = (want + blocks - 1) / blocks;
     int64_t max_split = (pr->len_k + 63) / 64;
     if (nsplit > max_split) nsplit = max_split;
