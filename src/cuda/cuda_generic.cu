@@ -234,15 +234,16 @@ __device__ __forceinline__ float block_reduce(float x, bool is_max, float *scrat
     return x;
 }
 
-constexpr int COMB_CHUNK = 256; /* splits whose weights are staged at once */
-
-/* Merge the splits of one row (block per row), finish as the reference does. The splits
- * are spread over the threads (run 82's estimate: one thread walking 128 splits three
- * times, each load waiting on the last, cost tens of us). */
+/* Merge the splits of one row, finish as the reference does. A block takes 32 output dims
+ * of one row (grid: rows x ceil(Dv / 32)), a lane per dim, its 4 warps a quarter of the
+ * splits each, summed through shared memory at the end. Why: a block per row left 32 rows'
+ * worth of warps to read every split's partials, a few loads in flight each (runs 83-84:
+ * 48-85 us at 32 rows and 82-171 splits, against 5 MB of partials). */
 __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_params p, int64_t rows) {
-    __shared__ float red[GEN_WARPS], w_s[COMB_CHUNK];
+    __shared__ float red[GEN_WARPS], part_s[GEN_WARPS][32];
     const int64_t row = blockIdx.x;
     const int64_t i = row % p.lq, h = (row / p.lq) % p.hq, b = row / (p.lq * p.hq);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d = blockIdx.y * 32 + lane;
     const int64_t stride = rows * (4 + p.dv);
     const float *src = p.part + row * (4 + p.dv);
     const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) : -INFINITY;
@@ -260,45 +261,30 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
         if (ps[1] > 0.0f && M != -INFINITY) L += ps[1] * expf(ps[0] - M);
     }
     L = block_reduce(L, false, red) + (sink > -INFINITY ? expf(sink - M) : 0.0f);
+    /* this warp's splits: every one's (m, l) and o[d] loaded before the weights need them */
+    float acc = 0.0f;
+    if (d < p.dv) {
+#pragma unroll 8
+        for (int s = warp; s < p.nsplit; s += GEN_WARPS) {
+            const float *ps = src + s * stride;
+            const float m = ps[0], l = ps[1], o = ps[4 + d];
+            acc += l > 0.0f && M != -INFINITY ? expf(m - M) * o : 0.0f;
+        }
+    }
+    part_s[warp][lane] = acc;
+    __syncthreads();
+    if (warp != 0) return;
+    for (int w = 1; w < GEN_WARPS; w++) acc += part_s[w][lane];
     const bool empty = p.lse && (K == 0.0f || M == -INFINITY);
     /* all keys of the slice masked: out = sum(V)/key_total = mean(V) * Lk/key_total */
     const float share = K == 0.0f ? (float)((double)p.lk / (double)p.key_total) : 0.0f;
-    constexpr int DMAX = 1024 / (GEN_WARPS * 32); /* output dims per thread */
-    float acc[DMAX];
-#pragma unroll
-    for (int x = 0; x < DMAX; x++) acc[x] = 0.0f;
-    for (int c0 = 0; c0 < p.nsplit; c0 += COMB_CHUNK) {
-        const int nc = min(COMB_CHUNK, p.nsplit - c0);
-        __syncthreads(); /* the previous chunk's weights consumed */
-        for (int s = threadIdx.x; s < nc; s += blockDim.x) {
-            const float *ps = src + (c0 + s) * stride;
-            w_s[s] = ps[1] > 0.0f && M != -INFINITY ? expf(ps[0] - M) : -1.0f; /* -1: the split is left out */
-        }
-        __syncthreads();
-#pragma unroll
-        for (int x = 0; x < DMAX; x++) {
-            const int d = threadIdx.x + x * GEN_WARPS * 32;
-            if (d >= p.dv) break;
-            const float *col = src + (int64_t)c0 * stride + 4 + d;
-            /* loads not under the branch, so several are in flight (run 83: under it they
-             * went one at a time, 52 us at D 256 over 82 splits) */
-#pragma unroll 8
-            for (int s = 0; s < nc; s++) {
-                const float c = col[s * stride], w = w_s[s];
-                acc[x] += w >= 0.0f ? w * c : 0.0f;
-            }
-        }
-    }
-#pragma unroll
-    for (int x = 0; x < DMAX; x++) {
-        const int d = threadIdx.x + x * GEN_WARPS * 32;
-        if (d >= p.dv) break;
-        float v = acc[x] / L;
+    if (d < p.dv) {
+        float v = acc / L;
         /* kept keys all at -inf (additive mask): NaN as the unsplit softmax, lse -inf */
         if (empty) v = M == -INFINITY && K != 0.0f ? __int_as_float(0x7fc00000) : v * share;
         qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
     }
-    if (p.lse && threadIdx.x == 0)
+    if (p.lse && blockIdx.y == 0 && lane == 0)
         p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = empty ? -INFINITY : M + logf(L);
 }
 
@@ -382,7 +368,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     dim3 grid((unsigned)blocks, (unsigned)p.nsplit);
     kernel<<<grid, GEN_WARPS * 32, smem, stream>>>(p);
     if ((st = qsdpa_cuda_launch_status(fn, "generic_attention")) != QSDPA_OK) return st;
-    generic_combine<<<(unsigned)rows, GEN_WARPS * 32, 0, stream>>>(p, rows);
+    generic_combine<<<dim3((unsigned)rows, (unsigned)((p.dv + 31) / 32)), GEN_WARPS * 32, 0, stream>>>(p, rows);
     return qsdpa_cuda_launch_status(fn, "generic_combine");
 }
 
