@@ -1,15 +1,15 @@
 /* The generic CUDA kernel: serves every format (any bits, any group), any
  * D <= 1024, Dk != Dv, every q dtype, masks, sinks, causal/window and partial
  * mode. It is the GPU's correctness fallback (never a host round trip), not its
- * fast path, but it should not be a cliff either (bench/NOTES.md v26, v27).
+ * fast path, but it should not be a cliff either (bench/NOTES.md v26, v27-v27.4).
  *
  * One block of 4 warps per (b, kv head, up to 8 folded rows, key split); a folded
  * row is one (q head of the group, query position) pair, so every row of a block
  * reads the same K/V rows. Per tile of T keys (32, 16 or 8 by head dim, so the
  * tiles stay within ~50 KB and four or more blocks share an SM):
  *   decode  each warp decodes T/4 keys' K and V rows into shared memory as f32
- *           (qd_rows_decode: a word of codes per lane, all its rows' loads issued
- *           before any is decoded);
+ *           (qd_rows_decode: (row, word of codes) items dealt to every lane, all
+ *           their loads issued before any is decoded);
  *   scores  each warp scores T/4 consecutive keys for every row, 32/(T/4) lanes per key
  *           splitting the dims, float4 reads, so a K value read serves all rows;
  *   softmax warp w runs rows w and w + 4 (a lane per key), one online step a tile;
@@ -17,9 +17,10 @@
  *           value read serves all rows.
  * f32 throughout: it also serves f32 q at SPEC's 2e-5.
  *
- * Partials of the splits go to device scratch as [split][row][4 + Dv] floats
- * (m, l, kept, -, o[Dv]) in natural-log units, then a combine kernel merges
- * them exactly as the reference does (sinks, fully masked rows, lse). */
+ * Splits fill two waves of the blocks an SM holds. Their partials go to device
+ * scratch as [split][row][4 + Dv] floats (m, l, kept, -, o[Dv]) in natural-log
+ * units, then a combine kernel (a block per row and 32 output dims) merges them
+ * exactly as the reference does (sinks, fully masked rows, lse). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
