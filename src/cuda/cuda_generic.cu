@@ -45,7 +45,9 @@ struct gen_params : qd_io {
     bool k_words, v_words; /* qd_word_path */
 };
 
-/* Keys per tile: K and V tiles and q rows in f32 within ~50 KB. */
+/* Keys per tile: K and V tiles and q rows in f32 within ~50 KB up to Dk + Dv of 1024 (about
+ * 100 KB at 1024 + 1024). Where a GPU's per-block limit is lower (99 KB on sm_86 / sm_89) the
+ * host takes 4 keys (gen_choose_tile). */
 __host__ __device__ constexpr int gen_tile(int dk, int dv) { return dk + dv <= 256 ? 32 : dk + dv <= 512 ? 16 : 8; }
 
 /* K row pitch: a multiple of the 4 * (32 / (T/4)) dims a score step covers (the pad is
@@ -205,8 +207,11 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
             }
         }
     }
-    /* the split's partials: (m, l, kept) from the softmax warps, o from every warp */
-    for (int r = 0; r < nrows; r++) {
+    /* the split's partials: (m, l, kept) from the softmax warps, o from every warp (r unrolled:
+     * a run-time index would put o, m and l in local memory for the whole kernel) */
+#pragma unroll
+    for (int r = 0; r < GEN_ROWS; r++) {
+        if (r >= nrows) break;
         const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
         const int64_t row = (b * p.hq + h) * p.lq + i;
         float *dst = p.part + ((int64_t)blockIdx.y * p.rows + row) * (4 + p.dv);
@@ -251,7 +256,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
     float M = -INFINITY, K = 0.0f;
     for (int s = threadIdx.x; s < p.nsplit; s += blockDim.x) {
         const float *ps = src + s * stride;
-        if (ps[1] > 0.0f) M = fmaxf(M, ps[0]);
+        if (ps[1] != 0.0f) M = fmaxf(M, ps[0]); /* l == 0: no kept weight; NaN propagates */
         K = fmaxf(K, ps[2]);
     }
     M = fmaxf(block_reduce(M, true, red), sink);
@@ -259,7 +264,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
     float L = 0.0f;
     for (int s = threadIdx.x; s < p.nsplit; s += blockDim.x) {
         const float *ps = src + s * stride;
-        if (ps[1] > 0.0f && M != -INFINITY) L += ps[1] * expf(ps[0] - M);
+        if (ps[1] != 0.0f && M != -INFINITY) L += ps[1] * expf(ps[0] - M);
     }
     L = block_reduce(L, false, red) + (sink > -INFINITY ? expf(sink - M) : 0.0f);
     /* this warp's splits: every one's (m, l) and o[d] loaded before the weights need them */
@@ -269,7 +274,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
         for (int s = warp; s < p.nsplit; s += GEN_WARPS) {
             const float *ps = src + s * stride;
             const float m = ps[0], l = ps[1], o = ps[4 + d];
-            acc += l > 0.0f && M != -INFINITY ? expf(m - M) * o : 0.0f;
+            acc += l != 0.0f && M != -INFINITY ? expf(m - M) * o : 0.0f;
         }
     }
     part_s[warp][lane] = acc;
@@ -290,6 +295,17 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
 }
 
 } // namespace
+
+/* QSDPA_CUDA_GENERIC_TILE (read once): 4 sends every shape with 8-key tiles to 4-key tiles,
+ * the path GPUs with 99 KB blocks take at the largest head dims; anything else: no override. */
+static int qsdpa_cuda_generic_tile_override(void) {
+    static int tile = -1;
+    if (tile < 0) {
+        const char *e = getenv("QSDPA_CUDA_GENERIC_TILE");
+        tile = e ? atoi(e) : 0;
+    }
+    return tile;
+}
 
 /* Waves of generic blocks the split count aims at: 2, or QSDPA_CUDA_GENERIC_WAVES (read once; a
  * benchmark knob). Run 83: one wave made the many-block shapes (Lq 16, B 8) 30-40% slower than
@@ -324,15 +340,22 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     if (rows > 0x7fffffff || blocks > 0x7fffffff)
         return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "B*Hq*Lq = %lld rows exceed the generic kernel's grid",
                           (long long)rows);
-    const int tile = gen_tile(p.dk, p.dv);
-    p.kpitch = gen_kpitch(p.dk, tile);
     p.vpitch = (p.dv + 3) / 4 * 4;
     p.k_words = qd_word_path(&p.k) != 0;
     p.v_words = qd_word_path(&p.v) != 0;
+    int tile = gen_tile(p.dk, p.dv);
+    /* 4 keys where 8 exceed the device's per-block shared memory (the static part: 2 x 8 int64),
+     * or where QSDPA_CUDA_GENERIC_TILE=4 asks for it (the coverage test runs that path on any GPU) */
+    if (tile == 8 && (gen_smem_floats(gen_kpitch(p.dk, 8), p.vpitch, 8) * sizeof(float) + 128 >
+                          (size_t)ctx->cuda->smem_optin ||
+                      qsdpa_cuda_generic_tile_override() == 4))
+        tile = 4;
+    p.kpitch = gen_kpitch(p.dk, tile);
     const size_t smem = gen_smem_floats(p.kpitch, p.vpitch, tile) * sizeof(float);
     const int dpl = p.dv <= 128 ? 1 : p.dv <= 256 ? 2 : p.dv <= 512 ? 4 : 8;
-    /* the tile rule bounds Dv: T 32 has Dv < 256, T 16 Dv < 512 */
-    void (*kernel)(const gen_params) = tile == 32 ? (dpl == 1 ? generic_attention<32, 1> : generic_attention<32, 2>)
+    /* the tile rule bounds Dv: T 32 has Dv < 256, T 16 Dv < 512; T 4 runs DPL 8 for any Dv */
+    void (*kernel)(const gen_params) = tile == 4    ? generic_attention<4, 8>
+                                       : tile == 32 ? (dpl == 1 ? generic_attention<32, 1> : generic_attention<32, 2>)
                                        : tile == 16 ? (dpl == 1   ? generic_attention<16, 1>
                                                        : dpl == 2 ? generic_attention<16, 2>
                                                                   : generic_attention<16, 4>)
