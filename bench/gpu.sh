@@ -99,6 +99,11 @@ for t in test_wgmma_layout test_cuda_api test_cuda_mlx test_cuda_coverage; do
   timeout 150 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
   echo "$t rc=$?" | tee -a "$OUT/tests.log"
 done
+# the generic kernel's 4-key tiles (what GPUs with 99 KB blocks take at the largest head dims)
+if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ] && [ -x "$B/tests/test_cuda_coverage" ]; then
+  QSDPA_CUDA_GENERIC_TILE=4 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (generic, 4-key tiles) rc=$?" | tee -a "$OUT/tests.log"
+fi
 [ "$MODE" != quick ] && [ -z "${QSDPA_GPU_SKIP_MULTI:-}" ] && [ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
 grep -c FAIL "$OUT/tests.log" | sed 's/^/FAIL lines: /'
 grep FAIL "$OUT/tests.log" | head -20
