@@ -24,8 +24,10 @@ typedef struct opts {
     int64_t contexts[8];
     int ncontexts;
     int no_reference, no_prefill;
-    const char *only; /* run only this format (NULL = all) */
+    const char *only; /* run only this format (NULL = all): a row's name or any K/V format text */
     qsdpa_dtype dtype; /* q and out (f32, f16, bf16) */
+    int64_t dim, hkv;  /* head dim (Dk = Dv) and KV heads of the shape; Hq is 32 */
+    char shape[48];    /* "B1 Hq32 Hkv8 D128" */
 } opts;
 
 typedef struct kv {
@@ -86,8 +88,8 @@ static int make_kv(const char *fmt, int64_t H, int64_t L, int64_t D, kv *out) {
         out->t.codes = qsdpa_tensor_4d(out->codes, f.plain_dtype, 1, H, L, D);
         out->bytes = (size_t)(rows * D) * qsdpa_dtype_size(f.plain_dtype);
     } else {
-        qsdpa_format_row_words(&f, D, &words);
-        qsdpa_format_row_scales(&f, D, &ng);
+        if (qsdpa_format_row_words(&f, D, &words) != QSDPA_OK || qsdpa_format_row_scales(&f, D, &ng) != QSDPA_OK)
+            return -1; /* D not a multiple of the group, or of a word */
         out->codes = xmalloc((size_t)(rows * words) * 4);
         out->scales = xmalloc((size_t)(rows * ng) * qsdpa_dtype_size(sdt));
         if (f.mode == QSDPA_MODE_AFFINE) out->biases = xmalloc((size_t)(rows * ng) * qsdpa_dtype_size(sdt));
@@ -189,7 +191,7 @@ static void from_dtype(qsdpa_dtype dt, const void *y, int64_t n, float *x) {
 /* One (format, Lq, context) row: time the fast path, error against the reference slice. */
 static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const char *name, const kv *k, const kv *v,
                    int64_t lq, int64_t lk, int causal, result *res) {
-    const int64_t Hq = 32, Hkv = 8, D = 128, ratio = Hq / Hkv;
+    const int64_t Hq = 32, Hkv = o->hkv, D = o->dim, ratio = Hq / Hkv;
     float *q = xmalloc((size_t)(Hq * lq * D) * sizeof(float));
     float *out = xmalloc((size_t)(Hq * lq * D) * sizeof(float));
     for (int64_t i = 0; i < Hq * lq * D; i++) q[i] = (float)rng_normal();
@@ -251,14 +253,14 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
 static void print_row(const opts *o, const result *r, const result *f16, int first) {
     double vs_f16 = f16 && f16->ms > 0 ? f16->ms / r->ms : 1.0, vs_ref = r->ref_ms > 0 ? r->ref_ms / r->ms : 0;
     if (o->json) {
-        printf("%s  {\"shape\": \"B1 Hq32 Hkv8 D128\", \"dtype\": \"%s\", \"format\": \"%s\", \"lq\": %lld, \"context\": %lld, "
+        printf("%s  {\"shape\": \"%s\", \"dtype\": \"%s\", \"format\": \"%s\", \"lq\": %lld, \"context\": %lld, "
                "\"threads\": %d, \"ms\": %.4f, \"cpu_ms\": %.4f, \"gbs\": %.2f, \"err\": %.3g, \"ref_ms\": %.2f, \"vs_f16\": %.3f, "
                "\"vs_ref\": %.1f, \"kernel\": \"%s\", \"causal\": %s}",
-               first ? "" : ",\n", qsdpa_dtype_name(o->dtype), r->format, (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err,
+               first ? "" : ",\n", o->shape, qsdpa_dtype_name(o->dtype), r->format, (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err,
                r->ref_ms, vs_f16, vs_ref, r->kernel ? r->kernel : "?", r->lq == r->lk ? "true" : "false");
         return;
     }
-    printf("%-18s %-4s %-13s %5lld %7lld %3d %10.3f %9.3f %7.2f %9.2e %9.3fx %9.1fx  %s\n", "B1 Hq32 Hkv8 D128",
+    printf("%-18s %-4s %-13s %5lld %7lld %3d %10.3f %9.3f %7.2f %9.2e %9.3fx %9.1fx  %s\n", o->shape,
            qsdpa_dtype_name(o->dtype), r->format,
            (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err, vs_f16, vs_ref,
            r->kernel ? r->kernel : "?");
@@ -266,17 +268,23 @@ static void print_row(const opts *o, const result *r, const result *f16, int fir
 
 static void usage(void) {
     printf("usage: qsdpa bench [--json] [--threads N] [--repeats N] [--contexts 2048,8192,...] [--quick]\n"
-           "                   [--format NAME] [--dtype f32|f16|bf16] [--no-reference] [--no-prefill]\n\n"
+           "                   [--format NAME] [--dtype f32|f16|bf16] [--no-reference] [--no-prefill]\n"
+           "                   [--dim D] [--kv-heads H]\n\n"
            "CPU benchmark: B=1, Hq=32, Hkv=8, D=128; formats affine:4:64, affine:8:64, mxfp4, nvfp4, K8V4\n"
            "against the library's own f16 path and the reference; Lq 1, 4, 16 over 2K..128K keys and a\n"
            "4K causal prefill. Time is the median of repeats; error is max|out - ref| / max|V|.\n"
-           "--dtype: q and out (default f32); f16/bf16 take the integer K path where a format has one.\n");
+           "--dtype: q and out (default f32); f16/bf16 take the integer K path where a format has one.\n"
+           "--format: one of the formats above, or any K/V format text (e.g. affine:3:32), beside f16.\n"
+           "--dim: head dim (default 128, at most 1024; a multiple of the format's group);\n"
+           "--kv-heads: KV heads, dividing the 32 query heads (default 8; 32 is MHA).\n");
 }
 
 static int parse(int argc, char **argv, opts *o) {
     memset(o, 0, sizeof *o);
     o->repeats = 15;
     o->dtype = QSDPA_DTYPE_F32;
+    o->dim = 128;
+    o->hkv = 8;
     const int64_t defaults[] = {2048, 8192, 32768, 131072};
     memcpy(o->contexts, defaults, sizeof defaults);
     o->ncontexts = 4;
@@ -289,6 +297,19 @@ static int parse(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--threads") && i + 1 < argc) o->threads = atoi(argv[++i]);
         else if (!strcmp(a, "--repeats") && i + 1 < argc) o->repeats = atoi(argv[++i]);
         else if (!strcmp(a, "--format") && i + 1 < argc) o->only = argv[++i];
+        else if (!strcmp(a, "--dim") && i + 1 < argc) {
+            o->dim = strtoll(argv[++i], NULL, 10);
+            if (o->dim < 1 || o->dim > 1024) {
+                fprintf(stderr, "qsdpa bench: --dim %s: expected 1 to 1024\n", argv[i]);
+                return -1;
+            }
+        } else if (!strcmp(a, "--kv-heads") && i + 1 < argc) {
+            o->hkv = strtoll(argv[++i], NULL, 10);
+            if (o->hkv < 1 || o->hkv > 32 || 32 % o->hkv != 0) {
+                fprintf(stderr, "qsdpa bench: --kv-heads %s: expected a divisor of the 32 query heads\n", argv[i]);
+                return -1;
+            }
+        }
         else if (!strcmp(a, "--dtype") && i + 1 < argc) {
             const char *t = argv[++i];
             if (qsdpa_dtype_parse(t, &o->dtype) != QSDPA_OK ||
@@ -313,6 +334,7 @@ static int parse(int argc, char **argv, opts *o) {
         }
     }
     if (o->repeats < 1) o->repeats = 1;
+    snprintf(o->shape, sizeof o->shape, "B1 Hq32 Hkv%lld D%lld", (long long)o->hkv, (long long)o->dim);
     return 0;
 }
 
@@ -336,12 +358,20 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         o.threads = cores > 0 ? (int)cores : 1;
     }
-    static const struct { const char *name, *k, *v; } formats[] = {
+    struct { const char *name, *k, *v; } formats[] = {
         {"f16", "f16", "f16"},           {"affine:4:64", "affine:4:64", "affine:4:64"},
         {"affine:8:64", "affine:8:64", "affine:8:64"}, {"mxfp4", "mxfp4", "mxfp4"},
         {"nvfp4", "nvfp4", "nvfp4"},     {"K8V4", "affine:8:64", "affine:4:64"},
     };
-    const int nformats = (int)(sizeof formats / sizeof formats[0]);
+    int nformats = (int)(sizeof formats / sizeof formats[0]);
+    if (o.only) { /* a format not in the list: it alone beside the f16 baseline */
+        int listed = 0;
+        for (int fi = 0; fi < nformats; fi++) listed |= !strcmp(o.only, formats[fi].name);
+        if (!listed) {
+            formats[1].name = formats[1].k = formats[1].v = o.only;
+            nformats = 2;
+        }
+    }
     static const int64_t lqs[] = {1, 4, 16};
     if (o.json) printf("[\n");
     else
@@ -356,8 +386,9 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
         for (int fi = 0; fi < nformats; fi++) {
             if (o.only && fi > 0 && strcmp(o.only, formats[fi].name)) continue;
             kv k, v;
-            if (make_kv(formats[fi].k, 8, lk, 128, &k) || make_kv(formats[fi].v, 8, lk, 128, &v)) {
-                fprintf(stderr, "qsdpa bench: cannot build the %s cache\n", formats[fi].name);
+            if (make_kv(formats[fi].k, o.hkv, lk, o.dim, &k) || make_kv(formats[fi].v, o.hkv, lk, o.dim, &v)) {
+                fprintf(stderr, "qsdpa bench: cannot build the %s cache at D %lld: %s\n", formats[fi].name,
+                        (long long)o.dim, qsdpa_last_error());
                 return 1;
             }
             for (int li = 0; li < (prefill ? 1 : 3); li++) {

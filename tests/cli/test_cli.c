@@ -128,6 +128,12 @@ static void test_verify_demo_run(void) {
     expect("bench --data tests/data/real/smollm2_layer27 --runs 2", 0, "affine:4:64", "nvfp4");
     expect("bench --data /nonexistent-qsdpa-dir", 1, "/nonexistent-qsdpa-dir", NULL);
     expect("bench --data tests/data/real/smollm2_layer27 --runs 0", 2, "--runs", NULL);
+    /* the CPU matrix at another shape and any format: MHA at D 96, 3-bit affine beside f16 */
+    expect("bench --contexts 256 --no-prefill --repeats 1 --threads 1 --dim 96 --kv-heads 32 --format affine:3:32", 0,
+           "B1 Hq32 Hkv32 D96", "affine:3:32");
+    expect("bench --dim 2000", 2, "--dim", NULL);
+    expect("bench --kv-heads 5", 2, "--kv-heads", NULL);
+    expect("bench --contexts 256 --no-prefill --repeats 1 --dim 96 --format affine:4:64", 1, "group 64", NULL);
 }
 
 
