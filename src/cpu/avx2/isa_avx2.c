@@ -598,8 +598,9 @@ static void affine_bits_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *
         const char *srow = t->scales + (j0 + j) * t->scale_stride, *brow = t->biases + (j0 + j) * t->bias_stride;
         float *out = dst + j * dim;
         for (int64_t g = 0; g < dim / G; g++) {
-            const __m256 s = _mm256_set1_ps(qsdpa_cpu_group_scale(t, srow, g));
-            const __m256 bias = _mm256_set1_ps(qsdpa_cpu_group_bias(t, brow, g));
+            /* F16C / bit moves, not the portable converters: those calls cost as much as the unpack */
+            const __m256 s = _mm256_set1_ps(load_scalar(t->scale_dtype, srow, g));
+            const __m256 bias = _mm256_set1_ps(load_scalar(t->scale_dtype, brow, g));
             for (int64_t e = g * G; e < (g + 1) * G; e += 8) {
                 const int64_t at = e * bits / 8;
                 long long w = 0;
