@@ -604,7 +604,9 @@ static void affine_bits_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *
             for (int64_t e = g * G; e < (g + 1) * G; e += 8) {
                 const int64_t at = e * bits / 8;
                 long long w = 0;
-                memcpy(&w, row + at, at + 8 <= row_bytes ? 8 : (size_t)bits); /* never past the row */
+                if (at + 8 <= row_bytes) memcpy(&w, row + at, 8); /* one load (a variable-size copy is a call) */
+                else /* the row's last step: its b bytes only */
+                    for (int i = 0; i < bits; i++) w |= (long long)row[at + i] << (8 * i);
                 const __m256i v = _mm256_set1_epi64x(w);
                 const __m256i lo = _mm256_srlv_epi64(v, shift_lo), hi = _mm256_srlv_epi64(v, shift_hi);
                 /* dwords (0, 4, 1, 5, 2, 6, 3, 7) -> (0 .. 7) */
