@@ -266,6 +266,11 @@ static void prefetch_rows(const cpu_rows *t, int64_t j0, int64_t n) {
     }
 }
 
+/* Affine widths other than 4 and 8 bits: their codes cost more to decode (a 64-bit load and a
+ * shift per code) than a float tile costs to read, so from 5 rows on one unpack per block pays
+ * (session 9: 3-bit Lq 4 at 8K) where 4- and 8-bit codes wait until 17. */
+static bool odd_width(const qsdpa_format *f) { return f->mode == QSDPA_MODE_AFFINE && f->bits != 4 && f->bits != 8; }
+
 static void run_task(void *arg, int64_t t, int thread) {
     const plan *pl = arg;
     const qsdpa_problem *p = pl->p;
@@ -283,7 +288,7 @@ static void run_task(void *arg, int64_t t, int thread) {
     /* Float tiles for prefill, and for decode with many query rows: past ~16 rows the
      * decode of each code is repeated per 4-row chunk and one unpack per block is
      * cheaper (2K keys, GQA 4, Lq 16, 1 thread: 8.1 ms tiles vs 9.1 ms codes). */
-    bool tiles = pl->prefill || nr > 16;
+    bool tiles = pl->prefill || nr > (odd_width(&p->k.format) || odd_width(&p->v.format) ? 4 : 16);
     const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL, *vfops = NULL;
     const float *qk = bf.q;
     /* f16/bf16 q and out: K scored through the kernel's integer path where it has one

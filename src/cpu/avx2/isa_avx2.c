@@ -10,8 +10,9 @@
  *  - unpack: scale * code + bias to floats (prefill tiles).
  * Up to four query rows share each decoded vector (NR, compile time), which is
  * where GQA pays: one pass over a K/V row serves the group's query heads.
- * Formats without a decoder here (affine 2/3/5/6 bits) unpack rows to floats and
- * use the f32 kernels.
+ * Affine 2/3/5/6 bits decode eight codes from one 64-bit load (decode8_bits) into the
+ * same kernels; formats without a decoder here would unpack rows to floats and use the
+ * f32 kernels (generic_ops).
  */
 #include "cpu/cpu_attention.h"
 
@@ -19,19 +20,44 @@
 #include <math.h>
 #include <string.h>
 
-enum fmt { F_AFF4, F_AFF8, F_MXFP4, F_NVFP4, F_FP8, F_F32, F_F16, F_BF16 };
+enum fmt { F_AFF4, F_AFF8, F_MXFP4, F_NVFP4, F_FP8, F_F32, F_F16, F_BF16, F_AFF2, F_AFF3, F_AFF5, F_AFF6 };
 
 #define INLINE static inline __attribute__((always_inline))
 
 INLINE float as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 INLINE bool is_plain(int F) { return F == F_F32 || F == F_F16 || F == F_BF16; }
+/* Affine widths that are not 4 or 8 bits: their width, else 0. */
+INLINE int odd_bits(int F) { return F == F_AFF2 ? 2 : F == F_AFF3 ? 3 : F == F_AFF5 ? 5 : F == F_AFF6 ? 6 : 0; }
 /* Bits per element of a row: the byte offset of element e is e * codebytes / 8. */
 INLINE size_t codebytes(int F) {
-    return F == F_AFF4 || F == F_MXFP4 || F == F_NVFP4 ? 4 : F == F_AFF8 || F == F_FP8 ? 8 : F == F_F32 ? 32 : 16;
+    return odd_bits(F)                                  ? (size_t)odd_bits(F)
+           : F == F_AFF4 || F == F_MXFP4 || F == F_NVFP4 ? 4
+           : F == F_AFF8 || F == F_FP8                   ? 8
+           : F == F_F32                                  ? 32
+                                                         : 16;
+}
+
+/* Eight b-bit codes from element e (a multiple of 8): they are b whole bytes from byte
+ * e * b / 8. One 64-bit load that never leaves the row: forward near its start, else
+ * ending on the step's last byte and shifted down (rows of >= 32 elements hold >= 8
+ * bytes). Then a variable 64-bit shift per code and the low dwords gathered in order. */
+INLINE __m256 decode8_bits(const int b, const char *row, size_t e) {
+    const size_t at = e * (size_t)b / 8;
+    const bool back = at >= (size_t)(8 - b);
+    unsigned long long w;
+    memcpy(&w, row + (back ? at + (size_t)b - 8 : at), 8);
+    if (back) w >>= 8 * (8 - b);
+    const __m256i v = _mm256_set1_epi64x((long long)w);
+    const __m256i lo = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, b, 2 * b, 3 * b));
+    const __m256i hi = _mm256_srlv_epi64(v, _mm256_setr_epi64x(4 * b, 5 * b, 6 * b, 7 * b));
+    __m256i c = _mm256_blend_epi32(lo, _mm256_slli_epi64(hi, 32), 0xAA); /* dwords 0 4 1 5 2 6 3 7 */
+    c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32((1 << b) - 1)));
 }
 
 /* Eight values starting at element e (a multiple of 8) of a row. */
 INLINE __m256 decode8(int F, const char *row, size_t e) {
+    if (odd_bits(F)) return decode8_bits(odd_bits(F), row, e);
     switch (F) {
     case F_AFF4: {
         uint32_t w;
@@ -165,7 +191,11 @@ INLINE float group_scale(int F, const cpu_rows *t, const char *srow, int64_t g) 
     uint8_t s;
     switch (F) {
     case F_AFF4:
-    case F_AFF8: return load_scalar(t->scale_dtype, srow, g);
+    case F_AFF8:
+    case F_AFF2:
+    case F_AFF3:
+    case F_AFF5:
+    case F_AFF6: return load_scalar(t->scale_dtype, srow, g);
     case F_MXFP4:
     case F_FP8:
         s = (uint8_t)srow[g];
@@ -176,7 +206,7 @@ INLINE float group_scale(int F, const cpu_rows *t, const char *srow, int64_t g) 
     }
 }
 
-INLINE bool has_bias(int F) { return F == F_AFF4 || F == F_AFF8; }
+INLINE bool has_bias(int F) { return F == F_AFF4 || F == F_AFF8 || odd_bits(F); }
 
 /* out[r] = lane r of v, for r < NR (the rest of out is another row chunk's). */
 INLINE void store_rows(const int NR, __m128 v, float *out) {
@@ -427,7 +457,9 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                 a0[r] = _mm256_loadu_ps(acc + (size_t)(r0 + r) * dim + e);
                 a1[r] = _mm256_loadu_ps(acc + (size_t)(r0 + r) * dim + e + 8);
             }
-            const char *row = v->codes + j0 * v->code_stride + e * codebytes(F) / 8;
+            /* the odd widths decode from the row's start (decode8_bits keeps its loads inside the row) */
+            const char *row = v->codes + j0 * v->code_stride + (odd_bits(F) ? 0 : e * codebytes(F) / 8);
+            const size_t re = odd_bits(F) ? e : 0; /* element of `row` the step starts at */
             bool last = e + 16 == dim;
             int64_t j = 0;
             if (NR == 1) { /* two keys per step into separate sums: 4+ FMA chains in flight */
@@ -435,8 +467,8 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                 for (int r = 0; r < NR; r++) x0[r] = x1[r] = _mm256_setzero_ps();
                 for (; j + 2 <= n; j += 2, row += 2 * v->code_stride) {
                     __m256 c0, c1, d0, d1;
-                    decode16(F, row, 0, last, &c0, &c1);
-                    decode16(F, row + v->code_stride, 0, last, &d0, &d1);
+                    decode16(F, row, re, last, &c0, &c1);
+                    decode16(F, row + v->code_stride, re, last, &d0, &d1);
                     for (int r = 0; r < NR; r++) {
                         __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r), wu = _mm256_broadcast_ss(ws + 4 * j + 4 + r);
                         a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
@@ -449,7 +481,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             }
             for (; j < n; j++, row += v->code_stride) {
                 __m256 c0, c1;
-                decode16(F, row, 0, last, &c0, &c1);
+                decode16(F, row, re, last, &c0, &c1);
                 for (int r = 0; r < NR; r++) {
                     __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r);
                     a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
@@ -565,11 +597,16 @@ DEFINE_FORMAT(mxfp8, F_FP8, 32)
 DEFINE_FORMAT(f32, F_F32, 0)
 DEFINE_FORMAT(f16, F_F16, 0)
 DEFINE_FORMAT(bf16, F_BF16, 0)
+DEFINE_FORMAT(affine2, F_AFF2, 0)
+DEFINE_FORMAT(affine3, F_AFF3, 0)
+DEFINE_FORMAT(affine5, F_AFF5, 0)
+DEFINE_FORMAT(affine6, F_AFF6, 0)
 
 static const cpu_kv_ops *const affine_ops[2][3] = {{&affine4_g32_ops, &affine4_g64_ops, &affine4_g128_ops},
                                                    {&affine8_g32_ops, &affine8_g64_ops, &affine8_g128_ops}};
 
-/* Formats without a decoder: rows to floats (portable unpack), then the f32 kernels. */
+/* Formats without a decoder (none of SPEC's today; the fallback for a new mode): rows to floats
+ * (portable unpack), then the f32 kernels. */
 static cpu_rows float_rows(const cpu_rows *t, const float *tmp) {
     cpu_rows f;
     memset(&f, 0, sizeof f);
@@ -582,47 +619,7 @@ static cpu_rows float_rows(const cpu_rows *t, const float *tmp) {
     return f;
 }
 
-/* Affine rows of 2, 3, 5 or 6 bits -> floats, eight codes per step. Eight b-bit codes are b
- * whole bytes, so every step starts on a byte: one 64-bit load broadcast to four lanes, a
- * variable 64-bit shift per code, the low dwords gathered in order. The value is s * code + bias,
- * multiply then add, as qsdpa_cpu_unpack_row (session 9: the scalar bit extraction made 3-bit
- * decode 6.4x slower than f16 rows at D 64). */
-static void affine_bits_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
-    const int bits = t->format.bits;
-    const int64_t dim = t->dim, G = t->group, row_bytes = dim * bits / 8;
-    const __m256i shift_lo = _mm256_setr_epi64x(0, bits, 2 * bits, 3 * bits);
-    const __m256i shift_hi = _mm256_setr_epi64x(4 * bits, 5 * bits, 6 * bits, 7 * bits);
-    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), mask = _mm256_set1_epi32((1 << bits) - 1);
-    for (int64_t j = 0; j < n; j++) {
-        const unsigned char *row = (const unsigned char *)(t->codes + (j0 + j) * t->code_stride);
-        const char *srow = t->scales + (j0 + j) * t->scale_stride, *brow = t->biases + (j0 + j) * t->bias_stride;
-        float *out = dst + j * dim;
-        for (int64_t g = 0; g < dim / G; g++) {
-            /* F16C / bit moves, not the portable converters: those calls cost as much as the unpack */
-            const __m256 s = _mm256_set1_ps(load_scalar(t->scale_dtype, srow, g));
-            const __m256 bias = _mm256_set1_ps(load_scalar(t->scale_dtype, brow, g));
-            for (int64_t e = g * G; e < (g + 1) * G; e += 8) {
-                const int64_t at = e * bits / 8;
-                long long w = 0;
-                if (at + 8 <= row_bytes) memcpy(&w, row + at, 8); /* one load (a variable-size copy is a call) */
-                else /* the row's last step: its b bytes only */
-                    for (int i = 0; i < bits; i++) w |= (long long)row[at + i] << (8 * i);
-                const __m256i v = _mm256_set1_epi64x(w);
-                const __m256i lo = _mm256_srlv_epi64(v, shift_lo), hi = _mm256_srlv_epi64(v, shift_hi);
-                /* dwords (0, 4, 1, 5, 2, 6, 3, 7) -> (0 .. 7) */
-                __m256i c = _mm256_blend_epi32(lo, _mm256_slli_epi64(hi, 32), 0xAA);
-                c = _mm256_and_si256(_mm256_permutevar8x32_epi32(c, order), mask);
-                _mm256_storeu_ps(out + e, _mm256_add_ps(_mm256_mul_ps(s, _mm256_cvtepi32_ps(c)), bias));
-            }
-        }
-    }
-}
-
 static void generic_unpack(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
-    if (t->format.mode == QSDPA_MODE_AFFINE && t->format.bits < 8 && t->group % 8 == 0) {
-        affine_bits_unpack(t, j0, n, dst);
-        return;
-    }
     for (int64_t j = 0; j < n; j++) qsdpa_cpu_unpack_row(t, j0 + j, dst + j * t->dim);
 }
 
@@ -649,7 +646,15 @@ static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
                : t->format.plain_dtype == QSDPA_DTYPE_BF16 ? &bf16_ops
                                                            : &f32_ops;
     case QSDPA_MODE_AFFINE:
-        if (t->format.bits != 4 && t->format.bits != 8) return &generic_ops;
+        switch (t->format.bits) {
+        case 2: return &affine2_ops;
+        case 3: return &affine3_ops;
+        case 5: return &affine5_ops;
+        case 6: return &affine6_ops;
+        case 4:
+        case 8: break;
+        default: return &generic_ops;
+        }
         return affine_ops[t->format.bits == 8][t->group == 32 ? 0 : t->group == 64 ? 1 : 2];
     case QSDPA_MODE_MXFP4: return &mxfp4_ops;
     case QSDPA_MODE_NVFP4: return &nvfp4_ops;
