@@ -37,16 +37,18 @@ INLINE size_t codebytes(int F) {
                                                          : 16;
 }
 
-/* Eight b-bit codes from element e (a multiple of 8): they are b whole bytes from byte
- * e * b / 8. One 64-bit load that never leaves the row: forward near its start, else
- * ending on the step's last byte and shifted down (rows of >= 32 elements hold >= 8
- * bytes). Then a variable 64-bit shift per code and the low dwords gathered in order. */
+/* Eight b-bit codes from element e (a multiple of 8) of a run that starts at `row` (a row or
+ * a group: always >= 32 elements, so >= 4b bytes): they are b whole bytes from byte
+ * at = e * b / 8. One 64-bit load that never leaves the run: the 8 bytes ending on the
+ * step's last byte where they start inside it, else (the first steps) the run's first
+ * 8 bytes or, where those would cover the step, from the step on; then shifted down to the
+ * step. A variable 64-bit shift per code and the low dwords gathered in order follow. */
 INLINE __m256 decode8_bits(const int b, const char *row, size_t e) {
     const size_t at = e * (size_t)b / 8;
-    const bool back = at >= (size_t)(8 - b);
+    const size_t off = at + (size_t)b >= 8 ? at + (size_t)b - 8 : (at < (size_t)(4 * b - 8) ? at : (size_t)(4 * b - 8));
     unsigned long long w;
-    memcpy(&w, row + (back ? at + (size_t)b - 8 : at), 8);
-    if (back) w >>= 8 * (8 - b);
+    memcpy(&w, row + off, 8);
+    w >>= 8 * (at - off);
     const __m256i v = _mm256_set1_epi64x((long long)w);
     const __m256i lo = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, b, 2 * b, 3 * b));
     const __m256i hi = _mm256_srlv_epi64(v, _mm256_setr_epi64x(4 * b, 5 * b, 6 * b, 7 * b));
@@ -457,7 +459,8 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                 a0[r] = _mm256_loadu_ps(acc + (size_t)(r0 + r) * dim + e);
                 a1[r] = _mm256_loadu_ps(acc + (size_t)(r0 + r) * dim + e + 8);
             }
-            /* the odd widths decode from the row's start (decode8_bits keeps its loads inside the row) */
+            /* the odd widths decode from the row's start (decode8_bits keeps its loads inside a run
+             * that starts there) */
             const char *row = v->codes + j0 * v->code_stride + (odd_bits(F) ? 0 : e * codebytes(F) / 8);
             const size_t re = odd_bits(F) ? e : 0; /* element of `row` the step starts at */
             bool last = e + 16 == dim;
