@@ -89,6 +89,10 @@ typedef struct test_case {
     float global;    /* nvfp4 global scale */
 } test_case;
 
+/* 1: caches hold exactly Lk rows, so the last row ends the allocation (ASan sees a read past it);
+ * 0: views of a longer cache */
+static int exact_cache;
+
 static const char *kernel_names[] = {"cpu.vnni.decode", "cpu.avx2.decode", "cpu.avx2.prefill", "cpu.c.decode",
                                      "cpu.c.prefill"};
 #define NKERNELS 5
@@ -124,7 +128,7 @@ static void case_name(const test_case *c, char *buf, size_t n) {
 static void run_case(test_rng *rng, const test_case *c) {
     char name[256];
     case_name(c, name, sizeof name);
-    int64_t cap = c->Lk + 5; /* K/V are views of a longer cache */
+    int64_t cap = exact_cache ? c->Lk : c->Lk + 5; /* K/V are views of a longer cache */
     kv_buf k, v;
     make_kv(rng, c->kfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dk, c->global, &k);
     make_kv(rng, c->vfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dv, c->global, &v);
@@ -281,6 +285,17 @@ int main(void) {
                     c.sdt = c.qdt;
                     run_case(&rng, &c);
                 }
+        }
+    /* 1b. The shortest rows, D 32 (8 bytes of 2-bit codes), in caches of exactly Lk rows: a load of
+     * eight codes must stay inside the row (ASan builds catch a read past the last one). */
+    static const char *short_rows[] = {"affine:2:32", "affine:5:32", "affine:4:32", "affine:8:32", "mxfp4", "mxfp8"};
+    for (int fi = 0; fi < 6; fi++)
+        for (int li = 0; li < 2; li++) {
+            test_case c = {1, 8, 2, li ? 4 : 1, 45, 32, 32, short_rows[fi], short_rows[fi], QSDPA_DTYPE_F32,
+                           QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0.0f};
+            exact_cache = 1;
+            run_case(&rng, &c);
+            exact_cache = 0;
         }
     /* 2. Features across formats: masks, causal, window, sinks, q dtypes, partial, GQA ratios. */
     static const qsdpa_dtype qdts[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};
