@@ -386,9 +386,13 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
         for (int fi = 0; fi < nformats; fi++) {
             if (o.only && fi > 0 && strcmp(o.only, formats[fi].name)) continue;
             kv k, v;
+            memset(&v, 0, sizeof v);
             if (make_kv(formats[fi].k, o.hkv, lk, o.dim, &k) || make_kv(formats[fi].v, o.hkv, lk, o.dim, &v)) {
                 fprintf(stderr, "qsdpa bench: cannot build the %s cache at D %lld: %s\n", formats[fi].name,
                         (long long)o.dim, qsdpa_last_error());
+                free_kv(&k), free_kv(&v);
+                qsdpa_context_destroy(ctx);
+                qsdpa_context_destroy(ref);
                 return 1;
             }
             for (int li = 0; li < (prefill ? 1 : 3); li++) {
