@@ -229,13 +229,14 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
 }
 
 int main(int argc, char **argv) {
-    /* "quick": 32K only; "one FMT B L LQ [D]": a single configuration, any Lq (for ncu), head dim D
-     * (default 128);
+    /* "quick": 32K only; "one FMT B L LQ [D [causal]]": a single configuration, any Lq (for ncu), head
+     * dim D (default 128), causal if asked;
      * "prefill [FMT]": the 4K causal prefill rows only (one format if named) */
     bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     bool one = argc > 5 && strcmp(argv[1], "one") == 0;
     bool prefill_only = argc > 1 && strcmp(argv[1], "prefill") == 0;
     const int64_t one_lq = one ? atoll(argv[5]) : 0, one_d = one && argc > 6 ? atoll(argv[6]) : 128;
+    const bool one_causal = one && argc > 7 && strcmp(argv[7], "causal") == 0;
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     cudaStream_t st;
@@ -272,8 +273,9 @@ int main(int argc, char **argv) {
                     if (one && (strcmp(argv[2], f.name) || B != atoll(argv[3]) || L != atoll(argv[4]) ||
                                 lq != atoll(argv[5])))
                         continue;
-                    result r = time_attention(ctx, st, kf, vf, B, L, lq, false, prop.l2CacheSize, one ? one_d : 128);
+                    result r = time_attention(ctx, st, kf, vf, B, L, lq, one_causal, prop.l2CacheSize, one ? one_d : 128);
                     if (one && one_d != 128) printf("D=%lld ", (long long)one_d);
+                    if (one_causal) printf("causal ");
                     printf("%-11s %2lld %7lld %3lld | %9.2f %8.0f %5.1f%% | %7.2f %8.2f | %s\n", f.name, (long long)B,
                            (long long)L, (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.host_us, r.graph_us,
                            r.kernel);

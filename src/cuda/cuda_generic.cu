@@ -43,6 +43,7 @@ struct gen_params : qd_io {
     int64_t row_chunks;  /* ceil(ratio * lq / GEN_ROWS) */
     int kpitch, vpitch;  /* floats per staged K / V row (K: dims padded with zeros to kpitch) */
     bool k_words, v_words; /* qd_word_path */
+    bool skip;           /* qsdpa_cuda_generic_can_skip */
 };
 
 /* Keys per tile: K and V tiles and q rows in f32 within ~50 KB up to Dk + Dv of 1024 (about
@@ -109,8 +110,18 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
         mrow_s[threadIdx.x] = b * p.ms[0] + h * p.ms[1] + i * p.ms[2];
     }
 
-    const int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split;
-    const int64_t j1 = min(p.lk, j0 + p.keys_per_split);
+    int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split;
+    int64_t j1 = min(p.lk, j0 + p.keys_per_split);
+    if (p.skip) { /* only the local keys some row of the block sees: rows' last keys rise with i */
+        int64_t lo = INT64_MAX, hi = INT64_MIN;
+        for (int r = 0; r < nrows; r++) {
+            const int64_t f = f0 + r, i = f % p.lq, last = i + p.key_total - p.lq - p.key_offset;
+            hi = max(hi, last + 1);
+            lo = min(lo, p.window > 0 ? last - p.window + 1 : (int64_t)0);
+        }
+        j0 = max(j0, lo);
+        j1 = min(j1, hi);
+    }
     /* softmax rows of this warp: w and w + 4 */
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, kept[2] = {0.0f, 0.0f};
     float o[GEN_ROWS][DPL];
@@ -296,28 +307,41 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
 
 } // namespace
 
-/* QSDPA_CUDA_GENERIC_TILE (read once): 4 sends every shape with 8-key tiles to 4-key tiles,
- * the path GPUs with 99 KB blocks take at the largest head dims; anything else: no override. */
+/* An integer environment knob, read once (a C++ function-local static: thread-safe). */
+static int env_int(const char *name, int unset) {
+    const char *e = getenv(name);
+    return e ? atoi(e) : unset;
+}
+
+/* QSDPA_CUDA_GENERIC_TILE=4 sends every shape with 8-key tiles to 4-key tiles, the path GPUs
+ * with 99 KB blocks take at the largest head dims; anything else: no override. */
 static int qsdpa_cuda_generic_tile_override(void) {
-    static int tile = -1;
-    if (tile < 0) {
-        const char *e = getenv("QSDPA_CUDA_GENERIC_TILE");
-        tile = e ? atoi(e) : 0;
-    }
+    static const int tile = env_int("QSDPA_CUDA_GENERIC_TILE", 0);
     return tile;
 }
 
-/* Waves of generic blocks the split count aims at: 2, or QSDPA_CUDA_GENERIC_WAVES (read once; a
- * benchmark knob). Run 83: one wave made the many-block shapes (Lq 16, B 8) 30-40% slower than
- * v27's ~8 blocks per SM. */
-static int qsdpa_cuda_generic_waves(void) {
-    static int waves = 0;
-    if (!waves) {
-        const char *e = getenv("QSDPA_CUDA_GENERIC_WAVES");
-        const int w = e ? atoi(e) : 2;
-        waves = w >= 1 && w <= 16 ? w : 2;
-    }
-    return waves;
+/* Waves of generic blocks the split count aims at, for `blocks` (b, kv head, row block)
+ * triples: one below 16, else two (runs 83-85: at 8 one wave was 5-15% faster, its combine
+ * reading fewer splits; at 64 two were 30-50% faster; at 16 even). QSDPA_CUDA_GENERIC_WAVES
+ * (1-16) overrides it, a benchmark knob. */
+static int qsdpa_cuda_generic_waves(int64_t blocks) {
+    static const int forced = env_int("QSDPA_CUDA_GENERIC_WAVES", 0);
+    if (forced >= 1 && forced <= 16) return forced;
+    return blocks < 16 ? 1 : 2;
+}
+
+/* Whether a block may skip the keys no row of it sees (v27.5): causal (or a window) without an
+ * array mask, and every query row sees a key of this call's slice, so no row is fully masked
+ * (a fully masked row's output is the mean of V over every key: each one counts). A skipped
+ * key would have scored the masked value, which weighs exactly 0 next to a visible key.
+ * QSDPA_CUDA_GENERIC_SKIP=0 turns it off (a benchmark knob). */
+static bool qsdpa_cuda_generic_can_skip(const qsdpa_problem *pr) {
+    static const int enabled = env_int("QSDPA_CUDA_GENERIC_SKIP", 1);
+    if (!enabled || !pr->causal || pr->mask_kind != QSDPA_MASK_NONE) return false;
+    const int64_t first_last = pr->key_total - pr->len_q, final_last = pr->key_total - 1; /* rows 0, Lq - 1 */
+    if (first_last < pr->key_offset) return false; /* row 0 sees nothing of the slice */
+    if (pr->window > 0 && final_last - pr->window + 1 > pr->key_offset + pr->len_k - 1) return false;
+    return true;
 }
 
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
@@ -332,6 +356,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     p.key_offset = pr->key_offset; p.key_total = pr->key_total; p.window = pr->window;
     p.dk = (int)pr->dim_k; p.dv = (int)pr->dim_v; p.causal = pr->causal;
     p.scale = pr->scale; p.masked = pr->masked_score;
+    p.skip = qsdpa_cuda_generic_can_skip(pr);
 
     int64_t rows = pr->batch * pr->heads_q * pr->len_q;
     p.rows = rows;
@@ -372,7 +397,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     int per_sm = 0;
     cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEN_WARPS * 32, smem);
     if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "sizing generic_attention");
-    int64_t want = (int64_t)(per_sm > 0 ? per_sm : 1) * ctx->cuda->sm_count * qsdpa_cuda_generic_waves();
+    int64_t want = (int64_t)(per_sm > 0 ? per_sm : 1) * ctx->cuda->sm_count * qsdpa_cuda_generic_waves(blocks);
     int64_t nsplit = (want + blocks - 1) / blocks;
     int64_t max_split = (pr->len_k + 63) / 64;
     if (nsplit > max_split) nsplit = max_split;
