@@ -175,7 +175,10 @@ static double time_graph(cudaStream_t st, Call call, int batch, int *it) {
 /* Time qsdpa_attention over `copies` rotating caches: median of 15 batches of 10 calls. */
 static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_format &kf, const qsdpa_format &vf,
                              int64_t B, int64_t L, int64_t lq, bool causal, size_t l2, int64_t D = 128) {
-    const int64_t hq = 32, hkv = 8;
+    /* QSDPA_BENCH_HKV (1-32, dividing 32): KV heads of the shape, 8 by default (32: MHA) */
+    const char *hkv_env = getenv("QSDPA_BENCH_HKV");
+    const int64_t hq = 32, hkv_set = hkv_env ? atoll(hkv_env) : 8;
+    const int64_t hkv = hkv_set >= 1 && hkv_set <= 32 && 32 % hkv_set == 0 ? hkv_set : 8;
     size_t cache_bytes = (size_t)(B * hkv * L) * (row_bytes(kf, D) + row_bytes(vf, D));
     int copies = (int)std::min<size_t>(64, 2 * l2 / cache_bytes + 2);
     if (cache_bytes > ((size_t)8 << 30)) copies = 1;
