@@ -29,16 +29,6 @@
 
 namespace {
 
-/* Blocks per SM the generic kernel's registers are cut for: 0 (none) unless
- * QSDPA_CUDA_GEN_MIN_BLOCKS says (a compile-time knob for bench/gpu.sh variants: ptxas
- * gives the R = 8 instances 64-128 registers, and above ~100 the registers, not the shared
- * memory, bound the blocks per SM). */
-#if defined(QSDPA_CUDA_GEN_MIN_BLOCKS) && QSDPA_CUDA_GEN_MIN_BLOCKS > 0
-#define GEN_LAUNCH_BOUNDS __launch_bounds__(128, QSDPA_CUDA_GEN_MIN_BLOCKS)
-#else
-#define GEN_LAUNCH_BOUNDS __launch_bounds__(128)
-#endif
-
 constexpr int GEN_ROWS = 8;  /* folded rows per block */
 constexpr int GEN_WARPS = 4;
 
@@ -85,11 +75,9 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-/* T keys per tile; DPL = ceil(Dv / 128) output dims per lane and row; R: the rows P V and
- * the output accumulators are sized for, 8, or 1 where every block has one row (MHA decode,
- * ratio * Lq == 1: v27.6, where v27 multiplied eight rows and kept their accumulators). */
-template <int T, int DPL, int R>
-__global__ void GEN_LAUNCH_BOUNDS generic_attention(const gen_params p) {
+/* T keys per tile; DPL = ceil(Dv / 128) output dims per lane and row. */
+template <int T, int DPL>
+__global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_params p) {
     constexpr int KPW = T / GEN_WARPS, LPK = 32 / KPW; /* keys per warp, lanes per key in the scores */
     extern __shared__ float4 gsm4[];
     float *gsm = (float *)gsm4;
@@ -136,9 +124,9 @@ __global__ void GEN_LAUNCH_BOUNDS generic_attention(const gen_params p) {
     }
     /* softmax rows of this warp: w and w + 4 */
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, kept[2] = {0.0f, 0.0f};
-    float o[R][DPL];
+    float o[GEN_ROWS][DPL];
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < GEN_ROWS; r++)
 #pragma unroll
         for (int x = 0; x < DPL; x++) o[r][x] = 0.0f;
 
@@ -210,35 +198,30 @@ __global__ void GEN_LAUNCH_BOUNDS generic_attention(const gen_params p) {
         }
         __syncthreads();
         /* P V: dims warp * 32 + lane + 128 x of every row */
-        float corr[R];
+        float corr[GEN_ROWS];
 #pragma unroll
-        for (int r = 0; r < R; r++) corr[r] = r < nrows ? corr_s[r] : 1.0f;
+        for (int r = 0; r < GEN_ROWS; r++) corr[r] = r < nrows ? corr_s[r] : 1.0f;
 #pragma unroll
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < GEN_ROWS; r++)
 #pragma unroll
             for (int x = 0; x < DPL; x++) o[r][x] *= corr[r];
         for (int u = 0; u < n; u++) {
-            float w[R];
-            if constexpr (R == 1) {
-                w[0] = p_s[u * GEN_ROWS];
-            } else {
-                const float4 w0 = *(const float4 *)(p_s + u * GEN_ROWS), w1 = *(const float4 *)(p_s + u * GEN_ROWS + 4);
-                w[0] = w0.x; w[1] = w0.y; w[2] = w0.z; w[3] = w0.w; w[4] = w1.x; w[5] = w1.y; w[6] = w1.z; w[7] = w1.w;
-            }
+            const float4 w0 = *(const float4 *)(p_s + u * GEN_ROWS), w1 = *(const float4 *)(p_s + u * GEN_ROWS + 4);
+            const float w[GEN_ROWS] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
 #pragma unroll
             for (int x = 0; x < DPL; x++) {
                 const int d = warp * 32 + lane + 128 * x;
                 if (d >= dv) break;
                 const float vv = v_s[u * vp + d];
 #pragma unroll
-                for (int r = 0; r < R; r++) o[r][x] = fmaf(w[r], vv, o[r][x]);
+                for (int r = 0; r < GEN_ROWS; r++) o[r][x] = fmaf(w[r], vv, o[r][x]);
             }
         }
     }
     /* the split's partials: (m, l, kept) from the softmax warps, o from every warp (r unrolled:
      * a run-time index would put o, m and l in local memory for the whole kernel) */
 #pragma unroll
-    for (int r = 0; r < R; r++) {
+    for (int r = 0; r < GEN_ROWS; r++) {
         if (r >= nrows) break;
         const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
         const int64_t row = (b * p.hq + h) * p.lq + i;
@@ -324,16 +307,6 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
 
 } // namespace
 
-/* The instantiation for a tile, DPL and R (the tile rule bounds Dv: T 32 has Dv < 256, T 16
- * Dv < 512; T 4 runs DPL 8 for any Dv). */
-template <int R>
-static void (*gen_kernel(int tile, int dpl))(const gen_params) {
-    if (tile == 4) return generic_attention<4, 8, R>;
-    if (tile == 32) return dpl == 1 ? generic_attention<32, 1, R> : generic_attention<32, 2, R>;
-    if (tile == 16) return dpl == 1 ? generic_attention<16, 1, R> : dpl == 2 ? generic_attention<16, 2, R> : generic_attention<16, 4, R>;
-    return dpl == 1 ? generic_attention<8, 1, R> : dpl == 2 ? generic_attention<8, 2, R> : dpl == 4 ? generic_attention<8, 4, R> : generic_attention<8, 8, R>;
-}
-
 /* An integer environment knob, read once (a C++ function-local static: thread-safe). */
 static int env_int(const char *name, int unset) {
     const char *e = getenv(name);
@@ -406,7 +379,15 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     const size_t smem = gen_smem_floats(p.kpitch, p.vpitch, tile) * sizeof(float);
     const int dpl = p.dv <= 128 ? 1 : p.dv <= 256 ? 2 : p.dv <= 512 ? 4 : 8;
     /* the tile rule bounds Dv: T 32 has Dv < 256, T 16 Dv < 512; T 4 runs DPL 8 for any Dv */
-    void (*kernel)(const gen_params) = pr->group_ratio * pr->len_q == 1 ? gen_kernel<1>(tile, dpl) : gen_kernel<8>(tile, dpl);
+    void (*kernel)(const gen_params) = tile == 4    ? generic_attention<4, 8>
+                                       : tile == 32 ? (dpl == 1 ? generic_attention<32, 1> : generic_attention<32, 2>)
+                                       : tile == 16 ? (dpl == 1   ? generic_attention<16, 1>
+                                                       : dpl == 2 ? generic_attention<16, 2>
+                                                                  : generic_attention<16, 4>)
+                                                    : (dpl == 1   ? generic_attention<8, 1>
+                                                       : dpl == 2 ? generic_attention<8, 2>
+                                                       : dpl == 4 ? generic_attention<8, 4>
+                                                                  : generic_attention<8, 8>);
     if (smem > 48 * 1024) {
         cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring generic_attention");
