@@ -232,8 +232,9 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
 }
 
 int main(int argc, char **argv) {
-    /* "quick": 32K only; "one FMT B L LQ [D [causal]]": a single configuration, any Lq (for ncu), head
-     * dim D (default 128), causal if asked;
+    /* "quick": 32K only; "one FMT B L LQ [D [causal]]": a single configuration, any L and Lq (for ncu),
+     * head dim D (default 128), causal if asked, FMT a name below or a format spec for both K and V
+     * (qsdpa_format_parse: e.g. affine:3:64);
      * "prefill [FMT]": the 4K causal prefill rows only (one format if named) */
     bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     bool one = argc > 5 && strcmp(argv[1], "one") == 0;
@@ -254,13 +255,16 @@ int main(int argc, char **argv) {
     printf("RESULT,copy,%.0f\n", copy);
     printf("d2d copy: %.0f GB/s\n", copy);
 
-    struct { const char *name, *k, *v; } fmts[] = {
+    struct fmt_row { const char *name, *k, *v; };
+    std::vector<fmt_row> fmts = {
         {"affine4g64", "affine:4:64", "affine:4:64"}, {"affine8g64", "affine:8:64", "affine:8:64"},
         {"mxfp4", "mxfp4", "mxfp4"},                  {"mxfp8", "mxfp8", "mxfp8"},
         {"nvfp4", "nvfp4", "nvfp4"},                  {"k8v4g64", "affine:8:64", "affine:4:64"},
         {"f16", "f16", "f16"},
     };
-    const int64_t Ls[] = {2048, 8192, 32768, 131072};
+    if (one && std::none_of(fmts.begin(), fmts.end(), [&](const fmt_row &f) { return !strcmp(f.name, argv[2]); }))
+        fmts = {{argv[2], argv[2], argv[2]}};
+    const std::vector<int64_t> Ls = one ? std::vector<int64_t>{atoll(argv[4])} : std::vector<int64_t>{2048, 8192, 32768, 131072};
     printf("%-11s %2s %7s %3s | %9s %8s %6s | %7s %8s | kernel\n", "format", "B", "L", "Lq", "us", "GB/s", "%copy",
            "host us", "graph us");
     for (auto &f : fmts) {
