@@ -117,31 +117,23 @@ __device__ __forceinline__ unsigned qd_code(const uint32_t *row, int bits, int d
     return (unsigned)(v >> off) & ((1u << bits) - 1u);
 }
 
-/* The scale of group gi of row srow: affine's as stored, E8M0, or NVFP4's e4m3 times
- * (G / 2688) (rounded once on the host, as MLX, src/format/unpack.c). */
-__device__ __forceinline__ float qd_group_scale(const qd_qtensor &t, int64_t srow, int gi) {
-    if (t.mode == QSDPA_MODE_AFFINE) return qd_load_float(t.scales, t.scale_dtype, srow + gi);
-    const unsigned sb = ((const uint8_t *)t.scales)[srow + gi];
-    if (t.mode == QSDPA_MODE_NVFP4) {
-        const float s = qd_fp8(sb);
-        return t.global_scale != 0.0f ? __fmul_rn(s, t.nv_factor) : s;
-    }
-    return qd_e8m0(sb);
-}
-
 /* Element d of row (b, h, l) of t, dequantized per SPEC §2 in f32. */
 __device__ __forceinline__ float qd_element(const qd_qtensor &t, int64_t b, int64_t h, int64_t l, int d) {
     const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2]);
     if (t.mode == QSDPA_MODE_PLAIN) return qd_load_float(row, t.plain_dtype, d);
-    const int gi = d / t.group;
-    const float s = qd_group_scale(t, b * t.ss[0] + h * t.ss[1] + l * t.ss[2], gi);
-    switch (t.mode) {
-    case QSDPA_MODE_AFFINE:
-        return __fadd_rn(__fmul_rn(s, (float)qd_code(row, t.bits, d)),
-                         qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi));
-    case QSDPA_MODE_MXFP8: return __fmul_rn(qd_fp8(qd_code(row, 8, d)), s);
-    default: return __fmul_rn(qd_fp4(qd_code(row, 4, d)), s); /* MXFP4, NVFP4 */
+    int gi = d / t.group;
+    if (t.mode == QSDPA_MODE_AFFINE) {
+        float s = qd_load_float(t.scales, t.scale_dtype, b * t.ss[0] + h * t.ss[1] + l * t.ss[2] + gi);
+        float z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi);
+        return __fadd_rn(__fmul_rn(s, (float)qd_code(row, t.bits, d)), z);
     }
+    unsigned sb = ((const uint8_t *)t.scales)[b * t.ss[0] + h * t.ss[1] + l * t.ss[2] + gi];
+    if (t.mode == QSDPA_MODE_MXFP4) return __fmul_rn(qd_fp4(qd_code(row, 4, d)), qd_e8m0(sb));
+    if (t.mode == QSDPA_MODE_MXFP8) return __fmul_rn(qd_fp8(qd_code(row, 8, d)), qd_e8m0(sb));
+    /* NVFP4: scale = e4m3(s) * (G / 2688) first, as MLX (src/format/unpack.c) */
+    float s = qd_fp8(sb);
+    if (t.global_scale != 0.0f) s = __fmul_rn(s, __fdiv_rn(t.global_scale, 2688.0f));
+    return __fmul_rn(qd_fp4(qd_code(row, 4, d)), s);
 }
 
 /* Whether rows of t decode a 32-bit word per lane (qd_rows_decode): codes that pack
@@ -157,6 +149,18 @@ static inline int qd_word_path(const qd_qtensor *t) {
     for (int i = 0; i < 3; i++)
         if (t->cs[i] % 4 != 0) return 0;
     return 1;
+}
+
+/* The scale of group gi of row srow: affine's as stored, E8M0, or NVFP4's e4m3 times
+ * (G / 2688) (rounded once on the host, as MLX, src/format/unpack.c). */
+__device__ __forceinline__ float qd_group_scale(const qd_qtensor &t, int64_t srow, int gi) {
+    if (t.mode == QSDPA_MODE_AFFINE) return qd_load_float(t.scales, t.scale_dtype, srow + gi);
+    const unsigned sb = ((const uint8_t *)t.scales)[srow + gi];
+    if (t.mode == QSDPA_MODE_NVFP4) {
+        const float s = qd_fp8(sb);
+        return t.global_scale != 0.0f ? __fmul_rn(s, t.nv_factor) : s;
+    }
+    return qd_e8m0(sb);
 }
 
 /* Value c of a word of codes of mode MODE with its group's scale s (and bias z), per

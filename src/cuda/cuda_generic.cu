@@ -110,18 +110,27 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
         mrow_s[threadIdx.x] = b * p.ms[0] + h * p.ms[1] + i * p.ms[2];
     }
 
-    int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split;
-    int64_t j1 = min(p.lk, j0 + p.keys_per_split);
-    if (p.skip) { /* only the local keys some row of the block sees: rows' last keys rise with i */
-        int64_t lo = INT64_MAX, hi = INT64_MIN;
-        for (int r = 0; r < nrows; r++) {
-            const int64_t f = f0 + r, i = f % p.lq, last = i + p.key_total - p.lq - p.key_offset;
-            hi = max(hi, last + 1);
-            lo = min(lo, p.window > 0 ? last - p.window + 1 : (int64_t)0);
+    /* this split's keys; with p.skip only those some row of the block sees (from last_s; the
+     * range goes through shared memory, which kept ptxas's register counts at main's, run 88) */
+    __shared__ int64_t range_s[2];
+    __syncwarp(); /* last_s comes from warp 0 */
+    if (threadIdx.x == 0) {
+        int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split, j1 = min(p.lk, j0 + p.keys_per_split);
+        if (p.skip) {
+            int64_t lo = INT64_MAX, hi = INT64_MIN;
+            for (int r = 0; r < nrows; r++) {
+                const int64_t last = last_s[r] - p.key_offset;
+                hi = max(hi, last + 1);
+                lo = min(lo, p.window > 0 ? last - p.window + 1 : (int64_t)0);
+            }
+            j0 = max(j0, lo);
+            j1 = min(j1, hi);
         }
-        j0 = max(j0, lo);
-        j1 = min(j1, hi);
+        range_s[0] = j0;
+        range_s[1] = j1;
     }
+    __syncthreads();
+    const int64_t j0 = range_s[0], j1 = range_s[1];
     /* softmax rows of this warp: w and w + 4 */
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, kept[2] = {0.0f, 0.0f};
     float o[GEN_ROWS][DPL];
