@@ -103,6 +103,9 @@ done
 if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ] && [ -x "$B/tests/test_cuda_coverage" ]; then
   QSDPA_CUDA_GENERIC_TILE=4 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
   echo "test_cuda_coverage (generic, 4-key tiles) rc=$?" | tee -a "$OUT/tests.log"
+  # the generic kernel itself on the long queries the staged path takes by default
+  QSDPA_CUDA_STAGED=0 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (generic, staging off) rc=$?" | tee -a "$OUT/tests.log"
 fi
 [ "$MODE" != quick ] && [ -z "${QSDPA_GPU_SKIP_MULTI:-}" ] && [ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
 grep -c FAIL "$OUT/tests.log" | sed 's/^/FAIL lines: /'

@@ -49,6 +49,7 @@ extern "C" void qsdpa_cuda_context_destroy(qsdpa_context *ctx) {
     if (!st) return;
     cudaSetDevice(st->device);
     if (st->scratch) cudaFree(st->scratch);
+    if (st->stage) cudaFree(st->stage);
     free(st);
     ctx->cuda = NULL;
 }
@@ -60,9 +61,9 @@ qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function) {
     return QSDPA_OK;
 }
 
-qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
-    struct qsdpa_cuda_state *st = ctx->cuda;
-    if (bytes > st->scratch_bytes) {
+/* Grow *buf (of *have bytes) to at least bytes. */
+static qsdpa_status grow_buffer(void **buf, size_t *have, size_t bytes, const char *what, void **out) {
+    if (bytes > *have) {
         /* Growing synchronises the device (cudaFree); that happens only on the
          * first call of a larger shape, never during a graph capture of a
          * shape already seen. */
@@ -71,15 +72,23 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
         cudaError_t err = cudaMalloc(&p, grown);
         if (err != cudaSuccess) {
             (void)cudaGetLastError();
-            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cudaMalloc(%zu) of scratch failed: %s",
-                              grown, cudaGetErrorString(err));
+            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cudaMalloc(%zu) of %s failed: %s",
+                              grown, what, cudaGetErrorString(err));
         }
-        if (st->scratch) cudaFree(st->scratch);
-        st->scratch = p;
-        st->scratch_bytes = grown;
+        if (*buf) cudaFree(*buf);
+        *buf = p;
+        *have = grown;
     }
-    *out = st->scratch;
+    *out = *buf;
     return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
+    return grow_buffer(&ctx->cuda->scratch, &ctx->cuda->scratch_bytes, bytes, "scratch", out);
+}
+
+qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out) {
+    return grow_buffer(&ctx->cuda->stage, &ctx->cuda->stage_bytes, bytes, "the staged path's buffer", out);
 }
 
 qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name) {

@@ -24,6 +24,8 @@ struct qsdpa_cuda_state {
     int cc;              /* compute capability, major*10 + minor */
     void *scratch;       /* device scratch: split-K partials */
     size_t scratch_bytes;
+    void *stage;         /* device scratch of the staged path: padded f16 K/V, q and out (cuda_staged.cu) */
+    size_t stage_bytes;
     /* Pointers already found to be device memory: cudaPointerGetAttributes
      * costs about a microsecond and a call checks up to 11 pointers, which
      * would dominate short decode calls. Direct-mapped by address. */
@@ -35,6 +37,8 @@ struct qsdpa_cuda_state {
 qsdpa_status qsdpa_cuda_error(cudaError_t err, const char *function, const char *what);
 /* Grow-only device scratch of at least bytes (cudaMalloc only when it grows). */
 qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out);
+/* The same for the staged path's buffer, which lives beside the split-K scratch of the kernel it feeds. */
+qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out);
 /* Make ctx's device current (cudaSetDevice) for a call. */
 qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function);
 /* QSDPA_ERR_INVALID_ARGUMENT unless ptr is device (or managed) memory usable by ctx's device. */
@@ -50,6 +54,9 @@ static inline cudaStream_t qsdpa_cuda_stream(const qsdpa_context *ctx) {
 
 /* The generic kernel: every format, D <= 1024, dtype, mask, partial mode. */
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *p);
+/* The staged path (cuda_staged.cu): whether it takes a problem of the cuda.generic row, and its run. */
+bool qsdpa_cuda_staged_takes(const qsdpa_problem *p);
+qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p);
 
 /* ---- device helpers ----------------------------------------------------- */
 #ifdef __CUDACC__

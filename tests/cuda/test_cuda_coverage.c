@@ -217,6 +217,33 @@ int main(void) {
                      (long long)c.dk, (long long)c.dv, (long long)c.hq, (long long)c.hkv, (long long)c.lq);
             cuda_case_run(&rng, &c, label);
         }
+        /* the staged path (more than 32 folded rows, f16/bf16 q, Dk, Dv <= 128; cuda_staged.cu): head dims
+         * without a fast row at both staged widths (64, 128), Dk != Dv, formats without a fast row, masks,
+         * partial slices, strided cache views; QSDPA_CUDA_STAGED=0 runs them on the generic kernel */
+        const struct { const char *kf, *vf; int64_t dk, dv, lq; qsdpa_dtype q; int mask, causal, partial; } staged[] = {
+            {"mxfp4", "mxfp4", 96, 96, 70, QSDPA_DTYPE_F16, 0, 1, 0},
+            {"affine:3:64", "affine:3:64", 128, 128, 40, QSDPA_DTYPE_BF16, 2, 0, 1},
+            {"affine:4:32", "nvfp4", 96, 64, 33, QSDPA_DTYPE_F16, 1, 0, 0},
+            {"nvfp4", "affine:8:32", 48, 32, 50, QSDPA_DTYPE_BF16, 0, 1, 1},
+            {"f16", "f16", 80, 80, 40, QSDPA_DTYPE_F16, 3, 1, 0},
+            {"affine:6:32", "mxfp8", 64, 96, 24, QSDPA_DTYPE_BF16, 0, 0, 0},
+        };
+        for (int m = 0; m < (quick ? 1 : 6); m++) {
+            c = cuda_case_default();
+            c.kernel = info.name;
+            c.kf = fmt(staged[m].kf);
+            c.vf = fmt(staged[m].vf);
+            c.dk = staged[m].dk; c.dv = staged[m].dv; c.lq = staged[m].lq; c.q_dtype = staged[m].q;
+            c.mask = staged[m].mask; c.mask_rank = m % 2 ? 2 : 4; c.causal = staged[m].causal;
+            c.partial = staged[m].partial;
+            c.lk = 517; c.sinks = m % 2; c.cap_extra = m == 3 ? 11 : 0; c.batch = m == 0 ? 2 : 1;
+            c.hq = 8; c.hkv = 2;
+            if (c.partial) { c.key_offset = 100; c.key_total = 700; }
+            char label[160];
+            snprintf(label, sizeof label, "cuda.generic staged K %s V %s Dk%lld Dv%lld Lq%lld", staged[m].kf,
+                     staged[m].vf, (long long)c.dk, (long long)c.dv, (long long)c.lq);
+            cuda_case_run(&rng, &c, label);
+        }
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
