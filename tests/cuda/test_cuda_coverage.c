@@ -218,14 +218,15 @@ int main(void) {
             cuda_case_run(&rng, &c, label);
         }
         /* the staged path (more than 32 folded rows, f16/bf16 q, Dk, Dv <= 128; cuda_staged.cu): head dims
-         * without a fast row at both staged widths (64, 128), Dk != Dv, formats without a fast row, masks,
+         * without a fast row at both staged widths (64, 128), Dk != Dv (q or out at the width used in place), formats
+         * without a fast row, masks,
          * partial slices, strided cache views; QSDPA_CUDA_STAGED=0 runs them on the generic kernel */
         const struct { const char *kf, *vf; int64_t dk, dv, lq; qsdpa_dtype q; int mask, causal, partial; } staged[] = {
             {"mxfp4", "mxfp4", 96, 96, 70, QSDPA_DTYPE_F16, 0, 1, 0},
             {"affine:3:64", "affine:3:64", 128, 128, 40, QSDPA_DTYPE_BF16, 2, 0, 1},
-            {"affine:4:32", "nvfp4", 96, 64, 33, QSDPA_DTYPE_F16, 1, 0, 0},
+            {"affine:4:32", "nvfp4", 128, 64, 33, QSDPA_DTYPE_F16, 1, 0, 0},
             {"nvfp4", "affine:8:32", 48, 32, 50, QSDPA_DTYPE_BF16, 0, 1, 1},
-            {"f16", "f16", 80, 80, 40, QSDPA_DTYPE_F16, 3, 1, 0},
+            {"f16", "f16", 80, 80, 40, QSDPA_DTYPE_F16, 3, 0, 0},
             {"affine:6:32", "mxfp8", 64, 96, 24, QSDPA_DTYPE_BF16, 0, 0, 0},
         };
         for (int m = 0; m < (quick ? 1 : 6); m++) {
