@@ -218,9 +218,9 @@ int main(void) {
             cuda_case_run(&rng, &c, label);
         }
         /* the staged path (more than 32 folded rows, f16/bf16 q, Dk, Dv <= 128; cuda_staged.cu): head dims
-         * without a fast row at both staged widths (64, 128), Dk != Dv (q or out at the width used in place), formats
-         * without a fast row, masks,
-         * partial slices, strided cache views; QSDPA_CUDA_STAGED=0 runs them on the generic kernel */
+         * without a fast row at both staged widths (64, 128), Dk != Dv (q or out of the width used in place),
+         * formats without a fast row, masks, partial slices, a strided cache view; QSDPA_CUDA_STAGED=0 runs
+         * them on the generic kernel */
         const struct { const char *kf, *vf; int64_t dk, dv, lq; qsdpa_dtype q; int mask, causal, partial; } staged[] = {
             {"mxfp4", "mxfp4", 96, 96, 70, QSDPA_DTYPE_F16, 0, 1, 0},
             {"affine:3:64", "affine:3:64", 128, 128, 40, QSDPA_DTYPE_BF16, 2, 0, 1},
