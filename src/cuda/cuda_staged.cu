@@ -79,12 +79,73 @@ __device__ __forceinline__ row_at this_row(int64_t len) {
     return r;
 }
 
+/* Launch shape over rows [B, H, L] at width w. */
+struct row_grid {
+    dim3 grid, block;
+};
+
+row_grid grid_of(int64_t batch, int64_t heads, int64_t len, int w) {
+    const int per_block = 256 / w;
+    return {dim3((unsigned)((len + per_block - 1) / per_block), (unsigned)heads, (unsigned)batch),
+            dim3((unsigned)w, (unsigned)per_block)};
+}
+
 /* Rows of t as f16 rows of w dims at dst ([B, H, L, w] contiguous), zeros past t.dim. */
 __global__ void stage_rows(const qd_qtensor t, int64_t heads, int64_t len, __half *dst) {
     const row_at r = this_row(len);
     if (!r.live) return;
     const float x = r.d < t.dim ? qd_element(t, r.b, r.h, r.l, r.d) : 0.0f;
     dst[((r.b * heads + r.h) * len + r.l) * blockDim.x + r.d] = __float2half_rn(x);
+}
+
+/* The same on qd_word_path's tensors: a thread per 32-bit word of codes (its `per`
+ * values share one scale and bias), grid (L / 8, H, B), block (32, 8); words past the
+ * row write the zero pad. */
+template <int MODE>
+__global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst) {
+    const int64_t b = blockIdx.z, h = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    if (l >= len) return;
+    const int per = MODE == QSDPA_MODE_PLAIN ? 2 : 32 / t.bits, nwords = t.dim / per;
+    const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2]);
+    __half *out = dst + ((b * heads + h) * len + l) * w;
+    for (int c = threadIdx.x; c < w / per; c += blockDim.x) {
+        __half2 *o2 = (__half2 *)(out + c * per);
+        if (c >= nwords) {
+            for (int i = 0; i < per / 2; i++) o2[i] = __float2half2_rn(0.0f);
+            continue;
+        }
+        const uint32_t word = row[c];
+        if constexpr (MODE == QSDPA_MODE_PLAIN) { /* f16 rows: the word is the two halves */
+            o2[0] = *(const __half2 *)&word;
+        } else {
+            const int gi = c * per / t.group;
+            const float sc = qd_group_scale(t, b * t.ss[0] + h * t.ss[1] + l * t.ss[2], gi);
+            const float z =
+                MODE == QSDPA_MODE_AFFINE ? qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi)
+                                          : 0.0f;
+            for (int i = 0; i < per / 2; i++)
+                o2[i] = __floats2half2_rn(qd_word_value<MODE>(word, t.bits, 2 * i, sc, z),
+                                          qd_word_value<MODE>(word, t.bits, 2 * i + 1, sc, z));
+        }
+    }
+}
+
+/* Stage K or V: by words where qd_word_path allows, else value by value. */
+void stage_tensor(const qsdpa_qtensor *src, int64_t batch, int64_t heads, int64_t len, int w, __half *dst,
+                  cudaStream_t stream) {
+    const qd_qtensor t = qd_qtensor_make(src);
+    if (!qd_word_path(&t)) {
+        const row_grid g = grid_of(batch, heads, len, w);
+        stage_rows<<<g.grid, g.block, 0, stream>>>(t, heads, len, dst);
+        return;
+    }
+    const dim3 grid((unsigned)((len + 7) / 8), (unsigned)heads, (unsigned)batch), block(32, 8);
+    switch (t.mode) {
+    case QSDPA_MODE_PLAIN: stage_words<QSDPA_MODE_PLAIN><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
+    case QSDPA_MODE_AFFINE: stage_words<QSDPA_MODE_AFFINE><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
+    case QSDPA_MODE_MXFP8: stage_words<QSDPA_MODE_MXFP8><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
+    default: stage_words<QSDPA_MODE_MXFP4><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break; /* MXFP4, NVFP4 */
+    }
 }
 
 /* q [B, Hq, Lq, dk] (2-byte elements, strided) -> contiguous rows of w dims, zeros past dk. */
@@ -103,17 +164,6 @@ __global__ void unstage_out(const E *src, E *out, int64_t os0, int64_t os1, int6
     const row_at r = this_row(len);
     if (!r.live || r.d >= dv) return;
     out[r.b * os0 + r.h * os1 + r.l * os2 + r.d] = src[((r.b * heads + r.h) * len + r.l) * blockDim.x + r.d];
-}
-
-/* Launch shape over rows [B, H, L] at width w. */
-struct row_grid {
-    dim3 grid, block;
-};
-
-row_grid grid_of(int64_t batch, int64_t heads, int64_t len, int w) {
-    const int per_block = 256 / w;
-    return {dim3((unsigned)((len + per_block - 1) / per_block), (unsigned)heads, (unsigned)batch),
-            dim3((unsigned)w, (unsigned)per_block)};
 }
 
 /* A contiguous f16 plain-row tensor [B, H, L, w] at data. */
@@ -163,9 +213,9 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) 
 
     /* q and out are staged only where their head dims are not already the width */
     const bool q_staged = pr->dim_k != w, out_staged = pr->dim_v != w;
-    const row_grid kv_g = grid_of(pr->batch, pr->heads_kv, pr->len_k, w), q_g = grid_of(pr->batch, pr->heads_q, pr->len_q, w);
-    stage_rows<<<kv_g.grid, kv_g.block, 0, stream>>>(qd_qtensor_make(&pr->k), pr->heads_kv, pr->len_k, (__half *)k_s);
-    stage_rows<<<kv_g.grid, kv_g.block, 0, stream>>>(qd_qtensor_make(&pr->v), pr->heads_kv, pr->len_k, (__half *)v_s);
+    const row_grid q_g = grid_of(pr->batch, pr->heads_q, pr->len_q, w);
+    stage_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, w, (__half *)k_s, stream);
+    stage_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, w, (__half *)v_s, stream);
     if (q_staged)
         stage_q<<<q_g.grid, q_g.block, 0, stream>>>((const uint16_t *)pr->q, pr->q_stride[0], pr->q_stride[1],
                                                     pr->q_stride[2], pr->heads_q, pr->len_q, (int)pr->dim_k,
