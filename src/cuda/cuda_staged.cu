@@ -60,47 +60,25 @@ stage_layout layout_of(const qsdpa_problem *p) {
     return s;
 }
 
-/* The staging kernels walk rows [B, H, L] as grid (L / rows per block, H, B) and a
- * block of (w, 256 / w) threads, a thread per dim: no 64-bit division per element
- * (run 89: element-indexed forms took about 330 us of a 774 us D 96 prefill). */
-struct row_at {
-    int64_t b, h, l;
-    int d;
-    bool live;
-};
-
-__device__ __forceinline__ row_at this_row(int64_t len) {
-    row_at r;
-    r.b = blockIdx.z;
-    r.h = blockIdx.y;
-    r.l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
-    r.d = threadIdx.x;
-    r.live = r.l < len;
-    return r;
+/* Every staging kernel walks rows [B, H, L] as grid (L / 8, H, B) and blocks of (32, 8)
+ * threads, a row per warp: no 64-bit division per element (run 89: element-indexed
+ * forms took about 330 us of a 774 us D 96 prefill). */
+dim3 rows_grid(int64_t batch, int64_t heads, int64_t len) {
+    return dim3((unsigned)((len + 7) / 8), (unsigned)heads, (unsigned)batch);
 }
+const dim3 rows_block(32, 8);
 
-/* Launch shape over rows [B, H, L] at width w. */
-struct row_grid {
-    dim3 grid, block;
-};
-
-row_grid grid_of(int64_t batch, int64_t heads, int64_t len, int w) {
-    const int per_block = 256 / w;
-    return {dim3((unsigned)((len + per_block - 1) / per_block), (unsigned)heads, (unsigned)batch),
-            dim3((unsigned)w, (unsigned)per_block)};
-}
-
-/* Rows of t as f16 rows of w dims at dst ([B, H, L, w] contiguous), zeros past t.dim. */
-__global__ void stage_rows(const qd_qtensor t, int64_t heads, int64_t len, __half *dst) {
-    const row_at r = this_row(len);
-    if (!r.live) return;
-    const float x = r.d < t.dim ? qd_element(t, r.b, r.h, r.l, r.d) : 0.0f;
-    dst[((r.b * heads + r.h) * len + r.l) * blockDim.x + r.d] = __float2half_rn(x);
+/* Rows of t as f16 rows of w dims at dst ([B, H, L, w] contiguous), zeros past t.dim, value by value. */
+__global__ void stage_rows(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst) {
+    const int64_t b = blockIdx.z, h = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    if (l >= len) return;
+    __half *out = dst + ((b * heads + h) * len + l) * w;
+    for (int d = threadIdx.x; d < w; d += blockDim.x)
+        out[d] = __float2half_rn(d < t.dim ? qd_element(t, b, h, l, d) : 0.0f);
 }
 
 /* The same on qd_word_path's tensors: a thread per 32-bit word of codes (its `per`
- * values share one scale and bias), grid (L / 8, H, B), block (32, 8); words past the
- * row write the zero pad. */
+ * values share one scale and bias); words past the row write the zero pad. */
 template <int MODE>
 __global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst) {
     const int64_t b = blockIdx.z, h = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
@@ -134,12 +112,11 @@ __global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int 
 void stage_tensor(const qsdpa_qtensor *src, int64_t batch, int64_t heads, int64_t len, int w, __half *dst,
                   cudaStream_t stream) {
     const qd_qtensor t = qd_qtensor_make(src);
+    const dim3 grid = rows_grid(batch, heads, len), block = rows_block;
     if (!qd_word_path(&t)) {
-        const row_grid g = grid_of(batch, heads, len, w);
-        stage_rows<<<g.grid, g.block, 0, stream>>>(t, heads, len, dst);
+        stage_rows<<<grid, block, 0, stream>>>(t, heads, len, w, dst);
         return;
     }
-    const dim3 grid((unsigned)((len + 7) / 8), (unsigned)heads, (unsigned)batch), block(32, 8);
     switch (t.mode) {
     case QSDPA_MODE_PLAIN: stage_words<QSDPA_MODE_PLAIN><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
     case QSDPA_MODE_AFFINE: stage_words<QSDPA_MODE_AFFINE><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
@@ -148,22 +125,45 @@ void stage_tensor(const qsdpa_qtensor *src, int64_t batch, int64_t heads, int64_
     }
 }
 
-/* q [B, Hq, Lq, dk] (2-byte elements, strided) -> contiguous rows of w dims, zeros past dk. */
-__global__ void stage_q(const uint16_t *q, int64_t qs0, int64_t qs1, int64_t qs2, int64_t heads, int64_t len, int dk,
-                        uint16_t *dst) {
-    const row_at r = this_row(len);
-    if (!r.live) return;
-    const uint16_t x = r.d < dk ? q[r.b * qs0 + r.h * qs1 + r.l * qs2 + r.d] : (uint16_t)0; /* +0 in f16 and bf16 */
-    dst[((r.b * heads + r.h) * len + r.l) * blockDim.x + r.d] = x;
+/* Rows [B, H, L] of C chunks: the first n_copy of each src row to dst, zeros up to n_dst
+ * (q into the stage, zero-padded; the stage's output rows back to out). Strides in chunks. */
+template <class C>
+__global__ void copy_rows(const C *src, int64_t ss0, int64_t ss1, int64_t ss2, C *dst, int64_t ds0, int64_t ds1,
+                          int64_t ds2, int64_t len, int n_copy, int n_dst) {
+    const int64_t b = blockIdx.z, h = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    if (l >= len) return;
+    const C *s = src + b * ss0 + h * ss1 + l * ss2;
+    C *d = dst + b * ds0 + h * ds1 + l * ds2;
+    for (int c = threadIdx.x; c < n_dst; c += blockDim.x) d[c] = c < n_copy ? s[c] : C{}; /* 0 bits: +0 */
 }
 
-/* The first dv dims of contiguous rows of w dims -> out [B, Hq, Lq, dv] (strided). */
-template <class E>
-__global__ void unstage_out(const E *src, E *out, int64_t os0, int64_t os1, int64_t os2, int64_t heads, int64_t len,
-                            int dv) {
-    const row_at r = this_row(len);
-    if (!r.live || r.d >= dv) return;
-    out[r.b * os0 + r.h * os1 + r.l * os2 + r.d] = src[((r.b * heads + r.h) * len + r.l) * blockDim.x + r.d];
+bool aligned16(const void *p, const int64_t *strides, size_t esize) {
+    if ((uintptr_t)p % 16) return false;
+    for (int i = 0; i < 3; i++)
+        if ((size_t)strides[i] * esize % 16) return false;
+    return true;
+}
+
+template <class C>
+void launch_copy(const void *src, const int64_t *ss, void *dst, const int64_t *ds, size_t esize, int64_t batch,
+                 int64_t heads, int64_t len, int n_copy, int n_dst, cudaStream_t stream) {
+    const int64_t per = (int64_t)(sizeof(C) / esize); /* elements per chunk */
+    copy_rows<C><<<rows_grid(batch, heads, len), rows_block, 0, stream>>>((const C *)src, ss[0] / per, ss[1] / per, ss[2] / per, (C *)dst,
+                                             ds[0] / per, ds[1] / per, ds[2] / per, len, (int)(n_copy / per),
+                                             (int)(n_dst / per));
+}
+
+/* copy_rows on elements of esize bytes (2 or 4) given element strides: 16-byte chunks where
+ * both sides' pointers, strides and row lengths allow (run 91: the element form took about
+ * 100 us of a 567 us D 96 prefill), else elements. */
+void copy_rows_any(const void *src, const int64_t *ss, void *dst, const int64_t *ds, size_t esize, int64_t batch,
+                   int64_t heads, int64_t len, int n_copy, int n_dst, cudaStream_t stream) {
+    if (aligned16(src, ss, esize) && aligned16(dst, ds, esize) && n_copy * esize % 16 == 0 && n_dst * esize % 16 == 0)
+        launch_copy<uint4>(src, ss, dst, ds, esize, batch, heads, len, n_copy, n_dst, stream);
+    else if (esize == 2)
+        launch_copy<uint16_t>(src, ss, dst, ds, esize, batch, heads, len, n_copy, n_dst, stream);
+    else
+        launch_copy<uint32_t>(src, ss, dst, ds, esize, batch, heads, len, n_copy, n_dst, stream);
 }
 
 /* A contiguous f16 plain-row tensor [B, H, L, w] at data. */
@@ -193,8 +193,8 @@ bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
     if (p->dim_k > 128 || p->dim_v > 128) return false;
     if (plain_but_not_f16(&p->k) || plain_but_not_f16(&p->v)) return false;
     if (p->group_ratio * p->len_q <= STAGED_MIN_ROWS) return false;
-    if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 1) / 2 > INT32_MAX || (p->len_k + 1) / 2 > INT32_MAX)
-        return false; /* the staging kernels' grid (B, H, L / 2) */
+    if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 7) / 8 > INT32_MAX || (p->len_k + 7) / 8 > INT32_MAX)
+        return false; /* the staging kernels' grid (L / 8, H, B) */
     /* sizes are validated to fit size_t as tensors; the stage is at most (128 / D) x 2 of them */
     return layout_of(p).total <= (size_t)limit_mb << 20;
 }
@@ -213,20 +213,18 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) 
 
     /* q and out are staged only where their head dims are not already the width */
     const bool q_staged = pr->dim_k != w, out_staged = pr->dim_v != w;
-    const row_grid q_g = grid_of(pr->batch, pr->heads_q, pr->len_q, w);
+    const int64_t rows_stride[4] = {pr->heads_q * pr->len_q * w, pr->len_q * w, w, 1};
     stage_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, w, (__half *)k_s, stream);
     stage_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, w, (__half *)v_s, stream);
     if (q_staged)
-        stage_q<<<q_g.grid, q_g.block, 0, stream>>>((const uint16_t *)pr->q, pr->q_stride[0], pr->q_stride[1],
-                                                    pr->q_stride[2], pr->heads_q, pr->len_q, (int)pr->dim_k,
-                                                    (uint16_t *)q_s);
+        copy_rows_any(pr->q, pr->q_stride, q_s, rows_stride, 2, pr->batch, pr->heads_q, pr->len_q, (int)pr->dim_k, w,
+                      stream);
     if ((st = qsdpa_cuda_launch_status(fn, "staging K, V and q")) != QSDPA_OK) return st;
 
     qsdpa_problem sp = *pr;
     sp.dim_k = sp.dim_v = w;
     sp.k = plain_f16(k_s, pr->batch, pr->heads_kv, pr->len_k, w);
     sp.v = plain_f16(v_s, pr->batch, pr->heads_kv, pr->len_k, w);
-    const int64_t rows_stride[4] = {pr->heads_q * pr->len_q * w, pr->len_q * w, w, 1};
     if (q_staged) {
         sp.q = q_s;
         for (int d = 0; d < 4; d++) sp.q_stride[d] = rows_stride[d];
@@ -238,12 +236,7 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) 
     st = w == 64 ? qsdpa_cuda_mma_f16_d64(ctx, &sp) : qsdpa_cuda_mma_f16_d128(ctx, &sp);
     if (st != QSDPA_OK || !out_staged) return st;
 
-    const int64_t *os = pr->out_stride;
-    if (qsdpa_dtype_size(pr->out_dtype) == 4)
-        unstage_out<uint32_t><<<q_g.grid, q_g.block, 0, stream>>>((const uint32_t *)o_s, (uint32_t *)pr->out, os[0],
-                                                                  os[1], os[2], pr->heads_q, pr->len_q, (int)pr->dim_v);
-    else
-        unstage_out<uint16_t><<<q_g.grid, q_g.block, 0, stream>>>((const uint16_t *)o_s, (uint16_t *)pr->out, os[0],
-                                                                  os[1], os[2], pr->heads_q, pr->len_q, (int)pr->dim_v);
+    copy_rows_any(o_s, rows_stride, pr->out, pr->out_stride, qsdpa_dtype_size(pr->out_dtype), pr->batch, pr->heads_q,
+                  pr->len_q, (int)pr->dim_v, (int)pr->dim_v, stream);
     return qsdpa_cuda_launch_status(fn, "copying the staged output");
 }
