@@ -34,7 +34,6 @@
 #define ANY QSDPA_ANY
 #define QSDPA_KERNEL(...) /* rows without a unit (cuda.generic) are written by hand */
 #define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn) QSDPA_CUDA_UNIT_##unit(fn, D, km, kb, kg, vm, vb, vg)
-#define QSDPA_CUDA_ROWS_DECODE QSDPA_CUDA_ROWS
 #include "cuda/kernels_cuda.def"
 #undef QSDPA_KERNEL
 #undef ANY

@@ -301,6 +301,11 @@ qsdpa_cuda_split_bounds qsdpa_cuda_split_limits(const qsdpa_context *ctx, const 
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable sends every Lq to the prefill kernel, so the device script can time both. */
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
+/* Query positions [i0, i0 + n) of pr as a problem of their own (q, out, lse and mask advanced; key_total
+ * moved so causal and window keep their bottom-right alignment). */
+qsdpa_problem qsdpa_cuda_query_slice(const qsdpa_problem *pr, int64_t i0, int64_t n);
+/* Whether pr may run as such slices (none of them then hands a fully masked row to the generic kernel). */
+bool qsdpa_cuda_can_slice_queries(const qsdpa_problem *pr);
 
 /* What the launcher reads once per kernel (and per device): blocks per SM at its
  * shared-memory size (it sizes split-K) and whether its loaded binary was compiled
@@ -490,10 +495,24 @@ template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     if constexpr (DK > 128 || DV > 128) {
-        /* past D 128 only the 8-row decode kernel exists (kernels_cuda.def) */
-        if (pr->group_ratio * pr->len_q <= 8 && qsdpa_cuda_use_decode_kernel(pr, false))
-            return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn);
-        return qsdpa_cuda_generic_run(ctx, pr);
+        /* Past D 128 only the 8-row decode kernel exists (kernels_cuda.def). More folded rows run it
+         * once per slice of 8 / ratio query positions (v29: each slice reads the cache again, as each
+         * of the generic kernel's 8-row blocks does, at the decode kernel's speed); a ratio above 8
+         * puts more than 8 rows in one position, which the generic kernel takes. */
+        const int64_t per = 8 / pr->group_ratio;
+        if (per < 1) return qsdpa_cuda_generic_run(ctx, pr);
+        if (pr->len_q <= per)
+            return qsdpa_cuda_use_decode_kernel(pr, false) ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
+                                                           : qsdpa_cuda_generic_run(ctx, pr);
+        const qsdpa_problem first = qsdpa_cuda_query_slice(pr, 0, per);
+        if (!qsdpa_cuda_can_slice_queries(pr) || !qsdpa_cuda_use_decode_kernel(&first, false))
+            return qsdpa_cuda_generic_run(ctx, pr);
+        for (int64_t i0 = 0; i0 < pr->len_q; i0 += per) {
+            const qsdpa_problem slice = qsdpa_cuda_query_slice(pr, i0, pr->len_q - i0 < per ? pr->len_q - i0 : per);
+            const qsdpa_status st = qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, &slice, fn);
+            if (st != QSDPA_OK) return st;
+        }
+        return QSDPA_OK;
     } else {
         if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
             return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)

@@ -149,6 +149,25 @@ static bool decode_layout_ok(const qsdpa_qtensor *t) {
     return true;
 }
 
+bool qsdpa_cuda_can_slice_queries(const qsdpa_problem *pr) {
+    /* A slice moves key_total, which the generic kernel also reads for the output of a fully masked
+     * row in partial mode. Such rows come only from causal/window (every_row_sees_a_key) or a bool
+     * mask in partial mode, and both hand the whole problem to the generic kernel unsliced. */
+    return every_row_sees_a_key(pr) && !(pr->lse && pr->mask_kind == QSDPA_MASK_BOOL);
+}
+
+qsdpa_problem qsdpa_cuda_query_slice(const qsdpa_problem *pr, int64_t i0, int64_t n) {
+    qsdpa_problem s = *pr;
+    s.len_q = n;
+    s.q = (const char *)pr->q + i0 * pr->q_stride[2] * (int64_t)qsdpa_dtype_size(pr->q_dtype);
+    s.out = (char *)pr->out + i0 * pr->out_stride[2] * (int64_t)qsdpa_dtype_size(pr->out_dtype);
+    if (pr->lse) s.lse = pr->lse + i0 * pr->lse_stride[2];
+    if (pr->mask) s.mask = (const char *)pr->mask + i0 * pr->mask_stride[2] * (int64_t)qsdpa_dtype_size(pr->mask_dtype);
+    /* row i0 + i' keeps its last visible key i0 + i' + key_total - len_q = i' + s.key_total - n */
+    s.key_total = pr->key_total - pr->len_q + i0 + n;
+    return s;
+}
+
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill) {
     static int tile_only = -1;
     if (tile_only < 0) {
