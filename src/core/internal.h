@@ -79,6 +79,9 @@ typedef struct qsdpa_problem {
     int64_t out_stride[4];
     float *lse;         /* partial mode only: [B,Hq,Lq] natural-log sum-exp, else NULL */
     int64_t lse_stride[3];
+    /* CUDA: the problem this one was cut from (a query slice) had its pointers checked on the device,
+     * so qsdpa_cuda_check_problem skips them (interior pointers would only thrash its cache) */
+    bool device_checked;
 } qsdpa_problem;
 
 /* Validate the public arguments of qsdpa_attention (partial: out must be F32

@@ -110,6 +110,7 @@ qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, co
 }
 
 qsdpa_status qsdpa_cuda_check_problem(qsdpa_context *ctx, const qsdpa_problem *p, const char *function) {
+    if (p->device_checked) return QSDPA_OK;
     struct { const void *ptr; const char *name; } ptrs[] = {
         {p->q, "q->data"},
         {p->k.codes.data, "k->codes.data"},   {p->k.scales.data, "k->scales.data"},

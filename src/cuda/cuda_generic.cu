@@ -342,8 +342,10 @@ static int qsdpa_cuda_generic_waves(int64_t blocks) {
 /* Whether a block may skip the keys no row of it sees (v27.5): causal (or a window) without an
  * array mask, and every query row sees a key of this call's slice, so no row is fully masked
  * (a fully masked row's output is the mean of V over every key: each one counts). A skipped
- * key would have scored the masked value, which weighs exactly 0 next to a visible key.
- * QSDPA_CUDA_GENERIC_SKIP=0 turns it off (a benchmark knob). */
+ * key would have scored the masked value (the lowest finite score of q's dtype), whose weight
+ * underflows to 0 unless every visible score of the row lies within about 104 of it; and a
+ * NaN or Inf in a skipped key's V no longer reaches the row. The fast rows skip such tiles
+ * the same way. QSDPA_CUDA_GENERIC_SKIP=0 turns it off (a benchmark knob). */
 static bool qsdpa_cuda_generic_can_skip(const qsdpa_problem *pr) {
     static const int enabled = env_int("QSDPA_CUDA_GENERIC_SKIP", 1);
     if (!enabled || !pr->causal || pr->mask_kind != QSDPA_MASK_NONE) return false;

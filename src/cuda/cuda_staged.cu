@@ -10,18 +10,25 @@
  * dims only make output dims that are dropped, so the result is the f16 row's on the
  * logical problem, at the tensor-core rows' precision (kernels_cuda.def).
  *
+ * Precision is therefore the tensor-core rows' (kernels_cuda.def), not the generic
+ * kernel's f32: dequantized K/V beyond f16's range (|x| > 65504, e.g. affine with huge
+ * scales) overflow, and values below its normal range lose bits, as at D 64 and 128.
+ *
  * Why: the generic kernel runs its products on CUDA cores in f32. A 4K causal prefill
  * at D 96 took it 24.7 ms where the f16 row takes 0.55 ms at D 128 (run 88, H200).
  * Staging costs one write and one read of an f16 copy of the cache, which long queries
- * amortise. Decode stays on the generic kernel: staging a 32K cache per call costs
- * more than reading it quantized saves, and a copy as large as the f16 cache is what
- * a quantized cache exists to avoid.
+ * amortise. Short queries (at most 32 folded rows) stay on the generic kernel: staging
+ * a 32K cache per decode step costs more than reading it quantized saves, and a copy as
+ * large as the f16 cache is what a quantized cache exists to avoid. (Decode with a GQA
+ * ratio above 32 has more rows than that, and is staged.)
  *
  * Left to the generic kernel: f32 q (SPEC §4's 2e-5 needs f32 products), f32 or bf16
- * plain rows (ranges beyond f16), staging above QSDPA_CUDA_STAGE_LIMIT_MB (default
- * 1024 MiB), and QSDPA_CUDA_STAGED=0 (the coverage test's switch). The f16 row's own
- * hand-offs (rows that see no key, partial mode with a bool mask) run the generic
- * kernel on the staged copy: correct, and slower than skipping the copy would be. */
+ * plain rows (the fast rows hand those to it too), staging above
+ * QSDPA_CUDA_STAGE_LIMIT_MB (default 1024 MiB of need; the buffer grows to 1.25x what
+ * it needs), a stage buffer that cannot be allocated, and QSDPA_CUDA_STAGED=0 (the
+ * coverage test's switch). The f16 row's own hand-offs (rows that see no key, partial
+ * mode with a bool mask) run the generic kernel on the staged copy: correct, and
+ * slower than skipping the copy would be. */
 #include <stdlib.h>
 
 #include "cuda/cuda_format.cuh"
@@ -46,18 +53,36 @@ struct stage_layout {
     size_t k, v, q, out, total;
 };
 
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+/* n rows of w elements of esize bytes, rounded up to 256; false on size_t overflow (stride-0
+ * views let B x H x L pass validation at any size, so nothing bounds it before here). */
+bool rows_bytes(size_t n, int w, size_t esize, size_t *out) {
+    size_t b;
+    if (!qsdpa_mul_size(n, (size_t)w * esize, &b) || b > SIZE_MAX - 255) return false;
+    *out = (b + 255) / 256 * 256;
+    return true;
+}
 
-stage_layout layout_of(const qsdpa_problem *p) {
-    const size_t w = (size_t)staged_width(p);
-    stage_layout s;
-    s.k = align256((size_t)(p->batch * p->heads_kv * p->len_k) * w * 2);
-    s.v = s.k;
-    const size_t rows_q = (size_t)(p->batch * p->heads_q * p->len_q);
-    s.q = p->dim_k == (int64_t)w ? 0 : align256(rows_q * w * 2); /* q and out of the width are used in place */
-    s.out = p->dim_v == (int64_t)w ? 0 : align256(rows_q * w * qsdpa_dtype_size(p->out_dtype));
-    s.total = s.k + s.v + s.q + s.out;
-    return s;
+bool layout_of(const qsdpa_problem *p, stage_layout *s) {
+    const int w = staged_width(p);
+    size_t kv_rows, q_rows;
+    if (!qsdpa_mul_size((size_t)p->batch, (size_t)p->heads_kv, &kv_rows) ||
+        !qsdpa_mul_size(kv_rows, (size_t)p->len_k, &kv_rows) ||
+        !qsdpa_mul_size((size_t)p->batch, (size_t)p->heads_q, &q_rows) ||
+        !qsdpa_mul_size(q_rows, (size_t)p->len_q, &q_rows))
+        return false;
+    s->q = s->out = 0; /* q and out of the width are used in place */
+    if (!rows_bytes(kv_rows, w, 2, &s->k) ||
+        (p->dim_k != w && !rows_bytes(q_rows, w, 2, &s->q)) ||
+        (p->dim_v != w && !rows_bytes(q_rows, w, qsdpa_dtype_size(p->out_dtype), &s->out)))
+        return false;
+    s->v = s->k;
+    if (s->k > SIZE_MAX / 4) return false;
+    s->total = s->k + s->v;
+    if (s->q > SIZE_MAX - s->total) return false;
+    s->total += s->q;
+    if (s->out > SIZE_MAX - s->total) return false;
+    s->total += s->out;
+    return true;
 }
 
 /* Every staging kernel walks rows [B, H, L] as grid (L / 8, H, B) and blocks of (32, 8)
@@ -195,8 +220,8 @@ bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
     if (p->group_ratio * p->len_q <= STAGED_MIN_ROWS) return false;
     if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 7) / 8 > INT32_MAX || (p->len_k + 7) / 8 > INT32_MAX)
         return false; /* the staging kernels' grid (L / 8, H, B) */
-    /* sizes are validated to fit size_t as tensors; the stage is at most (128 / D) x 2 of them */
-    return layout_of(p).total <= (size_t)limit_mb << 20;
+    stage_layout lay;
+    return layout_of(p, &lay) && limit_mb >= 0 && lay.total <= (size_t)limit_mb << 20;
 }
 
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
@@ -204,9 +229,13 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) 
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
     if (st != QSDPA_OK) return st;
-    const stage_layout lay = layout_of(pr);
+    stage_layout lay;
+    layout_of(pr, &lay); /* qsdpa_cuda_staged_takes checked it */
     void *base;
-    if ((st = qsdpa_cuda_stage(ctx, lay.total, &base)) != QSDPA_OK) return st;
+    if (qsdpa_cuda_stage(ctx, lay.total, &base) != QSDPA_OK) { /* no room for the stage: the generic kernel */
+        qsdpa_clear_error();
+        return qsdpa_cuda_generic_run(ctx, pr);
+    }
     char *k_s = (char *)base, *v_s = k_s + lay.k, *q_s = v_s + lay.v, *o_s = q_s + lay.q;
     const int w = staged_width(pr);
     cudaStream_t stream = qsdpa_cuda_stream(ctx);

@@ -304,8 +304,10 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
 /* Query positions [i0, i0 + n) of pr as a problem of their own (q, out, lse and mask advanced; key_total
  * moved so causal and window keep their bottom-right alignment). */
 qsdpa_problem qsdpa_cuda_query_slice(const qsdpa_problem *pr, int64_t i0, int64_t n);
-/* Whether pr may run as such slices (none of them then hands a fully masked row to the generic kernel). */
-bool qsdpa_cuda_can_slice_queries(const qsdpa_problem *pr);
+/* Whether the fast kernels hand pr to the generic kernel whatever its row count (layouts, plain
+ * rows that are not f16, rows that see no key, partial mode with a bool mask, sizes past the
+ * kernels' 32-bit indices). A query slice hands off exactly when its whole problem does. */
+bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr);
 
 /* What the launcher reads once per kernel (and per device): blocks per SM at its
  * shared-memory size (it sizes split-K) and whether its loaded binary was compiled
@@ -504,13 +506,19 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         if (pr->len_q <= per)
             return qsdpa_cuda_use_decode_kernel(pr, false) ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                            : qsdpa_cuda_generic_run(ctx, pr);
+        /* Hand-offs are decided on the whole problem: a slice moves key_total, which the generic
+         * kernel also reads for a fully masked row in partial mode, and one generic call beats one
+         * per slice. The whole problem's pointers are checked once, not each slice's. */
         const qsdpa_problem first = qsdpa_cuda_query_slice(pr, 0, per);
-        if (!qsdpa_cuda_can_slice_queries(pr) || !qsdpa_cuda_use_decode_kernel(&first, false))
+        if (qsdpa_cuda_fast_hands_off(pr) || !qsdpa_cuda_use_decode_kernel(&first, false))
             return qsdpa_cuda_generic_run(ctx, pr);
+        qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
+        if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
+        if (st != QSDPA_OK) return st;
         for (int64_t i0 = 0; i0 < pr->len_q; i0 += per) {
-            const qsdpa_problem slice = qsdpa_cuda_query_slice(pr, i0, pr->len_q - i0 < per ? pr->len_q - i0 : per);
-            const qsdpa_status st = qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, &slice, fn);
-            if (st != QSDPA_OK) return st;
+            qsdpa_problem slice = qsdpa_cuda_query_slice(pr, i0, pr->len_q - i0 < per ? pr->len_q - i0 : per);
+            slice.device_checked = true;
+            if ((st = qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, &slice, fn)) != QSDPA_OK) return st;
         }
         return QSDPA_OK;
     } else {

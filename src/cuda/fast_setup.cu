@@ -65,6 +65,20 @@ qsdpa_cuda_split_bounds qsdpa_cuda_split_limits(const qsdpa_context *ctx, const 
     return s;
 }
 
+bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr) {
+    int ks = scale_mode(&pr->k), vs = scale_mode(&pr->v);
+    bool plain_ok = (pr->k.format.mode != QSDPA_MODE_PLAIN || pr->k.format.plain_dtype == QSDPA_DTYPE_F16) &&
+                    (pr->v.format.mode != QSDPA_MODE_PLAIN || pr->v.format.plain_dtype == QSDPA_DTYPE_F16);
+    bool codes_ok = aligned16(pr->k.codes.data, pr->k.codes.stride, 3, qsdpa_dtype_size(pr->k.codes.dtype)) &&
+                    aligned16(pr->v.codes.data, pr->v.codes.stride, 3, qsdpa_dtype_size(pr->v.codes.dtype));
+    /* key indices are 32-bit in the kernels, rounded up to whole 64-key tiles (kend + 63):
+     * longer contexts take the generic kernel */
+    const int64_t key_limit = 0x7fffffff - 64;
+    return ks < 0 || vs < 0 || ks != vs || !plain_ok || !codes_ok || !every_row_sees_a_key(pr) ||
+           (pr->lse && pr->mask_kind == QSDPA_MASK_BOOL) || pr->batch * pr->heads_kv > 65535 ||
+           pr->len_k > key_limit || pr->key_total > key_limit;
+}
+
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
                                           int ctas_per_sm, int bn, int block_rows, bool partials,
                                           qfast::fast_params *p, dim3 *grid, bool *use_generic) {
@@ -74,20 +88,11 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     if (st != QSDPA_OK) return st;
     *use_generic = false;
 
-    int ks = scale_mode(&pr->k), vs = scale_mode(&pr->v);
-    bool plain_ok = (pr->k.format.mode != QSDPA_MODE_PLAIN || pr->k.format.plain_dtype == QSDPA_DTYPE_F16) &&
-                    (pr->v.format.mode != QSDPA_MODE_PLAIN || pr->v.format.plain_dtype == QSDPA_DTYPE_F16);
-    bool codes_ok = aligned16(pr->k.codes.data, pr->k.codes.stride, 3, qsdpa_dtype_size(pr->k.codes.dtype)) &&
-                    aligned16(pr->v.codes.data, pr->v.codes.stride, 3, qsdpa_dtype_size(pr->v.codes.dtype));
     int64_t rows = pr->group_ratio * pr->len_q;
     int64_t nrb = (rows + block_rows - 1) / block_rows; /* row blocks of the kernel's block_rows */
-    int64_t bhkv = pr->batch * pr->heads_kv;
-    /* key indices are 32-bit in the kernels, rounded up to whole 64-key tiles (kend + 63):
-     * longer contexts take the generic kernel */
-    const int64_t key_limit = 0x7fffffff - 64;
-    if (ks < 0 || vs < 0 || ks != vs || !plain_ok || !codes_ok || !every_row_sees_a_key(pr) ||
-        (pr->lse && pr->mask_kind == QSDPA_MASK_BOOL) || smem_bytes > ctx->cuda->smem_optin || bhkv > 65535 ||
-        nrb > 0x7fffffff || pr->len_k > key_limit || pr->key_total > key_limit) {
+    const int64_t bhkv = pr->batch * pr->heads_kv;
+    const int ks = scale_mode(&pr->k);
+    if (qsdpa_cuda_fast_hands_off(pr) || smem_bytes > ctx->cuda->smem_optin || nrb > 0x7fffffff) {
         *use_generic = true;
         return QSDPA_OK;
     }
@@ -149,12 +154,6 @@ static bool decode_layout_ok(const qsdpa_qtensor *t) {
     return true;
 }
 
-bool qsdpa_cuda_can_slice_queries(const qsdpa_problem *pr) {
-    /* A slice moves key_total, which the generic kernel also reads for the output of a fully masked
-     * row in partial mode. Such rows come only from causal/window (every_row_sees_a_key) or a bool
-     * mask in partial mode, and both hand the whole problem to the generic kernel unsliced. */
-    return every_row_sees_a_key(pr) && !(pr->lse && pr->mask_kind == QSDPA_MASK_BOOL);
-}
 
 qsdpa_problem qsdpa_cuda_query_slice(const qsdpa_problem *pr, int64_t i0, int64_t n) {
     qsdpa_problem s = *pr;

@@ -63,6 +63,11 @@ static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
     c.key_total = 800;
     run_shape(rng, &c, row, "Lq13 GQA4 (52 rows) causal partial slice");
 
+    /* a partial slice that causal cuts: row i sees local keys up to i + 360 of 400 */
+    c = base; c.hq = 4; c.hkv = 1; c.lq = 40; c.lk = 400; c.causal = 1; c.partial = 1; c.key_offset = 100;
+    c.key_total = 500;
+    run_shape(rng, &c, row, "Lq40 GQA4 (160 rows) causal partial slice, cut");
+
     c = base; c.hq = 4; c.hkv = 1; c.lq = 13; c.lk = 640; c.mask = 2; c.mask_rank = 2; c.partial = 1;
     run_shape(rng, &c, row, "Lq13 GQA4 additive mask [Lq,Lk] + lse");
 
@@ -229,8 +234,10 @@ int main(void) {
             {"f16", "f16", 80, 80, 40, QSDPA_DTYPE_F16, 3, 0, 0},
             {"affine:6:32", "mxfp8", 64, 96, 24, QSDPA_DTYPE_BF16, 0, 0, 0},
             {"f16", "f16", 36, 20, 45, QSDPA_DTYPE_BF16, 0, 1, 0}, /* q and out rows not whole 16-byte chunks */
+            {"mxfp8", "affine:4:64", 96, 128, 40, QSDPA_DTYPE_F16, 1, 0, 1}, /* q staged, out in place; partial +
+                                                                                bool mask: the f16 row's hand-off */
         };
-        for (int m = 0; m < (quick ? 1 : 7); m++) {
+        for (int m = 0; m < (quick ? 1 : 8); m++) {
             c = cuda_case_default();
             c.kernel = info.name;
             c.kf = fmt(staged[m].kf);
@@ -240,7 +247,7 @@ int main(void) {
             c.partial = staged[m].partial;
             c.lk = 517; c.sinks = m % 2; c.cap_extra = m == 3 ? 11 : 0; c.batch = m == 0 ? 2 : 1;
             c.hq = 8; c.hkv = 2;
-            if (c.partial) { c.key_offset = 100; c.key_total = 700; }
+            if (c.partial) { c.key_offset = 100; c.key_total = 100 + c.lk; } /* causal cuts the slice's last keys */
             char label[160];
             snprintf(label, sizeof label, "cuda.generic staged K %s V %s Dk%lld Dv%lld Lq%lld", staged[m].kf,
                      staged[m].vf, (long long)c.dk, (long long)c.dv, (long long)c.lq);
