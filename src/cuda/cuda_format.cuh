@@ -136,14 +136,26 @@ __device__ __forceinline__ float qd_element(const qd_qtensor &t, int64_t b, int6
     return __fmul_rn(qd_fp4(qd_code(row, 4, d)), s);
 }
 
-/* Whether rows of t decode a 32-bit word per lane (qd_rows_decode): codes that pack
- * whole values into words, words that never straddle a group, rows of whole words at
- * 4-byte alignment. Affine of 3, 5 or 6 bits and odd-width 16-bit rows go value by value. */
+/* Affine codes of B = 3, 5 or 6 bits pack whole into units of lcm(B, 32) bits: 32 codes in
+ * 3 or 5 words, or 16 codes in 3 words. */
+template <int B>
+struct qd_odd_unit {
+    static constexpr int WORDS = B == 6 ? 3 : B;
+    static constexpr int CODES = WORDS * 32 / B;
+};
+
+/* Codes per word (per unit of words for affine 3/5/6 bits) of t. */
+__host__ __device__ inline int qd_codes_per_item(const qd_qtensor *t) {
+    if (t->mode == QSDPA_MODE_PLAIN) return t->plain_dtype == QSDPA_DTYPE_F32 ? 1 : 2;
+    if (32 % t->bits == 0) return 32 / t->bits;
+    return t->bits == 6 ? 16 : 32;
+}
+
+/* Whether rows of t decode a 32-bit word (or, at 3/5/6 bits, a unit of words) per lane
+ * (qd_rows_decode): words or units that never straddle a group, rows of whole words
+ * at 4-byte alignment. Odd-width 16-bit rows go value by value. */
 static inline int qd_word_path(const qd_qtensor *t) {
-    int per;
-    if (t->mode == QSDPA_MODE_PLAIN) per = t->plain_dtype == QSDPA_DTYPE_F32 ? 1 : 2;
-    else if (32 % t->bits == 0) per = 32 / t->bits;
-    else return 0;
+    const int per = qd_codes_per_item(t);
     if (t->mode != QSDPA_MODE_PLAIN && t->group % per != 0) return 0;
     if (t->dim % per != 0 || (uintptr_t)t->codes % 4 != 0) return 0;
     for (int i = 0; i < 3; i++)
@@ -224,6 +236,66 @@ __device__ __forceinline__ void qd_rows_decode_words(const qd_qtensor &t, int64_
     }
 }
 
+/* Code c of a unit of B-bit codes held in words w (c a compile-time constant once unrolled). */
+template <int B>
+__device__ __forceinline__ unsigned qd_unit_code(const uint32_t *w, int c) {
+    const int bit = c * B, i = bit >> 5, off = bit & 31;
+    uint32_t v = w[i] >> off;
+    if (off + B > 32) v |= w[i + 1] << (32 - off);
+    return v & ((1u << B) - 1u);
+}
+
+/* qd_rows_decode's path for affine codes of B = 3, 5 or 6 bits: (row, unit) items dealt to
+ * lanes as the word path deals words, two items per lane per pass (a unit's 3 or 5 words
+ * each; more in flight would raise the kernel's register count for every format). */
+template <int B, int KPW>
+__device__ __forceinline__ void qd_rows_decode_units(const qd_qtensor &t, int64_t b, int64_t h, int64_t l0, int first,
+                                                     int n, float *dst, int pitch, int lane) {
+    using U = qd_odd_unit<B>;
+    constexpr int IPP = 2;
+    const int nunits = t.dim / U::CODES;
+    const int rows = min(KPW, (n - first + 3) / 4), items = rows * nunits;
+    const char *base = (const char *)t.codes + b * t.cs[0] + h * t.cs[1];
+    const int64_t sbase = b * t.ss[0] + h * t.ss[1], zbase = b * t.bs[0] + h * t.bs[1];
+    for (int i0 = 0; i0 < items; i0 += 32 * IPP) {
+        uint32_t w[IPP][U::WORDS];
+        float s[IPP], z[IPP];
+        int at[IPP];
+#pragma unroll
+        for (int k = 0; k < IPP; k++) { /* both items' loads first */
+            const int idx = i0 + lane + 32 * k, j = idx / nunits, u = idx - j * nunits;
+            s[k] = 1.0f;
+            z[k] = 0.0f;
+            at[k] = -1;
+#pragma unroll
+            for (int x = 0; x < U::WORDS; x++) w[k][x] = 0;
+            if (idx >= items) continue;
+            const int64_t l = l0 + first + 4 * j;
+            const int d0 = u * U::CODES, gi = d0 / t.group;
+            at[k] = (first + 4 * j) * pitch + d0;
+            const uint32_t *src = (const uint32_t *)(base + l * t.cs[2]) + u * U::WORDS;
+#pragma unroll
+            for (int x = 0; x < U::WORDS; x++) w[k][x] = src[x];
+            s[k] = qd_load_float(t.scales, t.scale_dtype, sbase + l * t.ss[2] + gi);
+            z[k] = qd_load_float(t.biases, t.scale_dtype, zbase + l * t.bs[2] + gi);
+        }
+#pragma unroll
+        for (int k = 0; k < IPP; k++) {
+            if (at[k] < 0) continue;
+            float *row = dst + at[k];
+#pragma unroll
+            for (int c = 0; c < U::CODES; c += 4) { /* qd_element's arithmetic: s * code, then + z */
+                float4 v;
+                v.x = __fadd_rn(__fmul_rn(s[k], (float)qd_unit_code<B>(w[k], c)), z[k]);
+                v.y = __fadd_rn(__fmul_rn(s[k], (float)qd_unit_code<B>(w[k], c + 1)), z[k]);
+                v.z = __fadd_rn(__fmul_rn(s[k], (float)qd_unit_code<B>(w[k], c + 2)), z[k]);
+                v.w = __fadd_rn(__fmul_rn(s[k], (float)qd_unit_code<B>(w[k], c + 3)), z[k]);
+                *(float4 *)(row + c) = v;
+            }
+        }
+    }
+}
+
 /* Rows l0 + first + 4j (j < KPW, first + 4j < n) of t -> dst + (first + 4j) * pitch,
  * [0, dim), decoded by the 32 lanes of one warp, each value as qd_element gives it.
  * On the word path (`words`: qd_word_path) a lane decodes a 32-bit word of codes with
@@ -236,7 +308,13 @@ __device__ __forceinline__ void qd_rows_decode(const qd_qtensor &t, bool words, 
     if (words) {
         switch (t.mode) {
         case QSDPA_MODE_PLAIN: qd_rows_decode_words<QSDPA_MODE_PLAIN, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
-        case QSDPA_MODE_AFFINE: qd_rows_decode_words<QSDPA_MODE_AFFINE, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+        case QSDPA_MODE_AFFINE:
+            switch (t.bits) {
+            case 3: qd_rows_decode_units<3, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+            case 5: qd_rows_decode_units<5, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+            case 6: qd_rows_decode_units<6, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+            default: qd_rows_decode_words<QSDPA_MODE_AFFINE, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
+            }
         case QSDPA_MODE_MXFP8: qd_rows_decode_words<QSDPA_MODE_MXFP8, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
         default: qd_rows_decode_words<QSDPA_MODE_MXFP4, KPW>(t, b, h, l0, first, n, dst, pitch, lane); return;
         }

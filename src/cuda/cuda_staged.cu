@@ -133,7 +133,35 @@ __global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int 
     }
 }
 
-/* Stage K or V: by words where qd_word_path allows, else value by value. */
+/* The same for affine codes of B = 3, 5 or 6 bits: a thread per unit of words (qd_odd_unit). */
+template <int B>
+__global__ void stage_units(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst) {
+    using U = qd_odd_unit<B>;
+    const int64_t b = blockIdx.z, h = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    if (l >= len) return;
+    const int nunits = t.dim / U::CODES;
+    const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + l * t.cs[2]);
+    __half2 *out = (__half2 *)(dst + ((b * heads + h) * len + l) * w);
+    for (int u = threadIdx.x; u < w / U::CODES; u += blockDim.x) {
+        __half2 *o2 = out + u * (U::CODES / 2);
+        if (u >= nunits) {
+            for (int i = 0; i < U::CODES / 2; i++) o2[i] = __float2half2_rn(0.0f);
+            continue;
+        }
+        uint32_t words[U::WORDS];
+#pragma unroll
+        for (int x = 0; x < U::WORDS; x++) words[x] = row[u * U::WORDS + x];
+        const int gi = u * U::CODES / t.group;
+        const float sc = qd_load_float(t.scales, t.scale_dtype, b * t.ss[0] + h * t.ss[1] + l * t.ss[2] + gi);
+        const float z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi);
+#pragma unroll
+        for (int i = 0; i < U::CODES / 2; i++)
+            o2[i] = __floats2half2_rn(__fadd_rn(__fmul_rn(sc, (float)qd_unit_code<B>(words, 2 * i)), z),
+                                      __fadd_rn(__fmul_rn(sc, (float)qd_unit_code<B>(words, 2 * i + 1)), z));
+    }
+}
+
+/* Stage K or V: by words (units at 3/5/6 bits) where qd_word_path allows, else value by value. */
 void stage_tensor(const qsdpa_qtensor *src, int64_t batch, int64_t heads, int64_t len, int w, __half *dst,
                   cudaStream_t stream) {
     const qd_qtensor t = qd_qtensor_make(src);
@@ -144,7 +172,12 @@ void stage_tensor(const qsdpa_qtensor *src, int64_t batch, int64_t heads, int64_
     }
     switch (t.mode) {
     case QSDPA_MODE_PLAIN: stage_words<QSDPA_MODE_PLAIN><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
-    case QSDPA_MODE_AFFINE: stage_words<QSDPA_MODE_AFFINE><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
+    case QSDPA_MODE_AFFINE:
+        if (t.bits == 3) stage_units<3><<<grid, block, 0, stream>>>(t, heads, len, w, dst);
+        else if (t.bits == 5) stage_units<5><<<grid, block, 0, stream>>>(t, heads, len, w, dst);
+        else if (t.bits == 6) stage_units<6><<<grid, block, 0, stream>>>(t, heads, len, w, dst);
+        else stage_words<QSDPA_MODE_AFFINE><<<grid, block, 0, stream>>>(t, heads, len, w, dst);
+        break;
     case QSDPA_MODE_MXFP8: stage_words<QSDPA_MODE_MXFP8><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
     default: stage_words<QSDPA_MODE_MXFP4><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break; /* MXFP4, NVFP4 */
     }
