@@ -316,16 +316,10 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
 
 } // namespace
 
-/* An integer environment knob, read once (a C++ function-local static: thread-safe). */
-static int env_int(const char *name, int unset) {
-    const char *e = getenv(name);
-    return e ? atoi(e) : unset;
-}
-
 /* QSDPA_CUDA_GENERIC_TILE=4 sends every shape with 8-key tiles to 4-key tiles, the path GPUs
  * with 99 KB blocks take at the largest head dims; anything else: no override. */
 static int qsdpa_cuda_generic_tile_override(void) {
-    static const int tile = env_int("QSDPA_CUDA_GENERIC_TILE", 0);
+    static const int tile = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_TILE", 0);
     return tile;
 }
 
@@ -334,7 +328,7 @@ static int qsdpa_cuda_generic_tile_override(void) {
  * reading fewer splits; at 64 two were 30-50% faster; at 16 even). QSDPA_CUDA_GENERIC_WAVES
  * (1-16) overrides it, a benchmark knob. */
 static int qsdpa_cuda_generic_waves(int64_t blocks) {
-    static const int forced = env_int("QSDPA_CUDA_GENERIC_WAVES", 0);
+    static const int forced = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_WAVES", 0);
     if (forced >= 1 && forced <= 16) return forced;
     return blocks < 16 ? 1 : 2;
 }
@@ -347,7 +341,7 @@ static int qsdpa_cuda_generic_waves(int64_t blocks) {
  * NaN or Inf in a skipped key's V no longer reaches the row. The fast rows skip such tiles
  * the same way. QSDPA_CUDA_GENERIC_SKIP=0 turns it off (a benchmark knob). */
 static bool qsdpa_cuda_generic_can_skip(const qsdpa_problem *pr) {
-    static const int enabled = env_int("QSDPA_CUDA_GENERIC_SKIP", 1);
+    static const int enabled = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_SKIP", 1);
     if (!enabled || !pr->causal || pr->mask_kind != QSDPA_MASK_NONE) return false;
     const int64_t first_last = pr->key_total - pr->len_q, final_last = pr->key_total - 1; /* rows 0, Lq - 1 */
     if (first_last < pr->key_offset) return false; /* row 0 sees nothing of the slice */

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "cuda/cuda_backend.h"
 
@@ -47,6 +48,13 @@ qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, co
 qsdpa_status qsdpa_cuda_check_problem(qsdpa_context *ctx, const qsdpa_problem *p, const char *function);
 /* Status of the launch just made (cudaGetLastError). */
 qsdpa_status qsdpa_cuda_launch_status(const char *function, const char *kernel);
+
+/* A numeric environment knob (the benchmark switches QSDPA_CUDA_*), `unset` when absent. Callers keep
+ * it in a function-local static (C++: initialised once, thread-safe), so it is read once. */
+static inline double qsdpa_cuda_env(const char *name, double unset) {
+    const char *e = getenv(name);
+    return e ? atof(e) : unset;
+}
 
 static inline cudaStream_t qsdpa_cuda_stream(const qsdpa_context *ctx) {
     return (cudaStream_t)ctx->options.stream;

@@ -40,11 +40,6 @@ namespace {
 
 constexpr int64_t STAGED_MIN_ROWS = 32; /* folded rows the fast rows' decode kernel takes */
 
-int64_t env_int64(const char *name, int64_t unset) {
-    const char *e = getenv(name);
-    return e ? atoll(e) : unset;
-}
-
 int staged_width(const qsdpa_problem *p) { return p->dim_k <= 64 && p->dim_v <= 64 ? 64 : 128; }
 
 /* Bytes of the stage: K and V (f16), q (its dtype, 2 bytes) and out (its dtype) where their dims are not
@@ -244,8 +239,8 @@ bool plain_but_not_f16(const qsdpa_qtensor *t) {
 } // namespace
 
 bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
-    static const int64_t enabled = env_int64("QSDPA_CUDA_STAGED", 1);
-    static const int64_t limit_mb = env_int64("QSDPA_CUDA_STAGE_LIMIT_MB", 1024);
+    static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_STAGED", 1) != 0;
+    static const double limit_mb = qsdpa_cuda_env("QSDPA_CUDA_STAGE_LIMIT_MB", 1024);
     if (!enabled) return false;
     if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
     if (p->dim_k > 128 || p->dim_v > 128) return false;
@@ -254,7 +249,7 @@ bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
     if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 7) / 8 > INT32_MAX || (p->len_k + 7) / 8 > INT32_MAX)
         return false; /* the staging kernels' grid (L / 8, H, B) */
     stage_layout lay;
-    return layout_of(p, &lay) && limit_mb >= 0 && lay.total <= (size_t)limit_mb << 20;
+    return layout_of(p, &lay) && (double)lay.total <= limit_mb * 1048576.0;
 }
 
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) {

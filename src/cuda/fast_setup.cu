@@ -42,13 +42,8 @@ static int scale_mode(const qsdpa_qtensor *t) {
 }
 
 double qsdpa_cuda_split_waves(void) {
-    static double waves = -1.0;
-    if (waves < 0.0) {
-        const char *e = getenv("QSDPA_CUDA_SPLIT_WAVES");
-        double w = e ? atof(e) : 1.0;
-        waves = w > 0.0 && w <= 64.0 ? w : 1.0;
-    }
-    return waves;
+    static const double w = qsdpa_cuda_env("QSDPA_CUDA_SPLIT_WAVES", 1.0);
+    return w > 0.0 && w <= 64.0 ? w : 1.0;
 }
 
 qsdpa_cuda_split_bounds qsdpa_cuda_split_limits(const qsdpa_context *ctx, const qsdpa_problem *pr, int ctas_per_sm,
@@ -168,11 +163,7 @@ qsdpa_problem qsdpa_cuda_query_slice(const qsdpa_problem *pr, int64_t i0, int64_
 }
 
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill) {
-    static int tile_only = -1;
-    if (tile_only < 0) {
-        const char *e = getenv("QSDPA_CUDA_TILE_DECODE");
-        tile_only = e && e[0] == '1';
-    }
+    static const bool tile_only = qsdpa_cuda_env("QSDPA_CUDA_TILE_DECODE", 0) == 1;
     /* The decode kernel takes up to 32 folded rows of a quantized cache. Past 32 rows the
      * prefill kernel wins at every context since v17's split counts (run 56, H200, Lq 16 at
      * GQA 4, 128K: 4-bit 218 vs 244 us, 8-bit 226 vs 284, mxfp4 174 vs 288; Lq 8 stays on the
