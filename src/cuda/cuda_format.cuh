@@ -245,6 +245,12 @@ __device__ __forceinline__ unsigned qd_unit_code(const uint32_t *w, int c) {
     return v & ((1u << B) - 1u);
 }
 
+/* Value c of such a unit with its group's scale s and bias z, qd_element's arithmetic: s * code, then + z. */
+template <int B>
+__device__ __forceinline__ float qd_unit_value(const uint32_t *w, int c, float s, float z) {
+    return __fadd_rn(__fmul_rn(s, (float)qd_unit_code<B>(w, c)), z);
+}
+
 /* qd_rows_decode's path for affine codes of B = 3, 5 or 6 bits: (row, unit) items dealt to
  * lanes as the word path deals words, two items per lane per pass (a unit's 3 or 5 words
  * each; more in flight would raise the kernel's register count for every format). */
@@ -284,14 +290,10 @@ __device__ __forceinline__ void qd_rows_decode_units(const qd_qtensor &t, int64_
             if (at[k] < 0) continue;
             float *row = dst + at[k];
 #pragma unroll
-            for (int c = 0; c < U::CODES; c += 4) { /* qd_element's arithmetic: s * code, then + z */
-                float4 v;
-                v.x = __fadd_rn(__fmul_rn(s[k], (float)qd_unit_code<B>(w[k], c)), z[k]);
-                v.y = __fadd_rn(__fmul_rn(s[k], (float)qd_unit_code<B>(w[k], c + 1)), z[k]);
-                v.z = __fadd_rn(__fmul_rn(s[k], (float)qd_unit_code<B>(w[k], c + 2)), z[k]);
-                v.w = __fadd_rn(__fmul_rn(s[k], (float)qd_unit_code<B>(w[k], c + 3)), z[k]);
-                *(float4 *)(row + c) = v;
-            }
+            for (int c = 0; c < U::CODES; c += 4)
+                *(float4 *)(row + c) =
+                    make_float4(qd_unit_value<B>(w[k], c, s[k], z[k]), qd_unit_value<B>(w[k], c + 1, s[k], z[k]),
+                                qd_unit_value<B>(w[k], c + 2, s[k], z[k]), qd_unit_value<B>(w[k], c + 3, s[k], z[k]));
         }
     }
 }

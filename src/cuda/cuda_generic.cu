@@ -342,11 +342,7 @@ static int qsdpa_cuda_generic_waves(int64_t blocks) {
  * the same way. QSDPA_CUDA_GENERIC_SKIP=0 turns it off (a benchmark knob). */
 static bool qsdpa_cuda_generic_can_skip(const qsdpa_problem *pr) {
     static const int enabled = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_SKIP", 1);
-    if (!enabled || !pr->causal || pr->mask_kind != QSDPA_MASK_NONE) return false;
-    const int64_t first_last = pr->key_total - pr->len_q, final_last = pr->key_total - 1; /* rows 0, Lq - 1 */
-    if (first_last < pr->key_offset) return false; /* row 0 sees nothing of the slice */
-    if (pr->window > 0 && final_last - pr->window + 1 > pr->key_offset + pr->len_k - 1) return false;
-    return true;
+    return enabled && pr->causal && pr->mask_kind == QSDPA_MASK_NONE && qsdpa_cuda_every_row_sees_a_key(pr);
 }
 
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *pr) {

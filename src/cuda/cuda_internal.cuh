@@ -56,6 +56,25 @@ static inline double qsdpa_cuda_env(const char *name, double unset) {
     return e ? atof(e) : unset;
 }
 
+/* Every query row sees at least one key of this call's slice under causal/window (true when not
+ * causal). Where one does not, the reference's fully-masked-row rule needs every key. */
+static inline bool qsdpa_cuda_every_row_sees_a_key(const qsdpa_problem *p) {
+    if (!p->causal) return true;
+    int64_t shift = p->key_total - p->len_q - p->key_offset; /* row i: last local key i + shift */
+    int64_t first_last = shift, final_last = p->len_q - 1 + shift;
+    if (first_last < 0) return false;
+    if (p->window > 0 && final_last - p->window + 1 > p->len_k - 1) return false;
+    return true;
+}
+
+/* ptr and its first n strides (in elements of esize bytes) on 16-byte boundaries. */
+static inline bool qsdpa_cuda_aligned16(const void *ptr, const int64_t *strides, int n, size_t esize) {
+    if ((uintptr_t)ptr % 16) return false;
+    for (int i = 0; i < n; i++)
+        if (((size_t)strides[i] * esize) % 16) return false;
+    return true;
+}
+
 static inline cudaStream_t qsdpa_cuda_stream(const qsdpa_context *ctx) {
     return (cudaStream_t)ctx->options.stream;
 }

@@ -151,8 +151,7 @@ __global__ void stage_units(const qd_qtensor t, int64_t heads, int64_t len, int 
         const float z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi);
 #pragma unroll
         for (int i = 0; i < U::CODES / 2; i++)
-            o2[i] = __floats2half2_rn(__fadd_rn(__fmul_rn(sc, (float)qd_unit_code<B>(words, 2 * i)), z),
-                                      __fadd_rn(__fmul_rn(sc, (float)qd_unit_code<B>(words, 2 * i + 1)), z));
+            o2[i] = __floats2half2_rn(qd_unit_value<B>(words, 2 * i, sc, z), qd_unit_value<B>(words, 2 * i + 1, sc, z));
     }
 }
 
@@ -190,13 +189,6 @@ __global__ void copy_rows(const C *src, int64_t ss0, int64_t ss1, int64_t ss2, C
     for (int c = threadIdx.x; c < n_dst; c += blockDim.x) d[c] = c < n_copy ? s[c] : C{}; /* 0 bits: +0 */
 }
 
-bool aligned16(const void *p, const int64_t *strides, size_t esize) {
-    if ((uintptr_t)p % 16) return false;
-    for (int i = 0; i < 3; i++)
-        if ((size_t)strides[i] * esize % 16) return false;
-    return true;
-}
-
 template <class C>
 void launch_copy(const void *src, const int64_t *ss, void *dst, const int64_t *ds, size_t esize, int64_t batch,
                  int64_t heads, int64_t len, int n_copy, int n_dst, cudaStream_t stream) {
@@ -211,7 +203,8 @@ void launch_copy(const void *src, const int64_t *ss, void *dst, const int64_t *d
  * 100 us of a 567 us D 96 prefill), else elements. */
 void copy_rows_any(const void *src, const int64_t *ss, void *dst, const int64_t *ds, size_t esize, int64_t batch,
                    int64_t heads, int64_t len, int n_copy, int n_dst, cudaStream_t stream) {
-    if (aligned16(src, ss, esize) && aligned16(dst, ds, esize) && n_copy * esize % 16 == 0 && n_dst * esize % 16 == 0)
+    if (qsdpa_cuda_aligned16(src, ss, 3, esize) && qsdpa_cuda_aligned16(dst, ds, 3, esize) &&
+        n_copy * esize % 16 == 0 && n_dst * esize % 16 == 0)
         launch_copy<uint4>(src, ss, dst, ds, esize, batch, heads, len, n_copy, n_dst, stream);
     else if (esize == 2)
         launch_copy<uint16_t>(src, ss, dst, ds, esize, batch, heads, len, n_copy, n_dst, stream);

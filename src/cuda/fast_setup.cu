@@ -6,24 +6,6 @@
 
 #include "cuda/fast_kernel.cuh"
 
-/* Every row must see at least one key under causal/window (else the
- * reference's all-masked semantics apply: generic kernel). */
-static bool every_row_sees_a_key(const qsdpa_problem *p) {
-    if (!p->causal) return true;
-    int64_t shift = p->key_total - p->len_q - p->key_offset; /* row i: last local key i + shift */
-    int64_t first_last = shift, final_last = p->len_q - 1 + shift;
-    if (first_last < 0) return false;
-    if (p->window > 0 && final_last - p->window + 1 > p->len_k - 1) return false;
-    return true;
-}
-
-static bool aligned16(const void *ptr, const int64_t *strides, int n, size_t esize) {
-    if ((uintptr_t)ptr % 16) return false;
-    for (int i = 0; i < n; i++)
-        if (((size_t)strides[i] * esize) % 16) return false;
-    return true;
-}
-
 /* Scales of a tile: one 16-byte-aligned block (1), 4-byte rows (0), or neither (-1). */
 static int scale_mode(const qsdpa_qtensor *t) {
     if (t->format.mode == QSDPA_MODE_PLAIN) return 1;
@@ -33,7 +15,7 @@ static int scale_mode(const qsdpa_qtensor *t) {
     const qsdpa_tensor *ts[2] = {&t->scales, &t->biases};
     for (int i = 0; i < 2; i++) {
         if (!ts[i]->data) continue;
-        if (ts[i]->stride[2] != g || !aligned16(ts[i]->data, ts[i]->stride, 2, es)) vec = false;
+        if (ts[i]->stride[2] != g || !qsdpa_cuda_aligned16(ts[i]->data, ts[i]->stride, 2, es)) vec = false;
         if ((uintptr_t)ts[i]->data % 4 || ((size_t)ts[i]->stride[0] * es) % 4 || ((size_t)ts[i]->stride[1] * es) % 4 ||
             ((size_t)ts[i]->stride[2] * es) % 4)
             rows4 = false;
@@ -64,12 +46,13 @@ bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr) {
     int ks = scale_mode(&pr->k), vs = scale_mode(&pr->v);
     bool plain_ok = (pr->k.format.mode != QSDPA_MODE_PLAIN || pr->k.format.plain_dtype == QSDPA_DTYPE_F16) &&
                     (pr->v.format.mode != QSDPA_MODE_PLAIN || pr->v.format.plain_dtype == QSDPA_DTYPE_F16);
-    bool codes_ok = aligned16(pr->k.codes.data, pr->k.codes.stride, 3, qsdpa_dtype_size(pr->k.codes.dtype)) &&
-                    aligned16(pr->v.codes.data, pr->v.codes.stride, 3, qsdpa_dtype_size(pr->v.codes.dtype));
+    bool codes_ok =
+        qsdpa_cuda_aligned16(pr->k.codes.data, pr->k.codes.stride, 3, qsdpa_dtype_size(pr->k.codes.dtype)) &&
+        qsdpa_cuda_aligned16(pr->v.codes.data, pr->v.codes.stride, 3, qsdpa_dtype_size(pr->v.codes.dtype));
     /* key indices are 32-bit in the kernels, rounded up to whole 64-key tiles (kend + 63):
      * longer contexts take the generic kernel */
     const int64_t key_limit = 0x7fffffff - 64;
-    return ks < 0 || vs < 0 || ks != vs || !plain_ok || !codes_ok || !every_row_sees_a_key(pr) ||
+    return ks < 0 || vs < 0 || ks != vs || !plain_ok || !codes_ok || !qsdpa_cuda_every_row_sees_a_key(pr) ||
            (pr->lse && pr->mask_kind == QSDPA_MASK_BOOL) || pr->batch * pr->heads_kv > 65535 ||
            pr->len_k > key_limit || pr->key_total > key_limit;
 }
@@ -148,7 +131,6 @@ static bool decode_layout_ok(const qsdpa_qtensor *t) {
     if (t->biases.data && t->biases.stride[2] * 4 >= limit) return false;
     return true;
 }
-
 
 qsdpa_problem qsdpa_cuda_query_slice(const qsdpa_problem *pr, int64_t i0, int64_t n) {
     qsdpa_problem s = *pr;
