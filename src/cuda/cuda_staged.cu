@@ -2,13 +2,19 @@
  * that have no tensor-core row.
  *
  * It takes problems with more than 32 folded rows (ratio * Lq, where the fast rows
- * also leave their decode kernel), f16 or bf16 q, and Dk, Dv <= 128: head dims 96 or
- * 80, Dk != Dv, and formats without a fast row (affine 2/3/5/6 bits, ...). K and V are
- * dequantized once per call into f16 rows padded with zeros to W = 64 or 128 dims, q
- * is padded likewise, and the f16 tensor-core row of width W attends. The first Dv
- * dims of its output are then copied out. Zero dims add nothing to q.k, and V's pad
- * dims only make output dims that are dropped, so the result is the f16 row's on the
- * logical problem, at the tensor-core rows' precision (kernels_cuda.def).
+ * also leave their decode kernel), f16 or bf16 q, and Dk <= 256: head dims 96, 80,
+ * 192 or 256, Dk != Dv, and formats without a fast row (affine 2/3/5/6 bits, ...);
+ * the fast rows at D 256, whose long queries would otherwise run their decode kernel
+ * slice by slice, send them here too. K and V are dequantized once per call into f16
+ * rows padded with zeros, q is padded likewise, and an f16 prefill kernel attends:
+ * one of the table's f16 rows (K and V width 64 or 128) or a stage row (K width 256,
+ * V 128 columns per pass; kernels_cuda.def), whichever does the least work. V wider
+ * than the kernel's V columns runs in passes, each a view of the next columns of the
+ * staged V and out (each pass recomputes the scores: 1.5x the ideal work at D 256,
+ * where one pass's O of 256 columns does not fit the kernel's registers). The first
+ * Dv dims of the output are kept. Zero dims add nothing to q.k, and V's pad dims only
+ * make output dims that are dropped, so the result is the f16 kernel's on the logical
+ * problem.
  *
  * Precision is therefore the tensor-core rows' (kernels_cuda.def), not the generic
  * kernel's f32: dequantized K/V beyond f16's range (|x| > 65504, e.g. affine with huge
@@ -22,28 +28,69 @@
  * large as the f16 cache is what a quantized cache exists to avoid. (Decode with a GQA
  * ratio above 32 has more rows than that, and is staged.)
  *
- * Left to the generic kernel: f32 q (SPEC §4's 2e-5 needs f32 products), f32 or bf16
- * plain rows (the fast rows hand those to it too), staging above
+ * Left to the generic kernel: f32 q (SPEC §4's 2e-5 needs f32 products), Dk above 256,
+ * f32 or bf16 plain rows (the fast rows hand those to it too), staging above
  * QSDPA_CUDA_STAGE_LIMIT_MB (default 1024 MiB of need; the buffer grows to 1.25x what
  * it needs), a stage buffer that cannot be allocated, and QSDPA_CUDA_STAGED=0 (the
- * coverage test's switch). The f16 row's own hand-offs (rows that see no key, partial
+ * coverage test's switch). The f16 kernel's own hand-offs (rows that see no key, partial
  * mode with a bool mask) run the generic kernel on the staged copy: correct, and
  * slower than skipping the copy would be. */
 #include <stdlib.h>
 
 #include "cuda/cuda_format.cuh"
 
-extern "C" qsdpa_status qsdpa_cuda_mma_f16_d64(qsdpa_context *ctx, const qsdpa_problem *p);
-extern "C" qsdpa_status qsdpa_cuda_mma_f16_d128(qsdpa_context *ctx, const qsdpa_problem *p);
+/* The f16 kernels a stage can feed, from the kernel table: its f16 rows (K and V width D) and
+ * its stage rows (K width DK, V DV columns per pass). */
+#define ANY QSDPA_ANY
+#define QSDPA_KERNEL(...)
+#define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn)                                          \
+    extern "C" qsdpa_status fn(qsdpa_context *ctx, const qsdpa_problem *p);
+#define QSDPA_CUDA_STAGE_ROWS(unit, DK, DV, fn) extern "C" qsdpa_status fn(qsdpa_context *ctx, const qsdpa_problem *p);
+#include "cuda/kernels_cuda.def"
 
 namespace {
 
+struct f16_kernel {
+    bool f16;   /* K and V f16 rows (the other table rows are quantized) */
+    int wk, wv; /* K width, V columns per pass */
+    qsdpa_status (*run)(qsdpa_context *ctx, const qsdpa_problem *p);
+};
+#define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn)                                          \
+    {km == QSDPA_MODE_PLAIN && kb == 16 && vm == QSDPA_MODE_PLAIN && vb == 16, D, D, fn},
+#define QSDPA_CUDA_STAGE_ROWS(unit, DK, DV, fn) {true, DK, DV, fn},
+const f16_kernel f16_kernels[] = {
+#include "cuda/kernels_cuda.def"
+};
+#undef QSDPA_KERNEL
+#undef ANY
+
 constexpr int64_t STAGED_MIN_ROWS = 32; /* folded rows the fast rows' decode kernel takes */
 
-int staged_width(const qsdpa_problem *p) { return p->dim_k <= 64 && p->dim_v <= 64 ? 64 : 128; }
+/* The f16 kernel for p and its V passes: K width >= Dk, the least work (passes x (K width +
+ * V columns)), then the fewest passes. */
+struct stage_plan {
+    const f16_kernel *kernel;
+    int passes;
+    int wk, wvt; /* staged K width, staged V width (passes x V columns) */
+};
+
+bool plan_of(const qsdpa_problem *p, stage_plan *plan) {
+    plan->kernel = nullptr;
+    int64_t best = 0;
+    for (const f16_kernel &k : f16_kernels) {
+        if (!k.f16 || k.wk < p->dim_k) continue;
+        const int passes = (int)((p->dim_v + k.wv - 1) / k.wv);
+        const int64_t work = (int64_t)passes * (k.wk + k.wv);
+        if (!plan->kernel || work < best || (work == best && passes < plan->passes)) {
+            *plan = {&k, passes, k.wk, passes * k.wv};
+            best = work;
+        }
+    }
+    return plan->kernel != nullptr;
+}
 
 /* Bytes of the stage: K and V (f16), q (its dtype, 2 bytes) and out (its dtype) where their dims are not
- * the width, each 256-aligned. */
+ * the staged widths, each 256-aligned. */
 struct stage_layout {
     size_t k, v, q, out, total;
 };
@@ -57,21 +104,19 @@ bool rows_bytes(size_t n, int w, size_t esize, size_t *out) {
     return true;
 }
 
-bool layout_of(const qsdpa_problem *p, stage_layout *s) {
-    const int w = staged_width(p);
+bool layout_of(const qsdpa_problem *p, const stage_plan &plan, stage_layout *s) {
     size_t kv_rows, q_rows;
     if (!qsdpa_mul_size((size_t)p->batch, (size_t)p->heads_kv, &kv_rows) ||
         !qsdpa_mul_size(kv_rows, (size_t)p->len_k, &kv_rows) ||
         !qsdpa_mul_size((size_t)p->batch, (size_t)p->heads_q, &q_rows) ||
         !qsdpa_mul_size(q_rows, (size_t)p->len_q, &q_rows))
         return false;
-    s->q = s->out = 0; /* q and out of the width are used in place */
-    if (!rows_bytes(kv_rows, w, 2, &s->k) ||
-        (p->dim_k != w && !rows_bytes(q_rows, w, 2, &s->q)) ||
-        (p->dim_v != w && !rows_bytes(q_rows, w, qsdpa_dtype_size(p->out_dtype), &s->out)))
+    s->q = s->out = 0; /* q and out of the staged widths are used in place */
+    if (!rows_bytes(kv_rows, plan.wk, 2, &s->k) || !rows_bytes(kv_rows, plan.wvt, 2, &s->v) ||
+        (p->dim_k != plan.wk && !rows_bytes(q_rows, plan.wk, 2, &s->q)) ||
+        (p->dim_v != plan.wvt && !rows_bytes(q_rows, plan.wvt, qsdpa_dtype_size(p->out_dtype), &s->out)))
         return false;
-    s->v = s->k;
-    if (s->k > SIZE_MAX / 4) return false;
+    if (s->k > SIZE_MAX / 4 || s->v > SIZE_MAX / 4) return false;
     s->total = s->k + s->v;
     if (s->q > SIZE_MAX - s->total) return false;
     s->total += s->q;
@@ -236,13 +281,13 @@ bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
     static const double limit_mb = qsdpa_cuda_env("QSDPA_CUDA_STAGE_LIMIT_MB", 1024);
     if (!enabled) return false;
     if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
-    if (p->dim_k > 128 || p->dim_v > 128) return false;
     if (plain_but_not_f16(&p->k) || plain_but_not_f16(&p->v)) return false;
     if (p->group_ratio * p->len_q <= STAGED_MIN_ROWS) return false;
     if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 7) / 8 > INT32_MAX || (p->len_k + 7) / 8 > INT32_MAX)
         return false; /* the staging kernels' grid (L / 8, H, B) */
+    stage_plan plan;
     stage_layout lay;
-    return layout_of(p, &lay) && (double)lay.total <= limit_mb * 1048576.0;
+    return plan_of(p, &plan) && layout_of(p, plan, &lay) && (double)lay.total <= limit_mb * 1048576.0;
 }
 
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
@@ -250,43 +295,53 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) 
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
     if (st != QSDPA_OK) return st;
+    stage_plan plan; /* qsdpa_cuda_staged_takes checked both */
     stage_layout lay;
-    layout_of(pr, &lay); /* qsdpa_cuda_staged_takes checked it */
+    plan_of(pr, &plan);
+    layout_of(pr, plan, &lay);
     void *base;
     if (qsdpa_cuda_stage(ctx, lay.total, &base) != QSDPA_OK) { /* no room for the stage: the generic kernel */
         qsdpa_clear_error();
         return qsdpa_cuda_generic_run(ctx, pr);
     }
     char *k_s = (char *)base, *v_s = k_s + lay.k, *q_s = v_s + lay.v, *o_s = q_s + lay.q;
-    const int w = staged_width(pr);
+    const int wk = plan.wk, wv = plan.kernel->wv, wvt = plan.wvt;
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
 
-    /* q and out are staged only where their head dims are not already the width */
-    const bool q_staged = pr->dim_k != w, out_staged = pr->dim_v != w;
-    const int64_t rows_stride[4] = {pr->heads_q * pr->len_q * w, pr->len_q * w, w, 1};
-    stage_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, w, (__half *)k_s, stream);
-    stage_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, w, (__half *)v_s, stream);
+    /* q and out are staged only where their head dims are not already the staged widths */
+    const bool q_staged = pr->dim_k != wk, out_staged = pr->dim_v != wvt;
+    const int64_t q_rows_stride[4] = {pr->heads_q * pr->len_q * wk, pr->len_q * wk, wk, 1};
+    const int64_t o_rows_stride[4] = {pr->heads_q * pr->len_q * wvt, pr->len_q * wvt, wvt, 1};
+    stage_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, wk, (__half *)k_s, stream);
+    stage_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, wvt, (__half *)v_s, stream);
     if (q_staged)
-        copy_rows_any(pr->q, pr->q_stride, q_s, rows_stride, 2, pr->batch, pr->heads_q, pr->len_q, (int)pr->dim_k, w,
-                      stream);
+        copy_rows_any(pr->q, pr->q_stride, q_s, q_rows_stride, 2, pr->batch, pr->heads_q, pr->len_q, (int)pr->dim_k,
+                      wk, stream);
     if ((st = qsdpa_cuda_launch_status(fn, "staging K, V and q")) != QSDPA_OK) return st;
 
     qsdpa_problem sp = *pr;
-    sp.dim_k = sp.dim_v = w;
-    sp.k = plain_f16(k_s, pr->batch, pr->heads_kv, pr->len_k, w);
-    sp.v = plain_f16(v_s, pr->batch, pr->heads_kv, pr->len_k, w);
+    sp.dim_k = wk;
+    sp.dim_v = wv;
+    sp.k = plain_f16(k_s, pr->batch, pr->heads_kv, pr->len_k, wk);
     if (q_staged) {
         sp.q = q_s;
-        for (int d = 0; d < 4; d++) sp.q_stride[d] = rows_stride[d];
+        for (int d = 0; d < 4; d++) sp.q_stride[d] = q_rows_stride[d];
     }
-    if (out_staged) {
-        sp.out = o_s;
-        for (int d = 0; d < 4; d++) sp.out_stride[d] = rows_stride[d];
+    char *out = (char *)(out_staged ? o_s : pr->out);
+    if (out_staged)
+        for (int d = 0; d < 4; d++) sp.out_stride[d] = o_rows_stride[d];
+    const size_t out_esize = qsdpa_dtype_size(pr->out_dtype);
+    /* pass j: V columns [j wv, (j + 1) wv) of the staged V rows (wvt apart) into the same output columns */
+    for (int j = 0; j < plan.passes; j++) {
+        sp.v = plain_f16(v_s + (size_t)j * wv * 2, pr->batch, pr->heads_kv, pr->len_k, wv);
+        const int64_t v_stride[4] = {pr->heads_kv * pr->len_k * wvt, pr->len_k * wvt, wvt, 1};
+        for (int d = 0; d < 4; d++) sp.v.codes.stride[d] = v_stride[d];
+        sp.out = out + (size_t)j * wv * out_esize;
+        if ((st = plan.kernel->run(ctx, &sp)) != QSDPA_OK) return st;
     }
-    st = w == 64 ? qsdpa_cuda_mma_f16_d64(ctx, &sp) : qsdpa_cuda_mma_f16_d128(ctx, &sp);
-    if (st != QSDPA_OK || !out_staged) return st;
+    if (!out_staged) return QSDPA_OK;
 
-    copy_rows_any(o_s, rows_stride, pr->out, pr->out_stride, qsdpa_dtype_size(pr->out_dtype), pr->batch, pr->heads_q,
-                  pr->len_q, (int)pr->dim_v, (int)pr->dim_v, stream);
+    copy_rows_any(o_s, o_rows_stride, pr->out, pr->out_stride, out_esize, pr->batch, pr->heads_q, pr->len_q,
+                  (int)pr->dim_v, (int)pr->dim_v, stream);
     return qsdpa_cuda_launch_status(fn, "copying the staged output");
 }

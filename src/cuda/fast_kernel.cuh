@@ -501,6 +501,12 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
          * once per slice of 8 / ratio query positions (v29: each slice reads the cache again, as each
          * of the generic kernel's 8-row blocks does, at the decode kernel's speed); a ratio above 8
          * puts more than 8 rows in one position, which the generic kernel takes. */
+        /* Long queries go to the staged path's f16 prefill (K width 256, V in two passes). Per call
+         * it writes and reads an f16 copy of the cache, against one quantized read per slice of 8
+         * rows: at 64 rows (8 slices) staging took 333 us at 32K against 249 sliced, 116 against 128
+         * at 8K; at 256 rows 470 against 1000, at a 4K prefill 1.17 ms against 26.7 (run 98, H200) */
+        if (pr->group_ratio * pr->len_q > 2 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(pr))
+            return qsdpa_cuda_staged_run(ctx, pr);
         const int64_t per = 8 / pr->group_ratio;
         if (per < 1) return qsdpa_cuda_generic_run(ctx, pr);
         if (pr->len_q <= per)

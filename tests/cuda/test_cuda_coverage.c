@@ -222,8 +222,9 @@ int main(void) {
                      (long long)c.dk, (long long)c.dv, (long long)c.hq, (long long)c.hkv, (long long)c.lq);
             cuda_case_run(&rng, &c, label);
         }
-        /* the staged path (more than 32 folded rows, f16/bf16 q, Dk, Dv <= 128; cuda_staged.cu): head dims
-         * without a fast row at both staged widths (64, 128), Dk != Dv (q or out of the width used in place),
+        /* the staged path (more than 32 folded rows, f16/bf16 q, Dk <= 256; cuda_staged.cu): head dims
+         * without a fast row at every staged K width (64, 128, 256), V in passes, Dk != Dv (q or out of the
+         * widths used in place),
          * formats without a fast row, masks, partial slices, a strided cache view; QSDPA_CUDA_STAGED=0 runs
          * them on the generic kernel */
         const struct { const char *kf, *vf; int64_t dk, dv, lq; qsdpa_dtype q; int mask, causal, partial; } staged[] = {
@@ -236,8 +237,15 @@ int main(void) {
             {"f16", "f16", 36, 20, 45, QSDPA_DTYPE_BF16, 0, 1, 0}, /* q and out rows not whole 16-byte chunks */
             {"mxfp8", "affine:4:64", 96, 128, 40, QSDPA_DTYPE_F16, 1, 0, 1}, /* q staged, out in place; partial +
                                                                                 bool mask: the f16 row's hand-off */
+            /* the K-width-256 stage row: two V passes into out in place; Dk 192 / Dv 128 (MLA-like),
+             * q staged, one pass; out staged across two passes */
+            {"mxfp4", "mxfp4", 256, 256, 40, QSDPA_DTYPE_F16, 0, 1, 0},
+            {"affine:3:64", "affine:5:32", 192, 128, 36, QSDPA_DTYPE_BF16, 2, 0, 1},
+            {"f16", "f16", 160, 200, 40, QSDPA_DTYPE_F16, 1, 0, 0},
+            {"affine:4:32", "nvfp4", 64, 320, 40, QSDPA_DTYPE_BF16, 0, 0, 0}, /* five V passes of the d64 row */
         };
-        for (int m = 0; m < (quick ? 1 : 8); m++) {
+        const int n_staged = (int)(sizeof staged / sizeof staged[0]);
+        for (int m = 0; m < (quick ? 1 : n_staged); m++) {
             c = cuda_case_default();
             c.kernel = info.name;
             c.kf = fmt(staged[m].kf);
