@@ -83,6 +83,10 @@ static inline cudaStream_t qsdpa_cuda_stream(const qsdpa_context *ctx) {
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *p);
 /* The staged path (cuda_staged.cu): whether it takes a problem of the cuda.generic row, and its run. */
 bool qsdpa_cuda_staged_takes(const qsdpa_problem *p);
+/* Whether a fast row's long query over a quantized cache is staged onto the f16 row rather
+ * than run on its own prefill kernel (QSDPA_CUDA_STAGE_PREFILL_ROWS: the folded rows from
+ * which it is; 0 never). */
+bool qsdpa_cuda_staged_prefill(const qsdpa_problem *p);
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p);
 
 /* ---- device helpers ----------------------------------------------------- */

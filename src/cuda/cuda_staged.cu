@@ -290,6 +290,11 @@ bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
     return plan_of(p, &plan) && layout_of(p, plan, &lay) && (double)lay.total <= limit_mb * 1048576.0;
 }
 
+bool qsdpa_cuda_staged_prefill(const qsdpa_problem *p) {
+    static const double min_rows = qsdpa_cuda_env("QSDPA_CUDA_STAGE_PREFILL_ROWS", 0);
+    return min_rows > 0 && (double)(p->group_ratio * p->len_q) >= min_rows && qsdpa_cuda_staged_takes(p);
+}
+
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->function;
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);

@@ -531,6 +531,8 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
             return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                     : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
+        if constexpr (FK::mode != QSDPA_MODE_PLAIN)
+            if (qsdpa_cuda_staged_prefill(pr)) return qsdpa_cuda_staged_run(ctx, pr);
         return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(ctx, pr, fn);
     }
 }
