@@ -107,6 +107,9 @@ if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ] && [ -x "$B/tests/test_cuda_coverage" ]; 
   # the generic kernel itself on the long queries the staged path takes by default
   QSDPA_CUDA_STAGED=0 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
   echo "test_cuda_coverage (generic, staging off) rc=$?" | tee -a "$OUT/tests.log"
+  # every D 128 fast row's long queries staged onto the f16 row (by default only from 2048 folded rows)
+  QSDPA_CUDA_STAGE_PREFILL_ROWS=1 QSDPA_CUDA_ONLY=.d128. timeout 150 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (d128 rows, long queries staged) rc=$?" | tee -a "$OUT/tests.log"
 fi
 [ "$MODE" != quick ] && [ -z "${QSDPA_GPU_SKIP_MULTI:-}" ] && [ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
 grep -c FAIL "$OUT/tests.log" | sed 's/^/FAIL lines: /'

@@ -81,13 +81,15 @@ static inline cudaStream_t qsdpa_cuda_stream(const qsdpa_context *ctx) {
 
 /* The generic kernel: every format, D <= 1024, dtype, mask, partial mode. */
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *p);
-/* The staged path (cuda_staged.cu): whether it takes a problem of the cuda.generic row, and its run. */
+/* The staged path (cuda_staged.cu): whether it takes a problem of the cuda.generic row (or a D 256
+ * row's long query), whether a fast row's long query over a quantized cache goes there rather than
+ * to its own prefill kernel (QSDPA_CUDA_STAGE_PREFILL_ROWS: from how many folded rows, 0 never;
+ * QSDPA_CUDA_STAGE_PREFILL_MB: its cap), and its run, which calls `fallback` where the stage buffer
+ * cannot be allocated. */
+typedef qsdpa_status (*qsdpa_cuda_run_fn)(qsdpa_context *ctx, const qsdpa_problem *p);
 bool qsdpa_cuda_staged_takes(const qsdpa_problem *p);
-/* Whether a fast row's long query over a quantized cache is staged onto the f16 row rather
- * than run on its own prefill kernel (QSDPA_CUDA_STAGE_PREFILL_ROWS: the folded rows from
- * which it is; 0 never). */
 bool qsdpa_cuda_staged_prefill(const qsdpa_problem *p);
-qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn fallback);
 
 /* ---- device helpers ----------------------------------------------------- */
 #ifdef __CUDACC__

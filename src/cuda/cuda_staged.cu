@@ -274,11 +274,10 @@ bool plain_but_not_f16(const qsdpa_qtensor *t) {
     return t->format.mode == QSDPA_MODE_PLAIN && t->format.plain_dtype != QSDPA_DTYPE_F16;
 }
 
-} // namespace
-
-bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
+/* The stage's bytes for p, false where the staged path cannot take p at all (q dtype, plain rows
+ * other than f16, too few rows, the staging kernels' grid, no f16 kernel wide enough, overflow). */
+bool stage_need(const qsdpa_problem *p, double *bytes) {
     static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_STAGED", 1) != 0;
-    static const double limit_mb = qsdpa_cuda_env("QSDPA_CUDA_STAGE_LIMIT_MB", 1024);
     if (!enabled) return false;
     if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
     if (plain_but_not_f16(&p->k) || plain_but_not_f16(&p->v)) return false;
@@ -287,27 +286,50 @@ bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
         return false; /* the staging kernels' grid (L / 8, H, B) */
     stage_plan plan;
     stage_layout lay;
-    return plan_of(p, &plan) && layout_of(p, plan, &lay) && (double)lay.total <= limit_mb * 1048576.0;
+    if (!plan_of(p, &plan) || !layout_of(p, plan, &lay)) return false;
+    *bytes = (double)lay.total;
+    return true;
 }
 
+/* The stage's cap (QSDPA_CUDA_STAGE_LIMIT_MB, 1024 MiB of need) */
+double stage_limit_bytes() {
+    static const double limit_mb = qsdpa_cuda_env("QSDPA_CUDA_STAGE_LIMIT_MB", 1024);
+    return limit_mb * 1048576.0;
+}
+
+} // namespace
+
+bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
+    double bytes;
+    return stage_need(p, &bytes) && bytes <= stage_limit_bytes();
+}
+
+/* Run 100 (H200, D 128, GQA 4): staged onto the f16 row, a 4K causal prefill took 465 us against the
+ * prefill kernel's 550 (4-bit; 462-470 against 502-566 for every format, f16 rows 439), Lq 1024 over 32K
+ * 1.53 ms against 1.82, Lq 512 over 32K 944 against 997; at 1024 folded rows (Lq 256 over 8K) staging
+ * lost, 186 against 164. Both costs grow with Lk, so the rule is on rows. The stage is a speed choice
+ * here, not a necessity, so it has its own, lower cap: 256 MiB (a 16K prefill at B 1 stages 64 MiB). */
 bool qsdpa_cuda_staged_prefill(const qsdpa_problem *p) {
-    static const double min_rows = qsdpa_cuda_env("QSDPA_CUDA_STAGE_PREFILL_ROWS", 0);
-    return min_rows > 0 && (double)(p->group_ratio * p->len_q) >= min_rows && qsdpa_cuda_staged_takes(p);
+    static const double min_rows = qsdpa_cuda_env("QSDPA_CUDA_STAGE_PREFILL_ROWS", 2048);
+    static const double limit_mb = qsdpa_cuda_env("QSDPA_CUDA_STAGE_PREFILL_MB", 256);
+    double bytes;
+    return min_rows > 0 && (double)(p->group_ratio * p->len_q) >= min_rows && stage_need(p, &bytes) &&
+           bytes <= limit_mb * 1048576.0 && bytes <= stage_limit_bytes();
 }
 
-qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
+qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn fallback) {
     const char *fn = pr->function;
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
     if (st != QSDPA_OK) return st;
-    stage_plan plan; /* qsdpa_cuda_staged_takes checked both */
+    stage_plan plan; /* stage_need checked both */
     stage_layout lay;
     plan_of(pr, &plan);
     layout_of(pr, plan, &lay);
     void *base;
-    if (qsdpa_cuda_stage(ctx, lay.total, &base) != QSDPA_OK) { /* no room for the stage: the generic kernel */
+    if (qsdpa_cuda_stage(ctx, lay.total, &base) != QSDPA_OK) { /* no room for the stage: the caller's kernel */
         qsdpa_clear_error();
-        return qsdpa_cuda_generic_run(ctx, pr);
+        return fallback(ctx, pr);
     }
     char *k_s = (char *)base, *v_s = k_s + lay.k, *q_s = v_s + lay.v, *o_s = q_s + lay.q;
     const int wk = plan.wk, wv = plan.kernel->wv, wvt = plan.wvt;

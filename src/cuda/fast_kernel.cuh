@@ -506,7 +506,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
          * rows: at 64 rows (8 slices) staging took 333 us at 32K against 249 sliced, 116 against 128
          * at 8K; at 256 rows 470 against 1000, at a 4K prefill 1.17 ms against 26.7 (run 98, H200) */
         if (pr->group_ratio * pr->len_q > 2 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(pr))
-            return qsdpa_cuda_staged_run(ctx, pr);
+            return qsdpa_cuda_staged_run(ctx, pr, qsdpa_cuda_generic_run);
         const int64_t per = 8 / pr->group_ratio;
         if (per < 1) return qsdpa_cuda_generic_run(ctx, pr);
         if (pr->len_q <= per)
@@ -531,8 +531,14 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
             return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                     : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
+        /* Long enough queries over a quantized cache: dequantized once into f16 for the f16 row, which
+         * beats dequantizing each tile per 128-row block from 2048 folded rows on (cuda_staged.cu) */
         if constexpr (FK::mode != QSDPA_MODE_PLAIN)
-            if (qsdpa_cuda_staged_prefill(pr)) return qsdpa_cuda_staged_run(ctx, pr);
+            if (qsdpa_cuda_staged_prefill(pr))
+                return qsdpa_cuda_staged_run(ctx, pr, [](qsdpa_context *c, const qsdpa_problem *q) {
+                    return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(c, q, q->lse ? "qsdpa_attention_partial"
+                                                                              : "qsdpa_attention");
+                });
         return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(ctx, pr, fn);
     }
 }

@@ -280,6 +280,12 @@ int main(void) {
     c = cuda_case_default();
     c.kf = c.vf = fmt("bf16");
     cuda_case_run(&rng, &c, "auto f16 q over bf16 plain rows");
+    /* a fast row's long query (2048 folded rows and more) staged onto the f16 row (cuda_staged.cu);
+     * gpu.sh also runs every fast row's prefill shapes staged (QSDPA_CUDA_STAGE_PREFILL_ROWS=1) */
+    c = cuda_case_default();
+    c.kf = fmt("affine:8:64"); /* the K8V4 row */
+    c.hq = 8; c.hkv = 2; c.lq = 520; c.lk = 600; c.causal = 1; c.sinks = 1;
+    cuda_case_run(&rng, &c, "auto K8V4 Lq520 GQA4 (2080 rows) causal: staged prefill");
     /* MLX's masked-row rules: every key -inf gives a NaN row (partial: NaN, lse -inf); a -inf sink is no column */
     const qsdpa_dtype qdts[2] = {QSDPA_DTYPE_F16, QSDPA_DTYPE_F32};
     for (int t = 0; t < 2; t++)
