@@ -79,8 +79,9 @@ typedef struct qsdpa_problem {
     int64_t out_stride[4];
     float *lse;         /* partial mode only: [B,Hq,Lq] natural-log sum-exp, else NULL */
     int64_t lse_stride[3];
-    /* CUDA: the problem this one was cut from (a query slice) had its pointers checked on the device,
-     * so qsdpa_cuda_check_problem skips them (interior pointers would only thrash its cache) */
+    /* CUDA: a problem the library made from a checked one (the staged path's problem over its own
+     * stage buffer), so qsdpa_cuda_check_problem skips its pointers (interior pointers of the
+     * stage would only thrash its cache) */
     bool device_checked;
 } qsdpa_problem;
 

@@ -347,6 +347,7 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     if ((st = qsdpa_cuda_launch_status(fn, "staging K, V and q")) != QSDPA_OK) return st;
 
     qsdpa_problem sp = *pr;
+    sp.device_checked = true; /* pr's pointers were checked above; the rest are the stage's */
     sp.dim_k = wk;
     sp.dim_v = wv;
     sp.k = plain_f16(k_s, pr->batch, pr->heads_kv, pr->len_k, wk);

@@ -301,12 +301,12 @@ qsdpa_cuda_split_bounds qsdpa_cuda_split_limits(const qsdpa_context *ctx, const 
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable sends every Lq to the prefill kernel, so the device script can time both. */
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
-/* Query positions [i0, i0 + n) of pr as a problem of their own (q, out, lse and mask advanced; key_total
- * moved so causal and window keep their bottom-right alignment). */
-qsdpa_problem qsdpa_cuda_query_slice(const qsdpa_problem *pr, int64_t i0, int64_t n);
+/* Whether the decode kernel takes pr's K/V layouts at any row count (scale dtypes and blocks, strides;
+ * QSDPA_CUDA_TILE_DECODE=1 says no): qsdpa_cuda_use_decode_kernel without its row limit. */
+bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr);
 /* Whether the fast kernels hand pr to the generic kernel whatever its row count (layouts, plain
  * rows that are not f16, rows that see no key, partial mode with a bool mask, sizes past the
- * kernels' 32-bit indices). A query slice hands off exactly when its whole problem does. */
+ * kernels' 32-bit indices). */
 bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr);
 
 /* What the launcher reads once per kernel (and per device): blocks per SM at its
@@ -497,36 +497,16 @@ template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     if constexpr (DK > 128 || DV > 128) {
-        /* Past D 128 only the 8-row decode kernel exists (kernels_cuda.def). More folded rows run it
-         * once per slice of 8 / ratio query positions (v29: each slice reads the cache again, as each
-         * of the generic kernel's 8-row blocks does, at the decode kernel's speed); a ratio above 8
-         * puts more than 8 rows in one position, which the generic kernel takes. */
-        /* Long queries go to the staged path's f16 prefill (K width 256, V in two passes). Per call
-         * it writes and reads an f16 copy of the cache, against one quantized read per slice of 8
-         * rows: at 64 rows (8 slices) staging took 333 us at 32K against 249 sliced, 116 against 128
-         * at 8K; at 256 rows 470 against 1000, at a 4K prefill 1.17 ms against 26.7 (run 98, H200) */
+        /* Past D 128 the decode kernel runs 8-row blocks only (16-row blocks spill at this width,
+         * kernels_cuda.def): more folded rows take several row blocks in one launch, which stream the
+         * same K/V chunks at the same time, mostly from L2 (v33; v29 launched once per 8-row query
+         * slice, each slice reading the cache from DRAM again). Past 64 rows the staged path's f16
+         * prefill (K width 256, V in two passes) wins where it can take the call (run 98 against
+         * slices; run 103 against row blocks). */
         if (pr->group_ratio * pr->len_q > 2 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(pr))
             return qsdpa_cuda_staged_run(ctx, pr, qsdpa_cuda_generic_run);
-        const int64_t per = 8 / pr->group_ratio;
-        if (per < 1) return qsdpa_cuda_generic_run(ctx, pr);
-        if (pr->len_q <= per)
-            return qsdpa_cuda_use_decode_kernel(pr, false) ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
-                                                           : qsdpa_cuda_generic_run(ctx, pr);
-        /* Hand-offs are decided on the whole problem: a slice moves key_total, which the generic
-         * kernel also reads for a fully masked row in partial mode, and one generic call beats one
-         * per slice. The whole problem's pointers are checked once, not each slice's. */
-        const qsdpa_problem first = qsdpa_cuda_query_slice(pr, 0, per);
-        if (qsdpa_cuda_fast_hands_off(pr) || !qsdpa_cuda_use_decode_kernel(&first, false))
-            return qsdpa_cuda_generic_run(ctx, pr);
-        qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
-        if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
-        if (st != QSDPA_OK) return st;
-        for (int64_t i0 = 0; i0 < pr->len_q; i0 += per) {
-            qsdpa_problem slice = qsdpa_cuda_query_slice(pr, i0, pr->len_q - i0 < per ? pr->len_q - i0 : per);
-            slice.device_checked = true;
-            if ((st = qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, &slice, fn)) != QSDPA_OK) return st;
-        }
-        return QSDPA_OK;
+        return qsdpa_cuda_decode_layouts_ok(pr) ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
+                                                : qsdpa_cuda_generic_run(ctx, pr);
     } else {
         if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
             return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)

@@ -132,20 +132,8 @@ static bool decode_layout_ok(const qsdpa_qtensor *t) {
     return true;
 }
 
-qsdpa_problem qsdpa_cuda_query_slice(const qsdpa_problem *pr, int64_t i0, int64_t n) {
-    qsdpa_problem s = *pr;
-    s.len_q = n;
-    s.q = (const char *)pr->q + i0 * pr->q_stride[2] * (int64_t)qsdpa_dtype_size(pr->q_dtype);
-    s.out = (char *)pr->out + i0 * pr->out_stride[2] * (int64_t)qsdpa_dtype_size(pr->out_dtype);
-    if (pr->lse) s.lse = pr->lse + i0 * pr->lse_stride[2];
-    if (pr->mask) s.mask = (const char *)pr->mask + i0 * pr->mask_stride[2] * (int64_t)qsdpa_dtype_size(pr->mask_dtype);
-    /* row i0 + i' keeps its last visible key i0 + i' + key_total - len_q = i' + s.key_total - n */
-    s.key_total = pr->key_total - pr->len_q + i0 + n;
-    return s;
-}
 
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill) {
-    static const bool tile_only = qsdpa_cuda_env("QSDPA_CUDA_TILE_DECODE", 0) == 1;
     /* The decode kernel takes up to 32 folded rows of a quantized cache. Past 32 rows the
      * prefill kernel wins at every context since v17's split counts (run 56, H200, Lq 16 at
      * GQA 4, 128K: 4-bit 218 vs 244 us, 8-bit 226 vs 284, mxfp4 174 vs 288; Lq 8 stays on the
@@ -154,6 +142,11 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill) {
      * shape measured (run 57: Lq 1 32K 40.8 vs 45.1 us, 128K 127 vs 146, B=8 32K 243 vs 266;
      * Lq 4 2K 12.9 vs 16.9); the sm_80 path keeps them on the decode kernel (not measured). */
     const bool quantized = pr->k.format.mode != QSDPA_MODE_PLAIN || pr->v.format.mode != QSDPA_MODE_PLAIN;
-    if (tile_only || (!quantized && wgmma_prefill)) return false;
-    return pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v);
+    if (!quantized && wgmma_prefill) return false;
+    return pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && qsdpa_cuda_decode_layouts_ok(pr);
+}
+
+bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr) {
+    static const bool tile_only = qsdpa_cuda_env("QSDPA_CUDA_TILE_DECODE", 0) == 1;
+    return !tile_only && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v);
 }
