@@ -59,7 +59,7 @@ static int print_kernels(void) {
     printf("  (a cuda.mma row runs a split-K decode kernel when GQA ratio x Lq <= 32 over a quantized cache, a\n"
            "   prefill kernel for longer queries (from 2048 folded rows a quantized cache staged onto the f16 row),\n"
            "   for f16 rows on sm_90a and for layouts the decode kernel does not take; at D 256 the decode\n"
-           "   kernel in slices of 8 folded rows up to 64, more staged as below;\n"
+           "   kernel's 8-row blocks up to 128 folded rows, more staged as below;\n"
            "   cuda.generic serves what neither takes: more than 32 folded rows with f16/bf16 q and Dk <= 256\n"
            "   staged as zero-padded f16 rows onto an f16 prefill of K width 64, 128 or 256 (V in passes of\n"
            "   its columns), the rest on the generic kernel)\n");

@@ -500,10 +500,11 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         /* Past D 128 the decode kernel runs 8-row blocks only (16-row blocks spill at this width,
          * kernels_cuda.def): more folded rows take several row blocks in one launch, which stream the
          * same K/V chunks at the same time, mostly from L2 (v33; v29 launched once per 8-row query
-         * slice, each slice reading the cache from DRAM again). Past 64 rows the staged path's f16
-         * prefill (K width 256, V in two passes) wins where it can take the call (run 98 against
-         * slices; run 103 against row blocks). */
-        if (pr->group_ratio * pr->len_q > 2 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(pr))
+         * slice, each slice reading the cache from DRAM again). Past 128 rows the staged path's f16
+         * prefill (K width 256, V in two passes) wins where it can take the call (run 103, H200,
+         * 4-bit: 128 rows at 32K 310 us as row blocks, 362 staged; at 8K 91 against 137; 256 rows
+         * at 32K 609 against 468). */
+        if (pr->group_ratio * pr->len_q > 4 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(pr))
             return qsdpa_cuda_staged_run(ctx, pr, qsdpa_cuda_generic_run);
         return qsdpa_cuda_decode_layouts_ok(pr) ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                 : qsdpa_cuda_generic_run(ctx, pr);
