@@ -90,6 +90,11 @@ typedef qsdpa_status (*qsdpa_cuda_run_fn)(qsdpa_context *ctx, const qsdpa_proble
 bool qsdpa_cuda_staged_takes(const qsdpa_problem *p);
 bool qsdpa_cuda_staged_prefill(const qsdpa_problem *p);
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn fallback);
+/* The repacked path (cuda_staged.cu): short queries (at most 32 folded rows, f16/bf16 q) at head dims
+ * without a fast row, K and V repacked zero-padded to the narrowest fast row's head dim that takes their
+ * formats; whether it takes p, and its run (`fallback` where the buffer cannot be allocated). */
+bool qsdpa_cuda_repacked_takes(const qsdpa_problem *p);
+qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn fallback);
 
 /* ---- device helpers ----------------------------------------------------- */
 #ifdef __CUDACC__

@@ -61,6 +61,17 @@ struct f16_kernel {
 const f16_kernel f16_kernels[] = {
 #include "cuda/kernels_cuda.def"
 };
+
+/* Every tensor-core row of the table with its formats and head dim: what the repacked path looks up. */
+struct fast_row {
+    int km, kb, kg, vm, vb, vg, d;
+    qsdpa_status (*run)(qsdpa_context *ctx, const qsdpa_problem *p);
+};
+#define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn) {km, kb, kg, vm, vb, vg, D, fn},
+#define QSDPA_CUDA_STAGE_ROWS(unit, DK, DV, fn)
+const fast_row fast_rows[] = {
+#include "cuda/kernels_cuda.def"
+};
 #undef QSDPA_KERNEL
 #undef ANY
 
@@ -243,7 +254,7 @@ void launch_copy(const void *src, const int64_t *ss, void *dst, const int64_t *d
                                              (int)(n_dst / per));
 }
 
-/* copy_rows on elements of esize bytes (2 or 4) given element strides: 16-byte chunks where
+/* copy_rows on elements of esize bytes (1, 2 or 4) given element strides: 16-byte chunks where
  * both sides' pointers, strides and row lengths allow (run 91: the element form took about
  * 100 us of a 567 us D 96 prefill), else elements. */
 void copy_rows_any(const void *src, const int64_t *ss, void *dst, const int64_t *ds, size_t esize, int64_t batch,
@@ -251,6 +262,8 @@ void copy_rows_any(const void *src, const int64_t *ss, void *dst, const int64_t 
     if (qsdpa_cuda_aligned16(src, ss, 3, esize) && qsdpa_cuda_aligned16(dst, ds, 3, esize) &&
         n_copy * esize % 16 == 0 && n_dst * esize % 16 == 0)
         launch_copy<uint4>(src, ss, dst, ds, esize, batch, heads, len, n_copy, n_dst, stream);
+    else if (esize == 1)
+        launch_copy<uint8_t>(src, ss, dst, ds, esize, batch, heads, len, n_copy, n_dst, stream);
     else if (esize == 2)
         launch_copy<uint16_t>(src, ss, dst, ds, esize, batch, heads, len, n_copy, n_dst, stream);
     else
@@ -274,11 +287,17 @@ bool plain_but_not_f16(const qsdpa_qtensor *t) {
     return t->format.mode == QSDPA_MODE_PLAIN && t->format.plain_dtype != QSDPA_DTYPE_F16;
 }
 
+/* QSDPA_CUDA_STAGED=0 sends what the staged and repacked paths take to the generic kernel (the
+ * coverage test's switch) */
+bool staging_enabled() {
+    static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_STAGED", 1) != 0;
+    return enabled;
+}
+
 /* The stage's bytes for p, false where the staged path cannot take p at all (q dtype, plain rows
  * other than f16, too few rows, the staging kernels' grid, no f16 kernel wide enough, overflow). */
 bool stage_need(const qsdpa_problem *p, double *bytes) {
-    static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_STAGED", 1) != 0;
-    if (!enabled) return false;
+    if (!staging_enabled()) return false;
     if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
     if (plain_but_not_f16(&p->k) || plain_but_not_f16(&p->v)) return false;
     if (p->group_ratio * p->len_q <= STAGED_MIN_ROWS) return false;
@@ -288,6 +307,88 @@ bool stage_need(const qsdpa_problem *p, double *bytes) {
     stage_layout lay;
     if (!plan_of(p, &plan) || !layout_of(p, plan, &lay)) return false;
     *bytes = (double)lay.total;
+    return true;
+}
+
+/* ---- The repacked path: short queries at head dims without a fast row ---- */
+
+/* Whether a table row's K or V columns (mode, bits, group; any group: f16 rows) take format f. */
+bool row_takes(const qsdpa_format &f, int mode, int bits, int group) {
+    if ((int)f.mode != mode || f.bits != bits) return false;
+    if (mode == QSDPA_MODE_PLAIN) return f.plain_dtype == QSDPA_DTYPE_F16;
+    return group == QSDPA_ANY || f.group == group;
+}
+
+/* The fast row a repack of p feeds: the narrowest head dim W >= Dk, Dv whose row takes p's K and V formats. */
+const fast_row *repack_row(const qsdpa_problem *p) {
+    const fast_row *best = nullptr;
+    for (const fast_row &r : fast_rows)
+        if (r.d >= p->dim_k && r.d >= p->dim_v && (!best || r.d < best->d) && row_takes(p->k.format, r.km, r.kb, r.kg) &&
+            row_takes(p->v.format, r.vm, r.vb, r.vg))
+            best = &r;
+    return best;
+}
+
+/* K or V rows [B, H, L] repacked at `base` to head dim w, zero-padded: codes, scales and biases, each
+ * [B, H, L, its width at w] contiguous and 256-aligned. Zero codes with zero scales and biases are 0.0
+ * in every format, so the pad dims add nothing to q.k (q's pad is zero too) and make output dims that are
+ * dropped. With base null only the bytes are counted (one function sizes and fills, so they agree);
+ * `view` (when base is set) is the repacked tensor. false on size_t overflow. */
+bool repack_tensor(const qsdpa_qtensor *t, int64_t batch, int64_t heads, int64_t len, int w, char *base,
+                   size_t *bytes, qsdpa_qtensor *view, cudaStream_t stream) {
+    const bool plain = t->format.mode == QSDPA_MODE_PLAIN;
+    const qsdpa_tensor *src[3] = {&t->codes, plain ? nullptr : &t->scales, t->biases.data ? &t->biases : nullptr};
+    qsdpa_tensor *dst[3] = {nullptr, nullptr, nullptr};
+    if (view) {
+        *view = *t;
+        view->dim = w;
+        dst[0] = &view->codes;
+        dst[1] = &view->scales;
+        dst[2] = &view->biases;
+    }
+    /* row lengths in elements of each tensor's dtype: u32 words of codes (f16 values of plain rows), groups */
+    const int64_t n_src[3] = {plain ? t->dim : t->dim * t->format.bits / 32, plain ? 0 : t->dim / t->format.group,
+                              plain ? 0 : t->dim / t->format.group};
+    const int n_dst[3] = {plain ? w : w * t->format.bits / 32, plain ? 0 : w / t->format.group,
+                          plain ? 0 : w / t->format.group};
+    size_t rows, off = 0;
+    if (!qsdpa_mul_size((size_t)batch, (size_t)heads, &rows) || !qsdpa_mul_size(rows, (size_t)len, &rows)) return false;
+    for (int i = 0; i < 3; i++) {
+        if (!src[i] || !src[i]->data) continue;
+        const size_t es = qsdpa_dtype_size(src[i]->dtype);
+        size_t b;
+        if (!rows_bytes(rows, n_dst[i], es, &b) || b > SIZE_MAX - off) return false;
+        if (base) {
+            const int64_t ds[4] = {heads * len * n_dst[i], len * n_dst[i], n_dst[i], 1};
+            copy_rows_any(src[i]->data, src[i]->stride, base + off, ds, es, batch, heads, len, (int)n_src[i], n_dst[i],
+                          stream);
+            if (dst[i]) *dst[i] = qsdpa_tensor_4d(base + off, src[i]->dtype, batch, heads, len, n_dst[i]);
+        }
+        off += b;
+    }
+    *bytes = off;
+    return true;
+}
+
+/* The repacked path's fast row and stage bytes for p (K, V, then q and out where their dims are not the
+ * row's), false where it cannot take p. */
+bool repack_need(const qsdpa_problem *p, const fast_row **row, size_t *bytes) {
+    if (!staging_enabled()) return false;
+    if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
+    if (p->group_ratio * p->len_q > STAGED_MIN_ROWS) return false; /* long queries: the f16 stage */
+    if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 7) / 8 > INT32_MAX || (p->len_k + 7) / 8 > INT32_MAX)
+        return false; /* the copy kernels' grid (L / 8, H, B) */
+    if (!(*row = repack_row(p))) return false;
+    const int w = (*row)->d;
+    size_t kb, vb, qb = 0, ob = 0, q_rows;
+    if (!repack_tensor(&p->k, p->batch, p->heads_kv, p->len_k, w, nullptr, &kb, nullptr, 0) ||
+        !repack_tensor(&p->v, p->batch, p->heads_kv, p->len_k, w, nullptr, &vb, nullptr, 0) ||
+        !qsdpa_mul_size((size_t)p->batch, (size_t)p->heads_q, &q_rows) ||
+        !qsdpa_mul_size(q_rows, (size_t)p->len_q, &q_rows) || (p->dim_k != w && !rows_bytes(q_rows, w, 2, &qb)) ||
+        (p->dim_v != w && !rows_bytes(q_rows, w, qsdpa_dtype_size(p->out_dtype), &ob)))
+        return false;
+    if (kb > SIZE_MAX / 4 || vb > SIZE_MAX / 4 || qb > SIZE_MAX / 4 || ob > SIZE_MAX / 4) return false;
+    *bytes = kb + vb + qb + ob;
     return true;
 }
 
@@ -372,4 +473,56 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     copy_rows_any(o_s, o_rows_stride, pr->out, pr->out_stride, out_esize, pr->batch, pr->heads_q, pr->len_q,
                   (int)pr->dim_v, (int)pr->dim_v, stream);
     return qsdpa_cuda_launch_status(fn, "copying the staged output");
+}
+
+bool qsdpa_cuda_repacked_takes(const qsdpa_problem *p) {
+    const fast_row *row;
+    size_t bytes;
+    return repack_need(p, &row, &bytes) && (double)bytes <= stage_limit_bytes();
+}
+
+qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn fallback) {
+    const char *fn = pr->function;
+    qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
+    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
+    if (st != QSDPA_OK) return st;
+    const fast_row *row;
+    size_t bytes;
+    repack_need(pr, &row, &bytes); /* qsdpa_cuda_repacked_takes checked it */
+    void *base;
+    if (qsdpa_cuda_stage(ctx, bytes, &base) != QSDPA_OK) { /* no room: the caller's kernel */
+        qsdpa_clear_error();
+        return fallback(ctx, pr);
+    }
+    const int w = row->d;
+    cudaStream_t stream = qsdpa_cuda_stream(ctx);
+    qsdpa_problem sp = *pr;
+    sp.device_checked = true; /* pr's pointers were checked above; the rest are the stage's */
+    sp.dim_k = sp.dim_v = w;
+    char *at = (char *)base;
+    size_t used;
+    repack_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, w, at, &used, &sp.k, stream);
+    at += used;
+    repack_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, w, at, &used, &sp.v, stream);
+    at += used;
+    const int64_t rows_stride[4] = {pr->heads_q * pr->len_q * w, pr->len_q * w, w, 1};
+    const size_t q_rows = (size_t)(pr->batch * pr->heads_q * pr->len_q);
+    if (pr->dim_k != w) { /* q zero-padded to w */
+        copy_rows_any(pr->q, pr->q_stride, at, rows_stride, 2, pr->batch, pr->heads_q, pr->len_q, (int)pr->dim_k, w,
+                      stream);
+        sp.q = at;
+        for (int d = 0; d < 4; d++) sp.q_stride[d] = rows_stride[d];
+        rows_bytes(q_rows, w, 2, &used);
+        at += used;
+    }
+    const bool out_staged = pr->dim_v != w;
+    if (out_staged) {
+        sp.out = at;
+        for (int d = 0; d < 4; d++) sp.out_stride[d] = rows_stride[d];
+    }
+    if ((st = qsdpa_cuda_launch_status(fn, "repacking K, V and q")) != QSDPA_OK) return st;
+    if ((st = row->run(ctx, &sp)) != QSDPA_OK || !out_staged) return st;
+    copy_rows_any(at, rows_stride, pr->out, pr->out_stride, qsdpa_dtype_size(pr->out_dtype), pr->batch, pr->heads_q,
+                  pr->len_q, (int)pr->dim_v, (int)pr->dim_v, stream);
+    return qsdpa_cuda_launch_status(fn, "copying the repacked call's output");
 }

@@ -261,6 +261,36 @@ int main(void) {
                      staged[m].vf, (long long)c.dk, (long long)c.dv, (long long)c.lq);
             cuda_case_run(&rng, &c, label);
         }
+        /* the repacked path (at most 32 folded rows, f16/bf16 q, formats with a fast row at a wider head dim;
+         * cuda_staged.cu): K and V zero-padded to the narrowest such row, q and out padded where needed */
+        const struct { const char *kf, *vf; int64_t dk, dv, hq, hkv, lq; qsdpa_dtype q; int mask, causal, partial; }
+            repacked[] = {
+                {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0},        /* Phi-3's D 96: width 128 */
+                {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0},       /* 5 of 8 nvfp4 groups */
+                {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 1, 0, 1}, /* K to width 64, bool mask */
+                {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 2, QSDPA_DTYPE_F16, 2, 0, 1}, /* MLA-like: width 256 */
+                {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0},            /* f16 rows, additive mask */
+                {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0},     /* GQA 32: 32 rows */
+                {"affine:8:64", "affine:4:64", 192, 192, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0}, /* the K8V4 row at 256 */
+                {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1}, /* 32 rows, causal partial */
+            };
+        const int n_repacked = (int)(sizeof repacked / sizeof repacked[0]);
+        for (int m = 0; m < (quick ? 1 : n_repacked); m++) {
+            c = cuda_case_default();
+            c.kernel = info.name;
+            c.kf = fmt(repacked[m].kf);
+            c.vf = fmt(repacked[m].vf);
+            c.dk = repacked[m].dk; c.dv = repacked[m].dv; c.hq = repacked[m].hq; c.hkv = repacked[m].hkv;
+            c.lq = repacked[m].lq; c.q_dtype = repacked[m].q; c.mask = repacked[m].mask; c.mask_rank = m % 2 ? 2 : 4;
+            c.causal = repacked[m].causal; c.partial = repacked[m].partial;
+            c.lk = 700; c.sinks = m % 2; c.cap_extra = m == 5 ? 13 : 0; c.batch = m == 0 ? 2 : 1;
+            if (c.partial) { c.key_offset = 100; c.key_total = 100 + c.lk; }
+            char label[160];
+            snprintf(label, sizeof label, "cuda.generic repacked K %s V %s Dk%lld Dv%lld Hq%lld/%lld Lq%lld",
+                     repacked[m].kf, repacked[m].vf, (long long)c.dk, (long long)c.dv, (long long)c.hq,
+                     (long long)c.hkv, (long long)c.lq);
+            cuda_case_run(&rng, &c, label);
+        }
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
