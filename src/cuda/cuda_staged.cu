@@ -1,5 +1,11 @@
-/* The staged path of the cuda.generic row: long queries over head dims or formats
- * that have no tensor-core row.
+/* The staged and repacked paths of the cuda.generic row, and the staged prefill of the fast rows.
+ *
+ * Repacked (short queries, at most 32 folded rows, f16/bf16 q): K and V copied into the layout of
+ * the narrowest tensor-core row that takes their formats at a wider head dim (D 96 -> 128, D 192 ->
+ * 256), zero-padded, q too, and that row runs; its output is staged where Dv is not the width
+ * (repack_tensor, qsdpa_cuda_repacked_run below). Precision: the tensor-core rows'.
+ *
+ * Staged: long queries over head dims or formats that have no tensor-core row.
  *
  * It takes problems with more than 32 folded rows (ratio * Lq, where the fast rows
  * also leave their decode kernel), f16 or bf16 q, and Dk <= 256: head dims 96, 80,
