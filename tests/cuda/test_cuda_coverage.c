@@ -144,6 +144,36 @@ static qsdpa_format row_format(int mode, int bits, int group) {
     return f;
 }
 
+/* One case of the staged or repacked path of cuda.generic (cuda_staged.cu) */
+typedef struct {
+    const char *kf, *vf;
+    int64_t dk, dv, hq, hkv, lq;
+    qsdpa_dtype q;
+    int mask, causal, partial;
+} path_case;
+
+/* The cases of one path on row `kernel` over lk keys (quick: the first only); sinks on every other case,
+ * batch 2 on the first, case `strided` on a cache view `extra` rows wider; partial cases a slice that
+ * causal cuts. */
+static void run_path_cases(test_rng *rng, const char *kernel, const char *path, const path_case *cases, int n,
+                           int64_t lk, int strided, int64_t extra) {
+    for (int m = 0; m < (quick ? 1 : n); m++) {
+        const path_case *pc = &cases[m];
+        cuda_case c = cuda_case_default();
+        c.kernel = kernel;
+        c.kf = fmt(pc->kf);
+        c.vf = fmt(pc->vf);
+        c.dk = pc->dk; c.dv = pc->dv; c.hq = pc->hq; c.hkv = pc->hkv; c.lq = pc->lq; c.q_dtype = pc->q;
+        c.mask = pc->mask; c.mask_rank = m % 2 ? 2 : 4; c.causal = pc->causal; c.partial = pc->partial;
+        c.lk = lk; c.sinks = m % 2; c.cap_extra = m == strided ? extra : 0; c.batch = m == 0 ? 2 : 1;
+        if (c.partial) { c.key_offset = 100; c.key_total = 100 + c.lk; } /* causal cuts the slice's last keys */
+        char label[192];
+        snprintf(label, sizeof label, "cuda.generic %s K %s V %s Dk%lld Dv%lld Hq%lld/%lld Lq%lld", path, pc->kf,
+                 pc->vf, (long long)c.dk, (long long)c.dv, (long long)c.hq, (long long)c.hkv, (long long)c.lq);
+        cuda_case_run(rng, &c, label);
+    }
+}
+
 int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
     const char *q = getenv("QSDPA_CUDA_QUICK");
@@ -227,44 +257,27 @@ int main(void) {
          * widths used in place),
          * formats without a fast row, masks, partial slices, a strided cache view; QSDPA_CUDA_STAGED=0 runs
          * them on the generic kernel */
-        const struct { const char *kf, *vf; int64_t dk, dv, lq; qsdpa_dtype q; int mask, causal, partial; } staged[] = {
-            {"mxfp4", "mxfp4", 96, 96, 70, QSDPA_DTYPE_F16, 0, 1, 0},
-            {"affine:3:64", "affine:3:64", 128, 128, 40, QSDPA_DTYPE_BF16, 2, 0, 1},
-            {"affine:4:32", "nvfp4", 128, 64, 33, QSDPA_DTYPE_F16, 1, 0, 0},
-            {"nvfp4", "affine:8:32", 48, 32, 50, QSDPA_DTYPE_BF16, 0, 1, 1},
-            {"f16", "f16", 80, 80, 40, QSDPA_DTYPE_F16, 3, 0, 0},
-            {"affine:6:32", "mxfp8", 64, 96, 24, QSDPA_DTYPE_BF16, 0, 0, 0},
-            {"f16", "f16", 36, 20, 45, QSDPA_DTYPE_BF16, 0, 1, 0}, /* q and out rows not whole 16-byte chunks */
-            {"mxfp8", "affine:4:64", 96, 128, 40, QSDPA_DTYPE_F16, 1, 0, 1}, /* q staged, out in place; partial +
+        static const path_case staged[] = {
+            {"mxfp4", "mxfp4", 96, 96, 8, 2, 70, QSDPA_DTYPE_F16, 0, 1, 0},
+            {"affine:3:64", "affine:3:64", 128, 128, 8, 2, 40, QSDPA_DTYPE_BF16, 2, 0, 1},
+            {"affine:4:32", "nvfp4", 128, 64, 8, 2, 33, QSDPA_DTYPE_F16, 1, 0, 0},
+            {"nvfp4", "affine:8:32", 48, 32, 8, 2, 50, QSDPA_DTYPE_BF16, 0, 1, 1},
+            {"f16", "f16", 80, 80, 8, 2, 40, QSDPA_DTYPE_F16, 3, 0, 0},
+            {"affine:6:32", "mxfp8", 64, 96, 8, 2, 24, QSDPA_DTYPE_BF16, 0, 0, 0},
+            {"f16", "f16", 36, 20, 8, 2, 45, QSDPA_DTYPE_BF16, 0, 1, 0}, /* q and out rows not whole 16-byte chunks */
+            {"mxfp8", "affine:4:64", 96, 128, 8, 2, 40, QSDPA_DTYPE_F16, 1, 0, 1}, /* q staged, out in place; partial +
                                                                                 bool mask: the f16 row's hand-off */
             /* the K-width-256 stage row: two V passes into out in place; Dk 192 / Dv 128 (MLA-like),
              * q staged, one pass; out staged across two passes */
-            {"mxfp4", "mxfp4", 256, 256, 40, QSDPA_DTYPE_F16, 0, 1, 0},
-            {"affine:3:64", "affine:5:32", 192, 128, 36, QSDPA_DTYPE_BF16, 2, 0, 1},
-            {"f16", "f16", 160, 200, 40, QSDPA_DTYPE_F16, 1, 0, 0},
-            {"affine:4:32", "nvfp4", 64, 320, 40, QSDPA_DTYPE_BF16, 0, 0, 0}, /* five V passes of the d64 row */
+            {"mxfp4", "mxfp4", 256, 256, 8, 2, 40, QSDPA_DTYPE_F16, 0, 1, 0},
+            {"affine:3:64", "affine:5:32", 192, 128, 8, 2, 36, QSDPA_DTYPE_BF16, 2, 0, 1},
+            {"f16", "f16", 160, 200, 8, 2, 40, QSDPA_DTYPE_F16, 1, 0, 0},
+            {"affine:4:32", "nvfp4", 64, 320, 8, 2, 40, QSDPA_DTYPE_BF16, 0, 0, 0}, /* five V passes of the d64 row */
         };
-        const int n_staged = (int)(sizeof staged / sizeof staged[0]);
-        for (int m = 0; m < (quick ? 1 : n_staged); m++) {
-            c = cuda_case_default();
-            c.kernel = info.name;
-            c.kf = fmt(staged[m].kf);
-            c.vf = fmt(staged[m].vf);
-            c.dk = staged[m].dk; c.dv = staged[m].dv; c.lq = staged[m].lq; c.q_dtype = staged[m].q;
-            c.mask = staged[m].mask; c.mask_rank = m % 2 ? 2 : 4; c.causal = staged[m].causal;
-            c.partial = staged[m].partial;
-            c.lk = 517; c.sinks = m % 2; c.cap_extra = m == 3 ? 11 : 0; c.batch = m == 0 ? 2 : 1;
-            c.hq = 8; c.hkv = 2;
-            if (c.partial) { c.key_offset = 100; c.key_total = 100 + c.lk; } /* causal cuts the slice's last keys */
-            char label[160];
-            snprintf(label, sizeof label, "cuda.generic staged K %s V %s Dk%lld Dv%lld Lq%lld", staged[m].kf,
-                     staged[m].vf, (long long)c.dk, (long long)c.dv, (long long)c.lq);
-            cuda_case_run(&rng, &c, label);
-        }
+        run_path_cases(&rng, info.name, "staged", staged, (int)(sizeof staged / sizeof staged[0]), 517, 3, 11);
         /* the repacked path (at most 32 folded rows, f16/bf16 q, formats with a fast row at a wider head dim;
          * cuda_staged.cu): K and V zero-padded to the narrowest such row, q and out padded where needed */
-        const struct { const char *kf, *vf; int64_t dk, dv, hq, hkv, lq; qsdpa_dtype q; int mask, causal, partial; }
-            repacked[] = {
+        static const path_case repacked[] = {
                 {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0},        /* Phi-3's D 96: width 128 */
                 {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0},       /* 5 of 8 nvfp4 groups */
                 {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 1, 0, 1}, /* K to width 64, bool mask */
@@ -274,23 +287,8 @@ int main(void) {
                 {"affine:8:64", "affine:4:64", 192, 192, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0}, /* the K8V4 row at 256 */
                 {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1}, /* 32 rows, causal partial */
             };
-        const int n_repacked = (int)(sizeof repacked / sizeof repacked[0]);
-        for (int m = 0; m < (quick ? 1 : n_repacked); m++) {
-            c = cuda_case_default();
-            c.kernel = info.name;
-            c.kf = fmt(repacked[m].kf);
-            c.vf = fmt(repacked[m].vf);
-            c.dk = repacked[m].dk; c.dv = repacked[m].dv; c.hq = repacked[m].hq; c.hkv = repacked[m].hkv;
-            c.lq = repacked[m].lq; c.q_dtype = repacked[m].q; c.mask = repacked[m].mask; c.mask_rank = m % 2 ? 2 : 4;
-            c.causal = repacked[m].causal; c.partial = repacked[m].partial;
-            c.lk = 700; c.sinks = m % 2; c.cap_extra = m == 5 ? 13 : 0; c.batch = m == 0 ? 2 : 1;
-            if (c.partial) { c.key_offset = 100; c.key_total = 100 + c.lk; }
-            char label[160];
-            snprintf(label, sizeof label, "cuda.generic repacked K %s V %s Dk%lld Dv%lld Hq%lld/%lld Lq%lld",
-                     repacked[m].kf, repacked[m].vf, (long long)c.dk, (long long)c.dv, (long long)c.hq,
-                     (long long)c.hkv, (long long)c.lq);
-            cuda_case_run(&rng, &c, label);
-        }
+        run_path_cases(&rng, info.name, "repacked", repacked, (int)(sizeof repacked / sizeof repacked[0]), 700, 5,
+                       13);
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
