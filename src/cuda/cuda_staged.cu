@@ -293,6 +293,12 @@ bool plain_but_not_f16(const qsdpa_qtensor *t) {
     return t->format.mode == QSDPA_MODE_PLAIN && t->format.plain_dtype != QSDPA_DTYPE_F16;
 }
 
+/* Calls the tensor-core rows hand to the generic kernel whatever their layout (partial mode with a bool
+ * mask, rows that see no key): staging or repacking them would only precede a generic run on the copy. */
+bool rows_hand_off(const qsdpa_problem *p) {
+    return (p->lse && p->mask_kind == QSDPA_MASK_BOOL) || !qsdpa_cuda_every_row_sees_a_key(p);
+}
+
 /* QSDPA_CUDA_STAGED=0 sends what the staged and repacked paths take to the generic kernel (the
  * coverage test's switch) */
 bool staging_enabled() {
@@ -303,7 +309,7 @@ bool staging_enabled() {
 /* The stage's bytes for p, false where the staged path cannot take p at all (q dtype, plain rows
  * other than f16, too few rows, the staging kernels' grid, no f16 kernel wide enough, overflow). */
 bool stage_need(const qsdpa_problem *p, double *bytes) {
-    if (!staging_enabled()) return false;
+    if (!staging_enabled() || rows_hand_off(p)) return false;
     if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
     if (plain_but_not_f16(&p->k) || plain_but_not_f16(&p->v)) return false;
     if (p->group_ratio * p->len_q <= STAGED_MIN_ROWS) return false;
@@ -376,6 +382,24 @@ bool repack_tensor(const qsdpa_qtensor *t, int64_t batch, int64_t heads, int64_t
     return true;
 }
 
+/* Whether the fast row of head dim w takes the repacked layout with its decode kernel: the scale and bias
+ * planes are packed back to back, [B, H, Lk, groups], and the decode kernel copies a chunk's scale rows as
+ * one 16-byte-aligned block, so each plane must be a whole number of 16 bytes; the D 256 rows' decode
+ * kernel (their only one) reads affine scales as f16 or bf16. Otherwise the row would take its prefill
+ * kernel or hand the call to the generic kernel after the copy, and the generic kernel is taken directly.
+ * (A review found this after run 105, whose shapes had aligned planes; padding each plane to 16 keys is
+ * the fix, on branch cuda-repack, not yet run on a GPU.) */
+bool repacked_layout_ok(const qsdpa_problem *p, int w) {
+    const qsdpa_qtensor *ts[2] = {&p->k, &p->v};
+    for (const qsdpa_qtensor *t : ts) {
+        if (t->format.mode == QSDPA_MODE_PLAIN) continue;
+        const int64_t plane = p->len_k * (w / t->format.group) * (int64_t)qsdpa_dtype_size(t->scales.dtype);
+        if (plane % 16 != 0) return false;
+        if (w > 128 && t->format.mode == QSDPA_MODE_AFFINE && t->scales.dtype == QSDPA_DTYPE_F32) return false;
+    }
+    return true;
+}
+
 /* The repacked path's fast row and stage bytes for p (K, V, then q and out where their dims are not the
  * row's), false where it cannot take p. */
 bool repack_need(const qsdpa_problem *p, const fast_row **row, size_t *bytes) {
@@ -384,8 +408,10 @@ bool repack_need(const qsdpa_problem *p, const fast_row **row, size_t *bytes) {
     if (p->group_ratio * p->len_q > STAGED_MIN_ROWS) return false; /* long queries: the f16 stage */
     if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 7) / 8 > INT32_MAX || (p->len_k + 7) / 8 > INT32_MAX)
         return false; /* the copy kernels' grid (L / 8, H, B) */
-    if (!(*row = repack_row(p))) return false;
+    if (!(*row = repack_row(p)) || rows_hand_off(p)) return false;
     const int w = (*row)->d;
+    if (p->dim_k == w && p->dim_v == w) return false; /* nothing to pad: a call forced onto cuda.generic keeps it */
+    if (!repacked_layout_ok(p, w)) return false;
     size_t kb, vb, qb = 0, ob = 0, q_rows;
     if (!repack_tensor(&p->k, p->batch, p->heads_kv, p->len_k, w, nullptr, &kb, nullptr, 0) ||
         !repack_tensor(&p->v, p->batch, p->heads_kv, p->len_k, w, nullptr, &vb, nullptr, 0) ||

@@ -265,8 +265,8 @@ int main(void) {
             {"f16", "f16", 80, 80, 8, 2, 40, QSDPA_DTYPE_F16, 3, 0, 0},
             {"affine:6:32", "mxfp8", 64, 96, 8, 2, 24, QSDPA_DTYPE_BF16, 0, 0, 0},
             {"f16", "f16", 36, 20, 8, 2, 45, QSDPA_DTYPE_BF16, 0, 1, 0}, /* q and out rows not whole 16-byte chunks */
-            {"mxfp8", "affine:4:64", 96, 128, 8, 2, 40, QSDPA_DTYPE_F16, 1, 0, 1}, /* q staged, out in place; partial +
-                                                                                bool mask: the f16 row's hand-off */
+            {"mxfp8", "affine:4:64", 96, 128, 8, 2, 40, QSDPA_DTYPE_F16, 1, 0, 1}, /* partial + bool mask: not staged
+                                                                                      (the f16 row hands it off) */
             /* the K-width-256 stage row: two V passes into out in place; Dk 192 / Dv 128 (MLA-like),
              * q staged, one pass; out staged across two passes */
             {"mxfp4", "mxfp4", 256, 256, 8, 2, 40, QSDPA_DTYPE_F16, 0, 1, 0},
@@ -280,7 +280,7 @@ int main(void) {
         static const path_case repacked[] = {
                 {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0},        /* Phi-3's D 96: width 128 */
                 {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0},       /* 5 of 8 nvfp4 groups */
-                {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 1, 0, 1}, /* K to width 64, bool mask */
+                {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 2, 0, 1}, /* K to width 64 */
                 {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 2, QSDPA_DTYPE_F16, 2, 0, 1}, /* MLA-like: width 256 */
                 {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0},            /* f16 rows, additive mask */
                 {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0},     /* GQA 32: 32 rows */
