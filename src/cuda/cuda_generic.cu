@@ -428,7 +428,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
  * repacked problem never comes back here. */
 extern "C" qsdpa_status qsdpa_cuda_generic_kernel(qsdpa_context *ctx, const qsdpa_problem *p);
 extern "C" qsdpa_status qsdpa_cuda_generic_kernel(qsdpa_context *ctx, const qsdpa_problem *p) {
-    if (qsdpa_cuda_staged_takes(p)) return qsdpa_cuda_staged_run(ctx, p, qsdpa_cuda_generic_run);
+    if (qsdpa_cuda_staged_takes(ctx, p)) return qsdpa_cuda_staged_run(ctx, p, qsdpa_cuda_generic_run);
     if (qsdpa_cuda_repacked_takes(p)) return qsdpa_cuda_repacked_run(ctx, p, qsdpa_cuda_generic_run);
     return qsdpa_cuda_generic_run(ctx, p);
 }

@@ -87,8 +87,8 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
  * QSDPA_CUDA_STAGE_PREFILL_MB: its cap), and its run, which calls `fallback` where the stage buffer
  * cannot be allocated. */
 typedef qsdpa_status (*qsdpa_cuda_run_fn)(qsdpa_context *ctx, const qsdpa_problem *p);
-bool qsdpa_cuda_staged_takes(const qsdpa_problem *p);
-bool qsdpa_cuda_staged_prefill(const qsdpa_problem *p);
+bool qsdpa_cuda_staged_takes(const qsdpa_context *ctx, const qsdpa_problem *p);
+bool qsdpa_cuda_staged_prefill(const qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn fallback);
 /* The repacked path (cuda_staged.cu): short queries (at most 32 folded rows, f16/bf16 q) at head dims
  * without a fast row, K and V repacked zero-padded to the narrowest fast row's head dim that takes their

@@ -91,11 +91,21 @@ struct stage_plan {
     int wk, wvt; /* staged K width, staged V width (passes x V columns) */
 };
 
-bool plan_of(const qsdpa_problem *p, stage_plan *plan) {
+/* Dynamic shared memory of the f16 prefill kernel at K width wk, V columns wv (pf_layout for f16 rows: three
+ * ring stages of 64 keys, plus on sm_90a the q tile of 128 rows and 1 KB of alignment). */
+size_t f16_prefill_smem(const qsdpa_context *ctx, int wk, int wv) {
+    const size_t ring = 3 * 64 * (size_t)(wk + wv) * 2;
+    return ctx->cuda->cc >= 90 ? 1024 + ring + 128 * (size_t)wk * 2 : ring;
+}
+
+bool plan_of(const qsdpa_context *ctx, const qsdpa_problem *p, stage_plan *plan) {
     plan->kernel = nullptr;
     int64_t best = 0;
     for (const f16_kernel &k : f16_kernels) {
         if (!k.f16 || k.wk < p->dim_k) continue;
+        /* the K-width-256 row needs 144 KiB on the mma.sync path: GPUs with 99 KiB blocks (sm_86/89)
+         * would hand each V pass to the generic kernel after staging */
+        if (f16_prefill_smem(ctx, k.wk, k.wv) > (size_t)ctx->cuda->smem_optin) continue;
         const int passes = (int)((p->dim_v + k.wv - 1) / k.wv);
         const int64_t work = (int64_t)passes * (k.wk + k.wv);
         if (!plan->kernel || work < best || (work == best && passes < plan->passes)) {
@@ -308,7 +318,7 @@ bool staging_enabled() {
 
 /* The stage's bytes for p, false where the staged path cannot take p at all (q dtype, plain rows
  * other than f16, too few rows, the staging kernels' grid, no f16 kernel wide enough, overflow). */
-bool stage_need(const qsdpa_problem *p, double *bytes) {
+bool stage_need(const qsdpa_context *ctx, const qsdpa_problem *p, double *bytes) {
     if (!staging_enabled() || rows_hand_off(p)) return false;
     if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
     if (plain_but_not_f16(&p->k) || plain_but_not_f16(&p->v)) return false;
@@ -317,7 +327,7 @@ bool stage_need(const qsdpa_problem *p, double *bytes) {
         return false; /* the staging kernels' grid (L / 8, H, B) */
     stage_plan plan;
     stage_layout lay;
-    if (!plan_of(p, &plan) || !layout_of(p, plan, &lay)) return false;
+    if (!plan_of(ctx, p, &plan) || !layout_of(p, plan, &lay)) return false;
     *bytes = (double)lay.total;
     return true;
 }
@@ -432,9 +442,9 @@ double stage_limit_bytes() {
 
 } // namespace
 
-bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
+bool qsdpa_cuda_staged_takes(const qsdpa_context *ctx, const qsdpa_problem *p) {
     double bytes;
-    return stage_need(p, &bytes) && bytes <= stage_limit_bytes();
+    return stage_need(ctx, p, &bytes) && bytes <= stage_limit_bytes();
 }
 
 /* Run 100 (H200, D 128, GQA 4): staged onto the f16 row, a 4K causal prefill took 465 us against the
@@ -442,11 +452,11 @@ bool qsdpa_cuda_staged_takes(const qsdpa_problem *p) {
  * 1.53 ms against 1.82, Lq 512 over 32K 944 against 997; at 1024 folded rows (Lq 256 over 8K) staging
  * lost, 186 against 164. Both costs grow with Lk, so the rule is on rows. The stage is a speed choice
  * here, not a necessity, so it has its own, lower cap: 256 MiB (a 16K prefill at B 1 stages 64 MiB). */
-bool qsdpa_cuda_staged_prefill(const qsdpa_problem *p) {
+bool qsdpa_cuda_staged_prefill(const qsdpa_context *ctx, const qsdpa_problem *p) {
     static const double min_rows = qsdpa_cuda_env("QSDPA_CUDA_STAGE_PREFILL_ROWS", 2048);
     static const double limit_mb = qsdpa_cuda_env("QSDPA_CUDA_STAGE_PREFILL_MB", 256);
     double bytes;
-    return min_rows > 0 && (double)(p->group_ratio * p->len_q) >= min_rows && stage_need(p, &bytes) &&
+    return min_rows > 0 && (double)(p->group_ratio * p->len_q) >= min_rows && stage_need(ctx, p, &bytes) &&
            bytes <= limit_mb * 1048576.0 && bytes <= stage_limit_bytes();
 }
 
@@ -457,7 +467,7 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     if (st != QSDPA_OK) return st;
     stage_plan plan; /* stage_need checked both */
     stage_layout lay;
-    plan_of(pr, &plan);
+    plan_of(ctx, pr, &plan);
     layout_of(pr, plan, &lay);
     void *base;
     if (qsdpa_cuda_stage(ctx, lay.total, &base) != QSDPA_OK) { /* no room for the stage: the caller's kernel */

@@ -504,7 +504,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
          * prefill (K width 256, V in two passes) wins where it can take the call (run 103, H200,
          * 4-bit: 128 rows at 32K 310 us as row blocks, 362 staged; at 8K 91 against 137; 256 rows
          * at 32K 609 against 468). */
-        if (pr->group_ratio * pr->len_q > 4 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(pr))
+        if (pr->group_ratio * pr->len_q > 4 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(ctx, pr))
             return qsdpa_cuda_staged_run(ctx, pr, qsdpa_cuda_generic_run);
         return qsdpa_cuda_decode_layouts_ok(pr) ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                 : qsdpa_cuda_generic_run(ctx, pr);
@@ -515,7 +515,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         /* Long enough queries over a quantized cache: dequantized once into f16 for the f16 row, which
          * beats dequantizing each tile per 128-row block from 2048 folded rows on (cuda_staged.cu) */
         if constexpr (FK::mode != QSDPA_MODE_PLAIN)
-            if (qsdpa_cuda_staged_prefill(pr))
+            if (qsdpa_cuda_staged_prefill(ctx, pr))
                 return qsdpa_cuda_staged_run(ctx, pr, [](qsdpa_context *c, const qsdpa_problem *q) {
                     return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(c, q, q->lse ? "qsdpa_attention_partial"
                                                                               : "qsdpa_attention");
