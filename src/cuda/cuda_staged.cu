@@ -316,15 +316,20 @@ bool staging_enabled() {
     return enabled;
 }
 
-/* The stage's bytes for p, false where the staged path cannot take p at all (q dtype, plain rows
- * other than f16, too few rows, the staging kernels' grid, no f16 kernel wide enough, overflow). */
-bool stage_need(const qsdpa_context *ctx, const qsdpa_problem *p, double *bytes) {
+/* What both the staged and the repacked path ask of p: enabled, f16/bf16 q (the tensor-core rows'),
+ * no hand-off to the generic kernel waiting behind the copy, and the copy kernels' grid (L / 8, H, B). */
+bool stageable(const qsdpa_problem *p) {
     if (!staging_enabled() || rows_hand_off(p)) return false;
     if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
+    return p->batch <= 65535 && p->heads_q <= 65535 && (p->len_q + 7) / 8 <= INT32_MAX &&
+           (p->len_k + 7) / 8 <= INT32_MAX;
+}
+
+/* The stage's bytes for p, false where the staged path cannot take p at all (stageable, plain rows
+ * other than f16, too few rows, no f16 kernel wide enough, overflow). */
+bool stage_need(const qsdpa_context *ctx, const qsdpa_problem *p, double *bytes) {
+    if (!stageable(p) || p->group_ratio * p->len_q <= STAGED_MIN_ROWS) return false;
     if (plain_but_not_f16(&p->k) || plain_but_not_f16(&p->v)) return false;
-    if (p->group_ratio * p->len_q <= STAGED_MIN_ROWS) return false;
-    if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 7) / 8 > INT32_MAX || (p->len_k + 7) / 8 > INT32_MAX)
-        return false; /* the staging kernels' grid (L / 8, H, B) */
     stage_plan plan;
     stage_layout lay;
     if (!plan_of(ctx, p, &plan) || !layout_of(p, plan, &lay)) return false;
@@ -413,12 +418,8 @@ bool repacked_layout_ok(const qsdpa_problem *p, int w) {
 /* The repacked path's fast row and stage bytes for p (K, V, then q and out where their dims are not the
  * row's), false where it cannot take p. */
 bool repack_need(const qsdpa_problem *p, const fast_row **row, size_t *bytes) {
-    if (!staging_enabled()) return false;
-    if (p->q_dtype != QSDPA_DTYPE_F16 && p->q_dtype != QSDPA_DTYPE_BF16) return false;
-    if (p->group_ratio * p->len_q > STAGED_MIN_ROWS) return false; /* long queries: the f16 stage */
-    if (p->batch > 65535 || p->heads_q > 65535 || (p->len_q + 7) / 8 > INT32_MAX || (p->len_k + 7) / 8 > INT32_MAX)
-        return false; /* the copy kernels' grid (L / 8, H, B) */
-    if (!(*row = repack_row(p)) || rows_hand_off(p)) return false;
+    if (!stageable(p) || p->group_ratio * p->len_q > STAGED_MIN_ROWS) return false; /* long: the f16 stage */
+    if (!(*row = repack_row(p))) return false;
     const int w = (*row)->d;
     if (p->dim_k == w && p->dim_v == w) return false; /* nothing to pad: a call forced onto cuda.generic keeps it */
     if (!repacked_layout_ok(p, w)) return false;
@@ -460,20 +461,30 @@ bool qsdpa_cuda_staged_prefill(const qsdpa_context *ctx, const qsdpa_problem *p)
            bytes <= limit_mb * 1048576.0 && bytes <= stage_limit_bytes();
 }
 
+/* The entry of both paths' runs: pr's device and pointers checked, then `bytes` of stage at *base. false
+ * where the call ends here with *st: an error, or `fallback`'s run where the buffer cannot be allocated. */
+static bool stage_enter(qsdpa_context *ctx, const qsdpa_problem *pr, size_t bytes, qsdpa_cuda_run_fn fallback,
+                        void **base, qsdpa_status *st) {
+    *st = qsdpa_cuda_enter(ctx, pr->function);
+    if (*st == QSDPA_OK) *st = qsdpa_cuda_check_problem(ctx, pr, pr->function);
+    if (*st != QSDPA_OK) return false;
+    if (qsdpa_cuda_stage(ctx, bytes, base) != QSDPA_OK) { /* no room for the stage: the caller's kernel */
+        qsdpa_clear_error();
+        *st = fallback(ctx, pr);
+        return false;
+    }
+    return true;
+}
+
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn fallback) {
     const char *fn = pr->function;
-    qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
-    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
-    if (st != QSDPA_OK) return st;
     stage_plan plan; /* stage_need checked both */
     stage_layout lay;
     plan_of(ctx, pr, &plan);
     layout_of(pr, plan, &lay);
     void *base;
-    if (qsdpa_cuda_stage(ctx, lay.total, &base) != QSDPA_OK) { /* no room for the stage: the caller's kernel */
-        qsdpa_clear_error();
-        return fallback(ctx, pr);
-    }
+    qsdpa_status st;
+    if (!stage_enter(ctx, pr, lay.total, fallback, &base, &st)) return st;
     char *k_s = (char *)base, *v_s = k_s + lay.k, *q_s = v_s + lay.v, *o_s = q_s + lay.q;
     const int wk = plan.wk, wv = plan.kernel->wv, wvt = plan.wvt;
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
@@ -525,17 +536,12 @@ bool qsdpa_cuda_repacked_takes(const qsdpa_problem *p) {
 
 qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn fallback) {
     const char *fn = pr->function;
-    qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
-    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
-    if (st != QSDPA_OK) return st;
     const fast_row *row;
     size_t bytes;
     repack_need(pr, &row, &bytes); /* qsdpa_cuda_repacked_takes checked it */
     void *base;
-    if (qsdpa_cuda_stage(ctx, bytes, &base) != QSDPA_OK) { /* no room: the caller's kernel */
-        qsdpa_clear_error();
-        return fallback(ctx, pr);
-    }
+    qsdpa_status st;
+    if (!stage_enter(ctx, pr, bytes, fallback, &base, &st)) return st;
     const int w = row->d;
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
     qsdpa_problem sp = *pr;

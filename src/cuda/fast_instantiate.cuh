@@ -24,8 +24,7 @@
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p);                              \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p) {                             \
         using F16 = qfast::plain_f16_fmt;                                                                  \
-        return qsdpa_cuda_prefill_run<DK, DV, F16, F16>(ctx, p, p->lse ? "qsdpa_attention_partial"          \
-                                                                       : "qsdpa_attention");               \
+        return qsdpa_cuda_prefill_run<DK, DV, F16, F16>(ctx, p, p->function);                              \
     }
 
 #ifndef QSDPA_CUDA_UNIT_affine4

@@ -517,8 +517,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         if constexpr (FK::mode != QSDPA_MODE_PLAIN)
             if (qsdpa_cuda_staged_prefill(ctx, pr))
                 return qsdpa_cuda_staged_run(ctx, pr, [](qsdpa_context *c, const qsdpa_problem *q) {
-                    return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(c, q, q->lse ? "qsdpa_attention_partial"
-                                                                              : "qsdpa_attention");
+                    return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(c, q, q->function);
                 });
         return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(ctx, pr, fn);
     }
