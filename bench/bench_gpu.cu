@@ -24,6 +24,8 @@
 #include <vector>
 
 #include "qsdpa.h"
+/* weak: gpu.sh links this benchmark against an earlier build of the library too, which may predate it */
+#pragma weak qsdpa_context_last_route
 
 #define CK(x)                                                                                   \
     do {                                                                                        \
@@ -147,6 +149,7 @@ struct result {
     double host_us;  /* host time to enqueue one call (no synchronisation): the launch-rate floor */
     double graph_us; /* the same calls replayed from a CUDA graph: GPU time without host launches */
     const char *kernel;
+    char route[64]; /* qsdpa_context_last_route: the path inside the kernel's table entry */
 };
 
 /* Per-call time of `batch` calls, call(i) for the next i of *it, captured once into a CUDA
@@ -206,6 +209,7 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     /* call i reads cache copy i % copies */
     auto call = [&](int i) { return qsdpa_attention(ctx, &qt, &kv[i % copies].k, &kv[i % copies].v, &p, &ot); };
     for (int i = 0; i < 3 * copies; i++) QK(call(i));
+    snprintf(r.route, sizeof r.route, "%s", qsdpa_context_last_route ? qsdpa_context_last_route(ctx) : "");
     CK(cudaStreamSynchronize(st));
     int it = 0, batch = causal ? 3 : 10;
     r.us = event_median_us(st, 0, 15, batch, [&] {
@@ -283,9 +287,9 @@ int main(int argc, char **argv) {
                     result r = time_attention(ctx, st, kf, vf, B, L, lq, one_causal, prop.l2CacheSize, one ? one_d : 128);
                     if (one && one_d != 128) printf("D=%lld ", (long long)one_d);
                     if (one_causal) printf("causal ");
-                    printf("%-11s %2lld %7lld %3lld | %9.2f %8.0f %5.1f%% | %7.2f %8.2f | %s\n", f.name, (long long)B,
+                    printf("%-11s %2lld %7lld %3lld | %9.2f %8.0f %5.1f%% | %7.2f %8.2f | %s %s\n", f.name, (long long)B,
                            (long long)L, (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.host_us, r.graph_us,
-                           r.kernel);
+                           r.kernel, r.route);
                     printf("RESULT,decode,%s,%lld,%lld,%lld,%.3f,%.1f,%.2f,%s,%.3f,%.3f\n", f.name, (long long)B,
                            (long long)L, (long long)lq, r.us, r.gbps, 100.0 * r.gbps / copy, r.kernel, r.host_us,
                            r.graph_us);
@@ -302,8 +306,8 @@ int main(int argc, char **argv) {
         QK(qsdpa_format_parse(f.v, &vf));
         result r = time_attention(ctx, st, kf, vf, 1, 4096, 4096, true, prop.l2CacheSize);
         double flops = 4.0 * 32 * 4096.0 * 4096.0 * 128 / 2;
-        printf("prefill 4K causal %-11s %9.1f us %6.0f TFLOP/s | %s\n", f.name, r.us, flops / (r.us * 1e-6) / 1e12,
-               r.kernel);
+        printf("prefill 4K causal %-11s %9.1f us %6.0f TFLOP/s | %s %s\n", f.name, r.us, flops / (r.us * 1e-6) / 1e12,
+               r.kernel, r.route);
         printf("RESULT,prefill,%s,1,4096,4096,%.3f,%.1f,0,%s\n", f.name, r.us, flops / (r.us * 1e-6) / 1e12, r.kernel);
         fflush(stdout);
     }

@@ -177,6 +177,14 @@ qsdpa_context_options qsdpa_context_default_options(void);
  * so repeated calls with the same shapes allocate nothing. */
 qsdpa_status qsdpa_context_create(const qsdpa_context_options *options, qsdpa_context **out);
 void qsdpa_context_destroy(qsdpa_context *ctx);
+/* The route the last qsdpa_attention / qsdpa_attention_partial call on ctx took
+ * (a diagnostic for tests and benchmarks; "" before the first call, NULL ctx
+ * gives ""): the kernel-table entry's name, which a CUDA context refines to the
+ * kernel that ran, "cuda.decode" (split-K), "cuda.prefill" (tiled) or
+ * "cuda.generic", and on cuda.generic's copies to "cuda.staged:" or
+ * "cuda.repacked:" followed by the kernel that ran on the copy. Set when the
+ * call is enqueued; a failed call may leave a partial route. */
+const char *qsdpa_context_last_route(const qsdpa_context *ctx);
 /* CUDA: switch stream for subsequent calls (captured into CUDA graphs safely). */
 qsdpa_status qsdpa_context_set_stream(qsdpa_context *ctx, void *stream);
 /* Is a backend compiled in and usable on this machine (CUDA: a device exists)? */

@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -132,7 +134,16 @@ struct qsdpa_context {
     struct qsdpa_cuda_state *cuda; /* CUDA backend state or NULL */
     void *multi_gpu_scratch;       /* device: partials of qsdpa_attention_nccl (grow-only) */
     size_t multi_gpu_scratch_bytes;
+    char last_route[64];           /* qsdpa_context_last_route: set as an attention call runs */
 };
+
+/* Records the route an attention call takes (qsdpa_context_last_route): the kernel-table entry's
+ * name first, then a backend's own path inside it; `prefix` (may be NULL) goes before `route`. */
+static inline void qsdpa_set_route(qsdpa_context *ctx, const char *prefix, const char *route) {
+    char buf[sizeof ctx->last_route];
+    snprintf(buf, sizeof buf, "%s%s", prefix ? prefix : "", route);
+    memcpy(ctx->last_route, buf, sizeof buf);
+}
 
 /* Host scratch of at least `bytes`, owned by ctx (grows, never shrinks);
  * `function` names the public entry point in an out-of-memory message. */

@@ -417,6 +417,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
     dim3 grid((unsigned)blocks, (unsigned)p.nsplit);
     kernel<<<grid, GEN_WARPS * 32, smem, stream>>>(p);
+    qsdpa_set_route(ctx, nullptr, "cuda.generic");
     if ((st = qsdpa_cuda_launch_status(fn, "generic_attention")) != QSDPA_OK) return st;
     generic_combine<<<dim3((unsigned)rows, (unsigned)((p.dv + 31) / 32)), GEN_WARPS * 32, 0, stream>>>(p, rows);
     return qsdpa_cuda_launch_status(fn, "generic_combine");

@@ -356,83 +356,176 @@ const fast_row *repack_row(const qsdpa_problem *p) {
     return best;
 }
 
-/* K or V rows [B, H, L] repacked at `base` to head dim w, zero-padded: codes, scales and biases, each
- * [B, H, L, its width at w] contiguous and 256-aligned. Zero codes with zero scales and biases are 0.0
- * in every format, so the pad dims add nothing to q.k (q's pad is zero too) and make output dims that are
- * dropped. With base null only the bytes are counted (one function sizes and fills, so they agree);
- * `view` (when base is set) is the repacked tensor. false on size_t overflow. */
-bool repack_tensor(const qsdpa_qtensor *t, int64_t batch, int64_t heads, int64_t len, int w, char *base,
-                   size_t *bytes, qsdpa_qtensor *view, cudaStream_t stream) {
+/* One copy of the repacked path: rows [B, H, len] of src_units units (`unit` bytes) at src (byte strides
+ * ss) into rows of dst_units units, `lpad` rows per (b, h) plane, at dst; units past src_units are zeros. */
+struct repack_job {
+    const char *src;
+    int64_t ss[3];
+    char *dst;
+    unsigned heads, len, lpad, src_units, dst_units, unit;
+    unsigned total;  /* B * heads * len * dst_units: the job's threads */
+    unsigned block0; /* the job's first block in the launch */
+};
+constexpr int REPACK_JOBS = 7; /* K's and V's codes, scales and biases; q */
+constexpr int REPACK_THREADS = 256;
+struct repack_set {
+    repack_job job[REPACK_JOBS];
+    int count;
+    unsigned blocks;
+};
+
+template <class C>
+__device__ __forceinline__ void repack_unit(const char *src, char *dst, bool copy) {
+    *(C *)dst = copy ? *(const C *)src : C{}; /* C{}: 0 bits, 0.0 in every format */
+}
+
+/* Every job of a call in one launch, a thread per destination unit (run 105: a warp per row and a launch
+ * per tensor left most lanes idle on rows of 3 16-byte units, 6 launches; the copies took about 115 us of
+ * a 140 us D 96 decode). The divisions are 32-bit: the host keeps each job's threads below 2^32. */
+__global__ void __launch_bounds__(REPACK_THREADS) repack_copy(const __grid_constant__ repack_set s) {
+    int j = 0;
+    while (j + 1 < s.count && blockIdx.x >= s.job[j + 1].block0) j++;
+    const repack_job &jb = s.job[j];
+    const unsigned idx = (blockIdx.x - jb.block0) * REPACK_THREADS + threadIdx.x;
+    if (idx >= jb.total) return;
+    const unsigned row = idx / jb.dst_units, c = idx - row * jb.dst_units;
+    const unsigned bh = row / jb.len, l = row - bh * jb.len;
+    const unsigned b = bh / jb.heads, h = bh - b * jb.heads;
+    const bool copy = c < jb.src_units;
+    const char *src = jb.src + (int64_t)b * jb.ss[0] + (int64_t)h * jb.ss[1] + (int64_t)l * jb.ss[2] + (size_t)c * jb.unit;
+    char *dst = jb.dst + (((size_t)bh * jb.lpad + l) * jb.dst_units + c) * jb.unit;
+    switch (jb.unit) {
+    case 16: repack_unit<uint4>(src, dst, copy); break;
+    case 8: repack_unit<uint2>(src, dst, copy); break;
+    case 4: repack_unit<uint32_t>(src, dst, copy); break;
+    case 2: repack_unit<uint16_t>(src, dst, copy); break;
+    default: repack_unit<uint8_t>(src, dst, copy); break;
+    }
+}
+
+/* Adds the job copying rows [B, heads, len] of src_bytes (t: its data and element strides) into rows of
+ * dst_bytes at the stage offset *off (lpad rows per plane, 256-aligned), and returns the copy as a tensor
+ * [B, heads, len, dst elements] with the planes' strides. With base null only the bytes are counted (one
+ * function sizes and fills, so they agree). false past the launch's 32-bit indices or on overflow. */
+bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t heads, int64_t len, int64_t lpad,
+                    int64_t src_bytes, int64_t dst_bytes, char *base, size_t *off, qsdpa_tensor *copy) {
+    const size_t es = qsdpa_dtype_size(t.dtype);
+    unsigned unit = 16;
+    while (unit > 1 && (src_bytes % unit || dst_bytes % unit || (uintptr_t)t.data % unit ||
+                        (size_t)t.stride[0] * es % unit || (size_t)t.stride[1] * es % unit ||
+                        (size_t)t.stride[2] * es % unit))
+        unit /= 2;
+    const int64_t threads_limit = (int64_t)UINT32_MAX - 2 * REPACK_THREADS;
+    size_t rows, bytes;
+    if (s->count == REPACK_JOBS || len < 1 || !qsdpa_mul_size((size_t)batch, (size_t)heads, &rows) ||
+        rows > (size_t)threads_limit / (size_t)lpad || !rows_bytes(rows * (size_t)lpad, (int)dst_bytes, 1, &bytes) ||
+        bytes > SIZE_MAX - *off || (int64_t)(rows * (size_t)len) > threads_limit / (dst_bytes / unit))
+        return false;
+    repack_job &jb = s->job[s->count++];
+    jb.src = (const char *)t.data;
+    for (int d = 0; d < 3; d++) jb.ss[d] = t.stride[d] * (int64_t)es;
+    jb.dst = base ? base + *off : nullptr;
+    jb.heads = (unsigned)heads;
+    jb.len = (unsigned)len;
+    jb.lpad = (unsigned)lpad;
+    jb.unit = unit;
+    jb.src_units = (unsigned)(src_bytes / unit);
+    jb.dst_units = (unsigned)(dst_bytes / unit);
+    jb.total = (unsigned)(rows * (size_t)len * jb.dst_units);
+    jb.block0 = s->blocks;
+    const unsigned blocks = (jb.total + REPACK_THREADS - 1) / REPACK_THREADS;
+    if (blocks > (unsigned)INT32_MAX - s->blocks) return false;
+    s->blocks += blocks;
+    if (copy) {
+        const int64_t n = dst_bytes / (int64_t)es;
+        *copy = qsdpa_tensor_4d(jb.dst, t.dtype, batch, heads, len, n);
+        copy->stride[1] = lpad * n;
+        copy->stride[0] = heads * lpad * n;
+    }
+    *off += bytes;
+    return true;
+}
+
+/* K or V repacked to head dim w, zero-padded: codes, scales and biases, each [B, H, L, its width at w] in
+ * planes of Lk rounded up to 16 keys, so every (b, h) plane starts 16-byte aligned and the decode kernel
+ * copies a chunk's scale rows as one block at any Lk. Zero codes with zero scales and biases are 0.0 in
+ * every format, so the pad dims add nothing to q.k (q's pad is zero too) and make output dims that are
+ * dropped. `view` (when base is set) is the repacked tensor. */
+bool repack_tensor(repack_set *s, const qsdpa_qtensor *t, int64_t batch, int64_t heads, int64_t len, int w,
+                   char *base, size_t *off, qsdpa_qtensor *view) {
     const bool plain = t->format.mode == QSDPA_MODE_PLAIN;
-    const qsdpa_tensor *src[3] = {&t->codes, plain ? nullptr : &t->scales, t->biases.data ? &t->biases : nullptr};
-    qsdpa_tensor *dst[3] = {nullptr, nullptr, nullptr};
+    const int64_t lpad = (len + 15) / 16 * 16;
     if (view) {
         *view = *t;
         view->dim = w;
-        dst[0] = &view->codes;
-        dst[1] = &view->scales;
-        dst[2] = &view->biases;
     }
-    /* row lengths in elements of each tensor's dtype: u32 words of codes (f16 values of plain rows), groups */
-    const int64_t n_src[3] = {plain ? t->dim : t->dim * t->format.bits / 32, plain ? 0 : t->dim / t->format.group,
-                              plain ? 0 : t->dim / t->format.group};
-    const int n_dst[3] = {plain ? w : w * t->format.bits / 32, plain ? 0 : w / t->format.group,
-                          plain ? 0 : w / t->format.group};
-    size_t rows, off = 0;
-    if (!qsdpa_mul_size((size_t)batch, (size_t)heads, &rows) || !qsdpa_mul_size(rows, (size_t)len, &rows)) return false;
-    for (int i = 0; i < 3; i++) {
-        if (!src[i] || !src[i]->data) continue;
-        const size_t es = qsdpa_dtype_size(src[i]->dtype);
-        size_t b;
-        if (!rows_bytes(rows, n_dst[i], es, &b) || b > SIZE_MAX - off) return false;
-        if (base) {
-            const int64_t ds[4] = {heads * len * n_dst[i], len * n_dst[i], n_dst[i], 1};
-            copy_rows_any(src[i]->data, src[i]->stride, base + off, ds, es, batch, heads, len, (int)n_src[i], n_dst[i],
-                          stream);
-            if (dst[i]) *dst[i] = qsdpa_tensor_4d(base + off, src[i]->dtype, batch, heads, len, n_dst[i]);
-        }
-        off += b;
+    /* codes: the row's bytes (bits per value, or the f16 values of plain rows) */
+    const int bits = plain ? 16 : t->format.bits;
+    if (!add_repack_job(s, t->codes, batch, heads, len, lpad, t->dim * bits / 8, (int64_t)w * bits / 8, base, off,
+                        view ? &view->codes : nullptr))
+        return false;
+    if (plain) return true;
+    const qsdpa_tensor *planes[2] = {&t->scales, &t->biases};
+    qsdpa_tensor *views[2] = {view ? &view->scales : nullptr, view ? &view->biases : nullptr};
+    for (int i = 0; i < 2; i++) {
+        if (!planes[i]->data) continue;
+        const int64_t es = (int64_t)qsdpa_dtype_size(planes[i]->dtype);
+        if (!add_repack_job(s, *planes[i], batch, heads, len, lpad, t->dim / t->format.group * es,
+                            w / t->format.group * es, base, off, views[i]))
+            return false;
     }
-    *bytes = off;
     return true;
 }
 
-/* Whether the fast row of head dim w takes the repacked layout with its decode kernel: the scale and bias
- * planes are packed back to back, [B, H, Lk, groups], and the decode kernel copies a chunk's scale rows as
- * one 16-byte-aligned block, so each plane must be a whole number of 16 bytes; the D 256 rows' decode
- * kernel (their only one) reads affine scales as f16 or bf16. Otherwise the row would take its prefill
- * kernel or hand the call to the generic kernel after the copy, and the generic kernel is taken directly.
- * (A review found this after run 105, whose shapes had aligned planes; padding each plane to 16 keys is
- * the fix, on branch cuda-repack, not yet run on a GPU.) */
+/* Whether the fast row of head dim w takes the repacked layout with its decode kernel: the D 256 rows'
+ * decode kernel (their only one) reads affine scales as f16 or bf16 only. Otherwise the row would hand
+ * the call to the generic kernel after the copy, and the generic kernel is taken directly. */
 bool repacked_layout_ok(const qsdpa_problem *p, int w) {
     const qsdpa_qtensor *ts[2] = {&p->k, &p->v};
-    for (const qsdpa_qtensor *t : ts) {
-        if (t->format.mode == QSDPA_MODE_PLAIN) continue;
-        const int64_t plane = p->len_k * (w / t->format.group) * (int64_t)qsdpa_dtype_size(t->scales.dtype);
-        if (plane % 16 != 0) return false;
+    for (const qsdpa_qtensor *t : ts)
         if (w > 128 && t->format.mode == QSDPA_MODE_AFFINE && t->scales.dtype == QSDPA_DTYPE_F32) return false;
-    }
     return true;
 }
 
-/* The repacked path's fast row and stage bytes for p (K, V, then q and out where their dims are not the
- * row's), false where it cannot take p. */
-bool repack_need(const qsdpa_problem *p, const fast_row **row, size_t *bytes) {
+/* The repacked call's copies (K, V, q where Dk is not the row's width) and the stage offset of its
+ * output (where Dv is not the width): with base null only sized. */
+struct repack_plan {
+    repack_set set;
+    qsdpa_qtensor k, v;
+    qsdpa_tensor q;
+    size_t out_off, bytes;
+};
+
+bool repack_plan_of(const qsdpa_problem *p, int w, char *base, repack_plan *rp) {
+    memset(&rp->set, 0, sizeof rp->set);
+    size_t off = 0;
+    if (!repack_tensor(&rp->set, &p->k, p->batch, p->heads_kv, p->len_k, w, base, &off, &rp->k) ||
+        !repack_tensor(&rp->set, &p->v, p->batch, p->heads_kv, p->len_k, w, base, &off, &rp->v))
+        return false;
+    if (p->dim_k != w) { /* q zero-padded to w, its rows contiguous */
+        qsdpa_tensor q = qsdpa_tensor_4d((void *)p->q, p->q_dtype, p->batch, p->heads_q, p->len_q, p->dim_k);
+        for (int d = 0; d < 4; d++) q.stride[d] = p->q_stride[d];
+        if (!add_repack_job(&rp->set, q, p->batch, p->heads_q, p->len_q, p->len_q, p->dim_k * 2, (int64_t)w * 2, base,
+                            &off, &rp->q))
+            return false;
+    }
+    rp->out_off = off;
+    size_t q_rows, ob = 0;
+    if (!qsdpa_mul_size((size_t)p->batch, (size_t)p->heads_q, &q_rows) ||
+        !qsdpa_mul_size(q_rows, (size_t)p->len_q, &q_rows) ||
+        (p->dim_v != w && !rows_bytes(q_rows, w, qsdpa_dtype_size(p->out_dtype), &ob)) || ob > SIZE_MAX - off)
+        return false;
+    rp->bytes = off + ob;
+    return rp->bytes <= SIZE_MAX / 4;
+}
+
+/* The repacked path's fast row and plan for p, false where it cannot take p. */
+bool repack_need(const qsdpa_problem *p, const fast_row **row, repack_plan *rp) {
     if (!stageable(p) || p->group_ratio * p->len_q > STAGED_MIN_ROWS) return false; /* long: the f16 stage */
     if (!(*row = repack_row(p))) return false;
     const int w = (*row)->d;
     if (p->dim_k == w && p->dim_v == w) return false; /* nothing to pad: a call forced onto cuda.generic keeps it */
-    if (!repacked_layout_ok(p, w)) return false;
-    size_t kb, vb, qb = 0, ob = 0, q_rows;
-    if (!repack_tensor(&p->k, p->batch, p->heads_kv, p->len_k, w, nullptr, &kb, nullptr, 0) ||
-        !repack_tensor(&p->v, p->batch, p->heads_kv, p->len_k, w, nullptr, &vb, nullptr, 0) ||
-        !qsdpa_mul_size((size_t)p->batch, (size_t)p->heads_q, &q_rows) ||
-        !qsdpa_mul_size(q_rows, (size_t)p->len_q, &q_rows) || (p->dim_k != w && !rows_bytes(q_rows, w, 2, &qb)) ||
-        (p->dim_v != w && !rows_bytes(q_rows, w, qsdpa_dtype_size(p->out_dtype), &ob)))
-        return false;
-    if (kb > SIZE_MAX / 4 || vb > SIZE_MAX / 4 || qb > SIZE_MAX / 4 || ob > SIZE_MAX / 4) return false;
-    *bytes = kb + vb + qb + ob;
-    return true;
+    return repacked_layout_ok(p, w) && repack_plan_of(p, w, nullptr, rp);
 }
 
 /* The stage's cap (QSDPA_CUDA_STAGE_LIMIT_MB, 1024 MiB of need) */
@@ -521,6 +614,7 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
         sp.out = out + (size_t)j * wv * out_esize;
         if ((st = plan.kernel->run(ctx, &sp)) != QSDPA_OK) return st;
     }
+    qsdpa_set_route(ctx, "cuda.staged:", ctx->last_route);
     if (!out_staged) return QSDPA_OK;
 
     copy_rows_any(o_s, o_rows_stride, pr->out, pr->out_stride, out_esize, pr->batch, pr->heads_q, pr->len_q,
@@ -530,47 +624,43 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
 
 bool qsdpa_cuda_repacked_takes(const qsdpa_problem *p) {
     const fast_row *row;
-    size_t bytes;
-    return repack_need(p, &row, &bytes) && (double)bytes <= stage_limit_bytes();
+    repack_plan rp;
+    return repack_need(p, &row, &rp) && (double)rp.bytes <= stage_limit_bytes();
 }
 
 qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn fallback) {
     const char *fn = pr->function;
     const fast_row *row;
-    size_t bytes;
-    repack_need(pr, &row, &bytes); /* qsdpa_cuda_repacked_takes checked it */
+    repack_plan rp;
+    repack_need(pr, &row, &rp); /* qsdpa_cuda_repacked_takes checked it */
     void *base;
     qsdpa_status st;
-    if (!stage_enter(ctx, pr, bytes, fallback, &base, &st)) return st;
+    if (!stage_enter(ctx, pr, rp.bytes, fallback, &base, &st)) return st;
     const int w = row->d;
+    repack_plan_of(pr, w, (char *)base, &rp); /* the same plan, now with the stage's addresses */
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
+    repack_copy<<<rp.set.blocks, REPACK_THREADS, 0, stream>>>(rp.set);
+    if ((st = qsdpa_cuda_launch_status(fn, "repacking K, V and q")) != QSDPA_OK) return st;
     qsdpa_problem sp = *pr;
     sp.device_checked = true; /* pr's pointers were checked above; the rest are the stage's */
     sp.dim_k = sp.dim_v = w;
-    char *at = (char *)base;
-    size_t used;
-    repack_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, w, at, &used, &sp.k, stream);
-    at += used;
-    repack_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, w, at, &used, &sp.v, stream);
-    at += used;
-    const int64_t rows_stride[4] = {pr->heads_q * pr->len_q * w, pr->len_q * w, w, 1};
-    const size_t q_rows = (size_t)(pr->batch * pr->heads_q * pr->len_q);
-    if (pr->dim_k != w) { /* q zero-padded to w */
-        copy_rows_any(pr->q, pr->q_stride, at, rows_stride, 2, pr->batch, pr->heads_q, pr->len_q, (int)pr->dim_k, w,
-                      stream);
-        sp.q = at;
-        for (int d = 0; d < 4; d++) sp.q_stride[d] = rows_stride[d];
-        rows_bytes(q_rows, w, 2, &used);
-        at += used;
+    sp.k = rp.k;
+    sp.v = rp.v;
+    if (pr->dim_k != w) {
+        sp.q = rp.q.data;
+        for (int d = 0; d < 4; d++) sp.q_stride[d] = rp.q.stride[d];
     }
+    const int64_t rows_stride[4] = {pr->heads_q * pr->len_q * w, pr->len_q * w, w, 1};
+    char *o_s = (char *)base + rp.out_off;
     const bool out_staged = pr->dim_v != w;
     if (out_staged) {
-        sp.out = at;
+        sp.out = o_s;
         for (int d = 0; d < 4; d++) sp.out_stride[d] = rows_stride[d];
     }
-    if ((st = qsdpa_cuda_launch_status(fn, "repacking K, V and q")) != QSDPA_OK) return st;
-    if ((st = row->run(ctx, &sp)) != QSDPA_OK || !out_staged) return st;
-    copy_rows_any(at, rows_stride, pr->out, pr->out_stride, qsdpa_dtype_size(pr->out_dtype), pr->batch, pr->heads_q,
+    st = row->run(ctx, &sp);
+    qsdpa_set_route(ctx, "cuda.repacked:", ctx->last_route);
+    if (st != QSDPA_OK || !out_staged) return st;
+    copy_rows_any(o_s, rows_stride, pr->out, pr->out_stride, qsdpa_dtype_size(pr->out_dtype), pr->batch, pr->heads_q,
                   pr->len_q, (int)pr->dim_v, (int)pr->dim_v, stream);
     return qsdpa_cuda_launch_status(fn, "copying the repacked call's output");
 }

@@ -421,7 +421,7 @@ static int64_t qsdpa_cuda_tiles_per_cta(const qsdpa_context *ctx, const qsdpa_pr
  * always with `partials`, else only when the keys were split. */
 template <int DV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
-                                           const char *name, const char *configuring, int threads, int smem,
+                                           const char *name, const char *route, const char *configuring, int threads, int smem,
                                            qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
                                            int block_rows, bool partials) {
     /* the context's device first: the query sets and reads per-device kernel attributes */
@@ -450,6 +450,7 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
         if (st != QSDPA_OK) return st;
     }
     st = qsdpa_cuda_launch_fast_kernel(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
+    qsdpa_set_route(ctx, nullptr, route);
     if (st != QSDPA_OK || (!partials && p.nsplit == 1)) return st;
     return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 }
@@ -462,7 +463,7 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
      * SM; run 69: 32K 21.3 us vs 22.5 at 3), unless the streams are long anyway: past 32
      * tiles per CTA the third CTA's latency hiding wins (run 69: 128K 57.0 -> 53.4 us,
      * B=8 32K 104 -> 94; B=8 8K, 26 tiles, even) */
-    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode",
+    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode", "cuda.decode",
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
                                       qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, 32, qfast::DEC_TILE, 8 * NR,
                                       true);
@@ -489,7 +490,7 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     using L = qfast::pf_layout<DK, DV, FK, FV>;
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
-    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "configuring fast_prefill", threads,
+    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
                                       smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false);
 }
 

@@ -111,7 +111,12 @@ static qsdpa_status run_attention(const char *function, qsdpa_context *ctx, cons
     const qsdpa_kernel_entry *kernel;
     qsdpa_status st = prepare(function, ctx, q, k, v, params, out, lse, &p, &kernel);
     if (st != QSDPA_OK) return st;
+    qsdpa_set_route(ctx, NULL, kernel->info.name);
     return kernel->run(ctx, &p);
+}
+
+const char *qsdpa_context_last_route(const qsdpa_context *ctx) {
+    return ctx ? ctx->last_route : "";
 }
 
 qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qsdpa_qtensor *k,

@@ -211,6 +211,9 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     CHECK(st == QSDPA_OK, "%s: GPU attention (%s): %s", label, name, qsdpa_last_error());
     cudaError_t err = cudaDeviceSynchronize();
     CHECK(err == cudaSuccess, "%s: device error %s", label, cudaGetErrorString(err));
+    const char *route = qsdpa_context_last_route(gpu);
+    CHECK(!c->route || strncmp(route, c->route, strlen(c->route)) == 0, "%s [%s]: took route '%s', expected '%s'",
+          label, name, route, c->route ? c->route : "");
     if (st != QSDPA_OK || err != cudaSuccess) goto done;
     buf_down(&out);
     buf_down(&lse);

@@ -150,13 +150,16 @@ typedef struct {
     int64_t dk, dv, hq, hkv, lq;
     qsdpa_dtype q;
     int mask, causal, partial;
+    const char *route; /* the route expected where staging is on; NULL: the path's own (run_path_cases) */
 } path_case;
 
 /* The cases of one path on row `kernel` over lk keys (quick: the first only); sinks on every other case,
  * batch 2 on the first, case `strided` on a cache view `extra` rows wider; partial cases a slice that
  * causal cuts. */
-static void run_path_cases(test_rng *rng, const char *kernel, const char *path, const path_case *cases, int n,
-                           int64_t lk, int strided, int64_t extra) {
+static void run_path_cases(test_rng *rng, const char *kernel, const char *path, const char *default_route,
+                           const path_case *cases, int n, int64_t lk, int strided, int64_t extra) {
+    const char *staged_env = getenv("QSDPA_CUDA_STAGED");
+    const bool staging_on = !(staged_env && atoi(staged_env) == 0);
     for (int m = 0; m < (quick ? 1 : n); m++) {
         const path_case *pc = &cases[m];
         cuda_case c = cuda_case_default();
@@ -166,6 +169,8 @@ static void run_path_cases(test_rng *rng, const char *kernel, const char *path, 
         c.dk = pc->dk; c.dv = pc->dv; c.hq = pc->hq; c.hkv = pc->hkv; c.lq = pc->lq; c.q_dtype = pc->q;
         c.mask = pc->mask; c.mask_rank = m % 2 ? 2 : 4; c.causal = pc->causal; c.partial = pc->partial;
         c.lk = lk; c.sinks = m % 2; c.cap_extra = m == strided ? extra : 0; c.batch = m == 0 ? 2 : 1;
+        /* the route proves the path ran (not the generic kernel on the original, nor on the copy) */
+        c.route = !staging_on ? "cuda.generic" : pc->route ? pc->route : default_route;
         if (c.partial) { c.key_offset = 100; c.key_total = 100 + c.lk; } /* causal cuts the slice's last keys */
         char label[192];
         snprintf(label, sizeof label, "cuda.generic %s K %s V %s Dk%lld Dv%lld Hq%lld/%lld Lq%lld", path, pc->kf,
@@ -258,37 +263,39 @@ int main(void) {
          * formats without a fast row, masks, partial slices, a strided cache view; QSDPA_CUDA_STAGED=0 runs
          * them on the generic kernel */
         static const path_case staged[] = {
-            {"mxfp4", "mxfp4", 96, 96, 8, 2, 70, QSDPA_DTYPE_F16, 0, 1, 0},
-            {"affine:3:64", "affine:3:64", 128, 128, 8, 2, 40, QSDPA_DTYPE_BF16, 2, 0, 1},
-            {"affine:4:32", "nvfp4", 128, 64, 8, 2, 33, QSDPA_DTYPE_F16, 1, 0, 0},
-            {"nvfp4", "affine:8:32", 48, 32, 8, 2, 50, QSDPA_DTYPE_BF16, 0, 1, 1},
-            {"f16", "f16", 80, 80, 8, 2, 40, QSDPA_DTYPE_F16, 3, 0, 0},
-            {"affine:6:32", "mxfp8", 64, 96, 8, 2, 24, QSDPA_DTYPE_BF16, 0, 0, 0},
-            {"f16", "f16", 36, 20, 8, 2, 45, QSDPA_DTYPE_BF16, 0, 1, 0}, /* q and out rows not whole 16-byte chunks */
-            {"mxfp8", "affine:4:64", 96, 128, 8, 2, 40, QSDPA_DTYPE_F16, 1, 0, 1}, /* partial + bool mask: not staged
-                                                                                      (the f16 row hands it off) */
+            {"mxfp4", "mxfp4", 96, 96, 8, 2, 70, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
+            {"affine:3:64", "affine:3:64", 128, 128, 8, 2, 40, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
+            {"affine:4:32", "nvfp4", 128, 64, 8, 2, 33, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
+            {"nvfp4", "affine:8:32", 48, 32, 8, 2, 50, QSDPA_DTYPE_BF16, 0, 1, 1, NULL},
+            {"f16", "f16", 80, 80, 8, 2, 40, QSDPA_DTYPE_F16, 3, 0, 0, NULL},
+            {"affine:6:32", "mxfp8", 64, 96, 8, 2, 24, QSDPA_DTYPE_BF16, 0, 0, 0, NULL},
+            {"f16", "f16", 36, 20, 8, 2, 45, QSDPA_DTYPE_BF16, 0, 1, 0, NULL}, /* q and out rows not whole 16-byte chunks */
+            {"mxfp8", "affine:4:64", 96, 128, 8, 2, 40, QSDPA_DTYPE_F16, 1, 0, 1, "cuda.generic"}, /* partial + bool
+                                                                      mask: not staged (the f16 row hands it off) */
             /* the K-width-256 stage row: two V passes into out in place; Dk 192 / Dv 128 (MLA-like),
              * q staged, one pass; out staged across two passes */
-            {"mxfp4", "mxfp4", 256, 256, 8, 2, 40, QSDPA_DTYPE_F16, 0, 1, 0},
-            {"affine:3:64", "affine:5:32", 192, 128, 8, 2, 36, QSDPA_DTYPE_BF16, 2, 0, 1},
-            {"f16", "f16", 160, 200, 8, 2, 40, QSDPA_DTYPE_F16, 1, 0, 0},
-            {"affine:4:32", "nvfp4", 64, 320, 8, 2, 40, QSDPA_DTYPE_BF16, 0, 0, 0}, /* five V passes of the d64 row */
+            {"mxfp4", "mxfp4", 256, 256, 8, 2, 40, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
+            {"affine:3:64", "affine:5:32", 192, 128, 8, 2, 36, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
+            {"f16", "f16", 160, 200, 8, 2, 40, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
+            {"affine:4:32", "nvfp4", 64, 320, 8, 2, 40, QSDPA_DTYPE_BF16, 0, 0, 0, NULL}, /* five V passes of the d64 row */
         };
-        run_path_cases(&rng, info.name, "staged", staged, (int)(sizeof staged / sizeof staged[0]), 517, 3, 11);
+        run_path_cases(&rng, info.name, "staged", "cuda.staged:cuda.prefill", staged, (int)(sizeof staged / sizeof staged[0]), 517, 3, 11);
         /* the repacked path (at most 32 folded rows, f16/bf16 q, formats with a fast row at a wider head dim;
          * cuda_staged.cu): K and V zero-padded to the narrowest such row, q and out padded where needed */
         static const path_case repacked[] = {
-                {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0},        /* Phi-3's D 96: width 128 */
-                {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0},       /* 5 of 8 nvfp4 groups */
-                {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 2, 0, 1}, /* K to width 64 */
-                {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 2, QSDPA_DTYPE_F16, 2, 0, 1}, /* MLA-like: width 256 */
-                {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0},            /* f16 rows, additive mask */
-                {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0},     /* GQA 32: 32 rows */
-                {"affine:8:64", "affine:4:64", 192, 192, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0}, /* the K8V4 row at 256 */
-                {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1}, /* 32 rows, causal partial */
+                {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},        /* Phi-3's D 96: width 128 */
+                {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},       /* 5 of 8 nvfp4 groups */
+                {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* K to width 64 */
+                {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 2, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* MLA-like: width 256 */
+                /* f16 rows, additive mask: the f16 row's prefill kernel on sm_90a, its decode kernel on sm_80 */
+                {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, "cuda.repacked:"},
+                {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},     /* GQA 32: 32 rows */
+                {"affine:8:64", "affine:4:64", 192, 192, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* the K8V4 row at 256 */
+                {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1, NULL}, /* 32 rows, causal partial */
             };
-        run_path_cases(&rng, info.name, "repacked", repacked, (int)(sizeof repacked / sizeof repacked[0]), 700, 5,
-                       13);
+        /* Lk 701: the scale planes' rows are not whole 16-byte blocks (each plane is padded to 16 keys) */
+        run_path_cases(&rng, info.name, "repacked", "cuda.repacked:cuda.decode", repacked,
+                       (int)(sizeof repacked / sizeof repacked[0]), 701, 5, 13);
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
