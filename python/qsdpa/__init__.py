@@ -53,6 +53,12 @@ class Context:
         self.backend = backend
         self._cap = _qsdpa.context_create(codes[backend], int(num_threads), int(device), kernel, int(disable_simd))
 
+    @property
+    def last_route(self):
+        """The route the last attention call on this context took: the kernel-table entry's name, which a CUDA
+        context refines to the kernel that ran (qsdpa_context_last_route); "" before the first call."""
+        return _qsdpa.context_last_route(self._cap)
+
 
 _default_context = None
 

@@ -377,6 +377,14 @@ static PyObject *py_cache_view(PyObject *self, PyObject *args) {
 
 static PyObject *py_version(PyObject *self, PyObject *args) { return PyUnicode_FromString(qsdpa_version()); }
 
+static PyObject *py_context_last_route(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    qsdpa_context *ctx = PyCapsule_GetPointer(cap, "qsdpa.context");
+    if (!ctx) return NULL;
+    return PyUnicode_FromString(qsdpa_context_last_route(ctx));
+}
+
 static PyObject *py_backend_available(PyObject *self, PyObject *args) {
     int backend;
     if (!PyArg_ParseTuple(args, "i", &backend)) return NULL;
@@ -398,6 +406,7 @@ static PyMethodDef methods[] = {
     {"backend_available", py_backend_available, METH_VARARGS, "Is a backend usable here."},
     {"format_info", py_format_info, METH_VARARGS, "(canonical text, mode, bits, group, has_biases)."},
     {"context_create", py_context_create, METH_VARARGS, "New context capsule."},
+    {"context_last_route", py_context_last_route, METH_VARARGS, "qsdpa_context_last_route."},
     {"quantize", py_quantize, METH_VARARGS, "qsdpa_quantize over raw pointers."},
     {"dequantize", py_dequantize, METH_VARARGS, "qsdpa_dequantize over raw pointers."},
     {"attention", py_attention, METH_VARARGS, "qsdpa_attention over descriptors."},

@@ -230,3 +230,15 @@ def test_attention_bad_input(rng):
     with pytest.raises(ValueError):
         qsdpa.attention(q, *kq, *kq, scale=1.0, mask=np.ones((1, 11), bool), out=out)
     assert np.isnan(out).all(), "a failing call wrote its output"
+
+
+def test_context_last_route_names_the_kernel_that_ran(rng):
+    ctx = qsdpa.Context()
+    assert ctx.last_route == ""
+    q = rng.standard_normal((1, 4, 1, 64)).astype(np.float32)
+    kq = mx_quantize(rng.standard_normal((1, 2, 50, 64)).astype(np.float32), "affine", 64, 4)
+    qsdpa.attention(q, *kq, *kq, scale=0.125, context=ctx)
+    assert ctx.last_route.startswith("cpu.") and ctx.last_route.endswith(".decode")
+    plain = qsdpa.Context(disable_simd=True)
+    qsdpa.attention(q, *kq, *kq, scale=0.125, context=plain)
+    assert plain.last_route == "cpu.c.decode"

@@ -98,6 +98,10 @@ static qsdpa_status run_case(const char *kernel, int disable_simd, const qsdpa_t
     if (st != QSDPA_OK) return st;
     if (chosen) st = qsdpa_attention_select(ctx, q, k, v, params, out, chosen);
     if (st == QSDPA_OK) st = qsdpa_attention(ctx, q, k, v, params, out);
+    /* the entry that ran is the one selection named (a CPU entry has no route inside it) */
+    if (st == QSDPA_OK && chosen)
+        CHECK(strcmp(qsdpa_context_last_route(ctx), *chosen) == 0, "ran '%s', selection named '%s'",
+              qsdpa_context_last_route(ctx), *chosen);
     qsdpa_context_destroy(ctx);
     return st;
 }
