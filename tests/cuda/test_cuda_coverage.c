@@ -25,7 +25,15 @@ static void run_shape(test_rng *rng, const cuda_case *c, const char *row, const 
     if (row_max_lq > 0 && c->lq > row_max_lq) return;
     char label[256];
     snprintf(label, sizeof label, "%s %s", row, what);
-    cuda_case_run(rng, c, label);
+    cuda_case r = *c;
+    /* A tensor-core row runs its own kernels on every shape here (decode, prefill, or its staged prefill),
+     * never the generic kernel: none of these shapes has a row that sees no key or partial mode with a bool
+     * mask. The one documented hand-off: f32 affine scales past D 128, where the row has only its decode
+     * kernel, which reads f16/bf16 scales. */
+    const bool f32_affine = r.scale_dtype == QSDPA_DTYPE_F32 &&
+                            (r.kf.mode == QSDPA_MODE_AFFINE || r.vf.mode == QSDPA_MODE_AFFINE);
+    if (strncmp(row, "cuda.mma.", 9) == 0 && !(f32_affine && (r.dk > 128 || r.dv > 128))) r.route_not = "cuda.generic";
+    cuda_case_run(rng, &r, label);
 }
 
 /* The shapes every row is run on. */
