@@ -50,6 +50,7 @@ extern "C" void qsdpa_cuda_context_destroy(qsdpa_context *ctx) {
     cudaSetDevice(st->device);
     if (st->scratch) cudaFree(st->scratch);
     if (st->stage) cudaFree(st->stage);
+    if (st->realign) cudaFree(st->realign);
     free(st);
     ctx->cuda = NULL;
 }
@@ -89,6 +90,10 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
 
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out) {
     return grow_buffer(&ctx->cuda->stage, &ctx->cuda->stage_bytes, bytes, "the staged path's buffer", out);
+}
+
+qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out) {
+    return grow_buffer(&ctx->cuda->realign, &ctx->cuda->realign_bytes, bytes, "the realigned scale planes", out);
 }
 
 qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name) {

@@ -27,6 +27,8 @@ struct qsdpa_cuda_state {
     size_t scratch_bytes;
     void *stage;         /* device scratch of the staged path: padded f16 K/V, q and out (cuda_staged.cu) */
     size_t stage_bytes;
+    void *realign;       /* device scratch of the realigned path: K/V scale and bias planes (cuda_staged.cu) */
+    size_t realign_bytes;
     /* Pointers already found to be device memory: cudaPointerGetAttributes
      * costs about a microsecond and a call checks up to 11 pointers, which
      * would dominate short decode calls. Direct-mapped by address. */
@@ -40,6 +42,8 @@ qsdpa_status qsdpa_cuda_error(cudaError_t err, const char *function, const char 
 qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out);
 /* The same for the staged path's buffer, which lives beside the split-K scratch of the kernel it feeds. */
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out);
+/* The realigned path's buffer: its own, because the row it feeds may stage (a long query). */
+qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out);
 /* Make ctx's device current (cudaSetDevice) for a call. */
 qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function);
 /* QSDPA_ERR_INVALID_ARGUMENT unless ptr is device (or managed) memory usable by ctx's device. */
@@ -90,6 +94,16 @@ typedef qsdpa_status (*qsdpa_cuda_run_fn)(qsdpa_context *ctx, const qsdpa_proble
 bool qsdpa_cuda_staged_takes(const qsdpa_context *ctx, const qsdpa_problem *p);
 bool qsdpa_cuda_staged_prefill(const qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn fallback);
+/* Whether the fast kernels hand pr to the generic kernel whatever its row count (layouts, plain
+ * rows that are not f16, rows that see no key, partial mode with a bool mask, sizes past the
+ * kernels' 32-bit indices). */
+bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr);
+/* The realigned path (cuda_staged.cu): a tensor-core row's call whose K or V scale and bias planes are not
+ * the one 16-byte-aligned block per (b, head) the decode kernel copies (and, with rows of under 4 bytes,
+ * that no fast kernel copies) runs its row on a copy of those planes, padded to 16 keys per plane; the
+ * codes are read in place. `run` is the row's own entry, which the copy no longer sends here. */
+bool qsdpa_cuda_realign_takes(const qsdpa_problem *p);
+qsdpa_status qsdpa_cuda_realigned_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn run);
 /* The repacked path (cuda_staged.cu): short queries (at most 32 folded rows, f16/bf16 q) at head dims
  * without a fast row, K and V repacked zero-padded to the narrowest fast row's head dim that takes their
  * formats; whether it takes p, and its run (`fallback` where the buffer cannot be allocated). */

@@ -664,3 +664,83 @@ qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr
                   pr->len_q, (int)pr->dim_v, (int)pr->dim_v, stream);
     return qsdpa_cuda_launch_status(fn, "copying the repacked call's output");
 }
+
+/* ---- The realigned path: scale planes the decode kernel cannot copy as one block ---- */
+namespace {
+
+/* Whether plane s (scales or biases of t) is rows of t's groups back to back, each (b, head) plane
+ * starting 16-byte aligned: what the decode kernel copies as one block per chunk. */
+bool plane_is_block(const qsdpa_qtensor *t, const qsdpa_tensor &s) {
+    if (!s.data) return true;
+    const int64_t groups = t->dim / t->format.group;
+    return s.stride[2] == groups && qsdpa_cuda_aligned16(s.data, s.stride, 2, qsdpa_dtype_size(s.dtype));
+}
+
+/* f32 affine scales are left as they are: the decode kernel reads f16/bf16 ones only, and the prefill
+ * kernel copies 4-byte rows wherever they are. */
+bool realignable(const qsdpa_qtensor *t) {
+    return t->format.mode != QSDPA_MODE_PLAIN && t->scales.dtype != QSDPA_DTYPE_F32;
+}
+
+bool needs_realign(const qsdpa_qtensor *t) {
+    return realignable(t) && !(plane_is_block(t, t->scales) && plane_is_block(t, t->biases));
+}
+
+/* The copies of p's planes that need it, into [B, Hkv, Lk rounded up to 16, groups] planes at base (null:
+ * only sized), and the problem that reads them. */
+bool realign_plan_of(const qsdpa_problem *p, char *base, repack_set *set, qsdpa_problem *sp, size_t *bytes) {
+    memset(set, 0, sizeof *set);
+    *sp = *p;
+    size_t off = 0;
+    const int64_t lpad = (p->len_k + 15) / 16 * 16;
+    qsdpa_qtensor *ts[2] = {&sp->k, &sp->v};
+    for (qsdpa_qtensor *t : ts) {
+        if (!needs_realign(t)) continue;
+        qsdpa_tensor *planes[2] = {&t->scales, &t->biases};
+        for (qsdpa_tensor *plane : planes) {
+            if (!plane->data) continue;
+            const int64_t row = t->dim / t->format.group * (int64_t)qsdpa_dtype_size(plane->dtype);
+            qsdpa_tensor copy;
+            if (!add_repack_job(set, *plane, p->batch, p->heads_kv, p->len_k, lpad, row, row, base, &off, &copy))
+                return false;
+            *plane = copy;
+        }
+    }
+    *bytes = off;
+    return true;
+}
+
+} // namespace
+
+bool qsdpa_cuda_realign_takes(const qsdpa_problem *p) {
+    if (!staging_enabled() || rows_hand_off(p) || !(needs_realign(&p->k) || needs_realign(&p->v))) return false;
+    repack_set set;
+    qsdpa_problem sp;
+    size_t bytes;
+    /* planned at a stand-in 256-aligned base: the copy's alignment is what decides */
+    if (!realign_plan_of(p, (char *)256, &set, &sp, &bytes) || (double)bytes > stage_limit_bytes()) return false;
+    return !qsdpa_cuda_fast_hands_off(&sp);
+}
+
+qsdpa_status qsdpa_cuda_realigned_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn run) {
+    const char *fn = pr->function;
+    repack_set set;
+    qsdpa_problem sp;
+    size_t bytes;
+    realign_plan_of(pr, nullptr, &set, &sp, &bytes); /* qsdpa_cuda_realign_takes checked it */
+    qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
+    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
+    if (st != QSDPA_OK) return st;
+    void *base;
+    if (qsdpa_cuda_realign_buffer(ctx, bytes, &base) != QSDPA_OK) { /* no room: the generic kernel, as before */
+        qsdpa_clear_error();
+        return qsdpa_cuda_generic_run(ctx, pr);
+    }
+    realign_plan_of(pr, (char *)base, &set, &sp, &bytes);
+    sp.device_checked = true; /* pr's pointers were checked above; the rest are the buffer's */
+    repack_copy<<<set.blocks, REPACK_THREADS, 0, qsdpa_cuda_stream(ctx)>>>(set);
+    if ((st = qsdpa_cuda_launch_status(fn, "realigning K and V scale planes")) != QSDPA_OK) return st;
+    st = run(ctx, &sp);
+    qsdpa_set_route(ctx, "cuda.realigned:", ctx->last_route);
+    return st;
+}

@@ -304,10 +304,6 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
 /* Whether the decode kernel takes pr's K/V layouts at any row count (scale dtypes and blocks, strides;
  * QSDPA_CUDA_TILE_DECODE=1 says no): qsdpa_cuda_use_decode_kernel without its row limit. */
 bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr);
-/* Whether the fast kernels hand pr to the generic kernel whatever its row count (layouts, plain
- * rows that are not f16, rows that see no key, partial mode with a bool mask, sizes past the
- * kernels' 32-bit indices). */
-bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr);
 
 /* What the launcher reads once per kernel (and per device): blocks per SM at its
  * shared-memory size (it sizes split-K) and whether its loaded binary was compiled
@@ -497,6 +493,10 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
+    /* scale planes that are not one aligned block per (b, head) (a tensor of exactly Lk keys, Lk not a
+     * multiple of 8 at one f16 group per key): copied aligned, else the decode kernel could not take them
+     * (and rows of under 4 bytes no fast kernel at all) */
+    if (qsdpa_cuda_realign_takes(pr)) return qsdpa_cuda_realigned_run(ctx, pr, qsdpa_cuda_fast_run<DK, DV, FK, FV>);
     if constexpr (DK > 128 || DV > 128) {
         /* Past D 128 the decode kernel runs 8-row blocks only (16-row blocks spill at this width,
          * kernels_cuda.def): more folded rows take several row blocks in one launch, which stream the
