@@ -309,7 +309,7 @@ bool rows_hand_off(const qsdpa_problem *p) {
     return (p->lse && p->mask_kind == QSDPA_MASK_BOOL) || !qsdpa_cuda_every_row_sees_a_key(p);
 }
 
-/* QSDPA_CUDA_STAGED=0 sends what the staged and repacked paths take to the generic kernel (the
+/* QSDPA_CUDA_STAGED=0 sends what the staged, repacked and realigned paths take to the generic kernel (the
  * coverage test's switch) */
 bool staging_enabled() {
     static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_STAGED", 1) != 0;
