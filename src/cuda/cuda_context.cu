@@ -93,6 +93,12 @@ qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out) {
 }
 
 qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out) {
+    /* its size follows Lk, which a decode loop grows by one key a call: a power of two (at least 1 MiB)
+     * makes the regrows (each a cudaFree, which synchronises, and a new address for graphs captured
+     * later) logarithmic in the context length, a handful over a whole generation */
+    size_t want = (size_t)1 << 20;
+    while (want < bytes && want <= SIZE_MAX / 2) want *= 2;
+    if (want >= bytes) bytes = want;
     return grow_buffer(&ctx->cuda->realign, &ctx->cuda->realign_bytes, bytes, "the realigned scale planes", out);
 }
 

@@ -383,6 +383,13 @@ __device__ __forceinline__ void repack_unit(const char *src, char *dst, bool cop
  * per tensor left most lanes idle on rows of 3 16-byte units, 6 launches; the copies took about 115 us of
  * a 140 us D 96 decode). The divisions are 32-bit: the host keeps each job's threads below 2^32. */
 __global__ void __launch_bounds__(REPACK_THREADS) repack_copy(const __grid_constant__ repack_set s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    /* launched with programmatic dependent launch (launch_repack): the kernel it feeds may be placed now and
+     * waits for this one's end; this one waits for the kernel ahead of it before touching memory (which may
+     * still read the buffer this call overwrites, or write the cache it reads) */
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
     int j = 0;
     while (j + 1 < s.count && blockIdx.x >= s.job[j + 1].block0) j++;
     const repack_job &jb = s.job[j];
@@ -401,6 +408,33 @@ __global__ void __launch_bounds__(REPACK_THREADS) repack_copy(const __grid_const
     case 2: repack_unit<uint16_t>(src, dst, copy); break;
     default: repack_unit<uint8_t>(src, dst, copy); break;
     }
+}
+
+/* repack_copy on ctx's stream, with programmatic dependent launch where the device and the loaded binary
+ * are sm_90+ (the binary then holds the griddepcontrol instructions): its launch overlaps the previous
+ * kernel's tail, and the row's kernel, launched the same way, overlaps its own. */
+qsdpa_status launch_repack(qsdpa_context *ctx, const repack_set &set, const char *fn, const char *what) {
+    static int ptx_version[64]; /* per device; 0: not read yet */
+    const int dev = ctx->cuda->device < 64 ? ctx->cuda->device : 0;
+    if (!ptx_version[dev]) {
+        cudaFuncAttributes fa;
+        cudaError_t err = cudaFuncGetAttributes(&fa, repack_copy);
+        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, what);
+        ptx_version[dev] = fa.ptxVersion > 0 ? fa.ptxVersion : 1;
+    }
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = dim3(set.blocks);
+    cfg.blockDim = dim3(REPACK_THREADS);
+    cfg.stream = qsdpa_cuda_stream(ctx);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = ctx->cuda->cc >= 90 && ptx_version[dev] >= 90 ? 1 : 0;
+    cudaError_t err = cudaLaunchKernelEx(&cfg, repack_copy, set);
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, what);
+    return qsdpa_cuda_launch_status(fn, what);
 }
 
 /* Adds the job copying rows [B, heads, len] of src_bytes (t: its data and element strides) into rows of
@@ -423,7 +457,7 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
         return false;
     repack_job &jb = s->job[s->count++];
     jb.src = (const char *)t.data;
-    for (int d = 0; d < 3; d++) jb.ss[d] = t.stride[d] * (int64_t)es;
+    for (int d = 0; d < 3; d++) jb.ss[d] = (int64_t)((uint64_t)t.stride[d] * es); /* a size-1 dim's stride may be any */
     jb.dst = base ? base + *off : nullptr;
     jb.heads = (unsigned)heads;
     jb.len = (unsigned)len;
@@ -639,8 +673,7 @@ qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr
     const int w = row->d;
     repack_plan_of(pr, w, (char *)base, &rp); /* the same plan, now with the stage's addresses */
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
-    repack_copy<<<rp.set.blocks, REPACK_THREADS, 0, stream>>>(rp.set);
-    if ((st = qsdpa_cuda_launch_status(fn, "repacking K, V and q")) != QSDPA_OK) return st;
+    if ((st = launch_repack(ctx, rp.set, fn, "repacking K, V and q")) != QSDPA_OK) return st;
     qsdpa_problem sp = *pr;
     sp.device_checked = true; /* pr's pointers were checked above; the rest are the stage's */
     sp.dim_k = sp.dim_v = w;
@@ -732,14 +765,14 @@ qsdpa_status qsdpa_cuda_realigned_run(qsdpa_context *ctx, const qsdpa_problem *p
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
     if (st != QSDPA_OK) return st;
     void *base;
-    if (qsdpa_cuda_realign_buffer(ctx, bytes, &base) != QSDPA_OK) { /* no room: the generic kernel, as before */
+    if (qsdpa_cuda_realign_buffer(ctx, bytes, &base) != QSDPA_OK) { /* no room: the generic kernel (not `run`,
+                                                                     * which would come back here) */
         qsdpa_clear_error();
         return qsdpa_cuda_generic_run(ctx, pr);
     }
     realign_plan_of(pr, (char *)base, &set, &sp, &bytes);
     sp.device_checked = true; /* pr's pointers were checked above; the rest are the buffer's */
-    repack_copy<<<set.blocks, REPACK_THREADS, 0, qsdpa_cuda_stream(ctx)>>>(set);
-    if ((st = qsdpa_cuda_launch_status(fn, "realigning K and V scale planes")) != QSDPA_OK) return st;
+    if ((st = launch_repack(ctx, set, fn, "realigning K and V scale planes")) != QSDPA_OK) return st;
     st = run(ctx, &sp);
     qsdpa_set_route(ctx, "cuda.realigned:", ctx->last_route);
     return st;

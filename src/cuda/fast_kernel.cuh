@@ -493,10 +493,11 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
-    /* scale planes that are not one aligned block per (b, head) (a tensor of exactly Lk keys, Lk not a
-     * multiple of 8 at one f16 group per key): copied aligned, else the decode kernel could not take them
-     * (and rows of under 4 bytes no fast kernel at all) */
-    if (qsdpa_cuda_realign_takes(pr)) return qsdpa_cuda_realigned_run(ctx, pr, qsdpa_cuda_fast_run<DK, DV, FK, FV>);
+    /* Scale planes that are not one aligned block per (b, head) (a tensor of exactly Lk keys, Lk not a
+     * multiple of 8 at one f16 group per key) are copied aligned where the kernel chosen needs them so:
+     * the decode kernel always, the prefill kernel for rows under 4 bytes (the staged paths read any
+     * layout). The copy's planes are aligned, so its run never comes back here. */
+    auto realigned = [&] { return qsdpa_cuda_realigned_run(ctx, pr, qsdpa_cuda_fast_run<DK, DV, FK, FV>); };
     if constexpr (DK > 128 || DV > 128) {
         /* Past D 128 the decode kernel runs 8-row blocks only (16-row blocks spill at this width,
          * kernels_cuda.def): more folded rows take several row blocks in one launch, which stream the
@@ -507,12 +508,15 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
          * at 32K 609 against 468). */
         if (pr->group_ratio * pr->len_q > 4 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(ctx, pr))
             return qsdpa_cuda_staged_run(ctx, pr, qsdpa_cuda_generic_run);
-        return qsdpa_cuda_decode_layouts_ok(pr) ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
-                                                : qsdpa_cuda_generic_run(ctx, pr);
+        if (qsdpa_cuda_decode_layouts_ok(pr)) return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn);
+        return qsdpa_cuda_realign_takes(pr) ? realigned() : qsdpa_cuda_generic_run(ctx, pr);
     } else {
         if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
             return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
                                                     : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
+        /* short queries over a quantized cache whose planes kept them off the decode kernel */
+        const bool short_quantized = FK::mode != QSDPA_MODE_PLAIN && pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS;
+        if (short_quantized && qsdpa_cuda_realign_takes(pr)) return realigned();
         /* Long enough queries over a quantized cache: dequantized once into f16 for the f16 row, which
          * beats dequantizing each tile per 128-row block from 2048 folded rows on (cuda_staged.cu) */
         if constexpr (FK::mode != QSDPA_MODE_PLAIN)
@@ -520,6 +524,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
                 return qsdpa_cuda_staged_run(ctx, pr, [](qsdpa_context *c, const qsdpa_problem *q) {
                     return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(c, q, q->function);
                 });
+        if (qsdpa_cuda_fast_hands_off(pr) && qsdpa_cuda_realign_takes(pr)) return realigned();
         return qsdpa_cuda_prefill_run<DK, DV, FK, FV>(ctx, pr, fn);
     }
 }

@@ -26,7 +26,7 @@ typedef struct cuda_case {
     double v_sigma, v_clamp; /* V's own scale (0: sigma) and clip (0: none) */
     const char *kernel;      /* forced CUDA kernel row, or NULL */
     const char *route;       /* what qsdpa_context_last_route must start with after the GPU call, or NULL */
-    const char *route_not;   /* what it must not start with, or NULL */
+    const char *route_not;   /* what it must not contain (behind a copy's prefix too), or NULL */
 } cuda_case;
 
 /* Defaults: B 1, Hq 4, Hkv 1, Lq 1, Lk 300, D 128, affine:4:64 K/V, f16. */

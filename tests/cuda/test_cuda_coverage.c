@@ -17,7 +17,10 @@ int main(void) {
 
 #include "cuda_case.h"
 
+#include <cuda_runtime.h>
+
 static int quick;
+static int smem_optin; /* the device's largest shared memory per block (bytes) */
 static int64_t row_max_lq; /* the row's Lq limit (0: none): longer shapes are not its to run */
 
 /* One case, labelled "<row> <what>". */
@@ -29,10 +32,14 @@ static void run_shape(test_rng *rng, const cuda_case *c, const char *row, const 
     /* A tensor-core row runs its own kernels on every shape here (decode, prefill, or its staged prefill),
      * never the generic kernel: none of these shapes has a row that sees no key or partial mode with a bool
      * mask. The one documented hand-off: f32 affine scales past D 128, where the row has only its decode
-     * kernel, which reads f16/bf16 scales. QSDPA_CUDA_STAGED=0 turns the realigned path off, and with it
-     * this check. */
+     * kernel, which reads f16/bf16 scales. Not checked where the test cannot know the route: the realigned
+     * path off (QSDPA_CUDA_STAGED=0), the knobs that reroute (QSDPA_CUDA_TILE_DECODE, a small
+     * QSDPA_CUDA_STAGE_LIMIT_MB), and GPUs whose blocks get less than 160 KiB of shared memory, where the
+     * largest rows' kernels (8-bit D 256 decode, 8-bit D 128 mma.sync prefill: up to 118 KiB) do not fit
+     * and hand off. */
     const char *staged_env = getenv("QSDPA_CUDA_STAGED");
-    const bool copies_on = !(staged_env && atoi(staged_env) == 0);
+    const bool copies_on = !(staged_env && atoi(staged_env) == 0) && !getenv("QSDPA_CUDA_TILE_DECODE") &&
+                           !getenv("QSDPA_CUDA_STAGE_LIMIT_MB") && smem_optin >= 160 * 1024;
     const bool f32_affine = r.scale_dtype == QSDPA_DTYPE_F32 &&
                             (r.kf.mode == QSDPA_MODE_AFFINE || r.vf.mode == QSDPA_MODE_AFFINE);
     if (copies_on && strncmp(row, "cuda.mma.", 9) == 0 && !(f32_affine && (r.dk > 128 || r.dv > 128)))
@@ -183,6 +190,7 @@ static void run_path_cases(test_rng *rng, const char *kernel, const char *path, 
         c.lk = lk; c.sinks = m % 2; c.cap_extra = m == strided ? extra : 0; c.batch = m == 0 ? 2 : 1;
         /* the route proves the path ran (not the generic kernel on the original, nor on the copy) */
         c.route = !staging_on ? "cuda.generic" : pc->route ? pc->route : default_route;
+        if (strcmp(c.route, "cuda.generic") != 0) c.route_not = "cuda.generic"; /* not even on the copy */
         if (c.partial) { c.key_offset = 100; c.key_total = 100 + c.lk; } /* causal cuts the slice's last keys */
         char label[192];
         snprintf(label, sizeof label, "cuda.generic %s K %s V %s Dk%lld Dv%lld Hq%lld/%lld Lq%lld", path, pc->kf,
@@ -193,6 +201,7 @@ static void run_path_cases(test_rng *rng, const char *kernel, const char *path, 
 
 int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
+    if (cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) != cudaSuccess) smem_optin = 0;
     const char *q = getenv("QSDPA_CUDA_QUICK");
     quick = q && q[0] == '1';
     const char *only = getenv("QSDPA_CUDA_ONLY"); /* run only rows whose name contains this */
