@@ -185,6 +185,12 @@ echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(a4g64 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
+# the decode kernel's 4-byte scale pieces (planes only 4-byte aligned: Lk 5000 in a 5037-key view)
+for tool in memcheck racecheck; do
+  QSDPA_CUDA_ONLY=a4g64.d128.f16 QSDPA_CUDA_SHAPE=Lk5000 timeout 60 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
+    >>"$OUT/sanitizer.log" 2>&1
+  echo "$tool coverage(a4g64 d128, 4-byte scale pieces) rc=$?" | tee -a "$OUT/sanitizer.log"
+done
 # the prefill kernel (more than 64 folded rows): dequantized tiles (a4g64) and f16 rows read in place
 for only in a4g64.d128.f16 f16.d64.bf16; do
   for tool in memcheck racecheck; do

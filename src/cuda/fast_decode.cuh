@@ -244,6 +244,7 @@ struct dec_copier {
     int k_dst, v_dst;      /* the lane's first piece in a stage */
     int s_row, s_off;      /* its scale block's bytes per key, the piece's offset in that block */
     bool has_scale;        /* lane < NSP */
+    bool s_words;          /* the planes are 4-byte aligned only (scales_vec 0): a piece is 4 copies of 4 bytes */
     static constexpr int KR = 32 / KC, VR = 32 / VC; /* keys between a lane's pieces */
 
     __device__ __forceinline__ dec_copier(const fast_params &p, int64_t b, int64_t g, int chunk, int lane) {
@@ -265,6 +266,7 @@ struct dec_copier {
         const void *base = (blk & 1) ? t.biases : t.scales;
         const int64_t *st = (blk & 1) ? t.bs : t.ss;
         has_scale = lane < NSP;
+        s_words = p.scales_vec == 0;
         s_row = has_scale ? (blk < 2 ? R::KSROW : R::VSROW) : 0;
         s_off = piece * 16;
         s = has_scale ? (const char *)base + (b * st[0] + g * st[1]) * es + j0 * s_row + piece * 16 : nullptr;
@@ -296,7 +298,14 @@ struct dec_copier {
             for (int i = 0; i < KN; i++) cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step);
 #pragma unroll
             for (int i = 0; i < VN; i++) cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step);
-            if (has_scale) cp_async16(stage + R::KS_OFF + lane * 16, s);
+            if (has_scale) {
+                if (!s_words) {
+                    cp_async16(stage + R::KS_OFF + lane * 16, s);
+                } else {
+#pragma unroll
+                    for (int w = 0; w < 4; w++) cp_async4(stage + R::KS_OFF + lane * 16 + 4 * w, s + 4 * w, 4);
+                }
+            }
         } else {
 #pragma unroll
             for (int i = 0; i < KN; i++) {
@@ -310,7 +319,16 @@ struct dec_copier {
             }
             if (has_scale) { /* cut at the last key */
                 const int left = (lk - j0) * s_row - s_off, nb = left >= 16 ? 16 : left > 0 ? left : 0;
-                cp_async16(stage + R::KS_OFF + lane * 16, nb ? s : (const char *)p.k.codes, nb);
+                if (!s_words) {
+                    cp_async16(stage + R::KS_OFF + lane * 16, nb ? s : (const char *)p.k.codes, nb);
+                } else { /* rows are whole 4-byte words, so the bytes left are too */
+#pragma unroll
+                    for (int w = 0; w < 4; w++) {
+                        const bool ok = nb >= 4 * (w + 1);
+                        cp_async4(stage + R::KS_OFF + lane * 16 + 4 * w, ok ? s + 4 * w : (const char *)p.k.codes,
+                                  ok ? 4 : 0);
+                    }
+                }
             }
         }
         if (has_scale) s += (int64_t)s_row * (DEC_WARPS * DEC_CHUNK);

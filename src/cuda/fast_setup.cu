@@ -118,14 +118,21 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
 
 /* The decode kernel's own limits: affine scales in f16/bf16 (it reads them as
  * 2-byte elements); a chunk's scale and bias rows one 16-byte-aligned block
- * (scale_mode 1: it copies them whole); per-key strides above 2^27 bytes stay on
+ * (scale_mode 1: it copies them whole) or 4-byte rows back to back (scale_mode 0:
+ * 4-byte pieces), the same mode for K and V (the copier takes one); per-key strides above 2^27 bytes stay on
  * the prefill kernel (a conservative bound from its first version, never timed on
  * such layouts). */
 static bool decode_layout_ok(const qsdpa_qtensor *t) {
     const int64_t limit = ((int64_t)1 << 31) / 16;
     if (t->format.mode == QSDPA_MODE_AFFINE && t->scales.dtype != QSDPA_DTYPE_F16 && t->scales.dtype != QSDPA_DTYPE_BF16)
         return false;
-    if (scale_mode(t) != 1) return false;
+    /* 4-byte rows back to back in planes that are only 4-byte aligned (a tensor of exactly Lk keys): the
+     * copier takes a chunk's block as 4-byte pieces (scale_mode 0, v38); other 4-byte rows do not */
+    const int64_t groups = t->format.mode == QSDPA_MODE_PLAIN ? 0 : t->dim / t->format.group;
+    const bool rows_back_to_back = t->format.mode == QSDPA_MODE_PLAIN ||
+                                   (t->scales.stride[2] == groups && (!t->biases.data || t->biases.stride[2] == groups));
+    const int mode = scale_mode(t);
+    if (mode != 1 && !(mode == 0 && rows_back_to_back)) return false;
     if (t->codes.stride[2] * (int64_t)qsdpa_dtype_size(t->codes.dtype) >= limit) return false;
     if (t->scales.data && t->scales.stride[2] * 4 >= limit) return false;
     if (t->biases.data && t->biases.stride[2] * 4 >= limit) return false;
@@ -148,5 +155,5 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill) {
 
 bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr) {
     static const bool tile_only = qsdpa_cuda_env("QSDPA_CUDA_TILE_DECODE", 0) == 1;
-    return !tile_only && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v);
+    return !tile_only && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v) && scale_mode(&pr->k) == scale_mode(&pr->v);
 }
