@@ -110,8 +110,14 @@ typedef struct {
     size_t out_bytes;
 } decode_problem;
 
-static void decode_make(test_rng *rng, decode_problem *d, int64_t lk) {
-    const int64_t hq = 32, hkv = 8, dim = 128, words = 16, groups = 2;
+/* Affine K = V of `format` at head dim `dim`, scales and biases in scale_dtype, Lk keys (exactly: no spare
+ * capacity, so for most Lk the scale planes are not 16-byte aligned) */
+static void decode_make_as(test_rng *rng, decode_problem *d, int64_t lk, const char *format, int64_t dim,
+                           qsdpa_dtype scale_dtype) {
+    qsdpa_format f;
+    qsdpa_format_parse(format, &f);
+    const int64_t hq = 32, hkv = 8, words = dim * f.bits / 32, groups = dim / f.group;
+    const size_t es = qsdpa_dtype_size(scale_dtype);
     size_t qb = (size_t)(hq * dim) * 2;
     d->out_bytes = qb;
     void *hq_data = test_alloc(qb);
@@ -119,14 +125,12 @@ static void decode_make(test_rng *rng, decode_problem *d, int64_t lk) {
     float *x = test_alloc((size_t)(hkv * lk * dim) * 4);
     test_fill_normal(rng, x, QSDPA_DTYPE_F32, hkv * lk * dim, 1.0);
     uint32_t *c = test_alloc((size_t)(hkv * lk * words) * 4);
-    float *s = test_alloc((size_t)(hkv * lk * groups) * 4), *b = test_alloc((size_t)(hkv * lk * groups) * 4);
-    qsdpa_format f;
-    qsdpa_format_parse("affine:4:64", &f);
-    qsdpa_quantize(&f, x, QSDPA_DTYPE_F32, hkv * lk, dim, c, s, b, QSDPA_DTYPE_F32);
+    void *s = test_alloc((size_t)(hkv * lk * groups) * es), *b = test_alloc((size_t)(hkv * lk * groups) * es);
+    qsdpa_quantize(&f, x, QSDPA_DTYPE_F32, hkv * lk, dim, c, s, b, scale_dtype);
     d->q = dev(hq_data, qb);
     d->codes = dev(c, (size_t)(hkv * lk * words) * 4);
-    d->scales = dev(s, (size_t)(hkv * lk * groups) * 4);
-    d->biases = dev(b, (size_t)(hkv * lk * groups) * 4);
+    d->scales = dev(s, (size_t)(hkv * lk * groups) * es);
+    d->biases = dev(b, (size_t)(hkv * lk * groups) * es);
     d->out = dev(NULL, qb);
     d->qt = qsdpa_tensor_4d(d->q, QSDPA_DTYPE_F16, 1, hq, 1, dim);
     d->ot = qsdpa_tensor_4d(d->out, QSDPA_DTYPE_F16, 1, hq, 1, dim);
@@ -134,9 +138,13 @@ static void decode_make(test_rng *rng, decode_problem *d, int64_t lk) {
     d->k.format = f;
     d->k.dim = dim;
     d->k.codes = qsdpa_tensor_4d(d->codes, QSDPA_DTYPE_U32, 1, hkv, lk, words);
-    d->k.scales = qsdpa_tensor_4d(d->scales, QSDPA_DTYPE_F32, 1, hkv, lk, groups);
-    d->k.biases = qsdpa_tensor_4d(d->biases, QSDPA_DTYPE_F32, 1, hkv, lk, groups);
+    d->k.scales = qsdpa_tensor_4d(d->scales, scale_dtype, 1, hkv, lk, groups);
+    d->k.biases = qsdpa_tensor_4d(d->biases, scale_dtype, 1, hkv, lk, groups);
     free(hq_data); free(x); free(c); free(s); free(b);
+}
+
+static void decode_make(test_rng *rng, decode_problem *d, int64_t lk) {
+    decode_make_as(rng, d, lk, "affine:4:64", 128, QSDPA_DTYPE_F32);
 }
 
 static void decode_free(decode_problem *d) {
@@ -169,18 +177,26 @@ static void host_pointer_rejected(test_rng *rng) {
 }
 
 /* Capture qsdpa_attention into a graph on the caller's stream; a replay gives
- * the bytes of a direct call (no allocation or sync inside the call). */
-static void graph_capture(test_rng *rng) {
+ * the bytes of a direct call (no allocation or sync inside the call), on each
+ * route with a buffer of its own: f32 scales (the prefill kernel), f16 scales at
+ * an aligned and at an unaligned Lk (the decode kernel, its 4-byte scale pieces),
+ * D 64 at an unaligned Lk (the realigned copy), D 96 (the repacked copy). `route`
+ * is what qsdpa_context_last_route must start with ("" where the card decides). */
+static void graph_capture_one(test_rng *rng, int64_t lk, const char *format, int64_t dim, qsdpa_dtype scale_dtype,
+                              const char *route) {
     cudaStream_t stream;
     cudaStreamCreate(&stream);
     qsdpa_context *ctx = cuda_ctx(stream);
     if (!ctx) return;
     decode_problem d;
-    decode_make(rng, &d, 20000);
+    decode_make_as(rng, &d, lk, format, dim, scale_dtype);
     qsdpa_attention_params p = qsdpa_attention_default_params();
     p.scale = 0.088f;
     qsdpa_status st = qsdpa_attention(ctx, &d.qt, &d.k, &d.k, &p, &d.ot); /* sizes the scratch */
     CHECK(st == QSDPA_OK, "direct call: %s", qsdpa_last_error());
+    const char *took = qsdpa_context_last_route(ctx);
+    CHECK(strncmp(took, route, strlen(route)) == 0, "%s D%lld Lk %lld: route '%s', expected '%s'", format,
+          (long long)dim, (long long)lk, took, route);
     cudaStreamSynchronize(stream);
     uint8_t *direct = test_alloc(d.out_bytes), *replay = test_alloc(d.out_bytes);
     cudaMemcpy(direct, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
@@ -195,9 +211,11 @@ static void graph_capture(test_rng *rng) {
     if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
     for (int r = 0; r < 3 && err == cudaSuccess; r++) err = cudaGraphLaunch(exec, stream);
     if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
-    CHECK(err == cudaSuccess, "graph capture/replay: %s", cudaGetErrorString(err));
+    CHECK(err == cudaSuccess, "graph capture/replay (%s D%lld Lk %lld): %s", format, (long long)dim, (long long)lk,
+          cudaGetErrorString(err));
     cudaMemcpy(replay, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
-    CHECK(memcmp(direct, replay, d.out_bytes) == 0, "graph replay differs from the direct call");
+    CHECK(memcmp(direct, replay, d.out_bytes) == 0, "graph replay differs from the direct call (%s D%lld Lk %lld, %s)",
+          format, (long long)dim, (long long)lk, took);
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
     free(direct);
@@ -265,7 +283,11 @@ int main(void) {
         qsdpa_context_destroy(ctx);
     }
     host_pointer_rejected(&rng);
-    graph_capture(&rng);
+    graph_capture_one(&rng, 20000, "affine:4:64", 128, QSDPA_DTYPE_F32, "");
+    graph_capture_one(&rng, 20000, "affine:4:64", 128, QSDPA_DTYPE_F16, "");
+    graph_capture_one(&rng, 20001, "affine:4:64", 128, QSDPA_DTYPE_F16, "");
+    graph_capture_one(&rng, 20001, "affine:4:64", 64, QSDPA_DTYPE_F16, "cuda.realigned:");
+    graph_capture_one(&rng, 20001, "affine:4:32", 96, QSDPA_DTYPE_F16, "cuda.repacked:");
     merge_matches_cpu(&rng);
     return test_finish("test_cuda_api");
 }
