@@ -114,6 +114,28 @@ static double max_abs_v(const kv_buf *kv, const qsdpa_format *f, int64_t rows, i
     return m;
 }
 
+/* The routes of the GPU calls run so far (distinct routes, a count each): what proves every path reachable. */
+enum { ROUTE_KINDS = 64 };
+static char route_seen[ROUTE_KINDS][64];
+static int route_calls[ROUTE_KINDS];
+
+static void route_tally(const char *route) {
+    for (int i = 0; i < ROUTE_KINDS; i++) {
+        if (!route_seen[i][0]) snprintf(route_seen[i], sizeof route_seen[i], "%s", route);
+        if (strcmp(route_seen[i], route) == 0) {
+            route_calls[i]++;
+            return;
+        }
+    }
+}
+
+int cuda_route_count(const char *prefix) {
+    int n = 0;
+    for (int i = 0; i < ROUTE_KINDS && route_seen[i][0]; i++)
+        if (strncmp(route_seen[i], prefix, strlen(prefix)) == 0) n += route_calls[i];
+    return n;
+}
+
 double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     /* QSDPA_CUDA_SHAPE=text: only cases whose label contains text (compute-sanitizer subsets) */
     const char *only_shape = getenv("QSDPA_CUDA_SHAPE");
@@ -212,6 +234,7 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     cudaError_t err = cudaDeviceSynchronize();
     CHECK(err == cudaSuccess, "%s: device error %s", label, cudaGetErrorString(err));
     const char *route = qsdpa_context_last_route(gpu);
+    if (st == QSDPA_OK) route_tally(route);
     CHECK(!c->route || strncmp(route, c->route, strlen(c->route)) == 0, "%s [%s]: took route '%s', expected '%s'",
           label, name, route, c->route ? c->route : "");
     CHECK(!c->route_not || !strstr(route, c->route_not), "%s [%s]: took route '%s'", label, name, route);

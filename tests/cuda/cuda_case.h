@@ -35,6 +35,8 @@ cuda_case cuda_case_default(void);
  * it could not run (status printed and counted as a failure). With
  * QSDPA_CUDA_SHAPE set, a case whose label lacks that text is skipped (0). */
 double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label);
+/* GPU calls so far whose route (qsdpa_context_last_route) starts with `prefix`. */
+int cuda_route_count(const char *prefix);
 /* SPEC §4 tolerance of a q dtype. */
 double cuda_tolerance(qsdpa_dtype q_dtype);
 

@@ -23,6 +23,15 @@ static int quick;
 static int smem_optin; /* the device's largest shared memory per block (bytes) */
 static int64_t row_max_lq; /* the row's Lq limit (0: none): longer shapes are not its to run */
 
+/* The routing at its defaults: the copies on (QSDPA_CUDA_STAGED), no knob that reroutes (QSDPA_CUDA_TILE_DECODE,
+ * QSDPA_CUDA_STAGE_LIMIT_MB), and at least 160 KiB of shared memory per block,
+ * where every tensor-core kernel fits. */
+static bool routing_default(void) {
+    const char *staged_env = getenv("QSDPA_CUDA_STAGED");
+    return !(staged_env && atoi(staged_env) == 0) && !getenv("QSDPA_CUDA_TILE_DECODE") &&
+           !getenv("QSDPA_CUDA_STAGE_LIMIT_MB") && smem_optin >= 160 * 1024;
+}
+
 /* One case, labelled "<row> <what>". */
 static void run_shape(test_rng *rng, const cuda_case *c, const char *row, const char *what) {
     if (row_max_lq > 0 && c->lq > row_max_lq) return;
@@ -37,9 +46,7 @@ static void run_shape(test_rng *rng, const cuda_case *c, const char *row, const 
      * QSDPA_CUDA_STAGE_LIMIT_MB), and GPUs whose blocks get less than 160 KiB of shared memory, where the
      * largest rows' kernels (8-bit D 256 decode, 8-bit D 128 mma.sync prefill: up to 118 KiB) do not fit
      * and hand off. */
-    const char *staged_env = getenv("QSDPA_CUDA_STAGED");
-    const bool copies_on = !(staged_env && atoi(staged_env) == 0) && !getenv("QSDPA_CUDA_TILE_DECODE") &&
-                           !getenv("QSDPA_CUDA_STAGE_LIMIT_MB") && smem_optin >= 160 * 1024;
+    const bool copies_on = routing_default();
     const bool f32_affine = r.scale_dtype == QSDPA_DTYPE_F32 &&
                             (r.kf.mode == QSDPA_MODE_AFFINE || r.vf.mode == QSDPA_MODE_AFFINE);
     if (copies_on && strncmp(row, "cuda.mma.", 9) == 0 && !(f32_affine && (r.dk > 128 || r.dv > 128)))
@@ -324,6 +331,18 @@ int main(void) {
         cuda_case_run(&rng, &c, "cuda.generic Lq40 > Lk25 causal");
     }
     CHECK(rows > 1, "expected CUDA rows in the kernel table, found %d", rows);
+
+    /* Every route of the CUDA backend ran at least once: the decode and prefill kernels, the staged prefill
+     * (the fast rows' long queries, and cuda.generic's), the repacked and realigned copies, the generic
+     * kernel. Only on a full run with the routing at its defaults (the knobs and small shared memory move
+     * calls between routes). */
+    static const char *const routes[] = {"cuda.decode", "cuda.prefill", "cuda.generic", "cuda.staged:", "cuda.repacked:",
+                                         "cuda.realigned:"};
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        printf("route %-16s %d calls\n", routes[i], cuda_route_count(routes[i]));
+        CHECK(!routing_default() || quick || only || cuda_route_count(routes[i]) > 0, "no call took route %s",
+              routes[i]);
+    }
 
     if (only) return test_finish("test_cuda_coverage");
     /* auto dispatch routes the hard cases of fast rows to the generic kernel */
