@@ -7,7 +7,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
 
 #ifdef __cplusplus
@@ -140,9 +139,12 @@ struct qsdpa_context {
 /* Records the route an attention call takes (qsdpa_context_last_route): the kernel-table entry's
  * name first, then a backend's own path inside it; `prefix` (may be NULL) goes before `route`. */
 static inline void qsdpa_set_route(qsdpa_context *ctx, const char *prefix, const char *route) {
-    char buf[sizeof ctx->last_route];
-    snprintf(buf, sizeof buf, "%s%s", prefix ? prefix : "", route);
-    memcpy(ctx->last_route, buf, sizeof buf);
+    char buf[sizeof ctx->last_route]; /* route may be ctx->last_route itself */
+    size_t n = 0;
+    for (const char *s = prefix ? prefix : ""; *s && n + 1 < sizeof buf; s++) buf[n++] = *s;
+    for (const char *s = route; *s && n + 1 < sizeof buf; s++) buf[n++] = *s;
+    buf[n] = '\0';
+    memcpy(ctx->last_route, buf, n + 1);
 }
 
 /* Host scratch of at least `bytes`, owned by ctx (grows, never shrinks);

@@ -422,8 +422,7 @@ qsdpa_status launch_repack(qsdpa_context *ctx, const repack_set &set, const char
         if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, what);
         ptx_version[dev] = fa.ptxVersion > 0 ? fa.ptxVersion : 1;
     }
-    cudaLaunchConfig_t cfg;
-    memset(&cfg, 0, sizeof cfg);
+    cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(set.blocks);
     cfg.blockDim = dim3(REPACK_THREADS);
     cfg.stream = qsdpa_cuda_stream(ctx);
@@ -588,6 +587,15 @@ bool qsdpa_cuda_staged_prefill(const qsdpa_context *ctx, const qsdpa_problem *p)
            bytes <= limit_mb * 1048576.0 && bytes <= stage_limit_bytes();
 }
 
+/* The first Dv dims of the staged output rows (o_s, element strides o_stride) into pr's out: the end of
+ * both paths' runs where Dv is not the width they ran at. */
+static qsdpa_status copy_out(qsdpa_context *ctx, const qsdpa_problem *pr, const void *o_s, const int64_t *o_stride,
+                             const char *what) {
+    copy_rows_any(o_s, o_stride, pr->out, pr->out_stride, qsdpa_dtype_size(pr->out_dtype), pr->batch, pr->heads_q,
+                  pr->len_q, (int)pr->dim_v, (int)pr->dim_v, qsdpa_cuda_stream(ctx));
+    return qsdpa_cuda_launch_status(pr->function, what);
+}
+
 /* The entry of both paths' runs: pr's device and pointers checked, then `bytes` of stage at *base. false
  * where the call ends here with *st: an error, or `fallback`'s run where the buffer cannot be allocated. */
 static bool stage_enter(qsdpa_context *ctx, const qsdpa_problem *pr, size_t bytes, qsdpa_cuda_run_fn fallback,
@@ -649,11 +657,7 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
         if ((st = plan.kernel->run(ctx, &sp)) != QSDPA_OK) return st;
     }
     qsdpa_set_route(ctx, "cuda.staged:", ctx->last_route);
-    if (!out_staged) return QSDPA_OK;
-
-    copy_rows_any(o_s, o_rows_stride, pr->out, pr->out_stride, out_esize, pr->batch, pr->heads_q, pr->len_q,
-                  (int)pr->dim_v, (int)pr->dim_v, stream);
-    return qsdpa_cuda_launch_status(fn, "copying the staged output");
+    return out_staged ? copy_out(ctx, pr, o_s, o_rows_stride, "copying the staged output") : QSDPA_OK;
 }
 
 bool qsdpa_cuda_repacked_takes(const qsdpa_problem *p) {
@@ -672,7 +676,6 @@ qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr
     if (!stage_enter(ctx, pr, rp.bytes, fallback, &base, &st)) return st;
     const int w = row->d;
     repack_plan_of(pr, w, (char *)base, &rp); /* the same plan, now with the stage's addresses */
-    cudaStream_t stream = qsdpa_cuda_stream(ctx);
     if ((st = launch_repack(ctx, rp.set, fn, "repacking K, V and q")) != QSDPA_OK) return st;
     qsdpa_problem sp = *pr;
     sp.device_checked = true; /* pr's pointers were checked above; the rest are the stage's */
@@ -693,9 +696,7 @@ qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr
     st = row->run(ctx, &sp);
     qsdpa_set_route(ctx, "cuda.repacked:", ctx->last_route);
     if (st != QSDPA_OK || !out_staged) return st;
-    copy_rows_any(o_s, rows_stride, pr->out, pr->out_stride, qsdpa_dtype_size(pr->out_dtype), pr->batch, pr->heads_q,
-                  pr->len_q, (int)pr->dim_v, (int)pr->dim_v, stream);
-    return qsdpa_cuda_launch_status(fn, "copying the repacked call's output");
+    return copy_out(ctx, pr, o_s, rows_stride, "copying the repacked call's output");
 }
 
 /* ---- The realigned path: scale planes the decode kernel cannot copy as one block ---- */
