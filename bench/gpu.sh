@@ -185,9 +185,10 @@ echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(a4g64 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
-# the decode kernel's 4-byte scale pieces (planes only 4-byte aligned: Lk 5000 in a 5037-key view)
+# the decode kernel's 4-byte scale pieces (planes only 4-byte aligned: Lk 901 over 2 KV heads, so the second
+# head's plane starts 3604 bytes in)
 for tool in memcheck racecheck; do
-  QSDPA_CUDA_ONLY=a4g64.d128.f16 QSDPA_CUDA_SHAPE=Lk5000 timeout 60 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
+  QSDPA_CUDA_ONLY=a4g64.d128.f16 QSDPA_CUDA_SHAPE="GQA2 (8 rows)" timeout 60 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
     >>"$OUT/sanitizer.log" 2>&1
   echo "$tool coverage(a4g64 d128, 4-byte scale pieces) rc=$?" | tee -a "$OUT/sanitizer.log"
 done

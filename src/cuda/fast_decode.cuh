@@ -199,7 +199,8 @@ struct dec_chunk {
 
 /* One 16-key chunk in a warp's shared-memory ring: code rows (padded so the lanes'
  * reads are free of bank conflicts), then the chunk's [16][groups] scale and bias
- * blocks, copied whole (the host requires contiguous, 16-byte-aligned scale rows). */
+ * blocks, copied whole (the host requires scale rows back to back, in planes that are
+ * 16-byte aligned, or 4-byte aligned with rows of whole 4-byte words: scales_vec 0). */
 template <int DK, int DV, class FK, class FV>
 struct dec_stage {
     static constexpr int KROW = DK * FK::bits / 8, VROW = DV * FV::bits / 8;

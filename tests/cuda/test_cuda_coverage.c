@@ -340,7 +340,8 @@ int main(void) {
                                          "cuda.realigned:"};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         printf("route %-16s %d calls\n", routes[i], cuda_route_count(routes[i]));
-        CHECK(!routing_default() || quick || only || cuda_route_count(routes[i]) > 0, "no call took route %s",
+        CHECK(!routing_default() || quick || only || getenv("QSDPA_CUDA_SHAPE") || cuda_route_count(routes[i]) > 0,
+              "no call took route %s",
               routes[i]);
     }
 
