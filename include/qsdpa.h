@@ -181,9 +181,11 @@ void qsdpa_context_destroy(qsdpa_context *ctx);
  * (a diagnostic for tests and benchmarks; "" before the first call, NULL ctx
  * gives ""): the kernel-table entry's name, which a CUDA context refines to the
  * kernel that ran, "cuda.decode" (split-K), "cuda.prefill" (tiled) or
- * "cuda.generic", and on cuda.generic's copies to "cuda.staged:" or
- * "cuda.repacked:" followed by the kernel that ran on the copy. Set when the
- * call is enqueued; a failed call may leave a partial route. */
+ * "cuda.generic", or, where the call ran on a copy of its inputs, to
+ * "cuda.staged:" (dequantized to f16 rows), "cuda.repacked:" (padded to a wider
+ * head dim) or "cuda.realigned:" (scale planes copied aligned) followed by the
+ * kernel that ran on the copy. Set when the call is enqueued; a failed call may
+ * leave a partial route. */
 const char *qsdpa_context_last_route(const qsdpa_context *ctx);
 /* CUDA: switch stream for subsequent calls (captured into CUDA graphs safely). */
 qsdpa_status qsdpa_context_set_stream(qsdpa_context *ctx, void *stream);
