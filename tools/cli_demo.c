@@ -118,8 +118,10 @@ static int run_reference(const cli_problem *p, const qsdpa_qtensor *k, const qsd
     return st == QSDPA_OK ? 0 : cli_library_error(CMD, "qsdpa_attention(cpu.reference)", st);
 }
 
-/* Run the automatic (or forced) kernel: once for the output, then timed; *ms = median. */
-static int run_fast(const demo_options *o, const cli_problem *host, void *out, const char **kernel, double *ms) {
+/* Run the automatic (or forced) kernel: once for the output, then timed; *ms = median; `route` (route_size
+ * bytes) gets qsdpa_context_last_route. */
+static int run_fast(const demo_options *o, const cli_problem *host, void *out, const char **kernel, char *route,
+                    size_t route_size, double *ms) {
     qsdpa_context_options opt = qsdpa_context_default_options();
     opt.backend = o->backend;
     opt.num_threads = o->threads;
@@ -158,6 +160,7 @@ static int run_fast(const demo_options *o, const cli_problem *host, void *out, c
         if (!runs && n >= 5 && cli_now() > t_end) break;
     }
     *ms = 1e3 * cli_median(times, n);
+    snprintf(route, route_size, "%s", qsdpa_context_last_route(ctx));
     if (cuda) rc = cli_device_download(out, dout, host->out_bytes);
 done_out:
     if (cuda) cli_device_free(dout);
@@ -189,7 +192,8 @@ int cli_demo(int argc, char **argv) {
     memset(out, 0xFF, p.out_bytes); /* NaN poison: an element never written shows as an error */
     const char *kernel = "?";
     double ms = 0.0;
-    if ((rc = run_fast(&o, &p, out, &kernel, &ms))) goto done;
+    char route[64] = "?";
+    if ((rc = run_fast(&o, &p, out, &kernel, route, sizeof route, &ms))) goto done;
     if ((rc = run_reference(&p, &p.tk, &p.tv, ref))) goto done;
     qsdpa_qtensor pk, pv;
     cli_problem_plain(&p, &pk, &pv);
@@ -199,7 +203,7 @@ int cli_demo(int argc, char **argv) {
     double unit = p.max_abs_v > 0 ? p.max_abs_v : 1.0, tol = cli_tolerance(c->q_dtype);
     double e_ref = cli_max_abs_diff(out, ref, c->q_dtype, n), e_plain = cli_max_abs_diff(out, plain, c->q_dtype, n);
     size_t bytes = cli_problem_cache_bytes(&p);
-    printf("kernel: %s (%s)\n", kernel, o.backend == QSDPA_BACKEND_CUDA ? "cuda" : "cpu");
+    printf("kernel: %s (%s; ran %s)\n", kernel, o.backend == QSDPA_BACKEND_CUDA ? "cuda" : "cpu", route);
     printf("time: %.4f ms (median)   KV cache %.2f MB read -> %.1f GB/s\n", ms, bytes / 1e6, bytes / (ms * 1e6));
     printf("max error vs reference (cpu.reference): %.3g = %.3g x max|V| (tolerance %.3g x max|V|) %s\n", e_ref,
            e_ref / unit, tol, e_ref <= tol * unit ? "OK" : "FAIL");
