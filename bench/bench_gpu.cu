@@ -296,6 +296,22 @@ int main(int argc, char **argv) {
                     fflush(stdout);
                 }
     }
+    /* Other head dims and a cache of exactly Lk keys (the full matrix only): the routes the D 128 matrix never
+     * takes (repacked D 96, D 256, realigned and 4-byte-piece scale planes at 32769 keys), so a regression there
+     * shows in the standard table. Human lines only: the RESULT lines key rows by format, B, L and Lq. */
+    if (!one && !quick && !prefill_only) {
+        struct other_row { const char *name, *fmt; int64_t L, d; };
+        const other_row others[] = {{"affine4g64", "affine:4:64", 32769, 128}, {"affine4g64", "affine:4:64", 32769, 64},
+                                    {"affine4g64", "affine:4:64", 32768, 256}, {"mxfp4", "mxfp4", 32768, 96}};
+        for (const other_row &o : others) {
+            qsdpa_format f;
+            QK(qsdpa_format_parse(o.fmt, &f));
+            result r = time_attention(ctx, st, f, f, 1, o.L, 1, false, prop.l2CacheSize, o.d);
+            printf("D=%lld %-11s %2d %7lld %3d | %9.2f %8.0f %5.1f%% | %7.2f %8.2f | %s %s\n", (long long)o.d, o.name, 1,
+                   (long long)o.L, 1, r.us, r.gbps, 100.0 * r.gbps / copy, r.host_us, r.graph_us, r.kernel, r.route);
+            fflush(stdout);
+        }
+    }
     /* prefill: Lq = Lk = 4096, causal */
     for (auto &f : fmts) {
         if (one) break;
