@@ -444,6 +444,26 @@ static void merge_errors(void) {
     CHECK(qsdpa_merge(ctx, 2, outs, lses, &a.out, NULL) == QSDPA_OK, "valid merge failed: %s", qsdpa_last_error());
 }
 
+/* qsdpa_context_last_route: "" for NULL and before any call, the entry's name after one, and a call that fails
+ * validation runs nothing, so it leaves the route as it was */
+static void last_route(void) {
+    CHECK(strcmp(qsdpa_context_last_route(NULL), "") == 0, "NULL ctx route '%s'", qsdpa_context_last_route(NULL));
+    qsdpa_context *fresh = make_context(NULL);
+    if (!fresh) return;
+    CHECK(strcmp(qsdpa_context_last_route(fresh), "") == 0, "route before any call: '%s'",
+          qsdpa_context_last_route(fresh));
+    args a = valid_args();
+    CHECK(qsdpa_attention(fresh, &a.q, &a.k, &a.v, &a.prm, &a.out) == QSDPA_OK, "valid call: %s", qsdpa_last_error());
+    char ran[64];
+    snprintf(ran, sizeof ran, "%s", qsdpa_context_last_route(fresh));
+    CHECK(strncmp(ran, "cpu.", 4) == 0, "route after a CPU call: '%s'", ran);
+    a.q.rank = 3;
+    CHECK(qsdpa_attention(fresh, &a.q, &a.k, &a.v, &a.prm, &a.out) != QSDPA_OK, "rank-3 q accepted");
+    CHECK(strcmp(qsdpa_context_last_route(fresh), ran) == 0, "a rejected call changed the route to '%s'",
+          qsdpa_context_last_route(fresh));
+    qsdpa_context_destroy(fresh);
+}
+
 static void context_and_parse_errors(void) {
     qsdpa_context *c = (qsdpa_context *)&c; /* must stay untouched on error */
     qsdpa_context *const sentinel = c;
@@ -512,6 +532,7 @@ int main(void) {
     stride_and_overlap_errors();
     merge_errors();
     context_and_parse_errors();
+    last_route();
 
     qsdpa_context_destroy(ctx);
     kv_fixture_free(&buf->k);
