@@ -98,6 +98,9 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p, q
  * rows that are not f16, rows that see no key, partial mode with a bool mask, sizes past the
  * kernels' 32-bit indices). */
 bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr);
+/* Whether t's scale and bias planes are rows of its groups back to back, each (b, head) plane 16-byte
+ * aligned: what the decode kernel copies as one block per chunk (fast_setup.cu's scale_mode 1). */
+bool qsdpa_cuda_scales_one_block(const qsdpa_qtensor *t);
 /* The realigned path (cuda_staged.cu): a tensor-core row's call whose K or V scale and bias planes are not
  * the one 16-byte-aligned block per (b, head) the decode kernel copies (and, with rows of under 4 bytes,
  * that no fast kernel copies) runs its row on a copy of those planes, padded to 16 keys per plane; the

@@ -596,14 +596,18 @@ static qsdpa_status copy_out(qsdpa_context *ctx, const qsdpa_problem *pr, const 
     return qsdpa_cuda_launch_status(pr->function, what);
 }
 
-/* The entry of both paths' runs: pr's device and pointers checked, then `bytes` of stage at *base. false
- * where the call ends here with *st: an error, or `fallback`'s run where the buffer cannot be allocated. */
-static bool stage_enter(qsdpa_context *ctx, const qsdpa_problem *pr, size_t bytes, qsdpa_cuda_run_fn fallback,
-                        void **base, qsdpa_status *st) {
+/* The context buffer a path copies into (qsdpa_cuda_stage, qsdpa_cuda_realign_buffer) */
+typedef qsdpa_status (*stage_buffer_fn)(qsdpa_context *ctx, size_t bytes, void **out);
+
+/* The entry of every copying path's run: pr's device and pointers checked, then `bytes` of `buffer` at
+ * *base. false where the call ends here with *st: an error, or `fallback`'s run where the buffer cannot be
+ * allocated. */
+static bool stage_enter(qsdpa_context *ctx, const qsdpa_problem *pr, size_t bytes, stage_buffer_fn buffer,
+                        qsdpa_cuda_run_fn fallback, void **base, qsdpa_status *st) {
     *st = qsdpa_cuda_enter(ctx, pr->function);
     if (*st == QSDPA_OK) *st = qsdpa_cuda_check_problem(ctx, pr, pr->function);
     if (*st != QSDPA_OK) return false;
-    if (qsdpa_cuda_stage(ctx, bytes, base) != QSDPA_OK) { /* no room for the stage: the caller's kernel */
+    if (buffer(ctx, bytes, base) != QSDPA_OK) { /* no room for the copy: the caller's kernel */
         qsdpa_clear_error();
         *st = fallback(ctx, pr);
         return false;
@@ -619,7 +623,7 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     layout_of(pr, plan, &lay);
     void *base;
     qsdpa_status st;
-    if (!stage_enter(ctx, pr, lay.total, fallback, &base, &st)) return st;
+    if (!stage_enter(ctx, pr, lay.total, qsdpa_cuda_stage, fallback, &base, &st)) return st;
     char *k_s = (char *)base, *v_s = k_s + lay.k, *q_s = v_s + lay.v, *o_s = q_s + lay.q;
     const int wk = plan.wk, wv = plan.kernel->wv, wvt = plan.wvt;
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
@@ -673,7 +677,7 @@ qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr
     repack_need(pr, &row, &rp); /* qsdpa_cuda_repacked_takes checked it */
     void *base;
     qsdpa_status st;
-    if (!stage_enter(ctx, pr, rp.bytes, fallback, &base, &st)) return st;
+    if (!stage_enter(ctx, pr, rp.bytes, qsdpa_cuda_stage, fallback, &base, &st)) return st;
     const int w = row->d;
     repack_plan_of(pr, w, (char *)base, &rp); /* the same plan, now with the stage's addresses */
     if ((st = launch_repack(ctx, rp.set, fn, "repacking K, V and q")) != QSDPA_OK) return st;
@@ -702,14 +706,6 @@ qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr
 /* ---- The realigned path: scale planes the decode kernel cannot copy as one block ---- */
 namespace {
 
-/* Whether plane s (scales or biases of t) is rows of t's groups back to back, each (b, head) plane
- * starting 16-byte aligned: what the decode kernel copies as one block per chunk. */
-bool plane_is_block(const qsdpa_qtensor *t, const qsdpa_tensor &s) {
-    if (!s.data) return true;
-    const int64_t groups = t->dim / t->format.group;
-    return s.stride[2] == groups && qsdpa_cuda_aligned16(s.data, s.stride, 2, qsdpa_dtype_size(s.dtype));
-}
-
 /* f32 affine scales are left as they are: the decode kernel reads f16/bf16 ones only, and the prefill
  * kernel copies 4-byte rows wherever they are. */
 bool realignable(const qsdpa_qtensor *t) {
@@ -717,7 +713,7 @@ bool realignable(const qsdpa_qtensor *t) {
 }
 
 bool needs_realign(const qsdpa_qtensor *t) {
-    return realignable(t) && !(plane_is_block(t, t->scales) && plane_is_block(t, t->biases));
+    return realignable(t) && !qsdpa_cuda_scales_one_block(t);
 }
 
 /* The copies of p's planes that need it, into [B, Hkv, Lk rounded up to 16, groups] planes at base (null:
@@ -762,15 +758,10 @@ qsdpa_status qsdpa_cuda_realigned_run(qsdpa_context *ctx, const qsdpa_problem *p
     qsdpa_problem sp;
     size_t bytes;
     realign_plan_of(pr, nullptr, &set, &sp, &bytes); /* qsdpa_cuda_realign_takes checked it */
-    qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
-    if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
-    if (st != QSDPA_OK) return st;
     void *base;
-    if (qsdpa_cuda_realign_buffer(ctx, bytes, &base) != QSDPA_OK) { /* no room: the generic kernel (not `run`,
-                                                                     * which would come back here) */
-        qsdpa_clear_error();
-        return qsdpa_cuda_generic_run(ctx, pr);
-    }
+    qsdpa_status st;
+    /* no room: the generic kernel, not `run`, which would come back here */
+    if (!stage_enter(ctx, pr, bytes, qsdpa_cuda_realign_buffer, qsdpa_cuda_generic_run, &base, &st)) return st;
     realign_plan_of(pr, (char *)base, &set, &sp, &bytes);
     sp.device_checked = true; /* pr's pointers were checked above; the rest are the buffer's */
     if ((st = launch_repack(ctx, set, fn, "realigning K and V scale planes")) != QSDPA_OK) return st;

@@ -23,6 +23,8 @@ static int scale_mode(const qsdpa_qtensor *t) {
     return vec ? 1 : rows4 ? 0 : -1;
 }
 
+bool qsdpa_cuda_scales_one_block(const qsdpa_qtensor *t) { return scale_mode(t) == 1; }
+
 double qsdpa_cuda_split_waves(void) {
     static const double w = qsdpa_cuda_env("QSDPA_CUDA_SPLIT_WAVES", 1.0);
     return w > 0.0 && w <= 64.0 ? w : 1.0;

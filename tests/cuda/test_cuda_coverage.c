@@ -23,12 +23,17 @@ static int quick;
 static int smem_optin; /* the device's largest shared memory per block (bytes) */
 static int64_t row_max_lq; /* the row's Lq limit (0: none): longer shapes are not its to run */
 
-/* The routing at its defaults: the copies on (QSDPA_CUDA_STAGED), no knob that reroutes (QSDPA_CUDA_TILE_DECODE,
+/* The staged, repacked and realigned paths on (QSDPA_CUDA_STAGED not 0) */
+static bool copies_enabled(void) {
+    const char *staged_env = getenv("QSDPA_CUDA_STAGED");
+    return !(staged_env && atoi(staged_env) == 0);
+}
+
+/* The routing at its defaults: the copies on, no knob that reroutes (QSDPA_CUDA_TILE_DECODE,
  * QSDPA_CUDA_STAGE_LIMIT_MB), and at least 160 KiB of shared memory per block,
  * where every tensor-core kernel fits. */
 static bool routing_default(void) {
-    const char *staged_env = getenv("QSDPA_CUDA_STAGED");
-    return !(staged_env && atoi(staged_env) == 0) && !getenv("QSDPA_CUDA_TILE_DECODE") &&
+    return copies_enabled() && !getenv("QSDPA_CUDA_TILE_DECODE") &&
            !getenv("QSDPA_CUDA_STAGE_LIMIT_MB") && smem_optin >= 160 * 1024;
 }
 
@@ -184,8 +189,7 @@ typedef struct {
  * causal cuts. */
 static void run_path_cases(test_rng *rng, const char *kernel, const char *path, const char *default_route,
                            const path_case *cases, int n, int64_t lk, int strided, int64_t extra) {
-    const char *staged_env = getenv("QSDPA_CUDA_STAGED");
-    const bool staging_on = !(staged_env && atoi(staged_env) == 0);
+    const bool staging_on = copies_enabled();
     for (int m = 0; m < (quick ? 1 : n); m++) {
         const path_case *pc = &cases[m];
         cuda_case c = cuda_case_default();
