@@ -6,6 +6,8 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -58,10 +60,13 @@ qsdpa_status qsdpa_check_tensor(const char *fn, const char *name, const qsdpa_te
     if (t->shape[rank - 1] > 1 && inner != 1 && !(role == QSDPA_ROLE_MASK && inner == 0))
         return qsdpa_fail(INVALID, fn, "%sstride[%d] = %lld but the last dimension must be contiguous (stride 1)",
                           name, rank - 1, (long long)inner);
+    /* Kernels form base + offset with signed byte offsets, so the byte extent
+     * must fit ptrdiff_t, not only size_t: one element at offset INT64_MAX of a
+     * one-byte dtype spans 2^63 bytes, which size_t holds but no address does. */
     size_t bytes;
     if (last >= (uint64_t)SIZE_MAX || !qsdpa_mul_size((size_t)last + 1, esize, &bytes) ||
-        (uintptr_t)t->data > UINTPTR_MAX - bytes)
-        return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "%sbyte extent (%llu elements of %zu bytes) overflows size_t",
+        bytes > (size_t)PTRDIFF_MAX || (uintptr_t)t->data > UINTPTR_MAX - bytes)
+        return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "%sbyte extent (%llu elements of %zu bytes) overflows ptrdiff_t",
                           name, (unsigned long long)last + 1, esize);
     if (role == QSDPA_ROLE_OUTPUT && overlaps_itself(t))
         return qsdpa_fail(INVALID, fn, "%sstrides [%lld, %lld, %lld, %lld] map two elements to one address", name,

@@ -365,7 +365,18 @@ static void stride_and_overlap_errors(void) {
     a = valid_args(); a.q.shape[0] = (int64_t)1 << 40; a.q.stride[0] = (int64_t)1 << 30;
     FAIL_ALL(a, QSDPA_ERR_OVERFLOW, "q->stride[0] = 1073741824", "overflows");
     a = valid_args(); a.q.shape[1] = (int64_t)1 << 31; a.q.stride[1] = (int64_t)1 << 31;
-    FAIL_ALL(a, QSDPA_ERR_OVERFLOW, "q->byte extent", "overflows size_t");
+    FAIL_ALL(a, QSDPA_ERR_OVERFLOW, "q->byte extent", "overflows ptrdiff_t");
+    /* a one-byte tensor whose last element sits at offset INT64_MAX: 2^63 bytes fit
+     * size_t but no signed offset (the fuzz case that once reached a kernel) */
+    a = valid_args();
+    {
+        const qsdpa_tensor *s = &a.v.scales;
+        int64_t rest = 0;
+        for (int d = 1; d < 4; d++) rest += (s->shape[d] - 1) * s->stride[d];
+        CHECK(s->dtype == QSDPA_DTYPE_U8 && s->shape[0] == 2, "fixture: v->scales must be u8 with B = 2");
+        a.v.scales.stride[0] = INT64_MAX - rest;
+    }
+    FAIL_ALL(a, QSDPA_ERR_OVERFLOW, "v->scales.byte extent", "overflows ptrdiff_t");
     a = valid_args(); a.k.codes.shape[2] = INT64_MAX / 2; a.k.codes.stride[2] = 3;
     FAIL_ALL(a, QSDPA_ERR_OVERFLOW, "k->codes.stride[2] = 3", "overflows");
 }
