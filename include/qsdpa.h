@@ -44,7 +44,7 @@ typedef enum qsdpa_status {
     QSDPA_ERR_INVALID_ARGUMENT = 1, /* a null pointer, bad size, bad shape, bad value */
     QSDPA_ERR_UNSUPPORTED = 2,      /* valid request that this build/backend cannot serve */
     QSDPA_ERR_OUT_OF_MEMORY = 3,
-    QSDPA_ERR_OVERFLOW = 4,         /* a byte count would overflow size_t */
+    QSDPA_ERR_OVERFLOW = 4,         /* a byte count would overflow size_t (tensor extents: ptrdiff_t) */
     QSDPA_ERR_DEVICE = 5,           /* a CUDA/NCCL call failed; message has the device error */
     QSDPA_ERR_IO = 6,               /* file read/write failed or file corrupt */
     QSDPA_ERR_PARSE = 7             /* a format or option string could not be parsed */
