@@ -433,6 +433,26 @@ INLINE Q16_TARGET void score_q16_nr(int F, const int NR, const int GC, const cpu
     }
 }
 
+/* ws[j][r] = w[j][r0 + r] times key j's scale of group g (lanes >= NR are never used);
+ * returns lanes r: sum_j w[j][r0 + r] * bias_jg (affine; else 0). */
+INLINE __m128 group_weights(int F, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, int r0, size_t g,
+                            float *ws) {
+    __m128 bsum = _mm_setzero_ps();
+    for (int64_t j = 0; j < n; j++) {
+        __m128 wv = _mm_loadu_ps(w + j * nq + r0);
+        if (is_plain(F)) {
+            _mm_store_ps(ws + 4 * j, wv);
+            continue;
+        }
+        float s = group_scale(F, v, v->scales + (j0 + j) * v->scale_stride, (int64_t)g);
+        _mm_store_ps(ws + 4 * j, _mm_mul_ps(wv, _mm_set1_ps(s)));
+        if (has_bias(F))
+            bsum = _mm_fmadd_ps(wv, _mm_set1_ps(load_scalar(v->scale_dtype, v->biases + (j0 + j) * v->bias_stride, (int64_t)g)),
+                                bsum);
+    }
+    return bsum;
+}
+
 /* acc[r0 + r] += sum_j w[j][r0 + r] * V[j0 + j] for r < NR. The group scale is folded
  * into the weights (w * scale), the bias added once per group (sum_j w * bias). */
 INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq,
@@ -440,19 +460,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
     float ws[CPU_BLOCK * 4] __attribute__((aligned(16))); /* [j][4]: weight times the group scale */
     for (size_t g = 0; g < ng; g++) {
-        __m128 bsum = _mm_setzero_ps();
-        for (int64_t j = 0; j < n; j++) {
-            __m128 wv = _mm_loadu_ps(w + j * nq + r0); /* lanes >= NR are never used */
-            if (is_plain(F)) {
-                _mm_store_ps(ws + 4 * j, wv);
-                continue;
-            }
-            float s = group_scale(F, v, v->scales + (j0 + j) * v->scale_stride, g);
-            _mm_store_ps(ws + 4 * j, _mm_mul_ps(wv, _mm_set1_ps(s)));
-            if (has_bias(F))
-                bsum = _mm_fmadd_ps(wv, _mm_set1_ps(load_scalar(v->scale_dtype, v->biases + (j0 + j) * v->bias_stride, g)),
-                                    bsum);
-        }
+        const __m128 bsum = group_weights(F, v, j0, n, w, nq, r0, g, ws);
         for (size_t e = g * G; e < (g + 1) * G; e += 16) {
             __m256 a0[4], a1[4];
             for (int r = 0; r < NR; r++) {
@@ -509,6 +517,102 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
     }
 }
 
+#ifdef QSDPA_ISA_VNNI
+/* 512-bit kernels (VNNI build). This loop is bound by instructions issued, not by the
+ * FMA pipes (callgrind, bench/NOTES.md session 13: ~4.7 per cycle), and a zmm instruction
+ * does twice a ymm one's work for one issue slot on the same pipes. */
+#define Z_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni")))
+
+/* 4-bit formats come out of decode16z in the lane order of perm_elem (lane l: element
+ * l/2 + 8 (l%2) of the 16), unscaled; the others in natural order. */
+#define NIBBLE_LANES(F) ((F) == F_AFF4 || (F) == F_MXFP4 || (F) == F_NVFP4)
+/* Formats with a 512-bit decoder: all but the odd affine widths. */
+#define HAS_Z(F) (!((F) == F_AFF2 || (F) == F_AFF3 || (F) == F_AFF5 || (F) == F_AFF6))
+
+/* Sixteen values from element e (a multiple of 16) of a row. 4-bit: one 64-bit broadcast, a
+ * shift per lane (lanes 2i and 2i+1 both by 4i: element i of the low and of the high
+ * dword); E2M1 by one 16-entry table lookup (vpermps reads the low 4 bits, sign included). */
+INLINE Z_TARGET __m512 decode16z(int F, const char *row, size_t e) {
+    switch (F) {
+    case F_AFF4:
+    case F_MXFP4:
+    case F_NVFP4: {
+        long long w;
+        memcpy(&w, row + e / 2, 8);
+        __m512i c = _mm512_srlv_epi32(_mm512_set1_epi64(w),
+                                      _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28));
+        if (F == F_AFF4) return _mm512_cvtepi32_ps(_mm512_and_si512(c, _mm512_set1_epi32(15)));
+        return _mm512_permutexvar_ps(c, _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f,
+                                                       -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f));
+    }
+    case F_AFF8:
+        return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + e))));
+    case F_FP8: { /* as decode8 */
+        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + e)));
+        __m512i x = _mm512_srai_epi32(_mm512_slli_epi32(b, 24), 4);
+        x = _mm512_and_si512(x, _mm512_set1_epi32((int)0x87FFFFFFu));
+        return _mm512_mul_ps(_mm512_castsi512_ps(x), _mm512_set1_ps(0x1p120f));
+    }
+    case F_F16:
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 2 * e)));
+    case F_BF16:
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 2 * e))), 16));
+    default:
+        return _mm512_loadu_ps((const float *)(row + 4 * e));
+    }
+}
+
+/* q rows and acc rows of the 4-bit formats in decode16z's lane order. */
+static __attribute__((unused)) void perm16_prep_q(const float *q, int64_t dim, float *dst) {
+    for (int64_t c = 0; c < dim; c += 16)
+        for (size_t i = 0; i < 16; i++) dst[c + (int64_t)i] = q[c + (int64_t)perm_elem(i)];
+}
+static void perm16_fix_acc(float *acc, int64_t dim) {
+    float tmp[16];
+    for (int64_t c = 0; c < dim; c += 16) {
+        for (size_t i = 0; i < 16; i++) tmp[perm_elem(i)] = acc[c + (int64_t)i];
+        memcpy(acc + c, tmp, sizeof tmp);
+    }
+}
+
+/* accum_nr on 16-value steps: two keys per step into separate sums (8 chains for 4 rows). */
+INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n,
+                                const float *w, int nq, int r0, float *acc) {
+    const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
+    float ws[CPU_BLOCK * 4] __attribute__((aligned(16)));
+    for (size_t g = 0; g < ng; g++) {
+        const __m128 bsum = group_weights(F, v, j0, n, w, nq, r0, g, ws);
+        for (size_t e = g * G; e < (g + 1) * G; e += 16) {
+            __m512 a[4], b[4];
+            for (int r = 0; r < NR; r++) a[r] = _mm512_loadu_ps(acc + (size_t)(r0 + r) * dim + e), b[r] = _mm512_setzero_ps();
+            const char *row = v->codes + j0 * v->code_stride;
+            int64_t j = 0;
+            for (; j + 2 <= n; j += 2, row += 2 * v->code_stride) {
+                __m512 c = decode16z(F, row, e), d = decode16z(F, row + v->code_stride, e);
+                for (int r = 0; r < NR; r++) {
+                    a[r] = _mm512_fmadd_ps(c, _mm512_set1_ps(ws[4 * j + r]), a[r]);
+                    b[r] = _mm512_fmadd_ps(d, _mm512_set1_ps(ws[4 * j + 4 + r]), b[r]);
+                }
+            }
+            if (j < n) {
+                __m512 c = decode16z(F, row, e);
+                for (int r = 0; r < NR; r++) a[r] = _mm512_fmadd_ps(c, _mm512_set1_ps(ws[4 * j + r]), a[r]);
+            }
+            for (int r = 0; r < NR; r++) _mm512_storeu_ps(acc + (size_t)(r0 + r) * dim + e, _mm512_add_ps(a[r], b[r]));
+        }
+        if (has_bias(F)) { /* the same for every element of the group, so the lane order does not matter */
+            float bl[4];
+            _mm_storeu_ps(bl, bsum);
+            for (int r = 0; r < NR; r++) {
+                float *a = acc + (size_t)(r0 + r) * dim + g * G;
+                for (size_t e = 0; e < G; e += 16) _mm512_storeu_ps(a + e, _mm512_add_ps(_mm512_loadu_ps(a + e), _mm512_set1_ps(bl[r])));
+            }
+        }
+    }
+}
+#endif
+
 /* dst[j] = scale * code + bias for rows j0 .. j0 + n - 1. */
 INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
     const int64_t dim = t->dim, G = is_plain(F) ? dim : t->group, ng = dim / G;
@@ -527,6 +631,17 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 
 /* Formats whose codes are integers (times a known unit) in int16: the integer K path. */
 #define HAS_Q16(F) ((F) == F_AFF4 || (F) == F_AFF8 || (F) == F_MXFP4 || (F) == F_NVFP4)
+
+/* The VNNI build accumulates V with the 512-bit kernel where it has a decoder. */
+#ifdef QSDPA_ISA_VNNI
+#define ACCUM_TARGET Z_TARGET
+#define ACCUM_NR(F, ...) (HAS_Z(F) ? accum_z_nr(F, __VA_ARGS__) : accum_nr(F, __VA_ARGS__))
+#define FIX_ACC(F) (HAS_Z(F) ? (NIBBLE_LANES(F) ? perm16_fix_acc : NULL) : F == F_AFF4 ? aff4_fix_acc : NULL)
+#else
+#define ACCUM_TARGET
+#define ACCUM_NR(F, ...) accum_nr(F, __VA_ARGS__)
+#define FIX_ACC(F) (F == F_AFF4 ? aff4_fix_acc : NULL)
+#endif
 
 /* One set of kernels per (format, group): GC is the group size when it is known at
  * compile time (0: read it from the rows). Query rows go in chunks of 4, the rest by 1..3. */
@@ -551,15 +666,15 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
         default: break;                                                                                       \
         }                                                                                                     \
     }                                                                                                         \
-    static void NAME##_accum(const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, float *acc,    \
-                             float *tmp) {                                                                    \
+    static ACCUM_TARGET void NAME##_accum(const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq,    \
+                                          float *acc, float *tmp) {                                           \
         (void)tmp;                                                                                            \
         int r0 = 0;                                                                                           \
-        for (; r0 + 4 <= nq; r0 += 4) accum_nr(F, 4, GC, v, j0, n, w, nq, r0, acc);                           \
+        for (; r0 + 4 <= nq; r0 += 4) ACCUM_NR(F, 4, GC, v, j0, n, w, nq, r0, acc);                           \
         switch (nq - r0) {                                                                                    \
-        case 3: accum_nr(F, 3, GC, v, j0, n, w, nq, r0, acc); break;                                          \
-        case 2: accum_nr(F, 2, GC, v, j0, n, w, nq, r0, acc); break;                                          \
-        case 1: accum_nr(F, 1, GC, v, j0, n, w, nq, r0, acc); break;                                          \
+        case 3: ACCUM_NR(F, 3, GC, v, j0, n, w, nq, r0, acc); break;                                          \
+        case 2: ACCUM_NR(F, 2, GC, v, j0, n, w, nq, r0, acc); break;                                          \
+        case 1: ACCUM_NR(F, 1, GC, v, j0, n, w, nq, r0, acc); break;                                          \
         default: break;                                                                                       \
         }                                                                                                     \
     }                                                                                                         \
@@ -582,7 +697,7 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
                                           NAME##_accum,                                                       \
                                           NAME##_unpack,                                                      \
                                           F == F_AFF4 ? aff4_prep_q : NULL,                                   \
-                                          F == F_AFF4 ? aff4_fix_acc : NULL,                                  \
+                                          FIX_ACC(F),                                                         \
                                           HAS_Q16(F) ? NAME##_score_q16 : NULL,                               \
                                           F == F_AFF4 || F == F_MXFP4 ? order_q16_step32                      \
                                           : F == F_NVFP4              ? order_q16_step16                      \
