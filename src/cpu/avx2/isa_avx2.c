@@ -564,7 +564,7 @@ INLINE Z_TARGET __m512 decode16z(int F, const char *row, size_t e) {
 }
 
 /* q rows and acc rows of the 4-bit formats in decode16z's lane order. */
-static __attribute__((unused)) void perm16_prep_q(const float *q, int64_t dim, float *dst) {
+static void perm16_prep_q(const float *q, int64_t dim, float *dst) {
     for (int64_t c = 0; c < dim; c += 16)
         for (size_t i = 0; i < 16; i++) dst[c + (int64_t)i] = q[c + (int64_t)perm_elem(i)];
 }
@@ -611,6 +611,70 @@ INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_row
         }
     }
 }
+
+/* Lanes 0..3 of the result: the 16-lane sums of x[0..3]. */
+INLINE Z_TARGET __m128 sum16x4(const __m512 x[4]) {
+    __m256 h[4];
+    for (int r = 0; r < 4; r++)
+        h[r] = _mm256_add_ps(_mm512_castps512_ps256(x[r]),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x[r]), 1)));
+    __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/* score2_nr / score_nr on 16-value steps for KEYS (1 or 2) keys from key j: q in decode16z's
+ * lane order (perm16_prep_q for the 4-bit formats). One row alone alternates two sums per
+ * key, so at least two FMA chains per key stay in flight. */
+INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int KEYS, const cpu_rows *k, int64_t j,
+                                  const float *q, const float *qsum, int nq, int r0, float *scores) {
+    const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
+    const char *row[2], *srow[2] = {NULL, NULL}, *brow[2] = {NULL, NULL};
+    __m512 a[2][4], b[2][4];
+    __m128 bias[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
+    for (int u = 0; u < KEYS; u++) {
+        row[u] = k->codes + (j + u) * k->code_stride;
+        if (!is_plain(F)) srow[u] = k->scales + (j + u) * k->scale_stride;
+        if (has_bias(F)) brow[u] = k->biases + (j + u) * k->bias_stride;
+        for (int r = 0; r < 4; r++) a[u][r] = b[u][r] = _mm512_setzero_ps();
+    }
+    size_t step = 0;
+    for (size_t g = 0; g < ng; g++) {
+        const float *qg = q + (size_t)r0 * dim + g * G;
+        __m512 sv[2];
+        for (int u = 0; u < KEYS; u++) sv[u] = _mm512_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[u], (int64_t)g));
+        for (size_t e = 0; e < G; e += 16, step++) {
+            __m512 c[2];
+            for (int u = 0; u < KEYS; u++) {
+                c[u] = decode16z(F, row[u], g * G + e);
+                if (!is_plain(F)) c[u] = _mm512_mul_ps(c[u], sv[u]);
+            }
+            for (int r = 0; r < NR; r++) {
+                __m512 qv = _mm512_loadu_ps(qg + (size_t)r * dim + e);
+                for (int u = 0; u < KEYS; u++) {
+                    if (NR == 1 && (step & 1)) b[u][r] = _mm512_fmadd_ps(c[u], qv, b[u][r]);
+                    else a[u][r] = _mm512_fmadd_ps(c[u], qv, a[u][r]);
+                }
+            }
+        }
+        if (has_bias(F)) {
+            __m128 qs = _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0);
+            for (int u = 0; u < KEYS; u++)
+                bias[u] = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow[u], (int64_t)g)), qs, bias[u]);
+        }
+    }
+    for (int u = 0; u < KEYS; u++) {
+        if (NR == 1) a[u][0] = _mm512_add_ps(a[u][0], b[u][0]);
+        for (int r = NR; r < 4; r++) a[u][r] = _mm512_setzero_ps();
+        store_rows(NR, _mm_add_ps(sum16x4(a[u]), bias[u]), scores + u * nq + r0);
+    }
+}
+
+INLINE Z_TARGET void score_z_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n,
+                                const float *q, const float *qsum, int nq, int r0, float *scores) {
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) score_z_keys(F, NR, GC, 2, k, j0 + j, q, qsum, nq, r0, scores + j * nq);
+    if (j < n) score_z_keys(F, NR, GC, 1, k, j0 + j, q, qsum, nq, r0, scores + j * nq);
+}
 #endif
 
 /* dst[j] = scale * code + bias for rows j0 .. j0 + n - 1. */
@@ -632,37 +696,41 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 /* Formats whose codes are integers (times a known unit) in int16: the integer K path. */
 #define HAS_Q16(F) ((F) == F_AFF4 || (F) == F_AFF8 || (F) == F_MXFP4 || (F) == F_NVFP4)
 
-/* The VNNI build accumulates V with the 512-bit kernel where it has a decoder. */
+/* The VNNI build scores K (f32 q) and accumulates V with the 512-bit kernels where it has a decoder. */
 #ifdef QSDPA_ISA_VNNI
 #define ACCUM_TARGET Z_TARGET
 #define ACCUM_NR(F, ...) (HAS_Z(F) ? accum_z_nr(F, __VA_ARGS__) : accum_nr(F, __VA_ARGS__))
 #define FIX_ACC(F) (HAS_Z(F) ? (NIBBLE_LANES(F) ? perm16_fix_acc : NULL) : F == F_AFF4 ? aff4_fix_acc : NULL)
+#define SCORE_NR(F, ...) (HAS_Z(F) ? score_z_nr(F, __VA_ARGS__) : score_ymm_nr(F, __VA_ARGS__))
+#define PREP_Q(F) (HAS_Z(F) ? (NIBBLE_LANES(F) ? perm16_prep_q : NULL) : F == F_AFF4 ? aff4_prep_q : NULL)
 #else
 #define ACCUM_TARGET
 #define ACCUM_NR(F, ...) accum_nr(F, __VA_ARGS__)
 #define FIX_ACC(F) (F == F_AFF4 ? aff4_fix_acc : NULL)
+#define SCORE_NR(F, ...) score_ymm_nr(F, __VA_ARGS__)
+#define PREP_Q(F) (F == F_AFF4 ? aff4_prep_q : NULL)
 #endif
+
+/* The 256-bit score over key pairs, then the odd key. */
+INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
+                         const float *qsum, int nq, int r0, float *scores) {
+    const int64_t even = n & ~(int64_t)1;
+    score2_nr(F, NR, GC, k, j0, even, q, qsum, nq, r0, scores);
+    score_nr(F, NR, GC, k, j0 + even, n - even, q, qsum, nq, r0, scores + even * nq);
+}
 
 /* One set of kernels per (format, group): GC is the group size when it is known at
  * compile time (0: read it from the rows). Query rows go in chunks of 4, the rest by 1..3. */
 #define DEFINE_FORMAT(NAME, F, GC)                                                                              \
-    static void NAME##_score(const cpu_rows *k, int64_t j0, int64_t n, const float *q, const float *qsum,      \
-                             int nq, float *scores, float *tmp) {                                             \
+    static ACCUM_TARGET void NAME##_score(const cpu_rows *k, int64_t j0, int64_t n, const float *q,            \
+                                          const float *qsum, int nq, float *scores, float *tmp) {             \
         (void)tmp;                                                                                            \
-        int64_t even = n & ~(int64_t)1; /* key pairs, then the odd key */                                \
-        float *st = scores + even * nq;                                                                       \
         int r0 = 0;                                                                                           \
-        for (; r0 + 4 <= nq; r0 += 4) {                                                                       \
-            score2_nr(F, 4, GC, k, j0, even, q, qsum, nq, r0, scores);                                        \
-            score_nr(F, 4, GC, k, j0 + even, n - even, q, qsum, nq, r0, st);                                  \
-        }                                                                                                     \
+        for (; r0 + 4 <= nq; r0 += 4) SCORE_NR(F, 4, GC, k, j0, n, q, qsum, nq, r0, scores);                  \
         switch (nq - r0) {                                                                                    \
-        case 3: score2_nr(F, 3, GC, k, j0, even, q, qsum, nq, r0, scores);                                    \
-                score_nr(F, 3, GC, k, j0 + even, n - even, q, qsum, nq, r0, st); break;                       \
-        case 2: score2_nr(F, 2, GC, k, j0, even, q, qsum, nq, r0, scores);                                    \
-                score_nr(F, 2, GC, k, j0 + even, n - even, q, qsum, nq, r0, st); break;                       \
-        case 1: score2_nr(F, 1, GC, k, j0, even, q, qsum, nq, r0, scores);                                    \
-                score_nr(F, 1, GC, k, j0 + even, n - even, q, qsum, nq, r0, st); break;                       \
+        case 3: SCORE_NR(F, 3, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
+        case 2: SCORE_NR(F, 2, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
+        case 1: SCORE_NR(F, 1, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
         default: break;                                                                                       \
         }                                                                                                     \
     }                                                                                                         \
@@ -696,7 +764,7 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
                                           NAME##_score,                                                       \
                                           NAME##_accum,                                                       \
                                           NAME##_unpack,                                                      \
-                                          F == F_AFF4 ? aff4_prep_q : NULL,                                   \
+                                          PREP_Q(F),                                                          \
                                           FIX_ACC(F),                                                         \
                                           HAS_Q16(F) ? NAME##_score_q16 : NULL,                               \
                                           F == F_AFF4 || F == F_MXFP4 ? order_q16_step32                      \
