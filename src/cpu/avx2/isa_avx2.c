@@ -703,7 +703,11 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 #define FIX_ACC(F) (HAS_Z(F) ? (NIBBLE_LANES(F) ? perm16_fix_acc : NULL) : F == F_AFF4 ? aff4_fix_acc : NULL)
 #define SCORE_NR(F, ...) (HAS_Z(F) ? score_z_nr(F, __VA_ARGS__) : score_ymm_nr(F, __VA_ARGS__))
 #define PREP_Q(F) (HAS_Z(F) ? (NIBBLE_LANES(F) ? perm16_prep_q : NULL) : F == F_AFF4 ? aff4_prep_q : NULL)
+/* the integer K path only where it beats the 512-bit float score (32K, f16 q: 8-bit 4.0 vs
+ * 4.3 ms; 4-bit 3.5 vs 2.7, nvfp4 4.1 vs 2.9: bench/NOTES.md session 13) */
+#define SCORE_Q16(NAME, F) ((F) == F_AFF8 ? NAME##_score_q16 : NULL)
 #else
+#define SCORE_Q16(NAME, F) (HAS_Q16(F) ? NAME##_score_q16 : NULL)
 #define ACCUM_TARGET
 #define ACCUM_NR(F, ...) accum_nr(F, __VA_ARGS__)
 #define FIX_ACC(F) (F == F_AFF4 ? aff4_fix_acc : NULL)
@@ -766,7 +770,7 @@ INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, i
                                           NAME##_unpack,                                                      \
                                           PREP_Q(F),                                                          \
                                           FIX_ACC(F),                                                         \
-                                          HAS_Q16(F) ? NAME##_score_q16 : NULL,                               \
+                                          SCORE_Q16(NAME, F),                               \
                                           F == F_AFF4 || F == F_MXFP4 ? order_q16_step32                      \
                                           : F == F_NVFP4              ? order_q16_step16                      \
                                                                       : NULL};
