@@ -35,4 +35,8 @@ qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
     return qsdpa_cpu_avx2_decode(ctx, p);
 }
+qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_avx2_decode(ctx, p);
+}
 #endif

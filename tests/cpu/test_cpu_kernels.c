@@ -93,10 +93,10 @@ typedef struct test_case {
  * 0: views of a longer cache */
 static int exact_cache;
 
-static const char *kernel_names[] = {"cpu.vnni.decode", "cpu.avx2.decode", "cpu.avx2.prefill", "cpu.c.decode",
-                                     "cpu.c.prefill"};
-#define NKERNELS 5
-/* the SIMD rows share the AVX2 decoders (cpu.vnni is isa_avx2.c rebuilt with vpdpwssd) */
+static const char *kernel_names[] = {"cpu.vnni.decode", "cpu.vnni.prefill", "cpu.avx2.decode", "cpu.avx2.prefill",
+                                     "cpu.c.decode",    "cpu.c.prefill"};
+#define NKERNELS 6
+/* the SIMD rows share the AVX2 decoders (cpu.vnni is isa_avx2.c rebuilt with 512-bit kernels) */
 static int simd_row(const char *name) { return strstr(name, "avx2") || strstr(name, "vnni"); }
 static qsdpa_context *ctx_ref, *ctx_kernel[NKERNELS];
 static int cases_run, kernel_runs;
@@ -259,7 +259,7 @@ int main(void) {
     o.kernel = "cpu.reference";
     CHECK(qsdpa_context_create(&o, &ctx_ref) == QSDPA_OK, "reference context: %s", qsdpa_last_error());
     int avx2 = (qsdpa_cpu_features() & 7u) == 7u, vnni = (qsdpa_cpu_features() & 15u) == 15u;
-    if (!vnni) printf("cpu.vnni.decode: not run (this CPU lacks AVX512-VNNI/VL)\n");
+    if (!vnni) printf("cpu.vnni.*: not run (this CPU lacks AVX512 F/BW/VL/VNNI)\n");
     for (int kn = 0; kn < NKERNELS; kn++) {
         if (!avx2 && strstr(kernel_names[kn], "avx2")) continue;
         if (!vnni && strstr(kernel_names[kn], "vnni")) continue;

@@ -208,14 +208,16 @@ int main(void) {
         if (!info.usable || info.backend != QSDPA_BACKEND_CPU) continue;
         CHECK(cases[r] > 0, "kernel %s serves none of the cases", info.name);
         /* The reference serves only when forced (or when nothing else does). A row can also
-         * be shadowed on this CPU by an earlier row of the same path and a wider ISA that
-         * took every case it serves (cpu.vnni.decode over cpu.avx2.decode where VNNI exists);
-         * the forced runs above still checked it. */
+         * be shadowed on this CPU by an earlier usable row of the same path and a wider ISA
+         * that serves as many cases and is chosen (cpu.vnni.* over cpu.avx2.* where the
+         * AVX-512 tier exists; a prefill row also serves decode shapes that the decode row
+         * takes first); the forced runs above still checked it. */
         int shadowed = 0;
         for (int e = 0; e < r; e++) {
             qsdpa_kernel_info ie;
             qsdpa_kernel_get(e, &ie);
-            if (ie.usable && ie.backend == info.backend && strcmp(ie.path, info.path) == 0 && reached[e] >= cases[r])
+            if (ie.usable && ie.backend == info.backend && strcmp(ie.path, info.path) == 0 && cases[e] >= cases[r] &&
+                reached[e] > 0)
                 shadowed = 1;
         }
         if (strcmp(info.path, "reference") != 0 && !shadowed)

@@ -859,8 +859,12 @@ static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
 static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub};
 
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
     return qsdpa_cpu_attention(ctx, p, &isa_vnni, false);
+}
+qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_attention(ctx, p, &isa_vnni, true);
 }
 #else
 const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub};
