@@ -576,40 +576,46 @@ static void perm16_fix_acc(float *acc, int64_t dim) {
     }
 }
 
-/* accum_nr on 16-value steps: two keys per step into separate sums (8 chains for 4 rows). */
+/* accum_nr on 16-value steps: up to 4 rows two keys per step into separate sums (8 chains),
+ * 8 rows one key per step (8 chains already). */
 INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n,
                                 const float *w, int nq, int r0, float *acc) {
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
-    float ws[CPU_BLOCK * 4] __attribute__((aligned(16)));
+    float ws[2][CPU_BLOCK * 4] __attribute__((aligned(16))); /* rows r0..r0+3, then r0+4..r0+7 */
+#define WS(j, r) ws[(r) >> 2][4 * (j) + ((r) & 3)]
     for (size_t g = 0; g < ng; g++) {
-        const __m128 bsum = group_weights(F, v, j0, n, w, nq, r0, g, ws);
+        __m128 bsum[2];
+        bsum[0] = group_weights(F, v, j0, n, w, nq, r0, g, ws[0]);
+        if (NR > 4) bsum[1] = group_weights(F, v, j0, n, w, nq, r0 + 4, g, ws[1]);
         for (size_t e = g * G; e < (g + 1) * G; e += 16) {
-            __m512 a[4], b[4];
+            __m512 a[8], b[8];
             for (int r = 0; r < NR; r++) a[r] = _mm512_loadu_ps(acc + (size_t)(r0 + r) * dim + e), b[r] = _mm512_setzero_ps();
             const char *row = v->codes + j0 * v->code_stride;
             int64_t j = 0;
-            for (; j + 2 <= n; j += 2, row += 2 * v->code_stride) {
+            for (; NR <= 4 && j + 2 <= n; j += 2, row += 2 * v->code_stride) { /* 8 rows alone give 8 chains */
                 __m512 c = decode16z(F, row, e), d = decode16z(F, row + v->code_stride, e);
                 for (int r = 0; r < NR; r++) {
-                    a[r] = _mm512_fmadd_ps(c, _mm512_set1_ps(ws[4 * j + r]), a[r]);
-                    b[r] = _mm512_fmadd_ps(d, _mm512_set1_ps(ws[4 * j + 4 + r]), b[r]);
+                    a[r] = _mm512_fmadd_ps(c, _mm512_set1_ps(WS(j, r)), a[r]);
+                    b[r] = _mm512_fmadd_ps(d, _mm512_set1_ps(WS(j + 1, r)), b[r]);
                 }
             }
-            if (j < n) {
+            for (; j < n; j++, row += v->code_stride) {
                 __m512 c = decode16z(F, row, e);
-                for (int r = 0; r < NR; r++) a[r] = _mm512_fmadd_ps(c, _mm512_set1_ps(ws[4 * j + r]), a[r]);
+                for (int r = 0; r < NR; r++) a[r] = _mm512_fmadd_ps(c, _mm512_set1_ps(WS(j, r)), a[r]);
             }
             for (int r = 0; r < NR; r++) _mm512_storeu_ps(acc + (size_t)(r0 + r) * dim + e, _mm512_add_ps(a[r], b[r]));
         }
         if (has_bias(F)) { /* the same for every element of the group, so the lane order does not matter */
-            float bl[4];
-            _mm_storeu_ps(bl, bsum);
+            float bl[8];
+            _mm_storeu_ps(bl, bsum[0]);
+            if (NR > 4) _mm_storeu_ps(bl + 4, bsum[1]);
             for (int r = 0; r < NR; r++) {
                 float *a = acc + (size_t)(r0 + r) * dim + g * G;
                 for (size_t e = 0; e < G; e += 16) _mm512_storeu_ps(a + e, _mm512_add_ps(_mm512_loadu_ps(a + e), _mm512_set1_ps(bl[r])));
             }
         }
     }
+#undef WS
 }
 
 /* Lanes 0..3 of the result: the 16-lane sums of x[0..3]. */
@@ -629,13 +635,14 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
                                   const float *q, const float *qsum, int nq, int r0, float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
     const char *row[2], *srow[2] = {NULL, NULL}, *brow[2] = {NULL, NULL};
-    __m512 a[2][4], b[2][4];
-    __m128 bias[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
+    __m512 a[2][8], b[2][8];
+    __m128 bias[2][2]; /* [key][rows 0..3, 4..7] */
     for (int u = 0; u < KEYS; u++) {
         row[u] = k->codes + (j + u) * k->code_stride;
         if (!is_plain(F)) srow[u] = k->scales + (j + u) * k->scale_stride;
         if (has_bias(F)) brow[u] = k->biases + (j + u) * k->bias_stride;
-        for (int r = 0; r < 4; r++) a[u][r] = b[u][r] = _mm512_setzero_ps();
+        for (int r = 0; r < 8; r++) a[u][r] = b[u][r] = _mm512_setzero_ps();
+        bias[u][0] = bias[u][1] = _mm_setzero_ps();
     }
     size_t step = 0;
     for (size_t g = 0; g < ng; g++) {
@@ -657,15 +664,18 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
             }
         }
         if (has_bias(F)) {
-            __m128 qs = _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0);
-            for (int u = 0; u < KEYS; u++)
-                bias[u] = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow[u], (int64_t)g)), qs, bias[u]);
+            for (int h = 0; h < (NR > 4 ? 2 : 1); h++) {
+                __m128 qs = _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0 + 4 * (size_t)h);
+                for (int u = 0; u < KEYS; u++)
+                    bias[u][h] = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow[u], (int64_t)g)), qs, bias[u][h]);
+            }
         }
     }
     for (int u = 0; u < KEYS; u++) {
         if (NR == 1) a[u][0] = _mm512_add_ps(a[u][0], b[u][0]);
-        for (int r = NR; r < 4; r++) a[u][r] = _mm512_setzero_ps();
-        store_rows(NR, _mm_add_ps(sum16x4(a[u]), bias[u]), scores + u * nq + r0);
+        for (int r = NR; r < 8; r++) a[u][r] = _mm512_setzero_ps();
+        store_rows(NR > 4 ? 4 : NR, _mm_add_ps(sum16x4(a[u]), bias[u][0]), scores + u * nq + r0);
+        if (NR > 4) store_rows(NR - 4, _mm_add_ps(sum16x4(a[u] + 4), bias[u][1]), scores + u * nq + r0 + 4);
     }
 }
 
@@ -706,7 +716,17 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 /* the integer K path only where it beats the 512-bit float score (32K, f16 q: 8-bit 4.0 vs
  * 4.3 ms; 4-bit 3.5 vs 2.7, nvfp4 4.1 vs 2.9: bench/NOTES.md session 13) */
 #define SCORE_Q16(NAME, F) ((F) == F_AFF8 ? NAME##_score_q16 : NULL)
+/* 8 query rows per pass where the 512-bit kernels serve (32 registers: 16 sums for two keys):
+ * each decoded vector then serves twice the rows (GQA 4 with Lq >= 2) */
+#define SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores)                                               \
+    if (HAS_Z(F))                                                                                             \
+        for (; r0 + 8 <= nq; r0 += 8) score_z_nr(F, 8, GC, k, j0, n, q, qsum, nq, r0, scores)
+#define ACCUM_CHUNKS8(F, GC, v, j0, n, w, nq, r0, acc)                                                        \
+    if (HAS_Z(F))                                                                                             \
+        for (; r0 + 8 <= nq; r0 += 8) accum_z_nr(F, 8, GC, v, j0, n, w, nq, r0, acc)
 #else
+#define SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores) (void)0
+#define ACCUM_CHUNKS8(F, GC, v, j0, n, w, nq, r0, acc) (void)0
 #define SCORE_Q16(NAME, F) (HAS_Q16(F) ? NAME##_score_q16 : NULL)
 #define ACCUM_TARGET
 #define ACCUM_NR(F, ...) accum_nr(F, __VA_ARGS__)
@@ -730,6 +750,7 @@ INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, i
                                           const float *qsum, int nq, float *scores, float *tmp) {             \
         (void)tmp;                                                                                            \
         int r0 = 0;                                                                                           \
+        SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores);                                              \
         for (; r0 + 4 <= nq; r0 += 4) SCORE_NR(F, 4, GC, k, j0, n, q, qsum, nq, r0, scores);                  \
         switch (nq - r0) {                                                                                    \
         case 3: SCORE_NR(F, 3, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
@@ -742,6 +763,7 @@ INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, i
                                           float *acc, float *tmp) {                                           \
         (void)tmp;                                                                                            \
         int r0 = 0;                                                                                           \
+        ACCUM_CHUNKS8(F, GC, v, j0, n, w, nq, r0, acc);                                                       \
         for (; r0 + 4 <= nq; r0 += 4) ACCUM_NR(F, 4, GC, v, j0, n, w, nq, r0, acc);                           \
         switch (nq - r0) {                                                                                    \
         case 3: ACCUM_NR(F, 3, GC, v, j0, n, w, nq, r0, acc); break;                                          \
