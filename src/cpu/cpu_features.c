@@ -12,7 +12,7 @@ bool qsdpa_cpu_avx2_available(void) {
 
 bool qsdpa_cpu_vnni_available(void) {
 #ifdef QSDPA_HAVE_AVX2_KERNELS
-    return (qsdpa_cpu_features() & 15u) == 15u; /* the AVX2 set + AVX512-VNNI/VL */
+    return (qsdpa_cpu_features() & 15u) == 15u; /* the AVX2 set + AVX512 F/BW/VL/VNNI */
 #else
     return false;
 #endif

@@ -325,8 +325,8 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
 }
 
 /* The VNNI build (src/cpu/vnni/isa_vnni.c) compiles this file with the same AVX2 flags
- * and gives only the integer K path AVX512-VNNI/VL, so every other kernel's code is the
- * AVX2 build's. */
+ * and gives the integer K path AVX512-VNNI/VL and the 512-bit kernels (Z_TARGET) their
+ * targets by attribute, so every other kernel's code is the AVX2 build's. */
 #ifdef QSDPA_ISA_VNNI
 #define Q16_TARGET __attribute__((target("avx512f,avx512vl,avx512vnni")))
 #else
@@ -876,8 +876,8 @@ static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
 }
 
 #ifdef QSDPA_ISA_VNNI
-/* The same kernels with the integer K path on vpdpwssd (src/cpu/vnni/isa_vnni.c builds this
- * file again with AVX512-VNNI/VL): a decode row of its own, chosen where the CPU has it. */
+/* The AVX-512 tier (src/cpu/vnni/isa_vnni.c builds this file again): rows of their own,
+ * chosen where the CPU has AVX512 F/BW/VL/VNNI. */
 static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub};
 
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);

@@ -1,7 +1,9 @@
-/* The AVX2 kernels rebuilt with the integer K path on AVX512-VNNI/VL (a target
- * attribute on that path alone): its vpmaddwd + vpaddd become one vpdpwssd. On this
- * Zen 4 that took 7-11% off the f16-q affine decode at 32K (bench/NOTES.md, session 8).
- * Everything else is isa_avx2.c's code; the row is used only where
- * qsdpa_cpu_features() has bit 8. */
+/* The AVX-512 tier: isa_avx2.c built again with QSDPA_ISA_VNNI. Its hot kernels (the code
+ * decode, V accumulation, f32 K scoring) are 512-bit (target attributes on those functions,
+ * AVX512 F/BW/VL), and the affine 8-bit f16/bf16-q K path uses vpdpwssd. On this Zen 4 the
+ * decode loop is bound by instructions issued, and a zmm instruction does twice a ymm one's
+ * work per slot: 4-bit 32K decode 3.7 -> 2.6 ms (bench/NOTES.md, session 13). Every other
+ * kernel is the AVX2 build's code. Rows cpu.vnni.decode and cpu.vnni.prefill, used only
+ * where qsdpa_cpu_features() has bit 8. */
 #define QSDPA_ISA_VNNI 1
 #include "../avx2/isa_avx2.c"
