@@ -325,8 +325,10 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
 }
 
 /* The VNNI build (src/cpu/vnni/isa_vnni.c) compiles this file with the same AVX2 flags
- * and gives the integer K path AVX512-VNNI/VL and the 512-bit kernels (Z_TARGET) their
- * targets by attribute, so every other kernel's code is the AVX2 build's. */
+ * and gives the integer K path and the 512-bit kernels (Z_TARGET: every format's score and
+ * accum entry, so also the 256-bit kernels of affine 2/3/5/6 bits that they call) their
+ * AVX-512 targets by attribute; unpack and the softmax row maximum are the AVX2 build's
+ * code. */
 #ifdef QSDPA_ISA_VNNI
 #define Q16_TARGET __attribute__((target("avx512f,avx512vl,avx512vnni")))
 #else
