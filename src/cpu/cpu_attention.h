@@ -80,6 +80,8 @@ extern const cpu_isa qsdpa_cpu_isa_c;
 extern const cpu_isa qsdpa_cpu_isa_avx2;
 void qsdpa_cpu_avx2_row_max(const float *s, int64_t n, int nm, float *out);                 /* softmax_avx2.c */
 void qsdpa_cpu_avx2_exp_sub(float *s, int64_t n, const float *m, int nm, float *sums);
+/* the AVX-512 tier's (16 lanes where the rows divide 16, else the AVX2 helper); AVX512F only */
+void qsdpa_cpu_avx512_exp_sub(float *s, int64_t n, const float *m, int nm, float *sums);
 #endif
 
 /* The driver. prefill: tile over queries, unpack each K/V block to floats once

@@ -681,51 +681,6 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
     }
 }
 
-/* exp(x) as softmax_avx2.c's exp256 (Cephes, ~1 ulp; below -87 exactly 0; NaN stays NaN:
- * vmaxps returns its second operand when one is NaN), 16 lanes. */
-INLINE Z_TARGET __m512 exp512(__m512 x) {
-    const __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
-    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
-    __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mov_ps((__mmask16)~zero, _mm512_mul_ps(y, _mm512_castsi512_ps(e)));
-}
-
-/* cpu_isa.exp_sub on 16 lanes where the rows divide 16 (1, 2, 4, 8, 16: GQA groups), else the
- * AVX2 helper. */
-static Z_TARGET void exp_sub_z(float *s, int64_t n, const float *m, int nm, float *sums) {
-    if (16 % nm != 0) {
-        qsdpa_cpu_avx2_exp_sub(s, n, m, nm, sums);
-        return;
-    }
-    float mf[16], lanes[16]; /* the maxima with -inf read as 0 (a row without keys keeps -inf scores) */
-    for (int r = 0; r < 16; r++) mf[r] = m[r % nm] == -INFINITY ? 0.0f : m[r % nm];
-    const __m512 mv = _mm512_loadu_ps(mf);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), mv));
-        _mm512_storeu_ps(s + i, e);
-        acc = _mm512_add_ps(acc, e);
-    }
-    _mm512_storeu_ps(lanes, acc);
-    for (int l = 0; l < 16; l++) sums[l % nm] += lanes[l];
-    for (; i < n; i++) {
-        s[i] = s[i] - mf[i % 16] < -87.0f ? 0.0f : expf(s[i] - mf[i % 16]);
-        sums[i % nm] += s[i];
-    }
-}
-
 INLINE Z_TARGET void score_z_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n,
                                 const float *q, const float *qsum, int nq, int r0, float *scores) {
     int64_t j = 0;
@@ -925,7 +880,7 @@ static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
 #ifdef QSDPA_ISA_VNNI
 /* The AVX-512 tier (src/cpu/vnni/isa_vnni.c builds this file again): rows of their own,
  * chosen where the CPU has AVX512 F/BW/VL/VNNI. */
-static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, exp_sub_z};
+static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx512_exp_sub};
 
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
