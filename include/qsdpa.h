@@ -305,7 +305,8 @@ qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
 
 /* ---- CPU features (for `qsdpa info`) ----------------------------------- */
 /* Bit set: 1 = AVX2, 2 = FMA, 4 = F16C (each only if the OS saves YMM state),
- * 8 = AVX512-VNNI with AVX512F/VL (only if the OS saves the ZMM and opmask state). */
+ * 8 = the AVX-512 tier: AVX512 F, BW, VL and VNNI (only if the OS saves the ZMM and opmask
+ * state); the cpu.vnni.* kernel rows need it. */
 unsigned qsdpa_cpu_features(void);
 
 /* ---- KV cache ------------------------------------------------------------
