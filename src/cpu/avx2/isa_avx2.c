@@ -128,18 +128,23 @@ INLINE void decode16(int F, const char *row, size_t e, bool last, __m256 *c0, __
 INLINE size_t perm_elem(size_t i) { size_t l = i & 7; return (i & 8 ? 4 : 0) + (l >> 1) + 8 * (l & 1); }
 INLINE float perm_scale(size_t i) { return (float)(1u << (4 * ((i & 7) >> 1))); }
 
-static void aff4_prep_q(const float *q, int64_t dim, float *dst) {
+/* A natural row to the permuted lane order (slot i holds element perm_elem(i)), divided by
+ * the slots' scales where the decoder scales them, and back. */
+INLINE void to_perm_lanes(const float *q, int64_t dim, float *dst, bool scaled) {
     for (int64_t c = 0; c < dim; c += 16)
-        for (size_t i = 0; i < 16; i++) dst[c + (int64_t)i] = q[c + (int64_t)perm_elem(i)] / perm_scale(i);
+        for (size_t i = 0; i < 16; i++)
+            dst[c + (int64_t)i] = q[c + (int64_t)perm_elem(i)] / (scaled ? perm_scale(i) : 1.0f);
 }
-
-static void aff4_fix_acc(float *acc, int64_t dim) {
+INLINE void from_perm_lanes(float *acc, int64_t dim, bool scaled) {
     float tmp[16];
     for (int64_t c = 0; c < dim; c += 16) {
-        for (size_t i = 0; i < 16; i++) tmp[perm_elem(i)] = acc[c + (int64_t)i] / perm_scale(i);
+        for (size_t i = 0; i < 16; i++) tmp[perm_elem(i)] = acc[c + (int64_t)i] / (scaled ? perm_scale(i) : 1.0f);
         memcpy(acc + c, tmp, sizeof tmp);
     }
 }
+
+static void aff4_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, true); }
+static void aff4_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, true); }
 
 INLINE float load_scalar(qsdpa_dtype dt, const char *base, int64_t g) {
     uint16_t h;
@@ -435,24 +440,22 @@ INLINE Q16_TARGET void score_q16_nr(int F, const int NR, const int GC, const cpu
     }
 }
 
-/* ws[j][r] = w[j][r0 + r] times key j's scale of group g (lanes >= NR are never used);
- * returns lanes r: sum_j w[j][r0 + r] * bias_jg (affine; else 0). */
-INLINE __m128 group_weights(int F, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, int r0, size_t g,
-                            float *ws) {
-    __m128 bsum = _mm_setzero_ps();
+/* For HALVES (1 or 2) sets of 4 rows from r0: ws[h][j][r] = w[j][r0 + 4h + r] times key j's
+ * scale of group g (lanes >= NR are never used), and bsum[h] lanes r: sum_j w[j][r0 + 4h + r]
+ * * bias_jg (affine; else 0). A key's scale and bias are read once for both halves. */
+INLINE void group_weights(int F, const int HALVES, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq,
+                          int r0, size_t g, float (*ws)[CPU_BLOCK * 4], __m128 *bsum) {
+    for (int h = 0; h < HALVES; h++) bsum[h] = _mm_setzero_ps();
     for (int64_t j = 0; j < n; j++) {
-        __m128 wv = _mm_loadu_ps(w + j * nq + r0);
-        if (is_plain(F)) {
-            _mm_store_ps(ws + 4 * j, wv);
-            continue;
+        __m128 sv = _mm_set1_ps(1.0f), bv = _mm_setzero_ps();
+        if (!is_plain(F)) sv = _mm_set1_ps(group_scale(F, v, v->scales + (j0 + j) * v->scale_stride, (int64_t)g));
+        if (has_bias(F)) bv = _mm_set1_ps(load_scalar(v->scale_dtype, v->biases + (j0 + j) * v->bias_stride, (int64_t)g));
+        for (int h = 0; h < HALVES; h++) {
+            __m128 wv = _mm_loadu_ps(w + j * nq + r0 + 4 * h);
+            _mm_store_ps(ws[h] + 4 * j, is_plain(F) ? wv : _mm_mul_ps(wv, sv));
+            if (has_bias(F)) bsum[h] = _mm_fmadd_ps(wv, bv, bsum[h]);
         }
-        float s = group_scale(F, v, v->scales + (j0 + j) * v->scale_stride, (int64_t)g);
-        _mm_store_ps(ws + 4 * j, _mm_mul_ps(wv, _mm_set1_ps(s)));
-        if (has_bias(F))
-            bsum = _mm_fmadd_ps(wv, _mm_set1_ps(load_scalar(v->scale_dtype, v->biases + (j0 + j) * v->bias_stride, (int64_t)g)),
-                                bsum);
     }
-    return bsum;
 }
 
 /* acc[r0 + r] += sum_j w[j][r0 + r] * V[j0 + j] for r < NR. The group scale is folded
@@ -460,9 +463,10 @@ INLINE __m128 group_weights(int F, const cpu_rows *v, int64_t j0, int64_t n, con
 INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq,
                      int r0, float *acc) {
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
-    float ws[CPU_BLOCK * 4] __attribute__((aligned(16))); /* [j][4]: weight times the group scale */
+    float wsb[1][CPU_BLOCK * 4] __attribute__((aligned(16))), *ws = wsb[0]; /* [j][4]: weight times the group scale */
     for (size_t g = 0; g < ng; g++) {
-        const __m128 bsum = group_weights(F, v, j0, n, w, nq, r0, g, ws);
+        __m128 bsum;
+        group_weights(F, 1, v, j0, n, w, nq, r0, g, wsb, &bsum);
         for (size_t e = g * G; e < (g + 1) * G; e += 16) {
             __m256 a0[4], a1[4];
             for (int r = 0; r < NR; r++) {
@@ -565,18 +569,9 @@ INLINE Z_TARGET __m512 decode16z(int F, const char *row, size_t e) {
     }
 }
 
-/* q rows and acc rows of the 4-bit formats in decode16z's lane order. */
-static void perm16_prep_q(const float *q, int64_t dim, float *dst) {
-    for (int64_t c = 0; c < dim; c += 16)
-        for (size_t i = 0; i < 16; i++) dst[c + (int64_t)i] = q[c + (int64_t)perm_elem(i)];
-}
-static void perm16_fix_acc(float *acc, int64_t dim) {
-    float tmp[16];
-    for (int64_t c = 0; c < dim; c += 16) {
-        for (size_t i = 0; i < 16; i++) tmp[perm_elem(i)] = acc[c + (int64_t)i];
-        memcpy(acc + c, tmp, sizeof tmp);
-    }
-}
+/* q rows and acc rows of the 4-bit formats in decode16z's lane order (unscaled). */
+static void perm16_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, false); }
+static void perm16_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, false); }
 
 /* accum_nr on 16-value steps: up to 4 rows two keys per step into separate sums (8 chains),
  * 8 rows one key per step (8 chains already). */
@@ -587,8 +582,7 @@ INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_row
 #define WS(j, r) ws[(r) >> 2][4 * (j) + ((r) & 3)]
     for (size_t g = 0; g < ng; g++) {
         __m128 bsum[2];
-        bsum[0] = group_weights(F, v, j0, n, w, nq, r0, g, ws[0]);
-        if (NR > 4) bsum[1] = group_weights(F, v, j0, n, w, nq, r0 + 4, g, ws[1]);
+        group_weights(F, NR > 4 ? 2 : 1, v, j0, n, w, nq, r0, g, ws, bsum);
         for (size_t e = g * G; e < (g + 1) * G; e += 16) {
             __m512 a[8], b[8];
             for (int r = 0; r < NR; r++) a[r] = _mm512_loadu_ps(acc + (size_t)(r0 + r) * dim + e), b[r] = _mm512_setzero_ps();
