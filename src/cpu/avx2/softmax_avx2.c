@@ -35,8 +35,8 @@ static inline __m256 exp256(__m256 x) {
     return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
-#define Z_TARGET __attribute__((target("avx512f")))
-static inline Z_TARGET __m512 exp512(__m512 x) {
+#define AVX512F_TARGET __attribute__((target("avx512f")))
+static inline AVX512F_TARGET __m512 exp512(__m512 x) {
     const __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
     __m512 fx, y;
     EXP_POLY(512, x, fx, y);
@@ -129,7 +129,7 @@ void qsdpa_cpu_avx2_exp_sub(float *s, int64_t n, const float *m, int nm, float *
         for (int r = 0; r < nm; r++) sums[r] += s[i0 + r];
 }
 
-Z_TARGET void qsdpa_cpu_avx512_exp_sub(float *s, int64_t n, const float *m, int nm, float *sums) {
+AVX512F_TARGET void qsdpa_cpu_avx512_exp_sub(float *s, int64_t n, const float *m, int nm, float *sums) {
     if (16 % nm != 0) {
         qsdpa_cpu_avx2_exp_sub(s, n, m, nm, sums);
         return;
