@@ -83,6 +83,35 @@ static inline cudaStream_t qsdpa_cuda_stream(const qsdpa_context *ctx) {
     return (cudaStream_t)ctx->options.stream;
 }
 
+/* Programmatic dependent launch needs an sm_90+ device and a loaded binary of PTX 9.0+ (the
+ * one that holds the kernel's griddepcontrol instructions). */
+static inline bool qsdpa_cuda_pdl_ok(const qsdpa_context *ctx, int ptx_version) {
+    return ctx->cuda->cc >= 90 && ptx_version >= 90;
+}
+
+#ifdef __CUDACC__
+/* One launch of a one-argument kernel on the context's stream; with `pdl`, programmatic
+ * dependent launch (the kernel must wait on the grid dependency before it touches global
+ * memory the previous kernel writes). */
+template <class P>
+static qsdpa_status qsdpa_cuda_launch_pdl(qsdpa_context *ctx, void (*kernel)(P), dim3 grid, dim3 block, int smem,
+                                         bool pdl, const P &args, const char *fn, const char *name) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = qsdpa_cuda_stream(ctx);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, args);
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, name);
+    return qsdpa_cuda_launch_status(fn, name);
+}
+#endif
+
 /* The generic kernel: every format, D <= 1024, dtype, mask, partial mode. */
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *p);
 /* The staged path (cuda_staged.cu): whether it takes a problem of the cuda.generic row (or a D 256

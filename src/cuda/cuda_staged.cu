@@ -422,18 +422,8 @@ qsdpa_status launch_repack(qsdpa_context *ctx, const repack_set &set, const char
         if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, what);
         ptx_version[dev] = fa.ptxVersion > 0 ? fa.ptxVersion : 1;
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(set.blocks);
-    cfg.blockDim = dim3(REPACK_THREADS);
-    cfg.stream = qsdpa_cuda_stream(ctx);
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = ctx->cuda->cc >= 90 && ptx_version[dev] >= 90 ? 1 : 0;
-    cudaError_t err = cudaLaunchKernelEx(&cfg, repack_copy, set);
-    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, what);
-    return qsdpa_cuda_launch_status(fn, what);
+    return qsdpa_cuda_launch_pdl(ctx, repack_copy, dim3(set.blocks), dim3(REPACK_THREADS), 0,
+                                 qsdpa_cuda_pdl_ok(ctx, ptx_version[dev]), set, fn, what);
 }
 
 /* Adds the job copying rows [B, heads, len] of src_bytes (t: its data and element strides) into rows of

@@ -333,7 +333,7 @@ static qsdpa_status qsdpa_cuda_kernel_query(qsdpa_context *ctx, K kernel, int th
         info->blocks[dev] = n > 0 ? n : 1;
     }
     *blocks = info->blocks[dev];
-    *pdl = ctx->cuda->cc >= 90 && info->ptx_version[dev] >= 90;
+    *pdl = qsdpa_cuda_pdl_ok(ctx, info->ptx_version[dev]);
     return QSDPA_OK;
 }
 
@@ -367,27 +367,6 @@ static qsdpa_status qsdpa_cuda_cap_residency(qsdpa_context *ctx, K kernel, int t
     return QSDPA_OK;
 }
 
-/* One launch of a fast_params kernel on the context's stream; with `pdl`, programmatic
- * dependent launch (the kernel must call pdl_wait before it touches global memory). */
-static qsdpa_status qsdpa_cuda_launch_fast_kernel(qsdpa_context *ctx, void (*kernel)(const qfast::fast_params),
-                                                  dim3 grid, dim3 block, int smem, bool pdl,
-                                                  const qfast::fast_params &p, const char *fn, const char *name) {
-    cudaLaunchConfig_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = (size_t)smem;
-    cfg.stream = qsdpa_cuda_stream(ctx);
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, p);
-    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, name);
-    return qsdpa_cuda_launch_status(fn, name);
-}
-
 /* split_merge behind an attention kernel that wrote nsplit partials. */
 template <int DV>
 static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfast::fast_params &p, dim3 grid,
@@ -398,7 +377,7 @@ static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfas
     qsdpa_status st = qsdpa_cuda_kernel_query(ctx, qfast::split_merge<DV>, 128, 0, &info, fn,
                                               "configuring split_merge", &blocks, &pdl);
     if (st != QSDPA_OK) return st;
-    return qsdpa_cuda_launch_fast_kernel(ctx, qfast::split_merge<DV>, dim3((unsigned)(grid.z * p.rows), (unsigned)((DV + 31) / 32)),
+    return qsdpa_cuda_launch_pdl(ctx, qfast::split_merge<DV>, dim3((unsigned)(grid.z * p.rows), (unsigned)((DV + 31) / 32)),
                                          dim3(128), 0, pdl, p, fn, "split_merge launch");
 }
 
@@ -445,7 +424,7 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
         st = qsdpa_cuda_cap_residency(ctx, kernel, threads, smem, resident, info, fn, &smem_launch);
         if (st != QSDPA_OK) return st;
     }
-    st = qsdpa_cuda_launch_fast_kernel(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
+    st = qsdpa_cuda_launch_pdl(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
     qsdpa_set_route(ctx, nullptr, route);
     if (st != QSDPA_OK || (!partials && p.nsplit == 1)) return st;
     return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
