@@ -187,7 +187,13 @@ void qsdpa_context_destroy(qsdpa_context *ctx);
  * kernel that ran on the copy. Set when the call is enqueued; a failed call may
  * leave a partial route. */
 const char *qsdpa_context_last_route(const qsdpa_context *ctx);
-/* CUDA: switch stream for subsequent calls (captured into CUDA graphs safely). */
+/* CUDA: switch stream for subsequent calls.
+ * CUDA graphs: a call can be captured once a call of the same shape (or a
+ * larger one) has run on the context outside the capture, which sized its
+ * device buffers; a call that would need to grow them during a capture returns
+ * QSDPA_ERR_UNSUPPORTED and enqueues nothing. Outgrown buffers stay allocated
+ * until qsdpa_context_destroy, so a graph captured at a smaller shape stays
+ * valid after later calls grow them. A context serves one stream at a time. */
 qsdpa_status qsdpa_context_set_stream(qsdpa_context *ctx, void *stream);
 /* Is a backend compiled in and usable on this machine (CUDA: a device exists)? */
 int qsdpa_backend_available(qsdpa_backend backend);

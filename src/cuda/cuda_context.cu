@@ -51,6 +51,11 @@ extern "C" void qsdpa_cuda_context_destroy(qsdpa_context *ctx) {
     if (st->scratch) cudaFree(st->scratch);
     if (st->stage) cudaFree(st->stage);
     if (st->realign) cudaFree(st->realign);
+    for (struct qsdpa_cuda_retired *r = st->retired, *next; r; r = next) {
+        next = r->next;
+        cudaFree(r->ptr);
+        free(r);
+    }
     free(st);
     ctx->cuda = NULL;
 }
@@ -62,21 +67,45 @@ qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function) {
     return QSDPA_OK;
 }
 
-/* Grow *buf (of *have bytes) to at least bytes. */
-static qsdpa_status grow_buffer(void **buf, size_t *have, size_t bytes, const char *what, void **out) {
+/* Grow *buf (of *have bytes) to at least bytes. The outgrown buffer is kept,
+ * not freed, until the context is destroyed: a CUDA graph captured at a smaller
+ * shape holds its address, and freeing it would make that graph's replays write
+ * freed memory. Growth is at least twofold, so what is kept stays below the
+ * live buffer's size. Allocating inside a stream capture would invalidate the
+ * capture, so there growth is refused with a message that says what to do. */
+static qsdpa_status grow_buffer(qsdpa_context *ctx, void **buf, size_t *have, size_t bytes, const char *what,
+                                void **out) {
+    struct qsdpa_cuda_state *st = ctx->cuda;
     if (bytes > *have) {
-        /* Growing synchronises the device (cudaFree); that happens only on the
-         * first call of a larger shape, never during a graph capture of a
-         * shape already seen. */
+        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing((cudaStream_t)ctx->options.stream, &capture) != cudaSuccess) {
+            (void)cudaGetLastError();
+            capture = cudaStreamCaptureStatusNone; /* not knowable: cudaMalloc below reports what it finds */
+        }
+        if (capture != cudaStreamCaptureStatusNone)
+            return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention",
+                              "%s must grow from %zu to %zu bytes, but its stream is being captured "
+                              "into a CUDA graph, where allocating would invalidate the capture: make one call of "
+                              "this shape (or the largest one the graph will hold) before capturing",
+                              what, *have, bytes);
         size_t grown = bytes + bytes / 4 + 4096;
+        if (*have <= SIZE_MAX / 2 && grown < 2 * *have) grown = 2 * *have;
+        struct qsdpa_cuda_retired *keep = NULL;
+        if (*buf && !(keep = (struct qsdpa_cuda_retired *)malloc(sizeof *keep)))
+            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cannot allocate a list node");
         void *p = NULL;
         cudaError_t err = cudaMalloc(&p, grown);
         if (err != cudaSuccess) {
             (void)cudaGetLastError();
+            free(keep);
             return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cudaMalloc(%zu) of %s failed: %s",
                               grown, what, cudaGetErrorString(err));
         }
-        if (*buf) cudaFree(*buf);
+        if (keep) {
+            keep->ptr = *buf;
+            keep->next = st->retired;
+            st->retired = keep;
+        }
         *buf = p;
         *have = grown;
     }
@@ -85,21 +114,21 @@ static qsdpa_status grow_buffer(void **buf, size_t *have, size_t bytes, const ch
 }
 
 qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
-    return grow_buffer(&ctx->cuda->scratch, &ctx->cuda->scratch_bytes, bytes, "scratch", out);
+    return grow_buffer(ctx, &ctx->cuda->scratch, &ctx->cuda->scratch_bytes, bytes, "the context's split-K scratch", out);
 }
 
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out) {
-    return grow_buffer(&ctx->cuda->stage, &ctx->cuda->stage_bytes, bytes, "the staged path's buffer", out);
+    return grow_buffer(ctx, &ctx->cuda->stage, &ctx->cuda->stage_bytes, bytes, "the context's staged-path buffer", out);
 }
 
 qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out) {
     /* its size follows Lk, which a decode loop grows by one key a call: a power of two (at least 1 MiB)
-     * makes the regrows (each a cudaFree, which synchronises, and a new address for graphs captured
-     * later) logarithmic in the context length, a handful over a whole generation */
+     * makes the regrows (each a cudaMalloc, a buffer kept until the context goes, and a new address
+     * for graphs captured later) logarithmic in the context length, a handful over a whole generation */
     size_t want = (size_t)1 << 20;
     while (want < bytes && want <= SIZE_MAX / 2) want *= 2;
     if (want >= bytes) bytes = want;
-    return grow_buffer(&ctx->cuda->realign, &ctx->cuda->realign_bytes, bytes, "the realigned scale planes", out);
+    return grow_buffer(ctx, &ctx->cuda->realign, &ctx->cuda->realign_bytes, bytes, "the context's realigned-scale buffer", out);
 }
 
 qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name) {

@@ -17,6 +17,12 @@
  * nothing and can be captured in a CUDA graph. */
 #define QSDPA_CUDA_PTR_CACHE 1024
 
+/* An outgrown buffer, kept until the context is destroyed (graphs captured earlier still use it) */
+struct qsdpa_cuda_retired {
+    void *ptr;
+    struct qsdpa_cuda_retired *next;
+};
+
 struct qsdpa_cuda_state {
     int device;          /* CUDA ordinal the context was created on */
     int sm_count;        /* multiprocessors */
@@ -29,6 +35,7 @@ struct qsdpa_cuda_state {
     size_t stage_bytes;
     void *realign;       /* device scratch of the realigned path: K/V scale and bias planes (cuda_staged.cu) */
     size_t realign_bytes;
+    struct qsdpa_cuda_retired *retired; /* outgrown scratch, stage and realign buffers */
     /* Pointers already found to be device memory: cudaPointerGetAttributes
      * costs about a microsecond and a call checks up to 11 pointers, which
      * would dominate short decode calls. Direct-mapped by address. */

@@ -112,16 +112,16 @@ typedef struct {
 
 /* Affine K = V of `format` at head dim `dim`, scales and biases in scale_dtype, Lk keys (exactly: no spare
  * capacity, so for most Lk the scale planes are not 16-byte aligned) */
-static void decode_make_as(test_rng *rng, decode_problem *d, int64_t lk, const char *format, int64_t dim,
+static void decode_make_lq(test_rng *rng, decode_problem *d, int64_t lk, int64_t lq, const char *format, int64_t dim,
                            qsdpa_dtype scale_dtype) {
     qsdpa_format f;
     qsdpa_format_parse(format, &f);
     const int64_t hq = 32, hkv = 8, words = dim * f.bits / 32, groups = dim / f.group;
     const size_t es = qsdpa_dtype_size(scale_dtype);
-    size_t qb = (size_t)(hq * dim) * 2;
+    size_t qb = (size_t)(hq * lq * dim) * 2;
     d->out_bytes = qb;
     void *hq_data = test_alloc(qb);
-    test_fill_normal(rng, hq_data, QSDPA_DTYPE_F16, hq * dim, 1.0);
+    test_fill_normal(rng, hq_data, QSDPA_DTYPE_F16, hq * lq * dim, 1.0);
     float *x = test_alloc((size_t)(hkv * lk * dim) * 4);
     test_fill_normal(rng, x, QSDPA_DTYPE_F32, hkv * lk * dim, 1.0);
     uint32_t *c = test_alloc((size_t)(hkv * lk * words) * 4);
@@ -132,8 +132,8 @@ static void decode_make_as(test_rng *rng, decode_problem *d, int64_t lk, const c
     d->scales = dev(s, (size_t)(hkv * lk * groups) * es);
     d->biases = dev(b, (size_t)(hkv * lk * groups) * es);
     d->out = dev(NULL, qb);
-    d->qt = qsdpa_tensor_4d(d->q, QSDPA_DTYPE_F16, 1, hq, 1, dim);
-    d->ot = qsdpa_tensor_4d(d->out, QSDPA_DTYPE_F16, 1, hq, 1, dim);
+    d->qt = qsdpa_tensor_4d(d->q, QSDPA_DTYPE_F16, 1, hq, lq, dim);
+    d->ot = qsdpa_tensor_4d(d->out, QSDPA_DTYPE_F16, 1, hq, lq, dim);
     memset(&d->k, 0, sizeof d->k);
     d->k.format = f;
     d->k.dim = dim;
@@ -141,6 +141,11 @@ static void decode_make_as(test_rng *rng, decode_problem *d, int64_t lk, const c
     d->k.scales = qsdpa_tensor_4d(d->scales, scale_dtype, 1, hkv, lk, groups);
     d->k.biases = qsdpa_tensor_4d(d->biases, scale_dtype, 1, hkv, lk, groups);
     free(hq_data); free(x); free(c); free(s); free(b);
+}
+
+static void decode_make_as(test_rng *rng, decode_problem *d, int64_t lk, const char *format, int64_t dim,
+                           qsdpa_dtype scale_dtype) {
+    decode_make_lq(rng, d, lk, 1, format, dim, scale_dtype);
 }
 
 static void decode_make(test_rng *rng, decode_problem *d, int64_t lk) {
@@ -228,6 +233,82 @@ static void graph_capture_one(test_rng *rng, int64_t lk, const char *format, int
     cudaStreamDestroy(stream);
 }
 
+/* Buffer growth and graphs. (1) A capture on a fresh context, whose buffers must
+ * grow, is refused with QSDPA_ERR_UNSUPPORTED, nothing enqueued and the capture
+ * still valid. (2) A graph captured at Lq 1, 4K keys replays to its direct call's
+ * bytes after an Lq 8, 64K-key call grew the context's split-K scratch (its
+ * capture refused first: the proof that it must grow), with the device memory
+ * the old buffer had (were it freed) taken and filled with NaN bytes. */
+static void graph_survives_growth(test_rng *rng) {
+    cudaStream_t stream;
+    cudaStreamCreate(&stream);
+    qsdpa_context *ctx = cuda_ctx(stream);
+    if (!ctx) return;
+    decode_problem small, large;
+    decode_make_as(rng, &small, 4096, "affine:4:64", 128, QSDPA_DTYPE_F16);
+    decode_make_lq(rng, &large, 65536, 8, "affine:4:64", 128, QSDPA_DTYPE_F16);
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    p.scale = 0.088f;
+    cudaMemset(small.out, 0x5A, small.out_bytes);
+    cudaDeviceSynchronize();
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    qsdpa_status st = qsdpa_attention(ctx, &small.qt, &small.k, &small.k, &p, &small.ot);
+    CHECK(st == QSDPA_ERR_UNSUPPORTED, "a capture that must grow the scratch gave %s", qsdpa_status_string(st));
+    CHECK(strstr(qsdpa_last_error(), "captured") && strstr(qsdpa_last_error(), "before capturing"),
+          "message does not say what to do: %s", qsdpa_last_error());
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &graph);
+    CHECK(err == cudaSuccess, "the refused call broke the capture: %s", cudaGetErrorString(err));
+    if (graph) cudaGraphDestroy(graph);
+    graph = NULL;
+    uint8_t *poison = test_alloc(small.out_bytes);
+    cudaMemcpy(poison, small.out, small.out_bytes, cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < small.out_bytes; i++) CHECK(poison[i] == 0x5A, "out written at byte %zu by a refused call", i);
+
+    st = qsdpa_attention(ctx, &small.qt, &small.k, &small.k, &p, &small.ot);
+    CHECK(st == QSDPA_OK, "direct 4K call: %s", qsdpa_last_error());
+    const char *took = qsdpa_context_last_route(ctx);
+    cudaStreamSynchronize(stream);
+    uint8_t *direct = test_alloc(small.out_bytes), *replay = test_alloc(small.out_bytes);
+    cudaMemcpy(direct, small.out, small.out_bytes, cudaMemcpyDeviceToHost);
+    err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    st = qsdpa_attention(ctx, &small.qt, &small.k, &small.k, &p, &small.ot);
+    CHECK(st == QSDPA_OK, "captured 4K call: %s", qsdpa_last_error());
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &graph);
+    if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraph_t refused = NULL;
+    if (err == cudaSuccess) err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    st = qsdpa_attention(ctx, &large.qt, &large.k, &large.k, &p, &large.ot);
+    CHECK(st == QSDPA_ERR_UNSUPPORTED, "capturing the Lq 8 64K call after a 4K one gave %s (not a growth?)",
+          qsdpa_status_string(st));
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &refused);
+    if (refused) cudaGraphDestroy(refused);
+    st = qsdpa_attention(ctx, &large.qt, &large.k, &large.k, &p, &large.ot); /* grows the scratch */
+    CHECK(st == QSDPA_OK, "direct 64K call: %s", qsdpa_last_error());
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+    /* device memory a freed buffer would have returned, filled with NaN bytes */
+    void *grab[8] = {0};
+    for (int i = 0; i < 8; i++)
+        if (cudaMalloc(&grab[i], (size_t)1 << (16 + i)) == cudaSuccess) cudaMemset(grab[i], 0xFF, (size_t)1 << (16 + i));
+    (void)cudaGetLastError();
+    cudaMemset(small.out, 0xFF, small.out_bytes);
+    if (err == cudaSuccess) err = cudaGraphLaunch(exec, stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+    CHECK(err == cudaSuccess, "graph replay after growth: %s", cudaGetErrorString(err));
+    cudaMemcpy(replay, small.out, small.out_bytes, cudaMemcpyDeviceToHost);
+    CHECK(memcmp(direct, replay, small.out_bytes) == 0,
+          "a graph captured at 4K keys (%s) replays to other bytes after a 64K call grew the scratch", took);
+    for (int i = 0; i < 8; i++) cudaFree(grab[i]);
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    free(poison); free(direct); free(replay);
+    decode_free(&small);
+    decode_free(&large);
+    qsdpa_context_destroy(ctx);
+    cudaStreamDestroy(stream);
+}
+
 /* device merge of partials == CPU merge of the same partials */
 static void merge_matches_cpu(test_rng *rng) {
     qsdpa_context *ctx = cuda_ctx(NULL);
@@ -291,6 +372,7 @@ int main(void) {
     graph_capture_one(&rng, 20001, "affine:4:64", 128, QSDPA_DTYPE_F16, "cuda.decode"); /* 4-byte scale pieces */
     graph_capture_one(&rng, 20001, "affine:4:64", 64, QSDPA_DTYPE_F16, "cuda.realigned:");
     graph_capture_one(&rng, 20001, "affine:4:32", 96, QSDPA_DTYPE_F16, "cuda.repacked:");
+    graph_survives_growth(&rng);
     merge_matches_cpu(&rng);
     return test_finish("test_cuda_api");
 }
