@@ -192,6 +192,12 @@ for tool in memcheck racecheck; do
     >>"$OUT/sanitizer.log" 2>&1
   echo "$tool coverage(a4g64 d128, 4-byte scale pieces) rc=$?" | tee -a "$OUT/sanitizer.log"
 done
+# the repacked path's copies, affine 2/3/5/6-bit codes widened among them
+for tool in memcheck racecheck; do
+  QSDPA_CUDA_ONLY=generic QSDPA_CUDA_SHAPE="repacked K affine:" timeout 90 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
+    >>"$OUT/sanitizer.log" 2>&1
+  echo "$tool coverage(generic, repacked affine K) rc=$?" | tee -a "$OUT/sanitizer.log"
+done
 # the prefill kernel (more than 64 folded rows): dequantized tiles (a4g64) and f16 rows read in place
 for only in a4g64.d128.f16 f16.d64.bf16; do
   for tool in memcheck racecheck; do

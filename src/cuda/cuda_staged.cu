@@ -339,9 +339,17 @@ bool stage_need(const qsdpa_context *ctx, const qsdpa_problem *p, double *bytes)
 
 /* ---- The repacked path: short queries at head dims without a fast row ---- */
 
-/* Whether a table row's K or V columns (mode, bits, group; any group: f16 rows) take format f. */
+/* The code width a repack of format f writes: affine 2 and 3 bits widen to 4, 5 and 6 to 8 (the same
+ * integers in wider fields, scales and biases unchanged: the same dequantized values), so those caches
+ * run a 4- or 8-bit row's decode kernel; every other format keeps its width. */
+int repack_bits(const qsdpa_format &f) {
+    if (f.mode != QSDPA_MODE_AFFINE) return f.bits;
+    return f.bits < 4 ? 4 : f.bits < 8 ? 8 : f.bits;
+}
+
+/* Whether a table row's K or V columns (mode, bits, group; any group: f16 rows) take format f, widened. */
 bool row_takes(const qsdpa_format &f, int mode, int bits, int group) {
-    if ((int)f.mode != mode || f.bits != bits) return false;
+    if ((int)f.mode != mode || repack_bits(f) != bits) return false;
     if (mode == QSDPA_MODE_PLAIN) return f.plain_dtype == QSDPA_DTYPE_F16;
     return group == QSDPA_ANY || f.group == group;
 }
@@ -357,7 +365,9 @@ const fast_row *repack_row(const qsdpa_problem *p) {
 }
 
 /* One copy of the repacked path: rows [B, H, len] of src_units units (`unit` bytes) at src (byte strides
- * ss) into rows of dst_units units, `lpad` rows per (b, h) plane, at dst; units past src_units are zeros. */
+ * ss) into rows of dst_units units, `lpad` rows per (b, h) plane, at dst; units past src_units are zeros.
+ * A widening job (from_bits set) writes 32-bit words of to_bits-wide codes read from from_bits-wide ones:
+ * src_units is then the count of words that hold codes. */
 struct repack_job {
     const char *src;
     int64_t ss[3];
@@ -365,6 +375,8 @@ struct repack_job {
     unsigned heads, len, lpad, src_units, dst_units, unit;
     unsigned total;  /* B * heads * len * dst_units: the job's threads */
     unsigned block0; /* the job's first block in the launch */
+    unsigned char from_bits, to_bits; /* 0, 0: a plain copy */
+    unsigned char words_aligned;      /* widening: source rows 4-byte aligned, read as words */
 };
 constexpr int REPACK_JOBS = 7; /* K's and V's codes, scales and biases; q */
 constexpr int REPACK_THREADS = 256;
@@ -377,6 +389,29 @@ struct repack_set {
 template <class C>
 __device__ __forceinline__ void repack_unit(const char *src, char *dst, bool copy) {
     *(C *)dst = copy ? *(const C *)src : C{}; /* C{}: 0 bits, 0.0 in every format */
+}
+
+/* Destination word c of a widening job: its 32 / to_bits codes, read from the source row's bit stream
+ * (SPEC 2: code j at bits [j * from_bits, +from_bits)). At most 8 codes of 3 bits or 4 of 6: 24 bits,
+ * which lie in two source words or four bytes, never past the row. */
+__device__ __forceinline__ uint32_t widen_word(const repack_job &jb, const char *row, unsigned c) {
+    const unsigned n = 32u / jb.to_bits, fb = jb.from_bits, bit0 = c * n * fb, last = bit0 + n * fb - 1;
+    uint32_t x;
+    if (jb.words_aligned) {
+        const uint32_t *w = (const uint32_t *)row;
+        const unsigned i = bit0 / 32;
+        const uint64_t pair = w[i] | (last / 32 > i ? (uint64_t)w[i + 1] << 32 : 0);
+        x = (uint32_t)(pair >> (bit0 % 32));
+    } else {
+        x = 0;
+        for (unsigned byte = bit0 / 8; byte <= last / 8; byte++)
+            x |= (uint32_t)(uint8_t)row[byte] << (8 * (byte - bit0 / 8));
+        x >>= bit0 % 8;
+    }
+    const uint32_t mask = (1u << fb) - 1;
+    uint32_t out = 0;
+    for (unsigned i = 0; i < n; i++) out |= (x >> (i * fb) & mask) << (i * jb.to_bits);
+    return out;
 }
 
 /* Every job of a call in one launch, a thread per destination unit (run 105: a warp per row and a launch
@@ -399,8 +434,13 @@ __global__ void __launch_bounds__(REPACK_THREADS) repack_copy(const __grid_const
     const unsigned bh = row / jb.len, l = row - bh * jb.len;
     const unsigned b = bh / jb.heads, h = bh - b * jb.heads;
     const bool copy = c < jb.src_units;
-    const char *src = jb.src + (int64_t)b * jb.ss[0] + (int64_t)h * jb.ss[1] + (int64_t)l * jb.ss[2] + (size_t)c * jb.unit;
+    const char *src_row = jb.src + (int64_t)b * jb.ss[0] + (int64_t)h * jb.ss[1] + (int64_t)l * jb.ss[2];
+    const char *src = src_row + (size_t)c * jb.unit;
     char *dst = jb.dst + (((size_t)bh * jb.lpad + l) * jb.dst_units + c) * jb.unit;
+    if (jb.from_bits) {
+        *(uint32_t *)dst = copy ? widen_word(jb, src_row, c) : 0u;
+        return;
+    }
     switch (jb.unit) {
     case 16: repack_unit<uint4>(src, dst, copy); break;
     case 8: repack_unit<uint2>(src, dst, copy); break;
@@ -431,13 +471,19 @@ qsdpa_status launch_repack(qsdpa_context *ctx, const repack_set &set, const char
  * [B, heads, len, dst elements] with the planes' strides. With base null only the bytes are counted (one
  * function sizes and fills, so they agree). false past the launch's 32-bit indices or on overflow. */
 bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t heads, int64_t len, int64_t lpad,
-                    int64_t src_bytes, int64_t dst_bytes, char *base, size_t *off, qsdpa_tensor *copy) {
+                    int64_t src_bytes, int64_t dst_bytes, char *base, size_t *off, qsdpa_tensor *copy,
+                    int from_bits = 0, int to_bits = 0) {
     const size_t es = qsdpa_dtype_size(t.dtype);
+    auto aligned = [&](unsigned unit) {
+        return !(src_bytes % unit || dst_bytes % unit || (uintptr_t)t.data % unit || (size_t)t.stride[0] * es % unit ||
+                 (size_t)t.stride[1] * es % unit || (size_t)t.stride[2] * es % unit);
+    };
     unsigned unit = 16;
-    while (unit > 1 && (src_bytes % unit || dst_bytes % unit || (uintptr_t)t.data % unit ||
-                        (size_t)t.stride[0] * es % unit || (size_t)t.stride[1] * es % unit ||
-                        (size_t)t.stride[2] * es % unit))
-        unit /= 2;
+    if (from_bits) /* widening: a thread per destination word */
+        unit = dst_bytes % 4 == 0 ? 4 : 0;
+    else
+        while (unit > 1 && !aligned(unit)) unit /= 2;
+    if (!unit) return false;
     const int64_t threads_limit = (int64_t)UINT32_MAX - 2 * REPACK_THREADS;
     size_t rows, bytes;
     if (s->count == REPACK_JOBS || len < 1 || !qsdpa_mul_size((size_t)batch, (size_t)heads, &rows) ||
@@ -454,6 +500,10 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
     jb.unit = unit;
     jb.src_units = (unsigned)(src_bytes / unit);
     jb.dst_units = (unsigned)(dst_bytes / unit);
+    jb.from_bits = (unsigned char)from_bits;
+    jb.to_bits = (unsigned char)to_bits;
+    jb.words_aligned = from_bits && aligned(4);
+    if (from_bits) jb.src_units = (unsigned)(src_bytes * 8 / from_bits * to_bits / 32); /* words holding codes */
     jb.total = (unsigned)(rows * (size_t)len * jb.dst_units);
     jb.block0 = s->blocks;
     const unsigned blocks = (jb.total + REPACK_THREADS - 1) / REPACK_THREADS;
@@ -482,10 +532,11 @@ bool repack_tensor(repack_set *s, const qsdpa_qtensor *t, int64_t batch, int64_t
         *view = *t;
         view->dim = w;
     }
-    /* codes: the row's bytes (bits per value, or the f16 values of plain rows) */
-    const int bits = plain ? 16 : t->format.bits;
-    if (!add_repack_job(s, t->codes, batch, heads, len, lpad, t->dim * bits / 8, (int64_t)w * bits / 8, base, off,
-                        view ? &view->codes : nullptr))
+    /* codes: the row's bytes (bits per value, or the f16 values of plain rows), affine 2/3/5/6 bits widened */
+    const int bits = plain ? 16 : t->format.bits, to_bits = plain ? 16 : repack_bits(t->format);
+    if (view) view->format.bits = to_bits;
+    if (!add_repack_job(s, t->codes, batch, heads, len, lpad, t->dim * bits / 8, (int64_t)w * to_bits / 8, base, off,
+                        view ? &view->codes : nullptr, to_bits != bits ? bits : 0, to_bits != bits ? to_bits : 0))
         return false;
     if (plain) return true;
     const qsdpa_tensor *planes[2] = {&t->scales, &t->biases};
@@ -547,7 +598,8 @@ bool repack_need(const qsdpa_problem *p, const fast_row **row, repack_plan *rp) 
     if (!stageable(p) || p->group_ratio * p->len_q > STAGED_MIN_ROWS) return false; /* long: the f16 stage */
     if (!(*row = repack_row(p))) return false;
     const int w = (*row)->d;
-    if (p->dim_k == w && p->dim_v == w) return false; /* nothing to pad: a call forced onto cuda.generic keeps it */
+    const bool widens = repack_bits(p->k.format) != p->k.format.bits || repack_bits(p->v.format) != p->v.format.bits;
+    if (p->dim_k == w && p->dim_v == w && !widens) return false; /* nothing to do: a call forced onto cuda.generic keeps it */
     return repacked_layout_ok(p, w) && repack_plan_of(p, w, nullptr, rp);
 }
 

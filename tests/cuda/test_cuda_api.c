@@ -309,6 +309,41 @@ static void graph_survives_growth(test_rng *rng) {
     cudaStreamDestroy(stream);
 }
 
+/* Affine 3-bit codes widened to 4 bits on the repacked path read whole words where the codes are 4-byte
+ * aligned and bytes where they are not: a cache whose codes sit one byte off must give the aligned cache's
+ * bytes (the coverage test checks the aligned one against the reference). */
+static void widened_codes_unaligned(test_rng *rng) {
+    qsdpa_context *ctx = cuda_ctx(NULL);
+    if (!ctx) return;
+    decode_problem d;
+    decode_make_as(rng, &d, 701, "affine:3:64", 128, QSDPA_DTYPE_F16);
+    const size_t code_bytes = (size_t)(8 * 701 * 12) * 4;
+    char *shifted = dev(NULL, code_bytes + 4);
+    cudaMemcpy(shifted + 1, d.codes, code_bytes, cudaMemcpyDeviceToDevice);
+    qsdpa_qtensor k_off = d.k;
+    k_off.codes.data = shifted + 1;
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    p.scale = 0.088f;
+    uint8_t *aligned = test_alloc(d.out_bytes), *offset = test_alloc(d.out_bytes);
+    cudaMemset(d.out, 0x5A, d.out_bytes);
+    qsdpa_status st = qsdpa_attention(ctx, &d.qt, &d.k, &d.k, &p, &d.ot);
+    CHECK(st == QSDPA_OK, "3-bit call: %s", qsdpa_last_error());
+    CHECK(strncmp(qsdpa_context_last_route(ctx), "cuda.repacked:", 14) == 0, "3-bit route '%s'",
+          qsdpa_context_last_route(ctx));
+    cudaMemcpy(aligned, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
+    cudaMemset(d.out, 0x5A, d.out_bytes);
+    st = qsdpa_attention(ctx, &d.qt, &k_off, &k_off, &p, &d.ot);
+    CHECK(st == QSDPA_OK, "3-bit call, codes one byte off: %s", qsdpa_last_error());
+    CHECK(strncmp(qsdpa_context_last_route(ctx), "cuda.repacked:", 14) == 0, "3-bit route (codes off) '%s'",
+          qsdpa_context_last_route(ctx));
+    cudaMemcpy(offset, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
+    CHECK(memcmp(aligned, offset, d.out_bytes) == 0, "3-bit codes one byte off give other bytes than aligned ones");
+    cudaFree(shifted);
+    free(aligned); free(offset);
+    decode_free(&d);
+    qsdpa_context_destroy(ctx);
+}
+
 /* device merge of partials == CPU merge of the same partials */
 static void merge_matches_cpu(test_rng *rng) {
     qsdpa_context *ctx = cuda_ctx(NULL);
@@ -373,6 +408,7 @@ int main(void) {
     graph_capture_one(&rng, 20001, "affine:4:64", 64, QSDPA_DTYPE_F16, "cuda.realigned:");
     graph_capture_one(&rng, 20001, "affine:4:32", 96, QSDPA_DTYPE_F16, "cuda.repacked:");
     graph_survives_growth(&rng);
+    widened_codes_unaligned(&rng);
     merge_matches_cpu(&rng);
     return test_finish("test_cuda_api");
 }

@@ -312,8 +312,9 @@ int main(void) {
             {"affine:4:32", "nvfp4", 64, 320, 8, 2, 40, QSDPA_DTYPE_BF16, 0, 0, 0, NULL}, /* five V passes of the d64 row */
         };
         run_path_cases(&rng, info.name, "staged", "cuda.staged:cuda.prefill", staged, (int)(sizeof staged / sizeof staged[0]), 517, 3, 11);
-        /* the repacked path (at most 32 folded rows, f16/bf16 q, formats with a fast row at a wider head dim;
-         * cuda_staged.cu): K and V zero-padded to the narrowest such row, q and out padded where needed */
+        /* the repacked path (at most 32 folded rows, f16/bf16 q, formats with a fast row at a wider head dim,
+         * or at the same one once affine 2/3/5/6-bit codes are widened to 4 or 8 bits; cuda_staged.cu): K and
+         * V zero-padded to the narrowest such row, q and out padded where needed */
         static const path_case repacked[] = {
                 {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},        /* Phi-3's D 96: width 128 */
                 {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},       /* 5 of 8 nvfp4 groups */
@@ -324,6 +325,13 @@ int main(void) {
                 {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},     /* GQA 32: 32 rows */
                 {"affine:8:64", "affine:4:64", 192, 192, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* the K8V4 row at 256 */
                 {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1, NULL}, /* 32 rows, causal partial */
+                /* affine 2/3 bits widened to 4, 5/6 to 8: the same D, padded, mixed K/V, D 256 */
+                {"affine:3:64", "affine:3:64", 128, 128, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
+                {"affine:6:64", "affine:2:64", 128, 128, 8, 2, 2, QSDPA_DTYPE_BF16, 1, 0, 0, NULL}, /* the K8V4 row */
+                {"affine:5:32", "affine:5:32", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
+                {"affine:2:32", "affine:3:32", 64, 64, 4, 1, 4, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
+                {"affine:3:128", "affine:3:128", 256, 256, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
+                {"affine:6:32", "affine:6:32", 64, 64, 32, 1, 1, QSDPA_DTYPE_F16, 1, 1, 0, NULL}, /* GQA 32 */
             };
         /* Lk 701: the scale planes' rows are not whole 16-byte blocks (each plane is padded to 16 keys) */
         run_path_cases(&rng, info.name, "repacked", "cuda.repacked:cuda.decode", repacked,
