@@ -366,8 +366,8 @@ const fast_row *repack_row(const qsdpa_problem *p) {
 
 /* One copy of the repacked path: rows [B, H, len] of src_units units (`unit` bytes) at src (byte strides
  * ss) into rows of dst_units units, `lpad` rows per (b, h) plane, at dst; units past src_units are zeros.
- * A widening job (from_bits set) writes 32-bit words of to_bits-wide codes read from from_bits-wide ones:
- * src_units is then the count of words that hold codes. */
+ * A widening job (from_bits set) writes 16-byte units of to_bits-wide codes read from from_bits-wide ones:
+ * src_units is then the count of units that hold codes. */
 struct repack_job {
     const char *src;
     int64_t ss[3];
@@ -375,8 +375,7 @@ struct repack_job {
     unsigned heads, len, lpad, src_units, dst_units, unit;
     unsigned total;  /* B * heads * len * dst_units: the job's threads */
     unsigned block0; /* the job's first block in the launch */
-    unsigned char from_bits, to_bits; /* 0, 0: a plain copy */
-    unsigned char words_aligned;      /* widening: source rows 4-byte aligned, read as words */
+    unsigned char from_bits; /* 0: a plain copy; 2, 3 (to 4 bits), 5 or 6 (to 8 bits): widening */
 };
 constexpr int REPACK_JOBS = 7; /* K's and V's codes, scales and biases; q */
 constexpr int REPACK_THREADS = 256;
@@ -391,27 +390,30 @@ __device__ __forceinline__ void repack_unit(const char *src, char *dst, bool cop
     *(C *)dst = copy ? *(const C *)src : C{}; /* C{}: 0 bits, 0.0 in every format */
 }
 
-/* Destination word c of a widening job: its 32 / to_bits codes, read from the source row's bit stream
- * (SPEC 2: code j at bits [j * from_bits, +from_bits)). At most 8 codes of 3 bits or 4 of 6: 24 bits,
- * which lie in two source words or four bytes, never past the row. */
-__device__ __forceinline__ uint32_t widen_word(const repack_job &jb, const char *row, unsigned c) {
-    const unsigned n = 32u / jb.to_bits, fb = jb.from_bits, bit0 = c * n * fb, last = bit0 + n * fb - 1;
-    uint32_t x;
-    if (jb.words_aligned) {
-        const uint32_t *w = (const uint32_t *)row;
-        const unsigned i = bit0 / 32;
-        const uint64_t pair = w[i] | (last / 32 > i ? (uint64_t)w[i + 1] << 32 : 0);
-        x = (uint32_t)(pair >> (bit0 % 32));
-    } else {
-        x = 0;
-        for (unsigned byte = bit0 / 8; byte <= last / 8; byte++)
-            x |= (uint32_t)(uint8_t)row[byte] << (8 * (byte - bit0 / 8));
-        x >>= bit0 % 8;
+/* Destination unit u (16 bytes: 32 codes of 4 bits or 16 of 8) of a widening job from FB-bit codes, read
+ * from the source row's bit stream (SPEC 2: code j at bits [j * FB, +FB)): 64, 80 or 96 source bits that
+ * start at a multiple of 16, so at most four words, funnel-shifted once to start at bit 0; then every
+ * code's position is a constant. The row is whole words, 4-byte aligned (add_repack_job), and the unit's
+ * bits lie inside it: no word past the row is read. */
+template <int FB, int TB>
+__device__ __forceinline__ uint4 widen_unit(const uint32_t *row, unsigned u) {
+    constexpr int CODES = 128 / TB, NB = CODES * FB, NW = (NB + 31) / 32 + 1;
+    constexpr uint32_t MASK = (1u << FB) - 1;
+    const unsigned bit0 = u * NB, k0 = bit0 / 32, sh = bit0 % 32;
+    uint32_t w[NW];
+#pragma unroll
+    for (int j = 0; j < NW; j++) w[j] = (k0 + j) * 32 < bit0 + NB ? row[k0 + j] : 0u;
+    uint32_t v[NW - 1];
+#pragma unroll
+    for (int j = 0; j < NW - 1; j++) v[j] = __funnelshift_r(w[j], w[j + 1], sh);
+    uint32_t out[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int i = 0; i < CODES; i++) {
+        const int p = i * FB, k = p / 32;
+        const uint32_t hi = k + 1 < NW - 1 ? v[k + 1] : 0u;
+        out[i * TB / 32] |= (__funnelshift_r(v[k], hi, p % 32) & MASK) << (i * TB % 32);
     }
-    const uint32_t mask = (1u << fb) - 1;
-    uint32_t out = 0;
-    for (unsigned i = 0; i < n; i++) out |= (x >> (i * fb) & mask) << (i * jb.to_bits);
-    return out;
+    return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
 /* Every job of a call in one launch, a thread per destination unit (run 105: a warp per row and a launch
@@ -438,7 +440,15 @@ __global__ void __launch_bounds__(REPACK_THREADS) repack_copy(const __grid_const
     const char *src = src_row + (size_t)c * jb.unit;
     char *dst = jb.dst + (((size_t)bh * jb.lpad + l) * jb.dst_units + c) * jb.unit;
     if (jb.from_bits) {
-        *(uint32_t *)dst = copy ? widen_word(jb, src_row, c) : 0u;
+        const uint32_t *words = (const uint32_t *)src_row;
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        if (copy) switch (jb.from_bits) {
+            case 2: x = widen_unit<2, 4>(words, c); break;
+            case 3: x = widen_unit<3, 4>(words, c); break;
+            case 5: x = widen_unit<5, 8>(words, c); break;
+            default: x = widen_unit<6, 8>(words, c); break;
+            }
+        *(uint4 *)dst = x;
         return;
     }
     switch (jb.unit) {
@@ -474,16 +484,17 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
                     int64_t src_bytes, int64_t dst_bytes, char *base, size_t *off, qsdpa_tensor *copy,
                     int from_bits = 0, int to_bits = 0) {
     const size_t es = qsdpa_dtype_size(t.dtype);
-    auto aligned = [&](unsigned unit) {
-        return !(src_bytes % unit || dst_bytes % unit || (uintptr_t)t.data % unit || (size_t)t.stride[0] * es % unit ||
+    auto aligned_to = [&](unsigned unit) { /* the source's rows */
+        return !(src_bytes % unit || (uintptr_t)t.data % unit || (size_t)t.stride[0] * es % unit ||
                  (size_t)t.stride[1] * es % unit || (size_t)t.stride[2] * es % unit);
     };
+    auto aligned = [&](unsigned unit) { return dst_bytes % unit == 0 && aligned_to(unit); };
     unsigned unit = 16;
-    if (from_bits) /* widening: a thread per destination word */
-        unit = dst_bytes % 4 == 0 ? 4 : 0;
-    else
+    if (from_bits) { /* widening: a thread per 16-byte destination unit, source rows read as words */
+        if (dst_bytes % 16 || !aligned_to(4)) return false;
+    } else {
         while (unit > 1 && !aligned(unit)) unit /= 2;
-    if (!unit) return false;
+    }
     const int64_t threads_limit = (int64_t)UINT32_MAX - 2 * REPACK_THREADS;
     size_t rows, bytes;
     if (s->count == REPACK_JOBS || len < 1 || !qsdpa_mul_size((size_t)batch, (size_t)heads, &rows) ||
@@ -501,9 +512,7 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
     jb.src_units = (unsigned)(src_bytes / unit);
     jb.dst_units = (unsigned)(dst_bytes / unit);
     jb.from_bits = (unsigned char)from_bits;
-    jb.to_bits = (unsigned char)to_bits;
-    jb.words_aligned = from_bits && aligned(4);
-    if (from_bits) jb.src_units = (unsigned)(src_bytes * 8 / from_bits * to_bits / 32); /* words holding codes */
+    if (from_bits) jb.src_units = (unsigned)(src_bytes * 8 / from_bits * to_bits / 128); /* units holding codes */
     jb.total = (unsigned)(rows * (size_t)len * jb.dst_units);
     jb.block0 = s->blocks;
     const unsigned blocks = (jb.total + REPACK_THREADS - 1) / REPACK_THREADS;

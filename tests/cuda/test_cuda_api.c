@@ -309,9 +309,9 @@ static void graph_survives_growth(test_rng *rng) {
     cudaStreamDestroy(stream);
 }
 
-/* Affine 3-bit codes widened to 4 bits on the repacked path read whole words where the codes are 4-byte
- * aligned and bytes where they are not: a cache whose codes sit one byte off must give the aligned cache's
- * bytes (the coverage test checks the aligned one against the reference). */
+/* Affine 3-bit codes widened to 4 bits on the repacked path are read as whole words, so they must be
+ * 4-byte aligned: a cache whose codes sit one byte off runs the generic kernel instead (no misaligned
+ * word read), and both give the same attention within f16 precision. */
 static void widened_codes_unaligned(test_rng *rng) {
     qsdpa_context *ctx = cuda_ctx(NULL);
     if (!ctx) return;
@@ -324,7 +324,8 @@ static void widened_codes_unaligned(test_rng *rng) {
     k_off.codes.data = shifted + 1;
     qsdpa_attention_params p = qsdpa_attention_default_params();
     p.scale = 0.088f;
-    uint8_t *aligned = test_alloc(d.out_bytes), *offset = test_alloc(d.out_bytes);
+    const size_t n = d.out_bytes / 2;
+    uint16_t *aligned = test_alloc(d.out_bytes), *offset = test_alloc(d.out_bytes);
     cudaMemset(d.out, 0x5A, d.out_bytes);
     qsdpa_status st = qsdpa_attention(ctx, &d.qt, &d.k, &d.k, &p, &d.ot);
     CHECK(st == QSDPA_OK, "3-bit call: %s", qsdpa_last_error());
@@ -334,10 +335,15 @@ static void widened_codes_unaligned(test_rng *rng) {
     cudaMemset(d.out, 0x5A, d.out_bytes);
     st = qsdpa_attention(ctx, &d.qt, &k_off, &k_off, &p, &d.ot);
     CHECK(st == QSDPA_OK, "3-bit call, codes one byte off: %s", qsdpa_last_error());
-    CHECK(strncmp(qsdpa_context_last_route(ctx), "cuda.repacked:", 14) == 0, "3-bit route (codes off) '%s'",
+    CHECK(strcmp(qsdpa_context_last_route(ctx), "cuda.generic") == 0, "3-bit route (codes off) '%s'",
           qsdpa_context_last_route(ctx));
     cudaMemcpy(offset, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
-    CHECK(memcmp(aligned, offset, d.out_bytes) == 0, "3-bit codes one byte off give other bytes than aligned ones");
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double diff = fabs(qsdpa_f16_to_f32(aligned[i]) - qsdpa_f16_to_f32(offset[i]));
+        if (!(diff <= worst)) worst = diff; /* NaN counts */
+    }
+    CHECK(worst <= 2e-2, "3-bit codes one byte off differ from aligned ones by %g", worst);
     cudaFree(shifted);
     free(aligned); free(offset);
     decode_free(&d);

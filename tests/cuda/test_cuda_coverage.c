@@ -331,7 +331,7 @@ int main(void) {
                 {"affine:5:32", "affine:5:32", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
                 {"affine:2:32", "affine:3:32", 64, 64, 4, 1, 4, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
                 {"affine:3:128", "affine:3:128", 256, 256, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
-                {"affine:6:32", "affine:6:32", 64, 64, 32, 1, 1, QSDPA_DTYPE_F16, 1, 1, 0, NULL}, /* GQA 32 */
+                {"affine:6:32", "affine:6:32", 64, 64, 32, 1, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL}, /* GQA 32, causal */
             };
         /* Lk 701: the scale planes' rows are not whole 16-byte blocks (each plane is padded to 16 keys) */
         run_path_cases(&rng, info.name, "repacked", "cuda.repacked:cuda.decode", repacked,
