@@ -116,7 +116,8 @@ int qsdpa_format_has_biases(const qsdpa_format *format);
 #define QSDPA_MAX_RANK 4
 
 typedef struct qsdpa_tensor {
-    void *data;                     /* base pointer (host or device, per context) */
+    void *data;                     /* base pointer (host or device, per context), aligned to the
+                                       dtype's size (else QSDPA_ERR_INVALID_ARGUMENT) */
     qsdpa_dtype dtype;
     int rank;                       /* 1..QSDPA_MAX_RANK */
     int64_t shape[QSDPA_MAX_RANK];  /* sizes, outermost first */

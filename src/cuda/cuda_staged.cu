@@ -344,7 +344,9 @@ bool stage_need(const qsdpa_context *ctx, const qsdpa_problem *p, double *bytes)
  * run a 4- or 8-bit row's decode kernel; every other format keeps its width. */
 int repack_bits(const qsdpa_format &f) {
     if (f.mode != QSDPA_MODE_AFFINE) return f.bits;
-    return f.bits < 4 ? 4 : f.bits < 8 ? 8 : f.bits;
+    if (f.bits == 2 || f.bits == 3) return 4;
+    if (f.bits == 5 || f.bits == 6) return 8;
+    return f.bits;
 }
 
 /* Whether a table row's K or V columns (mode, bits, group; any group: f16 rows) take format f, widened. */
@@ -446,7 +448,7 @@ __global__ void __launch_bounds__(REPACK_THREADS) repack_copy(const __grid_const
             case 2: x = widen_unit<2, 4>(words, c); break;
             case 3: x = widen_unit<3, 4>(words, c); break;
             case 5: x = widen_unit<5, 8>(words, c); break;
-            default: x = widen_unit<6, 8>(words, c); break;
+            case 6: x = widen_unit<6, 8>(words, c); break;
             }
         *(uint4 *)dst = x;
         return;
@@ -491,7 +493,9 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
     auto aligned = [&](unsigned unit) { return dst_bytes % unit == 0 && aligned_to(unit); };
     unsigned unit = 16;
     if (from_bits) { /* widening: a thread per 16-byte destination unit, source rows read as words */
-        if (dst_bytes % 16 || !aligned_to(4)) return false;
+        const bool pair_ok = ((from_bits == 2 || from_bits == 3) && to_bits == 4) ||
+                             ((from_bits == 5 || from_bits == 6) && to_bits == 8); /* repack_copy's widen_unit set */
+        if (!pair_ok || dst_bytes % 16 || !aligned_to(4)) return false;
     } else {
         while (unit > 1 && !aligned(unit)) unit /= 2;
     }

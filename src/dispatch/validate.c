@@ -41,6 +41,9 @@ qsdpa_status qsdpa_check_tensor(const char *fn, const char *name, const qsdpa_te
         return qsdpa_fail(INVALID, fn, "%srank = %d but rank %d is required", name, t->rank, rank);
     size_t esize = qsdpa_dtype_size(t->dtype);
     if (esize == 0) return qsdpa_fail(INVALID, fn, "%sdtype = %d is not a dtype", name, (int)t->dtype);
+    /* kernels load whole elements (a CUDA load of a misaligned u32 faults and poisons the device context) */
+    if ((uintptr_t)t->data % esize != 0)
+        return qsdpa_fail(INVALID, fn, "%sdata = %p is not aligned to its %zu-byte elements", name, t->data, esize);
     uint64_t last = 0; /* largest element offset, checked against overflow */
     for (int d = 0; d < rank; d++) {
         if (t->shape[d] <= 0)

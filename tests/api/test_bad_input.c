@@ -355,12 +355,17 @@ static void stride_and_overlap_errors(void) {
     FAIL_ALL(a, INVALID, "out overlaps q", NULL);
     a = valid_args(); a.out.data = (char *)buf->k.codes + 4;
     FAIL_ALL(a, INVALID, "out overlaps k->codes", NULL);
-    a = valid_args(); a.out.data = (char *)buf->v.scales + 1;
+    a = valid_args(); a.out.data = (char *)buf->v.scales + 4;
     FAIL_ALL(a, INVALID, "out overlaps v->scales", NULL);
     a = valid_args(); a.use_sinks = 1; a.sinks.data = (char *)buf->out + sizeof buf->out - 4;
     FAIL_ALL(a, INVALID, "out overlaps params->sinks", NULL);
     a = valid_args(); a.use_mask = 1; a.mask.data = (char *)buf->out;
     FAIL_ALL(a, INVALID, "out overlaps params->mask", NULL);
+    /* data not aligned to its elements (a CUDA kernel's misaligned load faults the device context) */
+    a = valid_args(); a.k.codes.data = (char *)buf->k.codes + 1;
+    FAIL_ALL(a, INVALID, "k->codes.data", "not aligned to its 4-byte elements");
+    a = valid_args(); a.q.data = (char *)buf->q + 2;
+    FAIL_ALL(a, INVALID, "q->data", "not aligned");
     /* sizes whose byte counts overflow */
     a = valid_args(); a.q.shape[0] = (int64_t)1 << 40; a.q.stride[0] = (int64_t)1 << 30;
     FAIL_ALL(a, QSDPA_ERR_OVERFLOW, "q->stride[0] = 1073741824", "overflows");
