@@ -3,7 +3,9 @@
  * Repacked (short queries, at most 32 folded rows, f16/bf16 q): K and V copied into the layout of
  * the narrowest tensor-core row that takes their formats at a wider head dim (D 96 -> 128, D 192 ->
  * 256), zero-padded, q too, and that row runs; its output is staged where Dv is not the width
- * (repack_tensor, qsdpa_cuda_repacked_run below). Precision: the tensor-core rows'.
+ * (repack_tensor, qsdpa_cuda_repacked_run below). Affine 2/3-bit codes are widened to 4 bits and
+ * 5/6-bit ones to 8 in the same copy (repack_bits), at the same head dim or a wider one. Precision:
+ * the tensor-core rows'.
  *
  * Staged: long queries over head dims or formats that have no tensor-core row.
  *
