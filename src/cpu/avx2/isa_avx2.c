@@ -524,9 +524,10 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
 }
 
 #ifdef QSDPA_ISA_VNNI
-/* 512-bit kernels (VNNI build). This loop is bound by instructions issued, not by the
- * FMA pipes (callgrind, bench/NOTES.md session 13: ~4.7 per cycle), and a zmm instruction
- * does twice a ymm one's work for one issue slot on the same pipes. */
+/* 512-bit kernels (VNNI build). The 256-bit loops were bound by instructions issued, not by
+ * the FMA pipes (callgrind, bench/NOTES.md session 13: ~4.7 per cycle), and a zmm instruction
+ * does twice a ymm one's work for one issue slot. These run at about twice their pipe bound
+ * (session 14), for reasons not yet measured. */
 #define Z_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni")))
 
 /* 4-bit formats come out of decode16z in the lane order of perm_elem (lane l: element
