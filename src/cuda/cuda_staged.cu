@@ -664,12 +664,14 @@ static bool stage_enter(qsdpa_context *ctx, const qsdpa_problem *pr, size_t byte
     *st = qsdpa_cuda_enter(ctx, pr->function);
     if (*st == QSDPA_OK) *st = qsdpa_cuda_check_problem(ctx, pr, pr->function);
     if (*st != QSDPA_OK) return false;
-    if (buffer(ctx, bytes, base) != QSDPA_OK) { /* no room for the copy: the caller's kernel */
+    const qsdpa_status grown = buffer(ctx, bytes, base);
+    if (grown == QSDPA_ERR_OUT_OF_MEMORY) { /* no room for the copy: the caller's kernel */
         qsdpa_clear_error();
         *st = fallback(ctx, pr);
         return false;
     }
-    return true;
+    *st = grown; /* a buffer that must grow inside a graph capture: refused, not silently rerouted */
+    return grown == QSDPA_OK;
 }
 
 qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn fallback) {

@@ -238,7 +238,7 @@ static void graph_capture_one(test_rng *rng, int64_t lk, const char *format, int
  * still valid. (2) A graph captured at Lq 1, 4K keys replays to its direct call's
  * bytes after an Lq 8, 64K-key call grew the context's split-K scratch (its
  * capture refused first: the proof that it must grow), with the device memory
- * the old buffer had (were it freed) taken and filled with NaN bytes. */
+ * the old buffer had (were it freed) taken and filled with NaN bytes. (3) below. */
 static void graph_survives_growth(test_rng *rng) {
     cudaStream_t stream;
     cudaStreamCreate(&stream);
@@ -302,6 +302,31 @@ static void graph_survives_growth(test_rng *rng) {
     for (int i = 0; i < 8; i++) cudaFree(grab[i]);
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
+    /* (3) A repacked call (3-bit codes widened) whose copy buffer must grow is refused inside a capture too,
+     * though the split-K scratch is large enough: not rerouted to the generic kernel in the graph. Once a
+     * direct call has sized the buffer, its capture takes the repacked route. */
+    decode_problem odd;
+    decode_make_as(rng, &odd, 4096, "affine:3:64", 128, QSDPA_DTYPE_F16);
+    cudaGraph_t odd_graph = NULL;
+    err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    st = qsdpa_attention(ctx, &odd.qt, &odd.k, &odd.k, &p, &odd.ot);
+    CHECK(st == QSDPA_ERR_UNSUPPORTED, "capturing a 3-bit call before its copy buffer exists gave %s (route '%s')",
+          qsdpa_status_string(st), qsdpa_context_last_route(ctx));
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &odd_graph);
+    if (odd_graph) cudaGraphDestroy(odd_graph);
+    odd_graph = NULL;
+    st = qsdpa_attention(ctx, &odd.qt, &odd.k, &odd.k, &p, &odd.ot);
+    CHECK(st == QSDPA_OK, "direct 3-bit call: %s", qsdpa_last_error());
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+    if (err == cudaSuccess) err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    st = qsdpa_attention(ctx, &odd.qt, &odd.k, &odd.k, &p, &odd.ot);
+    CHECK(st == QSDPA_OK && strncmp(qsdpa_context_last_route(ctx), "cuda.repacked:", 14) == 0,
+          "captured 3-bit call after a direct one: %s, route '%s'", qsdpa_status_string(st),
+          qsdpa_context_last_route(ctx));
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &odd_graph);
+    CHECK(err == cudaSuccess, "3-bit capture: %s", cudaGetErrorString(err));
+    if (odd_graph) cudaGraphDestroy(odd_graph);
+    decode_free(&odd);
     free(poison); free(direct); free(replay);
     decode_free(&small);
     decode_free(&large);
