@@ -189,12 +189,16 @@ void qsdpa_context_destroy(qsdpa_context *ctx);
  * leave a partial route. */
 const char *qsdpa_context_last_route(const qsdpa_context *ctx);
 /* CUDA: switch stream for subsequent calls.
- * CUDA graphs: a call can be captured once a call of the same shape (or a
- * larger one) has run on the context outside the capture, which sized its
- * device buffers; a call that would need to grow them during a capture returns
- * QSDPA_ERR_UNSUPPORTED and enqueues nothing. Outgrown buffers stay allocated
- * until qsdpa_context_destroy, so a graph captured at a smaller shape stays
- * valid after later calls grow them. A context serves one stream at a time. */
+ * CUDA graphs: a call can be captured once a call of the same shape has run
+ * on the context outside the capture, which sized the device buffers of its
+ * route (split-K scratch, and the copy buffer of a staged, repacked or
+ * realigned call; a larger call on another route does not size them). A call
+ * that would need to grow a buffer during a capture returns
+ * QSDPA_ERR_UNSUPPORTED and writes no output, but a copying route may already
+ * have recorded its copy: discard that capture. Outgrown buffers stay
+ * allocated until qsdpa_context_destroy (up to about 3x the largest need), so
+ * a graph captured at a smaller shape stays valid after later calls grow them.
+ * A context serves one stream at a time. */
 qsdpa_status qsdpa_context_set_stream(qsdpa_context *ctx, void *stream);
 /* Is a backend compiled in and usable on this machine (CUDA: a device exists)? */
 int qsdpa_backend_available(qsdpa_backend backend);

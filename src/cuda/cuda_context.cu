@@ -71,16 +71,20 @@ qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function) {
  * not freed, until the context is destroyed: a CUDA graph captured at a smaller
  * shape holds its address, and freeing it would make that graph's replays write
  * freed memory. Growth is at least twofold, so what is kept stays below the
- * live buffer's size. Allocating inside a stream capture would invalidate the
- * capture, so there growth is refused with a message that says what to do. */
+ * live buffer's size (at most about three times the need is held). Allocating
+ * inside a stream capture would invalidate the capture, so there growth is
+ * refused with a message that says what to do. */
 static qsdpa_status grow_buffer(qsdpa_context *ctx, void **buf, size_t *have, size_t bytes, const char *what,
                                 void **out) {
     struct qsdpa_cuda_state *st = ctx->cuda;
     if (bytes > *have) {
         cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-        if (cudaStreamIsCapturing((cudaStream_t)ctx->options.stream, &capture) != cudaSuccess) {
+        const cudaError_t query = cudaStreamIsCapturing((cudaStream_t)ctx->options.stream, &capture);
+        if (query != cudaSuccess) {
             (void)cudaGetLastError();
-            capture = cudaStreamCaptureStatusNone; /* not knowable: cudaMalloc below reports what it finds */
+            /* the legacy stream while another stream captures: an allocation would break that capture */
+            capture = query == cudaErrorStreamCaptureImplicit ? cudaStreamCaptureStatusActive
+                                                                : cudaStreamCaptureStatusNone;
         }
         if (capture != cudaStreamCaptureStatusNone)
             return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention",
@@ -98,8 +102,12 @@ static qsdpa_status grow_buffer(qsdpa_context *ctx, void **buf, size_t *have, si
         if (err != cudaSuccess) {
             (void)cudaGetLastError();
             free(keep);
-            return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention", "cudaMalloc(%zu) of %s failed: %s",
-                              grown, what, cudaGetErrorString(err));
+            /* another thread's global-mode capture forbids the allocation: not out of memory (the copying
+             * paths fall back to the generic kernel only on that) */
+            const bool captured = err == cudaErrorStreamCaptureUnsupported || err == cudaErrorStreamCaptureInvalidated ||
+                                  err == cudaErrorStreamCaptureImplicit;
+            return qsdpa_fail(captured ? QSDPA_ERR_UNSUPPORTED : QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_attention",
+                              "cudaMalloc(%zu) of %s failed: %s", grown, what, cudaGetErrorString(err));
         }
         if (keep) {
             keep->ptr = *buf;

@@ -299,6 +299,17 @@ static void graph_survives_growth(test_rng *rng) {
     cudaMemcpy(replay, small.out, small.out_bytes, cudaMemcpyDeviceToHost);
     CHECK(memcmp(direct, replay, small.out_bytes) == 0,
           "a graph captured at 4K keys (%s) replays to other bytes after a 64K call grew the scratch", took);
+    /* the replay wrote its (kept) old scratch, not memory that a freed buffer gave back to grab[] */
+    for (int i = 0; i < 8; i++) {
+        if (!grab[i]) continue;
+        const size_t nb = (size_t)1 << (16 + i);
+        uint8_t *g = test_alloc(nb);
+        cudaMemcpy(g, grab[i], nb, cudaMemcpyDeviceToHost);
+        size_t bad = 0;
+        while (bad < nb && g[bad] == 0xFF) bad++;
+        CHECK(bad == nb, "the replay wrote into memory allocated after the growth (block %d, byte %zu)", i, bad);
+        free(g);
+    }
     for (int i = 0; i < 8; i++) cudaFree(grab[i]);
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);

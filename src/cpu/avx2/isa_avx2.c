@@ -625,7 +625,7 @@ INLINE Z_TARGET __m128 sum16x4(const __m512 x[4]) {
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* score2_nr / score_nr on 16-value steps for KEYS (1 or 2) keys from key j: q in decode16z's
+/* score2_nr / score_nr on 16-value steps for KEYS (1, 2 or 4) keys from key j: q in decode16z's
  * lane order (perm16_prep_q for the 4-bit formats). One row alone alternates two sums per
  * key, so at least two FMA chains per key stay in flight. */
 INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int KEYS, const cpu_rows *k, int64_t j,
