@@ -344,12 +344,8 @@ bool stage_need(const qsdpa_context *ctx, const qsdpa_problem *p, double *bytes)
 /* The code width a repack of format f writes: affine 2 and 3 bits widen to 4, 5 and 6 to 8 (the same
  * integers in wider fields, scales and biases unchanged: the same dequantized values), so those caches
  * run a 4- or 8-bit row's decode kernel; every other format keeps its width. */
-int repack_bits(const qsdpa_format &f) {
-    if (f.mode != QSDPA_MODE_AFFINE) return f.bits;
-    if (f.bits == 2 || f.bits == 3) return 4;
-    if (f.bits == 5 || f.bits == 6) return 8;
-    return f.bits;
-}
+int widened_bits(int bits) { return bits == 2 || bits == 3 ? 4 : bits == 5 || bits == 6 ? 8 : bits; }
+int repack_bits(const qsdpa_format &f) { return f.mode == QSDPA_MODE_AFFINE ? widened_bits(f.bits) : f.bits; }
 
 /* Whether a table row's K or V columns (mode, bits, group; any group: f16 rows) take format f, widened. */
 bool row_takes(const qsdpa_format &f, int mode, int bits, int group) {
@@ -486,18 +482,17 @@ qsdpa_status launch_repack(qsdpa_context *ctx, const repack_set &set, const char
  * function sizes and fills, so they agree). false past the launch's 32-bit indices or on overflow. */
 bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t heads, int64_t len, int64_t lpad,
                     int64_t src_bytes, int64_t dst_bytes, char *base, size_t *off, qsdpa_tensor *copy,
-                    int from_bits = 0, int to_bits = 0) {
+                    int from_bits = 0) {
     const size_t es = qsdpa_dtype_size(t.dtype);
-    auto aligned_to = [&](unsigned unit) { /* the source's rows */
-        return !(src_bytes % unit || (uintptr_t)t.data % unit || (size_t)t.stride[0] * es % unit ||
+    auto aligned = [&](unsigned unit) {
+        return !(src_bytes % unit || dst_bytes % unit || (uintptr_t)t.data % unit || (size_t)t.stride[0] * es % unit ||
                  (size_t)t.stride[1] * es % unit || (size_t)t.stride[2] * es % unit);
     };
-    auto aligned = [&](unsigned unit) { return dst_bytes % unit == 0 && aligned_to(unit); };
     unsigned unit = 16;
-    if (from_bits) { /* widening: a thread per 16-byte destination unit, source rows read as words */
-        const bool pair_ok = ((from_bits == 2 || from_bits == 3) && to_bits == 4) ||
-                             ((from_bits == 5 || from_bits == 6) && to_bits == 8); /* repack_copy's widen_unit set */
-        if (!pair_ok || dst_bytes % 16 || !aligned_to(4)) return false;
+    const int to_bits = widened_bits(from_bits);
+    if (from_bits) { /* widening (repack_copy's widen_unit set): a thread per 16-byte destination unit, source
+                      * rows read as words */
+        if (to_bits == from_bits || dst_bytes % 16 || !aligned(4)) return false;
     } else {
         while (unit > 1 && !aligned(unit)) unit /= 2;
     }
@@ -515,10 +510,10 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
     jb.len = (unsigned)len;
     jb.lpad = (unsigned)lpad;
     jb.unit = unit;
-    jb.src_units = (unsigned)(src_bytes / unit);
+    /* a widening job's source units: the destination units that hold codes */
+    jb.src_units = (unsigned)(from_bits ? src_bytes * 8 / from_bits * to_bits / 128 : src_bytes / unit);
     jb.dst_units = (unsigned)(dst_bytes / unit);
     jb.from_bits = (unsigned char)from_bits;
-    if (from_bits) jb.src_units = (unsigned)(src_bytes * 8 / from_bits * to_bits / 128); /* units holding codes */
     jb.total = (unsigned)(rows * (size_t)len * jb.dst_units);
     jb.block0 = s->blocks;
     const unsigned blocks = (jb.total + REPACK_THREADS - 1) / REPACK_THREADS;
@@ -551,7 +546,7 @@ bool repack_tensor(repack_set *s, const qsdpa_qtensor *t, int64_t batch, int64_t
     const int bits = plain ? 16 : t->format.bits, to_bits = plain ? 16 : repack_bits(t->format);
     if (view) view->format.bits = to_bits;
     if (!add_repack_job(s, t->codes, batch, heads, len, lpad, t->dim * bits / 8, (int64_t)w * to_bits / 8, base, off,
-                        view ? &view->codes : nullptr, to_bits != bits ? bits : 0, to_bits != bits ? to_bits : 0))
+                        view ? &view->codes : nullptr, to_bits != bits ? bits : 0))
         return false;
     if (plain) return true;
     const qsdpa_tensor *planes[2] = {&t->scales, &t->biases};
