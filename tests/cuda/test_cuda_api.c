@@ -156,6 +156,16 @@ static void decode_free(decode_problem *d) {
     cudaFree(d->q); cudaFree(d->codes); cudaFree(d->scales); cudaFree(d->biases); cudaFree(d->out);
 }
 
+/* The first of n device bytes at dev that is not `fill` (n if all are): poisoned memory left untouched. */
+static size_t device_bytes_unlike(const void *dev, size_t n, uint8_t fill) {
+    uint8_t *h = test_alloc(n ? n : 1);
+    cudaMemcpy(h, dev, n, cudaMemcpyDeviceToHost);
+    size_t i = 0;
+    while (i < n && h[i] == fill) i++;
+    free(h);
+    return i;
+}
+
 static void host_pointer_rejected(test_rng *rng) {
     qsdpa_context *ctx = cuda_ctx(NULL);
     if (!ctx) return;
@@ -173,9 +183,8 @@ static void host_pointer_rejected(test_rng *rng) {
     hk.scales.data = host_q;
     st = qsdpa_attention(ctx, &d.qt, &hk, &d.k, &p, &d.ot);
     CHECK(st == QSDPA_ERR_INVALID_ARGUMENT, "host k scales gave %s", qsdpa_status_string(st));
-    uint8_t out[64];
-    cudaMemcpy(out, d.out, sizeof out, cudaMemcpyDeviceToHost);
-    for (size_t i = 0; i < sizeof out; i++) CHECK(out[i] == 0x5A, "out written at byte %zu after an error", i);
+    const size_t at = device_bytes_unlike(d.out, 64, 0x5A);
+    CHECK(at == 64, "out written at byte %zu after an error", at);
     free(host_q);
     decode_free(&d);
     qsdpa_context_destroy(ctx);
@@ -262,9 +271,8 @@ static void graph_survives_growth(test_rng *rng) {
     CHECK(err == cudaSuccess, "the refused call broke the capture: %s", cudaGetErrorString(err));
     if (graph) cudaGraphDestroy(graph);
     graph = NULL;
-    uint8_t *poison = test_alloc(small.out_bytes);
-    cudaMemcpy(poison, small.out, small.out_bytes, cudaMemcpyDeviceToHost);
-    for (size_t i = 0; i < small.out_bytes; i++) CHECK(poison[i] == 0x5A, "out written at byte %zu by a refused call", i);
+    const size_t at = device_bytes_unlike(small.out, small.out_bytes, 0x5A);
+    CHECK(at == small.out_bytes, "out written at byte %zu by a refused call", at);
 
     st = qsdpa_attention(ctx, &small.qt, &small.k, &small.k, &p, &small.ot);
     CHECK(st == QSDPA_OK, "direct 4K call: %s", qsdpa_last_error());
@@ -302,13 +310,8 @@ static void graph_survives_growth(test_rng *rng) {
     /* the replay wrote its (kept) old scratch, not memory that a freed buffer gave back to grab[] */
     for (int i = 0; i < 8; i++) {
         if (!grab[i]) continue;
-        const size_t nb = (size_t)1 << (16 + i);
-        uint8_t *g = test_alloc(nb);
-        cudaMemcpy(g, grab[i], nb, cudaMemcpyDeviceToHost);
-        size_t bad = 0;
-        while (bad < nb && g[bad] == 0xFF) bad++;
+        const size_t nb = (size_t)1 << (16 + i), bad = device_bytes_unlike(grab[i], nb, 0xFF);
         CHECK(bad == nb, "the replay wrote into memory allocated after the growth (block %d, byte %zu)", i, bad);
-        free(g);
     }
     for (int i = 0; i < 8; i++) cudaFree(grab[i]);
     if (exec) cudaGraphExecDestroy(exec);
@@ -338,7 +341,7 @@ static void graph_survives_growth(test_rng *rng) {
     CHECK(err == cudaSuccess, "3-bit capture: %s", cudaGetErrorString(err));
     if (odd_graph) cudaGraphDestroy(odd_graph);
     decode_free(&odd);
-    free(poison); free(direct); free(replay);
+    free(direct); free(replay);
     decode_free(&small);
     decode_free(&large);
     qsdpa_context_destroy(ctx);
@@ -370,12 +373,9 @@ static void misaligned_codes_refused(test_rng *rng) {
     CHECK(strstr(qsdpa_last_error(), "k->codes.data") && strstr(qsdpa_last_error(), "not aligned"),
           "message does not name the misaligned codes: %s", qsdpa_last_error());
     CHECK(cudaDeviceSynchronize() == cudaSuccess, "device error after a refused call");
-    uint8_t *out = test_alloc(d.out_bytes);
-    cudaMemcpy(out, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
-    for (size_t i = 0; i < d.out_bytes; i++)
-        if (out[i] != 0x5A) { CHECK(0, "out written at byte %zu by a refused call", i); break; }
+    const size_t at = device_bytes_unlike(d.out, d.out_bytes, 0x5A);
+    CHECK(at == d.out_bytes, "out written at byte %zu by a refused call", at);
     cudaFree(shifted);
-    free(out);
     decode_free(&d);
     qsdpa_context_destroy(ctx);
 }
