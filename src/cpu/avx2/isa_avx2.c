@@ -143,8 +143,10 @@ INLINE void from_perm_lanes(float *acc, int64_t dim, bool scaled) {
     }
 }
 
+#ifndef QSDPA_ISA_VNNI /* the 256-bit affine 4-bit decoder's order; the VNNI build's is its own */
 static void aff4_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, true); }
 static void aff4_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, true); }
+#endif
 
 INLINE float load_scalar(qsdpa_dtype dt, const char *base, int64_t g) {
     uint16_t h;
@@ -530,9 +532,19 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
  * (session 14), for reasons not yet measured. */
 #define Z_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni")))
 
-/* 4-bit formats come out of decode16z in the lane order of perm_elem (lane l: element
- * l/2 + 8 (l%2) of the 16), unscaled; the others in natural order. */
-#define NIBBLE_LANES(F) ((F) == F_AFF4 || (F) == F_MXFP4 || (F) == F_NVFP4)
+/* Lane orders of the decoded codes (q rows and acc rows follow them):
+ * - pair lanes (affine 4-bit, mxfp4): 32 values per step from one 16-byte load, the even
+ *   elements of the 32 in one vector and the odd ones in the next (slot i of a 32-block holds
+ *   element 2i for i < 16, else 2(i - 16) + 1): 5 ops per 32 values, not 8 (bench/NOTES.md
+ *   session 15);
+ * - nvfp4 (group 16, so a step stays in one group): 16 values per step in the order of
+ *   perm_elem (lane l: element l/2 + 8 (l%2) of the 16);
+ * - the others: natural order. All unscaled. */
+#define PAIR_LANES(F) ((F) == F_AFF4 || (F) == F_MXFP4)
+#define NIBBLE_LANES(F) ((F) == F_NVFP4)
+/* values per decode step, and 16-value vectors per step */
+#define ZSTEP(F) (PAIR_LANES(F) ? 32 : 16)
+#define ZVECS(F) (PAIR_LANES(F) ? 2 : 1)
 /* Formats with a 512-bit decoder: all but the odd affine widths. */
 #define HAS_Z(F) (!((F) == F_AFF2 || (F) == F_AFF3 || (F) == F_AFF5 || (F) == F_AFF6))
 
@@ -570,12 +582,44 @@ INLINE Z_TARGET __m512 decode16z(int F, const char *row, size_t e) {
     }
 }
 
-/* q rows and acc rows of the 4-bit formats in decode16z's lane order (unscaled). */
+/* One decode step from element e (a multiple of ZSTEP(F)): ZVECS(F) vectors of 16 values.
+ * Pair lanes: the 16 bytes of 32 codes widened to dwords; a byte's low nibble is the even
+ * element, its high nibble the odd one (E2M1 by the table lookup, which reads 4 bits). */
+INLINE Z_TARGET void decodez(int F, const char *row, size_t e, __m512 out[2]) {
+    if (!PAIR_LANES(F)) {
+        out[0] = decode16z(F, row, e);
+        return;
+    }
+    __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + e / 2)));
+    __m512i hi = _mm512_srli_epi32(x, 4);
+    if (F == F_AFF4) {
+        out[0] = _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(15)));
+        out[1] = _mm512_cvtepi32_ps(hi);
+        return;
+    }
+    const __m512 e2m1 = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f,
+                                       -2.0f, -3.0f, -4.0f, -6.0f);
+    out[0] = _mm512_permutexvar_ps(x, e2m1);
+    out[1] = _mm512_permutexvar_ps(hi, e2m1);
+}
+
+/* q rows and acc rows in decodez's lane order (unscaled). */
 static void perm16_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, false); }
 static void perm16_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, false); }
+static void pair_prep_q(const float *q, int64_t dim, float *dst) {
+    for (int64_t b = 0; b < dim; b += 32)
+        for (int i = 0; i < 16; i++) dst[b + i] = q[b + 2 * i], dst[b + 16 + i] = q[b + 2 * i + 1];
+}
+static void pair_fix_acc(float *acc, int64_t dim) {
+    float tmp[32];
+    for (int64_t b = 0; b < dim; b += 32) {
+        for (int i = 0; i < 16; i++) tmp[2 * i] = acc[b + i], tmp[2 * i + 1] = acc[b + 16 + i];
+        memcpy(acc + b, tmp, sizeof tmp);
+    }
+}
 
-/* accum_nr on 16-value steps: up to 4 rows two keys per step into separate sums (8 chains),
- * 8 rows one key per step (8 chains already). */
+/* accum_nr on decodez steps: up to 4 rows two keys per step into separate sums (8 chains
+ * per vector of the step), 8 rows one key per step (8 chains already). */
 INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n,
                                 const float *w, int nq, int r0, float *acc) {
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
@@ -584,23 +628,36 @@ INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_row
     for (size_t g = 0; g < ng; g++) {
         __m128 bsum[2];
         group_weights(F, NR > 4 ? 2 : 1, v, j0, n, w, nq, r0, g, ws, bsum);
-        for (size_t e = g * G; e < (g + 1) * G; e += 16) {
-            __m512 a[8], b[8];
-            for (int r = 0; r < NR; r++) a[r] = _mm512_loadu_ps(acc + (size_t)(r0 + r) * dim + e), b[r] = _mm512_setzero_ps();
+        for (size_t e = g * G; e < (g + 1) * G; e += ZSTEP(F)) {
+            __m512 a[2][8], b[2][8]; /* [vector of the step][row] */
+            for (int h = 0; h < ZVECS(F); h++)
+                for (int r = 0; r < NR; r++)
+                    a[h][r] = _mm512_loadu_ps(acc + (size_t)(r0 + r) * dim + e + 16 * h), b[h][r] = _mm512_setzero_ps();
             const char *row = v->codes + j0 * v->code_stride;
             int64_t j = 0;
             for (; NR <= 4 && j + 2 <= n; j += 2, row += 2 * v->code_stride) { /* 8 rows alone give 8 chains */
-                __m512 c = decode16z(F, row, e), d = decode16z(F, row + v->code_stride, e);
+                __m512 c[2], d[2];
+                decodez(F, row, e, c);
+                decodez(F, row + v->code_stride, e, d);
                 for (int r = 0; r < NR; r++) {
-                    a[r] = _mm512_fmadd_ps(c, _mm512_set1_ps(WS(j, r)), a[r]);
-                    b[r] = _mm512_fmadd_ps(d, _mm512_set1_ps(WS(j + 1, r)), b[r]);
+                    __m512 wc = _mm512_set1_ps(WS(j, r)), wd = _mm512_set1_ps(WS(j + 1, r));
+                    for (int h = 0; h < ZVECS(F); h++) {
+                        a[h][r] = _mm512_fmadd_ps(c[h], wc, a[h][r]);
+                        b[h][r] = _mm512_fmadd_ps(d[h], wd, b[h][r]);
+                    }
                 }
             }
             for (; j < n; j++, row += v->code_stride) {
-                __m512 c = decode16z(F, row, e);
-                for (int r = 0; r < NR; r++) a[r] = _mm512_fmadd_ps(c, _mm512_set1_ps(WS(j, r)), a[r]);
+                __m512 c[2];
+                decodez(F, row, e, c);
+                for (int r = 0; r < NR; r++) {
+                    __m512 wc = _mm512_set1_ps(WS(j, r));
+                    for (int h = 0; h < ZVECS(F); h++) a[h][r] = _mm512_fmadd_ps(c[h], wc, a[h][r]);
+                }
             }
-            for (int r = 0; r < NR; r++) _mm512_storeu_ps(acc + (size_t)(r0 + r) * dim + e, _mm512_add_ps(a[r], b[r]));
+            for (int h = 0; h < ZVECS(F); h++)
+                for (int r = 0; r < NR; r++)
+                    _mm512_storeu_ps(acc + (size_t)(r0 + r) * dim + e + 16 * h, _mm512_add_ps(a[h][r], b[h][r]));
         }
         if (has_bias(F)) { /* the same for every element of the group, so the lane order does not matter */
             float bl[8];
@@ -625,9 +682,9 @@ INLINE Z_TARGET __m128 sum16x4(const __m512 x[4]) {
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* score2_nr / score_nr on 16-value steps for KEYS (1, 2 or 4) keys from key j: q in decode16z's
- * lane order (perm16_prep_q for the 4-bit formats). One row alone alternates two sums per
- * key, so at least two FMA chains per key stay in flight. */
+/* score2_nr / score_nr on decodez steps for KEYS (1, 2 or 4) keys from key j: q in decodez's
+ * lane order (PREP_Q). One row alone alternates two sums per key (by vector), so at least
+ * two FMA chains per key stay in flight. */
 INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int KEYS, const cpu_rows *k, int64_t j,
                                   const float *q, const float *qsum, int nq, int r0, float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
@@ -646,19 +703,21 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
         const float *qg = q + (size_t)r0 * dim + g * G;
         __m512 sv[4];
         for (int u = 0; u < KEYS; u++) sv[u] = _mm512_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[u], (int64_t)g));
-        for (size_t e = 0; e < G; e += 16, step++) {
-            __m512 c[4];
+        for (size_t e = 0; e < G; e += ZSTEP(F)) {
+            __m512 c[4][2];
             for (int u = 0; u < KEYS; u++) {
-                c[u] = decode16z(F, row[u], g * G + e);
-                if (!is_plain(F)) c[u] = _mm512_mul_ps(c[u], sv[u]);
+                decodez(F, row[u], g * G + e, c[u]);
+                if (!is_plain(F))
+                    for (int h = 0; h < ZVECS(F); h++) c[u][h] = _mm512_mul_ps(c[u][h], sv[u]);
             }
-            for (int r = 0; r < NR; r++) {
-                __m512 qv = _mm512_loadu_ps(qg + (size_t)r * dim + e);
-                for (int u = 0; u < KEYS; u++) {
-                    if (NR == 1 && (step & 1)) b[u][r] = _mm512_fmadd_ps(c[u], qv, b[u][r]);
-                    else a[u][r] = _mm512_fmadd_ps(c[u], qv, a[u][r]);
+            for (int h = 0; h < ZVECS(F); h++, step++)
+                for (int r = 0; r < NR; r++) {
+                    __m512 qv = _mm512_loadu_ps(qg + (size_t)r * dim + e + 16 * (size_t)h);
+                    for (int u = 0; u < KEYS; u++) {
+                        if (NR == 1 && (step & 1)) b[u][r] = _mm512_fmadd_ps(c[u][h], qv, b[u][r]);
+                        else a[u][r] = _mm512_fmadd_ps(c[u][h], qv, a[u][r]);
+                    }
                 }
-            }
         }
         if (has_bias(F)) {
             for (int h = 0; h < (NR > 4 ? 2 : 1); h++) {
@@ -681,7 +740,7 @@ INLINE Z_TARGET void score_z_nr(int F, const int NR, const int GC, const cpu_row
     int64_t j = 0;
     /* four keys per pass share each q load and the pass's setup (16 sums; 8 rows leave room for two keys):
      * 5-9% faster for the 4-bit formats, 9% slower for 8-bit (bench/NOTES.md session 14) */
-    if (NR <= 4 && NIBBLE_LANES(F))
+    if (NR <= 4 && (PAIR_LANES(F) || NIBBLE_LANES(F)))
         for (; j + 4 <= n; j += 4) score_z_keys(F, NR, GC, 4, k, j0 + j, q, qsum, nq, r0, scores + j * nq);
     for (; j + 2 <= n; j += 2) score_z_keys(F, NR, GC, 2, k, j0 + j, q, qsum, nq, r0, scores + j * nq);
     if (j < n) score_z_keys(F, NR, GC, 1, k, j0 + j, q, qsum, nq, r0, scores + j * nq);
@@ -711,9 +770,9 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 #ifdef QSDPA_ISA_VNNI
 #define ACCUM_TARGET Z_TARGET
 #define ACCUM_NR(F, ...) (HAS_Z(F) ? accum_z_nr(F, __VA_ARGS__) : accum_nr(F, __VA_ARGS__))
-#define FIX_ACC(F) (HAS_Z(F) ? (NIBBLE_LANES(F) ? perm16_fix_acc : NULL) : F == F_AFF4 ? aff4_fix_acc : NULL)
+#define FIX_ACC(F) (HAS_Z(F) ? (PAIR_LANES(F) ? pair_fix_acc : NIBBLE_LANES(F) ? perm16_fix_acc : NULL) : NULL)
 #define SCORE_NR(F, ...) (HAS_Z(F) ? score_z_nr(F, __VA_ARGS__) : score_ymm_nr(F, __VA_ARGS__))
-#define PREP_Q(F) (HAS_Z(F) ? (NIBBLE_LANES(F) ? perm16_prep_q : NULL) : F == F_AFF4 ? aff4_prep_q : NULL)
+#define PREP_Q(F) (HAS_Z(F) ? (PAIR_LANES(F) ? pair_prep_q : NIBBLE_LANES(F) ? perm16_prep_q : NULL) : NULL)
 /* the integer K path only where it beats the 512-bit float score (32K, f16 q: 8-bit 4.0 vs
  * 4.3 ms; 4-bit 3.5 vs 2.7, nvfp4 4.1 vs 2.9: bench/NOTES.md session 13) */
 #define SCORE_Q16(NAME, F) ((F) == F_AFF8 ? NAME##_score_q16 : NULL)
