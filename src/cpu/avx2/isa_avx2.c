@@ -703,18 +703,33 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
         const float *qg = q + (size_t)r0 * dim + g * G;
         __m512 sv[4];
         for (int u = 0; u < KEYS; u++) sv[u] = _mm512_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[u], (int64_t)g));
-        for (size_t e = 0; e < G; e += ZSTEP(F)) {
+        /* 16-value steps in their own loop: folded into the pair loop, gcc kept more on the
+         * stack and affine 8-bit Lq 1 lost 9% (bench/NOTES.md session 15) */
+        for (size_t e = 0; !PAIR_LANES(F) && e < G; e += 16, step++) {
+            __m512 c[4];
+            for (int u = 0; u < KEYS; u++) {
+                c[u] = decode16z(F, row[u], g * G + e);
+                if (!is_plain(F)) c[u] = _mm512_mul_ps(c[u], sv[u]);
+            }
+            for (int r = 0; r < NR; r++) {
+                __m512 qv = _mm512_loadu_ps(qg + (size_t)r * dim + e);
+                for (int u = 0; u < KEYS; u++) {
+                    if (NR == 1 && (step & 1)) b[u][r] = _mm512_fmadd_ps(c[u], qv, b[u][r]);
+                    else a[u][r] = _mm512_fmadd_ps(c[u], qv, a[u][r]);
+                }
+            }
+        }
+        for (size_t e = 0; PAIR_LANES(F) && e < G; e += 32) {
             __m512 c[4][2];
             for (int u = 0; u < KEYS; u++) {
                 decodez(F, row[u], g * G + e, c[u]);
-                if (!is_plain(F))
-                    for (int h = 0; h < ZVECS(F); h++) c[u][h] = _mm512_mul_ps(c[u][h], sv[u]);
+                for (int h = 0; h < 2; h++) c[u][h] = _mm512_mul_ps(c[u][h], sv[u]);
             }
-            for (int h = 0; h < ZVECS(F); h++, step++)
+            for (int h = 0; h < 2; h++)
                 for (int r = 0; r < NR; r++) {
                     __m512 qv = _mm512_loadu_ps(qg + (size_t)r * dim + e + 16 * (size_t)h);
                     for (int u = 0; u < KEYS; u++) {
-                        if (NR == 1 && (step & 1)) b[u][r] = _mm512_fmadd_ps(c[u][h], qv, b[u][r]);
+                        if (NR == 1 && h) b[u][r] = _mm512_fmadd_ps(c[u][h], qv, b[u][r]);
                         else a[u][r] = _mm512_fmadd_ps(c[u][h], qv, a[u][r]);
                     }
                 }
