@@ -185,8 +185,8 @@ typedef struct {
 } path_case;
 
 /* The cases of one path on row `kernel` over lk keys (quick: the first only); sinks on every other case,
- * batch 2 on the first, case `strided` on a cache view `extra` rows wider; partial cases a slice that
- * causal cuts. */
+ * batch 2 on every fourth (the first included), bf16 affine scales on every third from the third, case
+ * `strided` and the last on a cache view `extra` rows wider; partial cases a slice that causal cuts. */
 static void run_path_cases(test_rng *rng, const char *kernel, const char *path, const char *default_route,
                            const path_case *cases, int n, int64_t lk, int strided, int64_t extra) {
     const bool staging_on = copies_enabled();
@@ -198,7 +198,8 @@ static void run_path_cases(test_rng *rng, const char *kernel, const char *path, 
         c.vf = fmt(pc->vf);
         c.dk = pc->dk; c.dv = pc->dv; c.hq = pc->hq; c.hkv = pc->hkv; c.lq = pc->lq; c.q_dtype = pc->q;
         c.mask = pc->mask; c.mask_rank = m % 2 ? 2 : 4; c.causal = pc->causal; c.partial = pc->partial;
-        c.lk = lk; c.sinks = m % 2; c.cap_extra = m == strided ? extra : 0; c.batch = m == 0 ? 2 : 1;
+        c.lk = lk; c.sinks = m % 2; c.cap_extra = m == strided || m == n - 1 ? extra : 0; c.batch = m % 4 ? 1 : 2;
+        if (m % 3 == 2) c.scale_dtype = QSDPA_DTYPE_BF16;
         /* the route proves the path ran (not the generic kernel on the original, nor on the copy) */
         c.route = !staging_on ? "cuda.generic" : pc->route ? pc->route : default_route;
         if (strcmp(c.route, "cuda.generic") != 0) c.route_not = "cuda.generic"; /* not even on the copy */
