@@ -6,14 +6,16 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | variants | profile-prefill | profile-decode]
+# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
 # and QSDPA_GPU_SKIP_MULTI=1 leave out the PyTorch baselines and the multi-GPU stage, QSDPA_GPU_SKIP_AB_ROWS=1
 # the baseline's 32K matrix (the baseline is still built, for rows timed after the script); QSDPA_GPU_SKIP_CHECKS=1 the
 # GPU tests and sanitizers (timing-only calls on a commit already checked).
-#   quick: no full benchmark (the baseline comparison below still runs); variants: also times
+#   quick: no full benchmark (the baseline comparison below still runs); bench: the full benchmark and
+#   PyTorch's baselines only (no GPU tests, sanitizers, multi-GPU stage, prefill-kernel rows or ncu: a
+#   timing call on a commit an earlier call checked; ~7 minutes); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
 #   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop;
 #   profile-decode: the same for one 128K 4-bit decode launch
@@ -22,6 +24,7 @@ OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
+if [ "$MODE" = bench ]; then export QSDPA_GPU_SKIP_CHECKS=1 QSDPA_GPU_SKIP_MULTI=1; fi
 B=build-gpu
 T0=$(date +%s)
 stamp() { echo "== $1 at +$(( $(date +%s) - T0 ))s"; }
@@ -146,7 +149,7 @@ for spec in "${VARIANTS[@]}"; do
 done
 [ ${#VARIANTS[@]} -gt 0 ] && quick_rows new2 "$B/bench_gpu"
 
-if [ "$MODE" != quick ]; then
+if [ "$MODE" != quick ] && [ "$MODE" != bench ]; then
   # the prefill kernel on the same decode shapes (the decode kernel's baseline, same card, same run)
   stamp "prefill kernel for decode (QSDPA_CUDA_TILE_DECODE=1)" | tee -a "$OUT/bench.txt"
   quick_rows tile "$B/bench_gpu" QSDPA_CUDA_TILE_DECODE=1
@@ -209,7 +212,7 @@ done
 grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|Invalid" "$OUT/sanitizer.log" | sort | uniq -c | head -20
 fi
 
-if [ "$MODE" != quick ]; then
+if [ "$MODE" != quick ] && [ "$MODE" != bench ]; then
   stamp ncu | tee "$OUT/ncu.txt"
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   timeout 90 "$NCU" --clock-control none -k regex:"fast_(attention|decode)" --launch-skip 30 --launch-count 1 \
@@ -225,9 +228,11 @@ if [ "$MODE" != quick ]; then
     "$B/bench_gpu" one affine4g64 1 32768 1 2>&1 | grep -E "stalled|fast_decode" >>"$OUT/ncu.txt"
 fi
 
-[ "$MODE" != quick ] && bash bench/gpu_durations.sh "$B" | tee -a "$OUT/ncu.txt"
+[ "$MODE" != quick ] && [ "$MODE" != bench ] && bash bench/gpu_durations.sh "$B" | tee -a "$OUT/ncu.txt"
 
 stamp report
-python3 bench/gpu_report.py "$OUT/bench.txt" "$OUT/torch.txt" >"$OUT/report.md" 2>&1
-cat "$OUT/report.md"
+if [ -f "$OUT/bench.txt" ]; then # quick without a baseline times nothing
+  python3 bench/gpu_report.py "$OUT/bench.txt" "$OUT/torch.txt" >"$OUT/report.md" 2>&1
+  cat "$OUT/report.md"
+fi
 stamp done
