@@ -301,6 +301,23 @@ int main(void) {
             run_case(&rng, &c);
             exact_cache = 0;
         }
+    /* 1c. The 4-bit decoders' tails (pair lanes for affine 4-bit and mxfp4, perm16 for nvfp4): 1..16 query
+     * rows per KV head (the 4- and 8-row passes and their remainders), 1..9 keys (the 4/2/1-key passes),
+     * head dims that are odd multiples of 32 and the largest, in caches of exactly Lk rows */
+    static const struct { const char *f; int64_t d[3]; } nibble[] = {
+        {"affine:4:32", {160, 224, 1024}}, {"mxfp4", {96, 1024, 0}}, {"nvfp4", {224, 0, 0}}, {"affine:4:64", {192, 0, 0}}};
+    static const int64_t nib_rows[] = {1, 2, 3, 5, 8, 12, 16};
+    for (int fi = 0; fi < 4; fi++)
+        for (int di = 0; di < 3 && nibble[fi].d[di]; di++)
+            for (int ri = 0; ri < 7; ri++) {
+                const int64_t rows = nib_rows[ri], hq = rows > 8 ? 4 : rows, lq = rows / hq;
+                test_case c = {1, hq, 1, lq, 1 + (ri + 3 * di + fi) % 9, nibble[fi].d[di], nibble[fi].d[di],
+                               nibble[fi].f, nibble[fi].f, ri % 3 ? QSDPA_DTYPE_F32 : QSDPA_DTYPE_F16,
+                               QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0.0f};
+                exact_cache = 1;
+                run_case(&rng, &c);
+                exact_cache = 0;
+            }
     /* 2. Features across formats: masks, causal, window, sinks, q dtypes, partial, GQA ratios. */
     static const qsdpa_dtype qdts[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};
     for (int it = 0; it < 60; it++) {
