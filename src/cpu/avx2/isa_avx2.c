@@ -618,30 +618,44 @@ static void pair_fix_acc(float *acc, int64_t dim) {
     }
 }
 
+/* VECS (1 or 2) vectors of 16 values from element e: pair lanes decode both at once, the other
+ * formats two consecutive 16-value runs. */
+INLINE Z_TARGET void decodez_n(int F, const int VECS, const char *row, size_t e, __m512 out[2]) {
+    if (PAIR_LANES(F)) {
+        decodez(F, row, e, out);
+        return;
+    }
+    for (int h = 0; h < VECS; h++) out[h] = decode16z(F, row, e + 16 * (size_t)h);
+}
+
 /* accum_nr on decodez steps: up to 4 rows two keys per step into separate sums (8 chains
  * per vector of the step), 8 rows one key per step (8 chains already). */
 INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n,
                                 const float *w, int nq, int r0, float *acc) {
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
     float ws[2][CPU_BLOCK * 4] __attribute__((aligned(16))); /* rows r0..r0+3, then r0+4..r0+7 */
+    /* two vectors per step (32 values): pair lanes always; natural-order formats where a compile-time group
+     * holds whole 32-value steps, since two keys x one vector x 4 rows are 8 FMA chains, latency-bound on
+     * this core (bench/NOTES.md session 15) */
+    const int VECS = PAIR_LANES(F) || (GC && GC % 32 == 0 && !NIBBLE_LANES(F)) ? 2 : 1;
 #define WS(j, r) ws[(r) >> 2][4 * (j) + ((r) & 3)]
     for (size_t g = 0; g < ng; g++) {
         __m128 bsum[2];
         group_weights(F, NR > 4 ? 2 : 1, v, j0, n, w, nq, r0, g, ws, bsum);
-        for (size_t e = g * G; e < (g + 1) * G; e += ZSTEP(F)) {
+        for (size_t e = g * G; e < (g + 1) * G; e += 16 * (size_t)VECS) {
             __m512 a[2][8], b[2][8]; /* [vector of the step][row] */
-            for (int h = 0; h < ZVECS(F); h++)
+            for (int h = 0; h < VECS; h++)
                 for (int r = 0; r < NR; r++)
                     a[h][r] = _mm512_loadu_ps(acc + (size_t)(r0 + r) * dim + e + 16 * h), b[h][r] = _mm512_setzero_ps();
             const char *row = v->codes + j0 * v->code_stride;
             int64_t j = 0;
             for (; NR <= 4 && j + 2 <= n; j += 2, row += 2 * v->code_stride) { /* 8 rows alone give 8 chains */
                 __m512 c[2], d[2];
-                decodez(F, row, e, c);
-                decodez(F, row + v->code_stride, e, d);
+                decodez_n(F, VECS, row, e, c);
+                decodez_n(F, VECS, row + v->code_stride, e, d);
                 for (int r = 0; r < NR; r++) {
                     __m512 wc = _mm512_set1_ps(WS(j, r)), wd = _mm512_set1_ps(WS(j + 1, r));
-                    for (int h = 0; h < ZVECS(F); h++) {
+                    for (int h = 0; h < VECS; h++) {
                         a[h][r] = _mm512_fmadd_ps(c[h], wc, a[h][r]);
                         b[h][r] = _mm512_fmadd_ps(d[h], wd, b[h][r]);
                     }
@@ -649,13 +663,13 @@ INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_row
             }
             for (; j < n; j++, row += v->code_stride) {
                 __m512 c[2];
-                decodez(F, row, e, c);
+                decodez_n(F, VECS, row, e, c);
                 for (int r = 0; r < NR; r++) {
                     __m512 wc = _mm512_set1_ps(WS(j, r));
-                    for (int h = 0; h < ZVECS(F); h++) a[h][r] = _mm512_fmadd_ps(c[h], wc, a[h][r]);
+                    for (int h = 0; h < VECS; h++) a[h][r] = _mm512_fmadd_ps(c[h], wc, a[h][r]);
                 }
             }
-            for (int h = 0; h < ZVECS(F); h++)
+            for (int h = 0; h < VECS; h++)
                 for (int r = 0; r < NR; r++)
                     _mm512_storeu_ps(acc + (size_t)(r0 + r) * dim + e + 16 * h, _mm512_add_ps(a[h][r], b[h][r]));
         }
