@@ -542,9 +542,6 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
  * - the others: natural order. All unscaled. */
 #define PAIR_LANES(F) ((F) == F_AFF4 || (F) == F_MXFP4)
 #define NIBBLE_LANES(F) ((F) == F_NVFP4)
-/* values per decode step, and 16-value vectors per step */
-#define ZSTEP(F) (PAIR_LANES(F) ? 32 : 16)
-#define ZVECS(F) (PAIR_LANES(F) ? 2 : 1)
 /* Formats with a 512-bit decoder: all but the odd affine widths. */
 #define HAS_Z(F) (!((F) == F_AFF2 || (F) == F_AFF3 || (F) == F_AFF5 || (F) == F_AFF6))
 
@@ -582,7 +579,7 @@ INLINE Z_TARGET __m512 decode16z(int F, const char *row, size_t e) {
     }
 }
 
-/* One decode step from element e (a multiple of ZSTEP(F)): ZVECS(F) vectors of 16 values.
+/* One decode step from element e: 16 values in one vector, or for pair lanes (e a multiple of 32) 32 in two.
  * Pair lanes: the 16 bytes of 32 codes widened to dwords; a byte's low nibble is the even
  * element, its high nibble the odd one (E2M1 by the table lookup, which reads 4 bits). */
 INLINE Z_TARGET void decodez(int F, const char *row, size_t e, __m512 out[2]) {
@@ -628,8 +625,8 @@ INLINE Z_TARGET void decodez_n(int F, const int VECS, const char *row, size_t e,
     for (int h = 0; h < VECS; h++) out[h] = decode16z(F, row, e + 16 * (size_t)h);
 }
 
-/* accum_nr on decodez steps: up to 4 rows two keys per step into separate sums (8 chains
- * per vector of the step), 8 rows one key per step (8 chains already). */
+/* accum_nr on decodez_n steps: up to 4 rows two keys per step into separate sums (8 chains per
+ * vector of the step), 8 rows one key per step (8 chains per vector already). */
 INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n,
                                 const float *w, int nq, int r0, float *acc) {
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
