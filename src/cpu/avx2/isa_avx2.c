@@ -579,14 +579,10 @@ INLINE Z_TARGET __m512 decode16z(int F, const char *row, size_t e) {
     }
 }
 
-/* One decode step from element e: 16 values in one vector, or for pair lanes (e a multiple of 32) 32 in two.
- * Pair lanes: the 16 bytes of 32 codes widened to dwords; a byte's low nibble is the even
- * element, its high nibble the odd one (E2M1 by the table lookup, which reads 4 bits). */
-INLINE Z_TARGET void decodez(int F, const char *row, size_t e, __m512 out[2]) {
-    if (!PAIR_LANES(F)) {
-        out[0] = decode16z(F, row, e);
-        return;
-    }
+/* Pair lanes (affine 4-bit, mxfp4): 32 values from element e (a multiple of 32), the 16 bytes of
+ * codes widened to dwords; a byte's low nibble is the even element, its high nibble the odd one
+ * (E2M1 by the table lookup, which reads 4 bits). */
+INLINE Z_TARGET void decode32z(int F, const char *row, size_t e, __m512 out[2]) {
     __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + e / 2)));
     __m512i hi = _mm512_srli_epi32(x, 4);
     if (F == F_AFF4) {
@@ -600,7 +596,7 @@ INLINE Z_TARGET void decodez(int F, const char *row, size_t e, __m512 out[2]) {
     out[1] = _mm512_permutexvar_ps(hi, e2m1);
 }
 
-/* q rows and acc rows in decodez's lane order (unscaled). */
+/* q rows and acc rows in the decoders' lane orders (unscaled). */
 static void perm16_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, false); }
 static void perm16_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, false); }
 static void pair_prep_q(const float *q, int64_t dim, float *dst) {
@@ -615,17 +611,17 @@ static void pair_fix_acc(float *acc, int64_t dim) {
     }
 }
 
-/* VECS (1 or 2) vectors of 16 values from element e: pair lanes decode both at once, the other
- * formats two consecutive 16-value runs. */
-INLINE Z_TARGET void decodez_n(int F, const int VECS, const char *row, size_t e, __m512 out[2]) {
+/* One decode step from element e, VECS (1 or 2) vectors of 16 values: pair lanes decode both at
+ * once, the other formats two consecutive 16-value runs. */
+INLINE Z_TARGET void decodez(int F, const int VECS, const char *row, size_t e, __m512 out[2]) {
     if (PAIR_LANES(F)) {
-        decodez(F, row, e, out);
+        decode32z(F, row, e, out);
         return;
     }
     for (int h = 0; h < VECS; h++) out[h] = decode16z(F, row, e + 16 * (size_t)h);
 }
 
-/* accum_nr on decodez_n steps: up to 4 rows two keys per step into separate sums (8 chains per
+/* accum_nr on decodez steps: up to 4 rows two keys per step into separate sums (8 chains per
  * vector of the step), 8 rows one key per step (8 chains per vector already). */
 INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_rows *v, int64_t j0, int64_t n,
                                 const float *w, int nq, int r0, float *acc) {
@@ -648,8 +644,8 @@ INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_row
             int64_t j = 0;
             for (; NR <= 4 && j + 2 <= n; j += 2, row += 2 * v->code_stride) { /* 8 rows alone give 8 chains */
                 __m512 c[2], d[2];
-                decodez_n(F, VECS, row, e, c);
-                decodez_n(F, VECS, row + v->code_stride, e, d);
+                decodez(F, VECS, row, e, c);
+                decodez(F, VECS, row + v->code_stride, e, d);
                 for (int r = 0; r < NR; r++) {
                     __m512 wc = _mm512_set1_ps(WS(j, r)), wd = _mm512_set1_ps(WS(j + 1, r));
                     for (int h = 0; h < VECS; h++) {
@@ -660,7 +656,7 @@ INLINE Z_TARGET void accum_z_nr(int F, const int NR, const int GC, const cpu_row
             }
             for (; j < n; j++, row += v->code_stride) {
                 __m512 c[2];
-                decodez_n(F, VECS, row, e, c);
+                decodez(F, VECS, row, e, c);
                 for (int r = 0; r < NR; r++) {
                     __m512 wc = _mm512_set1_ps(WS(j, r));
                     for (int h = 0; h < VECS; h++) a[h][r] = _mm512_fmadd_ps(c[h], wc, a[h][r]);
@@ -693,8 +689,8 @@ INLINE Z_TARGET __m128 sum16x4(const __m512 x[4]) {
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* score2_nr / score_nr on decodez steps for KEYS (1, 2 or 4) keys from key j: q in decodez's
- * lane order (PREP_Q). One row alone alternates two sums per key (by vector), so at least
+/* score2_nr / score_nr on 16- or 32-value steps (decode16z, decode32z) for KEYS (1, 2 or 4) keys from
+ * key j: q in the decoder's lane order (PREP_Q). One row alone alternates two sums per key (by vector), so at least
  * two FMA chains per key stay in flight. */
 INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int KEYS, const cpu_rows *k, int64_t j,
                                   const float *q, const float *qsum, int nq, int r0, float *scores) {
@@ -733,7 +729,7 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
         for (size_t e = 0; PAIR_LANES(F) && e < G; e += 32) {
             __m512 c[4][2];
             for (int u = 0; u < KEYS; u++) {
-                decodez(F, row[u], g * G + e, c[u]);
+                decode32z(F, row[u], g * G + e, c[u]);
                 for (int h = 0; h < 2; h++) c[u][h] = _mm512_mul_ps(c[u][h], sv[u]);
             }
             for (int h = 0; h < 2; h++)
