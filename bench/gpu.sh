@@ -25,6 +25,8 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
 if [ "$MODE" = bench ]; then export QSDPA_GPU_SKIP_CHECKS=1 QSDPA_GPU_SKIP_MULTI=1; fi
+# the full run's extra stages (prefill-kernel rows, ncu, kernel durations): not in quick or bench
+full_extras() { [ "$MODE" != quick ] && [ "$MODE" != bench ]; }
 B=build-gpu
 T0=$(date +%s)
 stamp() { echo "== $1 at +$(( $(date +%s) - T0 ))s"; }
@@ -149,7 +151,7 @@ for spec in "${VARIANTS[@]}"; do
 done
 [ ${#VARIANTS[@]} -gt 0 ] && quick_rows new2 "$B/bench_gpu"
 
-if [ "$MODE" != quick ] && [ "$MODE" != bench ]; then
+if full_extras; then
   # the prefill kernel on the same decode shapes (the decode kernel's baseline, same card, same run)
   stamp "prefill kernel for decode (QSDPA_CUDA_TILE_DECODE=1)" | tee -a "$OUT/bench.txt"
   quick_rows tile "$B/bench_gpu" QSDPA_CUDA_TILE_DECODE=1
@@ -212,7 +214,7 @@ done
 grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|Invalid" "$OUT/sanitizer.log" | sort | uniq -c | head -20
 fi
 
-if [ "$MODE" != quick ] && [ "$MODE" != bench ]; then
+if full_extras; then
   stamp ncu | tee "$OUT/ncu.txt"
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   timeout 90 "$NCU" --clock-control none -k regex:"fast_(attention|decode)" --launch-skip 30 --launch-count 1 \
@@ -228,7 +230,7 @@ if [ "$MODE" != quick ] && [ "$MODE" != bench ]; then
     "$B/bench_gpu" one affine4g64 1 32768 1 2>&1 | grep -E "stalled|fast_decode" >>"$OUT/ncu.txt"
 fi
 
-[ "$MODE" != quick ] && [ "$MODE" != bench ] && bash bench/gpu_durations.sh "$B" | tee -a "$OUT/ncu.txt"
+full_extras && bash bench/gpu_durations.sh "$B" | tee -a "$OUT/ncu.txt"
 
 stamp report
 if [ -f "$OUT/bench.txt" ]; then # quick without a baseline times nothing

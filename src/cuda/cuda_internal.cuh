@@ -144,8 +144,9 @@ bool qsdpa_cuda_scales_one_block(const qsdpa_qtensor *t);
 bool qsdpa_cuda_realign_takes(const qsdpa_problem *p);
 qsdpa_status qsdpa_cuda_realigned_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn run);
 /* The repacked path (cuda_staged.cu): short queries (at most 32 folded rows, f16/bf16 q) at head dims
- * or affine widths (2/3/5/6 bits, widened to 4/8) without a fast row, K and V repacked zero-padded to the narrowest fast row's head dim that takes their
- * formats; whether it takes p, and its run (`fallback` where the buffer cannot be allocated). */
+ * or affine widths (2/3/5/6 bits, widened to 4/8) without a fast row, K and V repacked zero-padded to
+ * the narrowest fast row's head dim that takes their formats; whether it takes p, and its run
+ * (`fallback` where the buffer cannot be allocated). */
 bool qsdpa_cuda_repacked_takes(const qsdpa_problem *p);
 qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn fallback);
 
