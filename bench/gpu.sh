@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode]
+# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode | trace]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -18,7 +18,8 @@
 #   timing call on a commit an earlier call checked; ~7 minutes); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
 #   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop;
-#   profile-decode: the same for one 128K 4-bit decode launch
+#   profile-decode: the same for one 128K 4-bit decode launch; trace: only the diagnostic build
+#   (QSDPA_CUDA_DEC_TRACE=1) and its per-phase timeline of one decode call at a few shapes (trace.txt)
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -50,6 +51,20 @@ quick_rows() {
   env "$@" timeout 60 "$bin" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[$label] /" >>"$OUT/bench.txt"
 }
 
+if [ "$MODE" = trace ]; then
+  # the diagnostic build (QSDPA_CUDA_DEC_TRACE=1): per-CTA phase marks of one decode call per shape
+  stamp "trace build" | tee "$OUT/trace.txt"
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv >>"$OUT/trace.txt" 2>&1
+  timeout 300 bash -c "build_tree . build-trace '-DQSDPA_CUDA_DEC_TRACE=1'" >"$OUT/build.log" 2>&1
+  echo "trace build rc=$?" | tee -a "$OUT/trace.txt"
+  for shape in "affine4g64 1 2048 1" "affine4g64 1 8192 1" "affine4g64 1 32768 1" "affine4g64 1 131072 1" \
+               "affine8g64 1 32768 1" "affine4g64 8 8192 1"; do
+    stamp "trace $shape" >>"$OUT/trace.txt"
+    QSDPA_CUDA_TRACE_CALL=100 timeout 60 build-trace/bench_gpu one $shape >>"$OUT/trace.txt" 2>&1
+  done
+  stamp done | tee -a "$OUT/trace.txt"
+  exit 0
+fi
 stamp build | tee "$OUT/build.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >>"$OUT/build.log" 2>&1
 timeout 240 bash -c "build_tree . $B '' test_cuda_coverage test_cuda_mlx test_cuda_api test_wgmma_layout" \

@@ -40,6 +40,7 @@ namespace qfast {
 #ifndef QSDPA_CUDA_DEC_PAIR
 #define QSDPA_CUDA_DEC_PAIR 1
 #endif
+/* marks: 0 entry, 1 pdl_wait returned, 2 q staged, 3 first chunk in warp 0, 4 loop ended, 5 partials written */
 #if QSDPA_CUDA_DEC_TRACE
 #define DEC_TRACE(i) (trace_c[i] = clock64(), trace_g[i] = dec_globaltimer())
 #else
@@ -758,6 +759,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
 #if QSDPA_CUDA_DEC_TRACE
     long long trace_c[6] = {};
     unsigned long long trace_g[6] = {};
+    bool trace_first = true;
 #endif
     DEC_TRACE(0);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -791,6 +793,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
     for (int s = 0; s < PRE; s++)
         if (c + s * DEC_WARPS < c_end) copier.prefetch(p, c, s, lane);
     pdl_wait();
+    DEC_TRACE(1);
 
     /* q rows -> shared memory as f16, then each lane reads its contiguous run(s) of Dk/4
      * values with 16-byte loads. Warp w stages rows w, w + DEC_WARPS, ...: a row is
@@ -847,7 +850,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         }
     }
     __syncthreads();
-    DEC_TRACE(1);
+    DEC_TRACE(2);
 
     /* Q^T fragments in the K lanes' dim order: k step s takes pairs 2s (b0) and 2s + 1 (b1) */
     dec_rows<NR> st;
@@ -934,6 +937,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         for (; c + DEC_WARPS < c_end; c += 2 * DEC_WARPS, it += 2) {
             cp_async_wait<R::STAGES - 2>(); /* the oldest two stages: chunks c, c + DEC_WARPS */
             __syncwarp();
+#if QSDPA_CUDA_DEC_TRACE
+            if (trace_first) DEC_TRACE(3), trace_first = false;
+#endif
             dec_chunk<DK, DV, FK, FV> ra, rb;
             dec_read<DK, DV, FK, FV>(ring + (it % R::STAGES) * R::BYTES, gq, c4, ra);
             dec_read<DK, DV, FK, FV>(ring + ((it + 1) % R::STAGES) * R::BYTES, gq, c4, rb);
@@ -964,7 +970,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         cp_async_wait<R::STAGES - 2>();
         __syncwarp();
 #if QSDPA_CUDA_DEC_TRACE
-        if (it == 0) DEC_TRACE(2);
+        if (trace_first) DEC_TRACE(3), trace_first = false;
 #endif
         dec_chunk<DK, DV, FK, FV> r;
         dec_read<DK, DV, FK, FV>(ring + (it % R::STAGES) * R::BYTES, gq, c4, r);
@@ -978,7 +984,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
     }
     cp_async_wait<0>();
     __syncthreads(); /* the merge buffer below reuses the rings */
-    DEC_TRACE(3);
+    DEC_TRACE(4);
     pdl_trigger();
 
     /* l: sum over the 8 lanes of each c4; then the four warps merge through shared memory */
@@ -1051,12 +1057,18 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         if (d == 0) { p.part_ml[prow * 2] = M; p.part_ml[prow * 2 + 1] = Ls; }
     }
 #if QSDPA_CUDA_DEC_TRACE
-    DEC_TRACE(4);
-    const bool first = blockIdx.y == 0 && blockIdx.z == 0, last = blockIdx.y == gridDim.y - 1 && blockIdx.z == gridDim.z - 1;
-    if (threadIdx.x == 0 && (first || last))
-        printf("TRACE decode cta %s chunks/warp %d | cycles q %lld ring0 %lld loop %lld end %lld | gt start %llu end %llu\n",
-               first ? "first" : "last", (c_end - c_first + DEC_WARPS - 1) / DEC_WARPS, trace_c[1] - trace_c[0],
-               trace_c[2] - trace_c[0], trace_c[3] - trace_c[0], trace_c[4] - trace_c[0], trace_g[0], trace_g[4]);
+    __syncthreads(); /* every partial written */
+    DEC_TRACE(5);
+    const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (p.trace && threadIdx.x == 0 && cta < TRACE_CTAS) {
+        unsigned long long *t = p.trace + (size_t)cta * TRACE_DEC_WORDS;
+        unsigned smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+#pragma unroll
+        for (int i = 0; i < 6; i++) t[i] = trace_g[i], t[6 + i] = (unsigned long long)(trace_c[i] - trace_c[0]);
+        t[12] = smid;
+        t[13] = (unsigned long long)((c_end - c_first + DEC_WARPS - 1) / DEC_WARPS);
+    }
 #endif
 }
 

@@ -27,18 +27,21 @@
 #include <string.h>
 
 #include "cuda/fast_formats.cuh"
-#if defined(QSDPA_CUDA_DEC_TRACE) && QSDPA_CUDA_DEC_TRACE
-#include <stdio.h> /* the diagnostic build's device printf */
-#endif
 
 namespace qfast {
 
-/* Diagnostic build (QSDPA_CUDA_DEC_TRACE=1, never the default): the first and last CTA
- * of each launch print clock64 and globaltimer marks of their phases, so a device
- * run can show where a decode call's fixed time goes (bench/gpu_durations.sh). */
+/* Diagnostic build (QSDPA_CUDA_DEC_TRACE=1, never the default): every decode CTA and
+ * every split_merge block writes globaltimer and clock64 marks of its phases into
+ * p.trace (a device buffer, not printf: a printing kernel is 6x slower, and under PDL
+ * the marks must start at pdl_wait's return, run 127); the host prints a summary of
+ * one call (fast_setup.cu, `gpu.sh trace`), so a device run shows where a decode
+ * call's fixed time goes. */
 #ifndef QSDPA_CUDA_DEC_TRACE
 #define QSDPA_CUDA_DEC_TRACE 0
 #endif
+constexpr int TRACE_CTAS = 4096;   /* CTAs (and merge blocks) a trace records */
+constexpr int TRACE_DEC_WORDS = 16; /* per decode CTA: 6 globaltimer marks, 6 clock64 marks, smid, chunks */
+constexpr int TRACE_MERGE_WORDS = 4; /* per merge block: globaltimer at entry, after pdl_wait, at the end */
 __device__ __forceinline__ unsigned long long dec_globaltimer() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -56,6 +59,7 @@ struct fast_params : qd_io {
     int scales_vec;          /* 1: a tile's scales are one 16-byte-aligned block; 0: 4-byte rows */
     float *part_o;           /* [nsplit][B*Hkv][rows][Dv] */
     float *part_ml;          /* [nsplit][B*Hkv][rows][2] */
+    unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */
 };
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
@@ -232,8 +236,7 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
     pdl_trigger(); /* the next call's kernel may take the SMs' free slots and wait there */
     pdl_wait();
 #if QSDPA_CUDA_DEC_TRACE
-    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0)
-        printf("TRACE merge block 0 | gt entry %llu after wait %llu\n", t_entry, dec_globaltimer());
+    const unsigned long long t_wait = dec_globaltimer();
 #endif
     __shared__ float so[4][32], sl[4];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -274,6 +277,13 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
     }
     if (p.lse && blockIdx.y == 0 && lane == 0)
         p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
+#if QSDPA_CUDA_DEC_TRACE
+    const unsigned blk = blockIdx.x * gridDim.y + blockIdx.y;
+    if (p.trace && lane == 0 && blk < TRACE_CTAS) {
+        unsigned long long *t = p.trace + TRACE_CTAS * TRACE_DEC_WORDS + blk * TRACE_MERGE_WORDS;
+        t[0] = t_entry; t[1] = t_wait; t[2] = dec_globaltimer();
+    }
+#endif
 }
 
 } // namespace qfast
@@ -297,6 +307,14 @@ struct qsdpa_cuda_split_bounds {
 };
 qsdpa_cuda_split_bounds qsdpa_cuda_split_limits(const qsdpa_context *ctx, const qsdpa_problem *pr, int ctas_per_sm,
                                                 int bn, int block_rows);
+
+#if QSDPA_CUDA_DEC_TRACE
+/* The diagnostic build's host side (fast_setup.cu): the buffer a decode call writes its
+ * marks to (two calls alternate), and after the call, at call QSDPA_CUDA_TRACE_CALL
+ * (default 200), a summary of that call and the one before it on stderr. */
+unsigned long long *qsdpa_cuda_trace_slot(qsdpa_context *ctx, dim3 grid, int64_t merge_blocks);
+void qsdpa_cuda_trace_after_call(qsdpa_context *ctx);
+#endif
 
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable sends every Lq to the prefill kernel, so the device script can time both. */
@@ -424,10 +442,17 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
         st = qsdpa_cuda_cap_residency(ctx, kernel, threads, smem, resident, info, fn, &smem_launch);
         if (st != QSDPA_OK) return st;
     }
+#if QSDPA_CUDA_DEC_TRACE
+    const bool traced = !strcmp(name, "fast_decode");
+    if (traced) p.trace = qsdpa_cuda_trace_slot(ctx, grid, !partials && p.nsplit == 1 ? 0 : grid.z * p.rows * ((DV + 31) / 32));
+#endif
     st = qsdpa_cuda_launch_pdl(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
     qsdpa_set_route(ctx, nullptr, route);
-    if (st != QSDPA_OK || (!partials && p.nsplit == 1)) return st;
-    return qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+    if (st == QSDPA_OK && (partials || p.nsplit > 1)) st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+#if QSDPA_CUDA_DEC_TRACE
+    if (traced && st == QSDPA_OK) qsdpa_cuda_trace_after_call(ctx);
+#endif
+    return st;
 }
 
 template <int DK, int DV, class FK, class FV, int NR>

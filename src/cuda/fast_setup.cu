@@ -159,3 +159,117 @@ bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr) {
     static const bool tile_only = qsdpa_cuda_env("QSDPA_CUDA_TILE_DECODE", 0) == 1;
     return !tile_only && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v) && scale_mode(&pr->k) == scale_mode(&pr->v);
 }
+
+#if QSDPA_CUDA_DEC_TRACE
+#include <stdio.h>
+
+/* The diagnostic build's trace (fast_kernel.cuh): two slots, so the summary shows a call
+ * and the gap after the call before it. Process-wide and unsynchronised: a benchmark
+ * tool on one context, never a library feature. */
+static struct {
+    unsigned long long *buf; /* 2 slots of TRACE_CTAS * (TRACE_DEC_WORDS + TRACE_MERGE_WORDS) */
+    int64_t ctas[2], merges[2];
+    long calls;
+} g_trace;
+static const size_t TRACE_SLOT = (size_t)qfast::TRACE_CTAS * (qfast::TRACE_DEC_WORDS + qfast::TRACE_MERGE_WORDS);
+
+unsigned long long *qsdpa_cuda_trace_slot(qsdpa_context *ctx, dim3 grid, int64_t merge_blocks) {
+    (void)ctx;
+    if (!g_trace.buf && cudaMalloc(&g_trace.buf, 2 * TRACE_SLOT * sizeof(unsigned long long)) != cudaSuccess) {
+        g_trace.buf = nullptr;
+        return nullptr;
+    }
+    const int s = (int)(g_trace.calls & 1);
+    g_trace.ctas[s] = (int64_t)grid.x * grid.y * grid.z;
+    g_trace.merges[s] = merge_blocks;
+    return g_trace.buf + s * TRACE_SLOT;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* min / median / max of n values, in us from t0 (ns values) or raw (cycles) */
+static void trace_stats(const char *label, unsigned long long *v, int64_t n, unsigned long long t0, bool ns) {
+    if (n <= 0) return;
+    qsort(v, (size_t)n, sizeof *v, cmp_u64);
+    const double k = ns ? 1e-3 : 1.0;
+    fprintf(stderr, "  %-34s min %9.2f  p50 %9.2f  max %9.2f%s\n", label, (double)(v[0] - t0) * k,
+            (double)(v[n / 2] - t0) * k, (double)(v[n - 1] - t0) * k, ns ? " us" : " cycles");
+}
+
+static void trace_print(const unsigned long long *h, int64_t ctas, int64_t merges, const char *title,
+                        unsigned long long prev_merge_end) {
+    const int64_t nd = ctas < qfast::TRACE_CTAS ? ctas : qfast::TRACE_CTAS;
+    const int64_t nm = merges < qfast::TRACE_CTAS ? merges : qfast::TRACE_CTAS;
+    unsigned long long *v = (unsigned long long *)malloc(sizeof *v * (size_t)(nd > nm ? nd : nm) + 8);
+    if (!v) return;
+    unsigned long long t0 = ~0ull, tmin_chunks = ~0ull, tmax_chunks = 0;
+    for (int64_t i = 0; i < nd; i++) {
+        const unsigned long long *t = h + i * qfast::TRACE_DEC_WORDS;
+        if (t[1] < t0) t0 = t[1];
+        if (t[13] < tmin_chunks) tmin_chunks = t[13];
+        if (t[13] > tmax_chunks) tmax_chunks = t[13];
+    }
+    fprintf(stderr, "TRACE %s: %lld decode CTAs (chunks per warp %llu-%llu), %lld merge blocks; us from the first "
+                    "pdl_wait return\n", title, (long long)ctas, tmin_chunks, tmax_chunks, (long long)merges);
+    if (prev_merge_end)
+        fprintf(stderr, "  previous call's last merge block end -> first pdl_wait return: %.2f us\n",
+                ((double)t0 - (double)prev_merge_end) * 1e-3);
+    static const char *gt_names[6] = {"decode entry", "decode pdl_wait returned", "decode q staged",
+                                      "decode first chunk (warp 0)", "decode loop ended", "decode partials written"};
+    for (int m = 0; m < 6; m++) {
+        int64_t n = 0;
+        for (int64_t i = 0; i < nd; i++) {
+            const unsigned long long x = h[i * qfast::TRACE_DEC_WORDS + m];
+            if (x) v[n++] = x < t0 ? t0 : x; /* entry precedes the wait: clamp, the phase below shows it */
+        }
+        trace_stats(gt_names[m], v, n, t0, true);
+    }
+    static const char *clk_names[5] = {"cycles entry -> pdl_wait return", "cycles pdl_wait -> q staged",
+                                       "cycles q staged -> first chunk", "cycles first chunk -> loop end",
+                                       "cycles loop end -> partials"};
+    for (int m = 1; m < 6; m++) {
+        int64_t n = 0;
+        for (int64_t i = 0; i < nd; i++) {
+            const unsigned long long *t = h + i * qfast::TRACE_DEC_WORDS;
+            if (t[m] && t[m - 1]) v[n++] = t[6 + m] - t[6 + m - 1];
+        }
+        trace_stats(clk_names[m - 1], v, n, 0, false);
+    }
+    const unsigned long long *hm = h + (size_t)qfast::TRACE_CTAS * qfast::TRACE_DEC_WORDS;
+    static const char *m_names[3] = {"merge entry", "merge pdl_wait returned", "merge end"};
+    for (int m = 0; m < 3 && nm > 0; m++) {
+        for (int64_t i = 0; i < nm; i++) v[i] = hm[i * qfast::TRACE_MERGE_WORDS + m] < t0 ? t0 : hm[i * qfast::TRACE_MERGE_WORDS + m];
+        trace_stats(m_names[m], v, nm, t0, true);
+    }
+    free(v);
+}
+
+void qsdpa_cuda_trace_after_call(qsdpa_context *ctx) {
+    static const long at = (long)qsdpa_cuda_env("QSDPA_CUDA_TRACE_CALL", 200);
+    if (!g_trace.buf || ++g_trace.calls != at) return;
+    if (cudaStreamSynchronize(qsdpa_cuda_stream(ctx)) != cudaSuccess) return;
+    unsigned long long *h = (unsigned long long *)malloc(2 * TRACE_SLOT * sizeof *h);
+    if (!h || cudaMemcpy(h, g_trace.buf, 2 * TRACE_SLOT * sizeof *h, cudaMemcpyDeviceToHost) != cudaSuccess) {
+        free(h);
+        return;
+    }
+    const int cur = (int)((g_trace.calls - 1) & 1), prev = 1 - cur;
+    const unsigned long long *hp = h + prev * TRACE_SLOT, *hc = h + cur * TRACE_SLOT;
+    unsigned long long prev_end = 0;
+    const int64_t pm = g_trace.merges[prev] < qfast::TRACE_CTAS ? g_trace.merges[prev] : qfast::TRACE_CTAS;
+    for (int64_t i = 0; i < pm; i++) {
+        const unsigned long long x = hp[(size_t)qfast::TRACE_CTAS * qfast::TRACE_DEC_WORDS + i * qfast::TRACE_MERGE_WORDS + 2];
+        if (x > prev_end) prev_end = x;
+    }
+    int clock_khz = 0, dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, dev);
+    fprintf(stderr, "TRACE call %ld (SM clock attribute %d MHz)\n", g_trace.calls, clock_khz / 1000);
+    trace_print(hp, g_trace.ctas[prev], g_trace.merges[prev], "call before", 0);
+    trace_print(hc, g_trace.ctas[cur], g_trace.merges[cur], "this call", prev_end);
+    free(h);
+}
+#endif
