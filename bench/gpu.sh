@@ -130,6 +130,12 @@ if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ] && [ -x "$B/tests/test_cuda_coverage" ]; 
   # every D 128 fast row's long queries staged onto the f16 row (by default only from 2048 folded rows)
   QSDPA_CUDA_STAGE_PREFILL_ROWS=1 QSDPA_CUDA_ONLY=.d128. timeout 150 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
   echo "test_cuda_coverage (d128 rows, long queries staged) rc=$?" | tee -a "$OUT/tests.log"
+  # the decode kernel's dynamic splits wherever it splits (by default only from 8 tiles per split,
+  # which no test shape reaches): the affine 4-bit rows (the kernels that take them) and the API cases
+  QSDPA_CUDA_DEC_DYNAMIC=1 QSDPA_CUDA_ONLY=a4 timeout 150 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (a4 rows, dynamic splits everywhere) rc=$?" | tee -a "$OUT/tests.log"
+  QSDPA_CUDA_DEC_DYNAMIC=1 timeout 150 "$B/tests/test_cuda_api" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_api (dynamic splits everywhere) rc=$?" | tee -a "$OUT/tests.log"
 fi
 [ "$MODE" != quick ] && [ -z "${QSDPA_GPU_SKIP_MULTI:-}" ] && [ -f bench/gpu_multi.sh ] && bash bench/gpu_multi.sh "$B"   # issue 6: slicing test + multi-GPU bench
 grep -c FAIL "$OUT/tests.log" | sed 's/^/FAIL lines: /'
@@ -152,6 +158,20 @@ if [ -d build-base-src ]; then
     quick_rows base build-base/bench_gpu
     quick_rows new "$B/bench_gpu"
   fi
+fi
+# QSDPA_GPU_AB_ENV="NAME=VALUE": the same binary's 32K matrix and a few long rows with and without a
+# run-time knob, alternating (and the baseline's long rows where there is one)
+if [ -n "${QSDPA_GPU_AB_ENV:-}" ]; then
+  stamp "A/B of $QSDPA_GPU_AB_ENV" | tee -a "$OUT/bench.txt"
+  quick_rows "env" "$B/bench_gpu" "$QSDPA_GPU_AB_ENV"
+  quick_rows "new" "$B/bench_gpu"
+  for shape in "affine4g64 1 131072 1" "affine4g64 8 8192 1" "affine4g64 8 32768 1" "affine4g64 1 65536 1"; do
+    for round in 1 2; do
+      [ -x build-base/bench_gpu ] && timeout 60 build-base/bench_gpu one $shape 2>&1 | grep -v '^RESULT' | grep "^affine" | sed "s/^/[base] /" >>"$OUT/bench.txt"
+      env "$QSDPA_GPU_AB_ENV" timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep "^affine" | sed "s/^/[env] /" >>"$OUT/bench.txt"
+      timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep "^affine" | sed "s/^/[new] /" >>"$OUT/bench.txt"
+    done
+  done
 fi
 
 # compile-time variants of this tree, timed beside it: QSDPA_GPU_VARIANTS="label=nvcc flags;label=flags"
@@ -205,6 +225,12 @@ echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(a4g64 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
+# the dynamic splits' unit counters and stage indices
+for tool in memcheck racecheck; do
+  QSDPA_CUDA_DEC_DYNAMIC=1 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool $tool \
+    "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
+  echo "$tool coverage(a4g64 d128, dynamic splits) rc=$?" | tee -a "$OUT/sanitizer.log"
+done
 # the decode kernel's 4-byte scale pieces (planes only 4-byte aligned: Lk 901 over 2 KV heads, so the second
 # head's plane starts 3604 bytes in)
 for tool in memcheck racecheck; do

@@ -59,6 +59,7 @@ struct fast_params : qd_io {
     int scales_vec;          /* 1: a tile's scales are one 16-byte-aligned block; 0: 4-byte rows */
     float *part_o;           /* [nsplit][B*Hkv][rows][Dv] */
     float *part_ml;          /* [nsplit][B*Hkv][rows][2] */
+    int *unit_counters;      /* decode kernel, dynamic splits: next unit per (b*Hkv, row block); null: static */
     unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */
 };
 
@@ -222,12 +223,15 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
 }
 
 /* Split-K merge, one block per (b, kv head, folded row) and 32 output columns:
- * every warp first reduces the global max over the splits' m (so the split
- * loop carries no online-softmax dependency and its loads pipeline), then warp
- * w sums the splits s = w, w + 4, ..., lane l column 32 * blockIdx.y + l; the
- * four warp sums meet in shared memory. Launched right behind the attention
- * kernel with programmatic dependent launch on sm_90, so its launch overlaps
- * that kernel's tail (pdl_wait orders the reads). */
+ * warp w takes the splits s = w, w + 4, ..., lane l column 32 * blockIdx.y + l,
+ * MERGE_BATCH splits at a time: all of a batch's loads go out before any is used
+ * and the batch then merges into the warp's running (m, l, o), so a call with up
+ * to 4 * MERGE_BATCH splits waits on one round trip to L2 (the version that first
+ * reduced the global max, then summed 4 splits per round, took ~2.5 us on the
+ * H100 at 33 splits, run 128); the four warps meet in shared memory. Launched
+ * right behind the attention kernel with programmatic dependent launch on sm_90,
+ * so its launch overlaps that kernel's tail (pdl_wait orders the reads). */
+constexpr int MERGE_BATCH = 16;
 template <int DV>
 __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 #if QSDPA_CUDA_DEC_TRACE
@@ -238,40 +242,61 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 #if QSDPA_CUDA_DEC_TRACE
     const unsigned long long t_wait = dec_globaltimer();
 #endif
-    __shared__ float so[4][32], sl[4];
+    __shared__ float so[4][32], sl[4], sm[4];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t prow0 = blockIdx.x; /* bh * rows + f */
     const int64_t bh = prow0 / p.rows, f = prow0 % p.rows;
     const int64_t sstride = (int64_t)gridDim.x;
     const int d = blockIdx.y * 32 + lane;
-    float M = -INFINITY;
-    for (int s = lane; s < p.nsplit; s += 32) M = fmaxf(M, p.part_ml[((int64_t)s * sstride + prow0) * 2]);
+    /* the decode kernel's grid has ended: its unit counters start from zero for the next call */
+    if (p.unit_counters && blockIdx.y == 0 && f < p.nrb && threadIdx.x == 0) p.unit_counters[bh * p.nrb + f] = 0;
+    float M = -INFINITY, Ls = 0.0f, O = 0.0f; /* the warp's splits so far (M uniform in the warp) */
+    for (int s0 = warp; s0 < p.nsplit; s0 += 4 * MERGE_BATCH) {
+        float ms[MERGE_BATCH], ls[MERGE_BATCH], os[MERGE_BATCH];
 #pragma unroll
-    for (int x = 16; x > 0; x >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, x));
-    float Ls = 0.0f, O = 0.0f;
-#pragma unroll 4
-    for (int s = warp; s < p.nsplit; s += 4) {
-        const int64_t prow = (int64_t)s * sstride + prow0;
-        const float ms = p.part_ml[prow * 2], ls = p.part_ml[prow * 2 + 1];
-        const float os = d < DV ? p.part_o[prow * DV + d] : 0.0f;
-        if (ms != -INFINITY) { /* a split that saw no key contributes nothing */
-            const float w = fast_exp2(ms - M);
-            Ls += ls * w;
-            O += os * w;
+        for (int k = 0; k < MERGE_BATCH; k++) {
+            const int s = s0 + 4 * k;
+            const int64_t prow = (int64_t)s * sstride + prow0;
+            const bool ok = s < p.nsplit;
+            ms[k] = ok ? p.part_ml[prow * 2] : -INFINITY;
+            ls[k] = ok ? p.part_ml[prow * 2 + 1] : 0.0f;
+            os[k] = ok && d < DV ? p.part_o[prow * DV + d] : 0.0f;
         }
+        float mb = M;
+#pragma unroll
+        for (int k = 0; k < MERGE_BATCH; k++) mb = fmaxf(mb, ms[k]);
+        if (mb == -INFINITY) continue; /* no split so far saw a key */
+        const float c = M == -INFINITY ? 0.0f : fast_exp2(M - mb);
+        Ls *= c;
+        O *= c;
+#pragma unroll
+        for (int k = 0; k < MERGE_BATCH; k++) {
+            const float w = ms[k] == -INFINITY ? 0.0f : fast_exp2(ms[k] - mb); /* a split that saw no key: nothing */
+            Ls += ls[k] * w;
+            O += os[k] * w;
+        }
+        M = mb;
     }
     so[warp][lane] = O;
-    if (lane == 0) sl[warp] = Ls;
+    if (lane == 0) sl[warp] = Ls, sm[warp] = M;
     __syncthreads();
     if (warp) return;
+    M = fmaxf(fmaxf(sm[0], sm[1]), fmaxf(sm[2], sm[3]));
+    float Lw = 0.0f, Ow = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        const float cw = sm[w] == -INFINITY ? 0.0f : fast_exp2(sm[w] - M);
+        Lw += sl[w] * cw;
+        Ow += so[w][lane] * cw;
+    }
     const int64_t b = bh / p.hkv, g = bh % p.hkv;
     const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
     const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
     const float MM = fmaxf(M, sink);
     const float c = M == -INFINITY ? 0.0f : fast_exp2(M - MM);
-    const float LL = (sl[0] + sl[1] + sl[2] + sl[3]) * c + (p.sinks && MM != -INFINITY ? fast_exp2(sink - MM) : 0.0f);
+    const float LL = Lw * c + (p.sinks && MM != -INFINITY ? fast_exp2(sink - MM) : 0.0f);
     if (d < DV) {
-        const float o = (so[0][lane] + so[1][lane] + so[2][lane] + so[3][lane]) * c;
+        const float o = Ow * c;
         const float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : o / LL; /* every key -inf: NaN, as MLX */
         qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
     }
@@ -407,16 +432,27 @@ static int64_t qsdpa_cuda_tiles_per_cta(const qsdpa_context *ctx, const qsdpa_pr
     return (lim.tiles + lim.n_max - 1) / lim.n_max;
 }
 
+/* Whether the decode kernel's splits share their keys through unit counters (dec_units)
+ * instead of each streaming its own range: from 8 tiles of 64 keys per split, where the
+ * CTAs' uneven speeds add up (shorter streams end before it pays). QSDPA_CUDA_DEC_DYNAMIC
+ * (read once) sets that threshold: 0 keeps static splits (A/B runs), 1 takes dynamic
+ * splits wherever there are several (the tests' short contexts). */
+static bool qsdpa_cuda_dynamic_splits(int64_t tiles_per_split) {
+    static const double min_tiles = qsdpa_cuda_env("QSDPA_CUDA_DEC_DYNAMIC", 8);
+    return min_tiles >= 1 && tiles_per_split >= min_tiles;
+}
+
 /* Configure and launch one tensor-core kernel (occupancy and binary read once per device
  * into `info`; split-K sized for at most `cta_cap` CTAs per SM, or for the kernel's
  * occupancy where even then each CTA would stream more than `long_tiles` tiles
  * (0: never); row blocks of `block_rows`), then split_merge where it wrote partials:
- * always with `partials`, else only when the keys were split. */
+ * always with `partials`, else only when the keys were split. `dynamic`: the kernel
+ * takes dynamic splits (the decode kernel), used where the streams are long. */
 template <int DV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
                                            const char *name, const char *route, const char *configuring, int threads, int smem,
                                            qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
-                                           int block_rows, bool partials) {
+                                           int block_rows, bool partials, bool dynamic) {
     /* the context's device first: the query sets and reads per-device kernel attributes */
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st != QSDPA_OK) return st;
@@ -433,6 +469,10 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, per_sm, bn, block_rows, partials, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
+    if (dynamic && p.nsplit > 1 && qsdpa_cuda_dynamic_splits(p.tiles_per_split)) {
+        st = qsdpa_cuda_unit_counters(ctx, (size_t)grid.x * grid.z, &p.unit_counters);
+        if (st != QSDPA_OK) return st;
+    }
     int smem_launch = smem;
     const int resident = (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9);
     /* only a grid that fits one wave at the occupancy, where early placement can pile
@@ -448,7 +488,10 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
 #endif
     st = qsdpa_cuda_launch_pdl(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
     qsdpa_set_route(ctx, nullptr, route);
-    if (st == QSDPA_OK && (partials || p.nsplit > 1)) st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+    if (st == QSDPA_OK && (partials || p.nsplit > 1)) {
+        st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+        if (st != QSDPA_OK && p.unit_counters) ctx->cuda->unit_counters_dirty = true; /* the merge zeroes them */
+    }
 #if QSDPA_CUDA_DEC_TRACE
     if (traced && st == QSDPA_OK) qsdpa_cuda_trace_after_call(ctx);
 #endif
@@ -466,7 +509,7 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode", "cuda.decode",
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
                                       qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, 32, qfast::DEC_TILE, 8 * NR,
-                                      true);
+                                      true, qfast::dec_pairing<DK, DV, FK, FV, NR>::DYNAMIC);
 }
 
 /* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma
@@ -491,7 +534,7 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
-                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false);
+                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false);
 }
 
 template <int DK, int DV, class FK, class FV>
