@@ -55,7 +55,7 @@ if [ "$MODE" = trace ]; then
   # the diagnostic build (QSDPA_CUDA_DEC_TRACE=1): per-CTA phase marks of one decode call per shape
   stamp "trace build" | tee "$OUT/trace.txt"
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv >>"$OUT/trace.txt" 2>&1
-  timeout 300 bash -c "build_tree . build-trace '-DQSDPA_CUDA_DEC_TRACE=1'" >"$OUT/build.log" 2>&1
+  timeout 300 bash -c "build_tree . build-trace '-DQSDPA_CUDA_DEC_TRACE=1'" >"$OUT/trace-build.log" 2>&1
   echo "trace build rc=$?" | tee -a "$OUT/trace.txt"
   for shape in "affine4g64 1 2048 1" "affine4g64 1 8192 1" "affine4g64 1 32768 1" "affine4g64 1 131072 1" \
                "affine8g64 1 32768 1" "affine4g64 8 8192 1"; do
