@@ -51,7 +51,6 @@ extern "C" void qsdpa_cuda_context_destroy(qsdpa_context *ctx) {
     if (st->scratch) cudaFree(st->scratch);
     if (st->stage) cudaFree(st->stage);
     if (st->realign) cudaFree(st->realign);
-    if (st->unit_counters) cudaFree(st->unit_counters);
     for (struct qsdpa_cuda_retired *r = st->retired, *next; r; r = next) {
         next = r->next;
         cudaFree(r->ptr);
@@ -124,21 +123,6 @@ static qsdpa_status grow_buffer(qsdpa_context *ctx, void **buf, size_t *have, si
 
 qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
     return grow_buffer(ctx, &ctx->cuda->scratch, &ctx->cuda->scratch_bytes, bytes, "the context's split-K scratch", out);
-}
-
-qsdpa_status qsdpa_cuda_unit_counters(qsdpa_context *ctx, size_t n, int **out) {
-    struct qsdpa_cuda_state *st = ctx->cuda;
-    void *before = st->unit_counters, *buf;
-    qsdpa_status status = grow_buffer(ctx, (void **)&st->unit_counters, &st->unit_counters_bytes, n * sizeof(int),
-                                      "the context's split-K unit counters", &buf);
-    if (status != QSDPA_OK) return status;
-    if (buf != before || st->unit_counters_dirty) { /* the kernels keep them zero between calls */
-        const cudaError_t err = cudaMemsetAsync(buf, 0, st->unit_counters_bytes, qsdpa_cuda_stream(ctx));
-        if (err != cudaSuccess) return qsdpa_cuda_error(err, "qsdpa_attention", "zeroing the split-K unit counters");
-        st->unit_counters_dirty = false;
-    }
-    *out = (int *)buf;
-    return QSDPA_OK;
 }
 
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out) {

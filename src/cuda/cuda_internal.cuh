@@ -35,10 +35,7 @@ struct qsdpa_cuda_state {
     size_t stage_bytes;
     void *realign;       /* device scratch of the realigned path: K/V scale and bias planes (cuda_staged.cu) */
     size_t realign_bytes;
-    int *unit_counters;  /* the decode kernel's dynamic splits: one counter per (b*Hkv, row block), zero between calls */
-    size_t unit_counters_bytes;
-    bool unit_counters_dirty; /* a merge that zeroes them failed to launch: zero them before the next use */
-    struct qsdpa_cuda_retired *retired; /* outgrown scratch, stage, realign and counter buffers */
+    struct qsdpa_cuda_retired *retired; /* outgrown scratch, stage and realign buffers */
     /* Pointers already found to be device memory: cudaPointerGetAttributes
      * costs about a microsecond and a call checks up to 11 pointers, which
      * would dominate short decode calls. Direct-mapped by address. */
@@ -54,8 +51,6 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out);
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out);
 /* The realigned path's buffer: its own, because the row it feeds may stage (a long query). */
 qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out);
-/* At least n zeroed unit counters (grow-only, zeroed when new or after a failed merge launch). */
-qsdpa_status qsdpa_cuda_unit_counters(qsdpa_context *ctx, size_t n, int **out);
 /* Make ctx's device current (cudaSetDevice) for a call. */
 qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function);
 /* QSDPA_ERR_INVALID_ARGUMENT unless ptr is device (or managed) memory usable by ctx's device. */

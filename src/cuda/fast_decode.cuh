@@ -240,7 +240,7 @@ struct dec_copier {
     static constexpr int NSP = KSP + KZP + VSP + VZP;                        /* scale pieces per chunk */
     static_assert(DEC_CHUNK == 16 && KC % 2 == 0 && VC % 2 == 0 && 32 % KC == 0 && 32 % VC == 0 && NSP <= 32,
                   "copy split: whole pieces per lane");
-    const char *k, *v, *s; /* lane's first K / V code piece of chunk 0, its scale piece (if has_scale) */
+    const char *k, *v, *s; /* lane's first K / V code piece, its scale piece (if has_scale) */
     int k_step, v_step;    /* bytes between a lane's pieces of one chunk (KR / VR keys; < 2^31: the host
                             * sends per-key strides of 2^27 bytes and more to the prefill kernel) */
     int k_dst, v_dst;      /* the lane's first piece in a stage */
@@ -274,12 +274,12 @@ struct dec_copier {
         s = has_scale ? (const char *)base + (b * st[0] + g * st[1]) * es + j0 * s_row + piece * 16 : nullptr;
     }
 
-    /* before pdl_wait: pull into L2 the pieces an issue will copy for the chunk `rel`
-     * chunks past the pointers' one (`chunk` = that one + rel), keys past the cache end
-     * left out */
-    __device__ __forceinline__ void prefetch(const fast_params &p, int chunk, int rel, int lane) const {
-        const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk;
-        const int64_t rows = (int64_t)rel * DEC_CHUNK;
+    /* before pdl_wait: pull into L2 the pieces issue() will copy for the chunk `ahead`
+     * steps of DEC_WARPS chunks past the pointers' one (`chunk`), keys past the cache
+     * end left out */
+    __device__ __forceinline__ void prefetch(const fast_params &p, int chunk, int ahead, int lane) const {
+        const int j0 = (chunk + ahead * DEC_WARPS) * DEC_CHUNK, lk = (int)p.lk;
+        const int64_t rows = (int64_t)ahead * (DEC_WARPS * DEC_CHUNK);
 #pragma unroll
         for (int i = 0; i < KN; i++)
             if (j0 + lane / KC + i * KR < lk) prefetch_l2(k + rows * p.k.cs[2] + i * k_step);
@@ -289,64 +289,53 @@ struct dec_copier {
         if (has_scale && (int64_t)(lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
     }
 
-    /* copy chunk `chunk`, the one the pointers are at, into `stage`, then step them
-     * DEC_WARPS chunks on (static splits: a warp's chunks are DEC_WARPS apart) */
-    __device__ __forceinline__ void issue_step(const fast_params &p, int chunk, char *stage, int lane) {
-        issue_from(p, chunk, k, v, s, stage, lane);
-        if (has_scale) s += (int64_t)s_row * (DEC_WARPS * DEC_CHUNK);
-        k += p.k.cs[2] * (DEC_WARPS * DEC_CHUNK);
-        v += p.v.cs[2] * (DEC_WARPS * DEC_CHUNK);
-    }
-    /* copy any chunk into `stage`, the pointers at chunk 0 (dynamic splits) */
-    __device__ __forceinline__ void issue_at(const fast_params &p, int chunk, char *stage, int lane) const {
-        const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
-        issue_from(p, chunk, k + j0 * p.k.cs[2], v + j0 * p.v.cs[2], has_scale ? s + j0 * s_row : s, stage, lane);
-    }
-    /* copy chunk `chunk`, whose pieces start at kc, vc, sc, into `stage`. Whole chunks
-     * (all but the cache's last) take the short path: offsets set up once, no per-piece
-     * checks (run 71: the copy was 62 of 374 instructions per chunk and a fifth of the
-     * stall samples while it recomputed them) */
-    __device__ __forceinline__ void issue_from(const fast_params &p, int chunk, const char *kc, const char *vc,
-                                               const char *sc, char *stage, int lane) const {
+    /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on.
+     * Whole chunks (all but the cache's last) take the short path: offsets set up once,
+     * no per-piece checks (run 71: the copy was 62 of 374 instructions per chunk and a
+     * fifth of the stall samples while it recomputed them) */
+    __device__ __forceinline__ void issue(const fast_params &p, int chunk, char *stage, int lane) {
         const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk; /* the host keeps Lk < 2^31 */
         if (j0 + DEC_CHUNK <= lk) {
 #pragma unroll
-            for (int i = 0; i < KN; i++) cp_async16(stage + k_dst + i * KR * R::KPITCH, kc + i * k_step);
+            for (int i = 0; i < KN; i++) cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step);
 #pragma unroll
-            for (int i = 0; i < VN; i++) cp_async16(stage + v_dst + i * VR * R::VPITCH, vc + i * v_step);
+            for (int i = 0; i < VN; i++) cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step);
             if (has_scale) {
                 if (!s_words) {
-                    cp_async16(stage + R::KS_OFF + lane * 16, sc);
+                    cp_async16(stage + R::KS_OFF + lane * 16, s);
                 } else {
 #pragma unroll
-                    for (int w = 0; w < 4; w++) cp_async4(stage + R::KS_OFF + lane * 16 + 4 * w, sc + 4 * w, 4);
+                    for (int w = 0; w < 4; w++) cp_async4(stage + R::KS_OFF + lane * 16 + 4 * w, s + 4 * w, 4);
                 }
             }
         } else {
 #pragma unroll
             for (int i = 0; i < KN; i++) {
                 const bool ok = j0 + lane / KC + i * KR < lk;
-                cp_async16(stage + k_dst + i * KR * R::KPITCH, ok ? kc + i * k_step : k, ok ? 16 : 0);
+                cp_async16(stage + k_dst + i * KR * R::KPITCH, ok ? k + i * k_step : k, ok ? 16 : 0);
             }
 #pragma unroll
             for (int i = 0; i < VN; i++) {
                 const bool ok = j0 + lane / VC + i * VR < lk;
-                cp_async16(stage + v_dst + i * VR * R::VPITCH, ok ? vc + i * v_step : v, ok ? 16 : 0);
+                cp_async16(stage + v_dst + i * VR * R::VPITCH, ok ? v + i * v_step : v, ok ? 16 : 0);
             }
             if (has_scale) { /* cut at the last key */
                 const int left = (lk - j0) * s_row - s_off, nb = left >= 16 ? 16 : left > 0 ? left : 0;
                 if (!s_words) {
-                    cp_async16(stage + R::KS_OFF + lane * 16, nb ? sc : (const char *)p.k.codes, nb);
+                    cp_async16(stage + R::KS_OFF + lane * 16, nb ? s : (const char *)p.k.codes, nb);
                 } else { /* rows are whole 4-byte words, so the bytes left are too */
 #pragma unroll
                     for (int w = 0; w < 4; w++) {
                         const bool ok = nb >= 4 * (w + 1);
-                        cp_async4(stage + R::KS_OFF + lane * 16 + 4 * w, ok ? sc + 4 * w : (const char *)p.k.codes,
+                        cp_async4(stage + R::KS_OFF + lane * 16 + 4 * w, ok ? s + 4 * w : (const char *)p.k.codes,
                                   ok ? 4 : 0);
                     }
                 }
             }
         }
+        if (has_scale) s += (int64_t)s_row * (DEC_WARPS * DEC_CHUNK);
+        k += p.k.cs[2] * (DEC_WARPS * DEC_CHUNK);
+        v += p.v.cs[2] * (DEC_WARPS * DEC_CHUNK);
     }
 };
 
@@ -739,66 +728,10 @@ struct dec_pairing {
     using G = dec_geom<DK, DV, FK, FV>;
     static constexpr bool PAIR = QSDPA_CUDA_DEC_PAIR && NR == 1 && G::FOLD && G::FOLDK &&
                                  dec_stage<DK, DV, FK, FV>::STAGES == 4;
-    /* dynamic splits (dec_units): their few registers spill the kernels cut for 3 CTAs per
-     * SM (168 registers) and the 8-bit D 256 ones, so only the paired kernels take them */
-    static constexpr bool DYNAMIC = PAIR;
-};
-
-/* The chunks a warp streams, in ring order (-1 once there are none left).
- * Static splits: chunks c_first + warp, + DEC_WARPS, ... below c_end of the CTA's split.
- * Dynamic splits (p.unit_counters set, long streams): the CTAs of one (b, KV head, row
- * block) share its visible chunks [lo, hi) as units of DEC_UNIT chunks. Warp w of split
- * s takes units s * DEC_WARPS + w + j * nsplit * DEC_WARPS for j < DEC_STATIC_UNITS
- * (known before pdl_wait, so prefetched), then the units a counter hands out: a CTA
- * whose SM streams slower takes fewer (run 128, H100, 32K: with static splits the CTAs'
- * loops ended between 13.0 and 18.1 us, median 14.8, and the call waits for the last).
- * Every unit below the count goes to exactly one warp: a warp stops at its first unit
- * past the end, and every unit it could take later is larger. split_merge zeroes the
- * counters for the next call. */
-constexpr int DEC_UNIT = 2, DEC_STATIC_UNITS = 2;
-struct dec_units {
-    int cur, end; /* the current unit's chunks */
-    int lo, hi;   /* the visible chunks */
-    int j;        /* static units handed out; DEC_STATIC_UNITS + 1 once past the end */
-    int pending;  /* lane 0: the counter's value for the warp's next unit */
-
-    __device__ __forceinline__ dec_units(int lo_, int hi_) : cur(0), end(0), lo(lo_), hi(hi_), j(0), pending(0) {}
-    __device__ __forceinline__ static int *counter(const fast_params &p, int64_t bh) {
-        return p.unit_counters + bh * gridDim.x + blockIdx.x;
-    }
-    __device__ __forceinline__ int enter(int u) {
-        cur = lo + u * DEC_UNIT;
-        if (cur >= hi) {
-            j = DEC_STATIC_UNITS + 1;
-            cur = end = 0;
-            return -1;
-        }
-        end = min(cur + DEC_UNIT, hi);
-        return cur++;
-    }
-    /* the next chunk, or -1 where it would come from the counter (or none is left) */
-    __device__ __forceinline__ int next_static(int warp) {
-        if (cur < end) return cur++;
-        if (j >= DEC_STATIC_UNITS) return -1;
-        const int u = (int)(blockIdx.y * DEC_WARPS) + warp + (j++) * (int)(gridDim.y * DEC_WARPS);
-        return enter(u);
-    }
-    /* after pdl_wait (the counters were zeroed by the previous call's merge) */
-    __device__ __forceinline__ void start(const fast_params &p, int64_t bh, int lane) {
-        if (lane == 0) pending = atomicAdd(counter(p, bh), 1);
-    }
-    __device__ __forceinline__ int next(const fast_params &p, int64_t bh, int warp, int lane) {
-        const int c = next_static(warp);
-        if (c >= 0 || j > DEC_STATIC_UNITS) return c;
-        const int u = DEC_STATIC_UNITS * (int)(gridDim.y * DEC_WARPS) + __shfl_sync(0xffffffffu, pending, 0);
-        if (lane == 0) pending = atomicAdd(counter(p, bh), 1); /* used at the next unit: its latency hides */
-        return enter(u);
-    }
 };
 
 /* Dynamic shared memory of a decode CTA: q rows, then the warps' rings, which the
- * merge buffer (o, m, l of every warp) reuses after the loop, then the chunk index
- * of each ring stage. */
+ * merge buffer (o, m, l of every warp) reuses after the loop. */
 template <int DK, int DV, class FK, class FV, int NR>
 struct dec_smem {
     static constexpr int ROWS = 8 * NR, OS = DV + 4, QS = DK + 8; /* padded rows: fewer bank conflicts */
@@ -806,8 +739,7 @@ struct dec_smem {
     static constexpr int MO_BYTES = DEC_WARPS * ROWS * OS * 4, MML_BYTES = DEC_WARPS * ROWS * 4;
     static constexpr int RING_BYTES = DEC_WARPS * dec_stage<DK, DV, FK, FV>::STAGES * dec_stage<DK, DV, FK, FV>::BYTES;
     static constexpr int MERGE_BYTES = MO_BYTES + 2 * MML_BYTES;
-    static constexpr int IDX_OFF = Q_BYTES + (RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES);
-    static constexpr int BYTES = IDX_OFF + (DEC_WARPS * dec_stage<DK, DV, FK, FV>::STAGES * 4 + 15) / 16 * 16;
+    static constexpr int BYTES = Q_BYTES + (RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES);
 };
 
 template <int DK, int DV, class FK, class FV, int NR>
@@ -845,55 +777,22 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         hi = min(hi, (p.rows - 1) / p.ratio + shift);
         if (p.window > 0) lo = max((int64_t)0, shift - p.window + 1);
     }
-    constexpr bool DYN = dec_pairing<DK, DV, FK, FV, NR>::DYNAMIC;
-    const bool dynamic = DYN && p.unit_counters != nullptr; /* the CTA's keys: the whole visible range, shared */
-    const int64_t split_lo = dynamic ? 0 : (int64_t)split * p.tiles_per_split * DEC_TILE;
-    const int64_t split_hi = dynamic ? p.lk : split_lo + (int64_t)p.tiles_per_split * DEC_TILE;
-    const int kend = (int)min(min(p.lk, split_hi), hi + 1);
+    const int64_t split_lo = (int64_t)split * p.tiles_per_split * DEC_TILE;
+    const int kend = (int)min(min(p.lk, split_lo + (int64_t)p.tiles_per_split * DEC_TILE), hi + 1);
     const int kbeg = (int)max(split_lo, lo);
     const int c_first = kbeg / DEC_CHUNK, c_end = kend > kbeg ? (kend + DEC_CHUNK - 1) / DEC_CHUNK : c_first;
     const int last_lo = (int)shift, last_hi = (int)((p.rows - 1) / p.ratio + shift);
 
     constexpr bool PAIR = dec_pairing<DK, DV, FK, FV, NR>::PAIR;
     constexpr int PRE = PAIR ? R::STAGES : R::STAGES - 1; /* chunks issued ahead of the loop */
-    static_assert(PRE <= DEC_UNIT * DEC_STATIC_UNITS, "the chunks issued ahead are static ones");
     char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
-    int *ring_chunk = (int *)(dsm + S::IDX_OFF) + warp * R::STAGES; /* chunk of each stage, -1: none */
-    const int c0 = c_first + warp; /* static splits: the warp's chunks are c0, c0 + DEC_WARPS, ... */
-    dec_units units(c_first, c_end);
-    dec_copier<DK, DV, FK, FV> copier(p, b, g, DYN ? 0 : c0, lane); /* DYN: at chunk 0, any chunk computed */
-    /* the chunk at position `pos` of the warp's sequence (-1: none), issued into `slot`
-     * (dynamic: taken from the units, its index kept in ring_chunk) */
-    auto issue_next = [&](int pos, int slot) {
-        int cn = c0 + pos * DEC_WARPS;
-        if (dynamic) {
-            cn = units.next(p, bh, warp, lane);
-            if (lane == 0) ring_chunk[slot] = cn;
-        } else if (cn >= c_end) {
-            cn = -1;
-        }
-        if (cn >= 0) {
-            if constexpr (DYN) copier.issue_at(p, cn, ring + slot * R::BYTES, lane);
-            else copier.issue_step(p, cn, ring + slot * R::BYTES, lane);
-        }
-        cp_async_commit();
-    };
-    /* the chunk the stage of position `pos` holds (-1: none); dynamic: after a __syncwarp */
-    auto chunk_at = [&](int pos) {
-        const int cs = c0 + pos * DEC_WARPS;
-        return dynamic ? ring_chunk[pos % R::STAGES] : cs < c_end ? cs : -1;
-    };
+    int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
+    dec_copier<DK, DV, FK, FV> copier(p, b, g, c, lane);
     /* launched with PDL on sm_90: the first chunks go to L2 while the previous kernel ends */
-    {
-        dec_units ahead = units;
 #pragma unroll
-        for (int s = 0; s < PRE; s++) {
-            const int cn = dynamic ? ahead.next_static(warp) : c0 + s * DEC_WARPS < c_end ? c0 + s * DEC_WARPS : -1;
-            if (cn >= 0) copier.prefetch(p, cn, DYN ? cn : s * DEC_WARPS, lane);
-        }
-    }
+    for (int s = 0; s < PRE; s++)
+        if (c + s * DEC_WARPS < c_end) copier.prefetch(p, c, s, lane);
     pdl_wait();
-    if (dynamic) units.start(p, bh, lane);
     DEC_TRACE(1);
 
     /* q rows -> shared memory as f16, then each lane reads its contiguous run(s) of Dk/4
@@ -926,7 +825,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
 
     /* the ring's first chunks stream in while q is staged */
 #pragma unroll
-    for (int s = 0; s < PRE; s++) issue_next(s, s);
+    for (int s = 0; s < PRE; s++) {
+        if (c + s * DEC_WARPS < c_end) copier.issue(p, c + s * DEC_WARPS, ring + s * R::BYTES, lane);
+        cp_async_commit();
+    }
 
 #pragma unroll
     for (int r = 0; r < QRW; r++) {
@@ -1032,11 +934,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
      * with the chunk PRE ahead, then compute from registers */
     int it = 0;
     if constexpr (PAIR) {
-        for (;; it += 2) {
-            cp_async_wait<R::STAGES - 2>(); /* the oldest two stages */
-            __syncwarp();                   /* also orders lane 0's ring_chunk writes */
-            const int c = chunk_at(it), cb = chunk_at(it + 1);
-            if (cb < 0) break; /* at most one chunk left: the one-chunk step below */
+        for (; c + DEC_WARPS < c_end; c += 2 * DEC_WARPS, it += 2) {
+            cp_async_wait<R::STAGES - 2>(); /* the oldest two stages: chunks c, c + DEC_WARPS */
+            __syncwarp();
 #if QSDPA_CUDA_DEC_TRACE
             if (trace_first) DEC_TRACE(3), trace_first = false;
 #endif
@@ -1049,7 +949,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
             }
             __syncwarp();
 #pragma unroll
-            for (int k = 0; k < 2; k++) issue_next(it + R::STAGES + k, (it + k) % R::STAGES);
+            for (int k = 0; k < 2; k++) {
+                const int cn = c + (R::STAGES + k) * DEC_WARPS;
+                if (cn < c_end) copier.issue(p, cn, ring + ((it + k) % R::STAGES) * R::BYTES, lane);
+                cp_async_commit();
+            }
+            const int cb = c + DEC_WARPS;
             float sc[2][NR][4], corr[NR][2];
             uint32_t pb[2][NR][2];
             dec_scores<DK, DV, FK, FV, NR>(p, c, c >= plain_lo && c < plain_hi, kend, ra, qb, kq, st, sc[0], gq, b);
@@ -1060,12 +965,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         }
     }
     /* one chunk a step; with pairs, the warp's last chunk when its count is odd (its stage
-     * is the oldest pending one, every later one holds no chunk) */
-    for (;; it++) {
+     * is the oldest pending one, every later group empty) */
+    for (; c < c_end; c += DEC_WARPS, it++) {
         cp_async_wait<R::STAGES - 2>();
         __syncwarp();
-        const int c = chunk_at(it);
-        if (c < 0) break;
 #if QSDPA_CUDA_DEC_TRACE
         if (trace_first) DEC_TRACE(3), trace_first = false;
 #endif
@@ -1074,8 +977,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         if constexpr (FK::mode == QSDPA_MODE_AFFINE || FV::mode == QSDPA_MODE_AFFINE)
             dec_scales_to_f16<dec_chunk<DK, DV, FK, FV>, G>(r, k_bf16, v_bf16);
         __syncwarp();
-        if constexpr (!PAIR) issue_next(it + PRE, (it + PRE) % R::STAGES);
-        else cp_async_commit(); /* with pairs the sequence has ended: the next stage holds none */
+        const int cn = c + PRE * DEC_WARPS;
+        if (!PAIR && cn < c_end) copier.issue(p, cn, ring + ((it + PRE) % R::STAGES) * R::BYTES, lane);
+        cp_async_commit();
         dec_step<DK, DV, FK, FV, NR>(p, c, c >= plain_lo && c < plain_hi, kend, r, qb, kq, st, o, ex, gq, b);
     }
     cp_async_wait<0>();

@@ -59,7 +59,6 @@ struct fast_params : qd_io {
     int scales_vec;          /* 1: a tile's scales are one 16-byte-aligned block; 0: 4-byte rows */
     float *part_o;           /* [nsplit][B*Hkv][rows][Dv] */
     float *part_ml;          /* [nsplit][B*Hkv][rows][2] */
-    int *unit_counters;      /* decode kernel, dynamic splits: next unit per (b*Hkv, row block); null: static */
     unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */
 };
 
@@ -224,15 +223,16 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
 
 /* Split-K merge, one block per (b, kv head, folded row) and 32 output columns:
  * warp w takes the splits s = w, w + 4, ..., lane l column 32 * blockIdx.y + l,
- * MERGE_BATCH splits at a time: all of a batch's loads go out before any is used
- * and the batch then merges into the warp's running (m, l, o), so a call with up
- * to 4 * MERGE_BATCH splits waits on one round trip to L2 (the version that first
- * reduced the global max, then summed 4 splits per round, took ~2.5 us on the
- * H100 at 33 splits, run 128); the four warps meet in shared memory. Launched
+ * BATCH splits at a time: all of a batch's loads go out before any is used and the
+ * batch then merges into the warp's running (m, l, o), so a call with up to
+ * 4 * BATCH splits waits on one round trip to L2 (the version that first reduced
+ * the global max, then summed 4 splits per round, took ~2.5 us on the H100 at 33
+ * splits, run 128); the four warps meet in shared memory. BATCH follows the split
+ * count (qsdpa_cuda_launch_split_merge): a batch of 16 takes 128 registers, which
+ * at B=8 (1024 blocks) made two waves (run 129: B=8 8K 37.9 -> 40.3 us). Launched
  * right behind the attention kernel with programmatic dependent launch on sm_90,
  * so its launch overlaps that kernel's tail (pdl_wait orders the reads). */
-constexpr int MERGE_BATCH = 16;
-template <int DV>
+template <int DV, int BATCH>
 __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 #if QSDPA_CUDA_DEC_TRACE
     const unsigned long long t_entry = dec_globaltimer();
@@ -248,13 +248,11 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
     const int64_t bh = prow0 / p.rows, f = prow0 % p.rows;
     const int64_t sstride = (int64_t)gridDim.x;
     const int d = blockIdx.y * 32 + lane;
-    /* the decode kernel's grid has ended: its unit counters start from zero for the next call */
-    if (p.unit_counters && blockIdx.y == 0 && f < p.nrb && threadIdx.x == 0) p.unit_counters[bh * p.nrb + f] = 0;
     float M = -INFINITY, Ls = 0.0f, O = 0.0f; /* the warp's splits so far (M uniform in the warp) */
-    for (int s0 = warp; s0 < p.nsplit; s0 += 4 * MERGE_BATCH) {
-        float ms[MERGE_BATCH], ls[MERGE_BATCH], os[MERGE_BATCH];
+    for (int s0 = warp; s0 < p.nsplit; s0 += 4 * BATCH) {
+        float ms[BATCH], ls[BATCH], os[BATCH];
 #pragma unroll
-        for (int k = 0; k < MERGE_BATCH; k++) {
+        for (int k = 0; k < BATCH; k++) {
             const int s = s0 + 4 * k;
             const int64_t prow = (int64_t)s * sstride + prow0;
             const bool ok = s < p.nsplit;
@@ -264,13 +262,13 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
         }
         float mb = M;
 #pragma unroll
-        for (int k = 0; k < MERGE_BATCH; k++) mb = fmaxf(mb, ms[k]);
+        for (int k = 0; k < BATCH; k++) mb = fmaxf(mb, ms[k]);
         if (mb == -INFINITY) continue; /* no split so far saw a key */
         const float c = M == -INFINITY ? 0.0f : fast_exp2(M - mb);
         Ls *= c;
         O *= c;
 #pragma unroll
-        for (int k = 0; k < MERGE_BATCH; k++) {
+        for (int k = 0; k < BATCH; k++) {
             const float w = ms[k] == -INFINITY ? 0.0f : fast_exp2(ms[k] - mb); /* a split that saw no key: nothing */
             Ls += ls[k] * w;
             O += os[k] * w;
@@ -410,18 +408,27 @@ static qsdpa_status qsdpa_cuda_cap_residency(qsdpa_context *ctx, K kernel, int t
     return QSDPA_OK;
 }
 
-/* split_merge behind an attention kernel that wrote nsplit partials. */
-template <int DV>
-static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfast::fast_params &p, dim3 grid,
-                                                  const char *fn) {
+/* split_merge behind an attention kernel that wrote nsplit partials, its batch
+ * (splits a warp loads at once) the smallest that covers them in one round */
+template <int DV, int BATCH>
+static qsdpa_status qsdpa_cuda_launch_split_merge_batch(qsdpa_context *ctx, const qfast::fast_params &p, dim3 grid,
+                                                        const char *fn) {
     static qsdpa_cuda_kernel_info info;
     int blocks;
     bool pdl;
-    qsdpa_status st = qsdpa_cuda_kernel_query(ctx, qfast::split_merge<DV>, 128, 0, &info, fn,
+    qsdpa_status st = qsdpa_cuda_kernel_query(ctx, qfast::split_merge<DV, BATCH>, 128, 0, &info, fn,
                                               "configuring split_merge", &blocks, &pdl);
     if (st != QSDPA_OK) return st;
-    return qsdpa_cuda_launch_pdl(ctx, qfast::split_merge<DV>, dim3((unsigned)(grid.z * p.rows), (unsigned)((DV + 31) / 32)),
-                                         dim3(128), 0, pdl, p, fn, "split_merge launch");
+    return qsdpa_cuda_launch_pdl(ctx, qfast::split_merge<DV, BATCH>,
+                                 dim3((unsigned)(grid.z * p.rows), (unsigned)((DV + 31) / 32)), dim3(128), 0, pdl, p,
+                                 fn, "split_merge launch");
+}
+template <int DV>
+static qsdpa_status qsdpa_cuda_launch_split_merge(qsdpa_context *ctx, const qfast::fast_params &p, dim3 grid,
+                                                  const char *fn) {
+    if (p.nsplit <= 4) return qsdpa_cuda_launch_split_merge_batch<DV, 1>(ctx, p, grid, fn);
+    if (p.nsplit <= 16) return qsdpa_cuda_launch_split_merge_batch<DV, 4>(ctx, p, grid, fn);
+    return qsdpa_cuda_launch_split_merge_batch<DV, 16>(ctx, p, grid, fn);
 }
 
 /* Tiles of `bn` keys each CTA streams when split-K fills `per_sm` CTAs per SM at its
@@ -432,27 +439,16 @@ static int64_t qsdpa_cuda_tiles_per_cta(const qsdpa_context *ctx, const qsdpa_pr
     return (lim.tiles + lim.n_max - 1) / lim.n_max;
 }
 
-/* Whether the decode kernel's splits share their keys through unit counters (dec_units)
- * instead of each streaming its own range: from 8 tiles of 64 keys per split, where the
- * CTAs' uneven speeds add up (shorter streams end before it pays). QSDPA_CUDA_DEC_DYNAMIC
- * (read once) sets that threshold: 0 keeps static splits (A/B runs), 1 takes dynamic
- * splits wherever there are several (the tests' short contexts). */
-static bool qsdpa_cuda_dynamic_splits(int64_t tiles_per_split) {
-    static const double min_tiles = qsdpa_cuda_env("QSDPA_CUDA_DEC_DYNAMIC", 8);
-    return min_tiles >= 1 && tiles_per_split >= min_tiles;
-}
-
 /* Configure and launch one tensor-core kernel (occupancy and binary read once per device
  * into `info`; split-K sized for at most `cta_cap` CTAs per SM, or for the kernel's
  * occupancy where even then each CTA would stream more than `long_tiles` tiles
  * (0: never); row blocks of `block_rows`), then split_merge where it wrote partials:
- * always with `partials`, else only when the keys were split. `dynamic`: the kernel
- * takes dynamic splits (the decode kernel), used where the streams are long. */
+ * always with `partials`, else only when the keys were split. */
 template <int DV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
                                            const char *name, const char *route, const char *configuring, int threads, int smem,
                                            qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
-                                           int block_rows, bool partials, bool dynamic) {
+                                           int block_rows, bool partials) {
     /* the context's device first: the query sets and reads per-device kernel attributes */
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st != QSDPA_OK) return st;
@@ -469,10 +465,6 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, per_sm, bn, block_rows, partials, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
-    if (dynamic && p.nsplit > 1 && qsdpa_cuda_dynamic_splits(p.tiles_per_split)) {
-        st = qsdpa_cuda_unit_counters(ctx, (size_t)grid.x * grid.z, &p.unit_counters);
-        if (st != QSDPA_OK) return st;
-    }
     int smem_launch = smem;
     const int resident = (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9);
     /* only a grid that fits one wave at the occupancy, where early placement can pile
@@ -488,10 +480,7 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
 #endif
     st = qsdpa_cuda_launch_pdl(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
     qsdpa_set_route(ctx, nullptr, route);
-    if (st == QSDPA_OK && (partials || p.nsplit > 1)) {
-        st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
-        if (st != QSDPA_OK && p.unit_counters) ctx->cuda->unit_counters_dirty = true; /* the merge zeroes them */
-    }
+    if (st == QSDPA_OK && (partials || p.nsplit > 1)) st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 #if QSDPA_CUDA_DEC_TRACE
     if (traced && st == QSDPA_OK) qsdpa_cuda_trace_after_call(ctx);
 #endif
@@ -509,7 +498,7 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode", "cuda.decode",
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
                                       qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, 32, qfast::DEC_TILE, 8 * NR,
-                                      true, qfast::dec_pairing<DK, DV, FK, FV, NR>::DYNAMIC);
+                                      true);
 }
 
 /* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma
@@ -534,7 +523,7 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
-                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false);
+                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false);
 }
 
 template <int DK, int DV, class FK, class FV>
