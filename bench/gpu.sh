@@ -153,16 +153,20 @@ if [ -d build-base-src ]; then
     quick_rows new "$B/bench_gpu"
   fi
 fi
-# QSDPA_GPU_AB_ENV="NAME=VALUE": the same binary's 32K matrix and a few long rows with and without a
-# run-time knob, alternating (and the baseline's long rows where there is one)
+# QSDPA_GPU_AB_ENV="NAME=VALUE": the same binary's 32K matrix with and without a run-time knob; with it or
+# with a baseline, a few rows outside the 32K matrix, two rounds alternating ([base] / [env] / [new])
 if [ -n "${QSDPA_GPU_AB_ENV:-}" ]; then
   stamp "A/B of $QSDPA_GPU_AB_ENV" | tee -a "$OUT/bench.txt"
   quick_rows "env" "$B/bench_gpu" "$QSDPA_GPU_AB_ENV"
   quick_rows "new" "$B/bench_gpu"
-  for shape in "affine4g64 1 131072 1" "affine4g64 8 8192 1" "affine4g64 8 32768 1" "affine4g64 1 65536 1"; do
+fi
+if [ -n "${QSDPA_GPU_AB_ENV:-}" ] || [ -x build-base/bench_gpu ]; then
+  stamp "rows outside the 32K matrix" | tee -a "$OUT/bench.txt"
+  for shape in "affine4g64 1 131072 1" "affine4g64 8 8192 1" "affine4g64 1 2048 1" "affine4g64 1 8192 1" \
+               "affine4g64 1 65536 1"; do
     for round in 1 2; do
-      [ -x build-base/bench_gpu ] && timeout 60 build-base/bench_gpu one $shape 2>&1 | grep -v '^RESULT' | grep "^affine" | sed "s/^/[base] /" >>"$OUT/bench.txt"
-      env "$QSDPA_GPU_AB_ENV" timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep "^affine" | sed "s/^/[env] /" >>"$OUT/bench.txt"
+      [ -x build-base/bench_gpu ] && timeout 60 build-base/bench_gpu one $shape 2>&1 | grep "^affine" | sed "s/^/[base] /" >>"$OUT/bench.txt"
+      [ -n "${QSDPA_GPU_AB_ENV:-}" ] && env "$QSDPA_GPU_AB_ENV" timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep "^affine" | sed "s/^/[env] /" >>"$OUT/bench.txt"
       timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep "^affine" | sed "s/^/[new] /" >>"$OUT/bench.txt"
     done
   done
