@@ -62,6 +62,12 @@ if [ "$MODE" = trace ]; then
     stamp "trace $shape" >>"$OUT/trace.txt"
     QSDPA_CUDA_TRACE_CALL=100 timeout 60 build-trace/bench_gpu one $shape >>"$OUT/trace.txt" 2>&1
   done
+  # every CTA's marks of one 32K call (split, head, SM), with the default prefetch and with one chunk
+  for pre in 4 1; do
+    echo "== QSDPA_CUDA_DEC_PREFETCH=$pre" >>"$OUT/trace-ctas.txt"
+    QSDPA_CUDA_DEC_PREFETCH=$pre QSDPA_CUDA_TRACE_CTAS=1 QSDPA_CUDA_TRACE_CALL=100 timeout 60 \
+      build-trace/bench_gpu one affine4g64 1 32768 1 >>"$OUT/trace-ctas.txt" 2>&1
+  done
   stamp done | tee -a "$OUT/trace.txt"
   exit 0
 fi

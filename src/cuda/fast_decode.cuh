@@ -791,7 +791,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
     /* launched with PDL on sm_90: the first chunks go to L2 while the previous kernel ends */
 #pragma unroll
     for (int s = 0; s < PRE; s++)
-        if (c + s * DEC_WARPS < c_end) copier.prefetch(p, c, s, lane);
+        if (s < p.dec_prefetch && c + s * DEC_WARPS < c_end) copier.prefetch(p, c, s, lane);
     pdl_wait();
     DEC_TRACE(1);
 
@@ -1068,6 +1068,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         for (int i = 0; i < 6; i++) t[i] = trace_g[i], t[6 + i] = (unsigned long long)(trace_c[i] - trace_c[0]);
         t[12] = smid;
         t[13] = (unsigned long long)((c_end - c_first + DEC_WARPS - 1) / DEC_WARPS);
+        t[14] = blockIdx.y;
+        t[15] = blockIdx.z;
     }
 #endif
 }

@@ -57,6 +57,7 @@ struct fast_params : qd_io {
     float scale_log2;        /* scale * log2(e) */
     float masked_log2;       /* masked score * log2(e), clamped finite */
     int scales_vec;          /* 1: a tile's scales are one 16-byte-aligned block; 0: 4-byte rows */
+    int dec_prefetch;        /* decode kernel: chunks per warp pulled into L2 before pdl_wait */
     float *part_o;           /* [nsplit][B*Hkv][rows][Dv] */
     float *part_ml;          /* [nsplit][B*Hkv][rows][2] */
     unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */
@@ -322,6 +323,9 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
 /* Waves of CTAs split-K fills (1 unless QSDPA_CUDA_SPLIT_WAVES, read once, says
  * otherwise: a benchmark knob, bench/gpu.sh variants). */
 double qsdpa_cuda_split_waves(void);
+/* Chunks per warp the decode kernel pulls into L2 before pdl_wait (QSDPA_CUDA_DEC_PREFETCH, read once;
+ * default 4, the paired kernels' whole ring): a benchmark knob. */
+int qsdpa_cuda_dec_prefetch(void);
 
 /* What bounds split-K for `ctas_per_sm` CTAs per SM (fast_setup.cu): key tiles of `bn`,
  * (b * Hkv, row block) pairs, CTAs wanted, and the most splits it may use. */

@@ -25,6 +25,11 @@ static int scale_mode(const qsdpa_qtensor *t) {
 
 bool qsdpa_cuda_scales_one_block(const qsdpa_qtensor *t) { return scale_mode(t) == 1; }
 
+int qsdpa_cuda_dec_prefetch(void) {
+    static const int n = (int)qsdpa_cuda_env("QSDPA_CUDA_DEC_PREFETCH", 4);
+    return n;
+}
+
 double qsdpa_cuda_split_waves(void) {
     static const double w = qsdpa_cuda_env("QSDPA_CUDA_SPLIT_WAVES", 1.0);
     return w > 0.0 && w <= 64.0 ? w : 1.0;
@@ -85,6 +90,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     p->rows = rows;
     p->nrb = (int)nrb;
     p->scales_vec = ks;
+    p->dec_prefetch = qsdpa_cuda_dec_prefetch();
     const float log2e = 1.4426950408889634f;
     p->scale_log2 = pr->scale * log2e;
     float ml = pr->masked_score * log2e;
@@ -212,6 +218,15 @@ static void trace_print(const unsigned long long *h, int64_t ctas, int64_t merge
         if (t[13] < tmin_chunks) tmin_chunks = t[13];
         if (t[13] > tmax_chunks) tmax_chunks = t[13];
     }
+    static const bool per_cta = qsdpa_cuda_env("QSDPA_CUDA_TRACE_CTAS", 0) != 0;
+    if (per_cta)
+        for (int64_t i = 0; i < nd; i++) {
+            const unsigned long long *t = h + i * qfast::TRACE_DEC_WORDS;
+            const double us = 1e-3;
+            fprintf(stderr, "CTA %lld split %llu bh %llu sm %llu | q %.2f first %.2f loop %.2f end %.2f\n", (long long)i,
+                    t[14], t[15], t[12], ((double)t[2] - (double)t0) * us, t[3] ? ((double)t[3] - (double)t0) * us : -1.0,
+                    ((double)t[4] - (double)t0) * us, ((double)t[5] - (double)t0) * us);
+        }
     fprintf(stderr, "TRACE %s: %lld decode CTAs (chunks per warp %llu-%llu), %lld merge blocks; us from the first "
                     "pdl_wait return\n", title, (long long)ctas, tmin_chunks, tmax_chunks, (long long)merges);
     if (prev_merge_end)
