@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode | trace]
+# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode | trace | sweep]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -19,7 +19,8 @@
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
 #   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop;
 #   profile-decode: the same for one 128K 4-bit decode launch; trace: only the diagnostic build
-#   (QSDPA_CUDA_DEC_TRACE=1) and its per-phase timeline of one decode call at a few shapes (trace.txt)
+#   (QSDPA_CUDA_DEC_TRACE=1) and its per-phase timeline of one decode call at a few shapes (trace.txt);
+#   sweep: build, then one run-time knob (QSDPA_GPU_SWEEP="NAME=v1 v2 ...") over eight decode shapes (sweep.txt)
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -91,6 +92,21 @@ if [ -d build-base-src ]; then
   BASE_BUILD=$!
 fi
 
+if [ "$MODE" = sweep ]; then
+  # one run-time knob over values (QSDPA_GPU_SWEEP="NAME=v1 v2 ..."), every value on each shape in turn, two rounds
+  name=${QSDPA_GPU_SWEEP%%=*} values=${QSDPA_GPU_SWEEP#*=}
+  stamp "sweep $name over $values" | tee "$OUT/sweep.txt"
+  for round in 1 2; do
+    for shape in "affine4g64 1 32768 1" "affine4g64 1 32768 4" "affine8g64 1 32768 1" "mxfp4 1 32768 1" \
+                 "affine4g64 1 2048 1" "affine4g64 1 8192 1" "affine4g64 1 131072 1" "affine4g64 8 8192 1"; do
+      for v in $values; do
+        env "$name=$v" timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep -E "^(affine|mxfp|nvfp)" | sed "s/^/[$name=$v] /" >>"$OUT/sweep.txt"
+      done
+    done
+  done
+  stamp done | tee -a "$OUT/sweep.txt"
+  exit 0
+fi
 if [ "$MODE" = profile-decode ]; then
   # the 128K 4-bit decode launch (3 CTAs per SM since v22.2): per-SASS counters, read offline
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
