@@ -323,8 +323,10 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
 /* Waves of CTAs split-K fills (1 unless QSDPA_CUDA_SPLIT_WAVES, read once, says
  * otherwise: a benchmark knob, bench/gpu.sh variants). */
 double qsdpa_cuda_split_waves(void);
-/* Chunks per warp the decode kernel pulls into L2 before pdl_wait (QSDPA_CUDA_DEC_PREFETCH, read once;
- * default 4, the paired kernels' whole ring): a benchmark knob. */
+/* Chunks per warp the decode kernel pulls into L2 before pdl_wait (QSDPA_CUDA_DEC_PREFETCH, read once):
+ * 2 by default. The paired kernels' whole ring (4) queued ~10 MB ahead of q's loads at 32K, so q was staged
+ * 1.5-4 us after pdl_wait; 2 is best or within noise on every row of run 132 (H100: 32K 21.8 -> 21.3 us,
+ * Lq 4 25.5 -> 24.8, 8K 10.6 -> 10.0, 128K 65.2 -> 64.6). A benchmark knob. */
 int qsdpa_cuda_dec_prefetch(void);
 
 /* What bounds split-K for `ctas_per_sm` CTAs per SM (fast_setup.cu): key tiles of `bn`,

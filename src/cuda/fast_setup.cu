@@ -26,7 +26,7 @@ static int scale_mode(const qsdpa_qtensor *t) {
 bool qsdpa_cuda_scales_one_block(const qsdpa_qtensor *t) { return scale_mode(t) == 1; }
 
 int qsdpa_cuda_dec_prefetch(void) {
-    static const int n = (int)qsdpa_cuda_env("QSDPA_CUDA_DEC_PREFETCH", 4);
+    static const int n = (int)qsdpa_cuda_env("QSDPA_CUDA_DEC_PREFETCH", 2);
     return n;
 }
 
