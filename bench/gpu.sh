@@ -51,6 +51,13 @@ quick_rows() {
   shift 2
   env "$@" timeout 60 "$bin" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[$label] /" >>"$OUT/bench.txt"
 }
+# decode rows outside the 32K matrix, the same arguments
+LONG_SHAPES=("affine4g64 1 131072 1" "affine4g64 8 8192 1" "affine4g64 1 2048 1" "affine4g64 1 8192 1" "affine4g64 1 65536 1")
+long_row() {
+  local label=$1 bin=$2 shape=$3
+  shift 3
+  env "$@" timeout 60 "$bin" one $shape 2>&1 | grep -E "^(affine|mxfp|nvfp)" | sed "s/^/[$label] /" >>"$OUT/bench.txt"
+}
 
 if [ "$MODE" = trace ]; then
   # the diagnostic build (QSDPA_CUDA_DEC_TRACE=1): per-CTA phase marks of one decode call per shape
@@ -184,12 +191,11 @@ if [ -n "${QSDPA_GPU_AB_ENV:-}" ]; then
 fi
 if [ -n "${QSDPA_GPU_AB_ENV:-}" ] || [ -x build-base/bench_gpu ]; then
   stamp "rows outside the 32K matrix" | tee -a "$OUT/bench.txt"
-  for shape in "affine4g64 1 131072 1" "affine4g64 8 8192 1" "affine4g64 1 2048 1" "affine4g64 1 8192 1" \
-               "affine4g64 1 65536 1"; do
+  for shape in "${LONG_SHAPES[@]}"; do
     for round in 1 2; do
-      [ -x build-base/bench_gpu ] && timeout 60 build-base/bench_gpu one $shape 2>&1 | grep "^affine" | sed "s/^/[base] /" >>"$OUT/bench.txt"
-      [ -n "${QSDPA_GPU_AB_ENV:-}" ] && env "$QSDPA_GPU_AB_ENV" timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep "^affine" | sed "s/^/[env] /" >>"$OUT/bench.txt"
-      timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep "^affine" | sed "s/^/[new] /" >>"$OUT/bench.txt"
+      [ -x build-base/bench_gpu ] && long_row base build-base/bench_gpu "$shape"
+      [ -n "${QSDPA_GPU_AB_ENV:-}" ] && long_row env "$B/bench_gpu" "$shape" "$QSDPA_GPU_AB_ENV"
+      long_row new "$B/bench_gpu" "$shape"
     done
   done
 fi
@@ -204,7 +210,15 @@ for spec in "${VARIANTS[@]}"; do
   echo "variant build $label rc=$?" | tee -a "$OUT/build.log"
   quick_rows "$label" "build-var-$label/bench_gpu"
 done
-[ ${#VARIANTS[@]} -gt 0 ] && quick_rows new2 "$B/bench_gpu"
+if [ ${#VARIANTS[@]} -gt 0 ]; then
+  quick_rows new2 "$B/bench_gpu"
+  for shape in "${LONG_SHAPES[@]}"; do
+    for round in 1 2; do
+      for spec in "${VARIANTS[@]}"; do long_row "${spec%%=*}" "build-var-${spec%%=*}/bench_gpu" "$shape"; done
+      long_row new2 "$B/bench_gpu" "$shape"
+    done
+  done
+fi
 
 if full_extras; then
   # the prefill kernel on the same decode shapes (the decode kernel's baseline, same card, same run)

@@ -36,6 +36,12 @@ namespace qfast {
 #ifndef QSDPA_CUDA_DEC_MIN_BLOCKS
 #define QSDPA_CUDA_DEC_MIN_BLOCKS 3
 #endif
+/* ring stages of the small (<= 3 KB) stages: 4-bit rows, mxfp4, nvfp4 (even, >= 4: the paired
+ * kernels refill two at a time); a compile-time knob for the device script's variants */
+#ifndef QSDPA_CUDA_DEC_SMALL_STAGES
+#define QSDPA_CUDA_DEC_SMALL_STAGES 4
+#endif
+static_assert(QSDPA_CUDA_DEC_SMALL_STAGES >= 4 && QSDPA_CUDA_DEC_SMALL_STAGES % 2 == 0, "an even ring of 4 or more");
 /* two chunks a warp step in the 8-row kernel with 4-stage rings (dec_pairing); 0 keeps one */
 #ifndef QSDPA_CUDA_DEC_PAIR
 #define QSDPA_CUDA_DEC_PAIR 1
@@ -220,7 +226,7 @@ struct dec_stage {
     static constexpr int KZ_OFF = KS_OFF + KSB, VS_OFF = KZ_OFF + (FK::has_biases ? KSB : 0);
     static constexpr int VZ_OFF = VS_OFF + VSB, BYTES = VZ_OFF + (FV::has_biases ? VSB : 0);
     /* chunks in flight per warp: about 7 KB of codes for the 4-bit rows, 3 stages of wider ones */
-    static constexpr int STAGES = BYTES <= 3072 ? 4 : 3;
+    static constexpr int STAGES = BYTES <= 3072 ? QSDPA_CUDA_DEC_SMALL_STAGES : 3;
     static_assert(KROW % 16 == 0 && VROW % 16 == 0, "code rows of whole 16-byte pieces");
 };
 
@@ -727,7 +733,7 @@ template <int DK, int DV, class FK, class FV, int NR>
 struct dec_pairing {
     using G = dec_geom<DK, DV, FK, FV>;
     static constexpr bool PAIR = QSDPA_CUDA_DEC_PAIR && NR == 1 && G::FOLD && G::FOLDK &&
-                                 dec_stage<DK, DV, FK, FV>::STAGES == 4;
+                                 dec_stage<DK, DV, FK, FV>::STAGES >= 4;
 };
 
 /* Dynamic shared memory of a decode CTA: q rows, then the warps' rings, which the
