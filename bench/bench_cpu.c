@@ -7,6 +7,7 @@
  * max|V| on the first KV group (and the last 64 query rows of a prefill), which
  * keeps the reference affordable at 128K. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
 #include "bench_cpu.h"
 
 #include <math.h>
@@ -16,6 +17,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "qsdpa.h"
 
@@ -60,8 +64,17 @@ static double rng_normal(void) { /* Box-Muller over xorshift64* */
     return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
 }
 
+/* QSDPA_BENCH_HUGEPAGES=1: buffers of 2 MiB and more 2 MiB-aligned and advised for transparent huge
+ * pages (Linux; where THP is "madvise", malloc'd buffers get 4 KiB pages), to see what the TLB costs */
 static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
+    void *p = NULL;
+#ifdef MADV_HUGEPAGE
+    static int huge = -1;
+    if (huge < 0) huge = getenv("QSDPA_BENCH_HUGEPAGES") && atoi(getenv("QSDPA_BENCH_HUGEPAGES")) == 1;
+    const size_t hp = (size_t)2 << 20;
+    if (huge && n >= hp && posix_memalign(&p, hp, (n + hp - 1) / hp * hp) == 0) madvise(p, (n + hp - 1) / hp * hp, MADV_HUGEPAGE);
+#endif
+    if (!p) p = malloc(n ? n : 1);
     if (!p) {
         fprintf(stderr, "qsdpa bench: out of memory (%zu bytes)\n", n);
         exit(1);
