@@ -141,11 +141,7 @@ qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **
 
 qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name) {
     if (!ptr) return QSDPA_OK; /* optional tensors are NULL; required ones were checked by validation */
-    /* Fibonacci hashing of the whole address: the slot used to be address bits 8-17, which are zero in
-     * every base pointer of a 2 MiB-aligned allocation (cudaMalloc of a few MB and more), so a model's
-     * per-layer caches, or the benchmark's rotating copies, all shared one slot and every call paid a
-     * cudaPointerGetAttributes per tensor */
-    const size_t slot = (size_t)(((uint64_t)(uintptr_t)ptr * 0x9E3779B97F4A7C15ull) >> (64 - QSDPA_CUDA_PTR_CACHE_BITS));
+    size_t slot = ((uintptr_t)ptr >> 8) % QSDPA_CUDA_PTR_CACHE;
     if (ctx->cuda->device_ptrs[slot] == ptr) return QSDPA_OK;
     cudaPointerAttributes attr;
     cudaError_t err = cudaPointerGetAttributes(&attr, ptr);

@@ -15,8 +15,7 @@
 /* Per-context CUDA state (ctx->cuda). Scratch grows on the first call of a
  * larger shape and is reused afterwards, so steady-state calls allocate
  * nothing and can be captured in a CUDA graph. */
-#define QSDPA_CUDA_PTR_CACHE_BITS 10
-#define QSDPA_CUDA_PTR_CACHE (1 << QSDPA_CUDA_PTR_CACHE_BITS)
+#define QSDPA_CUDA_PTR_CACHE 1024
 
 /* An outgrown buffer, kept until the context is destroyed (graphs captured earlier still use it) */
 struct qsdpa_cuda_retired {
