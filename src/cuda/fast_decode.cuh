@@ -42,11 +42,6 @@ namespace qfast {
 #define QSDPA_CUDA_DEC_SMALL_STAGES 4
 #endif
 static_assert(QSDPA_CUDA_DEC_SMALL_STAGES >= 4 && QSDPA_CUDA_DEC_SMALL_STAGES % 2 == 0, "an even ring of 4 or more");
-/* the paired kernels' warps start their chunk sequences at staggered positions (1) or all at
- * their first chunk (0): a compile-time knob for the device script's variants */
-#ifndef QSDPA_CUDA_DEC_STAGGER
-#define QSDPA_CUDA_DEC_STAGGER 1
-#endif
 /* two chunks a warp step in the 8-row kernel with 4-stage rings (dec_pairing); 0 keeps one */
 #ifndef QSDPA_CUDA_DEC_PAIR
 #define QSDPA_CUDA_DEC_PAIR 1
@@ -285,11 +280,12 @@ struct dec_copier {
         s = has_scale ? (const char *)base + (b * st[0] + g * st[1]) * es + j0 * s_row + piece * 16 : nullptr;
     }
 
-    /* before pdl_wait: pull into L2 the pieces issue() will copy for chunk `chunk`, `rel`
-     * chunks from the pointers' one, keys past the cache end left out */
-    __device__ __forceinline__ void prefetch(const fast_params &p, int chunk, int rel, int lane) const {
-        const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk;
-        const int64_t rows = (int64_t)rel * DEC_CHUNK;
+    /* before pdl_wait: pull into L2 the pieces issue() will copy for the chunk `ahead`
+     * steps of DEC_WARPS chunks past the pointers' one (`chunk`), keys past the cache
+     * end left out */
+    __device__ __forceinline__ void prefetch(const fast_params &p, int chunk, int ahead, int lane) const {
+        const int j0 = (chunk + ahead * DEC_WARPS) * DEC_CHUNK, lk = (int)p.lk;
+        const int64_t rows = (int64_t)ahead * (DEC_WARPS * DEC_CHUNK);
 #pragma unroll
         for (int i = 0; i < KN; i++)
             if (j0 + lane / KC + i * KR < lk) prefetch_l2(k + rows * p.k.cs[2] + i * k_step);
@@ -346,12 +342,6 @@ struct dec_copier {
         if (has_scale) s += (int64_t)s_row * (DEC_WARPS * DEC_CHUNK);
         k += p.k.cs[2] * (DEC_WARPS * DEC_CHUNK);
         v += p.v.cs[2] * (DEC_WARPS * DEC_CHUNK);
-    }
-    /* step the pointers `chunks` chunks back (a staggered sequence wrapping to its first chunk) */
-    __device__ __forceinline__ void rewind(const fast_params &p, int chunks) {
-        if (has_scale) s -= (int64_t)s_row * chunks * DEC_CHUNK;
-        k -= p.k.cs[2] * chunks * DEC_CHUNK;
-        v -= p.v.cs[2] * chunks * DEC_CHUNK;
     }
 };
 
@@ -802,28 +792,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
     constexpr bool PAIR = dec_pairing<DK, DV, FK, FV, NR>::PAIR;
     constexpr int PRE = PAIR ? R::STAGES : R::STAGES - 1; /* chunks issued ahead of the loop */
     char *ring = dsm + S::Q_BYTES + warp * R::STAGES * R::BYTES;
-    /* this warp's chunks: c0, c0 + DEC_WARPS, ... below c_end, nw of them; the paired kernels start
-     * them at a rotation that differs between the CTAs of one head, so they do not read the same
-     * offsets of their splits in step (STAGGER) */
-    constexpr bool STAGGER = PAIR && QSDPA_CUDA_DEC_STAGGER;
-    const int c0 = c_first + warp, nw = c0 < c_end ? (c_end - c0 + DEC_WARPS - 1) / DEC_WARPS : 0;
-    const int rot = STAGGER && nw > 0 ? (int)(((int64_t)split * 7 + bh * 5) % nw) : 0;
-    auto chunk_at = [&](int pos) { /* pos < nw */
-        int i = pos + rot;
-        if (STAGGER && i >= nw) i -= nw;
-        return c0 + i * DEC_WARPS;
-    };
-    dec_copier<DK, DV, FK, FV> copier(p, b, g, chunk_at(0), lane);
-    /* copy the chunk at position pos into `stage` (positions in order) */
-    auto issue_pos = [&](int pos, char *stage) {
-        const int cn = chunk_at(pos);
-        copier.issue(p, cn, stage, lane);
-        if (STAGGER && cn == c0 + (nw - 1) * DEC_WARPS) copier.rewind(p, nw * DEC_WARPS);
-    };
+    int c = c_first + warp; /* this warp's chunks: c, c + DEC_WARPS, ... */
+    dec_copier<DK, DV, FK, FV> copier(p, b, g, c, lane);
     /* launched with PDL on sm_90: the first chunks go to L2 while the previous kernel ends */
 #pragma unroll
     for (int s = 0; s < PRE; s++)
-        if (s < p.dec_prefetch && s < nw) copier.prefetch(p, chunk_at(s), chunk_at(s) - chunk_at(0), lane);
+        if (s < p.dec_prefetch && c + s * DEC_WARPS < c_end) copier.prefetch(p, c, s, lane);
     pdl_wait();
     DEC_TRACE(1);
 
@@ -858,7 +832,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
     /* the ring's first chunks stream in while q is staged */
 #pragma unroll
     for (int s = 0; s < PRE; s++) {
-        if (s < nw) issue_pos(s, ring + s * R::BYTES);
+        if (c + s * DEC_WARPS < c_end) copier.issue(p, c + s * DEC_WARPS, ring + s * R::BYTES, lane);
         cp_async_commit();
     }
 
@@ -964,11 +938,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
     const bool v_bf16 = FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_BF16;
     /* per chunk: wait for its stage, read the lane's fragments, refill the slot just read
      * with the chunk PRE ahead, then compute from registers */
-    int it = 0, pos = 0; /* stage slot and position of the next chunk */
+    int it = 0;
     if constexpr (PAIR) {
-        for (; pos + 1 < nw; pos += 2, it += 2) {
-            const int c = chunk_at(pos), cb = chunk_at(pos + 1);
-            cp_async_wait<R::STAGES - 2>(); /* the oldest two stages: positions pos, pos + 1 */
+        for (; c + DEC_WARPS < c_end; c += 2 * DEC_WARPS, it += 2) {
+            cp_async_wait<R::STAGES - 2>(); /* the oldest two stages: chunks c, c + DEC_WARPS */
             __syncwarp();
 #if QSDPA_CUDA_DEC_TRACE
             if (trace_first) DEC_TRACE(3), trace_first = false;
@@ -983,10 +956,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
             __syncwarp();
 #pragma unroll
             for (int k = 0; k < 2; k++) {
-                const int np = pos + R::STAGES + k;
-                if (np < nw) issue_pos(np, ring + ((it + k) % R::STAGES) * R::BYTES);
+                const int cn = c + (R::STAGES + k) * DEC_WARPS;
+                if (cn < c_end) copier.issue(p, cn, ring + ((it + k) % R::STAGES) * R::BYTES, lane);
                 cp_async_commit();
             }
+            const int cb = c + DEC_WARPS;
             float sc[2][NR][4], corr[NR][2];
             uint32_t pb[2][NR][2];
             dec_scores<DK, DV, FK, FV, NR>(p, c, c >= plain_lo && c < plain_hi, kend, ra, qb, kq, st, sc[0], gq, b);
@@ -998,8 +972,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
     }
     /* one chunk a step; with pairs, the warp's last chunk when its count is odd (its stage
      * is the oldest pending one, every later group empty) */
-    for (; pos < nw; pos++, it++) {
-        const int c = chunk_at(pos);
+    for (; c < c_end; c += DEC_WARPS, it++) {
         cp_async_wait<R::STAGES - 2>();
         __syncwarp();
 #if QSDPA_CUDA_DEC_TRACE
@@ -1010,7 +983,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         if constexpr (FK::mode == QSDPA_MODE_AFFINE || FV::mode == QSDPA_MODE_AFFINE)
             dec_scales_to_f16<dec_chunk<DK, DV, FK, FV>, G>(r, k_bf16, v_bf16);
         __syncwarp();
-        if (!PAIR && pos + PRE < nw) issue_pos(pos + PRE, ring + ((it + PRE) % R::STAGES) * R::BYTES);
+        const int cn = c + PRE * DEC_WARPS;
+        if (!PAIR && cn < c_end) copier.issue(p, cn, ring + ((it + PRE) % R::STAGES) * R::BYTES, lane);
         cp_async_commit();
         dec_step<DK, DV, FK, FV, NR>(p, c, c >= plain_lo && c < plain_hi, kend, r, qb, kq, st, o, ex, gq, b);
     }
