@@ -2,10 +2,17 @@
  * the cache was created on a CUDA context (builds with QSDPA_HAVE_CUDA only).
  * Copies take the context's stream, so they are ordered with the device
  * quantizer and the attention kernels that read the same buffers. */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* mmap's MAP_ANONYMOUS, madvise */
+#endif
 #include "cache/cache_internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #ifdef QSDPA_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -14,6 +21,53 @@ static qsdpa_status device_fail(cudaError_t err, const char *function, const cha
     return qsdpa_fail(QSDPA_ERR_DEVICE, function, "%s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err));
 }
 #endif
+
+/* Host storage: a HOST_HEADER-byte header in front of the caller's bytes says how it was made.
+ * Buffers of HUGE_MIN and more are their own anonymous mappings advised for transparent huge
+ * pages (zeroed lazily, like calloc): where THP is "madvise" (common), a heap buffer gets 4 KiB
+ * pages, and the memory-bound attention rows (f16 / f32 rows, 8-bit codes) spend ~10-20% of
+ * their time on page walks at long contexts (bench/NOTES.md session 16). */
+#define HOST_HEADER 64
+#define HUGE_MIN ((size_t)2 << 20)
+
+static qsdpa_status host_alloc(const char *function, size_t bytes, void **out) {
+    if (bytes > SIZE_MAX - 2 * HUGE_MIN)
+        return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate %zu bytes", bytes);
+    const size_t total = bytes + HOST_HEADER;
+    unsigned char *base = NULL;
+    size_t mapped = 0; /* 0: calloc'd */
+#if defined(__linux__) && defined(MAP_ANONYMOUS)
+    if (total >= HUGE_MIN) {
+        const size_t len = (total + HUGE_MIN - 1) / HUGE_MIN * HUGE_MIN;
+        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m != MAP_FAILED) {
+#ifdef MADV_HUGEPAGE
+            (void)madvise(m, len, MADV_HUGEPAGE); /* advice only: without THP the pages stay small */
+#endif
+            base = (unsigned char *)m;
+            mapped = len;
+        }
+    }
+#endif
+    if (!base) base = (unsigned char *)calloc(1, total);
+    if (!base) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate %zu bytes", bytes);
+    memcpy(base, &mapped, sizeof mapped);
+    *out = base + HOST_HEADER;
+    return QSDPA_OK;
+}
+
+static void host_free(void *p) {
+    unsigned char *base = (unsigned char *)p - HOST_HEADER;
+    size_t mapped;
+    memcpy(&mapped, base, sizeof mapped);
+#if defined(__linux__) && defined(MAP_ANONYMOUS)
+    if (mapped) {
+        munmap(base, mapped);
+        return;
+    }
+#endif
+    free(base);
+}
 
 qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, size_t bytes, void **out) {
     *out = NULL;
@@ -34,9 +88,7 @@ qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, s
     }
 #endif
     (void)c;
-    *out = calloc(1, bytes);
-    if (!*out) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate %zu bytes", bytes);
-    return QSDPA_OK;
+    return host_alloc(function, bytes, out);
 }
 
 void qsdpa_cache_mem_free(const qsdpa_cache *c, void *p) {
@@ -48,7 +100,7 @@ void qsdpa_cache_mem_free(const qsdpa_cache *c, void *p) {
     }
 #endif
     (void)c;
-    free(p);
+    host_free(p);
 }
 
 qsdpa_status qsdpa_cache_mem_copy2d(const qsdpa_cache *c, void *stream, void *dst, size_t dpitch, const void *src,
