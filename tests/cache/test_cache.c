@@ -104,7 +104,7 @@ static void check_attend(test_rng *rng, qsdpa_context *ctx, qsdpa_context *ref, 
     qsdpa_tensor twant = qsdpa_tensor_4d(want, qd, B, Hq, Lq, o.dim_v);
     qsdpa_attention_params p = qsdpa_attention_default_params();
     p.scale = 1.0f / sqrtf((float)o.dim_k);
-    float sinks[8];
+    float *sinks = test_alloc((size_t)Hq * sizeof(float)); /* Hq: up to 3 x Hkv */
     qsdpa_tensor tsinks = qsdpa_tensor_make(sinks, QSDPA_DTYPE_F32, 1, &Hq);
     unsigned char *mask = test_alloc((size_t)(Lq * L) * 4);
     int64_t mshape[2] = {Lq, L};
@@ -153,6 +153,7 @@ static void check_attend(test_rng *rng, qsdpa_context *ctx, qsdpa_context *ref, 
     free(out);
     free(want);
     free(mask);
+    free(sinks);
 }
 
 static void run_trial(test_rng *rng, qsdpa_context *ctx, qsdpa_context *ref, int trial) {
@@ -232,6 +233,61 @@ static void run_trial(test_rng *rng, qsdpa_context *ctx, qsdpa_context *ref, int
     qsdpa_cache_destroy(c);
 }
 
+/* Buffers of 2 MiB and more are the cache's own mappings (cache_mem.c), smaller ones heap blocks:
+ * f16 rows, B 2, 8 KV heads, D 128, step 512 make 2 MiB sides that grow to 4 MiB (a mapping copied
+ * into a larger one and unmapped), then a trim and more appends. The stored rows must be the input's,
+ * and attend must match the reference. */
+static void run_large(test_rng *rng, qsdpa_context *ctx, qsdpa_context *ref) {
+    qsdpa_cache_options o = qsdpa_cache_default_options();
+    o.batch = 2;
+    o.heads_kv = 8;
+    qsdpa_format_parse("f16", &o.k_format);
+    o.v_format = o.k_format;
+    o.step = 512;
+    qsdpa_cache *c = NULL;
+    if (qsdpa_cache_create(ctx, &o, &c) != QSDPA_OK) {
+        CHECK(0, "large: create: %s", qsdpa_last_error());
+        return;
+    }
+    const int64_t B = o.batch, H = o.heads_kv, D = 128, chunk = 250, total = 1100;
+    uint16_t *rows = test_alloc((size_t)(B * H * total * D) * 2); /* every K row appended, [B,H,total,D] */
+    int64_t len = 0;
+    for (int round = 0; round < 5; round++) {
+        if (round == 4) { /* drop 150, then append again over them */
+            CHECK(qsdpa_cache_trim(c, 150) == QSDPA_OK, "large: trim: %s", qsdpa_last_error());
+            len -= 150;
+        }
+        const int64_t T = len + chunk <= total ? chunk : total - len;
+        uint16_t *in = test_alloc((size_t)(B * H * T * D) * 2);
+        test_fill_normal(rng, in, QSDPA_DTYPE_F16, B * H * T * D, 1.0);
+        for (int64_t bh = 0; bh < B * H; bh++)
+            memcpy(rows + (bh * total + len) * D, in + bh * T * D, (size_t)(T * D) * 2);
+        qsdpa_tensor t = qsdpa_tensor_4d(in, QSDPA_DTYPE_F16, B, H, T, D);
+        CHECK(qsdpa_cache_append(ctx, c, 0, &t, &t) == QSDPA_OK, "large: append: %s", qsdpa_last_error());
+        free(in);
+        len += T;
+        qsdpa_qtensor kq, vq;
+        qsdpa_cache_view(c, 0, QSDPA_CACHE_QUANTIZED, &kq, &vq);
+        CHECK(kq.codes.shape[2] == len, "large: %lld rows stored, expected %lld", (long long)kq.codes.shape[2],
+              (long long)len);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t l = 0; l < len; l += 37) {
+                    const void *want = rows + ((b * H + h) * total + l) * D;
+                    CHECK(memcmp(qsdpa_row_ptr(&kq.codes, b, h, l), want, (size_t)D * 2) == 0 &&
+                              memcmp(qsdpa_row_ptr(&vq.codes, b, h, l), want, (size_t)D * 2) == 0,
+                          "large: row %lld of head %lld differs after %lld tokens", (long long)l, (long long)h,
+                          (long long)len);
+                }
+        check_attend(rng, ctx, ref, c, 0);
+    }
+    size_t alloc = 0, used = 0;
+    CHECK(qsdpa_cache_memory(c, &alloc, &used) == QSDPA_OK && used >= (size_t)(2 * B * H * len * D * 2) &&
+              used <= alloc, "large: memory %zu of %zu", used, alloc);
+    free(rows);
+    qsdpa_cache_destroy(c);
+}
+
 int main(void) {
     test_rng rng;
     test_rng_init(&rng, test_seed());
@@ -244,6 +300,7 @@ int main(void) {
         return 1;
     }
     for (int trial = 0; trial < 16 && !test_failures; trial++) run_trial(&rng, ctx, ref, trial);
+    if (!test_failures) run_large(&rng, ctx, ref);
     qsdpa_context_destroy(ctx);
     qsdpa_context_destroy(ref);
     return test_finish("test_cache");
