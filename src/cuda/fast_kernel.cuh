@@ -40,7 +40,8 @@ namespace qfast {
 #define QSDPA_CUDA_DEC_TRACE 0
 #endif
 constexpr int TRACE_CTAS = 4096;   /* CTAs (and merge blocks) a trace records */
-constexpr int TRACE_DEC_WORDS = 16; /* per decode CTA: 6 globaltimer marks, 6 clock64 marks, smid, chunks */
+constexpr int TRACE_DEC_WORDS = 16; /* per decode CTA: 6 globaltimer marks, 6 clock64 marks, smid, chunks per
+                                     * warp, split (blockIdx.y), b * Hkv (blockIdx.z) */
 constexpr int TRACE_MERGE_WORDS = 4; /* per merge block: globaltimer at entry, after pdl_wait, at the end */
 __device__ __forceinline__ unsigned long long dec_globaltimer() {
     unsigned long long t;
@@ -480,13 +481,14 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
         st = qsdpa_cuda_cap_residency(ctx, kernel, threads, smem, resident, info, fn, &smem_launch);
         if (st != QSDPA_OK) return st;
     }
+    const bool merged = partials || p.nsplit > 1; /* split_merge follows */
 #if QSDPA_CUDA_DEC_TRACE
     const bool traced = !strcmp(name, "fast_decode");
-    if (traced) p.trace = qsdpa_cuda_trace_slot(ctx, grid, !partials && p.nsplit == 1 ? 0 : grid.z * p.rows * ((DV + 31) / 32));
+    if (traced) p.trace = qsdpa_cuda_trace_slot(ctx, grid, merged ? grid.z * p.rows * ((DV + 31) / 32) : 0);
 #endif
     st = qsdpa_cuda_launch_pdl(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
     qsdpa_set_route(ctx, nullptr, route);
-    if (st == QSDPA_OK && (partials || p.nsplit > 1)) st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+    if (st == QSDPA_OK && merged) st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 #if QSDPA_CUDA_DEC_TRACE
     if (traced && st == QSDPA_OK) qsdpa_cuda_trace_after_call(ctx);
 #endif
