@@ -70,9 +70,12 @@ static void *xmalloc(size_t n) {
     void *p = NULL;
 #ifdef MADV_HUGEPAGE
     static int huge = -1;
-    if (huge < 0) huge = getenv("QSDPA_BENCH_HUGEPAGES") && atoi(getenv("QSDPA_BENCH_HUGEPAGES")) == 1;
-    const size_t hp = (size_t)2 << 20;
-    if (huge && n >= hp && posix_memalign(&p, hp, (n + hp - 1) / hp * hp) == 0) madvise(p, (n + hp - 1) / hp * hp, MADV_HUGEPAGE);
+    if (huge < 0) {
+        const char *e = getenv("QSDPA_BENCH_HUGEPAGES");
+        huge = e && atoi(e) == 1;
+    }
+    const size_t hp = (size_t)2 << 20, len = (n + hp - 1) / hp * hp;
+    if (huge && n >= hp && posix_memalign(&p, hp, len) == 0) madvise(p, len, MADV_HUGEPAGE);
 #endif
     if (!p) p = malloc(n ? n : 1);
     if (!p) {

@@ -51,12 +51,13 @@ quick_rows() {
   shift 2
   env "$@" timeout 60 "$bin" quick 2>&1 | grep -v '^RESULT' | sed "s/^/[$label] /" >>"$OUT/bench.txt"
 }
-# decode rows outside the 32K matrix, the same arguments
+# decode rows outside the 32K matrix: `bench_gpu one` of binary $2 on shape $3 (environment assignments
+# after it), the row tagged [$1] in $ROWS_OUT (bench.txt unless set)
 LONG_SHAPES=("affine4g64 1 131072 1" "affine4g64 8 8192 1" "affine4g64 1 2048 1" "affine4g64 1 8192 1" "affine4g64 1 65536 1")
 long_row() {
   local label=$1 bin=$2 shape=$3
   shift 3
-  env "$@" timeout 60 "$bin" one $shape 2>&1 | grep -E "^(affine|mxfp|nvfp)" | sed "s/^/[$label] /" >>"$OUT/bench.txt"
+  env "$@" timeout 60 "$bin" one $shape 2>&1 | grep -E "^(affine|mxfp|nvfp)" | sed "s/^/[$label] /" >>"${ROWS_OUT:-$OUT/bench.txt}"
 }
 
 if [ "$MODE" = trace ]; then
@@ -106,9 +107,7 @@ if [ "$MODE" = sweep ]; then
   for round in 1 2; do
     for shape in "affine4g64 1 32768 1" "affine4g64 1 32768 4" "affine8g64 1 32768 1" "mxfp4 1 32768 1" \
                  "affine4g64 1 2048 1" "affine4g64 1 8192 1" "affine4g64 1 131072 1" "affine4g64 8 8192 1"; do
-      for v in $values; do
-        env "$name=$v" timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep -E "^(affine|mxfp|nvfp)" | sed "s/^/[$name=$v] /" >>"$OUT/sweep.txt"
-      done
+      for v in $values; do ROWS_OUT="$OUT/sweep.txt" long_row "$name=$v" "$B/bench_gpu" "$shape" "$name=$v"; done
     done
   done
   stamp done | tee -a "$OUT/sweep.txt"
