@@ -71,6 +71,29 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
 }
 
 /* Row r of a task: query head hkv*ratio + r / ni, query position i0 + r % ni. */
+/* dst[d] = scale * element d of a q row (dtype, element stride): contiguous rows in whole-row
+ * conversions (one call per value cost 40% of a 16-key decode, bench/NOTES.md session 17) */
+static void load_row(const cpu_isa *isa, const char *src, qsdpa_dtype dtype, int64_t stride, int64_t n,
+                     float scale, float *dst) {
+    if (stride != 1 || dtype == QSDPA_DTYPE_BF16) {
+        for (int64_t d = 0; d < n; d++) dst[d] = qsdpa_load_float(src, dtype, d * stride) * scale;
+        return;
+    }
+    if (dtype == QSDPA_DTYPE_F16) isa->f16_to_f32((const uint16_t *)src, n, dst);
+    else memcpy(dst, src, (size_t)n * sizeof(float));
+    for (int64_t d = 0; d < n; d++) dst[d] *= scale;
+}
+
+/* Element d of an output row (dtype, element stride) = acc[d] * inv; acc is scaled in place. */
+static void store_row(const cpu_isa *isa, float *acc, float inv, int64_t n, char *o, qsdpa_dtype dtype,
+                      int64_t stride) {
+    for (int64_t d = 0; d < n; d++) acc[d] *= inv;
+    if (stride == 1 && dtype == QSDPA_DTYPE_F32) memcpy(o, acc, (size_t)n * sizeof(float));
+    else if (stride == 1 && dtype == QSDPA_DTYPE_F16) isa->f32_to_f16(acc, n, (uint16_t *)o);
+    else
+        for (int64_t d = 0; d < n; d++) qsdpa_store_float(o, dtype, d * stride, acc[d]);
+}
+
 static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int64_t i0, int64_t ni) {
     const qsdpa_problem *p = pl->p;
     int64_t nr = pl->ratio * ni, dk = p->dim_k;
@@ -81,10 +104,7 @@ static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, in
         int64_t h = hkv * pl->ratio + r / ni, i = i0 + r % ni;
         const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
         float *dst = bf->q + r * dk;
-        if (p->q_dtype == QSDPA_DTYPE_F32 && p->q_stride[3] == 1)
-            for (int64_t d = 0; d < dk; d++) dst[d] = ((const float *)src)[d] * p->scale;
-        else
-            for (int64_t d = 0; d < dk; d++) dst[d] = qsdpa_load_float(src, p->q_dtype, d * p->q_stride[3]) * p->scale;
+        load_row(pl->isa, src, p->q_dtype, p->q_stride[3], dk, p->scale, dst);
         if (affine)
             for (int64_t g = 0; g < dk / G; g++) {
                 float s = 0.0f;
@@ -231,10 +251,7 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
     float inv = 1.0f / l;
     size_t osize = qsdpa_dtype_size(p->out_dtype);
     char *o = (char *)p->out + (size_t)(b * p->out_stride[0] + h * p->out_stride[1] + i * p->out_stride[2]) * osize;
-    if (p->out_dtype == QSDPA_DTYPE_F32 && p->out_stride[3] == 1)
-        for (int64_t d = 0; d < p->dim_v; d++) ((float *)o)[d] = acc[d] * inv;
-    else
-        for (int64_t d = 0; d < p->dim_v; d++) qsdpa_store_float(o, p->out_dtype, d * p->out_stride[3], acc[d] * inv);
+    store_row(pl->isa, acc, inv, p->dim_v, o, p->out_dtype, p->out_stride[3]);
     if (p->lse)
         p->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = none ? -INFINITY : m + logf(l);
 }

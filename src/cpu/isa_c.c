@@ -62,7 +62,14 @@ static void exp_sub_c(float *s, int64_t n, const float *m, int nm, float *sums) 
         }
 }
 
-const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, row_max_c, exp_sub_c};
+static void f16_to_f32_c(const uint16_t *src, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = qsdpa_f16_to_f32(src[i]);
+}
+static void f32_to_f16_c(const float *src, int64_t n, uint16_t *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = qsdpa_f32_to_f16(src[i]);
+}
+
+const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, row_max_c, exp_sub_c, f16_to_f32_c, f32_to_f16_c};
 
 qsdpa_status qsdpa_cpu_c_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_c_prefill(qsdpa_context *ctx, const qsdpa_problem *p);

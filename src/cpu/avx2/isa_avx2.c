@@ -957,10 +957,24 @@ static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
     }
 }
 
+/* F16C, 8 values a step (vcvtps2ph with round-to-nearest-even: the rounding of qsdpa_f32_to_f16) */
+static void f16_to_f32_avx2(const uint16_t *src, int64_t n, float *dst) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
+}
+static void f32_to_f16_avx2(const float *src, int64_t n, uint16_t *dst) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
 #ifdef QSDPA_ISA_VNNI
 /* The AVX-512 tier (src/cpu/vnni/isa_vnni.c builds this file again): rows of their own,
  * chosen where the CPU has AVX512 F/BW/VL/VNNI. */
-static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx512_exp_sub};
+static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx512_exp_sub,
+                                 f16_to_f32_avx2, f32_to_f16_avx2};
 
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
@@ -971,7 +985,8 @@ qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p) 
     return qsdpa_cpu_attention(ctx, p, &isa_vnni, true);
 }
 #else
-const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub};
+const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub,
+                                    f16_to_f32_avx2, f32_to_f16_avx2};
 
 qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
