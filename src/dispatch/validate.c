@@ -100,10 +100,12 @@ typedef struct { qsdpa_span codes, scales, biases; } kv_spans;
 
 /* Check x (named "k" or "v") against [B, H, L, dim]; b/h/l are those of the
  * first of k, v checked (<0: take them from this one). */
+#define FMT (qsdpa_format_string(f, fmt, sizeof fmt), fmt)
 static qsdpa_status check_kv(const char *fn, const char *x, const qsdpa_qtensor *t, int64_t *b, int64_t *h,
                              int64_t *l, kv_spans *sp) {
-    char name[32], fmt[32];
-    const char *dname = x[0] == 'k' ? "Dk" : "Dv";
+    char fmt[32]; /* the format as text, written only for an error message (FMT) */
+    const bool is_k = x[0] == 'k';
+    const char *dname = is_k ? "Dk" : "Dv";
     const qsdpa_format *f = &t->format;
     memset(sp, 0, sizeof *sp);
     qsdpa_status st = qsdpa_format_check(f);
@@ -113,7 +115,6 @@ static qsdpa_status check_kv(const char *fn, const char *x, const qsdpa_qtensor 
         return qsdpa_fail(st, fn, "%s->format (mode %d, bits %d, group %d) is invalid: %s", x, (int)f->mode,
                           f->bits, f->group, why);
     }
-    qsdpa_format_string(f, fmt, sizeof fmt);
     if (t->dim <= 0 || t->dim > 1024)
         return qsdpa_fail(INVALID, fn, "%s->dim = %lld but %s must be in [1, 1024]", x, (long long)t->dim, dname);
     int64_t words = 0, nscales = 0;
@@ -123,18 +124,18 @@ static qsdpa_status check_kv(const char *fn, const char *x, const qsdpa_qtensor 
     else if (qsdpa_format_row_words(f, t->dim, &words) != QSDPA_OK ||
              qsdpa_format_row_scales(f, t->dim, &nscales) != QSDPA_OK)
         return qsdpa_fail(INVALID, fn, "%s->dim = %lld is not a multiple of the group of %s", x, (long long)t->dim,
-                          fmt);
+                          FMT);
 
-    snprintf(name, sizeof name, "%s->codes.", x);
+    const char *name = is_k ? "k->codes." : "v->codes.";
     st = qsdpa_check_tensor(fn, name, &t->codes, 4, QSDPA_ROLE_INPUT, &sp->codes);
     if (st != QSDPA_OK) return st;
     qsdpa_dtype want = plain ? f->plain_dtype : QSDPA_DTYPE_U32;
     if (t->codes.dtype != want)
         return qsdpa_fail(INVALID, fn, "%s->codes.dtype = %s but %s needs %s", x, qsdpa_dtype_name(t->codes.dtype),
-                          fmt, qsdpa_dtype_name(want));
+                          FMT, qsdpa_dtype_name(want));
     if (t->codes.shape[3] != words)
         return qsdpa_fail(INVALID, fn, "%s->codes.shape[3] = %lld but %s=%lld at %s needs %lld %s", x,
-                          (long long)t->codes.shape[3], dname, (long long)t->dim, fmt, (long long)words,
+                          (long long)t->codes.shape[3], dname, (long long)t->dim, FMT, (long long)words,
                           plain ? "elements" : "words");
     if (*b < 0) { *b = t->codes.shape[0]; *h = t->codes.shape[1]; *l = t->codes.shape[2]; }
     if ((st = expect_dim(fn, name, &t->codes, 0, *b, "the batch B")) != QSDPA_OK ||
@@ -145,18 +146,18 @@ static qsdpa_status check_kv(const char *fn, const char *x, const qsdpa_qtensor 
     if (plain) {
         if (t->scales.data || t->biases.data)
             return qsdpa_fail(INVALID, fn, "%s->%s.data is given but format %s has no scales or biases", x,
-                              t->scales.data ? "scales" : "biases", fmt);
+                              t->scales.data ? "scales" : "biases", FMT);
         return QSDPA_OK;
     }
     if (!affine && t->biases.data)
-        return qsdpa_fail(INVALID, fn, "%s->biases.data is given but format %s has no biases", x, fmt);
+        return qsdpa_fail(INVALID, fn, "%s->biases.data is given but format %s has no biases", x, FMT);
     if (affine && !t->biases.data)
-        return qsdpa_fail(INVALID, fn, "%s->biases.data is NULL but format %s needs biases", x, fmt);
+        return qsdpa_fail(INVALID, fn, "%s->biases.data is NULL but format %s needs biases", x, FMT);
     const qsdpa_tensor *parts[2] = {&t->scales, &t->biases};
     qsdpa_span *spans[2] = {&sp->scales, &sp->biases};
     for (int i = 0; i < (affine ? 2 : 1); i++) {
         const char *part = i ? "biases" : "scales";
-        snprintf(name, sizeof name, "%s->%s.", x, part);
+        name = is_k ? (i ? "k->biases." : "k->scales.") : (i ? "v->biases." : "v->scales.");
         st = qsdpa_check_tensor(fn, name, parts[i], 4, QSDPA_ROLE_INPUT, spans[i]);
         if (st != QSDPA_OK) return st;
         if ((st = expect_dim(fn, name, parts[i], 0, *b, "the batch B")) != QSDPA_OK ||
@@ -165,19 +166,21 @@ static qsdpa_status check_kv(const char *fn, const char *x, const qsdpa_qtensor 
             return st;
         if (parts[i]->shape[3] != nscales)
             return qsdpa_fail(INVALID, fn, "%s->%s.shape[3] = %lld but %s=%lld at %s needs %lld %s", x, part,
-                              (long long)parts[i]->shape[3], dname, (long long)t->dim, fmt, (long long)nscales, part);
+                              (long long)parts[i]->shape[3], dname, (long long)t->dim, FMT, (long long)nscales, part);
     }
     if (affine && !is_float_dtype(t->scales.dtype))
         return qsdpa_fail(INVALID, fn, "%s->scales.dtype = %s but %s needs f32, f16 or bf16 scales", x,
-                          qsdpa_dtype_name(t->scales.dtype), fmt);
+                          qsdpa_dtype_name(t->scales.dtype), FMT);
     if (!affine && t->scales.dtype != QSDPA_DTYPE_U8)
         return qsdpa_fail(INVALID, fn, "%s->scales.dtype = %s but %s needs u8 scales", x,
-                          qsdpa_dtype_name(t->scales.dtype), fmt);
+                          qsdpa_dtype_name(t->scales.dtype), FMT);
     if (affine && t->biases.dtype != t->scales.dtype)
         return qsdpa_fail(INVALID, fn, "%s->biases.dtype = %s but scales.dtype = %s (they must agree)", x,
                           qsdpa_dtype_name(t->biases.dtype), qsdpa_dtype_name(t->scales.dtype));
     return QSDPA_OK;
 }
+
+#undef FMT
 
 /* ---- mask and sinks ------------------------------------------------------ */
 
