@@ -172,7 +172,11 @@ typedef struct qsdpa_context_options {
     int disable_simd;    /* CPU: 1 = use the portable C kernels even where AVX2 exists */
 } qsdpa_context_options;
 
-/* Defaults: CPU, all cores, auto kernel. */
+/* Defaults: CPU, all cores, auto kernel.
+ * CPU worker threads poll for the next call for QSDPA_SPIN_US microseconds (environment,
+ * read when the pool starts; default 100, 0 = block at once) before they sleep: waking a
+ * sleeping thread costs about as much as a short call. Set 0 where other work shares the
+ * cores between attention calls. A pool with more threads than online cores never polls. */
 qsdpa_context_options qsdpa_context_default_options(void);
 /* Create a context; it owns the thread pool / device state and scratch memory,
  * so repeated calls with the same shapes allocate nothing. */
