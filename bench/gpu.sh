@@ -20,6 +20,7 @@
 #   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop;
 #   profile-decode: the same for one 128K 4-bit decode launch; trace: only the diagnostic build
 #   (QSDPA_CUDA_DEC_TRACE=1) and its per-phase timeline of one decode call at a few shapes (trace.txt);
+#   host: build, then what the host pays per call (bench/gpu_host.cu, nsys CUDA API sums; host.txt);
 #   sweep: build, then one run-time knob (QSDPA_GPU_SWEEP="NAME=v1 v2 ...") over eight decode shapes (sweep.txt)
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
@@ -57,7 +58,7 @@ LONG_SHAPES=("affine4g64 1 131072 1" "affine4g64 8 8192 1" "affine4g64 1 2048 1"
 long_row() {
   local label=$1 bin=$2 shape=$3
   shift 3
-  env "$@" timeout 60 "$bin" one $shape 2>&1 | grep -E "^(affine|mxfp|nvfp)" | sed "s/^/[$label] /" >>"${ROWS_OUT:-$OUT/bench.txt}"
+  env "$@" timeout 60 "$bin" one $shape 2>&1 | grep -E "^(affine|mxfp|nvfp|f16|k8v4)" | sed "s/^/[$label] /" >>"${ROWS_OUT:-$OUT/bench.txt}"
 }
 
 if [ "$MODE" = trace ]; then
@@ -93,6 +94,23 @@ grep -h "wgmma.mma_async instructions are serialized" "$OUT/build.log" | sed 's/
 if ! timeout 30 "$B/bench_gpu" prefill affine4g64 >"$OUT/smoke.txt" 2>&1; then
   echo "SMOKE FAILED (rc=$?): bench_gpu prefill affine4g64 did not finish in 30 s; stopping" | tee -a "$OUT/build.log"
   exit 1
+fi
+if [ "$MODE" = host ]; then
+  # host time per call: the CUDA runtime calls alone (gpu_host.cu), one call's in all (bench_gpu's host column),
+  # and which runtime calls a decode call makes and what each costs (nsys, CUDA API trace)
+  nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a bench/gpu_host.cu -o "$B/gpu_host" &&
+    timeout 120 "$B/gpu_host" | tee "$OUT/host.txt"
+  for shape in "affine4g64 1 2048 1" "affine4g64 1 32768 1" "f16 1 2048 1"; do long_row main "$B/bench_gpu" "$shape"; done
+  cat "$OUT/bench.txt" >>"$OUT/host.txt"
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [ -n "$NSYS" ]; then
+    timeout 120 "$NSYS" profile -t cuda -o /tmp/host_prof -f true "$B/bench_gpu" one affine4g64 1 2048 1 >/dev/null 2>&1
+    timeout 120 "$NSYS" stats -r cuda_api_sum /tmp/host_prof.nsys-rep >>"$OUT/host.txt" 2>&1
+  else
+    echo "no nsys" >>"$OUT/host.txt"
+  fi
+  stamp done | tee -a "$OUT/host.txt"
+  exit 0
 fi
 # the baseline builds on the CPU while the tests below run on the GPU (nothing is timed before it is joined)
 if [ -d build-base-src ]; then
