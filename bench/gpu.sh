@@ -98,9 +98,21 @@ fi
 if [ "$MODE" = host ]; then
   # host time per call: the CUDA runtime calls alone (gpu_host.cu), one call's in all (bench_gpu's host column),
   # and which runtime calls a decode call makes and what each costs (nsys, CUDA API trace)
-  nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a bench/gpu_host.cu -o "$B/gpu_host" &&
-    timeout 120 "$B/gpu_host" | tee "$OUT/host.txt"
-  for shape in "affine4g64 1 2048 1" "affine4g64 1 32768 1" "f16 1 2048 1"; do long_row main "$B/bench_gpu" "$shape"; done
+  host_build() { # $1: a build dir with libqsdpa
+    nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/gpu_host.cu -L"$1" -lqsdpa \
+      -Xlinker -rpath,"$PWD/$1" -o "$1/gpu_host"
+  }
+  host_build "$B" && timeout 120 "$B/gpu_host" | tee "$OUT/host.txt"
+  if [ -d build-base-src ]; then
+    timeout 300 bash -c "build_tree build-base-src build-base ''" >"$OUT/build-base.log" 2>&1 && host_build build-base &&
+      { echo "== base $(cat build-base-src/.commit 2>/dev/null)"; timeout 120 build-base/gpu_host; } | tee -a "$OUT/host.txt"
+  fi
+  for round in 1 2; do
+    for shape in "affine4g64 1 2048 1" "affine4g64 1 32768 1" "f16 1 2048 1"; do
+      long_row main "$B/bench_gpu" "$shape"
+      [ -x build-base/bench_gpu ] && long_row base build-base/bench_gpu "$shape"
+    done
+  done
   cat "$OUT/bench.txt" >>"$OUT/host.txt"
   NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
   if [ -n "$NSYS" ]; then

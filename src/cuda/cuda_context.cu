@@ -1,5 +1,6 @@
 /* CUDA backend: device discovery, per-context state and scratch, pointer
  * checks, and the bridge from CUDA errors to qsdpa statuses. */
+#include <atomic>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +20,14 @@ extern "C" int qsdpa_cuda_available(void) {
     return n > 0;
 }
 
-extern "C" bool qsdpa_cuda_kernels_available(void) { return qsdpa_cuda_available() != 0; }
+/* Asked for every CUDA row the kernel selection passes, on every call: the answer (the runtime's
+ * device count, fixed once it has enumerated the devices) is kept after the first. */
+extern "C" bool qsdpa_cuda_kernels_available(void) {
+    static std::atomic<int> known{0}; /* 0: not asked yet, 1: yes, 2: no */
+    int k = known.load(std::memory_order_relaxed);
+    if (!k) known.store(k = qsdpa_cuda_available() ? 1 : 2, std::memory_order_relaxed);
+    return k == 1;
+}
 
 extern "C" qsdpa_status qsdpa_cuda_context_init(qsdpa_context *ctx) {
     const char *fn = "qsdpa_context_create";

@@ -78,7 +78,7 @@ qsdpa_status qsdpa_kernel_select(qsdpa_context *ctx, const qsdpa_problem *p, con
             *out = e;
             return QSDPA_OK;
         }
-        if (entry_usable(ctx, e) && kernel_matches(e, p)) {
+        if (kernel_matches(e, p) && entry_usable(ctx, e)) { /* the cheap test first */
             *out = e;
             return QSDPA_OK;
         }
