@@ -59,6 +59,7 @@ extern "C" void qsdpa_cuda_context_destroy(qsdpa_context *ctx) {
     if (st->scratch) cudaFree(st->scratch);
     if (st->stage) cudaFree(st->stage);
     if (st->realign) cudaFree(st->realign);
+    if (st->arrivals) cudaFree(st->arrivals);
     for (struct qsdpa_cuda_retired *r = st->retired, *next; r; r = next) {
         next = r->next;
         cudaFree(r->ptr);
@@ -135,6 +136,21 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
 
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out) {
     return grow_buffer(ctx, &ctx->cuda->stage, &ctx->cuda->stage_bytes, bytes, "the context's staged-path buffer", out);
+}
+
+qsdpa_status qsdpa_cuda_arrivals(qsdpa_context *ctx, size_t count, unsigned **out) {
+    struct qsdpa_cuda_state *st = ctx->cuda;
+    const void *before = st->arrivals;
+    void *p;
+    qsdpa_status s = grow_buffer(ctx, &st->arrivals, &st->arrivals_bytes, count * sizeof(unsigned),
+                                 "the context's arrival counters", &p);
+    if (s != QSDPA_OK) return s;
+    if (p != before) { /* new: cleared before the kernel that counts on it, on the same stream */
+        cudaError_t err = cudaMemsetAsync(p, 0, st->arrivals_bytes, qsdpa_cuda_stream(ctx));
+        if (err != cudaSuccess) return qsdpa_cuda_error(err, "qsdpa_attention", "clearing the arrival counters");
+    }
+    *out = (unsigned *)p;
+    return QSDPA_OK;
 }
 
 qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out) {

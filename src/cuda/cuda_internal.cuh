@@ -35,6 +35,8 @@ struct qsdpa_cuda_state {
     size_t stage_bytes;
     void *realign;       /* device scratch of the realigned path: K/V scale and bias planes (cuda_staged.cu) */
     size_t realign_bytes;
+    void *arrivals;      /* the decode kernel's per-(b, head, row block) arrival counters: zero between calls */
+    size_t arrivals_bytes;
     struct qsdpa_cuda_retired *retired; /* outgrown scratch, stage and realign buffers */
     /* Pointers already found to be device memory: cudaPointerGetAttributes
      * costs about a microsecond and a call checks up to 11 pointers, which
@@ -51,6 +53,9 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out);
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out);
 /* The realigned path's buffer: its own, because the row it feeds may stage (a long query). */
 qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out);
+/* `count` arrival counters, zero on return (a grown buffer is cleared on the context's stream; the kernel
+ * that counts on them sets each back to zero when its last CTA has arrived). */
+qsdpa_status qsdpa_cuda_arrivals(qsdpa_context *ctx, size_t count, unsigned **out);
 /* Make ctx's device current (cudaSetDevice) for a call. */
 qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function);
 /* QSDPA_ERR_INVALID_ARGUMENT unless ptr is device (or managed) memory usable by ctx's device. */

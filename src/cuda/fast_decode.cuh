@@ -23,7 +23,9 @@
  *      that permutation until it is stored.
  * The four warps of a CTA take interleaved chunks of the CTA's split and
  * merge through shared memory at the end; every CTA writes an (m, l, o)
- * partial and split_merge (fast_kernel.cuh) finishes: sinks, lse, dtype. */
+ * partial, and the last CTA of each (b, head, row block) to do so merges them
+ * (dec_merge_rows: sinks, lse, dtype), or split_merge (fast_kernel.cuh) does
+ * where the launch has no arrival counters. */
 #ifndef QSDPA_CUDA_FAST_DECODE_CUH
 #define QSDPA_CUDA_FAST_DECODE_CUH
 
@@ -748,6 +750,48 @@ struct dec_smem {
     static constexpr int BYTES = Q_BYTES + (RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES);
 };
 
+/* The merge of all splits' partials of folded rows [row0, row0 + rows) of bh, by one CTA: a thread
+ * per (row, 4 dims), the splits in order, 8 of them loaded before any is used (one round trip to L2
+ * per 8). The loads bypass L1 (ld.global.cg): other SMs wrote these partials during this launch. */
+template <int DV>
+__device__ __forceinline__ void dec_merge_rows(const fast_params &p, int64_t bh, int row0, int rows) {
+    static_assert(DV % 4 == 0, "whole float4 runs of a partial row");
+    constexpr int Q = DV / 4, SB = 8;
+    const int64_t sstride = (int64_t)gridDim.z * p.rows; /* partial rows between two splits */
+    for (int item = threadIdx.x; item < rows * Q; item += DEC_WARPS * 32) {
+        const int64_t f = row0 + item / Q, prow0 = bh * p.rows + f;
+        const int d0 = (item % Q) * 4;
+        float M = -INFINITY, L = 0.0f, o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int s0 = 0; s0 < p.nsplit; s0 += SB) {
+            float2 ml[SB];
+            float4 ov[SB];
+#pragma unroll
+            for (int k = 0; k < SB; k++) {
+                const int64_t prow = (s0 + k) * sstride + prow0;
+                const bool ok = s0 + k < p.nsplit;
+                ml[k] = ok ? __ldcg((const float2 *)(p.part_ml + prow * 2)) : make_float2(-INFINITY, 0.0f);
+                ov[k] = ok ? __ldcg((const float4 *)(p.part_o + prow * DV + d0)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+            float mb = M;
+#pragma unroll
+            for (int k = 0; k < SB; k++) mb = fmaxf(mb, ml[k].x);
+            if (mb == -INFINITY) continue; /* no split so far saw a key */
+            const float c = M == -INFINITY ? 0.0f : fast_exp2(M - mb);
+            L *= c;
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[e] *= c;
+#pragma unroll
+            for (int k = 0; k < SB; k++) {
+                const float w = ml[k].x == -INFINITY ? 0.0f : fast_exp2(ml[k].x - mb); /* a split that saw no key */
+                L += ml[k].y * w;
+                o[0] += ov[k].x * w; o[1] += ov[k].y * w; o[2] += ov[k].z * w; o[3] += ov[k].w * w;
+            }
+            M = mb;
+        }
+        merge_store<4>(p, bh, f, M, L, o, d0, 4, d0 == 0);
+    }
+}
+
 template <int DK, int DV, class FK, class FV, int NR>
 __global__ void __launch_bounds__(DEC_WARPS * 32,
                                   NR == 2 || DK > 128 || DV > 128 || dec_pairing<DK, DV, FK, FV, NR>::PAIR ? 2 : QSDPA_CUDA_DEC_MIN_BLOCKS)
@@ -1061,6 +1105,26 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         const int64_t prow = ((int64_t)split * gridDim.z + bh) * p.rows + row0 + f; /* [split][bh][row] */
         p.part_o[prow * DV + d] = O;
         if (d == 0) { p.part_ml[prow * 2] = M; p.part_ml[prow * 2 + 1] = Ls; }
+    }
+    /* The merge in this launch (p.arrivals): the CTA that writes the last partial of its (b, head, row
+     * block) merges them all, so a call is one launch, not two (a launch costs the host ~3.5 us on the
+     * H100's machine, where a 2K call's GPU time is ~7.5 us: bench/NOTES.md session 17). Each thread's
+     * partials are fenced before the CTA's arrival is counted, and the last CTA fences before it reads. */
+    if (p.arrivals) {
+        __threadfence();
+        __syncthreads();
+        int *last = (int *)dsm; /* the q rows' space, unused since the loop */
+        if (threadIdx.x == 0) {
+            unsigned *slot = p.arrivals + bh * gridDim.x + blockIdx.x;
+            const bool is_last = atomicAdd(slot, 1u) == gridDim.y - 1;
+            if (is_last) *slot = 0u; /* every CTA of the slot has arrived: zero again for the next call */
+            *last = is_last;
+        }
+        __syncthreads();
+        if (*last) {
+            __threadfence();
+            dec_merge_rows<DV>(p, bh, row0, rows);
+        }
     }
 #if QSDPA_CUDA_DEC_TRACE
     __syncthreads(); /* every partial written */

@@ -62,6 +62,8 @@ struct fast_params : qd_io {
     float *part_o;           /* [nsplit][B*Hkv][rows][Dv] */
     float *part_ml;          /* [nsplit][B*Hkv][rows][2] */
     unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */
+    unsigned *arrivals;      /* decode kernel: [B*Hkv][nrb] counters, zero between calls; non-null: the last
+                              * CTA of each (b, head, row block) merges the partials itself (dec_merge_rows) */
 };
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
@@ -223,6 +225,27 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
     }
 }
 
+/* The end of a merge of folded row f of bh: the sink, the normalisation (NaN where every key was
+ * -inf, as MLX), the store of n <= N values from dim d0, and the lse where `lse_writer`. M and L
+ * (the merged max and sum) in log2 units; o unnormalised. */
+template <int N>
+__device__ __forceinline__ void merge_store(const fast_params &p, int64_t bh, int64_t f, float M, float L,
+                                            const float (&o)[N], int d0, int n, bool lse_writer) {
+    const int64_t b = bh / p.hkv, g = bh % p.hkv;
+    const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
+    const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
+    const float MM = fmaxf(M, sink);
+    const float c = M == -INFINITY ? 0.0f : fast_exp2(M - MM);
+    const float LL = L * c + (p.sinks && MM != -INFINITY ? fast_exp2(sink - MM) : 0.0f);
+    const int64_t at = b * p.os[0] + h * p.os[1] + i * p.os[2] + d0;
+#pragma unroll
+    for (int e = 0; e < N; e++)
+        if (e < n) /* every key -inf: NaN, as MLX */
+            qd_store_float(p.out, p.out_dtype, at + e, MM == -INFINITY ? __int_as_float(0x7fc00000) : o[e] * c / LL);
+    if (p.lse && lse_writer)
+        p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
+}
+
 /* Split-K merge, one block per (b, kv head, folded row) and 32 output columns:
  * warp w takes the splits s = w, w + 4, ..., lane l column 32 * blockIdx.y + l,
  * BATCH splits at a time: all of a batch's loads go out before any is used and the
@@ -289,19 +312,8 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
         Lw += sl[w] * cw;
         Ow += so[w][lane] * cw;
     }
-    const int64_t b = bh / p.hkv, g = bh % p.hkv;
-    const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
-    const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
-    const float MM = fmaxf(M, sink);
-    const float c = M == -INFINITY ? 0.0f : fast_exp2(M - MM);
-    const float LL = Lw * c + (p.sinks && MM != -INFINITY ? fast_exp2(sink - MM) : 0.0f);
-    if (d < DV) {
-        const float o = Ow * c;
-        const float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : o / LL; /* every key -inf: NaN, as MLX */
-        qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
-    }
-    if (p.lse && blockIdx.y == 0 && lane == 0)
-        p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
+    const float ow[1] = {Ow};
+    merge_store<1>(p, bh, f, M, Lw, ow, d, d < DV ? 1 : 0, blockIdx.y == 0 && lane == 0);
 #if QSDPA_CUDA_DEC_TRACE
     const unsigned blk = blockIdx.x * gridDim.y + blockIdx.y;
     if (p.trace && lane == 0 && blk < TRACE_CTAS) {
@@ -321,6 +333,9 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
                                           int ctas_per_sm, int bn, int block_rows, bool partials,
                                           qfast::fast_params *p, dim3 *grid, bool *use_generic);
 
+/* Whether the decode kernel merges its own splits (QSDPA_CUDA_FUSED_MERGE, read once; default 1): one
+ * launch a call instead of two. A benchmark knob; the trace build keeps split_merge. */
+bool qsdpa_cuda_fused_merge(void);
 /* Waves of CTAs split-K fills (1 unless QSDPA_CUDA_SPLIT_WAVES, read once, says
  * otherwise: a benchmark knob, bench/gpu.sh variants). */
 double qsdpa_cuda_split_waves(void);
@@ -455,7 +470,7 @@ template <int DV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
                                            const char *name, const char *route, const char *configuring, int threads, int smem,
                                            qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
-                                           int block_rows, bool partials) {
+                                           int block_rows, bool partials, bool own_merge) {
     /* the context's device first: the query sets and reads per-device kernel attributes */
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st != QSDPA_OK) return st;
@@ -481,14 +496,16 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
         st = qsdpa_cuda_cap_residency(ctx, kernel, threads, smem, resident, info, fn, &smem_launch);
         if (st != QSDPA_OK) return st;
     }
-    const bool merged = partials || p.nsplit > 1; /* split_merge follows */
+    const bool merged = partials || p.nsplit > 1; /* the partials are merged: by split_merge, or */
+    const bool fused = merged && own_merge && !QSDPA_CUDA_DEC_TRACE && qsdpa_cuda_fused_merge(); /* in the kernel */
+    if (fused && (st = qsdpa_cuda_arrivals(ctx, (size_t)grid.x * grid.z, &p.arrivals)) != QSDPA_OK) return st;
 #if QSDPA_CUDA_DEC_TRACE
     const bool traced = !strcmp(name, "fast_decode");
     if (traced) p.trace = qsdpa_cuda_trace_slot(ctx, grid, merged ? grid.z * p.rows * ((DV + 31) / 32) : 0);
 #endif
     st = qsdpa_cuda_launch_pdl(ctx, kernel, grid, dim3(threads), smem_launch, pdl, p, fn, name);
     qsdpa_set_route(ctx, nullptr, route);
-    if (st == QSDPA_OK && merged) st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
+    if (st == QSDPA_OK && merged && !fused) st = qsdpa_cuda_launch_split_merge<DV>(ctx, p, grid, fn);
 #if QSDPA_CUDA_DEC_TRACE
     if (traced && st == QSDPA_OK) qsdpa_cuda_trace_after_call(ctx);
 #endif
@@ -506,7 +523,7 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode", "cuda.decode",
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
                                       qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, 32, qfast::DEC_TILE, 8 * NR,
-                                      true);
+                                      true, true);
 }
 
 /* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma
@@ -531,7 +548,7 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
-                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false);
+                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false);
 }
 
 template <int DK, int DV, class FK, class FV>

@@ -30,6 +30,11 @@ int qsdpa_cuda_dec_prefetch(void) {
     return n;
 }
 
+bool qsdpa_cuda_fused_merge(void) {
+    static const bool on = qsdpa_cuda_env("QSDPA_CUDA_FUSED_MERGE", 1) != 0;
+    return on;
+}
+
 double qsdpa_cuda_split_waves(void) {
     static const double w = qsdpa_cuda_env("QSDPA_CUDA_SPLIT_WAVES", 1.0);
     return w > 0.0 && w <= 64.0 ? w : 1.0;
