@@ -750,55 +750,47 @@ struct dec_smem {
     static constexpr int BYTES = Q_BYTES + (RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES);
 };
 
-/* The merge of all splits' partials of folded rows [row0, row0 + rows) of bh, by one CTA, in two
- * round trips to L2 where the splits fit one batch: first every split's (m, l) of every row into
- * shared memory, where a thread per row turns them into the row's max, sum and per-split weights;
- * then a thread per (row, 4 dims) sums its splits' outputs times those weights, SB loads out before
- * any is used. (v43's first form merged online, 8 splits per round trip, a row's 4 dims per thread
- * from the first load on: 4 round trips at 32K, and 0.7-1.2 us more GPU time than split_merge at
- * B 1, run 141.) The loads bypass L1 (ld.global.cg): other SMs wrote these partials in this launch.
- * sm: 2 * rows * (nsplit + 1) floats (the host checks they fit). */
+/* The merge of all splits' partials of folded rows [row0, row0 + rows) of bh, by one CTA: a thread
+ * per (row, 4 dims), the splits in order, 16 of them loaded before any is used (one round trip to L2
+ * per 16: v43 took 8, 4 round trips at 32K; v43.1 staged the (m, l) in shared memory first and
+ * weighed them there, and its serial per-row pass cost 2-3 us more, run 142). The loads bypass L1
+ * (ld.global.cg): other SMs wrote these partials during this launch. */
 template <int DV>
-__device__ __forceinline__ void dec_merge_rows(const fast_params &p, int64_t bh, int row0, int rows, float *sm) {
+__device__ __forceinline__ void dec_merge_rows(const fast_params &p, int64_t bh, int row0, int rows) {
     static_assert(DV % 4 == 0, "whole float4 runs of a partial row");
-    constexpr int Q = DV / 4, SB = 16, T = DEC_WARPS * 32;
-    const int ns = p.nsplit;
-    const int64_t sstride = (int64_t)gridDim.z * p.rows, prow0 = bh * p.rows + row0; /* partial rows */
-    float *wm = sm, *wl = sm + rows * ns, *rm = sm + 2 * rows * ns, *rl = rm + rows; /* [split][row], [row] */
-    for (int idx = threadIdx.x; idx < rows * ns; idx += T) {
-        const float2 ml = __ldcg((const float2 *)(p.part_ml + ((idx / rows) * sstride + prow0 + idx % rows) * 2));
-        wm[idx] = ml.x;
-        wl[idx] = ml.y;
-    }
-    __syncthreads();
-    for (int r = threadIdx.x; r < rows; r += T) {
-        float M = -INFINITY, L = 0.0f;
-        for (int s = 0; s < ns; s++) M = fmaxf(M, wm[s * rows + r]);
-        for (int s = 0; s < ns; s++) { /* a split that saw no key weighs nothing; so do all where none did */
-            const float w = wm[s * rows + r] == -INFINITY ? 0.0f : fast_exp2(wm[s * rows + r] - M);
-            L += wl[s * rows + r] * w;
-            wm[s * rows + r] = w;
-        }
-        rm[r] = M;
-        rl[r] = L;
-    }
-    __syncthreads();
-    for (int item = threadIdx.x; item < rows * Q; item += T) {
-        const int fr = item / Q, d0 = (item % Q) * 4;
-        float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int s0 = 0; s0 < ns; s0 += SB) {
+    constexpr int Q = DV / 4, SB = 16;
+    const int64_t sstride = (int64_t)gridDim.z * p.rows; /* partial rows between two splits */
+    for (int item = threadIdx.x; item < rows * Q; item += DEC_WARPS * 32) {
+        const int64_t f = row0 + item / Q, prow0 = bh * p.rows + f;
+        const int d0 = (item % Q) * 4;
+        float M = -INFINITY, L = 0.0f, o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int s0 = 0; s0 < p.nsplit; s0 += SB) {
+            float2 ml[SB];
             float4 ov[SB];
 #pragma unroll
-            for (int k = 0; k < SB; k++)
-                ov[k] = s0 + k < ns ? __ldcg((const float4 *)(p.part_o + ((s0 + k) * sstride + prow0 + fr) * DV + d0))
-                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            for (int k = 0; k < SB; k++) {
+                const int64_t prow = (s0 + k) * sstride + prow0;
+                const bool ok = s0 + k < p.nsplit;
+                ml[k] = ok ? __ldcg((const float2 *)(p.part_ml + prow * 2)) : make_float2(-INFINITY, 0.0f);
+                ov[k] = ok ? __ldcg((const float4 *)(p.part_o + prow * DV + d0)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+            float mb = M;
+#pragma unroll
+            for (int k = 0; k < SB; k++) mb = fmaxf(mb, ml[k].x);
+            if (mb == -INFINITY) continue; /* no split so far saw a key */
+            const float c = M == -INFINITY ? 0.0f : fast_exp2(M - mb);
+            L *= c;
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[e] *= c;
 #pragma unroll
             for (int k = 0; k < SB; k++) {
-                const float w = s0 + k < ns ? wm[(s0 + k) * rows + fr] : 0.0f;
+                const float w = ml[k].x == -INFINITY ? 0.0f : fast_exp2(ml[k].x - mb); /* a split that saw no key */
+                L += ml[k].y * w;
                 o[0] += ov[k].x * w; o[1] += ov[k].y * w; o[2] += ov[k].z * w; o[3] += ov[k].w * w;
             }
+            M = mb;
         }
-        merge_store<4>(p, bh, row0 + fr, rm[fr], rl[fr], o, d0, 4, d0 == 0);
+        merge_store<4>(p, bh, f, M, L, o, d0, 4, d0 == 0);
     }
 }
 
@@ -1133,7 +1125,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         __syncthreads();
         if (*last) {
             __threadfence();
-            dec_merge_rows<DV>(p, bh, row0, rows, (float *)(dsm + S::Q_BYTES)); /* the rings' space */
+            dec_merge_rows<DV>(p, bh, row0, rows);
         }
     }
 #if QSDPA_CUDA_DEC_TRACE

@@ -466,13 +466,12 @@ static int64_t qsdpa_cuda_tiles_per_cta(const qsdpa_context *ctx, const qsdpa_pr
  * occupancy where even then each CTA would stream more than `long_tiles` tiles
  * (0: never); row blocks of `block_rows`). Its partials (always with `partials`, else
  * where the keys were split) are merged by split_merge, or by the kernel itself (the
- * decode kernel: `own_merge_smem` > 0, the bytes of shared memory free after its loop)
- * where that merge is small enough. */
+ * decode kernel: `own_merge`) where that merge is small enough. */
 template <int DV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
                                            const char *name, const char *route, const char *configuring, int threads, int smem,
                                            qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
-                                           int block_rows, bool partials, int own_merge_smem) {
+                                           int block_rows, bool partials, bool own_merge) {
     /* the context's device first: the query sets and reads per-device kernel attributes */
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st != QSDPA_OK) return st;
@@ -499,12 +498,11 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
         if (st != QSDPA_OK) return st;
     }
     const bool merged = partials || p.nsplit > 1; /* the partials are merged: by split_merge, or */
-    /* in the kernel, where its shared memory holds the weights and one CTA's merge stays short: its
-     * partials at most 64 KB (4 rows x 32 splits at D 128; at Lq 4's 16 rows, 256 KB, one SM's read
-     * of them took longer than split_merge, run 141) */
+    /* in the kernel, where one CTA's merge stays short: its partials at most 64 KB (4 rows x 32 splits
+     * at D 128; at Lq 4's 16 rows, 256 KB, one SM's read of them took longer than split_merge, run 141) */
     const int64_t mrows = p.rows < block_rows ? p.rows : block_rows;
-    const bool fused = merged && own_merge_smem > 0 && !QSDPA_CUDA_DEC_TRACE && qsdpa_cuda_fused_merge() &&
-                       mrows * p.nsplit * DV * 4 <= (64 << 10) && 8 * mrows * (p.nsplit + 1) <= own_merge_smem;
+    const bool fused = merged && own_merge && !QSDPA_CUDA_DEC_TRACE && qsdpa_cuda_fused_merge() &&
+                       mrows * p.nsplit * DV * 4 <= (64 << 10);
     if (fused && (st = qsdpa_cuda_arrivals(ctx, (size_t)grid.x * grid.z, &p.arrivals)) != QSDPA_OK) return st;
 #if QSDPA_CUDA_DEC_TRACE
     const bool traced = !strcmp(name, "fast_decode");
@@ -530,7 +528,7 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode", "cuda.decode",
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
                                       qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, 32, qfast::DEC_TILE, 8 * NR,
-                                      true, qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES - qfast::dec_smem<DK, DV, FK, FV, NR>::Q_BYTES);
+                                      true, true);
 }
 
 /* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma
@@ -555,7 +553,7 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
     return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
-                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, 0);
+                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false);
 }
 
 template <int DK, int DV, class FK, class FV>
