@@ -751,14 +751,13 @@ struct dec_smem {
 };
 
 /* The merge of all splits' partials of folded rows [row0, row0 + rows) of bh, by one CTA: a thread
- * per (row, 4 dims), the splits in order, 16 of them loaded before any is used (one round trip to L2
- * per 16: v43 took 8, 4 round trips at 32K; v43.1 staged the (m, l) in shared memory first and
- * weighed them there, and its serial per-row pass cost 2-3 us more, run 142). The loads bypass L1
- * (ld.global.cg): other SMs wrote these partials during this launch. */
+ * per (row, 4 dims), the splits in order, 8 of them loaded before any is used (one round trip to L2
+ * per 8; the host fuses only calls of at most 8 splits). The loads bypass L1 (ld.global.cg): other
+ * SMs wrote these partials during this launch. */
 template <int DV>
 __device__ __forceinline__ void dec_merge_rows(const fast_params &p, int64_t bh, int row0, int rows) {
     static_assert(DV % 4 == 0, "whole float4 runs of a partial row");
-    constexpr int Q = DV / 4, SB = 16;
+    constexpr int Q = DV / 4, SB = 8;
     const int64_t sstride = (int64_t)gridDim.z * p.rows; /* partial rows between two splits */
     for (int item = threadIdx.x; item < rows * Q; item += DEC_WARPS * 32) {
         const int64_t f = row0 + item / Q, prow0 = bh * p.rows + f;
@@ -1108,10 +1107,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
         p.part_o[prow * DV + d] = O;
         if (d == 0) { p.part_ml[prow * 2] = M; p.part_ml[prow * 2 + 1] = Ls; }
     }
-    /* The merge in this launch (p.arrivals): the CTA that writes the last partial of its (b, head, row
-     * block) merges them all, so a call is one launch, not two (a launch costs the host ~3.5 us on the
-     * H100's machine, where a 2K call's GPU time is ~7.5 us: bench/NOTES.md session 17). Each thread's
-     * partials are fenced before the CTA's arrival is counted, and the last CTA fences before it reads. */
+    /* The merge in this launch (p.arrivals, calls of few splits over many heads): the CTA that writes
+     * the last partial of its (b, head, row block) merges them all, so the call is one launch, not two
+     * (a launch costs the host ~3.5 us on the H100's machine; bench/NOTES.md v43). Each thread's partials
+     * are fenced before the CTA's arrival is counted, and the last CTA fences before it reads. */
     if (p.arrivals) {
         __threadfence();
         __syncthreads();

@@ -498,11 +498,13 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
         if (st != QSDPA_OK) return st;
     }
     const bool merged = partials || p.nsplit > 1; /* the partials are merged: by split_merge, or */
-    /* in the kernel, where one CTA's merge stays short: its partials at most 64 KB (4 rows x 32 splits
-     * at D 128; at Lq 4's 16 rows, 256 KB, one SM's read of them took longer than split_merge, run 141) */
+    /* in the kernel, where one CTA's merge is one round trip of at most 16 KB: at most 8 splits (many
+     * heads x batch: B=8 8K 37.3 -> 36.0-36.5 us, 32K 119.9 -> 118.8-119.5, and a launch less, runs
+     * 141 and 143). Not at B 1's 32 splits, where the one merging CTA per head lengthened every
+     * call by 0.7-1.7 us (2K, 8K, 32K; Lq 4's 16 rows by 6.8 us) against split_merge's many blocks */
     const int64_t mrows = p.rows < block_rows ? p.rows : block_rows;
-    const bool fused = merged && own_merge && !QSDPA_CUDA_DEC_TRACE && qsdpa_cuda_fused_merge() &&
-                       mrows * p.nsplit * DV * 4 <= (64 << 10);
+    const bool fused = merged && own_merge && !QSDPA_CUDA_DEC_TRACE && qsdpa_cuda_fused_merge() && p.nsplit <= 8 &&
+                       mrows * p.nsplit * DV * 4 <= (16 << 10);
     if (fused && (st = qsdpa_cuda_arrivals(ctx, (size_t)grid.x * grid.z, &p.arrivals)) != QSDPA_OK) return st;
 #if QSDPA_CUDA_DEC_TRACE
     const bool traced = !strcmp(name, "fast_decode");
