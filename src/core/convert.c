@@ -35,14 +35,6 @@ uint16_t qsdpa_f32_to_f16(float f) {
     return (uint16_t)(sign | (uint16_t)((rounded - 0x38000000u) >> 13));
 }
 
-float qsdpa_bf16_to_f32(uint16_t b) { return float_of((uint32_t)b << 16); }
-
-uint16_t qsdpa_f32_to_bf16(float f) {
-    uint32_t u = bits_of(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet nan */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 float qsdpa_load_float(const void *base, qsdpa_dtype dtype, int64_t i) {
     switch (dtype) {

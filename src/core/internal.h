@@ -27,8 +27,19 @@ void qsdpa_clear_error(void);
 /* ---- scalar conversions (round to nearest even, as MLX) ----------------- */
 float qsdpa_f16_to_f32(uint16_t h);
 uint16_t qsdpa_f32_to_f16(float f);
-float qsdpa_bf16_to_f32(uint16_t b);
-uint16_t qsdpa_f32_to_bf16(float f);
+/* bf16 in the header: a shift and a rounding add, which loops over whole rows vectorise once inlined */
+static inline float qsdpa_bf16_to_f32(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t qsdpa_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet nan */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 /* Element i of a buffer of dtype (F32/F16/BF16) as float. */
 float qsdpa_load_float(const void *base, qsdpa_dtype dtype, int64_t i);
 void qsdpa_store_float(void *base, qsdpa_dtype dtype, int64_t i, float value);

@@ -75,11 +75,13 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
  * conversions (one call per value cost 40% of a 16-key decode, bench/NOTES.md session 17) */
 static void load_row(const cpu_isa *isa, const char *src, qsdpa_dtype dtype, int64_t stride, int64_t n,
                      float scale, float *dst) {
-    if (stride != 1 || dtype == QSDPA_DTYPE_BF16) {
+    if (stride != 1) {
         for (int64_t d = 0; d < n; d++) dst[d] = qsdpa_load_float(src, dtype, d * stride) * scale;
         return;
     }
     if (dtype == QSDPA_DTYPE_F16) isa->f16_to_f32((const uint16_t *)src, n, dst);
+    else if (dtype == QSDPA_DTYPE_BF16)
+        for (int64_t d = 0; d < n; d++) dst[d] = qsdpa_bf16_to_f32(((const uint16_t *)src)[d]);
     else memcpy(dst, src, (size_t)n * sizeof(float));
     for (int64_t d = 0; d < n; d++) dst[d] *= scale;
 }
@@ -90,6 +92,8 @@ static void store_row(const cpu_isa *isa, float *acc, float inv, int64_t n, char
     for (int64_t d = 0; d < n; d++) acc[d] *= inv;
     if (stride == 1 && dtype == QSDPA_DTYPE_F32) memcpy(o, acc, (size_t)n * sizeof(float));
     else if (stride == 1 && dtype == QSDPA_DTYPE_F16) isa->f32_to_f16(acc, n, (uint16_t *)o);
+    else if (stride == 1 && dtype == QSDPA_DTYPE_BF16)
+        for (int64_t d = 0; d < n; d++) ((uint16_t *)o)[d] = qsdpa_f32_to_bf16(acc[d]);
     else
         for (int64_t d = 0; d < n; d++) qsdpa_store_float(o, dtype, d * stride, acc[d]);
 }
