@@ -165,7 +165,7 @@ typedef struct qsdpa_context qsdpa_context;
 
 typedef struct qsdpa_context_options {
     qsdpa_backend backend;
-    int num_threads;     /* CPU: worker threads, 0 = one per online core */
+    int num_threads;     /* CPU: worker threads, 0 = one per core the process may run on (its affinity) */
     int device;          /* CUDA: device ordinal */
     void *stream;        /* CUDA: cudaStream_t to run on (NULL = default stream) */
     const char *kernel;  /* force one kernel-table entry by name (tests, benchmarks); NULL = auto */
@@ -176,7 +176,8 @@ typedef struct qsdpa_context_options {
  * CPU worker threads poll for the next call for QSDPA_SPIN_US microseconds (environment,
  * read when the pool starts; default 100, 0 = block at once) before they sleep: waking a
  * sleeping thread costs about as much as a short call. Set 0 where other work shares the
- * cores between attention calls. A pool with more threads than online cores never polls. */
+ * cores between attention calls. A pool with more threads than the process may run on
+ * (its CPU affinity) never polls. */
 qsdpa_context_options qsdpa_context_default_options(void);
 /* Create a context; it owns the thread pool / device state and scratch memory,
  * so repeated calls with the same shapes allocate nothing. */

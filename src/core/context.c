@@ -1,6 +1,13 @@
 /* Context lifetime, scratch memory, version, tensor helpers, CPU features. */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#endif
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +17,15 @@
 #include "cuda/cuda_backend.h"
 
 const char *qsdpa_version(void) { return QSDPA_VERSION_STRING; }
+
+int qsdpa_usable_cores(void) {
+#if defined(__linux__)
+    cpu_set_t set; /* the cores this process may run on (taskset, a container's cpuset), not the machine's */
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return cores > 0 ? (int)cores : 1;
+}
 
 qsdpa_tensor qsdpa_tensor_make(void *data, qsdpa_dtype dtype, int rank, const int64_t *shape) {
     qsdpa_tensor t;
@@ -90,8 +106,7 @@ qsdpa_status qsdpa_context_create(const qsdpa_context_options *options, qsdpa_co
     ctx->options = o;
     if (o.kernel) strcpy(ctx->forced_kernel, o.kernel);
     ctx->options.kernel = ctx->forced_kernel;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    ctx->num_threads = o.num_threads > 0 ? o.num_threads : (cores > 0 ? (int)cores : 1);
+    ctx->num_threads = o.num_threads > 0 ? o.num_threads : qsdpa_usable_cores();
     if (o.backend == QSDPA_BACKEND_CUDA) {
         qsdpa_status st = qsdpa_cuda_context_init(ctx);
         if (st != QSDPA_OK) { free(ctx); return st; }

@@ -23,6 +23,9 @@ qsdpa_status qsdpa_fail(qsdpa_status status, const char *function, const char *f
 #endif
     ;
 void qsdpa_clear_error(void);
+/* Cores this process may run on (its CPU affinity where the OS says, else the online count): the default
+ * thread count, and the bound past which a pool does not poll. */
+int qsdpa_usable_cores(void);
 
 /* ---- scalar conversions (round to nearest even, as MLX) ----------------- */
 float qsdpa_f16_to_f32(uint16_t h);

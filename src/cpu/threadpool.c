@@ -16,7 +16,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
-#include <unistd.h>
 
 /* Microseconds a worker polls for the next run (and the caller for the workers' end)
  * before blocking: long enough to span the gap between two attention calls of a decode
@@ -114,11 +113,10 @@ static void *worker_main(void *p) {
     return NULL;
 }
 
-/* Polling needs a core per thread: with more threads than online cores a poller would hold
- * the core a thread with work is waiting for, so such a pool blocks at once. */
+/* Polling needs a core per thread: with more threads than the process may use a poller would
+ * hold the core a thread with work is waiting for, so such a pool blocks at once. */
 static int64_t spin_ns_for(int threads) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    if (cores > 0 && threads > cores) return 0;
+    if (threads > qsdpa_usable_cores()) return 0;
     const char *e = getenv("QSDPA_SPIN_US");
     if (!e || !*e) return (int64_t)DEFAULT_SPIN_US * 1000;
     char *end = NULL;
@@ -145,6 +143,7 @@ qsdpa_status qsdpa_threadpool_create(int threads, const char *function, qsdpa_th
     if (threads > 1) {
         pool->workers = calloc((size_t)threads - 1, sizeof *pool->workers);
         if (!pool->workers) {
+            pool->threads = 1; /* no worker to join */
             qsdpa_threadpool_destroy(pool);
             return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, function, "cannot allocate the thread pool");
         }

@@ -145,9 +145,11 @@ qsdpa_status qsdpa_cuda_arrivals(qsdpa_context *ctx, size_t count, unsigned **ou
     qsdpa_status s = grow_buffer(ctx, &st->arrivals, &st->arrivals_bytes, count * sizeof(unsigned),
                                  "the context's arrival counters", &p);
     if (s != QSDPA_OK) return s;
-    if (p != before) { /* new: cleared before the kernel that counts on it, on the same stream */
+    if (p != before) st->arrivals_cleared = false;
+    if (!st->arrivals_cleared) { /* new: cleared before the kernel that counts on it, on the same stream */
         cudaError_t err = cudaMemsetAsync(p, 0, st->arrivals_bytes, qsdpa_cuda_stream(ctx));
         if (err != cudaSuccess) return qsdpa_cuda_error(err, "qsdpa_attention", "clearing the arrival counters");
+        st->arrivals_cleared = true;
     }
     *out = (unsigned *)p;
     return QSDPA_OK;

@@ -37,6 +37,7 @@ struct qsdpa_cuda_state {
     size_t realign_bytes;
     void *arrivals;      /* the decode kernel's per-(b, head, row block) arrival counters: zero between calls */
     size_t arrivals_bytes;
+    bool arrivals_cleared; /* the live arrivals buffer has been set to zero (on the context's stream) */
     struct qsdpa_cuda_retired *retired; /* outgrown scratch, stage and realign buffers */
     /* Pointers already found to be device memory: cudaPointerGetAttributes
      * costs about a microsecond and a call checks up to 11 pointers, which

@@ -505,7 +505,12 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     const int64_t mrows = p.rows < block_rows ? p.rows : block_rows;
     const bool fused = merged && own_merge && !QSDPA_CUDA_DEC_TRACE && qsdpa_cuda_fused_merge() && p.nsplit <= 8 &&
                        mrows * p.nsplit * DV * 4 <= (16 << 10);
-    if (fused && (st = qsdpa_cuda_arrivals(ctx, (size_t)grid.x * grid.z, &p.arrivals)) != QSDPA_OK) return st;
+    /* the counters are sized by every merged decode call, fused or not: a call of this (b, head, row
+     * block) count made before a capture must leave nothing to allocate inside it, whatever its split */
+    unsigned *arrivals = nullptr;
+    if (merged && own_merge && (st = qsdpa_cuda_arrivals(ctx, (size_t)grid.x * grid.z, &arrivals)) != QSDPA_OK)
+        return st;
+    if (fused) p.arrivals = arrivals;
 #if QSDPA_CUDA_DEC_TRACE
     const bool traced = !strcmp(name, "fast_decode");
     if (traced) p.trace = qsdpa_cuda_trace_slot(ctx, grid, merged ? grid.z * p.rows * ((DV + 31) / 32) : 0);

@@ -242,6 +242,51 @@ static void graph_capture_one(test_rng *rng, int64_t lk, const char *format, int
     cudaStreamDestroy(stream);
 }
 
+/* A decode call whose few splits the decode kernel merges itself, captured on a context that so far made
+ * only calls of many splits (merged by split_merge): the arrival counters were sized by those calls, so the
+ * capture has nothing to allocate, and its replay gives the bytes of a direct call. */
+static void graph_after_many_split_call(test_rng *rng) {
+    cudaStream_t stream;
+    cudaStreamCreate(&stream);
+    qsdpa_context *ctx = cuda_ctx(stream);
+    if (!ctx) return;
+    decode_problem many, few;
+    decode_make_as(rng, &many, 32768, "affine:4:64", 128, QSDPA_DTYPE_F16); /* 32 splits a head */
+    decode_make_as(rng, &few, 320, "affine:4:64", 128, QSDPA_DTYPE_F16);    /* 5: merged in the kernel */
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    p.scale = 0.088f;
+    qsdpa_status st = qsdpa_attention(ctx, &many.qt, &many.k, &many.k, &p, &many.ot);
+    CHECK(st == QSDPA_OK, "32K call: %s", qsdpa_last_error());
+    cudaMemset(few.out, 0xFF, few.out_bytes);
+    cudaDeviceSynchronize();
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    st = qsdpa_attention(ctx, &few.qt, &few.k, &few.k, &p, &few.ot);
+    CHECK(st == QSDPA_OK, "a 320-key call captured after a 32K one: %s", qsdpa_last_error());
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &graph);
+    if (err == cudaSuccess && st == QSDPA_OK) err = cudaGraphInstantiate(&exec, graph, 0);
+    for (int r = 0; r < 2 && err == cudaSuccess && exec; r++) err = cudaGraphLaunch(exec, stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+    CHECK(err == cudaSuccess, "capture/replay of the 320-key call: %s", cudaGetErrorString(err));
+    uint8_t *direct = test_alloc(few.out_bytes), *replay = test_alloc(few.out_bytes);
+    cudaMemcpy(replay, few.out, few.out_bytes, cudaMemcpyDeviceToHost);
+    st = qsdpa_attention(ctx, &few.qt, &few.k, &few.k, &p, &few.ot);
+    CHECK(st == QSDPA_OK, "direct 320-key call: %s", qsdpa_last_error());
+    cudaStreamSynchronize(stream);
+    cudaMemcpy(direct, few.out, few.out_bytes, cudaMemcpyDeviceToHost);
+    CHECK(exec == NULL || memcmp(direct, replay, few.out_bytes) == 0,
+          "the replay of a 320-key call differs from its direct call");
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    free(direct);
+    free(replay);
+    decode_free(&many);
+    decode_free(&few);
+    qsdpa_context_destroy(ctx);
+    cudaStreamDestroy(stream);
+}
+
 /* Buffer growth and graphs. (1) A capture on a fresh context, whose buffers must
  * grow, is refused with QSDPA_ERR_UNSUPPORTED, nothing enqueued and the capture
  * still valid. (2) A graph captured at Lq 1, 4K keys replays to its direct call's
@@ -443,6 +488,8 @@ int main(void) {
     graph_capture_one(&rng, 20001, "affine:4:64", 128, QSDPA_DTYPE_F16, "cuda.decode"); /* 4-byte scale pieces */
     graph_capture_one(&rng, 20001, "affine:4:64", 64, QSDPA_DTYPE_F16, "cuda.realigned:");
     graph_capture_one(&rng, 20001, "affine:4:32", 96, QSDPA_DTYPE_F16, "cuda.repacked:");
+    graph_capture_one(&rng, 320, "affine:4:64", 128, QSDPA_DTYPE_F16, "cuda.decode"); /* 5 splits, merged in the kernel */
+    graph_after_many_split_call(&rng);
     graph_survives_growth(&rng);
     misaligned_codes_refused(&rng);
     merge_matches_cpu(&rng);
