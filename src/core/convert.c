@@ -8,17 +8,6 @@
 static uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
-float qsdpa_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-    if (exp == 0x1f) return float_of(sign | 0x7f800000u | (man << 13)); /* inf / nan */
-    if (exp == 0) { /* zero or subnormal: man * 2^-24 */
-        float v = (float)man * 5.9604644775390625e-8f;
-        return sign ? -v : v;
-    }
-    return float_of(sign | ((exp + 112) << 23) | (man << 13));
-}
-
 uint16_t qsdpa_f32_to_f16(float f) {
     uint32_t u = bits_of(f);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000);

@@ -28,7 +28,18 @@ void qsdpa_clear_error(void);
 int qsdpa_usable_cores(void);
 
 /* ---- scalar conversions (round to nearest even, as MLX) ----------------- */
-float qsdpa_f16_to_f32(uint16_t h);
+/* f16 -> f32 in the header too: exact, and a few bit operations once inlined into a row's loop */
+static inline float qsdpa_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13); /* inf / nan */
+    else if (exp == 0) { /* zero or subnormal: man * 2^-24 */
+        float v = (float)man * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    } else u = sign | ((exp + 112) << 23) | (man << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 uint16_t qsdpa_f32_to_f16(float f);
 /* bf16 in the header: a shift and a rounding add, which loops over whole rows vectorise once inlined */
 static inline float qsdpa_bf16_to_f32(uint16_t b) {

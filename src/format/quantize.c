@@ -88,6 +88,24 @@ static void put_code(uint32_t *row, int64_t j, int bits, unsigned code) {
     if (shift + bits > 32) row[word + 1] |= (uint32_t)code >> (32 - shift);
 }
 
+/* `n` codes of `bits` bits from element `first` of a row: whole words where the codes fill them
+ * (4- and 8-bit codes from a word boundary), else code by code. */
+static void put_codes(uint32_t *row, int64_t first, int bits, const uint8_t *q, int64_t n) {
+    const int per = 32 / bits;
+    if ((bits == 4 || bits == 8) && first % per == 0 && n % per == 0) {
+        for (int64_t j = 0; j < n; j += per) {
+            uint32_t word = 0;
+            for (int i = 0; i < per; i++) word |= (uint32_t)q[j + i] << (i * bits);
+            row[(first + j) / per] |= word;
+        }
+        return;
+    }
+    for (int64_t j = 0; j < n; j++) put_code(row, first + j, bits, q[j]);
+}
+
+/* rintf of v in [0, 2^22], round half to even (the default rounding mode), with no libm call */
+static float rint_small(float v) { return (v + 0x1.8p23f) - 0x1.8p23f; }
+
 /* SPEC §2 affine, in f32 (MLX's C++ kernel, fast::Quantize::eval_cpu). */
 static void quantize_affine(const float *w, int64_t n, int bits, uint32_t *row, int64_t first, float *scale_out,
                             float *bias_out) {
@@ -108,12 +126,15 @@ static void quantize_affine(const float *w, int64_t n, int bits, uint32_t *row, 
         scale = edge / q0;
         bias = edge;
     }
+    /* clamped, then rounded: the same codes as rounding first, as the bounds are integers */
+    uint8_t q[128];
     for (int64_t j = 0; j < n; j++) {
-        float q = rintf((w[j] - bias) / scale);
-        q = q > 0.0f ? q : 0.0f; /* also maps NaN (non-finite input) to 0: no undefined conversion */
-        q = q < n_bins ? q : n_bins;
-        put_code(row, first + j, bits, (unsigned)q);
+        float v = (w[j] - bias) / scale;
+        v = v > 0.0f ? v : 0.0f; /* also maps NaN (non-finite input) to 0: no undefined conversion */
+        v = v < n_bins ? v : n_bins;
+        q[j] = (uint8_t)rint_small(v);
     }
+    put_codes(row, first, bits, q, n);
     *scale_out = scale;
     *bias_out = bias;
 }
@@ -165,6 +186,16 @@ static uint8_t quantize_nvfp4(const float *w, int64_t n, qsdpa_dtype T, float G,
     return byte;
 }
 
+/* w[j] = element base + j of x (f32, f16 or bf16), exactly */
+static void load_group(const void *x, qsdpa_dtype dtype, int64_t base, int64_t n, float *w) {
+    if (dtype == QSDPA_DTYPE_F16)
+        for (int64_t j = 0; j < n; j++) w[j] = qsdpa_f16_to_f32(((const uint16_t *)x)[base + j]);
+    else if (dtype == QSDPA_DTYPE_BF16)
+        for (int64_t j = 0; j < n; j++) w[j] = qsdpa_bf16_to_f32(((const uint16_t *)x)[base + j]);
+    else
+        for (int64_t j = 0; j < n; j++) w[j] = ((const float *)x)[base + j];
+}
+
 qsdpa_status qsdpa_quantize(const qsdpa_format *format, const void *x, qsdpa_dtype x_dtype, int64_t rows,
                             int64_t dim, uint32_t *codes, void *scales, void *biases, qsdpa_dtype scale_dtype) {
     qsdpa_clear_error();
@@ -184,7 +215,7 @@ qsdpa_status qsdpa_quantize(const qsdpa_format *format, const void *x, qsdpa_dty
         int64_t n = format->group;
         for (int64_t g = 0; g < shape.groups; g++) {
             int64_t base = r * dim + g * n, si = r * shape.groups + g;
-            for (int64_t j = 0; j < n; j++) w[j] = qsdpa_load_float(x, x_dtype, base + j);
+            load_group(x, x_dtype, base, n, w);
             switch (format->mode) {
             case QSDPA_MODE_AFFINE: {
                 float s, b;
