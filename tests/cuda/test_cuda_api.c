@@ -190,6 +190,23 @@ static void host_pointer_rejected(test_rng *rng) {
     qsdpa_context_destroy(ctx);
 }
 
+/* Capture one qsdpa_attention call of d on `stream`, instantiate the graph and replay it `replays` times
+ * (synchronised); *st is the captured call's status, the return the CUDA status of it all. */
+static cudaError_t capture_and_replay(cudaStream_t stream, qsdpa_context *ctx, decode_problem *d,
+                                      const qsdpa_attention_params *p, int replays, qsdpa_status *st) {
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    *st = qsdpa_attention(ctx, &d->qt, &d->k, &d->k, p, &d->ot);
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &graph);
+    if (err == cudaSuccess && *st == QSDPA_OK) err = cudaGraphInstantiate(&exec, graph, 0);
+    for (int r = 0; r < replays && err == cudaSuccess && exec; r++) err = cudaGraphLaunch(exec, stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    return err;
+}
+
 /* Capture qsdpa_attention into a graph on the caller's stream; a replay gives
  * the bytes of a direct call (no allocation or sync inside the call), on each
  * route with a buffer of its own: f32 scales (the prefill kernel), f16 scales at
@@ -219,22 +236,13 @@ static void graph_capture_one(test_rng *rng, int64_t lk, const char *format, int
     cudaMemcpy(direct, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
     cudaMemset(d.out, 0xFF, d.out_bytes);
     cudaDeviceSynchronize();
-    cudaGraph_t graph = NULL;
-    cudaGraphExec_t exec = NULL;
-    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
-    st = qsdpa_attention(ctx, &d.qt, &d.k, &d.k, &p, &d.ot);
+    const cudaError_t err = capture_and_replay(stream, ctx, &d, &p, 3, &st);
     CHECK(st == QSDPA_OK, "captured call: %s", qsdpa_last_error());
-    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &graph);
-    if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
-    for (int r = 0; r < 3 && err == cudaSuccess; r++) err = cudaGraphLaunch(exec, stream);
-    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
     CHECK(err == cudaSuccess, "graph capture/replay (%s D%lld Lk %lld): %s", format, (long long)dim, (long long)lk,
           cudaGetErrorString(err));
     cudaMemcpy(replay, d.out, d.out_bytes, cudaMemcpyDeviceToHost);
     CHECK(memcmp(direct, replay, d.out_bytes) == 0, "graph replay differs from the direct call (%s D%lld Lk %lld, %s)",
           format, (long long)dim, (long long)lk, took);
-    if (exec) cudaGraphExecDestroy(exec);
-    if (graph) cudaGraphDestroy(graph);
     free(direct);
     free(replay);
     decode_free(&d);
@@ -259,15 +267,9 @@ static void graph_after_many_split_call(test_rng *rng) {
     CHECK(st == QSDPA_OK, "32K call: %s", qsdpa_last_error());
     cudaMemset(few.out, 0xFF, few.out_bytes);
     cudaDeviceSynchronize();
-    cudaGraph_t graph = NULL;
-    cudaGraphExec_t exec = NULL;
-    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
-    st = qsdpa_attention(ctx, &few.qt, &few.k, &few.k, &p, &few.ot);
+    const cudaError_t err = capture_and_replay(stream, ctx, &few, &p, 2, &st);
+    const bool replayed = st == QSDPA_OK && err == cudaSuccess;
     CHECK(st == QSDPA_OK, "a 320-key call captured after a 32K one: %s", qsdpa_last_error());
-    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &graph);
-    if (err == cudaSuccess && st == QSDPA_OK) err = cudaGraphInstantiate(&exec, graph, 0);
-    for (int r = 0; r < 2 && err == cudaSuccess && exec; r++) err = cudaGraphLaunch(exec, stream);
-    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
     CHECK(err == cudaSuccess, "capture/replay of the 320-key call: %s", cudaGetErrorString(err));
     uint8_t *direct = test_alloc(few.out_bytes), *replay = test_alloc(few.out_bytes);
     cudaMemcpy(replay, few.out, few.out_bytes, cudaMemcpyDeviceToHost);
@@ -275,10 +277,8 @@ static void graph_after_many_split_call(test_rng *rng) {
     CHECK(st == QSDPA_OK, "direct 320-key call: %s", qsdpa_last_error());
     cudaStreamSynchronize(stream);
     cudaMemcpy(direct, few.out, few.out_bytes, cudaMemcpyDeviceToHost);
-    CHECK(exec == NULL || memcmp(direct, replay, few.out_bytes) == 0,
+    CHECK(!replayed || memcmp(direct, replay, few.out_bytes) == 0,
           "the replay of a 320-key call differs from its direct call");
-    if (exec) cudaGraphExecDestroy(exec);
-    if (graph) cudaGraphDestroy(graph);
     free(direct);
     free(replay);
     decode_free(&many);
