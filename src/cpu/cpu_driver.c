@@ -70,7 +70,6 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     return off;
 }
 
-/* Row r of a task: query head hkv*ratio + r / ni, query position i0 + r % ni. */
 /* dst[d] = scale * element d of a q row (dtype, element stride): contiguous rows in whole-row
  * conversions (one call per value cost 40% of a 16-key decode, bench/NOTES.md session 17) */
 static void load_row(const cpu_isa *isa, const char *src, qsdpa_dtype dtype, int64_t stride, int64_t n,
@@ -98,6 +97,7 @@ static void store_row(const cpu_isa *isa, float *acc, float inv, int64_t n, char
         for (int64_t d = 0; d < n; d++) qsdpa_store_float(o, dtype, d * stride, acc[d]);
 }
 
+/* Row r of a task: query head hkv*ratio + r / ni, query position i0 + r % ni. */
 static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int64_t i0, int64_t ni) {
     const qsdpa_problem *p = pl->p;
     int64_t nr = pl->ratio * ni, dk = p->dim_k;
