@@ -180,7 +180,9 @@ typedef struct qsdpa_context_options {
  * (its CPU affinity) never polls. */
 qsdpa_context_options qsdpa_context_default_options(void);
 /* Create a context; it owns the thread pool / device state and scratch memory,
- * so repeated calls with the same shapes allocate nothing. */
+ * so repeated calls with the same shapes allocate nothing. Because a call uses that
+ * pool and scratch, calls on one context must not overlap: give each calling thread
+ * its own context (distinct contexts are independent). */
 qsdpa_status qsdpa_context_create(const qsdpa_context_options *options, qsdpa_context **out);
 void qsdpa_context_destroy(qsdpa_context *ctx);
 /* The route the last qsdpa_attention / qsdpa_attention_partial call on ctx took
