@@ -24,7 +24,6 @@ uint16_t qsdpa_f32_to_f16(float f) {
     return (uint16_t)(sign | (uint16_t)((rounded - 0x38000000u) >> 13));
 }
 
-
 float qsdpa_load_float(const void *base, qsdpa_dtype dtype, int64_t i) {
     switch (dtype) {
     case QSDPA_DTYPE_F32: return ((const float *)base)[i];
@@ -42,6 +41,24 @@ void qsdpa_store_float(void *base, qsdpa_dtype dtype, int64_t i, float value) {
     case QSDPA_DTYPE_F32: ((float *)base)[i] = value; break;
     case QSDPA_DTYPE_F16: ((uint16_t *)base)[i] = qsdpa_f32_to_f16(value); break;
     case QSDPA_DTYPE_BF16: ((uint16_t *)base)[i] = qsdpa_f32_to_bf16(value); break;
+    default: break; /* integer dtypes are never outputs of attention */
+    }
+}
+
+void qsdpa_load_floats(const void *src, qsdpa_dtype dtype, int64_t n, float *dst) {
+    switch (dtype) {
+    case QSDPA_DTYPE_F32: memcpy(dst, src, (size_t)n * sizeof(float)); break;
+    case QSDPA_DTYPE_F16: for (int64_t i = 0; i < n; i++) dst[i] = qsdpa_f16_to_f32(((const uint16_t *)src)[i]); break;
+    case QSDPA_DTYPE_BF16: for (int64_t i = 0; i < n; i++) dst[i] = qsdpa_bf16_to_f32(((const uint16_t *)src)[i]); break;
+    default: for (int64_t i = 0; i < n; i++) dst[i] = qsdpa_load_float(src, dtype, i); break;
+    }
+}
+
+void qsdpa_store_floats(void *dst, qsdpa_dtype dtype, int64_t n, const float *src) {
+    switch (dtype) {
+    case QSDPA_DTYPE_F32: memcpy(dst, src, (size_t)n * sizeof(float)); break;
+    case QSDPA_DTYPE_F16: for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = qsdpa_f32_to_f16(src[i]); break;
+    case QSDPA_DTYPE_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = qsdpa_f32_to_bf16(src[i]); break;
     default: break; /* integer dtypes are never outputs of attention */
     }
 }

@@ -57,6 +57,9 @@ static inline uint16_t qsdpa_f32_to_bf16(float f) {
 /* Element i of a buffer of dtype (F32/F16/BF16) as float. */
 float qsdpa_load_float(const void *base, qsdpa_dtype dtype, int64_t i);
 void qsdpa_store_float(void *base, qsdpa_dtype dtype, int64_t i, float value);
+/* The same for n contiguous elements: one dtype branch a row, the conversion inlined in its loop. */
+void qsdpa_load_floats(const void *src, qsdpa_dtype dtype, int64_t n, float *dst);
+void qsdpa_store_floats(void *dst, qsdpa_dtype dtype, int64_t n, const float *src);
 /* Lowest finite value of q's dtype (MLX's finfo.min), the score of a masked key. */
 float qsdpa_dtype_lowest(qsdpa_dtype dtype);
 

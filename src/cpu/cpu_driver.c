@@ -79,9 +79,7 @@ static void load_row(const cpu_isa *isa, const char *src, qsdpa_dtype dtype, int
         return;
     }
     if (dtype == QSDPA_DTYPE_F16) isa->f16_to_f32((const uint16_t *)src, n, dst);
-    else if (dtype == QSDPA_DTYPE_BF16)
-        for (int64_t d = 0; d < n; d++) dst[d] = qsdpa_bf16_to_f32(((const uint16_t *)src)[d]);
-    else memcpy(dst, src, (size_t)n * sizeof(float));
+    else qsdpa_load_floats(src, dtype, n, dst);
     for (int64_t d = 0; d < n; d++) dst[d] *= scale;
 }
 
@@ -89,12 +87,10 @@ static void load_row(const cpu_isa *isa, const char *src, qsdpa_dtype dtype, int
 static void store_row(const cpu_isa *isa, float *acc, float inv, int64_t n, char *o, qsdpa_dtype dtype,
                       int64_t stride) {
     for (int64_t d = 0; d < n; d++) acc[d] *= inv;
-    if (stride == 1 && dtype == QSDPA_DTYPE_F32) memcpy(o, acc, (size_t)n * sizeof(float));
-    else if (stride == 1 && dtype == QSDPA_DTYPE_F16) isa->f32_to_f16(acc, n, (uint16_t *)o);
-    else if (stride == 1 && dtype == QSDPA_DTYPE_BF16)
-        for (int64_t d = 0; d < n; d++) ((uint16_t *)o)[d] = qsdpa_f32_to_bf16(acc[d]);
-    else
+    if (stride != 1)
         for (int64_t d = 0; d < n; d++) qsdpa_store_float(o, dtype, d * stride, acc[d]);
+    else if (dtype == QSDPA_DTYPE_F16) isa->f32_to_f16(acc, n, (uint16_t *)o);
+    else qsdpa_store_floats(o, dtype, n, acc);
 }
 
 /* Row r of a task: query head hkv*ratio + r / ni, query position i0 + r % ni. */

@@ -186,16 +186,6 @@ static uint8_t quantize_nvfp4(const float *w, int64_t n, qsdpa_dtype T, float G,
     return byte;
 }
 
-/* w[j] = element base + j of x (f32, f16 or bf16), exactly */
-static void load_group(const void *x, qsdpa_dtype dtype, int64_t base, int64_t n, float *w) {
-    if (dtype == QSDPA_DTYPE_F16)
-        for (int64_t j = 0; j < n; j++) w[j] = qsdpa_f16_to_f32(((const uint16_t *)x)[base + j]);
-    else if (dtype == QSDPA_DTYPE_BF16)
-        for (int64_t j = 0; j < n; j++) w[j] = qsdpa_bf16_to_f32(((const uint16_t *)x)[base + j]);
-    else
-        for (int64_t j = 0; j < n; j++) w[j] = ((const float *)x)[base + j];
-}
-
 qsdpa_status qsdpa_quantize(const qsdpa_format *format, const void *x, qsdpa_dtype x_dtype, int64_t rows,
                             int64_t dim, uint32_t *codes, void *scales, void *biases, qsdpa_dtype scale_dtype) {
     qsdpa_clear_error();
@@ -215,7 +205,7 @@ qsdpa_status qsdpa_quantize(const qsdpa_format *format, const void *x, qsdpa_dty
         int64_t n = format->group;
         for (int64_t g = 0; g < shape.groups; g++) {
             int64_t base = r * dim + g * n, si = r * shape.groups + g;
-            load_group(x, x_dtype, base, n, w);
+            qsdpa_load_floats((const char *)x + (size_t)base * qsdpa_dtype_size(x_dtype), x_dtype, n, w);
             switch (format->mode) {
             case QSDPA_MODE_AFFINE: {
                 float s, b;
