@@ -764,30 +764,17 @@ __device__ __forceinline__ void dec_merge_rows(const fast_params &p, int64_t bh,
         const int d0 = (item % Q) * 4;
         float M = -INFINITY, L = 0.0f, o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int s0 = 0; s0 < p.nsplit; s0 += SB) {
-            float2 ml[SB];
-            float4 ov[SB];
+            float ms[SB], ls[SB], os[SB][4];
 #pragma unroll
             for (int k = 0; k < SB; k++) {
                 const int64_t prow = (s0 + k) * sstride + prow0;
                 const bool ok = s0 + k < p.nsplit;
-                ml[k] = ok ? __ldcg((const float2 *)(p.part_ml + prow * 2)) : make_float2(-INFINITY, 0.0f);
-                ov[k] = ok ? __ldcg((const float4 *)(p.part_o + prow * DV + d0)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                const float2 ml = ok ? __ldcg((const float2 *)(p.part_ml + prow * 2)) : make_float2(-INFINITY, 0.0f);
+                const float4 ov = ok ? __ldcg((const float4 *)(p.part_o + prow * DV + d0)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                ms[k] = ml.x, ls[k] = ml.y;
+                os[k][0] = ov.x, os[k][1] = ov.y, os[k][2] = ov.z, os[k][3] = ov.w;
             }
-            float mb = M;
-#pragma unroll
-            for (int k = 0; k < SB; k++) mb = fmaxf(mb, ml[k].x);
-            if (mb == -INFINITY) continue; /* no split so far saw a key */
-            const float c = M == -INFINITY ? 0.0f : fast_exp2(M - mb);
-            L *= c;
-#pragma unroll
-            for (int e = 0; e < 4; e++) o[e] *= c;
-#pragma unroll
-            for (int k = 0; k < SB; k++) {
-                const float w = ml[k].x == -INFINITY ? 0.0f : fast_exp2(ml[k].x - mb); /* a split that saw no key */
-                L += ml[k].y * w;
-                o[0] += ov[k].x * w; o[1] += ov[k].y * w; o[2] += ov[k].z * w; o[3] += ov[k].w * w;
-            }
-            M = mb;
+            merge_batch<4, SB>(M, L, o, ms, ls, os);
         }
         merge_store<4>(p, bh, f, M, L, o, d0, 4, d0 == 0);
     }

@@ -246,6 +246,31 @@ __device__ __forceinline__ void merge_store(const fast_params &p, int64_t bh, in
         p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
 }
 
+/* One batch of an online merge: the running (M, L, o) of the splits so far takes SB more
+ * splits' (m, l, o), all loaded before this is called (M, m and L in log2 units). A split
+ * that saw no key (m = -inf) adds nothing. split_merge and the decode kernel's fused
+ * merge (dec_merge_rows) both step through their splits with this. */
+template <int N, int SB>
+__device__ __forceinline__ void merge_batch(float &M, float &L, float (&o)[N], const float (&ms)[SB],
+                                            const float (&ls)[SB], const float (&os)[SB][N]) {
+    float mb = M;
+#pragma unroll
+    for (int k = 0; k < SB; k++) mb = fmaxf(mb, ms[k]);
+    if (mb == -INFINITY) return; /* no split so far saw a key */
+    const float c = M == -INFINITY ? 0.0f : fast_exp2(M - mb);
+    L *= c;
+#pragma unroll
+    for (int e = 0; e < N; e++) o[e] *= c;
+#pragma unroll
+    for (int k = 0; k < SB; k++) {
+        const float w = ms[k] == -INFINITY ? 0.0f : fast_exp2(ms[k] - mb);
+        L += ls[k] * w;
+#pragma unroll
+        for (int e = 0; e < N; e++) o[e] += os[k][e] * w;
+    }
+    M = mb;
+}
+
 /* Split-K merge, one block per (b, kv head, folded row) and 32 output columns:
  * warp w takes the splits s = w, w + 4, ..., lane l column 32 * blockIdx.y + l,
  * BATCH splits at a time: all of a batch's loads go out before any is used and the
@@ -273,9 +298,9 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
     const int64_t bh = prow0 / p.rows, f = prow0 % p.rows;
     const int64_t sstride = (int64_t)gridDim.x;
     const int d = blockIdx.y * 32 + lane;
-    float M = -INFINITY, Ls = 0.0f, O = 0.0f; /* the warp's splits so far (M uniform in the warp) */
+    float M = -INFINITY, Ls = 0.0f, O[1] = {0.0f}; /* the warp's splits so far (M uniform in the warp) */
     for (int s0 = warp; s0 < p.nsplit; s0 += 4 * BATCH) {
-        float ms[BATCH], ls[BATCH], os[BATCH];
+        float ms[BATCH], ls[BATCH], os[BATCH][1];
 #pragma unroll
         for (int k = 0; k < BATCH; k++) {
             const int s = s0 + 4 * k;
@@ -283,24 +308,11 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
             const bool ok = s < p.nsplit;
             ms[k] = ok ? p.part_ml[prow * 2] : -INFINITY;
             ls[k] = ok ? p.part_ml[prow * 2 + 1] : 0.0f;
-            os[k] = ok && d < DV ? p.part_o[prow * DV + d] : 0.0f;
+            os[k][0] = ok && d < DV ? p.part_o[prow * DV + d] : 0.0f;
         }
-        float mb = M;
-#pragma unroll
-        for (int k = 0; k < BATCH; k++) mb = fmaxf(mb, ms[k]);
-        if (mb == -INFINITY) continue; /* no split so far saw a key */
-        const float c = M == -INFINITY ? 0.0f : fast_exp2(M - mb);
-        Ls *= c;
-        O *= c;
-#pragma unroll
-        for (int k = 0; k < BATCH; k++) {
-            const float w = ms[k] == -INFINITY ? 0.0f : fast_exp2(ms[k] - mb); /* a split that saw no key: nothing */
-            Ls += ls[k] * w;
-            O += os[k] * w;
-        }
-        M = mb;
+        merge_batch<1, BATCH>(M, Ls, O, ms, ls, os);
     }
-    so[warp][lane] = O;
+    so[warp][lane] = O[0];
     if (lane == 0) sl[warp] = Ls, sm[warp] = M;
     __syncthreads();
     if (warp) return;
