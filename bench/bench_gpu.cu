@@ -56,6 +56,13 @@ __global__ void fill_random(__half *x, size_t n, unsigned seed) {
     }
 }
 
+/* the first n halves of buf rewritten as n floats over the same bytes (from the end, so no
+ * value is overwritten before it is read; one thread: q is small) */
+__global__ void widen_f16_in_place(__half *buf, size_t n) {
+    float *f = (float *)buf;
+    for (size_t i = n; i-- > 0;) f[i] = __half2float(buf[i]);
+}
+
 static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
@@ -195,12 +202,18 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
         fill_random<<<1024, 256, 0, st>>>(src, src_n, 18u + 2 * c);
         make_tensor(ctx, vf, B, hkv, L, D, src, &kv[c].vc, &kv[c].vs, &kv[c].vb, &kv[c].v);
     }
+    /* QSDPA_BENCH_QDTYPE=f32: f32 q and out (the same values as the f16 ones), else f16 */
+    const char *qdt_env = getenv("QSDPA_BENCH_QDTYPE");
+    const bool q32 = qdt_env && !strcmp(qdt_env, "f32");
+    const size_t qn = (size_t)(B * hq * lq * D);
     __half *q, *out;
-    CK(cudaMalloc(&q, (size_t)(B * hq * lq * D) * 2));
-    CK(cudaMalloc(&out, (size_t)(B * hq * lq * D) * 2));
-    fill_random<<<256, 256, 0, st>>>(q, (size_t)(B * hq * lq * D), 99u);
-    qsdpa_tensor qt = qsdpa_tensor_4d(q, QSDPA_DTYPE_F16, B, hq, lq, D);
-    qsdpa_tensor ot = qsdpa_tensor_4d(out, QSDPA_DTYPE_F16, B, hq, lq, D);
+    CK(cudaMalloc(&q, qn * (q32 ? 4 : 2)));
+    CK(cudaMalloc(&out, qn * (q32 ? 4 : 2)));
+    fill_random<<<256, 256, 0, st>>>(q, qn, 99u);
+    if (q32) widen_f16_in_place<<<1, 1, 0, st>>>(q, qn);
+    const qsdpa_dtype qdt = q32 ? QSDPA_DTYPE_F32 : QSDPA_DTYPE_F16;
+    qsdpa_tensor qt = qsdpa_tensor_4d(q, qdt, B, hq, lq, D);
+    qsdpa_tensor ot = qsdpa_tensor_4d(out, qdt, B, hq, lq, D);
     qsdpa_attention_params p = qsdpa_attention_default_params();
     p.scale = 1.0f / sqrtf((float)D);
     p.causal = causal;
