@@ -180,8 +180,8 @@ for t in test_wgmma_layout test_cuda_api test_cuda_mlx test_cuda_coverage; do
 done
 # the generic kernel's 4-key tiles (what GPUs with 99 KB blocks take at the largest head dims)
 if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ] && [ -x "$B/tests/test_cuda_coverage" ]; then
-  QSDPA_CUDA_GENERIC_TILE=4 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
-  echo "test_cuda_coverage (generic, 4-key tiles) rc=$?" | tee -a "$OUT/tests.log"
+  QSDPA_CUDA_GENERIC_DECODE=0 QSDPA_CUDA_GENERIC_TILE=4 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (generic, 4-key tiles, decode kernel off) rc=$?" | tee -a "$OUT/tests.log"
   # the generic kernel itself on the long queries the staged path takes by default
   QSDPA_CUDA_STAGED=0 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
   echo "test_cuda_coverage (generic, staging off) rc=$?" | tee -a "$OUT/tests.log"

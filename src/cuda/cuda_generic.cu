@@ -43,6 +43,7 @@ struct gen_params : qd_io {
     int64_t row_chunks;  /* ceil(ratio * lq / GEN_ROWS) */
     int kpitch, vpitch;  /* floats per staged K / V row (K: dims padded with zeros to kpitch) */
     bool k_words, v_words; /* qd_word_path */
+    bool k_vec4;         /* generic_decode: K rows of whole 16-byte pieces at 16-byte alignment */
     bool skip;           /* qsdpa_cuda_generic_can_skip */
 };
 
@@ -73,6 +74,43 @@ __device__ __forceinline__ float warp_max(float x) {
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;
+}
+
+/* The score of key j (this call's index) for a folded row whose last visible global key is
+ * `last` and whose mask row starts at `mrow`: scale * dot, then causal/window and the mask; a
+ * dropped key scores p.masked. keep_flag: 1 where the key counts (generic_combine's kept). */
+__device__ __forceinline__ float gen_key_score(const gen_params &p, float dot, int64_t j, int64_t last, int64_t mrow,
+                                               float &keep_flag) {
+    float s = p.scale * dot;
+    bool keep = true;
+    if (p.causal) {
+        const int64_t pos = p.key_offset + j;
+        if (pos > last || (p.window > 0 && pos <= last - p.window)) keep = false;
+    }
+    if (keep && p.mask_kind != QSDPA_MASK_NONE) {
+        const int64_t at = mrow + j * p.ms[3];
+        if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
+        else s += qd_load_float(p.mask, p.mask_dtype, at);
+    }
+    keep_flag = keep ? 1.0f : 0.0f;
+    return keep ? s : p.masked;
+}
+
+/* With p.skip: [j0, j1) narrowed to the keys some row of the block sees (`last` of its
+ * first nrows rows, a register or shared array of N). */
+template <int N>
+__device__ __forceinline__ void gen_skip_range(const gen_params &p, const int64_t (&last)[N], int nrows, int64_t &j0,
+                                               int64_t &j1) {
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
+#pragma unroll
+    for (int r = 0; r < N; r++) {
+        if (r >= nrows) break;
+        const int64_t end = last[r] - p.key_offset;
+        hi = max(hi, end + 1);
+        lo = min(lo, p.window > 0 ? end - p.window + 1 : (int64_t)0);
+    }
+    j0 = max(j0, lo);
+    j1 = min(j1, hi);
 }
 
 /* T keys per tile; DPL = ceil(Dv / 128) output dims per lane and row. */
@@ -116,16 +154,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
     __syncwarp(); /* last_s comes from warp 0 */
     if (threadIdx.x == 0) {
         int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split, j1 = min(p.lk, j0 + p.keys_per_split);
-        if (p.skip) {
-            int64_t lo = INT64_MAX, hi = INT64_MIN;
-            for (int r = 0; r < nrows; r++) {
-                const int64_t last = last_s[r] - p.key_offset;
-                hi = max(hi, last + 1);
-                lo = min(lo, p.window > 0 ? last - p.window + 1 : (int64_t)0);
-            }
-            j0 = max(j0, lo);
-            j1 = min(j1, hi);
-        }
+        if (p.skip) gen_skip_range(p, last_s, nrows, j0, j1);
         range_s[0] = j0;
         range_s[1] = j1;
     }
@@ -169,22 +198,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
                 for (int r = 0; r < GEN_ROWS; r++) {
                     if (r >= nrows) break;
                     float s = -INFINITY, keep_flag = 0.0f;
-                    if (t < n) {
-                        const int64_t last = last_s[r];
-                        s = p.scale * acc[r];
-                        bool keep = true;
-                        if (p.causal) {
-                            const int64_t pos = p.key_offset + j;
-                            if (pos > last || (p.window > 0 && pos <= last - p.window)) keep = false;
-                        }
-                        if (keep && p.mask_kind != QSDPA_MASK_NONE) {
-                            const int64_t at = mrow_s[r] + j * p.ms[3];
-                            if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
-                            else s += qd_load_float(p.mask, p.mask_dtype, at);
-                        }
-                        if (!keep) s = p.masked;
-                        keep_flag = keep ? 1.0f : 0.0f;
-                    }
+                    if (t < n) s = gen_key_score(p, acc[r], j, last_s[r], mrow_s[r], keep_flag);
                     s_s[r * 32 + t] = s;
                     keep_s[r * 32 + t] = keep_flag;
                 }
@@ -314,6 +328,8 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
         p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = empty ? -INFINITY : M + logf(L);
 }
 
+#include "cuda/cuda_generic_decode.cuh"
+
 } // namespace
 
 /* QSDPA_CUDA_GENERIC_TILE=4 sends every shape with 8-key tiles to 4-key tiles, the path GPUs
@@ -361,46 +377,65 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
 
     int64_t rows = pr->batch * pr->heads_q * pr->len_q;
     p.rows = rows;
-    p.row_chunks = (pr->group_ratio * pr->len_q + GEN_ROWS - 1) / GEN_ROWS;
+    p.vpitch = (p.dv + 3) / 4 * 4;
+    p.k_words = qd_word_path(&p.k) != 0;
+    p.v_words = qd_word_path(&p.v) != 0;
+    const int64_t folded = pr->group_ratio * pr->len_q;
+    void (*kernel)(const gen_params) = gen_decode_choice(&p, folded);
+    const bool decode = kernel != nullptr;
+    size_t smem;
+    int tile, min_keys, waves, threads;
+    if (decode) {
+        /* a block per warp, 4 or 8 rows (gen_decode_choice), 32-key steps, a split at least
+         * QSDPA_CUDA_GENERIC_DECODE_KEYS keys (default 256: fewer partials for the combine) */
+        const int rows_per_block = folded <= 4 ? 4 : 8;
+        p.row_chunks = (folded + rows_per_block - 1) / rows_per_block;
+        p.kpitch = (p.dk + 3) / 4 * 4;
+        const int nwk = p.dk / gen_decode_per_word(&p.k);
+        p.k_vec4 = nwk % 4 == 0 && (uintptr_t)p.k.codes % 16 == 0 && p.k.cs[0] % 16 == 0 && p.k.cs[1] % 16 == 0 &&
+                   p.k.cs[2] % 16 == 0;
+        smem = (size_t)rows_per_block * (p.kpitch + 32) * sizeof(float);
+        static const int decode_keys = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_DECODE_KEYS", 256);
+        tile = 32, min_keys = decode_keys >= 32 ? decode_keys : 32, waves = 1, threads = 32;
+    } else {
+        p.row_chunks = (folded + GEN_ROWS - 1) / GEN_ROWS;
+        tile = gen_tile(p.dk, p.dv);
+        /* 4 keys where 8 exceed the device's per-block shared memory (the static part: 2 x 8 int64),
+         * or where QSDPA_CUDA_GENERIC_TILE=4 asks for it (the coverage test runs that path on any GPU) */
+        if (tile == 8 && (gen_smem_floats(gen_kpitch(p.dk, 8), p.vpitch, 8) * sizeof(float) + 128 >
+                              (size_t)ctx->cuda->smem_optin ||
+                          qsdpa_cuda_generic_tile_override() == 4))
+            tile = 4;
+        p.kpitch = gen_kpitch(p.dk, tile);
+        smem = gen_smem_floats(p.kpitch, p.vpitch, tile) * sizeof(float);
+        const int dpl = p.dv <= 128 ? 1 : p.dv <= 256 ? 2 : p.dv <= 512 ? 4 : 8;
+        /* the tile rule bounds Dv: T 32 has Dv < 256, T 16 Dv < 512; T 4 runs DPL 8 for any Dv */
+        kernel = tile == 4    ? generic_attention<4, 8>
+                 : tile == 32 ? (dpl == 1 ? generic_attention<32, 1> : generic_attention<32, 2>)
+                 : tile == 16 ? (dpl == 1 ? generic_attention<16, 1> : dpl == 2 ? generic_attention<16, 2> : generic_attention<16, 4>)
+                              : (dpl == 1   ? generic_attention<8, 1>
+                                 : dpl == 2 ? generic_attention<8, 2>
+                                 : dpl == 4 ? generic_attention<8, 4>
+                                            : generic_attention<8, 8>);
+        min_keys = 64, threads = GEN_WARPS * 32;
+        waves = qsdpa_cuda_generic_waves(pr->batch * pr->heads_kv * p.row_chunks);
+    }
     const int64_t blocks = pr->batch * pr->heads_kv * p.row_chunks;
     if (rows > 0x7fffffff || blocks > 0x7fffffff)
         return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "B*Hq*Lq = %lld rows exceed the generic kernel's grid",
                           (long long)rows);
-    p.vpitch = (p.dv + 3) / 4 * 4;
-    p.k_words = qd_word_path(&p.k) != 0;
-    p.v_words = qd_word_path(&p.v) != 0;
-    int tile = gen_tile(p.dk, p.dv);
-    /* 4 keys where 8 exceed the device's per-block shared memory (the static part: 2 x 8 int64),
-     * or where QSDPA_CUDA_GENERIC_TILE=4 asks for it (the coverage test runs that path on any GPU) */
-    if (tile == 8 && (gen_smem_floats(gen_kpitch(p.dk, 8), p.vpitch, 8) * sizeof(float) + 128 >
-                          (size_t)ctx->cuda->smem_optin ||
-                      qsdpa_cuda_generic_tile_override() == 4))
-        tile = 4;
-    p.kpitch = gen_kpitch(p.dk, tile);
-    const size_t smem = gen_smem_floats(p.kpitch, p.vpitch, tile) * sizeof(float);
-    const int dpl = p.dv <= 128 ? 1 : p.dv <= 256 ? 2 : p.dv <= 512 ? 4 : 8;
-    /* the tile rule bounds Dv: T 32 has Dv < 256, T 16 Dv < 512; T 4 runs DPL 8 for any Dv */
-    void (*kernel)(const gen_params) = tile == 4    ? generic_attention<4, 8>
-                                       : tile == 32 ? (dpl == 1 ? generic_attention<32, 1> : generic_attention<32, 2>)
-                                       : tile == 16 ? (dpl == 1   ? generic_attention<16, 1>
-                                                       : dpl == 2 ? generic_attention<16, 2>
-                                                                  : generic_attention<16, 4>)
-                                                    : (dpl == 1   ? generic_attention<8, 1>
-                                                       : dpl == 2 ? generic_attention<8, 2>
-                                                       : dpl == 4 ? generic_attention<8, 4>
-                                                                  : generic_attention<8, 8>);
     if (smem > 48 * 1024) {
         cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring generic_attention");
+        if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "configuring the generic kernel");
     }
-    /* splits: whole waves of the blocks that fit an SM (qsdpa_cuda_generic_waves), a split at
-     * least 64 keys and whole tiles */
+    /* splits: whole waves of the blocks that fit an SM, a split at least min_keys keys and
+     * whole tiles */
     int per_sm = 0;
-    cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEN_WARPS * 32, smem);
-    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "sizing generic_attention");
-    int64_t want = (int64_t)(per_sm > 0 ? per_sm : 1) * ctx->cuda->sm_count * qsdpa_cuda_generic_waves(blocks);
+    cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+    if (err != cudaSuccess) return qsdpa_cuda_error(err, fn, "sizing the generic kernel");
+    int64_t want = (int64_t)(per_sm > 0 ? per_sm : 1) * ctx->cuda->sm_count * waves;
     int64_t nsplit = (want + blocks - 1) / blocks;
-    int64_t max_split = (pr->len_k + 63) / 64;
+    int64_t max_split = (pr->len_k + min_keys - 1) / min_keys;
     if (nsplit > max_split) nsplit = max_split;
     if (nsplit > 65535) nsplit = 65535;
     if (nsplit < 1) nsplit = 1;
@@ -416,9 +451,9 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
 
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
     dim3 grid((unsigned)blocks, (unsigned)p.nsplit);
-    kernel<<<grid, GEN_WARPS * 32, smem, stream>>>(p);
-    qsdpa_set_route(ctx, nullptr, "cuda.generic");
-    if ((st = qsdpa_cuda_launch_status(fn, "generic_attention")) != QSDPA_OK) return st;
+    kernel<<<grid, threads, smem, stream>>>(p);
+    qsdpa_set_route(ctx, nullptr, decode ? "cuda.generic.decode" : "cuda.generic");
+    if ((st = qsdpa_cuda_launch_status(fn, decode ? "generic_decode" : "generic_attention")) != QSDPA_OK) return st;
     generic_combine<<<dim3((unsigned)rows, (unsigned)((p.dv + 31) / 32)), GEN_WARPS * 32, 0, stream>>>(p, rows);
     return qsdpa_cuda_launch_status(fn, "generic_combine");
 }

@@ -272,6 +272,24 @@ int main(void) {
             snprintf(label, sizeof label, "cuda.generic Dk%lld Dv%lld", (long long)c.dk, (long long)c.dv);
             cuda_case_run(&rng, &c, label);
         }
+        /* the decode kernel (generic_decode: at most 32 folded rows, f32 q here) with causal, a window
+         * and the key range it skips; at D 96 V's 12 words a key leave 8 lanes idle (2 keys a pass).
+         * Its K rows off 16-byte pieces: the f16 D 34 case below (17 words) */
+        const struct { const char *kf, *vf; int64_t d; } dec[] = {{"affine:4:64", "affine:4:64", 128},
+                                                                 {"affine:8:32", "affine:4:32", 96}};
+        for (int k = 0; k < (quick ? 1 : 2); k++) {
+            c = cuda_case_default();
+            c.kernel = info.name;
+            c.q_dtype = QSDPA_DTYPE_F32;
+            c.kf = fmt(dec[k].kf);
+            c.vf = fmt(dec[k].vf);
+            c.dk = c.dv = dec[k].d;
+            c.hq = 8; c.hkv = 2; c.lq = 4; c.lk = 1000; c.causal = 1; c.window = 100 + 50 * k;
+            char label[128];
+            snprintf(label, sizeof label, "cuda.generic decode %s/%s D%lld Lq4 GQA4 causal window", dec[k].kf,
+                     dec[k].vf, (long long)c.dk);
+            cuda_case_run(&rng, &c, label);
+        }
         /* plain rows by words (odd word counts, Dk != Dv), head dims off the pitch rules' multiples, and
          * more folded rows (heads x positions) than one block takes */
         const struct { const char *f; int64_t dk, dv, hq, hkv, lq; qsdpa_dtype q; } more[] = {
@@ -349,14 +367,18 @@ int main(void) {
      * (the fast rows' long queries, and cuda.generic's), the repacked and realigned copies, the generic
      * kernel. Only on a full run with the routing at its defaults (the knobs and small shared memory move
      * calls between routes). */
-    static const char *const routes[] = {"cuda.decode", "cuda.prefill", "cuda.generic", "cuda.staged:", "cuda.repacked:",
-                                         "cuda.realigned:"};
+    static const char *const routes[] = {"cuda.decode",  "cuda.prefill",   "cuda.generic",   "cuda.generic.decode",
+                                         "cuda.staged:", "cuda.repacked:", "cuda.realigned:"};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         printf("route %-16s %d calls\n", routes[i], cuda_route_count(routes[i]));
         CHECK(!routing_default() || quick || only || getenv("QSDPA_CUDA_SHAPE") || cuda_route_count(routes[i]) > 0,
               "no call took route %s",
               routes[i]);
     }
+    /* "cuda.generic" counts its decode kernel's calls too: generic_attention itself ran */
+    CHECK(!routing_default() || quick || only || getenv("QSDPA_CUDA_SHAPE") ||
+              cuda_route_count("cuda.generic") > cuda_route_count("cuda.generic.decode"),
+          "no call took generic_attention");
 
     if (only) return test_finish("test_cuda_coverage");
     /* auto dispatch routes the hard cases of fast rows to the generic kernel */

@@ -1,0 +1,265 @@
+/* The generic row's decode kernel (included by cuda_generic.cu): short queries (at most 32
+ * folded rows) over caches the tensor-core rows do not take, above all f32 q, whose SPEC §4
+ * tolerance (2e-5) needs f32 products everywhere.
+ *
+ * Why a second kernel: generic_attention decodes every tile into shared memory as f32 through
+ * run-time format switches and meets at four barriers per tile; at D 128, 4-bit, f32 q, 32K
+ * keys it issued ~450 warp instructions per (key, KV head) and took 253 us, 12x the f16 tensor
+ * core row (bench/NOTES.md run 146-147). Here one warp is a block and works alone:
+ *   scores  lane t scores key t of a 32-key step for every row, reading its K row straight
+ *           from global memory (16-byte loads where rows allow) and q from shared memory
+ *           (the same address in every lane: a broadcast);
+ *   softmax the rows' online softmax across the warp by shuffles (as generic_attention's);
+ *   P V     lanes split V by words: with at most 32 words a row, 32 / words keys per load
+ *           instruction, each lane one word of its key; with more, a lane takes words
+ *           lane, lane + 32, ... of every key. The lanes that hold the same dims for
+ *           different keys are summed by shuffles at the end.
+ * Values are dequantized exactly as qd_element (SPEC §2: f32 multiply, then add), products
+ * and sums in f32. Codes per word (KPER, VPER) are template arguments, the mode within a
+ * width (affine or fp) a warp-uniform branch, so one instantiation serves every format of
+ * that width. The partials are generic_attention's ([split][row][4 + Dv], natural-log
+ * units), so generic_combine finishes both. */
+
+/* the (K, V) code widths with a decode kernel: values per 32-bit word of K and of V
+ * (8: 4-bit codes, 4: 8-bit, 2: f16/bf16 rows, 1: f32 rows) */
+#define GEN_DECODE_WIDTHS(X) X(8, 8) X(4, 4) X(2, 2) X(1, 1) X(4, 8)
+
+constexpr int GEN_DECODE_VPL = 8; /* V values a lane accumulates per row (Dv <= 256) */
+
+/* Values per 32-bit word of t's codes where the decode kernel takes t, else 0. */
+static inline int gen_decode_per_word(const qd_qtensor *t) {
+    switch (t->mode) {
+    case QSDPA_MODE_PLAIN: return t->plain_dtype == QSDPA_DTYPE_F32 ? 1 : 2;
+    case QSDPA_MODE_AFFINE: return t->bits == 4 ? 8 : t->bits == 8 ? 4 : 0;
+    case QSDPA_MODE_MXFP4:
+    case QSDPA_MODE_NVFP4: return 8;
+    case QSDPA_MODE_MXFP8: return 4;
+    default: return 0;
+    }
+}
+
+/* E4M3 byte -> value, exactly qd_fp8: its bits placed at f16 bits 7..15 read as the value
+ * times 2^-8 (subnormals included), then scaled back; magnitude 0x7F is NaN. */
+__device__ __forceinline__ float gd_fp8(uint32_t b) {
+    if ((b & 0x7Fu) == 0x7Fu) return __int_as_float(0x7fc00000);
+    const float e = __half2float(__ushort_as_half((unsigned short)(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8))));
+    return e * 256.0f;
+}
+
+/* The PER values of word w of t (plain rows, or codes of one group with scale s, bias z). */
+template <int PER>
+__device__ __forceinline__ void gd_word(const qd_qtensor &t, uint32_t w, float s, float z, float (&v)[PER]) {
+    if constexpr (PER == 1) {
+        v[0] = __uint_as_float(w);
+    } else if constexpr (PER == 2) {
+        if (t.plain_dtype == QSDPA_DTYPE_F16) {
+            const float2 f = __half22float2(*(const __half2 *)&w);
+            v[0] = f.x, v[1] = f.y;
+        } else {
+            v[0] = __uint_as_float(w << 16), v[1] = __uint_as_float(w & 0xFFFF0000u);
+        }
+    } else {
+        constexpr int BITS = 32 / PER;
+        if (t.mode == QSDPA_MODE_AFFINE) {
+#pragma unroll
+            for (int e = 0; e < PER; e++) {
+                /* 2^23 + c minus 2^23: the code as a float without a conversion instruction */
+                const float c = __uint_as_float(((w >> (BITS * e)) & ((1u << BITS) - 1u)) | 0x4B000000u) - 8388608.0f;
+                v[e] = __fadd_rn(__fmul_rn(s, c), z);
+            }
+        } else if (BITS == 8) {
+#pragma unroll
+            for (int e = 0; e < PER; e++) v[e] = __fmul_rn(gd_fp8((w >> (8 * e)) & 0xFFu), s);
+        } else {
+#pragma unroll
+            for (int e = 0; e < PER; e++) v[e] = __fmul_rn(qd_fp4((w >> (4 * e)) & 0xFu), s);
+        }
+    }
+}
+
+/* Scale and bias of group gi of the row whose scales start at srow / biases at zrow. */
+__device__ __forceinline__ void gd_group(const qd_qtensor &t, int64_t srow, int64_t zrow, int gi, float &s, float &z) {
+    if (t.mode == QSDPA_MODE_PLAIN) return;
+    s = qd_group_scale(t, srow, gi);
+    if (t.mode == QSDPA_MODE_AFFINE) z = qd_load_float(t.biases, t.scale_dtype, zrow + gi);
+}
+
+template <int KPER, int VPER, int ROWS>
+__global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
+    extern __shared__ float4 gd_sm4[];
+    float *q_s = (float *)gd_sm4;        /* [ROWS][kpitch], zero past dk and past nrows */
+    float *p_s = q_s + ROWS * p.kpitch;  /* [32 keys][ROWS] weights of a step */
+    const int lane = threadIdx.x, kp = p.kpitch, dk = p.dk, dv = p.dv;
+    const int64_t hkv = p.hq / p.ratio;
+    const int64_t chunk = blockIdx.x % p.row_chunks, g = (blockIdx.x / p.row_chunks) % hkv,
+                  b = blockIdx.x / (p.row_chunks * hkv);
+    const int64_t f0 = chunk * ROWS;
+    const int nrows = (int)min((int64_t)ROWS, p.ratio * p.lq - f0);
+    for (int e = lane; e < ROWS * kp; e += 32) {
+        const int r = e / kp, d = e % kp;
+        const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
+        q_s[e] = r < nrows && d < dk ? qd_load_float(p.q, p.q_dtype, b * p.qs[0] + h * p.qs[1] + i * p.qs[2] + d) : 0.0f;
+    }
+    /* per row: the last visible global key and the mask row (shared: registers are short here) */
+    __shared__ int64_t last[ROWS], mrow[ROWS];
+    if (lane < ROWS) {
+        const int64_t f = f0 + min(lane, nrows - 1), h = g * p.ratio + f / p.lq, i = f % p.lq;
+        last[lane] = i + p.key_total - p.lq;
+        mrow[lane] = b * p.ms[0] + h * p.ms[1] + i * p.ms[2];
+    }
+    __syncwarp();
+    int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split, j1 = min(p.lk, j0 + p.keys_per_split);
+    if (p.skip) gen_skip_range(p, last, nrows, j0, j1);
+    float m[ROWS], l[ROWS], kept[ROWS], o[ROWS][GEN_DECODE_VPL];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        m[r] = -INFINITY, l[r] = 0.0f, kept[r] = 0.0f;
+#pragma unroll
+        for (int x = 0; x < GEN_DECODE_VPL; x++) o[r][x] = 0.0f;
+    }
+    const qd_qtensor &K = p.k, &V = p.v;
+    const int nwk = dk / KPER, nwv = dv / VPER;
+    const char *kbase = (const char *)K.codes + b * K.cs[0] + g * K.cs[1];
+    const char *vbase = (const char *)V.codes + b * V.cs[0] + g * V.cs[1];
+    const int64_t ksb = b * K.ss[0] + g * K.ss[1], kzb = b * K.bs[0] + g * K.bs[1];
+    const int64_t vsb = b * V.ss[0] + g * V.ss[1], vzb = b * V.bs[0] + g * V.bs[1];
+    const bool kvec = p.k_vec4; /* rows of whole 16-byte pieces at 16-byte alignment */
+    const int kgroup = K.mode == QSDPA_MODE_PLAIN ? 1 << 30 : K.group;
+    const int vgroup = V.mode == QSDPA_MODE_PLAIN ? 1 << 30 : V.group;
+    /* V split: `per_key` lanes a key (one word each) and `kpi` keys a pass, or every lane on
+     * every key with words lane + 32 x */
+    const bool vwide = nwv > 32;
+    const int kpi = vwide ? 1 : 32 / nwv, vword = vwide ? lane : lane % nwv, vkey = vwide ? 0 : lane / nwv;
+    const bool vlane = vwide || lane < kpi * nwv;
+    const int vx = vwide ? (nwv + 31) / 32 : 1; /* words per lane per key */
+    __syncwarp(); /* q staged */
+    for (int64_t jt = j0; jt < j1; jt += 32) {
+        const int n = (int)min((int64_t)32, j1 - jt);
+        const bool valid = lane < n;
+        const int64_t j = jt + (valid ? lane : 0);
+        float acc[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) acc[r] = 0.0f;
+        if (valid) {
+            const uint32_t *krow = (const uint32_t *)(kbase + j * K.cs[2]);
+            float s = 1.0f, z = 0.0f;
+            int gi = -1;
+            for (int w0 = 0; w0 < nwk; w0 += 4) {
+                uint32_t wd[4];
+                if (kvec) {
+                    const uint4 u = *(const uint4 *)(krow + w0);
+                    wd[0] = u.x, wd[1] = u.y, wd[2] = u.z, wd[3] = u.w;
+                } else {
+#pragma unroll
+                    for (int x = 0; x < 4; x++) wd[x] = w0 + x < nwk ? krow[w0 + x] : 0u;
+                }
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    const int w = w0 + x;
+                    if (w >= nwk) break;
+                    const int d0 = w * KPER;
+                    if (d0 / kgroup != gi) gi = d0 / kgroup, gd_group(K, ksb + j * K.ss[2], kzb + j * K.bs[2], gi, s, z);
+                    float kv[KPER];
+                    gd_word<KPER>(K, wd[x], s, z, kv);
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++) {
+                        const float *qr = q_s + r * kp + d0;
+                        if constexpr (KPER >= 4) {
+#pragma unroll
+                            for (int e = 0; e < KPER; e += 4) {
+                                const float4 qv = *(const float4 *)(qr + e);
+                                acc[r] = fmaf(qv.x, kv[e], fmaf(qv.y, kv[e + 1], fmaf(qv.z, kv[e + 2], fmaf(qv.w, kv[e + 3], acc[r]))));
+                            }
+                        } else {
+#pragma unroll
+                            for (int e = 0; e < KPER; e++) acc[r] = fmaf(qr[e], kv[e], acc[r]);
+                        }
+                    }
+                }
+            }
+        }
+        /* online softmax of every row across the warp (generic_attention's arithmetic) */
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            float keep_flag = 0.0f;
+            const float s = valid ? gen_key_score(p, acc[r], jt + lane, last[r], mrow[r], keep_flag) : -INFINITY;
+            kept[r] = fmaxf(kept[r], keep_flag);
+            const float mn = fmaxf(m[r], warp_max(s));
+            const float corr = mn == -INFINITY ? 1.0f : expf(m[r] - mn);
+            const float w = mn == -INFINITY || !valid ? 0.0f : expf(s - mn);
+            l[r] = l[r] * corr + warp_sum(w);
+            m[r] = mn;
+            p_s[lane * ROWS + r] = r < nrows ? w : 0.0f;
+#pragma unroll
+            for (int x = 0; x < GEN_DECODE_VPL; x++) o[r][x] *= corr;
+        }
+        __syncwarp(); /* the step's weights written */
+        if (vlane) {
+            for (int t = vkey; t < n; t += kpi) {
+                const int64_t jv = jt + t;
+                const uint32_t *vrow = (const uint32_t *)(vbase + jv * V.cs[2]);
+                float wt[ROWS];
+#pragma unroll
+                for (int r = 0; r < ROWS; r += 4) {
+                    const float4 w4 = *(const float4 *)(p_s + t * ROWS + r);
+                    wt[r] = w4.x, wt[r + 1] = w4.y, wt[r + 2] = w4.z, wt[r + 3] = w4.w;
+                }
+#pragma unroll
+                for (int x = 0; x < GEN_DECODE_VPL / VPER; x++) {
+                    const int w = vword + 32 * x;
+                    if (x >= vx || w >= nwv) break;
+                    float s = 1.0f, z = 0.0f;
+                    gd_group(V, vsb + jv * V.ss[2], vzb + jv * V.bs[2], w * VPER / vgroup, s, z);
+                    float vv[VPER];
+                    gd_word<VPER>(V, vrow[w], s, z, vv);
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                        for (int e = 0; e < VPER; e++) o[r][x * VPER + e] = fmaf(wt[r], vv[e], o[r][x * VPER + e]);
+                }
+            }
+        }
+        __syncwarp(); /* the weights read before the next step writes them */
+    }
+    /* lanes holding the same dims for other keys of a pass (kpi > 1) into the first */
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int x = 0; x < GEN_DECODE_VPL; x++) {
+            float sum = o[r][x];
+            for (int k = 1; k < kpi; k++) sum += __shfl_sync(0xffffffffu, o[r][x], min(lane + k * nwv, 31));
+            o[r][x] = sum;
+        }
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        if (r >= nrows) break;
+        const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
+        float *dst = p.part + ((int64_t)blockIdx.y * p.rows + (b * p.hq + h) * p.lq + i) * (4 + dv);
+        const float kr = warp_max(kept[r]);
+        if (lane == 0) dst[0] = m[r], dst[1] = l[r], dst[2] = kr, dst[3] = 0.0f;
+        if (vlane && vkey == 0)
+#pragma unroll
+            for (int x = 0; x < GEN_DECODE_VPL / VPER; x++) {
+                const int w = vword + 32 * x;
+                if (x >= vx || w >= nwv) break;
+#pragma unroll
+                for (int e = 0; e < VPER; e++) dst[4 + w * VPER + e] = o[r][x * VPER + e];
+            }
+    }
+}
+
+/* The decode kernel for p's K and V at `folded` rows (GQA ratio x Lq), or nullptr where it
+ * does not take them: more than 32 folded rows (longer queries stay on generic_attention's
+ * shared tiles), a head dim above 256, rows off the word path (qd_word_path), code widths
+ * without an instantiation (GEN_DECODE_WIDTHS: affine 2/3/5/6 bits, mixed widths but K8V4),
+ * or QSDPA_CUDA_GENERIC_DECODE=0 (a benchmark and test knob). */
+static void (*gen_decode_choice(const gen_params *p, int64_t folded))(const gen_params) {
+    static const int enabled = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_DECODE", 1);
+    if (!enabled || folded > 32 || p->dk > 256 || p->dv > 256 || !p->k_words || !p->v_words) return nullptr;
+    const int kper = gen_decode_per_word(&p->k), vper = gen_decode_per_word(&p->v);
+#define GEN_DECODE_PICK(KP, VP)                                                                            \
+    if (kper == KP && vper == VP) return folded <= 4 ? generic_decode<KP, VP, 4> : generic_decode<KP, VP, 8>;
+    GEN_DECODE_WIDTHS(GEN_DECODE_PICK)
+#undef GEN_DECODE_PICK
+    return nullptr;
+}
