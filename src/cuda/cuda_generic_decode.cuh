@@ -5,15 +5,20 @@
  * Why a second kernel: generic_attention decodes every tile into shared memory as f32 through
  * run-time format switches and meets at four barriers per tile; at D 128, 4-bit, f32 q, 32K
  * keys it issued ~450 warp instructions per (key, KV head) and took 253 us, 12x the f16 tensor
- * core row (bench/NOTES.md run 146-147). Here one warp is a block and works alone:
+ * core row (bench/NOTES.md runs 146-147). This kernel takes it to 121 us (2.1x; 128K 876 -> 408,
+ * 2K 42 -> 34, run 149). Its instruction count (~90 a key and KV head) would allow ~4x more: it is
+ * latency-bound (one-warp
+ * blocks, four per scheduler at ~124 registers; what would help next is staging the step's K and V
+ * rows with cp.async while the previous step computes). One warp is a block and works alone:
  *   scores  lane t scores key t of a 32-key step for every row, reading its K row straight
- *           from global memory (16-byte loads where rows allow) and q from shared memory
+ *           from global memory (two 16-byte loads a pass where rows allow) and q from shared memory
  *           (the same address in every lane: a broadcast);
  *   softmax the rows' online softmax across the warp by shuffles (as generic_attention's);
  *   P V     lanes split V by words: with at most 32 words a row, 32 / words keys per load
  *           instruction, each lane one word of its key; with more, a lane takes words
- *           lane, lane + 32, ... of every key. The lanes that hold the same dims for
- *           different keys are summed by shuffles at the end.
+ *           lane, lane + 32, ... of every key; a batch of keys' words, scales and biases is
+ *           loaded before any is used. The lanes that hold the same dims for different keys
+ *           are summed by shuffles at the end.
  * Values are dequantized exactly as qd_element (SPEC §2: f32 multiply, then add), products
  * and sums in f32. Codes per word (KPER, VPER) are template arguments, the mode within a
  * width (affine or fp) a warp-uniform branch, so one instantiation serves every format of
@@ -144,17 +149,18 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
             const uint32_t *krow = (const uint32_t *)(kbase + j * K.cs[2]);
             float s = 1.0f, z = 0.0f;
             int gi = -1;
-            for (int w0 = 0; w0 < nwk; w0 += 4) {
-                uint32_t wd[4];
+            for (int w0 = 0; w0 < nwk; w0 += 8) { /* 8 words a pass: two 16-byte loads in flight */
+                uint32_t wd[8];
                 if (kvec) {
                     const uint4 u = *(const uint4 *)(krow + w0);
-                    wd[0] = u.x, wd[1] = u.y, wd[2] = u.z, wd[3] = u.w;
+                    const uint4 u2 = w0 + 4 < nwk ? *(const uint4 *)(krow + w0 + 4) : make_uint4(0u, 0u, 0u, 0u);
+                    wd[0] = u.x, wd[1] = u.y, wd[2] = u.z, wd[3] = u.w, wd[4] = u2.x, wd[5] = u2.y, wd[6] = u2.z, wd[7] = u2.w;
                 } else {
 #pragma unroll
-                    for (int x = 0; x < 4; x++) wd[x] = w0 + x < nwk ? krow[w0 + x] : 0u;
+                    for (int x = 0; x < 8; x++) wd[x] = w0 + x < nwk ? krow[w0 + x] : 0u;
                 }
 #pragma unroll
-                for (int x = 0; x < 4; x++) {
+                for (int x = 0; x < 8; x++) {
                     const int w = w0 + x;
                     if (w >= nwk) break;
                     const int d0 = w * KPER;
@@ -195,27 +201,46 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
         }
         __syncwarp(); /* the step's weights written */
         if (vlane) {
-            for (int t = vkey; t < n; t += kpi) {
-                const int64_t jv = jt + t;
-                const uint32_t *vrow = (const uint32_t *)(vbase + jv * V.cs[2]);
-                float wt[ROWS];
+            /* VB keys at a time, every one's words, scales and biases loaded before any is used
+             * (one wait on memory per batch, not per key) */
+            constexpr int NX = GEN_DECODE_VPL / VPER, VB = NX >= 4 ? 1 : 4 / NX;
+            for (int t0 = vkey; t0 < n; t0 += VB * kpi) {
+                uint32_t vw[VB][NX];
+                float vs[VB][NX], vz[VB][NX];
 #pragma unroll
-                for (int r = 0; r < ROWS; r += 4) {
-                    const float4 w4 = *(const float4 *)(p_s + t * ROWS + r);
-                    wt[r] = w4.x, wt[r + 1] = w4.y, wt[r + 2] = w4.z, wt[r + 3] = w4.w;
+                for (int k = 0; k < VB; k++) {
+                    const int t = t0 + k * kpi;
+                    const int64_t jv = jt + min(t, n - 1);
+                    const uint32_t *vrow = (const uint32_t *)(vbase + jv * V.cs[2]);
+#pragma unroll
+                    for (int x = 0; x < NX; x++) {
+                        const int w = vword + 32 * x;
+                        vw[k][x] = 0u, vs[k][x] = 1.0f, vz[k][x] = 0.0f;
+                        if (t >= n || x >= vx || w >= nwv) continue;
+                        vw[k][x] = vrow[w];
+                        gd_group(V, vsb + jv * V.ss[2], vzb + jv * V.bs[2], w * VPER / vgroup, vs[k][x], vz[k][x]);
+                    }
                 }
 #pragma unroll
-                for (int x = 0; x < GEN_DECODE_VPL / VPER; x++) {
-                    const int w = vword + 32 * x;
-                    if (x >= vx || w >= nwv) break;
-                    float s = 1.0f, z = 0.0f;
-                    gd_group(V, vsb + jv * V.ss[2], vzb + jv * V.bs[2], w * VPER / vgroup, s, z);
-                    float vv[VPER];
-                    gd_word<VPER>(V, vrow[w], s, z, vv);
+                for (int k = 0; k < VB; k++) {
+                    const int t = t0 + k * kpi;
+                    if (t >= n) break;
+                    float wt[ROWS];
 #pragma unroll
-                    for (int r = 0; r < ROWS; r++)
+                    for (int r = 0; r < ROWS; r += 4) {
+                        const float4 w4 = *(const float4 *)(p_s + t * ROWS + r);
+                        wt[r] = w4.x, wt[r + 1] = w4.y, wt[r + 2] = w4.z, wt[r + 3] = w4.w;
+                    }
 #pragma unroll
-                        for (int e = 0; e < VPER; e++) o[r][x * VPER + e] = fmaf(wt[r], vv[e], o[r][x * VPER + e]);
+                    for (int x = 0; x < NX; x++) {
+                        if (x >= vx || vword + 32 * x >= nwv) break;
+                        float vv[VPER];
+                        gd_word<VPER>(V, vw[k][x], vs[k][x], vz[k][x], vv);
+#pragma unroll
+                        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                            for (int e = 0; e < VPER; e++) o[r][x * VPER + e] = fmaf(wt[r], vv[e], o[r][x * VPER + e]);
+                    }
                 }
             }
         }
