@@ -6,10 +6,10 @@
  * run-time format switches and meets at four barriers per tile; at D 128, 4-bit, f32 q, 32K
  * keys it issued ~450 warp instructions per (key, KV head) and took 253 us, 12x the f16 tensor
  * core row (bench/NOTES.md runs 146-147). This kernel takes it to 121 us (2.1x; 128K 876 -> 408,
- * 2K 42 -> 34, run 149). Its instruction count (~90 a key and KV head) would allow ~4x more: it is
- * latency-bound (one-warp
- * blocks, four per scheduler at ~124 registers; what would help next is staging the step's K and V
- * rows with cp.async while the previous step computes). One warp is a block and works alone:
+ * 2K 42 -> 34, run 149). Its instruction count (~90 a key and KV head) would allow ~4x more: it
+ * is latency-bound (one-warp blocks, four per scheduler at ~124 registers); what would help next
+ * is staging step i + 1's K and V rows with cp.async while step i computes. One warp is a block
+ * and works alone:
  *   scores  lane t scores key t of a 32-key step for every row, reading its K row straight
  *           from global memory (two 16-byte loads a pass where rows allow) and q from shared memory
  *           (the same address in every lane: a broadcast);
