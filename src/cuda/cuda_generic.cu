@@ -390,7 +390,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
          * of resident warps down to one step each (QSDPA_CUDA_GENERIC_DECODE_KEYS, default 32, sets
          * that floor: at 256, 2K took 128 us against 34, 8K 140 against 47, 32K 163 against 121,
          * run 149; the warp is latency-bound, so more warps per SM win over fewer partials) */
-        const int rows_per_block = folded <= 4 ? 4 : 8;
+        const int rows_per_block = gen_decode_rows(folded);
         p.row_chunks = (folded + rows_per_block - 1) / rows_per_block;
         p.kpitch = (p.dk + 3) / 4 * 4;
         const int nwk = p.dk / gen_decode_per_word(&p.k);

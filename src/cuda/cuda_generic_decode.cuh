@@ -31,17 +31,16 @@
 
 constexpr int GEN_DECODE_VPL = 8; /* V values a lane accumulates per row (Dv <= 256) */
 
-/* Values per 32-bit word of t's codes where the decode kernel takes t, else 0. */
+/* Values per 32-bit word of t's codes (qd_codes_per_item) where the decode kernel takes t:
+ * plain rows, affine 4 or 8 bits, mxfp4, nvfp4, mxfp8; else 0. */
 static inline int gen_decode_per_word(const qd_qtensor *t) {
-    switch (t->mode) {
-    case QSDPA_MODE_PLAIN: return t->plain_dtype == QSDPA_DTYPE_F32 ? 1 : 2;
-    case QSDPA_MODE_AFFINE: return t->bits == 4 ? 8 : t->bits == 8 ? 4 : 0;
-    case QSDPA_MODE_MXFP4:
-    case QSDPA_MODE_NVFP4: return 8;
-    case QSDPA_MODE_MXFP8: return 4;
-    default: return 0;
-    }
+    const bool taken = t->mode == QSDPA_MODE_PLAIN || t->mode == QSDPA_MODE_MXFP4 || t->mode == QSDPA_MODE_NVFP4 ||
+                       t->mode == QSDPA_MODE_MXFP8 || (t->mode == QSDPA_MODE_AFFINE && (t->bits == 4 || t->bits == 8));
+    return taken ? qd_codes_per_item(t) : 0;
 }
+
+/* Folded rows a decode block takes: 4 where the call has no more, else 8. */
+static inline int gen_decode_rows(int64_t folded) { return folded <= 4 ? 4 : 8; }
 
 /* E4M3 byte -> value, exactly qd_fp8: its bits placed at f16 bits 7..15 read as the value
  * times 2^-8 (subnormals included), then scaled back; magnitude 0x7F is NaN. */
@@ -283,7 +282,7 @@ static void (*gen_decode_choice(const gen_params *p, int64_t folded))(const gen_
     if (!enabled || folded > 32 || p->dk > 256 || p->dv > 256 || !p->k_words || !p->v_words) return nullptr;
     const int kper = gen_decode_per_word(&p->k), vper = gen_decode_per_word(&p->v);
 #define GEN_DECODE_PICK(KP, VP)                                                                            \
-    if (kper == KP && vper == VP) return folded <= 4 ? generic_decode<KP, VP, 4> : generic_decode<KP, VP, 8>;
+    if (kper == KP && vper == VP) return gen_decode_rows(folded) == 4 ? generic_decode<KP, VP, 4> : generic_decode<KP, VP, 8>;
     GEN_DECODE_WIDTHS(GEN_DECODE_PICK)
 #undef GEN_DECODE_PICK
     return nullptr;
