@@ -295,6 +295,12 @@ for tool in memcheck racecheck; do
     >>"$OUT/sanitizer.log" 2>&1
   echo "$tool coverage(a4g64 d128, 4-byte scale pieces) rc=$?" | tee -a "$OUT/sanitizer.log"
 done
+# the padded path: D 96 caches read in place by the D 128 decode kernels (zero-filled pieces, stored scale rows)
+for tool in memcheck racecheck; do
+  QSDPA_CUDA_ONLY=generic QSDPA_CUDA_SHAPE="padded" timeout 90 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
+    >>"$OUT/sanitizer.log" 2>&1
+  echo "$tool coverage(generic, padded) rc=$?" | tee -a "$OUT/sanitizer.log"
+done
 # the repacked path's copies, affine 2/3/5/6-bit codes widened among them
 for tool in memcheck racecheck; do
   QSDPA_CUDA_ONLY=generic QSDPA_CUDA_SHAPE="repacked K affine:" timeout 90 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \

@@ -149,6 +149,14 @@ bool qsdpa_cuda_scales_one_block(const qsdpa_qtensor *t);
  * codes are read in place. `run` is the row's own entry, which the copy no longer sends here. */
 bool qsdpa_cuda_realign_takes(const qsdpa_problem *p);
 qsdpa_status qsdpa_cuda_realigned_run(qsdpa_context *ctx, const qsdpa_problem *p, qsdpa_cuda_run_fn run);
+/* Whether the decode kernel takes pr's K/V layouts at any row count (scale dtypes and blocks, strides;
+ * QSDPA_CUDA_TILE_DECODE=1 says no; fast_setup.cu). */
+bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr);
+/* The padded path (cuda_staged.cu): short queries (at most 32 folded rows, f16/bf16 q) over a cache whose
+ * head dim has a padded decode kernel (kernels_cuda.def's QSDPA_CUDA_PAD_ROWS: D 96 on the D 128 kernels),
+ * read in place, no copy; whether it takes p, and its run. */
+bool qsdpa_cuda_padded_takes(const qsdpa_problem *p);
+qsdpa_status qsdpa_cuda_padded_run(qsdpa_context *ctx, const qsdpa_problem *p);
 /* The repacked path (cuda_staged.cu): short queries (at most 32 folded rows, f16/bf16 q) at head dims
  * or affine widths (2/3/5/6 bits, widened to 4/8) without a fast row, K and V repacked zero-padded to
  * the narrowest fast row's head dim that takes their formats; whether it takes p, and its run

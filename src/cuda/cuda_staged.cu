@@ -54,6 +54,8 @@
 #define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn)                                          \
     extern "C" qsdpa_status fn(qsdpa_context *ctx, const qsdpa_problem *p);
 #define QSDPA_CUDA_STAGE_ROWS(unit, DK, DV, fn) extern "C" qsdpa_status fn(qsdpa_context *ctx, const qsdpa_problem *p);
+#define QSDPA_CUDA_PAD_ROWS(unit, DS, D, km, kb, kg, vm, vb, vg, fn)                                       \
+    extern "C" qsdpa_status fn(qsdpa_context *ctx, const qsdpa_problem *p);
 #include "cuda/kernels_cuda.def"
 
 namespace {
@@ -78,6 +80,17 @@ struct fast_row {
 #define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn) {km, kb, kg, vm, vb, vg, D, fn},
 #define QSDPA_CUDA_STAGE_ROWS(unit, DK, DV, fn)
 const fast_row fast_rows[] = {
+#include "cuda/kernels_cuda.def"
+};
+
+/* The padded path's kernels: a fast row's decode kernel over a narrower cache (stored head dim ds) */
+struct padded_row {
+    int ds, km, kb, kg, vm, vb, vg;
+    qsdpa_status (*run)(qsdpa_context *ctx, const qsdpa_problem *p);
+};
+#define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn)
+#define QSDPA_CUDA_PAD_ROWS(unit, DS, D, km, kb, kg, vm, vb, vg, fn) {DS, km, kb, kg, vm, vb, vg, fn},
+const padded_row padded_rows[] = {
 #include "cuda/kernels_cuda.def"
 };
 #undef QSDPA_KERNEL
@@ -311,8 +324,8 @@ bool rows_hand_off(const qsdpa_problem *p) {
     return (p->lse && p->mask_kind == QSDPA_MASK_BOOL) || !qsdpa_cuda_every_row_sees_a_key(p);
 }
 
-/* QSDPA_CUDA_STAGED=0 sends what the staged, repacked and realigned paths take to the generic kernel (the
- * coverage test's switch) */
+/* QSDPA_CUDA_STAGED=0 sends what the staged, padded, repacked and realigned paths take to the generic kernel
+ * (the coverage test's switch) */
 bool staging_enabled() {
     static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_STAGED", 1) != 0;
     return enabled;
@@ -352,6 +365,23 @@ bool row_takes(const qsdpa_format &f, int mode, int bits, int group) {
     if ((int)f.mode != mode || repack_bits(f) != bits) return false;
     if (mode == QSDPA_MODE_PLAIN) return f.plain_dtype == QSDPA_DTYPE_F16;
     return group == QSDPA_ANY || f.group == group;
+}
+
+/* The padded kernel that reads p's cache in place: its stored head dim and formats exactly (no widening), at
+ * most 32 folded rows, f16/bf16 q, and layouts the decode kernel copies with scale planes of one aligned
+ * block (a pad_from stage keeps them as stored, rows of e.g. 3 or 6 bytes); null where none does.
+ * QSDPA_CUDA_PADDED=0 turns the path off (the repacked path then takes these calls: an A/B knob). */
+const padded_row *padded_row_of(const qsdpa_problem *p) {
+    static const bool on = qsdpa_cuda_env("QSDPA_CUDA_PADDED", 1) != 0;
+    if (!on || !stageable(p) || p->group_ratio * p->len_q > STAGED_MIN_ROWS || p->dim_k != p->dim_v) return nullptr;
+    for (const padded_row &r : padded_rows) {
+        if (r.ds != p->dim_k || p->k.format.bits != r.kb || p->v.format.bits != r.vb ||
+            !row_takes(p->k.format, r.km, r.kb, r.kg) || !row_takes(p->v.format, r.vm, r.vb, r.vg))
+            continue;
+        const bool blocks = qsdpa_cuda_scales_one_block(&p->k) && qsdpa_cuda_scales_one_block(&p->v);
+        return blocks && qsdpa_cuda_decode_layouts_ok(p) && !qsdpa_cuda_fast_hands_off(p) ? &r : nullptr;
+    }
+    return nullptr;
 }
 
 /* The fast row a repack of p feeds: the narrowest head dim W >= Dk, Dv whose row takes p's K and V formats. */
@@ -722,6 +752,14 @@ bool qsdpa_cuda_repacked_takes(const qsdpa_problem *p) {
     const fast_row *row;
     repack_plan rp;
     return repack_need(p, &row, &rp) && (double)rp.bytes <= stage_limit_bytes();
+}
+
+bool qsdpa_cuda_padded_takes(const qsdpa_problem *p) { return padded_row_of(p) != nullptr; }
+
+qsdpa_status qsdpa_cuda_padded_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
+    const qsdpa_status st = padded_row_of(pr)->run(ctx, pr); /* qsdpa_cuda_padded_takes checked it */
+    qsdpa_set_route(ctx, "cuda.padded:", ctx->last_route);
+    return st;
 }
 
 qsdpa_status qsdpa_cuda_repacked_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn fallback) {

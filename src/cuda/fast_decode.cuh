@@ -209,10 +209,17 @@ struct dec_chunk {
 /* One 16-key chunk in a warp's shared-memory ring: code rows (padded so the lanes'
  * reads are free of bank conflicts), then the chunk's [16][groups] scale and bias
  * blocks, copied whole (the host requires scale rows back to back, in planes that are
- * 16-byte aligned, or 4-byte aligned with rows of whole 4-byte words: scales_vec 0). */
+ * 16-byte aligned, or 4-byte aligned with rows of whole 4-byte words: scales_vec 0).
+ * A cache stored narrower than the kernel (pad_from: D 96 on the D 128 kernel) fills
+ * the code rows' missing 16-byte pieces with zeros and keeps its scale blocks as
+ * stored, [16][its groups]; dec_read gives the missing groups zero scales. */
 template <int DK, int DV, class FK, class FV>
 struct dec_stage {
+    static constexpr int DKS = src_dim_of<FK>::value ? src_dim_of<FK>::value : DK; /* head dims as stored */
+    static constexpr int DVS = src_dim_of<FV>::value ? src_dim_of<FV>::value : DV;
     static constexpr int KROW = DK * FK::bits / 8, VROW = DV * FV::bits / 8;
+    static constexpr int KROW_SRC = DKS * FK::bits / 8, VROW_SRC = DVS * FV::bits / 8;
+    static constexpr int KGS = FK::has_scales ? DKS / FK::group : 0, VGS = FV::has_scales ? DVS / FV::group : 0;
     /* pitches that keep the lanes' fragment reads free of bank conflicts: a lane reads
      * W-byte runs (W <= 16), 32/W rows per phase, so the pitch must be an odd multiple
      * of 4W modulo 128; wider runs (two 16-byte reads) want 16 modulo 32 */
@@ -221,8 +228,7 @@ struct dec_stage {
                                       ? KROW + ((4 * KRUNB - KROW % (8 * KRUNB)) + 8 * KRUNB) % (8 * KRUNB)
                                       : (KROW >= 128 ? KROW + 16 : KROW);
     static constexpr int VPITCH = VROW + 16;
-    static constexpr int KSROW = FK::has_scales ? DK / FK::group * dec_scale_bytes<FK>() : 0;
-    static constexpr int VSROW = FV::has_scales ? DV / FV::group * dec_scale_bytes<FV>() : 0;
+    static constexpr int KSROW = KGS * dec_scale_bytes<FK>(), VSROW = VGS * dec_scale_bytes<FV>(); /* stored */
     static constexpr int KSB = (DEC_CHUNK * KSROW + 15) / 16 * 16, VSB = (DEC_CHUNK * VSROW + 15) / 16 * 16;
     static constexpr int V_OFF = DEC_CHUNK * KPITCH, KS_OFF = V_OFF + DEC_CHUNK * VPITCH;
     static constexpr int KZ_OFF = KS_OFF + KSB, VS_OFF = KZ_OFF + (FK::has_biases ? KSB : 0);
@@ -230,6 +236,9 @@ struct dec_stage {
     /* chunks in flight per warp: about 7 KB of codes for the 4-bit rows, 3 stages of wider ones */
     static constexpr int STAGES = BYTES <= 3072 ? QSDPA_CUDA_DEC_SMALL_STAGES : 3;
     static_assert(KROW % 16 == 0 && VROW % 16 == 0, "code rows of whole 16-byte pieces");
+    static_assert(KROW_SRC % 16 == 0 && VROW_SRC % 16 == 0 && DKS <= DK && DVS <= DV &&
+                      (!FK::has_scales || DKS % FK::group == 0) && (!FV::has_scales || DVS % FV::group == 0),
+                  "a narrower cache: stored rows of whole 16-byte pieces and whole groups");
 };
 
 /* A lane's share of copying its warp's chunks into the ring (cp.async, zero-filled
@@ -242,6 +251,7 @@ template <int DK, int DV, class FK, class FV>
 struct dec_copier {
     using R = dec_stage<DK, DV, FK, FV>;
     static constexpr int KC = R::KROW / 16, VC = R::VROW / 16;               /* pieces (= lanes) per code row */
+    static constexpr int KCS = R::KROW_SRC / 16, VCS = R::VROW_SRC / 16;     /* of them stored (pad_from: fewer) */
     static constexpr int KN = DEC_CHUNK * KC / 32, VN = DEC_CHUNK * VC / 32;  /* code pieces per lane */
     static constexpr int KSP = FK::has_scales ? R::KSB / 16 : 0, VSP = FV::has_scales ? R::VSB / 16 : 0;
     static constexpr int KZP = FK::has_biases ? KSP : 0, VZP = FV::has_biases ? VSP : 0;
@@ -254,13 +264,19 @@ struct dec_copier {
     int k_dst, v_dst;      /* the lane's first piece in a stage */
     int s_row, s_off;      /* its scale block's bytes per key, the piece's offset in that block */
     bool has_scale;        /* lane < NSP */
+    bool k_real, v_real;   /* the lane's code pieces are stored (false: a narrower cache's zero pad) */
     bool s_words;          /* the planes are 4-byte aligned only (scales_vec 0): a piece is 4 copies of 4 bytes */
     static constexpr int KR = 32 / KC, VR = 32 / VC; /* keys between a lane's pieces */
 
     __device__ __forceinline__ dec_copier(const fast_params &p, int64_t b, int64_t g, int chunk, int lane) {
         const int64_t j0 = (int64_t)chunk * DEC_CHUNK;
-        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KC) * p.k.cs[2] + (lane % KC) * 16;
-        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VC) * p.v.cs[2] + (lane % VC) * 16;
+        k_real = lane % KC < KCS;
+        v_real = lane % VC < VCS;
+        /* a pad lane keeps its row's first piece as an in-bounds source of zero bytes */
+        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KC) * p.k.cs[2] +
+            (k_real ? (lane % KC) * 16 : 0);
+        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VC) * p.v.cs[2] +
+            (v_real ? (lane % VC) * 16 : 0);
         k_step = (int)(KR * p.k.cs[2]);
         v_step = (int)(VR * p.v.cs[2]);
         k_dst = (lane / KC) * R::KPITCH + (lane % KC) * 16;
@@ -290,10 +306,10 @@ struct dec_copier {
         const int64_t rows = (int64_t)ahead * (DEC_WARPS * DEC_CHUNK);
 #pragma unroll
         for (int i = 0; i < KN; i++)
-            if (j0 + lane / KC + i * KR < lk) prefetch_l2(k + rows * p.k.cs[2] + i * k_step);
+            if (k_real && j0 + lane / KC + i * KR < lk) prefetch_l2(k + rows * p.k.cs[2] + i * k_step);
 #pragma unroll
         for (int i = 0; i < VN; i++)
-            if (j0 + lane / VC + i * VR < lk) prefetch_l2(v + rows * p.v.cs[2] + i * v_step);
+            if (v_real && j0 + lane / VC + i * VR < lk) prefetch_l2(v + rows * p.v.cs[2] + i * v_step);
         if (has_scale && (int64_t)(lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
     }
 
@@ -305,9 +321,15 @@ struct dec_copier {
         const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk; /* the host keeps Lk < 2^31 */
         if (j0 + DEC_CHUNK <= lk) {
 #pragma unroll
-            for (int i = 0; i < KN; i++) cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step);
+            for (int i = 0; i < KN; i++) {
+                if constexpr (KCS == KC) cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step);
+                else cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step, k_real ? 16 : 0);
+            }
 #pragma unroll
-            for (int i = 0; i < VN; i++) cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step);
+            for (int i = 0; i < VN; i++) {
+                if constexpr (VCS == VC) cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step);
+                else cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step, v_real ? 16 : 0);
+            }
             if (has_scale) {
                 if (!s_words) {
                     cp_async16(stage + R::KS_OFF + lane * 16, s);
@@ -319,12 +341,12 @@ struct dec_copier {
         } else {
 #pragma unroll
             for (int i = 0; i < KN; i++) {
-                const bool ok = j0 + lane / KC + i * KR < lk;
+                const bool ok = k_real && j0 + lane / KC + i * KR < lk;
                 cp_async16(stage + k_dst + i * KR * R::KPITCH, ok ? k + i * k_step : k, ok ? 16 : 0);
             }
 #pragma unroll
             for (int i = 0; i < VN; i++) {
-                const bool ok = j0 + lane / VC + i * VR < lk;
+                const bool ok = v_real && j0 + lane / VC + i * VR < lk;
                 cp_async16(stage + v_dst + i * VR * R::VPITCH, ok ? v + i * v_step : v, ok ? 16 : 0);
             }
             if (has_scale) { /* cut at the last key */
@@ -379,6 +401,22 @@ __device__ __forceinline__ void lds_scale_row(const char *src, uint32_t *w) {
     else lds_words<N / 2>(src, w);
 }
 
+/* A key's N 16-bit scales of which the first NS are stored (a narrower cache, pad_from): the
+ * stored ones element by element (its rows, e.g. 6 bytes, are not word-aligned), zeros past them. */
+template <int N, int NS>
+__device__ __forceinline__ void lds_scale_row_stored(const char *src, uint32_t *w) {
+    if constexpr (N == NS) {
+        lds_scale_row<N>(src, w);
+    } else {
+#pragma unroll
+        for (int i = 0; i < (N + 1) / 2; i++) {
+            const uint32_t lo = 2 * i < NS ? *(const unsigned short *)(src + 4 * i) : 0u;
+            const uint32_t hi = 2 * i + 1 < NS ? *(const unsigned short *)(src + 4 * i + 2) : 0u;
+            w[i] = lo | hi << 16;
+        }
+    }
+}
+
 /* A lane's fragments of one staged chunk -> registers. */
 template <int DK, int DV, class FK, class FV>
 __device__ __forceinline__ void dec_read(const char *stage, int gq, int c4, dec_chunk<DK, DV, FK, FV> &r) {
@@ -394,16 +432,19 @@ __device__ __forceinline__ void dec_read(const char *stage, int gq, int c4, dec_
             for (int gr = 0; gr < G::NGK; gr++)
                 lds_words<G::KRW>(stage + key * R::KPITCH + (gr * FK::group + c4 * G::KRUN) * FK::bits / 8,
                                   &r.kw[kk][gr * G::KRW]);
-            lds_scale_row<G::NGK>(stage + R::KS_OFF + key * R::KSROW, r.kfs[kk]);
-            lds_scale_row<G::NGK>(stage + R::KZ_OFF + key * R::KSROW, r.kfz[kk]);
+            lds_scale_row_stored<G::NGK, R::KGS>(stage + R::KS_OFF + key * R::KSROW, r.kfs[kk]);
+            lds_scale_row_stored<G::NGK, R::KGS>(stage + R::KZ_OFF + key * R::KSROW, r.kfz[kk]);
             continue;
         }
         lds_words<G::KW>(stage + key * R::KPITCH + c4 * (G::KW * 4), r.kw[kk]);
         if constexpr (FK::has_scales) {
 #pragma unroll
             for (int kg = 0; kg < G::KG; kg++) {
-                r.ks[kk][kg] = lds_scale<KSB>(stage + R::KS_OFF + key * R::KSROW + (kgi + kg) * KSB);
-                r.kz[kk][kg] = FK::has_biases ? lds_scale<KSB>(stage + R::KZ_OFF + key * R::KSROW + (kgi + kg) * KSB) : 0u;
+                const bool stored = R::DKS == DK || kgi + kg < R::KGS; /* else a pad group: zero scale */
+                r.ks[kk][kg] = stored ? lds_scale<KSB>(stage + R::KS_OFF + key * R::KSROW + (kgi + kg) * KSB) : 0u;
+                r.kz[kk][kg] = FK::has_biases && stored
+                                   ? lds_scale<KSB>(stage + R::KZ_OFF + key * R::KSROW + (kgi + kg) * KSB)
+                                   : 0u;
             }
         }
     }
@@ -416,13 +457,14 @@ __device__ __forceinline__ void dec_read(const char *stage, int gq, int c4, dec_
 #pragma unroll
             for (int gr = 0; gr < G::NG; gr++)
                 lds_words<G::RW>(row + gr * (FV::group * FV::bits / 8) + gq * (G::RW * 4), &r.vw[vv][gr * G::RW]);
-            lds_scale_row<G::NG>(stage + R::VS_OFF + key * R::VSROW, r.vs[vv]);
-            lds_scale_row<G::NG>(stage + R::VZ_OFF + key * R::VSROW, r.vz[vv]);
+            lds_scale_row_stored<G::NG, R::VGS>(stage + R::VS_OFF + key * R::VSROW, r.vs[vv]);
+            lds_scale_row_stored<G::NG, R::VGS>(stage + R::VZ_OFF + key * R::VSROW, r.vz[vv]);
         } else {
             lds_words<G::VW>(row + gq * (G::VW * 4), r.vw[vv]);
             if constexpr (FV::has_scales) {
-                r.vs[vv][0] = lds_scale<VSB>(stage + R::VS_OFF + key * R::VSROW + vgi * VSB);
-                r.vz[vv][0] = FV::has_biases ? lds_scale<VSB>(stage + R::VZ_OFF + key * R::VSROW + vgi * VSB) : 0u;
+                const bool stored = R::DVS == DV || vgi < R::VGS; /* else a pad group: zero scale */
+                r.vs[vv][0] = stored ? lds_scale<VSB>(stage + R::VS_OFF + key * R::VSROW + vgi * VSB) : 0u;
+                r.vz[vv][0] = FV::has_biases && stored ? lds_scale<VSB>(stage + R::VZ_OFF + key * R::VSROW + vgi * VSB) : 0u;
             }
         }
     }
@@ -757,7 +799,8 @@ struct dec_smem {
 template <int DV>
 __device__ __forceinline__ void dec_merge_rows(const fast_params &p, int64_t bh, int row0, int rows) {
     static_assert(DV % 4 == 0, "whole float4 runs of a partial row");
-    constexpr int Q = DV / 4, SB = 8;
+    constexpr int SB = 8;
+    const int Q = (p.dv_out + 3) / 4;                   /* runs stored: a narrower cache's Dv (pad_from) */
     const int64_t sstride = (int64_t)gridDim.z * p.rows; /* partial rows between two splits */
     for (int item = threadIdx.x; item < rows * Q; item += DEC_WARPS * 32) {
         const int64_t f = row0 + item / Q, prow0 = bh * p.rows + f;
@@ -776,7 +819,7 @@ __device__ __forceinline__ void dec_merge_rows(const fast_params &p, int64_t bh,
             }
             merge_batch<4, SB>(M, L, o, ms, ls, os);
         }
-        merge_store<4>(p, bh, f, M, L, o, d0, 4, d0 == 0);
+        merge_store<4>(p, bh, f, M, L, o, d0, min(4, p.dv_out - d0), d0 == 0);
     }
 }
 
@@ -857,7 +900,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
 #pragma unroll
         for (int i = 0; i < QPR; i++) {
             const int d = 4 * lane + 128 * i;
-            qv[r][i] = qvec[r] && d < DK ? *(const uint2 *)(row + 2 * d) : make_uint2(0u, 0u);
+            qv[r][i] = qvec[r] && d < R::DKS ? *(const uint2 *)(row + 2 * d) : make_uint2(0u, 0u);
         }
     }
 
@@ -884,7 +927,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32,
             }
         } else {
             const int64_t off = q_offset(f);
-            for (int d = lane; d < DK; d += 32) dst[d] = __float2half_rn(qd_load_float(p.q, p.q_dtype, off + d));
+            for (int d = lane; d < DK; d += 32) /* past a narrower cache's Dk: zeros */
+                dst[d] = __float2half_rn(d < R::DKS ? qd_load_float(p.q, p.q_dtype, off + d) : 0.0f);
         }
     }
     __syncthreads();

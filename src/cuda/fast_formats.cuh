@@ -223,6 +223,15 @@ template <int G> struct format_of<QSDPA_MODE_NVFP4, 4, G> { using type = fp4_fmt
 template <int G> struct format_of<QSDPA_MODE_MXFP8, 8, G> { using type = mxfp8_fmt; };
 template <int G> struct format_of<QSDPA_MODE_PLAIN, 16, G> { using type = plain_f16_fmt; };
 
+/* Format F read from a cache of head dim S narrower than the kernel's (the decode kernel of a
+ * wider row reading a D 96 cache in place, cuda.padded: kernels_cuda.def): every member is F's;
+ * src_dim_of tells the kernel the stored width, so it zero-fills the missing code pieces, reads
+ * scale rows of S / group groups and gives the missing groups zero scales. */
+template <class F, int S>
+struct pad_from : F {};
+template <class F> struct src_dim_of { static constexpr int value = 0; };
+template <class F, int S> struct src_dim_of<pad_from<F, S>> { static constexpr int value = S; };
+
 } // namespace qfast
 
 #endif

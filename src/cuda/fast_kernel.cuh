@@ -54,6 +54,7 @@ struct fast_params : qd_io {
     int causal;
     int64_t rows;            /* ratio * Lq folded rows */
     int nrb;                 /* row blocks: 8 * NR rows (decode kernel), PF_ROWS (prefill kernel) */
+    int dv_out;              /* Dv of out: the kernel's DV, or a narrower cache's (pad_from; the partials keep DV) */
     int nsplit, tiles_per_split;
     float scale_log2;        /* scale * log2(e) */
     float masked_log2;       /* masked score * log2(e), clamped finite */
@@ -325,7 +326,7 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
         Ow += so[w][lane] * cw;
     }
     const float ow[1] = {Ow};
-    merge_store<1>(p, bh, f, M, Lw, ow, d, d < DV ? 1 : 0, blockIdx.y == 0 && lane == 0);
+    merge_store<1>(p, bh, f, M, Lw, ow, d, d < p.dv_out ? 1 : 0, blockIdx.y == 0 && lane == 0);
 #if QSDPA_CUDA_DEC_TRACE
     const unsigned blk = blockIdx.x * gridDim.y + blockIdx.y;
     if (p.trace && lane == 0 && blk < TRACE_CTAS) {
@@ -342,7 +343,7 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 
 /* Host side: choose the configuration and launch one instantiation. */
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, int bn, int block_rows, bool partials,
+                                          int ctas_per_sm, int bn, int block_rows, bool partials, int kernel_dv,
                                           qfast::fast_params *p, dim3 *grid, bool *use_generic);
 
 /* Whether the decode kernel merges its own splits (QSDPA_CUDA_FUSED_MERGE, read once; default 1): one
@@ -376,9 +377,6 @@ void qsdpa_cuda_trace_after_call(qsdpa_context *ctx);
 /* Decode kernel for short queries unless QSDPA_CUDA_TILE_DECODE=1 (read once): that
  * variable sends every Lq to the prefill kernel, so the device script can time both. */
 bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill);
-/* Whether the decode kernel takes pr's K/V layouts at any row count (scale dtypes and blocks, strides;
- * QSDPA_CUDA_TILE_DECODE=1 says no): qsdpa_cuda_use_decode_kernel without its row limit. */
-bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr);
 
 /* What the launcher reads once per kernel (and per device): blocks per SM at its
  * shared-memory size (it sizes split-K) and whether its loaded binary was compiled
@@ -497,7 +495,7 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, per_sm, bn, block_rows, partials, &p, &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, per_sm, bn, block_rows, partials, DV, &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     int smem_launch = smem;
@@ -548,6 +546,16 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
                                       qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, 32, qfast::DEC_TILE, 8 * NR,
                                       true, true);
+}
+
+/* A cache of head dim DS narrower than D (FK, FV = pad_from<format, DS>) on row D's decode kernel, read
+ * in place: cuda.generic's padded path (cuda_staged.cu) takes only what this kernel takes (short queries,
+ * layouts the decode kernel copies); its 16- or 8-row blocks chosen as the fast rows choose them. */
+template <int D, class FK, class FV>
+static qsdpa_status qsdpa_cuda_padded_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
+    if constexpr (D > 128) return qsdpa_cuda_decode_run<D, D, FK, FV, 1>(ctx, pr, pr->function);
+    else if (pr->group_ratio * pr->len_q <= 8) return qsdpa_cuda_decode_run<D, D, FK, FV, 1>(ctx, pr, pr->function);
+    else return qsdpa_cuda_decode_run<D, D, FK, FV, 2>(ctx, pr, pr->function);
 }
 
 /* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma

@@ -70,7 +70,7 @@ bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr) {
 }
 
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
-                                          int ctas_per_sm, int bn, int block_rows, bool partials,
+                                          int ctas_per_sm, int bn, int block_rows, bool partials, int kernel_dv,
                                           qfast::fast_params *p, dim3 *grid, bool *use_generic) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
@@ -94,6 +94,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     p->causal = pr->causal;
     p->rows = rows;
     p->nrb = (int)nrb;
+    p->dv_out = (int)pr->dim_v; /* <= kernel_dv: a narrower cache on a wider kernel (pad_from) */
     p->scales_vec = ks;
     p->dec_prefetch = qsdpa_cuda_dec_prefetch();
     const float log2e = 1.4426950408889634f;
@@ -117,13 +118,13 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     p->nsplit = (int)nsplit;
     p->tiles_per_split = (int)tps;
     if (nsplit > 1 || partials) {
-        size_t per = (size_t)rows * (size_t)(pr->dim_v + 2), bytes;
+        size_t per = (size_t)rows * (size_t)(kernel_dv + 2), bytes; /* partial rows are the kernel's DV */
         if (!qsdpa_mul_size(per * sizeof(float), (size_t)(nsplit * bhkv), &bytes))
             return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "split-K scratch overflows size_t");
         void *scratch;
         if ((st = qsdpa_cuda_scratch(ctx, bytes, &scratch)) != QSDPA_OK) return st;
         p->part_o = (float *)scratch;
-        p->part_ml = p->part_o + (size_t)nsplit * (size_t)bhkv * (size_t)rows * (size_t)pr->dim_v;
+        p->part_ml = p->part_o + (size_t)nsplit * (size_t)bhkv * (size_t)rows * (size_t)kernel_dv;
     }
     *grid = dim3((unsigned)nrb, (unsigned)nsplit, (unsigned)bhkv);
     return QSDPA_OK;

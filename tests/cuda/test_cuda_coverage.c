@@ -339,8 +339,9 @@ int main(void) {
                 {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},       /* 5 of 8 nvfp4 groups */
                 {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* K to width 64 */
                 {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 2, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* MLA-like: width 256 */
-                /* f16 rows, additive mask: the f16 row's prefill kernel on sm_90a, its decode kernel on sm_80 */
-                {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, "cuda.repacked:"},
+                /* f16 rows, additive mask: the f16 row's prefill kernel on sm_90a, its decode kernel on sm_80
+                 * (D 80: D 96's f16 rows go to the padded path below, whatever Lk) */
+                {"f16", "f16", 80, 80, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, "cuda.repacked:"},
                 {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},     /* GQA 32: 32 rows */
                 {"affine:8:64", "affine:4:64", 192, 192, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* the K8V4 row at 256 */
                 {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1, NULL}, /* 32 rows, causal partial */
@@ -355,6 +356,20 @@ int main(void) {
         /* Lk 701: the scale planes' rows are not whole 16-byte blocks (each plane is padded to 16 keys) */
         run_path_cases(&rng, info.name, "repacked", "cuda.repacked:cuda.decode", repacked,
                        (int)(sizeof repacked / sizeof repacked[0]), 701, 5, 13);
+        /* the padded path: every QSDPA_CUDA_PAD_ROWS kernel (D 96 caches on the D 128 decode kernels, read in
+         * place). Lk 768 and a view 16 keys wider keep the scale planes one aligned block (at Lk 701, above,
+         * the same formats are repacked); 8 and 32 folded rows (16- and 8-row blocks), masks, causal, partial */
+        static const path_case padded[] = {
+            {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
+            {"nvfp4", "nvfp4", 96, 96, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
+            {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1, NULL},
+            {"affine:8:32", "affine:8:32", 96, 96, 32, 1, 1, QSDPA_DTYPE_F16, 2, 0, 0, NULL},
+            {"mxfp8", "mxfp8", 96, 96, 8, 2, 2, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
+            {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, NULL},
+            {"affine:4:32", "affine:4:32", 96, 96, 4, 4, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* MHA: 1 row */
+        };
+        run_path_cases(&rng, info.name, "padded", "cuda.padded:cuda.decode", padded,
+                       (int)(sizeof padded / sizeof padded[0]), 768, 2, 16);
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
@@ -367,8 +382,8 @@ int main(void) {
      * (the fast rows' long queries, and cuda.generic's), the repacked and realigned copies, the generic
      * kernel. Only on a full run with the routing at its defaults (the knobs and small shared memory move
      * calls between routes). */
-    static const char *const routes[] = {"cuda.decode",  "cuda.prefill",   "cuda.generic",   "cuda.generic.decode",
-                                         "cuda.staged:", "cuda.repacked:", "cuda.realigned:"};
+    static const char *const routes[] = {"cuda.decode",    "cuda.prefill", "cuda.generic",   "cuda.generic.decode",
+                                         "cuda.staged:",   "cuda.padded:", "cuda.repacked:", "cuda.realigned:"};
     const bool check_routes = routing_default() && !quick && !only && !getenv("QSDPA_CUDA_SHAPE");
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         printf("route %-16s %d calls\n", routes[i], cuda_route_count(routes[i]));
