@@ -368,7 +368,9 @@ int main(void) {
             {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, NULL},
             {"affine:4:32", "affine:4:32", 96, 96, 4, 4, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* MHA: 1 row */
         };
-        run_path_cases(&rng, info.name, "padded", "cuda.padded:cuda.decode", padded,
+        const char *padded_env = getenv("QSDPA_CUDA_PADDED"); /* 0: the path off, these calls repacked */
+        const bool padded_on = !(padded_env && atoi(padded_env) == 0);
+        run_path_cases(&rng, info.name, "padded", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode", padded,
                        (int)(sizeof padded / sizeof padded[0]), 768, 2, 16);
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
