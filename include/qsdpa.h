@@ -192,7 +192,8 @@ void qsdpa_context_destroy(qsdpa_context *ctx);
  * "cuda.generic", or, where the call ran on a copy of its inputs, to
  * "cuda.staged:" (dequantized to f16 rows), "cuda.repacked:" (padded to a wider
  * head dim) or "cuda.realigned:" (scale planes copied aligned) followed by the
- * kernel that ran on the copy. Set when the call is enqueued; a failed call may
+ * kernel that ran on the copy, or "cuda.padded:" (a wider head dim's kernel read
+ * the cache in place, no copy) followed by that kernel. Set when the call is enqueued; a failed call may
  * leave a partial route. */
 const char *qsdpa_context_last_route(const qsdpa_context *ctx);
 /* CUDA: switch stream for subsequent calls.
