@@ -96,12 +96,14 @@ __device__ __forceinline__ float qd_fp4(unsigned c) {
 }
 
 /* FP8 E4M3 byte -> value (bias 7, subnormals; magnitude 0x7F is NaN as in
- * src/format/fp_codecs.c; the quantizer never produces it). */
+ * src/format/fp_codecs.c; the quantizer never produces it). Exact: the byte's exponent
+ * and mantissa bits placed at f16 bits 7..13 (sign at 15) read as the value times 2^-8,
+ * subnormals included (f16's bias is 8 more than E4M3's), then scaled back; a conversion
+ * and a multiply instead of ldexpf's branches (the generic decode kernel's inner loop). */
 __device__ __forceinline__ float qd_fp8(unsigned b) {
-    unsigned e = (b >> 3) & 15u, m = b & 7u;
     if ((b & 0x7Fu) == 0x7Fu) return __int_as_float(0x7fc00000);
-    float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8u + m), (int)e - 10);
-    return (b & 0x80u) ? -v : v;
+    const float e = __half2float(__ushort_as_half((unsigned short)(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8))));
+    return e * 256.0f;
 }
 
 /* E8M0 scale byte -> 2^(s-127) (s = 0 gives 2^-127, a float subnormal; 255 gives inf). */

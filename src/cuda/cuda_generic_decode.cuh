@@ -42,14 +42,6 @@ static inline int gen_decode_per_word(const qd_qtensor *t) {
 /* Folded rows a decode block takes: 4 where the call has no more, else 8. */
 static inline int gen_decode_rows(int64_t folded) { return folded <= 4 ? 4 : 8; }
 
-/* E4M3 byte -> value, exactly qd_fp8: its bits placed at f16 bits 7..15 read as the value
- * times 2^-8 (subnormals included), then scaled back; magnitude 0x7F is NaN. */
-__device__ __forceinline__ float gd_fp8(uint32_t b) {
-    if ((b & 0x7Fu) == 0x7Fu) return __int_as_float(0x7fc00000);
-    const float e = __half2float(__ushort_as_half((unsigned short)(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8))));
-    return e * 256.0f;
-}
-
 /* The PER values of word w of t (plain rows, or codes of one group with scale s, bias z). */
 template <int PER>
 __device__ __forceinline__ void gd_word(const qd_qtensor &t, uint32_t w, float s, float z, float (&v)[PER]) {
@@ -73,7 +65,7 @@ __device__ __forceinline__ void gd_word(const qd_qtensor &t, uint32_t w, float s
             }
         } else if (BITS == 8) {
 #pragma unroll
-            for (int e = 0; e < PER; e++) v[e] = __fmul_rn(gd_fp8((w >> (8 * e)) & 0xFFu), s);
+            for (int e = 0; e < PER; e++) v[e] = __fmul_rn(qd_fp8((w >> (8 * e)) & 0xFFu), s);
         } else {
 #pragma unroll
             for (int e = 0; e < PER; e++) v[e] = __fmul_rn(qd_fp4((w >> (4 * e)) & 0xFu), s);

@@ -157,6 +157,9 @@ bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr);
  * read in place, no copy; whether it takes p, and its run. */
 bool qsdpa_cuda_padded_takes(const qsdpa_problem *p);
 qsdpa_status qsdpa_cuda_padded_run(qsdpa_context *ctx, const qsdpa_problem *p);
+/* Whether p's scale planes, copied aligned by the realigned path, make it a call the padded path takes
+ * (then qsdpa_cuda_realigned_run(ctx, p, qsdpa_cuda_padded_run) runs it). */
+bool qsdpa_cuda_padded_realign_takes(const qsdpa_problem *p);
 /* The repacked path (cuda_staged.cu): short queries (at most 32 folded rows, f16/bf16 q) at head dims
  * or affine widths (2/3/5/6 bits, widened to 4/8) without a fast row, K and V repacked zero-padded to
  * the narrowest fast row's head dim that takes their formats; whether it takes p, and its run

@@ -832,16 +832,28 @@ bool realign_plan_of(const qsdpa_problem *p, char *base, repack_set *set, qsdpa_
     return true;
 }
 
+/* The problem p becomes once its unaligned planes are copied aligned (planned at a stand-in 256-aligned
+ * base: the copy's alignment is what decides); false where the realigned path cannot take p at all. */
+bool realigned_view(const qsdpa_problem *p, qsdpa_problem *sp) {
+    if (!staging_enabled() || rows_hand_off(p) || !(needs_realign(&p->k) || needs_realign(&p->v))) return false;
+    repack_set set;
+    size_t bytes;
+    return realign_plan_of(p, (char *)256, &set, sp, &bytes) && (double)bytes <= stage_limit_bytes();
+}
+
 } // namespace
 
 bool qsdpa_cuda_realign_takes(const qsdpa_problem *p) {
-    if (!staging_enabled() || rows_hand_off(p) || !(needs_realign(&p->k) || needs_realign(&p->v))) return false;
-    repack_set set;
     qsdpa_problem sp;
-    size_t bytes;
-    /* planned at a stand-in 256-aligned base: the copy's alignment is what decides */
-    if (!realign_plan_of(p, (char *)256, &set, &sp, &bytes) || (double)bytes > stage_limit_bytes()) return false;
-    return !qsdpa_cuda_fast_hands_off(&sp);
+    return realigned_view(p, &sp) && !qsdpa_cuda_fast_hands_off(&sp);
+}
+
+/* A D 96 cache whose scale planes are not one aligned block (a tensor of exactly Lk keys, Lk not a multiple
+ * of 16, with 3- or 6-byte scale rows): its planes copied aligned (about 1/16 of the cache at 4 bits) make it
+ * one the padded path takes, where the repacked path would copy all of it. */
+bool qsdpa_cuda_padded_realign_takes(const qsdpa_problem *p) {
+    qsdpa_problem sp;
+    return realigned_view(p, &sp) && padded_row_of(&sp) != nullptr;
 }
 
 qsdpa_status qsdpa_cuda_realigned_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn run) {

@@ -211,8 +211,9 @@ static cudaError_t capture_and_replay(cudaStream_t stream, qsdpa_context *ctx, d
  * the bytes of a direct call (no allocation or sync inside the call), on each
  * route with a buffer of its own: f32 scales (the prefill kernel), f16 scales at
  * an aligned and at an unaligned Lk (the decode kernel, its 4-byte scale pieces),
- * D 64 at an unaligned Lk (the realigned copy), D 96 at an unaligned Lk (the repacked
- * copy) and at an aligned one (the padded path: no copy, the D 128 decode kernel). `route`
+ * D 64 at an unaligned Lk (the realigned copy), 5-bit D 96 (the repacked copy), D 96 at an
+ * aligned Lk (the padded path: no copy, the D 128 decode kernel) and at an unaligned
+ * one (its scale planes realigned, then the padded path). `route`
  * is what qsdpa_context_last_route must start with: the host decides it, unless a
  * knob reroutes (QSDPA_CUDA_TILE_DECODE, QSDPA_CUDA_STAGED, QSDPA_CUDA_STAGE_LIMIT_MB). */
 static void graph_capture_one(test_rng *rng, int64_t lk, const char *format, int64_t dim, qsdpa_dtype scale_dtype,
@@ -488,8 +489,9 @@ int main(void) {
     graph_capture_one(&rng, 20000, "affine:4:64", 128, QSDPA_DTYPE_F16, "cuda.decode");
     graph_capture_one(&rng, 20001, "affine:4:64", 128, QSDPA_DTYPE_F16, "cuda.decode"); /* 4-byte scale pieces */
     graph_capture_one(&rng, 20001, "affine:4:64", 64, QSDPA_DTYPE_F16, "cuda.realigned:");
-    graph_capture_one(&rng, 20001, "affine:4:32", 96, QSDPA_DTYPE_F16, "cuda.repacked:");
+    graph_capture_one(&rng, 20001, "affine:5:32", 96, QSDPA_DTYPE_F16, "cuda.repacked:"); /* widened to 8 bits */
     graph_capture_one(&rng, 20000, "affine:4:32", 96, QSDPA_DTYPE_F16, "cuda.padded:");
+    graph_capture_one(&rng, 20001, "affine:4:32", 96, QSDPA_DTYPE_F16, "cuda.realigned:cuda.padded:");
     graph_capture_one(&rng, 320, "affine:4:64", 128, QSDPA_DTYPE_F16, "cuda.decode"); /* 5 splits, merged in the kernel */
     graph_after_many_split_call(&rng);
     graph_survives_growth(&rng);

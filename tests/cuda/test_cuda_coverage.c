@@ -335,16 +335,14 @@ int main(void) {
          * or at the same one once affine 2/3/5/6-bit codes are widened to 4 or 8 bits; cuda_staged.cu): K and
          * V zero-padded to the narrowest such row, q and out padded where needed */
         static const path_case repacked[] = {
-                {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},        /* Phi-3's D 96: width 128 */
                 {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},       /* 5 of 8 nvfp4 groups */
                 {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* K to width 64 */
+                {"mxfp8", "mxfp8", 32, 32, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},     /* GQA 32: 32 rows */
                 {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 2, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* MLA-like: width 256 */
                 /* f16 rows, additive mask: the f16 row's prefill kernel on sm_90a, its decode kernel on sm_80
                  * (D 80: D 96's f16 rows go to the padded path below, whatever Lk) */
                 {"f16", "f16", 80, 80, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, "cuda.repacked:"},
-                {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},     /* GQA 32: 32 rows */
                 {"affine:8:64", "affine:4:64", 192, 192, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* the K8V4 row at 256 */
-                {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1, NULL}, /* 32 rows, causal partial */
                 /* affine 2/3 bits widened to 4, 5/6 to 8: the same D, padded, mixed K/V, D 256 */
                 {"affine:3:64", "affine:3:64", 128, 128, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
                 {"affine:6:64", "affine:2:64", 128, 128, 8, 2, 2, QSDPA_DTYPE_BF16, 1, 0, 0, NULL}, /* the K8V4 row */
@@ -372,6 +370,17 @@ int main(void) {
         const bool padded_on = !(padded_env && atoi(padded_env) == 0);
         run_path_cases(&rng, info.name, "padded", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode", padded,
                        (int)(sizeof padded / sizeof padded[0]), 768, 2, 16);
+        /* Lk 701 (and views 13 keys wider): the 3- and 6-byte scale rows leave the planes unaligned, so the
+         * realigned path copies the planes alone and the padded kernel reads the codes in place */
+        static const path_case padded_realigned[] = {
+            {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
+            {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
+            {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1, NULL},
+            {"nvfp4", "nvfp4", 96, 96, 4, 4, 2, QSDPA_DTYPE_F16, 2, 0, 0, NULL}, /* MHA, 2 rows */
+        };
+        run_path_cases(&rng, info.name, "padded after realigning",
+                       padded_on ? "cuda.realigned:cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode",
+                       padded_realigned, (int)(sizeof padded_realigned / sizeof padded_realigned[0]), 701, 1, 13);
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
