@@ -406,6 +406,8 @@ struct repack_job {
     unsigned total;  /* B * heads * len * dst_units: the job's threads */
     unsigned block0; /* the job's first block in the launch */
     unsigned char from_bits; /* 0: a plain copy; 2, 3 (to 4 bits), 5 or 6 (to 8 bits): widening */
+    unsigned char bytewise;  /* 16-byte destination units from a source of any alignment, read byte by byte */
+    unsigned src_bytes;      /* bytewise: the source row's bytes (the rest of its last unit is zeros) */
 };
 constexpr int REPACK_JOBS = 7; /* K's and V's codes, scales and biases; q */
 constexpr int REPACK_THREADS = 256;
@@ -469,6 +471,15 @@ __global__ void __launch_bounds__(REPACK_THREADS) repack_copy(const __grid_const
     const char *src_row = jb.src + (int64_t)b * jb.ss[0] + (int64_t)h * jb.ss[1] + (int64_t)l * jb.ss[2];
     const char *src = src_row + (size_t)c * jb.unit;
     char *dst = jb.dst + (((size_t)bh * jb.lpad + l) * jb.dst_units + c) * jb.unit;
+    if (jb.bytewise) { /* a warp's byte loads cover 512 contiguous source bytes */
+        uint32_t w[4] = {0u, 0u, 0u, 0u};
+        const unsigned o = c * 16;
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            if (o + i < jb.src_bytes) w[i >> 2] |= (uint32_t)(uint8_t)src_row[o + i] << (8 * (i & 3));
+        *(uint4 *)dst = make_uint4(w[0], w[1], w[2], w[3]);
+        return;
+    }
     if (jb.from_bits) {
         const uint32_t *words = (const uint32_t *)src_row;
         uint4 x = make_uint4(0u, 0u, 0u, 0u);
@@ -509,10 +520,13 @@ qsdpa_status launch_repack(qsdpa_context *ctx, const repack_set &set, const char
 /* Adds the job copying rows [B, heads, len] of src_bytes (t: its data and element strides) into rows of
  * dst_bytes at the stage offset *off (lpad rows per plane, 256-aligned), and returns the copy as a tensor
  * [B, heads, len, dst elements] with the planes' strides. With base null only the bytes are counted (one
- * function sizes and fills, so they agree). false past the launch's 32-bit indices or on overflow. */
+ * function sizes and fills, so they agree). false past the launch's 32-bit indices or on overflow.
+ * `bytewise_ok`: where the source allows no 16-byte units but dst_bytes is whole ones, read the source a
+ * byte at a time into 16-byte units (a thread per 16 bytes, not per byte: the index arithmetic was most of
+ * a byte-unit copy's cost, bench/NOTES.md v45.2). */
 bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t heads, int64_t len, int64_t lpad,
                     int64_t src_bytes, int64_t dst_bytes, char *base, size_t *off, qsdpa_tensor *copy,
-                    int from_bits = 0) {
+                    int from_bits = 0, bool bytewise_ok = false) {
     const size_t es = qsdpa_dtype_size(t.dtype);
     auto aligned = [&](unsigned unit) {
         return !(src_bytes % unit || dst_bytes % unit || (uintptr_t)t.data % unit || (size_t)t.stride[0] * es % unit ||
@@ -526,6 +540,8 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
     } else {
         while (unit > 1 && !aligned(unit)) unit /= 2;
     }
+    const bool bytewise = !from_bits && bytewise_ok && unit < 16 && dst_bytes % 16 == 0 && src_bytes <= UINT32_MAX;
+    if (bytewise) unit = 16;
     const int64_t threads_limit = (int64_t)UINT32_MAX - 2 * REPACK_THREADS;
     size_t rows, bytes;
     if (s->count == REPACK_JOBS || len < 1 || !qsdpa_mul_size((size_t)batch, (size_t)heads, &rows) ||
@@ -541,7 +557,10 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
     jb.lpad = (unsigned)lpad;
     jb.unit = unit;
     /* a widening job's source units: the destination units that hold codes */
-    jb.src_units = (unsigned)(from_bits ? src_bytes * 8 / from_bits * to_bits / 128 : src_bytes / unit);
+    jb.src_units = (unsigned)(from_bits ? src_bytes * 8 / from_bits * to_bits / 128
+                                        : bytewise ? (src_bytes + 15) / 16 : src_bytes / unit);
+    jb.bytewise = bytewise;
+    jb.src_bytes = bytewise ? (unsigned)src_bytes : 0u;
     jb.dst_units = (unsigned)(dst_bytes / unit);
     jb.from_bits = (unsigned char)from_bits;
     jb.total = (unsigned)(rows * (size_t)len * jb.dst_units);
@@ -821,10 +840,20 @@ bool realign_plan_of(const qsdpa_problem *p, char *base, repack_set *set, qsdpa_
         qsdpa_tensor *planes[2] = {&t->scales, &t->biases};
         for (qsdpa_tensor *plane : planes) {
             if (!plane->data) continue;
-            const int64_t row = t->dim / t->format.group * (int64_t)qsdpa_dtype_size(plane->dtype);
+            const int64_t groups = t->dim / t->format.group, row = groups * (int64_t)qsdpa_dtype_size(plane->dtype);
             qsdpa_tensor copy;
-            if (!add_repack_job(set, *plane, p->batch, p->heads_kv, p->len_k, lpad, row, row, base, &off, &copy))
+            if (plane->stride[2] == groups && lpad * row <= INT32_MAX) {
+                /* rows back to back: each (b, head) plane is one run of Lk rows, copied as one row of Lk * row
+                 * bytes into lpad * row (3- and 6-byte rows at odd offsets: 16-byte units read byte-wise) */
+                if (!add_repack_job(set, *plane, p->batch, p->heads_kv, 1, 1, p->len_k * row, lpad * row, base, &off,
+                                    &copy, 0, true))
+                    return false;
+                copy = qsdpa_tensor_4d(copy.data, plane->dtype, p->batch, p->heads_kv, p->len_k, groups);
+                copy.stride[1] = lpad * groups;
+                copy.stride[0] = p->heads_kv * lpad * groups;
+            } else if (!add_repack_job(set, *plane, p->batch, p->heads_kv, p->len_k, lpad, row, row, base, &off, &copy)) {
                 return false;
+            }
             *plane = copy;
         }
     }
