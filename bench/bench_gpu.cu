@@ -189,10 +189,13 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
     const char *hkv_env = getenv("QSDPA_BENCH_HKV");
     const int64_t hq = 32, hkv_set = hkv_env ? atoll(hkv_env) : 8;
     const int64_t hkv = hkv_set >= 1 && hkv_set <= 32 && 32 % hkv_set == 0 ? hkv_set : 8;
-    size_t cache_bytes = (size_t)(B * hkv * L) * (row_bytes(kf, D) + row_bytes(vf, D));
+    /* QSDPA_BENCH_DV: V's head dim where it differs from K's (e.g. 128 under D 192: an MLA-like cache) */
+    const char *dv_env = getenv("QSDPA_BENCH_DV");
+    const int64_t DV = dv_env && atoll(dv_env) > 0 ? atoll(dv_env) : D;
+    size_t cache_bytes = (size_t)(B * hkv * L) * (row_bytes(kf, D) + row_bytes(vf, DV));
     int copies = (int)std::min<size_t>(64, 2 * l2 / cache_bytes + 2);
     if (cache_bytes > ((size_t)8 << 30)) copies = 1;
-    size_t src_n = (size_t)(B * hkv * L * D);
+    size_t src_n = (size_t)(B * hkv * L * std::max(D, DV));
     __half *src;
     CK(cudaMalloc(&src, src_n * 2));
     std::vector<kv_store> kv(copies);
@@ -200,20 +203,20 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
         fill_random<<<1024, 256, 0, st>>>(src, src_n, 17u + 2 * c);
         make_tensor(ctx, kf, B, hkv, L, D, src, &kv[c].kc, &kv[c].ks, &kv[c].kb, &kv[c].k);
         fill_random<<<1024, 256, 0, st>>>(src, src_n, 18u + 2 * c);
-        make_tensor(ctx, vf, B, hkv, L, D, src, &kv[c].vc, &kv[c].vs, &kv[c].vb, &kv[c].v);
+        make_tensor(ctx, vf, B, hkv, L, DV, src, &kv[c].vc, &kv[c].vs, &kv[c].vb, &kv[c].v);
     }
     /* QSDPA_BENCH_QDTYPE=f32: f32 q and out (the same values as the f16 ones), else f16 */
     const char *qdt_env = getenv("QSDPA_BENCH_QDTYPE");
     const bool q32 = qdt_env && !strcmp(qdt_env, "f32");
-    const size_t qn = (size_t)(B * hq * lq * D);
+    const size_t qn = (size_t)(B * hq * lq * D), on = (size_t)(B * hq * lq * DV);
     __half *q, *out;
     CK(cudaMalloc(&q, qn * (q32 ? 4 : 2)));
-    CK(cudaMalloc(&out, qn * (q32 ? 4 : 2)));
+    CK(cudaMalloc(&out, on * (q32 ? 4 : 2)));
     fill_random<<<256, 256, 0, st>>>(q, qn, 99u);
     if (q32) widen_f16_in_place<<<1, 1, 0, st>>>(q, qn);
     const qsdpa_dtype qdt = q32 ? QSDPA_DTYPE_F32 : QSDPA_DTYPE_F16;
     qsdpa_tensor qt = qsdpa_tensor_4d(q, qdt, B, hq, lq, D);
-    qsdpa_tensor ot = qsdpa_tensor_4d(out, qdt, B, hq, lq, D);
+    qsdpa_tensor ot = qsdpa_tensor_4d(out, qdt, B, hq, lq, DV);
     qsdpa_attention_params p = qsdpa_attention_default_params();
     p.scale = 1.0f / sqrtf((float)D);
     p.causal = causal;

@@ -54,7 +54,7 @@
 #define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn)                                          \
     extern "C" qsdpa_status fn(qsdpa_context *ctx, const qsdpa_problem *p);
 #define QSDPA_CUDA_STAGE_ROWS(unit, DK, DV, fn) extern "C" qsdpa_status fn(qsdpa_context *ctx, const qsdpa_problem *p);
-#define QSDPA_CUDA_PAD_ROWS(unit, DS, D, km, kb, kg, vm, vb, vg, fn)                                       \
+#define QSDPA_CUDA_PAD_ROWS(unit, DSK, DSV, DK, DV, km, kb, kg, vm, vb, vg, fn)                            \
     extern "C" qsdpa_status fn(qsdpa_context *ctx, const qsdpa_problem *p);
 #include "cuda/kernels_cuda.def"
 
@@ -83,13 +83,13 @@ const fast_row fast_rows[] = {
 #include "cuda/kernels_cuda.def"
 };
 
-/* The padded path's kernels: a fast row's decode kernel over a narrower cache (stored head dim ds) */
+/* The padded path's kernels: a decode kernel over a narrower cache (stored head dims dsk, dsv) */
 struct padded_row {
-    int ds, km, kb, kg, vm, vb, vg;
+    int dsk, dsv, km, kb, kg, vm, vb, vg;
     qsdpa_status (*run)(qsdpa_context *ctx, const qsdpa_problem *p);
 };
 #define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn)
-#define QSDPA_CUDA_PAD_ROWS(unit, DS, D, km, kb, kg, vm, vb, vg, fn) {DS, km, kb, kg, vm, vb, vg, fn},
+#define QSDPA_CUDA_PAD_ROWS(unit, DSK, DSV, DK, DV, km, kb, kg, vm, vb, vg, fn) {DSK, DSV, km, kb, kg, vm, vb, vg, fn},
 const padded_row padded_rows[] = {
 #include "cuda/kernels_cuda.def"
 };
@@ -367,15 +367,15 @@ bool row_takes(const qsdpa_format &f, int mode, int bits, int group) {
     return group == QSDPA_ANY || f.group == group;
 }
 
-/* The padded kernel that reads p's cache in place: its stored head dim and formats exactly (no widening), at
+/* The padded kernel that reads p's cache in place: its stored head dims and formats exactly (no widening), at
  * most 32 folded rows, f16/bf16 q, and layouts the decode kernel copies with scale planes of one aligned
  * block (a pad_from stage keeps them as stored, rows of e.g. 3 or 6 bytes); null where none does.
  * QSDPA_CUDA_PADDED=0 turns the path off (the repacked path then takes these calls: an A/B knob). */
 const padded_row *padded_row_of(const qsdpa_problem *p) {
     static const bool on = qsdpa_cuda_env("QSDPA_CUDA_PADDED", 1) != 0;
-    if (!on || !stageable(p) || p->group_ratio * p->len_q > STAGED_MIN_ROWS || p->dim_k != p->dim_v) return nullptr;
+    if (!on || !stageable(p) || p->group_ratio * p->len_q > STAGED_MIN_ROWS) return nullptr;
     for (const padded_row &r : padded_rows) {
-        if (r.ds != p->dim_k || p->k.format.bits != r.kb || p->v.format.bits != r.vb ||
+        if (r.dsk != p->dim_k || r.dsv != p->dim_v || p->k.format.bits != r.kb || p->v.format.bits != r.vb ||
             !row_takes(p->k.format, r.km, r.kb, r.kg) || !row_takes(p->v.format, r.vm, r.vb, r.vg))
             continue;
         const bool blocks = qsdpa_cuda_scales_one_block(&p->k) && qsdpa_cuda_scales_one_block(&p->v);

@@ -27,12 +27,12 @@
         return qsdpa_cuda_prefill_run<DK, DV, F16, F16>(ctx, p, p->function);                              \
     }
 
-/* The padded path's decode kernel: row D's kernel over a cache of head dim DS (pad_from) */
-#define QSDPA_CUDA_PAD_DECODE(name, DS, D, km, kb, kg, vm, vb, vg)                                        \
+/* The padded path's decode kernel: the (DK, DV) kernel over a cache of head dims DSK, DSV (pad_from) */
+#define QSDPA_CUDA_PAD_DECODE(name, DSK, DSV, DK, DV, km, kb, kg, vm, vb, vg)                              \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p);                              \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p) {                             \
-        return qsdpa_cuda_padded_decode_run<D, qfast::pad_from<qfast::format_of<km, kb, kg>::type, DS>,     \
-                                            qfast::pad_from<qfast::format_of<vm, vb, vg>::type, DS>>(ctx, p); \
+        return qsdpa_cuda_padded_decode_run<DK, DV, qfast::pad_from<qfast::format_of<km, kb, kg>::type, DSK>, \
+                                            qfast::pad_from<qfast::format_of<vm, vb, vg>::type, DSV>>(ctx, p); \
     }
 
 #ifndef QSDPA_CUDA_UNIT_affine4
@@ -53,8 +53,8 @@
 #define QSDPA_CUDA_ROWS(unit, tag, D, km, kb, kg, vm, vb, vg, fn)                                          \
     QSDPA_CUDA_UNIT_##unit(QSDPA_CUDA_FAST(fn, D, km, kb, kg, vm, vb, vg))
 #define QSDPA_CUDA_STAGE_ROWS(unit, DK, DV, fn) QSDPA_CUDA_UNIT_##unit(QSDPA_CUDA_STAGE_PREFILL(fn, DK, DV))
-#define QSDPA_CUDA_PAD_ROWS(unit, DS, D, km, kb, kg, vm, vb, vg, fn)                                       \
-    QSDPA_CUDA_UNIT_##unit(QSDPA_CUDA_PAD_DECODE(fn, DS, D, km, kb, kg, vm, vb, vg))
+#define QSDPA_CUDA_PAD_ROWS(unit, DSK, DSV, DK, DV, km, kb, kg, vm, vb, vg, fn)                            \
+    QSDPA_CUDA_UNIT_##unit(QSDPA_CUDA_PAD_DECODE(fn, DSK, DSV, DK, DV, km, kb, kg, vm, vb, vg))
 #include "cuda/kernels_cuda.def"
 #undef QSDPA_KERNEL
 #undef ANY

@@ -548,14 +548,15 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
                                       true, true);
 }
 
-/* A cache of head dim DS narrower than D (FK, FV = pad_from<format, DS>) on row D's decode kernel, read
- * in place: cuda.generic's padded path (cuda_staged.cu) takes only what this kernel takes (short queries,
- * layouts the decode kernel copies); its 16- or 8-row blocks chosen as the fast rows choose them. */
-template <int D, class FK, class FV>
+/* A cache of head dims narrower than DK, DV (FK, FV = pad_from<format, stored dim>) on the (DK, DV)
+ * decode kernel, read in place: cuda.generic's padded path (cuda_staged.cu) takes only what this kernel
+ * takes (short queries, layouts the decode kernel copies); its 16- or 8-row blocks chosen as the fast
+ * rows choose them (8-row blocks only past 128). */
+template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_padded_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
-    if constexpr (D > 128) return qsdpa_cuda_decode_run<D, D, FK, FV, 1>(ctx, pr, pr->function);
-    else if (pr->group_ratio * pr->len_q <= 8) return qsdpa_cuda_decode_run<D, D, FK, FV, 1>(ctx, pr, pr->function);
-    else return qsdpa_cuda_decode_run<D, D, FK, FV, 2>(ctx, pr, pr->function);
+    if constexpr (DK > 128 || DV > 128) return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, pr->function);
+    else if (pr->group_ratio * pr->len_q <= 8) return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, pr->function);
+    else return qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, pr->function);
 }
 
 /* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma

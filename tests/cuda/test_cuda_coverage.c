@@ -338,7 +338,6 @@ int main(void) {
                 {"nvfp4", "nvfp4", 80, 80, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},       /* 5 of 8 nvfp4 groups */
                 {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* K to width 64 */
                 {"mxfp8", "mxfp8", 32, 32, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},     /* GQA 32: 32 rows */
-                {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 2, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* MLA-like: width 256 */
                 /* f16 rows, additive mask: the f16 row's prefill kernel on sm_90a, its decode kernel on sm_80
                  * (D 80: D 96's f16 rows go to the padded path below, whatever Lk) */
                 {"f16", "f16", 80, 80, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, "cuda.repacked:"},
@@ -365,6 +364,9 @@ int main(void) {
             {"mxfp8", "mxfp8", 96, 96, 8, 2, 2, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
             {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, NULL},
             {"affine:4:32", "affine:4:32", 96, 96, 4, 4, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* MHA: 1 row */
+            /* MLA-like K 192 / V 128 (mlx-lm's DeepSeek-V2 cache) on the K 256 / V 128 kernel */
+            {"affine:4:64", "affine:4:64", 192, 128, 16, 16, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
+            {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 3, QSDPA_DTYPE_F16, 2, 0, 1, NULL},
         };
         const char *padded_env = getenv("QSDPA_CUDA_PADDED"); /* 0: the path off, these calls repacked */
         const bool padded_on = !(padded_env && atoi(padded_env) == 0);
@@ -377,6 +379,7 @@ int main(void) {
             {"mxfp8", "mxfp8", 96, 96, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
             {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 8, QSDPA_DTYPE_BF16, 0, 1, 1, NULL},
             {"nvfp4", "nvfp4", 96, 96, 4, 4, 2, QSDPA_DTYPE_F16, 2, 0, 0, NULL}, /* MHA, 2 rows */
+            {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 2, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* MLA-like */
         };
         run_path_cases(&rng, info.name, "padded after realigning",
                        padded_on ? "cuda.realigned:cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode",
