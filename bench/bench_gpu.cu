@@ -313,8 +313,8 @@ int main(int argc, char **argv) {
                 }
     }
     /* Other head dims and a cache of exactly Lk keys (the full matrix only): the routes the D 128 matrix never
-     * takes (padded D 96 at 32768 keys, repacked at 32769, D 256, realigned and 4-byte-piece scale planes at
-     * 32769 keys, affine 3 and 6 bits widened on the repacked path), so a regression there
+     * takes (padded D 96 at 32768 keys, realigned then padded at 32769, D 256, realigned and 4-byte-piece
+     * scale planes at 32769 keys, affine 3 and 6 bits widened on the repacked path), so a regression there
      * shows in the standard table. Human lines only: the RESULT lines key rows by format, B, L and Lq. */
     if (!one && !quick && !prefill_only) {
         struct other_row { const char *name, *fmt; int64_t L, d; };

@@ -367,21 +367,26 @@ bool row_takes(const qsdpa_format &f, int mode, int bits, int group) {
     return group == QSDPA_ANY || f.group == group;
 }
 
-/* The padded kernel that reads p's cache in place: its stored head dims and formats exactly (no widening), at
- * most 32 folded rows, f16/bf16 q, and layouts the decode kernel copies with scale planes of one aligned
- * block (a pad_from stage keeps them as stored, rows of e.g. 3 or 6 bytes); null where none does.
- * QSDPA_CUDA_PADDED=0 turns the path off (the repacked path then takes these calls: an A/B knob). */
-const padded_row *padded_row_of(const qsdpa_problem *p) {
+/* The padded kernel of p's stored head dims and formats exactly (no widening), for at most 32 folded rows
+ * and f16/bf16 q, whatever the layout; null where none is. QSDPA_CUDA_PADDED=0 turns the path off (the
+ * repacked path then takes these calls: an A/B knob). */
+const padded_row *padded_kernel_of(const qsdpa_problem *p) {
     static const bool on = qsdpa_cuda_env("QSDPA_CUDA_PADDED", 1) != 0;
     if (!on || !stageable(p) || p->group_ratio * p->len_q > STAGED_MIN_ROWS) return nullptr;
-    for (const padded_row &r : padded_rows) {
-        if (r.dsk != p->dim_k || r.dsv != p->dim_v || p->k.format.bits != r.kb || p->v.format.bits != r.vb ||
-            !row_takes(p->k.format, r.km, r.kb, r.kg) || !row_takes(p->v.format, r.vm, r.vb, r.vg))
-            continue;
-        const bool blocks = qsdpa_cuda_scales_one_block(&p->k) && qsdpa_cuda_scales_one_block(&p->v);
-        return blocks && qsdpa_cuda_decode_layouts_ok(p) && !qsdpa_cuda_fast_hands_off(p) ? &r : nullptr;
-    }
+    for (const padded_row &r : padded_rows)
+        if (r.dsk == p->dim_k && r.dsv == p->dim_v && p->k.format.bits == r.kb && p->v.format.bits == r.vb &&
+            row_takes(p->k.format, r.km, r.kb, r.kg) && row_takes(p->v.format, r.vm, r.vb, r.vg))
+            return &r;
     return nullptr;
+}
+
+/* The padded kernel that reads p's cache in place: padded_kernel_of, where the layouts are ones the decode
+ * kernel copies with scale planes of one aligned block (a pad_from stage keeps them as stored, rows of e.g.
+ * 3 or 6 bytes); null where none does. */
+const padded_row *padded_row_of(const qsdpa_problem *p) {
+    const padded_row *r = padded_kernel_of(p);
+    const bool blocks = r && qsdpa_cuda_scales_one_block(&p->k) && qsdpa_cuda_scales_one_block(&p->v);
+    return blocks && qsdpa_cuda_decode_layouts_ok(p) && !qsdpa_cuda_fast_hands_off(p) ? r : nullptr;
 }
 
 /* The fast row a repack of p feeds: the narrowest head dim W >= Dk, Dv whose row takes p's K and V formats. */
@@ -532,6 +537,7 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
         return !(src_bytes % unit || dst_bytes % unit || (uintptr_t)t.data % unit || (size_t)t.stride[0] * es % unit ||
                  (size_t)t.stride[1] * es % unit || (size_t)t.stride[2] * es % unit);
     };
+    if (dst_bytes > INT32_MAX) return false; /* rows_bytes and the unit counts below are 32-bit */
     unsigned unit = 16;
     const int to_bits = widened_bits(from_bits);
     if (from_bits) { /* widening (repack_copy's widen_unit set): a thread per 16-byte destination unit, source
@@ -540,7 +546,7 @@ bool add_repack_job(repack_set *s, const qsdpa_tensor &t, int64_t batch, int64_t
     } else {
         while (unit > 1 && !aligned(unit)) unit /= 2;
     }
-    const bool bytewise = !from_bits && bytewise_ok && unit < 16 && dst_bytes % 16 == 0 && src_bytes <= UINT32_MAX;
+    const bool bytewise = !from_bits && bytewise_ok && unit < 16 && dst_bytes % 16 == 0 && src_bytes <= dst_bytes;
     if (bytewise) unit = 16;
     const int64_t threads_limit = (int64_t)UINT32_MAX - 2 * REPACK_THREADS;
     size_t rows, bytes;
@@ -776,7 +782,9 @@ bool qsdpa_cuda_repacked_takes(const qsdpa_problem *p) {
 bool qsdpa_cuda_padded_takes(const qsdpa_problem *p) { return padded_row_of(p) != nullptr; }
 
 qsdpa_status qsdpa_cuda_padded_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
-    const qsdpa_status st = padded_row_of(pr)->run(ctx, pr); /* qsdpa_cuda_padded_takes checked it */
+    const padded_row *row = padded_row_of(pr); /* qsdpa_cuda_padded_takes (or the realigned copy's plan) checked it */
+    if (!row) return qsdpa_cuda_generic_run(ctx, pr);
+    const qsdpa_status st = row->run(ctx, pr);
     qsdpa_set_route(ctx, "cuda.padded:", ctx->last_route);
     return st;
 }
@@ -881,8 +889,8 @@ bool qsdpa_cuda_realign_takes(const qsdpa_problem *p) {
  * of 16, with 3- or 6-byte scale rows): its planes copied aligned (about 1/16 of the cache at 4 bits) make it
  * one the padded path takes, where the repacked path would copy all of it. */
 bool qsdpa_cuda_padded_realign_takes(const qsdpa_problem *p) {
-    qsdpa_problem sp;
-    return realigned_view(p, &sp) && padded_row_of(&sp) != nullptr;
+    qsdpa_problem sp; /* the formats and dims first: most calls here have no padded kernel at all */
+    return padded_kernel_of(p) && realigned_view(p, &sp) && padded_row_of(&sp) != nullptr;
 }
 
 qsdpa_status qsdpa_cuda_realigned_run(qsdpa_context *ctx, const qsdpa_problem *pr, qsdpa_cuda_run_fn run) {

@@ -452,7 +452,7 @@ static qsdpa_status qsdpa_cuda_launch_split_merge_batch(qsdpa_context *ctx, cons
                                               "configuring split_merge", &blocks, &pdl);
     if (st != QSDPA_OK) return st;
     return qsdpa_cuda_launch_pdl(ctx, qfast::split_merge<DV, BATCH>,
-                                 dim3((unsigned)(grid.z * p.rows), (unsigned)((DV + 31) / 32)), dim3(128), 0, pdl, p,
+                                 dim3((unsigned)(grid.z * p.rows), (unsigned)((p.dv_out + 31) / 32)), dim3(128), 0, pdl, p,
                                  fn, "split_merge launch");
 }
 template <int DV>

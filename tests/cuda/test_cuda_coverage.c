@@ -384,6 +384,27 @@ int main(void) {
         run_path_cases(&rng, info.name, "padded after realigning",
                        padded_on ? "cuda.realigned:cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode",
                        padded_realigned, (int)(sizeof padded_realigned / sizeof padded_realigned[0]), 701, 1, 13);
+        /* Fewer keys, B 2 over a cache view (case 0): at Lk 320 (at most 8 splits) the decode kernel merges its
+         * own splits (dec_merge_rows storing Dv 96 / 128 of the kernel's 128 / 128); Lk 9 is one short chunk,
+         * its scale planes under one 16-byte unit (realigned first); f16 rows at Lk 701 take the short last
+         * chunk with 4 pad lanes of 16 per row */
+        static const path_case padded_few[] = {
+            {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
+            {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 4, QSDPA_DTYPE_BF16, 0, 1, 1, NULL},
+            {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 1, QSDPA_DTYPE_F16, 2, 0, 0, NULL},
+        };
+        const int n_few = (int)(sizeof padded_few / sizeof padded_few[0]);
+        run_path_cases(&rng, info.name, "padded, Lk 320", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode",
+                       padded_few, n_few, 320, 0, 16);
+        run_path_cases(&rng, info.name, "padded, Lk 9",
+                       padded_on ? "cuda.realigned:cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode", padded_few,
+                       n_few, 9, 0, 13);
+        static const path_case padded_f16[] = {
+            {"f16", "f16", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
+            {"f16", "f16", 96, 96, 4, 1, 3, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
+        };
+        run_path_cases(&rng, info.name, "padded f16 rows, Lk 701", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:",
+                       padded_f16, (int)(sizeof padded_f16 / sizeof padded_f16[0]), 701, 0, 13);
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
