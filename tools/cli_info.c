@@ -62,7 +62,8 @@ static int print_kernels(void) {
            "   kernel's 8-row blocks up to 128 folded rows, more staged as below;\n"
            "   cuda.generic serves what neither takes: more than 32 folded rows with f16/bf16 q and Dk <= 256\n"
            "   staged as zero-padded f16 rows onto an f16 prefill of K width 64, 128 or 256 (V in passes of\n"
-           "   its columns), short queries at D 96 read in place by the D 128 rows' decode kernel (padded),\n"
+           "   its columns), short queries at D 96 (and K 192 / V 128) read in place by a wider decode\n"
+           "   kernel (padded),\n"
            "   other short queries repacked zero-padded onto the narrowest cuda.mma row that takes their\n"
            "   formats (e.g. D 80 onto D 128), the rest on the generic kernel)\n");
     return 0;
