@@ -339,8 +339,8 @@ int main(void) {
                 {"affine:4:32", "affine:4:32", 32, 64, 4, 1, 4, QSDPA_DTYPE_F16, 2, 0, 1, NULL}, /* K to width 64 */
                 {"mxfp8", "mxfp8", 32, 32, 32, 1, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},     /* GQA 32: 32 rows */
                 /* f16 rows, additive mask: the f16 row's prefill kernel on sm_90a, its decode kernel on sm_80
-                 * (D 80: D 96's f16 rows go to the padded path below, whatever Lk) */
-                {"f16", "f16", 80, 80, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, "cuda.repacked:"},
+                 * (D 48: D 80's and 96's f16 rows go to the padded path below, whatever Lk) */
+                {"f16", "f16", 48, 48, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, "cuda.repacked:"},
                 {"affine:8:64", "affine:4:64", 192, 192, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* the K8V4 row at 256 */
                 /* affine 2/3 bits widened to 4, 5/6 to 8: the same D, padded, mixed K/V, D 256 */
                 {"affine:3:64", "affine:3:64", 128, 128, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
@@ -387,7 +387,7 @@ int main(void) {
         /* Fewer keys, B 2 over a cache view (case 0): at Lk 320 (at most 8 splits) the decode kernel merges its
          * own splits (dec_merge_rows storing Dv 96 / 128 of the kernel's 128 / 128); Lk 9 is one short chunk,
          * its scale planes under one 16-byte unit (realigned first); f16 rows at Lk 701 take the short last
-         * chunk with 4 pad lanes of 16 per row */
+         * chunk with 4 pad lanes of 16 per row (D 80: 6) */
         static const path_case padded_few[] = {
             {"mxfp4", "mxfp4", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
             {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 4, QSDPA_DTYPE_BF16, 0, 1, 1, NULL},
@@ -402,6 +402,8 @@ int main(void) {
         static const path_case padded_f16[] = {
             {"f16", "f16", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
             {"f16", "f16", 96, 96, 4, 1, 3, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
+            {"f16", "f16", 80, 80, 32, 32, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL}, /* Phi-2: D 80, MHA */
+            {"f16", "f16", 80, 80, 8, 2, 4, QSDPA_DTYPE_BF16, 3, 0, 0, NULL},
         };
         run_path_cases(&rng, info.name, "padded f16 rows, Lk 701", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:",
                        padded_f16, (int)(sizeof padded_f16 / sizeof padded_f16[0]), 701, 0, 13);
