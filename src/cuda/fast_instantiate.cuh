@@ -31,8 +31,9 @@
 #define QSDPA_CUDA_PAD_DECODE(name, DSK, DSV, DK, DV, km, kb, kg, vm, vb, vg)                              \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p);                              \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p) {                             \
-        return qsdpa_cuda_padded_decode_run<DK, DV, qfast::pad_from<qfast::format_of<km, kb, kg>::type, DSK>, \
-                                            qfast::pad_from<qfast::format_of<vm, vb, vg>::type, DSV>>(ctx, p); \
+        using FK = qfast::pad_from<qfast::format_of<km, kb, kg>::type, DSK>;                               \
+        using FV = qfast::pad_from<qfast::format_of<vm, vb, vg>::type, DSV>;                               \
+        return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, p, p->function);                          \
     }
 
 #ifndef QSDPA_CUDA_UNIT_affine4

@@ -548,15 +548,15 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
                                       true, true);
 }
 
-/* A cache of head dims narrower than DK, DV (FK, FV = pad_from<format, stored dim>) on the (DK, DV)
- * decode kernel, read in place: cuda.generic's padded path (cuda_staged.cu) takes only what this kernel
- * takes (short queries, layouts the decode kernel copies); its 16- or 8-row blocks chosen as the fast
- * rows choose them (8-row blocks only past 128). */
+/* The decode kernel in the row blocks its head dims take: 8 rows up to 8 folded rows, else 16, and past
+ * D 128 8 rows always (16-row blocks spill there; more rows take several blocks of one launch). The fast
+ * rows' short queries come here, and so do cuda.generic's padded calls (FK, FV = pad_from<format, stored
+ * dim>: a narrower cache read in place; cuda_staged.cu sends only what the decode kernel takes). */
 template <int DK, int DV, class FK, class FV>
-static qsdpa_status qsdpa_cuda_padded_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
-    if constexpr (DK > 128 || DV > 128) return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, pr->function);
-    else if (pr->group_ratio * pr->len_q <= 8) return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, pr->function);
-    else return qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, pr->function);
+static qsdpa_status qsdpa_cuda_decode_blocks_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
+    if constexpr (DK > 128 || DV > 128) return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn);
+    else if (pr->group_ratio * pr->len_q <= 8) return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn);
+    else return qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
 }
 
 /* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma
@@ -602,12 +602,11 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
          * at 32K 609 against 468). */
         if (pr->group_ratio * pr->len_q > 4 * qfast::DEC_MAX_ROWS && qsdpa_cuda_staged_takes(ctx, pr))
             return qsdpa_cuda_staged_run(ctx, pr, qsdpa_cuda_generic_run);
-        if (qsdpa_cuda_decode_layouts_ok(pr)) return qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn);
+        if (qsdpa_cuda_decode_layouts_ok(pr)) return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
         return qsdpa_cuda_realign_takes(pr) ? realigned() : qsdpa_cuda_generic_run(ctx, pr);
     } else {
         if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
-            return pr->group_ratio * pr->len_q <= 8 ? qsdpa_cuda_decode_run<DK, DV, FK, FV, 1>(ctx, pr, fn)
-                                                    : qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
+            return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
         /* short queries over a quantized cache whose planes kept them off the decode kernel */
         const bool short_quantized = FK::mode != QSDPA_MODE_PLAIN && pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS;
         if (short_quantized && qsdpa_cuda_realign_takes(pr)) return realigned();
