@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode | trace | sweep]
+# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode | trace | sweep | host | floor]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -21,7 +21,9 @@
 #   profile-decode: the same for one 128K 4-bit decode launch; trace: only the diagnostic build
 #   (QSDPA_CUDA_DEC_TRACE=1) and its per-phase timeline of one decode call at a few shapes (trace.txt);
 #   host: build, then what the host pays per call (bench/gpu_host.cu, nsys CUDA API sums; host.txt);
-#   sweep: build, then one run-time knob (QSDPA_GPU_SWEEP="NAME=v1 v2 ...") over eight decode shapes (sweep.txt)
+#   sweep: build, then one run-time knob (QSDPA_GPU_SWEEP="NAME=v1 v2 ...") over eight decode shapes (sweep.txt);
+#   floor: build, then bench/gpu_floor.cu (a read-only kernel over the decode caches' sizes) beside the decode
+#   rows of those sizes and any QSDPA_GPU_FLOOR_ROWS (floor.txt)
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -83,8 +85,9 @@ if [ "$MODE" = trace ]; then
 fi
 stamp build | tee "$OUT/build.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >>"$OUT/build.log" 2>&1
-timeout 240 bash -c "build_tree . $B '' test_cuda_coverage test_cuda_mlx test_cuda_api test_wgmma_layout" \
-  >>"$OUT/build.log" 2>&1
+TEST_TARGETS="test_cuda_coverage test_cuda_mlx test_cuda_api test_wgmma_layout"
+[ "$MODE" = floor ] && TEST_TARGETS=""   # timing only
+timeout 240 bash -c "build_tree . $B '' $TEST_TARGETS" >>"$OUT/build.log" 2>&1
 echo "build rc=$?" | tee -a "$OUT/build.log"
 tail -5 "$OUT/build.log"
 # ptxas serializing wgmma (C7514 / C7515: accumulator registers read or written while a wgmma is in flight)
@@ -122,6 +125,25 @@ if [ "$MODE" = host ]; then
     echo "no nsys" >>"$OUT/host.txt"
   fi
   stamp done | tee -a "$OUT/host.txt"
+  exit 0
+fi
+if [ "$MODE" = floor ]; then
+  # what a kernel that only reads the cache costs (bench/gpu_floor.cu), beside the decode rows of the same sizes,
+  # then the extra decode rows named in QSDPA_GPU_FLOOR_ROWS ("label|env assignments|shape;..."), two rounds
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a bench/gpu_floor.cu -o "$B/gpu_floor" >>"$OUT/build.log" 2>&1
+  stamp floor | tee "$OUT/floor.txt"
+  timeout 200 "$B/gpu_floor" 1 2 4 >>"$OUT/floor.txt" 2>&1
+  echo "gpu_floor rc=$?" >>"$OUT/floor.txt"
+  for round in 1 2; do
+    for shape in "${LONG_SHAPES[@]}" "affine4g64 1 32768 1"; do ROWS_OUT="$OUT/floor.txt" long_row decode "$B/bench_gpu" "$shape"; done
+    IFS=';' read -ra extra <<<"${QSDPA_GPU_FLOOR_ROWS:-}"
+    for row in "${extra[@]}"; do
+      IFS='|' read -r label envs shape <<<"$row"
+      # shown with its D= prefix (bench_gpu prints one where D != 128)
+      env $envs timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep -E "^(D=|affine|mxfp|nvfp|f16|k8v4)" | sed "s/^/[$label] /" >>"$OUT/floor.txt"
+    done
+  done
+  stamp done | tee -a "$OUT/floor.txt"
   exit 0
 fi
 # the baseline builds on the CPU while the tests below run on the GPU (nothing is timed before it is joined)
