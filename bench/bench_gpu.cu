@@ -253,8 +253,8 @@ static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_fo
 
 int main(int argc, char **argv) {
     /* "quick": 32K only; "one FMT B L LQ [D [causal]]": a single configuration, any L and Lq (for ncu),
-     * head dim D (default 128), causal if asked, FMT a name below or a format spec for both K and V
-     * (qsdpa_format_parse: e.g. affine:3:64);
+     * head dim D (default 128), causal if asked, FMT a name below, a format spec for both K and V
+     * (qsdpa_format_parse: e.g. affine:3:64) or K's and V's specs apart (mxfp8/mxfp4);
      * "prefill [FMT]": the 4K causal prefill rows only (one format if named) */
     bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     bool one = argc > 5 && strcmp(argv[1], "one") == 0;
@@ -282,8 +282,14 @@ int main(int argc, char **argv) {
         {"nvfp4", "nvfp4", "nvfp4"},                  {"k8v4g64", "affine:8:64", "affine:4:64"},
         {"f16", "f16", "f16"},
     };
-    if (one && std::none_of(fmts.begin(), fmts.end(), [&](const fmt_row &f) { return !strcmp(f.name, argv[2]); }))
-        fmts = {{argv[2], argv[2], argv[2]}};
+    /* a name not above is a format spec for both K and V, or "KSPEC/VSPEC" (e.g. mxfp8/mxfp4) */
+    static char kv_spec[2][64];
+    if (one && std::none_of(fmts.begin(), fmts.end(), [&](const fmt_row &f) { return !strcmp(f.name, argv[2]); })) {
+        const char *slash = strchr(argv[2], '/');
+        snprintf(kv_spec[0], sizeof kv_spec[0], "%.*s", slash ? (int)(slash - argv[2]) : 63, argv[2]);
+        snprintf(kv_spec[1], sizeof kv_spec[1], "%s", slash ? slash + 1 : argv[2]);
+        fmts = {{argv[2], kv_spec[0], kv_spec[1]}};
+    }
     const std::vector<int64_t> Ls = one ? std::vector<int64_t>{atoll(argv[4])} : std::vector<int64_t>{2048, 8192, 32768, 131072};
     printf("%-11s %2s %7s %3s | %9s %8s %6s | %7s %8s | kernel\n", "format", "B", "L", "Lq", "us", "GB/s", "%copy",
            "host us", "graph us");

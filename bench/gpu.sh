@@ -23,7 +23,7 @@
 #   host: build, then what the host pays per call (bench/gpu_host.cu, nsys CUDA API sums; host.txt);
 #   sweep: build, then one run-time knob (QSDPA_GPU_SWEEP="NAME=v1 v2 ...") over eight decode shapes (sweep.txt);
 #   floor: build, then bench/gpu_floor.cu (a read-only kernel over the decode caches' sizes) beside the decode
-#   rows of those sizes and any QSDPA_GPU_FLOOR_ROWS (floor.txt)
+#   rows of those sizes and any QSDPA_GPU_EXTRA_ROWS (floor.txt)
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -61,6 +61,26 @@ long_row() {
   local label=$1 bin=$2 shape=$3
   shift 3
   env "$@" timeout 60 "$bin" one $shape 2>&1 | grep -E "^(affine|mxfp|nvfp|f16|k8v4)" | sed "s/^/[$label] /" >>"${ROWS_OUT:-$OUT/bench.txt}"
+}
+
+# extra decode rows, QSDPA_GPU_EXTRA_ROWS="env assignments|shape;..." (`bench_gpu one` shapes, any format spec or
+# KSPEC/VSPEC, D as a fifth field), two rounds, each row by the baseline's binary (if built) and this tree's,
+# tagged [base] / [new] with the row's env; into $ROWS_OUT (bench.txt unless set)
+extra_rows() {
+  local row envs shape bin label
+  IFS=';' read -ra rows <<<"${QSDPA_GPU_EXTRA_ROWS:-}"
+  for round in 1 2; do
+    for row in "${rows[@]}"; do
+      IFS='|' read -r envs shape <<<"$row"
+      for label in base new; do
+        bin=$B/bench_gpu
+        [ $label = base ] && bin=build-base/bench_gpu
+        [ -x "$bin" ] || continue
+        env $envs timeout 60 "$bin" one $shape 2>&1 | grep -E "^(D=|affine|mxfp|nvfp|f16|k8v4)" |
+          sed "s/^/[$label${envs:+ $envs}] /" >>"${ROWS_OUT:-$OUT/bench.txt}"
+      done
+    done
+  done
 }
 
 if [ "$MODE" = trace ]; then
@@ -129,20 +149,15 @@ if [ "$MODE" = host ]; then
 fi
 if [ "$MODE" = floor ]; then
   # what a kernel that only reads the cache costs (bench/gpu_floor.cu), beside the decode rows of the same sizes,
-  # then the extra decode rows named in QSDPA_GPU_FLOOR_ROWS ("label|env assignments|shape;..."), two rounds
+  # then the extra rows (QSDPA_GPU_EXTRA_ROWS, below)
   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a bench/gpu_floor.cu -o "$B/gpu_floor" >>"$OUT/build.log" 2>&1
   stamp floor | tee "$OUT/floor.txt"
   timeout 200 "$B/gpu_floor" 1 2 4 >>"$OUT/floor.txt" 2>&1
   echo "gpu_floor rc=$?" >>"$OUT/floor.txt"
   for round in 1 2; do
     for shape in "${LONG_SHAPES[@]}" "affine4g64 1 32768 1"; do ROWS_OUT="$OUT/floor.txt" long_row decode "$B/bench_gpu" "$shape"; done
-    IFS=';' read -ra extra <<<"${QSDPA_GPU_FLOOR_ROWS:-}"
-    for row in "${extra[@]}"; do
-      IFS='|' read -r label envs shape <<<"$row"
-      # shown with its D= prefix (bench_gpu prints one where D != 128)
-      env $envs timeout 60 "$B/bench_gpu" one $shape 2>&1 | grep -E "^(D=|affine|mxfp|nvfp|f16|k8v4)" | sed "s/^/[$label] /" >>"$OUT/floor.txt"
-    done
   done
+  ROWS_OUT="$OUT/floor.txt" extra_rows
   stamp done | tee -a "$OUT/floor.txt"
   exit 0
 fi
@@ -240,6 +255,10 @@ if [ -n "${QSDPA_GPU_AB_ENV:-}" ]; then
   quick_rows "env" "$B/bench_gpu" "$QSDPA_GPU_AB_ENV"
   quick_rows "new" "$B/bench_gpu"
 fi
+if [ -n "${QSDPA_GPU_EXTRA_ROWS:-}" ]; then
+  stamp "extra rows" | tee -a "$OUT/bench.txt"
+  extra_rows
+fi
 if [ -n "${QSDPA_GPU_AB_ENV:-}" ] || [ -x build-base/bench_gpu ]; then
   stamp "rows outside the 32K matrix" | tee -a "$OUT/bench.txt"
   for shape in "${LONG_SHAPES[@]}"; do
@@ -310,6 +329,12 @@ echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(a4g64 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
+# a row of two fp widths (mxfp8 K, mxfp4 V: different code and scale block sizes in one stage)
+for tool in memcheck racecheck; do
+  QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=kmxfp8.vmxfp4.d128.f16 timeout 60 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
+    >>"$OUT/sanitizer.log" 2>&1
+  echo "$tool coverage(kmxfp8.vmxfp4 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
+done
 # the decode kernel's 4-byte scale pieces (planes only 4-byte aligned: Lk 901 over 2 KV heads, so the second
 # head's plane starts 3604 bytes in)
 for tool in memcheck racecheck; do
