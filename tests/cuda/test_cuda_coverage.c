@@ -364,6 +364,9 @@ int main(void) {
             {"mxfp8", "mxfp8", 96, 96, 8, 2, 2, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
             {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, NULL},
             {"affine:4:32", "affine:4:32", 96, 96, 4, 4, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* MHA: 1 row */
+            /* K with more bits than V */
+            {"affine:8:32", "affine:4:32", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
+            {"mxfp8", "mxfp4", 96, 96, 8, 2, 4, QSDPA_DTYPE_BF16, 1, 0, 0, NULL},
             /* MLA-like K 192 / V 128 (mlx-lm's DeepSeek-V2 cache) on the K 256 / V 128 kernel */
             {"affine:4:64", "affine:4:64", 192, 128, 16, 16, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
             {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 3, QSDPA_DTYPE_F16, 2, 0, 1, NULL},
