@@ -42,7 +42,12 @@ static void format_text(int mode, int bits, int group, char *buf, size_t n) {
 static int print_kernels(void) {
     int n = qsdpa_kernel_count();
     printf("kernel table (%d rows, dispatch takes the first usable row that serves a request):\n", n);
-    printf("  %-26s %-7s %-7s %-10s %-6s %-5s %-5s %-14s %-14s %-7s %-7s %s\n", "name", "backend", "isa", "path",
+    int name_width = 4; /* the longest row name keeps the columns aligned */
+    for (int i = 0; i < n; i++) {
+        qsdpa_kernel_info k;
+        if (qsdpa_kernel_get(i, &k) == QSDPA_OK && (int)strlen(k.name) > name_width) name_width = (int)strlen(k.name);
+    }
+    printf("  %-*s %-7s %-7s %-10s %-6s %-5s %-5s %-14s %-14s %-7s %-7s %s\n", name_width, "name", "backend", "isa", "path",
            "q", "Dk", "Dv", "K format", "V format", "max Lq", "max D", "usable");
     for (int i = 0; i < n; i++) {
         qsdpa_kernel_info k;
@@ -51,7 +56,7 @@ static int print_kernels(void) {
         char dk[16], dv[16], lq[16], kf[40], vf[40];
         format_text(k.k_mode, k.k_bits, k.k_group, kf, sizeof kf);
         format_text(k.v_mode, k.v_bits, k.v_group, vf, sizeof vf);
-        printf("  %-26s %-7s %-7s %-10s %-6s %-5s %-5s %-14s %-14s %-7s %-7d %s\n", k.name,
+        printf("  %-*s %-7s %-7s %-10s %-6s %-5s %-5s %-14s %-14s %-7s %-7d %s\n", name_width, k.name,
                k.backend == QSDPA_BACKEND_CUDA ? "cuda" : "cpu", k.isa, k.path,
                k.q_dtype == QSDPA_ANY ? "*" : qsdpa_dtype_name((qsdpa_dtype)k.q_dtype), field(k.dk, dk, sizeof dk),
                field(k.dv, dv, sizeof dv), kf, vf, field(k.max_lq, lq, sizeof lq), k.max_dim, k.usable ? "yes" : "no");
