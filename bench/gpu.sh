@@ -329,11 +329,14 @@ echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(a4g64 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
-# a row of two fp widths (mxfp8 K, mxfp4 V: different code and scale block sizes in one stage)
-for tool in memcheck racecheck; do
-  QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=kmxfp8.vmxfp4.d128.f16 timeout 60 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
-    >>"$OUT/sanitizer.log" 2>&1
-  echo "$tool coverage(kmxfp8.vmxfp4 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
+# a row of two fp widths (mxfp8 K, mxfp4 V: different code and scale block sizes in one stage), and the f16
+# row's bf16-row decode twin (quick: its first bf16 case)
+for only in kmxfp8.vmxfp4.d128.f16 f16.d128.bf16; do
+  for tool in memcheck racecheck; do
+    QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=$only timeout 60 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
+      >>"$OUT/sanitizer.log" 2>&1
+    echo "$tool coverage($only) rc=$?" | tee -a "$OUT/sanitizer.log"
+  done
 done
 # the decode kernel's 4-byte scale pieces (planes only 4-byte aligned: Lk 901 over 2 KV heads, so the second
 # head's plane starts 3604 bytes in)

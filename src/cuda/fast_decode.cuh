@@ -142,12 +142,6 @@ __device__ __forceinline__ uint32_t pack_scales(uint32_t a, uint32_t b, int hi, 
     return bf16 ? f : h;
 }
 
-/* Two bf16 values of a word -> the f16 pair (the decode kernel's scales enter f16
- * arithmetic; converted once per chunk, in place, so the f16 case costs nothing) */
-__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
-    return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u)));
-}
-
 /* The affine scale and bias words of a chunk that feed f16 arithmetic (all of V's,
  * K's unless K is folded: folded K reads its scales exactly as f32) from bf16 to
  * f16, so pack_scales and dec_scale_bias see f16 only. */

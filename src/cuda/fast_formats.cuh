@@ -25,6 +25,12 @@ namespace qfast {
 
 __device__ __forceinline__ half2 u2h(uint32_t x) { return *reinterpret_cast<half2 *>(&x); }
 __device__ __forceinline__ uint32_t h2u(half2 x) { return *reinterpret_cast<uint32_t *>(&x); }
+
+/* Two bf16 values of a word -> the f16 pair, rounded to nearest (the decode kernel's bf16 scales and
+ * bf16 rows enter f16 arithmetic; beyond f16's range they become inf, as the tensor-core rows document) */
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
+    return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u)));
+}
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) { return __byte_perm(a, b, s); }
 
 /* (x & mask) | bits in one LOP3 (the compiler emits two when both are immediates) */
@@ -200,6 +206,7 @@ struct plain_f16_fmt {
     static constexpr int bits = 16, group = 1 << 20, U = 2;
     static constexpr bool has_scales = false, has_biases = false;
     static constexpr int mode = QSDPA_MODE_PLAIN;
+    static constexpr int plain_dtype = QSDPA_DTYPE_F16; /* the rows' element type (the host checks the cache's) */
     __device__ static int k_order(int, int e) { return e; }
     __device__ __forceinline__ static half2 scale_bias(const void *, const void *, int, int, float) {
         return __floats2half2_rn(1.0f, 0.0f);
@@ -213,6 +220,27 @@ struct plain_f16_fmt {
         out[1] = u2h(prmt(a, b, 0x7632));
     }
 };
+
+/* Unquantized bf16 rows, read by the decode kernel only (the f16 rows' run function sends their short
+ * queries here): each word converted to an f16 pair as it leaves shared memory, so the mma sees f16 as
+ * for f16 rows (values past f16's range overflow, as for bf16 q). The prefill kernel reads f16 tiles in
+ * place and has no bf16 twin: long queries over bf16 rows take cuda.generic's staged path. */
+struct plain_bf16_fmt : plain_f16_fmt {
+    static constexpr int plain_dtype = QSDPA_DTYPE_BF16;
+    __device__ __forceinline__ static void k_word(uint32_t w, half2, half2 *out) { out[0] = u2h(bf16x2_to_f16x2(w)); }
+    __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2, half2, half2 *out) {
+        const uint32_t fa = bf16x2_to_f16x2(a), fb = bf16x2_to_f16x2(b);
+        out[0] = u2h(prmt(fa, fb, 0x5410));
+        out[1] = u2h(prmt(fa, fb, 0x7632));
+    }
+};
+
+/* The element type of F's rows where F is unquantized (f16 for every other format: not asked) */
+template <class F>
+__host__ __device__ constexpr int plain_dtype_of() {
+    if constexpr (F::mode == QSDPA_MODE_PLAIN) return F::plain_dtype;
+    else return QSDPA_DTYPE_F16;
+}
 
 /* The format type of a kernel-table row's (mode, bits, group) columns, so the
  * instantiations are generated from the table (fast_instantiate.cuh). */

@@ -344,7 +344,8 @@ __global__ void __launch_bounds__(128) split_merge(const fast_params p) {
 /* Host side: choose the configuration and launch one instantiation. */
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
                                           int ctas_per_sm, int bn, int block_rows, bool partials, int kernel_dv,
-                                          qfast::fast_params *p, dim3 *grid, bool *use_generic);
+                                          int k_plain, int v_plain, qfast::fast_params *p, dim3 *grid,
+                                          bool *use_generic);
 
 /* Whether the decode kernel merges its own splits (QSDPA_CUDA_FUSED_MERGE, read once; default 1): one
  * launch a call instead of two. A benchmark knob; the trace build keeps split_merge. */
@@ -477,7 +478,7 @@ static int64_t qsdpa_cuda_tiles_per_cta(const qsdpa_context *ctx, const qsdpa_pr
  * (0: never); row blocks of `block_rows`). Its partials (always with `partials`, else
  * where the keys were split) are merged by split_merge, or by the kernel itself (the
  * decode kernel: `own_merge`) where that merge is small enough. */
-template <int DV, class K>
+template <int DV, class FK, class FV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
                                            const char *name, const char *route, const char *configuring, int threads, int smem,
                                            qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
@@ -495,7 +496,8 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     qfast::fast_params p;
     dim3 grid;
     bool generic = false;
-    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, per_sm, bn, block_rows, partials, DV, &p, &grid, &generic);
+    st = qsdpa_cuda_fast_launch_setup(ctx, pr, smem, per_sm, bn, block_rows, partials, DV, qfast::plain_dtype_of<FK>(),
+                                      qfast::plain_dtype_of<FV>(), &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     int smem_launch = smem;
@@ -542,7 +544,7 @@ static qsdpa_status qsdpa_cuda_decode_run(qsdpa_context *ctx, const qsdpa_proble
      * SM; run 69: 32K 21.3 us vs 22.5 at 3), unless the streams are long anyway: past 32
      * tiles per CTA the third CTA's latency hiding wins (run 69: 128K 57.0 -> 53.4 us,
      * B=8 32K 104 -> 94; B=8 8K, 26 tiles, even) */
-    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode", "cuda.decode",
+    return qsdpa_cuda_fast_launch<DV, FK, FV>(ctx, pr, fn, qfast::fast_decode<DK, DV, FK, FV, NR>, "fast_decode", "cuda.decode",
                                       "configuring fast_decode", qfast::DEC_WARPS * 32,
                                       qfast::dec_smem<DK, DV, FK, FV, NR>::BYTES, &info, 2, 32, qfast::DEC_TILE, 8 * NR,
                                       true, true);
@@ -580,7 +582,7 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     using L = qfast::pf_layout<DK, DV, FK, FV>;
     const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
-    return qsdpa_cuda_fast_launch<DV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
+    return qsdpa_cuda_fast_launch<DV, FK, FV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
                                       smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false);
 }
 
@@ -592,6 +594,16 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
      * the decode kernel always, the prefill kernel for rows under 4 bytes (the staged paths read any
      * layout). The copy's planes are aligned, so its run never comes back here. */
     auto realigned = [&] { return qsdpa_cuda_realigned_run(ctx, pr, qsdpa_cuda_fast_run<DK, DV, FK, FV>); };
+    if constexpr (FK::mode == QSDPA_MODE_PLAIN && FV::mode == QSDPA_MODE_PLAIN) {
+        /* bf16 rows (the f16 rows' table entries match them by mode and width): short queries on the decode
+         * kernel's bf16 twin, which converts each word as it reads it; the rest, which no kernel of this row
+         * reads, to cuda.generic (its staged path converts long queries' rows to f16 once).
+         * QSDPA_CUDA_BF16_ROWS=0 sends the short ones there too (an A/B knob). */
+        static const bool bf16_rows = qsdpa_cuda_env("QSDPA_CUDA_BF16_ROWS", 1) != 0;
+        if (bf16_rows && pr->k.format.plain_dtype == QSDPA_DTYPE_BF16 && pr->v.format.plain_dtype == QSDPA_DTYPE_BF16 &&
+            pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && qsdpa_cuda_decode_layouts_ok(pr))
+            return qsdpa_cuda_decode_blocks_run<DK, DV, qfast::plain_bf16_fmt, qfast::plain_bf16_fmt>(ctx, pr, fn);
+    }
     if constexpr (DK > 128 || DV > 128) {
         /* Past D 128 the decode kernel runs 8-row blocks only (16-row blocks spill at this width,
          * kernels_cuda.def): more folded rows take several row blocks in one launch, which stream the

@@ -54,10 +54,10 @@ qsdpa_cuda_split_bounds qsdpa_cuda_split_limits(const qsdpa_context *ctx, const 
     return s;
 }
 
-bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr) {
+bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr, int k_plain, int v_plain) {
     int ks = scale_mode(&pr->k), vs = scale_mode(&pr->v);
-    bool plain_ok = (pr->k.format.mode != QSDPA_MODE_PLAIN || pr->k.format.plain_dtype == QSDPA_DTYPE_F16) &&
-                    (pr->v.format.mode != QSDPA_MODE_PLAIN || pr->v.format.plain_dtype == QSDPA_DTYPE_F16);
+    bool plain_ok = (pr->k.format.mode != QSDPA_MODE_PLAIN || (int)pr->k.format.plain_dtype == k_plain) &&
+                    (pr->v.format.mode != QSDPA_MODE_PLAIN || (int)pr->v.format.plain_dtype == v_plain);
     bool codes_ok =
         qsdpa_cuda_aligned16(pr->k.codes.data, pr->k.codes.stride, 3, qsdpa_dtype_size(pr->k.codes.dtype)) &&
         qsdpa_cuda_aligned16(pr->v.codes.data, pr->v.codes.stride, 3, qsdpa_dtype_size(pr->v.codes.dtype));
@@ -71,7 +71,8 @@ bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr) {
 
 qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_problem *pr, int smem_bytes,
                                           int ctas_per_sm, int bn, int block_rows, bool partials, int kernel_dv,
-                                          qfast::fast_params *p, dim3 *grid, bool *use_generic) {
+                                          int k_plain, int v_plain, qfast::fast_params *p, dim3 *grid,
+                                          bool *use_generic) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st == QSDPA_OK) st = qsdpa_cuda_check_problem(ctx, pr, fn);
@@ -82,7 +83,7 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     int64_t nrb = (rows + block_rows - 1) / block_rows; /* row blocks of the kernel's block_rows */
     const int64_t bhkv = pr->batch * pr->heads_kv;
     const int ks = scale_mode(&pr->k);
-    if (qsdpa_cuda_fast_hands_off(pr) || smem_bytes > ctx->cuda->smem_optin || nrb > 0x7fffffff) {
+    if (qsdpa_cuda_fast_hands_off(pr, k_plain, v_plain) || smem_bytes > ctx->cuda->smem_optin || nrb > 0x7fffffff) {
         *use_generic = true;
         return QSDPA_OK;
     }

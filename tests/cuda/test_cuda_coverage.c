@@ -59,6 +59,40 @@ static void run_shape(test_rng *rng, const cuda_case *c, const char *row, const 
     cuda_case_run(rng, &r, label);
 }
 
+/* bf16 rows on an f16 row's entry (base: that row's f16 case): short queries on the decode kernel's
+ * bf16 twin (8- and 16-row blocks, masks, sinks, lse, a strided view), longer ones handed to
+ * cuda.generic (no route asserted there: staged or generic by shape). Routes are asserted where the
+ * routing is at its defaults and QSDPA_CUDA_BF16_ROWS is not 0. */
+static void run_bf16_rows(test_rng *rng, cuda_case base, const char *row) {
+    cuda_case c;
+    cuda_case b16 = base;
+    b16.kf.plain_dtype = b16.vf.plain_dtype = QSDPA_DTYPE_BF16;
+    const char *knob = getenv("QSDPA_CUDA_BF16_ROWS");
+    const bool bf16_rows_on = routing_default() && !(knob && atoi(knob) == 0);
+    const char *short_route = bf16_rows_on ? "cuda.decode" : NULL;
+    char label[256];
+    c = b16; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 1000; c.route = short_route;
+    snprintf(label, sizeof label, "%s bf16 rows decode B2 GQA4 Lk1000", row);
+    cuda_case_run(rng, &c, label);
+    if (quick) return; /* the sanitizers' runs: one bf16-row case after the row's first shape */
+    c = b16; c.hq = 4; c.hkv = 2; c.lq = 4; c.lk = 901; c.mask = 1; c.sinks = 1; c.route = short_route;
+    snprintf(label, sizeof label, "%s bf16 rows Lq4 GQA2 (8 rows) bool mask + sinks", row);
+    cuda_case_run(rng, &c, label);
+    c = b16; c.hq = 2; c.hkv = 1; c.lq = 3; c.lk = 1777; c.mask = 2; c.mask_rank = 2; c.partial = 1;
+    c.route = short_route;
+    snprintf(label, sizeof label, "%s bf16 rows Lq3 additive mask + lse", row);
+    cuda_case_run(rng, &c, label);
+    c = b16; c.batch = 2; c.hq = 8; c.hkv = 2; c.lq = 7; c.lk = 1200; c.sinks = 1; c.causal = 1; c.route = short_route;
+    snprintf(label, sizeof label, "%s bf16 rows Lq7 GQA4 (28 rows: two row blocks) causal + sinks", row);
+    cuda_case_run(rng, &c, label);
+    c = b16; c.hq = 8; c.hkv = 1; c.lq = 1; c.lk = 5000; c.cap_extra = 37; c.route = short_route;
+    snprintf(label, sizeof label, "%s bf16 rows decode Lk5000 strided cache view", row);
+    cuda_case_run(rng, &c, label);
+    c = b16; c.hq = 4; c.hkv = 1; c.lq = 20; c.lk = 600; c.causal = 1;
+    snprintf(label, sizeof label, "%s bf16 rows Lq20 (80 rows) causal, handed off", row);
+    cuda_case_run(rng, &c, label);
+}
+
 /* The shapes every row is run on. */
 static void run_shapes(test_rng *rng, cuda_case base, const char *row) {
     cuda_case c;
@@ -236,6 +270,7 @@ int main(void) {
             base.dv = info.dv;
             base.q_dtype = (qsdpa_dtype)info.q_dtype;
             run_shapes(&rng, base, info.name);
+            if (info.k_mode == QSDPA_MODE_PLAIN && info.k_bits == 16) run_bf16_rows(&rng, base, info.name);
             /* affine scales stored in other dtypes */
             if (info.k_mode == QSDPA_MODE_AFFINE && !quick) {
                 base.scale_dtype = QSDPA_DTYPE_F32;
