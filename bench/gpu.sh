@@ -76,7 +76,7 @@ extra_rows() {
         bin=$B/bench_gpu
         [ $label = base ] && bin=build-base/bench_gpu
         [ -x "$bin" ] || continue
-        env $envs timeout 60 "$bin" one $shape 2>&1 | grep -E "^(D=|affine|mxfp|nvfp|f16|k8v4)" |
+        env $envs timeout 60 "$bin" one $shape 2>&1 | grep -E " cuda\.[a-z]" | grep -v "^#" |
           sed "s/^/[$label${envs:+ $envs}] /" >>"${ROWS_OUT:-$OUT/bench.txt}"
       done
     done
