@@ -37,7 +37,7 @@
  * ratio above 32 has more rows than that, and is staged.)
  *
  * Left to the generic kernel: f32 q (SPEC §4's 2e-5 needs f32 products), Dk above 256,
- * f32 or bf16 plain rows (the fast rows hand those to it too), staging above
+ * f32 or bf16 plain rows (the f16 rows hand it bf16 rows' long queries), staging above
  * QSDPA_CUDA_STAGE_LIMIT_MB (default 1024 MiB of need; the buffer grows to 1.25x what
  * it needs), a stage buffer that cannot be allocated, and QSDPA_CUDA_STAGED=0 (the
  * coverage test's switch). The f16 kernel's own hand-offs (rows that see no key, partial

@@ -224,7 +224,7 @@ struct plain_f16_fmt {
 /* Unquantized bf16 rows, read by the decode kernel only (the f16 rows' run function sends their short
  * queries here): each word converted to an f16 pair as it leaves shared memory, so the mma sees f16 as
  * for f16 rows (values past f16's range overflow, as for bf16 q). The prefill kernel reads f16 tiles in
- * place and has no bf16 twin: long queries over bf16 rows take cuda.generic's staged path. */
+ * place and has no bf16 twin: long queries over bf16 rows take cuda.generic's generic kernel. */
 struct plain_bf16_fmt : plain_f16_fmt {
     static constexpr int plain_dtype = QSDPA_DTYPE_BF16;
     __device__ __forceinline__ static void k_word(uint32_t w, half2, half2 *out) { out[0] = u2h(bf16x2_to_f16x2(w)); }
