@@ -44,6 +44,11 @@ namespace qfast {
 #define QSDPA_CUDA_DEC_SMALL_STAGES 4
 #endif
 static_assert(QSDPA_CUDA_DEC_SMALL_STAGES >= 4 && QSDPA_CUDA_DEC_SMALL_STAGES % 2 == 0, "an even ring of 4 or more");
+/* the largest stage (bytes of one chunk) that takes the small stages' deeper ring (and so, for folded
+ * affine K and V, two chunks a warp step); wider stages keep 3 */
+#ifndef QSDPA_CUDA_DEC_SMALL_BYTES
+#define QSDPA_CUDA_DEC_SMALL_BYTES 3072
+#endif
 /* two chunks a warp step in the 8-row kernel with 4-stage rings (dec_pairing); 0 keeps one */
 #ifndef QSDPA_CUDA_DEC_PAIR
 #define QSDPA_CUDA_DEC_PAIR 1
@@ -228,7 +233,7 @@ struct dec_stage {
     static constexpr int KZ_OFF = KS_OFF + KSB, VS_OFF = KZ_OFF + (FK::has_biases ? KSB : 0);
     static constexpr int VZ_OFF = VS_OFF + VSB, BYTES = VZ_OFF + (FV::has_biases ? VSB : 0);
     /* chunks in flight per warp: about 7 KB of codes for the 4-bit rows, 3 stages of wider ones */
-    static constexpr int STAGES = BYTES <= 3072 ? QSDPA_CUDA_DEC_SMALL_STAGES : 3;
+    static constexpr int STAGES = BYTES <= QSDPA_CUDA_DEC_SMALL_BYTES ? QSDPA_CUDA_DEC_SMALL_STAGES : 3;
     static_assert(KROW % 16 == 0 && VROW % 16 == 0, "code rows of whole 16-byte pieces");
     static_assert(KROW_SRC % 16 == 0 && VROW_SRC % 16 == 0 && DKS <= DK && DVS <= DV &&
                       (!FK::has_scales || DKS % FK::group == 0) && (!FV::has_scales || DVS % FV::group == 0),
