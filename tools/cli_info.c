@@ -64,13 +64,14 @@ static int print_kernels(void) {
     printf("  (a cuda.mma row runs a split-K decode kernel when GQA ratio x Lq <= 32 over a quantized cache, a\n"
            "   prefill kernel for longer queries (from 2048 folded rows a quantized cache staged onto the f16 row),\n"
            "   for f16 rows on sm_90a and for layouts the decode kernel does not take; at D 256 the decode\n"
-           "   kernel's 8-row blocks up to 128 folded rows, more staged as below;\n"
+           "   kernel's 8-row blocks up to 128 folded rows, more staged as below; an f16 row's entry also takes\n"
+           "   bf16 rows' short queries, on a decode kernel that converts them to f16 as it reads them;\n"
            "   cuda.generic serves what neither takes: more than 32 folded rows with f16/bf16 q and Dk <= 256\n"
            "   staged as zero-padded f16 rows onto an f16 prefill of K width 64, 128 or 256 (V in passes of\n"
            "   its columns), short queries at D 96 (and K 192 / V 128) read in place by a wider decode\n"
-           "   kernel (padded),\n"
+           "   kernel (padded; f16 rows at D 80 too),\n"
            "   other short queries repacked zero-padded onto the narrowest cuda.mma row that takes their\n"
-           "   formats (e.g. D 80 onto D 128), the rest on the generic kernel)\n");
+           "   formats (e.g. nvfp4 at D 80 onto D 128), the rest on the generic kernel)\n");
     return 0;
 }
 
