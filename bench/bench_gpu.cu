@@ -23,18 +23,11 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda_check.h"
 #include "qsdpa.h"
 /* weak: gpu.sh links this benchmark against an earlier build of the library too, which may predate it */
 #pragma weak qsdpa_context_last_route
 
-#define CK(x)                                                                                   \
-    do {                                                                                        \
-        cudaError_t e_ = (x);                                                                   \
-        if (e_ != cudaSuccess) {                                                                \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
 #define QK(x)                                                                                          \
     do {                                                                                               \
         qsdpa_status s_ = (x);                                                                         \

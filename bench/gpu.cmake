@@ -15,4 +15,9 @@ if(QSDPA_CUDA)
   set_target_properties(bench_gpu PROPERTIES CUDA_ARCHITECTURES "${QSDPA_CUDA_ARCHITECTURES}" CUDA_STANDARD 17
                                              CUDA_STANDARD_REQUIRED ON)
   target_compile_options(bench_gpu PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
+  # the read-only floor under the decode timings (bench/gpu.sh floor); standalone, no library
+  add_executable(gpu_floor ${CMAKE_CURRENT_LIST_DIR}/gpu_floor.cu)
+  set_target_properties(gpu_floor PROPERTIES CUDA_ARCHITECTURES "${QSDPA_CUDA_ARCHITECTURES}" CUDA_STANDARD 17
+                                             CUDA_STANDARD_REQUIRED ON)
+  target_compile_options(gpu_floor PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
 endif()

@@ -18,14 +18,8 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                                   \
-    do {                                                                                        \
-        cudaError_t e_ = (x);                                                                   \
-        if (e_ != cudaSuccess) {                                                                \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
+#include "cuda_check.h"
+
 
 constexpr int THREADS = 256, UNROLL = 4;
 
@@ -39,12 +33,17 @@ __device__ __forceinline__ uint4 load_stream(const uint4 *p) {
 
 /* each CTA reads [blockIdx.x * per, +per) of src; `partial` gets its XOR only when it equals
  * `never` (the host passes a value the data cannot give), so the loads stay live */
+/* programmatic dependent launch (sm_90): let the next grid launch now, then wait for the previous one */
+__device__ __forceinline__ void pdl_chain() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __global__ void __launch_bounds__(THREADS) read_stream(const uint4 *src, size_t n16, size_t per, unsigned *partial,
                                                        unsigned never, int pdl) {
-    if (pdl) {
-        asm volatile("griddepcontrol.launch_dependents;");
-        asm volatile("griddepcontrol.wait;" ::: "memory");
-    }
+    if (pdl) pdl_chain();
     const size_t lo = blockIdx.x * per, hi = min(n16, lo + per);
     unsigned acc = 0;
     for (size_t i = lo + threadIdx.x; i < hi; i += (size_t)THREADS * UNROLL) {
@@ -63,8 +62,7 @@ __global__ void __launch_bounds__(THREADS) read_stream(const uint4 *src, size_t 
 
 /* the merge's shape without its work: 8 CTAs (one per KV head) read every partial */
 __global__ void merge_partials(const unsigned *partial, int n, unsigned *out) {
-    asm volatile("griddepcontrol.launch_dependents;");
-    asm volatile("griddepcontrol.wait;" ::: "memory");
+    pdl_chain();
     unsigned acc = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) acc ^= partial[i];
     for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
@@ -159,17 +157,23 @@ int main(int argc, char **argv) {
                 for (int i = 0; i < 3 * copies; i++)
                     if (!launch(it++)) CK(cudaGetLastError());
                 CK(cudaStreamSynchronize(st));
-                std::vector<double> t;
-                for (int r = 0; r < 15; r++) {
-                    CK(cudaEventRecord(e0, st));
+                /* median over 15 repetitions of enqueue(), per call of the batch, us */
+                auto per_call_us = [&](auto enqueue) {
+                    std::vector<double> t;
+                    for (int r = 0; r < 15; r++) {
+                        CK(cudaEventRecord(e0, st));
+                        enqueue();
+                        CK(cudaEventRecord(e1, st));
+                        CK(cudaEventSynchronize(e1));
+                        float ms;
+                        CK(cudaEventElapsedTime(&ms, e0, e1));
+                        t.push_back(ms * 1e3 / batch);
+                    }
+                    return median(t);
+                };
+                const double us = per_call_us([&] {
                     for (int i = 0; i < batch; i++) launch(it++);
-                    CK(cudaEventRecord(e1, st));
-                    CK(cudaEventSynchronize(e1));
-                    float ms;
-                    CK(cudaEventElapsedTime(&ms, e0, e1));
-                    t.push_back(ms * 1e3 / batch);
-                }
-                const double us = median(t);
+                });
                 /* the same batch from a graph */
                 cudaGraph_t graph;
                 cudaGraphExec_t exec;
@@ -179,17 +183,7 @@ int main(int argc, char **argv) {
                 CK(cudaGraphInstantiate(&exec, graph, 0));
                 CK(cudaGraphLaunch(exec, st));
                 CK(cudaStreamSynchronize(st));
-                std::vector<double> g;
-                for (int r = 0; r < 15; r++) {
-                    CK(cudaEventRecord(e0, st));
-                    CK(cudaGraphLaunch(exec, st));
-                    CK(cudaEventRecord(e1, st));
-                    CK(cudaEventSynchronize(e1));
-                    float ms;
-                    CK(cudaEventElapsedTime(&ms, e0, e1));
-                    g.push_back(ms * 1e3 / batch);
-                }
-                const double gus = median(g);
+                const double gus = per_call_us([&] { CK(cudaGraphLaunch(exec, st)); });
                 cudaGraphExecDestroy(exec);
                 cudaGraphDestroy(graph);
                 static const char *names[] = {"plain", "pdl", "pdl+merge"};
