@@ -64,20 +64,27 @@ long_row() {
 }
 
 # extra decode rows, QSDPA_GPU_EXTRA_ROWS="env assignments|shape;..." (`bench_gpu one` shapes, any format spec or
-# KSPEC/VSPEC, D as a fifth field), two rounds, each row by the baseline's binary (if built) and this tree's,
-# tagged [base] / [new] with the row's env; into $ROWS_OUT (bench.txt unless set)
+# KSPEC/VSPEC, D as a fifth field; a row without "|" is a shape alone), two rounds, each row by the baseline's
+# binary where this call built one and by this tree's, tagged [base] / [new] with the row's env; into $ROWS_OUT
+# (bench.txt unless set)
 extra_rows() {
-  local row envs shape bin label
+  local row envs shape bin label round
+  local -a rows envv
   IFS=';' read -ra rows <<<"${QSDPA_GPU_EXTRA_ROWS:-}"
   for round in 1 2; do
     for row in "${rows[@]}"; do
-      IFS='|' read -r envs shape <<<"$row"
+      envs="" shape=$row
+      [[ $row == *"|"* ]] && IFS='|' read -r envs shape <<<"$row"
+      read -ra envv <<<"$envs"
       for label in base new; do
         bin=$B/bench_gpu
-        [ $label = base ] && bin=build-base/bench_gpu
+        if [ $label = base ]; then
+          [ -n "${BASE_BUILD:-}" ] || continue # only a baseline built in this call (not one left on the machine)
+          bin=build-base/bench_gpu
+        fi
         [ -x "$bin" ] || continue
-        env $envs timeout 60 "$bin" one $shape 2>&1 | grep -E " cuda\.[a-z]" | grep -v "^#" |
-          sed "s/^/[$label${envs:+ $envs}] /" >>"${ROWS_OUT:-$OUT/bench.txt}"
+        env "${envv[@]}" timeout 60 "$bin" one $shape 2>&1 | grep -E " cuda\.[a-z]" | grep -v "^#" |
+          awk -v t="$label${envs:+ $envs}" '{print "[" t "] " $0}' >>"${ROWS_OUT:-$OUT/bench.txt}"
       done
     done
   done

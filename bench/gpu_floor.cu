@@ -99,6 +99,7 @@ int main(int argc, char **argv) {
     unsigned *partial, *merged;
     CK(cudaMalloc(&partial, 64 * 1024 * sizeof(unsigned)));
     CK(cudaMalloc(&merged, 64 * sizeof(unsigned)));
+    CK(cudaMemset(partial, 0, 64 * 1024 * sizeof(unsigned))); /* merge_partials reads every slot */
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     cudaEvent_t e0, e1;
