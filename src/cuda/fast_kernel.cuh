@@ -597,7 +597,8 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     if constexpr (FK::mode == QSDPA_MODE_PLAIN && FV::mode == QSDPA_MODE_PLAIN) {
         /* bf16 rows (the f16 rows' table entries match them by mode and width): short queries on the decode
          * kernel's bf16 twin, which converts each word as it reads it; the rest, which no kernel of this row
-         * reads, to cuda.generic (its generic kernel: bf16 rows are not staged to f16, to keep their range).
+         * reads, to cuda.generic (its generic kernel, in f32: bf16 rows are not staged to f16). The twin has
+         * the tensor-core rows' f16 range (kernels_cuda.def): |values| past 65504 overflow there.
          * QSDPA_CUDA_BF16_ROWS=0 sends the short ones there too (an A/B knob). */
         static const bool bf16_rows = qsdpa_cuda_env("QSDPA_CUDA_BF16_ROWS", 1) != 0;
         if (bf16_rows && pr->k.format.plain_dtype == QSDPA_DTYPE_BF16 && pr->v.format.plain_dtype == QSDPA_DTYPE_BF16 &&

@@ -88,8 +88,16 @@ static void run_bf16_rows(test_rng *rng, cuda_case base, const char *row) {
     c = b16; c.hq = 8; c.hkv = 1; c.lq = 1; c.lk = 5000; c.cap_extra = 37; c.route = short_route;
     snprintf(label, sizeof label, "%s bf16 rows decode Lk5000 strided cache view", row);
     cuda_case_run(rng, &c, label);
-    c = b16; c.hq = 4; c.hkv = 1; c.lq = 20; c.lk = 600; c.causal = 1;
+    /* no kernel of an f16 row reads bf16 rows past 32 folded rows, nor f16 K with bf16 V: cuda.generic's */
+    const char *generic_route = routing_default() ? "cuda.generic" : NULL;
+    c = b16; c.hq = 4; c.hkv = 1; c.lq = 20; c.lk = 600; c.causal = 1; c.route = generic_route;
     snprintf(label, sizeof label, "%s bf16 rows Lq20 (80 rows) causal, handed off", row);
+    cuda_case_run(rng, &c, label);
+    c = base; c.vf.plain_dtype = QSDPA_DTYPE_BF16; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 700; c.route = generic_route;
+    snprintf(label, sizeof label, "%s f16 K with bf16 V, handed off", row);
+    cuda_case_run(rng, &c, label);
+    c = base; c.kf.plain_dtype = QSDPA_DTYPE_BF16; c.hq = 8; c.hkv = 2; c.lq = 2; c.lk = 700; c.route = generic_route;
+    snprintf(label, sizeof label, "%s bf16 K with f16 V, handed off", row);
     cuda_case_run(rng, &c, label);
 }
 
@@ -388,6 +396,14 @@ int main(void) {
         /* Lk 701: the scale planes' rows are not whole 16-byte blocks (each plane is padded to 16 keys) */
         run_path_cases(&rng, info.name, "repacked", "cuda.repacked:cuda.decode", repacked,
                        (int)(sizeof repacked / sizeof repacked[0]), 701, 5, 13);
+        /* widened onto the K 8 / V 4 rows of groups 32 and 128 (a list apart: the cases above keep their
+         * variations) */
+        static const path_case repacked_k8v4[] = {
+            {"affine:6:32", "affine:3:32", 128, 128, 8, 2, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
+            {"affine:5:128", "affine:2:128", 128, 128, 8, 2, 2, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
+        };
+        run_path_cases(&rng, info.name, "repacked K8V4", "cuda.repacked:cuda.decode", repacked_k8v4,
+                       (int)(sizeof repacked_k8v4 / sizeof repacked_k8v4[0]), 701, 0, 13);
         /* the padded path: every QSDPA_CUDA_PAD_ROWS kernel (D 96 caches on the D 128 decode kernels, read in
          * place). Lk 768 and a view 16 keys wider keep the scale planes one aligned block (at Lk 701, above,
          * the same formats are repacked); 8 and 32 folded rows (16- and 8-row blocks), masks, causal, partial */
@@ -399,9 +415,6 @@ int main(void) {
             {"mxfp8", "mxfp8", 96, 96, 8, 2, 2, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
             {"f16", "f16", 96, 96, 8, 2, 4, QSDPA_DTYPE_F16, 3, 0, 0, NULL},
             {"affine:4:32", "affine:4:32", 96, 96, 4, 4, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL}, /* MHA: 1 row */
-            /* K with more bits than V */
-            {"affine:8:32", "affine:4:32", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
-            {"mxfp8", "mxfp4", 96, 96, 8, 2, 4, QSDPA_DTYPE_BF16, 1, 0, 0, NULL},
             /* MLA-like K 192 / V 128 (mlx-lm's DeepSeek-V2 cache) on the K 256 / V 128 kernel */
             {"affine:4:64", "affine:4:64", 192, 128, 16, 16, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
             {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 3, QSDPA_DTYPE_F16, 2, 0, 1, NULL},
@@ -410,6 +423,20 @@ int main(void) {
         const bool padded_on = !(padded_env && atoi(padded_env) == 0);
         run_path_cases(&rng, info.name, "padded", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode", padded,
                        (int)(sizeof padded / sizeof padded[0]), 768, 2, 16);
+        /* K with more bits than V on the padded path (a list apart, so the cases above keep their variations):
+         * at Lk 768 (planes one aligned block) and at Lk 701 (realigned first); the first case batch 2 on a
+         * view, the last bf16 scales on a view */
+        static const path_case padded_k8v4[] = {
+            {"affine:8:32", "affine:4:32", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
+            {"mxfp8", "mxfp4", 96, 96, 8, 2, 4, QSDPA_DTYPE_BF16, 1, 0, 0, NULL},
+            {"affine:8:32", "affine:4:32", 96, 96, 8, 2, 3, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
+        };
+        const int n_k8v4 = (int)(sizeof padded_k8v4 / sizeof padded_k8v4[0]);
+        run_path_cases(&rng, info.name, "padded K8V4", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode",
+                       padded_k8v4, n_k8v4, 768, 0, 16);
+        run_path_cases(&rng, info.name, "padded K8V4 after realigning",
+                       padded_on ? "cuda.realigned:cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode", padded_k8v4,
+                       n_k8v4, 701, 0, 13);
         /* Lk 701 (and views 13 keys wider): the 3- and 6-byte scale rows leave the planes unaligned, so the
          * realigned path copies the planes alone and the padded kernel reads the codes in place */
         static const path_case padded_realigned[] = {
