@@ -1,8 +1,9 @@
-/* A decode loop on an NVIDIA GPU with the public qsdpa API: a 4-bit KV cache in
+/* A decode loop on an NVIDIA GPU with the public qsdpa API: a quantized KV cache in
  * device memory, a prompt appended (quantized on the device), then one token per
  * step: append its K/V row, attend with its query. The step is captured once
  * into a CUDA graph and replayed, which removes the host's launch cost that
- * bounds short decode calls (docs/PERFORMANCE.md). Without a CUDA device, or
+ * bounds short decode calls (docs/PERFORMANCE.md). Arguments: K's and V's formats
+ * (default affine:4:64 for both; e.g. `mxfp8 mxfp4`). Without a CUDA device, or
  * with a qsdpa built without CUDA, it says so and exits 0.
  * Build: see examples/CMakeLists.txt (needs the CUDA toolkit's runtime), or
  *   cc cuda_decode_loop.c $(pkg-config --cflags --libs qsdpa) -I$CUDA/include -L$CUDA/lib64 -lcudart -lm */
@@ -68,8 +69,10 @@ static int fail(const char *what, qsdpa_status st) {
     return 1;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     printf("qsdpa %s\n", qsdpa_version());
+    /* K's and V's formats: mlx-lm's default (affine 4-bit, group 64) unless named, e.g. `mxfp8 mxfp4` */
+    const char *k_text = argc > 1 ? argv[1] : "affine:4:64", *v_text = argc > 2 ? argv[2] : k_text;
     if (!qsdpa_backend_available(QSDPA_BACKEND_CUDA)) {
         printf("SKIP: no CUDA device (or qsdpa was built without CUDA)\n");
         return 0;
@@ -83,12 +86,12 @@ int main(void) {
     qsdpa_status st = qsdpa_context_create(&opts, &ctx);
     if (st != QSDPA_OK) return fail("qsdpa_context_create", st);
 
-    /* one layer of mlx-lm's default cache format; capacity grows in steps of 256 tokens */
+    /* one layer of a cache in those formats; capacity grows in steps of 256 tokens */
     qsdpa_cache_options co = qsdpa_cache_default_options();
     co.heads_kv = HEADS_KV;
     co.dim_k = co.dim_v = DIM;
-    qsdpa_format_parse("affine:4:64", &co.k_format);
-    co.v_format = co.k_format;
+    if ((st = qsdpa_format_parse(k_text, &co.k_format)) != QSDPA_OK) return fail("qsdpa_format_parse (K)", st);
+    if ((st = qsdpa_format_parse(v_text, &co.v_format)) != QSDPA_OK) return fail("qsdpa_format_parse (V)", st);
     co.step = 256;
     qsdpa_cache *cache = NULL;
     if ((st = qsdpa_cache_create(ctx, &co, &cache)) != QSDPA_OK) return fail("qsdpa_cache_create", st);
@@ -122,7 +125,8 @@ int main(void) {
     }
     int64_t length = 0;
     qsdpa_cache_length(cache, 0, &length);
-    printf("tokens stored: %lld, last call ran %s\n", (long long)length, qsdpa_context_last_route(ctx));
+    printf("K %s, V %s: tokens stored: %lld, last call ran %s\n", k_text, v_text, (long long)length,
+           qsdpa_context_last_route(ctx));
 
     /* The same attention captured into a graph. A graph replays fixed arguments, so it suits a step whose
      * shapes do not change (here: attending over the current length again); the buffers the call needs
