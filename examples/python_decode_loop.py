@@ -63,7 +63,9 @@ class Ops:
 def run(fmt, args, ops, weights, prompt, probe_q, residual=0):
     b, hq, hkv, d = 1, args.heads, args.kv_heads, args.head_dim
     ctx = ops.context if ops.device == "cuda" else None
-    cache = qsdpa.Cache(args.layers, b, hkv, d, k_format=fmt, step=256, residual=residual, context=ctx)
+    k_fmt, _, v_fmt = fmt.partition("/")  # "K/V": different formats for K and V
+    cache = qsdpa.Cache(args.layers, b, hkv, d, k_format=k_fmt, v_format=v_fmt or None, step=256,
+                        residual=residual, context=ctx)
     model = hq * d
 
     in_cache = [0.0]
@@ -102,7 +104,8 @@ def main():
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--prompt", type=int, default=1024, help="prompt tokens (prefill)")
     p.add_argument("--tokens", type=int, default=32, help="decoded tokens")
-    p.add_argument("--formats", default="f16,affine:8:64,affine:4:64,mxfp8,mxfp4,nvfp4")
+    p.add_argument("--formats", default="f16,affine:8:64,affine:8:64/affine:4:64,affine:4:64,mxfp8,mxfp8/mxfp4,mxfp4,nvfp4",
+                   help="cache formats, comma-separated; K/V for different K and V formats")
     p.add_argument("--residual", type=int, default=128, help="window for the extra KIVI row (0 = skip it)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = p.parse_args()
