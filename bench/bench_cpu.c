@@ -290,7 +290,8 @@ static void usage(void) {
            "against the library's own f16 path and the reference; Lq 1, 4, 16 over 2K..128K keys and a\n"
            "4K causal prefill. Time is the median of repeats; error is max|out - ref| / max|V|.\n"
            "--dtype: q and out (default f32); f16/bf16 take the integer K path where a format has one.\n"
-           "--format: one of the formats above, or any K/V format text (e.g. affine:3:32), beside f16.\n"
+           "--format: one of the formats above, or any format text (e.g. affine:3:32) for K and V, or K's and\n"
+           "          V's apart (e.g. mxfp8/mxfp4), beside f16.\n"
            "--dim: head dim (default 128, at most 1024; a multiple of the format's group);\n"
            "--kv-heads: KV heads, dividing the 32 query heads (default 8; 32 is MHA).\n");
 }
@@ -380,11 +381,16 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
         {"nvfp4", "nvfp4", "nvfp4"},     {"K8V4", "affine:8:64", "affine:4:64"},
     };
     int nformats = (int)(sizeof formats / sizeof formats[0]);
-    if (o.only) { /* a format not in the list: it alone beside the f16 baseline */
+    char only_k[64];
+    if (o.only) { /* a format not in the list: it alone beside the f16 baseline; "K/V" names K's and V's apart */
         int listed = 0;
         for (int fi = 0; fi < nformats; fi++) listed |= !strcmp(o.only, formats[fi].name);
         if (!listed) {
-            formats[1].name = formats[1].k = formats[1].v = o.only;
+            const char *slash = strchr(o.only, '/');
+            snprintf(only_k, sizeof only_k, "%.*s", slash ? (int)(slash - o.only) : (int)sizeof only_k - 1, o.only);
+            formats[1].name = o.only;
+            formats[1].k = only_k;
+            formats[1].v = slash ? slash + 1 : o.only;
             nformats = 2;
         }
     }
