@@ -131,6 +131,9 @@ static void test_verify_demo_run(void) {
     /* the CPU matrix at another shape and any format: MHA at D 96, 3-bit affine beside f16 */
     expect("bench --contexts 256 --no-prefill --repeats 1 --threads 1 --dim 96 --kv-heads 32 --format affine:3:32", 0,
            "B1 Hq32 Hkv32 D96", "affine:3:32");
+    /* K and V in different formats, and a bad one named back */
+    expect("bench --contexts 256 --no-prefill --repeats 1 --threads 1 --format mxfp8/mxfp4", 0, "mxfp8/mxfp4", "cpu.");
+    expect("bench --contexts 256 --no-prefill --repeats 1 --format mxfp8/bogus", 1, "'bogus'", NULL);
     expect("bench --dim 2000", 2, "--dim", NULL);
     expect("bench --kv-heads 5", 2, "--kv-heads", NULL);
     expect("bench --contexts 256 --no-prefill --repeats 1 --dim 96 --format affine:4:64", 1, "group 64", NULL);
