@@ -253,6 +253,20 @@ static void run_path_cases(test_rng *rng, const char *kernel, const char *path, 
     }
 }
 
+/* Padded-path cases at lk_aligned keys (scale planes one aligned block: the padded kernel alone, on a view 16
+ * keys wider for case 0) and at lk_unaligned (planes realigned first, a view 13 keys wider); with the padded
+ * path off (QSDPA_CUDA_PADDED=0) both repacked. */
+static void run_padded_both(test_rng *rng, const char *kernel, const char *what, const path_case *cases, int n,
+                            int64_t lk_aligned, int64_t lk_unaligned, bool padded_on) {
+    char label[96];
+    snprintf(label, sizeof label, "%s, Lk %lld", what, (long long)lk_aligned);
+    run_path_cases(rng, kernel, label, padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode", cases, n,
+                   lk_aligned, 0, 16);
+    snprintf(label, sizeof label, "%s, Lk %lld", what, (long long)lk_unaligned);
+    run_path_cases(rng, kernel, label, padded_on ? "cuda.realigned:cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode",
+                   cases, n, lk_unaligned, 0, 13);
+}
+
 int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
     if (cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) != cudaSuccess) smem_optin = 0;
@@ -431,12 +445,8 @@ int main(void) {
             {"mxfp8", "mxfp4", 96, 96, 8, 2, 4, QSDPA_DTYPE_BF16, 1, 0, 0, NULL},
             {"affine:8:32", "affine:4:32", 96, 96, 8, 2, 3, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
         };
-        const int n_k8v4 = (int)(sizeof padded_k8v4 / sizeof padded_k8v4[0]);
-        run_path_cases(&rng, info.name, "padded K8V4", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode",
-                       padded_k8v4, n_k8v4, 768, 0, 16);
-        run_path_cases(&rng, info.name, "padded K8V4 after realigning",
-                       padded_on ? "cuda.realigned:cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode", padded_k8v4,
-                       n_k8v4, 701, 0, 13);
+        run_padded_both(&rng, info.name, "padded K8V4", padded_k8v4, (int)(sizeof padded_k8v4 / sizeof padded_k8v4[0]),
+                        768, 701, padded_on);
         /* Lk 701 (and views 13 keys wider): the 3- and 6-byte scale rows leave the planes unaligned, so the
          * realigned path copies the planes alone and the padded kernel reads the codes in place */
         static const path_case padded_realigned[] = {
@@ -458,12 +468,8 @@ int main(void) {
             {"affine:4:32", "affine:4:32", 96, 96, 8, 2, 4, QSDPA_DTYPE_BF16, 0, 1, 1, NULL},
             {"affine:8:64", "affine:8:64", 192, 128, 8, 2, 1, QSDPA_DTYPE_F16, 2, 0, 0, NULL},
         };
-        const int n_few = (int)(sizeof padded_few / sizeof padded_few[0]);
-        run_path_cases(&rng, info.name, "padded, Lk 320", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode",
-                       padded_few, n_few, 320, 0, 16);
-        run_path_cases(&rng, info.name, "padded, Lk 9",
-                       padded_on ? "cuda.realigned:cuda.padded:cuda.decode" : "cuda.repacked:cuda.decode", padded_few,
-                       n_few, 9, 0, 13);
+        run_padded_both(&rng, info.name, "padded", padded_few, (int)(sizeof padded_few / sizeof padded_few[0]), 320, 9,
+                        padded_on);
         static const path_case padded_f16[] = {
             {"f16", "f16", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
             {"f16", "f16", 96, 96, 4, 1, 3, QSDPA_DTYPE_BF16, 2, 0, 1, NULL},
