@@ -18,7 +18,7 @@ static const char *pairs[][2] = {
     {"affine:8:64", "affine:8:64"}, {"affine:4:64", "affine:4:64"}, {"affine:4:32", "affine:4:32"},
     {"affine:3:64", "affine:3:64"}, {"affine:2:64", "affine:2:64"}, {"mxfp4", "mxfp4"},
     {"mxfp8", "mxfp8"},             {"nvfp4", "nvfp4"},             {"affine:8:64", "affine:4:64"},
-    {"affine:4:64", "affine:8:64"},
+    {"affine:4:64", "affine:8:64"}, {"affine:8:32", "affine:4:32"}, {"mxfp8", "mxfp4"},
 };
 #define NPAIRS ((int)(sizeof pairs / sizeof pairs[0]))
 

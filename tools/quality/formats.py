@@ -58,6 +58,8 @@ FORMATS = [
     Format("nvfp4", Side("nvfp4", 4, 16), Side("nvfp4", 4, 16)),
     Format("K8V4 (g64)", a(8, 64), a(4, 64)),
     Format("K4V8 (g64)", a(4, 64), a(8, 64)),
+    Format("K8V4 (g32)", a(8, 32), a(4, 32)),
+    Format("K mxfp8 / V mxfp4", Side("mxfp8", 8, 32), Side("mxfp4", 4, 32)),
     Format("affine 4/g64 + R128", a(4, 64), a(4, 64), residual=128,
            note="newest 128 tokens f32"),
 ]
