@@ -227,11 +227,11 @@ struct plain_f16_fmt {
  * place and has no bf16 twin: long queries over bf16 rows take cuda.generic's generic kernel. */
 struct plain_bf16_fmt : plain_f16_fmt {
     static constexpr int plain_dtype = QSDPA_DTYPE_BF16;
-    __device__ __forceinline__ static void k_word(uint32_t w, half2, half2 *out) { out[0] = u2h(bf16x2_to_f16x2(w)); }
-    __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2, half2, half2 *out) {
-        const uint32_t fa = bf16x2_to_f16x2(a), fb = bf16x2_to_f16x2(b);
-        out[0] = u2h(prmt(fa, fb, 0x5410));
-        out[1] = u2h(prmt(fa, fb, 0x7632));
+    __device__ __forceinline__ static void k_word(uint32_t w, half2 s, half2 *out) {
+        plain_f16_fmt::k_word(bf16x2_to_f16x2(w), s, out);
+    }
+    __device__ __forceinline__ static void v_words(uint32_t a, uint32_t b, half2 s, half2 z, half2 *out) {
+        plain_f16_fmt::v_words(bf16x2_to_f16x2(a), bf16x2_to_f16x2(b), s, z, out);
     }
 };
 

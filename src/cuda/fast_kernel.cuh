@@ -602,7 +602,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
          * QSDPA_CUDA_BF16_ROWS=0 sends the short ones there too (an A/B knob). */
         static const bool bf16_rows = qsdpa_cuda_env("QSDPA_CUDA_BF16_ROWS", 1) != 0;
         if (bf16_rows && pr->k.format.plain_dtype == QSDPA_DTYPE_BF16 && pr->v.format.plain_dtype == QSDPA_DTYPE_BF16 &&
-            pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && qsdpa_cuda_decode_layouts_ok(pr))
+            qsdpa_cuda_use_decode_kernel(pr, false)) /* false: no prefill kernel reads bf16 rows */
             return qsdpa_cuda_decode_blocks_run<DK, DV, qfast::plain_bf16_fmt, qfast::plain_bf16_fmt>(ctx, pr, fn);
     }
     if constexpr (DK > 128 || DV > 128) {
