@@ -142,6 +142,9 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *p, q
 /* k_plain / v_plain: the element type of unquantized rows the kernel reads (f16 for every table row;
  * bf16 for the bf16-row decode kernel): a cache of other rows is handed off. */
 bool qsdpa_cuda_fast_hands_off(const qsdpa_problem *pr, int k_plain = QSDPA_DTYPE_F16, int v_plain = QSDPA_DTYPE_F16);
+/* Whether pr's K and V are both bf16 plain rows and the bf16 twin of the decode kernel may read them
+ * (QSDPA_CUDA_BF16_ROWS=0, read once, says no: an A/B knob); the caller checks the row count. */
+bool qsdpa_cuda_bf16_rows(const qsdpa_problem *pr);
 /* Whether t's scale and bias planes are rows of its groups back to back, each (b, head) plane 16-byte
  * aligned: what the decode kernel copies as one block per chunk (fast_setup.cu's scale_mode 1). */
 bool qsdpa_cuda_scales_one_block(const qsdpa_qtensor *t);

@@ -373,6 +373,13 @@ bool row_takes(const qsdpa_format &f, int mode, int bits, int group) {
 const padded_row *padded_kernel_of(const qsdpa_problem *p) {
     static const bool on = qsdpa_cuda_env("QSDPA_CUDA_PADDED", 1) != 0;
     if (!on || !stageable(p) || p->group_ratio * p->len_q > STAGED_MIN_ROWS) return nullptr;
+    /* bf16 rows (K and V both): the f16 rows' entries, which run them on the bf16 twin */
+    qsdpa_problem as_f16;
+    if (qsdpa_cuda_bf16_rows(p)) {
+        as_f16 = *p;
+        as_f16.k.format.plain_dtype = as_f16.v.format.plain_dtype = QSDPA_DTYPE_F16;
+        p = &as_f16;
+    }
     for (const padded_row &r : padded_rows)
         if (r.dsk == p->dim_k && r.dsv == p->dim_v && p->k.format.bits == r.kb && p->v.format.bits == r.vb &&
             row_takes(p->k.format, r.km, r.kb, r.kg) && row_takes(p->v.format, r.vm, r.vb, r.vg))
@@ -386,7 +393,8 @@ const padded_row *padded_kernel_of(const qsdpa_problem *p) {
 const padded_row *padded_row_of(const qsdpa_problem *p) {
     const padded_row *r = padded_kernel_of(p);
     const bool blocks = r && qsdpa_cuda_scales_one_block(&p->k) && qsdpa_cuda_scales_one_block(&p->v);
-    return blocks && qsdpa_cuda_decode_layouts_ok(p) && !qsdpa_cuda_fast_hands_off(p) ? r : nullptr;
+    const int plain = qsdpa_cuda_bf16_rows(p) ? QSDPA_DTYPE_BF16 : QSDPA_DTYPE_F16; /* the kernel's rows */
+    return blocks && qsdpa_cuda_decode_layouts_ok(p) && !qsdpa_cuda_fast_hands_off(p, plain, plain) ? r : nullptr;
 }
 
 /* The fast row a repack of p feeds: the narrowest head dim W >= Dk, Dv whose row takes p's K and V formats. */

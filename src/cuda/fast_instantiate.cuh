@@ -31,9 +31,8 @@
 #define QSDPA_CUDA_PAD_DECODE(name, DSK, DSV, DK, DV, km, kb, kg, vm, vb, vg)                              \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p);                              \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p) {                             \
-        using FK = qfast::pad_from<qfast::format_of<km, kb, kg>::type, DSK>;                               \
-        using FV = qfast::pad_from<qfast::format_of<vm, vb, vg>::type, DSV>;                               \
-        return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, p, p->function);                          \
+        return qsdpa_cuda_padded_decode_run<DSK, DSV, DK, DV, qfast::format_of<km, kb, kg>::type,          \
+                                            qfast::format_of<vm, vb, vg>::type>(ctx, p);                   \
     }
 
 #ifndef QSDPA_CUDA_UNIT_affine4

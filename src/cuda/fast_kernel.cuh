@@ -586,6 +586,19 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
                                       smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false);
 }
 
+/* The padded path's decode kernel (kernels_cuda.def's QSDPA_CUDA_PAD_ROWS, called for at most 32 folded
+ * rows): the (DK, DV) kernel over a cache of stored head dims DSK, DSV; an f16-row entry runs bf16 rows
+ * on the bf16 twin, as the f16 rows' run does at their own width */
+template <int DSK, int DSV, int DK, int DV, class FK, class FV>
+static qsdpa_status qsdpa_cuda_padded_decode_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
+    using qfast::pad_from;
+    if constexpr (FK::mode == QSDPA_MODE_PLAIN && FV::mode == QSDPA_MODE_PLAIN)
+        if (qsdpa_cuda_bf16_rows(pr))
+            return qsdpa_cuda_decode_blocks_run<DK, DV, pad_from<qfast::plain_bf16_fmt, DSK>,
+                                                pad_from<qfast::plain_bf16_fmt, DSV>>(ctx, pr, pr->function);
+    return qsdpa_cuda_decode_blocks_run<DK, DV, pad_from<FK, DSK>, pad_from<FV, DSV>>(ctx, pr, pr->function);
+}
+
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
@@ -598,11 +611,8 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         /* bf16 rows (the f16 rows' table entries match them by mode and width): short queries on the decode
          * kernel's bf16 twin, which converts each word as it reads it; the rest, which no kernel of this row
          * reads, to cuda.generic (its generic kernel, in f32: bf16 rows are not staged to f16). The twin has
-         * the tensor-core rows' f16 range (kernels_cuda.def): |values| past 65504 overflow there.
-         * QSDPA_CUDA_BF16_ROWS=0 sends the short ones there too (an A/B knob). */
-        static const bool bf16_rows = qsdpa_cuda_env("QSDPA_CUDA_BF16_ROWS", 1) != 0;
-        if (bf16_rows && pr->k.format.plain_dtype == QSDPA_DTYPE_BF16 && pr->v.format.plain_dtype == QSDPA_DTYPE_BF16 &&
-            qsdpa_cuda_use_decode_kernel(pr, false)) /* false: no prefill kernel reads bf16 rows */
+         * the tensor-core rows' f16 range (kernels_cuda.def): |values| past 65504 overflow there. */
+        if (qsdpa_cuda_bf16_rows(pr) && qsdpa_cuda_use_decode_kernel(pr, false)) /* false: no prefill kernel reads bf16 rows */
             return qsdpa_cuda_decode_blocks_run<DK, DV, qfast::plain_bf16_fmt, qfast::plain_bf16_fmt>(ctx, pr, fn);
     }
     if constexpr (DK > 128 || DV > 128) {

@@ -168,6 +168,14 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill) {
     return pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && qsdpa_cuda_decode_layouts_ok(pr);
 }
 
+bool qsdpa_cuda_bf16_rows(const qsdpa_problem *pr) {
+    static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_BF16_ROWS", 1) != 0;
+    const auto bf16 = [](const qsdpa_qtensor &t) {
+        return t.format.mode == QSDPA_MODE_PLAIN && t.format.plain_dtype == QSDPA_DTYPE_BF16;
+    };
+    return enabled && bf16(pr->k) && bf16(pr->v);
+}
+
 bool qsdpa_cuda_decode_layouts_ok(const qsdpa_problem *pr) {
     static const bool tile_only = qsdpa_cuda_env("QSDPA_CUDA_TILE_DECODE", 0) == 1;
     return !tile_only && decode_layout_ok(&pr->k) && decode_layout_ok(&pr->v) && scale_mode(&pr->k) == scale_mode(&pr->v);

@@ -478,6 +478,20 @@ int main(void) {
         };
         run_path_cases(&rng, info.name, "padded f16 rows, Lk 701", padded_on ? "cuda.padded:cuda.decode" : "cuda.repacked:",
                        padded_f16, (int)(sizeof padded_f16 / sizeof padded_f16[0]), 701, 0, 13);
+        /* bf16 rows at D 96 (Phi-3-mini in bf16) and 80 on the padded kernels' bf16 twins (the f16 entries'
+         * run picks them): 8- and 16-row blocks, masks, causal, lse, MHA; f16 K with bf16 V handed off */
+        static const path_case padded_bf16[] = {
+            {"bf16", "bf16", 96, 96, 8, 2, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
+            {"bf16", "bf16", 96, 96, 4, 1, 5, QSDPA_DTYPE_F16, 2, 0, 1, NULL},
+            {"bf16", "bf16", 80, 80, 32, 32, 1, QSDPA_DTYPE_BF16, 0, 0, 0, NULL},
+            {"bf16", "bf16", 80, 80, 8, 2, 4, QSDPA_DTYPE_F16, 1, 1, 0, NULL},
+            {"f16", "bf16", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, "cuda.generic"},
+        };
+        const char *bf16_knob = getenv("QSDPA_CUDA_BF16_ROWS");
+        const bool bf16_rows_on = !(bf16_knob && atoi(bf16_knob) == 0);
+        run_path_cases(&rng, info.name, "padded bf16 rows, Lk 701",
+                       padded_on && bf16_rows_on ? "cuda.padded:cuda.decode" : "cuda.generic", padded_bf16,
+                       (int)(sizeof padded_bf16 / sizeof padded_bf16[0]), 701, 0, 13);
         /* Lq > Lk with causal: early rows fully masked (mean of V) */
         c = cuda_case_default();
         c.kernel = info.name;
