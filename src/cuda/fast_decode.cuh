@@ -92,6 +92,9 @@ struct dec_geom {
     static constexpr int RW = RUN * FV::bits / 32;        /* words per run */
     static constexpr int TPW = FV::bits == 4 ? 4 : 2;      /* folded m tiles per run word */
     static constexpr int NGW = NG > 1 ? NG / 2 : 1;       /* words of a key's NG 16-bit scales (one load) */
+    /* Unfolded V: groups a lane's VT dims span (nvfp4's 16 at D 256: 2), a scale each */
+    static constexpr int VGL = !FOLD && FV::has_scales && VT > FV::group ? VT / FV::group : 1;
+    static constexpr int VSW = NGW > VGL ? NGW : VGL;     /* scale words per V key in a lane's chunk */
     /* Folded K (affine 4/8-bit, a lane's run per group whole words, at most 4 / 2 groups):
      * lane c4 owns dims [g * group + c4 * group/4, +group/4) of every group g, so each
      * k step lies in one group; the codes enter mma as offset integers and the key's
@@ -110,7 +113,8 @@ struct dec_geom {
     __host__ __device__ static constexpr int kacc(int s) { return FOLDK && NGK >= 2 ? s / (KSTEPS / NGK) : s & 1; }
     static_assert(KW >= 1 && VW >= 1 && KT % FK::U == 0 && VT % FV::U == 0, "lane runs must be whole words");
     static_assert(!FK::has_scales || KT <= FK::group || KT % FK::group == 0, "K groups per lane");
-    static_assert(FOLD || !FV::has_scales || VT <= FV::group, "one V group per lane");
+    static_assert(FOLD || !FV::has_scales || VT <= FV::group || (VT % FV::group == 0 && FV::group % FV::U == 0),
+                  "a lane's V dims: part of one group, or whole groups of whole words");
 };
 
 /* Folded V: element of a run word in slot sigma (0: A row gq, 1: row gq + 8) of the
@@ -202,7 +206,7 @@ struct dec_chunk {
     uint32_t ks[2][G::KG], kz[2][G::KG];
     uint32_t kfs[2][G::NGKW], kfz[2][G::NGKW]; /* folded K: raw 16-bit scales / biases, two per word */
     uint32_t vw[4][G::VW];       /* keys 2c4, 2c4 + 1, 2c4 + 8, 2c4 + 9 (folded: run words of group 0, 1, ...) */
-    uint32_t vs[4][G::NGW], vz[4][G::NGW]; /* raw 16-bit scales / biases, two per word when folded */
+    uint32_t vs[4][G::VSW], vz[4][G::VSW]; /* raw scales / biases: folded, two 16-bit ones per word; else per group */
 };
 
 /* One 16-key chunk in a warp's shared-memory ring: code rows (padded so the lanes'
@@ -461,9 +465,14 @@ __device__ __forceinline__ void dec_read(const char *stage, int gq, int c4, dec_
         } else {
             lds_words<G::VW>(row + gq * (G::VW * 4), r.vw[vv]);
             if constexpr (FV::has_scales) {
-                const bool stored = R::DVS == DV || vgi < R::VGS; /* else a pad group: zero scale */
-                r.vs[vv][0] = stored ? lds_scale<VSB>(stage + R::VS_OFF + key * R::VSROW + vgi * VSB) : 0u;
-                r.vz[vv][0] = FV::has_biases && stored ? lds_scale<VSB>(stage + R::VZ_OFF + key * R::VSROW + vgi * VSB) : 0u;
+#pragma unroll
+                for (int vg = 0; vg < G::VGL; vg++) {
+                    const int gi = vgi + vg;
+                    const bool stored = R::DVS == DV || gi < R::VGS; /* else a pad group: zero scale */
+                    r.vs[vv][vg] = stored ? lds_scale<VSB>(stage + R::VS_OFF + key * R::VSROW + gi * VSB) : 0u;
+                    r.vz[vv][vg] =
+                        FV::has_biases && stored ? lds_scale<VSB>(stage + R::VZ_OFF + key * R::VSROW + gi * VSB) : 0u;
+                }
             }
         }
     }
@@ -722,29 +731,35 @@ __device__ __forceinline__ void dec_pv(const fast_params &p, const dec_chunk<DK,
                 }
             }
         }
-        return;
-    }
-    /* O^T += V^T P^T: A rows are this lane's dims (element 2mt: row gq, 2mt + 1: row gq + 8) */
-    half2 s01 = __floats2half2_rn(1.0f, 1.0f), z01 = __floats2half2_rn(0.0f, 0.0f), s23 = s01, z23 = z01;
-    if constexpr (FV::has_scales) {
-        half2 sb[4];
+    } else {
+        /* O^T += V^T P^T: A rows are this lane's dims (element 2mt: row gq, 2mt + 1: row gq + 8) */
+        half2 s01[G::VGL], z01[G::VGL], s23[G::VGL], z23[G::VGL];
 #pragma unroll
-        for (int vv = 0; vv < 4; vv++)
-            sb[vv] = dec_scale_bias<FV>(r.vs[vv][0], r.vz[vv][0], false /* f16 by now */, p.v.nv_factor);
-        s01 = __lows2half2(sb[0], sb[1]); z01 = __highs2half2(sb[0], sb[1]);
-        s23 = __lows2half2(sb[2], sb[3]); z23 = __highs2half2(sb[2], sb[3]);
-    }
+        for (int vg = 0; vg < G::VGL; vg++) {
+            s01[vg] = s23[vg] = __floats2half2_rn(1.0f, 1.0f);
+            z01[vg] = z23[vg] = __floats2half2_rn(0.0f, 0.0f);
+            if constexpr (FV::has_scales) {
+                half2 sb[4];
 #pragma unroll
-    for (int w = 0; w < G::VW; w++) {
-        half2 va[UV], vb[UV];
-        FV::v_words(r.vw[0][w], r.vw[1][w], s01, z01, va);
-        FV::v_words(r.vw[2][w], r.vw[3][w], s23, z23, vb);
+                for (int vv = 0; vv < 4; vv++)
+                    sb[vv] = dec_scale_bias<FV>(r.vs[vv][vg], r.vz[vv][vg], false /* f16 by now */, p.v.nv_factor);
+                s01[vg] = __lows2half2(sb[0], sb[1]); z01[vg] = __highs2half2(sb[0], sb[1]);
+                s23[vg] = __lows2half2(sb[2], sb[3]); z23[vg] = __highs2half2(sb[2], sb[3]);
+            }
+        }
 #pragma unroll
-        for (int e = 0; e < UV; e += 2) {
-            const int mt = (w * UV + e) / 2;
-            const uint32_t a[4] = {h2u(va[e]), h2u(va[e + 1]), h2u(vb[e]), h2u(vb[e + 1])};
+        for (int w = 0; w < G::VW; w++) {
+            const int vg = G::VGL > 1 ? w * UV / FV::group : 0; /* the group of word w's dims */
+            half2 va[UV], vb[UV];
+            FV::v_words(r.vw[0][w], r.vw[1][w], s01[vg], z01[vg], va);
+            FV::v_words(r.vw[2][w], r.vw[3][w], s23[vg], z23[vg], vb);
 #pragma unroll
-            for (int nr = 0; nr < NR; nr++) mma16816(o[nr][mt], a, pb[nr][0], pb[nr][1]);
+            for (int e = 0; e < UV; e += 2) {
+                const int mt = (w * UV + e) / 2;
+                const uint32_t a[4] = {h2u(va[e]), h2u(va[e + 1]), h2u(vb[e]), h2u(vb[e + 1])};
+#pragma unroll
+                for (int nr = 0; nr < NR; nr++) mma16816(o[nr][mt], a, pb[nr][0], pb[nr][1]);
+            }
         }
     }
 }
