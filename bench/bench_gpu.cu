@@ -313,7 +313,8 @@ int main(int argc, char **argv) {
     }
     /* Other head dims and a cache of exactly Lk keys (the full matrix only): the routes the D 128 matrix never
      * takes (padded D 96 at 32768 keys, realigned then padded at 32769, D 256, realigned and 4-byte-piece
-     * scale planes at 32769 keys, affine 3 and 6 bits widened on the repacked path), so a regression there
+     * scale planes at 32769 keys, affine 3 and 6 bits widened on the repacked path, nvfp4 at D 256, bf16 rows
+     * padded at D 96), so a regression there
      * shows in the standard table. Human lines only: the RESULT lines key rows by format, B, L and Lq. */
     if (!one && !quick && !prefill_only) {
         struct other_row { const char *name, *fmt; int64_t L, d; };
@@ -321,7 +322,8 @@ int main(int argc, char **argv) {
                                     {"affine4g64", "affine:4:64", 32768, 256}, {"mxfp4", "mxfp4", 32768, 96},
                                     {"mxfp4", "mxfp4", 32769, 96},           {"affine4g32", "affine:4:32", 32768, 96},
                                     {"f16", "f16", 32768, 96},
-                                    {"affine3g64", "affine:3:64", 32768, 128}, {"affine6g64", "affine:6:64", 32768, 128}};
+                                    {"affine3g64", "affine:3:64", 32768, 128}, {"affine6g64", "affine:6:64", 32768, 128},
+                                    {"nvfp4", "nvfp4", 32768, 256},          {"bf16", "bf16", 32768, 96}};
         for (const other_row &o : others) {
             qsdpa_format f;
             QK(qsdpa_format_parse(o.fmt, &f));

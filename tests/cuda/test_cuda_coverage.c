@@ -484,7 +484,7 @@ int main(void) {
             {"bf16", "bf16", 96, 96, 8, 2, 1, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
             {"bf16", "bf16", 96, 96, 4, 1, 5, QSDPA_DTYPE_F16, 2, 0, 1, NULL},
             {"bf16", "bf16", 80, 80, 32, 32, 1, QSDPA_DTYPE_BF16, 0, 0, 0, NULL},
-            {"bf16", "bf16", 80, 80, 8, 2, 4, QSDPA_DTYPE_F16, 1, 1, 0, NULL},
+            {"bf16", "bf16", 80, 80, 8, 2, 4, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
             {"f16", "bf16", 96, 96, 8, 2, 1, QSDPA_DTYPE_F16, 0, 0, 0, "cuda.generic"},
         };
         const char *bf16_knob = getenv("QSDPA_CUDA_BF16_ROWS");
