@@ -336,8 +336,9 @@ QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool racech
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(a4g64 d128) rc=$?" | tee -a "$OUT/sanitizer.log"
 # a row of two fp widths (mxfp8 K, mxfp4 V: different code and scale block sizes in one stage), and the f16
-# row's bf16-row decode twin (quick: its first bf16 case), and nvfp4 at D 256 (two V groups a lane)
-for only in kmxfp8.vmxfp4.d128.f16 f16.d128.bf16 nvfp4.d256.f16; do
+# row's bf16-row decode twin (quick: its first bf16 case), nvfp4 at D 256 (two V groups a lane), and 6- and 3-bit
+# codes widened as read (rows of 6 and 3 pieces: the irregular copy)
+for only in kmxfp8.vmxfp4.d128.f16 f16.d128.bf16 nvfp4.d256.f16 a6g32.d128.f16 a3g32.d128.f16; do
   for tool in memcheck racecheck; do
     QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=$only timeout 60 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
       >>"$OUT/sanitizer.log" 2>&1

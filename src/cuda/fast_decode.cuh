@@ -112,6 +112,8 @@ struct dec_geom {
     /* accumulator of k step s (a group's steps are consecutive in the lane's word order) */
     __host__ __device__ static constexpr int kacc(int s) { return FOLDK && NGK >= 2 ? s / (KSTEPS / NGK) : s & 1; }
     static_assert(KW >= 1 && VW >= 1 && KT % FK::U == 0 && VT % FV::U == 0, "lane runs must be whole words");
+    static_assert(stored_bits_of<FK>::value * KRUN % 8 == 0 && stored_bits_of<FV>::value * RUN % 8 == 0,
+                  "lane runs of codes stored narrower (stored_as) start at whole bytes");
     static_assert(!FK::has_scales || KT <= FK::group || KT % FK::group == 0, "K groups per lane");
     static_assert(FOLD || !FV::has_scales || VT <= FV::group || (VT % FV::group == 0 && FV::group % FV::U == 0),
                   "a lane's V dims: part of one group, or whole groups of whole words");
@@ -220,14 +222,16 @@ template <int DK, int DV, class FK, class FV>
 struct dec_stage {
     static constexpr int DKS = src_dim_of<FK>::value ? src_dim_of<FK>::value : DK; /* head dims as stored */
     static constexpr int DVS = src_dim_of<FV>::value ? src_dim_of<FV>::value : DV;
-    static constexpr int KROW = DK * FK::bits / 8, VROW = DV * FV::bits / 8;
-    static constexpr int KROW_SRC = DKS * FK::bits / 8, VROW_SRC = DVS * FV::bits / 8;
+    static constexpr int KBITS = stored_bits_of<FK>::value, VBITS = stored_bits_of<FV>::value; /* as stored */
+    static constexpr int KROW = DK * KBITS / 8, VROW = DV * VBITS / 8;
+    static constexpr int KROW_SRC = DKS * KBITS / 8, VROW_SRC = DVS * VBITS / 8;
     static constexpr int KGS = FK::has_scales ? DKS / FK::group : 0, VGS = FV::has_scales ? DVS / FV::group : 0;
     /* pitches that keep the lanes' fragment reads free of bank conflicts: a lane reads
      * W-byte runs (W <= 16), 32/W rows per phase, so the pitch must be an odd multiple
      * of 4W modulo 128; wider runs (two 16-byte reads) want 16 modulo 32 */
     static constexpr int KRUNB = dec_geom<DK, DV, FK, FV>::KRW * 4;
-    static constexpr int KPITCH = dec_geom<DK, DV, FK, FV>::FOLDK && KRUNB <= 16
+    static constexpr int KPITCH = KBITS != FK::bits ? KROW + 16 /* widened runs: 4-byte reads at any offset */
+                                  : dec_geom<DK, DV, FK, FV>::FOLDK && KRUNB <= 16
                                       ? KROW + ((4 * KRUNB - KROW % (8 * KRUNB)) + 8 * KRUNB) % (8 * KRUNB)
                                       : (KROW >= 128 ? KROW + 16 : KROW);
     static constexpr int VPITCH = VROW + 16;
@@ -255,12 +259,20 @@ struct dec_copier {
     using R = dec_stage<DK, DV, FK, FV>;
     static constexpr int KC = R::KROW / 16, VC = R::VROW / 16;               /* pieces (= lanes) per code row */
     static constexpr int KCS = R::KROW_SRC / 16, VCS = R::VROW_SRC / 16;     /* of them stored (pad_from: fewer) */
-    static constexpr int KN = DEC_CHUNK * KC / 32, VN = DEC_CHUNK * VC / 32;  /* code pieces per lane */
+    /* Rows of 2^n pieces: a lane's pieces lie KR rows apart, one stride. Other rows (3, 5, 6, 12 pieces:
+     * 3-, 5- and 6-bit codes, stored_as) number the chunk's pieces lane, lane + 32, ... and keep each
+     * piece's offsets (the "irregular" copy; the last may be past the chunk's pieces) */
+    static constexpr bool KREG = 32 % KC == 0, VREG = 32 % VC == 0;
+    static constexpr int KN = (DEC_CHUNK * KC + 31) / 32, VN = (DEC_CHUNK * VC + 31) / 32; /* code pieces per lane */
     static constexpr int KSP = FK::has_scales ? R::KSB / 16 : 0, VSP = FV::has_scales ? R::VSB / 16 : 0;
     static constexpr int KZP = FK::has_biases ? KSP : 0, VZP = FV::has_biases ? VSP : 0;
     static constexpr int NSP = KSP + KZP + VSP + VZP;                        /* scale pieces per chunk */
-    static_assert(DEC_CHUNK == 16 && KC % 2 == 0 && VC % 2 == 0 && 32 % KC == 0 && 32 % VC == 0 && NSP <= 32,
+    static_assert(DEC_CHUNK == 16 && (!KREG || KC % 2 == 0) && (!VREG || VC % 2 == 0) && NSP <= 32,
                   "copy split: whole pieces per lane");
+    static_assert((KREG || KCS == KC) && (VREG || VCS == VC), "an irregular copy reads rows as wide as the kernel's");
+    int k_off[KREG ? 1 : KN], k_to[KREG ? 1 : KN]; /* irregular: piece t's source bytes past the chunk's first
+                                                    * row (-1: none), its stage offset */
+    int v_off[VREG ? 1 : VN], v_to[VREG ? 1 : VN];
     const char *k, *v, *s; /* lane's first K / V code piece, its scale piece (if has_scale) */
     int k_step, v_step;    /* bytes between a lane's pieces of one chunk (KR / VR keys; < 2^31: the host
                             * sends per-key strides of 2^27 bytes and more to the prefill kernel) */
@@ -276,14 +288,28 @@ struct dec_copier {
         k_real = lane % KC < KCS;
         v_real = lane % VC < VCS;
         /* a pad lane keeps its row's first piece as an in-bounds source of zero bytes */
-        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + lane / KC) * p.k.cs[2] +
-            (k_real ? (lane % KC) * 16 : 0);
-        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + lane / VC) * p.v.cs[2] +
-            (v_real ? (lane % VC) * 16 : 0);
+        k = (const char *)p.k.codes + b * p.k.cs[0] + g * p.k.cs[1] + (j0 + (KREG ? lane / KC : 0)) * p.k.cs[2] +
+            (KREG && k_real ? (lane % KC) * 16 : 0);
+        v = (const char *)p.v.codes + b * p.v.cs[0] + g * p.v.cs[1] + (j0 + (VREG ? lane / VC : 0)) * p.v.cs[2] +
+            (VREG && v_real ? (lane % VC) * 16 : 0);
         k_step = (int)(KR * p.k.cs[2]);
         v_step = (int)(VR * p.v.cs[2]);
         k_dst = (lane / KC) * R::KPITCH + (lane % KC) * 16;
         v_dst = R::V_OFF + (lane / VC) * R::VPITCH + (lane % VC) * 16;
+        if constexpr (!KREG)
+#pragma unroll
+            for (int t = 0; t < KN; t++) {
+                const int i = lane + 32 * t, row = i / KC, col = i % KC;
+                k_off[t] = i < DEC_CHUNK * KC ? (int)(row * p.k.cs[2]) + col * 16 : -1;
+                k_to[t] = row * R::KPITCH + col * 16;
+            }
+        if constexpr (!VREG)
+#pragma unroll
+            for (int t = 0; t < VN; t++) {
+                const int i = lane + 32 * t, row = i / VC, col = i % VC;
+                v_off[t] = i < DEC_CHUNK * VC ? (int)(row * p.v.cs[2]) + col * 16 : -1;
+                v_to[t] = R::V_OFF + row * R::VPITCH + col * 16;
+            }
         /* the four scale blocks lie back to back in a stage (KS, KZ, VS, VZ), so lane i
          * copies piece i of the whole run; its source is piece `piece` of block `blk` */
         int piece = lane, blk = 0;
@@ -308,11 +334,21 @@ struct dec_copier {
         const int j0 = (chunk + ahead * DEC_WARPS) * DEC_CHUNK, lk = (int)p.lk;
         const int64_t rows = (int64_t)ahead * (DEC_WARPS * DEC_CHUNK);
 #pragma unroll
-        for (int i = 0; i < KN; i++)
-            if (k_real && j0 + lane / KC + i * KR < lk) prefetch_l2(k + rows * p.k.cs[2] + i * k_step);
+        for (int i = 0; i < KN; i++) {
+            if constexpr (KREG) {
+                if (k_real && j0 + lane / KC + i * KR < lk) prefetch_l2(k + rows * p.k.cs[2] + i * k_step);
+            } else if (k_off[i] >= 0 && j0 + (lane + 32 * i) / KC < lk) {
+                prefetch_l2(k + rows * p.k.cs[2] + k_off[i]);
+            }
+        }
 #pragma unroll
-        for (int i = 0; i < VN; i++)
-            if (v_real && j0 + lane / VC + i * VR < lk) prefetch_l2(v + rows * p.v.cs[2] + i * v_step);
+        for (int i = 0; i < VN; i++) {
+            if constexpr (VREG) {
+                if (v_real && j0 + lane / VC + i * VR < lk) prefetch_l2(v + rows * p.v.cs[2] + i * v_step);
+            } else if (v_off[i] >= 0 && j0 + (lane + 32 * i) / VC < lk) {
+                prefetch_l2(v + rows * p.v.cs[2] + v_off[i]);
+            }
+        }
         if (has_scale && (int64_t)(lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
     }
 
@@ -325,13 +361,23 @@ struct dec_copier {
         if (j0 + DEC_CHUNK <= lk) {
 #pragma unroll
             for (int i = 0; i < KN; i++) {
-                if constexpr (KCS == KC) cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step);
-                else cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step, k_real ? 16 : 0);
+                if constexpr (!KREG) {
+                    if (DEC_CHUNK * KC % 32 == 0 || k_off[i] >= 0) cp_async16(stage + k_to[i], k + k_off[i]);
+                } else if constexpr (KCS == KC) {
+                    cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step);
+                } else {
+                    cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step, k_real ? 16 : 0);
+                }
             }
 #pragma unroll
             for (int i = 0; i < VN; i++) {
-                if constexpr (VCS == VC) cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step);
-                else cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step, v_real ? 16 : 0);
+                if constexpr (!VREG) {
+                    if (DEC_CHUNK * VC % 32 == 0 || v_off[i] >= 0) cp_async16(stage + v_to[i], v + v_off[i]);
+                } else if constexpr (VCS == VC) {
+                    cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step);
+                } else {
+                    cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step, v_real ? 16 : 0);
+                }
             }
             if (has_scale) {
                 if (!s_words) {
@@ -344,13 +390,23 @@ struct dec_copier {
         } else {
 #pragma unroll
             for (int i = 0; i < KN; i++) {
-                const bool ok = k_real && j0 + lane / KC + i * KR < lk;
-                cp_async16(stage + k_dst + i * KR * R::KPITCH, ok ? k + i * k_step : k, ok ? 16 : 0);
+                if constexpr (!KREG) { /* pieces past the chunk's: none; rows past the cache end: zeros */
+                    const bool ok = j0 + (lane + 32 * i) / KC < lk;
+                    if (k_off[i] >= 0) cp_async16(stage + k_to[i], ok ? k + k_off[i] : k, ok ? 16 : 0);
+                } else {
+                    const bool ok = k_real && j0 + lane / KC + i * KR < lk;
+                    cp_async16(stage + k_dst + i * KR * R::KPITCH, ok ? k + i * k_step : k, ok ? 16 : 0);
+                }
             }
 #pragma unroll
             for (int i = 0; i < VN; i++) {
-                const bool ok = v_real && j0 + lane / VC + i * VR < lk;
-                cp_async16(stage + v_dst + i * VR * R::VPITCH, ok ? v + i * v_step : v, ok ? 16 : 0);
+                if constexpr (!VREG) {
+                    const bool ok = j0 + (lane + 32 * i) / VC < lk;
+                    if (v_off[i] >= 0) cp_async16(stage + v_to[i], ok ? v + v_off[i] : v, ok ? 16 : 0);
+                } else {
+                    const bool ok = v_real && j0 + lane / VC + i * VR < lk;
+                    cp_async16(stage + v_dst + i * VR * R::VPITCH, ok ? v + i * v_step : v, ok ? 16 : 0);
+                }
             }
             if (has_scale) { /* cut at the last key */
                 const int left = (lk - j0) * s_row - s_off, nb = left >= 16 ? 16 : left > 0 ? left : 0;
@@ -387,6 +443,60 @@ __device__ __forceinline__ void lds_words(const char *src, uint32_t *w) {
     } else {
         static_assert(N == 1, "words per lane");
         w[0] = *(const uint32_t *)src;
+    }
+}
+
+/* Bits [start, start + len) of a bit stream held in words s (len <= 32), in the low bits (higher bits:
+ * what follows in the stream); start and len are constants once the caller's loop is unrolled */
+template <int NS>
+__device__ __forceinline__ uint32_t stream_bits(const uint32_t (&s)[NS], int start, int len) {
+    const int i = start / 32, sh = start % 32;
+    return sh + len <= 32 ? s[i] >> sh : __funnelshift_r(s[i], s[i + 1 < NS ? i + 1 : NS - 1], sh);
+}
+
+/* Four SB-bit codes (SB 3 or 6: 12 or 24 bits, low bits of x; for SB 3 a second four at bit 16) spread
+ * to W-bit fields (4 or 8) */
+template <int SB, int W>
+__device__ __forceinline__ uint32_t spread4(uint32_t x) {
+    constexpr uint32_t m = (1u << SB) - 1u, r = W == 4 ? 0x00010001u : 1u; /* SB 3: both halves at once */
+    return (x & m * r) | ((x & (m << SB) * r) << (W - SB)) | ((x & (m << 2 * SB) * r) << 2 * (W - SB)) |
+           ((x & (m << 3 * SB) * r) << 3 * (W - SB));
+}
+
+/* N words of F's codes from a row of a stage, the run starting at code c: at p (the run's byte address)
+ * where the cache stores F's own codes; otherwise (stored_as) the run's stored bits from row, widened */
+template <class F, int N>
+__device__ __forceinline__ void lds_codes(const char *p, const char *row, int c, uint32_t *w) {
+    constexpr int SB = stored_bits_of<F>::value, W = F::bits, CODES = N * 32 / W;
+    if constexpr (SB == W) {
+        lds_words<N>(p, w);
+    } else {
+        constexpr int BYTES = CODES * SB / 8, NW = (BYTES + 6) / 4; /* words covering the run at any offset */
+        const int o = c * SB / 8; /* every run starts at a whole byte (4 or 8 codes) */
+        const uint32_t *src = (const uint32_t *)(row + (o & ~3));
+        uint32_t raw[NW], s[NW - 1];
+#pragma unroll
+        for (int i = 0; i < NW; i++) raw[i] = src[i]; /* up to 6 bytes past the run: inside the stage */
+#pragma unroll
+        for (int i = 0; i < NW - 1; i++) s[i] = __funnelshift_r(raw[i], raw[i + 1], (o & 3) * 8);
+#pragma unroll
+        for (int k = 0; k < N; k++) {
+            if constexpr (SB == 6) { /* 4 codes, 24 bits, a word of bytes */
+                w[k] = spread4<6, 8>(stream_bits(s, 24 * k, 24));
+            } else if constexpr (SB == 3) { /* 8 codes, 24 bits: codes 0-3 and 4-7 into the halves, then nibbles */
+                const uint32_t x = stream_bits(s, 24 * k, 24);
+                w[k] = spread4<3, 4>((x & 0xFFFu) | (x & 0xFFF000u) << 4);
+            } else if constexpr (SB == 5) { /* 4 codes, 20 bits, a word of bytes */
+                const uint32_t x = stream_bits(s, 20 * k, 20);
+                w[k] = (x & 0x1Fu) | (x & 0x3E0u) << 3 | (x & 0x7C00u) << 6 | (x & 0xF8000u) << 9;
+            } else { /* SB 2: 8 codes, 16 bits, to nibbles */
+                static_assert(SB == 2, "stored widths 2, 3, 5, 6");
+                uint32_t x = stream_bits(s, 16 * k, 16) & 0xFFFFu;
+                x = (x | x << 8) & 0x00FF00FFu;
+                x = (x | x << 4) & 0x0F0F0F0Fu;
+                w[k] = (x | x << 2) & 0x33333333u;
+            }
+        }
     }
 }
 
@@ -433,13 +543,13 @@ __device__ __forceinline__ void dec_read(const char *stage, int gq, int c4, dec_
         if constexpr (G::FOLDK) { /* the lane's run in every group, then the key's scale and bias rows */
 #pragma unroll
             for (int gr = 0; gr < G::NGK; gr++)
-                lds_words<G::KRW>(stage + key * R::KPITCH + (gr * FK::group + c4 * G::KRUN) * FK::bits / 8,
-                                  &r.kw[kk][gr * G::KRW]);
+                lds_codes<FK, G::KRW>(stage + key * R::KPITCH + (gr * FK::group + c4 * G::KRUN) * FK::bits / 8,
+                                      stage + key * R::KPITCH, gr * FK::group + c4 * G::KRUN, &r.kw[kk][gr * G::KRW]);
             lds_scale_row_stored<G::NGK, R::KGS>(stage + R::KS_OFF + key * R::KSROW, r.kfs[kk]);
             lds_scale_row_stored<G::NGK, R::KGS>(stage + R::KZ_OFF + key * R::KSROW, r.kfz[kk]);
             continue;
         }
-        lds_words<G::KW>(stage + key * R::KPITCH + c4 * (G::KW * 4), r.kw[kk]);
+        lds_codes<FK, G::KW>(stage + key * R::KPITCH + c4 * (G::KW * 4), stage + key * R::KPITCH, c4 * G::KT, r.kw[kk]);
         if constexpr (FK::has_scales) {
 #pragma unroll
             for (int kg = 0; kg < G::KG; kg++) {
@@ -459,11 +569,12 @@ __device__ __forceinline__ void dec_read(const char *stage, int gq, int c4, dec_
         if constexpr (G::FOLD) {
 #pragma unroll
             for (int gr = 0; gr < G::NG; gr++)
-                lds_words<G::RW>(row + gr * (FV::group * FV::bits / 8) + gq * (G::RW * 4), &r.vw[vv][gr * G::RW]);
+                lds_codes<FV, G::RW>(row + gr * (FV::group * FV::bits / 8) + gq * (G::RW * 4), row,
+                                     gr * FV::group + gq * G::RUN, &r.vw[vv][gr * G::RW]);
             lds_scale_row_stored<G::NG, R::VGS>(stage + R::VS_OFF + key * R::VSROW, r.vs[vv]);
             lds_scale_row_stored<G::NG, R::VGS>(stage + R::VZ_OFF + key * R::VSROW, r.vz[vv]);
         } else {
-            lds_words<G::VW>(row + gq * (G::VW * 4), r.vw[vv]);
+            lds_codes<FV, G::VW>(row + gq * (G::VW * 4), row, gq * G::VT, r.vw[vv]);
             if constexpr (FV::has_scales) {
 #pragma unroll
                 for (int vg = 0; vg < G::VGL; vg++) {
@@ -837,9 +948,16 @@ __device__ __forceinline__ void dec_merge_rows(const fast_params &p, int64_t bh,
     }
 }
 
+/* CTAs per SM the kernel's registers are cut for: 2 where the 3-CTA budget (168) spills (16-row blocks, past D
+ * 128, paired chunks, codes widened as read) */
 template <int DK, int DV, class FK, class FV, int NR>
-__global__ void __launch_bounds__(DEC_WARPS * 32,
-                                  NR == 2 || DK > 128 || DV > 128 || dec_pairing<DK, DV, FK, FV, NR>::PAIR ? 2 : QSDPA_CUDA_DEC_MIN_BLOCKS)
+constexpr int dec_min_blocks() {
+    const bool widened = stored_bits_of<FK>::value != FK::bits || stored_bits_of<FV>::value != FV::bits;
+    return NR == 2 || DK > 128 || DV > 128 || dec_pairing<DK, DV, FK, FV, NR>::PAIR || widened ? 2 : QSDPA_CUDA_DEC_MIN_BLOCKS;
+}
+
+template <int DK, int DV, class FK, class FV, int NR>
+__global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_blocks<DK, DV, FK, FV, NR>())
     fast_decode(const fast_params p) {
     using G = dec_geom<DK, DV, FK, FV>;
     using R = dec_stage<DK, DV, FK, FV>;

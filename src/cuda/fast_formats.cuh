@@ -19,6 +19,8 @@
 #ifndef QSDPA_CUDA_FAST_FORMATS_CUH
 #define QSDPA_CUDA_FAST_FORMATS_CUH
 
+#include <type_traits>
+
 #include "cuda/cuda_format.cuh"
 
 namespace qfast {
@@ -242,10 +244,32 @@ __host__ __device__ constexpr int plain_dtype_of() {
     else return QSDPA_DTYPE_F16;
 }
 
+/* Affine codes of SB bits (2, 3, 5 or 6) as MLX packs them (one little-endian bit stream per row), read
+ * by the decode kernel of F, the affine format of the next width (4 or 8 bits) and the same group: a
+ * stage holds the rows as stored, and each lane widens its runs to F's words as it reads them
+ * (lds_codes, fast_decode.cuh), so all arithmetic is F's. Before, such a cache was copied widened on
+ * every call (the repacked path, cuda_staged.cu). The decode kernel only: longer queries take
+ * cuda.generic's paths (qsdpa_cuda_widened_run, fast_kernel.cuh). */
+template <class F, int SB>
+struct stored_as : F {
+    static constexpr int stored_bits = SB;
+};
+/* Bits a code of F occupies in the cache: F's own, or stored_as's SB */
+template <class F, class = void>
+struct stored_bits_of {
+    static constexpr int value = F::bits;
+};
+template <class F>
+struct stored_bits_of<F, std::void_t<decltype(F::stored_bits)>> {
+    static constexpr int value = F::stored_bits;
+};
+
 /* The format type of a kernel-table row's (mode, bits, group) columns, so the
  * instantiations are generated from the table (fast_instantiate.cuh). */
 template <int MODE, int BITS, int GROUP> struct format_of;
-template <int B, int G> struct format_of<QSDPA_MODE_AFFINE, B, G> { using type = affine_fmt<B, G>; };
+template <int B, int G> struct format_of<QSDPA_MODE_AFFINE, B, G> {
+    using type = std::conditional_t<B == 4 || B == 8, affine_fmt<B, G>, stored_as<affine_fmt<(B < 4 ? 4 : 8), G>, B>>;
+};
 template <int G> struct format_of<QSDPA_MODE_MXFP4, 4, G> { using type = fp4_fmt<QSDPA_MODE_MXFP4>; };
 template <int G> struct format_of<QSDPA_MODE_NVFP4, 4, G> { using type = fp4_fmt<QSDPA_MODE_NVFP4>; };
 template <int G> struct format_of<QSDPA_MODE_MXFP8, 8, G> { using type = mxfp8_fmt; };

@@ -14,7 +14,7 @@
 #define QSDPA_CUDA_FAST(name, D, km, kb, kg, vm, vb, vg)                                                   \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p);                              \
     extern "C" qsdpa_status name(qsdpa_context *ctx, const qsdpa_problem *p) {                             \
-        return qsdpa_cuda_fast_run<D, D, qfast::format_of<km, kb, kg>::type, qfast::format_of<vm, vb, vg>::type>( \
+        return qsdpa_cuda_row_run<D, D, qfast::format_of<km, kb, kg>::type, qfast::format_of<vm, vb, vg>::type>( \
             ctx, p);                                                                                       \
     }
 

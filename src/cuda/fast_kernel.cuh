@@ -645,4 +645,25 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     }
 }
 
+/* A row of 2/3/5/6-bit codes (qfast::stored_as): short queries on the decode kernel, which widens the
+ * codes as it reads them; the rest goes where cuda.generic sends such a cache (long queries staged to
+ * f16, others repacked widened, or the generic kernel). No prefill kernel reads these codes. */
+template <int DK, int DV, class FK, class FV>
+static qsdpa_status qsdpa_cuda_widened_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
+    const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
+    if (qsdpa_cuda_use_decode_kernel(pr, false)) return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
+    if (pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && qsdpa_cuda_realign_takes(pr))
+        return qsdpa_cuda_realigned_run(ctx, pr, qsdpa_cuda_widened_run<DK, DV, FK, FV>);
+    return qsdpa_cuda_generic_run(ctx, pr);
+}
+
+/* A tensor-core table row's run (fast_instantiate.cuh) */
+template <int DK, int DV, class FK, class FV>
+static qsdpa_status qsdpa_cuda_row_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
+    if constexpr (qfast::stored_bits_of<FK>::value != FK::bits || qfast::stored_bits_of<FV>::value != FV::bits)
+        return qsdpa_cuda_widened_run<DK, DV, FK, FV>(ctx, pr);
+    else
+        return qsdpa_cuda_fast_run<DK, DV, FK, FV>(ctx, pr);
+}
+
 #endif

@@ -363,11 +363,11 @@ static void graph_survives_growth(test_rng *rng) {
     for (int i = 0; i < 8; i++) cudaFree(grab[i]);
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
-    /* (3) A repacked call (3-bit codes widened) whose copy buffer must grow is refused inside a capture too,
-     * though the split-K scratch is large enough: not rerouted to the generic kernel in the graph. Once a
-     * direct call has sized the buffer, its capture takes the repacked route. */
+    /* (3) A repacked call (3-bit codes widened; group 128 has no 3-bit row of its own) whose copy buffer must
+     * grow is refused inside a capture too, though the split-K scratch is large enough: not rerouted to the
+     * generic kernel in the graph. Once a direct call has sized the buffer, its capture takes the repacked route. */
     decode_problem odd;
-    decode_make_as(rng, &odd, 4096, "affine:3:64", 128, QSDPA_DTYPE_F16);
+    decode_make_as(rng, &odd, 4096, "affine:3:128", 128, QSDPA_DTYPE_F16);
     cudaGraph_t odd_graph = NULL;
     err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
     st = qsdpa_attention(ctx, &odd.qt, &odd.k, &odd.k, &p, &odd.ot);
@@ -397,12 +397,12 @@ static void graph_survives_growth(test_rng *rng) {
 
 /* Codes one byte off their 4-byte words are refused before any kernel runs (a misaligned load would fault
  * and poison the device context, as the first version of this test found on the generic kernel), and the
- * output is untouched; the aligned 3-bit cache takes the repacked path, widened to 4 bits. */
+ * output is untouched; the aligned 3-bit cache (group 128: no 3-bit row) takes the repacked path, widened to 4 bits. */
 static void misaligned_codes_refused(test_rng *rng) {
     qsdpa_context *ctx = cuda_ctx(NULL);
     if (!ctx) return;
     decode_problem d;
-    decode_make_as(rng, &d, 701, "affine:3:64", 128, QSDPA_DTYPE_F16);
+    decode_make_as(rng, &d, 701, "affine:3:128", 128, QSDPA_DTYPE_F16);
     const size_t code_bytes = (size_t)(8 * 701 * 12) * 4;
     char *shifted = dev(NULL, code_bytes + 4);
     cudaMemcpy(shifted + 1, d.codes, code_bytes, cudaMemcpyDeviceToDevice);
