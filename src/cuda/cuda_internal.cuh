@@ -127,6 +127,9 @@ static qsdpa_status qsdpa_cuda_launch_pdl(qsdpa_context *ctx, void (*kernel)(P),
 
 /* The generic kernel: every format, D <= 1024, dtype, mask, partial mode. */
 extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_problem *p);
+/* The cuda.generic row's run: the staged, padded, realigned or repacked path where one takes p, else the
+ * generic kernel (cuda_generic.cu) */
+extern "C" qsdpa_status qsdpa_cuda_generic_kernel(qsdpa_context *ctx, const qsdpa_problem *p);
 /* The staged path (cuda_staged.cu): whether it takes a problem of the cuda.generic row (or a D 256
  * row's long query), whether a fast row's long query over a quantized cache goes there rather than
  * to its own prefill kernel (QSDPA_CUDA_STAGE_PREFILL_ROWS: from how many folded rows, 0 never;

@@ -446,12 +446,14 @@ __device__ __forceinline__ void lds_words(const char *src, uint32_t *w) {
     }
 }
 
-/* Bits [start, start + len) of a bit stream held in words s (len <= 32), in the low bits (higher bits:
- * what follows in the stream); start and len are constants once the caller's loop is unrolled */
-template <int NS>
-__device__ __forceinline__ uint32_t stream_bits(const uint32_t (&s)[NS], int start, int len) {
-    const int i = start / 32, sh = start % 32;
-    return sh + len <= 32 ? s[i] >> sh : __funnelshift_r(s[i], s[i + 1 < NS ? i + 1 : NS - 1], sh);
+/* Bits [START, START + LEN) of a bit stream held in words s (LEN <= 32), in the low bits (higher bits:
+ * what follows in the stream) */
+template <int START, int LEN, int NS>
+__device__ __forceinline__ uint32_t stream_bits(const uint32_t (&s)[NS]) {
+    constexpr int i = START / 32, sh = START % 32;
+    static_assert(i < NS && (sh + LEN <= 32 || i + 1 < NS), "bits inside the stream words");
+    if constexpr (sh + LEN <= 32) return s[i] >> sh;
+    else return __funnelshift_r(s[i], s[i + 1], sh);
 }
 
 /* Four SB-bit codes (SB 3 or 6: 12 or 24 bits, low bits of x; for SB 3 a second four at bit 16) spread
@@ -463,6 +465,30 @@ __device__ __forceinline__ uint32_t spread4(uint32_t x) {
            ((x & (m << 3 * SB) * r) << 3 * (W - SB));
 }
 
+/* Output word K of a run of SB-bit codes (stream words s) widened to 8-bit (SB 5, 6) or 4-bit (SB 2, 3) fields */
+template <int SB, int K, int NS>
+__device__ __forceinline__ uint32_t widen_word(const uint32_t (&s)[NS]) {
+    if constexpr (SB == 6) { /* 4 codes, 24 bits, to bytes */
+        return spread4<6, 8>(stream_bits<24 * K, 24>(s));
+    } else if constexpr (SB == 3) { /* 8 codes, 24 bits: codes 0-3 and 4-7 into the halves, then nibbles */
+        const uint32_t x = stream_bits<24 * K, 24>(s);
+        return spread4<3, 4>((x & 0xFFFu) | (x & 0xFFF000u) << 4);
+    } else if constexpr (SB == 5) { /* 4 codes, 20 bits, to bytes */
+        const uint32_t x = stream_bits<20 * K, 20>(s);
+        return (x & 0x1Fu) | (x & 0x3E0u) << 3 | (x & 0x7C00u) << 6 | (x & 0xF8000u) << 9;
+    } else { /* 8 codes, 16 bits, to nibbles */
+        static_assert(SB == 2, "stored widths 2, 3, 5, 6");
+        uint32_t x = stream_bits<16 * K, 16>(s) & 0xFFFFu;
+        x = (x | x << 8) & 0x00FF00FFu;
+        x = (x | x << 4) & 0x0F0F0F0Fu;
+        return (x | x << 2) & 0x33333333u;
+    }
+}
+template <int SB, int NS, int... K>
+__device__ __forceinline__ void widen_words(const uint32_t (&s)[NS], uint32_t *w, std::integer_sequence<int, K...>) {
+    ((w[K] = widen_word<SB, K>(s)), ...);
+}
+
 /* N words of F's codes from a row of a stage, the run starting at code c: at p (the run's byte address)
  * where the cache stores F's own codes; otherwise (stored_as) the run's stored bits from row, widened */
 template <class F, int N>
@@ -471,32 +497,16 @@ __device__ __forceinline__ void lds_codes(const char *p, const char *row, int c,
     if constexpr (SB == W) {
         lds_words<N>(p, w);
     } else {
-        constexpr int BYTES = CODES * SB / 8, NW = (BYTES + 6) / 4; /* words covering the run at any offset */
+        /* the run's bytes at any offset within a word (raw), and after the shift whole stream words (s) */
+        constexpr int BYTES = CODES * SB / 8, NW = (BYTES + 3) / 4 + 1;
         const int o = c * SB / 8; /* every run starts at a whole byte (4 or 8 codes) */
         const uint32_t *src = (const uint32_t *)(row + (o & ~3));
         uint32_t raw[NW], s[NW - 1];
 #pragma unroll
-        for (int i = 0; i < NW; i++) raw[i] = src[i]; /* up to 6 bytes past the run: inside the stage */
+        for (int i = 0; i < NW; i++) raw[i] = src[i]; /* up to 7 bytes past the run: a row's 16-byte pad */
 #pragma unroll
         for (int i = 0; i < NW - 1; i++) s[i] = __funnelshift_r(raw[i], raw[i + 1], (o & 3) * 8);
-#pragma unroll
-        for (int k = 0; k < N; k++) {
-            if constexpr (SB == 6) { /* 4 codes, 24 bits, a word of bytes */
-                w[k] = spread4<6, 8>(stream_bits(s, 24 * k, 24));
-            } else if constexpr (SB == 3) { /* 8 codes, 24 bits: codes 0-3 and 4-7 into the halves, then nibbles */
-                const uint32_t x = stream_bits(s, 24 * k, 24);
-                w[k] = spread4<3, 4>((x & 0xFFFu) | (x & 0xFFF000u) << 4);
-            } else if constexpr (SB == 5) { /* 4 codes, 20 bits, a word of bytes */
-                const uint32_t x = stream_bits(s, 20 * k, 20);
-                w[k] = (x & 0x1Fu) | (x & 0x3E0u) << 3 | (x & 0x7C00u) << 6 | (x & 0xF8000u) << 9;
-            } else { /* SB 2: 8 codes, 16 bits, to nibbles */
-                static_assert(SB == 2, "stored widths 2, 3, 5, 6");
-                uint32_t x = stream_bits(s, 16 * k, 16) & 0xFFFFu;
-                x = (x | x << 8) & 0x00FF00FFu;
-                x = (x | x << 4) & 0x0F0F0F0Fu;
-                w[k] = (x | x << 2) & 0x33333333u;
-            }
-        }
+        widen_words<SB>(s, w, std::make_integer_sequence<int, N>{});
     }
 }
 

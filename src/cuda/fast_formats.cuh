@@ -20,6 +20,7 @@
 #define QSDPA_CUDA_FAST_FORMATS_CUH
 
 #include <type_traits>
+#include <utility>
 
 #include "cuda/cuda_format.cuh"
 

@@ -654,7 +654,7 @@ static qsdpa_status qsdpa_cuda_widened_run(qsdpa_context *ctx, const qsdpa_probl
     if (qsdpa_cuda_use_decode_kernel(pr, false)) return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
     if (pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && qsdpa_cuda_realign_takes(pr))
         return qsdpa_cuda_realigned_run(ctx, pr, qsdpa_cuda_widened_run<DK, DV, FK, FV>);
-    return qsdpa_cuda_generic_run(ctx, pr);
+    return qsdpa_cuda_generic_kernel(ctx, pr);
 }
 
 /* A tensor-core table row's run (fast_instantiate.cuh) */
