@@ -36,8 +36,9 @@
  * large as the f16 cache is what a quantized cache exists to avoid. (Decode with a GQA
  * ratio above 32 has more rows than that, and is staged.)
  *
- * Left to the generic kernel: f32 q (SPEC §4's 2e-5 needs f32 products), Dk above 256,
- * f32 or bf16 plain rows (the f16 rows hand it bf16 rows' long queries), staging above
+ * Plain bf16 and f32 rows are staged too (session 21; before, the generic kernel took them): into f16, so
+ * values past f16's range (|x| > 65504) overflow, as on every tensor-core row (kernels_cuda.def).
+ * Left to the generic kernel: f32 q (SPEC §4's 2e-5 needs f32 products), Dk above 256, staging above
  * QSDPA_CUDA_STAGE_LIMIT_MB (default 1024 MiB of need; the buffer grows to 1.25x what
  * it needs), a stage buffer that cannot be allocated, and QSDPA_CUDA_STAGED=0 (the
  * coverage test's switch). The f16 kernel's own hand-offs (rows that see no key, partial
@@ -200,8 +201,10 @@ __global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int 
             continue;
         }
         const uint32_t word = row[c];
-        if constexpr (MODE == QSDPA_MODE_PLAIN) { /* f16 rows: the word is the two halves */
-            o2[0] = *(const __half2 *)&word;
+        if constexpr (MODE == QSDPA_MODE_PLAIN) { /* f16 rows: the word is the two halves; bf16 converted */
+            o2[0] = t.plain_dtype == QSDPA_DTYPE_BF16
+                        ? __floats2half2_rn(__uint_as_float(word << 16), __uint_as_float(word & 0xFFFF0000u))
+                        : *(const __half2 *)&word;
         } else {
             const int gi = c * per / t.group;
             const float sc = qd_group_scale(t, b * t.ss[0] + h * t.ss[1] + l * t.ss[2], gi);
@@ -242,12 +245,13 @@ __global__ void stage_units(const qd_qtensor t, int64_t heads, int64_t len, int 
     }
 }
 
-/* Stage K or V: by words (units at 3/5/6 bits) where qd_word_path allows, else value by value. */
+/* Stage K or V: by words (units at 3/5/6 bits) where qd_word_path allows, else (f32 plain rows too)
+ * value by value. */
 void stage_tensor(const qsdpa_qtensor *src, int64_t batch, int64_t heads, int64_t len, int w, __half *dst,
                   cudaStream_t stream) {
     const qd_qtensor t = qd_qtensor_make(src);
     const dim3 grid = rows_grid(batch, heads, len), block = rows_block;
-    if (!qd_word_path(&t)) {
+    if (!qd_word_path(&t) || (t.mode == QSDPA_MODE_PLAIN && t.plain_dtype == QSDPA_DTYPE_F32)) {
         stage_rows<<<grid, block, 0, stream>>>(t, heads, len, w, dst);
         return;
     }
@@ -314,9 +318,6 @@ qsdpa_qtensor plain_f16(void *data, int64_t b, int64_t h, int64_t l, int w) {
     return t;
 }
 
-bool plain_but_not_f16(const qsdpa_qtensor *t) {
-    return t->format.mode == QSDPA_MODE_PLAIN && t->format.plain_dtype != QSDPA_DTYPE_F16;
-}
 
 /* Calls the tensor-core rows hand to the generic kernel whatever their layout (partial mode with a bool
  * mask, rows that see no key): staging or repacking them would only precede a generic run on the copy. */
@@ -340,11 +341,10 @@ bool stageable(const qsdpa_problem *p) {
            (p->len_k + 7) / 8 <= INT32_MAX;
 }
 
-/* The stage's bytes for p, false where the staged path cannot take p at all (stageable, plain rows
- * other than f16, too few rows, no f16 kernel wide enough, overflow). */
+/* The stage's bytes for p, false where the staged path cannot take p at all (stageable, too few rows,
+ * no f16 kernel wide enough, overflow). */
 bool stage_need(const qsdpa_context *ctx, const qsdpa_problem *p, double *bytes) {
     if (!stageable(p) || p->group_ratio * p->len_q <= STAGED_MIN_ROWS) return false;
-    if (plain_but_not_f16(&p->k) || plain_but_not_f16(&p->v)) return false;
     stage_plan plan;
     stage_layout lay;
     if (!plan_of(ctx, p, &plan) || !layout_of(p, plan, &lay)) return false;

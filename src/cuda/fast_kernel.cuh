@@ -609,11 +609,14 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
     auto realigned = [&] { return qsdpa_cuda_realigned_run(ctx, pr, qsdpa_cuda_fast_run<DK, DV, FK, FV>); };
     if constexpr (FK::mode == QSDPA_MODE_PLAIN && FV::mode == QSDPA_MODE_PLAIN) {
         /* bf16 rows (the f16 rows' table entries match them by mode and width): short queries on the decode
-         * kernel's bf16 twin, which converts each word as it reads it; the rest, which no kernel of this row
-         * reads, to cuda.generic (its generic kernel, in f32: bf16 rows are not staged to f16). The twin has
-         * the tensor-core rows' f16 range (kernels_cuda.def): |values| past 65504 overflow there. */
+         * kernel's bf16 twin, which converts each word as it reads it; long queries over bf16 rows, or f16 K
+         * with bf16 V, which no kernel of this row reads, staged into f16 rows (session 21; before, the generic
+         * kernel in f32), the rest to cuda.generic. The twin and the stage have the tensor-core rows' f16
+         * range (kernels_cuda.def): |values| past 65504 overflow there. */
         if (qsdpa_cuda_bf16_rows(pr) && qsdpa_cuda_use_decode_kernel(pr, false)) /* false: no prefill kernel reads bf16 rows */
             return qsdpa_cuda_decode_blocks_run<DK, DV, qfast::plain_bf16_fmt, qfast::plain_bf16_fmt>(ctx, pr, fn);
+        const bool f16_rows = pr->k.format.plain_dtype == QSDPA_DTYPE_F16 && pr->v.format.plain_dtype == QSDPA_DTYPE_F16;
+        if (!f16_rows && qsdpa_cuda_staged_takes(ctx, pr)) return qsdpa_cuda_staged_run(ctx, pr, qsdpa_cuda_generic_run);
     }
     if constexpr (DK > 128 || DV > 128) {
         /* Past D 128 the decode kernel runs 8-row blocks only (16-row blocks spill at this width,

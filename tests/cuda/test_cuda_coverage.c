@@ -60,9 +60,9 @@ static void run_shape(test_rng *rng, const cuda_case *c, const char *row, const 
 }
 
 /* bf16 rows on an f16 row's entry (base: that row's f16 case): short queries on the decode kernel's
- * bf16 twin (8- and 16-row blocks, masks, sinks, lse, a strided view), longer ones handed to
- * cuda.generic (no route asserted there: staged or generic by shape). Routes are asserted where the
- * routing is at its defaults and QSDPA_CUDA_BF16_ROWS is not 0. */
+ * bf16 twin (8- and 16-row blocks, masks, sinks, lse, a strided view), longer ones and long f16 K / bf16 V
+ * staged into f16 rows, short mixed ones handed to cuda.generic. Routes are asserted where the routing is
+ * at its defaults and QSDPA_CUDA_BF16_ROWS is not 0. */
 static void run_bf16_rows(test_rng *rng, cuda_case base, const char *row) {
     cuda_case c;
     cuda_case b16 = base;
@@ -88,10 +88,16 @@ static void run_bf16_rows(test_rng *rng, cuda_case base, const char *row) {
     c = b16; c.hq = 8; c.hkv = 1; c.lq = 1; c.lk = 5000; c.cap_extra = 37; c.route = short_route;
     snprintf(label, sizeof label, "%s bf16 rows decode Lk5000 strided cache view", row);
     cuda_case_run(rng, &c, label);
-    /* no kernel of an f16 row reads bf16 rows past 32 folded rows, nor f16 K with bf16 V: cuda.generic's */
+    /* no kernel of an f16 row reads bf16 rows past 32 folded rows, nor f16 K with bf16 V: long queries staged
+     * into f16 rows, short mixed ones on cuda.generic */
     const char *generic_route = routing_default() ? "cuda.generic" : NULL;
-    c = b16; c.hq = 4; c.hkv = 1; c.lq = 20; c.lk = 600; c.causal = 1; c.route = generic_route;
-    snprintf(label, sizeof label, "%s bf16 rows Lq20 (80 rows) causal, handed off", row);
+    const char *staged_route = routing_default() ? "cuda.staged:" : NULL;
+    c = b16; c.hq = 4; c.hkv = 1; c.lq = 20; c.lk = 600; c.causal = 1; c.route = staged_route;
+    snprintf(label, sizeof label, "%s bf16 rows Lq20 (80 rows) causal, staged", row);
+    cuda_case_run(rng, &c, label);
+    c = base; c.vf.plain_dtype = QSDPA_DTYPE_BF16; c.hq = 8; c.hkv = 2; c.lq = 12; c.lk = 500; c.mask = 2;
+    c.mask_rank = 2; c.route = staged_route;
+    snprintf(label, sizeof label, "%s f16 K with bf16 V, Lq12 (48 rows) additive mask, staged", row);
     cuda_case_run(rng, &c, label);
     c = base; c.vf.plain_dtype = QSDPA_DTYPE_BF16; c.hq = 8; c.hkv = 2; c.lq = 1; c.lk = 700; c.route = generic_route;
     snprintf(label, sizeof label, "%s f16 K with bf16 V, handed off", row);
@@ -388,6 +394,16 @@ int main(void) {
             {"affine:4:32", "nvfp4", 64, 320, 8, 2, 40, QSDPA_DTYPE_BF16, 0, 0, 0, NULL}, /* five V passes of the d64 row */
         };
         run_path_cases(&rng, info.name, "staged", "cuda.staged:cuda.prefill", staged, (int)(sizeof staged / sizeof staged[0]), 517, 3, 11);
+        /* bf16 and f32 plain rows staged into f16 (a list apart, so the cases above keep their variations):
+         * D 96 and 128, f32 K with bf16 V at D 64, Dk != Dv, masks, causal, a partial slice, a view */
+        static const path_case staged_plain[] = {
+            {"bf16", "bf16", 128, 128, 8, 2, 40, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
+            {"f32", "f32", 96, 96, 8, 2, 24, QSDPA_DTYPE_F16, 2, 0, 1, NULL},
+            {"f32", "bf16", 64, 64, 4, 1, 36, QSDPA_DTYPE_BF16, 1, 0, 0, NULL},
+            {"bf16", "f32", 192, 128, 8, 2, 20, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
+        };
+        run_path_cases(&rng, info.name, "staged plain rows", "cuda.staged:cuda.prefill", staged_plain,
+                       (int)(sizeof staged_plain / sizeof staged_plain[0]), 517, 3, 11);
         /* the repacked path (at most 32 folded rows, f16/bf16 q, formats with a fast row at a wider head dim,
          * or at the same one once affine 2/3/5/6-bit codes are widened to 4 or 8 bits; cuda_staged.cu): K and
          * V zero-padded to the narrowest such row, q and out padded where needed */
