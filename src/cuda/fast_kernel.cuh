@@ -654,7 +654,10 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_widened_run(qsdpa_context *ctx, const qsdpa_problem *pr) {
     const char *fn = pr->lse ? "qsdpa_attention_partial" : "qsdpa_attention";
-    if (qsdpa_cuda_use_decode_kernel(pr, false)) return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
+    /* the launch's own hand-offs (codes off 16 bytes, B x Hkv past 65535, ...) checked here, so they take
+     * cuda.generic's routing below rather than the launch's fallback, the generic kernel */
+    if (qsdpa_cuda_use_decode_kernel(pr, false) && !qsdpa_cuda_fast_hands_off(pr))
+        return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
     if (pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && qsdpa_cuda_realign_takes(pr))
         return qsdpa_cuda_realigned_run(ctx, pr, qsdpa_cuda_widened_run<DK, DV, FK, FV>);
     return qsdpa_cuda_generic_kernel(ctx, pr);

@@ -29,6 +29,8 @@ QUANT_LIMITS = {
     "K4V8 (g64)": 1.25 * 3.08e-1,
     "K8V4 (g32)": 1.25 * 7.69e-2,  # measured 2026-11-27
     "K mxfp8 / V mxfp4": 1.25 * 1.30e-1,  # measured 2026-11-27
+    "affine 6/g64": 1.25 * 8.71e-2,  # measured 2026-11-27 (session 21)
+    "affine 6/g32": 1.25 * 6.12e-2,  # measured 2026-11-27 (session 21)
 }
 
 

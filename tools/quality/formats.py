@@ -49,6 +49,8 @@ def a(bits, group):
 FORMATS = [
     Format("f32", None, None, note="baseline"),
     Format("affine 8/g64", a(8, 64), a(8, 64), note="mlx-lm kv_bits=8"),
+    Format("affine 6/g64", a(6, 64), a(6, 64)),
+    Format("affine 6/g32", a(6, 32), a(6, 32), note="a width of MLX's quantized SDPA"),
     Format("affine 4/g64", a(4, 64), a(4, 64), note="mlx-lm kv_bits=4"),
     Format("affine 4/g32", a(4, 32), a(4, 32)),
     Format("affine 3/g64", a(3, 64), a(3, 64)),
