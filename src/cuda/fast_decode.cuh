@@ -352,6 +352,40 @@ struct dec_copier {
         if (has_scale && (int64_t)(lk - j0) * s_row - s_off > 0) prefetch_l2(s + rows * s_row);
     }
 
+    /* One side's (K or V) code pieces of a whole chunk into `stage`: regular rows (C pieces dividing 32) from
+     * src + i * step, zero pieces where the side is stored narrower (CS < C); irregular ones at their own
+     * offsets (off -1: past the chunk's pieces) */
+    template <bool REG, int C, int CS, int N, int RS, int PITCH>
+    __device__ __forceinline__ static void codes_whole(char *stage, const char *src, int step, int dst, bool real,
+                                                       const int *off, const int *to) {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            if constexpr (!REG) {
+                if (DEC_CHUNK * C % 32 == 0 || off[i] >= 0) cp_async16(stage + to[i], src + off[i]);
+            } else if constexpr (CS == C) {
+                cp_async16(stage + dst + i * RS * PITCH, src + i * step);
+            } else {
+                cp_async16(stage + dst + i * RS * PITCH, src + i * step, real ? 16 : 0);
+            }
+        }
+    }
+    /* The same for the cache's last chunk: rows past the cache end (and pad pieces) zero-filled from src, the
+     * chunk's first row, which is in bounds */
+    template <bool REG, int C, int N, int RS, int PITCH>
+    __device__ __forceinline__ static void codes_last(char *stage, const char *src, int step, int dst, bool real,
+                                                      const int *off, const int *to, int lane, int j0, int lk) {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            if constexpr (!REG) {
+                const bool ok = j0 + (lane + 32 * i) / C < lk;
+                if (off[i] >= 0) cp_async16(stage + to[i], ok ? src + off[i] : src, ok ? 16 : 0);
+            } else {
+                const bool ok = real && j0 + lane / C + i * RS < lk;
+                cp_async16(stage + dst + i * RS * PITCH, ok ? src + i * step : src, ok ? 16 : 0);
+            }
+        }
+    }
+
     /* copy the chunk the pointers are at into `stage`, then step them DEC_WARPS chunks on.
      * Whole chunks (all but the cache's last) take the short path: offsets set up once,
      * no per-piece checks (run 71: the copy was 62 of 374 instructions per chunk and a
@@ -359,26 +393,8 @@ struct dec_copier {
     __device__ __forceinline__ void issue(const fast_params &p, int chunk, char *stage, int lane) {
         const int j0 = chunk * DEC_CHUNK, lk = (int)p.lk; /* the host keeps Lk < 2^31 */
         if (j0 + DEC_CHUNK <= lk) {
-#pragma unroll
-            for (int i = 0; i < KN; i++) {
-                if constexpr (!KREG) {
-                    if (DEC_CHUNK * KC % 32 == 0 || k_off[i] >= 0) cp_async16(stage + k_to[i], k + k_off[i]);
-                } else if constexpr (KCS == KC) {
-                    cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step);
-                } else {
-                    cp_async16(stage + k_dst + i * KR * R::KPITCH, k + i * k_step, k_real ? 16 : 0);
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < VN; i++) {
-                if constexpr (!VREG) {
-                    if (DEC_CHUNK * VC % 32 == 0 || v_off[i] >= 0) cp_async16(stage + v_to[i], v + v_off[i]);
-                } else if constexpr (VCS == VC) {
-                    cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step);
-                } else {
-                    cp_async16(stage + v_dst + i * VR * R::VPITCH, v + i * v_step, v_real ? 16 : 0);
-                }
-            }
+            codes_whole<KREG, KC, KCS, KN, KR, R::KPITCH>(stage, k, k_step, k_dst, k_real, k_off, k_to);
+            codes_whole<VREG, VC, VCS, VN, VR, R::VPITCH>(stage, v, v_step, v_dst, v_real, v_off, v_to);
             if (has_scale) {
                 if (!s_words) {
                     cp_async16(stage + R::KS_OFF + lane * 16, s);
@@ -388,26 +404,8 @@ struct dec_copier {
                 }
             }
         } else {
-#pragma unroll
-            for (int i = 0; i < KN; i++) {
-                if constexpr (!KREG) { /* pieces past the chunk's: none; rows past the cache end: zeros */
-                    const bool ok = j0 + (lane + 32 * i) / KC < lk;
-                    if (k_off[i] >= 0) cp_async16(stage + k_to[i], ok ? k + k_off[i] : k, ok ? 16 : 0);
-                } else {
-                    const bool ok = k_real && j0 + lane / KC + i * KR < lk;
-                    cp_async16(stage + k_dst + i * KR * R::KPITCH, ok ? k + i * k_step : k, ok ? 16 : 0);
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < VN; i++) {
-                if constexpr (!VREG) {
-                    const bool ok = j0 + (lane + 32 * i) / VC < lk;
-                    if (v_off[i] >= 0) cp_async16(stage + v_to[i], ok ? v + v_off[i] : v, ok ? 16 : 0);
-                } else {
-                    const bool ok = v_real && j0 + lane / VC + i * VR < lk;
-                    cp_async16(stage + v_dst + i * VR * R::VPITCH, ok ? v + i * v_step : v, ok ? 16 : 0);
-                }
-            }
+            codes_last<KREG, KC, KN, KR, R::KPITCH>(stage, k, k_step, k_dst, k_real, k_off, k_to, lane, j0, lk);
+            codes_last<VREG, VC, VN, VR, R::VPITCH>(stage, v, v_step, v_dst, v_real, v_off, v_to, lane, j0, lk);
             if (has_scale) { /* cut at the last key */
                 const int left = (lk - j0) * s_row - s_off, nb = left >= 16 ? 16 : left > 0 ? left : 0;
                 if (!s_words) {
