@@ -106,6 +106,11 @@ __device__ __forceinline__ float qd_fp8(unsigned b) {
     return e * 256.0f;
 }
 
+/* The two bf16 values of a word as an f16 pair, rounded to nearest (values past f16's range become inf) */
+__device__ __forceinline__ __half2 qd_bf16x2_to_half2(uint32_t w) {
+    return __floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
+}
+
 /* E8M0 scale byte -> 2^(s-127) (s = 0 gives 2^-127, a float subnormal; 255 gives inf). */
 __device__ __forceinline__ float qd_e8m0(unsigned s) {
     return s == 0 ? __int_as_float(0x00400000) : __int_as_float((int)(s << 23));

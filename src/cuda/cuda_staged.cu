@@ -202,9 +202,7 @@ __global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int 
         }
         const uint32_t word = row[c];
         if constexpr (MODE == QSDPA_MODE_PLAIN) { /* f16 rows: the word is the two halves; bf16 converted */
-            o2[0] = t.plain_dtype == QSDPA_DTYPE_BF16
-                        ? __floats2half2_rn(__uint_as_float(word << 16), __uint_as_float(word & 0xFFFF0000u))
-                        : *(const __half2 *)&word;
+            o2[0] = t.plain_dtype == QSDPA_DTYPE_BF16 ? qd_bf16x2_to_half2(word) : *(const __half2 *)&word;
         } else {
             const int gi = c * per / t.group;
             const float sc = qd_group_scale(t, b * t.ss[0] + h * t.ss[1] + l * t.ss[2], gi);

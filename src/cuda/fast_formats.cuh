@@ -31,9 +31,7 @@ __device__ __forceinline__ uint32_t h2u(half2 x) { return *reinterpret_cast<uint
 
 /* Two bf16 values of a word -> the f16 pair, rounded to nearest (the decode kernel's bf16 scales and
  * bf16 rows enter f16 arithmetic; beyond f16's range they become inf, as the tensor-core rows document) */
-__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
-    return h2u(__floats2half2_rn(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u)));
-}
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) { return h2u(qd_bf16x2_to_half2(w)); }
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) { return __byte_perm(a, b, s); }
 
 /* (x & mask) | bits in one LOP3 (the compiler emits two when both are immediates) */
@@ -227,7 +225,7 @@ struct plain_f16_fmt {
 /* Unquantized bf16 rows, read by the decode kernel only (the f16 rows' run function sends their short
  * queries here): each word converted to an f16 pair as it leaves shared memory, so the mma sees f16 as
  * for f16 rows (values past f16's range overflow, as for bf16 q). The prefill kernel reads f16 tiles in
- * place and has no bf16 twin: long queries over bf16 rows take cuda.generic's generic kernel. */
+ * place and has no bf16 twin: long queries over bf16 rows are staged into f16 rows (cuda_staged.cu). */
 struct plain_bf16_fmt : plain_f16_fmt {
     static constexpr int plain_dtype = QSDPA_DTYPE_BF16;
     __device__ __forceinline__ static void k_word(uint32_t w, half2 s, half2 *out) {
