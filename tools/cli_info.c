@@ -63,16 +63,16 @@ static int print_kernels(void) {
     }
     printf("  (a cuda.mma row runs a split-K decode kernel when GQA ratio x Lq <= 32 over a quantized cache, a\n"
            "   prefill kernel for longer queries (from 2048 folded rows a quantized cache staged onto the f16 row),\n"
-           "   for f16 rows on sm_90a and for layouts the decode kernel does not take; at D 256 the decode\n"
-           "   kernel's 8-row blocks up to 128 folded rows, more staged as below; an f16 row's entry also takes\n"
-           "   bf16 rows' short queries, on a decode kernel that converts them to f16 as it reads them (long\n"
-           "   ones staged into f16 rows); an affine 2/3/5/6-bit row runs only the decode kernel, widening\n"
-           "   the codes as it reads them, and hands the rest to cuda.generic; cuda.generic serves what neither takes: more than 32 folded\n"
-           "   rows with f16/bf16 q and Dk <= 256 staged as zero-padded f16 rows onto an f16 prefill of K\n"
-           "   width 64, 128 or 256 (V in passes of its columns), short queries at D 96 (and K 192 / V 128)\n"
-           "   read in place by a wider decode kernel (padded; f16 and bf16 rows at D 80 too),\n"
-           "   other short queries repacked zero-padded onto the narrowest cuda.mma row that takes their\n"
-           "   formats (e.g. nvfp4 at D 80 onto D 128), the rest on the generic kernel)\n");
+           "   for f16 rows on sm_90a and for layouts the decode kernel does not take; at D 256 the decode kernel's\n"
+           "   8-row blocks up to 128 folded rows, more staged as below; an f16 row's entry also takes bf16 rows'\n"
+           "   short queries, on a decode kernel that converts them to f16 as it reads them (long ones staged into\n"
+           "   f16 rows); an affine 2/3/5/6-bit row runs only the decode kernel, widening the codes as it reads\n"
+           "   them, and hands the rest to cuda.generic; cuda.generic serves what neither takes: more than 32\n"
+           "   folded rows with f16/bf16 q and Dk <= 256 staged as zero-padded f16 rows onto an f16 prefill of K\n"
+           "   width 64, 128 or 256 (V in passes of its columns), short queries at D 96 (and K 192 / V 128) read in\n"
+           "   place by a wider decode kernel (padded; f16 and bf16 rows at D 80 too), other short queries repacked\n"
+           "   zero-padded onto the narrowest cuda.mma row that takes their formats (e.g. nvfp4 at D 80 onto D\n"
+           "   128), the rest on the generic kernel)\n");
     return 0;
 }
 
