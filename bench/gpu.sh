@@ -223,8 +223,12 @@ for t in test_wgmma_layout test_cuda_api test_cuda_mlx test_cuda_coverage; do
 done
 # the generic kernel's 4-key tiles (what GPUs with 99 KB blocks take at the largest head dims)
 if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ] && [ -x "$B/tests/test_cuda_coverage" ]; then
-  QSDPA_CUDA_GENERIC_DECODE=0 QSDPA_CUDA_GENERIC_TILE=4 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
-  echo "test_cuda_coverage (generic, 4-key tiles, decode kernel off) rc=$?" | tee -a "$OUT/tests.log"
+  QSDPA_CUDA_GENERIC_DECODE=0 QSDPA_CUDA_GENERIC_WIDE=0 QSDPA_CUDA_GENERIC_TILE=4 QSDPA_CUDA_ONLY=generic timeout 90 \
+    "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (generic, 4-key tiles, decode and wide kernels off) rc=$?" | tee -a "$OUT/tests.log"
+  # the wide kernel on every f16/bf16 call of the generic row it can take (fewer than 16 rows, the decode kernel's)
+  QSDPA_CUDA_GENERIC_WIDE=2 QSDPA_CUDA_ONLY=cuda.generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (generic, wide kernel wherever it can) rc=$?" | tee -a "$OUT/tests.log"
   # the generic kernel itself on the long queries the staged path takes by default
   QSDPA_CUDA_STAGED=0 QSDPA_CUDA_ONLY=generic timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
   echo "test_cuda_coverage (generic, staging off) rc=$?" | tee -a "$OUT/tests.log"
@@ -329,6 +333,13 @@ echo "memcheck coverage(generic) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=generic timeout 90 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(generic) rc=$?" | tee -a "$OUT/sanitizer.log"
+# the wide kernel (generic_wide): MLA shapes at 16 and 64 rows, then the f16-rows long query
+QSDPA_CUDA_ONLY=cuda.generic QSDPA_CUDA_SHAPE="wide K affine:4:64 V affine:4:64 Dk576" timeout 60 "$CS" --tool memcheck \
+  "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
+echo "memcheck coverage(wide, MLA 4-bit) rc=$?" | tee -a "$OUT/sanitizer.log"
+QSDPA_CUDA_ONLY=cuda.generic QSDPA_CUDA_SHAPE="wide K mxfp4" timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
+  "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
+echo "racecheck coverage(wide, MLA mxfp4 64 rows) rc=$?" | tee -a "$OUT/sanitizer.log"
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=mxfp8.d64.bf16 timeout 60 "$CS" --tool racecheck --racecheck-report analysis \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "racecheck coverage(mxfp8 d64) rc=$?" | tee -a "$OUT/sanitizer.log"

@@ -72,7 +72,10 @@ static int print_kernels(void) {
            "   width 64, 128 or 256 (V in passes of its columns), short queries at D 96 (and K 192 / V 128) read in\n"
            "   place by a wider decode kernel (padded; f16 and bf16 rows at D 80 too), other short queries repacked\n"
            "   zero-padded onto the narrowest cuda.mma row that takes their formats (e.g. nvfp4 at D 80 onto D\n"
-           "   128), the rest on the generic kernel)\n");
+           "   128), short queries left over on a one-warp decode kernel (f32 q above all), f16/bf16 q over 16 or\n"
+           "   more folded rows a KV head with Dk > 256 and Dv <= 512 (DeepSeek-like MLA, Dk 576 / Dv 512) on a\n"
+           "   tensor-core kernel that dequantizes each 32-key tile into shared memory (cuda.generic.wide), the\n"
+           "   rest on the generic kernel)\n");
     return 0;
 }
 

@@ -25,27 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda/cuda_format.cuh"
+#include "cuda/cuda_generic.cuh"
 
 namespace {
 
-constexpr int GEN_ROWS = 8;  /* folded rows per block */
-constexpr int GEN_WARPS = 4;
-
-struct gen_params : qd_io {
-    int64_t batch, hq, lq, lk, ratio, key_offset, key_total, window;
-    int dk, dv, causal;
-    float scale, masked;
-    float *part;         /* [nsplit][rows][4 + dv] */
-    int nsplit;
-    int64_t keys_per_split;
-    int64_t rows;        /* batch * hq * lq */
-    int64_t row_chunks;  /* ceil(ratio * lq / GEN_ROWS) */
-    int kpitch, vpitch;  /* floats per staged K / V row (K: dims padded with zeros to kpitch) */
-    bool k_words, v_words; /* qd_word_path */
-    bool k_vec4;         /* generic_decode: K rows of whole 16-byte pieces at 16-byte alignment */
-    bool skip;           /* qsdpa_cuda_generic_can_skip */
-};
+using namespace qgen;
 
 /* Keys per tile: K and V tiles and q rows in f32 within ~50 KB up to Dk + Dv of 1024 (about
  * 100 KB at 1024 + 1024). Where a GPU's per-block limit is lower (99 KB on sm_86 / sm_89) the
@@ -74,43 +58,6 @@ __device__ __forceinline__ float warp_max(float x) {
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;
-}
-
-/* The score of key j (this call's index) for a folded row whose last visible global key is
- * `last` and whose mask row starts at `mrow`: scale * dot, then causal/window and the mask; a
- * dropped key scores p.masked. keep_flag: 1 where the key counts (generic_combine's kept). */
-__device__ __forceinline__ float gen_key_score(const gen_params &p, float dot, int64_t j, int64_t last, int64_t mrow,
-                                               float &keep_flag) {
-    float s = p.scale * dot;
-    bool keep = true;
-    if (p.causal) {
-        const int64_t pos = p.key_offset + j;
-        if (pos > last || (p.window > 0 && pos <= last - p.window)) keep = false;
-    }
-    if (keep && p.mask_kind != QSDPA_MASK_NONE) {
-        const int64_t at = mrow + j * p.ms[3];
-        if (p.mask_kind == QSDPA_MASK_BOOL) keep = ((const uint8_t *)p.mask)[at] != 0;
-        else s += qd_load_float(p.mask, p.mask_dtype, at);
-    }
-    keep_flag = keep ? 1.0f : 0.0f;
-    return keep ? s : p.masked;
-}
-
-/* With p.skip: [j0, j1) narrowed to the keys some row of the block sees (`last` of its
- * first nrows rows, a register or shared array of N). */
-template <int N>
-__device__ __forceinline__ void gen_skip_range(const gen_params &p, const int64_t (&last)[N], int nrows, int64_t &j0,
-                                               int64_t &j1) {
-    int64_t lo = INT64_MAX, hi = INT64_MIN;
-#pragma unroll
-    for (int r = 0; r < N; r++) {
-        if (r >= nrows) break;
-        const int64_t end = last[r] - p.key_offset;
-        hi = max(hi, end + 1);
-        lo = min(lo, p.window > 0 ? end - p.window + 1 : (int64_t)0);
-    }
-    j0 = max(j0, lo);
-    j1 = min(j1, hi);
 }
 
 /* T keys per tile; DPL = ceil(Dv / 128) output dims per lane and row. */
@@ -382,10 +329,21 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     p.v_words = qd_word_path(&p.v) != 0;
     const int64_t folded = pr->group_ratio * pr->len_q;
     void (*kernel)(const gen_params) = gen_decode_choice(&p, folded);
-    const bool decode = kernel != nullptr;
+    const int wm = wide_choice(ctx, &p, folded, kernel != nullptr);
+    const bool decode = kernel != nullptr && wm == 0;
     size_t smem;
     int tile, min_keys, waves, threads;
-    if (decode) {
+    if (wm > 0) {
+        /* 16 * wm folded rows a block, 32-key tiles; one wave of resident blocks, a split at least
+         * QSDPA_CUDA_GENERIC_WIDE_KEYS keys (default 128) */
+        kernel = wide_kernel(p.q_dtype, p.dv, wm);
+        p.row_chunks = (folded + 16 * wm - 1) / (16 * wm);
+        p.kpitch = wide_pitch(p.dk);
+        p.vpitch = wide_pitch(p.dv);
+        smem = wide_smem_bytes(wm, p.kpitch, p.vpitch);
+        static const int wide_keys = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_WIDE_KEYS", 128);
+        tile = WIDE_T, min_keys = wide_keys >= WIDE_T ? wide_keys : WIDE_T, waves = 1, threads = 128 * wm;
+    } else if (decode) {
         /* a block per warp, 4 or 8 rows (gen_decode_choice), 32-key steps; the splits fill one wave
          * of resident warps down to one step each (QSDPA_CUDA_GENERIC_DECODE_KEYS, default 32, sets
          * that floor: at 256, 2K took 128 us against 34, 8K 140 against 47, 32K 163 against 121,
@@ -393,9 +351,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
         const int rows_per_block = gen_decode_rows(folded);
         p.row_chunks = (folded + rows_per_block - 1) / rows_per_block;
         p.kpitch = (p.dk + 3) / 4 * 4;
-        const int nwk = p.dk / gen_decode_per_word(&p.k);
-        p.k_vec4 = nwk % 4 == 0 && (uintptr_t)p.k.codes % 16 == 0 && p.k.cs[0] % 16 == 0 && p.k.cs[1] % 16 == 0 &&
-                   p.k.cs[2] % 16 == 0;
+        p.k_vec4 = gen_rows_vec4(&p.k, true); /* gen_decode_choice took K on the words path */
         smem = (size_t)rows_per_block * (p.kpitch + 32) * sizeof(float);
         static const int decode_keys = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_DECODE_KEYS", 32);
         tile = 32, min_keys = decode_keys >= 32 ? decode_keys : 32, waves = 1, threads = 32;
@@ -454,8 +410,11 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     cudaStream_t stream = qsdpa_cuda_stream(ctx);
     dim3 grid((unsigned)blocks, (unsigned)p.nsplit);
     kernel<<<grid, threads, smem, stream>>>(p);
-    qsdpa_set_route(ctx, nullptr, decode ? "cuda.generic.decode" : "cuda.generic");
-    if ((st = qsdpa_cuda_launch_status(fn, decode ? "generic_decode" : "generic_attention")) != QSDPA_OK) return st;
+    qsdpa_set_route(ctx, nullptr, wm > 0 ? "cuda.generic.wide" : decode ? "cuda.generic.decode" : "cuda.generic");
+    if ((st = qsdpa_cuda_launch_status(fn, wm > 0   ? "generic_wide"
+                                           : decode ? "generic_decode"
+                                                    : "generic_attention")) != QSDPA_OK)
+        return st;
     generic_combine<<<dim3((unsigned)rows, (unsigned)((p.dv + 31) / 32)), GEN_WARPS * 32, 0, stream>>>(p, rows);
     return qsdpa_cuda_launch_status(fn, "generic_combine");
 }

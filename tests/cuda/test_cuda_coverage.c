@@ -250,7 +250,7 @@ static void run_path_cases(test_rng *rng, const char *kernel, const char *path, 
         if (m % 3 == 2) c.scale_dtype = QSDPA_DTYPE_BF16;
         /* the route proves the path ran (not the generic kernel on the original, nor on the copy) */
         c.route = !staging_on ? "cuda.generic" : pc->route ? pc->route : default_route;
-        if (strcmp(c.route, "cuda.generic") != 0) c.route_not = "cuda.generic"; /* not even on the copy */
+        if (strncmp(c.route, "cuda.generic", 12) != 0) c.route_not = "cuda.generic"; /* not even on the copy */
         if (c.partial) { c.key_offset = 100; c.key_total = 100 + c.lk; } /* causal cuts the slice's last keys */
         char label[192];
         snprintf(label, sizeof label, "cuda.generic %s K %s V %s Dk%lld Dv%lld Hq%lld/%lld Lq%lld", path, pc->kf,
@@ -404,6 +404,31 @@ int main(void) {
         };
         run_path_cases(&rng, info.name, "staged plain rows", "cuda.staged:cuda.prefill", staged_plain,
                        (int)(sizeof staged_plain / sizeof staged_plain[0]), 517, 3, 11);
+        /* the wide kernel (generic_wide: f16/bf16 q, Dv <= 512, 16 folded rows a KV head or more, what neither a
+         * copy nor the one-warp decode kernel takes): DeepSeek-like MLA (Dk 576 / Dv 512 over one KV head) at 16,
+         * 32 and 64 folded rows (1, 2, 4 row tiles), Dk 1024 (fewer row tiles: shared memory), V at most 256 wide,
+         * long queries (row blocks, causal ranges), plain f16 / f32 rows; the cases of fewer rows ("cuda.generic":
+         * generic_attention by default) run it with QSDPA_CUDA_GENERIC_WIDE=2 (gpu.sh): D 512, 3-bit codes and rows
+         * off 16-byte pieces (value by value), bf16 rows, mixed formats, masks, partial slices, part-empty row
+         * tiles; QSDPA_CUDA_GENERIC_WIDE=0 runs them all on generic_attention */
+        static const path_case wide[] = {
+            {"affine:4:64", "affine:4:64", 576, 512, 16, 1, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
+            {"affine:8:64", "affine:8:64", 576, 512, 16, 1, 2, QSDPA_DTYPE_BF16, 0, 1, 0, NULL},
+            {"mxfp4", "mxfp4", 576, 512, 64, 1, 1, QSDPA_DTYPE_F16, 1, 0, 0, NULL},
+            {"nvfp4", "nvfp4", 512, 512, 8, 2, 1, QSDPA_DTYPE_F16, 2, 0, 1, "cuda.generic"},
+            {"affine:3:64", "affine:3:64", 320, 320, 8, 2, 3, QSDPA_DTYPE_BF16, 0, 1, 1, "cuda.generic"},
+            {"f16", "f16", 288, 160, 4, 1, 40, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
+            {"bf16", "bf16", 320, 320, 8, 1, 1, QSDPA_DTYPE_BF16, 3, 0, 0, "cuda.generic"},
+            {"f32", "f16", 272, 64, 4, 1, 5, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
+            {"affine:8:32", "mxfp8", 384, 448, 16, 2, 1, QSDPA_DTYPE_BF16, 2, 0, 0, "cuda.generic"},
+            {"affine:4:128", "affine:4:128", 1024, 512, 64, 1, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
+            {"affine:2:32", "affine:5:64", 384, 320, 8, 2, 2, QSDPA_DTYPE_F16, 0, 1, 0, "cuda.generic"},
+            {"f16", "affine:4:64", 260, 128, 4, 2, 7, QSDPA_DTYPE_BF16, 1, 0, 1, "cuda.generic"}, /* K rows off 16-byte pieces */
+        };
+        const char *wide_knob = getenv("QSDPA_CUDA_GENERIC_WIDE");
+        const bool wide_on = !(wide_knob && atoi(wide_knob) == 0);
+        run_path_cases(&rng, info.name, "wide", wide_on ? "cuda.generic.wide" : "cuda.generic", wide,
+                       (int)(sizeof wide / sizeof wide[0]), 517, 5, 9);
         /* the repacked path (at most 32 folded rows, f16/bf16 q, formats with a fast row at a wider head dim,
          * or at the same one once affine 2/3/5/6-bit codes are widened to 4 or 8 bits; cuda_staged.cu): K and
          * V zero-padded to the narrowest such row, q and out padded where needed */
@@ -520,15 +545,17 @@ int main(void) {
      * (the fast rows' long queries, and cuda.generic's), the repacked and realigned copies, the generic
      * kernel. Only on a full run with the routing at its defaults (the knobs and small shared memory move
      * calls between routes). */
-    static const char *const routes[] = {"cuda.decode",    "cuda.prefill", "cuda.generic",   "cuda.generic.decode",
-                                         "cuda.staged:",   "cuda.padded:", "cuda.repacked:", "cuda.realigned:"};
+    static const char *const routes[] = {"cuda.decode",       "cuda.prefill",   "cuda.generic",   "cuda.generic.decode",
+                                         "cuda.generic.wide", "cuda.staged:",   "cuda.padded:",   "cuda.repacked:",
+                                         "cuda.realigned:"};
     const bool check_routes = routing_default() && !quick && !only && !getenv("QSDPA_CUDA_SHAPE");
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         printf("route %-16s %d calls\n", routes[i], cuda_route_count(routes[i]));
         CHECK(!check_routes || cuda_route_count(routes[i]) > 0, "no call took route %s", routes[i]);
     }
-    /* "cuda.generic" counts its decode kernel's calls too: generic_attention itself ran */
-    CHECK(!check_routes || cuda_route_count("cuda.generic") > cuda_route_count("cuda.generic.decode"),
+    /* "cuda.generic" counts its decode and wide kernels' calls too: generic_attention itself ran */
+    CHECK(!check_routes || cuda_route_count("cuda.generic") >
+                               cuda_route_count("cuda.generic.decode") + cuda_route_count("cuda.generic.wide"),
           "no call took generic_attention");
 
     if (only) return test_finish("test_cuda_coverage");
