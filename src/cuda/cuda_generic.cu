@@ -99,12 +99,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_attention(const gen_pa
      * range goes through shared memory, which kept ptxas's register counts at main's, run 88) */
     __shared__ int64_t range_s[2];
     __syncwarp(); /* last_s comes from warp 0 */
-    if (threadIdx.x == 0) {
-        int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split, j1 = min(p.lk, j0 + p.keys_per_split);
-        if (p.skip) gen_skip_range(p, last_s, nrows, j0, j1);
-        range_s[0] = j0;
-        range_s[1] = j1;
-    }
+    gen_split_range(p, last_s, nrows, range_s);
     __syncthreads();
     const int64_t j0 = range_s[0], j1 = range_s[1];
     /* softmax rows of this warp: w and w + 4 */

@@ -63,6 +63,19 @@ __device__ __forceinline__ void gen_skip_range(const gen_params &p, const int64_
     j1 = min(j1, hi);
 }
 
+/* Thread 0 of the block: the keys [j0, j1) of split blockIdx.y into range (shared memory); with p.skip only
+ * those some of the block's first nrows rows see (last: a shared array). The caller syncs before reading. */
+template <int N>
+__device__ __forceinline__ void gen_split_range(const gen_params &p, const int64_t (&last)[N], int nrows,
+                                                int64_t (&range)[2]) {
+    if (threadIdx.x == 0) {
+        int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split, j1 = min(p.lk, j0 + p.keys_per_split);
+        if (p.skip) gen_skip_range(p, last, nrows, j0, j1);
+        range[0] = j0;
+        range[1] = j1;
+    }
+}
+
 /* The wide kernel (cuda_generic_wide.cu): f16/bf16 q, Dv <= 512, 16-row tiles, 32-key tiles. */
 constexpr int WIDE_T = 32;
 

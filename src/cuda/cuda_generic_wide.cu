@@ -279,12 +279,7 @@ __global__ void __launch_bounds__(128 * WM, 1) generic_wide(const gen_params p) 
         mrow_s[tid] = b * p.ms[0] + h * p.ms[1] + i * p.ms[2];
     }
     __syncthreads();
-    if (tid == 0) {
-        int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split, j1 = min(p.lk, j0 + p.keys_per_split);
-        if (p.skip) gen_skip_range(p, last_s, nrows, j0, j1);
-        range_s[0] = j0;
-        range_s[1] = j1;
-    }
+    gen_split_range(p, last_s, nrows, range_s);
     __syncthreads();
     const int64_t j0 = range_s[0], j1 = range_s[1];
     const bool k_vec4 = p.k_vec4, v_vec4 = p.v_vec4;
