@@ -177,14 +177,16 @@ static double time_graph(cudaStream_t st, Call call, int batch, int *it) {
 
 /* Time qsdpa_attention over `copies` rotating caches: median of 15 batches of 10 calls. */
 static result time_attention(qsdpa_context *ctx, cudaStream_t st, const qsdpa_format &kf, const qsdpa_format &vf,
-                             int64_t B, int64_t L, int64_t lq, bool causal, size_t l2, int64_t D = 128) {
-    /* QSDPA_BENCH_HKV (1-32, dividing 32): KV heads of the shape, 8 by default (32: MHA) */
+                             int64_t B, int64_t L, int64_t lq, bool causal, size_t l2, int64_t D = 128,
+                             int64_t hkv_row = 0, int64_t dv_row = 0) {
+    /* KV heads: hkv_row where given, else QSDPA_BENCH_HKV (1-32, dividing 32), 8 by default (32: MHA) */
     const char *hkv_env = getenv("QSDPA_BENCH_HKV");
-    const int64_t hq = 32, hkv_set = hkv_env ? atoll(hkv_env) : 8;
+    const int64_t hq = 32, hkv_set = hkv_row > 0 ? hkv_row : hkv_env ? atoll(hkv_env) : 8;
     const int64_t hkv = hkv_set >= 1 && hkv_set <= 32 && 32 % hkv_set == 0 ? hkv_set : 8;
-    /* QSDPA_BENCH_DV: V's head dim where it differs from K's (e.g. 128 under D 192: an MLA-like cache) */
+    /* V's head dim where it differs from K's: dv_row where given, else QSDPA_BENCH_DV (e.g. 128 under D 192,
+     * 512 under D 576: MLA-like caches) */
     const char *dv_env = getenv("QSDPA_BENCH_DV");
-    const int64_t DV = dv_env && atoll(dv_env) > 0 ? atoll(dv_env) : D;
+    const int64_t DV = dv_row > 0 ? dv_row : dv_env && atoll(dv_env) > 0 ? atoll(dv_env) : D;
     size_t cache_bytes = (size_t)(B * hkv * L) * (row_bytes(kf, D) + row_bytes(vf, DV));
     int copies = (int)std::min<size_t>(64, 2 * l2 / cache_bytes + 2);
     if (cache_bytes > ((size_t)8 << 30)) copies = 1;
@@ -314,20 +316,24 @@ int main(int argc, char **argv) {
     /* Other head dims and a cache of exactly Lk keys (the full matrix only): the routes the D 128 matrix never
      * takes (padded D 96 at 32768 keys, realigned then padded at 32769, D 256, realigned and 4-byte-piece
      * scale planes at 32769 keys, affine 3 and 6 bits widened on the repacked path, nvfp4 at D 256, bf16 rows
-     * padded at D 96), so a regression there
-     * shows in the standard table. Human lines only: the RESULT lines key rows by format, B, L and Lq. */
+     * padded at D 96, DeepSeek-like MLA: Dk 576 / Dv 512 over one KV head on the generic row's wide kernel),
+     * so a regression there shows in the standard table. Human lines only: the RESULT lines key rows by
+     * format, B, L and Lq. */
     if (!one && !quick && !prefill_only) {
-        struct other_row { const char *name, *fmt; int64_t L, d; };
+        struct other_row { const char *name, *fmt; int64_t L, d, hkv = 0, dv = 0; };
         const other_row others[] = {{"affine4g64", "affine:4:64", 32769, 128}, {"affine4g64", "affine:4:64", 32769, 64},
                                     {"affine4g64", "affine:4:64", 32768, 256}, {"mxfp4", "mxfp4", 32768, 96},
                                     {"mxfp4", "mxfp4", 32769, 96},           {"affine4g32", "affine:4:32", 32768, 96},
                                     {"f16", "f16", 32768, 96},
                                     {"affine3g64", "affine:3:64", 32768, 128}, {"affine6g64", "affine:6:64", 32768, 128},
-                                    {"nvfp4", "nvfp4", 32768, 256},          {"bf16", "bf16", 32768, 96}};
+                                    {"nvfp4", "nvfp4", 32768, 256},          {"bf16", "bf16", 32768, 96},
+                                    {"affine4g64", "affine:4:64", 32768, 576, 1, 512},
+                                    {"f16", "f16", 32768, 576, 1, 512}};
         for (const other_row &o : others) {
             qsdpa_format f;
             QK(qsdpa_format_parse(o.fmt, &f));
-            result r = time_attention(ctx, st, f, f, 1, o.L, 1, false, prop.l2CacheSize, o.d);
+            result r = time_attention(ctx, st, f, f, 1, o.L, 1, false, prop.l2CacheSize, o.d, o.hkv, o.dv);
+            if (o.dv) printf("Dv=%lld Hkv=%lld ", (long long)o.dv, (long long)o.hkv);
             printf("D=%lld %-11s %2d %7lld %3d | %9.2f %8.0f %5.1f%% | %7.2f %8.2f | %s %s\n", (long long)o.d, o.name, 1,
                    (long long)o.L, 1, r.us, r.gbps, 100.0 * r.gbps / copy, r.host_us, r.graph_us, r.kernel, r.route);
             fflush(stdout);
