@@ -186,6 +186,32 @@ def test_mlx_lm_cache_with_mlx_arrays(rng, bits):
     assert_close_spec(out, reference(np.array(q), kd, vd, d ** -0.5), vd, "mlx arrays")
 
 
+@pytest.mark.parametrize("mode,bits,group", [("affine", 4, 64), ("affine", 8, 64), ("mxfp4", None, None),
+                                             ("nvfp4", None, None)])
+def test_mla_latent_cache_as_k_and_v(rng, mode, bits, group):
+    """A DeepSeek-style MLA latent cache quantized by mx.quantize: rows [c_kv 512 | k_rope 64], one KV head.
+    K is the whole row (Dk 576); V is a NumPy view of its first 512 dims (codes and scale columns), no
+    copy. Checked against MLX's SDPA over mx.dequantize's K and V and the float64 oracle."""
+    hq, lk, dk, dv = 16, 300, 576, 512
+    lat = (0.5 * rng.standard_normal((1, 1, lk, dk))).astype(np.float16)
+    kq = mx_quantize(lat, mode, group, bits)
+    per = 32 // (bits or 4)                                     # codes a uint32 word holds
+    g = group or (16 if mode == "nvfp4" else 32)
+    vq = (kq[0][..., :dv // per], kq[1][..., :dv // g], None if kq[2] is None else kq[2][..., :dv // g])
+    assert not vq[0].flags.c_contiguous                         # a view into K's rows
+    q = rng.standard_normal((1, hq, 1, dk)).astype(np.float16)
+    scale = 192 ** -0.5                                         # DeepSeek's, from the head dim before absorption
+    out = qsdpa.attention(q, *kq, *vq, scale=scale, group_size=group, bits=bits, mode=mode)
+    assert out.shape == (1, hq, 1, dv)
+    kd = mx_dequantize(*kq, mode, group, bits)
+    vd = mx_dequantize(*[None if x is None else np.ascontiguousarray(x) for x in vq], mode, group, bits)
+    assert np.array_equal(vd, kd[..., :dv])                     # V is K's first 512 dims, as MLX reads them
+    ref_mlx = np.array(mx.fast.scaled_dot_product_attention(mx.array(q), mx.array(kd.astype(np.float16)),
+                                                            mx.array(vd.astype(np.float16)), scale=scale))
+    assert np.abs(out.astype(np.float32) - ref_mlx.astype(np.float32)).max() <= 2e-3 * np.abs(vd).max()
+    assert_close_spec(out, reference(q, kd, vd, scale), vd, f"MLA {mode}:{bits}")
+
+
 def test_different_k_and_v_formats(rng):
     q = rng.standard_normal((1, 4, 2, 128)).astype(np.float32)
     k = rng.standard_normal((1, 2, 90, 128)).astype(np.float32)
