@@ -1,12 +1,14 @@
-/* The generic row's tensor-core kernel: f16 or bf16 q over any cache the fast rows do not take, at any Dk and Dv up to 512, any number of folded rows. It
- * serves what generic_attention served in f32 for those dtypes: wide heads (DeepSeek-style
- * MLA, Dk 576 / Dv 512 over one KV head; D 512), many folded rows past the staged path's
- * Dk 256, and long queries there.
+/* The generic row's tensor-core kernel: f16 or bf16 q over caches the fast rows do not take, Dk up
+ * to what shared memory holds (1024 on an H100 at 16 and 32 rows a block), Dv up to 512, 16, 32 or
+ * 64 folded rows a block, any Lq. By default it takes the generic row's calls with 16 or more
+ * folded rows a KV head that the one-warp decode kernel does not (wide_choice): DeepSeek-style MLA
+ * (Dk 576 / Dv 512 over one KV head), many rows past the staged path's Dk 256, long queries there.
  *
  * Why: generic_attention decodes and multiplies in f32 on CUDA cores; at Dk 576 / Dv 512,
  * 32 heads over one 4-bit KV head, 32K keys, it took 493 us on an H100 for a 20 MB cache
- * (1.3% of copy bandwidth), D 512 GQA 4 818 us (bench/NOTES.md v52). With f16/bf16 q, SPEC §4
- * allows f16/bf16 products, as every tensor-core row uses.
+ * (1.3% of copy bandwidth). This kernel takes it to 145 us (runs 170-172; still 4-5% of copy:
+ * each block waits on a tile's loads, then on its mma chain, bench/NOTES.md v52-v53). With f16/bf16
+ * q, SPEC §4 allows f16/bf16 products, as every tensor-core row uses.
  *
  * One block per (b, kv head, 16 * WM folded rows, key split), 4 * WM warps; warp w holds row
  * tile w / 4 and quarter w % 4. Per tile of WIDE_T = 32 keys:
