@@ -1,8 +1,9 @@
 /* CUDA API behaviour: device quantize/dequantize bit-exact with the host
  * functions (every format, every input dtype, appended into a cache view),
  * host pointers rejected as QSDPA_ERR_INVALID_ARGUMENT without writing, a
- * CUDA-graph capture of qsdpa_attention replaying to the same bytes, and the
- * device qsdpa_merge against the CPU merge. */
+ * CUDA-graph capture of qsdpa_attention replaying to the same bytes, the
+ * device qsdpa_merge against the CPU merge, and an MLA latent cache whose V is
+ * a view of K's first 512 dims. */
 #include "test_util.h"
 
 #ifndef QSDPA_TEST_CUDA
@@ -471,6 +472,123 @@ static void merge_matches_cpu(test_rng *rng) {
     qsdpa_context_destroy(cpu);
 }
 
+/* A DeepSeek-style MLA latent cache on the device: rows [c_kv 512 | k_rope 64] of one KV head are K (Dk 576),
+ * and V is a view of their first 512 dims (K's pointers and strides, narrower shapes), no copy. 32 heads, f16
+ * q: the generic row's wide kernel. The view's output equals a contiguous copy's bit for bit, a graph replay
+ * equals the direct call, and the CPU's automatic kernel agrees within SPEC §4 (f16). */
+static void latent_view_matches_copy(test_rng *rng) {
+    enum { HQ = 32, LK = 1500, DKL = 576, DVL = 512 };
+    cudaStream_t stream;
+    cudaStreamCreate(&stream);
+    qsdpa_context *ctx = cuda_ctx(stream);
+    if (!ctx) return;
+    qsdpa_format f;
+    qsdpa_format_parse("affine:4:64", &f);
+    const int64_t kw = DKL * 4 / 32, kg = DKL / 64, vw = DVL * 4 / 32, vg = DVL / 64;
+    float *x = test_alloc((size_t)LK * DKL * 4);
+    test_fill_normal(rng, x, QSDPA_DTYPE_F32, (int64_t)LK * DKL, 0.5);
+    uint32_t *c = test_alloc((size_t)LK * kw * 4);
+    uint16_t *sc = test_alloc((size_t)LK * kg * 2), *bi = test_alloc((size_t)LK * kg * 2);
+    CHECK(qsdpa_quantize(&f, x, QSDPA_DTYPE_F32, LK, DKL, c, sc, bi, QSDPA_DTYPE_F16) == QSDPA_OK, "quantize: %s",
+          qsdpa_last_error());
+    /* V's rows copied out contiguously, for the comparison */
+    uint32_t *vc = test_alloc((size_t)LK * vw * 4);
+    uint16_t *vs = test_alloc((size_t)LK * vg * 2), *vb = test_alloc((size_t)LK * vg * 2);
+    for (int64_t l = 0; l < LK; l++) {
+        memcpy(vc + l * vw, c + l * kw, (size_t)vw * 4);
+        memcpy(vs + l * vg, sc + l * kg, (size_t)vg * 2);
+        memcpy(vb + l * vg, bi + l * kg, (size_t)vg * 2);
+    }
+    const size_t qn = (size_t)HQ * DKL, on = (size_t)HQ * DVL;
+    uint16_t *hq = test_alloc(qn * 2);
+    test_fill_normal(rng, hq, QSDPA_DTYPE_F16, (int64_t)qn, 1.0);
+    void *dq = dev(hq, qn * 2), *dc = dev(c, (size_t)LK * kw * 4), *ds = dev(sc, (size_t)LK * kg * 2),
+         *db = dev(bi, (size_t)LK * kg * 2), *dvc = dev(vc, (size_t)LK * vw * 4), *dvs = dev(vs, (size_t)LK * vg * 2),
+         *dvb = dev(vb, (size_t)LK * vg * 2), *dout[3] = {dev(NULL, on * 2), dev(NULL, on * 2), dev(NULL, on * 2)};
+    qsdpa_qtensor k = {0}, view, copy;
+    k.format = f;
+    k.dim = DKL;
+    k.codes = qsdpa_tensor_4d(dc, QSDPA_DTYPE_U32, 1, 1, LK, kw);
+    k.scales = qsdpa_tensor_4d(ds, QSDPA_DTYPE_F16, 1, 1, LK, kg);
+    k.biases = qsdpa_tensor_4d(db, QSDPA_DTYPE_F16, 1, 1, LK, kg);
+    view = k;
+    view.dim = DVL;
+    view.codes.shape[3] = vw;
+    view.scales.shape[3] = vg;
+    view.biases.shape[3] = vg;
+    copy = view;
+    copy.codes = qsdpa_tensor_4d(dvc, QSDPA_DTYPE_U32, 1, 1, LK, vw);
+    copy.scales = qsdpa_tensor_4d(dvs, QSDPA_DTYPE_F16, 1, 1, LK, vg);
+    copy.biases = qsdpa_tensor_4d(dvb, QSDPA_DTYPE_F16, 1, 1, LK, vg);
+    qsdpa_tensor qt = qsdpa_tensor_4d(dq, QSDPA_DTYPE_F16, 1, HQ, 1, DKL);
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    p.scale = 1.0f / sqrtf(192.0f);
+    uint16_t *out[3];
+    for (int i = 0; i < 3; i++) {
+        out[i] = test_alloc(on * 2);
+        cudaMemset(dout[i], 0xFF, on * 2);
+    }
+    for (int i = 0; i < 2; i++) {
+        qsdpa_tensor ot = qsdpa_tensor_4d(dout[i], QSDPA_DTYPE_F16, 1, HQ, 1, DVL);
+        CHECK(qsdpa_attention(ctx, &qt, &k, i ? &copy : &view, &p, &ot) == QSDPA_OK, "latent call %d: %s", i,
+              qsdpa_last_error());
+        const char *route = qsdpa_context_last_route(ctx);
+        CHECK(getenv("QSDPA_CUDA_GENERIC_WIDE") || strcmp(route, "cuda.generic.wide") == 0,
+              "latent call %d took route '%s', expected cuda.generic.wide", i, route);
+    }
+    /* the view's call captured in a graph and replayed */
+    cudaStreamSynchronize(stream);
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    qsdpa_tensor ot2 = qsdpa_tensor_4d(dout[2], QSDPA_DTYPE_F16, 1, HQ, 1, DVL);
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+    const qsdpa_status st = qsdpa_attention(ctx, &qt, &k, &view, &p, &ot2);
+    if (err == cudaSuccess) err = cudaStreamEndCapture(stream, &graph);
+    if (err == cudaSuccess && st == QSDPA_OK) err = cudaGraphInstantiate(&exec, graph, 0);
+    if (err == cudaSuccess && exec) err = cudaGraphLaunch(exec, stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+    CHECK(st == QSDPA_OK && err == cudaSuccess, "latent graph: %s / %s", qsdpa_last_error(), cudaGetErrorString(err));
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    for (int i = 0; i < 3; i++) cudaMemcpy(out[i], dout[i], on * 2, cudaMemcpyDeviceToHost);
+    CHECK(memcmp(out[0], out[1], on * 2) == 0, "the latent V view differs from its copy on the GPU");
+    CHECK(memcmp(out[0], out[2], on * 2) == 0, "the latent call's graph replay differs from the direct call");
+    /* the CPU on the host copies of the same tensors, within SPEC §4 (f16) */
+    qsdpa_context *cpu = NULL;
+    CHECK(qsdpa_context_create(NULL, &cpu) == QSDPA_OK, "CPU context: %s", qsdpa_last_error());
+    if (cpu) {
+        qsdpa_qtensor hk = k, hv;
+        hk.codes.data = c, hk.scales.data = sc, hk.biases.data = bi;
+        hv = hk;
+        hv.dim = DVL;
+        hv.codes.shape[3] = vw;
+        hv.scales.shape[3] = vg;
+        hv.biases.shape[3] = vg;
+        uint16_t *ho = test_alloc(on * 2);
+        qsdpa_tensor hqt = qsdpa_tensor_4d(hq, QSDPA_DTYPE_F16, 1, HQ, 1, DKL);
+        qsdpa_tensor hot = qsdpa_tensor_4d(ho, QSDPA_DTYPE_F16, 1, HQ, 1, DVL);
+        CHECK(qsdpa_attention(cpu, &hqt, &hk, &hv, &p, &hot) == QSDPA_OK, "CPU latent call: %s", qsdpa_last_error());
+        double vmax = 0.0, e = 0.0;
+        for (int64_t l = 0; l < LK; l++)
+            for (int64_t g = 0; g < vg; g++) {
+                const double s = qsdpa_load_float(sc, QSDPA_DTYPE_F16, l * kg + g);
+                const double z = qsdpa_load_float(bi, QSDPA_DTYPE_F16, l * kg + g);
+                vmax = fmax(vmax, fmax(fabs(z), fabs(z + 15.0 * s)));
+            }
+        for (size_t i = 0; i < on; i++)
+            e = fmax(e, fabs((double)qsdpa_load_float(out[0], QSDPA_DTYPE_F16, (int64_t)i) -
+                             (double)qsdpa_load_float(ho, QSDPA_DTYPE_F16, (int64_t)i)));
+        CHECK(e <= 2e-3 * vmax, "latent view: GPU against CPU %.3g x max|V| (SPEC 2e-3)", e / vmax);
+        free(ho);
+        qsdpa_context_destroy(cpu);
+    }
+    cudaFree(dq); cudaFree(dc); cudaFree(ds); cudaFree(db); cudaFree(dvc); cudaFree(dvs); cudaFree(dvb);
+    for (int i = 0; i < 3; i++) cudaFree(dout[i]), free(out[i]);
+    free(x); free(c); free(sc); free(bi); free(vc); free(vs); free(vb); free(hq);
+    qsdpa_context_destroy(ctx);
+    cudaStreamDestroy(stream);
+}
+
 int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
     test_rng rng;
@@ -497,6 +615,7 @@ int main(void) {
     graph_survives_growth(&rng);
     misaligned_codes_refused(&rng);
     merge_matches_cpu(&rng);
+    latent_view_matches_copy(&rng);
     return test_finish("test_cuda_api");
 }
 #endif
