@@ -60,11 +60,19 @@ static void run_case(qsdpa_context *const ctx[2], test_rng *rng, const char *fmt
 
     const int64_t nq = hq * lq * DK, no = hq * lq * DV;
     const size_t es = qsdpa_dtype_size(q_dtype);
-    void *q = test_alloc((size_t)nq * es);
-    test_fill_normal(rng, q, q_dtype, nq, 1.0);
-    qsdpa_tensor q_t = qsdpa_tensor_4d(q, q_dtype, 1, hq, lq, DK);
     qsdpa_attention_params params = qsdpa_attention_default_params();
     params.scale = 1.0f / sqrtf(192.0f); /* DeepSeek's: the head dim before absorption */
+    /* q scaled so the scores have a standard deviation of about 3 whatever the fixture's K magnitude (its
+     * random mxfp8 codes reach |K| ~ 900): with scores in the hundreds, f32 rounding of the scores alone
+     * (~|s| 2^-24 sqrt(Dk)) moves the softmax weights by more than SPEC's 2e-5, in any f32 kernel */
+    float *kd = kv_dequantize_all(&k.t);
+    double k2 = 0.0;
+    for (int64_t i = 0; i < lk * DK; i++) k2 += (double)kd[i] * kd[i];
+    free(kd);
+    const double k_rms = sqrt(k2 / (double)(lk * DK)) + 1e-30;
+    void *q = test_alloc((size_t)nq * es);
+    test_fill_normal(rng, q, q_dtype, nq, 3.0 / (k_rms * sqrt((double)DK) * params.scale));
+    qsdpa_tensor q_t = qsdpa_tensor_4d(q, q_dtype, 1, hq, lq, DK);
     params.causal = lq > 1;
 
     void *out[2][2]; /* [kernel: auto, reference][V: view, copy] */
