@@ -30,8 +30,8 @@ typedef struct opts {
     int no_reference, no_prefill;
     const char *only; /* run only this format (NULL = all): a row's name or any K/V format text */
     qsdpa_dtype dtype; /* q and out (f32, f16, bf16) */
-    int64_t dim, hkv;  /* head dim (Dk = Dv) and KV heads of the shape; Hq is 32 */
-    char shape[48];    /* "B1 Hq32 Hkv8 D128" */
+    int64_t dim, dim_v, hkv; /* head dims (K's; V's, 0: K's) and KV heads of the shape; Hq is 32 */
+    char shape[48];          /* "B1 Hq32 Hkv8 D128" (Dk576/512 where they differ) */
 } opts;
 
 typedef struct kv {
@@ -207,15 +207,15 @@ static void from_dtype(qsdpa_dtype dt, const void *y, int64_t n, float *x) {
 /* One (format, Lq, context) row: time the fast path, error against the reference slice. */
 static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const char *name, const kv *k, const kv *v,
                    int64_t lq, int64_t lk, int causal, result *res) {
-    const int64_t Hq = 32, Hkv = o->hkv, D = o->dim, ratio = Hq / Hkv;
+    const int64_t Hq = 32, Hkv = o->hkv, D = o->dim, DV = o->dim_v ? o->dim_v : D, ratio = Hq / Hkv;
     float *q = xmalloc((size_t)(Hq * lq * D) * sizeof(float));
-    float *out = xmalloc((size_t)(Hq * lq * D) * sizeof(float));
+    float *out = xmalloc((size_t)(Hq * lq * DV) * sizeof(float));
     for (int64_t i = 0; i < Hq * lq * D; i++) q[i] = (float)rng_normal();
     const qsdpa_dtype dt = o->dtype;
     const size_t es = qsdpa_dtype_size(dt);
-    void *qd = to_dtype(dt, q, Hq * lq * D), *od = dt == QSDPA_DTYPE_F32 ? (void *)out : xmalloc((size_t)(Hq * lq * D) * es);
+    void *qd = to_dtype(dt, q, Hq * lq * D), *od = dt == QSDPA_DTYPE_F32 ? (void *)out : xmalloc((size_t)(Hq * lq * DV) * es);
     qsdpa_tensor qt = qsdpa_tensor_4d(qd, dt, 1, Hq, lq, D);
-    qsdpa_tensor ot = qsdpa_tensor_4d(od, dt, 1, Hq, lq, D);
+    qsdpa_tensor ot = qsdpa_tensor_4d(od, dt, 1, Hq, lq, DV);
     qsdpa_attention_params prm = qsdpa_attention_default_params();
     prm.scale = 1.0f / sqrtf((float)D);
     prm.causal = causal;
@@ -231,7 +231,7 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
         free(q), free(out);
         return -1;
     }
-    from_dtype(dt, od, Hq * lq * D, out);
+    from_dtype(dt, od, Hq * lq * DV, out);
     res->gbs = (double)(k->bytes + v->bytes) / (res->ms * 1e-3) / 1e9;
     if (!o->no_reference) {
         /* Reference on kv head 0 and its query heads, last min(Lq, 64) query rows
@@ -241,19 +241,19 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
         qsdpa_tensor qs = qt, os;
         qs.data = (char *)qd + (size_t)((lq - sl) * D) * es;
         qs.shape[1] = ratio, qs.shape[2] = sl;
-        float *ro = xmalloc((size_t)(ratio * sl * D) * sizeof(float));
-        void *rod = dt == QSDPA_DTYPE_F32 ? (void *)ro : xmalloc((size_t)(ratio * sl * D) * es);
-        os = qsdpa_tensor_4d(rod, dt, 1, ratio, sl, D);
+        float *ro = xmalloc((size_t)(ratio * sl * DV) * sizeof(float));
+        void *rod = dt == QSDPA_DTYPE_F32 ? (void *)ro : xmalloc((size_t)(ratio * sl * DV) * es);
+        os = qsdpa_tensor_4d(rod, dt, 1, ratio, sl, DV);
         double t0 = now_s();
         if (qsdpa_attention(ref, &qs, &ks, &vs, &prm, &os) == QSDPA_OK) {
-            from_dtype(dt, rod, ratio * sl * D, ro);
+            from_dtype(dt, rod, ratio * sl * DV, ro);
             /* the reference's cost scales with heads and rows: report it for the whole problem */
             res->ref_ms = 1e3 * (now_s() - t0) * (double)Hkv * (double)lq / (double)sl;
             double worst = 0;
             for (int64_t h = 0; h < ratio; h++)
                 for (int64_t i = 0; i < sl; i++)
-                    for (int64_t d = 0; d < D; d++) {
-                        double e = fabs((double)out[(h * lq + lq - sl + i) * D + d] - ro[(h * sl + i) * D + d]);
+                    for (int64_t d = 0; d < DV; d++) {
+                        double e = fabs((double)out[(h * lq + lq - sl + i) * DV + d] - ro[(h * sl + i) * DV + d]);
                         if (!(e <= worst)) worst = e;
                     }
             res->err = worst / v->maxabs;
@@ -276,7 +276,7 @@ static void print_row(const opts *o, const result *r, const result *f16, int fir
                r->ref_ms, vs_f16, vs_ref, r->kernel ? r->kernel : "?", r->lq == r->lk ? "true" : "false");
         return;
     }
-    printf("%-18s %-4s %-13s %5lld %7lld %3d %10.3f %9.3f %7.2f %9.2e %9.3fx %9.1fx  %s\n", o->shape,
+    printf("%-21s %-4s %-13s %5lld %7lld %3d %10.3f %9.3f %7.2f %9.2e %9.3fx %9.1fx  %s\n", o->shape,
            qsdpa_dtype_name(o->dtype), r->format,
            (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err, vs_f16, vs_ref,
            r->kernel ? r->kernel : "?");
@@ -285,14 +285,15 @@ static void print_row(const opts *o, const result *r, const result *f16, int fir
 static void usage(void) {
     printf("usage: qsdpa bench [--json] [--threads N] [--repeats N] [--contexts 2048,8192,...] [--quick]\n"
            "                   [--format NAME] [--dtype f32|f16|bf16] [--no-reference] [--no-prefill]\n"
-           "                   [--dim D] [--kv-heads H]\n\n"
+           "                   [--dim D] [--dim-v DV] [--kv-heads H]\n\n"
            "CPU benchmark: B=1, Hq=32, Hkv=8, D=128; formats affine:4:64, affine:8:64, mxfp4, nvfp4, K8V4\n"
            "against the library's own f16 path and the reference; Lq 1, 4, 16 over 2K..128K keys and a\n"
            "4K causal prefill. Time is the median of repeats; error is max|out - ref| / max|V|.\n"
            "--dtype: q and out (default f32); f16/bf16 take the integer K path where a format has one.\n"
            "--format: one of the formats above, or any format text (e.g. affine:3:32) for K and V, or K's and\n"
            "          V's apart (e.g. mxfp8/mxfp4), beside f16.\n"
-           "--dim: head dim (default 128, at most 1024; a multiple of the format's group);\n"
+           "--dim: head dim (default 128, at most 1024; a multiple of the format's group); --dim-v: V's where it\n"
+           "differs (e.g. --dim 576 --dim-v 512 --kv-heads 1: a DeepSeek-style MLA latent cache, absorbed);\n"
            "--kv-heads: KV heads, dividing the 32 query heads (default 8; 32 is MHA).\n");
 }
 
@@ -314,7 +315,13 @@ static int parse(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--threads") && i + 1 < argc) o->threads = atoi(argv[++i]);
         else if (!strcmp(a, "--repeats") && i + 1 < argc) o->repeats = atoi(argv[++i]);
         else if (!strcmp(a, "--format") && i + 1 < argc) o->only = argv[++i];
-        else if (!strcmp(a, "--dim") && i + 1 < argc) {
+        else if (!strcmp(a, "--dim-v") && i + 1 < argc) {
+            o->dim_v = strtoll(argv[++i], NULL, 10);
+            if (o->dim_v < 1 || o->dim_v > 1024) {
+                fprintf(stderr, "qsdpa bench: --dim-v %s: expected 1 to 1024\n", argv[i]);
+                return -1;
+            }
+        } else if (!strcmp(a, "--dim") && i + 1 < argc) {
             o->dim = strtoll(argv[++i], NULL, 10);
             if (o->dim < 1 || o->dim > 1024) {
                 fprintf(stderr, "qsdpa bench: --dim %s: expected 1 to 1024\n", argv[i]);
@@ -351,7 +358,10 @@ static int parse(int argc, char **argv, opts *o) {
         }
     }
     if (o->repeats < 1) o->repeats = 1;
-    snprintf(o->shape, sizeof o->shape, "B1 Hq32 Hkv%lld D%lld", (long long)o->hkv, (long long)o->dim);
+    if (o->dim_v && o->dim_v != o->dim)
+        snprintf(o->shape, sizeof o->shape, "B1 Hq32 Hkv%lld D%lld/%lld", (long long)o->hkv, (long long)o->dim,
+                 (long long)o->dim_v);
+    else snprintf(o->shape, sizeof o->shape, "B1 Hq32 Hkv%lld D%lld", (long long)o->hkv, (long long)o->dim);
     return 0;
 }
 
@@ -397,7 +407,7 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
     static const int64_t lqs[] = {1, 4, 16};
     if (o.json) printf("[\n");
     else
-        printf("%-18s %-4s %-13s %5s %7s %3s %10s %9s %7s %9s %10s %10s  %s\n", "shape", "q", "format", "Lq", "context", "thr",
+        printf("%-21s %-4s %-13s %5s %7s %3s %10s %9s %7s %9s %10s %10s  %s\n", "shape", "q", "format", "Lq", "context", "thr",
                "ms(median)", "cpu ms", "GB/s", "err/max|V|", "vs own f16", "vs ref", "kernel");
     int first = 1, status = 0;
     for (int ci = 0; ci < o.ncontexts + !o.no_prefill; ci++) {
@@ -409,7 +419,8 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
             if (o.only && fi > 0 && strcmp(o.only, formats[fi].name)) continue;
             kv k, v;
             memset(&v, 0, sizeof v);
-            if (make_kv(formats[fi].k, o.hkv, lk, o.dim, &k) || make_kv(formats[fi].v, o.hkv, lk, o.dim, &v)) {
+            if (make_kv(formats[fi].k, o.hkv, lk, o.dim, &k) ||
+                make_kv(formats[fi].v, o.hkv, lk, o.dim_v ? o.dim_v : o.dim, &v)) {
                 fprintf(stderr, "qsdpa bench: cannot build the %s cache at D %lld: %s\n", formats[fi].name,
                         (long long)o.dim, qsdpa_last_error());
                 free_kv(&k), free_kv(&v);
