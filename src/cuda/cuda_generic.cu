@@ -417,9 +417,10 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
 /* Table entry of cuda.generic: long queries it can stage go to the f16 tensor-core rows, short
  * ones a wider row's decode kernel reads in place go there (padded; with their scale planes copied
  * aligned first where those are not one aligned block), short ones it can repack to a fast row's
- * head dim go there (all cuda_staged.cu), the rest to the generic kernel. The fast rows' hand-offs call qsdpa_cuda_generic_run directly, so a staged or
- * repacked problem never comes back here; the 2/3/5/6-bit rows (qsdpa_cuda_widened_run) call this entry, and
- * the copies it makes are 4/8-bit or f16 rows, which do not. */
+ * head dim go there (all cuda_staged.cu), the rest to qsdpa_cuda_generic_run (the one-warp decode
+ * kernel, the wide kernel or generic_attention). The fast rows' hand-offs call qsdpa_cuda_generic_run
+ * directly, so a staged or repacked problem never comes back here; the 2/3/5/6-bit rows
+ * (qsdpa_cuda_widened_run) call this entry, and the copies it makes are 4/8-bit or f16 rows, which do not. */
 extern "C" qsdpa_status qsdpa_cuda_generic_kernel(qsdpa_context *ctx, const qsdpa_problem *p) {
     if (qsdpa_cuda_staged_takes(ctx, p)) return qsdpa_cuda_staged_run(ctx, p, qsdpa_cuda_generic_run);
     if (qsdpa_cuda_padded_takes(p)) return qsdpa_cuda_padded_run(ctx, p);
