@@ -333,9 +333,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
          * QSDPA_CUDA_GENERIC_WIDE_KEYS keys (default 128) */
         kernel = wide_kernel(p.q_dtype, p.dv, wm);
         p.row_chunks = (folded + 16 * wm - 1) / (16 * wm);
-        p.kpitch = wide_pitch(p.dk);
-        p.vpitch = wide_pitch(p.dv);
-        smem = wide_smem_bytes(wm, p.kpitch, p.vpitch);
+        smem = wide_smem_bytes(wm, p.kpitch, p.vpitch); /* pitches: wide_choice */
         static const int wide_keys = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_WIDE_KEYS", 128);
         tile = WIDE_T, min_keys = wide_keys >= WIDE_T ? wide_keys : WIDE_T, waves = 1, threads = 128 * wm;
     } else if (decode) {

@@ -19,8 +19,8 @@ struct gen_params : qd_io {
     int nsplit;
     int64_t keys_per_split;
     int64_t rows;        /* batch * hq * lq */
-    int64_t row_chunks;  /* ceil(ratio * lq / GEN_ROWS) */
-    int kpitch, vpitch;  /* floats per staged K / V row (K: dims padded with zeros to kpitch) */
+    int64_t row_chunks;  /* ceil(ratio * lq / the kernel's rows a block) */
+    int kpitch, vpitch;  /* elements per staged K / V row (f32; generic_wide: q's 16-bit type), zero-padded */
     bool k_words, v_words; /* qd_word_path */
     bool k_vec4, v_vec4; /* generic_decode (K) and generic_wide: rows of whole 16-byte pieces at 16-byte alignment */
     bool skip;           /* qsdpa_cuda_generic_can_skip */
@@ -85,17 +85,13 @@ static inline bool gen_rows_vec4(const qd_qtensor *t, bool words) {
            t->cs[1] % 16 == 0 && t->cs[2] % 16 == 0;
 }
 
-/* Elements a staged K or V row of the wide kernel: the dims up to a multiple of 16, then 8 more, so rows start
- * 16 bytes apart modulo 32 and ldmatrix's 8 rows fall in distinct banks. */
-constexpr int wide_pitch(int d) { return (d + 15) / 16 * 16 + 8; }
-
 /* Shared memory of a wide block in bytes (wm row tiles; pitches in elements). */
 size_t wide_smem_bytes(int wm, int kpitch, int vpitch);
 
 /* The wide kernel for q of dtype q_dtype, Dv, wm row tiles; nullptr where none is built. */
 void (*wide_kernel(int q_dtype, int dv, int wm))(const gen_params);
 
-/* Row tiles of the wide kernel for this call, 0 where it does not take it (sets p's vec4 flags). */
+/* Row tiles of the wide kernel for this call, 0 where it does not take it (else sets p's pitches and vec4 flags). */
 int wide_choice(const qsdpa_context *ctx, gen_params *p, int64_t folded, bool decode_taken);
 
 } // namespace qgen

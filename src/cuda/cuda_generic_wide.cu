@@ -31,6 +31,10 @@
 
 namespace qgen {
 
+/* Elements a staged K or V row of the wide kernel: the dims up to a multiple of 16, then 8 more, so rows start
+ * 16 bytes apart modulo 32 and ldmatrix's 8 rows fall in distinct banks. */
+constexpr int wide_pitch(int d) { return (d + 15) / 16 * 16 + 8; }
+
 constexpr int WIDE_PPITCH = 40; /* weights' row pitch (elements): 80 bytes, ldmatrix rows in distinct banks */
 
 /* E's conversions and its mma.sync */
@@ -426,7 +430,8 @@ void (*wide_kernel(int q_dtype, int dv, int wm))(const gen_params) {
     return nullptr;
 }
 
-/* Row tiles (16 folded rows each) of the wide kernel for this call, 0 where it does not take it:
+/* Row tiles (16 folded rows each) of the wide kernel for this call, 0 where it does not take it (else p's
+ * pitches and vec4 flags are set for it):
  * f16/bf16 q, Dv <= 512; by default where the one-warp decode kernel does not take the call
  * (`decode_taken`) and a KV head has at least 16 folded rows (run 172: at Dk 576 / Dv 512 over 32
  * rows 3.4x faster than generic_attention at 32K keys, 9.7x on a prefill; at D 512 over 4 rows
@@ -440,9 +445,11 @@ int wide_choice(const qsdpa_context *ctx, gen_params *p, int64_t folded, bool de
     if (knob != 2 && (decode_taken || folded < 16)) return 0;
     /* the dynamic part must leave room for the static arrays (per-row keys, mask rows and q offsets: < 2 KB) */
     const size_t room = (size_t)ctx->cuda->smem_optin - 2048;
+    const int kpitch = wide_pitch(p->dk), vpitch = wide_pitch(p->dv);
     int wm = folded <= 16 ? 1 : folded <= 32 ? 2 : 4;
-    while (wm > 1 && wide_smem_bytes(wm, wide_pitch(p->dk), wide_pitch(p->dv)) > room) wm /= 2;
-    if (wide_smem_bytes(wm, wide_pitch(p->dk), wide_pitch(p->dv)) > room) return 0;
+    while (wm > 1 && wide_smem_bytes(wm, kpitch, vpitch) > room) wm /= 2;
+    if (wide_smem_bytes(wm, kpitch, vpitch) > room) return 0;
+    p->kpitch = kpitch, p->vpitch = vpitch;
     p->k_vec4 = gen_rows_vec4(&p->k, p->k_words);
     p->v_vec4 = gen_rows_vec4(&p->v, p->v_words);
     return wm;
