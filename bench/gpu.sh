@@ -6,19 +6,20 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode | trace | sweep | host | floor]
+# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
 # and QSDPA_GPU_SKIP_MULTI=1 leave out the PyTorch baselines and the multi-GPU stage, QSDPA_GPU_SKIP_AB_ROWS=1
-# the baseline's 32K matrix (the baseline is still built, for rows timed after the script); QSDPA_GPU_SKIP_CHECKS=1 the
+# the baseline's 32K matrix and its rows outside it (the baseline is still built, for the extra rows); QSDPA_GPU_SKIP_CHECKS=1 the
 # GPU tests and sanitizers (timing-only calls on a commit already checked).
 #   quick: no full benchmark (the baseline comparison below still runs); bench: the full benchmark and
 #   PyTorch's baselines only (no GPU tests, sanitizers, multi-GPU stage, prefill-kernel rows or ncu: a
 #   timing call on a commit an earlier call checked; ~7 minutes); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
 #   ncu (full set, source counters) on one 4K causal prefill launch per format (f16, affine4g64), then stop;
-#   profile-decode: the same for one 128K 4-bit decode launch; trace: only the diagnostic build
+#   profile-decode: the same for one 128K 4-bit decode launch; profile-wide: the same for the wide kernel and its
+#   merge at MLA decode (4-bit, 32K; QSDPA_GPU_NCU_WIDE=1 adds it to any other mode's end); trace: only the diagnostic build
 #   (QSDPA_CUDA_DEC_TRACE=1) and its per-phase timeline of one decode call at a few shapes (trace.txt);
 #   host: build, then what the host pays per call (bench/gpu_host.cu, nsys CUDA API sums; host.txt);
 #   sweep: build, then one run-time knob (QSDPA_GPU_SWEEP="NAME=v1 v2 ...") over eight decode shapes (sweep.txt);
@@ -197,6 +198,23 @@ if [ "$MODE" = profile-decode ]; then
   stamp done
   exit 0
 fi
+# ncu on the wide kernel and its merge at MLA decode (Dk 576 / Dv 512, 32 heads over one KV head, 4-bit, 32K)
+profile_wide() {
+  local NCU
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  stamp "ncu generic_wide (MLA 4-bit 32K)" | tee -a "$OUT/ncu.txt"
+  QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512 timeout 150 "$NCU" --clock-control none -k regex:"generic_(wide|combine)" \
+    --launch-skip 20 --launch-count 2 --set full --import-source no -f -o /tmp/wide \
+    "$B/bench_gpu" one affine:4:64/affine:4:64 1 32768 1 576 >>"$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$?" >>"$OUT/ncu.txt"
+  "$NCU" -i /tmp/wide.ncu-rep --print-details all >>"$OUT/ncu.txt" 2>&1
+  "$NCU" -i /tmp/wide.ncu-rep --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_wide.csv.gz"
+}
+if [ "$MODE" = profile-wide ]; then
+  profile_wide
+  stamp done
+  exit 0
+fi
 if [ "$MODE" = profile-prefill ]; then
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   timeout 60 "$B/bench_gpu" prefill | tee "$OUT/prefill.txt"
@@ -269,7 +287,7 @@ if [ -n "${QSDPA_GPU_EXTRA_ROWS:-}" ]; then
   stamp "extra rows" | tee -a "$OUT/bench.txt"
   extra_rows
 fi
-if [ -n "${QSDPA_GPU_AB_ENV:-}" ] || [ -x build-base/bench_gpu ]; then
+if [ -n "${QSDPA_GPU_AB_ENV:-}" ] || { [ -x build-base/bench_gpu ] && [ -z "${QSDPA_GPU_SKIP_AB_ROWS:-}" ]; }; then
   stamp "rows outside the 32K matrix" | tee -a "$OUT/bench.txt"
   for shape in "${LONG_SHAPES[@]}"; do
     for round in 1 2; do
@@ -404,6 +422,9 @@ if full_extras; then
 fi
 
 full_extras && bash bench/gpu_durations.sh "$B" | tee -a "$OUT/ncu.txt"
+
+# the wide kernel's profile (profile-wide mode's) after the other stages
+[ -n "${QSDPA_GPU_NCU_WIDE:-}" ] && profile_wide
 
 stamp report
 if [ -f "$OUT/bench.txt" ]; then # quick without a baseline times nothing

@@ -90,6 +90,32 @@ __device__ __forceinline__ void wide_ldsm_x2(uint32_t (&r)[2], const void *at) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
+/* Element i of a scale or bias plane of dtype dt (f32, f16, bf16 or u8) as raw bits, not converted. */
+__device__ __forceinline__ uint32_t wide_raw(const void *base, int dt, int64_t i) {
+    if (dt == QSDPA_DTYPE_F32) return ((const uint32_t *)base)[i];
+    if (dt == QSDPA_DTYPE_U8) return ((const uint8_t *)base)[i];
+    return ((const uint16_t *)base)[i];
+}
+/* Raw bits of an f32, f16 or bf16 value as a float (qd_load_float's value). */
+__device__ __forceinline__ float wide_raw_float(uint32_t r, int dt) {
+    if (dt == QSDPA_DTYPE_F32) return __uint_as_float(r);
+    if (dt == QSDPA_DTYPE_F16) return __half2float(__ushort_as_half((unsigned short)r));
+    return __uint_as_float(r << 16);
+}
+/* A group's scale from its raw bits: qd_group_scale's value. */
+template <int MODE>
+__device__ __forceinline__ float wide_scale(const qd_qtensor &t, uint32_t r) {
+    if constexpr (MODE == QSDPA_MODE_AFFINE) {
+        return wide_raw_float(r, t.scale_dtype);
+    } else {
+        if (t.mode == QSDPA_MODE_NVFP4) {
+            const float s = qd_fp8(r);
+            return t.global_scale != 0.0f ? __fmul_rn(s, t.nv_factor) : s;
+        }
+        return qd_e8m0(r);
+    }
+}
+
 /* Value c of a word of codes of mode MODE with its group's scale s (and bias z): qd_word_value's,
  * with affine codes made floats by the 2^23 magic number (the same value, no conversion instruction) */
 template <int MODE>
@@ -120,7 +146,7 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
     const int64_t sbase = b * t.ss[0] + h * t.ss[1], zbase = b * t.bs[0] + h * t.bs[1];
     const int nthreads = blockDim.x;
     for (int i0 = 0; i0 < items; i0 += nthreads * IPT) {
-        uint32_t word[IPT][VEC];
+        uint32_t word[IPT][VEC], sraw[IPT][VEC], zraw[IPT][VEC];
         float s[IPT][VEC], z[IPT][VEC];
         int at[IPT]; /* the item's first element in dst, -1: none */
 #pragma unroll
@@ -128,7 +154,7 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
             const int idx = i0 + (int)threadIdx.x + nthreads * k, j = idx / npieces, pc = idx - j * npieces;
             at[k] = -1;
 #pragma unroll
-            for (int v = 0; v < VEC; v++) word[k][v] = 0, s[k][v] = 1.0f, z[k][v] = 0.0f;
+            for (int v = 0; v < VEC; v++) word[k][v] = 0, sraw[k][v] = 0, zraw[k][v] = 0, s[k][v] = 1.0f, z[k][v] = 0.0f;
             if (idx >= items) continue;
             const int64_t l = l0 + j;
             const int w0 = pc * VEC;
@@ -141,15 +167,27 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
                 word[k][0] = src[0];
             }
             if constexpr (MODE != QSDPA_MODE_PLAIN) {
+                /* raw bits only: a conversion right after a load makes the thread wait for it there, which
+                 * serialized every item's scale and bias loads (review of run 172's SASS) */
 #pragma unroll
                 for (int v = 0; v < VEC; v++) {
-                    if (v > 0 && one_group) {
-                        s[k][v] = s[k][0], z[k][v] = z[k][0];
-                        continue;
-                    }
+                    if (v > 0 && one_group) break;
                     const int gi = ((w0 + v) * per) >> gshift;
-                    s[k][v] = qd_group_scale(t, sbase + l * t.ss[2], gi);
-                    if (MODE == QSDPA_MODE_AFFINE) z[k][v] = qd_load_float(t.biases, t.scale_dtype, zbase + l * t.bs[2] + gi);
+                    sraw[k][v] = wide_raw(t.scales, t.scale_dtype, sbase + l * t.ss[2] + gi);
+                    if (MODE == QSDPA_MODE_AFFINE) zraw[k][v] = wide_raw(t.biases, t.scale_dtype, zbase + l * t.bs[2] + gi);
+                }
+            }
+        }
+        /* the loads are in flight: scales and biases to floats */
+#pragma unroll
+        for (int k = 0; k < IPT; k++) {
+            if constexpr (MODE != QSDPA_MODE_PLAIN) {
+#pragma unroll
+                for (int v = 0; v < VEC; v++) {
+                    /* selects, not a run-time index (which would put the arrays in local memory) */
+                    const uint32_t sr = one_group ? sraw[k][0] : sraw[k][v], zr = one_group ? zraw[k][0] : zraw[k][v];
+                    s[k][v] = wide_scale<MODE>(t, sr);
+                    if (MODE == QSDPA_MODE_AFFINE) z[k][v] = wide_raw_float(zr, t.scale_dtype);
                 }
             }
         }
@@ -201,6 +239,16 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
     }
 }
 
+/* x reduced over the four lanes of a quad (lanes 4i..4i+3 hold one accumulator row's columns) */
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 /* Rows [0, n) of keys l0 + j of t into dst as E (wide_rows_words where the layout allows, else value
  * by value through qd_element: affine 3/5/6 bits, rows off whole words). */
 template <class E, int IPT>
@@ -237,11 +285,11 @@ size_t wide_smem_bytes(int wm, int kpitch, int vpitch) {
 /* E: f16 or bf16 (q's dtype); NTW: 8-dim tiles of V a warp owns (8 up to Dv 256, 16 up to 512);
  * WM: 16-row tiles a block takes. */
 template <class E, int NTW, int WM>
-__global__ void __launch_bounds__(128 * WM, 1) generic_wide(const gen_params p) {
+__global__ void __launch_bounds__(128 * WM, WM == 2 ? 2 : 1) generic_wide(const gen_params p) {
     constexpr int ROWS = 16 * WM;
-    /* decode items in flight a thread: 4 pieces a thread at 128 threads; larger blocks have fewer registers
-     * a thread (128 at 512 threads) and as many loads in flight a block with fewer a thread */
-    constexpr int IPT = WM == 1 ? 4 : WM == 2 ? 2 : 1;
+    /* decode items in flight a thread: 4 pieces at 128 threads (two blocks an SM); one at 256 and 512 threads,
+     * which have 128 registers a thread (two blocks an SM at 256, one at 512) */
+    constexpr int IPT = WM == 1 ? 4 : 1;
     extern __shared__ float4 wide_sm4[];
     const int kp = p.kpitch, vp = p.vpitch; /* elements a staged K (and q) / V row */
     E *q_s = (E *)wide_sm4;                 /* [ROWS][kp], zero past dk and past nrows */
@@ -249,7 +297,7 @@ __global__ void __launch_bounds__(128 * WM, 1) generic_wide(const gen_params p) 
     E *v_s = k_s + WIDE_T * kp;             /* [WIDE_T][vp], zero past dv */
     E *p_s = v_s + WIDE_T * vp;             /* [ROWS][WIDE_PPITCH] */
     float *red_m = (float *)(p_s + ROWS * WIDE_PPITCH), *red_l = red_m + 4 * ROWS, *red_k = red_l + 4 * ROWS;
-    __shared__ int64_t last_s[ROWS], mrow_s[ROWS], range_s[2];
+    __shared__ int64_t last_s[ROWS], mrow_s[ROWS], qrow_s[ROWS], range_s[2]; /* qrow_s: each row's first q element */
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, rt = warp >> 2, kt = warp & 3;
     const int gq = lane >> 2, c4 = lane & 3;
@@ -258,33 +306,30 @@ __global__ void __launch_bounds__(128 * WM, 1) generic_wide(const gen_params p) 
                   b = blockIdx.x / (p.row_chunks * hkv);
     const int64_t f0 = chunk * ROWS;
     const int nrows = (int)min((int64_t)ROWS, p.ratio * p.lq - f0);
-    __shared__ int64_t qrow_s[ROWS]; /* each row's first element in q (its head and position once) */
-    if (tid < ROWS) {
+    if (tid < ROWS) { /* per row: q's offset, the last visible global key, the mask row */
         const int64_t f = f0 + min(tid, nrows - 1), h = g * p.ratio + f / p.lq, i = f % p.lq;
         qrow_s[tid] = b * p.qs[0] + h * p.qs[1] + i * p.qs[2];
-    }
-    __syncthreads();
-    /* q rows, QB loads a thread in flight before any is stored (run 171: one load at a time took tens of us
-     * a block at 32 rows x Dk 576) */
-    constexpr int QB = 8;
-    for (int e0 = tid; e0 < ROWS * kp; e0 += QB * 128 * WM) {
-        float x[QB];
-#pragma unroll
-        for (int k = 0; k < QB; k++) {
-            const int e = e0 + k * 128 * WM, r = e / kp, d = e - r * kp;
-            x[k] = e < ROWS * kp && r < nrows && d < p.dk ? qd_load_float(p.q, p.q_dtype, qrow_s[r] + d) : 0.0f;
-        }
-#pragma unroll
-        for (int k = 0; k < QB; k++)
-            if (e0 + k * 128 * WM < ROWS * kp) q_s[e0 + k * 128 * WM] = wide_elt<E>::of(x[k]);
-    }
-    for (int e = tid; e < WIDE_T * (kp + vp); e += blockDim.x) k_s[e] = wide_elt<E>::of(0.0f); /* K, V pads */
-    if (tid < ROWS) {
-        const int64_t f = f0 + min(tid, nrows - 1), h = g * p.ratio + f / p.lq, i = f % p.lq;
         last_s[tid] = i + p.key_total - p.lq;
         mrow_s[tid] = b * p.ms[0] + h * p.ms[1] + i * p.ms[2];
     }
     __syncthreads();
+    /* q rows as raw 16-bit values (E is q's dtype), QB loads a thread in flight before any is stored: a
+     * conversion after each load serialized them (review of run 172's SASS) */
+    constexpr int QB = 8;
+    const uint16_t *q16 = (const uint16_t *)p.q;
+    uint16_t *qs16 = (uint16_t *)q_s;
+    for (int e0 = tid; e0 < ROWS * kp; e0 += QB * 128 * WM) {
+        uint16_t x[QB];
+#pragma unroll
+        for (int k = 0; k < QB; k++) {
+            const int e = e0 + k * 128 * WM, r = e / kp, d = e - r * kp;
+            x[k] = e < ROWS * kp && r < nrows && d < p.dk ? q16[qrow_s[r] + d] : (uint16_t)0;
+        }
+#pragma unroll
+        for (int k = 0; k < QB; k++)
+            if (e0 + k * 128 * WM < ROWS * kp) qs16[e0 + k * 128 * WM] = x[k];
+    }
+    for (int e = tid; e < WIDE_T * (kp + vp); e += blockDim.x) k_s[e] = wide_elt<E>::of(0.0f); /* K, V pads */
     gen_split_range(p, last_s, nrows, range_s);
     __syncthreads();
     const int64_t j0 = range_s[0], j1 = range_s[1];
@@ -315,13 +360,26 @@ __global__ void __launch_bounds__(128 * WM, 1) generic_wide(const gen_params p) 
         __syncthreads();
 
         /* scores of keys 8kt + 2c4 + (0, 1) for rows ra (acc 0, 1) and rb (acc 2, 3) */
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int ks = 0; ks < ksteps; ks++) {
+        /* two accumulators (even and odd k steps): half the chain of dependent mma.sync at Dk 576 */
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int ks = 0;
+        for (; ks + 1 < ksteps; ks += 2) {
+            uint32_t a[4], bk[2], a1[4], bk1[2];
+            wide_ldsm_x4(a, qa + ks * 16);
+            wide_ldsm_x2(bk, kb + ks * 16);
+            wide_ldsm_x4(a1, qa + ks * 16 + 16);
+            wide_ldsm_x2(bk1, kb + ks * 16 + 16);
+            wide_elt<E>::mma(acc, a, bk[0], bk[1]);
+            wide_elt<E>::mma(acc1, a1, bk1[0], bk1[1]);
+        }
+        if (ks < ksteps) {
             uint32_t a[4], bk[2];
             wide_ldsm_x4(a, qa + ks * 16);
             wide_ldsm_x2(bk, kb + ks * 16);
             wide_elt<E>::mma(acc, a, bk[0], bk[1]);
         }
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[e] += acc1[e];
         float s[4], tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int e = 0; e < 4; e++) {
@@ -332,10 +390,7 @@ __global__ void __launch_bounds__(128 * WM, 1) generic_wide(const gen_params p) 
             tmax[e >> 1] = fmaxf(tmax[e >> 1], s[e]);
         }
 #pragma unroll
-        for (int x = 0; x < 2; x++) {
-            tmax[x] = fmaxf(tmax[x], __shfl_xor_sync(0xffffffffu, tmax[x], 1));
-            tmax[x] = fmaxf(tmax[x], __shfl_xor_sync(0xffffffffu, tmax[x], 2));
-        }
+        for (int x = 0; x < 2; x++) tmax[x] = quad_max(tmax[x]);
         if (c4 == 0) red_m[kt * ROWS + ra] = tmax[0], red_m[kt * ROWS + rb] = tmax[1];
         __syncthreads();
         float corr[2], psum[2];
@@ -353,9 +408,7 @@ __global__ void __launch_bounds__(128 * WM, 1) generic_wide(const gen_params p) 
             const uint32_t pw = wide_elt<E>::pack(w0, w1);
             *(uint32_t *)(p_s + r * WIDE_PPITCH + kt * 8 + 2 * c4) = pw;
             const float2 wr = wide_elt<E>::unpack(pw); /* l sums the weights P V multiplies */
-            psum[x] = wr.x + wr.y;
-            psum[x] += __shfl_xor_sync(0xffffffffu, psum[x], 1);
-            psum[x] += __shfl_xor_sync(0xffffffffu, psum[x], 2);
+            psum[x] = quad_sum(wr.x + wr.y);
         }
         if (c4 == 0) red_l[kt * ROWS + ra] = psum[0], red_l[kt * ROWS + rb] = psum[1];
 #pragma unroll
@@ -387,10 +440,7 @@ __global__ void __launch_bounds__(128 * WM, 1) generic_wide(const gen_params p) 
 
     /* partials: o from every warp; m, l from quarter 0 (every quarter holds the same); kept over the quarters */
 #pragma unroll
-    for (int x = 0; x < 2; x++) {
-        kept[x] = fmaxf(kept[x], __shfl_xor_sync(0xffffffffu, kept[x], 1));
-        kept[x] = fmaxf(kept[x], __shfl_xor_sync(0xffffffffu, kept[x], 2));
-    }
+    for (int x = 0; x < 2; x++) kept[x] = quad_max(kept[x]);
     if (c4 == 0) red_k[kt * ROWS + ra] = kept[0], red_k[kt * ROWS + rb] = kept[1];
     __syncthreads();
 #pragma unroll
