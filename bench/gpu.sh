@@ -6,14 +6,15 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
 # and QSDPA_GPU_SKIP_MULTI=1 leave out the PyTorch baselines and the multi-GPU stage, QSDPA_GPU_SKIP_AB_ROWS=1
 # the baseline's 32K matrix and its rows outside it (the baseline is still built, for the extra rows); QSDPA_GPU_SKIP_CHECKS=1 the
 # GPU tests and sanitizers (timing-only calls on a commit already checked).
-#   quick: no full benchmark (the baseline comparison below still runs); bench: the full benchmark and
+#   quick: no full benchmark (the baseline comparison below still runs); generic: the generic row's tests and
+#   sanitizers, then the MLA rows (or QSDPA_GPU_EXTRA_ROWS) against a baseline; bench: the full benchmark and
 #   PyTorch's baselines only (no GPU tests, sanitizers, multi-GPU stage, prefill-kernel rows or ncu: a
 #   timing call on a commit an earlier call checked; ~7 minutes); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
@@ -91,6 +92,18 @@ extra_rows() {
   done
 }
 
+# ncu on the wide kernel and its merge at MLA decode (Dk 576 / Dv 512, 32 heads over one KV head, 4-bit, 32K)
+profile_wide() {
+  local NCU
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  stamp "ncu generic_wide (MLA 4-bit 32K)" | tee -a "$OUT/ncu.txt"
+  QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512 timeout 150 "$NCU" --clock-control none -k regex:"generic_(wide|combine)" \
+    --launch-skip 20 --launch-count 2 --set full --import-source no -f -o /tmp/wide \
+    "$B/bench_gpu" one affine:4:64/affine:4:64 1 32768 1 576 >>"$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$?" >>"$OUT/ncu.txt"
+  "$NCU" -i /tmp/wide.ncu-rep --print-details all >>"$OUT/ncu.txt" 2>&1
+  "$NCU" -i /tmp/wide.ncu-rep --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_wide.csv.gz"
+}
 if [ "$MODE" = trace ]; then
   # the diagnostic build (QSDPA_CUDA_DEC_TRACE=1): per-CTA phase marks of one decode call per shape
   stamp "trace build" | tee "$OUT/trace.txt"
@@ -174,6 +187,40 @@ if [ -d build-base-src ]; then
   BASE_BUILD=$!
 fi
 
+if [ "$MODE" = generic ]; then
+  # the generic row alone (for changes to its kernels or merge): its coverage at default routing, with the wide
+  # kernel wherever it can and with 4-key tiles; test_cuda_api; memcheck and racecheck on generic and wide
+  # cases; then QSDPA_GPU_EXTRA_ROWS ([base] beside [new] where build-base-src came), the MLA rows by default
+  stamp "generic tests" | tee "$OUT/tests.log"
+  for leg in "" "QSDPA_CUDA_GENERIC_WIDE=2" "QSDPA_CUDA_GENERIC_DECODE=0 QSDPA_CUDA_GENERIC_WIDE=0 QSDPA_CUDA_GENERIC_TILE=4"; do
+    # shellcheck disable=SC2086  # assignments split on spaces by design
+    env $leg QSDPA_CUDA_ONLY=generic timeout 150 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+    echo "test_cuda_coverage (generic${leg:+, $leg}) rc=$?" | tee -a "$OUT/tests.log"
+  done
+  timeout 120 "$B/tests/test_cuda_api" >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_api rc=$?" | tee -a "$OUT/tests.log"
+  grep FAIL "$OUT/tests.log" | head -20
+  CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for tool in memcheck racecheck; do
+    QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=generic timeout 90 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
+      >>"$OUT/sanitizer.log" 2>&1
+    echo "$tool coverage(generic, quick) rc=$?" | tee -a "$OUT/sanitizer.log"
+    for shape in "wide K affine:4:64 V affine:4:64 Dk576" "wide K mxfp4"; do
+      QSDPA_CUDA_ONLY=cuda.generic QSDPA_CUDA_SHAPE="$shape" timeout 60 "$CS" --tool $tool \
+        "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
+      echo "$tool coverage($shape) rc=$?" | tee -a "$OUT/sanitizer.log"
+    done
+  done
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer.log" | sort | uniq -c
+  [ -n "${BASE_BUILD:-}" ] && { wait "$BASE_BUILD"; echo "baseline build rc=$?" | tee -a "$OUT/build.log"; }
+  M="QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512"
+  : "${QSDPA_GPU_EXTRA_ROWS:=$M|affine:4:64/affine:4:64 1 32768 1 576;$M|affine:4:64/affine:4:64 1 8192 1 576;$M|f16 1 32768 1 576;$M|affine:8:64/affine:8:64 1 32768 1 576;$M|affine:4:64/affine:4:64 1 4096 512 576 causal}"
+  extra_rows
+  cat "$OUT/bench.txt"
+  [ -n "${QSDPA_GPU_NCU_WIDE:-}" ] && profile_wide
+  stamp done
+  exit 0
+fi
 if [ "$MODE" = sweep ]; then
   # one run-time knob over values (QSDPA_GPU_SWEEP="NAME=v1 v2 ..."), every value on each shape in turn, two rounds
   name=${QSDPA_GPU_SWEEP%%=*} values=${QSDPA_GPU_SWEEP#*=}
@@ -198,18 +245,6 @@ if [ "$MODE" = profile-decode ]; then
   stamp done
   exit 0
 fi
-# ncu on the wide kernel and its merge at MLA decode (Dk 576 / Dv 512, 32 heads over one KV head, 4-bit, 32K)
-profile_wide() {
-  local NCU
-  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-  stamp "ncu generic_wide (MLA 4-bit 32K)" | tee -a "$OUT/ncu.txt"
-  QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512 timeout 150 "$NCU" --clock-control none -k regex:"generic_(wide|combine)" \
-    --launch-skip 20 --launch-count 2 --set full --import-source no -f -o /tmp/wide \
-    "$B/bench_gpu" one affine:4:64/affine:4:64 1 32768 1 576 >>"$OUT/ncu.txt" 2>&1
-  echo "ncu rc=$?" >>"$OUT/ncu.txt"
-  "$NCU" -i /tmp/wide.ncu-rep --print-details all >>"$OUT/ncu.txt" 2>&1
-  "$NCU" -i /tmp/wide.ncu-rep --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_wide.csv.gz"
-}
 if [ "$MODE" = profile-wide ]; then
   profile_wide
   stamp done

@@ -221,8 +221,9 @@ __device__ __forceinline__ float block_reduce(float x, bool is_max, float *scrat
  * splits each, summed through shared memory at the end. Why: a block per row left 32 rows'
  * worth of warps to read every split's partials, a few loads in flight each (runs 83-84:
  * 48-85 us at 32 rows and 82-171 splits, against 5 MB of partials). */
+constexpr int COMBINE_CHUNK = 256; /* splits whose weights a merge block holds at once (a multiple of its threads) */
 __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_params p, int64_t rows) {
-    __shared__ float red[GEN_WARPS], part_s[GEN_WARPS][32];
+    __shared__ float red[GEN_WARPS], part_s[GEN_WARPS][32], w_s[COMBINE_CHUNK];
     const int64_t row = blockIdx.x;
     const int64_t i = row % p.lq, h = (row / p.lq) % p.hq, b = row / (p.lq * p.hq);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d = blockIdx.y * 32 + lane;
@@ -237,22 +238,31 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
     }
     M = fmaxf(block_reduce(M, true, red), sink);
     K = fmaxf(block_reduce(K, true, red), sink > -INFINITY ? 1.0f : 0.0f); /* a finite sink is a kept column */
-    float L = 0.0f;
-    for (int s = threadIdx.x; s < p.nsplit; s += blockDim.x) {
-        const float *ps = src + s * stride;
-        if (ps[1] != 0.0f && M != -INFINITY) L += ps[1] * expf(ps[0] - M);
+    /* each split's weight once a block, into shared memory, COMBINE_CHUNK splits at a time, L summed on the
+     * way (a thread's splits in the same order as one pass over them); -1: a split with no kept weight.
+     * An expf per split and output dim was most of the merge's instructions (run 174's profile). */
+    float L = 0.0f, acc = 0.0f;
+    for (int s0 = 0; s0 < p.nsplit; s0 += COMBINE_CHUNK) {
+        const int ns = min(COMBINE_CHUNK, p.nsplit - s0);
+        for (int s = threadIdx.x; s < ns; s += blockDim.x) {
+            const float *ps = src + (s0 + s) * stride;
+            const bool kept = ps[1] != 0.0f && M != -INFINITY;
+            const float w = kept ? expf(ps[0] - M) : -1.0f;
+            if (kept) L += ps[1] * w;
+            w_s[s] = w;
+        }
+        __syncthreads();
+        if (d < p.dv) {
+            /* this warp's splits: o[d] loaded before the weights need them */
+#pragma unroll 8
+            for (int s = warp; s < ns; s += GEN_WARPS) {
+                const float w = w_s[s], o = src[(s0 + s) * stride + 4 + d];
+                acc += w < 0.0f ? 0.0f : w * o;
+            }
+        }
+        __syncthreads(); /* w_s consumed */
     }
     L = block_reduce(L, false, red) + (sink > -INFINITY ? expf(sink - M) : 0.0f);
-    /* this warp's splits: every one's (m, l) and o[d] loaded before the weights need them */
-    float acc = 0.0f;
-    if (d < p.dv) {
-#pragma unroll 8
-        for (int s = warp; s < p.nsplit; s += GEN_WARPS) {
-            const float *ps = src + s * stride;
-            const float m = ps[0], l = ps[1], o = ps[4 + d];
-            acc += l != 0.0f && M != -INFINITY ? expf(m - M) * o : 0.0f;
-        }
-    }
     part_s[warp][lane] = acc;
     __syncthreads();
     if (warp != 0) return;

@@ -145,13 +145,18 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
     const char *base = (const char *)t.codes + b * t.cs[0] + h * t.cs[1];
     const int64_t sbase = b * t.ss[0] + h * t.ss[1], zbase = b * t.bs[0] + h * t.bs[1];
     const int nthreads = blockDim.x;
+    /* the thread's item (row j, piece pc) stepped by additions: one division a call, not one an item */
+    const int dj = nthreads / npieces, dpc = nthreads - dj * npieces;
+    int j_next = (int)threadIdx.x / npieces, pc_next = (int)threadIdx.x - j_next * npieces;
     for (int i0 = 0; i0 < items; i0 += nthreads * IPT) {
         uint32_t word[IPT][VEC], sraw[IPT][VEC], zraw[IPT][VEC];
         float s[IPT][VEC], z[IPT][VEC];
         int at[IPT]; /* the item's first element in dst, -1: none */
 #pragma unroll
         for (int k = 0; k < IPT; k++) {
-            const int idx = i0 + (int)threadIdx.x + nthreads * k, j = idx / npieces, pc = idx - j * npieces;
+            const int idx = i0 + (int)threadIdx.x + nthreads * k, j = j_next, pc = pc_next;
+            pc_next += dpc, j_next += dj;
+            if (pc_next >= npieces) pc_next -= npieces, j_next++;
             at[k] = -1;
 #pragma unroll
             for (int v = 0; v < VEC; v++) word[k][v] = 0, sraw[k][v] = 0, zraw[k][v] = 0, s[k][v] = 1.0f, z[k][v] = 0.0f;
@@ -315,21 +320,26 @@ __global__ void __launch_bounds__(128 * WM, WM == 2 ? 2 : 1) generic_wide(const 
     __syncthreads();
     /* q rows as raw 16-bit values (E is q's dtype), QB loads a thread in flight before any is stored: a
      * conversion after each load serialized them (review of run 172's SASS) */
+    /* a row a warp, lanes along the row: no index division (a division an element was 17% of the
+     * kernel's instructions at MLA decode, run 174's profile) */
     constexpr int QB = 8;
     const uint16_t *q16 = (const uint16_t *)p.q;
     uint16_t *qs16 = (uint16_t *)q_s;
-    for (int e0 = tid; e0 < ROWS * kp; e0 += QB * 128 * WM) {
-        uint16_t x[QB];
+    for (int r = warp; r < ROWS; r += 4 * WM) {
+        const uint16_t *src = q16 + qrow_s[r];
+        uint16_t *dst = qs16 + r * kp;
+        const int live = r < nrows ? p.dk : 0; /* rows past nrows and dims past dk: zero */
+        for (int d0 = lane; d0 < kp; d0 += 32 * QB) {
+            uint16_t x[QB];
 #pragma unroll
-        for (int k = 0; k < QB; k++) {
-            const int e = e0 + k * 128 * WM, r = e / kp, d = e - r * kp;
-            x[k] = e < ROWS * kp && r < nrows && d < p.dk ? q16[qrow_s[r] + d] : (uint16_t)0;
+            for (int k = 0; k < QB; k++) x[k] = d0 + 32 * k < live ? src[d0 + 32 * k] : (uint16_t)0;
+#pragma unroll
+            for (int k = 0; k < QB; k++)
+                if (d0 + 32 * k < kp) dst[d0 + 32 * k] = x[k];
         }
-#pragma unroll
-        for (int k = 0; k < QB; k++)
-            if (e0 + k * 128 * WM < ROWS * kp) qs16[e0 + k * 128 * WM] = x[k];
     }
-    for (int e = tid; e < WIDE_T * (kp + vp); e += blockDim.x) k_s[e] = wide_elt<E>::of(0.0f); /* K, V pads */
+    /* K and V pads, 16 bytes a store (pitches are multiples of 8 elements) */
+    for (int e = tid; e < WIDE_T * (kp + vp) / 8; e += blockDim.x) ((uint4 *)k_s)[e] = make_uint4(0, 0, 0, 0);
     gen_split_range(p, last_s, nrows, range_s);
     __syncthreads();
     const int64_t j0 = range_s[0], j1 = range_s[1];
@@ -356,7 +366,8 @@ __global__ void __launch_bounds__(128 * WM, WM == 2 ? 2 : 1) generic_wide(const 
         wide_rows<E, IPT>(p.k, p.k_words, k_vec4, b, g, jt, n, k_s, kp);
         wide_rows<E, IPT>(p.v, p.v_words, v_vec4, b, g, jt, n, v_s, vp);
         if (n < WIDE_T) /* rows past n: zero, so a stale value times a zero weight is zero */
-            for (int e = tid; e < (WIDE_T - n) * vp; e += blockDim.x) v_s[n * vp + e] = wide_elt<E>::of(0.0f);
+            for (int e = tid; e < (WIDE_T - n) * vp / 8; e += blockDim.x)
+                ((uint4 *)(v_s + n * vp))[e] = make_uint4(0, 0, 0, 0);
         __syncthreads();
 
         /* scores of keys 8kt + 2c4 + (0, 1) for rows ra (acc 0, 1) and rb (acc 2, 3) */
