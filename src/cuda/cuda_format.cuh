@@ -183,11 +183,15 @@ __device__ __forceinline__ float qd_group_scale(const qd_qtensor &t, int64_t sro
 }
 
 /* Value c of a word of codes of mode MODE with its group's scale s (and bias z), per
- * SPEC §2 exactly as qd_element (FP4 modes: s is the group's whole scale). */
+ * SPEC §2 exactly as qd_element (FP4 modes: s is the group's whole scale). An affine code
+ * becomes a float as 2^23 + c minus 2^23: the same value as a conversion (codes are below
+ * 2^23), without the quarter-rate I2F. */
 template <int MODE>
 __device__ __forceinline__ float qd_word_value(uint32_t word, int bits, int c, float s, float z) {
     if constexpr (MODE == QSDPA_MODE_AFFINE)
-        return __fadd_rn(__fmul_rn(s, (float)((word >> (c * bits)) & ((1u << bits) - 1u))), z);
+        return __fadd_rn(__fmul_rn(s, __uint_as_float(((word >> (c * bits)) & ((1u << bits) - 1u)) | 0x4B000000u) -
+                                          8388608.0f),
+                         z);
     else if constexpr (MODE == QSDPA_MODE_MXFP8)
         return __fmul_rn(qd_fp8((word >> (8 * c)) & 0xFFu), s);
     else

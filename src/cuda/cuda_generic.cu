@@ -253,8 +253,9 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
         }
         __syncthreads();
         if (d < p.dv) {
-            /* this warp's splits: o[d] loaded before the weights need them */
-#pragma unroll 8
+            /* this warp's splits: o[d] loaded before the weights need them, 16 in flight (the merge waits on
+             * round trips to the partials: run 175's profile) */
+#pragma unroll 16
             for (int s = warp; s < ns; s += GEN_WARPS) {
                 const float w = w_s[s], o = src[(s0 + s) * stride + 4 + d];
                 acc += w < 0.0f ? 0.0f : w * o;

@@ -58,11 +58,7 @@ __device__ __forceinline__ void gd_word(const qd_qtensor &t, uint32_t w, float s
         constexpr int BITS = 32 / PER;
         if (t.mode == QSDPA_MODE_AFFINE) {
 #pragma unroll
-            for (int e = 0; e < PER; e++) {
-                /* 2^23 + c minus 2^23: the code as a float without a conversion instruction */
-                const float c = __uint_as_float(((w >> (BITS * e)) & ((1u << BITS) - 1u)) | 0x4B000000u) - 8388608.0f;
-                v[e] = __fadd_rn(__fmul_rn(s, c), z);
-            }
+            for (int e = 0; e < PER; e++) v[e] = qd_word_value<QSDPA_MODE_AFFINE>(w, BITS, e, s, z);
         } else if (BITS == 8) {
 #pragma unroll
             for (int e = 0; e < PER; e++) v[e] = __fmul_rn(qd_fp8((w >> (8 * e)) & 0xFFu), s);

@@ -116,18 +116,6 @@ __device__ __forceinline__ float wide_scale(const qd_qtensor &t, uint32_t r) {
     }
 }
 
-/* Value c of a word of codes of mode MODE with its group's scale s (and bias z): qd_word_value's,
- * with affine codes made floats by the 2^23 magic number (the same value, no conversion instruction) */
-template <int MODE>
-__device__ __forceinline__ float wide_word_value(uint32_t word, int bits, int c, float s, float z) {
-    if constexpr (MODE == QSDPA_MODE_AFFINE) {
-        const uint32_t code = (word >> (c * bits)) & ((1u << bits) - 1u);
-        return __fadd_rn(__fmul_rn(s, __uint_as_float(code | 0x4B000000u) - 8388608.0f), z);
-    } else {
-        return qd_word_value<MODE>(word, bits, c, s, z);
-    }
-}
-
 /* Rows [0, n) of keys l0 + j of t (words path: qd_word_path, 1, 2, 4, 8 or 16 values a word) into dst rows
  * of `pitch` elements, dims [0, dim). The block's threads share (row, piece) items, a piece VEC words (4: one
  * 16-byte load where rows are whole 16-byte pieces at 16-byte alignment), IPT items a thread a pass, all of
@@ -224,8 +212,8 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
                         uint32_t o2[2];
 #pragma unroll
                         for (int c = 0; c < 4; c += 2)
-                            o2[c / 2] = wide_elt<E>::pack(wide_word_value<MODE>(word[k][v], t.bits, c, s[k][v], z[k][v]),
-                                                          wide_word_value<MODE>(word[k][v], t.bits, c + 1, s[k][v], z[k][v]));
+                            o2[c / 2] = wide_elt<E>::pack(qd_word_value<MODE>(word[k][v], t.bits, c, s[k][v], z[k][v]),
+                                                          qd_word_value<MODE>(word[k][v], t.bits, c + 1, s[k][v], z[k][v]));
                         *(uint2 *)out = make_uint2(o2[0], o2[1]);
                     } else {
                         for (int c0 = 0; c0 < per; c0 += 8) {
@@ -233,8 +221,8 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
 #pragma unroll
                             for (int c = 0; c < 8; c += 2)
                                 o4[c / 2] = wide_elt<E>::pack(
-                                    wide_word_value<MODE>(word[k][v], t.bits, c0 + c, s[k][v], z[k][v]),
-                                    wide_word_value<MODE>(word[k][v], t.bits, c0 + c + 1, s[k][v], z[k][v]));
+                                    qd_word_value<MODE>(word[k][v], t.bits, c0 + c, s[k][v], z[k][v]),
+                                    qd_word_value<MODE>(word[k][v], t.bits, c0 + c + 1, s[k][v], z[k][v]));
                             *(uint4 *)(out + c0 / 2) = make_uint4(o4[0], o4[1], o4[2], o4[3]);
                         }
                     }
