@@ -3,7 +3,8 @@
  * CPUID alone is not enough: AVX registers are usable only when the OS saves
  * the YMM state on context switches (OSXSAVE set and XCR0 bits 1|2 set), the
  * check ggml-cpu lacks. Bits: 1 = AVX2, 2 = FMA, 4 = F16C, 8 = AVX512-VNNI with
- * AVX512F, BW and VL (and the OS saving the opmask and ZMM state, XCR0 bits 5-7). */
+ * AVX512F, BW and VL (and the OS saving the opmask and ZMM state, XCR0 bits 5-7), 16 = AVX512_BF16
+ * on top of 8. */
 #include "internal.h"
 
 #include <stdatomic.h>
@@ -34,8 +35,11 @@ static unsigned detect(void) {
         __cpuid_count(7, 0, eax, ebx, ecx, edx);
         if (ebx & (1u << 5)) features |= 1u; /* AVX2 */
         const unsigned avx512f = 1u << 16, avx512bw = 1u << 30, avx512vl = 1u << 31, vnni = 1u << 11;
-        if ((ebx & avx512f) && (ebx & avx512bw) && (ebx & avx512vl) && (ecx & vnni) && (read_xcr0() & 0xE6) == 0xE6)
+        if ((ebx & avx512f) && (ebx & avx512bw) && (ebx & avx512vl) && (ecx & vnni) && (read_xcr0() & 0xE6) == 0xE6) {
             features |= 8u;
+            __cpuid_count(7, 1, eax, ebx, ecx, edx);
+            if (eax & (1u << 5)) features |= 16u; /* AVX512_BF16 */
+        }
     }
     return features;
 }

@@ -12,6 +12,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct plan {
@@ -26,6 +27,7 @@ typedef struct plan {
     int64_t block;         /* keys per online-softmax block over codes (<= CPU_BLOCK, divides it) */
     int64_t rows_max;      /* ratio * q_tile */
     int64_t key_total;     /* global key count for causal/window */
+    bool bf16;             /* float tiles through the ISA's bf16 kernels (bf16_tiles) */
     char *scratch;         /* [threads][thread_bytes] */
     size_t thread_bytes;
     float *part_m, *part_l; /* split decode: [tasks][rows_max] */
@@ -46,6 +48,9 @@ typedef struct buffers {
     float *vf;     /* [CPU_BLOCK][Dv] */
     int16_t *q16;  /* [rows][Dk] q as int16 in the K kernel's order (score_q16) */
     float *qscale; /* [rows] + 4: q = q16 * qscale */
+    uint16_t *qb;  /* [rows][Dk] bf16 tiles: q */
+    uint16_t *kb;  /* [CPU_BLOCK][Dk] bf16 tiles: the K block */
+    uint32_t *vb;  /* [CPU_BLOCK / 2][Dv + rows] bf16 tiles: V and weight pairs */
 } buffers;
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -57,11 +62,14 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     size_t gk = p->k.format.mode == QSDPA_MODE_AFFINE ? dk / (size_t)p->k.format.group : 1;
     size_t dmax = dk > dv ? dk : dv;
     size_t sizes[] = {R * dk * 4, R * dk * 4, R * gk * 4 + 16, CPU_BLOCK * R * 4 + 16, R * 4, R * 4, R * 4, R * 8, R * 8,
-                      R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4, R * dk * 2, R * 4 + 16};
+                      R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4, R * dk * 2, R * 4 + 16,
+                      pl->bf16 ? R * dk * 2 : 0, pl->bf16 ? CPU_BLOCK * dk * 2 : 0,
+                      pl->bf16 ? CPU_BLOCK / 2 * (dv + R) * 4 : 0};
     void **slots[] = {(void **)&b->q, (void **)&b->qk, (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
                       (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
                       (void **)&b->acc, (void **)&b->tmp, (void **)&b->kf,
-                      (void **)&b->vf,  (void **)&b->q16, (void **)&b->qscale};
+                      (void **)&b->vf,  (void **)&b->q16, (void **)&b->qscale, (void **)&b->qb,
+                      (void **)&b->kb,  (void **)&b->vb};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base) *slots[i] = base + off;
@@ -288,6 +296,26 @@ static void prefetch_rows(const cpu_rows *t, int64_t j0, int64_t n) {
  * (session 9: 3-bit Lq 4 at 8K) where 4- and 8-bit codes wait until 17. */
 static bool odd_width(const qsdpa_format *f) { return f->mode == QSDPA_MODE_AFFINE && f->bits != 4 && f->bits != 8; }
 
+/* Float tiles for prefill, and for decode with many query rows: past ~16 rows the
+ * decode of each code is repeated per 4-row chunk and one unpack per block is
+ * cheaper (2K keys, GQA 4, Lq 16, 1 thread: 8.1 ms tiles vs 9.1 ms codes). */
+static bool uses_tiles(const plan *pl, int64_t nr) {
+    return pl->prefill || nr > (odd_width(&pl->p->k.format) || odd_width(&pl->p->v.format) ? 4 : 16);
+}
+
+/* Whether the float tiles run through the ISA's bf16 kernels: bf16 q and output (a partial call's f32 output
+ * and lse keep f32 scores), head dims the kernels' vectors divide, not turned off (QSDPA_CPU_BF16=0, a
+ * benchmark knob). */
+static bool bf16_tiles(const qsdpa_problem *p, const cpu_isa *isa) {
+    static int knob = -1;
+    if (knob < 0) {
+        const char *env = getenv("QSDPA_CPU_BF16");
+        knob = env && env[0] == '0' ? 0 : 1;
+    }
+    return knob && isa->bf16_score && (qsdpa_cpu_features() & 16u) && p->q_dtype == QSDPA_DTYPE_BF16 &&
+           p->out_dtype == QSDPA_DTYPE_BF16 && p->dim_k % 32 == 0 && p->dim_v % 16 == 0;
+}
+
 static void run_task(void *arg, int64_t t, int thread) {
     const plan *pl = arg;
     const qsdpa_problem *p = pl->p;
@@ -302,10 +330,7 @@ static void run_task(void *arg, int64_t t, int thread) {
     cpu_rows kr, vr, kf, vf;
     qsdpa_cpu_rows(&p->k, b, hkv, &kr);
     qsdpa_cpu_rows(&p->v, b, hkv, &vr);
-    /* Float tiles for prefill, and for decode with many query rows: past ~16 rows the
-     * decode of each code is repeated per 4-row chunk and one unpack per block is
-     * cheaper (2K keys, GQA 4, Lq 16, 1 thread: 8.1 ms tiles vs 9.1 ms codes). */
-    bool tiles = pl->prefill || nr > (odd_width(&p->k.format) || odd_width(&p->v.format) ? 4 : 16);
+    const bool tiles = uses_tiles(pl, nr), bf16 = tiles && pl->bf16;
     const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL, *vfops = NULL;
     const float *qk = bf.q;
     /* f16/bf16 q and out: K scored through the kernel's integer path where it has one
@@ -316,6 +341,7 @@ static void run_task(void *arg, int64_t t, int thread) {
         for (int64_t r = 0; r < nr; r++) kops->prep_q(bf.q + r * dk, dk, bf.qk + r * dk);
         qk = bf.qk;
     }
+    if (bf16) pl->isa->bf16_pack(bf.q, nr * dk, bf.qb);
     if (tiles) { /* float tiles read through the plain f32 kernels */
         memset(&kf, 0, sizeof kf);
         kf.format.mode = QSDPA_MODE_PLAIN;
@@ -348,7 +374,11 @@ static void run_task(void *arg, int64_t t, int thread) {
             prefetch_rows(&kr, j0 + n, nn);
             prefetch_rows(&vr, j0 + n, nn);
         }
-        if (tiles) {
+        if (bf16) {
+            kops->unpack(&kr, j0, n, bf.kf);
+            pl->isa->bf16_pack(bf.kf, n * dk, bf.kb);
+            pl->isa->bf16_score(bf.kb, n, dk, bf.qb, (int)nr, bf.s);
+        } else if (tiles) {
             kops->unpack(&kr, j0, n, bf.kf);
             fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
         } else if (q16) {
@@ -358,7 +388,10 @@ static void run_task(void *arg, int64_t t, int thread) {
         }
         apply_masks(pl, &bf, b, hkv, i0, ni, j0, n);
         softmax_block(pl, &bf, nr, n, dv);
-        if (tiles) {
+        if (bf16) {
+            vops->unpack(&vr, j0, n, bf.vf);
+            pl->isa->bf16_accum(bf.vf, n, dv, bf.s, (int)nr, bf.acc, bf.vb);
+        } else if (tiles) {
             vops->unpack(&vr, j0, n, bf.vf);
             vfops->accum(&vf, 0, n, bf.s, (int)nr, bf.acc, bf.tmp);
         } else {
@@ -453,6 +486,8 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     pl.n_qtiles = (p->len_q + pl.q_tile - 1) / pl.q_tile;
     pl.block = decode_block(p);
     pl.rows_max = pl.ratio * pl.q_tile;
+    pl.bf16 = bf16_tiles(p, isa);
+    if (pl.bf16 && uses_tiles(&pl, pl.rows_max)) qsdpa_set_route(ctx, ctx->last_route, "+bf16");
     int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys
      * so the merge stays negligible. */

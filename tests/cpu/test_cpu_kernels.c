@@ -107,6 +107,9 @@ static int cases_run, kernel_runs;
  * its cases run on the portable kernels only. */
 static int poke_nan;
 static int poke_q_nan; /* q[0][0][0][1] = NaN: that row's output is NaN, the others exact */
+/* >= 0: check the vnni rows' route suffix "+bf16" (bf16 tiles) is there exactly when expected: bf16_expect is 1,
+ * the CPU has AVX512_BF16, and the row takes float tiles (prefill, or more than 16 rows a KV head) */
+static int bf16_expect = -1;
 
 static void poke_e4m3_nan(kv_buf *kv) {
     int64_t words = kv->t.codes.shape[3], ng = kv->t.scales.shape[3];
@@ -217,6 +220,13 @@ static void run_case(test_rng *rng, const test_case *c) {
         CHECK(ks == QSDPA_OK, "%s: %s failed: %s", name, kernel_names[kn], qsdpa_last_error());
         if (ks != QSDPA_OK) continue;
         kernel_runs++;
+        if (bf16_expect >= 0 && strstr(kernel_names[kn], "vnni")) {
+            const bool tiles = strstr(kernel_names[kn], "prefill") || c->Hq / c->Hkv * c->Lq > 16;
+            const bool want = bf16_expect && tiles && (qsdpa_cpu_features() & 16u);
+            const char *route = qsdpa_context_last_route(ctx_kernel[kn]);
+            CHECK((strstr(route, "+bf16") != NULL) == want, "%s: %s took route '%s', bf16 tiles %s", name,
+                  kernel_names[kn], route, want ? "expected" : "not expected");
+        }
         double worst = 0, worst_lse = 0;
         int guards_ok = 1;
         for (int64_t r = 0; r < rows; r++) {
@@ -381,6 +391,37 @@ int main(void) {
         for (size_t i = 0; i < sizeof nan_q / sizeof nan_q[0]; i++) run_case(&rng, &nan_q[i]);
     }
     poke_q_nan = 0;
+
+    /* 6. bf16 tiles (the AVX-512 tier on CPUs with AVX512_BF16: bf16 q and out, Dk % 32 == 0, Dv % 16 == 0, float
+     * tiles): MLA latent shapes (Dk 576 / Dv 512 over one KV head) at 16 and 48 rows, a causal prefill with sinks,
+     * GQA 8 decode over 32 rows (tiles) and over 8 (codes), odd key counts (a last key pair of one), row counts
+     * off the 8-row passes, a mask, Dv 80 (a last 16-value step); and the shapes that keep f32 tiles: Dv 72, Dk 80,
+     * f16 q, f32 out (partial) */
+    {
+        if (!(qsdpa_cpu_features() & 16u)) printf("bf16 tiles: only their fallbacks run (this CPU lacks AVX512_BF16)\n");
+        const qsdpa_dtype B16 = QSDPA_DTYPE_BF16;
+        test_case bf16_cases[] = {
+            {1, 16, 1, 1, 301, 576, 512, "affine:4:64", "affine:4:64", B16, B16, 0, 0, 0, 0, 0, 0},
+            {1, 16, 1, 3, 257, 576, 512, "mxfp8", "affine:8:64", B16, B16, 0, 0, 0, 0, 0, 0},
+            {1, 4, 2, 70, 333, 128, 128, "affine:4:32", "nvfp4", B16, B16, 0, 1, 0, 1, 0, 0},
+            {2, 8, 1, 4, 129, 64, 64, "mxfp4", "f16", B16, B16, 2, 0, 0, 0, 0, 0},
+            {1, 8, 1, 1, 200, 64, 64, "affine:8:64", "affine:8:64", B16, B16, 0, 0, 0, 0, 0, 0},
+            {1, 6, 3, 11, 97, 96, 208, "bf16", "nvfp4", B16, B16, 0, 1, 9, 0, 0, 0},
+            {1, 5, 1, 5, 77, 1024, 1024, "affine:2:32", "affine:5:32", B16, B16, 0, 0, 0, 0, 0, 0},
+            {1, 4, 1, 9, 150, 128, 80, "affine:4:32", "f16", B16, B16, 0, 1, 0, 0, 0, 0}, /* Dv: 2 vectors and 1 */
+        };
+        test_case f32_tiles[] = {
+            {1, 4, 1, 9, 150, 128, 72, "affine:4:32", "f16", B16, B16, 0, 1, 0, 0, 0, 0},
+            {1, 4, 1, 9, 150, 80, 128, "f16", "affine:4:32", B16, B16, 0, 1, 0, 0, 0, 0},
+            {1, 16, 1, 3, 120, 576, 512, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0},
+            {1, 16, 1, 3, 120, 576, 512, "affine:4:64", "affine:4:64", B16, B16, 0, 0, 0, 0, 1, 0},
+        };
+        bf16_expect = 1;
+        for (size_t i = 0; i < sizeof bf16_cases / sizeof bf16_cases[0]; i++) run_case(&rng, &bf16_cases[i]);
+        bf16_expect = 0;
+        for (size_t i = 0; i < sizeof f32_tiles / sizeof f32_tiles[0]; i++) run_case(&rng, &f32_tiles[i]);
+        bf16_expect = -1;
+    }
 
     /* 4. disable_simd picks the portable kernels; auto picks AVX2 where the CPU has it. */
     {
