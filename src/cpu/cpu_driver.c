@@ -12,6 +12,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -307,12 +308,14 @@ static bool uses_tiles(const plan *pl, int64_t nr) {
  * and lse keep f32 scores), head dims the kernels' vectors divide, not turned off (QSDPA_CPU_BF16=0, a
  * benchmark knob). */
 static bool bf16_tiles(const qsdpa_problem *p, const cpu_isa *isa) {
-    static int knob = -1;
-    if (knob < 0) {
+    static _Atomic int knob = -1; /* read once; threads racing here store the same value */
+    int on = atomic_load_explicit(&knob, memory_order_relaxed);
+    if (on < 0) {
         const char *env = getenv("QSDPA_CPU_BF16");
-        knob = env && env[0] == '0' ? 0 : 1;
+        on = env && env[0] == '0' ? 0 : 1;
+        atomic_store_explicit(&knob, on, memory_order_relaxed);
     }
-    return knob && isa->bf16_score && (qsdpa_cpu_features() & 16u) && p->q_dtype == QSDPA_DTYPE_BF16 &&
+    return on && isa->bf16_score && (qsdpa_cpu_features() & 16u) && p->q_dtype == QSDPA_DTYPE_BF16 &&
            p->out_dtype == QSDPA_DTYPE_BF16 && p->dim_k % 32 == 0 && p->dim_v % 16 == 0;
 }
 
