@@ -994,6 +994,19 @@ static BF16_TARGET void bf16_pack_z(const float *src, int64_t n, uint16_t *dst) 
     for (; i < n; i++) dst[i] = bf16_round(src[i]);
 }
 
+/* BODY(NR) for nr (1-8) query rows, NR a compile-time constant (the row loops unroll into registers) */
+#define BF16_FOR_ROWS(nr, BODY)                                                                                \
+    switch (nr) {                                                                                              \
+    case 1: BODY(1) break;                                                                                     \
+    case 2: BODY(2) break;                                                                                     \
+    case 3: BODY(3) break;                                                                                     \
+    case 4: BODY(4) break;                                                                                     \
+    case 5: BODY(5) break;                                                                                     \
+    case 6: BODY(6) break;                                                                                     \
+    case 7: BODY(7) break;                                                                                     \
+    default: BODY(8) break;                                                                                    \
+    }
+
 /* scores[j][r] (key-major, nq a row) = sum_d qb[r][d] kb[j][d] over rows r0..r0+NR-1 (NR <= 8) and keys j, j + 1;
  * dim a multiple of 32 */
 INLINE BF16_TARGET void bf16_score_keys(const int NR, const int KEYS, const uint16_t *kb, int64_t j, int64_t dim,
@@ -1023,16 +1036,7 @@ static BF16_TARGET void bf16_score_z(const uint16_t *kb, int64_t n, int64_t dim,
 #define BF16_SCORE_ROWS(NR)                                                                                    \
     for (; j + 2 <= n; j += 2) bf16_score_keys(NR, 2, kb, j, dim, qb, nq, r0, scores);                           \
     if (j < n) bf16_score_keys(NR, 1, kb, j, dim, qb, nq, r0, scores);
-        switch (nr) {
-        case 1: BF16_SCORE_ROWS(1) break;
-        case 2: BF16_SCORE_ROWS(2) break;
-        case 3: BF16_SCORE_ROWS(3) break;
-        case 4: BF16_SCORE_ROWS(4) break;
-        case 5: BF16_SCORE_ROWS(5) break;
-        case 6: BF16_SCORE_ROWS(6) break;
-        case 7: BF16_SCORE_ROWS(7) break;
-        default: BF16_SCORE_ROWS(8) break;
-        }
+        BF16_FOR_ROWS(nr, BF16_SCORE_ROWS)
 #undef BF16_SCORE_ROWS
     }
 }
@@ -1080,16 +1084,7 @@ static BF16_TARGET void bf16_accum_z(const float *v, int64_t n, int64_t dim, con
 #define BF16_ACCUM_ROWS(NR)                                                                                    \
     if (vecs == 2) bf16_accum_rows(NR, 2, vp, wp, pairs, dim, e, nq, r0, acc);                                   \
     else bf16_accum_rows(NR, 1, vp, wp, pairs, dim, e, nq, r0, acc);
-            switch (nr) {
-            case 1: BF16_ACCUM_ROWS(1) break;
-            case 2: BF16_ACCUM_ROWS(2) break;
-            case 3: BF16_ACCUM_ROWS(3) break;
-            case 4: BF16_ACCUM_ROWS(4) break;
-            case 5: BF16_ACCUM_ROWS(5) break;
-            case 6: BF16_ACCUM_ROWS(6) break;
-            case 7: BF16_ACCUM_ROWS(7) break;
-            default: BF16_ACCUM_ROWS(8) break;
-            }
+            BF16_FOR_ROWS(nr, BF16_ACCUM_ROWS)
 #undef BF16_ACCUM_ROWS
         }
     }
