@@ -327,7 +327,7 @@ qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
 /* Bit set: 1 = AVX2, 2 = FMA, 4 = F16C (each only if the OS saves YMM state),
  * 8 = the AVX-512 tier: AVX512 F, BW, VL and VNNI (only if the OS saves the ZMM and opmask
  * state); the cpu.vnni.* kernel rows need it. 16 = AVX512_BF16 as well (with 8): those rows
- * then take bf16 q and output over many query rows a KV head through bf16 dot products
+ * then run the P V of bf16 q and output over many query rows a KV head on bf16 dot products
  * (route suffix "+bf16"). */
 unsigned qsdpa_cpu_features(void);
 

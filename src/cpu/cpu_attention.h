@@ -77,13 +77,9 @@ typedef struct cpu_isa {
      * output rows out: per value through qsdpa_f16_to_f32 these were 40% of a 16-key call) */
     void (*f16_to_f32)(const uint16_t *src, int64_t n, float *dst);
     void (*f32_to_f16)(const float *src, int64_t n, uint16_t *dst);
-    /* Optional (NULL = none; the AVX-512 tier's, used where the CPU has AVX512_BF16): bf16 tiles for bf16 q
-     * and out over many rows (cpu_driver.c). bf16_pack: n floats to bf16 (nearest even). bf16_score: scores
-     * [n][nq] (key-major) of bf16 K rows kb [n][dim] against bf16 q rows qb [nq][dim], dim % 32 == 0.
-     * bf16_accum: acc [nq][dim] += w [n][nq]^T v [n][dim] (float tile; dim % 16 == 0), V and w rounded to
-     * bf16; scratch of (n + 1) / 2 * (dim + nq) words. */
-    void (*bf16_pack)(const float *src, int64_t n, uint16_t *dst);
-    void (*bf16_score)(const uint16_t *kb, int64_t n, int64_t dim, const uint16_t *qb, int nq, float *scores);
+    /* Optional (NULL = none; the AVX-512 tier's, used where the CPU has AVX512_BF16): the P V of bf16 q and out
+     * over float tiles (cpu_driver.c): acc [nq][dim] += w [n][nq]^T v [n][dim] (dim % 16 == 0), V and w rounded
+     * to bf16; scratch of (n + 1) / 2 * (dim + nq) words. */
     void (*bf16_accum)(const float *v, int64_t n, int64_t dim, const float *w, int nq, float *acc, uint32_t *scratch);
 } cpu_isa;
 

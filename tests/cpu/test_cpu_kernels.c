@@ -392,11 +392,11 @@ int main(void) {
     }
     poke_q_nan = 0;
 
-    /* 6. bf16 tiles (the AVX-512 tier on CPUs with AVX512_BF16: bf16 q and out, Dk % 32 == 0, Dv % 16 == 0, float
-     * tiles): MLA latent shapes (Dk 576 / Dv 512 over one KV head) at 16 and 48 rows, a causal prefill with sinks,
-     * GQA 8 decode over 32 rows (tiles) and over 8 (codes), odd key counts (a last key pair of one), row counts
-     * off the 8-row passes, a mask, Dv 80 (a last 16-value step); and the shapes that keep f32 tiles: Dv 72, Dk 80,
-     * f16 q, f32 out (partial) */
+    /* 6. bf16 tiles (the AVX-512 tier on CPUs with AVX512_BF16: the P V of bf16 q and out over float tiles,
+     * Dv % 16 == 0): MLA latent shapes (Dk 576 / Dv 512 over one KV head) at 16 and 48 rows, a causal prefill
+     * with sinks, GQA 8 decode over 32 rows (tiles) and over 8 (codes), odd key counts (a last key pair of one),
+     * row counts off the 8-row passes, a mask, Dv 80 (a last 16-value step), Dk 80; and the shapes that keep f32
+     * tiles: Dv 72, f16 q, f32 out (partial) */
     {
         if (!(qsdpa_cpu_features() & 16u)) printf("bf16 tiles: only their fallbacks run (this CPU lacks AVX512_BF16)\n");
         const qsdpa_dtype B16 = QSDPA_DTYPE_BF16;
@@ -409,10 +409,10 @@ int main(void) {
             {1, 6, 3, 11, 97, 96, 208, "bf16", "nvfp4", B16, B16, 0, 1, 9, 0, 0, 0},
             {1, 5, 1, 5, 77, 1024, 1024, "affine:2:32", "affine:5:32", B16, B16, 0, 0, 0, 0, 0, 0},
             {1, 4, 1, 9, 150, 128, 80, "affine:4:32", "f16", B16, B16, 0, 1, 0, 0, 0, 0}, /* Dv: 2 vectors and 1 */
+            {1, 4, 1, 9, 150, 80, 128, "f16", "affine:4:32", B16, B16, 0, 1, 0, 0, 0, 0},   /* any Dk */
         };
         test_case f32_tiles[] = {
             {1, 4, 1, 9, 150, 128, 72, "affine:4:32", "f16", B16, B16, 0, 1, 0, 0, 0, 0},
-            {1, 4, 1, 9, 150, 80, 128, "f16", "affine:4:32", B16, B16, 0, 1, 0, 0, 0, 0},
             {1, 16, 1, 3, 120, 576, 512, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0},
             {1, 16, 1, 3, 120, 576, 512, "affine:4:64", "affine:4:64", B16, B16, 0, 0, 0, 0, 1, 0},
         };
