@@ -79,8 +79,9 @@ typedef struct cpu_isa {
     void (*f32_to_f16)(const float *src, int64_t n, uint16_t *dst);
     /* Optional (NULL = none; the AVX-512 tier's, used where the CPU has AVX512_BF16): the P V of bf16 q and out
      * over float tiles (cpu_driver.c): acc [nq][dim] += w [n][nq]^T v [n][dim] (dim % 16 == 0), V and w rounded
-     * to bf16; scratch of (n + 1) / 2 * (dim + nq) words. */
-    void (*bf16_accum)(const float *v, int64_t n, int64_t dim, const float *w, int nq, float *acc, uint32_t *scratch);
+     * to bf16; scratch of (n + 1) / 2 * (dim + nq) words. false, acc untouched: this block's V is too small for
+     * bf16 (subnormals flush), use the f32 kernel. */
+    bool (*bf16_accum)(const float *v, int64_t n, int64_t dim, const float *w, int nq, float *acc, uint32_t *scratch);
 } cpu_isa;
 
 extern const cpu_isa qsdpa_cpu_isa_c;

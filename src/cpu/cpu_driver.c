@@ -383,12 +383,10 @@ static void run_task(void *arg, int64_t t, int thread) {
         }
         apply_masks(pl, &bf, b, hkv, i0, ni, j0, n);
         softmax_block(pl, &bf, nr, n, dv);
-        if (bf16) {
+        if (tiles) {
             vops->unpack(&vr, j0, n, bf.vf);
-            pl->isa->bf16_accum(bf.vf, n, dv, bf.s, (int)nr, bf.acc, bf.vb);
-        } else if (tiles) {
-            vops->unpack(&vr, j0, n, bf.vf);
-            vfops->accum(&vf, 0, n, bf.s, (int)nr, bf.acc, bf.tmp);
+            if (!bf16 || !pl->isa->bf16_accum(bf.vf, n, dv, bf.s, (int)nr, bf.acc, bf.vb))
+                vfops->accum(&vf, 0, n, bf.s, (int)nr, bf.acc, bf.tmp);
         } else {
             vops->accum(&vr, j0, n, bf.s, (int)nr, bf.acc, bf.tmp);
         }

@@ -4,6 +4,7 @@
  * partial mode (out + lse), and disable_simd selecting the portable C path. */
 #include "test_util.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -110,6 +111,14 @@ static int poke_q_nan; /* q[0][0][0][1] = NaN: that row's output is NaN, the oth
 /* >= 0: check the vnni rows' route suffix "+bf16" (bf16 tiles) is there exactly when expected: bf16_expect is 1,
  * the CPU has AVX512_BF16, and the row takes float tiles (prefill, or more than 16 rows a KV head) */
 static int bf16_expect = -1;
+/* plain f32 V: 1 = its last key's values +-FLT_MAX (finite, past bf16's largest: masked for the early causal rows);
+ * 2 = every value times 1e-40 (subnormal) */
+static int poke_v;
+
+/* affine widths other than 4 and 8: the CPU driver takes float tiles from 5 rows a KV head, not 17 */
+static int odd_width(const char *fmt) {
+    return strncmp(fmt, "affine:", 7) == 0 && fmt[7] != '4' && fmt[7] != '8';
+}
 
 static void poke_e4m3_nan(kv_buf *kv) {
     int64_t words = kv->t.codes.shape[3], ng = kv->t.scales.shape[3];
@@ -136,6 +145,18 @@ static void run_case(test_rng *rng, const test_case *c) {
     make_kv(rng, c->kfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dk, c->global, &k);
     make_kv(rng, c->vfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dv, c->global, &v);
     if (poke_nan) poke_e4m3_nan(poke_nan == 1 ? &v : &k);
+    if (poke_v && !strcmp(c->vfmt, "f32")) {
+        float *vals = v.codes;
+        v.maxabs = 0.0f;
+        for (int64_t bh = 0; bh < c->B * c->Hkv; bh++)
+            for (int64_t l = 0; l < c->Lk; l++)
+                for (int64_t d = 0; d < c->Dv; d++) {
+                    float *x = &vals[(bh * cap + l) * c->Dv + d];
+                    if (poke_v == 1 && l == c->Lk - 1) *x = d % 2 ? FLT_MAX : -FLT_MAX;
+                    if (poke_v == 2) *x *= 1e-40f;
+                    if (fabsf(*x) > v.maxabs) v.maxabs = fabsf(*x);
+                }
+    }
     int64_t nq = c->B * c->Hq * c->Lq * c->Dk;
     void *q = test_alloc((size_t)nq * qsdpa_dtype_size(c->qdt));
     test_fill_normal(rng, q, c->qdt, nq, 1.0);
@@ -221,7 +242,8 @@ static void run_case(test_rng *rng, const test_case *c) {
         if (ks != QSDPA_OK) continue;
         kernel_runs++;
         if (bf16_expect >= 0 && strstr(kernel_names[kn], "vnni")) {
-            const bool tiles = strstr(kernel_names[kn], "prefill") || c->Hq / c->Hkv * c->Lq > 16;
+            const bool tiles = strstr(kernel_names[kn], "prefill") ||
+                               c->Hq / c->Hkv * c->Lq > (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16);
             const bool want = bf16_expect && tiles && (qsdpa_cpu_features() & 16u);
             const char *route = qsdpa_context_last_route(ctx_kernel[kn]);
             CHECK((strstr(route, "+bf16") != NULL) == want, "%s: %s took route '%s', bf16 tiles %s", name,
@@ -418,6 +440,18 @@ int main(void) {
         };
         bf16_expect = 1;
         for (size_t i = 0; i < sizeof bf16_cases / sizeof bf16_cases[0]; i++) run_case(&rng, &bf16_cases[i]);
+        /* odd widths take tiles from 5 rows: 8 rows on the decode row */
+        test_case odd = {1, 8, 1, 1, 200, 64, 64, "affine:3:64", "affine:8:64", B16, B16, 0, 0, 0, 0, 0, 0};
+        run_case(&rng, &odd);
+        /* V past bf16's range (clamped: a masked key's weight 0 must not make NaN) and subnormal V (blocks under
+         * 2^-100 take f32: bf16 flushes subnormals) */
+        test_case edges[] = {
+            {1, 4, 1, 8, 8, 16, 16, "f32", "f32", B16, B16, 0, 1, 0, 0, 0, 0},
+            {1, 8, 2, 12, 40, 64, 32, "f16", "f32", B16, B16, 0, 1, 0, 1, 0, 0},
+        };
+        for (poke_v = 1; poke_v <= 2; poke_v++)
+            for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) run_case(&rng, &edges[i]);
+        poke_v = 0;
         bf16_expect = 0;
         for (size_t i = 0; i < sizeof f32_tiles / sizeof f32_tiles[0]; i++) run_case(&rng, &f32_tiles[i]);
         bf16_expect = -1;

@@ -1018,21 +1018,38 @@ INLINE BF16_TARGET void bf16_accum_rows(const int NR, const int VECS, const uint
 
 /* acc[r][d] += sum_j w[j][r] v[j][d]: v a float tile [n][dim] (dim a multiple of 16), w key-major [n][nq];
  * scratch: (n + 1) / 2 * (dim + nq) 32-bit words */
-static BF16_TARGET void bf16_accum_z(const float *v, int64_t n, int64_t dim, const float *w, int nq, float *acc,
+/* 16 values of V as bf16 in the low halves of 32-bit lanes: finite values past bf16's largest clamped to it (the
+ * rounding would make them infinite, and a masked key's 0 x inf NaN), infinities and NaN kept; |x| folded into
+ * *vmax (NaN ignored) */
+INLINE BF16_TARGET __m512i bf16_lanes(const float *x, __m512 *vmax) {
+    const __m512 v = _mm512_loadu_ps(x), a = _mm512_abs_ps(v);
+    const __m512 top = _mm512_castsi512_ps(_mm512_set1_epi32(0x7F7F0000)); /* bf16's largest finite */
+    const __mmask16 big = _mm512_cmp_ps_mask(a, top, _CMP_GT_OQ) &
+                          _mm512_cmp_ps_mask(a, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u));
+    const __m512 c = _mm512_mask_blend_ps(big, v, _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(top), sign)));
+    *vmax = _mm512_max_ps(a, *vmax);
+    return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(c));
+}
+
+/* false (nothing written to acc): the block's V is so small (max |v| below 2^-100, subnormal products within reach)
+ * that bf16's flush of subnormal inputs and products could cost more than SPEC 4 allows; the caller takes f32 */
+static BF16_TARGET bool bf16_accum_z(const float *v, int64_t n, int64_t dim, const float *w, int nq, float *acc,
                                      uint32_t *scratch) {
     const int64_t pairs = (n + 1) / 2;
     uint32_t *vp = scratch, *wp = scratch + pairs * dim;
+    __m512 vmax = _mm512_setzero_ps();
     for (int64_t i = 0; i < pairs; i++) {
         const float *v0 = v + 2 * i * dim, *v1 = 2 * i + 1 < n ? v0 + dim : NULL;
         for (int64_t d = 0; d < dim; d += 16) {
-            __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v0 + d)));
-            __m512i hi = v1 ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v1 + d)))
-                            : _mm512_setzero_si512();
+            const __m512i lo = bf16_lanes(v0 + d, &vmax);
+            const __m512i hi = v1 ? bf16_lanes(v1 + d, &vmax) : _mm512_setzero_si512();
             _mm512_storeu_si512((void *)(vp + i * dim + d), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
         for (int r = 0; r < nq; r++)
             wp[i * nq + r] = bf16_round(w[2 * i * nq + r]) | (2 * i + 1 < n ? (uint32_t)bf16_round(w[(2 * i + 1) * nq + r]) << 16 : 0u);
     }
+    if (!(_mm512_reduce_max_ps(vmax) >= 0x1p-100f)) return false;
     for (int r0 = 0; r0 < nq; r0 += 8) {
         const int nr = nq - r0 < 8 ? nq - r0 : 8;
         for (int64_t e = 0; e < dim; e += 32) {
@@ -1044,6 +1061,7 @@ static BF16_TARGET void bf16_accum_z(const float *v, int64_t n, int64_t dim, con
 #undef BF16_ACCUM_ROWS
         }
     }
+    return true;
 }
 #endif
 
