@@ -160,7 +160,7 @@ typedef struct result {
     int threads;
     double ms, gbs, err, ref_ms;
     double cpu_ms; /* median process CPU time per call, all threads summed */
-    const char *kernel;
+    char kernel[64]; /* the route the timed calls took (qsdpa_context_last_route: the entry, "+bf16" on bf16 tiles) */
 } result;
 
 static int cmp_double(const void *a, const void *b) {
@@ -222,8 +222,8 @@ static int run_row(const opts *o, qsdpa_context *ctx, qsdpa_context *ref, const 
     memset(res, 0, sizeof *res);
     res->format = name, res->lq = lq, res->lk = lk, res->threads = o->threads;
     res->err = -1, res->ref_ms = -1;
-    qsdpa_attention_select(ctx, &qt, &k->t, &v->t, &prm, &ot, &res->kernel);
     res->ms = time_attention(ctx, &qt, &k->t, &v->t, &prm, &ot, o->repeats, &res->cpu_ms);
+    snprintf(res->kernel, sizeof res->kernel, "%s", qsdpa_context_last_route(ctx));
     if (res->ms < 0) {
         fprintf(stderr, "qsdpa bench: %s Lq=%lld Lk=%lld failed: %s\n", name, (long long)lq, (long long)lk,
                 qsdpa_last_error());
@@ -273,13 +273,13 @@ static void print_row(const opts *o, const result *r, const result *f16, int fir
                "\"threads\": %d, \"ms\": %.4f, \"cpu_ms\": %.4f, \"gbs\": %.2f, \"err\": %.3g, \"ref_ms\": %.2f, \"vs_f16\": %.3f, "
                "\"vs_ref\": %.1f, \"kernel\": \"%s\", \"causal\": %s}",
                first ? "" : ",\n", o->shape, qsdpa_dtype_name(o->dtype), r->format, (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err,
-               r->ref_ms, vs_f16, vs_ref, r->kernel ? r->kernel : "?", r->lq == r->lk ? "true" : "false");
+               r->ref_ms, vs_f16, vs_ref, r->kernel[0] ? r->kernel : "?", r->lq == r->lk ? "true" : "false");
         return;
     }
     printf("%-21s %-4s %-13s %5lld %7lld %3d %10.3f %9.3f %7.2f %9.2e %9.3fx %9.1fx  %s\n", o->shape,
            qsdpa_dtype_name(o->dtype), r->format,
            (long long)r->lq, (long long)r->lk, r->threads, r->ms, r->cpu_ms, r->gbs, r->err, vs_f16, vs_ref,
-           r->kernel ? r->kernel : "?");
+           r->kernel[0] ? r->kernel : "?");
 }
 
 static void usage(void) {
