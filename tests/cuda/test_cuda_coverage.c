@@ -353,6 +353,22 @@ int main(void) {
                      dec[k].vf, (long long)c.dk);
             cuda_case_run(&rng, &c, label);
         }
+        /* more splits than the merge holds weights for at once (COMBINE_CHUNK 256): one KV head over 20000 keys on
+         * the decode kernel (32-key splits: up to 625), and MLA over 36000 on the wide kernel (128-key splits, a
+         * wave of two blocks an SM: 264 on an H100) */
+        if (!quick) {
+            c = cuda_case_default();
+            c.kernel = info.name;
+            c.q_dtype = QSDPA_DTYPE_F32;
+            c.kf = c.vf = fmt("affine:4:64");
+            c.hq = 4; c.hkv = 1; c.lq = 1; c.lk = 20000; c.sinks = 1;
+            cuda_case_run(&rng, &c, "cuda.generic decode many splits Lk20000");
+            c = cuda_case_default();
+            c.kernel = info.name;
+            c.kf = c.vf = fmt("affine:4:64");
+            c.dk = 576; c.dv = 512; c.hq = 16; c.hkv = 1; c.lq = 1; c.lk = 36000;
+            cuda_case_run(&rng, &c, "cuda.generic wide many splits MLA Lk36000");
+        }
         /* plain rows by words (odd word counts, Dk != Dv), head dims off the pitch rules' multiples, and
          * more folded rows (heads x positions) than one block takes */
         const struct { const char *f; int64_t dk, dv, hq, hkv, lq; qsdpa_dtype q; } more[] = {
