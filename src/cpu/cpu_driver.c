@@ -28,7 +28,8 @@ typedef struct plan {
     int64_t block;         /* keys per online-softmax block over codes (<= CPU_BLOCK, divides it) */
     int64_t rows_max;      /* ratio * q_tile */
     int64_t key_total;     /* global key count for causal/window */
-    bool bf16;             /* float tiles through the ISA's bf16 kernels (bf16_tiles) */
+    bool bf16;             /* float tiles' P V through the ISA's bf16 kernel (bf16_tiles) */
+    bool bf16_k;           /* and their Q K^T: K's values exact in bf16 (bf16_exact_k) */
     char *scratch;         /* [threads][thread_bytes] */
     size_t thread_bytes;
     float *part_m, *part_l; /* split decode: [tasks][rows_max] */
@@ -50,6 +51,8 @@ typedef struct buffers {
     int16_t *q16;  /* [rows][Dk] q as int16 in the K kernel's order (score_q16) */
     float *qscale; /* [rows] + 4: q = q16 * qscale */
     uint32_t *vb;  /* [CPU_BLOCK / 2][Dv + rows] bf16 tiles: V and weight pairs */
+    uint16_t *qb;  /* [rows][Dk] bf16 Q K^T: q as given (unscaled, bf16) */
+    uint16_t *kb;  /* [CPU_BLOCK][Dk] bf16 Q K^T: the K block */
 } buffers;
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -62,11 +65,13 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     size_t dmax = dk > dv ? dk : dv;
     size_t sizes[] = {R * dk * 4, R * dk * 4, R * gk * 4 + 16, CPU_BLOCK * R * 4 + 16, R * 4, R * 4, R * 4, R * 8, R * 8,
                       R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4, R * dk * 2, R * 4 + 16,
-                      pl->bf16 ? CPU_BLOCK / 2 * (dv + R) * 4 : 0};
+                      pl->bf16 ? CPU_BLOCK / 2 * (dv + R) * 4 : 0, pl->bf16_k ? R * dk * 2 : 0,
+                      pl->bf16_k ? CPU_BLOCK * dk * 2 : 0};
     void **slots[] = {(void **)&b->q, (void **)&b->qk, (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
                       (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
                       (void **)&b->acc, (void **)&b->tmp, (void **)&b->kf,
-                      (void **)&b->vf,  (void **)&b->q16, (void **)&b->qscale, (void **)&b->vb};
+                      (void **)&b->vf,  (void **)&b->q16, (void **)&b->qscale, (void **)&b->vb,
+                      (void **)&b->qb,  (void **)&b->kb};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base) *slots[i] = base + off;
@@ -110,6 +115,8 @@ static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, in
         const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
         float *dst = bf->q + r * dk;
         load_row(pl->isa, src, p->q_dtype, p->q_stride[3], dk, p->scale, dst);
+        if (pl->bf16_k) /* bf16 q as given: the scale goes on the scores */
+            for (int64_t d = 0; d < dk; d++) bf->qb[r * dk + d] = ((const uint16_t *)src)[d * p->q_stride[3]];
         if (affine)
             for (int64_t g = 0; g < dk / G; g++) {
                 float s = 0.0f;
@@ -316,6 +323,19 @@ static bool bf16_tiles(const qsdpa_problem *p, const cpu_isa *isa) {
            p->out_dtype == QSDPA_DTYPE_BF16 && p->dim_v % 16 == 0;
 }
 
+/* Whether the bf16 tiles' Q K^T may run in bf16 too: every value of K is exact in bf16, so with bf16 q each
+ * product is exact and only the f32 sums round, as on the f32 tiles. mxfp4 / mxfp8 (a code of at most 4
+ * significant bits times a power of two), nvfp4 without a global scale (2 bits times an E4M3 scale's 4), bf16
+ * rows; not affine (s c + z rounded), f16 or f32 rows. Values below 2^-126 lose their last bits (and bf16's
+ * instructions flush them): their products are below 2^-126 max|q|. */
+static bool bf16_exact_k(const qsdpa_problem *p) {
+    const qsdpa_format *f = &p->k.format;
+    const bool exact = f->mode == QSDPA_MODE_MXFP4 || f->mode == QSDPA_MODE_MXFP8 ||
+                       (f->mode == QSDPA_MODE_NVFP4 && f->global_scale == 0.0f) ||
+                       (f->mode == QSDPA_MODE_PLAIN && f->plain_dtype == QSDPA_DTYPE_BF16);
+    return exact && p->dim_k % 32 == 0;
+}
+
 static void run_task(void *arg, int64_t t, int thread) {
     const plan *pl = arg;
     const qsdpa_problem *p = pl->p;
@@ -373,7 +393,12 @@ static void run_task(void *arg, int64_t t, int thread) {
             prefetch_rows(&kr, j0 + n, nn);
             prefetch_rows(&vr, j0 + n, nn);
         }
-        if (tiles) {
+        if (tiles && pl->bf16_k) {
+            kops->unpack(&kr, j0, n, bf.kf);
+            pl->isa->bf16_pack(bf.kf, n * dk, bf.kb);
+            pl->isa->bf16_score(bf.kb, n, dk, bf.qb, (int)nr, bf.s);
+            for (int64_t e = 0; e < n * nr; e++) bf.s[e] *= p->scale;
+        } else if (tiles) {
             kops->unpack(&kr, j0, n, bf.kf);
             fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
         } else if (q16) {
@@ -480,6 +505,7 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     pl.block = decode_block(p);
     pl.rows_max = pl.ratio * pl.q_tile;
     pl.bf16 = bf16_tiles(p, isa);
+    pl.bf16_k = pl.bf16 && isa->bf16_score && bf16_exact_k(p);
     if (pl.bf16 && uses_tiles(&pl, pl.rows_max)) qsdpa_set_route(ctx, ctx->last_route, "+bf16");
     int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys

@@ -997,6 +997,52 @@ static inline uint16_t bf16_round(float x) {
     default: BODY(8) break;                                                                                    \
     }
 
+/* n floats to bf16 */
+static BF16_TARGET void bf16_pack_z(const float *src, int64_t n, uint16_t *dst) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)h);
+    }
+    for (; i < n; i++) dst[i] = bf16_round(src[i]);
+}
+
+/* scores[j][r] (key-major, nq a row) = sum_d qb[r][d] kb[j][d] over rows r0..r0+NR-1 (NR <= 8) and keys j, j + 1;
+ * dim a multiple of 32. Used where q and K are exact in bf16 (cpu_driver.c), so each product is exact and the sums
+ * are f32's, as on the f32 tiles */
+INLINE BF16_TARGET void bf16_score_keys(const int NR, const int KEYS, const uint16_t *kb, int64_t j, int64_t dim,
+                                        const uint16_t *qb, int nq, int r0, float *scores) {
+    __m512 a[2][8];
+    for (int u = 0; u < KEYS; u++)
+        for (int r = 0; r < 8; r++) a[u][r] = _mm512_setzero_ps();
+    for (int64_t e = 0; e < dim; e += 32) {
+        __m512bh k[2];
+        for (int u = 0; u < KEYS; u++) k[u] = (__m512bh)_mm512_loadu_si512((const void *)(kb + (j + u) * dim + e));
+        for (int r = 0; r < NR; r++) {
+            const __m512bh qv = (__m512bh)_mm512_loadu_si512((const void *)(qb + (int64_t)(r0 + r) * dim + e));
+            for (int u = 0; u < KEYS; u++) a[u][r] = _mm512_dpbf16_ps(a[u][r], k[u], qv);
+        }
+    }
+    for (int u = 0; u < KEYS; u++) {
+        store_rows(NR > 4 ? 4 : NR, sum16x4(a[u]), scores + (j + u) * nq + r0);
+        if (NR > 4) store_rows(NR - 4, sum16x4(a[u] + 4), scores + (j + u) * nq + r0 + 4);
+    }
+}
+
+static BF16_TARGET void bf16_score_z(const uint16_t *kb, int64_t n, int64_t dim, const uint16_t *qb, int nq,
+                                     float *scores) {
+    for (int r0 = 0; r0 < nq; r0 += 8) {
+        const int nr = nq - r0 < 8 ? nq - r0 : 8;
+        int64_t j = 0;
+#define BF16_SCORE_ROWS(NR)                                                                                    \
+    for (; j + 2 <= n; j += 2) bf16_score_keys(NR, 2, kb, j, dim, qb, nq, r0, scores);                           \
+    if (j < n) bf16_score_keys(NR, 1, kb, j, dim, qb, nq, r0, scores);
+        BF16_FOR_ROWS(nr, BF16_SCORE_ROWS)
+#undef BF16_SCORE_ROWS
+    }
+}
+
+
 /* acc[r][d] += sum_j w[j][r] v[j][d] over rows r0..r0+NR-1, dims e..e+32 (VECS 2) or e..e+16: vp holds keys 2i
  * and 2i + 1 of V in the halves of each 32-bit lane, wp the same pairs of weights for each row */
 INLINE BF16_TARGET void bf16_accum_rows(const int NR, const int VECS, const uint32_t *vp, const uint32_t *wp,
@@ -1069,7 +1115,7 @@ static BF16_TARGET bool bf16_accum_z(const float *v, int64_t n, int64_t dim, con
 /* The AVX-512 tier (src/cpu/vnni/isa_vnni.c builds this file again): rows of their own,
  * chosen where the CPU has AVX512 F/BW/VL/VNNI. */
 static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx512_exp_sub,
-                                 f16_to_f32_avx2, f32_to_f16_avx2, bf16_accum_z};
+                                 f16_to_f32_avx2, f32_to_f16_avx2, bf16_accum_z, bf16_pack_z, bf16_score_z};
 
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
@@ -1081,7 +1127,7 @@ qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p) 
 }
 #else
 const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub,
-                                    f16_to_f32_avx2, f32_to_f16_avx2, NULL};
+                                    f16_to_f32_avx2, f32_to_f16_avx2, NULL, NULL, NULL};
 
 qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
