@@ -194,7 +194,8 @@ void qsdpa_context_destroy(qsdpa_context *ctx);
  * head dim) or "cuda.realigned:" (scale planes copied aligned) followed by the
  * kernel that ran on the copy, or "cuda.padded:" (a wider head dim's kernel read
  * the cache in place, no copy) followed by that kernel; a cpu.vnni.* entry adds "+bf16" where its bf16
- * tiles ran (bf16 q and output over many rows a KV head; qsdpa_cpu_features bit 16). Set when the call is
+ * tiles ran P V, "+bf16k" where they ran Q K^T as well (bf16 q and output over many rows a KV head;
+ * qsdpa_cpu_features bit 16). Set when the call is
  * enqueued; a failed call may leave a partial route. */
 const char *qsdpa_context_last_route(const qsdpa_context *ctx);
 /* CUDA: switch stream for subsequent calls.
@@ -327,8 +328,8 @@ qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
 /* Bit set: 1 = AVX2, 2 = FMA, 4 = F16C (each only if the OS saves YMM state),
  * 8 = the AVX-512 tier: AVX512 F, BW, VL and VNNI (only if the OS saves the ZMM and opmask
  * state); the cpu.vnni.* kernel rows need it. 16 = AVX512_BF16 as well (with 8): those rows
- * then run the P V of bf16 q and output over many query rows a KV head on bf16 dot products
- * (route suffix "+bf16"). */
+ * then run the P V of bf16 q and output over many query rows a KV head on bf16 dot products,
+ * and Q K^T too where K's values are exact in bf16 (route suffix "+bf16" / "+bf16k"). */
 unsigned qsdpa_cpu_features(void);
 
 /* ---- KV cache ------------------------------------------------------------

@@ -56,7 +56,7 @@ class Context:
     @property
     def last_route(self):
         """The route the last attention call on this context took: the kernel-table entry's name, which a CUDA
-        context refines to the kernel that ran and a CPU AVX-512 entry marks "+bf16" where its bf16 tiles ran
+        context refines to the kernel that ran and a CPU AVX-512 entry marks "+bf16" / "+bf16k" where its bf16 tiles ran
         (qsdpa_context_last_route); "" before the first call."""
         return _qsdpa.context_last_route(self._cap)
 

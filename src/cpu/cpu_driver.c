@@ -506,7 +506,7 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     pl.rows_max = pl.ratio * pl.q_tile;
     pl.bf16 = bf16_tiles(p, isa);
     pl.bf16_k = pl.bf16 && isa->bf16_score && bf16_exact_k(p);
-    if (pl.bf16 && uses_tiles(&pl, pl.rows_max)) qsdpa_set_route(ctx, ctx->last_route, "+bf16");
+    if (pl.bf16 && uses_tiles(&pl, pl.rows_max)) qsdpa_set_route(ctx, ctx->last_route, pl.bf16_k ? "+bf16k" : "+bf16");
     int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys
      * so the merge stays negligible. */

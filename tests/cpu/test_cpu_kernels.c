@@ -248,6 +248,11 @@ static void run_case(test_rng *rng, const test_case *c) {
             const char *route = qsdpa_context_last_route(ctx_kernel[kn]);
             CHECK((strstr(route, "+bf16") != NULL) == want, "%s: %s took route '%s', bf16 tiles %s", name,
                   kernel_names[kn], route, want ? "expected" : "not expected");
+            /* Q K^T in bf16 too where every K value is exact in bf16 */
+            const bool exact_k = (!strcmp(c->kfmt, "mxfp4") || !strcmp(c->kfmt, "mxfp8") || !strcmp(c->kfmt, "bf16") ||
+                                  (!strcmp(c->kfmt, "nvfp4") && c->global == 0.0f)) && c->Dk % 32 == 0;
+            CHECK((strstr(route, "+bf16k") != NULL) == (want && exact_k), "%s: %s took route '%s', bf16 Q K^T %s",
+                  name, kernel_names[kn], route, want && exact_k ? "expected" : "not expected");
         }
         double worst = 0, worst_lse = 0;
         int guards_ok = 1;
@@ -417,8 +422,9 @@ int main(void) {
     /* 6. bf16 tiles (the AVX-512 tier on CPUs with AVX512_BF16: the P V of bf16 q and out over float tiles,
      * Dv % 16 == 0): MLA latent shapes (Dk 576 / Dv 512 over one KV head) at 16 and 48 rows, a causal prefill
      * with sinks, GQA 8 decode over 32 rows (tiles) and over 8 (codes), odd key counts (a last key pair of one),
-     * row counts off the 8-row passes, a mask, Dv 80 (a last 16-value step), Dk 80; and the shapes that keep f32
-     * tiles: Dv 72, f16 q, f32 out (partial) */
+     * row counts off the 8-row passes, a mask, Dv 80 (a last 16-value step), Dk 80; Q K^T in bf16 too where K's
+     * values are exact in bf16 (mxfp4/mxfp8/bf16 K, nvfp4 K without a global scale, Dk % 32 == 0: route "+bf16k"),
+     * f32 otherwise; and the shapes that keep f32 tiles: Dv 72, f16 q, f32 out (partial) */
     {
         if (!(qsdpa_cpu_features() & 16u)) printf("bf16 tiles: only their fallbacks run (this CPU lacks AVX512_BF16)\n");
         const qsdpa_dtype B16 = QSDPA_DTYPE_BF16;
@@ -432,6 +438,9 @@ int main(void) {
             {1, 5, 1, 5, 77, 1024, 1024, "affine:2:32", "affine:5:32", B16, B16, 0, 0, 0, 0, 0, 0},
             {1, 4, 1, 9, 150, 128, 80, "affine:4:32", "f16", B16, B16, 0, 1, 0, 0, 0, 0}, /* Dv: 2 vectors and 1 */
             {1, 4, 1, 9, 150, 80, 128, "f16", "affine:4:32", B16, B16, 0, 1, 0, 0, 0, 0},   /* any Dk */
+            {1, 8, 1, 3, 140, 128, 64, "nvfp4", "mxfp4", B16, B16, 0, 0, 0, 0, 0, 0},      /* bf16 Q K^T */
+            {1, 8, 1, 3, 140, 128, 64, "nvfp4", "mxfp4", B16, B16, 0, 0, 0, 0, 0, 3.5f},   /* G: f32 Q K^T */
+            {1, 8, 1, 3, 140, 80, 64, "bf16", "mxfp4", B16, B16, 0, 0, 0, 0, 0, 0},        /* Dk 80: f32 Q K^T */
         };
         test_case f32_tiles[] = {
             {1, 4, 1, 9, 150, 128, 72, "affine:4:32", "f16", B16, B16, 0, 1, 0, 0, 0, 0},

@@ -98,11 +98,12 @@ static qsdpa_status run_case(const char *kernel, int disable_simd, const qsdpa_t
     if (st != QSDPA_OK) return st;
     if (chosen) st = qsdpa_attention_select(ctx, q, k, v, params, out, chosen);
     if (st == QSDPA_OK) st = qsdpa_attention(ctx, q, k, v, params, out);
-    /* the entry that ran is the one selection named (a CPU entry's only path inside it: "+bf16", its bf16 tiles) */
+    /* the entry that ran is the one selection named (a CPU entry's only paths inside it: its bf16 tiles, "+bf16"
+     * for P V, "+bf16k" for Q K^T as well) */
     if (st == QSDPA_OK && chosen) {
         const char *route = qsdpa_context_last_route(ctx);
         const size_t n = strlen(*chosen);
-        CHECK(strncmp(route, *chosen, n) == 0 && (route[n] == '\0' || strcmp(route + n, "+bf16") == 0),
+        CHECK(strncmp(route, *chosen, n) == 0 && (route[n] == '\0' || strcmp(route + n, "+bf16") == 0 || strcmp(route + n, "+bf16k") == 0),
               "ran '%s', selection named '%s'", route, *chosen);
     }
     qsdpa_context_destroy(ctx);
