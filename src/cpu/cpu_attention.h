@@ -83,9 +83,10 @@ typedef struct cpu_isa {
      * bf16 (subnormals flush), use the f32 kernel. */
     bool (*bf16_accum)(const float *v, int64_t n, int64_t dim, const float *w, int nq, float *acc, uint32_t *scratch);
     /* Optional likewise, for the Q K^T of those calls where q and K's values are exact in bf16 (so each product
-     * is exact): bf16_pack: n floats to bf16 (nearest even); bf16_score: scores [n][nq] (key-major) of bf16 K rows
-     * kb [n][dim] against bf16 q rows qb [nq][dim], dim % 32 == 0, f32 sums. */
-    void (*bf16_pack)(const float *src, int64_t n, uint16_t *dst);
+     * is exact): bf16_pack: n floats to bf16 (nearest even), returning max |src| (NaN ignored); bf16_score:
+     * scores [n][nq] (key-major) of bf16 K rows kb [n][dim] against bf16 q rows qb [nq][dim], dim % 32 == 0, f32
+     * sums. */
+    float (*bf16_pack)(const float *src, int64_t n, uint16_t *dst);
     void (*bf16_score)(const uint16_t *kb, int64_t n, int64_t dim, const uint16_t *qb, int nq, float *scores);
 } cpu_isa;
 

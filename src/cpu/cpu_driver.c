@@ -52,6 +52,7 @@ typedef struct buffers {
     float *qscale; /* [rows] + 4: q = q16 * qscale */
     uint32_t *vb;  /* [CPU_BLOCK / 2][Dv + rows] bf16 tiles: V and weight pairs */
     uint16_t *qb;  /* [rows][Dk] bf16 Q K^T: q as given (unscaled, bf16) */
+    float qb_max;  /* max |q| over qb (NaN counts as large) */
     uint16_t *kb;  /* [CPU_BLOCK][Dk] bf16 Q K^T: the K block */
 } buffers;
 
@@ -115,8 +116,21 @@ static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, in
         const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
         float *dst = bf->q + r * dk;
         load_row(pl->isa, src, p->q_dtype, p->q_stride[3], dk, p->scale, dst);
-        if (pl->bf16_k) /* bf16 q as given: the scale goes on the scores */
-            for (int64_t d = 0; d < dk; d++) bf->qb[r * dk + d] = ((const uint16_t *)src)[d * p->q_stride[3]];
+        if (pl->bf16_k) { /* bf16 q as given: the scale goes on the scores */
+            uint16_t *qb = bf->qb + r * dk;
+            if (p->q_stride[3] == 1) memcpy(qb, src, (size_t)dk * 2);
+            else
+                for (int64_t d = 0; d < dk; d++) qb[d] = ((const uint16_t *)src)[d * p->q_stride[3]];
+            uint32_t top = 0; /* bf16 magnitudes order as integers (NaN above inf) */
+            for (int64_t d = 0; d < dk; d++) {
+                const uint32_t a = qb[d] & 0x7FFFu;
+                top = a > top ? a : top;
+            }
+            const uint32_t bits = top << 16;
+            float m;
+            memcpy(&m, &bits, 4);
+            if (r == 0 || !(m <= bf->qb_max)) bf->qb_max = m;
+        }
         if (affine)
             for (int64_t g = 0; g < dk / G; g++) {
                 float s = 0.0f;
@@ -309,8 +323,9 @@ static bool uses_tiles(const plan *pl, int64_t nr) {
 
 /* Whether the float tiles' P V runs through the ISA's bf16 kernel: bf16 q and output (a partial call's f32
  * output stays f32 throughout), Dv a multiple of its 16-value vectors, not turned off (QSDPA_CPU_BF16=0, a
- * benchmark knob). Scores stay f32: a bf16 Q K^T (built, session 23) erred by |score| x 2^-8, past bf16's bound
- * at the fuzzer's large scores; V and the weights rounded to bf16 err by at most 2^-8 max|V| in all. */
+ * benchmark knob). V and the weights rounded to bf16 err by at most 2^-8 max|V| in all. Q K^T follows only
+ * where K is exact in bf16 (bf16_exact_k): rounding K erred by |score| x 2^-8, past bf16's bound at the fuzzer's
+ * large scores (session 23). */
 static bool bf16_tiles(const qsdpa_problem *p, const cpu_isa *isa) {
     static _Atomic int knob = -1; /* read once; threads racing here store the same value */
     int on = atomic_load_explicit(&knob, memory_order_relaxed);
@@ -326,8 +341,8 @@ static bool bf16_tiles(const qsdpa_problem *p, const cpu_isa *isa) {
 /* Whether the bf16 tiles' Q K^T may run in bf16 too: every value of K is exact in bf16, so with bf16 q each
  * product is exact and only the f32 sums round, as on the f32 tiles. mxfp4 / mxfp8 (a code of at most 4
  * significant bits times a power of two), nvfp4 without a global scale (2 bits times an E4M3 scale's 4), bf16
- * rows; not affine (s c + z rounded), f16 or f32 rows. Values below 2^-126 lose their last bits (and bf16's
- * instructions flush them): their products are below 2^-126 max|q|. */
+ * rows; not affine (s c + z rounded), f16 or f32 rows. bf16's instructions flush values below 2^-126 (q's
+ * and K's): run_task takes this path only while both stay under 2^100, so a flushed product is under 2^-26. */
 static bool bf16_exact_k(const qsdpa_problem *p) {
     const qsdpa_format *f = &p->k.format;
     const bool exact = f->mode == QSDPA_MODE_MXFP4 || f->mode == QSDPA_MODE_MXFP8 ||
@@ -393,14 +408,17 @@ static void run_task(void *arg, int64_t t, int thread) {
             prefetch_rows(&kr, j0 + n, nn);
             prefetch_rows(&vr, j0 + n, nn);
         }
-        if (tiles && pl->bf16_k) {
+        if (tiles) {
             kops->unpack(&kr, j0, n, bf.kf);
-            pl->isa->bf16_pack(bf.kf, n * dk, bf.kb);
-            pl->isa->bf16_score(bf.kb, n, dk, bf.qb, (int)nr, bf.s);
-            for (int64_t e = 0; e < n * nr; e++) bf.s[e] *= p->scale;
-        } else if (tiles) {
-            kops->unpack(&kr, j0, n, bf.kf);
-            fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
+            /* bf16 Q K^T where no sum can overflow before the scale (which the f32 tiles apply to q first) and
+             * bf16's flush of values under 2^-126 costs at most 2^-26 Dk of a score: both operands under 2^100 */
+            const float kbig = pl->bf16_k ? pl->isa->bf16_pack(bf.kf, n * dk, bf.kb) : 0.0f;
+            if (pl->bf16_k && kbig < 0x1p100f && bf.qb_max < 0x1p100f && kbig * bf.qb_max * (float)dk < 0x1p120f) {
+                pl->isa->bf16_score(bf.kb, n, dk, bf.qb, (int)nr, bf.s);
+                for (int64_t e = 0; e < n * nr; e++) bf.s[e] *= p->scale;
+            } else {
+                fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
+            }
         } else if (q16) {
             kops->score_q16(&kr, j0, n, bf.q16, bf.qscale, bf.qsum, (int)nr, bf.s);
         } else {
@@ -505,7 +523,7 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     pl.block = decode_block(p);
     pl.rows_max = pl.ratio * pl.q_tile;
     pl.bf16 = bf16_tiles(p, isa);
-    pl.bf16_k = pl.bf16 && isa->bf16_score && bf16_exact_k(p);
+    pl.bf16_k = pl.bf16 && isa->bf16_score && bf16_exact_k(p) && uses_tiles(&pl, pl.rows_max);
     if (pl.bf16 && uses_tiles(&pl, pl.rows_max)) qsdpa_set_route(ctx, ctx->last_route, pl.bf16_k ? "+bf16k" : "+bf16");
     int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys

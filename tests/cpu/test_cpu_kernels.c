@@ -114,6 +114,7 @@ static int bf16_expect = -1;
 /* plain f32 V: 1 = its last key's values +-FLT_MAX (finite, past bf16's largest: masked for the early causal rows);
  * 2 = every value times 1e-40 (subnormal) */
 static int poke_v;
+static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax scale, not after it */
 
 /* affine widths other than 4 and 8: the CPU driver takes float tiles from 5 rows a KV head, not 17 */
 static int odd_width(const char *fmt) {
@@ -161,6 +162,8 @@ static void run_case(test_rng *rng, const test_case *c) {
     void *q = test_alloc((size_t)nq * qsdpa_dtype_size(c->qdt));
     test_fill_normal(rng, q, c->qdt, nq, 1.0);
     if (poke_q_nan) qsdpa_store_float(q, c->qdt, 1, NAN);
+    if (poke_q_big)
+        for (int64_t i = 0; i < nq; i++) qsdpa_store_float(q, c->qdt, i, qsdpa_load_float(q, c->qdt, i) * 1e37f);
     qsdpa_tensor qt = qsdpa_tensor_4d(q, c->qdt, c->B, c->Hq, c->Lq, c->Dk);
 
     qsdpa_attention_params prm = qsdpa_attention_default_params();
@@ -461,6 +464,12 @@ int main(void) {
         for (poke_v = 1; poke_v <= 2; poke_v++)
             for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) run_case(&rng, &edges[i]);
         poke_v = 0;
+        /* q near bf16's range: the unscaled bf16 Q K^T would overflow where q scaled first does not (the block
+         * takes the f32 score) */
+        test_case big_q = {1, 8, 1, 4, 64, 128, 128, "bf16", "f16", B16, B16, 0, 0, 0, 0, 0, 0};
+        poke_q_big = 1;
+        run_case(&rng, &big_q);
+        poke_q_big = 0;
         bf16_expect = 0;
         for (size_t i = 0; i < sizeof f32_tiles / sizeof f32_tiles[0]; i++) run_case(&rng, &f32_tiles[i]);
         bf16_expect = -1;

@@ -997,14 +997,22 @@ static inline uint16_t bf16_round(float x) {
     default: BODY(8) break;                                                                                    \
     }
 
-/* n floats to bf16 */
-static BF16_TARGET void bf16_pack_z(const float *src, int64_t n, uint16_t *dst) {
+/* n floats to bf16; returns max |src| (NaN ignored) */
+static BF16_TARGET float bf16_pack_z(const float *src, int64_t n, uint16_t *dst) {
     int64_t i = 0;
+    __m512 vmax = _mm512_setzero_ps();
     for (; i + 16 <= n; i += 16) {
-        __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+        const __m512 x = _mm512_loadu_ps(src + i);
+        vmax = _mm512_max_ps(_mm512_abs_ps(x), vmax);
+        __m256bh h = _mm512_cvtneps_pbh(x);
         _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)h);
     }
-    for (; i < n; i++) dst[i] = bf16_round(src[i]);
+    float m = _mm512_reduce_max_ps(vmax);
+    for (; i < n; i++) {
+        dst[i] = bf16_round(src[i]);
+        if (fabsf(src[i]) > m) m = fabsf(src[i]);
+    }
+    return m;
 }
 
 /* scores[j][r] (key-major, nq a row) = sum_d qb[r][d] kb[j][d] over rows r0..r0+NR-1 (NR <= 8) and keys j, j + 1;
