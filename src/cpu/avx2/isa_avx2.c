@@ -977,13 +977,6 @@ static void f32_to_f16_avx2(const float *src, int64_t n, uint16_t *dst) {
  * once (nearest even), the sums are f32: at most 2^-8 max|V| of error, inside bf16 q's SPEC 4 bound (1.6e-2). */
 #define BF16_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni,avx512bf16")))
 
-static inline uint16_t bf16_round(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays a (quiet) NaN */
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 /* BODY(NR) for nr (1-8) query rows, NR a compile-time constant (the row loops unroll into registers) */
 #define BF16_FOR_ROWS(nr, BODY)                                                                                \
     switch (nr) {                                                                                              \
@@ -1009,7 +1002,7 @@ static BF16_TARGET float bf16_pack_z(const float *src, int64_t n, uint16_t *dst)
     }
     float m = _mm512_reduce_max_ps(vmax);
     for (; i < n; i++) {
-        dst[i] = bf16_round(src[i]);
+        dst[i] = qsdpa_f32_to_bf16(src[i]);
         if (fabsf(src[i]) > m) m = fabsf(src[i]);
     }
     return m;
@@ -1101,7 +1094,7 @@ static BF16_TARGET bool bf16_accum_z(const float *v, int64_t n, int64_t dim, con
             _mm512_storeu_si512((void *)(vp + i * dim + d), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
         for (int r = 0; r < nq; r++)
-            wp[i * nq + r] = bf16_round(w[2 * i * nq + r]) | (2 * i + 1 < n ? (uint32_t)bf16_round(w[(2 * i + 1) * nq + r]) << 16 : 0u);
+            wp[i * nq + r] = qsdpa_f32_to_bf16(w[2 * i * nq + r]) | (2 * i + 1 < n ? (uint32_t)qsdpa_f32_to_bf16(w[(2 * i + 1) * nq + r]) << 16 : 0u);
     }
     if (!(_mm512_reduce_max_ps(vmax) >= 0x1p-100f)) return false;
     for (int r0 = 0; r0 < nq; r0 += 8) {
