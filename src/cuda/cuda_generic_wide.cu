@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "cuda/cuda_generic.cuh"
+#include "cuda/mma_sync.cuh"
 
 namespace qgen {
 
@@ -49,10 +50,7 @@ struct wide_elt<__half> {
     }
     static __device__ __forceinline__ float2 unpack(uint32_t w) { return __half22float2(*(const __half2 *)&w); }
     static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma16816(c, a, b0, b1);
     }
 };
 template <>
@@ -66,29 +64,9 @@ struct wide_elt<__nv_bfloat16> {
         return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
     }
     static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma16816_bf16(c, a, b0, b1);
     }
 };
-
-__device__ __forceinline__ void wide_ldsm_x4(uint32_t (&r)[4], const void *at) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(at);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void wide_ldsm_x4_trans(uint32_t (&r)[4], const void *at) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(at);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void wide_ldsm_x2(uint32_t (&r)[2], const void *at) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(at);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
-}
 
 /* Element i of a scale or bias plane of dtype dt (f32, f16, bf16 or u8) as raw bits, not converted. */
 __device__ __forceinline__ uint32_t wide_raw(const void *base, int dt, int64_t i) {
@@ -364,17 +342,17 @@ __global__ void __launch_bounds__(128 * WM, WM == 2 ? 2 : 1) generic_wide(const 
         int ks = 0;
         for (; ks + 1 < ksteps; ks += 2) {
             uint32_t a[4], bk[2], a1[4], bk1[2];
-            wide_ldsm_x4(a, qa + ks * 16);
-            wide_ldsm_x2(bk, kb + ks * 16);
-            wide_ldsm_x4(a1, qa + ks * 16 + 16);
-            wide_ldsm_x2(bk1, kb + ks * 16 + 16);
+            ldmatrix_x4(a, qa + ks * 16);
+            ldmatrix_x2(bk, kb + ks * 16);
+            ldmatrix_x4(a1, qa + ks * 16 + 16);
+            ldmatrix_x2(bk1, kb + ks * 16 + 16);
             wide_elt<E>::mma(acc, a, bk[0], bk[1]);
             wide_elt<E>::mma(acc1, a1, bk1[0], bk1[1]);
         }
         if (ks < ksteps) {
             uint32_t a[4], bk[2];
-            wide_ldsm_x4(a, qa + ks * 16);
-            wide_ldsm_x2(bk, kb + ks * 16);
+            ldmatrix_x4(a, qa + ks * 16);
+            ldmatrix_x2(bk, kb + ks * 16);
             wide_elt<E>::mma(acc, a, bk[0], bk[1]);
         }
 #pragma unroll
@@ -425,12 +403,12 @@ __global__ void __launch_bounds__(128 * WM, WM == 2 ? 2 : 1) generic_wide(const 
 #pragma unroll
         for (int ks = 0; ks < WIDE_T / 16; ks++) {
             uint32_t a[4];
-            wide_ldsm_x4(a, pa + ks * 16);
+            ldmatrix_x4(a, pa + ks * 16);
 #pragma unroll
             for (int nt = 0; nt < NTW; nt += 2) {
                 if (d_first + nt * 8 >= dvp) break; /* warp-uniform; dvp is a multiple of 16 */
                 uint32_t bv[4];
-                wide_ldsm_x4_trans(bv, vb + ks * 16 * vp + nt * 8);
+                ldmatrix_x4_trans(bv, vb + ks * 16 * vp + nt * 8);
                 wide_elt<E>::mma(o[nt], a, bv[0], bv[1]);
                 wide_elt<E>::mma(o[nt + 1], a, bv[2], bv[3]);
             }

@@ -87,18 +87,6 @@ struct pf_layout {
     __device__ static int v_slot(int r, int c) { return DIRECT ? (int)tile_chunk(r, c, BN) / 4 : r * WV + c * 4; }
 };
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t *d, const void *smem_row) {
-    unsigned a = (unsigned)__cvta_generic_to_shared(smem_row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *d, const void *smem_row) {
-    unsigned a = (unsigned)__cvta_generic_to_shared(smem_row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-                 : "r"(a));
-}
 
 /* Dequantization: packed rows of a stage -> swizzled f16 tiles [BN][D], one 16-byte chunk
  * (8 elements of one key, within one scale group) per work item; each group's stored scale
