@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | generic | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | fuzz | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -14,7 +14,8 @@
 # the baseline's 32K matrix and its rows outside it (the baseline is still built, for the extra rows); QSDPA_GPU_SKIP_CHECKS=1 the
 # GPU tests and sanitizers (timing-only calls on a commit already checked).
 #   quick: no full benchmark (the baseline comparison below still runs); generic: the generic row's tests and
-#   sanitizers, then the MLA rows (or QSDPA_GPU_EXTRA_ROWS) against a baseline; bench: the full benchmark and
+#   sanitizers, then the MLA rows (or QSDPA_GPU_EXTRA_ROWS) against a baseline; fuzz: build, then only
+#   test_cuda_random (QSDPA_GPU_FUZZ_SEEDS, QSDPA_GPU_FUZZ_SECONDS a seed; it also runs in every checking mode); bench: the full benchmark and
 #   PyTorch's baselines only (no GPU tests, sanitizers, multi-GPU stage, prefill-kernel rows or ncu: a
 #   timing call on a commit an earlier call checked; ~7 minutes); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
@@ -50,6 +51,17 @@ build_tree() {
       -Xlinker -rpath,"$PWD/$dir" -o "$dir/bench_gpu"
 }
 export -f build_tree
+# test_cuda_random (random API calls on the device against the CPU reference) for QSDPA_GPU_FUZZ_SECONDS per
+# seed (default 60) over QSDPA_GPU_FUZZ_SEEDS (default: two fresh ones), into tests.log
+fuzz_run() {
+  local seeds=${QSDPA_GPU_FUZZ_SEEDS:-"$RANDOM$RANDOM $RANDOM$RANDOM"}
+  for seed in $seeds; do
+    QSDPA_TEST_SEED=$seed QSDPA_FUZZ_SECONDS=${QSDPA_GPU_FUZZ_SECONDS:-60} timeout 400 "$B/tests/test_cuda_random" \
+      >>"$OUT/tests.log" 2>&1
+    echo "test_cuda_random (seed $seed) rc=$?" | tee -a "$OUT/tests.log"
+  done
+  grep -A1 "^FAIL" "$OUT/tests.log" | head -12
+}
 # `bench_gpu quick` of binary $2 (environment assignments after it), rows tagged [$1] in bench.txt
 quick_rows() {
   local label=$1 bin=$2
@@ -126,7 +138,7 @@ if [ "$MODE" = trace ]; then
 fi
 stamp build | tee "$OUT/build.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >>"$OUT/build.log" 2>&1
-TEST_TARGETS="test_cuda_coverage test_cuda_mlx test_cuda_api test_wgmma_layout"
+TEST_TARGETS="test_cuda_coverage test_cuda_mlx test_cuda_api test_cuda_random test_wgmma_layout"
 [ "$MODE" = floor ] && TEST_TARGETS="gpu_floor"   # timing only: the read-only kernel (bench/gpu.cmake)
 timeout 240 bash -c "build_tree . $B '' $TEST_TARGETS" >>"$OUT/build.log" 2>&1
 echo "build rc=$?" | tee -a "$OUT/build.log"
@@ -138,6 +150,12 @@ grep -h "wgmma.mma_async instructions are serialized" "$OUT/build.log" | sed 's/
 if ! timeout 30 "$B/bench_gpu" prefill affine4g64 >"$OUT/smoke.txt" 2>&1; then
   echo "SMOKE FAILED (rc=$?): bench_gpu prefill affine4g64 did not finish in 30 s; stopping" | tee -a "$OUT/build.log"
   exit 1
+fi
+if [ "$MODE" = fuzz ]; then
+  stamp fuzz | tee "$OUT/tests.log"
+  fuzz_run
+  stamp done | tee -a "$OUT/tests.log"
+  exit 0
 fi
 if [ "$MODE" = host ]; then
   # host time per call: the CUDA runtime calls alone (gpu_host.cu), one call's in all (bench_gpu's host column),
@@ -200,6 +218,7 @@ if [ "$MODE" = generic ]; then
   timeout 120 "$B/tests/test_cuda_api" >>"$OUT/tests.log" 2>&1
   echo "test_cuda_api rc=$?" | tee -a "$OUT/tests.log"
   grep FAIL "$OUT/tests.log" | head -20
+  fuzz_run
   CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   for tool in memcheck racecheck; do
     QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=generic timeout 90 "$CS" --tool $tool "$B/tests/test_cuda_coverage" \
@@ -274,6 +293,7 @@ for t in test_wgmma_layout test_cuda_api test_cuda_mlx test_cuda_coverage; do
   timeout 300 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
   echo "$t rc=$? ($(( $(date +%s) - t0 )) s)" | tee -a "$OUT/tests.log"
 done
+[ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ] && [ -x "$B/tests/test_cuda_random" ] && fuzz_run
 # the generic kernel's 4-key tiles (what GPUs with 99 KB blocks take at the largest head dims)
 if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ] && [ -x "$B/tests/test_cuda_coverage" ]; then
   QSDPA_CUDA_GENERIC_DECODE=0 QSDPA_CUDA_GENERIC_WIDE=0 QSDPA_CUDA_GENERIC_TILE=4 QSDPA_CUDA_ONLY=generic timeout 90 \

@@ -9,6 +9,11 @@ if(QSDPA_CUDA)
     target_link_libraries(${name} PRIVATE CUDA::cudart_static)
     target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_LIST_DIR})
   endforeach()
+  # test_cuda_random runs test_random_api's attention cases (tests/robustness) on the device
+  target_sources(test_cuda_random PRIVATE
+    ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_util.c ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_attn_case.c
+    ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_attention.c)
+  target_include_directories(test_cuda_random PRIVATE ${CMAKE_CURRENT_LIST_DIR}/../robustness)
 endif()
 
 # The wgmma layout probe (sm_90a only): descriptors, swizzle and register layouts a wgmma

@@ -134,22 +134,64 @@ void gen_mask(test_rng *r, acase *c) {
     c->use_mask = true;
 }
 
+bool fuzz_gpu_shapes;
+
+/* dim rounded up to a multiple of f's group (a valid head dim for f). */
+static int64_t fit_dim(const qsdpa_format *f, int64_t dim) {
+    return f->group > 0 ? (dim + f->group - 1) / f->group * f->group : dim;
+}
+
+/* Shapes of real models, for the device test: the head dims and GQA ratios
+ * that have fast rows (MLA's 576/512 too), K and V in one format most of the
+ * time, f16/bf16 q, contexts long enough for split-K. The double-precision
+ * reference's work (B Hq Lq Lk (Dk + Dv)) stays under ~6e7 multiply-adds. */
+static void model_shape(test_rng *r, acase *c, qsdpa_format *kf, qsdpa_format *vf) {
+    static const int64_t dims[8] = {64, 80, 96, 128, 128, 128, 192, 256}, ratios[8] = {1, 2, 4, 4, 5, 8, 8, 16};
+    c->B = chance(r, 0.8) ? 1 : test_rng_int(r, 2, 4);
+    c->Hkv = (int64_t)1 << test_rng_int(r, 0, 3);
+    c->Hq = c->Hkv * ratios[test_rng_int(r, 0, 7)];
+    *kf = random_format(r);
+    *vf = chance(r, 0.7) ? *kf : random_format(r);
+    if (chance(r, 0.1)) { /* MLA: one latent KV head, 576 / 512 */
+        if (kf->group == 128) kf->group = 64;
+        if (vf->group == 128) vf->group = 64;
+        c->B = 1, c->Hkv = 1, c->Hq = chance(r, 0.5) ? 16 : 32;
+        c->Dk = 576, c->Dv = 512;
+    } else {
+        c->Dk = fit_dim(kf, dims[test_rng_int(r, 0, 7)]);
+        c->Dv = fit_dim(vf, chance(r, 0.85) ? c->Dk : dims[test_rng_int(r, 0, 7)]);
+    }
+    c->Lq = chance(r, 0.8) ? test_rng_int(r, 1, 16) : test_rng_int(r, 17, 300);
+    double u = test_rng_uniform(r);
+    c->Lk = u < 0.3 ? test_rng_int(r, 1, 64) : u < 0.8 ? test_rng_int(r, 65, 4096) : test_rng_int(r, 4097, 40000);
+    while (c->Lk > 1 && (double)(c->B * c->Hq * c->Lq * c->Lk) * (double)(c->Dk + c->Dv) > 6e7) c->Lk = c->Lk * 2 / 3;
+    while (c->Lq > 1 && (double)(c->B * c->Hq * c->Lq * c->Lk) * (double)(c->Dk + c->Dv) > 6e7) c->Lq = c->Lq * 2 / 3;
+    c->cap = c->Lk + (chance(r, 0.5) ? test_rng_int(r, 1, 5) : 0);
+    u = test_rng_uniform(r);
+    c->qd = u < 0.45 ? QSDPA_DTYPE_F16 : u < 0.9 ? QSDPA_DTYPE_BF16 : QSDPA_DTYPE_F32;
+}
+
 void gen_case(test_rng *r, acase *c) {
     memset(c, 0, sizeof *c);
-    c->B = test_rng_int(r, 1, 2);
-    c->Hkv = test_rng_int(r, 1, 2);
-    c->Hq = c->Hkv * (chance(r, 0.9) ? test_rng_int(r, 1, 4) : test_rng_int(r, 5, 20)); /* GQA up to 20 (prefill tiles of 64/ratio rows) */
-    c->Lq = chance(r, 0.85) ? test_rng_int(r, 1, 20) : test_rng_int(r, 17, 140); /* decode / prefill tiles */
-    c->Lk = chance(r, 0.9) ? test_rng_int(r, 1, 48) : test_rng_int(r, 400, 1300); /* split-K above 512 */
-    if (c->Lk > 64 || c->Lq > 20) c->B = 1, c->Hkv = 1, c->Hq = test_rng_int(r, 1, 2);
-    c->cap = c->Lk + (chance(r, 0.5) ? test_rng_int(r, 1, 5) : 0);
-    c->qd = any_float(r);
-    qsdpa_format kf = random_format(r), vf = random_format(r);
-    c->Dk = random_dim(r, &kf);
-    c->Dv = random_dim(r, &vf);
-    if (c->Lk > 64 || c->Lq > 20) { /* keep the big cases cheap */
-        if (c->Dk > 128) c->Dk = kf.group > 0 ? kf.group : 64;
-        if (c->Dv > 128) c->Dv = vf.group > 0 ? vf.group : 64;
+    qsdpa_format kf, vf;
+    if (fuzz_gpu_shapes && chance(r, 0.6)) {
+        model_shape(r, c, &kf, &vf);
+    } else {
+        c->B = test_rng_int(r, 1, 2);
+        c->Hkv = test_rng_int(r, 1, 2);
+        c->Hq = c->Hkv * (chance(r, 0.9) ? test_rng_int(r, 1, 4) : test_rng_int(r, 5, 20)); /* GQA up to 20 (prefill tiles of 64/ratio rows) */
+        c->Lq = chance(r, 0.85) ? test_rng_int(r, 1, 20) : test_rng_int(r, 17, 140); /* decode / prefill tiles */
+        c->Lk = chance(r, 0.9) ? test_rng_int(r, 1, 48) : test_rng_int(r, 400, 1300); /* split-K above 512 */
+        if (c->Lk > 64 || c->Lq > 20) c->B = 1, c->Hkv = 1, c->Hq = test_rng_int(r, 1, 2);
+        c->cap = c->Lk + (chance(r, 0.5) ? test_rng_int(r, 1, 5) : 0);
+        c->qd = any_float(r);
+        kf = random_format(r), vf = random_format(r);
+        c->Dk = random_dim(r, &kf);
+        c->Dv = random_dim(r, &vf);
+        if (c->Lk > 64 || c->Lq > 20) { /* keep the big cases cheap */
+            if (c->Dk > 128) c->Dk = kf.group > 0 ? kf.group : 64;
+            if (c->Dv > 128) c->Dv = vf.group > 0 ? vf.group : 64;
+        }
     }
     int ord[4];
     fuzz_order(r, 4, ord);

@@ -118,6 +118,7 @@ static int fuzz_nkinds;
 uint64_t fuzz_seed;
 int64_t fuzz_case_index;
 char fuzz_case_desc[1400]; /* what the current case is, for the report */
+const char *fuzz_program = "test_random_api";
 
 void fuzz_fail(const char *kind, const char *fmt, ...) {
     test_failures++;
@@ -137,8 +138,8 @@ void fuzz_fail(const char *kind, const char *fmt, ...) {
         snprintf(fuzz_kinds[k].first, sizeof fuzz_kinds[k].first, "case %lld: %s", (long long)fuzz_case_index, msg);
     if (count > FUZZ_PRINT) return;
     fprintf(stderr,
-            "FAIL [%s] %s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./test_random_api\n",
-            kind, msg, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index);
+            "FAIL [%s] %s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n",
+            kind, msg, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index, fuzz_program);
 }
 
 void fuzz_report(void) {

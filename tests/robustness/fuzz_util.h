@@ -57,6 +57,7 @@ enum { EXPECT_OK, EXPECT_ERR, EXPECT_ANY }; /* what this test's own reading of S
 extern uint64_t fuzz_seed;
 extern int64_t fuzz_case_index;
 extern char fuzz_case_desc[1400]; /* the current case, printed with its failures */
+extern const char *fuzz_program;  /* named in the replay line */
 void fuzz_fail(const char *kind, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))

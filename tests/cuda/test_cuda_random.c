@@ -1,0 +1,139 @@
+/* Random API calls on the CUDA backend for a time budget: test_random_api's
+ * attention cases (tests/robustness: shapes, every format, strided views,
+ * masks, sinks, causal/window, partial calls, deliberate faults) plus
+ * model-like shapes (fuzz_gpu_shapes: the head dims, GQA ratios and long
+ * contexts the fast rows serve), each run on the CPU reference and then, with
+ * every buffer copied to the device whole (guards included), on an auto CUDA
+ * context and one forced to cuda.generic. The buffers come back after each
+ * call, so the same checks hold: a rejected call writes nothing and says why,
+ * a valid one agrees with the reference within SPEC 4 and writes nothing
+ * outside its output elements.
+ * QSDPA_FUZZ_SECONDS (default 20), QSDPA_TEST_SEED and QSDPA_FUZZ_CASE as in
+ * test_random_api. */
+#define _POSIX_C_SOURCE 200809L
+#include "test_util.h"
+
+#ifndef QSDPA_TEST_CUDA
+int main(void) {
+    printf("SKIP: no CUDA device (this build has no CUDA backend)\n");
+    return 77;
+}
+#else
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime.h>
+
+#include "fuzz_attn.h"
+
+fuzz_stats_t fuzz_stats;
+qsdpa_context *fuzz_ctx_ref, *fuzz_ctx_auto;
+qsdpa_context *fuzz_ctx_forced[FUZZ_MAX_CTX];
+const char *fuzz_forced_name[FUZZ_MAX_CTX];
+int fuzz_n_forced;
+
+/* ---- the device twins of a case's buffers (one call at a time) ---------------------- */
+#define MAX_TWINS 16
+static struct { const gbuf *host; uint8_t *dev; size_t bytes; } twins[MAX_TWINS];
+static int n_twins;
+
+static void device_fatal(const char *what, cudaError_t e) {
+    fprintf(stderr, "test_cuda_random: %s: %s (case %lld: %s)\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld "
+            "./test_cuda_random\n", what, cudaGetErrorString(e), (long long)fuzz_case_index, fuzz_case_desc,
+            (unsigned long long)fuzz_seed, (long long)fuzz_case_index);
+    exit(1); /* a device fault leaves the context unusable: nothing after it would mean anything */
+}
+
+static void upload(gbuf *const *g, int n) {
+    n_twins = 0;
+    for (int i = 0; i < n && i < MAX_TWINS; i++) {
+        size_t bytes = g[i]->bytes + 2 * FUZZ_GUARD;
+        cudaError_t e = cudaMalloc((void **)&twins[i].dev, bytes);
+        if (e != cudaSuccess) device_fatal("cudaMalloc", e);
+        e = cudaMemcpy(twins[i].dev, g[i]->raw, bytes, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) device_fatal("copy to the device", e);
+        twins[i].host = g[i], twins[i].bytes = bytes, n_twins++;
+    }
+}
+
+static void *at(void *host) {
+    if (!host) return NULL;
+    for (int i = 0; i < n_twins; i++) {
+        const uint8_t *raw = twins[i].host->raw;
+        if ((const uint8_t *)host >= raw && (const uint8_t *)host < raw + twins[i].bytes)
+            return twins[i].dev + ((const uint8_t *)host - raw);
+    }
+    fuzz_fail("test error: a descriptor points outside the case's buffers", "%p", host);
+    return host;
+}
+
+static void download(gbuf *const *g, int n) {
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) device_fatal("device error after the call", e);
+    for (int i = 0; i < n && i < n_twins; i++) {
+        e = cudaMemcpy(g[i]->raw, twins[i].dev, twins[i].bytes, cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) device_fatal("copy from the device", e);
+        cudaFree(twins[i].dev);
+    }
+    n_twins = 0;
+}
+
+static const fuzz_device_ops cuda_ops = {upload, at, download};
+
+static qsdpa_context *make_ctx(qsdpa_backend backend, const char *kernel) {
+    qsdpa_context_options o = qsdpa_context_default_options();
+    o.backend = backend;
+    o.kernel = kernel;
+    o.num_threads = 1;
+    qsdpa_context *c = NULL;
+    if (qsdpa_context_create(&o, &c) != QSDPA_OK) {
+        fprintf(stderr, "cannot create context (kernel %s): %s\n", kernel ? kernel : "auto", qsdpa_last_error());
+        exit(1);
+    }
+    return c;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int main(void) {
+    if (test_skip_without_cuda()) return TEST_SKIPPED;
+    fuzz_seed = test_seed();
+    fuzz_program = "test_cuda_random";
+    fuzz_device = &cuda_ops;
+    fuzz_check_slices = false;
+    fuzz_gpu_shapes = true;
+    const char *env = getenv("QSDPA_FUZZ_SECONDS"), *one = getenv("QSDPA_FUZZ_CASE");
+    double budget = env ? atof(env) : 20.0;
+    int64_t only = one ? (int64_t)strtoll(one, NULL, 0) : -1;
+    fuzz_ctx_ref = make_ctx(QSDPA_BACKEND_CPU, "cpu.reference");
+    fuzz_ctx_auto = make_ctx(QSDPA_BACKEND_CUDA, NULL);
+    fuzz_forced_name[0] = "cuda.generic";
+    fuzz_ctx_forced[fuzz_n_forced++] = make_ctx(QSDPA_BACKEND_CUDA, "cuda.generic");
+    fprintf(stderr, "test_cuda_random: budget %.0f s (QSDPA_FUZZ_SECONDS), seed %llu, CUDA contexts: auto, cuda.generic\n",
+            budget, (unsigned long long)fuzz_seed);
+    double t0 = now_seconds();
+    int64_t cases = 0;
+    for (int64_t i = only >= 0 ? only : 0;; i++) {
+        fuzz_case_index = i;
+        test_rng r;
+        test_rng_init(&r, fuzz_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)));
+        test_rng_next(&r);
+        run_attention_case(&r, i, only >= 0);
+        cases++;
+        if (only >= 0 || now_seconds() - t0 > budget) break;
+    }
+    fprintf(stderr, "test_cuda_random: %lld attention cases in %.1f s: %lld valid (reference OK), %lld rejected; "
+            "%lld GPU runs compared\n", (long long)cases, now_seconds() - t0, (long long)fuzz_stats.ok,
+            (long long)fuzz_stats.rejected, (long long)fuzz_stats.kernel_runs);
+    fuzz_report();
+    qsdpa_context_destroy(fuzz_ctx_ref);
+    qsdpa_context_destroy(fuzz_ctx_auto);
+    qsdpa_context_destroy(fuzz_ctx_forced[0]);
+    return test_finish("test_cuda_random");
+}
+#endif
