@@ -267,7 +267,11 @@ qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qs
  * additive mask is -inf on every key of the slice (and no finite sink) has
  * lse -inf and out NaN: the merge drops it beside any finite slice, and a row
  * that is -inf everywhere merges to NaN, as the unsplit softmax (and MLX) give.
- * A sink of -inf is no column at all. */
+ * A sink of -inf is no column at all.
+ * Precision (SPEC 4) is that of q's dtype, as for qsdpa_attention: the CPU
+ * backend computes every partial in f32 (f32's bound for any q), the CUDA
+ * backend f16/bf16 q in 16-bit tensor-core arithmetic (their bounds; lse
+ * within the same bound relative to 1 + |lse|). */
 qsdpa_status qsdpa_attention_partial(qsdpa_context *ctx, const qsdpa_tensor *q,
                                      const qsdpa_qtensor *k, const qsdpa_qtensor *v,
                                      const qsdpa_attention_params *params, qsdpa_tensor *out,

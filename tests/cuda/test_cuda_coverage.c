@@ -426,7 +426,8 @@ int main(void) {
          * long queries (row blocks, causal ranges), plain f16 / f32 rows; the cases of fewer rows ("cuda.generic":
          * generic_attention by default) run it with QSDPA_CUDA_GENERIC_WIDE=2 (gpu.sh): D 512, 3-bit codes and rows
          * off 16-byte pieces (value by value), bf16 rows, mixed formats, masks, partial slices, part-empty row
-         * tiles; QSDPA_CUDA_GENERIC_WIDE=0 runs them all on generic_attention; the last case mixes 8-bit K and
+         * tiles, a block of exactly 48 KB of dynamic shared memory (plus its static arrays: the launch
+         * must opt in); QSDPA_CUDA_GENERIC_WIDE=0 runs them all on generic_attention; the last case mixes 8-bit K and
          * 4-bit g32 V under f16 q at two query rows */
         static const path_case wide[] = {
             {"affine:4:64", "affine:4:64", 576, 512, 16, 1, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
@@ -441,6 +442,7 @@ int main(void) {
             {"affine:4:128", "affine:4:128", 1024, 512, 64, 1, 1, QSDPA_DTYPE_F16, 0, 0, 0, NULL},
             {"affine:2:32", "affine:5:64", 384, 320, 8, 2, 2, QSDPA_DTYPE_F16, 0, 1, 0, "cuda.generic"},
             {"f16", "affine:4:64", 260, 128, 4, 2, 7, QSDPA_DTYPE_BF16, 1, 0, 1, "cuda.generic"}, /* K rows off 16-byte pieces */
+            {"affine:6:32", "affine:3:128", 160, 128, 4, 2, 20, QSDPA_DTYPE_BF16, 1, 0, 1, NULL}, /* 48 KB dynamic */
             {"affine:8:64", "affine:4:32", 576, 512, 16, 1, 2, QSDPA_DTYPE_F16, 0, 1, 0, NULL},
         };
         const char *wide_knob = getenv("QSDPA_CUDA_GENERIC_WIDE");
