@@ -270,8 +270,10 @@ qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qs
  * A sink of -inf is no column at all.
  * Precision (SPEC 4) is that of q's dtype, as for qsdpa_attention: the CPU
  * backend computes every partial in f32 (f32's bound for any q), the CUDA
- * backend f16/bf16 q in 16-bit tensor-core arithmetic (their bounds; lse
- * within the same bound relative to 1 + |lse|). */
+ * backend f16/bf16 q in 16-bit tensor-core arithmetic (their bounds). There
+ * dequantized K is rounded to f16 before Q K^T, so lse is exact to about
+ * 2^-11 scale sum_d |q_d| max|K| beyond that bound (relative to 1 + |lse|):
+ * large K outliers cost lse digits, as they would in any f16 pipeline. */
 qsdpa_status qsdpa_attention_partial(qsdpa_context *ctx, const qsdpa_tensor *q,
                                      const qsdpa_qtensor *k, const qsdpa_qtensor *v,
                                      const qsdpa_attention_params *params, qsdpa_tensor *out,

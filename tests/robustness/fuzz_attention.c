@@ -130,8 +130,9 @@ static double tensor_max_abs(const qsdpa_tensor *t) {
  * eps * scale * sum|q_d k_d| (large K magnitudes, outliers), so the bound
  * scales with scale * Dk * max|q| * max|K|. A call of 16-bit precision
  * (prec: see run_attention_case) gets its dtype's relative bound instead of
- * 1e-5: a merge weighs its slices by exp(lse), so an lse within spec_tol keeps
- * the merged output within the same bound. */
+ * 1e-5, and 2^-11 of that scale: the GPU's tensor-core rows round dequantized
+ * K to f16 (run 179: a K outlier of ~300 is rounded in steps of 0.25, and one
+ * lse was 0.028 off at scale 0.1). */
 static void check_lse(const acase *c, const uint8_t *ref, const char *who, qsdpa_dtype prec) {
     size_t base = (size_t)((const uint8_t *)c->tlse.data - c->lse.data);
     double mag = fabs(c->prm.scale) * (double)c->Dk * tensor_max_abs(&c->tq) * kv_max_abs(&c->k.t);
@@ -139,7 +140,8 @@ static void check_lse(const acase *c, const uint8_t *ref, const char *who, qsdpa
     do {
         int64_t o = fuzz_offset(&c->tlse, idx);
         double a = ((const float *)(ref + base))[o], b = ((const float *)c->tlse.data)[o];
-        double tol = (prec == QSDPA_DTYPE_F32 ? 1e-5 : spec_tol(prec)) * (1.0 + fabs(a)) + 1e-6 * mag;
+        double tol = prec == QSDPA_DTYPE_F32 ? 1e-5 * (1.0 + fabs(a)) + 1e-6 * mag
+                                             : spec_tol(prec) * (1.0 + fabs(a)) + 0x1p-11 * mag;
         bool bad = isnan(b) || (isinf(a) || isinf(b) ? a != b : fabs(a - b) > tol);
         if (bad) {
             fuzz_fail("partial lse differs from the reference", "%s: lse[%lld,%lld,%lld] = %.9g, reference %.9g (tol %.3g)",
