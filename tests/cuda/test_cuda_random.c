@@ -4,7 +4,8 @@
  * model-like shapes (fuzz_gpu_shapes: the head dims, GQA ratios and long
  * contexts the fast rows serve), each run on the CPU reference and then, with
  * every buffer copied to the device whole (guards included), on an auto CUDA
- * context and one forced to cuda.generic. The buffers come back after each
+ * context and one forced to cuda.generic; and test_random_api's qsdpa_merge
+ * cases on the auto CUDA context. The buffers come back after each
  * call, so the same checks hold: a rejected call writes nothing and says why,
  * a valid one agrees with the reference within SPEC 4 and writes nothing
  * outside its output elements.
@@ -117,19 +118,20 @@ int main(void) {
     fprintf(stderr, "test_cuda_random: budget %.0f s (QSDPA_FUZZ_SECONDS), seed %llu, CUDA contexts: auto, cuda.generic\n",
             budget, (unsigned long long)fuzz_seed);
     double t0 = now_seconds();
-    int64_t cases = 0;
+    int64_t cases = 0, merges = 0;
     for (int64_t i = only >= 0 ? only : 0;; i++) {
         fuzz_case_index = i;
         test_rng r;
         test_rng_init(&r, fuzz_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)));
         test_rng_next(&r);
-        run_attention_case(&r, i, only >= 0);
-        cases++;
+        if (test_rng_int(&r, 0, 99) < 85) run_attention_case(&r, i, only >= 0), cases++;
+        else run_merge_case(&r, i, only >= 0), merges++;
         if (only >= 0 || now_seconds() - t0 > budget) break;
     }
-    fprintf(stderr, "test_cuda_random: %lld attention cases in %.1f s: %lld valid (reference OK), %lld rejected; "
-            "%lld GPU runs compared\n", (long long)cases, now_seconds() - t0, (long long)fuzz_stats.ok,
-            (long long)fuzz_stats.rejected, (long long)fuzz_stats.kernel_runs);
+    fprintf(stderr, "test_cuda_random: %lld attention and %lld merge cases in %.1f s: %lld valid attention calls "
+            "(reference OK), %lld rejected; %lld GPU runs compared; %lld GPU merges checked\n", (long long)cases,
+            (long long)merges, now_seconds() - t0, (long long)fuzz_stats.ok, (long long)fuzz_stats.rejected,
+            (long long)fuzz_stats.kernel_runs, (long long)fuzz_stats.merged);
     fuzz_report();
     qsdpa_context_destroy(fuzz_ctx_ref);
     qsdpa_context_destroy(fuzz_ctx_auto);

@@ -12,7 +12,7 @@ if(QSDPA_CUDA)
   # test_cuda_random runs test_random_api's attention cases (tests/robustness) on the device
   target_sources(test_cuda_random PRIVATE
     ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_util.c ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_attn_case.c
-    ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_attention.c)
+    ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_attention.c ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_merge.c)
   target_include_directories(test_cuda_random PRIVATE ${CMAKE_CURRENT_LIST_DIR}/../robustness)
 endif()
 

@@ -31,16 +31,6 @@ typedef struct acase {
     char mut[240]; /* the deliberate fault, "" when none */
 } acase;
 
-/* A test that runs its contexts on a device sets fuzz_device (NULL: the CPU
- * test): upload copies each buffer whole (guards too) to the device, at maps a
- * host pointer into an uploaded buffer to its device twin (NULL stays NULL),
- * download copies every buffer back over the host one. */
-typedef struct fuzz_device_ops {
-    void (*upload)(gbuf *const *g, int n);
-    void *(*at)(void *host);
-    void (*download)(gbuf *const *g, int n);
-} fuzz_device_ops;
-extern const fuzz_device_ops *fuzz_device;
 extern bool fuzz_check_slices; /* split + qsdpa_merge checks on host pointers (off on a device) */
 extern bool fuzz_gpu_shapes;   /* gen_case also draws model-like shapes (head dims, GQA, long contexts) */
 

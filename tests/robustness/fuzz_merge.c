@@ -62,8 +62,24 @@ void run_merge_case(test_rng *r, int64_t index, bool verbose) {
     if (verbose) fprintf(stderr, "case %lld: %s\n", (long long)index, fuzz_case_desc);
     gbuf *all[11] = {&gout, &glse, &spare, &go[0], &go[1], &go[2], &go[3], &gl[0], &gl[1], &gl[2], &gl[3]};
     for (int i = 0; i < 11; i++) gb_snapshot(all[i]);
-    qsdpa_status st = qsdpa_merge(null_ctx ? NULL : fuzz_ctx_auto, nn, null_outs ? NULL : outs, null_lses ? NULL : lses,
-                                  null_out ? NULL : &out, with_lse ? &lse : NULL);
+    /* on a device (fuzz_device: test_cuda_random) the call reads and writes copies of every buffer, which
+     * come back before the checks below */
+    qsdpa_tensor call_outs[4], call_lses[4], call_out = out, call_lse = lse;
+    memcpy(call_outs, outs, sizeof outs), memcpy(call_lses, lses, sizeof lses);
+    gbuf *live[11];
+    int nlive = 0;
+    for (int i = 0; i < 11; i++)
+        if (all[i]->raw) live[nlive++] = all[i];
+    if (fuzz_device) {
+        fuzz_device->upload(live, nlive);
+        for (int i = 0; i < n; i++)
+            call_outs[i].data = fuzz_device->at(outs[i].data), call_lses[i].data = fuzz_device->at(lses[i].data);
+        call_out.data = fuzz_device->at(out.data);
+        if (with_lse) call_lse.data = fuzz_device->at(lse.data);
+    }
+    qsdpa_status st = qsdpa_merge(null_ctx ? NULL : fuzz_ctx_auto, nn, null_outs ? NULL : call_outs,
+                                  null_lses ? NULL : call_lses, null_out ? NULL : &call_out, with_lse ? &call_lse : NULL);
+    if (fuzz_device) fuzz_device->download(live, nlive);
     if (st != QSDPA_OK) fuzz_check_message("qsdpa_merge", st);
     if (expect == EXPECT_ERR && st == QSDPA_OK) fuzz_fail("invalid call accepted", "qsdpa_merge returned QSDPA_OK for: %s", m);
     if (expect == EXPECT_OK && st != QSDPA_OK) fuzz_fail("valid call rejected", "qsdpa_merge: %s", qsdpa_last_error());

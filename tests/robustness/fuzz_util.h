@@ -77,6 +77,17 @@ extern int fuzz_n_forced;
 typedef struct fuzz_stats_t { int64_t ok, rejected, kernel_runs, slices, quantized, merged; } fuzz_stats_t;
 extern fuzz_stats_t fuzz_stats; /* outcome counts, printed at the end */
 
+/* A test that runs its contexts on a device sets fuzz_device (NULL: the CPU
+ * test): upload copies each buffer whole (guards too) to the device, at maps a
+ * host pointer into an uploaded buffer to its device twin (NULL stays NULL),
+ * download copies every buffer back over the host one. */
+typedef struct fuzz_device_ops {
+    void (*upload)(gbuf *const *g, int n);
+    void *(*at)(void *host);
+    void (*download)(gbuf *const *g, int n);
+} fuzz_device_ops;
+extern const fuzz_device_ops *fuzz_device; /* defined in fuzz_attention.c */
+
 /* ---- the case runners --------------------------------------------------------------- */
 void run_attention_case(test_rng *r, int64_t index, bool verbose); /* fuzz_attention.c */
 void run_rows_case(test_rng *r, int64_t index, bool verbose);      /* fuzz_rows.c */
