@@ -92,12 +92,21 @@ struct pf_layout {
  * (8 elements of one key, within one scale group) per work item; each group's stored scale
  * and bias are converted from the stage's raw [BN][G] rows, so no table or barrier sits
  * between. Here: one group's {scale, bias} as f16, affine scales of stored type S (no dtype
- * branch in the tile loop), other formats through their own decoder (u8 scales). */
+ * branch in the tile loop), other formats through their own decoder (u8 scales); f32 affine
+ * scales stay f32 (float2): rounded to f16 they moved every value of a group together, by
+ * up to 2^-11 of |bias|, which over a group of dims added up in the scores (run 180: 0.022 x
+ * max|V| against f16's bound of 0.002, K and V of 5-bit g128 with biases near -300). */
+template <class S> struct group_sb { using type = half2; };
+template <> struct group_sb<float> { using type = float2; };
+
 template <class F, class S>
-__device__ __forceinline__ half2 group_scale_bias(const char *scales, const char *biases, int i, float nv_factor) {
+__device__ __forceinline__ typename group_sb<S>::type group_scale_bias(const char *scales, const char *biases, int i,
+                                                                       float nv_factor) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
         if constexpr (std::is_same<S, __half>::value)
             return __halves2half2(((const __half *)scales)[i], ((const __half *)biases)[i]);
+        else if constexpr (std::is_same<S, float>::value)
+            return make_float2(((const float *)scales)[i], ((const float *)biases)[i]);
         else
             return __floats2half2_rn((float)((const S *)scales)[i], (float)((const S *)biases)[i]);
     } else {
@@ -109,13 +118,23 @@ __device__ __forceinline__ half2 group_scale_bias(const char *scales, const char
  * their packed words and group {scale, bias}, stored in element order, or with PAIR_ORDER in
  * the order k_word yields them (halves 2q, 2q + 1 of word w = elements k_order(q, 0), (q, 1)):
  * a K tile whose q is permuted the same way (pf_k_pair_order) needs no reordering. */
-template <class F, bool PAIR_ORDER = false>
-__device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, half2 sb) {
+template <class F, bool PAIR_ORDER = false, class SB>
+__device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, SB sb) {
+    /* f32 scales (float2): k_word yields the codes themselves (scale 1, bias 0: exact in f16), then
+     * s c + z in f32, one rounding to f16 per value */
+    constexpr bool F32_SB = std::is_same<SB, float2>::value;
     __half h[8];
 #pragma unroll
     for (int w = 0; w < 8 / F::U; w++) {
         half2 pairs[F::U / 2];
-        F::k_word(words[w], sb, pairs);
+        if constexpr (F32_SB) {
+            F::k_word(words[w], __floats2half2_rn(1.0f, 0.0f), pairs);
+#pragma unroll
+            for (int q = 0; q < F::U / 2; q++)
+                pairs[q] = __floats2half2_rn(fmaf(sb.x, __low2float(pairs[q]), sb.y), fmaf(sb.x, __high2float(pairs[q]), sb.y));
+        } else {
+            F::k_word(words[w], sb, pairs);
+        }
 #pragma unroll
         for (int q = 0; q < F::U / 2; q++) {
             h[w * F::U + (PAIR_ORDER ? 2 * q : F::k_order(q, 0))] = __low2half(pairs[q]);
@@ -137,7 +156,7 @@ __device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const u
  * decodes and stores: the caller gathers K and V before emitting either, because the
  * compiler cannot tell the stage from the tile and would otherwise wait out each load's
  * latency behind the previous store (runs 36-39). */
-template <int D, class F>
+template <int D, class F, class SB = half2>
 struct chunk_batch {
     static constexpr int W = D * F::bits / 32; /* packed words per row */
     static constexpr int CH = D / 8;           /* f16 chunks per row */
@@ -148,7 +167,7 @@ struct chunk_batch {
     static constexpr int ROW_STEP = FIXED ? NTH / CH : 1, N = FIXED ? PF_BN / ROW_STEP : 1;
     static_assert(8 % F::U == 0 && (!F::has_scales || F::group % 8 == 0), "a chunk: whole words, one group");
     uint32_t words[N][WPC];
-    half2 sb[N];
+    SB sb[N]; /* float2: f32 affine scales (group_scale_bias) */
 
     template <class S>
     __device__ __forceinline__ void gather_as(const uint32_t *packed, const char *scales, const char *biases,
@@ -162,12 +181,12 @@ struct chunk_batch {
             for (int w = 0; w < WPC; w++) words[i][w] = packed[r * W + c * WPC + w];
         }
     }
+    /* f16/bf16 affine scales and the fp formats' (dequant_stage sends f32 ones elsewhere) */
     __device__ __forceinline__ void gather(const qd_qtensor &t, const uint32_t *packed, const char *scales,
                                            const char *biases, int tid) {
         if constexpr (F::mode == QSDPA_MODE_AFFINE) {
             if (t.scale_dtype == QSDPA_DTYPE_F16) gather_as<__half>(packed, scales, biases, 0.0f, tid);
-            else if (t.scale_dtype == QSDPA_DTYPE_BF16) gather_as<__nv_bfloat16>(packed, scales, biases, 0.0f, tid);
-            else gather_as<float>(packed, scales, biases, 0.0f, tid);
+            else gather_as<__nv_bfloat16>(packed, scales, biases, 0.0f, tid);
         } else {
             gather_as<uint8_t>(packed, scales, biases, t.nv_factor, tid);
         }
@@ -209,24 +228,25 @@ __device__ __forceinline__ void dequant_tile_generic(const qd_qtensor &t, const 
     }
 }
 
-template <int D, class F, class S>
+template <int D, class F, class S, bool PAIR_ORDER = false>
 __device__ __forceinline__ void dequant_rows_fixed(const uint32_t *packed, const char *scales, const char *biases,
                                                    float nv_factor, uint32_t *tile, int tid) {
-    chunk_batch<D, F> cb;
+    chunk_batch<D, F, typename group_sb<S>::type> cb;
     cb.template gather_as<S>(packed, scales, biases, nv_factor, tid);
-    cb.emit(tile, tid);
+    cb.template emit<PAIR_ORDER>(tile, tid);
 }
 
-template <int D, class F>
+template <int D, class F, bool PAIR_ORDER = false>
 __device__ __forceinline__ void dequant_tile_fixed(const qd_qtensor &t, const uint32_t *packed, const char *scales,
                                                    const char *biases, uint32_t *tile, int tid) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
-        if (t.scale_dtype == QSDPA_DTYPE_F16) dequant_rows_fixed<D, F, __half>(packed, scales, biases, 0.0f, tile, tid);
+        if (t.scale_dtype == QSDPA_DTYPE_F16)
+            dequant_rows_fixed<D, F, __half, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid);
         else if (t.scale_dtype == QSDPA_DTYPE_BF16)
-            dequant_rows_fixed<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
-        else dequant_rows_fixed<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
+            dequant_rows_fixed<D, F, __nv_bfloat16, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid);
+        else dequant_rows_fixed<D, F, float, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid);
     } else {
-        dequant_rows_fixed<D, F, uint8_t>(packed, scales, biases, t.nv_factor, tile, tid);
+        dequant_rows_fixed<D, F, uint8_t, PAIR_ORDER>(packed, scales, biases, t.nv_factor, tile, tid);
     }
 }
 
@@ -254,12 +274,19 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
     uint32_t *vtile = tile + L::BN * DK / 2;
     if constexpr (chunk_batch<DK, FK>::FIXED && chunk_batch<DV, FV>::FIXED) {
 #ifdef QSDPA_CUDA_HAVE_WGMMA
-        chunk_batch<DK, FK> kb; /* the producer has the registers to hold both batches */
-        chunk_batch<DV, FV> vb;
-        kb.gather(p.k, kp, ks, ks + L::KS_BYTES, tid);
-        vb.gather(p.v, vp, vs, vs + L::VS_BYTES, tid);
-        kb.template emit<pf_k_pair_order<L>()>(tile, tid); /* q is staged in the same order */
-        vb.emit(vtile, tid);
+        if ((FK::mode == QSDPA_MODE_AFFINE && p.k.scale_dtype == QSDPA_DTYPE_F32) ||
+            (FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_F32)) {
+            /* f32 scales: their batches hold float2 {scale, bias}, one tensor at a time */
+            dequant_tile_fixed<DK, FK, pf_k_pair_order<L>()>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
+            dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
+        } else {
+            chunk_batch<DK, FK> kb; /* the producer has the registers to hold both batches */
+            chunk_batch<DV, FV> vb;
+            kb.gather(p.k, kp, ks, ks + L::KS_BYTES, tid);
+            vb.gather(p.v, vp, vs, vs + L::VS_BYTES, tid);
+            kb.template emit<pf_k_pair_order<L>()>(tile, tid); /* q is staged in the same order */
+            vb.emit(vtile, tid);
+        }
 #else /* 256 threads at 255 registers (sm_80): one batch at a time, the dtype branch around it, or they spill */
         dequant_tile_fixed<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
         dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
