@@ -226,6 +226,55 @@ static void check_slices(test_rng *r, acase *c, const uint8_t *ref, double vmax)
     for (int s = 0; s < 2 * n; s++) free(mem[s]);
 }
 
+/* Whether the output now in c->out_buf (a device's) is within tol of the reference computed with K
+ * rounded to f16 before Q K^T, as the CUDA tensor-core rows do by design (docs/SPEC.md 8): a failure
+ * that this explains is that known departure, one this does not is something else. Leaves out_buf
+ * as it found it. */
+static bool explained_by_f16_k(acase *c, double tol) {
+    const qsdpa_qtensor *kt = &c->k.t;
+    int64_t B = kt->codes.shape[0], H = kt->codes.shape[1], L = kt->codes.shape[2], D = kt->dim;
+    uint16_t *k16 = test_alloc((size_t)(B * H * L * D) * 2);
+    float *row = test_alloc((size_t)D * sizeof(float));
+    size_t ce = code_esize(&kt->format), se = kt->scales.data ? qsdpa_dtype_size(kt->scales.dtype) : 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t l = 0; l < L; l++) {
+                const uint8_t *cp = (const uint8_t *)kt->codes.data +
+                                    (size_t)(b * kt->codes.stride[0] + h * kt->codes.stride[1] + l * kt->codes.stride[2]) * ce;
+                if (kt->format.mode == QSDPA_MODE_PLAIN) {
+                    for (int64_t d = 0; d < D; d++) row[d] = qsdpa_load_float(cp, kt->format.plain_dtype, d);
+                } else {
+                    size_t so = (size_t)(b * kt->scales.stride[0] + h * kt->scales.stride[1] + l * kt->scales.stride[2]) * se;
+                    qsdpa_dequantize(&kt->format, (const uint32_t *)cp, (const uint8_t *)kt->scales.data + so,
+                                     kt->biases.data ? (const uint8_t *)kt->biases.data + so : NULL, kt->scales.dtype, 1, D,
+                                     row, QSDPA_DTYPE_F32);
+                }
+                for (int64_t d = 0; d < D; d++) qsdpa_store_float(k16, QSDPA_DTYPE_F16, ((b * H + h) * L + l) * D + d, row[d]);
+            }
+    qsdpa_qtensor k = {0};
+    k.format.mode = QSDPA_MODE_PLAIN, k.format.plain_dtype = QSDPA_DTYPE_F16, k.format.bits = 16;
+    k.codes = qsdpa_tensor_4d(k16, QSDPA_DTYPE_F16, B, H, L, D);
+    k.dim = D;
+    gbuf *g = c->out_buf;
+    uint8_t *device_out = test_alloc(g->bytes), *ref16 = test_alloc(g->bytes);
+    memcpy(device_out, g->data, g->bytes);
+    uint8_t *device_lse = c->partial ? test_alloc(c->lse.bytes) : NULL;
+    if (device_lse) memcpy(device_lse, c->lse.data, c->lse.bytes);
+    qsdpa_attention_params prm = c->prm;
+    prm.mask = c->use_mask ? &c->tmask : NULL;
+    prm.sinks = c->use_sinks ? &c->tsinks : NULL;
+    const qsdpa_qtensor *v = c->v_is_k ? &c->k.t : &c->v.t;
+    qsdpa_status st = c->partial ? qsdpa_attention_partial(fuzz_ctx_ref, &c->tq, &k, v, &prm, &c->tout, &c->tlse)
+                                 : qsdpa_attention(fuzz_ctx_ref, &c->tq, &k, v, &prm, &c->tout);
+    memcpy(ref16, g->data, g->bytes);
+    memcpy(g->data, device_out, g->bytes);
+    if (device_lse) memcpy(c->lse.data, device_lse, c->lse.bytes), free(device_lse);
+    bool nan;
+    bool explained = st == QSDPA_OK && tensor_diff(g, ref16, &c->tout, &nan) <= tol;
+    free(k16), free(row), free(device_out), free(ref16);
+    return explained;
+}
+
 void run_attention_case(test_rng *r, int64_t index, bool verbose) {
     acase c;
     gen_case(r, &c);
@@ -314,8 +363,11 @@ void run_attention_case(test_rng *r, int64_t index, bool verbose) {
         else if (ref_nan && err == INFINITY)
             fuzz_fail("NaN pattern differs from the reference", "%s (rows with -inf on every key must be NaN, others finite)", who);
         else if (!(err <= tol))
-            fuzz_fail("kernel differs from the reference beyond SPEC 4", "%s: max err %.3g > tol %.3g (max|V| %.3g, %.3g units)",
-                      who, err, tol, vmax, vmax > 0 ? err / vmax : err);
+            fuzz_fail(fuzz_device && prec != QSDPA_DTYPE_F32 && explained_by_f16_k(&c, tol)
+                          ? "beyond SPEC 4 as K rounded to f16 explains (known: docs/SPEC.md 8)"
+                          : "kernel differs from the reference beyond SPEC 4",
+                      "%s [%s]: max err %.3g > tol %.3g (max|V| %.3g, %.3g units)", who,
+                      ctx ? qsdpa_context_last_route(ctx) : "-", err, tol, vmax, vmax > 0 ? err / vmax : err);
         if (c.partial) {
             check_between(&c.lse, &c.tlse, who);
             check_lse(&c, ref_lse, who, prec);
