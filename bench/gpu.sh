@@ -55,8 +55,9 @@ export -f build_tree
 # seed (default 60) over QSDPA_GPU_FUZZ_SEEDS (default: two fresh ones), into tests.log
 fuzz_run() {
   local seeds=${QSDPA_GPU_FUZZ_SEEDS:-"$RANDOM$RANDOM $RANDOM$RANDOM"}
-  # cases that once failed (seed:case): the 48 KB wide launch (run 178), f32 scales rounded to f16 (run 180)
-  for replay in ${QSDPA_GPU_FUZZ_REPLAYS:-2202:104 4404:637}; do
+  # cases that once failed (seed:case; a change to the case generator renumbers them): f32 scales rounded to
+  # f16 by the prefill kernel (run 180). The 48 KB wide launch of run 178 is a coverage case now.
+  for replay in ${QSDPA_GPU_FUZZ_REPLAYS:-4404:637}; do
     QSDPA_TEST_SEED=${replay%%:*} QSDPA_FUZZ_CASE=${replay#*:} timeout 60 "$B/tests/test_cuda_random" >>"$OUT/tests.log" 2>&1
     echo "test_cuda_random (replay $replay) rc=$?" | tee -a "$OUT/tests.log"
   done

@@ -124,8 +124,12 @@ int main(void) {
         test_rng r;
         test_rng_init(&r, fuzz_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)));
         test_rng_next(&r);
+        const double t_case = now_seconds();
         if (test_rng_int(&r, 0, 99) < 85) run_attention_case(&r, i, only >= 0), cases++;
         else run_merge_case(&r, i, only >= 0), merges++;
+        /* run 182: one seed spent ~230 s of its 60 on a few cases, not yet known which */
+        if (now_seconds() - t_case > 10.0)
+            fprintf(stderr, "slow case %lld (%.1f s): %s\n", (long long)i, now_seconds() - t_case, fuzz_case_desc);
         if (only >= 0 || now_seconds() - t0 > budget) break;
     }
     fprintf(stderr, "test_cuda_random: %lld attention and %lld merge cases in %.1f s: %lld valid attention calls "
