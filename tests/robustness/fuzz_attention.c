@@ -99,11 +99,13 @@ static void check_between(const gbuf *g, const qsdpa_tensor *t, const char *who)
 
 /* Max |a - b| over t's elements, a in `ref` (a copy of g's body), b live.
  * NaN anywhere counts as infinite; lse may hold equal infinities. */
+static char worst_at[160]; /* where tensor_diff found its largest difference */
 static double tensor_diff(const gbuf *g, const uint8_t *ref, const qsdpa_tensor *t, bool *nan) {
     size_t base = (size_t)((const uint8_t *)t->data - g->data);
     double worst = 0.0;
     int64_t idx[4] = {0, 0, 0, 0};
     *nan = false;
+    worst_at[0] = '\0';
     do {
         int64_t o = fuzz_offset(t, idx);
         double a = qsdpa_load_float(ref + base, t->dtype, o), b = qsdpa_load_float(t->data, t->dtype, o);
@@ -112,7 +114,11 @@ static double tensor_diff(const gbuf *g, const uint8_t *ref, const qsdpa_tensor 
         if (isnan(a) || isnan(b)) continue;
         if (a == b) continue;
         double d = fabs(a - b);
-        if (d > worst) worst = d;
+        if (d > worst) {
+            worst = d;
+            snprintf(worst_at, sizeof worst_at, "[%lld,%lld,%lld,%lld] %.7g, reference %.7g", (long long)idx[0],
+                     (long long)idx[1], (long long)idx[2], (long long)idx[3], b, a);
+        }
     } while (fuzz_next(t, idx));
     return worst;
 }
@@ -362,12 +368,15 @@ void run_attention_case(test_rng *r, int64_t index, bool verbose) {
         if (nan && !ref_nan) fuzz_fail("NaN in the output of a valid call", "%s (reference has none)", who);
         else if (ref_nan && err == INFINITY)
             fuzz_fail("NaN pattern differs from the reference", "%s (rows with -inf on every key must be NaN, others finite)", who);
-        else if (!(err <= tol))
-            fuzz_fail(fuzz_device && prec != QSDPA_DTYPE_F32 && explained_by_f16_k(&c, tol)
-                          ? "beyond SPEC 4 as K rounded to f16 explains (known: docs/SPEC.md 8)"
-                          : "kernel differs from the reference beyond SPEC 4",
-                      "%s [%s]: max err %.3g > tol %.3g (max|V| %.3g, %.3g units)", who,
-                      ctx ? qsdpa_context_last_route(ctx) : "-", err, tol, vmax, vmax > 0 ? err / vmax : err);
+        else if (!(err <= tol)) {
+            char at[sizeof worst_at];
+            snprintf(at, sizeof at, "%s", worst_at); /* explained_by_f16_k runs tensor_diff again */
+            const bool known = fuzz_device && prec != QSDPA_DTYPE_F32 && explained_by_f16_k(&c, tol);
+            fuzz_fail(known ? "beyond SPEC 4 as K rounded to f16 explains (known: docs/SPEC.md 8)"
+                            : "kernel differs from the reference beyond SPEC 4",
+                      "%s [%s]: max err %.3g > tol %.3g (max|V| %.3g, %.3g units) at %s", who,
+                      ctx ? qsdpa_context_last_route(ctx) : "-", err, tol, vmax, vmax > 0 ? err / vmax : err, at);
+        }
         if (c.partial) {
             check_between(&c.lse, &c.tlse, who);
             check_lse(&c, ref_lse, who, prec);
