@@ -270,8 +270,9 @@ static bool explained_by_f16_k(acase *c, double tol) {
     prm.mask = c->use_mask ? &c->tmask : NULL;
     prm.sinks = c->use_sinks ? &c->tsinks : NULL;
     const qsdpa_qtensor *v = c->v_is_k ? &c->k.t : &c->v.t;
-    qsdpa_status st = c->partial ? qsdpa_attention_partial(fuzz_ctx_ref, &c->tq, &k, v, &prm, &c->tout, &c->tlse)
-                                 : qsdpa_attention(fuzz_ctx_ref, &c->tq, &k, v, &prm, &c->tout);
+    const qsdpa_attention_params *pp = c->null_params ? NULL : &prm; /* NULL: the defaults (scale 1) */
+    qsdpa_status st = c->partial ? qsdpa_attention_partial(fuzz_ctx_ref, &c->tq, &k, v, pp, &c->tout, &c->tlse)
+                                 : qsdpa_attention(fuzz_ctx_ref, &c->tq, &k, v, pp, &c->tout);
     memcpy(ref16, g->data, g->bytes);
     memcpy(g->data, device_out, g->bytes);
     if (device_lse) memcpy(c->lse.data, device_lse, c->lse.bytes), free(device_lse);
