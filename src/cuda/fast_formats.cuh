@@ -135,16 +135,15 @@ struct fp4_fmt {
      * (subnormals too), and factor * 256 is exact, so the product rounds once to the
      * reference's e4m3 * factor (cuda_format.cuh), with no ldexp, branch or division
      * per group; magnitude 0x7F is NaN as there */
-    __device__ __forceinline__ static float scale_f32(uint32_t b, float factor) {
+    __device__ __forceinline__ static half2 scale_bias_raw(uint32_t b, uint32_t, int, float factor) {
+        float v;
         if constexpr (MODE == QSDPA_MODE_NVFP4) {
             const float e = __half2float(__ushort_as_half((unsigned short)(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8))));
-            return (b & 0x7Fu) == 0x7Fu ? __int_as_float(0x7fc00000) : e * (factor * 256.0f);
+            v = (b & 0x7Fu) == 0x7Fu ? __int_as_float(0x7fc00000) : e * (factor * 256.0f);
         } else {
-            return qd_e8m0(b);
+            v = qd_e8m0(b);
         }
-    }
-    __device__ __forceinline__ static half2 scale_bias_raw(uint32_t b, uint32_t, int, float factor) {
-        return __floats2half2_rn(scale_f32(b, factor), 0.0f);
+        return __floats2half2_rn(v, 0.0f);
     }
     __device__ __forceinline__ static half2 scale_bias(const void *s, const void *, int, int i, float factor) {
         return scale_bias_raw(((const uint8_t *)s)[i], 0, 0, factor);

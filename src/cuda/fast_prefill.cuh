@@ -98,17 +98,6 @@ struct pf_layout {
  * max|V| against f16's bound of 0.002, K and V of 5-bit g128 with biases near -300). */
 template <class S> struct group_sb { using type = half2; };
 template <> struct group_sb<float> { using type = float2; };
-/* NVFP4 with a global scale that is not a power of two: e4m3 x G / 2688 is not an f16 value, and
- * rounded to f16 it moved all 16 values of a group together (test_cuda_random seed 5656 case 205:
- * 0.0024 x max|V|, f16 q, scale 1); it stays f32 (float2) as affine f32 scales do */
-struct nv_f32 {};
-template <> struct group_sb<nv_f32> { using type = float2; };
-
-/* whether t's group scales are exact in f16 as the fp formats' scale_bias rounds them: every format but
- * NVFP4 with a global factor off a power of two */
-__device__ __forceinline__ bool nv_scales_inexact(const qd_qtensor &t) {
-    return t.mode == QSDPA_MODE_NVFP4 && (__float_as_uint(t.nv_factor) & 0x7FFFFFu) != 0;
-}
 
 template <class F, class S>
 __device__ __forceinline__ typename group_sb<S>::type group_scale_bias(const char *scales, const char *biases, int i,
@@ -120,8 +109,6 @@ __device__ __forceinline__ typename group_sb<S>::type group_scale_bias(const cha
             return make_float2(((const float *)scales)[i], ((const float *)biases)[i]);
         else
             return __floats2half2_rn((float)((const S *)scales)[i], (float)((const S *)biases)[i]);
-    } else if constexpr (std::is_same<S, nv_f32>::value) {
-        return make_float2(F::scale_f32(((const uint8_t *)scales)[i], nv_factor), 0.0f);
     } else {
         return F::scale_bias(scales, biases, 0, i, nv_factor);
     }
@@ -237,8 +224,6 @@ __device__ __forceinline__ void dequant_tile_generic(const qd_qtensor &t, const 
             dequant_rows_generic<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
         else dequant_rows_generic<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
     } else {
-        if constexpr (F::mode == QSDPA_MODE_NVFP4)
-            if (nv_scales_inexact(t)) return dequant_rows_generic<D, F, nv_f32>(packed, scales, biases, t.nv_factor, tile, tid);
         dequant_rows_generic<D, F, uint8_t>(packed, scales, biases, t.nv_factor, tile, tid);
     }
 }
@@ -261,9 +246,6 @@ __device__ __forceinline__ void dequant_tile_fixed(const qd_qtensor &t, const ui
             dequant_rows_fixed<D, F, __nv_bfloat16, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid);
         else dequant_rows_fixed<D, F, float, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid);
     } else {
-        if constexpr (F::mode == QSDPA_MODE_NVFP4)
-            if (nv_scales_inexact(t))
-                return dequant_rows_fixed<D, F, nv_f32, PAIR_ORDER>(packed, scales, biases, t.nv_factor, tile, tid);
         dequant_rows_fixed<D, F, uint8_t, PAIR_ORDER>(packed, scales, biases, t.nv_factor, tile, tid);
     }
 }
@@ -293,9 +275,8 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
     if constexpr (chunk_batch<DK, FK>::FIXED && chunk_batch<DV, FV>::FIXED) {
 #ifdef QSDPA_CUDA_HAVE_WGMMA
         if ((FK::mode == QSDPA_MODE_AFFINE && p.k.scale_dtype == QSDPA_DTYPE_F32) ||
-            (FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_F32) ||
-            (FK::mode == QSDPA_MODE_NVFP4 && nv_scales_inexact(p.k)) || (FV::mode == QSDPA_MODE_NVFP4 && nv_scales_inexact(p.v))) {
-            /* f32 scales (affine f32, NVFP4 with a global factor): their batches hold float2, one tensor at a time */
+            (FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_F32)) {
+            /* f32 scales: their batches hold float2 {scale, bias}, one tensor at a time */
             dequant_tile_fixed<DK, FK, pf_k_pair_order<L>()>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
             dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
         } else {
