@@ -82,19 +82,6 @@ static void download(gbuf *const *g, int n) {
 
 static const fuzz_device_ops cuda_ops = {upload, at, download};
 
-static qsdpa_context *make_ctx(qsdpa_backend backend, const char *kernel) {
-    qsdpa_context_options o = qsdpa_context_default_options();
-    o.backend = backend;
-    o.kernel = kernel;
-    o.num_threads = 1;
-    qsdpa_context *c = NULL;
-    if (qsdpa_context_create(&o, &c) != QSDPA_OK) {
-        fprintf(stderr, "cannot create context (kernel %s): %s\n", kernel ? kernel : "auto", qsdpa_last_error());
-        exit(1);
-    }
-    return c;
-}
-
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -111,10 +98,10 @@ int main(void) {
     const char *env = getenv("QSDPA_FUZZ_SECONDS"), *one = getenv("QSDPA_FUZZ_CASE");
     double budget = env ? atof(env) : 20.0;
     int64_t only = one ? (int64_t)strtoll(one, NULL, 0) : -1;
-    fuzz_ctx_ref = make_ctx(QSDPA_BACKEND_CPU, "cpu.reference");
-    fuzz_ctx_auto = make_ctx(QSDPA_BACKEND_CUDA, NULL);
+    fuzz_ctx_ref = fuzz_make_ctx(QSDPA_BACKEND_CPU, "cpu.reference", 1);
+    fuzz_ctx_auto = fuzz_make_ctx(QSDPA_BACKEND_CUDA, NULL, 1);
     fuzz_forced_name[0] = "cuda.generic";
-    fuzz_ctx_forced[fuzz_n_forced++] = make_ctx(QSDPA_BACKEND_CUDA, "cuda.generic");
+    fuzz_ctx_forced[fuzz_n_forced++] = fuzz_make_ctx(QSDPA_BACKEND_CUDA, "cuda.generic", 1);
     fprintf(stderr, "test_cuda_random: budget %.0f s (QSDPA_FUZZ_SECONDS), seed %llu, CUDA contexts: auto, cuda.generic\n",
             budget, (unsigned long long)fuzz_seed);
     double t0 = now_seconds();

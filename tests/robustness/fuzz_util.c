@@ -110,6 +110,22 @@ bool fuzz_self_overlap(const qsdpa_tensor *t) {
     return dup;
 }
 
+/* ---- contexts -------------------------------------------------------------------
+ * A context of `backend` forced to `kernel` (NULL: automatic selection); exits if
+ * it cannot be made (nothing else in the run would mean anything). */
+qsdpa_context *fuzz_make_ctx(qsdpa_backend backend, const char *kernel, int threads) {
+    qsdpa_context_options o = qsdpa_context_default_options();
+    o.backend = backend;
+    o.kernel = kernel;
+    o.num_threads = threads;
+    qsdpa_context *c = NULL;
+    if (qsdpa_context_create(&o, &c) != QSDPA_OK) {
+        fprintf(stderr, "cannot create context (kernel %s): %s\n", kernel ? kernel : "auto", qsdpa_last_error());
+        exit(1);
+    }
+    return c;
+}
+
 /* ---- failures ------------------------------------------------------------------
  * Each failure has a short kind; the first FUZZ_PRINT of each kind are printed
  * with the case description and the replay line, the rest only counted. */

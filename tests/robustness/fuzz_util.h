@@ -52,6 +52,9 @@ qsdpa_tensor alloc_tensor(test_rng *r, gbuf *g, qsdpa_dtype dt, int rank, const 
 void fill_tensor(test_rng *r, const qsdpa_tensor *t, double sigma);
 double spec_tol(qsdpa_dtype d); /* SPEC 4, in units of max|V| */
 
+/* ---- contexts ---------------------------------------------------------------------- */
+qsdpa_context *fuzz_make_ctx(qsdpa_backend backend, const char *kernel, int threads); /* exits on failure */
+
 /* ---- failures ------------------------------------------------------------------ */
 enum { EXPECT_OK, EXPECT_ERR, EXPECT_ANY }; /* what this test's own reading of SPEC 5 says */
 extern uint64_t fuzz_seed;

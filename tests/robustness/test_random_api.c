@@ -32,27 +32,15 @@ qsdpa_context *fuzz_ctx_forced[FUZZ_MAX_CTX];
 const char *fuzz_forced_name[FUZZ_MAX_CTX];
 int fuzz_n_forced;
 
-static qsdpa_context *make_ctx(const char *kernel, int threads) {
-    qsdpa_context_options o = qsdpa_context_default_options();
-    o.kernel = kernel;
-    o.num_threads = threads;
-    qsdpa_context *c = NULL;
-    if (qsdpa_context_create(&o, &c) != QSDPA_OK) {
-        fprintf(stderr, "cannot create context (kernel %s): %s\n", kernel ? kernel : "auto", qsdpa_last_error());
-        exit(1);
-    }
-    return c;
-}
-
 static void make_contexts(void) {
-    fuzz_ctx_ref = make_ctx("cpu.reference", 1);
-    fuzz_ctx_auto = make_ctx(NULL, 3); /* 3 threads on 2 cores: uneven splits */
+    fuzz_ctx_ref = fuzz_make_ctx(QSDPA_BACKEND_CPU, "cpu.reference", 1);
+    fuzz_ctx_auto = fuzz_make_ctx(QSDPA_BACKEND_CPU, NULL, 3); /* 3 threads on 2 cores: uneven splits */
     for (int i = 0; i < qsdpa_kernel_count() && fuzz_n_forced < FUZZ_MAX_CTX; i++) {
         qsdpa_kernel_info info;
         if (qsdpa_kernel_get(i, &info) != QSDPA_OK) continue;
         if (info.backend != QSDPA_BACKEND_CPU || !info.usable || strcmp(info.name, "cpu.reference") == 0) continue;
         fuzz_forced_name[fuzz_n_forced] = info.name;
-        fuzz_ctx_forced[fuzz_n_forced++] = make_ctx(info.name, 2);
+        fuzz_ctx_forced[fuzz_n_forced++] = fuzz_make_ctx(QSDPA_BACKEND_CPU, info.name, 2);
     }
 }
 
