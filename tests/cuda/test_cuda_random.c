@@ -34,11 +34,7 @@ qsdpa_context *fuzz_ctx_forced[FUZZ_MAX_CTX];
 const char *fuzz_forced_name[FUZZ_MAX_CTX];
 int fuzz_n_forced;
 
-/* ---- the device twins of a case's buffers (one call at a time) ---------------------- */
-#define MAX_TWINS 16
-static struct { const gbuf *host; uint8_t *dev; size_t bytes; } twins[MAX_TWINS];
-static int n_twins;
-
+/* ---- the device's memory for the case buffers' twins (fuzz_twin_ops) ------------------- */
 static void device_fatal(const char *what, cudaError_t e) {
     fprintf(stderr, "test_cuda_random: %s: %s (case %lld: %s)\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld "
             "./test_cuda_random\n", what, cudaGetErrorString(e), (long long)fuzz_case_index, fuzz_case_desc,
@@ -46,41 +42,26 @@ static void device_fatal(const char *what, cudaError_t e) {
     exit(1); /* a device fault leaves the context unusable: nothing after it would mean anything */
 }
 
-static void upload(gbuf *const *g, int n) {
-    n_twins = 0;
-    for (int i = 0; i < n && i < MAX_TWINS; i++) {
-        size_t bytes = g[i]->bytes + 2 * FUZZ_GUARD;
-        cudaError_t e = cudaMalloc((void **)&twins[i].dev, bytes);
-        if (e != cudaSuccess) device_fatal("cudaMalloc", e);
-        e = cudaMemcpy(twins[i].dev, g[i]->raw, bytes, cudaMemcpyHostToDevice);
-        if (e != cudaSuccess) device_fatal("copy to the device", e);
-        twins[i].host = g[i], twins[i].bytes = bytes, n_twins++;
-    }
+static void *device_alloc(size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) device_fatal("cudaMalloc", e);
+    return p;
 }
 
-static void *at(void *host) {
-    if (!host) return NULL;
-    for (int i = 0; i < n_twins; i++) {
-        const uint8_t *raw = twins[i].host->raw;
-        if ((const uint8_t *)host >= raw && (const uint8_t *)host < raw + twins[i].bytes)
-            return twins[i].dev + ((const uint8_t *)host - raw);
-    }
-    fuzz_fail("test error: a descriptor points outside the case's buffers", "%p", host);
-    return host;
+static void device_copy(void *dst, const void *src, size_t bytes, bool to_twin) {
+    cudaError_t e = cudaMemcpy(dst, src, bytes, to_twin ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) device_fatal(to_twin ? "copy to the device" : "copy from the device", e);
 }
 
-static void download(gbuf *const *g, int n) {
+static void device_release(void *p) { cudaFree(p); }
+
+static void device_sync(void) {
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess) device_fatal("device error after the call", e);
-    for (int i = 0; i < n && i < n_twins; i++) {
-        e = cudaMemcpy(g[i]->raw, twins[i].dev, twins[i].bytes, cudaMemcpyDeviceToHost);
-        if (e != cudaSuccess) device_fatal("copy from the device", e);
-        cudaFree(twins[i].dev);
-    }
-    n_twins = 0;
 }
 
-static const fuzz_device_ops cuda_ops = {upload, at, download};
+static const fuzz_memory cuda_memory = {device_alloc, device_copy, device_release, device_sync};
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -92,7 +73,9 @@ int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
     fuzz_seed = test_seed();
     fuzz_program = "test_cuda_random";
-    fuzz_device = &cuda_ops;
+    fuzz_twin_memory = &cuda_memory;
+    fuzz_device = &fuzz_twin_ops;
+    fuzz_16bit_contexts = true;
     fuzz_check_slices = false;
     fuzz_gpu_shapes = true;
     const char *env = getenv("QSDPA_FUZZ_SECONDS"), *one = getenv("QSDPA_FUZZ_CASE");

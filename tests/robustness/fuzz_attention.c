@@ -14,6 +14,7 @@ static const char *attn_fn(const acase *c, bool select) {
 
 const fuzz_device_ops *fuzz_device;
 bool fuzz_check_slices = true;
+bool fuzz_16bit_contexts;
 
 /* Every buffer of the case, for the "nothing changed" checks. */
 static int case_buffers(acase *c, gbuf **g) {
@@ -349,9 +350,9 @@ void run_attention_case(test_rng *r, int64_t index, bool verbose) {
         restore_all(&c);
     }
     /* SPEC 4's class of the output: q's dtype. A partial call's f32 output is held to f32's bound on the
-     * CPU, which computes every partial in f32, and to q's on a device, where f16/bf16 q run in 16-bit
-     * tensor-core arithmetic (qsdpa_attention_partial in qsdpa.h says so). */
-    const qsdpa_dtype prec = c.partial && !fuzz_device ? QSDPA_DTYPE_F32 : c.qd;
+     * CPU, which computes every partial in f32, and to q's on CUDA (fuzz_16bit_contexts), where f16/bf16 q
+     * run in 16-bit tensor-core arithmetic (qsdpa_attention_partial in qsdpa.h says so). */
+    const qsdpa_dtype prec = c.partial && !fuzz_16bit_contexts ? QSDPA_DTYPE_F32 : c.qd;
     double tol = spec_tol(prec) * vmax;
     for (int kx = -1; kx < fuzz_n_forced; kx++) {
         qsdpa_context *ctx = kx < 0 ? fuzz_ctx_auto : fuzz_ctx_forced[kx];
@@ -381,7 +382,7 @@ void run_attention_case(test_rng *r, int64_t index, bool verbose) {
         else if (!(err <= tol)) {
             char at[sizeof worst_at];
             snprintf(at, sizeof at, "%s", worst_at); /* explained_by_f16_k runs tensor_diff again */
-            const bool known = fuzz_device && prec != QSDPA_DTYPE_F32 && explained_by_f16_k(&c, tol);
+            const bool known = fuzz_16bit_contexts && prec != QSDPA_DTYPE_F32 && explained_by_f16_k(&c, tol);
             fuzz_fail(known ? "beyond SPEC 4 as K rounded to f16 explains (known: docs/SPEC.md 8)"
                             : "kernel differs from the reference beyond SPEC 4",
                       "%s [%s]: max err %.3g > tol %.3g (max|V| %.3g, %.3g units) at %s", who,

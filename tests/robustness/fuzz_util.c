@@ -110,6 +110,44 @@ bool fuzz_self_overlap(const qsdpa_tensor *t) {
     return dup;
 }
 
+/* ---- twins of a case's buffers (fuzz_twin_ops) ---------------------------------- */
+#define FUZZ_MAX_TWINS 16
+const fuzz_memory *fuzz_twin_memory;
+static struct { const gbuf *host; uint8_t *twin; size_t bytes; } twins[FUZZ_MAX_TWINS];
+static int n_twins;
+
+static void twin_upload(gbuf *const *g, int n) {
+    n_twins = 0;
+    for (int i = 0; i < n && i < FUZZ_MAX_TWINS; i++) {
+        size_t bytes = g[i]->bytes + 2 * FUZZ_GUARD; /* guards too */
+        twins[i].twin = fuzz_twin_memory->alloc(bytes);
+        fuzz_twin_memory->copy(twins[i].twin, g[i]->raw, bytes, true);
+        twins[i].host = g[i], twins[i].bytes = bytes, n_twins++;
+    }
+}
+
+static void *twin_at(void *host) {
+    if (!host) return NULL;
+    for (int i = 0; i < n_twins; i++) {
+        const uint8_t *raw = twins[i].host->raw;
+        if ((const uint8_t *)host >= raw && (const uint8_t *)host < raw + twins[i].bytes)
+            return twins[i].twin + ((const uint8_t *)host - raw);
+    }
+    fuzz_fail("test error: a descriptor points outside the case's buffers", "%p", host);
+    return host;
+}
+
+static void twin_download(gbuf *const *g, int n) {
+    if (fuzz_twin_memory->sync) fuzz_twin_memory->sync();
+    for (int i = 0; i < n && i < n_twins; i++) {
+        fuzz_twin_memory->copy(g[i]->raw, twins[i].twin, twins[i].bytes, false);
+        fuzz_twin_memory->release(twins[i].twin);
+    }
+    n_twins = 0;
+}
+
+const fuzz_device_ops fuzz_twin_ops = {twin_upload, twin_at, twin_download};
+
 /* ---- contexts -------------------------------------------------------------------
  * A context of `backend` forced to `kernel` (NULL: automatic selection); exits if
  * it cannot be made (nothing else in the run would mean anything). */

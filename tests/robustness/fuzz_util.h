@@ -91,6 +91,20 @@ typedef struct fuzz_device_ops {
 } fuzz_device_ops;
 extern const fuzz_device_ops *fuzz_device; /* defined in fuzz_attention.c */
 
+/* The usual ops: twins of the case's buffers in another memory, one call at a
+ * time. A memory supplies alloc (exits on failure), copy (to_twin: host ->
+ * twin), release and sync (before the copies back; may exit on a device
+ * error). test_cuda_random's memory is the GPU's; test_random_api's shadow
+ * run's is host memory at other addresses (the same path, in CI). */
+typedef struct fuzz_memory {
+    void *(*alloc)(size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes, bool to_twin);
+    void (*release)(void *p);
+    void (*sync)(void);
+} fuzz_memory;
+extern const fuzz_memory *fuzz_twin_memory;
+extern const fuzz_device_ops fuzz_twin_ops;
+
 /* ---- the case runners --------------------------------------------------------------- */
 void run_attention_case(test_rng *r, int64_t index, bool verbose); /* fuzz_attention.c */
 void run_rows_case(test_rng *r, int64_t index, bool verbose);      /* fuzz_rows.c */

@@ -22,7 +22,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "fuzz_util.h"
+#include "fuzz_attn.h"
 
 fuzz_stats_t fuzz_stats;
 
@@ -45,6 +45,14 @@ static void make_contexts(void) {
 }
 
 
+/* ---- the shadow run (QSDPA_FUZZ_SHADOW=1) ---------------------------------------------
+ * Every call but the reference's reads and writes twins of the case's buffers in
+ * fresh host memory, through the hooks test_cuda_random uses for the GPU, so that
+ * path runs in CI without one; the cases also draw model-like shapes. */
+static void *host_alloc(size_t bytes) { return test_alloc(bytes); }
+static void host_copy(void *dst, const void *src, size_t bytes, bool to_twin) { (void)to_twin, memcpy(dst, src, bytes); }
+static const fuzz_memory host_memory = {host_alloc, host_copy, free, NULL};
+
 /* ---- main ---------------------------------------------------------------------------------- */
 static double now_seconds(void) {
     struct timespec ts;
@@ -57,6 +65,13 @@ int main(void) {
     const char *env = getenv("QSDPA_FUZZ_SECONDS"), *one = getenv("QSDPA_FUZZ_CASE");
     double budget = env ? atof(env) : 20.0;
     int64_t only = one ? (int64_t)strtoll(one, NULL, 0) : -1;
+    const char *shadow = getenv("QSDPA_FUZZ_SHADOW");
+    if (shadow && shadow[0] == '1') {
+        fuzz_program = "test_random_api (QSDPA_FUZZ_SHADOW=1)";
+        fuzz_twin_memory = &host_memory;
+        fuzz_device = &fuzz_twin_ops;
+        fuzz_gpu_shapes = true;
+    }
     make_contexts();
     fprintf(stderr, "test_random_api: budget %.0f s (QSDPA_FUZZ_SECONDS), kernels: cpu.reference, auto", budget);
     for (int i = 0; i < fuzz_n_forced; i++) fprintf(stderr, ", %s", fuzz_forced_name[i]);

@@ -4,3 +4,7 @@ target_sources(test_random_api PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/fuzz_util.c ${CMAKE_CURRENT_LIST_DIR}/fuzz_attn_case.c
   ${CMAKE_CURRENT_LIST_DIR}/fuzz_attention.c ${CMAKE_CURRENT_LIST_DIR}/fuzz_rows.c
   ${CMAKE_CURRENT_LIST_DIR}/fuzz_merge.c)
+# the same cases through the device hooks (test_cuda_random's path) on host twins, with model-like shapes
+add_test(NAME robustness.test_random_api_shadow COMMAND test_random_api WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+set_tests_properties(robustness.test_random_api_shadow PROPERTIES LABELS robustness
+                     ENVIRONMENT "QSDPA_FUZZ_SHADOW=1;QSDPA_FUZZ_SECONDS=10")
