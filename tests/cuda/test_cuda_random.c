@@ -63,12 +63,6 @@ static void device_sync(void) {
 
 static const fuzz_memory cuda_memory = {device_alloc, device_copy, device_release, device_sync};
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
     fuzz_seed = test_seed();
@@ -87,24 +81,24 @@ int main(void) {
     fuzz_ctx_forced[fuzz_n_forced++] = fuzz_make_ctx(QSDPA_BACKEND_CUDA, "cuda.generic", 1);
     fprintf(stderr, "test_cuda_random: budget %.0f s (QSDPA_FUZZ_SECONDS), seed %llu, CUDA contexts: auto, cuda.generic\n",
             budget, (unsigned long long)fuzz_seed);
-    double t0 = now_seconds();
+    double t0 = fuzz_now_seconds();
     int64_t cases = 0, merges = 0;
     for (int64_t i = only >= 0 ? only : 0;; i++) {
         fuzz_case_index = i;
         test_rng r;
         test_rng_init(&r, fuzz_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)));
         test_rng_next(&r);
-        const double t_case = now_seconds();
+        const double t_case = fuzz_now_seconds();
         if (test_rng_int(&r, 0, 99) < 85) run_attention_case(&r, i, only >= 0), cases++;
         else run_merge_case(&r, i, only >= 0), merges++;
         /* run 182: one seed spent ~230 s of its 60 on a few cases, not yet known which */
-        if (now_seconds() - t_case > 10.0)
-            fprintf(stderr, "slow case %lld (%.1f s): %s\n", (long long)i, now_seconds() - t_case, fuzz_case_desc);
-        if (only >= 0 || now_seconds() - t0 > budget) break;
+        if (fuzz_now_seconds() - t_case > 10.0)
+            fprintf(stderr, "slow case %lld (%.1f s): %s\n", (long long)i, fuzz_now_seconds() - t_case, fuzz_case_desc);
+        if (only >= 0 || fuzz_now_seconds() - t0 > budget) break;
     }
     fprintf(stderr, "test_cuda_random: %lld attention and %lld merge cases in %.1f s: %lld valid attention calls "
             "(reference OK), %lld rejected; %lld GPU runs compared; %lld GPU merges checked\n", (long long)cases,
-            (long long)merges, now_seconds() - t0, (long long)fuzz_stats.ok, (long long)fuzz_stats.rejected,
+            (long long)merges, fuzz_now_seconds() - t0, (long long)fuzz_stats.ok, (long long)fuzz_stats.rejected,
             (long long)fuzz_stats.kernel_runs, (long long)fuzz_stats.merged);
     fuzz_report();
     qsdpa_context_destroy(fuzz_ctx_ref);

@@ -1,10 +1,12 @@
 /* Helpers of the random-API test (see fuzz_util.h). */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "fuzz_util.h"
 
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define FUZZ_KINDS 96
 #ifndef FUZZ_PRINT
@@ -147,6 +149,12 @@ static void twin_download(gbuf *const *g, int n) {
 }
 
 const fuzz_device_ops fuzz_twin_ops = {twin_upload, twin_at, twin_download};
+
+double fuzz_now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* ---- contexts -------------------------------------------------------------------
  * A context of `backend` forced to `kernel` (NULL: automatic selection); exits if

@@ -54,6 +54,7 @@ double spec_tol(qsdpa_dtype d); /* SPEC 4, in units of max|V| */
 
 /* ---- contexts ---------------------------------------------------------------------- */
 qsdpa_context *fuzz_make_ctx(qsdpa_backend backend, const char *kernel, int threads); /* exits on failure */
+double fuzz_now_seconds(void); /* monotonic, for the time budgets */
 
 /* ---- failures ------------------------------------------------------------------ */
 enum { EXPECT_OK, EXPECT_ERR, EXPECT_ANY }; /* what this test's own reading of SPEC 5 says */

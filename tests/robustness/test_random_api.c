@@ -54,12 +54,6 @@ static void host_copy(void *dst, const void *src, size_t bytes, bool to_twin) { 
 static const fuzz_memory host_memory = {host_alloc, host_copy, free, NULL};
 
 /* ---- main ---------------------------------------------------------------------------------- */
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int main(void) {
     fuzz_seed = test_seed();
     const char *env = getenv("QSDPA_FUZZ_SECONDS"), *one = getenv("QSDPA_FUZZ_CASE");
@@ -76,7 +70,7 @@ int main(void) {
     fprintf(stderr, "test_random_api: budget %.0f s (QSDPA_FUZZ_SECONDS), kernels: cpu.reference, auto", budget);
     for (int i = 0; i < fuzz_n_forced; i++) fprintf(stderr, ", %s", fuzz_forced_name[i]);
     fprintf(stderr, "\n");
-    double t0 = now_seconds();
+    double t0 = fuzz_now_seconds();
     int64_t counts[3] = {0, 0, 0};
     for (int64_t i = only >= 0 ? only : 0;; i++) {
         fuzz_case_index = i;
@@ -87,10 +81,10 @@ int main(void) {
         if (kind < 70) run_attention_case(&r, i, only >= 0), counts[0]++;
         else if (kind < 85) run_rows_case(&r, i, only >= 0), counts[1]++;
         else run_merge_case(&r, i, only >= 0), counts[2]++;
-        if (only >= 0 || now_seconds() - t0 > budget) break;
+        if (only >= 0 || fuzz_now_seconds() - t0 > budget) break;
     }
     fprintf(stderr, "test_random_api: %lld attention, %lld quantize/dequantize, %lld merge cases in %.1f s\n",
-            (long long)counts[0], (long long)counts[1], (long long)counts[2], now_seconds() - t0);
+            (long long)counts[0], (long long)counts[1], (long long)counts[2], fuzz_now_seconds() - t0);
     fprintf(stderr, "  attention calls: %lld valid (reference OK), %lld rejected; %lld kernel runs compared, %lld split+merge "
             "checks; %lld quantize round trips, %lld merges checked\n", (long long)fuzz_stats.ok, (long long)fuzz_stats.rejected,
             (long long)fuzz_stats.kernel_runs, (long long)fuzz_stats.slices, (long long)fuzz_stats.quantized, (long long)fuzz_stats.merged);
