@@ -15,7 +15,8 @@
 # GPU tests and sanitizers (timing-only calls on a commit already checked).
 #   quick: no full benchmark (the baseline comparison below still runs); generic: the generic row's tests and
 #   sanitizers, then the MLA rows (or QSDPA_GPU_EXTRA_ROWS) against a baseline; fuzz: build, then only
-#   test_cuda_random (QSDPA_GPU_FUZZ_SEEDS, QSDPA_GPU_FUZZ_SECONDS a seed; it also runs in every checking mode); bench: the full benchmark and
+#   test_cuda_random (QSDPA_GPU_FUZZ_SEEDS, QSDPA_GPU_FUZZ_SECONDS a seed, QSDPA_GPU_FUZZ_LEGS environments, QSDPA_GPU_FUZZ_REPLAYS;
+#   it also runs in every checking mode); bench: the full benchmark and
 #   PyTorch's baselines only (no GPU tests, sanitizers, multi-GPU stage, prefill-kernel rows or ncu: a
 #   timing call on a commit an earlier call checked; ~7 minutes); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
@@ -61,10 +62,17 @@ fuzz_run() {
     QSDPA_TEST_SEED=${replay%%:*} QSDPA_FUZZ_CASE=${replay#*:} timeout 60 "$B/tests/test_cuda_random" >>"$OUT/tests.log" 2>&1
     echo "test_cuda_random (replay $replay) rc=$?" | tee -a "$OUT/tests.log"
   done
+  # QSDPA_GPU_FUZZ_LEGS: ";"-separated environment settings, each seed run under each (default: one leg, none),
+  # e.g. "QSDPA_CUDA_STAGED=0;QSDPA_CUDA_GENERIC_WIDE=2" for the paths the defaults leave out
+  local leg_list=("")
+  [ -n "${QSDPA_GPU_FUZZ_LEGS:-}" ] && IFS=';' read -r -a leg_list <<<"$QSDPA_GPU_FUZZ_LEGS"
   for seed in $seeds; do
-    QSDPA_TEST_SEED=$seed QSDPA_FUZZ_SECONDS=${QSDPA_GPU_FUZZ_SECONDS:-60} timeout 400 "$B/tests/test_cuda_random" \
-      >>"$OUT/tests.log" 2>&1
-    echo "test_cuda_random (seed $seed) rc=$?" | tee -a "$OUT/tests.log"
+    for leg in "${leg_list[@]}"; do
+      # shellcheck disable=SC2086  # assignments split on spaces by design
+      env $leg QSDPA_TEST_SEED=$seed QSDPA_FUZZ_SECONDS=${QSDPA_GPU_FUZZ_SECONDS:-60} timeout 400 \
+        "$B/tests/test_cuda_random" >>"$OUT/tests.log" 2>&1
+      echo "test_cuda_random (seed $seed${leg:+, $leg}) rc=$?" | tee -a "$OUT/tests.log"
+    done
   done
   grep -A1 "^FAIL" "$OUT/tests.log" | head -12
 }
