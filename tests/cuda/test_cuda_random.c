@@ -11,7 +11,6 @@
  * outside its output elements.
  * QSDPA_FUZZ_SECONDS (default 20), QSDPA_TEST_SEED and QSDPA_FUZZ_CASE as in
  * test_random_api. */
-#define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
 
 #ifndef QSDPA_TEST_CUDA
@@ -22,7 +21,6 @@ int main(void) {
 #else
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cuda_runtime.h>
 
@@ -36,9 +34,9 @@ int fuzz_n_forced;
 
 /* ---- the device's memory for the case buffers' twins (fuzz_twin_ops) ------------------- */
 static void device_fatal(const char *what, cudaError_t e) {
-    fprintf(stderr, "test_cuda_random: %s: %s (case %lld: %s)\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld "
-            "./test_cuda_random\n", what, cudaGetErrorString(e), (long long)fuzz_case_index, fuzz_case_desc,
-            (unsigned long long)fuzz_seed, (long long)fuzz_case_index);
+    fprintf(stderr, "%s: %s: %s (case %lld: %s)\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n",
+            fuzz_program, what, cudaGetErrorString(e), (long long)fuzz_case_index, fuzz_case_desc,
+            (unsigned long long)fuzz_seed, (long long)fuzz_case_index, fuzz_program);
     exit(1); /* a device fault leaves the context unusable: nothing after it would mean anything */
 }
 

@@ -241,30 +241,11 @@ static bool explained_by_f16_k(acase *c, double tol) {
     const qsdpa_qtensor *kt = &c->k.t;
     int64_t B = kt->codes.shape[0], H = kt->codes.shape[1], L = kt->codes.shape[2], D = kt->dim;
     uint16_t *k16 = test_alloc((size_t)(B * H * L * D) * 2);
-    float *row = test_alloc((size_t)D * sizeof(float)), *sc32 = test_alloc((size_t)D * sizeof(float)),
-          *bi32 = test_alloc((size_t)D * sizeof(float));
-    size_t ce = code_esize(&kt->format), se = kt->scales.data ? qsdpa_dtype_size(kt->scales.dtype) : 0;
+    float *row = test_alloc((size_t)D * sizeof(float)), *scratch = test_alloc((size_t)(2 * D) * sizeof(float));
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++)
             for (int64_t l = 0; l < L; l++) {
-                const uint8_t *cp = (const uint8_t *)kt->codes.data +
-                                    (size_t)(b * kt->codes.stride[0] + h * kt->codes.stride[1] + l * kt->codes.stride[2]) * ce;
-                if (kt->format.mode == QSDPA_MODE_PLAIN) {
-                    for (int64_t d = 0; d < D; d++) row[d] = qsdpa_load_float(cp, kt->format.plain_dtype, d);
-                } else {
-                    size_t so = (size_t)(b * kt->scales.stride[0] + h * kt->scales.stride[1] + l * kt->scales.stride[2]) * se;
-                    const uint8_t *sp = (const uint8_t *)kt->scales.data + so;
-                    const uint8_t *bp = kt->biases.data ? (const uint8_t *)kt->biases.data + so : NULL;
-                    qsdpa_dtype sdt = kt->scales.dtype;
-                    if (kt->format.mode == QSDPA_MODE_AFFINE) {
-                        /* f32 copies of the row's scales and biases: qsdpa_dequantize rounds code x scale to a
-                         * 16-bit scale dtype first (as mx.dequantize does), the kernels compute in f32 */
-                        for (int64_t gi = 0; gi < D / kt->format.group; gi++)
-                            sc32[gi] = qsdpa_load_float(sp, sdt, gi), bi32[gi] = qsdpa_load_float(bp, sdt, gi);
-                        sp = (const uint8_t *)sc32, bp = (const uint8_t *)bi32, sdt = QSDPA_DTYPE_F32;
-                    }
-                    qsdpa_dequantize(&kt->format, (const uint32_t *)cp, sp, bp, sdt, 1, D, row, QSDPA_DTYPE_F32);
-                }
+                kv_row(kt, b, h, l, row, true, scratch); /* in f32, as the kernels dequantize */
                 for (int64_t d = 0; d < D; d++) qsdpa_store_float(k16, QSDPA_DTYPE_F16, ((b * H + h) * L + l) * D + d, row[d]);
             }
     qsdpa_qtensor k = {0};
@@ -288,7 +269,7 @@ static bool explained_by_f16_k(acase *c, double tol) {
     if (device_lse) memcpy(c->lse.data, device_lse, c->lse.bytes), free(device_lse);
     bool nan;
     bool explained = st == QSDPA_OK && tensor_diff(g, ref16, &c->tout, &nan) <= tol;
-    free(k16), free(row), free(sc32), free(bi32), free(device_out), free(ref16);
+    free(k16), free(row), free(scratch), free(device_out), free(ref16);
     return explained;
 }
 

@@ -17,10 +17,8 @@
  * qsdpa_quantize / qsdpa_dequantize and qsdpa_merge get the same treatment
  * (fuzz_rows.c, fuzz_merge.c). Failures are grouped by kind and printed
  * with a replay line. */
-#define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "fuzz_attn.h"
 
