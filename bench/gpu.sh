@@ -57,8 +57,9 @@ export -f build_tree
 fuzz_run() {
   local seeds=${QSDPA_GPU_FUZZ_SEEDS:-"$RANDOM$RANDOM $RANDOM$RANDOM"}
   # cases that once failed (seed:case; a change to the case generator renumbers them): f32 scales rounded to
-  # f16 by the prefill kernel (run 180). The 48 KB wide launch of run 178 is a coverage case now.
-  for replay in ${QSDPA_GPU_FUZZ_REPLAYS:-4404:637}; do
+  # f16 by the prefill kernel (run 180); NVFP4 group scales rounded to f16 (5656:205, run 186). The 48 KB
+  # wide launch of run 178 is a coverage case now.
+  for replay in ${QSDPA_GPU_FUZZ_REPLAYS:-4404:637 5656:205}; do
     QSDPA_TEST_SEED=${replay%%:*} QSDPA_FUZZ_CASE=${replay#*:} timeout 60 "$B/tests/test_cuda_random" >>"$OUT/tests.log" 2>&1
     echo "test_cuda_random (replay $replay) rc=$?" | tee -a "$OUT/tests.log"
   done

@@ -1275,7 +1275,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_blocks<DK, DV, FK, FV,
             O += merge_o[w][f][d] * cf;
         }
         const int64_t prow = ((int64_t)split * gridDim.z + bh) * p.rows + row0 + f; /* [split][bh][row] */
-        p.part_o[prow * DV + d] = O;
+        p.part_o[prow * DV + d] = O * p.v_factor;
         if (d == 0) { p.part_ml[prow * 2] = M; p.part_ml[prow * 2 + 1] = Ls; }
     }
     /* The merge in this launch (p.arrivals, calls of few splits over many heads): the CTA that writes

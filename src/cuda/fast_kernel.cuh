@@ -57,7 +57,8 @@ struct fast_params : qd_io {
     int nrb;                 /* row blocks: 8 * NR rows (decode kernel), PF_ROWS (prefill kernel) */
     int dv_out;              /* Dv of out: the kernel's DV, or a narrower cache's (pad_from; the partials keep DV) */
     int nsplit, tiles_per_split;
-    float scale_log2;        /* scale * log2(e) */
+    float scale_log2;        /* scale * log2(e), times K's NVFP4 global factor (its tiles are decoded without it) */
+    float v_factor;          /* V's NVFP4 global factor, applied to the outputs and partials; else 1 */
     float masked_log2;       /* masked score * log2(e), clamped finite */
     int scales_vec;          /* 1: a tile's scales are one 16-byte-aligned block; 0: 4-byte rows */
     int dec_prefetch;        /* decode kernel: chunks per warp pulled into L2 before pdl_wait */

@@ -756,7 +756,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
             const float MM = fmaxf(m[r], sink);
             const float c = m[r] == -INFINITY ? 0.0f : fast_exp2(m[r] - MM);
             const float LL = l[r] * c + (p.sinks ? fast_exp2(sink - MM) : 0.0f);
-            const float scale = MM == -INFINITY ? 0.0f : c / LL;
+            const float scale = MM == -INFINITY ? 0.0f : c / LL * p.v_factor;
             const int64_t orow = b * p.os[0] + h * p.os[1] + i * p.os[2];
 #pragma unroll
             for (int n = 0; n < NT; n++)
@@ -772,7 +772,8 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
             const int64_t prow = (int64_t)split * gridDim.z * p.rows + bh * p.rows + f; /* [split][bh][f] */
 #pragma unroll
             for (int n = 0; n < NT; n++)
-                *(float2 *)&p.part_o[prow * DV + 8 * n + 2 * c4] = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+                *(float2 *)&p.part_o[prow * DV + 8 * n + 2 * c4] =
+                    make_float2(o[n][2 * r] * p.v_factor, o[n][2 * r + 1] * p.v_factor);
             if (c4 == 0) { p.part_ml[prow * 2] = m[r]; p.part_ml[prow * 2 + 1] = l[r]; }
         }
     }

@@ -100,6 +100,13 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     p->dec_prefetch = qsdpa_cuda_dec_prefetch();
     const float log2e = 1.4426950408889634f;
     p->scale_log2 = pr->scale * log2e;
+    /* NVFP4's global factor G / 2688 taken out of the tiles: fp4 x e4m3 is exact in f16 (at most 6 significant
+     * bits, 2^-10 to 2688), e4m3 x G / 2688 rarely is, and rounded to f16 it moved each 16-value group together
+     * (SPEC 8.3). K's factor multiplies the Q K^T sums, V's the outputs (every merge is linear in them). */
+    p->v_factor = 1.0f;
+    /* global_scale too: qd_element / qd_group_scale read it, so every decoder of p.k / p.v sees factor 1 */
+    if (p->k.mode == QSDPA_MODE_NVFP4) p->scale_log2 *= p->k.nv_factor, p->k.nv_factor = 1.0f, p->k.global_scale = 0.0f;
+    if (p->v.mode == QSDPA_MODE_NVFP4) p->v_factor = p->v.nv_factor, p->v.nv_factor = 1.0f, p->v.global_scale = 0.0f;
     float ml = pr->masked_score * log2e;
     p->masked_log2 = ml < -FLT_MAX ? -FLT_MAX : ml;
 
