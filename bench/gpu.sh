@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | generic | fuzz | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -14,7 +14,8 @@
 # the baseline's 32K matrix and its rows outside it (the baseline is still built, for the extra rows); QSDPA_GPU_SKIP_CHECKS=1 the
 # GPU tests and sanitizers (timing-only calls on a commit already checked).
 #   quick: no full benchmark (the baseline comparison below still runs); generic: the generic row's tests and
-#   sanitizers, then the MLA rows (or QSDPA_GPU_EXTRA_ROWS) against a baseline; fuzz: build, then only
+#   sanitizers, then the MLA rows (or QSDPA_GPU_EXTRA_ROWS) against a baseline; prefill: the prefill kernel's
+#   coverage rows, the fuzz, and its rows (staging off) against a baseline; fuzz: build, then only
 #   test_cuda_random (QSDPA_GPU_FUZZ_SEEDS, QSDPA_GPU_FUZZ_SECONDS a seed, QSDPA_GPU_FUZZ_LEGS environments, QSDPA_GPU_FUZZ_REPLAYS;
 #   it also runs in every checking mode); bench: the full benchmark and
 #   PyTorch's baselines only (no GPU tests, sanitizers, multi-GPU stage, prefill-kernel rows or ncu: a
@@ -252,6 +253,36 @@ if [ "$MODE" = generic ]; then
   extra_rows
   cat "$OUT/bench.txt"
   [ -n "${QSDPA_GPU_NCU_WIDE:-}" ] && profile_wide
+  stamp done
+  exit 0
+fi
+if [ "$MODE" = prefill ]; then
+  # a change to the prefill kernel: its coverage rows (QSDPA_GPU_ONLY, default .d), the fuzz, then the 4K causal
+  # prefill and chunked-prefill rows on the prefill kernel itself (staging off), [base] beside [new] where
+  # build-base-src came, two rounds (prefill.txt)
+  stamp "prefill tests" | tee "$OUT/tests.log"
+  QSDPA_CUDA_STAGE_PREFILL_ROWS=0 QSDPA_CUDA_ONLY=${QSDPA_GPU_ONLY:-.d} timeout 280 "$B/tests/test_cuda_coverage" \
+    >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (${QSDPA_GPU_ONLY:-.d} rows, staged prefill off) rc=$?" | tee -a "$OUT/tests.log"
+  grep FAIL "$OUT/tests.log" | head -10
+  fuzz_run
+  [ -n "${BASE_BUILD:-}" ] && { wait "$BASE_BUILD"; echo "baseline build rc=$?" | tee -a "$OUT/build.log"; }
+  stamp "prefill rows (prefill kernel, staging off)" | tee "$OUT/prefill.txt"
+  for round in 1 2; do
+    for label in base new; do
+      bin=$B/bench_gpu
+      [ $label = base ] && { [ -n "${BASE_BUILD:-}" ] || continue; bin=build-base/bench_gpu; }
+      QSDPA_CUDA_STAGE_PREFILL_ROWS=0 timeout 60 "$bin" prefill 2>&1 | grep "^prefill" | sed "s/^/[$label] /" \
+        >>"$OUT/prefill.txt"
+      : "${QSDPA_GPU_EXTRA_ROWS:=affine4g64 1 8192 256;affine8g64 1 8192 256;f16 1 8192 256}"
+      IFS=';' read -ra rows <<<"$QSDPA_GPU_EXTRA_ROWS"
+      for shape in "${rows[@]}"; do
+        # shellcheck disable=SC2086  # the shape's fields
+        timeout 60 "$bin" one $shape 2>&1 | grep -E " cuda\.[a-z]" | grep -v "^#" | sed "s/^/[$label] /" >>"$OUT/prefill.txt"
+      done
+    done
+  done
+  cat "$OUT/prefill.txt"
   stamp done
   exit 0
 fi
