@@ -268,20 +268,17 @@ if [ "$MODE" = prefill ]; then
   fuzz_run
   [ -n "${BASE_BUILD:-}" ] && { wait "$BASE_BUILD"; echo "baseline build rc=$?" | tee -a "$OUT/build.log"; }
   stamp "prefill rows (prefill kernel, staging off)" | tee "$OUT/prefill.txt"
+  export QSDPA_CUDA_STAGE_PREFILL_ROWS=0 # the prefill kernel itself from here on
   for round in 1 2; do
     for label in base new; do
       bin=$B/bench_gpu
       [ $label = base ] && { [ -n "${BASE_BUILD:-}" ] || continue; bin=build-base/bench_gpu; }
-      QSDPA_CUDA_STAGE_PREFILL_ROWS=0 timeout 60 "$bin" prefill 2>&1 | grep "^prefill" | sed "s/^/[$label] /" \
-        >>"$OUT/prefill.txt"
-      : "${QSDPA_GPU_EXTRA_ROWS:=affine4g64 1 8192 256;affine8g64 1 8192 256;f16 1 8192 256}"
-      IFS=';' read -ra rows <<<"$QSDPA_GPU_EXTRA_ROWS"
-      for shape in "${rows[@]}"; do
-        # shellcheck disable=SC2086  # the shape's fields
-        timeout 60 "$bin" one $shape 2>&1 | grep -E " cuda\.[a-z]" | grep -v "^#" | sed "s/^/[$label] /" >>"$OUT/prefill.txt"
-      done
+      timeout 60 "$bin" prefill 2>&1 | grep "^prefill" | sed "s/^/[$label] /" >>"$OUT/prefill.txt"
     done
   done
+  # chunked prefill (1024 folded rows), the same two rounds of [base] / [new]
+  : "${QSDPA_GPU_EXTRA_ROWS:=affine4g64 1 8192 256;affine8g64 1 8192 256;f16 1 8192 256}"
+  ROWS_OUT="$OUT/prefill.txt" extra_rows
   cat "$OUT/prefill.txt"
   stamp done
   exit 0
