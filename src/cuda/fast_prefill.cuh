@@ -78,6 +78,7 @@ struct pf_layout {
     /* f16 tile pairs: the mma.sync path dequantizes tile i while attending to tile i - 1 (2);
      * the producer of the wgmma path runs up to 3 tiles ahead of the consumers */
     static constexpr int TILE_BUFS_MMA = 2, TILE_BUFS_WGMMA = 3;
+    static_assert(STAGES <= 3 && TILE_BUFS_WGMMA <= 3, "three FULL barriers a row warpgroup (PF_BAR_FULL)");
     static constexpr int BYTES_MMA = PIPE_BYTES + TILE_BUFS_MMA * TILE_BYTES;
     static constexpr int BYTES_WGMMA = 1024 + PIPE_BYTES + TILE_BUFS_WGMMA * TILE_BYTES + Q_BYTES;
     static_assert(DK % 64 == 0 && DV % 64 == 0, "f16 tile rows of whole 8-chunk swizzle units");
@@ -303,9 +304,14 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
 #ifdef QSDPA_CUDA_HAVE_WGMMA
 /* Named barriers between the producer warpgroup and the row warps (id 0 is __syncthreads):
  * tile buffer b is FULL once the producer has written it, EMPTY once every row warp's
- * wgmma has finished reading it; PF_BAR_PRODUCER orders the producer's own ring and
- * PF_BAR_ROWS the row warps' staging of q. */
-constexpr int PF_BAR_FULL = 1, PF_BAR_EMPTY = 4, PF_BAR_PRODUCER = 7, PF_BAR_ROWS = 8;
+ * wgmma has finished reading it (FULL per row warpgroup, below); PF_BAR_PRODUCER orders the producer's own ring,
+ * PF_BAR_ROWS the row warps' staging of q, and PF_BAR_TURN + w the row warpgroups' turns at
+ * the tensor cores (fast_prefill's ping-pong). */
+/* FULL is one barrier a buffer and row warpgroup (1 + 3 w + buffer: the producer arrives on each, a warpgroup syncs
+ * its own), so the two warpgroups need not meet every tile and their turns can drift half a tile apart (FA3) */
+constexpr int PF_BAR_FULL = 1, PF_BAR_EMPTY = 7, PF_BAR_PRODUCER = 10, PF_BAR_ROWS = 11, PF_BAR_TURN = 12; /* 12, 13 */
+constexpr int PF_FULL_THREADS = PF_PRODUCER_THREADS + 128; /* the producer and one row warpgroup */
+static_assert(PF_BAR_TURN + 1 < 16, "named barrier ids");
 /* registers per thread after setmaxnreg (one producer warpgroup: rows 192, producer 120).
  * setmaxnreg.inc only takes what other warps of the CTA released, so the split must fit the
  * launch's allocation, 384 x 168, not the SM's 64K (run 37: 2 x 128 x 192 + 128 x 128 = 64K
@@ -330,6 +336,25 @@ __device__ __forceinline__ void named_arrive(int id, int threads) {
  * buffers; a stage is published when its copy lands and refilled when released. The
  * producer runs ahead by as many tiles as there are buffers, so the row warps find
  * their next tile ready while it loads and dequantizes the ones after. */
+/* FULL of buffer b: on the f16 rows (L::DIRECT) one barrier a row warpgroup, which the producer arrives on
+ * each of and a warpgroup syncs alone, so the ping-pong's warpgroups can drift apart; elsewhere one barrier
+ * that both warpgroups join, as before the ping-pong (split FULL and turns cost the quantized rows 2-3%, their
+ * producer's dequantization being what limits them: run 192) */
+template <class L>
+__device__ __forceinline__ void pf_publish(int b) {
+    if constexpr (L::DIRECT) {
+#pragma unroll
+        for (int w = 0; w < PF_WARPS / 4; w++) named_arrive(PF_BAR_FULL + 3 * w + b, PF_FULL_THREADS);
+    } else {
+        named_arrive(PF_BAR_FULL + b, PF_BLOCK_THREADS_WGMMA);
+    }
+}
+template <class L>
+__device__ __forceinline__ void pf_wait_full(int wg, int b) {
+    if constexpr (L::DIRECT) named_sync(PF_BAR_FULL + 3 * wg + b, PF_FULL_THREADS);
+    else named_sync(PF_BAR_FULL + b, PF_BLOCK_THREADS_WGMMA);
+}
+
 template <class L, int DK, int DV>
 __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sources &src, char *smem,
                                            uint32_t *tiles, int t0, int t1, int ptid) {
@@ -348,7 +373,7 @@ __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sour
              * among them, so tile it (>= S) is group it + 1 and S - 2 may stay pending */
             cp_async_wait<S - 2>();
             fence_proxy_async();
-            named_arrive(PF_BAR_FULL + it % NB, ALL);
+            pf_publish<L>(it % NB);
             /* refill the stage of tile it - 1 with tile it - 1 + S once the row warps release it */
             if (it >= 1 && it - 1 + S < n) {
                 named_sync(PF_BAR_EMPTY + (it - 1) % NB, ALL);
@@ -371,7 +396,7 @@ __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sour
             cp_async_commit();
             if (it >= NB) named_sync(PF_BAR_EMPTY + it % NB, ALL); /* tile it - NB's readers are done */
             dequant_stage<L, DK, DV>(p, stage(it), tiles + (it % NB) * (L::TILE_BYTES / 4), ptid);
-            named_arrive(PF_BAR_FULL + it % NB, ALL);
+            pf_publish<L>(it % NB);
         }
     }
     cp_async_wait<0>();
@@ -616,13 +641,24 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
     constexpr int NB = L::DIRECT ? L::STAGES : L::TILE_BUFS_WGMMA;
     if (!wg_rows) {
         for (int it = 0; it < t1 - t0; it++) {
-            named_sync(PF_BAR_FULL + it % NB, PF_BLOCK_THREADS_WGMMA);
+            pf_wait_full<L>(warp / 4, it % NB);
             if (it + NB < t1 - t0) named_arrive(PF_BAR_EMPTY + it % NB, PF_BLOCK_THREADS_WGMMA);
         }
     } else {
+        /* Ping-pong (FA3): the two row warpgroups take turns issuing their tensor-core work, S and P V each a
+         * turn, so one warpgroup's softmax runs while the other's mma run. Warpgroup w waits at
+         * PF_BAR_TURN + w for the other's arrival after its issue; warpgroup 1 arrives once first and skips
+         * its last arrival, so every sync meets one arrival. Only where both warpgroups have rows (a CTA of
+         * 64 rows or fewer leaves one idle), and only on the f16 rows: it gained them 1-6% and cost the
+         * quantized rows 2-3% (run 192). The loop keeps its shape: a tile's buffer is released as soon as
+         * its P V completes (v15 issued P V(i) and S(i + 1) as one group: quantized rows +7%, runs 190-191). */
+        const bool pingpong = L::DIRECT && PF_WARPS == 8 && f_cta + 64 < f_end && t1 > t0;
+        const int wg = warp / 4;
+        if (pingpong && wg == 1) named_arrive(PF_BAR_TURN, PF_THREADS); /* warpgroup 0 goes first */
         for (int it = 0; it < t1 - t0; it++) {
             const int ta = t0 + it;
-            named_sync(PF_BAR_FULL + it % NB, PF_BLOCK_THREADS_WGMMA); /* the producer published tile ta */
+            pf_wait_full<L>(wg, it % NB); /* the producer published tile ta */
+            if (pingpong) named_sync(PF_BAR_TURN + wg, PF_THREADS);
             const char *kbytes = L::DIRECT ? smem + (it % L::STAGES) * L::STAGE_BYTES
                                            : (const char *)(tiles + (it % NB) * (L::TILE_BYTES / 4));
             const char *vbytes = kbytes + (L::DIRECT ? L::K_BYTES : BN * DK * 2);
@@ -637,10 +673,12 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
                 wg_64x64_ss(&sc[0][0], wg_desc_add(q_desc, (s / 4) * PF_ROWS * 128 + (s % 4) * 32),
                             wg_desc_add(k_desc, (s / 4) * BN * 128 + (s % 4) * 32), s > 0);
             wg_commit();
+            if (pingpong) named_arrive(PF_BAR_TURN + (wg ^ 1), PF_THREADS);
             wg_wait0();
             wg_hold(&sc[0][0], BN / 2);
             uint32_t pk[BN / 16][4];
             attend(ta, sc, pk);
+            if (pingpong) named_sync(PF_BAR_TURN + wg, PF_THREADS);
             /* O += P V, P from registers, V MN-major: 16 keys per 2048 bytes, the two 64-column
              * halves of Dv 128 BN * 128 bytes apart */
             wg_hold(&o[0][0], DV / 2);
@@ -654,6 +692,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
                 else wg_64x64_rs_tb(&o[0][0], pk[kk], dv, 1);
             }
             wg_commit();
+            if (pingpong && !(wg == 1 && it + 1 == t1 - t0)) named_arrive(PF_BAR_TURN + (wg ^ 1), PF_THREADS);
             wg_wait0();
             wg_hold(&o[0][0], DV / 2);
             if (it + NB < t1 - t0) named_arrive(PF_BAR_EMPTY + it % NB, PF_BLOCK_THREADS_WGMMA); /* buffer free */

@@ -33,7 +33,8 @@ typedef struct acase {
 
 extern bool fuzz_check_slices; /* split + qsdpa_merge checks on host pointers (off on a device) */
 extern bool fuzz_16bit_contexts; /* the tested contexts run f16/bf16 q in 16-bit arithmetic (CUDA): partials are
-                                   * held to q's precision, failures checked against K rounded to f16 */
+                                   * held to q's precision, failures checked against K rounded to f16
+                                   * (bf16 q: or bf16) */
 extern bool fuzz_gpu_shapes;   /* gen_case also draws model-like shapes (head dims, GQA, long contexts) */
 
 size_t code_esize(const qsdpa_format *f);       /* bytes of one code element: 4, or the plain dtype's */
