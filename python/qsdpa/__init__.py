@@ -3,7 +3,13 @@
 A thin binding of the C library (include/qsdpa.h): the C code does all the
 work; this module turns arrays into descriptors (no copies, strided views
 included) and library errors into ValueError (bad argument, unsupported
-request), OSError (cache files), MemoryError.
+request), OSError (cache files), MemoryError, RuntimeError (a CUDA call
+failed); an argument of the wrong kind (not an array, a dtype the call does not
+take, device memory for a CPU context) raises TypeError.
+
+CUDA: calls are queued on the context's stream (the legacy default stream
+unless Context(stream=...) or set_stream() names one) and return before the
+work is done; synchronise that stream before reading the output from another.
 
     quantize(w, group_size=None, bits=None, mode="affine")      as mx.quantize
     dequantize(w, scales, biases=None, group_size=None, bits=None, mode="affine", dtype=None)
@@ -18,7 +24,8 @@ import math
 import numpy as np
 
 from . import _qsdpa
-from ._arrays import BF16, F16, F32, as_array, describe, dtype_code, is_device_array, numpy_dtype, view_of
+from ._arrays import (BF16, F16, F32, as_array, describe, device_index, dtype_code, is_device_array,
+                      numpy_dtype, view_of)
 
 __all__ = ["quantize", "dequantize", "attention", "Cache", "Context", "cuda_available", "format_string",
            "__version__"]
@@ -44,14 +51,26 @@ def format_string(mode="affine", group_size=None, bits=None):
 
 
 class Context:
-    """Backend, threads and kernel choice; owns scratch memory. One is made on first use."""
+    """Backend, threads and kernel choice; owns scratch memory. One is made on first use (a CPU one, or a
+    CUDA one per device for device arrays). stream (CUDA): a cudaStream_t as an integer, or an object with
+    .cuda_stream (torch.cuda.Stream) or .ptr (cupy.cuda.Stream); None = the legacy default stream."""
 
-    def __init__(self, backend="cpu", num_threads=0, device=0, kernel=None, disable_simd=False):
+    def __init__(self, backend="cpu", num_threads=0, device=0, kernel=None, disable_simd=False, stream=None):
         codes = {"cpu": 0, "cuda": 1}
         if backend not in codes:
             raise ValueError(f"backend = {backend!r} is not 'cpu' or 'cuda'")
         self.backend = backend
+        self.device = int(device)
         self._cap = _qsdpa.context_create(codes[backend], int(num_threads), int(device), kernel, int(disable_simd))
+        if stream is not None:
+            self.set_stream(stream)
+
+    def set_stream(self, stream):
+        """Run later CUDA calls on `stream` (as in the constructor); ValueError on a CPU context."""
+        handle = getattr(stream, "cuda_stream", None)
+        if handle is None:
+            handle = getattr(stream, "ptr", stream)
+        _qsdpa.context_set_stream(self._cap, int(handle))
 
     @property
     def last_route(self):
@@ -64,21 +83,37 @@ class Context:
 _default_context = None
 
 
-_default_cuda_context = None
+_default_cuda_contexts = {}  # device ordinal -> Context("cuda", device=...)
+
+
+def _context_of(context, array=None):
+    """The Context to use: `context`, else a CPU one, or for a device array a CUDA one on its device."""
+    global _default_context
+    if context is not None:
+        return context
+    if array is not None and is_device_array(array):
+        device = device_index(array)
+        if device not in _default_cuda_contexts:
+            _default_cuda_contexts[device] = Context("cuda", device=device)
+        return _default_cuda_contexts[device]
+    if _default_context is None:
+        _default_context = Context()
+    return _default_context
 
 
 def _context(context, array=None):
-    """context's capsule; by default a CPU context, or a CUDA one for device arrays."""
-    global _default_context, _default_cuda_context
-    if context is not None:
-        return context._cap
-    if array is not None and is_device_array(array):
-        if _default_cuda_context is None:
-            _default_cuda_context = Context("cuda")
-        return _default_cuda_context._cap
-    if _default_context is None:
-        _default_context = Context()
-    return _default_context._cap
+    """The capsule of _context_of(context, array)."""
+    return _context_of(context, array)._cap
+
+
+def _host_only(ctx, named_arrays):
+    """TypeError if a CPU context is handed device memory (its kernels would read device addresses)."""
+    if ctx.backend != "cpu":
+        return
+    for name, a in named_arrays:
+        if a is not None and is_device_array(a):
+            raise TypeError(f"{name}: a device array, but the context is a CPU one (pass context=qsdpa.Context("
+                            f"'cuda'), or q on the device so that the default context is a CUDA one)")
 
 
 def cuda_available():
@@ -210,18 +245,26 @@ def attention(q, k, k_scales, k_biases, v, v_scales, v_biases, *, scale, mask=No
     with their scales (and biases for affine; None otherwise), e.g. from quantize()
     or mlx-lm's QuantizedKVCache (any strides, so views of a preallocated cache work).
     mask: None, "causal", a bool array (False = masked) or an additive float array,
-    broadcastable to [B, Hq, Lq, Lk]. sinks: [Hq] logits. window (with causal): keep
-    the last `window` keys of each row. V may use another format (v_mode, v_bits,
-    v_group_size; default: K's). Returns out [B, Hq, Lq, Dv] in q's dtype.
+    broadcastable to [B, Hq, Lq, Lk]; causal and an array mask together are an error
+    (fold the causal part into the mask). sinks: [Hq] logits. window (with causal):
+    keep the last `window` keys of each row. V may use another format (v_mode, v_bits,
+    v_group_size): each one left unset is K's where v_mode is K's mode (or unset), else
+    v_mode's MLX default. Returns out [B, Hq, Lq, Dv] in q's dtype. Without `context`,
+    host q runs on a CPU context and device q on a CUDA context of q's device.
     """
     kfmt = format_string(mode, group_size, bits)
-    vfmt = format_string(v_mode or mode, v_group_size if v_mode or v_group_size else group_size,
-                         v_bits if v_mode or v_bits else bits)
+    same_mode = v_mode is None or v_mode == mode
+    v_group = v_group_size if v_group_size is not None else group_size if same_mode else None
+    vfmt = format_string(v_mode or mode, v_group, v_bits if v_bits is not None else bits if same_mode else None)
+    ctx = _context_of(context, q)
+    _host_only(ctx, [("q", q), ("k", k), ("k_scales", k_scales), ("k_biases", k_biases), ("v", v),
+                     ("v_scales", v_scales), ("v_biases", v_biases), ("out", out),
+                     ("mask", None if isinstance(mask, str) else mask), ("sinks", sinks)])
     q, qd = _float_input(q, "q")
     kd = _qtensor(kfmt, _format_bits(kfmt), k, k_scales, k_biases, "k")
     vd = _qtensor(vfmt, _format_bits(vfmt), v, v_scales, v_biases, "v")
     o = _out(out, q, qd, vd[1])
-    _qsdpa.attention(_context(context, q), qd, kd, vd, _params(scale, mask, sinks, causal, window),
+    _qsdpa.attention(ctx._cap, qd, kd, vd, _params(scale, mask, sinks, causal, window),
                      describe(o, "out", writable=True))
     return o
 
@@ -265,23 +308,26 @@ class Cache:
 
     def append(self, layer, k, v):
         """Append k [B, Hkv, T, dim_k] and v [B, Hkv, T, dim_v] (float32/float16/bfloat16, any strides)."""
+        ctx = _context_of(self._context)
+        _host_only(ctx, [("k", k), ("v", v)])
         (k, kd), (v, vd) = _float_input(k, "k"), _float_input(v, "v")
-        _qsdpa.cache_append(self._ctx(), self._cap, int(layer), kd, vd)
+        _qsdpa.cache_append(ctx._cap, self._cap, int(layer), kd, vd)
 
     def attend(self, layer, q, *, scale=None, mask=None, sinks=None, causal=False, window=None, out=None):
         """Attention of q [B, Hq, Lq, dim_k] over the layer's tokens; the queries are the
-        newest Lq positions for causal/window. scale defaults to 1/sqrt(dim_k)."""
+        newest Lq positions for causal/window (causal and an array mask together are an error).
+        scale defaults to 1/sqrt(dim_k)."""
+        ctx = _context_of(self._context)
+        _host_only(ctx, [("q", q), ("out", out), ("mask", None if isinstance(mask, str) else mask),
+                         ("sinks", sinks)])
         q, qd = _float_input(q, "q")
         opts = self._options
         if scale is None:
             scale = 1.0 / math.sqrt(opts["dim_k"])
         o = _out(out, q, qd, opts["dim_v"])
-        _qsdpa.cache_attend(self._ctx(), self._cap, int(layer), qd, _params(scale, mask, sinks, causal, window),
+        _qsdpa.cache_attend(ctx._cap, self._cap, int(layer), qd, _params(scale, mask, sinks, causal, window),
                             describe(o, "out", writable=True))
         return o
-
-    def _ctx(self):
-        return _context(self._context)
 
     def trim(self, n):
         """Drop the newest n tokens of every layer (speculative-decoding roll-back)."""

@@ -72,6 +72,15 @@ def _is_cuda_dlpack(a):
     return dev is not None and dev()[0] in (_KDLCUDA, _KDLCUDAMANAGED)
 
 
+def device_index(a):
+    """The CUDA ordinal of a device array (DLPack's device id; 0 where the array does not say)."""
+    dev = getattr(a, "__dlpack_device__", None)
+    if dev is not None:
+        return int(dev()[1])
+    device = getattr(a, "device", None)
+    return int(getattr(device, "index", None) or getattr(device, "id", None) or 0)
+
+
 def is_device_array(a):
     """Does a live in CUDA memory (DLPack device or __cuda_array_interface__)?"""
     if isinstance(a, np.ndarray):

@@ -385,6 +385,17 @@ static PyObject *py_context_last_route(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(qsdpa_context_last_route(ctx));
 }
 
+static PyObject *py_context_set_stream(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    unsigned long long stream;
+    if (!PyArg_ParseTuple(args, "OK", &cap, &stream)) return NULL;
+    qsdpa_context *ctx = PyCapsule_GetPointer(cap, "qsdpa.context");
+    if (!ctx) return NULL;
+    qsdpa_status st = qsdpa_context_set_stream(ctx, (void *)(uintptr_t)stream);
+    if (st != QSDPA_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_backend_available(PyObject *self, PyObject *args) {
     int backend;
     if (!PyArg_ParseTuple(args, "i", &backend)) return NULL;
@@ -407,6 +418,7 @@ static PyMethodDef methods[] = {
     {"format_info", py_format_info, METH_VARARGS, "(canonical text, mode, bits, group, has_biases)."},
     {"context_create", py_context_create, METH_VARARGS, "New context capsule."},
     {"context_last_route", py_context_last_route, METH_VARARGS, "qsdpa_context_last_route."},
+    {"context_set_stream", py_context_set_stream, METH_VARARGS, "qsdpa_context_set_stream (stream as int)."},
     {"quantize", py_quantize, METH_VARARGS, "qsdpa_quantize over raw pointers."},
     {"dequantize", py_dequantize, METH_VARARGS, "qsdpa_dequantize over raw pointers."},
     {"attention", py_attention, METH_VARARGS, "qsdpa_attention over descriptors."},
