@@ -92,12 +92,19 @@ int main(int argc, char **argv) {
     co.dim_k = co.dim_v = DIM;
     if ((st = qsdpa_format_parse(k_text, &co.k_format)) != QSDPA_OK) return fail("qsdpa_format_parse (K)", st);
     if ((st = qsdpa_format_parse(v_text, &co.v_format)) != QSDPA_OK) return fail("qsdpa_format_parse (V)", st);
+    if (co.k_format.mode == QSDPA_MODE_PLAIN || co.v_format.mode == QSDPA_MODE_PLAIN) {
+        /* a device cache stores plain rows as given, so it takes rows of its plain_dtype only (qsdpa.h) */
+        fprintf(stderr, "this example appends f32 rows to a quantized cache; name quantized formats, not %s / %s\n",
+                k_text, v_text);
+        return 2;
+    }
     co.step = 256;
     qsdpa_cache *cache = NULL;
     if ((st = qsdpa_cache_create(ctx, &co, &cache)) != QSDPA_OK) return fail("qsdpa_cache_create", st);
 
     unsigned seed = 2024u;
-    /* the prompt's K/V rows [1, Hkv, PROMPT, D] (f32 here; f16/bf16 work the same) */
+    /* the prompt's K/V rows [1, Hkv, PROMPT, D] (f32 here; f16/bf16 work the same: a quantized cache
+     * converts them as it quantizes) */
     void *k_prompt = device_random((size_t)HEADS_KV * PROMPT * DIM, 0, &seed);
     void *v_prompt = device_random((size_t)HEADS_KV * PROMPT * DIM, 0, &seed);
     /* each step's new K/V row [1, Hkv, 1, D]; its query [1, Hq, 1, D] and output in f16, which the

@@ -12,7 +12,7 @@
  *    the function, the argument and the offending value (per thread).
  *  - Tensors are described by pointer, dtype, rank, shape and *element* strides;
  *    the last dimension must be contiguous (stride 1) unless its size is 1.
- *    Stride 0 broadcasts (masks only).
+ *    Stride 0 broadcasts (meant for masks; q, K and V accept it too).
  *  - Head dims are logical dims: a 4-bit K row of D = 128 is 16 uint32 words,
  *    but D is 128 everywhere in this API.
  */
@@ -53,8 +53,10 @@ typedef enum qsdpa_status {
 /* Short fixed name of a status ("QSDPA_ERR_INVALID_ARGUMENT"). Never NULL. */
 const char *qsdpa_status_string(qsdpa_status status);
 
-/* Message of the last failing call on this thread ("" after a success-only
- * history). The pointer stays valid until the next qsdpa call on this thread. */
+/* Message of the most recent status-returning qsdpa call on this thread: what
+ * failed and why, or "" if that call succeeded (each such call clears it on
+ * entry, so read it right after the failing call). The pointer stays valid
+ * until the next qsdpa call on this thread. */
 const char *qsdpa_last_error(void);
 
 /* ---- element types ------------------------------------------------------ */
@@ -93,10 +95,14 @@ typedef struct qsdpa_format {
 
 /* Parse "affine:4:64" (mode:bits:group), "affine:8" (group 64, mlx-lm's
  * default), "mxfp4", "mxfp8", "nvfp4", "f32", "f16", "bf16". Validates the
- * combination. */
+ * combination: text that is not of this form gives QSDPA_ERR_PARSE, a
+ * well-formed one with bits or group not allowed for its mode ("affine:7:64")
+ * QSDPA_ERR_INVALID_ARGUMENT. */
 qsdpa_status qsdpa_format_parse(const char *text, qsdpa_format *out);
 /* Canonical text of a format ("affine:4:64", "mxfp4", "f16"); writes at most
- * capacity bytes including the terminator. Returns the length it needed. */
+ * capacity bytes including the terminator (truncating, as snprintf). Returns
+ * the text's length without the terminator, so a return >= capacity means it
+ * was truncated. */
 size_t qsdpa_format_string(const qsdpa_format *format, char *buf, size_t capacity);
 /* Check a format for validity (mode/bits/group allowed). */
 qsdpa_status qsdpa_format_check(const qsdpa_format *format);
@@ -182,7 +188,16 @@ qsdpa_context_options qsdpa_context_default_options(void);
 /* Create a context; it owns the thread pool / device state and scratch memory,
  * so repeated calls with the same shapes allocate nothing. Because a call uses that
  * pool and scratch, calls on one context must not overlap: give each calling thread
- * its own context (distinct contexts are independent). */
+ * its own context (distinct contexts are independent).
+ * CUDA contexts: every call (attention, partial, merge, quantize/dequantize on the
+ * device, cache append/attend) is queued on the context's stream and returns before
+ * the work is done: inputs must stay alive and unchanged, and outputs are ready only
+ * once that stream is synchronised; a fault inside a kernel surfaces as
+ * QSDPA_ERR_DEVICE on a later call. The context does not own its stream (destroy it
+ * after the context). Creating a context and every call on it make the context's
+ * device current (cudaSetDevice) and leave it so. Pointers must be memory of the
+ * context's device (or managed memory): host memory, or memory of another device,
+ * gives QSDPA_ERR_INVALID_ARGUMENT. */
 qsdpa_status qsdpa_context_create(const qsdpa_context_options *options, qsdpa_context **out);
 void qsdpa_context_destroy(qsdpa_context *ctx);
 /* The route the last qsdpa_attention / qsdpa_attention_partial call on ctx took
@@ -198,7 +213,8 @@ void qsdpa_context_destroy(qsdpa_context *ctx);
  * qsdpa_cpu_features bit 16). Set when the call is
  * enqueued; a failed call may leave a partial route. */
 const char *qsdpa_context_last_route(const qsdpa_context *ctx);
-/* CUDA: switch stream for subsequent calls.
+/* CUDA: switch stream for subsequent calls (a CPU context gives
+ * QSDPA_ERR_INVALID_ARGUMENT).
  * CUDA graphs: a call can be captured once a call of the same shape has run
  * on the context outside the capture, which sized the device buffers of its
  * route (split-K scratch, and the copy buffer of a staged, repacked or
@@ -250,7 +266,14 @@ qsdpa_attention_params qsdpa_attention_default_params(void);
 
 /* out[B,Hq,Lq,Dv] = softmax(scale * q K^T + mask) V, with K/V dequantized
  * per their formats; q [B,Hq,Lq,Dk] f32/f16/bf16; out same dtype as q.
- * k, v: [B,Hkv,Lk,*]; Hq % Hkv == 0. */
+ * k, v: [B,Hkv,Lk,*]; Hq % Hkv == 0; Dk and Dv (may differ) in [1, 1024] and
+ * multiples of their formats' groups. params NULL means the defaults (scale 1,
+ * not 1/sqrt(Dk)). A mask together with causal is QSDPA_ERR_INVALID_ARGUMENT
+ * (fold the causal part into the mask), and so is window > 0 without causal.
+ * A row with no key left (causal with Lq > Lk: its first Lq - Lk rows; a
+ * boolean mask false on every key) gets the mean of V over the keys (with a
+ * sink, 0), as MLX gives; a row whose additive mask is -inf on every key gets
+ * NaN. */
 qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qsdpa_qtensor *k,
                              const qsdpa_qtensor *v, const qsdpa_attention_params *params,
                              qsdpa_tensor *out);
@@ -305,7 +328,8 @@ qsdpa_status qsdpa_attention_nccl(qsdpa_context *ctx, void *nccl_comm, const qsd
 int qsdpa_nccl_available(void);
 
 /* ---- kernel table ------------------------------------------------------- */
-/* One row of the table that drives dispatch. 0 / QSDPA_ANY fields match anything. */
+/* One row of the table that drives dispatch. QSDPA_ANY (-1) fields match anything; 0 is a
+ * real value (QSDPA_DTYPE_F32, QSDPA_MODE_PLAIN). */
 #define QSDPA_ANY (-1)
 typedef struct qsdpa_kernel_info {
     const char *name;     /* unique, e.g. "cpu.avx2.decode" */
@@ -393,7 +417,14 @@ qsdpa_status qsdpa_cache_get_options(const qsdpa_cache *cache, qsdpa_cache_optio
  * F32/F16/BF16 (may differ), any strides with the last dim contiguous.
  * Rows are quantized on the way in (bit-exact with qsdpa_quantize), on the
  * host or the device per the cache; the residual window, if any, takes the
- * newest ones. ctx must be of the cache's kind (CPU or CUDA). */
+ * newest ones. ctx must be of the cache's kind (CPU or CUDA). A device cache
+ * with residual > 0 takes k and v of residual_dtype only, quantized formats
+ * included; one of PLAIN format, rows of its plain_dtype only (other dtypes:
+ * QSDPA_ERR_UNSUPPORTED).
+ * CUDA graphs: never capture an append (it may allocate: capacity grows by
+ * reallocation, and the old storage is freed). A graph over
+ * qsdpa_cache_attend reads the storage it was captured on, so it is valid only
+ * until the next append or trim of that cache: capture it again after them. */
 qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t layer,
                                 const qsdpa_tensor *k, const qsdpa_tensor *v);
 

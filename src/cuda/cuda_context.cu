@@ -179,6 +179,12 @@ qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, co
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
         return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function,
                           "%s = %p is host memory but a CUDA context needs device pointers", name, ptr);
+    /* another device's memory would fault inside a kernel (or cross the link where peer access is on):
+     * refused, as the header says; managed memory migrates, so any device may take it */
+    if (attr.type == cudaMemoryTypeDevice && attr.device != ctx->cuda->device)
+        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function,
+                          "%s = %p is memory of CUDA device %d but the context runs on device %d", name, ptr,
+                          attr.device, ctx->cuda->device);
     if (attr.type == cudaMemoryTypeDevice) ctx->cuda->device_ptrs[slot] = ptr;
     return QSDPA_OK;
 }

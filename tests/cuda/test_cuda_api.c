@@ -191,6 +191,38 @@ static void host_pointer_rejected(test_rng *rng) {
     qsdpa_context_destroy(ctx);
 }
 
+/* Memory of another device is refused by name (it would fault inside the kernel); runs where two devices are. */
+static void other_device_pointer_rejected(test_rng *rng) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) {
+        printf("other_device_pointer_rejected: SKIP (one CUDA device)\n");
+        return;
+    }
+    qsdpa_context *ctx = cuda_ctx(NULL); /* device 0 */
+    if (!ctx) return;
+    decode_problem d;
+    decode_make(rng, &d, 300);
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    cudaMemset(d.out, 0x5A, d.out_bytes);
+    void *other_q = NULL;
+    cudaSetDevice(1);
+    CHECK(cudaMalloc(&other_q, d.out_bytes) == cudaSuccess, "cudaMalloc on device 1");
+    cudaSetDevice(0);
+    qsdpa_tensor oq = d.qt;
+    oq.data = other_q;
+    qsdpa_status st = qsdpa_attention(ctx, &oq, &d.k, &d.k, &p, &d.ot);
+    CHECK(st == QSDPA_ERR_INVALID_ARGUMENT, "q on device 1 gave %s", qsdpa_status_string(st));
+    CHECK(strstr(qsdpa_last_error(), "q->data") && strstr(qsdpa_last_error(), "device 1"),
+          "message does not name q and its device: %s", qsdpa_last_error());
+    const size_t at = device_bytes_unlike(d.out, 64, 0x5A);
+    CHECK(at == 64, "out written at byte %zu after an error", at);
+    st = qsdpa_attention(ctx, &d.qt, &d.k, &d.k, &p, &d.ot);
+    CHECK(st == QSDPA_OK, "the same call with q on device 0 gave %s (%s)", qsdpa_status_string(st), qsdpa_last_error());
+    cudaFree(other_q);
+    decode_free(&d);
+    qsdpa_context_destroy(ctx);
+}
+
 /* Capture one qsdpa_attention call of d on `stream`, instantiate the graph and replay it `replays` times
  * (synchronised); *st is the captured call's status, the return the CUDA status of it all. */
 static cudaError_t capture_and_replay(cudaStream_t stream, qsdpa_context *ctx, decode_problem *d,
@@ -603,6 +635,7 @@ int main(void) {
         qsdpa_context_destroy(ctx);
     }
     host_pointer_rejected(&rng);
+    other_device_pointer_rejected(&rng);
     graph_capture_one(&rng, 20000, "affine:4:64", 128, QSDPA_DTYPE_F32, "cuda.prefill");
     graph_capture_one(&rng, 20000, "affine:4:64", 128, QSDPA_DTYPE_F16, "cuda.decode");
     graph_capture_one(&rng, 20001, "affine:4:64", 128, QSDPA_DTYPE_F16, "cuda.decode"); /* 4-byte scale pieces */
