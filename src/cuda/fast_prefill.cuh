@@ -319,7 +319,11 @@ static_assert(PF_BAR_TURN + 1 < 16, "named barrier ids");
 constexpr int PF_LAUNCH_REGS = 65536 / PF_BLOCK_THREADS_WGMMA / 8 * 8, PF_ROW_REGS = 192;
 constexpr int PF_PRODUCER_REGS =
     (PF_BLOCK_THREADS_WGMMA * PF_LAUNCH_REGS - PF_THREADS * PF_ROW_REGS) / PF_PRODUCER_THREADS / 8 * 8;
-static_assert(PF_PRODUCER_REGS >= 56, "enough registers left for the producer");
+/* with one row warpgroup (QSDPA_CUDA_PF_WARPS 4) every thread may hold 255 registers at launch: no split (the
+ * formula above asks setmaxnreg for 320, past its range [24, 256], and ptxas refused the build) */
+constexpr bool PF_SPLIT_REGS = PF_WARPS == 8;
+static_assert(!PF_SPLIT_REGS || (PF_PRODUCER_REGS >= 56 && PF_PRODUCER_REGS <= 256),
+              "setmaxnreg: enough registers left for the producer, within its range");
 static_assert(PF_THREADS * PF_ROW_REGS + PF_PRODUCER_THREADS * PF_PRODUCER_REGS <=
                   PF_BLOCK_THREADS_WGMMA * PF_LAUNCH_REGS,
               "setmaxnreg split within the launch's registers");
@@ -575,11 +579,11 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
 #ifdef QSDPA_CUDA_HAVE_WGMMA
     /* the producer warpgroup starts loading at once; the row warps stage q meanwhile */
     if (warp >= PF_WARPS) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PF_PRODUCER_REGS));
+        if constexpr (PF_SPLIT_REGS) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PF_PRODUCER_REGS));
         pf_produce<L, DK, DV>(p, tile_sources_of<L>(p, b, g), smem, tiles, t0, t1, tid - PF_THREADS);
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(PF_ROW_REGS));
+    if constexpr (PF_SPLIT_REGS) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(PF_ROW_REGS));
     /* q rows -> f16 in shared memory (zeros past the last row), wgmma's A operand. 16-byte
      * loads where the row is aligned, and 32-bit index arithmetic where the rows allow it (run
      * 36: per-element loads and 64-bit divisions made this prologue 7% of the 4-bit kernel) */
