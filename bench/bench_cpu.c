@@ -10,6 +10,7 @@
 #define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
 #include "bench_cpu.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -294,7 +295,22 @@ static void usage(void) {
            "          V's apart (e.g. mxfp8/mxfp4), beside f16.\n"
            "--dim: head dim (default 128, at most 1024; a multiple of the format's group); --dim-v: V's where it\n"
            "differs (e.g. --dim 576 --dim-v 512 --kv-heads 1: a DeepSeek-style MLA latent cache, absorbed);\n"
-           "--kv-heads: KV heads, dividing the 32 query heads (default 8; 32 is MHA).\n");
+           "--kv-heads: KV heads, dividing the 32 query heads (default 8; 32 is MHA).\n\n"
+           "qsdpa bench --data DIR [--format F ...] [--runs N] [--threads N]: the same on real tensors (a folder\n"
+           "of q/k/v .npy files, e.g. tests/data/real/smollm2_layer13); 'qsdpa bench --data --help' says more.\n");
+}
+
+/* A whole decimal integer in [lo, hi] from text (the flag named in the message), or -1 after saying why. */
+static int int_arg(const char *flag, const char *text, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end || v < lo || v > hi) {
+        fprintf(stderr, "qsdpa bench: %s = '%s' is not an integer in [%lld, %lld]\n", flag, text, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }
 
 static int parse(int argc, char **argv, opts *o) {
@@ -306,48 +322,63 @@ static int parse(int argc, char **argv, opts *o) {
     const int64_t defaults[] = {2048, 8192, 32768, 131072};
     memcpy(o->contexts, defaults, sizeof defaults);
     o->ncontexts = 4;
+    static const char *const with_value[] = {"--threads", "--repeats", "--format", "--dim-v", "--dim",
+                                             "--kv-heads", "--dtype",   "--contexts"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        long long n = 0;
+        for (size_t f = 0; f < sizeof with_value / sizeof with_value[0]; f++)
+            if (!strcmp(a, with_value[f]) && (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2))) {
+                fprintf(stderr, "qsdpa bench: %s needs a value (see --help)\n", a);
+                return -1;
+            }
         if (!strcmp(a, "--json")) o->json = 1;
         else if (!strcmp(a, "--quick")) o->ncontexts = 2, o->repeats = 5;
         else if (!strcmp(a, "--no-reference")) o->no_reference = 1;
         else if (!strcmp(a, "--no-prefill")) o->no_prefill = 1;
-        else if (!strcmp(a, "--threads") && i + 1 < argc) o->threads = atoi(argv[++i]);
-        else if (!strcmp(a, "--repeats") && i + 1 < argc) o->repeats = atoi(argv[++i]);
-        else if (!strcmp(a, "--format") && i + 1 < argc) o->only = argv[++i];
-        else if (!strcmp(a, "--dim-v") && i + 1 < argc) {
-            o->dim_v = strtoll(argv[++i], NULL, 10);
-            if (o->dim_v < 1 || o->dim_v > 1024) {
-                fprintf(stderr, "qsdpa bench: --dim-v %s: expected 1 to 1024\n", argv[i]);
+        else if (!strcmp(a, "--threads")) {
+            if (int_arg(a, argv[++i], 0, 1024, &n)) return -1;
+            o->threads = (int)n;
+        } else if (!strcmp(a, "--repeats")) {
+            if (int_arg(a, argv[++i], 1, 100000, &n)) return -1;
+            o->repeats = (int)n;
+        } else if (!strcmp(a, "--format")) o->only = argv[++i];
+        else if (!strcmp(a, "--dim-v")) {
+            if (int_arg(a, argv[++i], 1, 1024, &n)) return -1;
+            o->dim_v = n;
+        } else if (!strcmp(a, "--dim")) {
+            if (int_arg(a, argv[++i], 1, 1024, &n)) return -1;
+            o->dim = n;
+        } else if (!strcmp(a, "--kv-heads")) {
+            if (int_arg(a, argv[++i], 1, 32, &n)) return -1;
+            if (32 % n != 0) {
+                fprintf(stderr, "qsdpa bench: --kv-heads = %lld: expected a divisor of the 32 query heads\n", n);
                 return -1;
             }
-        } else if (!strcmp(a, "--dim") && i + 1 < argc) {
-            o->dim = strtoll(argv[++i], NULL, 10);
-            if (o->dim < 1 || o->dim > 1024) {
-                fprintf(stderr, "qsdpa bench: --dim %s: expected 1 to 1024\n", argv[i]);
-                return -1;
-            }
-        } else if (!strcmp(a, "--kv-heads") && i + 1 < argc) {
-            o->hkv = strtoll(argv[++i], NULL, 10);
-            if (o->hkv < 1 || o->hkv > 32 || 32 % o->hkv != 0) {
-                fprintf(stderr, "qsdpa bench: --kv-heads %s: expected a divisor of the 32 query heads\n", argv[i]);
-                return -1;
-            }
-        }
-        else if (!strcmp(a, "--dtype") && i + 1 < argc) {
+            o->hkv = n;
+        } else if (!strcmp(a, "--dtype")) {
             const char *t = argv[++i];
             if (qsdpa_dtype_parse(t, &o->dtype) != QSDPA_OK ||
                 (o->dtype != QSDPA_DTYPE_F32 && o->dtype != QSDPA_DTYPE_F16 && o->dtype != QSDPA_DTYPE_BF16)) {
                 fprintf(stderr, "qsdpa bench: --dtype '%s': expected f32, f16 or bf16\n", t);
                 return -1;
             }
-        }
-        else if (!strcmp(a, "--contexts") && i + 1 < argc) {
+        } else if (!strcmp(a, "--contexts")) {
+            /* a comma-separated list of up to 8 key counts, each a whole number in [1, 2^26] */
+            char list[256];
+            snprintf(list, sizeof list, "%s", argv[++i]);
             o->ncontexts = 0;
-            for (char *s = argv[++i]; *s && o->ncontexts < 8;) {
-                o->contexts[o->ncontexts++] = strtoll(s, &s, 10);
-                if (*s == ',') s++;
-                else break;
+            for (char *item = strtok(list, ","); item; item = strtok(NULL, ",")) {
+                if (o->ncontexts == 8) {
+                    fprintf(stderr, "qsdpa bench: --contexts '%s': at most 8 contexts\n", argv[i]);
+                    return -1;
+                }
+                if (int_arg("--contexts", item, 1, (long long)1 << 26, &n)) return -1;
+                o->contexts[o->ncontexts++] = n;
+            }
+            if (!o->ncontexts) {
+                fprintf(stderr, "qsdpa bench: --contexts '%s': no context given\n", argv[i]);
+                return -1;
             }
         } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage();

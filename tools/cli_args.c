@@ -21,7 +21,9 @@ bool cli_opt(int argc, char **argv, int *i, const char *flag, const char **value
         return true;
     }
     if (arg[n] != '\0') return false;
-    *value = *i + 1 < argc ? argv[*i + 1] : NULL;
+    /* the next argument is the value unless it is another flag ("--out --causal" is a missing value, not a file
+     * named --causal; "--flag=--x" still passes one that starts with dashes) */
+    *value = *i + 1 < argc && strncmp(argv[*i + 1], "--", 2) != 0 ? argv[*i + 1] : NULL;
     if (*value) (*i)++;
     return true;
 }
@@ -68,7 +70,7 @@ int cli_parse_u64(const char *cmd, const char *flag, const char *text, uint64_t 
     if (!text) return missing(cmd, flag);
     char *end;
     errno = 0;
-    unsigned long long v = strtoull(text, &end, 0);
+    unsigned long long v = strtoull(text, &end, 10); /* decimal: "010" is ten, not octal eight */
     if (errno || end == text || *end || text[0] == '-')
         return cli_usage_error(cmd, "%s = '%s' is not a non-negative integer", flag, text);
     *out = (uint64_t)v;

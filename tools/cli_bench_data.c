@@ -157,21 +157,27 @@ typedef struct bench_opts {
     int n_formats, runs, threads;
 } bench_opts;
 
+static int parse_pair(const char *text, qsdpa_format *kf, qsdpa_format *vf);
+
 static int parse(int argc, char **argv, bench_opts *o) {
     memset(o, 0, sizeof *o);
     o->runs = 20;
-    for (int i = 1; i < argc; i++) {
-        const char *v;
-        int rc;
+    for (int i = 1; i < argc; i++) /* help wherever it is, even as --data's would-be value */
         if (cli_is_help(argv[i])) {
             help();
             return -1;
-        } else if (cli_opt(argc, argv, &i, "--data", &v)) {
+        }
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        int rc;
+        if (cli_opt(argc, argv, &i, "--data", &v)) {
             if (!v) return cli_usage_error(CMD, "--data needs a folder");
             o->dir = v;
         } else if (cli_opt(argc, argv, &i, "--format", &v)) {
             if (!v) return cli_usage_error(CMD, "--format needs a value");
             if (o->n_formats == 32) return cli_usage_error(CMD, "at most 32 --format options");
+            qsdpa_format kf, vf; /* checked now, before the data is read and its reference computed */
+            if ((rc = parse_pair(v, &kf, &vf))) return rc;
             o->formats[o->n_formats++] = v;
         } else if (cli_opt(argc, argv, &i, "--runs", &v)) {
             if (!v) return cli_usage_error(CMD, "--runs needs a value");

@@ -52,6 +52,9 @@ static int parse(int argc, char **argv, demo_options *o, bool *help_shown) {
     o->seed = cli_time_seed();
     int rc = 0;
     int64_t dim = 0;
+    const char *dim_k_flag = "--dim-k", *dim_v_flag = "--dim-v"; /* the flags that set them, for messages */
+    qsdpa_format both = {0}; /* --format: K's and V's where --k-format / --v-format do not name them */
+    bool have_both = false, have_k = false, have_v = false;
     for (int i = 1; i < argc && !rc; i++) {
         const char *a = argv[i], *v = NULL;
         if (cli_is_help(a)) {
@@ -64,15 +67,26 @@ static int parse(int argc, char **argv, demo_options *o, bool *help_shown) {
         else if (cli_opt(argc, argv, &i, "--dim", &v)) {
             rc = cli_parse_i64(CMD, "--dim", v, 1, 1024, &dim);
             c->dim_k = c->dim_v = dim;
-        } else if (cli_opt(argc, argv, &i, "--dim-k", &v)) rc = cli_parse_i64(CMD, "--dim-k", v, 1, 1024, &c->dim_k);
-        else if (cli_opt(argc, argv, &i, "--dim-v", &v)) rc = cli_parse_i64(CMD, "--dim-v", v, 1, 1024, &c->dim_v);
+            dim_k_flag = dim_v_flag = "--dim";
+        } else if (cli_opt(argc, argv, &i, "--dim-k", &v)) {
+            rc = cli_parse_i64(CMD, "--dim-k", v, 1, 1024, &c->dim_k);
+            dim_k_flag = "--dim-k";
+        } else if (cli_opt(argc, argv, &i, "--dim-v", &v)) {
+            rc = cli_parse_i64(CMD, "--dim-v", v, 1, 1024, &c->dim_v);
+            dim_v_flag = "--dim-v";
+        }
         else if (cli_opt(argc, argv, &i, "--context", &v)) rc = cli_parse_i64(CMD, "--context", v, 1, 1 << 24, &c->len_k);
         else if (cli_opt(argc, argv, &i, "--lq", &v)) rc = cli_parse_i64(CMD, "--lq", v, 1, 1 << 20, &c->len_q);
         else if (cli_opt(argc, argv, &i, "--format", &v)) {
-            rc = cli_parse_format(CMD, "--format", v, &c->k_format);
-            c->v_format = c->k_format;
-        } else if (cli_opt(argc, argv, &i, "--k-format", &v)) rc = cli_parse_format(CMD, "--k-format", v, &c->k_format);
-        else if (cli_opt(argc, argv, &i, "--v-format", &v)) rc = cli_parse_format(CMD, "--v-format", v, &c->v_format);
+            rc = cli_parse_format(CMD, "--format", v, &both);
+            have_both = true;
+        } else if (cli_opt(argc, argv, &i, "--k-format", &v)) {
+            rc = cli_parse_format(CMD, "--k-format", v, &c->k_format);
+            have_k = true;
+        } else if (cli_opt(argc, argv, &i, "--v-format", &v)) {
+            rc = cli_parse_format(CMD, "--v-format", v, &c->v_format);
+            have_v = true;
+        }
         else if (cli_opt(argc, argv, &i, "--dtype", &v)) rc = cli_parse_qdtype(CMD, "--dtype", v, &c->q_dtype);
         else if (strcmp(a, "--causal") == 0) c->causal = true;
         else if (cli_opt(argc, argv, &i, "--window", &v)) rc = cli_parse_i64(CMD, "--window", v, 1, INT64_MAX, &c->window);
@@ -84,6 +98,9 @@ static int parse(int argc, char **argv, demo_options *o, bool *help_shown) {
         else rc = cli_unknown_arg(CMD, a);
     }
     if (rc) return rc;
+    /* --k-format / --v-format win over --format whatever their order */
+    if (have_both && !have_k) c->k_format = both;
+    if (have_both && !have_v) c->v_format = both;
     if (c->heads_q % c->heads_kv)
         return cli_usage_error(CMD, "--heads-q = %lld is not a multiple of --heads-kv = %lld", (long long)c->heads_q,
                                (long long)c->heads_kv);
@@ -92,12 +109,12 @@ static int parse(int argc, char **argv, demo_options *o, bool *help_shown) {
     char f[32];
     if (qsdpa_format_row_words(&c->k_format, c->dim_k, &words) != QSDPA_OK) {
         qsdpa_format_string(&c->k_format, f, sizeof f);
-        return cli_usage_error(CMD, "--dim-k = %lld does not fit K format %s (%s)", (long long)c->dim_k, f,
+        return cli_usage_error(CMD, "%s = %lld does not fit K format %s (%s)", dim_k_flag, (long long)c->dim_k, f,
                                qsdpa_last_error());
     }
     if (qsdpa_format_row_words(&c->v_format, c->dim_v, &words) != QSDPA_OK) {
         qsdpa_format_string(&c->v_format, f, sizeof f);
-        return cli_usage_error(CMD, "--dim-v = %lld does not fit V format %s (%s)", (long long)c->dim_v, f,
+        return cli_usage_error(CMD, "%s = %lld does not fit V format %s (%s)", dim_v_flag, (long long)c->dim_v, f,
                                qsdpa_last_error());
     }
     c->scale = (float)(1.0 / sqrt((double)c->dim_k));

@@ -31,9 +31,15 @@ static const char *mode_name(int mode) {
 }
 
 /* "affine:4:64", "affine:*:*", "*" */
+/* A row's formats as the tool's --format takes them: "affine:4:64" (any field may be *), the fp modes by name
+ * (their bits and group are fixed), plain rows by element type */
 static void format_text(int mode, int bits, int group, char *buf, size_t n) {
     char b[16], g[16];
     if (mode == QSDPA_ANY && bits == QSDPA_ANY && group == QSDPA_ANY) snprintf(buf, n, "*");
+    else if (mode == QSDPA_MODE_PLAIN)
+        snprintf(buf, n, "%s", bits == 16 ? "f16|bf16" : bits == 32 ? "f32" : "f16|bf16|f32");
+    else if (mode == QSDPA_MODE_MXFP4 || mode == QSDPA_MODE_MXFP8 || mode == QSDPA_MODE_NVFP4)
+        snprintf(buf, n, "%s", mode_name(mode));
     else if (mode == QSDPA_MODE_AFFINE || bits != QSDPA_ANY || group != QSDPA_ANY)
         snprintf(buf, n, "%s:%s:%s", mode_name(mode), field(bits, b, sizeof b), field(group, g, sizeof g));
     else snprintf(buf, n, "%s", mode_name(mode));

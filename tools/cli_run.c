@@ -69,6 +69,7 @@ static char *join(const char *dir, const char *file) {
 
 static int parse(int argc, char **argv, run_options *o, bool *help_shown) {
     const char *dir = NULL, *fmt = NULL, *v = NULL;
+    qsdpa_format both = {0}; /* --format: K's and V's where --k-format / --v-format do not name them */
     int rc = 0;
     for (int i = 1; i < argc && !rc; i++) {
         const char *a = argv[i];
@@ -90,7 +91,7 @@ static int parse(int argc, char **argv, run_options *o, bool *help_shown) {
         } else if (cli_opt(argc, argv, &i, "--out", &v)) {
             if (!(o->out = v)) return cli_usage_error(CMD, "--out needs a file name");
         } else if (cli_opt(argc, argv, &i, "--format", &v)) {
-            if (!(rc = cli_parse_format(CMD, "--format", v, &o->kf))) o->vf = o->kf, fmt = v;
+            if (!(rc = cli_parse_format(CMD, "--format", v, &both))) fmt = v;
         } else if (cli_opt(argc, argv, &i, "--k-format", &v)) {
             if (!(rc = cli_parse_format(CMD, "--k-format", v, &o->kf))) o->k_format = v;
         } else if (cli_opt(argc, argv, &i, "--v-format", &v)) {
@@ -109,16 +110,21 @@ static int parse(int argc, char **argv, run_options *o, bool *help_shown) {
         } else if (cli_opt(argc, argv, &i, "--threads", &v)) rc = cli_parse_int(CMD, "--threads", v, 0, 1024, &o->threads);
         else if (cli_opt(argc, argv, &i, "--backend", &v)) rc = cli_parse_backend(CMD, "--backend", v, &o->backend);
         else if (cli_opt(argc, argv, &i, "--q-dtype", &v)) {
-            if (!v || (strcmp(v, "bf16") && strcmp(v, "auto")))
-                return cli_usage_error(CMD, "--q-dtype = '%s' is not one of bf16, auto", v ? v : "");
+            if (!v) return cli_usage_error(CMD, "--q-dtype needs a value (bf16 or auto)");
+            if (strcmp(v, "bf16") && strcmp(v, "auto"))
+                return cli_usage_error(CMD, "--q-dtype = '%s' is not one of bf16, auto", v);
             o->q_bf16 = strcmp(v, "bf16") == 0;
         } else if (cli_opt(argc, argv, &i, "--scale-dtype", &v)) {
-            if (!v || (strcmp(v, "bf16") && strcmp(v, "auto")))
-                return cli_usage_error(CMD, "--scale-dtype = '%s' is not one of bf16, auto", v ? v : "");
+            if (!v) return cli_usage_error(CMD, "--scale-dtype needs a value (bf16 or auto)");
+            if (strcmp(v, "bf16") && strcmp(v, "auto"))
+                return cli_usage_error(CMD, "--scale-dtype = '%s' is not one of bf16, auto", v);
             o->scale_bf16 = strcmp(v, "bf16") == 0;
         } else rc = cli_unknown_arg(CMD, a);
     }
     if (rc) return rc;
+    /* --k-format / --v-format win over --format whatever their order */
+    if (fmt && !o->k_format) o->kf = both;
+    if (fmt && !o->v_format) o->vf = both;
     o->kf.global_scale = o->k_global; /* checked by the library (nvfp4 only, > 0) */
     o->vf.global_scale = o->v_global;
     if (!fmt && !(o->k_format && o->v_format))
@@ -129,7 +135,9 @@ static int parse(int argc, char **argv, run_options *o, bool *help_shown) {
             if (o->path[t]) continue;
             char *p = join(dir, dir_files[t]);
             if (!p) return CLI_EXIT_FAIL;
-            bool required = t == T_Q || t == T_K || t == T_V || t == T_KS || t == T_VS;
+            /* scales are files of quantized formats only (plain rows have none) */
+            bool required = t == T_Q || t == T_K || t == T_V || (t == T_KS && o->kf.mode != QSDPA_MODE_PLAIN) ||
+                            (t == T_VS && o->vf.mode != QSDPA_MODE_PLAIN);
             if (required || file_exists(p)) o->path[t] = p;
             else free(p);
         }
@@ -240,6 +248,13 @@ static int execute(const run_options *o) {
     bool cuda = o->backend == QSDPA_BACKEND_CUDA;
     int rc = load(o, &in);
     if (rc) goto done;
+    /* the context first: without a usable device it says so, where an upload would fail obscurely */
+    qsdpa_context_options opt = qsdpa_context_default_options();
+    opt.backend = o->backend;
+    opt.num_threads = o->threads;
+    opt.kernel = o->kernel;
+    qsdpa_status st = qsdpa_context_create(&opt, &ctx);
+    if (st != QSDPA_OK) { rc = cli_library_error(CMD, "qsdpa_context_create", st); goto done; }
     if (cuda && (rc = upload(o, &in))) goto done;
 
     qsdpa_qtensor k, v;
@@ -268,12 +283,6 @@ static int execute(const run_options *o) {
     if (cuda && !(dout = cli_device_upload(out, out_bytes))) { rc = CLI_EXIT_FAIL; goto done; }
     qsdpa_tensor tout = qsdpa_tensor_make(cuda ? dout : out, tq->dtype, 4, shape);
 
-    qsdpa_context_options opt = qsdpa_context_default_options();
-    opt.backend = o->backend;
-    opt.num_threads = o->threads;
-    opt.kernel = o->kernel;
-    qsdpa_status st = qsdpa_context_create(&opt, &ctx);
-    if (st != QSDPA_OK) { rc = cli_library_error(CMD, "qsdpa_context_create", st); goto done; }
     st = qsdpa_attention(ctx, tq, &k, &v, &params, &tout);
     if (st != QSDPA_OK) { rc = cli_library_error(CMD, "qsdpa_attention", st); goto done; }
     if (cuda && ((rc = cli_device_sync()) || (rc = cli_device_download(out, dout, out_bytes)))) goto done;

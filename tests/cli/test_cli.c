@@ -96,6 +96,16 @@ static void test_bad_arguments(void) {
     expect("run --format affine:4:64 --out /tmp/x.npy", 2, "--q", NULL);
     expect("run --dir /tmp --out /tmp/x.npy", 2, "--format", NULL);
     expect("run --dir /tmp --format nvfp5 --out /tmp/x.npy", 2, "--format", "nvfp5");
+    /* a flag where a value belongs is a missing value (it once became a file named --causal, exit 0) */
+    expect("run --dir /tmp --format affine:4:64 --out --causal", 2, "--out needs a file name", NULL);
+    expect("run --q-dtype", 2, "--q-dtype needs a value", NULL);
+    expect("demo --dim 100", 2, "--dim = 100", NULL); /* the flag the user gave, not --dim-k */
+    expect("bench --contexts 64 --repeats abc", 2, "--repeats", "abc");
+    expect("bench --contexts -64", 2, "--contexts", "-64");
+    expect("bench --contexts 2305843009213693953", 2, "--contexts", NULL);
+    expect("bench --dim 12x", 2, "--dim", "12x");
+    expect("bench --threads", 2, "--threads needs a value", NULL);
+    expect("bench --data --help", 0, "usage: qsdpa bench --data", NULL);
 }
 
 static void test_info(void) {
@@ -122,6 +132,7 @@ static void test_verify_demo_run(void) {
     expect(args, 0, "PASS", "worst err/tol");
     snprintf(args, sizeof args, "demo --context 512 --seed %llu", seed);
     expect(args, 0, "kernel:", "max error vs reference");
+    expect("demo --context 64 --seed 010", 0, "seed 10", NULL); /* decimal, not octal */
     expect("run --dir /nonexistent-qsdpa-dir --format affine:4:64 --out /tmp/qsdpa_cli_test_out.npy", 1,
            "/nonexistent-qsdpa-dir", NULL);
     /* real tensors (SmolLM2, tests/data/real): every default format within SPEC 4 of the reference */
@@ -189,6 +200,29 @@ static void test_run_roundtrip(void) {
              "run --dir %s --k-format affine:8:64 --v-format mxfp4 --scale-dtype bf16 --threads 2 --out %s/out.npy",
              dir, dir);
     expect(args, 0, NULL, NULL);
+    /* plain rows from a folder: no scale files to find */
+    {
+        char pdir[] = "/tmp/qsdpa_cli_plain_XXXXXX";
+        CHECK(mkdtemp(pdir) != NULL, "mkdtemp failed");
+        const int64_t qs[4] = {B, HQ, LQ, D}, kvs[4] = {B, HKV, LK, D};
+        const char *names[] = {"q.npy", "k.npy", "v.npy", "out.npy"};
+        float *qf = test_alloc(sizeof(float) * B * HQ * LQ * D);
+        test_fill_normal(&rng, qf, QSDPA_DTYPE_F32, B * HQ * LQ * D, 0.1);
+        for (int f = 0; f < 3; f++) {
+            snprintf(path, sizeof path, "%s/%s", pdir, names[f]);
+            CHECK(qsdpa_npy_write(path, QSDPA_NPY_F4, 4, f ? kvs : qs, f == 0 ? (void *)qf : f == 1 ? (void *)k : (void *)v) ==
+                      QSDPA_OK,
+                  "writing %s: %s", path, qsdpa_npy_error());
+        }
+        snprintf(args, sizeof args, "run --dir %s --format f32 --out %s/out.npy", pdir, pdir);
+        expect(args, 0, NULL, NULL);
+        for (int f = 0; f < 4; f++) {
+            snprintf(path, sizeof path, "%s/%s", pdir, names[f]);
+            remove(path);
+        }
+        rmdir(pdir);
+        free(qf);
+    }
 
     /* The same problem in process, through the reference kernel. */
     qsdpa_tensor tq = qsdpa_tensor_4d(q, QSDPA_DTYPE_F16, B, HQ, LQ, D);
