@@ -70,6 +70,58 @@ static void write_all(const char *path, const unsigned char *b, long n) {
     if (f) fclose(f);
 }
 
+/* zlib's CRC-32, bit by bit (independent of the library's table), to forge headers that pass the checksum */
+static uint32_t crc32_bits(const unsigned char *p, size_t n) {
+    uint32_t c = ~0u;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    }
+    return ~c;
+}
+
+static void put_le(unsigned char *p, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Headers that are well formed and checksummed but describe what the file cannot hold, a damaged version field,
+ * and paths that are not files: IO errors, said before anything large is allocated. */
+static void test_forged_headers(qsdpa_context *ctx, const unsigned char *bytes, long n, const char *bad) {
+    qsdpa_cache *e = NULL;
+    const size_t hbytes = (size_t)bytes[12] | (size_t)bytes[13] << 8 | (size_t)bytes[14] << 16 | (size_t)bytes[15] << 24;
+    unsigned char *b = malloc((size_t)n);
+    CHECK(b != NULL, "malloc");
+    if (!b) return;
+    /* every single-bit flip of the version field: corruption (IO), not "a newer version" */
+    for (int bit = 0; bit < 32; bit++) {
+        memcpy(b, bytes, (size_t)n);
+        b[8 + bit / 8] ^= (unsigned char)(1u << (bit % 8));
+        write_all(bad, b, n);
+        qsdpa_status st = qsdpa_cache_load(ctx, bad, &e);
+        CHECK(st == QSDPA_ERR_IO && e == NULL && strstr(qsdpa_last_error(), "version field"),
+              "version bit %d flipped: %s (%s)", bit, qsdpa_status_string(st), qsdpa_last_error());
+    }
+    /* layer 0 claims 2^40 tokens (checksum fixed): the file's size says no before any storage is made */
+    memcpy(b, bytes, (size_t)n);
+    put_le(b + 120, (uint64_t)1 << 40, 8);
+    put_le(b + hbytes - 4, crc32_bits(b, hbytes - 4), 4);
+    write_all(bad, b, n);
+    qsdpa_status st = qsdpa_cache_load(ctx, bad, &e);
+    CHECK(st == QSDPA_ERR_IO && e == NULL && strstr(qsdpa_last_error(), "truncated"),
+          "2^40 tokens in a small file: %s (%s)", qsdpa_status_string(st), qsdpa_last_error());
+    /* 2^24 layers with a header-size field to match, in a file of 120 bytes */
+    memcpy(b, bytes, 120);
+    put_le(b + 16, (uint64_t)1 << 24, 8);
+    put_le(b + 12, 120 + 16 * ((uint64_t)1 << 24) + 4, 4);
+    write_all(bad, b, 120);
+    st = qsdpa_cache_load(ctx, bad, &e);
+    CHECK(st == QSDPA_ERR_IO && e == NULL, "2^24 layers in 120 bytes: %s", qsdpa_status_string(st));
+    st = qsdpa_cache_load(ctx, "/tmp", &e);
+    CHECK(st == QSDPA_ERR_IO && e == NULL && strstr(qsdpa_last_error(), "not a regular file"),
+          "a directory: %s (%s)", qsdpa_status_string(st), qsdpa_last_error());
+    free(b);
+}
+
 static void test_round_trip_and_corruption(test_rng *rng, qsdpa_context *ctx, const char *kf, const char *vf,
                                            int64_t residual) {
     qsdpa_cache_options o = qsdpa_cache_default_options();
@@ -135,6 +187,12 @@ static void test_round_trip_and_corruption(test_rng *rng, qsdpa_context *ctx, co
         qsdpa_status st = qsdpa_cache_load(ctx, bad, &e);
         CHECK(st != QSDPA_OK && e == NULL, "flipped bit at %ld of %ld loaded", at, n);
     }
+    test_forged_headers(ctx, bytes, n, bad);
+    /* a save writes beside the target and renames: nothing is left behind */
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.qsdpa-tmp", path);
+    CHECK(qsdpa_cache_save(d, path) == QSDPA_OK && file_size(tmp) < 0, "save over a file: %s, %s left behind",
+          qsdpa_last_error(), tmp);
     remove(bad);
     remove(path);
     free(bytes);
