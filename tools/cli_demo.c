@@ -12,10 +12,11 @@
 
 static void help(void) {
     printf("usage: qsdpa demo [options]\n\n"
-           "Builds a random 4-bit KV cache, quantizes it with qsdpa_quantize, runs qsdpa_attention\n"
-           "(automatic kernel choice), and prints the kernel, the max error against the reference\n"
-           "kernel and against unquantized attention (in units of max|V|), the median time, and\n"
-           "the cache bytes read per call in GB/s. Exit 1 if the error exceeds SPEC section 4.\n\n"
+           "Builds a random KV cache (affine 4-bit unless --format says otherwise), quantizes it with\n"
+           "qsdpa_quantize, runs qsdpa_attention (automatic kernel choice), and prints the kernel, the\n"
+           "max error against the reference kernel and against unquantized attention (in units of\n"
+           "max|V|), the median time, and the cache bytes read per call in GB/s. Exit 1 if the error\n"
+           "exceeds SPEC section 4.\n\n"
            "  --batch N          batch B (1)\n"
            "  --heads-q N        query heads Hq (32)\n"
            "  --heads-kv N       KV heads Hkv (8); Hq must be a multiple\n"

@@ -290,6 +290,9 @@ static int execute(const run_options *o) {
     qsdpa_npy_type type = tq->dtype == QSDPA_DTYPE_F32 ? QSDPA_NPY_F4 : tq->dtype == QSDPA_DTYPE_F16 ? QSDPA_NPY_F2 : QSDPA_NPY_U2;
     if (qsdpa_npy_write(o->out, type, 4, shape, out) != QSDPA_OK)
         rc = file_error("--out", "cannot write '%s': %s", o->out, qsdpa_npy_error());
+    else
+        printf("wrote %s [%lld, %lld, %lld, %lld] %s (kernel %s)\n", o->out, (long long)shape[0], (long long)shape[1],
+               (long long)shape[2], (long long)shape[3], qsdpa_dtype_name(tq->dtype), qsdpa_context_last_route(ctx));
 done:
     qsdpa_context_destroy(ctx);
     cli_device_free(dout);
