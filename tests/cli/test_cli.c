@@ -75,37 +75,46 @@ static void test_help(void) {
     }
 }
 
+/* Each bad invocation: its exit status and what the message must name. */
 static void test_bad_arguments(void) {
-    expect("", 2, "usage", NULL);
-    expect("nosuch", 2, "nosuch", NULL);
-    expect("demo --bogus", 2, "--bogus", NULL);
-    expect("demo --context abc", 2, "--context", "abc");
-    expect("demo --context 0", 2, "--context", NULL);
-    expect("demo --context", 2, "--context", NULL);
-    expect("demo --format affine:7:64", 2, "--format", "affine:7:64");
-    expect("demo --dtype f64", 2, "--dtype", "f64");
-    expect("demo --backend tpu", 2, "--backend", "tpu");
-    expect("demo --heads-q 6 --heads-kv 4", 2, "--heads-q", NULL);
-    expect("demo --window 8", 2, "--window", NULL);
-    expect("demo --dim 96 --format affine:4:64", 2, "--dim", NULL);
-    expect("demo --kernel cpu.nosuch", 2, "--kernel", "cpu.nosuch");
-    expect("run --dir /tmp --format mxfp4 --kernel cpu.nosuch --out /tmp/x.npy", 2, "--kernel", "cpu.nosuch");
-    expect("verify --cases 0", 2, "--cases", NULL);
-    expect("verify --seed x1", 2, "--seed", "x1");
-    expect("info --bogus", 2, "--bogus", NULL);
-    expect("run --format affine:4:64 --out /tmp/x.npy", 2, "--q", NULL);
-    expect("run --dir /tmp --out /tmp/x.npy", 2, "--format", NULL);
-    expect("run --dir /tmp --format nvfp5 --out /tmp/x.npy", 2, "--format", "nvfp5");
-    /* a flag where a value belongs is a missing value (it once became a file named --causal, exit 0) */
-    expect("run --dir /tmp --format affine:4:64 --out --causal", 2, "--out needs a file name", NULL);
-    expect("run --q-dtype", 2, "--q-dtype needs a value", NULL);
-    expect("demo --dim 100", 2, "--dim = 100", NULL); /* the flag the user gave, not --dim-k */
-    expect("bench --contexts 64 --repeats abc", 2, "--repeats", "abc");
-    expect("bench --contexts -64", 2, "--contexts", "-64");
-    expect("bench --contexts 2305843009213693953", 2, "--contexts", NULL);
-    expect("bench --dim 12x", 2, "--dim", "12x");
-    expect("bench --threads", 2, "--threads needs a value", NULL);
-    expect("bench --data --help", 0, "usage: qsdpa bench --data", NULL);
+    static const struct {
+        const char *args;
+        int code;
+        const char *needle1, *needle2;
+    } cases[] = {
+        {"", 2, "usage", NULL},
+        {"nosuch", 2, "nosuch", NULL},
+        {"demo --bogus", 2, "--bogus", NULL},
+        {"demo --context abc", 2, "--context", "abc"},
+        {"demo --context 0", 2, "--context", NULL},
+        {"demo --context", 2, "--context", NULL},
+        {"demo --format affine:7:64", 2, "--format", "affine:7:64"},
+        {"demo --dtype f64", 2, "--dtype", "f64"},
+        {"demo --backend tpu", 2, "--backend", "tpu"},
+        {"demo --heads-q 6 --heads-kv 4", 2, "--heads-q", NULL},
+        {"demo --window 8", 2, "--window", NULL},
+        {"demo --dim 96 --format affine:4:64", 2, "--dim", NULL},
+        {"demo --kernel cpu.nosuch", 2, "--kernel", "cpu.nosuch"},
+        {"run --dir /tmp --format mxfp4 --kernel cpu.nosuch --out /tmp/x.npy", 2, "--kernel", "cpu.nosuch"},
+        {"verify --cases 0", 2, "--cases", NULL},
+        {"verify --seed x1", 2, "--seed", "x1"},
+        {"info --bogus", 2, "--bogus", NULL},
+        {"run --format affine:4:64 --out /tmp/x.npy", 2, "--q", NULL},
+        {"run --dir /tmp --out /tmp/x.npy", 2, "--format", NULL},
+        {"run --dir /tmp --format nvfp5 --out /tmp/x.npy", 2, "--format", "nvfp5"},
+        /* a flag where a value belongs is a missing value (it once became a file named --causal, exit 0) */
+        {"run --dir /tmp --format affine:4:64 --out --causal", 2, "--out needs a file name", NULL},
+        {"run --q-dtype", 2, "--q-dtype needs a value", NULL},
+        {"demo --dim 100", 2, "--dim = 100", NULL}, /* the flag the user gave, not --dim-k */
+        {"bench --contexts 64 --repeats abc", 2, "--repeats", "abc"},
+        {"bench --contexts -64", 2, "--contexts", "-64"},
+        {"bench --contexts 2305843009213693953", 2, "--contexts", NULL},
+        {"bench --dim 12x", 2, "--dim", "12x"},
+        {"bench --threads", 2, "--threads needs a value", NULL},
+        {"bench --data --help", 0, "usage: qsdpa bench --data", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect(cases[i].args, cases[i].code, cases[i].needle1, cases[i].needle2);
 }
 
 static void test_info(void) {
