@@ -366,7 +366,13 @@ static int parse(int argc, char **argv, opts *o) {
         } else if (!strcmp(a, "--contexts")) {
             /* a comma-separated list of up to 8 key counts, each a whole number in [1, 2^26] */
             char list[256];
-            snprintf(list, sizeof list, "%s", argv[++i]);
+            const char *arg = argv[++i];
+            const size_t len = strlen(arg);
+            if (len >= sizeof list || !len || arg[0] == ',' || arg[len - 1] == ',' || strstr(arg, ",,")) {
+                fprintf(stderr, "qsdpa bench: --contexts '%s': expected N[,N...] (at most 8, no empty items)\n", arg);
+                return -1;
+            }
+            memcpy(list, arg, len + 1);
             o->ncontexts = 0;
             for (char *item = strtok(list, ","); item; item = strtok(NULL, ",")) {
                 if (o->ncontexts == 8) {

@@ -461,8 +461,8 @@ qsdpa_status qsdpa_cache_memory(const qsdpa_cache *cache, size_t *allocated_byte
                                 size_t *used_bytes);
 
 /* Save to / load from a file (format: docs/CACHE_FORMAT.md; versioned header,
- * CRC-32 per section). Save writes PATH.qsdpa-tmp and renames it over PATH, so a
- * failed save leaves the previous file. Load creates a new cache; a truncated,
+ * CRC-32 per section). Save writes PATH in place (a failed save leaves a file
+ * that load rejects). Load creates a new cache; a truncated,
  * corrupted or foreign file, or a path that is not a regular file, gives
  * QSDPA_ERR_IO (or UNSUPPORTED for a newer version), checked before anything is
  * allocated beyond the header. */

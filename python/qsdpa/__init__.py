@@ -70,7 +70,11 @@ class Context:
         handle = getattr(stream, "cuda_stream", None)
         if handle is None:
             handle = getattr(stream, "ptr", stream)
-        _qsdpa.context_set_stream(self._cap, int(handle))
+        handle = int(handle)
+        if not 0 <= handle < 2 ** 64:
+            raise ValueError(f"stream = {handle}: not a cudaStream_t handle")
+        _qsdpa.context_set_stream(self._cap, handle)
+        self._stream = stream  # the context does not own the stream: keep its object (a CuPy Stream) alive
 
     @property
     def last_route(self):

@@ -84,3 +84,5 @@ def test_stream_on_cpu_context_is_an_error():
         ctx.set_stream(0)
     with pytest.raises(ValueError, match="CPU context"):
         qsdpa.Context("cpu", stream=0)
+    with pytest.raises(ValueError, match="not a cudaStream_t"):
+        ctx.set_stream(-1)

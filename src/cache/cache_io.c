@@ -2,8 +2,8 @@
  * a CRC-32 over the header and one over each layer's payload; load checks the
  * whole file's size against the header before creating the cache or allocating
  * anything beyond the header (itself no larger than the file), so a truncated
- * or corrupted file is an error, never a crash or a huge malloc. Save writes a
- * temporary file beside the target and renames it over the target. */
+ * or corrupted file is an error, never a crash or a huge malloc (but see
+ * docs/CACHE_FORMAT.md: a valid header's residual window is allocated whole). */
 #include "cache/cache_internal.h"
 
 #include <stdio.h>
@@ -189,19 +189,12 @@ qsdpa_status qsdpa_cache_save(const qsdpa_cache *cache, const char *path) {
     unsigned char *h = malloc(hbytes);
     if (!h) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, fn, "cannot allocate %zu header bytes", hbytes);
     encode_header(cache, h, hbytes);
-    /* written beside the target and renamed over it at the end, so a failed save (disk full) leaves the file
-     * that was there */
-    size_t tmp_len = strlen(path) + sizeof ".qsdpa-tmp";
-    char *tmp = malloc(tmp_len);
-    if (!tmp) {
-        free(h);
-        return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, fn, "cannot allocate a path");
-    }
-    snprintf(tmp, tmp_len, "%s.qsdpa-tmp", path);
-    FILE *f = fopen(tmp, "wb");
+    /* written in place: a temporary file renamed over the target replaced symlinks, device files and the file's
+     * permissions, and collided between concurrent saves (a review's tests); a failed save leaves a partial file,
+     * which load rejects */
+    FILE *f = fopen(path, "wb");
     if (!f) {
         free(h);
-        free(tmp);
         return qsdpa_fail(QSDPA_ERR_IO, fn, "cannot open '%s' for writing", path);
     }
     bool ok = fwrite(h, 1, hbytes, f) == hbytes;
@@ -241,12 +234,6 @@ qsdpa_status qsdpa_cache_save(const qsdpa_cache *cache, const char *path) {
     }
     free(stage);
     if (fclose(f) != 0) ok = false;
-    if (st == QSDPA_OK && ok && rename(tmp, path) != 0) {
-        st = qsdpa_fail(QSDPA_ERR_IO, fn, "cannot rename '%s' to '%s'", tmp, path);
-        ok = false;
-    }
-    if (st != QSDPA_OK || !ok) remove(tmp);
-    free(tmp);
     if (st != QSDPA_OK) return st;
     if (!ok) return qsdpa_fail(QSDPA_ERR_IO, fn, "writing '%s' failed (disk full?)", path);
     return QSDPA_OK;
@@ -378,7 +365,12 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
         cache_layer *L = &c->layers[l];
         int64_t qlen = L->qlen;
         L->qlen = 0; /* nothing to copy while reserving */
+        /* exactly the stored tokens (step 1 for this reserve): a forged step cannot make a small file reserve
+         * step-rounded capacity; appends later grow in the file's step */
+        const int64_t step = c->options.step;
+        c->options.step = 1;
         st = qsdpa_cache_reserve(fn, c, ctx->options.stream, L, qlen);
+        c->options.step = step;
         if (st != QSDPA_OK) return load_fail(f, c, stage, st);
         L->qlen = qlen;
         section s[8];

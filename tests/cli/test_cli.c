@@ -110,6 +110,7 @@ static void test_bad_arguments(void) {
         {"bench --contexts -64", 2, "--contexts", "-64"},
         {"bench --contexts 2305843009213693953", 2, "--contexts", NULL},
         {"bench --dim 12x", 2, "--dim", "12x"},
+        {"bench --contexts ,,64,", 2, "--contexts", "no empty items"},
         {"bench --threads", 2, "--threads needs a value", NULL},
         {"bench --data --help", 0, "usage: qsdpa bench --data", NULL},
     };
