@@ -30,7 +30,6 @@ static const char *mode_name(int mode) {
     }
 }
 
-/* "affine:4:64", "affine:*:*", "*" */
 /* A row's formats as the tool's --format takes them: "affine:4:64" (any field may be *), the fp modes by name
  * (their bits and group are fixed), plain rows by element type */
 static void format_text(int mode, int bits, int group, char *buf, size_t n) {

@@ -60,7 +60,6 @@ class Context:
         if backend not in codes:
             raise ValueError(f"backend = {backend!r} is not 'cpu' or 'cuda'")
         self.backend = backend
-        self.device = int(device)
         self._cap = _qsdpa.context_create(codes[backend], int(num_threads), int(device), kernel, int(disable_simd))
         if stream is not None:
             self.set_stream(stream)

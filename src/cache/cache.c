@@ -184,9 +184,8 @@ static qsdpa_status copy_slabs(const qsdpa_cache *c, void *stream, void *fresh, 
 }
 
 qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
-                                 int64_t tokens) {
+                                 int64_t tokens, int64_t step) {
     if (tokens <= layer->capacity) return QSDPA_OK;
-    int64_t step = c->options.step;
     if (tokens > INT64_MAX - step)
         return qsdpa_fail(QSDPA_ERR_OVERFLOW, function, "%lld tokens overflow", (long long)tokens);
     int64_t cap = (tokens + step - 1) / step * step;
@@ -418,7 +417,7 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     int64_t kept = L->rlen - from_resid, added = T - from_new;
     int64_t new_rstart = L->rstart + from_resid;
     if (new_rstart + kept + added > 2 * R) new_rstart = 0; /* slide the window to the buffer's start */
-    st = qsdpa_cache_reserve(fn, cache, ctx->options.stream, L, L->qlen + overflow);
+    st = qsdpa_cache_reserve(fn, cache, ctx->options.stream, L, L->qlen + overflow, cache->options.step);
     if (st == QSDPA_OK) st = quantize_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new);
     if (st == QSDPA_OK) st = quantize_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new);
     if (st == QSDPA_OK) st = window_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new, new_rstart);

@@ -62,9 +62,10 @@ qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const 
 qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_options *o,
                                        cache_geom *gk, cache_geom *gv);
 /* Grow one layer's quantized part to hold at least `tokens` rows per (b, h),
- * rounded up to the step. On failure the layer is unchanged. */
+ * rounded up to a multiple of `step` (appends pass the cache's step; a load passes 1,
+ * so a file reserves what it stores). On failure the layer is unchanged. */
 qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
-                                 int64_t tokens);
+                                 int64_t tokens, int64_t step);
 /* The context must match the cache's memory: CUDA for a device cache, CPU otherwise. */
 qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *c, const qsdpa_context *ctx);
 

@@ -239,6 +239,12 @@ qsdpa_status qsdpa_cache_save(const qsdpa_cache *cache, const char *path) {
     return QSDPA_OK;
 }
 
+/* Layer l's stored lengths from the header's table (quantized tokens, window tokens). */
+static void header_lengths(const unsigned char *h, int64_t l, cache_layer *L) {
+    L->qlen = get_i64(h + CACHE_FIXED_HEADER + 16 * l);
+    L->rlen = get_i64(h + CACHE_FIXED_HEADER + 16 * l + 8);
+}
+
 static qsdpa_status load_fail(FILE *f, qsdpa_cache *c, void *h, qsdpa_status st) {
     if (f) fclose(f);
     qsdpa_cache_destroy(c);
@@ -274,8 +280,8 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
     o.layers = get_i64(fixed + 16);
     /* A version-1 header (read as one whatever its version field says, so that a damaged version field is told
      * from a newer file: with the field set back to 1 the damaged header's checksum matches) */
-    const bool v1_sized = o.layers >= 1 && o.layers <= (INT64_C(1) << 24) &&
-                          get_u32(fixed + 12) == CACHE_FIXED_HEADER + 16 * (uint64_t)o.layers + 4 &&
+    const bool layers_ok = o.layers >= 1 && o.layers <= (INT64_C(1) << 24);
+    const bool v1_sized = layers_ok && get_u32(fixed + 12) == CACHE_FIXED_HEADER + 16 * (uint64_t)o.layers + 4 &&
                           get_u32(fixed + 12) <= (unsigned long)fsize;
     const size_t hbytes = v1_sized ? CACHE_FIXED_HEADER + 16 * (size_t)o.layers + 4 : 0;
     unsigned char *h = v1_sized ? malloc(hbytes) : NULL;
@@ -298,7 +304,7 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
                                           : "'%s': corrupt header (version field %u; this library writes %u)",
                                     path, version, CACHE_VERSION));
     }
-    if (o.layers < 1 || o.layers > (INT64_C(1) << 24))
+    if (!layers_ok)
         return load_fail(f, NULL, h, qsdpa_fail(QSDPA_ERR_IO, fn, "'%s': corrupt header (layers = %lld)", path,
                                                 (long long)o.layers));
     if (!v1_sized)
@@ -333,8 +339,7 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
     for (int64_t l = 0; l < o.layers; l++) {
         cache_layer L;
         memset(&L, 0, sizeof L);
-        L.qlen = get_i64(h + CACHE_FIXED_HEADER + 16 * l);
-        L.rlen = get_i64(h + CACHE_FIXED_HEADER + 16 * l + 8);
+        header_lengths(h, l, &L);
         size_t payload;
         if (L.qlen < 0 || L.qlen > (INT64_C(1) << 40) || L.rlen < 0 || L.rlen > o.residual ||
             !layer_payload(&probe, &L, &payload) || payload > SIZE_MAX - 4 || expect > SIZE_MAX - 4 - payload)
@@ -350,10 +355,7 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
     qsdpa_cache *c = NULL;
     st = qsdpa_cache_create(ctx, &o, &c);
     if (st != QSDPA_OK) return load_fail(f, NULL, h, st);
-    for (int64_t l = 0; l < o.layers; l++) {
-        c->layers[l].qlen = get_i64(h + CACHE_FIXED_HEADER + 16 * l);
-        c->layers[l].rlen = get_i64(h + CACHE_FIXED_HEADER + 16 * l + 8);
-    }
+    for (int64_t l = 0; l < o.layers; l++) header_lengths(h, l, &c->layers[l]);
     free(h);
     h = NULL;
     if (fseek(f, (long)hbytes, SEEK_SET) != 0)
@@ -365,12 +367,9 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
         cache_layer *L = &c->layers[l];
         int64_t qlen = L->qlen;
         L->qlen = 0; /* nothing to copy while reserving */
-        /* exactly the stored tokens (step 1 for this reserve): a forged step cannot make a small file reserve
-         * step-rounded capacity; appends later grow in the file's step */
-        const int64_t step = c->options.step;
-        c->options.step = 1;
-        st = qsdpa_cache_reserve(fn, c, ctx->options.stream, L, qlen);
-        c->options.step = step;
+        /* exactly the stored tokens (step 1): a forged step cannot make a small file reserve step-rounded
+         * capacity; appends later grow in the file's step */
+        st = qsdpa_cache_reserve(fn, c, ctx->options.stream, L, qlen, 1);
         if (st != QSDPA_OK) return load_fail(f, c, stage, st);
         L->qlen = qlen;
         section s[8];

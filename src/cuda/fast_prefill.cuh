@@ -307,8 +307,9 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
  * wgmma has finished reading it (FULL per row warpgroup, below); PF_BAR_PRODUCER orders the producer's own ring,
  * PF_BAR_ROWS the row warps' staging of q, and PF_BAR_TURN + w the row warpgroups' turns at
  * the tensor cores (fast_prefill's ping-pong). */
-/* FULL is one barrier a buffer and row warpgroup (1 + 3 w + buffer: the producer arrives on each, a warpgroup syncs
- * its own), so the two warpgroups need not meet every tile and their turns can drift half a tile apart (FA3) */
+/* On the f16 rows FULL is one barrier a buffer and row warpgroup (1 + 3 w + buffer: the producer arrives on each, a
+ * warpgroup syncs its own), so the two warpgroups need not meet every tile and their turns can drift half a tile
+ * apart (FA3); the quantized rows keep one a buffer (1 + buffer) that both join (pf_publish) */
 constexpr int PF_BAR_FULL = 1, PF_BAR_EMPTY = 7, PF_BAR_PRODUCER = 10, PF_BAR_ROWS = 11, PF_BAR_TURN = 12; /* 12, 13 */
 constexpr int PF_FULL_THREADS = PF_PRODUCER_THREADS + 128; /* the producer and one row warpgroup */
 static_assert(PF_BAR_TURN + 1 < 16, "named barrier ids");
@@ -334,12 +335,6 @@ __device__ __forceinline__ void named_arrive(int id, int threads) {
     asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-/* The producer warpgroup (`ptid` 0..127) of tiles t0..t1-1: packed tiles through the
- * cp.async ring, each dequantized into tile buffer i % TILE_BUFS_WGMMA once the row
- * warps have released it, then published (FULL). f16 rows: the ring stages are the
- * buffers; a stage is published when its copy lands and refilled when released. The
- * producer runs ahead by as many tiles as there are buffers, so the row warps find
- * their next tile ready while it loads and dequantizes the ones after. */
 /* FULL of buffer b: on the f16 rows (L::DIRECT) one barrier a row warpgroup, which the producer arrives on
  * each of and a warpgroup syncs alone, so the ping-pong's warpgroups can drift apart; elsewhere one barrier
  * that both warpgroups join, as before the ping-pong (split FULL and turns cost the quantized rows 2-3%, their
@@ -359,6 +354,12 @@ __device__ __forceinline__ void pf_wait_full(int wg, int b) {
     else named_sync(PF_BAR_FULL + b, PF_BLOCK_THREADS_WGMMA);
 }
 
+/* The producer warpgroup (`ptid` 0..127) of tiles t0..t1-1: packed tiles through the
+ * cp.async ring, each dequantized into tile buffer i % TILE_BUFS_WGMMA once the row
+ * warps have released it, then published (FULL). f16 rows: the ring stages are the
+ * buffers; a stage is published when its copy lands and refilled when released. The
+ * producer runs ahead by as many tiles as there are buffers, so the row warps find
+ * their next tile ready while it loads and dequantizes the ones after. */
 template <class L, int DK, int DV>
 __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sources &src, char *smem,
                                            uint32_t *tiles, int t0, int t1, int ptid) {
