@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor | portable]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -28,7 +28,8 @@
 #   host: build, then what the host pays per call (bench/gpu_host.cu, nsys CUDA API sums; host.txt);
 #   sweep: build, then one run-time knob (QSDPA_GPU_SWEEP="NAME=v1 v2 ...") over eight decode shapes (sweep.txt);
 #   floor: build, then bench/gpu_floor.cu (a read-only kernel over the decode caches' sizes) beside the decode
-#   rows of those sizes and any QSDPA_GPU_EXTRA_ROWS (floor.txt)
+#   rows of those sizes and any QSDPA_GPU_EXTRA_ROWS (floor.txt); portable: the sm_90a build's API and cache
+#   tests, then the GPU tests on a build for 80 (what a card runs from PTX when no binary of its own is there)
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -46,7 +47,7 @@ stamp() { echo "== $1 at +$(( $(date +%s) - T0 ))s"; }
 build_tree() {
   local src=$1 dir=$2 flags=$3
   shift 3
-  cmake -S "$src" -B "$dir" -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES=90a -DQSDPA_BUILD_TOOLS=OFF \
+  cmake -S "$src" -B "$dir" -DQSDPA_CUDA=ON -DQSDPA_CUDA_ARCHITECTURES="${QSDPA_GPU_ARCH:-90a}" -DQSDPA_BUILD_TOOLS=OFF \
       -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_FLAGS=$flags" >/dev/null &&
     cmake --build "$dir" -j16 --target qsdpa "$@" &&
     nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude bench/bench_gpu.cu -L"$dir" -lqsdpa \
@@ -154,8 +155,16 @@ if [ "$MODE" = trace ]; then
 fi
 stamp build | tee "$OUT/build.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >>"$OUT/build.log" 2>&1
-TEST_TARGETS="test_cuda_coverage test_cuda_mlx test_cuda_api test_cuda_random test_wgmma_layout"
+TEST_TARGETS="test_cuda_coverage test_cuda_mlx test_cuda_api test_cuda_random test_wgmma_layout test_cache_cuda test_cache_io"
 [ "$MODE" = floor ] && TEST_TARGETS="gpu_floor"   # timing only: the read-only kernel (bench/gpu.cmake)
+if [ "$MODE" = portable ]; then
+  # the portable build (QSDPA_CUDA_ARCHITECTURES=80: sm_80 code, which a Hopper card runs as PTX the driver
+  # compiles) builds beside the sm_90a one, on the CPU while the sm_90a tests run
+  export CUDA_CACHE_MAXSIZE=4294967296 # the driver's compiled kernels kept between the test programs
+  (QSDPA_GPU_ARCH=80 timeout 400 bash -c "build_tree . build-sm80 '' $TEST_TARGETS" >"$OUT/build-sm80.log" 2>&1
+   echo "portable build rc=$?" >>"$OUT/build-sm80.log") &
+  PORTABLE_BUILD=$!
+fi
 timeout 240 bash -c "build_tree . $B '' $TEST_TARGETS" >>"$OUT/build.log" 2>&1
 echo "build rc=$?" | tee -a "$OUT/build.log"
 tail -5 "$OUT/build.log"
@@ -166,6 +175,31 @@ grep -h "wgmma.mma_async instructions are serialized" "$OUT/build.log" | sed 's/
 if ! timeout 30 "$B/bench_gpu" prefill affine4g64 >"$OUT/smoke.txt" 2>&1; then
   echo "SMOKE FAILED (rc=$?): bench_gpu prefill affine4g64 did not finish in 30 s; stopping" | tee -a "$OUT/build.log"
   exit 1
+fi
+if [ "$MODE" = portable ]; then
+  # sm_90a: the tests of host-side changes (API, cache); then every GPU test on the portable build, whose
+  # prefill kernel takes its mma.sync path and no PDL on this card (QSDPA_GPU_PORTABLE_COVERAGE: the coverage
+  # run's limit in seconds, default 300)
+  stamp "sm_90a tests" | tee "$OUT/tests.log"
+  for t in test_cuda_api test_cache_cuda test_cache_io test_cuda_mlx; do
+    timeout 120 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
+    echo "$t (sm_90a) rc=$?" | tee -a "$OUT/tests.log"
+  done
+  timeout 60 "$B/bench_gpu" prefill 2>&1 | grep "^prefill" | sed "s/^/[sm_90a] /" >>"$OUT/tests.log"
+  wait "$PORTABLE_BUILD"
+  tail -3 "$OUT/build-sm80.log" | tee -a "$OUT/tests.log"
+  stamp "portable (sm_80) tests" | tee -a "$OUT/tests.log"
+  timeout 180 build-sm80/bench_gpu prefill 2>&1 | grep "^prefill" | sed "s/^/[sm_80] /" >>"$OUT/tests.log"
+  echo "portable prefill rows rc=$?" | tee -a "$OUT/tests.log"
+  for t in test_cuda_api test_cache_cuda test_cuda_mlx; do
+    timeout 180 "build-sm80/tests/$t" >>"$OUT/tests.log" 2>&1
+    echo "$t (sm_80) rc=$?" | tee -a "$OUT/tests.log"
+  done
+  timeout "${QSDPA_GPU_PORTABLE_COVERAGE:-300}" build-sm80/tests/test_cuda_coverage >>"$OUT/tests.log" 2>&1
+  echo "test_cuda_coverage (sm_80) rc=$?" | tee -a "$OUT/tests.log"
+  grep -E "FAIL" "$OUT/tests.log" | head -20
+  stamp done | tee -a "$OUT/tests.log"
+  exit 0
 fi
 if [ "$MODE" = fuzz ]; then
   stamp fuzz | tee "$OUT/tests.log"
@@ -329,7 +363,7 @@ if [ "$MODE" = profile-prefill ]; then
 fi
 
 stamp tests | tee "$OUT/tests.log"
-for t in test_wgmma_layout test_cuda_api test_cuda_mlx test_cuda_coverage; do
+for t in test_wgmma_layout test_cuda_api test_cache_cuda test_cache_io test_cuda_mlx test_cuda_coverage; do
   [ -x "$B/tests/$t" ] || continue
   [ -n "${QSDPA_GPU_SKIP_CHECKS:-}" ] && { echo "$t skipped (QSDPA_GPU_SKIP_CHECKS)" | tee -a "$OUT/tests.log"; continue; }
   t0=$(date +%s)

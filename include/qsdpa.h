@@ -417,12 +417,16 @@ qsdpa_status qsdpa_cache_get_options(const qsdpa_cache *cache, qsdpa_cache_optio
  * F32/F16/BF16 (may differ), any strides with the last dim contiguous.
  * Rows are quantized on the way in (bit-exact with qsdpa_quantize), on the
  * host or the device per the cache; the residual window, if any, takes the
- * newest ones. ctx must be of the cache's kind (CPU or CUDA). A device cache
+ * newest ones. ctx must be of the cache's kind (CPU or CUDA) and, for a
+ * device cache, on the device the cache was created on (its storage stays
+ * there; k and v must be memory of that device). A device cache
  * with residual > 0 takes k and v of residual_dtype only, quantized formats
  * included; one of PLAIN format, rows of its plain_dtype only (other dtypes:
  * QSDPA_ERR_UNSUPPORTED).
- * CUDA graphs: never capture an append (it may allocate: capacity grows by
- * reallocation, and the old storage is freed). A graph over
+ * CUDA graphs: an append is never captured: on a stream being captured it
+ * returns QSDPA_ERR_UNSUPPORTED and records nothing (it keeps the lengths on
+ * the host and may allocate: capacity grows by reallocation, and the old
+ * storage is freed). A graph over
  * qsdpa_cache_attend reads the storage it was captured on, so it is valid only
  * until the next append or trim of that cache: capture it again after them. */
 qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t layer,

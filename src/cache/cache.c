@@ -142,6 +142,7 @@ qsdpa_status qsdpa_cache_create(qsdpa_context *ctx, const qsdpa_cache_options *o
     if (!c) return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, __func__, "cannot allocate the cache");
     c->options = *options;
     c->device = ctx->options.backend == QSDPA_BACKEND_CUDA; /* storage in the context's device memory */
+    c->cuda_device = c->device ? ctx->options.device : -1;
     if (c->options.step == 0) c->options.step = CACHE_DEFAULT_STEP;
     c->gk = gk;
     c->gv = gv;
@@ -371,6 +372,9 @@ qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *
     if (device != c->device)
         return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "ctx is a %s context but the cache is in %s memory",
                           device ? "CUDA" : "CPU", c->device ? "device" : "host");
+    if (device && ctx->options.device != c->cuda_device)
+        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "ctx is on CUDA device %d but the cache is on device %d",
+                          ctx->options.device, c->cuda_device);
     return QSDPA_OK;
 }
 
@@ -399,6 +403,7 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     if (st == QSDPA_OK) st = check_rows("v", cache, v, cache->options.dim_v);
     if (st != QSDPA_OK) return st;
     st = qsdpa_cache_check_context(fn, cache, ctx);
+    if (st == QSDPA_OK) st = qsdpa_cache_mem_refuse_capture(cache, ctx->options.stream, fn);
     if (st == QSDPA_OK) st = check_device_rows(cache, k, "k");
     if (st == QSDPA_OK) st = check_device_rows(cache, v, "v");
     if (st != QSDPA_OK) return st;

@@ -38,6 +38,7 @@ typedef struct cache_geom {
 struct qsdpa_cache {
     qsdpa_cache_options options; /* step resolved */
     int device;                  /* 1: storage is CUDA device memory (created on a CUDA context) */
+    int cuda_device;             /* that context's device ordinal (device caches) */
     cache_geom gk, gv;
     cache_layer *layers;         /* [options.layers] */
     void *scratch;               /* attend: two partial outs + lses, grow-only */
@@ -58,6 +59,9 @@ qsdpa_status qsdpa_cache_mem_from_host(const qsdpa_cache *c, void *dst, const vo
 /* Device caches: ptr must be device (or managed) memory. */
 qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const char *function, const char *name);
 
+/* Device caches: UNSUPPORTED while `stream` is being captured into a CUDA graph. */
+qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function);
+
 /* Validate options (messages name `function`) and fill the two geometries. */
 qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_options *o,
                                        cache_geom *gk, cache_geom *gv);
@@ -66,7 +70,7 @@ qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_o
  * so a file reserves what it stores). On failure the layer is unchanged. */
 qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
                                  int64_t tokens, int64_t step);
-/* The context must match the cache's memory: CUDA for a device cache, CPU otherwise. */
+/* The context must match the cache's memory: CUDA on the cache's device for a device cache, CPU otherwise. */
 qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *c, const qsdpa_context *ctx);
 
 #endif

@@ -20,6 +20,13 @@
 static qsdpa_status device_fail(cudaError_t err, const char *function, const char *what) {
     return qsdpa_fail(QSDPA_ERR_DEVICE, function, "%s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err));
 }
+
+/* The cache's device made current before its allocations and copies: cudaMalloc allocates on the thread's
+ * current device and cudaDeviceSynchronize waits for that one alone, and the caller may have any current. */
+static qsdpa_status enter_device(const qsdpa_cache *c, const char *function) {
+    cudaError_t err = cudaSetDevice(c->cuda_device);
+    return err == cudaSuccess ? QSDPA_OK : device_fail(err, function, "cudaSetDevice");
+}
 #endif
 
 /* Host storage: a HOST_HEADER-byte header in front of the caller's bytes says how it was made.
@@ -74,6 +81,8 @@ qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, s
     if (bytes == 0) return QSDPA_OK;
 #ifdef QSDPA_HAVE_CUDA
     if (c->device) {
+        qsdpa_status st = enter_device(c, function);
+        if (st != QSDPA_OK) return st;
         cudaError_t err = cudaMalloc(out, bytes);
         if (err == cudaSuccess) err = cudaMemset(*out, 0, bytes);
         if (err != cudaSuccess) {
@@ -95,6 +104,7 @@ void qsdpa_cache_mem_free(const qsdpa_cache *c, void *p) {
     if (!p) return;
 #ifdef QSDPA_HAVE_CUDA
     if (c->device) {
+        (void)cudaSetDevice(c->cuda_device);
         cudaFree(p);
         return;
     }
@@ -108,6 +118,8 @@ qsdpa_status qsdpa_cache_mem_copy2d(const qsdpa_cache *c, void *stream, void *ds
     if (rows == 0 || width == 0) return QSDPA_OK;
 #ifdef QSDPA_HAVE_CUDA
     if (c->device) {
+        qsdpa_status st = enter_device(c, "qsdpa_cache");
+        if (st != QSDPA_OK) return st;
         cudaError_t err = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDefault,
                                             (cudaStream_t)stream);
         return err == cudaSuccess ? QSDPA_OK : device_fail(err, "qsdpa_cache", "cudaMemcpy2DAsync");
@@ -123,6 +135,8 @@ qsdpa_status qsdpa_cache_mem_move(const qsdpa_cache *c, void *stream, void *dst,
     if (bytes == 0 || dst == src) return QSDPA_OK;
 #ifdef QSDPA_HAVE_CUDA
     if (c->device) {
+        qsdpa_status st = enter_device(c, "qsdpa_cache");
+        if (st != QSDPA_OK) return st;
         /* Device copies must not overlap: move forward in chunks no longer
          * than the distance between the two regions (dst < src here). */
         size_t gap = dst < src ? (size_t)((const char *)src - (char *)dst) : (size_t)((char *)dst - (const char *)src);
@@ -146,6 +160,8 @@ qsdpa_status qsdpa_cache_mem_move(const qsdpa_cache *c, void *stream, void *dst,
 qsdpa_status qsdpa_cache_mem_to_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes) {
 #ifdef QSDPA_HAVE_CUDA
     if (c->device) {
+        qsdpa_status st = enter_device(c, "qsdpa_cache_save");
+        if (st != QSDPA_OK) return st;
         cudaError_t err = cudaDeviceSynchronize(); /* appends may be in flight on any stream */
         if (err == cudaSuccess) err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
         return err == cudaSuccess ? QSDPA_OK : device_fail(err, "qsdpa_cache_save", "cudaMemcpy to host");
@@ -159,6 +175,8 @@ qsdpa_status qsdpa_cache_mem_to_host(const qsdpa_cache *c, void *dst, const void
 qsdpa_status qsdpa_cache_mem_from_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes) {
 #ifdef QSDPA_HAVE_CUDA
     if (c->device) {
+        qsdpa_status st = enter_device(c, "qsdpa_cache_load");
+        if (st != QSDPA_OK) return st;
         cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
         return err == cudaSuccess ? QSDPA_OK : device_fail(err, "qsdpa_cache_load", "cudaMemcpy to device");
     }
@@ -178,10 +196,35 @@ qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const 
     if (!on_device)
         return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function,
                           "%s = %p is not device memory (the cache is on a CUDA device)", name, ptr);
+    /* managed memory migrates to whichever device reads it; device memory is read where it lies */
+    if (attr.type == cudaMemoryTypeDevice && attr.device != c->cuda_device)
+        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "%s = %p is memory of CUDA device %d, but the cache is on device %d",
+                          name, ptr, attr.device, c->cuda_device);
 #endif
     (void)c;
     (void)ptr;
     (void)function;
     (void)name;
+    return QSDPA_OK;
+}
+
+qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function) {
+#ifdef QSDPA_HAVE_CUDA
+    if (!c->device) return QSDPA_OK;
+    enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    const cudaError_t query = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+    if (query != cudaSuccess) {
+        (void)cudaGetLastError();
+        /* the legacy stream while another stream captures: work on it would break that capture */
+        capture = query == cudaErrorStreamCaptureImplicit ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    }
+    if (capture != cudaStreamCaptureStatusNone)
+        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function,
+                          "ctx's stream is being captured into a CUDA graph: an append updates the cache's lengths "
+                          "on the host (and may allocate), so a replay would not append; call it outside the capture");
+#endif
+    (void)c;
+    (void)stream;
+    (void)function;
     return QSDPA_OK;
 }

@@ -555,27 +555,29 @@ static qsdpa_status qsdpa_cuda_decode_blocks_run(qsdpa_context *ctx, const qsdpa
     else return qsdpa_cuda_decode_run<DK, DV, FK, FV, 2>(ctx, pr, fn);
 }
 
-/* The architecture of the prefill kernel's loaded binary: it decides the kernel's path (wgmma
- * and a producer warpgroup in sm_90a code), so its shared memory, block size and routing. */
+/* Whether the prefill kernel's loaded code is its wgmma path (sm_90a: a producer warpgroup, so its shared
+ * memory, block size and routing). The code decides, not the device: a build for 80 or plain 90 runs its
+ * mma.sync path on a Hopper card (PTX compiled by the driver reports binaryVersion 90 there), so the test
+ * reads the kernel's own launch bound: PF_BLOCK_THREADS_WGMMA on the wgmma path, PF_THREADS on the other. */
 template <int DK, int DV, class FK, class FV>
-static int qsdpa_cuda_prefill_binary_version() {
-    static int binary_version = -1;
-    if (binary_version < 0) {
+static bool qsdpa_cuda_prefill_wgmma() {
+    static int wgmma = -1;
+    if (wgmma < 0) {
         cudaFuncAttributes fa;
-        binary_version =
-            cudaFuncGetAttributes(&fa, qfast::fast_prefill<DK, DV, FK, FV>) == cudaSuccess ? fa.binaryVersion : 0;
+        wgmma = cudaFuncGetAttributes(&fa, qfast::fast_prefill<DK, DV, FK, FV>) == cudaSuccess &&
+                fa.maxThreadsPerBlock >= qfast::PF_BLOCK_THREADS_WGMMA;
     }
-    return binary_version;
+    return wgmma == 1;
 }
 
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
     static qsdpa_cuda_kernel_info info;
     auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
-    const int binary_version = qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>();
+    const bool wgmma = qsdpa_cuda_prefill_wgmma<DK, DV, FK, FV>();
     using L = qfast::pf_layout<DK, DV, FK, FV>;
-    const int smem = binary_version >= 90 ? L::BYTES_WGMMA : L::BYTES_MMA;
-    const int threads = binary_version >= 90 ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
+    const int smem = wgmma ? L::BYTES_WGMMA : L::BYTES_MMA;
+    const int threads = wgmma ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
     return qsdpa_cuda_fast_launch<DV, FK, FV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
                                       smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false);
 }
@@ -625,7 +627,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         if (qsdpa_cuda_decode_layouts_ok(pr)) return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
         return qsdpa_cuda_realign_takes(pr) ? realigned() : qsdpa_cuda_generic_run(ctx, pr);
     } else {
-        if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_binary_version<DK, DV, FK, FV>() >= 90))
+        if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_wgmma<DK, DV, FK, FV>()))
             return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
         /* short queries over a quantized cache whose planes kept them off the decode kernel */
         const bool short_quantized = FK::mode != QSDPA_MODE_PLAIN && pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS;

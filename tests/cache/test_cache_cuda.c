@@ -183,6 +183,132 @@ static void run(test_rng *rng, qsdpa_context *cpu, qsdpa_context *ref, qsdpa_con
     qsdpa_cache_destroy(dc);
 }
 
+/* A [1,2,T,128] f16 tensor of fresh normal rows in memory of CUDA device `device` (made current for the copy). */
+static qsdpa_tensor rows_on(test_rng *rng, int device, int64_t T) {
+    size_t n = (size_t)(2 * T * 128);
+    uint16_t *h = test_alloc(n * 2);
+    test_fill_normal(rng, h, QSDPA_DTYPE_F16, (int64_t)n, 1.0);
+    cudaSetDevice(device);
+    void *d = to_device(h, n * 2);
+    free(h);
+    return qsdpa_tensor_4d(d, QSDPA_DTYPE_F16, 1, 2, T, 128);
+}
+
+static qsdpa_cache_options small_options(void) {
+    qsdpa_cache_options o = qsdpa_cache_default_options();
+    o.heads_kv = 2;
+    o.step = 16;
+    o.residual = 8; /* the window is allocated at create: it must land on the cache's device too */
+    return o;
+}
+
+static int device_of(const void *p) {
+    struct cudaPointerAttributes a;
+    return cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice ? a.device : -1;
+}
+
+/* A cache made on device 1 while the thread has device 0 current stays on device 1 (storage, growth, load);
+ * a context of device 0 and rows on device 0 are refused by name. Runs where two devices are. */
+static void cache_on_second_device(test_rng *rng) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) {
+        printf("cache_on_second_device: SKIP (one CUDA device)\n");
+        return;
+    }
+    qsdpa_context_options o0 = qsdpa_context_default_options(), o1;
+    o0.backend = QSDPA_BACKEND_CUDA;
+    o1 = o0;
+    o1.device = 1;
+    qsdpa_context *c0 = NULL, *c1 = NULL;
+    CHECK(qsdpa_context_create(&o0, &c0) == QSDPA_OK && qsdpa_context_create(&o1, &c1) == QSDPA_OK, "contexts: %s",
+          qsdpa_last_error());
+    qsdpa_cache_options co = small_options();
+    qsdpa_cache *c = NULL;
+    cudaSetDevice(0);
+    CHECK(qsdpa_cache_create(c1, &co, &c) == QSDPA_OK, "create on device 1: %s", qsdpa_last_error());
+    if (!c0 || !c1 || !c) return;
+    qsdpa_tensor k1 = rows_on(rng, 1, 40), v1 = rows_on(rng, 1, 40), k0 = rows_on(rng, 0, 3), v0 = rows_on(rng, 0, 3);
+    cudaSetDevice(0);
+    CHECK(qsdpa_cache_append(c1, c, 0, &k1, &v1) == QSDPA_OK, "append on device 1: %s", qsdpa_last_error());
+    qsdpa_qtensor qk, qv, rk, rv;
+    CHECK(qsdpa_cache_view(c, 0, QSDPA_CACHE_QUANTIZED, &qk, &qv) == QSDPA_OK &&
+              qsdpa_cache_view(c, 0, QSDPA_CACHE_RESIDUAL, &rk, &rv) == QSDPA_OK, "views: %s", qsdpa_last_error());
+    CHECK(device_of(qk.codes.data) == 1 && device_of(qv.scales.data) == 1 && device_of(rk.codes.data) == 1,
+          "storage on devices %d / %d / %d, not 1", device_of(qk.codes.data), device_of(qv.scales.data), device_of(rk.codes.data));
+    cudaSetDevice(0);
+    CHECK(qsdpa_cache_append(c0, c, 0, &k1, &v1) == QSDPA_ERR_INVALID_ARGUMENT &&
+              strstr(qsdpa_last_error(), "device 0") && strstr(qsdpa_last_error(), "device 1"),
+          "a device 0 context appended to a device 1 cache: %s", qsdpa_last_error());
+    CHECK(qsdpa_cache_append(c1, c, 0, &k0, &v0) == QSDPA_ERR_INVALID_ARGUMENT &&
+              strstr(qsdpa_last_error(), "k->data") && strstr(qsdpa_last_error(), "device 0"),
+          "rows on device 0 appended to a device 1 cache: %s", qsdpa_last_error());
+    int64_t len = 0;
+    CHECK(qsdpa_cache_length(c, 0, &len) == QSDPA_OK && len == 40, "length %lld after refused appends, want 40",
+          (long long)len);
+    /* save with device 0 current: it must wait for device 1's appends */
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/qsdpa_cuda_cache_dev1_%llu.kv", (unsigned long long)test_seed());
+    cudaSetDevice(0);
+    CHECK(qsdpa_cache_save(c, path) == QSDPA_OK, "save: %s", qsdpa_last_error());
+    qsdpa_cache *l = NULL;
+    cudaSetDevice(0);
+    CHECK(qsdpa_cache_load(c1, path, &l) == QSDPA_OK, "load on device 1: %s", qsdpa_last_error());
+    if (l) {
+        same_layer(c, 1, l, 1, 0);
+        CHECK(qsdpa_cache_view(l, 0, QSDPA_CACHE_QUANTIZED, &qk, &qv) == QSDPA_OK && device_of(qk.codes.data) == 1,
+              "a load on device 1 stored on device %d", device_of(qk.codes.data));
+    }
+    remove(path);
+    qsdpa_cache_destroy(l);
+    qsdpa_cache_destroy(c);
+    cudaFree(k1.data);
+    cudaFree(v1.data);
+    cudaFree(k0.data);
+    cudaFree(v0.data);
+    qsdpa_context_destroy(c0);
+    qsdpa_context_destroy(c1);
+    cudaSetDevice(0);
+}
+
+/* An append on a stream being captured is refused and records nothing: the capture ends cleanly, the lengths
+ * are unchanged, and the same append outside the capture works. */
+static void append_capture_refused(test_rng *rng) {
+    cudaStream_t stream = NULL;
+    cudaSetDevice(0);
+    CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess, "stream");
+    qsdpa_context_options go = qsdpa_context_default_options();
+    go.backend = QSDPA_BACKEND_CUDA;
+    go.stream = stream;
+    qsdpa_context *ctx = NULL;
+    qsdpa_cache *c = NULL;
+    qsdpa_cache_options co = small_options();
+    CHECK(qsdpa_context_create(&go, &ctx) == QSDPA_OK && qsdpa_cache_create(ctx, &co, &c) == QSDPA_OK,
+          "context and cache: %s", qsdpa_last_error());
+    if (!ctx || !c) return;
+    qsdpa_tensor k = rows_on(rng, 0, 5), v = rows_on(rng, 0, 5);
+    CHECK(qsdpa_cache_append(ctx, c, 0, &k, &v) == QSDPA_OK, "append: %s", qsdpa_last_error());
+    cudaStreamSynchronize(stream);
+    cudaGraph_t graph = NULL;
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin capture");
+    qsdpa_status st = qsdpa_cache_append(ctx, c, 0, &k, &v);
+    cudaError_t end = cudaStreamEndCapture(stream, &graph);
+    CHECK(st == QSDPA_ERR_UNSUPPORTED && strstr(qsdpa_last_error(), "captured"),
+          "an append inside a capture gave %s (%s)", qsdpa_status_string(st), qsdpa_last_error());
+    CHECK(end == cudaSuccess, "the capture was broken by the refused append: %s", cudaGetErrorString(end));
+    if (graph) cudaGraphDestroy(graph);
+    int64_t len = 0;
+    CHECK(qsdpa_cache_length(c, 0, &len) == QSDPA_OK && len == 5, "length %lld after a refused append, want 5",
+          (long long)len);
+    CHECK(qsdpa_cache_append(ctx, c, 0, &k, &v) == QSDPA_OK && qsdpa_cache_length(c, 0, &len) == QSDPA_OK && len == 10,
+          "append after the capture: %s (length %lld)", qsdpa_last_error(), (long long)len);
+    cudaStreamSynchronize(stream);
+    cudaFree(k.data);
+    cudaFree(v.data);
+    qsdpa_cache_destroy(c);
+    qsdpa_context_destroy(ctx);
+    cudaStreamDestroy(stream);
+}
+
 int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
     test_rng rng;
@@ -200,6 +326,8 @@ int main(void) {
     run(&rng, cpu, ref, gpu, "affine:8:64", "mxfp4", 16, QSDPA_DTYPE_F32);
     run(&rng, cpu, ref, gpu, "nvfp4", "f32", 5, QSDPA_DTYPE_F32);
     run(&rng, cpu, ref, gpu, "mxfp8", "affine:4:32", 64, QSDPA_DTYPE_F16); /* f16 window: PLAIN f16 on the device */
+    append_capture_refused(&rng);
+    cache_on_second_device(&rng);
     qsdpa_context_destroy(cpu);
     qsdpa_context_destroy(ref);
     qsdpa_context_destroy(gpu);
