@@ -190,7 +190,7 @@ if [ "$MODE" = portable ]; then
   tail -3 "$OUT/build-sm80.log" | tee -a "$OUT/tests.log"
   stamp "portable (sm_80) tests" | tee -a "$OUT/tests.log"
   timeout 180 build-sm80/bench_gpu prefill 2>&1 | grep "^prefill" | sed "s/^/[sm_80] /" >>"$OUT/tests.log"
-  echo "portable prefill rows rc=$?" | tee -a "$OUT/tests.log"
+  echo "portable prefill rows rc=${PIPESTATUS[0]}" | tee -a "$OUT/tests.log"
   for t in test_cuda_api test_cache_cuda test_cuda_mlx; do
     timeout 180 "build-sm80/tests/$t" >>"$OUT/tests.log" 2>&1
     echo "$t (sm_80) rc=$?" | tee -a "$OUT/tests.log"

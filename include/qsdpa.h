@@ -378,6 +378,8 @@ unsigned qsdpa_cpu_features(void);
  * quantized part and one over the window and merges them by log-sum-exp,
  * which is exact. Trimming past the window leaves fewer than R unquantized
  * tokens until new appends refill it (quantized rows are never expanded back).
+ * The window's storage grows with it, doubling up to 2R rows a layer, so a
+ * large R costs memory only as tokens arrive.
  *
  * Memory: a cache created on a CPU context lives in host memory; one created
  * on a CUDA context lives in that device's memory, quantizes appended rows on

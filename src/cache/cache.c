@@ -131,6 +131,30 @@ static qsdpa_status alloc_rows(const qsdpa_cache *c, const char *function, int64
     return qsdpa_cache_mem_alloc(c, function, n, out);
 }
 
+/* Fresh windows of `rows` rows per (b, h) for both sides; on failure neither is kept. */
+static qsdpa_status alloc_windows(qsdpa_cache *c, const char *function, int64_t rows, void *fresh[2]) {
+    const int64_t slabs = c->options.batch * c->options.heads_kv;
+    qsdpa_status st = alloc_rows(c, function, slabs, rows, c->gk.resid_row_bytes, &fresh[0]);
+    if (st == QSDPA_OK) st = alloc_rows(c, function, slabs, rows, c->gv.resid_row_bytes, &fresh[1]);
+    if (st != QSDPA_OK) {
+        qsdpa_cache_mem_free(c, fresh[0]);
+        qsdpa_cache_mem_free(c, fresh[1]);
+        fresh[0] = fresh[1] = NULL;
+    }
+    return st;
+}
+
+qsdpa_status qsdpa_cache_window_alloc(const char *function, qsdpa_cache *c, cache_layer *layer, int64_t rows) {
+    if (rows <= 0 || layer->rcap > 0) return QSDPA_OK;
+    void *fresh[2] = {NULL, NULL};
+    qsdpa_status st = alloc_windows(c, function, rows, fresh);
+    if (st != QSDPA_OK) return st;
+    layer->k.resid = fresh[0];
+    layer->v.resid = fresh[1];
+    layer->rcap = rows;
+    return QSDPA_OK;
+}
+
 qsdpa_status qsdpa_cache_create(qsdpa_context *ctx, const qsdpa_cache_options *options, qsdpa_cache **out) {
     qsdpa_clear_error();
     if (!ctx) return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, __func__, "ctx is NULL");
@@ -151,17 +175,6 @@ qsdpa_status qsdpa_cache_create(qsdpa_context *ctx, const qsdpa_cache_options *o
         qsdpa_cache_destroy(c);
         return qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, __func__, "cannot allocate %lld layers",
                           (long long)c->options.layers);
-    }
-    /* The window buffer holds 2R rows so that sliding it costs one memmove
-     * per R appended tokens, not one per token. */
-    int64_t slabs = c->options.batch * c->options.heads_kv, rrows = 2 * c->options.residual;
-    for (int64_t l = 0; l < c->options.layers && rrows > 0; l++) {
-        st = alloc_rows(c, __func__, slabs, rrows, gk.resid_row_bytes, &c->layers[l].k.resid);
-        if (st == QSDPA_OK) st = alloc_rows(c, __func__, slabs, rrows, gv.resid_row_bytes, &c->layers[l].v.resid);
-        if (st != QSDPA_OK) {
-            qsdpa_cache_destroy(c);
-            return st;
-        }
     }
     *out = c;
     return QSDPA_OK;
@@ -320,7 +333,7 @@ static const char *input_row(const qsdpa_tensor *t, int64_t b, int64_t h, int64_
  * rows, into quantized rows [qlen, qlen + from_resid + from_new). */
 static qsdpa_status quantize_side(qsdpa_context *ctx, qsdpa_cache *c, const cache_layer *L, const cache_geom *g,
                                   cache_side *s, const qsdpa_tensor *x, int64_t from_resid, int64_t from_new) {
-    int64_t H = c->options.heads_kv, rcap = 2 * c->options.residual;
+    int64_t H = c->options.heads_kv, rcap = L->rcap;
     size_t xstride = (size_t)x->stride[2] * qsdpa_dtype_size(x->dtype);
     qsdpa_status st = QSDPA_OK;
     for (int64_t b = 0; b < c->options.batch; b++)
@@ -339,19 +352,25 @@ static qsdpa_status quantize_side(qsdpa_context *ctx, qsdpa_cache *c, const cach
 }
 
 /* Phase 2 for one side: the kept window rows move to new_rstart (when the
- * buffer's end is reached) and the newest input rows follow them. */
+ * buffer's end is reached), into `fresh` (new_rcap rows a slab) when the window
+ * grows, and the newest input rows follow them. */
 static qsdpa_status window_side(qsdpa_context *ctx, qsdpa_cache *c, const cache_layer *L, const cache_geom *g,
-                                cache_side *s, const qsdpa_tensor *x, int64_t from_resid, int64_t from_new,
-                                int64_t new_rstart) {
-    if (!s->resid) return QSDPA_OK;
-    int64_t H = c->options.heads_kv, T = x->shape[2], rcap = 2 * c->options.residual;
+                                const cache_side *s, const qsdpa_tensor *x, int64_t from_resid, int64_t from_new,
+                                int64_t new_rstart, void *fresh, int64_t new_rcap) {
+    char *dst_base = fresh ? (char *)fresh : (char *)s->resid;
+    if (!dst_base) return QSDPA_OK;
+    int64_t H = c->options.heads_kv, T = x->shape[2], rcap = fresh ? new_rcap : L->rcap;
     int64_t kept = L->rlen - from_resid, first = L->rstart + from_resid;
     size_t rrb = g->resid_row_bytes, xstride = (size_t)x->stride[2] * qsdpa_dtype_size(x->dtype);
     qsdpa_status st = QSDPA_OK;
     for (int64_t b = 0; b < c->options.batch; b++)
         for (int64_t h = 0; h < H && st == QSDPA_OK; h++) {
-            char *win = (char *)s->resid + (size_t)((b * H + h) * rcap) * rrb;
-            if (new_rstart != first && kept > 0)
+            char *win = dst_base + (size_t)((b * H + h) * rcap) * rrb;
+            if (kept > 0 && fresh) /* another buffer: no overlap */
+                st = qsdpa_cache_mem_copy2d(c, ctx->options.stream, win + (size_t)new_rstart * rrb, rrb,
+                                            (const char *)s->resid + (size_t)((b * H + h) * L->rcap + first) * rrb,
+                                            rrb, rrb, (size_t)kept);
+            else if (kept > 0 && new_rstart != first)
                 st = qsdpa_cache_mem_move(c, ctx->options.stream, win + (size_t)new_rstart * rrb,
                                           win + (size_t)first * rrb, (size_t)kept * rrb);
             char *dst = win + (size_t)(new_rstart + kept) * rrb;
@@ -420,14 +439,36 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     int64_t from_resid = overflow < L->rlen ? overflow : L->rlen;
     int64_t from_new = overflow - from_resid;
     int64_t kept = L->rlen - from_resid, added = T - from_new;
-    int64_t new_rstart = L->rstart + from_resid;
-    if (new_rstart + kept + added > 2 * R) new_rstart = 0; /* slide the window to the buffer's start */
+    int64_t new_rstart = L->rstart + from_resid, need = kept + added, new_rcap = L->rcap;
+    /* Past the buffer's end the window slides to its start, which costs one move per rcap - need appended
+     * tokens; a buffer under twice the rows kept is first doubled (up to 2R), so moves and growth both stay
+     * amortized and a window allocates what it holds */
+    if (new_rstart + need > L->rcap) {
+        new_rstart = 0;
+        if (L->rcap < 2 * need) new_rcap = 2 * need > 2 * L->rcap ? 2 * need : 2 * L->rcap;
+        if (new_rcap > 2 * R) new_rcap = 2 * R;
+    }
+    void *fresh[2] = {NULL, NULL};
     st = qsdpa_cache_reserve(fn, cache, ctx->options.stream, L, L->qlen + overflow, cache->options.step);
+    if (st == QSDPA_OK && new_rcap != L->rcap) st = alloc_windows(cache, fn, new_rcap, fresh);
     if (st == QSDPA_OK) st = quantize_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new);
     if (st == QSDPA_OK) st = quantize_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new);
-    if (st == QSDPA_OK) st = window_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new, new_rstart);
-    if (st == QSDPA_OK) st = window_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new, new_rstart);
-    if (st != QSDPA_OK) return st;
+    if (st == QSDPA_OK)
+        st = window_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new, new_rstart, fresh[0], new_rcap);
+    if (st == QSDPA_OK)
+        st = window_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new, new_rstart, fresh[1], new_rcap);
+    if (st != QSDPA_OK) {
+        qsdpa_cache_mem_free(cache, fresh[0]);
+        qsdpa_cache_mem_free(cache, fresh[1]);
+        return st;
+    }
+    if (fresh[0]) { /* the grown window replaces the old one (freeing waits for the copies out of it) */
+        qsdpa_cache_mem_free(cache, L->k.resid);
+        qsdpa_cache_mem_free(cache, L->v.resid);
+        L->k.resid = fresh[0];
+        L->v.resid = fresh[1];
+        L->rcap = new_rcap;
+    }
     L->qlen += overflow;
     L->rstart = new_rstart;
     L->rlen = kept + added;
@@ -493,7 +534,7 @@ static void side_view(const qsdpa_cache *c, const cache_layer *L, const cache_ge
         out->format.bits = (int)(8 * qsdpa_dtype_size(rd));
         out->format.plain_dtype = rd;
         char *base = s->resid ? (char *)s->resid + (size_t)L->rstart * g->resid_row_bytes : NULL;
-        out->codes = slab_view(base, rd, B, H, L->rlen, g->dim, 2 * c->options.residual);
+        out->codes = slab_view(base, rd, B, H, L->rlen, g->dim, L->rcap);
         return;
     }
     out->format = g->format;
@@ -527,7 +568,7 @@ qsdpa_status qsdpa_cache_memory(const qsdpa_cache *cache, size_t *allocated_byte
     size_t rrow = gk->resid_row_bytes + gv->resid_row_bytes;
     for (int64_t l = 0; l < cache->options.layers; l++) {
         const cache_layer *L = &cache->layers[l];
-        alloc += slabs * ((size_t)L->capacity * qrow + (size_t)(2 * cache->options.residual) * rrow);
+        alloc += slabs * ((size_t)L->capacity * qrow + (size_t)L->rcap * rrow);
         used += slabs * ((size_t)L->qlen * qrow + (size_t)L->rlen * rrow);
     }
     if (allocated_bytes) *allocated_bytes = alloc + cache->scratch_bytes;

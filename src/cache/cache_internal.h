@@ -11,7 +11,7 @@ typedef struct cache_side {
     void *codes;  /* [B,Hkv,capacity,row_words] u32; PLAIN: [B,Hkv,capacity,dim] plain_dtype */
     void *scales; /* [B,Hkv,capacity,nscales] scale dtype, NULL for PLAIN */
     void *biases; /* [B,Hkv,capacity,nscales] affine only, else NULL */
-    void *resid;  /* [B,Hkv,2R,dim] residual_dtype, NULL when R == 0 */
+    void *resid;  /* [B,Hkv,rcap,dim] residual_dtype, NULL until the window first holds rows */
 } cache_side;
 
 typedef struct cache_layer {
@@ -19,6 +19,8 @@ typedef struct cache_layer {
     int64_t capacity; /* rows allocated per (b, h) for the quantized part */
     int64_t rstart;   /* the window occupies rows [rstart, rstart + rlen) of resid */
     int64_t rlen;     /* tokens in the window: global positions [qlen, qlen + rlen) */
+    int64_t rcap;     /* window rows allocated per (b, h): grows by doubling up to 2R as the window fills, so a
+                       * cache (or a file) asks for the window it uses, not the one R allows */
     cache_side k, v;
 } cache_layer;
 
@@ -70,6 +72,8 @@ qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_o
  * so a file reserves what it stores). On failure the layer is unchanged. */
 qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
                                  int64_t tokens, int64_t step);
+/* Give a layer without window storage (rcap 0) a window of `rows` rows per (b, h) on both sides (a load). */
+qsdpa_status qsdpa_cache_window_alloc(const char *function, qsdpa_cache *c, cache_layer *layer, int64_t rows);
 /* The context must match the cache's memory: CUDA on the cache's device for a device cache, CPU otherwise. */
 qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *c, const qsdpa_context *ctx);
 

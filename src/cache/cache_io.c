@@ -2,8 +2,8 @@
  * a CRC-32 over the header and one over each layer's payload; load checks the
  * whole file's size against the header before creating the cache or allocating
  * anything beyond the header (itself no larger than the file), so a truncated
- * or corrupted file is an error, never a crash or a huge malloc (but see
- * docs/CACHE_FORMAT.md: a valid header's residual window is allocated whole). */
+ * or corrupted file is an error, never a crash or a huge malloc: what is
+ * allocated is bounded by what the file holds (twice its window rows). */
 #include "cache/cache_internal.h"
 
 #include <stdio.h>
@@ -159,7 +159,7 @@ static int layer_sections(const qsdpa_cache *c, const cache_layer *L, section s[
         if (g[i]->has_biases) s[n++] = (section){sd[i]->biases, g[i]->scale_row_bytes, L->capacity, 0, L->qlen};
     }
     for (int i = 0; i < 2 && c->options.residual > 0; i++)
-        s[n++] = (section){sd[i]->resid, g[i]->resid_row_bytes, 2 * c->options.residual, L->rstart, L->rlen};
+        s[n++] = (section){sd[i]->resid, g[i]->resid_row_bytes, L->rcap, L->rstart, L->rlen};
     return n;
 }
 
@@ -323,8 +323,8 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
     o.residual_dtype = (qsdpa_dtype)(int)get_u32(h + 76);
     get_format(h + 80, &o.k_format);
     get_format(h + 100, &o.v_format);
-    /* The options, the lengths and then the file's size, all before the cache (whose residual window is
-     * allocated at creation) or any storage is: a small file cannot ask for much memory */
+    /* The options, the lengths and then the file's size, all before the cache or any storage is: a small
+     * file cannot ask for much memory */
     qsdpa_cache probe; /* geometry only: layer_payload reads options, gk, gv and the lengths */
     memset(&probe, 0, sizeof probe);
     qsdpa_status st = qsdpa_cache_check_options(fn, &o, &probe.gk, &probe.gv);
@@ -370,6 +370,8 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
         /* exactly the stored tokens (step 1): a forged step cannot make a small file reserve step-rounded
          * capacity; appends later grow in the file's step */
         st = qsdpa_cache_reserve(fn, c, ctx->options.stream, L, qlen, 1);
+        /* the window for twice the rows stored (as appends grow it), at most 2R: bounded by the file too */
+        if (st == QSDPA_OK) st = qsdpa_cache_window_alloc(fn, c, L, 2 * L->rlen);
         if (st != QSDPA_OK) return load_fail(f, c, stage, st);
         L->qlen = qlen;
         section s[8];

@@ -25,7 +25,21 @@ static qsdpa_status device_fail(cudaError_t err, const char *function, const cha
  * current device and cudaDeviceSynchronize waits for that one alone, and the caller may have any current. */
 static qsdpa_status enter_device(const qsdpa_cache *c, const char *function) {
     cudaError_t err = cudaSetDevice(c->cuda_device);
-    return err == cudaSuccess ? QSDPA_OK : device_fail(err, function, "cudaSetDevice");
+    if (err == cudaSuccess) return QSDPA_OK;
+    (void)cudaGetLastError();
+    return device_fail(err, function, "cudaSetDevice");
+}
+
+/* The same for the calls that take no context (destroy, save), which give the caller's current device back:
+ * the header promises a current device only of calls on a context */
+static int visit_device(const qsdpa_cache *c) {
+    int previous = -1;
+    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+    if (cudaSetDevice(c->cuda_device) != cudaSuccess) (void)cudaGetLastError();
+    return previous;
+}
+static void leave_device(int previous) {
+    if (previous >= 0 && cudaSetDevice(previous) != cudaSuccess) (void)cudaGetLastError();
 }
 #endif
 
@@ -104,8 +118,9 @@ void qsdpa_cache_mem_free(const qsdpa_cache *c, void *p) {
     if (!p) return;
 #ifdef QSDPA_HAVE_CUDA
     if (c->device) {
-        (void)cudaSetDevice(c->cuda_device);
+        const int previous = visit_device(c);
         cudaFree(p);
+        leave_device(previous);
         return;
     }
 #endif
@@ -160,10 +175,10 @@ qsdpa_status qsdpa_cache_mem_move(const qsdpa_cache *c, void *stream, void *dst,
 qsdpa_status qsdpa_cache_mem_to_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes) {
 #ifdef QSDPA_HAVE_CUDA
     if (c->device) {
-        qsdpa_status st = enter_device(c, "qsdpa_cache_save");
-        if (st != QSDPA_OK) return st;
+        const int previous = visit_device(c);
         cudaError_t err = cudaDeviceSynchronize(); /* appends may be in flight on any stream */
         if (err == cudaSuccess) err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+        leave_device(previous);
         return err == cudaSuccess ? QSDPA_OK : device_fail(err, "qsdpa_cache_save", "cudaMemcpy to host");
     }
 #endif
@@ -211,6 +226,8 @@ qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const 
 qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function) {
 #ifdef QSDPA_HAVE_CUDA
     if (!c->device) return QSDPA_OK;
+    qsdpa_status st = enter_device(c, function); /* the legacy and per-thread streams are the current device's */
+    if (st != QSDPA_OK) return st;
     enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     const cudaError_t query = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
     if (query != cudaSuccess) {

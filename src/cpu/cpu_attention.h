@@ -53,7 +53,8 @@ typedef struct cpu_kv_ops {
     void (*fix_acc)(float *acc, int64_t dim);
     /* Optional integer K path (NULL = none), taken for f16/bf16 q and out with finite q
      * only: their SPEC 4 bounds (2e-3 and 1.6e-2 max|V|) leave room for q as int16 per row, whose error is
-     * at most max|q_row| / 65534 per element, 1/65 of f16's bound on the scores; f32 q
+     * at most max|q_row| / 65534 per element, on rows whose max|q| is within a few times their rms (a row
+     * with one large channel takes the float kernels: prepare_q16 in cpu_driver.c); f32 q
      * (2e-5) keeps the float kernels. Layouts: q16 [nq][dim] int16 in the kernel's
      * element order (order_q16 maps one natural row to it; NULL = natural), qscale[nq]
      * with q = q16 * qscale, qsum as for score but summed over q16 * qscale, so the

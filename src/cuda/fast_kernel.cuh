@@ -560,21 +560,27 @@ static qsdpa_status qsdpa_cuda_decode_blocks_run(qsdpa_context *ctx, const qsdpa
  * mma.sync path on a Hopper card (PTX compiled by the driver reports binaryVersion 90 there), so the test
  * reads the kernel's own launch bound: PF_BLOCK_THREADS_WGMMA on the wgmma path, PF_THREADS on the other. */
 template <int DK, int DV, class FK, class FV>
-static bool qsdpa_cuda_prefill_wgmma() {
-    static int wgmma = -1;
-    if (wgmma < 0) {
+static bool qsdpa_cuda_prefill_wgmma(const qsdpa_context *ctx) {
+    static int path[64]; /* per device (a build for several architectures loads each card's own): 0 not read
+                          * yet, 1 mma.sync, 2 wgmma */
+    const int dev = ctx->cuda->device < 64 ? ctx->cuda->device : 0;
+    if (!path[dev]) {
         cudaFuncAttributes fa;
-        wgmma = cudaFuncGetAttributes(&fa, qfast::fast_prefill<DK, DV, FK, FV>) == cudaSuccess &&
-                fa.maxThreadsPerBlock >= qfast::PF_BLOCK_THREADS_WGMMA;
+        if (cudaSetDevice(ctx->cuda->device) != cudaSuccess ||
+            cudaFuncGetAttributes(&fa, qfast::fast_prefill<DK, DV, FK, FV>) != cudaSuccess) {
+            (void)cudaGetLastError(); /* not kept: the launch reports what is wrong (no code for this card) */
+            return false;
+        }
+        path[dev] = fa.maxThreadsPerBlock >= qfast::PF_BLOCK_THREADS_WGMMA ? 2 : 1;
     }
-    return wgmma == 1;
+    return path[dev] == 2;
 }
 
 template <int DK, int DV, class FK, class FV>
 static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn) {
     static qsdpa_cuda_kernel_info info;
     auto kernel = qfast::fast_prefill<DK, DV, FK, FV>;
-    const bool wgmma = qsdpa_cuda_prefill_wgmma<DK, DV, FK, FV>();
+    const bool wgmma = qsdpa_cuda_prefill_wgmma<DK, DV, FK, FV>(ctx);
     using L = qfast::pf_layout<DK, DV, FK, FV>;
     const int smem = wgmma ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = wgmma ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
@@ -627,7 +633,7 @@ static qsdpa_status qsdpa_cuda_fast_run(qsdpa_context *ctx, const qsdpa_problem 
         if (qsdpa_cuda_decode_layouts_ok(pr)) return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
         return qsdpa_cuda_realign_takes(pr) ? realigned() : qsdpa_cuda_generic_run(ctx, pr);
     } else {
-        if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_wgmma<DK, DV, FK, FV>()))
+        if (qsdpa_cuda_use_decode_kernel(pr, qsdpa_cuda_prefill_wgmma<DK, DV, FK, FV>(ctx)))
             return qsdpa_cuda_decode_blocks_run<DK, DV, FK, FV>(ctx, pr, fn);
         /* short queries over a quantized cache whose planes kept them off the decode kernel */
         const bool short_quantized = FK::mode != QSDPA_MODE_PLAIN && pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS;

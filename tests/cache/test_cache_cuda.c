@@ -250,6 +250,9 @@ static void cache_on_second_device(test_rng *rng) {
     snprintf(path, sizeof path, "/tmp/qsdpa_cuda_cache_dev1_%llu.kv", (unsigned long long)test_seed());
     cudaSetDevice(0);
     CHECK(qsdpa_cache_save(c, path) == QSDPA_OK, "save: %s", qsdpa_last_error());
+    int current = -1;
+    CHECK(cudaGetDevice(&current) == cudaSuccess && current == 0, "save left device %d current, not the caller's 0",
+          current);
     qsdpa_cache *l = NULL;
     cudaSetDevice(0);
     CHECK(qsdpa_cache_load(c1, path, &l) == QSDPA_OK, "load on device 1: %s", qsdpa_last_error());
@@ -259,8 +262,11 @@ static void cache_on_second_device(test_rng *rng) {
               "a load on device 1 stored on device %d", device_of(qk.codes.data));
     }
     remove(path);
+    cudaSetDevice(0);
     qsdpa_cache_destroy(l);
     qsdpa_cache_destroy(c);
+    CHECK(cudaGetDevice(&current) == cudaSuccess && current == 0, "destroy left device %d current, not the caller's 0",
+          current);
     cudaFree(k1.data);
     cudaFree(v1.data);
     cudaFree(k0.data);

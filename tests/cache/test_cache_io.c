@@ -304,6 +304,58 @@ static void test_bad_arguments(test_rng *rng, qsdpa_context *ctx) {
     }
 }
 
+/* A window of R = 2^24 rows costs what it holds: nothing at creation, twice the rows kept after appends (it
+ * grows by doubling), the same after a save and load, and attention is unchanged by the reload. Before, create
+ * mapped 2R rows a layer, so a 200-byte file naming such an R asked for gigabytes. */
+static void test_window_memory_follows_rows(test_rng *rng, qsdpa_context *ctx) {
+    qsdpa_cache_options o = qsdpa_cache_default_options();
+    o.layers = 2;
+    o.heads_kv = 2;
+    o.dim_k = o.dim_v = 64;
+    o.residual = INT64_C(1) << 24;
+    o.residual_dtype = QSDPA_DTYPE_F32;
+    qsdpa_cache *c = NULL, *d = NULL;
+    CHECK(qsdpa_cache_create(ctx, &o, &c) == QSDPA_OK, "create: %s", qsdpa_last_error());
+    if (!c) return;
+    size_t alloc = 1, used = 1;
+    CHECK(qsdpa_cache_memory(c, &alloc, &used) == QSDPA_OK && alloc == 0 && used == 0,
+          "an empty cache with R = 2^24 holds %zu bytes (%zu used)", alloc, used);
+    fill_cache(rng, ctx, c, 45); /* chunks of 1-7 tokens: the window grows several times */
+    const size_t row = (size_t)(o.heads_kv * (o.dim_k + o.dim_v)) * 4; /* a token's window bytes, K and V */
+    CHECK(qsdpa_cache_memory(c, &alloc, &used) == QSDPA_OK && used == (size_t)o.layers * 45 * row &&
+              alloc >= used && alloc <= 2 * used,
+          "45 window tokens a layer: %zu bytes held for %zu used (want at most twice)", alloc, used);
+    const char *path = tmp_path("window");
+    CHECK(qsdpa_cache_save(c, path) == QSDPA_OK, "save: %s", qsdpa_last_error());
+    CHECK(qsdpa_cache_load(ctx, path, &d) == QSDPA_OK, "load: %s", qsdpa_last_error());
+    size_t dalloc = 0, dused = 0;
+    if (d)
+        CHECK(qsdpa_cache_memory(d, &dalloc, &dused) == QSDPA_OK && dused == used && dalloc <= 2 * dused,
+              "loaded: %zu bytes held for %zu used", dalloc, dused);
+    size_t nq = (size_t)(2 * o.heads_kv * 2 * o.dim_k), no = (size_t)(2 * o.heads_kv * 2 * o.dim_v);
+    float *q = test_alloc(nq * 4), *a = test_alloc(no * 4), *b = test_alloc(no * 4);
+    test_fill_normal(rng, q, QSDPA_DTYPE_F32, (int64_t)nq, 1.0);
+    for (int64_t l = 0; l < o.layers && d; l++) {
+        test_poison(a, no * 4);
+        test_poison(b, no * 4);
+        attend(ctx, c, q, a, l);
+        attend(ctx, d, q, b, l);
+        CHECK(memcmp(a, b, no * 4) == 0, "layer %lld: attention differs after load", (long long)l);
+    }
+    fill_cache(rng, ctx, d, 20); /* the loaded window grows on */
+    for (int64_t l = 0; l < o.layers && d; l++) {
+        int64_t len = 0;
+        CHECK(qsdpa_cache_length(d, l, &len) == QSDPA_OK && len == 65, "layer %lld: %lld tokens after growth",
+              (long long)l, (long long)len);
+    }
+    remove(path);
+    free(q);
+    free(a);
+    free(b);
+    qsdpa_cache_destroy(c);
+    qsdpa_cache_destroy(d);
+}
+
 int main(void) {
     test_rng rng;
     test_rng_init(&rng, test_seed());
@@ -316,6 +368,7 @@ int main(void) {
     test_round_trip_and_corruption(&rng, ctx, "mxfp4", "nvfp4", 5);
     test_round_trip_and_corruption(&rng, ctx, "affine:3:32", "f16", 40);
     test_bad_arguments(&rng, ctx);
+    test_window_memory_follows_rows(&rng, ctx);
     qsdpa_context_destroy(ctx);
     return test_finish("test_cache_io");
 }

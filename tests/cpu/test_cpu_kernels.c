@@ -115,6 +115,9 @@ static int bf16_expect = -1;
  * 2 = every value times 1e-40 (subnormal) */
 static int poke_v;
 static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax scale, not after it */
+/* > 0: channel 0 of every q row set to +-poke_q_outlier (the integer K path's one rounding step per row was
+ * then coarse for every other channel: 5x the f16 bound at 1000, session 27) */
+static float poke_q_outlier;
 
 /* affine widths other than 4 and 8: the CPU driver takes float tiles from 5 rows a KV head, not 17 */
 static int odd_width(const char *fmt) {
@@ -164,6 +167,8 @@ static void run_case(test_rng *rng, const test_case *c) {
     if (poke_q_nan) qsdpa_store_float(q, c->qdt, 1, NAN);
     if (poke_q_big)
         for (int64_t i = 0; i < nq; i++) qsdpa_store_float(q, c->qdt, i, qsdpa_load_float(q, c->qdt, i) * 1e37f);
+    for (int64_t i = 0; poke_q_outlier > 0 && i < nq; i += c->Dk)
+        qsdpa_store_float(q, c->qdt, i, (i / c->Dk) % 2 ? -poke_q_outlier : poke_q_outlier);
     qsdpa_tensor qt = qsdpa_tensor_4d(q, c->qdt, c->B, c->Hq, c->Lq, c->Dk);
 
     qsdpa_attention_params prm = qsdpa_attention_default_params();
@@ -421,6 +426,20 @@ int main(void) {
         for (size_t i = 0; i < sizeof nan_q / sizeof nan_q[0]; i++) run_case(&rng, &nan_q[i]);
     }
     poke_q_nan = 0;
+    /* 5b. an outlier channel in q (f16, bf16) on the decode shapes of the integer K path's formats: such rows
+     * take the float kernels (prepare_q16's flatness test) */
+    for (int big = 0; big < 3; big++) {
+        poke_q_outlier = (float[]){30.0f, 300.0f, 1000.0f}[big];
+        test_case outlier[] = {
+            {1, 8, 2, 1, 512, 128, 128, "affine:8:64", "affine:8:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0},
+            {1, 8, 2, 2, 300, 128, 128, "affine:4:64", "mxfp4", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 1, 0, 0, 0, 0},
+            {1, 4, 1, 1, 257, 64, 64, "mxfp4", "nvfp4", QSDPA_DTYPE_BF16, QSDPA_DTYPE_BF16, 0, 0, 0, 0, 0, 0},
+            {1, 8, 2, 1, 200, 256, 256, "nvfp4", "affine:4:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0},
+            {1, 4, 1, 1, 200, 32, 32, "affine:8:32", "affine:8:32", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 0, 0, 0, 0, 0},
+        };
+        for (size_t i = 0; i < sizeof outlier / sizeof outlier[0]; i++) run_case(&rng, &outlier[i]);
+    }
+    poke_q_outlier = 0;
 
     /* 6. bf16 tiles (the AVX-512 tier on CPUs with AVX512_BF16: the P V of bf16 q and out over float tiles,
      * Dv % 16 == 0): MLA latent shapes (Dk 576 / Dv 512 over one KV head) at 16 and 48 rows, a causal prefill
