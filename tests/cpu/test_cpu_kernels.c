@@ -205,6 +205,8 @@ static void run_case(test_rng *rng, const test_case *c) {
     qsdpa_tensor st;
     if (c->sinks) {
         for (int64_t h = 0; h < c->Hq; h++) sinks[h] = (float)test_rng_normal(rng);
+        if (c->sinks == 2) sinks[0] = NAN;                                       /* head 0's rows NaN, as MLX */
+        if (c->sinks == 3) for (int64_t h = 0; h < c->Hq; h++) sinks[h] = -1e5f; /* under f16's lowest */
         int64_t shape[1] = {c->Hq};
         st = qsdpa_tensor_make(sinks, QSDPA_DTYPE_F32, 1, shape);
         prm.sinks = &st;
@@ -440,6 +442,18 @@ int main(void) {
         for (size_t i = 0; i < sizeof outlier / sizeof outlier[0]; i++) run_case(&rng, &outlier[i]);
     }
     poke_q_outlier = 0;
+    /* 5c. sinks that are NaN (that head's rows NaN: a column like any other), and sinks below f16 q's lowest
+     * finite value with rows that keep no key (the masked keys' lowest scores win: the mean of V) */
+    {
+        test_case odd_sinks[] = {
+            {1, 4, 2, 3, 100, 64, 64, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 0, 0, 2, 0, 0},
+            {1, 4, 1, 1, 300, 128, 128, "affine:8:64", "mxfp4", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 0, 0, 2, 0, 0},
+            {1, 8, 2, 40, 90, 64, 64, "nvfp4", "f16", QSDPA_DTYPE_BF16, QSDPA_DTYPE_BF16, 1, 0, 0, 2, 0, 0},
+            {1, 4, 2, 50, 20, 64, 64, "affine:4:64", "affine:8:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 1, 0, 3, 0, 0},
+            {1, 4, 1, 8, 60, 128, 128, "mxfp8", "affine:4:32", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 1, 16, 3, 0, 0},
+        };
+        for (size_t i = 0; i < sizeof odd_sinks / sizeof odd_sinks[0]; i++) run_case(&rng, &odd_sinks[i]);
+    }
 
     /* 6. bf16 tiles (the AVX-512 tier on CPUs with AVX512_BF16: the P V of bf16 q and out over float tiles,
      * Dv % 16 == 0): MLA latent shapes (Dk 576 / Dv 512 over one KV head) at 16 and 48 rows, a causal prefill
