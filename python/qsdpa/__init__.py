@@ -215,6 +215,8 @@ def _params(scale, mask, sinks, causal, window):
         mask, causal = None, True
     m = None if mask is None else describe(as_array(mask, "mask"), "mask")
     s = None if sinks is None else describe(as_array(sinks, "sinks"), "sinks")
+    if window is not None and (isinstance(window, bool) or int(window) != window):
+        raise TypeError(f"window = {window!r} is not a whole number of keys")
     return (float(scale), m, int(bool(causal)), int(window or 0), s)
 
 

@@ -41,7 +41,7 @@ def numpy_dtype(code):
 
             return np.dtype(ml_dtypes.bfloat16)
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise TypeError("bfloat16 arrays need the ml_dtypes package") from e
+            raise TypeError("bfloat16 arrays need the ml_dtypes package (a dependency of qsdpa: pip install ml_dtypes)") from e
     return np.dtype({F32: np.float32, F16: np.float16, U8: np.uint8, BOOL: np.bool_, U32: np.uint32}[code])
 
 
@@ -156,7 +156,10 @@ def describe(a, name, writable=False):
     dt = a.dtype
     code = _NP_CODES.get(dt)  # a dict lookup: dtype.name costs microseconds per call
     if code is None:
-        code = dtype_code(dt)
+        try:
+            code = dtype_code(dt)
+        except TypeError as e:  # name the argument: float64 masks (np.where(m, 0., -1e9)) are the common case
+            raise TypeError(f"{name}: {e}" + (" (cast it, e.g. .astype(np.float32))" if dt.kind == "f" else "")) from None
     if a.ndim < 1 or a.ndim > 4:
         raise ValueError(f"{name}: rank {a.ndim} is outside [1, 4]")
     if writable and not a.flags.writeable:

@@ -86,3 +86,35 @@ def test_stream_on_cpu_context_is_an_error():
         qsdpa.Context("cpu", stream=0)
     with pytest.raises(ValueError, match="not a cudaStream_t"):
         ctx.set_stream(-1)
+
+
+def test_float64_mask_error_names_the_argument(rng):
+    (kq, ks, kb), (vq, vs, vb) = _kv(rng)
+    q = rng.standard_normal((1, 2, 4, 64)).astype(np.float32)
+    mask = np.where(rng.random((4, 32)) < 0.5, 0.0, -1e9)  # float64, as np.where makes it
+    with pytest.raises(TypeError, match=r"mask: dtype float64 is not supported.*astype\(np.float32\)"):
+        qsdpa.attention(q, kq, ks, kb, vq, vs, vb, scale=0.125, mask=mask)
+
+
+@pytest.mark.parametrize("window", [2.5, True])
+def test_window_must_be_a_whole_number(rng, window):
+    (kq, ks, kb), (vq, vs, vb) = _kv(rng)
+    q = rng.standard_normal((1, 2, 4, 64)).astype(np.float32)
+    with pytest.raises(TypeError, match="window"):
+        qsdpa.attention(q, kq, ks, kb, vq, vs, vb, scale=0.125, causal=True, window=window)
+    out = qsdpa.attention(q, kq, ks, kb, vq, vs, vb, scale=0.125, causal=True, window=np.int64(3))  # integers of any type
+    assert np.isfinite(out).all()
+
+
+def test_bf16_mlx_query_gives_a_bf16_result(rng):
+    """MLX's bfloat16 arrays in, a NumPy bfloat16 array out (ml_dtypes, a dependency), within bf16's bound."""
+    import mlx.core as mx
+
+    (kq, ks, kb), (vq, vs, vb) = _kv(rng)
+    q = rng.standard_normal((1, 2, 4, 64)).astype(np.float32)
+    qb = mx.array(q).astype(mx.bfloat16)
+    out = qsdpa.attention(qb, kq, ks, kb, vq, vs, vb, scale=0.125)
+    assert out.dtype.name == "bfloat16" and out.shape == (1, 2, 4, 64)
+    want = qsdpa.attention(np.array(qb.astype(mx.float32)), kq, ks, kb, vq, vs, vb, scale=0.125)
+    vmax = np.abs(qsdpa.dequantize(vq, vs, vb, group_size=64, bits=4)).max()
+    assert np.abs(out.astype(np.float32) - want).max() <= 1.6e-2 * vmax
