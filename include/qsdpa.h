@@ -430,7 +430,12 @@ qsdpa_status qsdpa_cache_get_options(const qsdpa_cache *cache, qsdpa_cache_optio
  * the host and may allocate: capacity grows by reallocation, and the old
  * storage is freed). A graph over
  * qsdpa_cache_attend reads the storage it was captured on, so it is valid only
- * until the next append or trim of that cache: capture it again after them. */
+ * until the next append or trim of that cache: capture it again after them.
+ * Attend over a cache with both a quantized part and a window needs a scratch
+ * for two partials that grows with B x Hq x Lq: make one call of the largest
+ * shape before capturing (growth inside a capture is QSDPA_ERR_UNSUPPORTED);
+ * outgrown scratch is kept until the cache is destroyed, so earlier graphs stay
+ * valid. */
 qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t layer,
                                 const qsdpa_tensor *k, const qsdpa_tensor *v);
 

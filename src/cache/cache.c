@@ -117,25 +117,31 @@ void qsdpa_cache_destroy(qsdpa_cache *cache) {
         }
     free(cache->layers);
     qsdpa_cache_mem_free(cache, cache->scratch);
+    for (cache_retired *r = cache->retired, *next; r; r = next) {
+        next = r->next;
+        qsdpa_cache_mem_free(cache, r->ptr);
+        free(r);
+    }
     free(cache);
 }
 
 /* Zeroed slabs * rows * row_bytes of the cache's memory, checked; a zero size gives NULL and OK. */
-static qsdpa_status alloc_rows(const qsdpa_cache *c, const char *function, int64_t slabs, int64_t rows,
-                               size_t row_bytes, void **out) {
+static qsdpa_status alloc_rows(const qsdpa_cache *c, void *stream, const char *function, int64_t slabs,
+                               int64_t rows, size_t row_bytes, void **out) {
     *out = NULL;
     size_t n;
     if (!qsdpa_mul_size((size_t)slabs, (size_t)rows, &n) || !qsdpa_mul_size(n, row_bytes, &n))
         return qsdpa_fail(QSDPA_ERR_OVERFLOW, function, "%lld x %lld rows of %zu bytes overflow size_t",
                           (long long)slabs, (long long)rows, row_bytes);
-    return qsdpa_cache_mem_alloc(c, function, n, out);
+    return qsdpa_cache_mem_alloc(c, stream, function, n, out);
 }
 
 /* Fresh windows of `rows` rows per (b, h) for both sides; on failure neither is kept. */
-static qsdpa_status alloc_windows(qsdpa_cache *c, const char *function, int64_t rows, void *fresh[2]) {
+static qsdpa_status alloc_windows(qsdpa_cache *c, void *stream, const char *function, int64_t rows,
+                                  void *fresh[2]) {
     const int64_t slabs = c->options.batch * c->options.heads_kv;
-    qsdpa_status st = alloc_rows(c, function, slabs, rows, c->gk.resid_row_bytes, &fresh[0]);
-    if (st == QSDPA_OK) st = alloc_rows(c, function, slabs, rows, c->gv.resid_row_bytes, &fresh[1]);
+    qsdpa_status st = alloc_rows(c, stream, function, slabs, rows, c->gk.resid_row_bytes, &fresh[0]);
+    if (st == QSDPA_OK) st = alloc_rows(c, stream, function, slabs, rows, c->gv.resid_row_bytes, &fresh[1]);
     if (st != QSDPA_OK) {
         qsdpa_cache_mem_free(c, fresh[0]);
         qsdpa_cache_mem_free(c, fresh[1]);
@@ -144,10 +150,11 @@ static qsdpa_status alloc_windows(qsdpa_cache *c, const char *function, int64_t 
     return st;
 }
 
-qsdpa_status qsdpa_cache_window_alloc(const char *function, qsdpa_cache *c, cache_layer *layer, int64_t rows) {
+qsdpa_status qsdpa_cache_window_alloc(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
+                                      int64_t rows) {
     if (rows <= 0 || layer->rcap > 0) return QSDPA_OK;
     void *fresh[2] = {NULL, NULL};
-    qsdpa_status st = alloc_windows(c, function, rows, fresh);
+    qsdpa_status st = alloc_windows(c, stream, function, rows, fresh);
     if (st != QSDPA_OK) return st;
     layer->k.resid = fresh[0];
     layer->v.resid = fresh[1];
@@ -209,10 +216,10 @@ qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, void *str
     void *fresh[2][3] = {{NULL}};
     qsdpa_status st = QSDPA_OK;
     for (int s = 0; s < 2 && st == QSDPA_OK; s++) {
-        st = alloc_rows(c, function, slabs, cap, g[s]->code_row_bytes, &fresh[s][0]);
-        if (st == QSDPA_OK) st = alloc_rows(c, function, slabs, cap, g[s]->scale_row_bytes, &fresh[s][1]);
+        st = alloc_rows(c, stream, function, slabs, cap, g[s]->code_row_bytes, &fresh[s][0]);
+        if (st == QSDPA_OK) st = alloc_rows(c, stream, function, slabs, cap, g[s]->scale_row_bytes, &fresh[s][1]);
         if (st == QSDPA_OK && g[s]->has_biases)
-            st = alloc_rows(c, function, slabs, cap, g[s]->scale_row_bytes, &fresh[s][2]);
+            st = alloc_rows(c, stream, function, slabs, cap, g[s]->scale_row_bytes, &fresh[s][2]);
     }
     for (int s = 0; s < 2 && st == QSDPA_OK; s++) {
         int64_t n = layer->qlen, oc = layer->capacity;
@@ -422,7 +429,10 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     if (st == QSDPA_OK) st = check_rows("v", cache, v, cache->options.dim_v);
     if (st != QSDPA_OK) return st;
     st = qsdpa_cache_check_context(fn, cache, ctx);
-    if (st == QSDPA_OK) st = qsdpa_cache_mem_refuse_capture(cache, ctx->options.stream, fn);
+    if (st == QSDPA_OK)
+        st = qsdpa_cache_mem_refuse_capture(cache, ctx->options.stream, fn,
+                                            "an append updates the cache's lengths on the host (and may allocate), so "
+                                            "a replay would not append; call it outside the capture");
     if (st == QSDPA_OK) st = check_device_rows(cache, k, "k");
     if (st == QSDPA_OK) st = check_device_rows(cache, v, "v");
     if (st != QSDPA_OK) return st;
@@ -450,7 +460,7 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
     }
     void *fresh[2] = {NULL, NULL};
     st = qsdpa_cache_reserve(fn, cache, ctx->options.stream, L, L->qlen + overflow, cache->options.step);
-    if (st == QSDPA_OK && new_rcap != L->rcap) st = alloc_windows(cache, fn, new_rcap, fresh);
+    if (st == QSDPA_OK && new_rcap != L->rcap) st = alloc_windows(cache, ctx->options.stream, fn, new_rcap, fresh);
     if (st == QSDPA_OK) st = quantize_side(ctx, cache, L, &cache->gk, &L->k, k, from_resid, from_new);
     if (st == QSDPA_OK) st = quantize_side(ctx, cache, L, &cache->gv, &L->v, v, from_resid, from_new);
     if (st == QSDPA_OK)
@@ -571,7 +581,7 @@ qsdpa_status qsdpa_cache_memory(const qsdpa_cache *cache, size_t *allocated_byte
         alloc += slabs * ((size_t)L->capacity * qrow + (size_t)L->rcap * rrow);
         used += slabs * ((size_t)L->qlen * qrow + (size_t)L->rlen * rrow);
     }
-    if (allocated_bytes) *allocated_bytes = alloc + cache->scratch_bytes;
+    if (allocated_bytes) *allocated_bytes = alloc + cache->scratch_bytes + cache->retired_bytes;
     if (used_bytes) *used_bytes = used;
     return QSDPA_OK;
 }

@@ -6,18 +6,40 @@
  * rounding to residual_dtype. */
 #include "cache/cache_internal.h"
 
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Grow-only scratch owned by the cache (the context's scratch is the kernels'
  * and is reused inside each call, so partials cannot live there). */
-static qsdpa_status cache_scratch(qsdpa_cache *c, size_t bytes, void **out) {
+static qsdpa_status cache_scratch(qsdpa_cache *c, void *stream, size_t bytes, void **out) {
     if (bytes > c->scratch_bytes) {
         void *p = NULL;
-        qsdpa_status st = qsdpa_cache_mem_alloc(c, "qsdpa_cache_attend", bytes, &p);
-        if (st != QSDPA_OK) return st;
-        qsdpa_cache_mem_free(c, c->scratch);
+        /* allocating inside a capture would break it: grown only outside one, as the context's own buffers */
+        qsdpa_status st = qsdpa_cache_mem_refuse_capture(
+            c, stream, "qsdpa_cache_attend",
+            "the cache's partials scratch must grow, which allocates: attend once at this shape (or the largest the "
+            "graph will hold) before capturing");
+        /* at least twice the old size, so what is kept below stays under the live buffer's size */
+        const size_t grown = c->scratch_bytes <= SIZE_MAX / 2 && bytes < 2 * c->scratch_bytes ? 2 * c->scratch_bytes : bytes;
+        cache_retired *keep = NULL;
+        if (st == QSDPA_OK && c->scratch && !(keep = malloc(sizeof *keep)))
+            st = qsdpa_fail(QSDPA_ERR_OUT_OF_MEMORY, "qsdpa_cache_attend", "cannot allocate a list node");
+        if (st == QSDPA_OK) st = qsdpa_cache_mem_alloc(c, stream, "qsdpa_cache_attend", grown, &p);
+        if (st != QSDPA_OK) {
+            free(keep);
+            return st;
+        }
+        /* the outgrown scratch is kept until the cache goes: a graph captured over a smaller attend still
+         * reads it, and freeing it would make that graph's replays write freed memory */
+        if (keep) {
+            keep->ptr = c->scratch;
+            keep->next = c->retired;
+            c->retired = keep;
+            c->retired_bytes += c->scratch_bytes;
+        }
         c->scratch = p;
-        c->scratch_bytes = bytes;
+        c->scratch_bytes = grown;
     }
     *out = c->scratch;
     return QSDPA_OK;
@@ -84,7 +106,7 @@ qsdpa_status qsdpa_cache_attend(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
         return qsdpa_fail(QSDPA_ERR_OVERFLOW, fn, "partial results of q [%lld, %lld, %lld, *] overflow size_t",
                           (long long)B, (long long)Hq, (long long)Lq);
     void *scratch = NULL;
-    st = cache_scratch(cache, bytes, &scratch);
+    st = cache_scratch(cache, ctx->options.stream, bytes, &scratch);
     if (st != QSDPA_OK) return st;
     float *o0 = scratch, *o1 = o0 + rows * (size_t)Dv, *l0 = o1 + rows * (size_t)Dv, *l1 = l0 + rows;
     qsdpa_tensor outs[2] = {qsdpa_tensor_4d(o0, QSDPA_DTYPE_F32, B, Hq, Lq, Dv),

@@ -37,6 +37,12 @@ typedef struct cache_geom {
     size_t resid_row_bytes;                 /* dim * sizeof(residual_dtype) */
 } cache_geom;
 
+/* An outgrown attend scratch, kept until the cache is destroyed (CUDA graphs may still read it). */
+typedef struct cache_retired {
+    void *ptr;
+    struct cache_retired *next;
+} cache_retired;
+
 struct qsdpa_cache {
     qsdpa_cache_options options; /* step resolved */
     int device;                  /* 1: storage is CUDA device memory (created on a CUDA context) */
@@ -45,11 +51,14 @@ struct qsdpa_cache {
     cache_layer *layers;         /* [options.layers] */
     void *scratch;               /* attend: two partial outs + lses, grow-only */
     size_t scratch_bytes;
+    cache_retired *retired;      /* outgrown scratch buffers */
+    size_t retired_bytes;
 };
 
 /* ---- storage (cache_mem.c): host heap or CUDA device memory ------------
  * stream: the calling context's CUDA stream (ignored for host caches). */
-qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, size_t bytes, void **out); /* zeroed */
+/* zeroed, device memory on `stream` (the calling context's) */
+qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, void *stream, const char *function, size_t bytes, void **out);
 void qsdpa_cache_mem_free(const qsdpa_cache *c, void *p);
 /* rows rows of width bytes, from src (spitch apart) to dst (dpitch apart); src may be the caller's memory. */
 qsdpa_status qsdpa_cache_mem_copy2d(const qsdpa_cache *c, void *stream, void *dst, size_t dpitch, const void *src,
@@ -61,8 +70,9 @@ qsdpa_status qsdpa_cache_mem_from_host(const qsdpa_cache *c, void *dst, const vo
 /* Device caches: ptr must be device (or managed) memory. */
 qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const char *function, const char *name);
 
-/* Device caches: UNSUPPORTED while `stream` is being captured into a CUDA graph. */
-qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function);
+/* Device caches: UNSUPPORTED while `stream` is being captured into a CUDA graph, the message ending in `why`. */
+qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function,
+                                            const char *why);
 
 /* Validate options (messages name `function`) and fill the two geometries. */
 qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_options *o,
@@ -73,7 +83,8 @@ qsdpa_status qsdpa_cache_check_options(const char *function, const qsdpa_cache_o
 qsdpa_status qsdpa_cache_reserve(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
                                  int64_t tokens, int64_t step);
 /* Give a layer without window storage (rcap 0) a window of `rows` rows per (b, h) on both sides (a load). */
-qsdpa_status qsdpa_cache_window_alloc(const char *function, qsdpa_cache *c, cache_layer *layer, int64_t rows);
+qsdpa_status qsdpa_cache_window_alloc(const char *function, qsdpa_cache *c, void *stream, cache_layer *layer,
+                                      int64_t rows);
 /* The context must match the cache's memory: CUDA on the cache's device for a device cache, CPU otherwise. */
 qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *c, const qsdpa_context *ctx);
 

@@ -371,7 +371,7 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
          * capacity; appends later grow in the file's step */
         st = qsdpa_cache_reserve(fn, c, ctx->options.stream, L, qlen, 1);
         /* the window for twice the rows stored (as appends grow it), at most 2R: bounded by the file too */
-        if (st == QSDPA_OK) st = qsdpa_cache_window_alloc(fn, c, L, 2 * L->rlen);
+        if (st == QSDPA_OK) st = qsdpa_cache_window_alloc(fn, c, ctx->options.stream, L, 2 * L->rlen);
         if (st != QSDPA_OK) return load_fail(f, c, stage, st);
         L->qlen = qlen;
         section s[8];

@@ -90,7 +90,7 @@ static void host_free(void *p) {
     free(base);
 }
 
-qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, size_t bytes, void **out) {
+qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, void *stream, const char *function, size_t bytes, void **out) {
     *out = NULL;
     if (bytes == 0) return QSDPA_OK;
 #ifdef QSDPA_HAVE_CUDA
@@ -98,7 +98,9 @@ qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, s
         qsdpa_status st = enter_device(c, function);
         if (st != QSDPA_OK) return st;
         cudaError_t err = cudaMalloc(out, bytes);
-        if (err == cudaSuccess) err = cudaMemset(*out, 0, bytes);
+        /* on the context's stream: a plain cudaMemset runs on the legacy stream, which a non-blocking context
+         * stream does not wait for, so it could land after the copies that fill the buffer */
+        if (err == cudaSuccess) err = cudaMemsetAsync(*out, 0, bytes, (cudaStream_t)stream);
         if (err != cudaSuccess) {
             if (*out) cudaFree(*out);
             *out = NULL;
@@ -111,6 +113,7 @@ qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, const char *function, s
     }
 #endif
     (void)c;
+    (void)stream;
     return host_alloc(function, bytes, out);
 }
 
@@ -223,7 +226,8 @@ qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const 
     return QSDPA_OK;
 }
 
-qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function) {
+qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function,
+                                            const char *why) {
 #ifdef QSDPA_HAVE_CUDA
     if (!c->device) return QSDPA_OK;
     qsdpa_status st = enter_device(c, function); /* the legacy and per-thread streams are the current device's */
@@ -236,12 +240,11 @@ qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, 
         capture = query == cudaErrorStreamCaptureImplicit ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
     }
     if (capture != cudaStreamCaptureStatusNone)
-        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function,
-                          "ctx's stream is being captured into a CUDA graph: an append updates the cache's lengths "
-                          "on the host (and may allocate), so a replay would not append; call it outside the capture");
+        return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function, "ctx's stream is being captured into a CUDA graph: %s", why);
 #endif
     (void)c;
     (void)stream;
     (void)function;
+    (void)why;
     return QSDPA_OK;
 }

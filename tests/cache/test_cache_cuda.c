@@ -308,6 +308,45 @@ static void append_capture_refused(test_rng *rng) {
     CHECK(qsdpa_cache_append(ctx, c, 0, &k, &v) == QSDPA_OK && qsdpa_cache_length(c, 0, &len) == QSDPA_OK && len == 10,
           "append after the capture: %s (length %lld)", qsdpa_last_error(), (long long)len);
     cudaStreamSynchronize(stream);
+    /* 10 tokens over a window of 8: attend merges two partials through the cache's scratch, which must not
+     * grow inside a capture; once a direct call has sized it, a captured attend replays the direct result */
+    const int64_t Hq = 4, Lq = 2, nq = Hq * Lq * 128;
+    uint16_t *hq = test_alloc((size_t)nq * 2), *want = test_alloc((size_t)nq * 2), *got = test_alloc((size_t)nq * 2);
+    test_fill_normal(rng, hq, QSDPA_DTYPE_F16, nq, 1.0);
+    void *dq = to_device(hq, (size_t)nq * 2), *dout = NULL;
+    cudaMalloc(&dout, (size_t)nq * 2);
+    qsdpa_tensor tq = qsdpa_tensor_4d(dq, QSDPA_DTYPE_F16, 1, Hq, Lq, 128), to = tq;
+    to.data = dout;
+    qsdpa_attention_params p = qsdpa_attention_default_params();
+    p.scale = 0.088f;
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin capture");
+    st = qsdpa_cache_attend(ctx, c, 0, &tq, &p, &to);
+    end = cudaStreamEndCapture(stream, &graph);
+    CHECK(st == QSDPA_ERR_UNSUPPORTED && strstr(qsdpa_last_error(), "scratch"),
+          "an attend that grows the scratch inside a capture gave %s (%s)", qsdpa_status_string(st), qsdpa_last_error());
+    CHECK(end == cudaSuccess, "the refused attend broke the capture: %s", cudaGetErrorString(end));
+    if (graph) cudaGraphDestroy(graph);
+    graph = NULL;
+    CHECK(qsdpa_cache_attend(ctx, c, 0, &tq, &p, &to) == QSDPA_OK, "direct attend: %s", qsdpa_last_error());
+    cudaStreamSynchronize(stream);
+    cudaMemcpy(want, dout, (size_t)nq * 2, cudaMemcpyDeviceToHost);
+    cudaMemset(dout, 0x7F, (size_t)nq * 2);
+    cudaGraphExec_t exec = NULL;
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin capture");
+    st = qsdpa_cache_attend(ctx, c, 0, &tq, &p, &to);
+    end = cudaStreamEndCapture(stream, &graph);
+    CHECK(st == QSDPA_OK && end == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess &&
+              cudaGraphLaunch(exec, stream) == cudaSuccess && cudaStreamSynchronize(stream) == cudaSuccess,
+          "captured attend: %s / %s", qsdpa_last_error(), cudaGetErrorString(end));
+    cudaMemcpy(got, dout, (size_t)nq * 2, cudaMemcpyDeviceToHost);
+    CHECK(memcmp(got, want, (size_t)nq * 2) == 0, "the graph's attend differs from the direct call");
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    cudaFree(dq);
+    cudaFree(dout);
+    free(hq);
+    free(want);
+    free(got);
     cudaFree(k.data);
     cudaFree(v.data);
     qsdpa_cache_destroy(c);
