@@ -22,18 +22,27 @@ static void score_c(const cpu_rows *k, int64_t j0, int64_t n, const float *q, co
     }
 }
 
-/* acc[r] += sum_j w[j][r] V[j0 + j] */
+/* acc[r] += sum_j w[j][r] V[j0 + j]. The block's sums go into a row of tmp first and then into acc
+ * (two levels): adding every key straight into acc made one sequential f32 sum of the whole context,
+ * whose rounding grew past SPEC 4's 2e-5 max|V| over 13K keys of V offset far from zero (fuzz case
+ * 7775686633766:22; the SIMD kernels sum a block in registers first). */
 static void accum_c(const cpu_rows *v, int64_t j0, int64_t n, const float *w, int nq, float *acc, float *tmp) {
     int64_t dim = v->dim;
+    float *row = tmp, *block = tmp + dim; /* tmp: [CPU_BLOCK][dim] */
+    const int two_level = nq + 1 <= CPU_BLOCK;
+    if (two_level)
+        for (int64_t i = 0; i < (int64_t)nq * dim; i++) block[i] = 0.0f;
     for (int64_t j = 0; j < n; j++) {
-        qsdpa_cpu_unpack_row(v, j0 + j, tmp);
+        qsdpa_cpu_unpack_row(v, j0 + j, row);
         for (int r = 0; r < nq; r++) {
             float wr = w[j * nq + r];
             if (wr == 0.0f) continue; /* masked keys: skip the row, same sum */
-            float *ar = acc + (int64_t)r * dim;
-            for (int64_t d = 0; d < dim; d++) ar[d] += wr * tmp[d];
+            float *ar = (two_level ? block : acc) + (int64_t)r * dim;
+            for (int64_t d = 0; d < dim; d++) ar[d] += wr * row[d];
         }
     }
+    if (two_level)
+        for (int64_t i = 0; i < (int64_t)nq * dim; i++) acc[i] += block[i];
 }
 
 static void unpack_c(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
@@ -53,13 +62,19 @@ static void row_max_c(const float *s, int64_t n, int nm, float *out) {
         for (int r = 0; r < nm; r++) out[r] = s[i0 + r] > out[r] ? s[i0 + r] : out[r];
 }
 
+/* A block's weights are summed apart and then added to the row's sum: one sequential f32 sum over the
+ * whole context (13K keys) erred by 3.8e-5 of the output, past SPEC 4's f32 bound (fuzz case
+ * 7775686633766:22, the prefill row, which runs a call's keys in one pass) */
 static void exp_sub_c(float *s, int64_t n, const float *m, int nm, float *sums) {
-    for (int64_t i0 = 0; i0 < n; i0 += nm)
-        for (int r = 0; r < nm; r++) {
+    for (int r = 0; r < nm; r++) {
+        float block = 0.0f;
+        for (int64_t i0 = 0; i0 < n; i0 += nm) {
             float *x = s + i0 + r;
             *x = *x == -INFINITY ? 0.0f : expf(*x - m[r]);
-            sums[r] += *x;
+            block += *x;
         }
+        sums[r] += block;
+    }
 }
 
 static void f16_to_f32_c(const uint16_t *src, int64_t n, float *dst) { qsdpa_load_floats(src, QSDPA_DTYPE_F16, n, dst); }
