@@ -70,7 +70,7 @@ static int load(const char *dir, real_data *d) {
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         if (qsdpa_npy_read(path, arrays[i]) != QSDPA_OK) {
             fprintf(stderr, "qsdpa %s: %s: %s\n", CMD, path, qsdpa_npy_error());
-            return CLI_EXIT_FAIL;
+            return CLI_EXIT_FAIL; /* the caller frees what was read */
         }
         if (arrays[i]->type != QSDPA_NPY_F4 || arrays[i]->rank != 4) {
             fprintf(stderr, "qsdpa %s: %s must be a rank-4 float32 array\n", CMD, path);
@@ -119,7 +119,7 @@ static int build(const qsdpa_npy_array *x, const qsdpa_format *f, built *b) {
     b->codes = cli_alloc(4 * (size_t)(rows * words));
     b->scales = cli_alloc(sbytes);
     b->biases = qsdpa_format_has_biases(f) ? cli_alloc(sbytes) : NULL;
-    if (!b->codes || !b->scales || (qsdpa_format_has_biases(f) && !b->biases)) return CLI_EXIT_FAIL;
+    if (!b->codes || !b->scales || (qsdpa_format_has_biases(f) && !b->biases)) return CLI_EXIT_FAIL; /* caller releases */
     qsdpa_status st = qsdpa_quantize(f, x->data, QSDPA_DTYPE_F32, rows, D, b->codes, b->scales, b->biases, sd);
     if (st != QSDPA_OK) return cli_library_error(CMD, "qsdpa_quantize", st);
     b->t.codes = qsdpa_tensor_4d(b->codes, QSDPA_DTYPE_U32, B, H, L, words);
@@ -129,10 +129,11 @@ static int build(const qsdpa_npy_array *x, const qsdpa_format *f, built *b) {
     return 0;
 }
 
-static void release(built *b) {
+static void release(built *b) { /* and zero it: releasing twice is harmless */
     free(b->codes);
     free(b->scales);
     free(b->biases);
+    memset(b, 0, sizeof *b);
 }
 
 /* max |x| of a built V, through the library's dequantize (what the kernels see). */
@@ -222,26 +223,43 @@ int cli_bench_data(int argc, char **argv) {
     bench_opts o;
     int rc = parse(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
+    /* everything below is released at `done`, whichever step fails */
     real_data d;
     memset(&d, 0, sizeof d);
-    if ((rc = load(o.dir, &d))) return rc;
+    qsdpa_context *ctx = NULL, *ref = NULL;
+    float *out = NULL, *expect = NULL, *exact = NULL;
+    built k32, v32, kb, vb;
+    memset(&k32, 0, sizeof k32);
+    memset(&v32, 0, sizeof v32);
+    memset(&kb, 0, sizeof kb);
+    memset(&vb, 0, sizeof vb);
+    int failures = 0;
+    if ((rc = load(o.dir, &d))) goto done;
     qsdpa_context_options co = qsdpa_context_default_options();
     co.num_threads = o.threads;
-    qsdpa_context *ctx = NULL, *ref = NULL;
     qsdpa_status st = qsdpa_context_create(&co, &ctx);
     co.kernel = "cpu.reference";
     if (st == QSDPA_OK) st = qsdpa_context_create(&co, &ref);
-    if (st != QSDPA_OK) return cli_library_error(CMD, "qsdpa_context_create", st);
+    if (st != QSDPA_OK) {
+        rc = cli_library_error(CMD, "qsdpa_context_create", st);
+        goto done;
+    }
 
     qsdpa_tensor q = qsdpa_tensor_4d(d.q.data, QSDPA_DTYPE_F32, d.q.shape[0], d.q.shape[1], d.q.shape[2], d.q.shape[3]);
     int64_t n_out = d.q.shape[0] * d.q.shape[1] * d.q.shape[2] * d.v.shape[3];
-    float *out = cli_alloc(sizeof(float) * (size_t)n_out), *expect = cli_alloc(sizeof(float) * (size_t)n_out);
-    float *exact = cli_alloc(sizeof(float) * (size_t)n_out);
+    out = cli_alloc(sizeof(float) * (size_t)n_out);
+    expect = cli_alloc(sizeof(float) * (size_t)n_out);
+    exact = cli_alloc(sizeof(float) * (size_t)n_out);
     qsdpa_format f32;
     qsdpa_format_parse("f32", &f32);
-    built k32, v32;
-    if (!out || !expect || !exact || build(&d.k, &f32, &k32) || build(&d.v, &f32, &v32)) return CLI_EXIT_FAIL;
-    if ((st = attend(ref, &d, &k32, &v32, &q, exact)) != QSDPA_OK) return cli_library_error(CMD, "qsdpa_attention", st);
+    if (!out || !expect || !exact || build(&d.k, &f32, &k32) || build(&d.v, &f32, &v32)) {
+        rc = CLI_EXIT_FAIL;
+        goto done;
+    }
+    if ((st = attend(ref, &d, &k32, &v32, &q, exact)) != QSDPA_OK) {
+        rc = cli_library_error(CMD, "qsdpa_attention", st);
+        goto done;
+    }
 
     printf("real data %s: q [%lld,%lld,%lld,%lld], K/V [%lld,%lld,%lld,%lld], scale %g, causal %d, %d runs\n", o.dir,
            (long long)d.q.shape[0], (long long)d.q.shape[1], (long long)d.q.shape[2], (long long)d.q.shape[3],
@@ -249,13 +267,13 @@ int cli_bench_data(int argc, char **argv) {
            (double)d.scale, d.causal, o.runs);
     printf("%-24s %-18s %10s %9s %8s %14s %14s\n", "format (K/V)", "kernel", "time_ms", "KV_MB", "GB/s",
            "err/ref(|V|)", "err/f32(|V|)");
-    int failures = 0;
     for (int fi = 0; fi < o.n_formats; fi++) {
         qsdpa_format kf, vf;
-        if ((rc = parse_pair(o.formats[fi], &kf, &vf))) return rc;
-        built kb, vb;
+        if ((rc = parse_pair(o.formats[fi], &kf, &vf))) goto done;
         if (build(&d.k, &kf, &kb) || build(&d.v, &vf, &vb)) {
             printf("%-24s   not applicable at D=%lld\n", o.formats[fi], (long long)d.k.shape[3]);
+            release(&kb);
+            release(&vb);
             continue;
         }
         float vmax = max_abs_of(&d.v, &vb);
@@ -273,7 +291,10 @@ int cli_bench_data(int argc, char **argv) {
             st = attend(ctx, &d, &kb, &vb, &q, out);
             if (r >= 0) times[r] = cli_now() - t0;
         }
-        if (st != QSDPA_OK) return cli_library_error(CMD, "qsdpa_attention", st);
+        if (st != QSDPA_OK) {
+            rc = cli_library_error(CMD, "qsdpa_attention", st);
+            goto done;
+        }
         double ms = 1e3 * cli_median(times, n), mb = (double)(kb.bytes + vb.bytes) / 1e6;
         double err_ref = cli_max_abs_diff(out, expect, QSDPA_DTYPE_F32, n_out) / vmax;
         double err_f32 = cli_max_abs_diff(out, exact, QSDPA_DTYPE_F32, n_out) / vmax;
@@ -284,6 +305,10 @@ int cli_bench_data(int argc, char **argv) {
         release(&kb);
         release(&vb);
     }
+    rc = failures ? CLI_EXIT_FAIL : 0;
+done:
+    release(&kb);
+    release(&vb);
     release(&k32);
     release(&v32);
     free(out);
@@ -294,5 +319,5 @@ int cli_bench_data(int argc, char **argv) {
     qsdpa_npy_free(&d.v);
     qsdpa_context_destroy(ctx);
     qsdpa_context_destroy(ref);
-    return failures ? CLI_EXIT_FAIL : 0;
+    return rc;
 }
