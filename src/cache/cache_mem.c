@@ -98,9 +98,12 @@ qsdpa_status qsdpa_cache_mem_alloc(const qsdpa_cache *c, void *stream, const cha
         qsdpa_status st = enter_device(c, function);
         if (st != QSDPA_OK) return st;
         cudaError_t err = cudaMalloc(out, bytes);
-        /* on the context's stream: a plain cudaMemset runs on the legacy stream, which a non-blocking context
-         * stream does not wait for, so it could land after the copies that fill the buffer */
+        /* on the context's stream, waited for: a plain cudaMemset runs on the legacy stream, which a non-blocking
+         * context stream does not wait for, and load fills buffers with cudaMemcpy on the legacy stream, so the
+         * zeroing must be done before either writes (allocations are rare: capacity grows by doubling, and
+         * none happens inside a capture) */
         if (err == cudaSuccess) err = cudaMemsetAsync(*out, 0, bytes, (cudaStream_t)stream);
+        if (err == cudaSuccess) err = cudaStreamSynchronize((cudaStream_t)stream);
         if (err != cudaSuccess) {
             if (*out) cudaFree(*out);
             *out = NULL;

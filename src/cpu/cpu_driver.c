@@ -253,7 +253,9 @@ static void softmax_block(const plan *pl, buffers *bf, int64_t nr, int64_t n, in
 
 /* Sinks, normalisation, rounding: one output row (and its lse in partial mode).
  * A row that kept no key (l == 0) is, as in the reference and MLX 0.32.4:
- *  - with a (finite) sink: 0; a sink of -inf is no column at all; a NaN sink makes the row NaN;
+ *  - with a (finite) sink: the keys' mean (each at q's lowest finite score, SPEC 3) weighed against the
+ *    sink, which is 0 unless the sink is within ~100 of that lowest value; a sink of -inf is no column at
+ *    all; a NaN sink makes the row NaN;
  *  - boolean/causal masking: the mean of V over all keys (every score equal), and
  *    in partial mode sum(V) / key_total with lse -inf, so that merging all-masked
  *    slices gives that mean;
@@ -267,22 +269,23 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
     bool sink = p->sinks && sk != -INFINITY; /* a NaN sink is a column: the row is NaN, as in MLX */
     bool none = l == 0.0f; /* a NaN sum (a NaN score) is not "no key": it stays NaN, as in the reference */
     if (none) {
-        /* boolean/causal masking gives the keys q's lowest finite score (SPEC 3), which a sink below it (an f32
-         * sink under -65504 with f16 q) loses to: the keys' mean then, the sink one more column under them */
+        /* boolean/causal masking gives the keys q's lowest finite score (SPEC 3), so with a sink the row weighs
+         * the keys' mean against it: the sink wins outright unless it is within ~100 of that lowest value (an
+         * f32 sink near or under -65504 with f16 q), as in the reference, partial calls included */
         const float lowest = p->q_dtype == QSDPA_DTYPE_F16 ? -65504.0f : p->q_dtype == QSDPA_DTYPE_BF16 ? -0x1.fep127f : -FLT_MAX;
-        const bool sink_under = sink && sk < lowest && !p->lse && p->mask_kind != QSDPA_MASK_ADDITIVE;
+        const bool keys_vs_sink = sink && p->mask_kind != QSDPA_MASK_ADDITIVE;
         memset(acc, 0, (size_t)p->dim_v * sizeof(float));
         m = -INFINITY;
         if (!sink && p->mask_kind == QSDPA_MASK_ADDITIVE) {
             for (int64_t d = 0; d < p->dim_v; d++) acc[d] = NAN;
             l = 1.0f;
-        } else if (!sink || sink_under) {
+        } else if (!sink || keys_vs_sink) {
             for (int64_t j = 0; j < p->len_k; j++) {
                 qsdpa_cpu_unpack_row(vr, j, tmp);
                 for (int64_t d = 0; d < p->dim_v; d++) acc[d] += tmp[d];
             }
-            l = (float)(p->lse ? pl->key_total : p->len_k);
-            if (sink_under) m = lowest;
+            l = (float)(p->lse && !sink ? pl->key_total : p->len_k);
+            if (keys_vs_sink) m = lowest;
         }
     }
     if (sink) {

@@ -207,6 +207,7 @@ static void run_case(test_rng *rng, const test_case *c) {
         for (int64_t h = 0; h < c->Hq; h++) sinks[h] = (float)test_rng_normal(rng);
         if (c->sinks == 2) sinks[0] = NAN;                                       /* head 0's rows NaN, as MLX */
         if (c->sinks == 3) for (int64_t h = 0; h < c->Hq; h++) sinks[h] = -1e5f; /* under f16's lowest */
+        if (c->sinks == 4) for (int64_t h = 0; h < c->Hq; h++) sinks[h] = -65504.0f + (float)h; /* at it, just over */
         int64_t shape[1] = {c->Hq};
         st = qsdpa_tensor_make(sinks, QSDPA_DTYPE_F32, 1, shape);
         prm.sinks = &st;
@@ -442,8 +443,9 @@ int main(void) {
         for (size_t i = 0; i < sizeof outlier / sizeof outlier[0]; i++) run_case(&rng, &outlier[i]);
     }
     poke_q_outlier = 0;
-    /* 5c. sinks that are NaN (that head's rows NaN: a column like any other), and sinks below f16 q's lowest
-     * finite value with rows that keep no key (the masked keys' lowest scores win: the mean of V) */
+    /* 5c. sinks that are NaN (that head's rows NaN: a column like any other), and sinks below, at and just
+     * over f16 q's lowest finite value with rows that keep no key (the keys' mean weighed against the sink),
+     * whole calls and partial ones */
     {
         test_case odd_sinks[] = {
             {1, 4, 2, 3, 100, 64, 64, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 0, 0, 2, 0, 0},
@@ -451,6 +453,9 @@ int main(void) {
             {1, 8, 2, 40, 90, 64, 64, "nvfp4", "f16", QSDPA_DTYPE_BF16, QSDPA_DTYPE_BF16, 1, 0, 0, 2, 0, 0},
             {1, 4, 2, 50, 20, 64, 64, "affine:4:64", "affine:8:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 1, 0, 3, 0, 0},
             {1, 4, 1, 8, 60, 128, 128, "mxfp8", "affine:4:32", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 1, 16, 3, 0, 0},
+            {1, 4, 2, 50, 20, 64, 64, "affine:4:64", "affine:8:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 1, 0, 4, 0, 0},
+            {1, 4, 2, 50, 20, 64, 64, "affine:8:64", "f16", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 1, 0, 4, 1, 0},
+            {1, 4, 2, 50, 20, 64, 64, "mxfp4", "affine:4:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 0, 1, 0, 3, 1, 0},
         };
         for (size_t i = 0; i < sizeof odd_sinks / sizeof odd_sinks[0]; i++) run_case(&rng, &odd_sinks[i]);
     }
