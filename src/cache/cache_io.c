@@ -353,8 +353,11 @@ qsdpa_status qsdpa_cache_load(qsdpa_context *ctx, const char *path, qsdpa_cache 
                                                 path, fsize, expect > (unsigned long)fsize ? "at least " : "", expect,
                                                 (unsigned long)fsize < expect ? " (truncated)" : ""));
     qsdpa_cache *c = NULL;
-    st = qsdpa_cache_create(ctx, &o, &c);
-    if (st != QSDPA_OK) return load_fail(f, NULL, h, st);
+    st = qsdpa_cache_create(ctx, &o, &c); /* no storage yet: the layers reserve it below */
+    if (st == QSDPA_OK)
+        st = qsdpa_cache_mem_refuse_capture(c, ctx->options.stream, fn,
+                                            "a load allocates and copies synchronously; load outside the capture");
+    if (st != QSDPA_OK) return load_fail(f, c, h, st);
     for (int64_t l = 0; l < o.layers; l++) header_lengths(h, l, &c->layers[l]);
     free(h);
     h = NULL;

@@ -342,6 +342,20 @@ static void append_capture_refused(test_rng *rng) {
     CHECK(memcmp(got, want, (size_t)nq * 2) == 0, "the graph's attend differs from the direct call");
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
+    graph = NULL;
+    /* a load under capture is refused too (it allocates and copies synchronously) */
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/qsdpa_cuda_cache_capture_%llu.kv", (unsigned long long)test_seed());
+    qsdpa_cache *loaded = NULL;
+    CHECK(qsdpa_cache_save(c, path) == QSDPA_OK, "save: %s", qsdpa_last_error());
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin capture");
+    st = qsdpa_cache_load(ctx, path, &loaded);
+    end = cudaStreamEndCapture(stream, &graph);
+    CHECK(st == QSDPA_ERR_UNSUPPORTED && !loaded && end == cudaSuccess, "a load inside a capture gave %s (%s), %s",
+          qsdpa_status_string(st), qsdpa_last_error(), cudaGetErrorString(end));
+    if (graph) cudaGraphDestroy(graph);
+    qsdpa_cache_destroy(loaded);
+    remove(path);
     cudaFree(dq);
     cudaFree(dout);
     free(hq);
