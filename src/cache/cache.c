@@ -1,6 +1,7 @@
 /* KV cache: options, lifetime, growth, append (quantize on the way in), trim,
  * views. Attention over the cache is in cache_attend.c, files in cache_io.c. */
 #include "cache/cache_internal.h"
+#include "cuda/cuda_backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -406,7 +407,8 @@ qsdpa_status qsdpa_cache_check_context(const char *function, const qsdpa_cache *
 
 /* A device cache copies window rows and plain rows without converting them
  * (no conversion kernel yet), and reads only device memory. */
-static qsdpa_status check_device_rows(const qsdpa_cache *c, const qsdpa_tensor *x, const char *name) {
+static qsdpa_status check_device_rows(qsdpa_context *ctx, const qsdpa_cache *c, const qsdpa_tensor *x,
+                                      const char *name) {
     const char *fn = "qsdpa_cache_append";
     if (!c->device) return QSDPA_OK;
     if (c->options.residual > 0 && x->dtype != c->options.residual_dtype)
@@ -416,7 +418,8 @@ static qsdpa_status check_device_rows(const qsdpa_cache *c, const qsdpa_tensor *
     if (g->format.mode == QSDPA_MODE_PLAIN && x->dtype != g->format.plain_dtype)
         return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, fn, "%s->dtype = %s: a CUDA cache stores plain %s rows as given",
                           name, qsdpa_dtype_name(x->dtype), qsdpa_dtype_name(g->format.plain_dtype));
-    return qsdpa_cache_mem_check(c, x->data, fn, name);
+    /* ctx is on the cache's device (qsdpa_cache_check_context), so its check is the cache's */
+    return qsdpa_cuda_check_device_ptr(ctx, x->data, fn, name);
 }
 
 qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t layer, const qsdpa_tensor *k,
@@ -433,8 +436,8 @@ qsdpa_status qsdpa_cache_append(qsdpa_context *ctx, qsdpa_cache *cache, int64_t 
         st = qsdpa_cache_mem_refuse_capture(cache, ctx->options.stream, fn,
                                             "an append updates the cache's lengths on the host (and may allocate), so "
                                             "a replay would not append; call it outside the capture");
-    if (st == QSDPA_OK) st = check_device_rows(cache, k, "k");
-    if (st == QSDPA_OK) st = check_device_rows(cache, v, "v");
+    if (st == QSDPA_OK) st = check_device_rows(ctx, cache, k, "k");
+    if (st == QSDPA_OK) st = check_device_rows(ctx, cache, v, "v");
     if (st != QSDPA_OK) return st;
     if (k->shape[2] != v->shape[2])
         return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, fn, "k has T = %lld tokens but v has %lld",

@@ -67,8 +67,6 @@ qsdpa_status qsdpa_cache_mem_copy2d(const qsdpa_cache *c, void *stream, void *ds
 qsdpa_status qsdpa_cache_mem_move(const qsdpa_cache *c, void *stream, void *dst, const void *src, size_t bytes);
 qsdpa_status qsdpa_cache_mem_to_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes);
 qsdpa_status qsdpa_cache_mem_from_host(const qsdpa_cache *c, void *dst, const void *src, size_t bytes);
-/* Device caches: ptr must be device (or managed) memory. */
-qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const char *function, const char *name);
 
 /* Device caches: UNSUPPORTED while `stream` is being captured into a CUDA graph, the message ending in `why`. */
 qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function,

@@ -6,6 +6,7 @@
 #define _DEFAULT_SOURCE /* mmap's MAP_ANONYMOUS, madvise */
 #endif
 #include "cache/cache_internal.h"
+#include "cuda/cuda_backend.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -207,42 +208,13 @@ qsdpa_status qsdpa_cache_mem_from_host(const qsdpa_cache *c, void *dst, const vo
     return QSDPA_OK;
 }
 
-qsdpa_status qsdpa_cache_mem_check(const qsdpa_cache *c, const void *ptr, const char *function, const char *name) {
-#ifdef QSDPA_HAVE_CUDA
-    if (!c->device) return QSDPA_OK; /* host caches never touch the CUDA runtime */
-    struct cudaPointerAttributes attr;
-    cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
-    bool on_device = err == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged);
-    (void)cudaGetLastError();
-    if (!on_device)
-        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function,
-                          "%s = %p is not device memory (the cache is on a CUDA device)", name, ptr);
-    /* managed memory migrates to whichever device reads it; device memory is read where it lies */
-    if (attr.type == cudaMemoryTypeDevice && attr.device != c->cuda_device)
-        return qsdpa_fail(QSDPA_ERR_INVALID_ARGUMENT, function, "%s = %p is memory of CUDA device %d, but the cache is on device %d",
-                          name, ptr, attr.device, c->cuda_device);
-#endif
-    (void)c;
-    (void)ptr;
-    (void)function;
-    (void)name;
-    return QSDPA_OK;
-}
-
 qsdpa_status qsdpa_cache_mem_refuse_capture(const qsdpa_cache *c, void *stream, const char *function,
                                             const char *why) {
 #ifdef QSDPA_HAVE_CUDA
     if (!c->device) return QSDPA_OK;
     qsdpa_status st = enter_device(c, function); /* the legacy and per-thread streams are the current device's */
     if (st != QSDPA_OK) return st;
-    enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    const cudaError_t query = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
-    if (query != cudaSuccess) {
-        (void)cudaGetLastError();
-        /* the legacy stream while another stream captures: work on it would break that capture */
-        capture = query == cudaErrorStreamCaptureImplicit ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
-    }
-    if (capture != cudaStreamCaptureStatusNone)
+    if (qsdpa_cuda_stream_capturing(stream))
         return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function, "ctx's stream is being captured into a CUDA graph: %s", why);
 #endif
     (void)c;

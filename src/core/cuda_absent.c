@@ -35,6 +35,11 @@ qsdpa_status qsdpa_dequantize_device(qsdpa_context *ctx, const qsdpa_format *for
     return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_dequantize_device",
                       "this build has no CUDA backend (QSDPA_CUDA=OFF)");
 }
+qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name) {
+    (void)ctx; (void)ptr; (void)name;
+    return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, function, "this build has no CUDA backend (QSDPA_CUDA=OFF)");
+}
+bool qsdpa_cuda_stream_capturing(void *stream) { (void)stream; return false; }
 #else
 typedef int qsdpa_cuda_absent_unused; /* ISO C forbids an empty translation unit */
 #endif

@@ -18,6 +18,13 @@ void qsdpa_multi_gpu_release(qsdpa_context *ctx);     /* frees qsdpa_attention_n
  * validation: device pointers are checked here, the merge runs on ctx's stream. */
 qsdpa_status qsdpa_cuda_merge(qsdpa_context *ctx, int n, const qsdpa_tensor *outs, const qsdpa_tensor *lses,
                               qsdpa_tensor *out, qsdpa_tensor *lse_out);
+/* QSDPA_ERR_INVALID_ARGUMENT unless ptr is device (or managed) memory usable by ctx's device
+ * (the device caches check their append rows with it too). */
+qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name);
+/* Whether work on `stream` (a cudaStream_t; NULL: the legacy stream of the current device) would be
+ * captured into a CUDA graph, or would break a capture: the legacy stream while another stream
+ * captures. Allocations are refused then (the context's buffers, a device cache's appends). */
+bool qsdpa_cuda_stream_capturing(void *stream);
 
 #ifdef __cplusplus
 }

@@ -76,6 +76,14 @@ qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function) {
     return QSDPA_OK;
 }
 
+extern "C" bool qsdpa_cuda_stream_capturing(void *stream) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    const cudaError_t query = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+    if (query == cudaSuccess) return capture != cudaStreamCaptureStatusNone;
+    (void)cudaGetLastError();
+    return query == cudaErrorStreamCaptureImplicit; /* the legacy stream while another stream captures */
+}
+
 /* Grow *buf (of *have bytes) to at least bytes. The outgrown buffer is kept,
  * not freed, until the context is destroyed: a CUDA graph captured at a smaller
  * shape holds its address, and freeing it would make that graph's replays write
@@ -87,15 +95,7 @@ static qsdpa_status grow_buffer(qsdpa_context *ctx, void **buf, size_t *have, si
                                 void **out) {
     struct qsdpa_cuda_state *st = ctx->cuda;
     if (bytes > *have) {
-        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-        const cudaError_t query = cudaStreamIsCapturing((cudaStream_t)ctx->options.stream, &capture);
-        if (query != cudaSuccess) {
-            (void)cudaGetLastError();
-            /* the legacy stream while another stream captures: an allocation would break that capture */
-            capture = query == cudaErrorStreamCaptureImplicit ? cudaStreamCaptureStatusActive
-                                                                : cudaStreamCaptureStatusNone;
-        }
-        if (capture != cudaStreamCaptureStatusNone)
+        if (qsdpa_cuda_stream_capturing(ctx->options.stream))
             return qsdpa_fail(QSDPA_ERR_UNSUPPORTED, "qsdpa_attention",
                               "%s must grow from %zu to %zu bytes, but its stream is being captured "
                               "into a CUDA graph, where allocating would invalidate the capture: make one call of "
@@ -165,7 +165,8 @@ qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **
     return grow_buffer(ctx, &ctx->cuda->realign, &ctx->cuda->realign_bytes, bytes, "the context's realigned-scale buffer", out);
 }
 
-qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name) {
+extern "C" qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function,
+                                                   const char *name) {
     if (!ptr) return QSDPA_OK; /* optional tensors are NULL; required ones were checked by validation */
     size_t slot = ((uintptr_t)ptr >> 8) % QSDPA_CUDA_PTR_CACHE;
     if (ctx->cuda->device_ptrs[slot] == ptr) return QSDPA_OK;

@@ -59,8 +59,6 @@ qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **
 qsdpa_status qsdpa_cuda_arrivals(qsdpa_context *ctx, size_t count, unsigned **out);
 /* Make ctx's device current (cudaSetDevice) for a call. */
 qsdpa_status qsdpa_cuda_enter(qsdpa_context *ctx, const char *function);
-/* QSDPA_ERR_INVALID_ARGUMENT unless ptr is device (or managed) memory usable by ctx's device. */
-qsdpa_status qsdpa_cuda_check_device_ptr(qsdpa_context *ctx, const void *ptr, const char *function, const char *name);
 /* Every data pointer of a validated problem must be on the device. */
 qsdpa_status qsdpa_cuda_check_problem(qsdpa_context *ctx, const qsdpa_problem *p, const char *function);
 /* Status of the launch just made (cudaGetLastError). */
