@@ -272,7 +272,6 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
         /* boolean/causal masking gives the keys q's lowest finite score (SPEC 3), so with a sink the row weighs
          * the keys' mean against it: the sink wins outright unless it is within ~100 of that lowest value (an
          * f32 sink near or under -65504 with f16 q), as in the reference, partial calls included */
-        const float lowest = p->q_dtype == QSDPA_DTYPE_F16 ? -65504.0f : p->q_dtype == QSDPA_DTYPE_BF16 ? -0x1.fep127f : -FLT_MAX;
         const bool keys_vs_sink = sink && p->mask_kind != QSDPA_MASK_ADDITIVE;
         memset(acc, 0, (size_t)p->dim_v * sizeof(float));
         m = -INFINITY;
@@ -285,7 +284,7 @@ static void finish_row(const plan *pl, const cpu_rows *vr, int64_t b, int64_t h,
                 for (int64_t d = 0; d < p->dim_v; d++) acc[d] += tmp[d];
             }
             l = (float)(p->lse && !sink ? pl->key_total : p->len_k);
-            if (keys_vs_sink) m = lowest;
+            if (keys_vs_sink) m = p->masked_score;
         }
     }
     if (sink) {
