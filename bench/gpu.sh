@@ -54,6 +54,16 @@ build_tree() {
       -Xlinker -rpath,"$PWD/$dir" -o "$dir/bench_gpu"
 }
 export -f build_tree
+# the device cache's tests (allocations, copies, the window's growth, captures) under memcheck, into sanitizer.log
+cache_memcheck() {
+  local cs
+  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for t in test_cache_cuda test_cache_io; do
+    timeout 120 "$cs" --tool memcheck --leak-check full "$B/tests/$t" >>"$OUT/sanitizer.log" 2>&1
+    echo "memcheck $t rc=$?" | tee -a "$OUT/sanitizer.log"
+  done
+  grep -E "ERROR SUMMARY|LEAK SUMMARY" "$OUT/sanitizer.log" | sort | uniq -c
+}
 # test_cuda_random (random API calls on the device against the CPU reference) for QSDPA_GPU_FUZZ_SECONDS per
 # seed (default 60) over QSDPA_GPU_FUZZ_SEEDS (default: two fresh ones), into tests.log
 fuzz_run() {
@@ -186,6 +196,14 @@ if [ "$MODE" = portable ]; then
     echo "$t (sm_90a) rc=$?" | tee -a "$OUT/tests.log"
   done
   timeout 60 "$B/bench_gpu" prefill 2>&1 | grep "^prefill" | sed "s/^/[sm_90a] /" >>"$OUT/tests.log"
+  # the device cache's and the generic merge's host-side changes under memcheck, the NaN-sink cases on each of
+  # the generic row's merges (split, wide wherever it can, 4-key tiles)
+  cache_memcheck
+  for leg in "" "QSDPA_CUDA_GENERIC_WIDE=2" "QSDPA_CUDA_GENERIC_DECODE=0 QSDPA_CUDA_GENERIC_WIDE=0 QSDPA_CUDA_GENERIC_TILE=4"; do
+    # shellcheck disable=SC2086  # assignments split on spaces by design
+    env $leg QSDPA_CUDA_SHAPE="NaN sink" timeout 60 "$B/tests/test_cuda_coverage" >>"$OUT/tests.log" 2>&1
+    echo "test_cuda_coverage (NaN sinks${leg:+, $leg}) rc=$?" | tee -a "$OUT/tests.log"
+  done
   wait "$PORTABLE_BUILD"
   tail -3 "$OUT/build-sm80.log" | tee -a "$OUT/tests.log"
   stamp "portable (sm_80) tests" | tee -a "$OUT/tests.log"
@@ -195,8 +213,12 @@ if [ "$MODE" = portable ]; then
     timeout 180 "build-sm80/tests/$t" >>"$OUT/tests.log" 2>&1
     echo "$t (sm_80) rc=$?" | tee -a "$OUT/tests.log"
   done
-  timeout "${QSDPA_GPU_PORTABLE_COVERAGE:-300}" build-sm80/tests/test_cuda_coverage >>"$OUT/tests.log" 2>&1
-  echo "test_cuda_coverage (sm_80) rc=$?" | tee -a "$OUT/tests.log"
+  # the coverage run a group of rows at a time (a call's limit cuts it where it is, and what ran is known), each
+  # group within QSDPA_GPU_PORTABLE_COVERAGE seconds (default 150)
+  for only in d256. d64. generic d128.; do
+    QSDPA_CUDA_ONLY=$only timeout "${QSDPA_GPU_PORTABLE_COVERAGE:-150}" build-sm80/tests/test_cuda_coverage >>"$OUT/tests.log" 2>&1
+    echo "test_cuda_coverage (sm_80, rows $only) rc=$? at +$(( $(date +%s) - T0 ))s" | tee -a "$OUT/tests.log"
+  done
   grep -E "FAIL" "$OUT/tests.log" | head -20
   stamp done | tee -a "$OUT/tests.log"
   exit 0
@@ -474,6 +496,7 @@ stamp sanitizer | tee "$OUT/sanitizer.log"
 # QSDPA_GPU_SKIP_CHECKS=1: a timing-only call on a commit whose tests and sanitizers passed in an earlier call
 if [ -z "${QSDPA_GPU_SKIP_CHECKS:-}" ]; then
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+cache_memcheck
 QSDPA_CUDA_QUICK=1 QSDPA_CUDA_ONLY=a4g64.d128.f16 timeout 60 "$CS" --tool memcheck --leak-check no \
   "$B/tests/test_cuda_coverage" >>"$OUT/sanitizer.log" 2>&1
 echo "memcheck coverage(a4g64) rc=$?" | tee -a "$OUT/sanitizer.log"

@@ -237,7 +237,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
         K = fmaxf(K, ps[2]);
     }
     M = fmaxf(block_reduce(M, true, red), sink);
-    K = fmaxf(block_reduce(K, true, red), sink > -INFINITY ? 1.0f : 0.0f); /* a finite sink is a kept column */
+    K = fmaxf(block_reduce(K, true, red), p.sinks && sink != -INFINITY ? 1.0f : 0.0f); /* a finite or NaN sink is a kept column */
     /* each split's weight once a block, into shared memory, COMBINE_CHUNK splits at a time, L summed on the
      * way (a thread's splits in the same order as one pass over them); -1: a split with no kept weight.
      * An expf per split and output dim was most of the merge's instructions (run 174's profile). */
@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
         }
         __syncthreads(); /* w_s consumed */
     }
-    L = block_reduce(L, false, red) + (sink > -INFINITY ? expf(sink - M) : 0.0f);
+    L = block_reduce(L, false, red) + (p.sinks && sink != -INFINITY ? expf(sink - M) : 0.0f); /* NaN: the row NaN, as MLX */
     part_s[warp][lane] = acc;
     __syncthreads();
     if (warp != 0) return;

@@ -195,7 +195,9 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     if (c->sinks) {
         buf_make(&sinks, (size_t)c->hq * sizeof(float));
         for (int64_t h = 0; h < c->hq; h++)
-            ((float *)sinks.h)[h] = c->sinks == 2 && h % 2 == 0 ? -INFINITY : (float)test_rng_normal(rng);
+            ((float *)sinks.h)[h] = c->sinks == 2 && h % 2 == 0 ? -INFINITY
+                                   : c->sinks == 3 && h == 0 ? NAN
+                                                             : (float)test_rng_normal(rng);
         buf_up(&sinks);
         int64_t shape[1] = {c->hq};
         sinks_h = qsdpa_tensor_make(sinks.h, QSDPA_DTYPE_F32, 1, shape);

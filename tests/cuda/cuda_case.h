@@ -17,7 +17,7 @@ typedef struct cuda_case {
     int mask_rank;           /* 4: [B,Hq,Lq,Lk]; 2: [Lq,Lk] broadcast */
     int causal;
     int64_t window;
-    int sinks;               /* 1: N(0,1) per head; 2: -inf on even heads */
+    int sinks;               /* 1: N(0,1) per head; 2: -inf on even heads; 3: NaN on head 0 */
     int partial;             /* qsdpa_attention_partial over keys [key_offset, +Lk) of key_total */
     int64_t key_offset, key_total;
     int64_t cap_extra;       /* cache capacity beyond Lk (strided view) */

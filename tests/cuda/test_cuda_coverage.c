@@ -607,6 +607,27 @@ int main(void) {
                      partial ? " (partial)" : "");
             cuda_case_run(&rng, &c, label);
         }
+    /* A NaN sink is a column like any other: its head's rows NaN (partial: lse NaN), the other heads finite,
+     * on every merge: the decode kernel's, the prefill kernel's, the generic kernel's combine (split or wide) */
+    static const struct { const char *kernel; int64_t lq, lk, dk; int causal; const char *what; } nan_sink_cases[] = {
+        {NULL, 1, 4000, 128, 0, "decode (split)"},
+        {NULL, 130, 130, 128, 1, "prefill causal"},
+        {"cuda.generic", 1, 4000, 128, 0, "generic decode (split)"},
+        {"cuda.generic", 40, 300, 128, 0, "generic Lq40"},
+        {"cuda.generic", 1, 3000, 576, 0, "generic Dk576 (wide)"},
+    };
+    for (size_t i = 0; i < sizeof nan_sink_cases / sizeof nan_sink_cases[0]; i++)
+        for (int partial = 0; partial < 2; partial++) {
+            c = cuda_case_default();
+            c.kernel = nan_sink_cases[i].kernel;
+            c.lq = nan_sink_cases[i].lq; c.lk = nan_sink_cases[i].lk; c.causal = nan_sink_cases[i].causal;
+            c.dk = nan_sink_cases[i].dk; c.sinks = 3; c.partial = partial;
+            c.dv = c.dk > 256 ? 512 : 128;
+            char label[96];
+            snprintf(label, sizeof label, "NaN sink on head 0: %s%s", nan_sink_cases[i].what,
+                     partial ? " (partial)" : "");
+            cuda_case_run(&rng, &c, label);
+        }
     return test_finish("test_cuda_coverage");
 }
 #endif
