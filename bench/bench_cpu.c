@@ -438,6 +438,8 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
         }
     }
     static const int64_t lqs[] = {1, 4, 16};
+    const char *lq_env = getenv("QSDPA_BENCH_LQ"); /* one of the decode query lengths alone (profiles) */
+    const int64_t only_lq = lq_env ? atoll(lq_env) : 0;
     if (o.json) printf("[\n");
     else
         printf("%-21s %-4s %-13s %5s %7s %3s %10s %9s %7s %9s %10s %10s  %s\n", "shape", "q", "format", "Lq", "context", "thr",
@@ -464,6 +466,7 @@ int qsdpa_bench_cpu_main(int argc, char **argv) {
             for (int li = 0; li < (prefill ? 1 : 3); li++) {
                 result r;
                 int64_t lq = prefill ? lk : lqs[li];
+                if (!prefill && only_lq > 0 && lq != only_lq) continue;
                 if (run_row(&o, ctx, ref, formats[fi].name, &k, &v, lq, lk, prefill, &r)) {
                     status = 1;
                     continue;

@@ -359,7 +359,9 @@ qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
  * 8 = the AVX-512 tier: AVX512 F, BW, VL and VNNI (only if the OS saves the ZMM and opmask
  * state); the cpu.vnni.* kernel rows need it. 16 = AVX512_BF16 as well (with 8): those rows
  * then run the P V of bf16 q and output over many query rows a KV head on bf16 dot products,
- * and Q K^T too where K's values are exact in bf16 (route suffix "+bf16" / "+bf16k"). */
+ * and Q K^T too where K's values are exact in bf16 (route suffix "+bf16" / "+bf16k"). 32 = AMX
+ * (AMX-TILE and AMX-BF16, with 16, the OS saving tile state and granting it to the process; asking
+ * for that grant is part of the first call): the cpu.amx.decode row needs it. */
 unsigned qsdpa_cpu_features(void);
 
 /* ---- KV cache ------------------------------------------------------------

@@ -4,7 +4,11 @@
  * the YMM state on context switches (OSXSAVE set and XCR0 bits 1|2 set), the
  * check ggml-cpu lacks. Bits: 1 = AVX2, 2 = FMA, 4 = F16C, 8 = AVX512-VNNI with
  * AVX512F, BW and VL (and the OS saving the opmask and ZMM state, XCR0 bits 5-7), 16 = AVX512_BF16
- * on top of 8. */
+ * on top of 8, 32 = AMX-TILE and AMX-BF16 on top of 16 (the OS saving tile state, XCR0 bits 17-18, and
+ * granting it to this process). */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* syscall (arch_prctl) */
+#endif
 #include "internal.h"
 
 #include <stdatomic.h>
@@ -21,6 +25,20 @@ static uint64_t read_xcr0(void) {
     __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(eax), "=d"(edx) : "c"(0));
     return ((uint64_t)edx << 32) | eax;
 }
+
+/* AMX tile data is large (8 KB) and Linux hands it to a process only on request (arch_prctl
+ * ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, since 5.16): granted once for the whole process, or the
+ * first tile instruction faults. Other systems: not used. */
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+static bool amx_permitted(void) {
+    const long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+    return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+}
+#else
+static bool amx_permitted(void) { return false; }
+#endif
 
 static unsigned detect(void) {
     unsigned eax, ebx, ecx, edx;
@@ -39,6 +57,11 @@ static unsigned detect(void) {
             features |= 8u;
             __cpuid_count(7, 1, eax, ebx, ecx, edx);
             if (eax & (1u << 5)) features |= 16u; /* AVX512_BF16 */
+            __cpuid_count(7, 0, eax, ebx, ecx, edx);
+            const unsigned amx_bf16 = 1u << 22, amx_tile = 1u << 24;
+            if ((features & 16u) && (edx & amx_bf16) && (edx & amx_tile) && (read_xcr0() & 0x60000) == 0x60000 &&
+                amx_permitted())
+                features |= 32u;
         }
     }
     return features;

@@ -62,7 +62,14 @@ typedef struct cpu_kv_ops {
     void (*score_q16)(const cpu_rows *k, int64_t j0, int64_t n, const int16_t *q16, const float *qscale,
                       const float *qsum, int nq, float *scores);
     void (*order_q16)(const int16_t *q, int64_t dim, int16_t *dst);
+    /* Optional (NULL = none; the AMX tier's): q rows [nq][dim] (nq <= 16) written once per task as the tiles
+     * score reads, into qt of CPU_QT_BYTES(dim); score is then passed qt in place of q. false (qt
+     * unspecified): q the tiles cannot carry exactly (not finite, or past 2^100), for the base ISA's kernels. */
+    bool (*tile_q)(const float *q, int nq, int64_t dim, uint16_t *qt);
 } cpu_kv_ops;
+
+/* tile_q's buffer: three bf16 pieces of each q value (their sum is the f32 value exactly) */
+#define CPU_QT_BYTES(dim) ((size_t)3 * 16 * (size_t)(dim) * 2)
 
 /* One instruction set: its format kernels and its softmax helper. */
 typedef struct cpu_isa {
@@ -89,6 +96,8 @@ typedef struct cpu_isa {
      * sums. */
     float (*bf16_pack)(const float *src, int64_t n, uint16_t *dst);
     void (*bf16_score)(const uint16_t *kb, int64_t n, int64_t dim, const uint16_t *qb, int nq, float *scores);
+    /* The ISA this one builds on (NULL = none): its kernels serve the q a tile_q refuses. */
+    const struct cpu_isa *base;
 } cpu_isa;
 
 extern const cpu_isa qsdpa_cpu_isa_c;
@@ -116,6 +125,7 @@ void qsdpa_cpu_unpack_row(const cpu_rows *t, int64_t j, float *dst);
 /* Kernel-table entry points (src/cpu/kernels_cpu.def). */
 bool qsdpa_cpu_avx2_available(void);
 bool qsdpa_cpu_vnni_available(void);
+bool qsdpa_cpu_amx_available(void);
 bool qsdpa_cpu_c_available(void);
 
 #endif

@@ -54,6 +54,7 @@ typedef struct buffers {
     uint16_t *qb;  /* [rows][Dk] bf16 Q K^T: q as given (unscaled, bf16) */
     float qb_max;  /* max |q| over qb (NaN counts as large) */
     uint16_t *kb;  /* [CPU_BLOCK][Dk] bf16 Q K^T: the K block */
+    uint16_t *qt;  /* CPU_QT_BYTES(Dk): q as an AMX kernel's tiles (tile_q) */
 } buffers;
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -67,12 +68,12 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     size_t sizes[] = {R * dk * 4, R * dk * 4, R * gk * 4 + 16, CPU_BLOCK * R * 4 + 16, R * 4, R * 4, R * 4, R * 8, R * 8,
                       R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4, R * dk * 2, R * 4 + 16,
                       pl->bf16 ? CPU_BLOCK / 2 * (dv + R) * 4 : 0, pl->bf16_k ? R * dk * 2 : 0,
-                      pl->bf16_k ? CPU_BLOCK * dk * 2 : 0};
+                      pl->bf16_k ? CPU_BLOCK * dk * 2 : 0, pl->isa->base ? CPU_QT_BYTES(dk) : 0};
     void **slots[] = {(void **)&b->q, (void **)&b->qk, (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
                       (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
                       (void **)&b->acc, (void **)&b->tmp, (void **)&b->kf,
                       (void **)&b->vf,  (void **)&b->q16, (void **)&b->qscale, (void **)&b->vb,
-                      (void **)&b->qb,  (void **)&b->kb};
+                      (void **)&b->qb,  (void **)&b->kb, (void **)&b->qt};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base) *slots[i] = base + off;
@@ -372,6 +373,12 @@ static bool bf16_exact_k(const qsdpa_problem *p) {
     return exact && p->dim_k % 32 == 0;
 }
 
+/* Whether an AMX tier's tile kernels serve a task of nr rows: 9 to 16 rows over codes. At 4 rows (Lq 1, GQA 4)
+ * the tiles' fixed work a block (codes to bf16, weights in three pieces, product latency) cost more than the
+ * AVX-512 kernels (32K, affine 4/g64, this VM: 6.2 against 3.9 ms), at 8 about the same, at 16 0.55x
+ * (bench/NOTES.md session 28). */
+static bool amx_rows(const plan *pl, int64_t nr) { return nr > 8 && !uses_tiles(pl, nr); }
+
 static void run_task(void *arg, int64_t t, int thread) {
     const plan *pl = arg;
     const qsdpa_problem *p = pl->p;
@@ -389,6 +396,11 @@ static void run_task(void *arg, int64_t t, int thread) {
     const bool tiles = uses_tiles(pl, nr), bf16 = tiles && pl->bf16;
     const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL, *vfops = NULL;
     const float *qk = bf.q;
+    if (pl->isa->base && !amx_rows(pl, nr)) kops = pl->isa->base->ops_for(&kr), vops = pl->isa->base->ops_for(&vr);
+    /* An AMX kernel takes q as tiles, made once here; q they cannot carry goes to the base ISA's kernels */
+    bool qtiles = false;
+    if (kops->tile_q) qtiles = kops->tile_q(bf.q, (int)nr, dk, bf.qt);
+    if (kops->tile_q && !qtiles) kops = pl->isa->base->ops_for(&kr);
     /* f16/bf16 q and out: K scored through the kernel's integer path where it has one
      * (cpu_attention.h). Partial results are f32 and held to f32's bound: float kernels. */
     const bool q16 = !tiles && kops->score_q16 && p->q_dtype != QSDPA_DTYPE_F32 && p->out_dtype != QSDPA_DTYPE_F32 &&
@@ -397,6 +409,7 @@ static void run_task(void *arg, int64_t t, int thread) {
         for (int64_t r = 0; r < nr; r++) kops->prep_q(bf.q + r * dk, dk, bf.qk + r * dk);
         qk = bf.qk;
     }
+    if (qtiles) qk = (const float *)bf.qt; /* score reads it as tile_q left it (cpu_attention.h) */
     if (tiles) { /* float tiles read through the plain f32 kernels */
         memset(&kf, 0, sizeof kf);
         kf.format.mode = QSDPA_MODE_PLAIN;
@@ -546,6 +559,14 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     pl.bf16 = bf16_tiles(p, isa);
     pl.bf16_k = pl.bf16 && isa->bf16_score && bf16_exact_k(p) && uses_tiles(&pl, pl.rows_max);
     if (pl.bf16 && uses_tiles(&pl, pl.rows_max)) qsdpa_set_route(ctx, ctx->last_route, pl.bf16_k ? "+bf16k" : "+bf16");
+    if (isa->base && amx_rows(&pl, pl.rows_max)) { /* which of K and V ran on tiles (the rest: the base's kernels) */
+        cpu_rows kr, vr;
+        qsdpa_cpu_rows(&p->k, 0, 0, &kr);
+        qsdpa_cpu_rows(&p->v, 0, 0, &vr);
+        const bool k_tiles = isa->ops_for(&kr)->tile_q != NULL, v_tiles = isa->ops_for(&vr) != isa->base->ops_for(&vr);
+        if (k_tiles || v_tiles)
+            qsdpa_set_route(ctx, ctx->last_route, k_tiles && v_tiles ? "+amx" : k_tiles ? "+amx.k" : "+amx.v");
+    }
     int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys
      * so the merge stays negligible. */

@@ -2,6 +2,8 @@
  * src/core/cpu_features.c, which checks OSXSAVE/XGETBV as well as CPUID). */
 #include "cpu/cpu_attention.h"
 
+#include <stdlib.h>
+
 bool qsdpa_cpu_avx2_available(void) {
 #ifdef QSDPA_HAVE_AVX2_KERNELS
     return (qsdpa_cpu_features() & 7u) == 7u; /* AVX2 + FMA + F16C */
@@ -13,6 +15,15 @@ bool qsdpa_cpu_avx2_available(void) {
 bool qsdpa_cpu_vnni_available(void) {
 #ifdef QSDPA_HAVE_AVX2_KERNELS
     return (qsdpa_cpu_features() & 15u) == 15u; /* the AVX2 set + AVX512 F/BW/VL/VNNI */
+#else
+    return false;
+#endif
+}
+
+bool qsdpa_cpu_amx_available(void) {
+#ifdef QSDPA_HAVE_AVX2_KERNELS
+    const char *knob = getenv("QSDPA_CPU_AMX"); /* 0: the AVX-512 tier instead (a benchmark's baseline) */
+    return (qsdpa_cpu_features() & 47u) == 47u && !(knob && knob[0] == '0');
 #else
     return false;
 #endif
@@ -37,6 +48,10 @@ qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
 }
 qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_avx2_decode(ctx, p);
+}
+qsdpa_status qsdpa_cpu_amx_decode(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_amx_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
     return qsdpa_cpu_avx2_decode(ctx, p);
 }
 #endif

@@ -49,7 +49,7 @@ static void unpack_c(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
     for (int64_t j = 0; j < n; j++) qsdpa_cpu_unpack_row(t, j0 + j, dst + j * t->dim);
 }
 
-static const cpu_kv_ops ops_c = {"generic", score_c, accum_c, unpack_c, NULL, NULL, NULL, NULL};
+static const cpu_kv_ops ops_c = {"generic", score_c, accum_c, unpack_c, NULL, NULL, NULL, NULL, NULL};
 
 static const cpu_kv_ops *ops_for_c(const cpu_rows *rows) {
     (void)rows;
@@ -80,7 +80,7 @@ static void exp_sub_c(float *s, int64_t n, const float *m, int nm, float *sums) 
 static void f16_to_f32_c(const uint16_t *src, int64_t n, float *dst) { qsdpa_load_floats(src, QSDPA_DTYPE_F16, n, dst); }
 static void f32_to_f16_c(const float *src, int64_t n, uint16_t *dst) { qsdpa_store_floats(dst, QSDPA_DTYPE_F16, n, src); }
 
-const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, row_max_c, exp_sub_c, f16_to_f32_c, f32_to_f16_c, NULL, NULL, NULL};
+const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, row_max_c, exp_sub_c, f16_to_f32_c, f32_to_f16_c, NULL, NULL, NULL, NULL};
 
 qsdpa_status qsdpa_cpu_c_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_c_prefill(qsdpa_context *ctx, const qsdpa_problem *p);

@@ -94,11 +94,19 @@ typedef struct test_case {
  * 0: views of a longer cache */
 static int exact_cache;
 
-static const char *kernel_names[] = {"cpu.vnni.decode", "cpu.vnni.prefill", "cpu.avx2.decode", "cpu.avx2.prefill",
-                                     "cpu.c.decode",    "cpu.c.prefill"};
-#define NKERNELS 6
-/* the SIMD rows share the AVX2 decoders (cpu.vnni is isa_avx2.c rebuilt with 512-bit kernels) */
-static int simd_row(const char *name) { return strstr(name, "avx2") || strstr(name, "vnni"); }
+static const char *kernel_names[] = {"cpu.amx.decode", "cpu.vnni.decode", "cpu.vnni.prefill", "cpu.avx2.decode",
+                                     "cpu.avx2.prefill", "cpu.c.decode",   "cpu.c.prefill"};
+#define NKERNELS 7
+/* the SIMD rows share the AVX2 decoders (cpu.vnni is isa_avx2.c rebuilt with 512-bit kernels, cpu.amx adds tile
+ * kernels to it) */
+static int simd_row(const char *name) { return strstr(name, "avx2") || strstr(name, "vnni") || strstr(name, "amx"); }
+static int amx_calls; /* cpu.amx.decode calls whose K and V both ran on tiles (route "+amx") */
+
+/* An affine format the AMX tier's tile kernels take (4 or 8 bits, groups of at least 32) at head dim D */
+static bool amx_format(const char *fmt, int64_t D) {
+    return (!strncmp(fmt, "affine:4:", 9) || !strncmp(fmt, "affine:8:", 9)) && strcmp(fmt + 9, "16") != 0 &&
+           D % 32 == 0 && D >= 64;
+}
 static qsdpa_context *ctx_ref, *ctx_kernel[NKERNELS];
 static int cases_run, kernel_runs;
 
@@ -252,6 +260,17 @@ static void run_case(test_rng *rng, const test_case *c) {
         CHECK(ks == QSDPA_OK, "%s: %s failed: %s", name, kernel_names[kn], qsdpa_last_error());
         if (ks != QSDPA_OK) continue;
         kernel_runs++;
+        if (strstr(kernel_names[kn], "amx")) { /* the tiles serve 9-16 rows a KV head (the route: the plan's) */
+            const int64_t nr = c->Hq / c->Hkv * c->Lq;
+            const bool rows_ok = nr > 8 && nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16);
+            const bool want_k = rows_ok && amx_format(c->kfmt, c->Dk), want_v = rows_ok && amx_format(c->vfmt, c->Dv);
+            const char *route = qsdpa_context_last_route(ctx_kernel[kn]);
+            const char *want = want_k && want_v ? "+amx" : want_k ? "+amx.k" : want_v ? "+amx.v" : NULL;
+            const char *got = strstr(route, "+amx");
+            CHECK(want ? got && !strcmp(got, want) : !got, "%s: %s took route '%s', expected %s", name,
+                  kernel_names[kn], route, want ? want : "no tiles");
+            amx_calls += want_k && want_v;
+        }
         if (bf16_expect >= 0 && strstr(kernel_names[kn], "vnni")) {
             const bool tiles = strstr(kernel_names[kn], "prefill") ||
                                c->Hq / c->Hkv * c->Lq > (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16);
@@ -307,10 +326,13 @@ int main(void) {
     o.kernel = "cpu.reference";
     CHECK(qsdpa_context_create(&o, &ctx_ref) == QSDPA_OK, "reference context: %s", qsdpa_last_error());
     int avx2 = (qsdpa_cpu_features() & 7u) == 7u, vnni = (qsdpa_cpu_features() & 15u) == 15u;
+    const int amx = (qsdpa_cpu_features() & 32u) != 0 && !(getenv("QSDPA_CPU_AMX") && getenv("QSDPA_CPU_AMX")[0] == '0');
     if (!vnni) printf("cpu.vnni.*: not run (this CPU lacks AVX512 F/BW/VL/VNNI)\n");
+    if (!amx) printf("cpu.amx.*: not run (this CPU, or its OS, lacks AMX-TILE/AMX-BF16, or QSDPA_CPU_AMX=0)\n");
     for (int kn = 0; kn < NKERNELS; kn++) {
         if (!avx2 && strstr(kernel_names[kn], "avx2")) continue;
         if (!vnni && strstr(kernel_names[kn], "vnni")) continue;
+        if (!amx && strstr(kernel_names[kn], "amx")) continue;
         o = qsdpa_context_default_options();
         o.kernel = kernel_names[kn];
         o.num_threads = 3; /* more threads than this machine's cores: exercises the pool */
@@ -531,7 +553,10 @@ int main(void) {
             const char *sel = NULL;
             CHECK(qsdpa_attention_select(cx, &qt, &k.t, &v.t, &prm, &ot, &sel) == QSDPA_OK, "select: %s",
                   qsdpa_last_error());
-            const char *want = simd_off || !avx2 ? "cpu.c.decode" : vnni ? "cpu.vnni.decode" : "cpu.avx2.decode";
+            const char *want = simd_off || !avx2 ? "cpu.c.decode"
+                               : amx              ? "cpu.amx.decode"
+                               : vnni             ? "cpu.vnni.decode"
+                                                  : "cpu.avx2.decode";
             CHECK(sel && strcmp(sel, want) == 0, "disable_simd=%d selected %s, want %s", simd_off, sel ? sel : "?", want);
             qsdpa_context_destroy(cx);
         }
@@ -541,6 +566,7 @@ int main(void) {
 
     for (int kn = 0; kn < NKERNELS; kn++) qsdpa_context_destroy(ctx_kernel[kn]);
     qsdpa_context_destroy(ctx_ref);
-    printf("%d cases, %d kernel runs\n", cases_run, kernel_runs);
+    printf("%d cases, %d kernel runs, %d on AMX tiles\n", cases_run, kernel_runs, amx_calls);
+    CHECK(!ctx_kernel[0] || amx_calls > 0, "cpu.amx.decode: no call ran on tiles");
     return test_finish("test_cpu_kernels");
 }

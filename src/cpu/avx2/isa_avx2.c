@@ -877,7 +877,8 @@ INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, i
                                           SCORE_Q16(NAME, F),                               \
                                           F == F_AFF4 || F == F_MXFP4 ? order_q16_step32                      \
                                           : F == F_NVFP4              ? order_q16_step16                      \
-                                                                      : NULL};
+                                                                      : NULL,                                 \
+                                          NULL};
 
 DEFINE_FORMAT(affine4_g32, F_AFF4, 32)
 DEFINE_FORMAT(affine4_g64, F_AFF4, 64)
@@ -930,7 +931,7 @@ static void generic_accum(const cpu_rows *v, int64_t j0, int64_t n, const float 
     f32_accum(&f, 0, n, w, nq, acc, NULL);
 }
 
-static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack, NULL, NULL, NULL, NULL};
+static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack, NULL, NULL, NULL, NULL, NULL};
 
 static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
     if (t->dim % 16 != 0) return qsdpa_cpu_isa_c.ops_for(t); /* plain rows of odd width */
@@ -1116,7 +1117,7 @@ static BF16_TARGET bool bf16_accum_z(const float *v, int64_t n, int64_t dim, con
 /* The AVX-512 tier (src/cpu/vnni/isa_vnni.c builds this file again): rows of their own,
  * chosen where the CPU has AVX512 F/BW/VL/VNNI. */
 static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx512_exp_sub,
-                                 f16_to_f32_avx2, f32_to_f16_avx2, bf16_accum_z, bf16_pack_z, bf16_score_z};
+                                 f16_to_f32_avx2, f32_to_f16_avx2, bf16_accum_z, bf16_pack_z, bf16_score_z, NULL};
 
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
@@ -1128,7 +1129,7 @@ qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p) 
 }
 #else
 const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub,
-                                    f16_to_f32_avx2, f32_to_f16_avx2, NULL, NULL, NULL};
+                                    f16_to_f32_avx2, f32_to_f16_avx2, NULL, NULL, NULL, NULL};
 
 qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p);

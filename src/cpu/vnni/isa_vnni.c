@@ -7,3 +7,4 @@
  * where qsdpa_cpu_features() has bit 8. */
 #define QSDPA_ISA_VNNI 1
 #include "../avx2/isa_avx2.c"
+#include "amx_affine.inc"
