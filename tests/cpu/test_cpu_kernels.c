@@ -122,6 +122,9 @@ static int bf16_expect = -1;
 /* plain f32 V: 1 = its last key's values +-FLT_MAX (finite, past bf16's largest: masked for the early causal rows);
  * 2 = every value times 1e-40 (subnormal) */
 static int poke_v;
+/* != 0: every scale and bias of an affine V (f32 scales) times this (the AMX tiles flushed the pieces of tiny
+ * scales: 0.41 max|V| at 1e-37, session 28's review) */
+static float poke_v_scale;
 static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax scale, not after it */
 /* > 0: channel 0 of every q row set to +-poke_q_outlier (the integer K path's one rounding step per row was
  * then coarse for every other channel: 5x the f16 bound at 1000, session 27) */
@@ -168,6 +171,11 @@ static void run_case(test_rng *rng, const test_case *c) {
                     if (poke_v == 2) *x *= 1e-40f;
                     if (fabsf(*x) > v.maxabs) v.maxabs = fabsf(*x);
                 }
+    }
+    if (poke_v_scale != 0.0f && !strncmp(c->vfmt, "affine:", 7) && c->sdt == QSDPA_DTYPE_F32) {
+        const int64_t values = c->B * c->Hkv * cap * (c->Dv / v.t.format.group);
+        for (int64_t i = 0; i < values; i++) ((float *)v.scales)[i] *= poke_v_scale, ((float *)v.biases)[i] *= poke_v_scale;
+        v.maxabs *= poke_v_scale;
     }
     int64_t nq = c->B * c->Hq * c->Lq * c->Dk;
     void *q = test_alloc((size_t)nq * qsdpa_dtype_size(c->qdt));
@@ -533,6 +541,21 @@ int main(void) {
         bf16_expect = 0;
         for (size_t i = 0; i < sizeof f32_tiles / sizeof f32_tiles[0]; i++) run_case(&rng, &f32_tiles[i]);
         bf16_expect = -1;
+    }
+
+    /* 5d. affine V with tiny and large scales over 16 rows a KV head (the AMX row's tiles take V scales from
+     * 2^-60 to 2^100; others the AVX-512 kernel) */
+    {
+        static const float v_scales[] = {1e-37f, 1e-20f, 1e30f};
+        for (size_t i = 0; i < sizeof v_scales / sizeof v_scales[0]; i++) {
+            poke_v_scale = v_scales[i];
+            test_case tiny = {1, 8, 2, 4, 100, 128, 128, "affine:4:32", "affine:4:32", QSDPA_DTYPE_F32,
+                              QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
+            run_case(&rng, &tiny);
+            tiny.vfmt = tiny.kfmt = "affine:8:64";
+            run_case(&rng, &tiny);
+        }
+        poke_v_scale = 0.0f;
     }
 
     /* 4. disable_simd picks the portable kernels; auto picks AVX2 where the CPU has it. */
