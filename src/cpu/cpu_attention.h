@@ -96,7 +96,8 @@ typedef struct cpu_isa {
      * sums. */
     float (*bf16_pack)(const float *src, int64_t n, uint16_t *dst);
     void (*bf16_score)(const uint16_t *kb, int64_t n, int64_t dim, const uint16_t *qb, int nq, float *scores);
-    /* The ISA this one builds on (NULL = none): its kernels serve the q a tile_q refuses. */
+    /* The ISA this one builds on (NULL = none): its kernels serve the calls whose rows the tiles do not pay
+     * for (cpu_driver.c amx_rows) and the q a tile_q refuses. */
     const struct cpu_isa *base;
 } cpu_isa;
 

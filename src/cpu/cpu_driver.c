@@ -378,6 +378,8 @@ static bool bf16_exact_k(const qsdpa_problem *p) {
  * AVX-512 kernels (32K, affine 4/g64, this VM: 6.2 against 3.9 ms), at 8 about the same, at 16 0.55x
  * (bench/NOTES.md session 28). */
 static bool amx_rows(const plan *pl, int64_t nr) { return nr > 8 && !uses_tiles(pl, nr); }
+/* Whether rows of this format get a tile kernel of their own from an ISA built on a base */
+static bool amx_format(const cpu_isa *isa, const cpu_rows *r) { return isa->ops_for(r) != isa->base->ops_for(r); }
 
 static void run_task(void *arg, int64_t t, int thread) {
     const plan *pl = arg;
@@ -563,7 +565,7 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
         cpu_rows kr, vr;
         qsdpa_cpu_rows(&p->k, 0, 0, &kr);
         qsdpa_cpu_rows(&p->v, 0, 0, &vr);
-        const bool k_tiles = isa->ops_for(&kr)->tile_q != NULL, v_tiles = isa->ops_for(&vr) != isa->base->ops_for(&vr);
+        const bool k_tiles = amx_format(isa, &kr), v_tiles = amx_format(isa, &vr);
         if (k_tiles || v_tiles)
             qsdpa_set_route(ctx, ctx->last_route, k_tiles && v_tiles ? "+amx" : k_tiles ? "+amx.k" : "+amx.v");
     }

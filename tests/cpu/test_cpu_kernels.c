@@ -334,7 +334,11 @@ int main(void) {
     o.kernel = "cpu.reference";
     CHECK(qsdpa_context_create(&o, &ctx_ref) == QSDPA_OK, "reference context: %s", qsdpa_last_error());
     int avx2 = (qsdpa_cpu_features() & 7u) == 7u, vnni = (qsdpa_cpu_features() & 15u) == 15u;
-    const int amx = (qsdpa_cpu_features() & 32u) != 0 && !(getenv("QSDPA_CPU_AMX") && getenv("QSDPA_CPU_AMX")[0] == '0');
+    int amx = 0; /* the row's own availability (CPU, OS grant, QSDPA_CPU_AMX) */
+    for (int i = 0; i < qsdpa_kernel_count(); i++) {
+        qsdpa_kernel_info info;
+        if (qsdpa_kernel_get(i, &info) == QSDPA_OK && !strcmp(info.name, "cpu.amx.decode")) amx = info.usable;
+    }
     if (!vnni) printf("cpu.vnni.*: not run (this CPU lacks AVX512 F/BW/VL/VNNI)\n");
     if (!amx) printf("cpu.amx.*: not run (this CPU, or its OS, lacks AMX-TILE/AMX-BF16, or QSDPA_CPU_AMX=0)\n");
     for (int kn = 0; kn < NKERNELS; kn++) {
