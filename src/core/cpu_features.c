@@ -5,7 +5,7 @@
  * check ggml-cpu lacks. Bits: 1 = AVX2, 2 = FMA, 4 = F16C, 8 = AVX512-VNNI with
  * AVX512F, BW and VL (and the OS saving the opmask and ZMM state, XCR0 bits 5-7), 16 = AVX512_BF16
  * on top of 8, 32 = AMX-TILE and AMX-BF16 on top of 16 (the OS saving tile state, XCR0 bits 17-18, and
- * granting it to this process). */
+ * granting it to this process), 64 = AMX-INT8 on top of 32. */
 #if defined(__linux__) && !defined(_DEFAULT_SOURCE)
 #define _DEFAULT_SOURCE /* syscall (arch_prctl) */
 #endif
@@ -61,7 +61,7 @@ static unsigned detect(void) {
             const unsigned amx_bf16 = 1u << 22, amx_tile = 1u << 24;
             if ((features & 16u) && (edx & amx_bf16) && (edx & amx_tile) && (read_xcr0() & 0x60000) == 0x60000 &&
                 amx_permitted())
-                features |= 32u;
+                features |= (edx & (1u << 25)) ? 96u : 32u; /* with AMX-INT8: 64 too */
         }
     }
     return features;

@@ -68,7 +68,12 @@ typedef struct cpu_kv_ops {
     bool (*tile_q)(const float *q, int nq, int64_t dim, uint16_t *qt);
 } cpu_kv_ops;
 
-/* tile_q's buffer: three bf16 pieces of each q value (their sum is the f32 value exactly) */
+/* The AMX tier serves this many query rows a KV head and fewer on int8 tiles (amx_int8.inc) where the CPU has
+ * AMX-INT8 (qsdpa_cpu_amx_int8_available), more on bf16 tiles */
+#define CPU_AMX_INT8_ROWS 8
+
+/* tile_q's buffer: three bf16 pieces of each q value (their sum is the f32 value exactly), or (int8) three
+ * digits of each and the rows' digit weights */
 #define CPU_QT_BYTES(dim) ((size_t)3 * 16 * (size_t)(dim) * 2)
 
 /* One instruction set: its format kernels and its softmax helper. */
@@ -127,6 +132,7 @@ void qsdpa_cpu_unpack_row(const cpu_rows *t, int64_t j, float *dst);
 bool qsdpa_cpu_avx2_available(void);
 bool qsdpa_cpu_vnni_available(void);
 bool qsdpa_cpu_amx_available(void);
+bool qsdpa_cpu_amx_int8_available(void);
 bool qsdpa_cpu_c_available(void);
 
 #endif

@@ -317,12 +317,12 @@ static int64_t code_bytes(const qsdpa_format *f, int64_t dim) {
 #endif
 
 /* Ask for rows [j0, j0 + n) of a K or V slice ahead of use (into L2): codes, scales,
- * biases. Only rows of >= 128 code bytes: 32K decode, 2 threads, this VM (bench/NOTES.md):
+ * biases. Only rows of >= 128 code bytes, or short_rows too (the AMX kernels, run_task): 32K decode, 2 threads, this VM (bench/NOTES.md):
  * affine 8/g64 (128 B rows) 9% faster, affine 4/g64 (64 B rows) 2-3% slower, as the
  * hardware prefetcher keeps up with the short rows and the hints cost issue slots. */
-static void prefetch_rows(const cpu_rows *t, int64_t j0, int64_t n) {
+static void prefetch_rows(const cpu_rows *t, int64_t j0, int64_t n, bool short_rows) {
     const int64_t bytes = code_bytes(&t->format, t->dim);
-    if (bytes < 128) return;
+    if (bytes < 128 && !short_rows) return;
     for (int64_t j = j0; j < j0 + n; j++) {
         const char *row = t->codes + j * t->code_stride;
         for (int64_t b = 0; b < bytes; b += 64) PREFETCH_L2(row + b);
@@ -373,11 +373,14 @@ static bool bf16_exact_k(const qsdpa_problem *p) {
     return exact && p->dim_k % 32 == 0;
 }
 
-/* Whether an AMX tier's tile kernels serve a task of nr rows: 9 to 16 rows over codes. At 4 rows (Lq 1, GQA 4)
- * the tiles' fixed work a block (codes to bf16, weights in three pieces, product latency) cost more than the
- * AVX-512 kernels (32K, affine 4/g64, this VM: 6.2 against 3.9 ms), at 8 about the same, at 16 0.55x
- * (bench/NOTES.md session 28). */
-static bool amx_rows(const plan *pl, int64_t nr) { return nr > 8 && !uses_tiles(pl, nr); }
+/* Whether an AMX tier's tile kernels serve a task of nr rows: 9 to 16 rows over codes on bf16 tiles, 1 to 8 on
+ * int8 tiles where the CPU has them. At 4 rows (Lq 1, GQA 4) the bf16 tiles' fixed work a block (codes to bf16,
+ * weights in three pieces, product latency) cost more than the AVX-512 kernels (32K, affine 4/g64, session 28's
+ * VM: 6.2 against 3.9 ms), at 8 about the same, at 16 0.55x; int8 tiles take codes as they are (bench/NOTES.md
+ * sessions 28-29). */
+static bool amx_rows(const plan *pl, int64_t nr) {
+    return !uses_tiles(pl, nr) && (nr > CPU_AMX_INT8_ROWS || qsdpa_cpu_amx_int8_available());
+}
 /* Whether rows of this format get a tile kernel of their own from an ISA built on a base */
 static bool amx_format(const cpu_isa *isa, const cpu_rows *r) { return isa->ops_for(r) != isa->base->ops_for(r); }
 
@@ -398,7 +401,8 @@ static void run_task(void *arg, int64_t t, int thread) {
     const bool tiles = uses_tiles(pl, nr), bf16 = tiles && pl->bf16;
     const cpu_kv_ops *kops = pl->isa->ops_for(&kr), *vops = pl->isa->ops_for(&vr), *fops = NULL, *vfops = NULL;
     const float *qk = bf.q;
-    if (pl->isa->base && !amx_rows(pl, nr)) kops = pl->isa->base->ops_for(&kr), vops = pl->isa->base->ops_for(&vr);
+    const bool on_amx = pl->isa->base && amx_rows(pl, nr);
+    if (pl->isa->base && !on_amx) kops = pl->isa->base->ops_for(&kr), vops = pl->isa->base->ops_for(&vr);
     /* An AMX kernel takes q as tiles, made once here; q they cannot carry goes to the base ISA's kernels */
     bool qtiles = false;
     if (kops->tile_q) qtiles = kops->tile_q(bf.q, (int)nr, dk, bf.qt);
@@ -433,7 +437,10 @@ static void run_task(void *arg, int64_t t, int thread) {
     }
     kmin = kmin < c0 ? c0 : kmin;
     kmax = kmax >= c1 ? c1 - 1 : kmax;
-    const int64_t block = tiles ? CPU_BLOCK : pl->block;
+    /* The AMX kernels stage a block's codes before they use any, so they want whole blocks (their fixed work a
+     * call) and the next block's rows asked for however short (32K affine 4/g64 Lq 1, session 29: 64-key blocks
+     * 10.5 against 9.5 ms on one thread; the prefetch 3.7-4.0 against 3.3-4.4 ms on two) */
+    const int64_t block = tiles || on_amx ? CPU_BLOCK : pl->block;
     for (int64_t j0 = kmin; j0 <= kmax; j0 += block) {
         int64_t n = kmax + 1 - j0 < block ? kmax + 1 - j0 : block;
         bool seen = false; /* skip blocks no row sees (causal and window tiles) */
@@ -441,8 +448,8 @@ static void run_task(void *arg, int64_t t, int thread) {
         if (!seen) continue;
         if (j0 + n <= kmax) { /* the next block streams in while this one is computed */
             int64_t nn = kmax + 1 - (j0 + n) < block ? kmax + 1 - (j0 + n) : block;
-            prefetch_rows(&kr, j0 + n, nn);
-            prefetch_rows(&vr, j0 + n, nn);
+            prefetch_rows(&kr, j0 + n, nn, on_amx);
+            prefetch_rows(&vr, j0 + n, nn, on_amx);
         }
         if (tiles) {
             kops->unpack(&kr, j0, n, bf.kf);
@@ -567,7 +574,9 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
         qsdpa_cpu_rows(&p->v, 0, 0, &vr);
         const bool k_tiles = amx_format(isa, &kr), v_tiles = amx_format(isa, &vr);
         if (k_tiles || v_tiles)
-            qsdpa_set_route(ctx, ctx->last_route, k_tiles && v_tiles ? "+amx" : k_tiles ? "+amx.k" : "+amx.v");
+            qsdpa_set_route(ctx, ctx->last_route,
+                            pl.rows_max <= CPU_AMX_INT8_ROWS ? (k_tiles && v_tiles ? "+amx.i8" : k_tiles ? "+amx.i8.k" : "+amx.i8.v")
+                                                             : (k_tiles && v_tiles ? "+amx" : k_tiles ? "+amx.k" : "+amx.v"));
     }
     int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys

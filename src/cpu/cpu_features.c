@@ -29,6 +29,16 @@ bool qsdpa_cpu_amx_available(void) {
 #endif
 }
 
+/* Whether the AMX row's int8 kernels serve calls of few query rows (else those run the AVX-512 kernels) */
+bool qsdpa_cpu_amx_int8_available(void) {
+#ifdef QSDPA_HAVE_AVX2_KERNELS
+    const char *knob = getenv("QSDPA_CPU_AMX_INT8"); /* 0: the AVX-512 kernels there (a benchmark's baseline) */
+    return (qsdpa_cpu_features() & 64u) && !(knob && knob[0] == '0');
+#else
+    return false;
+#endif
+}
+
 bool qsdpa_cpu_c_available(void) { return true; }
 
 #ifndef QSDPA_HAVE_AVX2_KERNELS

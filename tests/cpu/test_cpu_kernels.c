@@ -100,7 +100,9 @@ static const char *kernel_names[] = {"cpu.amx.decode", "cpu.vnni.decode", "cpu.v
 /* the SIMD rows share the AVX2 decoders (cpu.vnni is isa_avx2.c rebuilt with 512-bit kernels, cpu.amx adds tile
  * kernels to it) */
 static int simd_row(const char *name) { return strstr(name, "avx2") || strstr(name, "vnni") || strstr(name, "amx"); }
-static int amx_calls; /* cpu.amx.decode calls whose K and V both ran on tiles (route "+amx") */
+static int amx_calls, amx_int8_calls; /* cpu.amx.decode calls whose K and V both ran on tiles: bf16 ("+amx") or int8
+                                      * ("+amx.i8", 1-8 rows where the CPU has AMX-INT8) */
+static bool amx_int8; /* that row's int8 kernels in use (qsdpa_cpu_features bit 64, QSDPA_CPU_AMX_INT8) */
 
 /* An affine format the AMX tier's tile kernels take (4 or 8 bits, groups of at least 32) at head dim D */
 static bool amx_format(const char *fmt, int64_t D) {
@@ -268,16 +270,21 @@ static void run_case(test_rng *rng, const test_case *c) {
         CHECK(ks == QSDPA_OK, "%s: %s failed: %s", name, kernel_names[kn], qsdpa_last_error());
         if (ks != QSDPA_OK) continue;
         kernel_runs++;
-        if (strstr(kernel_names[kn], "amx")) { /* the tiles serve 9-16 rows a KV head (the route: the plan's) */
+        if (strstr(kernel_names[kn], "amx")) { /* the tiles serve 9-16 rows a KV head, 1-8 on int8 (the route: the plan's) */
             const int64_t nr = c->Hq / c->Hkv * c->Lq;
-            const bool rows_ok = nr > 8 && nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16);
+            const bool int8 = nr <= 8;
+            const bool rows_ok = (nr > 8 || amx_int8) && nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16);
             const bool want_k = rows_ok && amx_format(c->kfmt, c->Dk), want_v = rows_ok && amx_format(c->vfmt, c->Dv);
             const char *route = qsdpa_context_last_route(ctx_kernel[kn]);
-            const char *want = want_k && want_v ? "+amx" : want_k ? "+amx.k" : want_v ? "+amx.v" : NULL;
+            const char *want = want_k && want_v ? (int8 ? "+amx.i8" : "+amx")
+                               : want_k         ? (int8 ? "+amx.i8.k" : "+amx.k")
+                               : want_v         ? (int8 ? "+amx.i8.v" : "+amx.v")
+                                                : NULL;
             const char *got = strstr(route, "+amx");
             CHECK(want ? got && !strcmp(got, want) : !got, "%s: %s took route '%s', expected %s", name,
                   kernel_names[kn], route, want ? want : "no tiles");
-            amx_calls += want_k && want_v;
+            amx_calls += want_k && want_v && !int8;
+            amx_int8_calls += want_k && want_v && int8;
         }
         if (bf16_expect >= 0 && strstr(kernel_names[kn], "vnni")) {
             const bool tiles = strstr(kernel_names[kn], "prefill") ||
@@ -341,6 +348,9 @@ int main(void) {
     }
     if (!vnni) printf("cpu.vnni.*: not run (this CPU lacks AVX512 F/BW/VL/VNNI)\n");
     if (!amx) printf("cpu.amx.*: not run (this CPU, or its OS, lacks AMX-TILE/AMX-BF16, or QSDPA_CPU_AMX=0)\n");
+    const char *int8_knob = getenv("QSDPA_CPU_AMX_INT8");
+    amx_int8 = amx && (qsdpa_cpu_features() & 64u) && !(int8_knob && int8_knob[0] == '0');
+    if (amx && !amx_int8) printf("cpu.amx.* int8 tiles: not run (no AMX-INT8, or QSDPA_CPU_AMX_INT8=0)\n");
     for (int kn = 0; kn < NKERNELS; kn++) {
         if (!avx2 && strstr(kernel_names[kn], "avx2")) continue;
         if (!vnni && strstr(kernel_names[kn], "vnni")) continue;
@@ -547,18 +557,21 @@ int main(void) {
         bf16_expect = -1;
     }
 
-    /* 5d. affine V with tiny and large scales over 16 rows a KV head (the AMX row's tiles take V scales from
-     * 2^-60 to 2^100; others the AVX-512 kernel) */
+    /* 5d. affine V with tiny and large scales over 16, 4 and 8 rows a KV head (the AMX row's bf16 tiles take V
+     * scales from 2^-60 to 2^100, its int8 tiles weights times scales from 2^-100 to FLT_MAX; others the
+     * AVX-512 kernel) */
     {
         static const float v_scales[] = {1e-37f, 1e-20f, 1e30f};
-        for (size_t i = 0; i < sizeof v_scales / sizeof v_scales[0]; i++) {
-            poke_v_scale = v_scales[i];
-            test_case tiny = {1, 8, 2, 4, 100, 128, 128, "affine:4:32", "affine:4:32", QSDPA_DTYPE_F32,
-                              QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
-            run_case(&rng, &tiny);
-            tiny.vfmt = tiny.kfmt = "affine:8:64";
-            run_case(&rng, &tiny);
-        }
+        static const int64_t lqs[] = {4, 1, 2};
+        for (size_t i = 0; i < sizeof v_scales / sizeof v_scales[0]; i++)
+            for (size_t l = 0; l < sizeof lqs / sizeof lqs[0]; l++) {
+                poke_v_scale = v_scales[i];
+                test_case tiny = {1, 8, 2, lqs[l], 100, 128, 128, "affine:4:32", "affine:4:32", QSDPA_DTYPE_F32,
+                                  QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
+                run_case(&rng, &tiny);
+                tiny.vfmt = tiny.kfmt = "affine:8:64";
+                run_case(&rng, &tiny);
+            }
         poke_v_scale = 0.0f;
     }
 
@@ -593,7 +606,9 @@ int main(void) {
 
     for (int kn = 0; kn < NKERNELS; kn++) qsdpa_context_destroy(ctx_kernel[kn]);
     qsdpa_context_destroy(ctx_ref);
-    printf("%d cases, %d kernel runs, %d on AMX tiles\n", cases_run, kernel_runs, amx_calls);
+    printf("%d cases, %d kernel runs, %d on AMX bf16 tiles, %d on int8 tiles\n", cases_run, kernel_runs, amx_calls,
+           amx_int8_calls);
     CHECK(!ctx_kernel[0] || amx_calls > 0, "cpu.amx.decode: no call ran on tiles");
+    CHECK(!ctx_kernel[0] || !amx_int8 || amx_int8_calls > 0, "cpu.amx.decode: no call ran on int8 tiles");
     return test_finish("test_cpu_kernels");
 }

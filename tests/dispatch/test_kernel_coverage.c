@@ -99,11 +99,12 @@ static qsdpa_status run_case(const char *kernel, int disable_simd, const qsdpa_t
     if (chosen) st = qsdpa_attention_select(ctx, q, k, v, params, out, chosen);
     if (st == QSDPA_OK) st = qsdpa_attention(ctx, q, k, v, params, out);
     /* the entry that ran is the one selection named (a CPU entry's only paths inside it: its bf16 tiles, "+bf16"
-     * for P V, "+bf16k" for Q K^T as well; the AMX row's tiles, "+amx" for K and V, "+amx.k" / "+amx.v" for one) */
+     * for P V, "+bf16k" for Q K^T as well; the AMX row's tiles, "+amx" for K and V, "+amx.k" / "+amx.v" for one,
+     * "+amx.i8..." the same on int8 tiles) */
     if (st == QSDPA_OK && chosen) {
         const char *route = qsdpa_context_last_route(ctx);
         const size_t n = strlen(*chosen);
-        static const char *const suffixes[] = {"", "+bf16", "+bf16k", "+amx", "+amx.k", "+amx.v"};
+        static const char *const suffixes[] = {"", "+bf16", "+bf16k", "+amx", "+amx.k", "+amx.v", "+amx.i8", "+amx.i8.k", "+amx.i8.v"};
         bool known = false;
         for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++)
             known = known || (strncmp(route, *chosen, n) == 0 && strcmp(route + n, suffixes[i]) == 0);
