@@ -437,10 +437,12 @@ static void run_task(void *arg, int64_t t, int thread) {
     }
     kmin = kmin < c0 ? c0 : kmin;
     kmax = kmax >= c1 ? c1 - 1 : kmax;
-    /* The AMX kernels stage a block's codes before they use any, so they want whole blocks (their fixed work a
-     * call) and the next block's rows asked for however short (32K affine 4/g64 Lq 1, session 29: 64-key blocks
-     * 10.5 against 9.5 ms on one thread; the prefetch 3.7-4.0 against 3.3-4.4 ms on two) */
-    const int64_t block = tiles || on_amx ? CPU_BLOCK : pl->block;
+    /* The int8 tile kernels stage a block's codes before they use any, so they want whole blocks (their fixed work
+     * a call) and the next block's rows asked for however short (32K affine 4/g64 Lq 1, session 29: 64-key blocks
+     * 10.5 against 9.5 ms on one thread; the prefetch 3.7-4.0 against 3.3-4.4 ms on two). The bf16 tiles keep the
+     * decode block (no difference measured at Lq 4). */
+    const bool int8_tiles = on_amx && nr <= CPU_AMX_INT8_ROWS;
+    const int64_t block = tiles || int8_tiles ? CPU_BLOCK : pl->block;
     for (int64_t j0 = kmin; j0 <= kmax; j0 += block) {
         int64_t n = kmax + 1 - j0 < block ? kmax + 1 - j0 : block;
         bool seen = false; /* skip blocks no row sees (causal and window tiles) */
@@ -448,8 +450,8 @@ static void run_task(void *arg, int64_t t, int thread) {
         if (!seen) continue;
         if (j0 + n <= kmax) { /* the next block streams in while this one is computed */
             int64_t nn = kmax + 1 - (j0 + n) < block ? kmax + 1 - (j0 + n) : block;
-            prefetch_rows(&kr, j0 + n, nn, on_amx);
-            prefetch_rows(&vr, j0 + n, nn, on_amx);
+            prefetch_rows(&kr, j0 + n, nn, int8_tiles);
+            prefetch_rows(&vr, j0 + n, nn, int8_tiles);
         }
         if (tiles) {
             kops->unpack(&kr, j0, n, bf.kf);
