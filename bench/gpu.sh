@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor | portable]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | kshift | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor | portable]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -69,9 +69,10 @@ cache_memcheck() {
 fuzz_run() {
   local seeds=${QSDPA_GPU_FUZZ_SEEDS:-"$RANDOM$RANDOM $RANDOM$RANDOM"}
   # cases that once failed (seed:case; a change to the case generator renumbers them): f32 scales rounded to
-  # f16 by the prefill kernel (run 180); NVFP4 group scales rounded to f16 (5656:205, run 186). The 48 KB
+  # f16 by the prefill kernel (run 180); NVFP4 group scales rounded to f16 (5656:205, run 186); K rounded to f16
+  # on the staged path (236869353:466, SPEC 8.1, mended by K's shift in session 29). The 48 KB
   # wide launch of run 178 is a coverage case now.
-  for replay in ${QSDPA_GPU_FUZZ_REPLAYS:-4404:637 5656:205}; do
+  for replay in ${QSDPA_GPU_FUZZ_REPLAYS:-4404:637 5656:205 236869353:466}; do
     QSDPA_TEST_SEED=${replay%%:*} QSDPA_FUZZ_CASE=${replay#*:} timeout 60 "$B/tests/test_cuda_random" >>"$OUT/tests.log" 2>&1
     echo "test_cuda_random (replay $replay) rc=$?" | tee -a "$OUT/tests.log"
   done
@@ -231,6 +232,35 @@ fi
 if [ "$MODE" = fuzz ]; then
   stamp fuzz | tee "$OUT/tests.log"
   fuzz_run
+  stamp done | tee -a "$OUT/tests.log"
+  exit 0
+fi
+if [ "$MODE" = kshift ]; then
+  # SPEC 8.1's mend (K's shift, qsdpa_cuda_k_shift, session 29): its coverage cases pass, and fail without it (so
+  # they can); the API, MLX and cache tests; the fuzz with its replays; the prefill rows with the shift and without
+  # (staged by default, then staging off: the prefill kernel); last, the whole coverage
+  stamp kshift | tee "$OUT/tests.log"
+  QSDPA_CUDA_SHAPE="N(1000" timeout 120 "$B/tests/test_cuda_coverage" >"$OUT/kshift.txt" 2>&1
+  echo "K-shift cases rc=$?" | tee -a "$OUT/tests.log"
+  QSDPA_CUDA_K_SHIFT=0 QSDPA_CUDA_SHAPE="N(1000" timeout 120 "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
+  echo "K-shift cases with QSDPA_CUDA_K_SHIFT=0 rc=$? (must fail)" | tee -a "$OUT/tests.log"
+  for t in test_cuda_api test_cuda_mlx test_cache_cuda; do
+    timeout 120 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
+    echo "$t rc=$?" | tee -a "$OUT/tests.log"
+  done
+  QSDPA_GPU_FUZZ_SECONDS=${QSDPA_GPU_FUZZ_SECONDS:-30} fuzz_run
+  for round in $([ -z "${QSDPA_GPU_SKIP_BENCH:-}" ] && echo 1 2); do # QSDPA_GPU_SKIP_BENCH=1: no timing
+    for shift in 1 0; do
+      echo "== round $round QSDPA_CUDA_K_SHIFT=$shift (staged)" >>"$OUT/bench.txt"
+      QSDPA_CUDA_K_SHIFT=$shift timeout 120 "$B/bench_gpu" prefill >>"$OUT/bench.txt" 2>&1
+      echo "== round $round QSDPA_CUDA_K_SHIFT=$shift (staging off)" >>"$OUT/bench.txt"
+      QSDPA_CUDA_STAGE_PREFILL_ROWS=0 QSDPA_CUDA_K_SHIFT=$shift timeout 120 "$B/bench_gpu" prefill >>"$OUT/bench.txt" 2>&1
+    done
+  done
+  stamp coverage | tee -a "$OUT/tests.log"
+  timeout ${QSDPA_GPU_COVERAGE_S:-300} "$B/tests/test_cuda_coverage" >"$OUT/coverage.txt" 2>&1
+  echo "test_cuda_coverage rc=$?" | tee -a "$OUT/tests.log"
+  grep -E "FAIL" "$OUT/tests.log" "$OUT/coverage.txt" | head -20
   stamp done | tee -a "$OUT/tests.log"
   exit 0
 fi

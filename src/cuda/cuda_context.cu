@@ -59,6 +59,7 @@ extern "C" void qsdpa_cuda_context_destroy(qsdpa_context *ctx) {
     if (st->scratch) cudaFree(st->scratch);
     if (st->stage) cudaFree(st->stage);
     if (st->realign) cudaFree(st->realign);
+    if (st->kshift) cudaFree(st->kshift);
     if (st->arrivals) cudaFree(st->arrivals);
     for (struct qsdpa_cuda_retired *r = st->retired, *next; r; r = next) {
         next = r->next;
@@ -136,6 +137,10 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out) {
 
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out) {
     return grow_buffer(ctx, &ctx->cuda->stage, &ctx->cuda->stage_bytes, bytes, "the context's staged-path buffer", out);
+}
+
+qsdpa_status qsdpa_cuda_kshift_buffer(qsdpa_context *ctx, size_t bytes, void **out) {
+    return grow_buffer(ctx, &ctx->cuda->kshift, &ctx->cuda->kshift_bytes, bytes, "the context's K-shift buffer", out);
 }
 
 qsdpa_status qsdpa_cuda_arrivals(qsdpa_context *ctx, size_t count, unsigned **out) {

@@ -35,6 +35,8 @@ struct qsdpa_cuda_state {
     size_t stage_bytes;
     void *realign;       /* device scratch of the realigned path: K/V scale and bias planes (cuda_staged.cu) */
     size_t realign_bytes;
+    void *kshift;        /* K's shift of the prefill kernel (qsdpa_cuda_k_shift): [B * Hkv][DK] floats */
+    size_t kshift_bytes;
     void *arrivals;      /* the decode kernel's per-(b, head, row block) arrival counters: zero between calls */
     size_t arrivals_bytes;
     bool arrivals_cleared; /* the live arrivals buffer has been set to zero (on the context's stream) */
@@ -54,6 +56,18 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out);
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out);
 /* The realigned path's buffer: its own, because the row it feeds may stage (a long query). */
 qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out);
+/* The prefill kernel's K shift (its own: the staged and realigned paths feed that kernel). */
+qsdpa_status qsdpa_cuda_kshift_buffer(qsdpa_context *ctx, size_t bytes, void **out);
+/* SPEC 8.1's mend for affine K rounded to f16 (the prefill kernel's tiles, the staged path's copy): dst[(b Hkv + h)
+ * w + d] = the middle m of the centres (bias + scale (2^bits - 1) / 2) of d's group over 256 keys spread over the
+ * cache, where |m| is at least their spread (so every sampled key moves toward 0), else 0; 0 past K's dim. The
+ * kernels subtract it from every key's bias before the rounding, so a value errs by 2^-11 |k - shift| in place of
+ * 2^-11 |k|: the same for every key of a row, it changes each score by q . shift, a constant of the row that the
+ * softmax cancels. Only for calls without sinks or lse (whose scores meet a value outside the softmax); launched
+ * on the context's stream. */
+void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, int64_t len, int w, float *dst,
+                        cudaStream_t stream);
+bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p);
 /* `count` arrival counters, zero on return (a grown buffer is cleared on the context's stream; the kernel
  * that counts on them sets each back to zero when its last CTA has arrived). */
 qsdpa_status qsdpa_cuda_arrivals(qsdpa_context *ctx, size_t count, unsigned **out);

@@ -176,19 +176,55 @@ dim3 rows_grid(int64_t batch, int64_t heads, int64_t len) {
 }
 const dim3 rows_block(32, 8);
 
-/* Rows of t as f16 rows of w dims at dst ([B, H, L, w] contiguous), zeros past t.dim, value by value. */
-__global__ void stage_rows(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst) {
+/* Rows of t as f16 rows of w dims at dst ([B, H, L, w] contiguous), zeros past t.dim, value by value; shift
+ * (K, [B * H][w], or null): taken from each value before its rounding (qsdpa_cuda_k_shift) */
+__global__ void stage_rows(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst, const float *shift) {
     const int64_t b = blockIdx.z, h = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
     if (l >= len) return;
     __half *out = dst + ((b * heads + h) * len + l) * w;
+    const float *sh = shift ? shift + (b * heads + h) * w : nullptr;
     for (int d = threadIdx.x; d < w; d += blockDim.x)
-        out[d] = __float2half_rn(d < t.dim ? qd_element(t, b, h, l, d) : 0.0f);
+        out[d] = __float2half_rn(d < t.dim ? qd_element(t, b, h, l, d) - (sh ? sh[d] : 0.0f) : 0.0f);
+}
+
+/* qsdpa_cuda_k_shift's kernel: block (b, h) of 256 threads, a sampled key each */
+__global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, int w, float *dst) {
+    const int64_t b = blockIdx.y, h = blockIdx.x;
+    const int l = threadIdx.x, n = len < (int64_t)blockDim.x ? (int)len : (int)blockDim.x, groups = t.dim / t.group;
+    const int64_t key = (int64_t)l * len / n; /* n keys spread over the cache */
+    const float mid = 0.5f * (float)((1 << t.bits) - 1);
+    __shared__ float lo_part[8], hi_part[8];
+    float *out = dst + (b * heads + h) * w;
+    for (int gi = 0; gi < groups; gi++) {
+        float lo = INFINITY, hi = -INFINITY;
+        if (l < n) {
+            const float c = qd_group_scale(t, b * t.ss[0] + h * t.ss[1] + key * t.ss[2], gi) * mid +
+                            qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + key * t.bs[2] + gi);
+            lo = hi = c; /* a NaN centre leaves lo, hi NaN: no shift below */
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+            hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+        }
+        if ((l & 31) == 0) lo_part[l >> 5] = lo, hi_part[l >> 5] = hi;
+        __syncthreads();
+        lo = lo_part[0], hi = hi_part[0];
+        for (int x = 1; x < (int)(blockDim.x / 32); x++) lo = fminf(lo, lo_part[x]), hi = fmaxf(hi, hi_part[x]);
+        /* the middle of the sampled centres, where it lies at least their spread from 0: then every sampled
+         * key's centre moves toward 0 (|c - m| <= (hi - lo) / 2 <= |m| / 2 <= |c|); else (centres on both sides
+         * of 0, or spread wider than their offset) none, as before */
+        const float m = 0.5f * (lo + hi);
+        const float shift = isfinite(m) && isfinite(hi - lo) && fabsf(m) >= hi - lo ? m : 0.0f;
+        for (int d = l; d < t.group; d += blockDim.x) out[gi * t.group + d] = shift;
+        __syncthreads();
+    }
+    for (int d = t.dim + l; d < w; d += blockDim.x) out[d] = 0.0f;
 }
 
 /* The same on qd_word_path's tensors: a thread per 32-bit word of codes (its `per`
  * values share one scale and bias); words past the row write the zero pad. */
 template <int MODE>
-__global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst) {
+__global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst, const float *shift) {
     const int64_t b = blockIdx.z, h = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
     if (l >= len) return;
     const int per = MODE == QSDPA_MODE_PLAIN ? 2 : 32 / t.bits, nwords = t.dim / per;
@@ -207,7 +243,8 @@ __global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int 
             const int gi = c * per / t.group;
             const float sc = qd_group_scale(t, b * t.ss[0] + h * t.ss[1] + l * t.ss[2], gi);
             const float z =
-                MODE == QSDPA_MODE_AFFINE ? qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi)
+                MODE == QSDPA_MODE_AFFINE ? qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi) -
+                                                (shift ? shift[(b * heads + h) * w + gi * t.group] : 0.0f)
                                           : 0.0f;
             for (int i = 0; i < per / 2; i++)
                 o2[i] = __floats2half2_rn(qd_word_value<MODE>(word, t.bits, 2 * i, sc, z),
@@ -218,7 +255,7 @@ __global__ void stage_words(const qd_qtensor t, int64_t heads, int64_t len, int 
 
 /* The same for affine codes of B = 3, 5 or 6 bits: a thread per unit of words (qd_odd_unit). */
 template <int B>
-__global__ void stage_units(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst) {
+__global__ void stage_units(const qd_qtensor t, int64_t heads, int64_t len, int w, __half *dst, const float *shift) {
     using U = qd_odd_unit<B>;
     const int64_t b = blockIdx.z, h = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
     if (l >= len) return;
@@ -236,7 +273,8 @@ __global__ void stage_units(const qd_qtensor t, int64_t heads, int64_t len, int 
         for (int x = 0; x < U::WORDS; x++) words[x] = row[u * U::WORDS + x];
         const int gi = u * U::CODES / t.group;
         const float sc = qd_load_float(t.scales, t.scale_dtype, b * t.ss[0] + h * t.ss[1] + l * t.ss[2] + gi);
-        const float z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi);
+        const float z = qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + l * t.bs[2] + gi) -
+                        (shift ? shift[(b * heads + h) * w + gi * t.group] : 0.0f);
 #pragma unroll
         for (int i = 0; i < U::CODES / 2; i++)
             o2[i] = __floats2half2_rn(qd_unit_value<B>(words, 2 * i, sc, z), qd_unit_value<B>(words, 2 * i + 1, sc, z));
@@ -244,27 +282,28 @@ __global__ void stage_units(const qd_qtensor t, int64_t heads, int64_t len, int 
 }
 
 /* Stage K or V: by words (units at 3/5/6 bits) where qd_word_path allows, else (f32 plain rows too)
- * value by value. */
+ * value by value; shift: K's (qsdpa_cuda_k_shift, affine only) or null. */
 void stage_tensor(const qsdpa_qtensor *src, int64_t batch, int64_t heads, int64_t len, int w, __half *dst,
-                  cudaStream_t stream) {
+                  cudaStream_t stream, const float *shift = nullptr) {
     const qd_qtensor t = qd_qtensor_make(src);
     const dim3 grid = rows_grid(batch, heads, len), block = rows_block;
     if (!qd_word_path(&t) || (t.mode == QSDPA_MODE_PLAIN && t.plain_dtype == QSDPA_DTYPE_F32)) {
-        stage_rows<<<grid, block, 0, stream>>>(t, heads, len, w, dst);
+        stage_rows<<<grid, block, 0, stream>>>(t, heads, len, w, dst, shift);
         return;
     }
     switch (t.mode) {
-    case QSDPA_MODE_PLAIN: stage_words<QSDPA_MODE_PLAIN><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
+    case QSDPA_MODE_PLAIN: stage_words<QSDPA_MODE_PLAIN><<<grid, block, 0, stream>>>(t, heads, len, w, dst, nullptr); break;
     case QSDPA_MODE_AFFINE:
-        if (t.bits == 3) stage_units<3><<<grid, block, 0, stream>>>(t, heads, len, w, dst);
-        else if (t.bits == 5) stage_units<5><<<grid, block, 0, stream>>>(t, heads, len, w, dst);
-        else if (t.bits == 6) stage_units<6><<<grid, block, 0, stream>>>(t, heads, len, w, dst);
-        else stage_words<QSDPA_MODE_AFFINE><<<grid, block, 0, stream>>>(t, heads, len, w, dst);
+        if (t.bits == 3) stage_units<3><<<grid, block, 0, stream>>>(t, heads, len, w, dst, shift);
+        else if (t.bits == 5) stage_units<5><<<grid, block, 0, stream>>>(t, heads, len, w, dst, shift);
+        else if (t.bits == 6) stage_units<6><<<grid, block, 0, stream>>>(t, heads, len, w, dst, shift);
+        else stage_words<QSDPA_MODE_AFFINE><<<grid, block, 0, stream>>>(t, heads, len, w, dst, shift);
         break;
-    case QSDPA_MODE_MXFP8: stage_words<QSDPA_MODE_MXFP8><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break;
-    default: stage_words<QSDPA_MODE_MXFP4><<<grid, block, 0, stream>>>(t, heads, len, w, dst); break; /* MXFP4, NVFP4 */
+    case QSDPA_MODE_MXFP8: stage_words<QSDPA_MODE_MXFP8><<<grid, block, 0, stream>>>(t, heads, len, w, dst, nullptr); break;
+    default: stage_words<QSDPA_MODE_MXFP4><<<grid, block, 0, stream>>>(t, heads, len, w, dst, nullptr); break; /* MXFP4, NVFP4 */
     }
 }
+
 
 /* Rows [B, H, L] of C chunks: the first n_copy of each src row to dst, zeros up to n_dst
  * (q into the stage, zero-padded; the stage's output rows back to out). Strides in chunks. */
@@ -682,6 +721,18 @@ double stage_limit_bytes() {
 
 } // namespace
 
+void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, int64_t len, int w, float *dst,
+                        cudaStream_t stream) {
+    k_shift_means<<<dim3((unsigned)heads, (unsigned)batch), 256, 0, stream>>>(qd_qtensor_make(k), heads, len, w, dst);
+}
+
+/* Whether a call takes K's shift (qsdpa_cuda_k_shift): affine K, no sink and no lse (the only places a score
+ * meets a value outside the softmax), keys to average */
+bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p) {
+    static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_K_SHIFT", 1) != 0;
+    return enabled && p->k.format.mode == QSDPA_MODE_AFFINE && !p->sinks && !p->lse && p->len_k > 0;
+}
+
 bool qsdpa_cuda_staged_takes(const qsdpa_context *ctx, const qsdpa_problem *p) {
     double bytes;
     return stage_need(ctx, p, &bytes) && bytes <= stage_limit_bytes();
@@ -747,7 +798,15 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     const bool q_staged = pr->dim_k != wk, out_staged = pr->dim_v != wvt;
     const int64_t q_rows_stride[4] = {pr->heads_q * pr->len_q * wk, pr->len_q * wk, wk, 1};
     const int64_t o_rows_stride[4] = {pr->heads_q * pr->len_q * wvt, pr->len_q * wvt, wvt, 1};
-    stage_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, wk, (__half *)k_s, stream);
+    float *kshift = nullptr; /* SPEC 8.1's mend: K shifted before its f16 rounding (qsdpa_cuda_k_shift) */
+    if (qsdpa_cuda_k_shift_takes(pr)) {
+        void *buf;
+        if ((st = qsdpa_cuda_kshift_buffer(ctx, (size_t)(pr->batch * pr->heads_kv) * (size_t)wk * 4, &buf)) != QSDPA_OK)
+            return st;
+        kshift = (float *)buf;
+        qsdpa_cuda_k_shift(&pr->k, pr->batch, pr->heads_kv, pr->len_k, wk, kshift, stream);
+    }
+    stage_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, wk, (__half *)k_s, stream, kshift);
     stage_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, wvt, (__half *)v_s, stream);
     if (q_staged)
         copy_rows_any(pr->q, pr->q_stride, q_s, q_rows_stride, 2, pr->batch, pr->heads_q, pr->len_q, (int)pr->dim_k,

@@ -65,6 +65,8 @@ struct fast_params : qd_io {
     float *part_o;           /* [nsplit][B*Hkv][rows][Dv] */
     float *part_ml;          /* [nsplit][B*Hkv][rows][2] */
     unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */
+    const float *k_shift;    /* prefill kernel, affine K: [B*Hkv][DK] subtracted from K's biases (qsdpa_cuda_k_shift);
+                              * null: none */
     unsigned *arrivals;      /* decode kernel: [B*Hkv][nrb] counters, zero between calls; non-null: the last
                               * CTA of each (b, head, row block) merges the partials itself (dec_merge_rows) */
 };
@@ -476,7 +478,7 @@ template <int DV, class FK, class FV, class K>
 static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_problem *pr, const char *fn, K kernel,
                                            const char *name, const char *route, const char *configuring, int threads, int smem,
                                            qsdpa_cuda_kernel_info *info, int cta_cap, int long_tiles, int bn,
-                                           int block_rows, bool partials, bool own_merge) {
+                                           int block_rows, bool partials, bool own_merge, int k_shift_width = 0) {
     /* the context's device first: the query sets and reads per-device kernel attributes */
     qsdpa_status st = qsdpa_cuda_enter(ctx, fn);
     if (st != QSDPA_OK) return st;
@@ -494,6 +496,13 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
                                       qfast::plain_dtype_of<FV>(), &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
+    if (k_shift_width > 0) { /* the prefill kernel's K tiles: SPEC 8.1's mend (qsdpa_cuda_k_shift) */
+        void *buf;
+        st = qsdpa_cuda_kshift_buffer(ctx, (size_t)(pr->batch * pr->heads_kv) * (size_t)k_shift_width * 4, &buf);
+        if (st != QSDPA_OK) return st;
+        qsdpa_cuda_k_shift(&pr->k, pr->batch, pr->heads_kv, pr->len_k, k_shift_width, (float *)buf, qsdpa_cuda_stream(ctx));
+        p.k_shift = (const float *)buf;
+    }
     int smem_launch = smem;
     const int resident = (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9);
     /* only a grid that fits one wave at the occupancy, where early placement can pile
@@ -584,8 +593,9 @@ static qsdpa_status qsdpa_cuda_prefill_run(qsdpa_context *ctx, const qsdpa_probl
     using L = qfast::pf_layout<DK, DV, FK, FV>;
     const int smem = wgmma ? L::BYTES_WGMMA : L::BYTES_MMA;
     const int threads = wgmma ? qfast::PF_BLOCK_THREADS_WGMMA : qfast::PF_THREADS; /* + producer */
+    const int k_shift = FK::mode == QSDPA_MODE_AFFINE && qsdpa_cuda_k_shift_takes(pr) ? DK : 0;
     return qsdpa_cuda_fast_launch<DV, FK, FV>(ctx, pr, fn, kernel, "fast_prefill", "cuda.prefill", "configuring fast_prefill", threads,
-                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false);
+                                      smem, &info, 1 << 30, 0, L::BN, qfast::PF_ROWS, false, false, k_shift);
 }
 
 /* The padded path's decode kernel (kernels_cuda.def's QSDPA_CUDA_PAD_ROWS, called for at most 32 folded

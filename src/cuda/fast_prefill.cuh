@@ -115,6 +115,12 @@ __device__ __forceinline__ typename group_sb<S>::type group_scale_bias(const cha
     }
 }
 
+/* A group's {scale, bias} with K's shift taken from the bias (qsdpa_cuda_k_shift), in f32 and rounded once */
+__device__ __forceinline__ half2 shifted_sb(half2 sb, float shift) {
+    return __halves2half2(__low2half(sb), __float2half_rn(__high2float(sb) - shift));
+}
+__device__ __forceinline__ float2 shifted_sb(float2 sb, float shift) { return make_float2(sb.x, sb.y - shift); }
+
 /* One 16-byte chunk of a swizzled f16 tile: 8 elements of row r, columns 8c..8c+7, from
  * their packed words and group {scale, bias}, stored in element order, or with PAIR_ORDER in
  * the order k_word yields them (halves 2q, 2q + 1 of word w = elements k_order(q, 0), (q, 1)):
@@ -172,22 +178,27 @@ struct chunk_batch {
 
     template <class S>
     __device__ __forceinline__ void gather_as(const uint32_t *packed, const char *scales, const char *biases,
-                                              float nv_factor, int tid) {
+                                              float nv_factor, int tid, const float *shift = nullptr) {
         const int c = tid % CH, r0 = tid / CH;
+        float sh = 0.0f; /* K's shift of this chunk's group (affine only) */
+        if constexpr (F::mode == QSDPA_MODE_AFFINE)
+            if (shift) sh = shift[c * 8];
 #pragma unroll
         for (int i = 0; i < N; i++) {
             const int r = r0 + i * ROW_STEP;
             sb[i] = group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, nv_factor);
+            if constexpr (F::mode == QSDPA_MODE_AFFINE)
+                if (shift) sb[i] = shifted_sb(sb[i], sh);
 #pragma unroll
             for (int w = 0; w < WPC; w++) words[i][w] = packed[r * W + c * WPC + w];
         }
     }
     /* f16/bf16 affine scales and the fp formats' (dequant_stage sends f32 ones elsewhere) */
     __device__ __forceinline__ void gather(const qd_qtensor &t, const uint32_t *packed, const char *scales,
-                                           const char *biases, int tid) {
+                                           const char *biases, int tid, const float *shift = nullptr) {
         if constexpr (F::mode == QSDPA_MODE_AFFINE) {
-            if (t.scale_dtype == QSDPA_DTYPE_F16) gather_as<__half>(packed, scales, biases, 0.0f, tid);
-            else gather_as<__nv_bfloat16>(packed, scales, biases, 0.0f, tid);
+            if (t.scale_dtype == QSDPA_DTYPE_F16) gather_as<__half>(packed, scales, biases, 0.0f, tid, shift);
+            else gather_as<__nv_bfloat16>(packed, scales, biases, 0.0f, tid, shift);
         } else {
             gather_as<uint8_t>(packed, scales, biases, t.nv_factor, tid);
         }
@@ -203,7 +214,7 @@ struct chunk_batch {
 /* The same for layouts whose threads do not cover whole rows: one chunk at a time. */
 template <int D, class F, class S>
 __device__ __forceinline__ void dequant_rows_generic(const uint32_t *packed, const char *scales, const char *biases,
-                                                     float nv_factor, uint32_t *tile, int tid) {
+                                                     float nv_factor, uint32_t *tile, int tid, const float *shift) {
     using CB = chunk_batch<D, F>;
 #pragma unroll 1
     for (int idx = tid; idx < PF_BN * CB::CH; idx += CB::NTH) {
@@ -211,43 +222,48 @@ __device__ __forceinline__ void dequant_rows_generic(const uint32_t *packed, con
         uint32_t words[CB::WPC];
 #pragma unroll
         for (int w = 0; w < CB::WPC; w++) words[w] = packed[r * CB::W + c * CB::WPC + w];
-        emit_chunk<F>(tile, r, c, words, group_scale_bias<F, S>(scales, biases, r * CB::G + c * 8 / F::group, nv_factor));
+        auto sb = group_scale_bias<F, S>(scales, biases, r * CB::G + c * 8 / F::group, nv_factor);
+        if constexpr (F::mode == QSDPA_MODE_AFFINE)
+            if (shift) sb = shifted_sb(sb, shift[c * 8]);
+        emit_chunk<F>(tile, r, c, words, sb);
     }
 }
 
 template <int D, class F>
 __device__ __forceinline__ void dequant_tile_generic(const qd_qtensor &t, const uint32_t *packed, const char *scales,
-                                                     const char *biases, uint32_t *tile, int tid) {
+                                                     const char *biases, uint32_t *tile, int tid,
+                                                     const float *shift = nullptr) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
         if (t.scale_dtype == QSDPA_DTYPE_F16)
-            dequant_rows_generic<D, F, __half>(packed, scales, biases, 0.0f, tile, tid);
+            dequant_rows_generic<D, F, __half>(packed, scales, biases, 0.0f, tile, tid, shift);
         else if (t.scale_dtype == QSDPA_DTYPE_BF16)
-            dequant_rows_generic<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid);
-        else dequant_rows_generic<D, F, float>(packed, scales, biases, 0.0f, tile, tid);
+            dequant_rows_generic<D, F, __nv_bfloat16>(packed, scales, biases, 0.0f, tile, tid, shift);
+        else dequant_rows_generic<D, F, float>(packed, scales, biases, 0.0f, tile, tid, shift);
     } else {
-        dequant_rows_generic<D, F, uint8_t>(packed, scales, biases, t.nv_factor, tile, tid);
+        dequant_rows_generic<D, F, uint8_t>(packed, scales, biases, t.nv_factor, tile, tid, nullptr);
     }
 }
 
 template <int D, class F, class S, bool PAIR_ORDER = false>
 __device__ __forceinline__ void dequant_rows_fixed(const uint32_t *packed, const char *scales, const char *biases,
-                                                   float nv_factor, uint32_t *tile, int tid) {
+                                                   float nv_factor, uint32_t *tile, int tid, const float *shift) {
     chunk_batch<D, F, typename group_sb<S>::type> cb;
-    cb.template gather_as<S>(packed, scales, biases, nv_factor, tid);
+    cb.template gather_as<S>(packed, scales, biases, nv_factor, tid, shift);
     cb.template emit<PAIR_ORDER>(tile, tid);
 }
 
 template <int D, class F, bool PAIR_ORDER = false>
 __device__ __forceinline__ void dequant_tile_fixed(const qd_qtensor &t, const uint32_t *packed, const char *scales,
-                                                   const char *biases, uint32_t *tile, int tid) {
+                                                   const char *biases, uint32_t *tile, int tid,
+                                                   const float *shift = nullptr) {
     if constexpr (F::mode == QSDPA_MODE_AFFINE) {
         if (t.scale_dtype == QSDPA_DTYPE_F16)
-            dequant_rows_fixed<D, F, __half, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid);
+            dequant_rows_fixed<D, F, __half, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid, shift);
         else if (t.scale_dtype == QSDPA_DTYPE_BF16)
-            dequant_rows_fixed<D, F, __nv_bfloat16, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid);
-        else dequant_rows_fixed<D, F, float, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid);
+            dequant_rows_fixed<D, F, __nv_bfloat16, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid, shift);
+        else dequant_rows_fixed<D, F, float, PAIR_ORDER>(packed, scales, biases, 0.0f, tile, tid, shift);
     } else {
-        dequant_rows_fixed<D, F, uint8_t, PAIR_ORDER>(packed, scales, biases, t.nv_factor, tile, tid);
+        dequant_rows_fixed<D, F, uint8_t, PAIR_ORDER>(packed, scales, biases, t.nv_factor, tile, tid, nullptr);
     }
 }
 
@@ -264,9 +280,11 @@ __host__ __device__ constexpr bool pf_k_pair_order() {
 #endif
 }
 
-/* A stage's packed K and V tile -> the f16 tiles at `tile` (K [BN][DK], then V [BN][DV]). */
+/* A stage's packed K and V tile -> the f16 tiles at `tile` (K [BN][DK], then V [BN][DV]); kshift: K's shift of
+ * this (b, head) [DK], or null */
 template <class L, int DK, int DV>
-__device__ __forceinline__ void dequant_stage(const fast_params &p, const char *stage, uint32_t *tile, int tid) {
+__device__ __forceinline__ void dequant_stage(const fast_params &p, const char *stage, uint32_t *tile, int tid,
+                                              const float *kshift) {
     using FK = typename L::FK;
     using FV = typename L::FV;
     const uint32_t *kp = (const uint32_t *)stage, *vp = (const uint32_t *)(stage + L::K_BYTES);
@@ -278,22 +296,22 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
         if ((FK::mode == QSDPA_MODE_AFFINE && p.k.scale_dtype == QSDPA_DTYPE_F32) ||
             (FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_F32)) {
             /* f32 scales: their batches hold float2 {scale, bias}, one tensor at a time */
-            dequant_tile_fixed<DK, FK, pf_k_pair_order<L>()>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
+            dequant_tile_fixed<DK, FK, pf_k_pair_order<L>()>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid, kshift);
             dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
         } else {
             chunk_batch<DK, FK> kb; /* the producer has the registers to hold both batches */
             chunk_batch<DV, FV> vb;
-            kb.gather(p.k, kp, ks, ks + L::KS_BYTES, tid);
+            kb.gather(p.k, kp, ks, ks + L::KS_BYTES, tid, kshift);
             vb.gather(p.v, vp, vs, vs + L::VS_BYTES, tid);
             kb.template emit<pf_k_pair_order<L>()>(tile, tid); /* q is staged in the same order */
             vb.emit(vtile, tid);
         }
 #else /* 256 threads at 255 registers (sm_80): one batch at a time, the dtype branch around it, or they spill */
-        dequant_tile_fixed<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
+        dequant_tile_fixed<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid, kshift);
         dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
 #endif
     } else {
-        dequant_tile_generic<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid);
+        dequant_tile_generic<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid, kshift);
         dequant_tile_generic<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
     }
 #ifdef QSDPA_CUDA_HAVE_WGMMA
@@ -362,7 +380,7 @@ __device__ __forceinline__ void pf_wait_full(int wg, int b) {
  * their next tile ready while it loads and dequantizes the ones after. */
 template <class L, int DK, int DV>
 __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sources &src, char *smem,
-                                           uint32_t *tiles, int t0, int t1, int ptid) {
+                                           uint32_t *tiles, int t0, int t1, int ptid, const float *kshift) {
     constexpr int S = L::STAGES, NB = L::DIRECT ? L::STAGES : L::TILE_BUFS_WGMMA;
     constexpr int ALL = PF_BLOCK_THREADS_WGMMA;
     const int n = t1 - t0;
@@ -400,7 +418,7 @@ __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sour
             if (it + S - 1 < n) load_tile<L>(p, src, stage(it + S - 1), t0 + it + S - 1, ptid);
             cp_async_commit();
             if (it >= NB) named_sync(PF_BAR_EMPTY + it % NB, ALL); /* tile it - NB's readers are done */
-            dequant_stage<L, DK, DV>(p, stage(it), tiles + (it % NB) * (L::TILE_BYTES / 4), ptid);
+            dequant_stage<L, DK, DV>(p, stage(it), tiles + (it % NB) * (L::TILE_BYTES / 4), ptid, kshift);
             pf_publish<L>(it % NB);
         }
     }
@@ -432,6 +450,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
     const int rb = p.nrb - 1 - (int)blockIdx.x; /* heaviest (latest causal) row blocks first */
     const int split = blockIdx.y;
     const int64_t bh = blockIdx.z, b = bh / p.hkv, g = bh % p.hkv;
+    const float *kshift = p.k_shift ? p.k_shift + bh * DK : nullptr; /* SPEC 8.1's mend (qsdpa_cuda_k_shift) */
     const int64_t f_cta = (int64_t)rb * PF_ROWS;
     const int64_t f_warp = f_cta + 16 * warp;
     const int64_t f_end = min(p.rows, f_cta + PF_ROWS);
@@ -581,7 +600,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
     /* the producer warpgroup starts loading at once; the row warps stage q meanwhile */
     if (warp >= PF_WARPS) {
         if constexpr (PF_SPLIT_REGS) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PF_PRODUCER_REGS));
-        pf_produce<L, DK, DV>(p, tile_sources_of<L>(p, b, g), smem, tiles, t0, t1, tid - PF_THREADS);
+        pf_produce<L, DK, DV>(p, tile_sources_of<L>(p, b, g), smem, tiles, t0, t1, tid - PF_THREADS, kshift);
         return;
     }
     if constexpr (PF_SPLIT_REGS) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(PF_ROW_REGS));
@@ -744,7 +763,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
             vbytes = kbytes + L::K_BYTES;
         } else {
             if (t < t1) dequant_stage<L, DK, DV>(p, smem + (it % L::STAGES) * L::STAGE_BYTES,
-                                                 tiles + (it & 1) * (L::TILE_BYTES / 4), tid);
+                                                 tiles + (it & 1) * (L::TILE_BYTES / 4), tid, kshift);
             if (it == 0) continue; /* nothing dequantized yet to attend to */
             kbytes = (const char *)(tiles + ((it - 1) & 1) * (L::TILE_BYTES / 4));
             vbytes = kbytes + BN * DK * 2;

@@ -41,7 +41,7 @@ static void buf_free(buf *b) {
     b->h = b->d = NULL;
 }
 
-/* A K or V cache [B, H, cap, dim] quantized on the host from N(0, sigma) rows,
+/* A K or V cache [B, H, cap, dim] quantized on the host from N(offset, sigma) rows,
  * clipped to [-clamp, clamp] when clamp > 0. */
 typedef struct {
     buf codes, scales, biases;
@@ -50,7 +50,7 @@ typedef struct {
 } kv_buf;
 
 static int kv_make(test_rng *rng, kv_buf *kv, const qsdpa_format *f, qsdpa_dtype scale_dtype, int64_t rows,
-                   int64_t dim, double sigma, double clamp) {
+                   int64_t dim, double sigma, double clamp, double offset) {
     memset(kv, 0, sizeof *kv);
     qsdpa_format_row_words(f, dim, &kv->words);
     bool plain = f->mode == QSDPA_MODE_PLAIN, affine = f->mode == QSDPA_MODE_AFFINE;
@@ -62,6 +62,7 @@ static int kv_make(test_rng *rng, kv_buf *kv, const qsdpa_format *f, qsdpa_dtype
     test_fill_normal(rng, x, QSDPA_DTYPE_F32, rows * dim, sigma);
     if (clamp > 0)
         for (int64_t i = 0; i < rows * dim; i++) x[i] = x[i] > clamp ? (float)clamp : x[i] < -clamp ? (float)-clamp : x[i];
+    for (int64_t i = 0; i < rows * dim && offset != 0.0; i++) x[i] += (float)offset;
     for (int64_t i = 0; i < rows * dim; i++) qsdpa_store_float(xt, xdt, i, x[i]);
     size_t sz = qsdpa_dtype_size(kv->sdt);
     if (buf_make(&kv->codes, (size_t)(rows * kv->words) * 4) ||
@@ -148,9 +149,9 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     memset(&q, 0, sizeof q); mask = sinks = out = lse = q;
     memset(&kb, 0, sizeof kb); vb = kb;
     qsdpa_context *gpu = NULL, *cpu = NULL;
-    if (kv_make(rng, &kb, &c->kf, c->scale_dtype, c->batch * c->hkv * cap, c->dk, sigma, 0.0) ||
+    if (kv_make(rng, &kb, &c->kf, c->scale_dtype, c->batch * c->hkv * cap, c->dk, sigma, 0.0, c->k_offset) ||
         kv_make(rng, &vb, &c->vf, c->scale_dtype, c->batch * c->hkv * cap, c->dv, c->v_sigma > 0 ? c->v_sigma : sigma,
-                c->v_clamp)) {
+                c->v_clamp, 0.0)) {
         CHECK(0, "%s: building K/V failed", label);
         goto done;
     }

@@ -24,6 +24,8 @@ typedef struct cuda_case {
     float scale;             /* 0: 1/sqrt(Dk) */
     double sigma;            /* data scale; 0: 1 */
     double v_sigma, v_clamp; /* V's own scale (0: sigma) and clip (0: none) */
+    double k_offset;         /* added to every K value before quantizing (SPEC 8.1: K rounded to f16 erred by
+                                2^-11 |K| where |K| was large against its spread); 0: none */
     const char *kernel;      /* forced CUDA kernel row, or NULL */
     const char *route;       /* what qsdpa_context_last_route must start with after the GPU call, or NULL */
     const char *route_not;   /* what it must not contain (behind a copy's prefix too), or NULL */

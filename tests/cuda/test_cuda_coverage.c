@@ -595,6 +595,21 @@ int main(void) {
     c.kf = fmt("affine:8:64"); /* the K8V4 row */
     c.hq = 8; c.hkv = 2; c.lq = 520; c.lk = 600; c.causal = 1; c.sinks = 1;
     cuda_case_run(&rng, &c, "auto K8V4 Lq520 GQA4 (2080 rows) causal: staged prefill");
+    /* SPEC 8.1: K far from zero against its spread (N(1000, 1)), which the prefill kernel's tiles and the staged
+     * copy round to f16 (2^-11 of 1000 a value, ~0.14 in a score before K's shift, qsdpa_cuda_k_shift): within
+     * f16's bound on both, 4-bit g64 f16 scales and 6-bit g128 f32 scales (widened onto the 8-bit rows or staged
+     * by units). QSDPA_CUDA_K_SHIFT=0 makes these fail (gpu.sh runs that as the check that they can). */
+    for (int staged = 0; staged < 2; staged++)
+        for (int f = 0; f < 2; f++) {
+            c = cuda_case_default();
+            c.k_offset = 1000.0;
+            c.hq = staged ? 8 : 4; c.hkv = staged ? 2 : 1; c.lq = staged ? 520 : 64; c.lk = 600; c.causal = 1;
+            if (f) c.kf = fmt("affine:6:128"), c.scale_dtype = QSDPA_DTYPE_F32;
+            char label[128];
+            snprintf(label, sizeof label, "auto K N(1000, 1) %s, %lld rows: %s", f ? "affine:6:128 f32 scales" : "affine:4:64",
+                     (long long)(c.hq / c.hkv * c.lq), staged ? "staged prefill" : "prefill kernel");
+            cuda_case_run(&rng, &c, label);
+        }
     /* MLX's masked-row rules: every key -inf gives a NaN row (partial: NaN, lse -inf); a -inf sink is no column */
     const qsdpa_dtype qdts[2] = {QSDPA_DTYPE_F16, QSDPA_DTYPE_F32};
     for (int t = 0; t < 2; t++)
