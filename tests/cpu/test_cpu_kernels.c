@@ -128,6 +128,10 @@ static int poke_v;
  * scales: 0.41 max|V| at 1e-37, session 28's review) */
 static float poke_v_scale;
 static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax scale, not after it */
+/* affine K's f32 scales and biases times 1e35 and q times 1e-22: scores of q K's size from K near 1e35 (the AMX
+ * int8 tiles once multiplied a group's integer sum by its scale first and overflowed: the helper's review, session
+ * 29) */
+static int poke_k_huge;
 /* > 0: channel 0 of every q row set to +-poke_q_outlier (the integer K path's one rounding step per row was
  * then coarse for every other channel: 5x the f16 bound at 1000, session 27) */
 static float poke_q_outlier;
@@ -179,9 +183,15 @@ static void run_case(test_rng *rng, const test_case *c) {
         for (int64_t i = 0; i < values; i++) ((float *)v.scales)[i] *= poke_v_scale, ((float *)v.biases)[i] *= poke_v_scale;
         v.maxabs *= poke_v_scale;
     }
+    if (poke_k_huge && !strncmp(c->kfmt, "affine:", 7) && c->sdt == QSDPA_DTYPE_F32) {
+        const int64_t values = c->B * c->Hkv * cap * (c->Dk / k.t.format.group);
+        for (int64_t i = 0; i < values; i++) ((float *)k.scales)[i] *= 1e35f, ((float *)k.biases)[i] *= 1e35f;
+    }
     int64_t nq = c->B * c->Hq * c->Lq * c->Dk;
     void *q = test_alloc((size_t)nq * qsdpa_dtype_size(c->qdt));
     test_fill_normal(rng, q, c->qdt, nq, 1.0);
+    if (poke_k_huge)
+        for (int64_t i = 0; i < nq; i++) qsdpa_store_float(q, c->qdt, i, qsdpa_load_float(q, c->qdt, i) * 1e-22f);
     if (poke_q_nan) qsdpa_store_float(q, c->qdt, 1, NAN);
     if (poke_q_big)
         for (int64_t i = 0; i < nq; i++) qsdpa_store_float(q, c->qdt, i, qsdpa_load_float(q, c->qdt, i) * 1e37f);
@@ -573,6 +583,15 @@ int main(void) {
                 run_case(&rng, &tiny);
             }
         poke_v_scale = 0.0f;
+        /* K near 1e35 against q near 1e-22, at 16, 4 and 8 rows (8-bit K: cpu.avx2.decode's 4-bit g32 K errs to
+         * inf there, a limit of that kernel's own, bench/NOTES.md session 29) */
+        poke_k_huge = 1;
+        for (size_t l = 0; l < sizeof lqs / sizeof lqs[0]; l++) {
+            test_case huge = {1, 8, 2, lqs[l], 100, 128, 128, "affine:8:64", "affine:4:64", QSDPA_DTYPE_F32,
+                              QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
+            run_case(&rng, &huge);
+        }
+        poke_k_huge = 0;
     }
 
     /* 4. disable_simd picks the portable kernels; auto picks AVX2 where the CPU has it. */
