@@ -14,9 +14,6 @@
 
 enum { DK = 576, DV = 512 };
 
-static double spec_tol(qsdpa_dtype d) {
-    return d == QSDPA_DTYPE_F16 ? 2e-3 : d == QSDPA_DTYPE_BF16 ? 1.6e-2 : 2e-5;
-}
 
 /* V as the first DV dims of K's rows: K's pointers and strides, V's widths */
 static qsdpa_qtensor latent_view(const qsdpa_qtensor *k) {
@@ -98,9 +95,9 @@ static void run_case(qsdpa_context *const ctx[2], test_rng *rng, const char *fmt
         const double a = qsdpa_load_float(out[0][0], q_dtype, i), r = qsdpa_load_float(out[1][0], q_dtype, i);
         err = fmax(err, isnan(a) || isnan(r) ? INFINITY : fabs(a - r));
     }
-    CHECK(err <= spec_tol(q_dtype) * vmax, "%s %s Hq%lld Lq%lld on %s: max error %.3g x max|V| (tolerance %.3g)",
+    CHECK(err <= test_spec_tolerance(q_dtype) * vmax, "%s %s Hq%lld Lq%lld on %s: max error %.3g x max|V| (tolerance %.3g)",
           fmt_text, qsdpa_dtype_name(q_dtype), (long long)hq, (long long)lq, qsdpa_context_last_route(ctx[0]),
-          err / vmax, spec_tol(q_dtype));
+          err / vmax, test_spec_tolerance(q_dtype));
     printf("%-12s %-4s Hq%-3lld Lq%lld Lk%lld  %-22s max error %.3g x max|V|\n", fmt_text, qsdpa_dtype_name(q_dtype),
            (long long)hq, (long long)lq, (long long)lk, qsdpa_context_last_route(ctx[0]), err / vmax);
     free(vd);

@@ -37,7 +37,6 @@ static const split_case cases[] = {
     {"bool all-false sinks bf16", 2, 2, 2, 6, 18, 64, 64, "nvfp4", "affine:8:64", BF16, 0, 0, 1, 1},
 };
 
-static double spec_tol(qsdpa_dtype d) { return d == F16 ? 2e-3 : d == BF16 ? 1.6e-2 : 2e-5; }
 
 typedef struct {
     qsdpa_tensor out, lse;
@@ -119,7 +118,7 @@ static void run_case(qsdpa_context *ctx, test_rng *rng, const split_case *c, int
     CHECK(st == QSDPA_OK, "%s: qsdpa_merge: %s", c->name, qsdpa_last_error());
 
     float *V = kv_dequantize_all(&v.t);
-    double tol = spec_tol(c->q_dtype) * max_abs(V, c->B * c->Hkv * c->Lk * c->Dv), worst = 0;
+    double tol = test_spec_tolerance(c->q_dtype) * max_abs(V, c->B * c->Hkv * c->Lk * c->Dv), worst = 0;
     int64_t bad = 0;
     for (int64_t e = 0; e < no; e++) {
         double err = fabs((double)qsdpa_load_float(got, c->q_dtype, e) - qsdpa_load_float(want, c->q_dtype, e));

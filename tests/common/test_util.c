@@ -16,6 +16,16 @@ uint64_t test_seed(void) {
     return seed;
 }
 
+double test_spec_tolerance(qsdpa_dtype dtype) {
+    return dtype == QSDPA_DTYPE_F32 ? 2e-5 : dtype == QSDPA_DTYPE_F16 ? 2e-3 : 1.6e-2;
+}
+
+double test_spec_bound(qsdpa_dtype q, qsdpa_dtype out, double max_abs_v) {
+    const double step = out == QSDPA_DTYPE_F16 ? 0x1p-24 : out == QSDPA_DTYPE_BF16 ? 0x1p-133 : 0x1p-149;
+    const double bound = test_spec_tolerance(q) * max_abs_v;
+    return bound > step ? bound : step;
+}
+
 void test_rng_init(test_rng *rng, uint64_t seed) { rng->state = seed ? seed : 0x9e3779b97f4a7c15ull; }
 
 uint64_t test_rng_next(test_rng *rng) { /* splitmix64 */

@@ -42,6 +42,14 @@ int test_finish(const char *name);
 #define TEST_SKIPPED 77
 bool test_skip_without_cuda(void);
 
+/* SPEC 4's bound on max abs error, relative to max|V|, for q/out of dtype. */
+double test_spec_tolerance(qsdpa_dtype dtype);
+/* SPEC 4's absolute bound for q of dtype q and output of dtype out where max|V| is max_abs_v: the relative bound of
+ * q's dtype, but never under one
+ * step of out's subnormal spacing (V scaled near 1e-40 gives bf16 outputs whose last step, 2^-133, is 12x the
+ * relative bound: kernels and the reference round to neighbouring subnormals) */
+double test_spec_bound(qsdpa_dtype q, qsdpa_dtype out, double max_abs_v);
+
 void *test_alloc(size_t bytes); /* aborts the *test* on OOM (never the library) */
 
 #endif

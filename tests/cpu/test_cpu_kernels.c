@@ -147,10 +147,6 @@ static void poke_e4m3_nan(kv_buf *kv) {
     if (kv->t.format.mode == QSDPA_MODE_NVFP4) ((unsigned char *)kv->scales)[3 * ng + 1] = 0xFF;
 }
 
-static float tolerance(qsdpa_dtype dt) {
-    return dt == QSDPA_DTYPE_F32 ? 2e-5f : dt == QSDPA_DTYPE_F16 ? 2e-3f : 1.6e-2f;
-}
-
 static void case_name(const test_case *c, char *buf, size_t n) {
     snprintf(buf, n, "B%lld Hq%lld Hkv%lld Lq%lld Lk%lld Dk%lld Dv%lld K %s V %s q %s mask%d causal%d win%lld sinks%d partial%d",
              (long long)c->B, (long long)c->Hq, (long long)c->Hkv, (long long)c->Lq, (long long)c->Lk,
@@ -266,7 +262,7 @@ static void run_case(test_rng *rng, const test_case *c) {
     qsdpa_status s = c->partial ? qsdpa_attention_partial(ctx_ref, &qt, &k.t, &v.t, &prm, &rt, &rlt)
                                 : qsdpa_attention(ctx_ref, &qt, &k.t, &v.t, &prm, &rt);
     CHECK(s == QSDPA_OK, "%s: reference failed: %s", name, qsdpa_last_error());
-    float unit = v.maxabs > 0 ? v.maxabs : 1.0f, tol = tolerance(c->qdt) * unit;
+    float unit = v.maxabs > 0 ? v.maxabs : 1.0f, tol = (float)test_spec_bound(c->qdt, odt, unit);
     for (int kn = 0; kn < NKERNELS && s == QSDPA_OK; kn++) {
         if (!ctx_kernel[kn]) continue;
         if (c->Lq > 16 && strstr(kernel_names[kn], "decode")) continue;

@@ -19,10 +19,6 @@ cuda_case cuda_case_default(void) {
     return c;
 }
 
-double cuda_tolerance(qsdpa_dtype q_dtype) {
-    return q_dtype == QSDPA_DTYPE_F32 ? 2e-5 : q_dtype == QSDPA_DTYPE_F16 ? 2e-3 : 1.6e-2;
-}
-
 /* host + device copies of one buffer */
 typedef struct { void *h, *d; size_t bytes; } buf;
 
@@ -269,7 +265,7 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
             if (!(e <= worst)) { worst = isnan(e) ? INFINITY : e; at = (int64_t)i; }
         }
         double rel = vmax > 0 ? worst / vmax : worst;
-        double tol = cuda_tolerance(c->q_dtype);
+        double tol = test_spec_tolerance(c->q_dtype);
         CHECK(rel <= tol, "%s [%s]: max error %.3g x max|V| > %.3g at element %lld (gpu %g, ref %g)", label, name, rel,
               tol, (long long)at, at >= 0 ? qsdpa_load_float(out.h, out_dt, at) : 0.0,
               at >= 0 ? qsdpa_load_float(ref, out_dt, at) : 0.0);

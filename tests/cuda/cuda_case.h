@@ -40,6 +40,5 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label);
 /* GPU calls so far whose route (qsdpa_context_last_route) starts with `prefix`. */
 int cuda_route_count(const char *prefix);
 /* SPEC §4 tolerance of a q dtype. */
-double cuda_tolerance(qsdpa_dtype q_dtype);
 
 #endif

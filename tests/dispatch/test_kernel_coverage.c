@@ -82,10 +82,6 @@ static bool row_takes_format(int mode, int bits, int group, const qsdpa_format *
     return field_ok(mode, f->mode) && field_ok(bits, f->bits) && field_ok(group, f->group);
 }
 
-static float tolerance(qsdpa_dtype dtype) {
-    return dtype == QSDPA_DTYPE_F32 ? 2e-5f : dtype == QSDPA_DTYPE_F16 ? 2e-3f : 1.6e-2f;
-}
-
 /* Runs the case on `kernel` (NULL = automatic) and returns the chosen name through *chosen. */
 static qsdpa_status run_case(const char *kernel, int disable_simd, const qsdpa_tensor *q, const qsdpa_qtensor *k,
                              const qsdpa_qtensor *v, const qsdpa_attention_params *params, qsdpa_tensor *out,
@@ -188,7 +184,7 @@ int main(void) {
                             float d = isnan(a) ? INFINITY : fabsf(a - b);
                             worst = fmaxf(worst, d);
                         }
-                        float tol = tolerance(dt) * v.max_abs;
+                        float tol = (float)test_spec_tolerance(dt) * v.max_abs;
                         CHECK(worst <= tol, "%s on %s D=%lld %s Lq=%lld causal=%d: max error %g > %g", info.name,
                               formats[fi], (long long)dim, qsdpa_dtype_name(dt), (long long)lq, params.causal,
                               worst, tol);

@@ -86,8 +86,6 @@ static int kernel_serves(const qsdpa_kernel_info *info, qsdpa_dtype qdt, const s
            field_ok(info->v_group, v->t.format.group) && (info->max_lq == QSDPA_ANY || info->max_lq >= lq);
 }
 
-static float tolerance(qsdpa_dtype dt) { return dt == QSDPA_DTYPE_F32 ? 2e-5f : 2e-3f; }
-
 /* q rows [first, first + lq) of the 64 exported ones, as qdt; causal, so row i
  * sees keys 0 .. 448 + first + i, as in the model. */
 static void run(qsdpa_context *ref_ctx, const char *layer, const qsdpa_npy_array *qa, const side *k,
@@ -115,7 +113,7 @@ static void run(qsdpa_context *ref_ctx, const char *layer, const qsdpa_npy_array
     test_poison(ref, (size_t)n * es);
     CHECK(qsdpa_attention(ref_ctx, &qt, &kt, &vt, &prm, &rt) == QSDPA_OK, "%s %s reference: %s", layer, label,
           qsdpa_last_error());
-    float tol = tolerance(qdt) * v->maxabs;
+    float tol = (float)test_spec_tolerance(qdt) * v->maxabs;
     for (int ki = -1; ki < qsdpa_kernel_count(); ki++) {
         qsdpa_context_options o = qsdpa_context_default_options();
         qsdpa_kernel_info info;

@@ -148,7 +148,7 @@ static void check_lse(const acase *c, const uint8_t *ref, const char *who, qsdpa
         int64_t o = fuzz_offset(&c->tlse, idx);
         double a = ((const float *)(ref + base))[o], b = ((const float *)c->tlse.data)[o];
         double tol = prec == QSDPA_DTYPE_F32 ? 1e-5 * (1.0 + fabs(a)) + 1e-6 * mag
-                                             : spec_tol(prec) * (1.0 + fabs(a)) + 0x1p-11 * mag;
+                                             : test_spec_tolerance(prec) * (1.0 + fabs(a)) + 0x1p-11 * mag;
         bool bad = isnan(b) || (isinf(a) || isinf(b) ? a != b : fabs(a - b) > tol);
         if (bad) {
             fuzz_fail("partial lse differs from the reference", "%s: lse[%lld,%lld,%lld] = %.9g, reference %.9g (tol %.3g)",
@@ -223,7 +223,7 @@ static void check_slices(test_rng *r, acase *c, const uint8_t *ref, double vmax)
                 worst = d > worst ? d : worst;
             } while (fuzz_next(&mo, idx));
             /* two roundings to q's dtype (merge output, reference) and the f32 partials */
-            double tol = 2.0 * spec_tol(c->qd) * vmax + 1e-30;
+            double tol = 2.0 * test_spec_tolerance(c->qd) * vmax + 1e-30;
             if (!(worst <= tol))
                 fuzz_fail("partial slices + merge differ from the unsplit call", "%d slices at %lld,%lld: max err %.3g > %.3g (max|V| %.3g)",
                           n, (long long)cut[1], (long long)cut[2], worst, tol, vmax);
@@ -334,7 +334,7 @@ void run_attention_case(test_rng *r, int64_t index, bool verbose) {
      * CPU, which computes every partial in f32, and to q's on CUDA (fuzz_16bit_contexts), where f16/bf16 q
      * run in 16-bit tensor-core arithmetic (qsdpa_attention_partial in qsdpa.h says so). */
     const qsdpa_dtype prec = c.partial && !fuzz_16bit_contexts ? QSDPA_DTYPE_F32 : c.qd;
-    double tol = spec_tol(prec) * vmax;
+    double tol = test_spec_tolerance(prec) * vmax;
     for (int kx = -1; kx < fuzz_n_forced; kx++) {
         qsdpa_context *ctx = kx < 0 ? fuzz_ctx_auto : fuzz_ctx_forced[kx];
         char who[96];

@@ -277,4 +277,3 @@ void fill_tensor(test_rng *r, const qsdpa_tensor *t, double sigma) {
 }
 
 
-double spec_tol(qsdpa_dtype d) { return d == QSDPA_DTYPE_F32 ? 2e-5 : d == QSDPA_DTYPE_F16 ? 2e-3 : 1.6e-2; }

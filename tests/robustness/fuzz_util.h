@@ -50,7 +50,6 @@ int64_t random_dim(test_rng *r, const qsdpa_format *f);    /* a valid head dim f
 /* A tensor of `shape` in a fresh guarded buffer with a random layout; fill it. */
 qsdpa_tensor alloc_tensor(test_rng *r, gbuf *g, qsdpa_dtype dt, int rank, const int64_t *shape, bool pad);
 void fill_tensor(test_rng *r, const qsdpa_tensor *t, double sigma);
-double spec_tol(qsdpa_dtype d); /* SPEC 4, in units of max|V| */
 
 /* ---- contexts ---------------------------------------------------------------------- */
 qsdpa_context *fuzz_make_ctx(qsdpa_backend backend, const char *kernel, int threads); /* exits on failure */
