@@ -38,7 +38,7 @@ typedef struct cpu_rows {
  *   w      [n][nq]          softmax weights, same layout as scores, + 4 floats
  * (the "+ 4 floats" padding lets a kernel read 4 rows at r0 = nq - 1 and ignore lanes)
  *   acc    [nq][dim]        unnormalised output rows
- *   tmp    [CPU_BLOCK][dim] scratch the kernel may use
+ *   tmp    [CPU_BLOCK][dim] scratch the kernel may use (the AMX tier's: CPU_AMX_TMP_EXTRA bytes more)
  *   dst    [n][dim]         unpacked rows */
 typedef struct cpu_kv_ops {
     const char *name; /* "affine4", "fp4", "f16", "generic", ... for `qsdpa info` and notes */
@@ -68,9 +68,17 @@ typedef struct cpu_kv_ops {
     bool (*tile_q)(const float *q, int nq, int64_t dim, uint16_t *qt);
 } cpu_kv_ops;
 
-/* The AMX tier serves this many query rows a KV head and fewer on int8 tiles (amx_int8.inc) where the CPU has
- * AMX-INT8 (qsdpa_cpu_amx_int8_available), more on bf16 tiles */
-#define CPU_AMX_INT8_ROWS 8
+/* The AMX tier's tiles serve up to CPU_AMX_ROWS query rows a KV head: all of them on int8 tiles (amx_int8.inc)
+ * where the CPU has AMX-INT8 (qsdpa_cpu_amx_int8_available), else from CPU_AMX_BF16_MIN_ROWS on bf16 tiles
+ * (fewer rows run the AVX-512 kernels: bf16 tiles' fixed work a block does not pay there) */
+#define CPU_AMX_ROWS 16
+#define CPU_AMX_BF16_MIN_ROWS 9
+/* Whether the AMX tier takes nr rows a KV head on int8 tiles */
+bool qsdpa_cpu_amx_int8_rows(int64_t nr);
+/* The AMX tier's scratch beyond tmp's CPU_BLOCK x dim floats: amx8_accum at 16 rows (3 piece tiles) needs about
+ * 364 dim + 21 KB bytes (its code tiles 128 dim, weight digits 192 dim, C buffers 12 KB, weights 8 KB), which
+ * 512 dim covers only from dim 144 */
+#define CPU_AMX_TMP_EXTRA 24576
 
 /* tile_q's buffer: three bf16 pieces of each q value (their sum is the f32 value exactly), or (int8) three
  * digits of each and the rows' digit weights */

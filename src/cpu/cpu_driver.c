@@ -13,6 +13,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,6 +70,7 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
                       R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4, R * dk * 2, R * 4 + 16,
                       pl->bf16 ? CPU_BLOCK / 2 * (dv + R) * 4 : 0, pl->bf16_k ? R * dk * 2 : 0,
                       pl->bf16_k ? CPU_BLOCK * dk * 2 : 0, pl->isa->base ? CPU_QT_BYTES(dk) : 0};
+    if (pl->isa->base) sizes[10] += CPU_AMX_TMP_EXTRA; /* tmp */
     void **slots[] = {(void **)&b->q, (void **)&b->qk, (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
                       (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
                       (void **)&b->acc, (void **)&b->tmp, (void **)&b->kf,
@@ -373,13 +375,13 @@ static bool bf16_exact_k(const qsdpa_problem *p) {
     return exact && p->dim_k % 32 == 0;
 }
 
-/* Whether an AMX tier's tile kernels serve a task of nr rows: 9 to 16 rows over codes on bf16 tiles, 1 to 8 on
- * int8 tiles where the CPU has them. At 4 rows (Lq 1, GQA 4) the bf16 tiles' fixed work a block (codes to bf16,
- * weights in three pieces, product latency) cost more than the AVX-512 kernels (32K, affine 4/g64, session 28's
- * VM: 6.2 against 3.9 ms), at 8 about the same, at 16 0.55x; int8 tiles take codes as they are (bench/NOTES.md
- * sessions 28-29). */
+/* Whether an AMX tier's tile kernels serve a task of nr rows: 1 to 16 rows on int8 tiles where the CPU has them,
+ * else 9 to 16 on bf16 tiles. At 4 rows (Lq 1, GQA 4) the bf16 tiles' fixed work a block (codes to bf16, weights
+ * in three pieces, product latency) cost more than the AVX-512 kernels (32K, affine 4/g64, session 28's VM: 6.2
+ * against 3.9 ms), at 8 about the same, at 16 0.55x; int8 tiles take codes as they are, 0.88x the bf16 tiles' time
+ * at 16 rows (bench/NOTES.md sessions 28-30). */
 static bool amx_rows(const plan *pl, int64_t nr) {
-    return !uses_tiles(pl, nr) && (nr > CPU_AMX_INT8_ROWS || qsdpa_cpu_amx_int8_available());
+    return !uses_tiles(pl, nr) && (nr >= CPU_AMX_BF16_MIN_ROWS || qsdpa_cpu_amx_int8_rows(nr));
 }
 /* Whether rows of this format get a tile kernel of their own from an ISA built on a base */
 static bool amx_format(const cpu_isa *isa, const cpu_rows *r) { return isa->ops_for(r) != isa->base->ops_for(r); }
@@ -441,7 +443,7 @@ static void run_task(void *arg, int64_t t, int thread) {
      * a call) and the next block's rows asked for however short (32K affine 4/g64 Lq 1, session 29: 64-key blocks
      * 10.5 against 9.5 ms on one thread; the prefetch 3.7-4.0 against 3.3-4.4 ms on two). The bf16 tiles keep the
      * decode block (no difference measured at Lq 4). */
-    const bool int8_tiles = on_amx && nr <= CPU_AMX_INT8_ROWS;
+    const bool int8_tiles = on_amx && qsdpa_cpu_amx_int8_rows(nr);
     const int64_t block = tiles || int8_tiles ? CPU_BLOCK : pl->block;
     for (int64_t j0 = kmin; j0 <= kmax; j0 += block) {
         int64_t n = kmax + 1 - j0 < block ? kmax + 1 - j0 : block;
@@ -575,10 +577,12 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
         qsdpa_cpu_rows(&p->k, 0, 0, &kr);
         qsdpa_cpu_rows(&p->v, 0, 0, &vr);
         const bool k_tiles = amx_format(isa, &kr), v_tiles = amx_format(isa, &vr);
-        if (k_tiles || v_tiles)
-            qsdpa_set_route(ctx, ctx->last_route,
-                            pl.rows_max <= CPU_AMX_INT8_ROWS ? (k_tiles && v_tiles ? "+amx.i8" : k_tiles ? "+amx.i8.k" : "+amx.i8.v")
-                                                             : (k_tiles && v_tiles ? "+amx" : k_tiles ? "+amx.k" : "+amx.v"));
+        if (k_tiles || v_tiles) {
+            char suffix[16];
+            snprintf(suffix, sizeof suffix, "+amx%s%s", qsdpa_cpu_amx_int8_rows(pl.rows_max) ? ".i8" : "",
+                     k_tiles && v_tiles ? "" : k_tiles ? ".k" : ".v");
+            qsdpa_set_route(ctx, ctx->last_route, suffix);
+        }
     }
     int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys

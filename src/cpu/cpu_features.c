@@ -2,6 +2,7 @@
  * src/core/cpu_features.c, which checks OSXSAVE/XGETBV as well as CPUID). */
 #include "cpu/cpu_attention.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 
 bool qsdpa_cpu_avx2_available(void) {
@@ -29,15 +30,24 @@ bool qsdpa_cpu_amx_available(void) {
 #endif
 }
 
-/* Whether the AMX row's int8 kernels serve calls of few query rows (else those run the AVX-512 kernels) */
+/* Whether the AMX row's int8 kernels serve its calls (else 1-8 rows a KV head run the AVX-512 kernels and 9-16
+ * the bf16 tiles). The knob is read once: the plan and the kernels a call runs must agree on it. */
 bool qsdpa_cpu_amx_int8_available(void) {
 #ifdef QSDPA_HAVE_AVX2_KERNELS
-    const char *knob = getenv("QSDPA_CPU_AMX_INT8"); /* 0: the AVX-512 kernels there (a benchmark's baseline) */
-    return (qsdpa_cpu_features() & 64u) && !(knob && knob[0] == '0');
+    static _Atomic int cached = -1; /* racing first calls store the same answer */
+    int on = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (on < 0) {
+        const char *knob = getenv("QSDPA_CPU_AMX_INT8"); /* 0: the kernels above (a benchmark's baseline) */
+        on = (qsdpa_cpu_features() & 64u) && !(knob && knob[0] == '0');
+        atomic_store_explicit(&cached, on, memory_order_relaxed);
+    }
+    return on;
 #else
     return false;
 #endif
 }
+
+bool qsdpa_cpu_amx_int8_rows(int64_t nr) { return nr <= CPU_AMX_ROWS && qsdpa_cpu_amx_int8_available(); }
 
 bool qsdpa_cpu_c_available(void) { return true; }
 
