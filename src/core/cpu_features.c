@@ -61,7 +61,7 @@ static unsigned detect(void) {
             const unsigned amx_bf16 = 1u << 22, amx_tile = 1u << 24;
             if ((features & 16u) && (edx & amx_bf16) && (edx & amx_tile) && (read_xcr0() & 0x60000) == 0x60000 &&
                 amx_permitted())
-                features |= (edx & (1u << 25)) ? 96u : 32u; /* with AMX-INT8: 64 too */
+                features |= (edx & (1u << 25)) && (ecx & (1u << 1)) ? 96u : 32u; /* with AMX-INT8 and VBMI: 64 too */
         }
     }
     return features;

@@ -76,9 +76,9 @@ typedef struct cpu_kv_ops {
 /* Whether the AMX tier takes nr rows a KV head on int8 tiles */
 bool qsdpa_cpu_amx_int8_rows(int64_t nr);
 /* The AMX tier's scratch beyond tmp's CPU_BLOCK x dim floats: amx8_accum at 16 rows (3 piece tiles) needs about
- * 364 dim + 21 KB bytes (its code tiles 128 dim, weight digits 192 dim, C buffers 12 KB, weights 8 KB), which
- * 512 dim covers only from dim 144 */
-#define CPU_AMX_TMP_EXTRA 24576
+ * 364 dim + 33 KB bytes (its code tiles 128 dim, weight digits 192 dim, C buffers 24 KB, weights 8 KB), which
+ * 512 dim covers only from dim 232 */
+#define CPU_AMX_TMP_EXTRA 40960
 
 /* tile_q's buffer: three bf16 pieces of each q value (their sum is the f32 value exactly), or (int8) three
  * digits of each and the rows' digit weights */
