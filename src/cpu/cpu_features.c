@@ -30,7 +30,7 @@ bool qsdpa_cpu_amx_available(void) {
 #endif
 }
 
-/* Whether the AMX row's int8 kernels serve its calls (else 1-8 rows a KV head run the AVX-512 kernels and 9-16
+/* Whether the AMX row's int8 kernels serve its calls of 1-16 rows (else 1-8 rows a KV head run the AVX-512 kernels and 9-16
  * the bf16 tiles). The knob is read once: the plan and the kernels a call runs must agree on it. */
 bool qsdpa_cpu_amx_int8_available(void) {
 #ifdef QSDPA_HAVE_AVX2_KERNELS
