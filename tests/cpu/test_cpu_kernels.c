@@ -579,14 +579,18 @@ int main(void) {
                 run_case(&rng, &tiny);
             }
         poke_v_scale = 0.0f;
-        /* K near 1e35 against q near 1e-22, at 16, 4 and 8 rows (8-bit K: cpu.avx2.decode's 4-bit g32 K errs to
-         * inf there, a limit of that kernel's own, bench/NOTES.md session 29) */
+        /* K near 1e35 against q near 1e-22, at 16, 4 and 8 rows, f32 and bf16 q (cpu.avx2.decode's 4-bit K took
+         * the scale before q and gave inf, session 30) */
         poke_k_huge = 1;
-        for (size_t l = 0; l < sizeof lqs / sizeof lqs[0]; l++) {
-            test_case huge = {1, 8, 2, lqs[l], 100, 128, 128, "affine:8:64", "affine:4:64", QSDPA_DTYPE_F32,
-                              QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
-            run_case(&rng, &huge);
-        }
+        static const char *huge_k[] = {"affine:8:64", "affine:4:32", "affine:4:128"};
+        static const qsdpa_dtype huge_q[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_BF16};
+        for (size_t l = 0; l < sizeof lqs / sizeof lqs[0]; l++)
+            for (size_t f = 0; f < sizeof huge_k / sizeof huge_k[0]; f++)
+                for (size_t d = 0; d < sizeof huge_q / sizeof huge_q[0]; d++) {
+                    test_case huge = {1, 8, 2, lqs[l], 100, 128, 128, huge_k[f], "affine:4:64", QSDPA_DTYPE_F32,
+                                      huge_q[d], 0, 0, 0, 0, 0, 0};
+                    run_case(&rng, &huge);
+                }
         poke_k_huge = 0;
     }
 

@@ -817,12 +817,52 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 #define PREP_Q(F) (F == F_AFF4 ? aff4_prep_q : NULL)
 #endif
 
-/* The 256-bit score over key pairs, then the odd key. */
+/* One key's scores of 4-bit affine K over NR rows with each group's sum of codes times q taken before its scale:
+ * the hot loops multiply the decoded codes (up to 15 x 4096 in decode16's scaled lanes) by the scale first, which
+ * overflows f32 for scales past ~5e33 where the score itself may be finite (the test's K scales of 1e35 against q
+ * of 1e-22 gave inf) */
+INLINE void score_aff4_key_safe(const int NR, const cpu_rows *k, int64_t j, const float *q, const float *qsum, int nq,
+                                int r0, float *out) {
+    const size_t dim = (size_t)k->dim, G = (size_t)k->group, ng = dim / G;
+    const char *row = k->codes + j * k->code_stride, *srow = k->scales + j * k->scale_stride;
+    const char *brow = k->biases + j * k->bias_stride;
+    __m256 total[4];
+    __m128 bias = _mm_setzero_ps();
+    for (int r = 0; r < 4; r++) total[r] = _mm256_setzero_ps();
+    for (size_t g = 0; g < ng; g++) {
+        __m256 part[4];
+        for (int r = 0; r < 4; r++) part[r] = _mm256_setzero_ps();
+        for (size_t e = 0; e < G; e += 16) {
+            __m256 c0, c1;
+            decode16(F_AFF4, row + g * G / 2, e, g == ng - 1 && e + 16 == G, &c0, &c1);
+            for (int r = 0; r < NR; r++) {
+                const float *qr = q + (size_t)(r0 + r) * dim + g * G + e;
+                part[r] = _mm256_fmadd_ps(c1, _mm256_loadu_ps(qr + 8), _mm256_fmadd_ps(c0, _mm256_loadu_ps(qr), part[r]));
+            }
+        }
+        const __m256 sv = _mm256_set1_ps(group_scale(F_AFF4, k, srow, g));
+        for (int r = 0; r < NR; r++) total[r] = _mm256_fmadd_ps(part[r], sv, total[r]);
+        bias = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow, g)), _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0),
+                            bias);
+    }
+    store_row_sums(NR, total, bias, out);
+}
+
+/* The 256-bit score over key pairs, then the odd key. Keys of 4-bit affine K with a group scale of 2^100 or more
+ * (f32 or bf16 scales; f16 ones stop at 65504) are scored again the safe way (score_aff4_key_safe). */
 INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
                          const float *qsum, int nq, int r0, float *scores) {
     const int64_t even = n & ~(int64_t)1;
     score2_nr(F, NR, GC, k, j0, even, q, qsum, nq, r0, scores);
     score_nr(F, NR, GC, k, j0 + even, n - even, q, qsum, nq, r0, scores + even * nq);
+    if (F != F_AFF4 || k->scale_dtype == QSDPA_DTYPE_F16) return;
+    const int64_t ng = k->dim / k->group;
+    for (int64_t j = 0; j < n; j++) {
+        const char *srow = k->scales + (j0 + j) * k->scale_stride;
+        bool huge = false;
+        for (int64_t g = 0; g < ng; g++) huge |= fabsf(group_scale(F, k, srow, g)) >= 0x1p100f;
+        if (huge) score_aff4_key_safe(NR, k, j0 + j, q, qsum, nq, r0, scores + j * nq + r0);
+    }
 }
 
 /* One set of kernels per (format, group): GC is the group size when it is known at
