@@ -587,8 +587,8 @@ int main(void) {
         for (size_t l = 0; l < sizeof lqs / sizeof lqs[0]; l++)
             for (size_t f = 0; f < sizeof huge_k / sizeof huge_k[0]; f++)
                 for (size_t d = 0; d < sizeof huge_q / sizeof huge_q[0]; d++) {
-                    test_case huge = {1, 8, 2, lqs[l], 100, 128, 128, huge_k[f], "affine:4:64", QSDPA_DTYPE_F32,
-                                      huge_q[d], 0, 0, 0, 0, 0, 0};
+                    test_case huge = {1, 8, 2, lqs[l], 100, 128, 128, huge_k[f], "affine:4:64", huge_q[d],
+                                      QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
                     run_case(&rng, &huge);
                 }
         poke_k_huge = 0;

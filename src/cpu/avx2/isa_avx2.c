@@ -433,12 +433,15 @@ INLINE Q16_TARGET void score_q16_nr(int F, const int NR, const int GC, const cpu
             }
             __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
             __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-            dot = _mm_fmadd_ps(_mm_cvtepi32_ps(sum), _mm_set1_ps(group_scale(F, k, srow, g) * code_unit), dot);
+            /* the row's q scale before the group's: an integer sum (up to ~2^25) times a K scale past ~1e31 would
+             * overflow where the score does not (K scales of 1e35 against bf16 q of 1e-22 gave inf, session 30) */
+            dot = _mm_fmadd_ps(_mm_mul_ps(_mm_cvtepi32_ps(sum), row_scale),
+                               _mm_set1_ps(group_scale(F, k, srow, g) * code_unit), dot);
             if (has_bias(F))
                 bias = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow, g)),
                                     _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0), bias);
         }
-        store_rows(NR, _mm_fmadd_ps(dot, row_scale, bias), scores + j * nq + r0);
+        store_rows(NR, _mm_add_ps(dot, bias), scores + j * nq + r0);
     }
 }
 
