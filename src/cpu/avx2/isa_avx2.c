@@ -146,6 +146,11 @@ INLINE void from_perm_lanes(float *acc, int64_t dim, bool scaled) {
 #ifndef QSDPA_ISA_VNNI /* the 256-bit affine 4-bit decoder's order; the VNNI build's is its own */
 static void aff4_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, true); }
 static void aff4_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, true); }
+/* 4-bit V whose scales can pass ~8e34 (f32 or bf16; f16 stops at 65504): the accumulator's lanes hold values as
+ * they are, not times 16^(l/2) as the decoder gives them (up to 4096x, which overflowed outputs past ~8e34 that
+ * are finite: session 30), at one multiply a decoded vector; their tables (affine4_wide_ops) only permute back */
+static bool aff4_wide(const cpu_rows *v) { return v->scale_dtype != QSDPA_DTYPE_F16; }
+static void aff4_wide_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, false); }
 #endif
 
 INLINE float load_scalar(qsdpa_dtype dt, const char *base, int64_t g) {
@@ -469,6 +474,12 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                      int r0, float *acc) {
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
     float wsb[1][CPU_BLOCK * 4] __attribute__((aligned(16))), *ws = wsb[0]; /* [j][4]: weight times the group scale */
+#ifdef QSDPA_ISA_VNNI
+    const bool wide = false;
+#else
+    const bool wide = F == F_AFF4 && aff4_wide(v); /* lanes unscaled (aff4_wide) */
+#endif
+    const __m256 unscale = _mm256_setr_ps(1, 1, 0x1p-4f, 0x1p-4f, 0x1p-8f, 0x1p-8f, 0x1p-12f, 0x1p-12f);
     for (size_t g = 0; g < ng; g++) {
         __m128 bsum;
         group_weights(F, 1, v, j0, n, w, nq, r0, g, wsb, &bsum);
@@ -491,6 +502,10 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                     __m256 c0, c1, d0, d1;
                     decode16(F, row, re, last, &c0, &c1);
                     decode16(F, row + v->code_stride, re, last, &d0, &d1);
+                    if (wide) {
+                        c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
+                        d0 = _mm256_mul_ps(d0, unscale), d1 = _mm256_mul_ps(d1, unscale);
+                    }
                     for (int r = 0; r < NR; r++) {
                         __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r), wu = _mm256_broadcast_ss(ws + 4 * j + 4 + r);
                         a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
@@ -504,6 +519,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             for (; j < n; j++, row += v->code_stride) {
                 __m256 c0, c1;
                 decode16(F, row, re, last, &c0, &c1);
+                if (wide) c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
                 for (int r = 0; r < NR; r++) {
                     __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r);
                     a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
@@ -521,7 +537,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             for (int r = 0; r < NR; r++) {
                 float *a = acc + (size_t)(r0 + r) * dim + g * G;
                 __m256 bv = _mm256_set1_ps(bl[r]);
-                if (F == F_AFF4) bv = _mm256_mul_ps(bv, _mm256_setr_ps(1, 1, 16, 16, 256, 256, 4096, 4096));
+                if (F == F_AFF4 && !wide) bv = _mm256_mul_ps(bv, _mm256_setr_ps(1, 1, 16, 16, 256, 256, 4096, 4096));
                 for (size_t e = 0; e < G; e += 8) _mm256_storeu_ps(a + e, _mm256_add_ps(_mm256_loadu_ps(a + e), bv));
             }
         }
@@ -942,6 +958,14 @@ DEFINE_FORMAT(affine6, F_AFF6, 0)
 
 static const cpu_kv_ops *const affine_ops[2][3] = {{&affine4_g32_ops, &affine4_g64_ops, &affine4_g128_ops},
                                                    {&affine8_g32_ops, &affine8_g64_ops, &affine8_g128_ops}};
+#ifndef QSDPA_ISA_VNNI
+/* the 4-bit tables for scales that can be large (aff4_wide): the same kernels, the accumulator only permuted */
+#define AFF4_WIDE_OPS(NAME)                                                                                   \
+    {#NAME ".wide", NAME##_score, NAME##_accum, NAME##_unpack, aff4_prep_q, aff4_wide_fix_acc, NAME##_score_q16, \
+     order_q16_step32, NULL}
+static const cpu_kv_ops affine4_wide_ops[3] = {AFF4_WIDE_OPS(affine4_g32), AFF4_WIDE_OPS(affine4_g64),
+                                               AFF4_WIDE_OPS(affine4_g128)};
+#endif
 
 /* Formats without a decoder (none of SPEC's today; the fallback for a new mode): rows to floats
  * (portable unpack), then the f32 kernels. */
@@ -993,6 +1017,9 @@ static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
         case 8: break;
         default: return &generic_ops;
         }
+#ifndef QSDPA_ISA_VNNI
+        if (t->format.bits == 4 && aff4_wide(t)) return &affine4_wide_ops[t->group == 32 ? 0 : t->group == 64 ? 1 : 2];
+#endif
         return affine_ops[t->format.bits == 8][t->group == 32 ? 0 : t->group == 64 ? 1 : 2];
     case QSDPA_MODE_MXFP4: return &mxfp4_ops;
     case QSDPA_MODE_NVFP4: return &nvfp4_ops;
