@@ -67,10 +67,10 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     size_t gk = p->k.format.mode == QSDPA_MODE_AFFINE ? dk / (size_t)p->k.format.group : 1;
     size_t dmax = dk > dv ? dk : dv;
     size_t sizes[] = {R * dk * 4, R * dk * 4, R * gk * 4 + 16, CPU_BLOCK * R * 4 + 16, R * 4, R * 4, R * 4, R * 8, R * 8,
-                      R * dv * 4, CPU_BLOCK * dmax * 4, CPU_BLOCK * dk * 4, CPU_BLOCK * dv * 4, R * dk * 2, R * 4 + 16,
+                      R * dv * 4, CPU_BLOCK * dmax * 4 + (pl->isa->base ? CPU_AMX_TMP_EXTRA : 0), CPU_BLOCK * dk * 4,
+                      CPU_BLOCK * dv * 4, R * dk * 2, R * 4 + 16,
                       pl->bf16 ? CPU_BLOCK / 2 * (dv + R) * 4 : 0, pl->bf16_k ? R * dk * 2 : 0,
                       pl->bf16_k ? CPU_BLOCK * dk * 2 : 0, pl->isa->base ? CPU_QT_BYTES(dk) : 0};
-    if (pl->isa->base) sizes[10] += CPU_AMX_TMP_EXTRA; /* tmp */
     void **slots[] = {(void **)&b->q, (void **)&b->qk, (void **)&b->qsum, (void **)&b->s,  (void **)&b->m,
                       (void **)&b->l,  (void **)&b->mnew, (void **)&b->lo, (void **)&b->hi,
                       (void **)&b->acc, (void **)&b->tmp, (void **)&b->kf,

@@ -146,12 +146,25 @@ INLINE void from_perm_lanes(float *acc, int64_t dim, bool scaled) {
 #ifndef QSDPA_ISA_VNNI /* the 256-bit affine 4-bit decoder's order; the VNNI build's is its own */
 static void aff4_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, true); }
 static void aff4_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, true); }
-/* 4-bit V whose scales can pass ~8e34 (f32 or bf16; f16 stops at 65504): the accumulator's lanes hold values as
- * they are, not times 16^(l/2) as the decoder gives them (up to 4096x, which overflowed outputs past ~8e34 that
- * are finite: session 30), at one multiply a decoded vector; their tables (affine4_wide_ops) only permute back */
-static bool aff4_wide(const cpu_rows *v) { return v->scale_dtype != QSDPA_DTYPE_F16; }
+/* 4-bit rows whose scales can be large (f32 or bf16; f16 stops at 65504): their decoded lanes are taken back to
+ * the codes' values (one exact multiply a decoded vector), so neither K's scaled codes (times 16^(l/2), up to 4096x:
+ * overflowed for K scales past ~5e33) nor V's accumulator (overflowed for outputs past ~8e34) meet the 4096 factor
+ * (session 30); their tables (affine4_wide_ops) take q and give the accumulator in the permuted order unscaled */
+static bool aff4_wide(const cpu_rows *t) { return t->scale_dtype != QSDPA_DTYPE_F16; }
+static void aff4_wide_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, false); }
 static void aff4_wide_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, false); }
 #endif
+/* Whether rows of format F take decode16's lanes unscaled (aff4_wide; the VNNI build's decoder does not scale) */
+INLINE bool aff4_unscaled_lanes(int F, const cpu_rows *t) {
+#ifdef QSDPA_ISA_VNNI
+    (void)F, (void)t;
+    return false;
+#else
+    return F == F_AFF4 && aff4_wide(t);
+#endif
+}
+/* decode16's 4-bit lane factors 16^(l/2), undone */
+INLINE __m256 aff4_unscale(void) { return _mm256_setr_ps(1, 1, 0x1p-4f, 0x1p-4f, 0x1p-8f, 0x1p-8f, 0x1p-12f, 0x1p-12f); }
 
 INLINE float load_scalar(qsdpa_dtype dt, const char *base, int64_t g) {
     uint16_t h;
@@ -245,6 +258,8 @@ INLINE void store_row_sums(const int NR, const __m256 acc[4], __m128 bias, float
 INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
                      const float *qsum, int nq, int r0, float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
+    const bool unscaled = aff4_unscaled_lanes(F, k);
+    const __m256 unscale = aff4_unscale();
     for (int64_t j = 0; j < n; j++) {
         const char *row = k->codes + (j0 + j) * k->code_stride;
         const char *srow = is_plain(F) ? NULL : k->scales + (j0 + j) * k->scale_stride;
@@ -259,6 +274,7 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
             for (size_t e = 0; e < G; e += 16) {
                 __m256 c0, c1;
                 decode16(F, rg, e, g == ng - 1 && e + 16 == G, &c0, &c1);
+                if (unscaled) c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
                 if (!is_plain(F)) c0 = _mm256_mul_ps(c0, sv), c1 = _mm256_mul_ps(c1, sv);
                 for (int r = 0; r < NR; r++) {
                     const float *qr = qg + (size_t)r * dim + e;
@@ -282,6 +298,8 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
 INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
                       const float *qsum, int nq, int r0, float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
+    const bool unscaled = aff4_unscaled_lanes(F, k);
+    const __m256 unscale = aff4_unscale();
     for (int64_t j = 0; j + 2 <= n; j += 2) {
         const char *row[2], *srow[2] = {NULL, NULL}, *brow[2] = {NULL, NULL};
         __m256 a[2][4], b[2][4]; /* b: the second half-chunk for NR == 1, so 4+ FMA chains stay in flight */
@@ -302,6 +320,10 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
                 __m256 c0, c1, d0, d1; /* key 0: c0 c1, key 1: d0 d1 */
                 decode16(F, rg0, e, last, &c0, &c1);
                 decode16(F, rg1, e, last, &d0, &d1);
+                if (unscaled) {
+                    c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
+                    d0 = _mm256_mul_ps(d0, unscale), d1 = _mm256_mul_ps(d1, unscale);
+                }
                 if (!is_plain(F)) {
                     c0 = _mm256_mul_ps(c0, sv0), c1 = _mm256_mul_ps(c1, sv0);
                     d0 = _mm256_mul_ps(d0, sv1), d1 = _mm256_mul_ps(d1, sv1);
@@ -474,12 +496,8 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                      int r0, float *acc) {
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
     float wsb[1][CPU_BLOCK * 4] __attribute__((aligned(16))), *ws = wsb[0]; /* [j][4]: weight times the group scale */
-#ifdef QSDPA_ISA_VNNI
-    const bool wide = false;
-#else
-    const bool wide = F == F_AFF4 && aff4_wide(v); /* lanes unscaled (aff4_wide) */
-#endif
-    const __m256 unscale = _mm256_setr_ps(1, 1, 0x1p-4f, 0x1p-4f, 0x1p-8f, 0x1p-8f, 0x1p-12f, 0x1p-12f);
+    const bool unscaled = aff4_unscaled_lanes(F, v);
+    const __m256 unscale = aff4_unscale();
     for (size_t g = 0; g < ng; g++) {
         __m128 bsum;
         group_weights(F, 1, v, j0, n, w, nq, r0, g, wsb, &bsum);
@@ -502,7 +520,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                     __m256 c0, c1, d0, d1;
                     decode16(F, row, re, last, &c0, &c1);
                     decode16(F, row + v->code_stride, re, last, &d0, &d1);
-                    if (wide) {
+                    if (unscaled) {
                         c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
                         d0 = _mm256_mul_ps(d0, unscale), d1 = _mm256_mul_ps(d1, unscale);
                     }
@@ -519,7 +537,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             for (; j < n; j++, row += v->code_stride) {
                 __m256 c0, c1;
                 decode16(F, row, re, last, &c0, &c1);
-                if (wide) c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
+                if (unscaled) c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
                 for (int r = 0; r < NR; r++) {
                     __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r);
                     a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
@@ -537,7 +555,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             for (int r = 0; r < NR; r++) {
                 float *a = acc + (size_t)(r0 + r) * dim + g * G;
                 __m256 bv = _mm256_set1_ps(bl[r]);
-                if (F == F_AFF4 && !wide) bv = _mm256_mul_ps(bv, _mm256_setr_ps(1, 1, 16, 16, 256, 256, 4096, 4096));
+                if (F == F_AFF4 && !unscaled) bv = _mm256_mul_ps(bv, _mm256_setr_ps(1, 1, 16, 16, 256, 256, 4096, 4096));
                 for (size_t e = 0; e < G; e += 8) _mm256_storeu_ps(a + e, _mm256_add_ps(_mm256_loadu_ps(a + e), bv));
             }
         }
@@ -836,52 +854,12 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 #define PREP_Q(F) (F == F_AFF4 ? aff4_prep_q : NULL)
 #endif
 
-/* One key's scores of 4-bit affine K over NR rows with each group's sum of codes times q taken before its scale:
- * the hot loops multiply the decoded codes (up to 15 x 4096 in decode16's scaled lanes) by the scale first, which
- * overflows f32 for scales past ~5e33 where the score itself may be finite (the test's K scales of 1e35 against q
- * of 1e-22 gave inf) */
-INLINE void score_aff4_key_safe(const int NR, const cpu_rows *k, int64_t j, const float *q, const float *qsum, int nq,
-                                int r0, float *out) {
-    const size_t dim = (size_t)k->dim, G = (size_t)k->group, ng = dim / G;
-    const char *row = k->codes + j * k->code_stride, *srow = k->scales + j * k->scale_stride;
-    const char *brow = k->biases + j * k->bias_stride;
-    __m256 total[4];
-    __m128 bias = _mm_setzero_ps();
-    for (int r = 0; r < 4; r++) total[r] = _mm256_setzero_ps();
-    for (size_t g = 0; g < ng; g++) {
-        __m256 part[4];
-        for (int r = 0; r < 4; r++) part[r] = _mm256_setzero_ps();
-        for (size_t e = 0; e < G; e += 16) {
-            __m256 c0, c1;
-            decode16(F_AFF4, row + g * G / 2, e, g == ng - 1 && e + 16 == G, &c0, &c1);
-            for (int r = 0; r < NR; r++) {
-                const float *qr = q + (size_t)(r0 + r) * dim + g * G + e;
-                part[r] = _mm256_fmadd_ps(c1, _mm256_loadu_ps(qr + 8), _mm256_fmadd_ps(c0, _mm256_loadu_ps(qr), part[r]));
-            }
-        }
-        const __m256 sv = _mm256_set1_ps(group_scale(F_AFF4, k, srow, g));
-        for (int r = 0; r < NR; r++) total[r] = _mm256_fmadd_ps(part[r], sv, total[r]);
-        bias = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow, g)), _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0),
-                            bias);
-    }
-    store_row_sums(NR, total, bias, out);
-}
-
-/* The 256-bit score over key pairs, then the odd key. Keys of 4-bit affine K with a group scale of 2^100 or more
- * (f32 or bf16 scales; f16 ones stop at 65504) are scored again the safe way (score_aff4_key_safe). */
+/* The 256-bit score over key pairs, then the odd key. */
 INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
                          const float *qsum, int nq, int r0, float *scores) {
     const int64_t even = n & ~(int64_t)1;
     score2_nr(F, NR, GC, k, j0, even, q, qsum, nq, r0, scores);
     score_nr(F, NR, GC, k, j0 + even, n - even, q, qsum, nq, r0, scores + even * nq);
-    if (F != F_AFF4 || k->scale_dtype == QSDPA_DTYPE_F16) return;
-    const int64_t ng = k->dim / k->group;
-    for (int64_t j = 0; j < n; j++) {
-        const char *srow = k->scales + (j0 + j) * k->scale_stride;
-        bool huge = false;
-        for (int64_t g = 0; g < ng; g++) huge |= fabsf(group_scale(F, k, srow, g)) >= 0x1p100f;
-        if (huge) score_aff4_key_safe(NR, k, j0 + j, q, qsum, nq, r0, scores + j * nq + r0);
-    }
 }
 
 /* One set of kernels per (format, group): GC is the group size when it is known at
@@ -959,9 +937,10 @@ DEFINE_FORMAT(affine6, F_AFF6, 0)
 static const cpu_kv_ops *const affine_ops[2][3] = {{&affine4_g32_ops, &affine4_g64_ops, &affine4_g128_ops},
                                                    {&affine8_g32_ops, &affine8_g64_ops, &affine8_g128_ops}};
 #ifndef QSDPA_ISA_VNNI
-/* the 4-bit tables for scales that can be large (aff4_wide): the same kernels, the accumulator only permuted */
+/* the 4-bit tables for scales that can be large (aff4_wide): the same kernels on unscaled lanes, q and the
+ * accumulator only permuted */
 #define AFF4_WIDE_OPS(NAME)                                                                                   \
-    {#NAME ".wide", NAME##_score, NAME##_accum, NAME##_unpack, aff4_prep_q, aff4_wide_fix_acc, NAME##_score_q16, \
+    {#NAME ".wide", NAME##_score, NAME##_accum, NAME##_unpack, aff4_wide_prep_q, aff4_wide_fix_acc, NAME##_score_q16, \
      order_q16_step32, NULL}
 static const cpu_kv_ops affine4_wide_ops[3] = {AFF4_WIDE_OPS(affine4_g32), AFF4_WIDE_OPS(affine4_g64),
                                                AFF4_WIDE_OPS(affine4_g128)};
