@@ -278,7 +278,10 @@ static void run_case(test_rng *rng, const test_case *c) {
         if (ks != QSDPA_OK) continue;
         kernel_runs++;
         if (strstr(kernel_names[kn], "amx")) { /* the tiles serve 1-16 rows a KV head on int8, else 9-16 on bf16 (the route: the plan's) */
-            const int64_t nr = c->Hq / c->Hkv * c->Lq;
+            /* a decode of more rows whose K and V both have tiles takes query tiles of 16 / ratio positions */
+            const int64_t ratio = c->Hq / c->Hkv;
+            const bool split = amx_format(c->kfmt, c->Dk) && amx_format(c->vfmt, c->Dv) && ratio <= 16 && ratio * c->Lq > 16;
+            const int64_t nr = split ? ratio * (16 / ratio) : ratio * c->Lq;
             const bool int8 = amx_int8 && nr <= 16;
             const bool rows_ok = (nr > 8 || amx_int8) && nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16);
             const bool want_k = rows_ok && amx_format(c->kfmt, c->Dk), want_v = rows_ok && amx_format(c->vfmt, c->Dv);
@@ -416,6 +419,20 @@ int main(void) {
                 run_case(&rng, &c);
                 exact_cache = 0;
             }
+    /* 1d. Decodes of more rows a KV head than the tiles take, K and V both tile formats: cpu.amx.decode runs query
+     * tiles of 16 / ratio positions, each over every key (a last tile shorter; masks, causal, window, sinks and
+     * the partial outputs across the tiles' boundaries; ratio 1 at 16 rows and ratio 2 at 18 on either side) */
+    test_case tiled[] = {
+        {1, 8, 2, 16, 300, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 1, 0, 0, 0, 0, 0},
+        {1, 8, 2, 16, 300, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 1, 0, 0, 0, 0},
+        {1, 8, 1, 5, 257, 64, 64, "affine:8:64", "affine:4:32", QSDPA_DTYPE_F16, QSDPA_DTYPE_F32, 2, 0, 0, 1, 0, 0},
+        {2, 6, 2, 7, 150, 192, 192, "affine:4:64", "affine:8:32", QSDPA_DTYPE_BF16, QSDPA_DTYPE_BF16, 0, 1, 20, 0, 1, 0},
+        {1, 16, 1, 3, 100, 256, 128, "affine:8:128", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 0, 1, 0, 0, 2, 0},
+        {1, 16, 1, 3, 100, 256, 128, "affine:8:128", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 3, 0, 0, 0, 1, 0},
+        {1, 4, 2, 9, 77, 96, 96, "affine:4:32", "affine:4:32", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 1, 10, 1, 0, 0},
+        {1, 4, 4, 16, 60, 128, 128, "affine:8:64", "affine:8:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 1, 0, 0, 0, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof tiled / sizeof tiled[0]; i++) run_case(&rng, &tiled[i]);
     /* 2. Features across formats: masks, causal, window, sinks, q dtypes, partial, GQA ratios. */
     static const qsdpa_dtype qdts[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, QSDPA_DTYPE_BF16};
     for (int it = 0; it < 60; it++) {
