@@ -21,6 +21,7 @@ typedef struct plan {
     const qsdpa_problem *p;
     const cpu_isa *isa;
     bool prefill;
+    bool rows_on_tiles;    /* an AMX tier's K and V tile kernels serve every task (q_tile: at most CPU_AMX_ROWS rows) */
     int64_t ratio;         /* query heads per kv head */
     int64_t q_tile;        /* query positions per task */
     int64_t n_qtiles;      /* ceil(Lq / q_tile) */
@@ -342,6 +343,7 @@ static bool odd_width(const qsdpa_format *f) { return f->mode == QSDPA_MODE_AFFI
  * decode of each code is repeated per 4-row chunk and one unpack per block is
  * cheaper (2K keys, GQA 4, Lq 16, 1 thread: 8.1 ms tiles vs 9.1 ms codes). */
 static bool uses_tiles(const plan *pl, int64_t nr) {
+    if (pl->rows_on_tiles) return false;
     return pl->prefill || nr > (odd_width(&pl->p->k.format) || odd_width(&pl->p->v.format) ? 4 : 16);
 }
 
@@ -568,15 +570,16 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
         qsdpa_cpu_rows(&p->v, 0, 0, &vr);
         k_tiles = amx_format(isa, &kr), v_tiles = amx_format(isa, &vr);
     }
-    if (prefill) { /* about 64 query rows per tile: one K/V block unpack serves all of them */
+    if (k_tiles && v_tiles && pl.ratio <= CPU_AMX_ROWS) {
+        /* Query tiles of at most CPU_AMX_ROWS rows on the tiles, each reading K and V again, beat one pass that
+         * unpacks every block to floats for more rows (affine 4/g64, GQA 4, 2 threads, session 31: decode Lq 16
+         * at 2K 1.58 against 2.80 ms, at 32K 24.8 against 41.3; GQA 8 8K Lq 4 1.51 against 2.82; the bf16 tiles
+         * 2.17 against 2.77 at 2K Lq 16; 4K causal prefill in bench/NOTES.md session 31) */
+        pl.rows_on_tiles = true;
+        pl.q_tile = CPU_AMX_ROWS / pl.ratio < p->len_q ? CPU_AMX_ROWS / pl.ratio : p->len_q;
+    } else if (prefill) { /* about 64 query rows per tile: one K/V block unpack serves all of them */
         pl.q_tile = 64 / pl.ratio > 0 ? 64 / pl.ratio : 1;
         if (pl.q_tile > p->len_q) pl.q_tile = p->len_q;
-    } else if (k_tiles && v_tiles && pl.ratio <= CPU_AMX_ROWS && pl.ratio * p->len_q > CPU_AMX_ROWS) {
-        /* More rows a KV head than the tiles take: query tiles of at most CPU_AMX_ROWS rows, each reading K and V
-         * again on tiles, beat one pass that unpacks every block to floats for all rows (affine 4/g64, Lq 16,
-         * GQA 4, 2 threads, session 31: 2K 1.58 against 2.80 ms, 32K 24.8 against 41.3; GQA 8 8K 5.99 against
-         * 10.2; the bf16 tiles 2.17 against 2.77 at 2K) */
-        pl.q_tile = CPU_AMX_ROWS / pl.ratio;
     } else {
         pl.q_tile = p->len_q;
     }

@@ -74,4 +74,8 @@ qsdpa_status qsdpa_cpu_amx_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_amx_decode(qsdpa_context *ctx, const qsdpa_problem *p) {
     return qsdpa_cpu_avx2_decode(ctx, p);
 }
+qsdpa_status qsdpa_cpu_amx_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
+qsdpa_status qsdpa_cpu_amx_prefill(qsdpa_context *ctx, const qsdpa_problem *p) {
+    return qsdpa_cpu_avx2_decode(ctx, p);
+}
 #endif

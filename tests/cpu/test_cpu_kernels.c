@@ -95,9 +95,9 @@ typedef struct test_case {
  * 0: views of a longer cache */
 static int exact_cache;
 
-static const char *kernel_names[] = {"cpu.amx.decode", "cpu.vnni.decode", "cpu.vnni.prefill", "cpu.avx2.decode",
-                                     "cpu.avx2.prefill", "cpu.c.decode",   "cpu.c.prefill"};
-#define NKERNELS 7
+static const char *kernel_names[] = {"cpu.amx.decode",  "cpu.amx.prefill", "cpu.vnni.decode", "cpu.vnni.prefill",
+                                     "cpu.avx2.decode", "cpu.avx2.prefill", "cpu.c.decode",    "cpu.c.prefill"};
+#define NKERNELS 8
 /* the SIMD rows share the AVX2 decoders (cpu.vnni is isa_avx2.c rebuilt with 512-bit kernels, cpu.amx adds tile
  * kernels to it) */
 static int simd_row(const char *name) { return strstr(name, "avx2") || strstr(name, "vnni") || strstr(name, "amx"); }
@@ -278,12 +278,15 @@ static void run_case(test_rng *rng, const test_case *c) {
         if (ks != QSDPA_OK) continue;
         kernel_runs++;
         if (strstr(kernel_names[kn], "amx")) { /* the tiles serve 1-16 rows a KV head on int8, else 9-16 on bf16 (the route: the plan's) */
-            /* a decode of more rows whose K and V both have tiles takes query tiles of 16 / ratio positions */
+            /* where K and V both have tiles, both paths take query tiles of at most 16 / ratio positions; else the
+             * prefill unpacks to float tiles and a decode's rows are its GQA ratio x Lq */
             const int64_t ratio = c->Hq / c->Hkv;
-            const bool split = amx_format(c->kfmt, c->Dk) && amx_format(c->vfmt, c->Dv) && ratio <= 16 && ratio * c->Lq > 16;
-            const int64_t nr = split ? ratio * (16 / ratio) : ratio * c->Lq;
+            const bool both = amx_format(c->kfmt, c->Dk) && amx_format(c->vfmt, c->Dv) && ratio <= 16;
+            const bool prefill = strstr(kernel_names[kn], "prefill") != NULL;
+            const int64_t nr = both ? ratio * (c->Lq < 16 / ratio ? c->Lq : 16 / ratio) : ratio * c->Lq;
             const bool int8 = amx_int8 && nr <= 16;
-            const bool rows_ok = (nr > 8 || amx_int8) && nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16);
+            const bool rows_ok = (nr > 8 || amx_int8) && nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16) &&
+                                 (both || !prefill);
             const bool want_k = rows_ok && amx_format(c->kfmt, c->Dk), want_v = rows_ok && amx_format(c->vfmt, c->Dv);
             const char *route = qsdpa_context_last_route(ctx_kernel[kn]);
             const char *want = want_k && want_v ? (int8 ? "+amx.i8" : "+amx")
