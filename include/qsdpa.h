@@ -361,8 +361,8 @@ qsdpa_status qsdpa_attention_select(qsdpa_context *ctx, const qsdpa_tensor *q,
  * then run the P V of bf16 q and output over many query rows a KV head on bf16 dot products,
  * and Q K^T too where K's values are exact in bf16 (route suffix "+bf16" / "+bf16k"). 32 = AMX
  * (AMX-TILE and AMX-BF16, with 16, the OS saving tile state and granting it to the process; asking
- * for that grant is part of the first call): the cpu.amx.decode row needs it. 64 = AMX-INT8 and
- * AVX512-VBMI as well (with 32): that row then runs calls of 1-16 query rows a KV head on int8 tiles
+ * for that grant is part of the first call): the cpu.amx.* rows need it. 64 = AMX-INT8 and
+ * AVX512-VBMI as well (with 32): those rows then run query tiles of 1-16 rows a KV head on int8 tiles
  * (route "+amx.i8"; without it, 9-16 rows on bf16 tiles, "+amx"). */
 unsigned qsdpa_cpu_features(void);
 

@@ -113,9 +113,9 @@ int cli_info(int argc, char **argv) {
         printf("CPU features: AVX2 %s, FMA %s, F16C %s, AVX-512 F/BW/VL/VNNI %s, AVX512_BF16 %s, AMX %s\n",
                f & 1u ? "yes" : "no", f & 2u ? "yes" : "no", f & 4u ? "yes" : "no", f & 8u ? "yes" : "no",
                f & 16u ? "yes (cpu.vnni.*: bf16 q over many rows runs on bf16 tiles, routes +bf16 / +bf16k)" : "no",
-               f & 64u   ? "yes (cpu.amx.decode: affine 4/8-bit K and V over 1-16 rows a KV head on int8 tiles, route "
-                           "+amx.i8; with QSDPA_CPU_AMX_INT8=0, 9-16 rows on bf16 tiles, route +amx)"
-               : f & 32u ? "yes (cpu.amx.decode: affine 4/8-bit K and V over 9-16 rows a KV head on tiles, route +amx)"
+               f & 64u   ? "yes (cpu.amx.*: affine 4/8-bit K and V in query tiles of 1-16 rows a KV head on int8 tiles, "
+                           "route +amx.i8; with QSDPA_CPU_AMX_INT8=0, 9-16 rows on bf16 tiles, route +amx)"
+               : f & 32u ? "yes (cpu.amx.*: affine 4/8-bit K and V in query tiles of 9-16 rows a KV head on tiles, route +amx)"
                          : "no");
         printf("backends: cpu %s, cuda %s\n", qsdpa_backend_available(QSDPA_BACKEND_CPU) ? "available" : "unavailable",
                qsdpa_backend_available(QSDPA_BACKEND_CUDA) ? "available" : "unavailable");
