@@ -367,11 +367,15 @@ void run_attention_case(test_rng *r, int64_t index, bool verbose) {
             const bool by_f16 = fuzz_16bit_contexts && prec != QSDPA_DTYPE_F32 && explained_by_16bit_k(&c, tol, QSDPA_DTYPE_F16);
             const bool by_bf16 = !by_f16 && fuzz_16bit_contexts && prec == QSDPA_DTYPE_BF16 &&
                                  explained_by_16bit_k(&c, tol, QSDPA_DTYPE_BF16);
-            fuzz_fail(by_f16    ? "beyond SPEC 4 as K rounded to f16 explains (known: docs/SPEC.md 8)"
-                      : by_bf16 ? "beyond SPEC 4 as K rounded to bf16 explains (known: docs/SPEC.md 8)"
-                                : "kernel differs from the reference beyond SPEC 4",
-                      "%s [%s]: max err %.3g > tol %.3g (max|V| %.3g, %.3g units) at %s", who,
-                      ctx ? qsdpa_context_last_route(ctx) : "-", err, tol, vmax, vmax > 0 ? err / vmax : err, at);
+            /* the departure SPEC 8.1 documents (the device's output within tol of a reference that rounds K as
+             * the tensor-core rows do) is reported, not failed: a seed meeting it is not a regression (runs
+             * 206-207); anything else fails */
+            void (*report)(const char *, const char *, ...) = by_f16 || by_bf16 ? fuzz_known : fuzz_fail;
+            report(by_f16    ? "beyond SPEC 4 as K rounded to f16 explains (known: docs/SPEC.md 8.1)"
+                   : by_bf16 ? "beyond SPEC 4 as K rounded to bf16 explains (known: docs/SPEC.md 8.1)"
+                             : "kernel differs from the reference beyond SPEC 4",
+                   "%s [%s]: max err %.3g > tol %.3g (max|V| %.3g, %.3g units) at %s", who,
+                   ctx ? qsdpa_context_last_route(ctx) : "-", err, tol, vmax, vmax > 0 ? err / vmax : err, at);
         }
         if (c.partial) {
             check_between(&c.lse, &c.tlse, who);

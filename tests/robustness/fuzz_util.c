@@ -204,6 +204,17 @@ void fuzz_fail(const char *kind, const char *fmt, ...) {
             kind, msg, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index, fuzz_program);
 }
 
+void fuzz_known(const char *kind, const char *fmt, ...) {
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (++fuzz_stats.known <= FUZZ_PRINT)
+        fprintf(stderr, "KNOWN [%s] %s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n", kind,
+                msg, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index, fuzz_program);
+}
+
 void fuzz_report(void) {
     if (!fuzz_nkinds) return;
     fprintf(stderr, "\n==== robustness failures by kind ====\n");
