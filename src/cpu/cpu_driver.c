@@ -23,12 +23,14 @@ typedef struct plan {
     bool prefill;
     bool rows_on_tiles;    /* an AMX tier's K and V tile kernels serve every task (q_tile: at most CPU_AMX_ROWS rows) */
     int64_t ratio;         /* query heads per kv head */
+    int64_t h_tile;        /* query heads of a KV head's group per task (ratio, or fewer on the AMX tiles) */
+    int64_t n_htiles;      /* ceil(ratio / h_tile) */
     int64_t q_tile;        /* query positions per task */
     int64_t n_qtiles;      /* ceil(Lq / q_tile) */
     int64_t n_split;       /* key chunks per (b, kv head, query tile) */
     int64_t chunk;         /* keys per chunk (multiple of CPU_BLOCK) */
     int64_t block;         /* keys per online-softmax block over codes (<= CPU_BLOCK, divides it) */
-    int64_t rows_max;      /* ratio * q_tile */
+    int64_t rows_max;      /* h_tile * q_tile */
     int64_t key_total;     /* global key count for causal/window */
     bool bf16;             /* float tiles' P V through the ISA's bf16 kernel (bf16_tiles) */
     bool bf16_k;           /* and their Q K^T: K's values exact in bf16 (bf16_exact_k) */
@@ -108,15 +110,35 @@ static void store_row(const cpu_isa *isa, float *acc, float inv, int64_t n, char
     else qsdpa_store_floats(o, dtype, n, acc);
 }
 
-/* Row r of a task: query head hkv*ratio + r / ni, query position i0 + r % ni. */
-static void prepare_rows(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int64_t i0, int64_t ni) {
+/* The query rows of one task (and of its merge): heads h0..h0 + nh - 1 of KV head hkv's group at positions
+ * i0..i0 + ni - 1; row r is head h0 + r / ni at position i0 + r % ni. */
+typedef struct row_tile {
+    int64_t b, hkv, h0, nh, i0, ni, nr;
+} row_tile;
+
+/* Rows of group g = ((b Hkv + hkv) n_htiles + head tile) n_qtiles + query tile (a task is g n_split + split) */
+static row_tile task_rows(const plan *pl, int64_t g) {
     const qsdpa_problem *p = pl->p;
-    int64_t nr = pl->ratio * ni, dk = p->dim_k;
+    row_tile rt;
+    const int64_t qt = g % pl->n_qtiles, ht = (g / pl->n_qtiles) % pl->n_htiles, bh = g / (pl->n_qtiles * pl->n_htiles);
+    rt.b = bh / p->heads_kv, rt.hkv = bh % p->heads_kv;
+    rt.h0 = rt.hkv * pl->ratio + ht * pl->h_tile;
+    rt.nh = pl->ratio - ht * pl->h_tile < pl->h_tile ? pl->ratio - ht * pl->h_tile : pl->h_tile;
+    rt.i0 = qt * pl->q_tile;
+    rt.ni = p->len_q - rt.i0 < pl->q_tile ? p->len_q - rt.i0 : pl->q_tile;
+    rt.nr = rt.nh * rt.ni;
+    return rt;
+}
+
+static void prepare_rows(const plan *pl, buffers *bf, const row_tile *rt) {
+    const qsdpa_problem *p = pl->p;
+    const int64_t b = rt->b, ni = rt->ni;
+    int64_t nr = rt->nr, dk = p->dim_k;
     size_t qsize = qsdpa_dtype_size(p->q_dtype);
     bool affine = p->k.format.mode == QSDPA_MODE_AFFINE;
     int64_t G = affine ? p->k.format.group : dk;
     for (int64_t r = 0; r < nr; r++) {
-        int64_t h = hkv * pl->ratio + r / ni, i = i0 + r % ni;
+        int64_t h = rt->h0 + r / ni, i = rt->i0 + r % ni;
         const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
         float *dst = bf->q + r * dk;
         load_row(pl->isa, src, p->q_dtype, p->q_stride[3], dk, p->scale, dst);
@@ -212,19 +234,18 @@ static bool prepare_q16(const plan *pl, buffers *bf, const cpu_kv_ops *kops, int
  * key gets -inf, i.e. exactly zero weight: the same as SPEC's lowest finite score
  * whenever the row keeps any key; rows that keep none are finished apart
  * (finish_row). */
-static void apply_masks(const plan *pl, buffers *bf, int64_t b, int64_t hkv, int64_t i0, int64_t ni, int64_t j0,
-                        int64_t n) {
+static void apply_masks(const plan *pl, buffers *bf, const row_tile *rt, int64_t j0, int64_t n) {
     const qsdpa_problem *p = pl->p;
-    int64_t nr = pl->ratio * ni;
+    const int64_t nr = rt->nr;
     for (int64_t r = 0; r < nr; r++) {
         float *s = bf->s + r;
         if (j0 < bf->lo[r] || j0 + n - 1 > bf->hi[r])
             for (int64_t j = 0; j < n; j++)
                 if (j0 + j < bf->lo[r] || j0 + j > bf->hi[r]) s[j * nr] = -INFINITY; /* exactly 0 weight */
         if (p->mask_kind == QSDPA_MASK_NONE) continue;
-        int64_t h = hkv * pl->ratio + r / ni, i = i0 + r % ni;
+        int64_t h = rt->h0 + r / rt->ni, i = rt->i0 + r % rt->ni;
         const int64_t *ms = p->mask_stride;
-        int64_t base = b * ms[0] + h * ms[1] + i * ms[2] + j0 * ms[3];
+        int64_t base = rt->b * ms[0] + h * ms[1] + i * ms[2] + j0 * ms[3];
         if (p->mask_kind == QSDPA_MASK_BOOL) {
             const unsigned char *mk = (const unsigned char *)p->mask + base;
             for (int64_t j = 0; j < n; j++)
@@ -393,11 +414,10 @@ static void run_task(void *arg, int64_t t, int thread) {
     const qsdpa_problem *p = pl->p;
     buffers bf;
     carve(pl, pl->scratch + (size_t)thread * pl->thread_bytes, &bf);
-    int64_t sp = t % pl->n_split, qt = (t / pl->n_split) % pl->n_qtiles;
-    int64_t bh = t / (pl->n_split * pl->n_qtiles), b = bh / p->heads_kv, hkv = bh % p->heads_kv;
-    int64_t i0 = qt * pl->q_tile, ni = p->len_q - i0 < pl->q_tile ? p->len_q - i0 : pl->q_tile;
-    int64_t nr = pl->ratio * ni, dk = p->dim_k, dv = p->dim_v;
-    prepare_rows(pl, &bf, b, hkv, i0, ni);
+    const int64_t sp = t % pl->n_split;
+    const row_tile rt = task_rows(pl, t / pl->n_split);
+    const int64_t b = rt.b, hkv = rt.hkv, nr = rt.nr, dk = p->dim_k, dv = p->dim_v;
+    prepare_rows(pl, &bf, &rt);
 
     cpu_rows kr, vr, kf, vf;
     qsdpa_cpu_rows(&p->k, b, hkv, &kr);
@@ -473,7 +493,7 @@ static void run_task(void *arg, int64_t t, int thread) {
         } else {
             kops->score(&kr, j0, n, qk, bf.qsum, (int)nr, bf.s, bf.tmp);
         }
-        apply_masks(pl, &bf, b, hkv, i0, ni, j0, n);
+        apply_masks(pl, &bf, &rt, j0, n);
         softmax_block(pl, &bf, nr, n, dv);
         if (tiles) {
             vops->unpack(&vr, j0, n, bf.vf);
@@ -493,7 +513,7 @@ static void run_task(void *arg, int64_t t, int thread) {
         return;
     }
     for (int64_t r = 0; r < nr; r++)
-        finish_row(pl, &vr, b, hkv * pl->ratio + r / ni, i0 + r % ni, bf.m[r], bf.l[r], bf.acc + r * dv, bf.tmp);
+        finish_row(pl, &vr, b, rt.h0 + r / rt.ni, rt.i0 + r % rt.ni, bf.m[r], bf.l[r], bf.acc + r * dv, bf.tmp);
 }
 
 /* Merge the key chunks of one (b, kv head, query tile) by their log-sum-exp. */
@@ -502,11 +522,10 @@ static void merge_task(void *arg, int64_t bhq, int thread) {
     const qsdpa_problem *p = pl->p;
     buffers bf;
     carve(pl, pl->scratch + (size_t)thread * pl->thread_bytes, &bf);
-    int64_t qt = bhq % pl->n_qtiles, bh = bhq / pl->n_qtiles, b = bh / p->heads_kv, hkv = bh % p->heads_kv;
-    int64_t i0 = qt * pl->q_tile, ni = p->len_q - i0 < pl->q_tile ? p->len_q - i0 : pl->q_tile;
-    int64_t nr = pl->ratio * ni, dv = p->dim_v, t0 = bhq * pl->n_split;
+    const row_tile rt = task_rows(pl, bhq);
+    const int64_t nr = rt.nr, dv = p->dim_v, t0 = bhq * pl->n_split;
     cpu_rows vr;
-    qsdpa_cpu_rows(&p->v, b, hkv, &vr);
+    qsdpa_cpu_rows(&p->v, rt.b, rt.hkv, &vr);
     for (int64_t r = 0; r < nr; r++) {
         float M = -INFINITY, L = 0.0f;
         for (int64_t s = 0; s < pl->n_split; s++) M = pl->part_m[(t0 + s) * pl->rows_max + r] > M ? pl->part_m[(t0 + s) * pl->rows_max + r] : M;
@@ -520,7 +539,7 @@ static void merge_task(void *arg, int64_t bhq, int thread) {
             const float *a = pl->part_acc + ((t0 + s) * pl->rows_max + r) * dv;
             for (int64_t d = 0; d < dv; d++) acc[d] += w * a[d];
         }
-        finish_row(pl, &vr, b, hkv * pl->ratio + r / ni, i0 + r % ni, M, L, acc, bf.tmp);
+        finish_row(pl, &vr, rt.b, rt.h0 + r / rt.ni, rt.i0 + r % rt.ni, M, L, acc, bf.tmp);
     }
 }
 
@@ -570,13 +589,22 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
         qsdpa_cpu_rows(&p->v, 0, 0, &vr);
         k_tiles = amx_format(isa, &kr), v_tiles = amx_format(isa, &vr);
     }
-    if (k_tiles && v_tiles && pl.ratio <= CPU_AMX_ROWS) {
-        /* Query tiles of at most CPU_AMX_ROWS rows on the tiles, each reading K and V again, beat one pass that
+    pl.h_tile = pl.ratio;
+    if (k_tiles && v_tiles) {
+        /* Row tiles of at most CPU_AMX_ROWS rows on the tiles, each reading K and V again, beat one pass that
          * unpacks every block to floats for more rows (affine 4/g64, GQA 4, 2 threads, session 31: decode Lq 16
          * at 2K 1.58 against 2.80 ms, at 32K 24.8 against 41.3; GQA 8 8K Lq 4 1.51 against 2.82; the bf16 tiles
-         * 2.17 against 2.77 at 2K Lq 16; 4K causal prefill in bench/NOTES.md session 31) */
+         * 2.17 against 2.77 at 2K Lq 16; 4K causal prefill in bench/NOTES.md session 31): a GQA group's heads
+         * at as many positions as fit, or a group of more than CPU_AMX_ROWS heads (MQA) cut into even head
+         * tiles (at least 9 heads each, so the bf16 tiles take them too) a position at a time */
         pl.rows_on_tiles = true;
-        pl.q_tile = CPU_AMX_ROWS / pl.ratio < p->len_q ? CPU_AMX_ROWS / pl.ratio : p->len_q;
+        if (pl.ratio <= CPU_AMX_ROWS) {
+            pl.q_tile = CPU_AMX_ROWS / pl.ratio < p->len_q ? CPU_AMX_ROWS / pl.ratio : p->len_q;
+        } else {
+            const int64_t cuts = (pl.ratio + CPU_AMX_ROWS - 1) / CPU_AMX_ROWS;
+            pl.h_tile = (pl.ratio + cuts - 1) / cuts;
+            pl.q_tile = 1;
+        }
     } else if (prefill) { /* about 64 query rows per tile: one K/V block unpack serves all of them */
         pl.q_tile = 64 / pl.ratio > 0 ? 64 / pl.ratio : 1;
         if (pl.q_tile > p->len_q) pl.q_tile = p->len_q;
@@ -585,7 +613,8 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     }
     pl.n_qtiles = (p->len_q + pl.q_tile - 1) / pl.q_tile;
     pl.block = decode_block(p);
-    pl.rows_max = pl.ratio * pl.q_tile;
+    pl.n_htiles = (pl.ratio + pl.h_tile - 1) / pl.h_tile;
+    pl.rows_max = pl.h_tile * pl.q_tile;
     pl.bf16 = bf16_tiles(p, isa);
     pl.bf16_k = pl.bf16 && isa->bf16_score && bf16_exact_k(p) && uses_tiles(&pl, pl.rows_max);
     if (pl.bf16 && uses_tiles(&pl, pl.rows_max)) qsdpa_set_route(ctx, ctx->last_route, pl.bf16_k ? "+bf16k" : "+bf16");
@@ -597,7 +626,7 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
             qsdpa_set_route(ctx, ctx->last_route, suffix);
         }
     }
-    int64_t groups = p->batch * p->heads_kv * pl.n_qtiles;
+    int64_t groups = p->batch * p->heads_kv * pl.n_htiles * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys
      * so the merge stays negligible. */
     int64_t want = prefill ? 1 : (8 * (int64_t)threads + groups - 1) / groups;

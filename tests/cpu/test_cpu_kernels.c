@@ -278,12 +278,15 @@ static void run_case(test_rng *rng, const test_case *c) {
         if (ks != QSDPA_OK) continue;
         kernel_runs++;
         if (strstr(kernel_names[kn], "amx")) { /* the tiles serve 1-16 rows a KV head on int8, else 9-16 on bf16 (the route: the plan's) */
-            /* where K and V both have tiles, both paths take query tiles of at most 16 / ratio positions; else the
-             * prefill unpacks to float tiles and a decode's rows are its GQA ratio x Lq */
-            const int64_t ratio = c->Hq / c->Hkv;
-            const bool both = amx_format(c->kfmt, c->Dk) && amx_format(c->vfmt, c->Dv) && ratio <= 16;
+            /* where K and V both have tiles, both paths take row tiles: a group's heads at at most 16 / ratio
+             * positions, or past 16 heads, even head tiles of at most 16 at one position; else the prefill unpacks
+             * to float tiles and a decode's rows are its GQA ratio x Lq */
+            const int64_t ratio = c->Hq / c->Hkv, cuts = (ratio + 15) / 16;
+            const bool both = amx_format(c->kfmt, c->Dk) && amx_format(c->vfmt, c->Dv);
             const bool prefill = strstr(kernel_names[kn], "prefill") != NULL;
-            const int64_t nr = both ? ratio * (c->Lq < 16 / ratio ? c->Lq : 16 / ratio) : ratio * c->Lq;
+            const int64_t nr = !both       ? ratio * c->Lq
+                               : ratio > 16 ? (ratio + cuts - 1) / cuts
+                                            : ratio * (c->Lq < 16 / ratio ? c->Lq : 16 / ratio);
             const bool int8 = amx_int8 && nr <= 16;
             const bool rows_ok = (nr > 8 || amx_int8) && nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16) &&
                                  (both || !prefill);
@@ -422,9 +425,10 @@ int main(void) {
                 run_case(&rng, &c);
                 exact_cache = 0;
             }
-    /* 1d. Decodes of more rows a KV head than the tiles take, K and V both tile formats: cpu.amx.decode runs query
-     * tiles of 16 / ratio positions, each over every key (a last tile shorter; masks, causal, window, sinks and
-     * the partial outputs across the tiles' boundaries; ratio 1 at 16 rows and ratio 2 at 18 on either side) */
+    /* 1d. More rows a KV head than the tiles take, K and V both tile formats: the cpu.amx rows run row tiles of
+     * 16 / ratio positions (or head tiles past 16 heads), each over every key (a last tile shorter; masks, causal,
+     * window, sinks and the partial outputs across the tiles' boundaries; ratio 1 at 16 rows and ratio 2 at 18
+     * on either side) */
     test_case tiled[] = {
         {1, 8, 2, 16, 300, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 1, 0, 0, 0, 0, 0},
         {1, 8, 2, 16, 300, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 1, 0, 0, 0, 0},
@@ -434,6 +438,10 @@ int main(void) {
         {1, 16, 1, 3, 100, 256, 128, "affine:8:128", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 3, 0, 0, 0, 1, 0},
         {1, 4, 2, 9, 77, 96, 96, "affine:4:32", "affine:4:32", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 1, 10, 1, 0, 0},
         {1, 4, 4, 16, 60, 128, 128, "affine:8:64", "affine:8:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 1, 0, 0, 0, 1, 0},
+        /* groups of more than 16 heads (MQA): head tiles of 12 (24), 16 (32) and 12, 12, 10 (34) */
+        {1, 24, 1, 1, 400, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 0, 0, 1, 0, 0},
+        {2, 64, 2, 3, 90, 64, 64, "affine:8:32", "affine:4:64", QSDPA_DTYPE_BF16, QSDPA_DTYPE_BF16, 1, 0, 0, 0, 1, 0},
+        {1, 34, 1, 20, 70, 96, 96, "affine:4:32", "affine:4:32", QSDPA_DTYPE_F16, QSDPA_DTYPE_F32, 0, 1, 9, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof tiled / sizeof tiled[0]; i++) run_case(&rng, &tiled[i]);
     /* 2. Features across formats: masks, causal, window, sinks, q dtypes, partial, GQA ratios. */
