@@ -595,8 +595,9 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
          * unpacks every block to floats for more rows (affine 4/g64, GQA 4, 2 threads, session 31: decode Lq 16
          * at 2K 1.58 against 2.80 ms, at 32K 24.8 against 41.3; GQA 8 8K Lq 4 1.51 against 2.82; the bf16 tiles
          * 2.17 against 2.77 at 2K Lq 16; 4K causal prefill in bench/NOTES.md session 31): a GQA group's heads
-         * at as many positions as fit, or a group of more than CPU_AMX_ROWS heads (MQA) cut into even head
-         * tiles (at least 9 heads each, so the bf16 tiles take them too) a position at a time */
+         * at as many positions as fit, or a group of more than CPU_AMX_ROWS heads (MQA) cut into head tiles as
+         * even as ceil(ratio / tiles) makes them (17 heads: 9 and 8; a tile under 9 rows runs the base kernels
+         * where only the bf16 tiles are on), a position at a time. Keys split across threads as in decode. */
         pl.rows_on_tiles = true;
         if (pl.ratio <= CPU_AMX_ROWS) {
             pl.q_tile = CPU_AMX_ROWS / pl.ratio < p->len_q ? CPU_AMX_ROWS / pl.ratio : p->len_q;
@@ -629,7 +630,7 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     int64_t groups = p->batch * p->heads_kv * pl.n_htiles * pl.n_qtiles;
     /* Enough tasks for dynamic balance (8 per thread), but chunks of at least 512 keys
      * so the merge stays negligible. */
-    int64_t want = prefill ? 1 : (8 * (int64_t)threads + groups - 1) / groups;
+    int64_t want = prefill && !pl.rows_on_tiles ? 1 : (8 * (int64_t)threads + groups - 1) / groups;
     int64_t most = (p->len_k + 511) / 512;
     pl.n_split = want < most ? want : most;
     if (pl.n_split < 1) pl.n_split = 1;

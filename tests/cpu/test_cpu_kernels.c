@@ -83,7 +83,7 @@ typedef struct test_case {
     int64_t B, Hq, Hkv, Lq, Lk, Dk, Dv;
     const char *kfmt, *vfmt;
     qsdpa_dtype qdt, sdt;
-    int mask;        /* 0 none, 1 bool [Lq, Lk], 2 additive f32 [B, 1, Lq, Lk], 3 additive f16 [Lk] */
+    int mask;        /* 0 none, 1 bool [Lq, Lk], 2 additive f32 [B, 1, Lq, Lk], 3 additive f16 [Lk], 4 bool [B, Hq, Lq, Lk] */
     int causal;
     int64_t window;
     int sinks;
@@ -218,6 +218,12 @@ static void run_case(test_rng *rng, const test_case *c) {
             ((float *)mask)[i] = i % c->Lk != 0 && test_rng_uniform(rng) < 0.2 ? -1e9f : (float)test_rng_normal(rng);
         mt = qsdpa_tensor_4d(mask, QSDPA_DTYPE_F32, c->B, 1, c->Lq, c->Lk);
         mt.stride[1] = 0;
+        prm.mask = &mt;
+    } else if (c->mask == 4) { /* a head's own mask: row tiles of a group's heads must read their own */
+        const int64_t n = c->B * c->Hq * c->Lq * c->Lk;
+        mask = test_alloc((size_t)n);
+        for (int64_t i = 0; i < n; i++) ((unsigned char *)mask)[i] = test_rng_uniform(rng) >= 0.3;
+        mt = qsdpa_tensor_4d(mask, QSDPA_DTYPE_BOOL, c->B, c->Hq, c->Lq, c->Lk);
         prm.mask = &mt;
     } else if (c->mask == 3) {
         mask = test_alloc((size_t)c->Lk * 2);
@@ -438,8 +444,15 @@ int main(void) {
         {1, 16, 1, 3, 100, 256, 128, "affine:8:128", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 3, 0, 0, 0, 1, 0},
         {1, 4, 2, 9, 77, 96, 96, "affine:4:32", "affine:4:32", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 1, 10, 1, 0, 0},
         {1, 4, 4, 16, 60, 128, 128, "affine:8:64", "affine:8:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 1, 0, 0, 0, 1, 0},
-        /* groups of more than 16 heads (MQA): head tiles of 12 (24), 16 (32) and 12, 12, 10 (34) */
+        /* groups of more than 16 heads (MQA): head tiles of 12 (24), 16 (32), 12, 12, 10 (34) and 9, 8 (17) */
         {1, 24, 1, 1, 400, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 0, 0, 1, 0, 0},
+        {1, 24, 1, 2, 333, 128, 128, "affine:4:64", "affine:8:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 4, 0, 0, 1, 1, 0},
+        {2, 34, 2, 19, 150, 64, 64, "affine:8:64", "affine:8:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 4, 0, 0, 0, 0, 0},
+        {1, 17, 1, 3, 600, 128, 128, "affine:4:32", "affine:4:32", QSDPA_DTYPE_BF16, QSDPA_DTYPE_F16, 4, 0, 0, 1, 0, 0},
+        /* query tiles and key splits together (1500 keys: several chunks a task), causal partial over a slice */
+        {1, 8, 2, 16, 1500, 128, 128, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F16, 0, 1, 0, 1, 2, 0},
+        {1, 8, 2, 7, 1500, 128, 128, "affine:8:64", "affine:4:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F32, 4, 0, 0, 0, 1, 0},
+        {1, 4, 1, 40, 1300, 64, 64, "affine:4:64", "affine:4:64", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32, 0, 1, 300, 0, 0, 0},
         {2, 64, 2, 3, 90, 64, 64, "affine:8:32", "affine:4:64", QSDPA_DTYPE_BF16, QSDPA_DTYPE_BF16, 1, 0, 0, 0, 1, 0},
         {1, 34, 1, 20, 70, 96, 96, "affine:4:32", "affine:4:32", QSDPA_DTYPE_F16, QSDPA_DTYPE_F32, 0, 1, 9, 0, 0, 0},
     };
