@@ -27,7 +27,7 @@ typedef struct plan {
     int64_t n_htiles;      /* ceil(ratio / h_tile) */
     int64_t q_tile;        /* query positions per task */
     int64_t n_qtiles;      /* ceil(Lq / q_tile) */
-    int64_t n_split;       /* key chunks per (b, kv head, query tile) */
+    int64_t n_split;       /* key chunks per row tile (b, kv head, head tile, query tile) */
     int64_t chunk;         /* keys per chunk (multiple of CPU_BLOCK) */
     int64_t block;         /* keys per online-softmax block over codes (<= CPU_BLOCK, divides it) */
     int64_t rows_max;      /* h_tile * q_tile */
@@ -516,7 +516,7 @@ static void run_task(void *arg, int64_t t, int thread) {
         finish_row(pl, &vr, b, rt.h0 + r / rt.ni, rt.i0 + r % rt.ni, bf.m[r], bf.l[r], bf.acc + r * dv, bf.tmp);
 }
 
-/* Merge the key chunks of one (b, kv head, query tile) by their log-sum-exp. */
+/* Merge the key chunks of one row tile by their log-sum-exp. */
 static void merge_task(void *arg, int64_t bhq, int thread) {
     const plan *pl = arg;
     const qsdpa_problem *p = pl->p;
