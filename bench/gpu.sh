@@ -381,8 +381,11 @@ if [ "$MODE" = sweep ]; then
   name=${QSDPA_GPU_SWEEP%%=*} values=${QSDPA_GPU_SWEEP#*=}
   stamp "sweep $name over $values" | tee "$OUT/sweep.txt"
   for round in 1 2; do
-    for shape in "affine4g64 1 32768 1" "affine4g64 1 32768 4" "affine8g64 1 32768 1" "mxfp4 1 32768 1" \
-                 "affine4g64 1 2048 1" "affine4g64 1 8192 1" "affine4g64 1 131072 1" "affine4g64 8 8192 1"; do
+    # QSDPA_GPU_SWEEP_SHAPES: ";"-separated `bench_gpu one` shapes in place of the eight decode shapes
+    shapes=("affine4g64 1 32768 1" "affine4g64 1 32768 4" "affine8g64 1 32768 1" "mxfp4 1 32768 1"
+            "affine4g64 1 2048 1" "affine4g64 1 8192 1" "affine4g64 1 131072 1" "affine4g64 8 8192 1")
+    [ -n "${QSDPA_GPU_SWEEP_SHAPES:-}" ] && IFS=';' read -r -a shapes <<<"$QSDPA_GPU_SWEEP_SHAPES"
+    for shape in "${shapes[@]}"; do
       for v in $values; do ROWS_OUT="$OUT/sweep.txt" long_row "$name=$v" "$B/bench_gpu" "$shape" "$name=$v"; done
     done
   done

@@ -172,7 +172,10 @@ bool qsdpa_cuda_use_decode_kernel(const qsdpa_problem *pr, bool wgmma_prefill) {
      * Lq 4 2K 12.9 vs 16.9); the sm_80 path keeps them on the decode kernel (not measured). */
     const bool quantized = pr->k.format.mode != QSDPA_MODE_PLAIN || pr->v.format.mode != QSDPA_MODE_PLAIN;
     if (!quantized && wgmma_prefill) return false;
-    return pr->group_ratio * pr->len_q <= qfast::DEC_MAX_ROWS && qsdpa_cuda_decode_layouts_ok(pr);
+    /* QSDPA_CUDA_DEC_FOLDED: the most folded rows the decode kernel takes (past DEC_MAX_ROWS in row blocks of one
+     * launch), a knob for session 31's sweep */
+    static const int64_t most = (int64_t)qsdpa_cuda_env("QSDPA_CUDA_DEC_FOLDED", qfast::DEC_MAX_ROWS);
+    return pr->group_ratio * pr->len_q <= most && qsdpa_cuda_decode_layouts_ok(pr);
 }
 
 bool qsdpa_cuda_bf16_rows(const qsdpa_problem *pr) {
