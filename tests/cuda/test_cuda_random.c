@@ -65,6 +65,7 @@ int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
     fuzz_seed = test_seed();
     fuzz_program = "test_cuda_random";
+    fuzz_trap_kill();
     fuzz_twin_memory = &cuda_memory;
     fuzz_device = &fuzz_twin_ops;
     fuzz_16bit_contexts = true;

@@ -3,6 +3,7 @@
 #include "fuzz_util.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,6 +215,18 @@ void fuzz_known(const char *kind, const char *fmt, ...) {
         fprintf(stderr, "KNOWN [%s] %s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n", kind,
                 msg, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index, fuzz_program);
 }
+
+static void fuzz_on_kill(int sig) {
+    (void)sig;
+    char line[2048];
+    snprintf(line, sizeof line, "\nKILLED during case %lld (SIGTERM)\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n",
+             (long long)fuzz_case_index, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index,
+             fuzz_program ? fuzz_program : "?");
+    fputs(line, stderr);
+    _Exit(124);
+}
+
+void fuzz_trap_kill(void) { signal(SIGTERM, fuzz_on_kill); }
 
 void fuzz_report(void) {
     if (!fuzz_nkinds) return;

@@ -82,6 +82,10 @@ extern fuzz_stats_t fuzz_stats; /* outcome counts, printed at the end */
 /* A result past SPEC 4 that a departure docs/SPEC.md 8 documents explains (the caller has checked that it does):
  * printed with its replay line and counted in fuzz_stats.known, not a failure */
 void fuzz_known(const char *kind, const char *fmt, ...);
+/* On SIGTERM (`timeout` ending a run) print the case under way and its replay line, then exit 124: a case can
+ * take minutes where a seed has seconds (run 182; run 212's seed 1671012628 ran past its 400 s), and the kill
+ * otherwise leaves no trace of which case it was */
+void fuzz_trap_kill(void);
 
 /* A test that runs its contexts on a device sets fuzz_device (NULL: the CPU
  * test): upload copies each buffer whole (guards too) to the device, at maps a

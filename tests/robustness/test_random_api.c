@@ -54,6 +54,7 @@ static const fuzz_memory host_memory = {host_alloc, host_copy, free, NULL};
 /* ---- main ---------------------------------------------------------------------------------- */
 int main(void) {
     fuzz_seed = test_seed();
+    fuzz_trap_kill();
     const char *env = getenv("QSDPA_FUZZ_SECONDS"), *one = getenv("QSDPA_FUZZ_CASE");
     double budget = env ? atof(env) : 20.0;
     int64_t only = one ? (int64_t)strtoll(one, NULL, 0) : -1;
