@@ -103,8 +103,9 @@ INLINE __m256 decode8(int F, const char *row, size_t e) {
  * e + l/2 + 8*(l%2) times 16^(l/2); the second the same from e + 4): one 64-bit
  * broadcast and a per-lane mask replace the variable shift, saving a third of the
  * decode work. The query (prep_q) and the accumulator (fix_acc) use the same layout.
- * `last`: the chunk ends its row, so the second broadcast would read 2 bytes past it. */
-INLINE void decode16(int F, const char *row, size_t e, bool last, __m256 *c0, __m256 *c1) {
+ * `last`: the chunk ends its row, so the second broadcast would read 2 bytes past it. `unscaled`
+ * (aff4_unscaled_lanes): the 4-bit lanes taken back to the codes' values, one exact multiply each. */
+INLINE void decode16(int F, const char *row, size_t e, bool last, bool unscaled, __m256 *c0, __m256 *c1) {
     if (F == F_AFF4) {
         const __m256i mask = _mm256_setr_epi32(0xF, 0xF, 0xF0, 0xF0, 0xF00, 0xF00, 0xF000, 0xF000);
         long long w;
@@ -118,6 +119,10 @@ INLINE void decode16(int F, const char *row, size_t e, bool last, __m256 *c0, __
         }
         *c0 = _mm256_cvtepi32_ps(_mm256_and_si256(lo, mask));
         *c1 = _mm256_cvtepi32_ps(_mm256_and_si256(hi, mask));
+        if (unscaled) { /* the lane factors 16^(l/2), undone */
+            const __m256 unscale = _mm256_setr_ps(1, 1, 0x1p-4f, 0x1p-4f, 0x1p-8f, 0x1p-8f, 0x1p-12f, 0x1p-12f);
+            *c0 = _mm256_mul_ps(*c0, unscale), *c1 = _mm256_mul_ps(*c1, unscale);
+        }
         return;
     }
     *c0 = decode8(F, row, e);
@@ -154,7 +159,7 @@ static bool aff4_wide(const cpu_rows *t) { return t->scale_dtype != QSDPA_DTYPE_
 static void aff4_wide_prep_q(const float *q, int64_t dim, float *dst) { to_perm_lanes(q, dim, dst, false); }
 static void aff4_wide_fix_acc(float *acc, int64_t dim) { from_perm_lanes(acc, dim, false); }
 #endif
-/* Whether rows of format F take decode16's lanes unscaled (aff4_wide; the VNNI build's decoder does not scale) */
+/* Whether rows of format F take decode16's lanes unscaled (aff4_wide; the VNNI build's 4-bit lanes are not scaled) */
 INLINE bool aff4_unscaled_lanes(int F, const cpu_rows *t) {
 #ifdef QSDPA_ISA_VNNI
     (void)F, (void)t;
@@ -163,8 +168,6 @@ INLINE bool aff4_unscaled_lanes(int F, const cpu_rows *t) {
     return F == F_AFF4 && aff4_wide(t);
 #endif
 }
-/* decode16's 4-bit lane factors 16^(l/2), undone */
-INLINE __m256 aff4_unscale(void) { return _mm256_setr_ps(1, 1, 0x1p-4f, 0x1p-4f, 0x1p-8f, 0x1p-8f, 0x1p-12f, 0x1p-12f); }
 
 INLINE float load_scalar(qsdpa_dtype dt, const char *base, int64_t g) {
     uint16_t h;
@@ -259,7 +262,6 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
                      const float *qsum, int nq, int r0, float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
     const bool unscaled = aff4_unscaled_lanes(F, k);
-    const __m256 unscale = aff4_unscale();
     for (int64_t j = 0; j < n; j++) {
         const char *row = k->codes + (j0 + j) * k->code_stride;
         const char *srow = is_plain(F) ? NULL : k->scales + (j0 + j) * k->scale_stride;
@@ -273,8 +275,7 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
             __m256 sv = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow, g));
             for (size_t e = 0; e < G; e += 16) {
                 __m256 c0, c1;
-                decode16(F, rg, e, g == ng - 1 && e + 16 == G, &c0, &c1);
-                if (unscaled) c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
+                decode16(F, rg, e, g == ng - 1 && e + 16 == G, unscaled, &c0, &c1);
                 if (!is_plain(F)) c0 = _mm256_mul_ps(c0, sv), c1 = _mm256_mul_ps(c1, sv);
                 for (int r = 0; r < NR; r++) {
                     const float *qr = qg + (size_t)r * dim + e;
@@ -299,7 +300,6 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
                       const float *qsum, int nq, int r0, float *scores) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
     const bool unscaled = aff4_unscaled_lanes(F, k);
-    const __m256 unscale = aff4_unscale();
     for (int64_t j = 0; j + 2 <= n; j += 2) {
         const char *row[2], *srow[2] = {NULL, NULL}, *brow[2] = {NULL, NULL};
         __m256 a[2][4], b[2][4]; /* b: the second half-chunk for NR == 1, so 4+ FMA chains stay in flight */
@@ -318,12 +318,8 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
             for (size_t e = 0; e < G; e += 16) {
                 bool last = g == ng - 1 && e + 16 == G;
                 __m256 c0, c1, d0, d1; /* key 0: c0 c1, key 1: d0 d1 */
-                decode16(F, rg0, e, last, &c0, &c1);
-                decode16(F, rg1, e, last, &d0, &d1);
-                if (unscaled) {
-                    c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
-                    d0 = _mm256_mul_ps(d0, unscale), d1 = _mm256_mul_ps(d1, unscale);
-                }
+                decode16(F, rg0, e, last, unscaled, &c0, &c1);
+                decode16(F, rg1, e, last, unscaled, &d0, &d1);
                 if (!is_plain(F)) {
                     c0 = _mm256_mul_ps(c0, sv0), c1 = _mm256_mul_ps(c1, sv0);
                     d0 = _mm256_mul_ps(d0, sv1), d1 = _mm256_mul_ps(d1, sv1);
@@ -497,7 +493,6 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
     const size_t dim = (size_t)v->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)v->group, ng = dim / G;
     float wsb[1][CPU_BLOCK * 4] __attribute__((aligned(16))), *ws = wsb[0]; /* [j][4]: weight times the group scale */
     const bool unscaled = aff4_unscaled_lanes(F, v);
-    const __m256 unscale = aff4_unscale();
     for (size_t g = 0; g < ng; g++) {
         __m128 bsum;
         group_weights(F, 1, v, j0, n, w, nq, r0, g, wsb, &bsum);
@@ -518,12 +513,8 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
                 for (int r = 0; r < NR; r++) x0[r] = x1[r] = _mm256_setzero_ps();
                 for (; j + 2 <= n; j += 2, row += 2 * v->code_stride) {
                     __m256 c0, c1, d0, d1;
-                    decode16(F, row, re, last, &c0, &c1);
-                    decode16(F, row + v->code_stride, re, last, &d0, &d1);
-                    if (unscaled) {
-                        c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
-                        d0 = _mm256_mul_ps(d0, unscale), d1 = _mm256_mul_ps(d1, unscale);
-                    }
+                    decode16(F, row, re, last, unscaled, &c0, &c1);
+                    decode16(F, row + v->code_stride, re, last, unscaled, &d0, &d1);
                     for (int r = 0; r < NR; r++) {
                         __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r), wu = _mm256_broadcast_ss(ws + 4 * j + 4 + r);
                         a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
@@ -536,8 +527,7 @@ INLINE void accum_nr(int F, const int NR, const int GC, const cpu_rows *v, int64
             }
             for (; j < n; j++, row += v->code_stride) {
                 __m256 c0, c1;
-                decode16(F, row, re, last, &c0, &c1);
-                if (unscaled) c0 = _mm256_mul_ps(c0, unscale), c1 = _mm256_mul_ps(c1, unscale);
+                decode16(F, row, re, last, unscaled, &c0, &c1);
                 for (int r = 0; r < NR; r++) {
                     __m256 wv = _mm256_broadcast_ss(ws + 4 * j + r);
                     a0[r] = _mm256_fmadd_ps(c0, wv, a0[r]);
