@@ -183,6 +183,12 @@ int64_t fuzz_case_index;
 char fuzz_case_desc[1400]; /* what the current case is, for the report */
 const char *fuzz_program = "test_random_api";
 
+/* head, then the case under way and the line that replays it */
+static void print_case(const char *head) {
+    fprintf(stderr, "%s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n", head, fuzz_case_desc,
+            (unsigned long long)fuzz_seed, (long long)fuzz_case_index, fuzz_program);
+}
+
 void fuzz_fail(const char *kind, const char *fmt, ...) {
     test_failures++;
     int k = 0;
@@ -200,9 +206,9 @@ void fuzz_fail(const char *kind, const char *fmt, ...) {
     if (count == 1)
         snprintf(fuzz_kinds[k].first, sizeof fuzz_kinds[k].first, "case %lld: %s", (long long)fuzz_case_index, msg);
     if (count > FUZZ_PRINT) return;
-    fprintf(stderr,
-            "FAIL [%s] %s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n",
-            kind, msg, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index, fuzz_program);
+    char head[700];
+    snprintf(head, sizeof head, "FAIL [%s] %s", kind, msg);
+    print_case(head);
 }
 
 void fuzz_known(const char *kind, const char *fmt, ...) {
@@ -211,18 +217,17 @@ void fuzz_known(const char *kind, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (++fuzz_stats.known <= FUZZ_PRINT)
-        fprintf(stderr, "KNOWN [%s] %s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n", kind,
-                msg, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index, fuzz_program);
+    if (++fuzz_stats.known > FUZZ_PRINT) return;
+    char head[700];
+    snprintf(head, sizeof head, "KNOWN [%s] %s", kind, msg);
+    print_case(head);
 }
 
 static void fuzz_on_kill(int sig) {
     (void)sig;
-    char line[2048];
-    snprintf(line, sizeof line, "\nKILLED during case %lld (SIGTERM)\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n",
-             (long long)fuzz_case_index, fuzz_case_desc, (unsigned long long)fuzz_seed, (long long)fuzz_case_index,
-             fuzz_program ? fuzz_program : "?");
-    fputs(line, stderr);
+    char head[64];
+    snprintf(head, sizeof head, "\nKILLED during case %lld (SIGTERM)", (long long)fuzz_case_index);
+    print_case(head);
     _Exit(124);
 }
 
