@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | kshift | variants | profile-prefill | profile-decode | profile-wide | trace | sweep | host | floor | portable]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | kshift | variants | profile-prefill | profile-decode | profile-wide | profile-one | trace | sweep | host | floor | portable]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -170,6 +170,7 @@ stamp build | tee "$OUT/build.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >>"$OUT/build.log" 2>&1
 TEST_TARGETS="test_cuda_coverage test_cuda_mlx test_cuda_api test_cuda_random test_wgmma_layout test_cache_cuda test_cache_io"
 [ "$MODE" = floor ] && TEST_TARGETS="gpu_floor"   # timing only: the read-only kernel (bench/gpu.cmake)
+[ "$MODE" = profile-one ] && TEST_TARGETS=""   # bench_gpu alone
 # a build for another architecture (QSDPA_GPU_ARCH, e.g. 80 with `fuzz`) has no wgmma layout test
 [ "${QSDPA_GPU_ARCH:-90a}" != 90a ] && TEST_TARGETS=${TEST_TARGETS/test_wgmma_layout/}
 if [ "$MODE" = portable ]; then
@@ -405,6 +406,28 @@ if [ "$MODE" = profile-decode ]; then
 fi
 if [ "$MODE" = profile-wide ]; then
   profile_wide
+  stamp done
+  exit 0
+fi
+if [ "$MODE" = profile-one ]; then
+  # ncu (full set, per-SASS counters) on one launch of QSDPA_GPU_NCU_KERNEL (a regex, default fast_prefill) for each
+  # bench_gpu "one" configuration of QSDPA_GPU_NCU_ONE (";"-separated "FMT B L LQ [D [causal]]"), after timing them
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  IFS=';' read -ra shapes <<<"${QSDPA_GPU_NCU_ONE:-affine4g64 1 32768 16;mxfp4 1 32768 16}"
+  for s in "${shapes[@]}"; do
+    # shellcheck disable=SC2086
+    timeout 60 "$B/bench_gpu" one $s | tee -a "$OUT/bench.txt"
+  done
+  for s in "${shapes[@]}"; do
+    tag=$(echo "$s" | tr ' ' '_')
+    stamp "ncu $s" | tee -a "$OUT/ncu.txt"
+    # shellcheck disable=SC2086
+    timeout 150 "$NCU" --clock-control none -k "regex:${QSDPA_GPU_NCU_KERNEL:-fast_prefill}" --launch-skip 20 \
+      --launch-count 1 --set full --import-source no -f -o "/tmp/one_$tag" "$B/bench_gpu" one $s >>"$OUT/ncu.txt" 2>&1
+    echo "ncu rc=$?" >>"$OUT/ncu.txt"
+    "$NCU" -i "/tmp/one_$tag.ncu-rep" --print-details all >>"$OUT/ncu.txt" 2>&1
+    "$NCU" -i "/tmp/one_$tag.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_$tag.csv.gz"
+  done
   stamp done
   exit 0
 fi
