@@ -196,6 +196,10 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
     const int offset[4] = {0, L::KS_BYTES, 2 * L::KS_BYTES, 2 * L::KS_BYTES + L::VS_BYTES};
     const int groups[4] = {L::GK, L::GK, L::GV, L::GV};
     const bool has[4] = {L::GK > 0, L::GK > 0 && L::FK::has_biases, L::GV > 0, L::GV > 0 && L::FV::has_biases};
+    /* a tile's scale rows in 16-byte chunks (elements of at most 4 bytes) are at most one a thread: one
+     * copy each and no loop over a run-time row size (run 214: that loop was ~100 of the producer's ~160
+     * copy instructions a warp and tile, and its code most of the producer's instruction-cache misses) */
+    constexpr bool ONE_EACH = L::BN * 4 * (L::GK > L::GV ? L::GK : L::GV) / 16 <= L::THREADS;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         if (!has[i] || groups[i] == 0) continue;
@@ -203,12 +207,18 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
         const char *head = src.sb[i];
         const int row_bytes = src.sb_row_bytes[i];
         if (p.scales_vec) { /* the tile's rows are one contiguous, 16-byte-aligned block */
-            const int64_t bytes = (valid < L::BN ? valid : (int64_t)L::BN) * row_bytes;
+            const int bytes = (valid < L::BN ? (int)valid : L::BN) * row_bytes;
             const char *rows = head + key0 * row_bytes;
-            for (int c = tid; c < L::BN * row_bytes / 16; c += L::THREADS) {
-                const int64_t left = bytes - (int64_t)c * 16;
-                const int nb = left >= 16 ? 16 : left > 0 ? (int)left : 0;
-                cp_async16(dst + c * 16, nb ? rows + c * 16 : head, nb);
+            if constexpr (ONE_EACH) {
+                const int left = bytes - tid * 16;
+                if (tid * 16 < L::BN * row_bytes)
+                    cp_async16(dst + tid * 16, left > 0 ? rows + tid * 16 : head, left >= 16 ? 16 : left > 0 ? left : 0);
+            } else {
+                for (int c = tid; c < L::BN * row_bytes / 16; c += L::THREADS) {
+                    const int left = bytes - c * 16;
+                    const int nb = left >= 16 ? 16 : left > 0 ? left : 0;
+                    cp_async16(dst + c * 16, nb ? rows + c * 16 : head, nb);
+                }
             }
         } else { /* 4-byte words of rows `sb_stride` apart */
             const int words = row_bytes / 4;
