@@ -280,19 +280,6 @@ __host__ __device__ constexpr bool pf_k_pair_order() {
 #endif
 }
 
-/* V tiles of the same path in k_word's pair order too: the output columns come out permuted within each 8-column
- * chunk, and the epilogue writes each to its dimension (pf_v_dim), instead of every V chunk being reordered
- * (run 215: 7 PRMT a V chunk, 56 of the producer's ~380 dequantization instructions a warp and tile) */
-template <class L>
-__host__ __device__ constexpr bool pf_v_pair_order() { return pf_k_pair_order<L>(); }
-/* The dimension that column `col` of O holds where the V tile is in F's pair order: tile position w U + 2q + e
- * of a chunk holds element w U + k_order(q, e) (emit_chunk) */
-template <class F, bool PAIR_ORDER>
-__device__ __forceinline__ int pf_v_dim(int col) {
-    if constexpr (!PAIR_ORDER) return col;
-    else return (col & ~(F::U - 1)) + F::k_order((col & (F::U - 1)) >> 1, col & 1);
-}
-
 /* A stage's packed K and V tile -> the f16 tiles at `tile` (K [BN][DK], then V [BN][DV]); kshift: K's shift of
  * this (b, head) [DK], or null */
 /* which tiles of a stage one call dequantizes: both, or K or V alone (a CTA of at most 64 rows, whose second row
@@ -315,7 +302,7 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
         else if constexpr (PARTS == PF_K)
             dequant_tile_generic<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid, kshift);
         else if constexpr (FIXED)
-            dequant_tile_fixed<DV, FV, pf_v_pair_order<L>()>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
+            dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
         else
             dequant_tile_generic<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
     } else if constexpr (chunk_batch<DK, FK>::FIXED && chunk_batch<DV, FV>::FIXED) {
@@ -324,14 +311,14 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
             (FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_F32)) {
             /* f32 scales: their batches hold float2 {scale, bias}, one tensor at a time */
             dequant_tile_fixed<DK, FK, pf_k_pair_order<L>()>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid, kshift);
-            dequant_tile_fixed<DV, FV, pf_v_pair_order<L>()>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
+            dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
         } else {
             chunk_batch<DK, FK> kb; /* the producer has the registers to hold both batches */
             chunk_batch<DV, FV> vb;
             kb.gather(p.k, kp, ks, ks + L::KS_BYTES, tid, kshift);
             vb.gather(p.v, vp, vs, vs + L::VS_BYTES, tid);
             kb.template emit<pf_k_pair_order<L>()>(tile, tid); /* q is staged in the same order */
-            vb.template emit<pf_v_pair_order<L>()>(vtile, tid); /* the epilogue un-permutes O (pf_v_dim) */
+            vb.emit(vtile, tid);
         }
 #else /* 256 threads at 255 registers (sm_80): one batch at a time, the dtype branch around it, or they spill */
         dequant_tile_fixed<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid, kshift);
@@ -477,7 +464,6 @@ __device__ __forceinline__ void pf_v_helper(const fast_params &p, const char *sm
 template <int DK, int DV, class FK, class FV>
 __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const fast_params p) {
     using L = pf_layout<DK, DV, FK, FV>;
-    constexpr bool VPO = pf_v_pair_order<L>(); /* O's columns in V's pair order (pf_v_dim) */
     constexpr int KSTEPS = DK / 16; /* k16 steps of Q.K */
     constexpr int NT = DV / 8;      /* n8 tiles of O */
     constexpr int BN = L::BN;
@@ -882,7 +868,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : o[n][2 * r + e] * scale;
-                    qd_store_float(p.out, p.out_dtype, orow + pf_v_dim<FV, VPO>(8 * n + 2 * c4 + e), v);
+                    qd_store_float(p.out, p.out_dtype, orow + 8 * n + 2 * c4 + e, v);
                 }
             if (p.lse && c4 == 0)
                 p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] =
@@ -890,15 +876,9 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
         } else {
             const int64_t prow = (int64_t)split * gridDim.z * p.rows + bh * p.rows + f; /* [split][bh][f] */
 #pragma unroll
-            for (int n = 0; n < NT; n++) {
-                if constexpr (VPO) {
-                    p.part_o[prow * DV + pf_v_dim<FV, VPO>(8 * n + 2 * c4)] = o[n][2 * r] * p.v_factor;
-                    p.part_o[prow * DV + pf_v_dim<FV, VPO>(8 * n + 2 * c4 + 1)] = o[n][2 * r + 1] * p.v_factor;
-                } else {
-                    *(float2 *)&p.part_o[prow * DV + 8 * n + 2 * c4] =
-                        make_float2(o[n][2 * r] * p.v_factor, o[n][2 * r + 1] * p.v_factor);
-                }
-            }
+            for (int n = 0; n < NT; n++)
+                *(float2 *)&p.part_o[prow * DV + 8 * n + 2 * c4] =
+                    make_float2(o[n][2 * r] * p.v_factor, o[n][2 * r + 1] * p.v_factor);
             if (c4 == 0) { p.part_ml[prow * 2] = m[r]; p.part_ml[prow * 2 + 1] = l[r]; }
         }
     }
