@@ -62,7 +62,6 @@ struct fast_params : qd_io {
     float masked_log2;       /* masked score * log2(e), clamped finite */
     int scales_vec;          /* 1: a tile's scales are one 16-byte-aligned block; 0: 4-byte rows */
     int dec_prefetch;        /* decode kernel: chunks per warp pulled into L2 before pdl_wait */
-    int pf_v_helper;         /* prefill kernel (wgmma): an idle row warpgroup dequantizes V (pf_v_helper); 0: off */
     float *part_o;           /* [nsplit][B*Hkv][rows][Dv] */
     float *part_ml;          /* [nsplit][B*Hkv][rows][2] */
     unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */

@@ -282,11 +282,7 @@ __host__ __device__ constexpr bool pf_k_pair_order() {
 
 /* A stage's packed K and V tile -> the f16 tiles at `tile` (K [BN][DK], then V [BN][DV]); kshift: K's shift of
  * this (b, head) [DK], or null */
-/* which tiles of a stage one call dequantizes: both, or K or V alone (a CTA of at most 64 rows, whose second row
- * warpgroup takes V: pf_v_helper) */
-enum pf_parts { PF_KV, PF_K, PF_V };
-
-template <class L, int DK, int DV, pf_parts PARTS = PF_KV>
+template <class L, int DK, int DV>
 __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *stage, uint32_t *tile, int tid,
                                               const float *kshift) {
     using FK = typename L::FK;
@@ -295,17 +291,7 @@ __device__ __forceinline__ void dequant_stage(const fast_params &p, const char *
     const char *ks = stage + L::K_BYTES + L::V_BYTES;
     const char *vs = ks + 2 * L::KS_BYTES;
     uint32_t *vtile = tile + L::BN * DK / 2;
-    if constexpr (PARTS != PF_KV) {
-        constexpr bool FIXED = PARTS == PF_K ? chunk_batch<DK, FK>::FIXED : chunk_batch<DV, FV>::FIXED;
-        if constexpr (PARTS == PF_K && FIXED)
-            dequant_tile_fixed<DK, FK, pf_k_pair_order<L>()>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid, kshift);
-        else if constexpr (PARTS == PF_K)
-            dequant_tile_generic<DK, FK>(p.k, kp, ks, ks + L::KS_BYTES, tile, tid, kshift);
-        else if constexpr (FIXED)
-            dequant_tile_fixed<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
-        else
-            dequant_tile_generic<DV, FV>(p.v, vp, vs, vs + L::VS_BYTES, vtile, tid);
-    } else if constexpr (chunk_batch<DK, FK>::FIXED && chunk_batch<DV, FV>::FIXED) {
+    if constexpr (chunk_batch<DK, FK>::FIXED && chunk_batch<DV, FV>::FIXED) {
 #ifdef QSDPA_CUDA_HAVE_WGMMA
         if ((FK::mode == QSDPA_MODE_AFFINE && p.k.scale_dtype == QSDPA_DTYPE_F32) ||
             (FV::mode == QSDPA_MODE_AFFINE && p.v.scale_dtype == QSDPA_DTYPE_F32)) {
@@ -394,8 +380,7 @@ __device__ __forceinline__ void pf_wait_full(int wg, int b) {
  * their next tile ready while it loads and dequantizes the ones after. */
 template <class L, int DK, int DV>
 __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sources &src, char *smem,
-                                           uint32_t *tiles, int t0, int t1, int ptid, const float *kshift,
-                                           bool v_helper) {
+                                           uint32_t *tiles, int t0, int t1, int ptid, const float *kshift) {
     constexpr int S = L::STAGES, NB = L::DIRECT ? L::STAGES : L::TILE_BUFS_WGMMA;
     constexpr int ALL = PF_BLOCK_THREADS_WGMMA;
     const int n = t1 - t0;
@@ -427,37 +412,17 @@ __device__ __forceinline__ void pf_produce(const fast_params &p, const tile_sour
         }
         for (int it = 0; it < n; it++) {
             cp_async_wait<S - 2>(); /* groups committed: S - 1 + it */
-            /* every producer thread's copies of tile it landed, and every one (with the V helper) is done
-             * with stage it - 1, which the load below refills */
-            named_sync(PF_BAR_PRODUCER, PF_PRODUCER_THREADS * (v_helper ? 2 : 1));
+            /* every producer thread's copies of tile it landed, and every one is done with
+             * stage it - 1, which the load below refills */
+            named_sync(PF_BAR_PRODUCER, PF_PRODUCER_THREADS);
             if (it + S - 1 < n) load_tile<L>(p, src, stage(it + S - 1), t0 + it + S - 1, ptid);
             cp_async_commit();
             if (it >= NB) named_sync(PF_BAR_EMPTY + it % NB, ALL); /* tile it - NB's readers are done */
-            uint32_t *tile = tiles + (it % NB) * (L::TILE_BYTES / 4);
-            if (v_helper) dequant_stage<L, DK, DV, PF_K>(p, stage(it), tile, ptid, kshift);
-            else dequant_stage<L, DK, DV>(p, stage(it), tile, ptid, kshift);
+            dequant_stage<L, DK, DV>(p, stage(it), tiles + (it % NB) * (L::TILE_BYTES / 4), ptid, kshift);
             pf_publish<L>(it % NB);
         }
     }
     cp_async_wait<0>();
-}
-
-/* The V helper: in a CTA of at most 64 folded rows (Lq 16 at GQA 4, a last row block) the second row warpgroup
- * has no rows, and the producer's dequantization bounds the kernel (run 214: the row warpgroup waited at FULL
- * while the producer issued at ~18% of its cycles). There that warpgroup (`htid` 0..127) dequantizes each tile's
- * V while the producer takes K: it meets the producer at PF_BAR_PRODUCER (tile it landed, stage it - 1 free),
- * waits at EMPTY as the producer does and arrives at FULL where it would have waited, so every barrier keeps
- * its thread count. */
-template <class L, int DK, int DV>
-__device__ __forceinline__ void pf_v_helper(const fast_params &p, const char *smem, uint32_t *tiles, int n, int htid) {
-    constexpr int S = L::STAGES, NB = L::TILE_BUFS_WGMMA;
-    for (int it = 0; it < n; it++) {
-        named_sync(PF_BAR_PRODUCER, 2 * PF_PRODUCER_THREADS);
-        if (it >= NB) named_sync(PF_BAR_EMPTY + it % NB, PF_BLOCK_THREADS_WGMMA);
-        dequant_stage<L, DK, DV, PF_V>(p, smem + (it % S) * L::STAGE_BYTES, tiles + (it % NB) * (L::TILE_BYTES / 4),
-                                       htid, nullptr); /* its fence_proxy_async included */
-        pf_publish<L>(it % NB);
-    }
 }
 #endif
 
@@ -489,10 +454,6 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
     const int64_t f_cta = (int64_t)rb * PF_ROWS;
     const int64_t f_warp = f_cta + 16 * warp;
     const int64_t f_end = min(p.rows, f_cta + PF_ROWS);
-#ifdef QSDPA_CUDA_HAVE_WGMMA
-    /* the second row warpgroup has no rows: it dequantizes V for the producer (pf_v_helper) */
-    const bool v_helper = !L::DIRECT && PF_WARPS == 8 && f_cta + 64 >= f_end && p.pf_v_helper;
-#endif
 
     /* visible key range of the CTA's rows (local indices), tile-aligned */
     int64_t lo = 0, hi = p.lk - 1;
@@ -639,8 +600,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
     /* the producer warpgroup starts loading at once; the row warps stage q meanwhile */
     if (warp >= PF_WARPS) {
         if constexpr (PF_SPLIT_REGS) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PF_PRODUCER_REGS));
-        pf_produce<L, DK, DV>(p, tile_sources_of<L>(p, b, g), smem, tiles, t0, t1, tid - PF_THREADS, kshift,
-                              v_helper);
+        pf_produce<L, DK, DV>(p, tile_sources_of<L>(p, b, g), smem, tiles, t0, t1, tid - PF_THREADS, kshift);
         return;
     }
     if constexpr (PF_SPLIT_REGS) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(PF_ROW_REGS));
@@ -703,9 +663,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
      * one (the branch cost the full 4K prefill 4%, run 52) */
     const bool wg_rows = f_cta + (warp / 4) * 64 < f_end;
     constexpr int NB = L::DIRECT ? L::STAGES : L::TILE_BUFS_WGMMA;
-    if (!wg_rows && v_helper) {
-        pf_v_helper<L, DK, DV>(p, smem, tiles, t1 - t0, tid - 128);
-    } else if (!wg_rows) {
+    if (!wg_rows) {
         for (int it = 0; it < t1 - t0; it++) {
             pf_wait_full<L>(warp / 4, it % NB);
             if (it + NB < t1 - t0) named_arrive(PF_BAR_EMPTY + it % NB, PF_BLOCK_THREADS_WGMMA);

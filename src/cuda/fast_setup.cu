@@ -98,9 +98,6 @@ qsdpa_status qsdpa_cuda_fast_launch_setup(qsdpa_context *ctx, const qsdpa_proble
     p->dv_out = (int)pr->dim_v; /* <= kernel_dv: a narrower cache on a wider kernel (pad_from) */
     p->scales_vec = ks;
     p->dec_prefetch = qsdpa_cuda_dec_prefetch();
-    /* QSDPA_CUDA_PF_V_HELPER=0: the prefill kernel's producer dequantizes V too where a row warpgroup idles (A/B) */
-    static const int v_helper = (int)qsdpa_cuda_env("QSDPA_CUDA_PF_V_HELPER", 1);
-    p->pf_v_helper = v_helper;
     const float log2e = 1.4426950408889634f;
     p->scale_log2 = pr->scale * log2e;
     /* NVFP4's global factor G / 2688 taken out of the tiles: fp4 x e4m3 is exact in f16 (at most 6 significant
