@@ -134,17 +134,24 @@ extra_rows() {
   done
 }
 
+# ncu (full set) on $4 launches of the kernels matching regex $2 after skipping $3, of the program and arguments
+# after them: the details into ncu.txt, the per-SASS-instruction counters (executed, stall samples by reason, read
+# offline) into sass_$1.csv.gz
+ncu_profile() {
+  local name=$1 regex=$2 skip=$3 count=$4 NCU
+  shift 4
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  timeout 150 "$NCU" --clock-control none -k "regex:$regex" --launch-skip "$skip" --launch-count "$count" --set full \
+    --import-source no -f -o "/tmp/$name" "$@" >>"$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$?" >>"$OUT/ncu.txt"
+  "$NCU" -i "/tmp/$name.ncu-rep" --print-details all >>"$OUT/ncu.txt" 2>&1
+  "$NCU" -i "/tmp/$name.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_$name.csv.gz"
+}
 # ncu on the wide kernel and its merge at MLA decode (Dk 576 / Dv 512, 32 heads over one KV head, 4-bit, 32K)
 profile_wide() {
-  local NCU
-  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   stamp "ncu generic_wide (MLA 4-bit 32K)" | tee -a "$OUT/ncu.txt"
-  QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512 timeout 150 "$NCU" --clock-control none -k regex:"generic_(wide|combine)" \
-    --launch-skip 20 --launch-count 2 --set full --import-source no -f -o /tmp/wide \
-    "$B/bench_gpu" one affine:4:64/affine:4:64 1 32768 1 576 >>"$OUT/ncu.txt" 2>&1
-  echo "ncu rc=$?" >>"$OUT/ncu.txt"
-  "$NCU" -i /tmp/wide.ncu-rep --print-details all >>"$OUT/ncu.txt" 2>&1
-  "$NCU" -i /tmp/wide.ncu-rep --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_wide.csv.gz"
+  QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512 ncu_profile wide "generic_(wide|combine)" 20 2 \
+    "$B/bench_gpu" one affine:4:64/affine:4:64 1 32768 1 576
 }
 if [ "$MODE" = trace ]; then
   # the diagnostic build (QSDPA_CUDA_DEC_TRACE=1): per-CTA phase marks of one decode call per shape
@@ -406,13 +413,8 @@ if [ "$MODE" = sweep ]; then
   exit 0
 fi
 if [ "$MODE" = profile-decode ]; then
-  # the 128K 4-bit decode launch (3 CTAs per SM since v22.2): per-SASS counters, read offline
-  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-  timeout 150 "$NCU" --clock-control none -k regex:fast_decode --launch-skip 20 --launch-count 1 --set full \
-    --import-source no -f -o /tmp/decode_a4 "$B/bench_gpu" one affine4g64 1 131072 1 >>"$OUT/ncu.txt" 2>&1
-  echo "ncu rc=$?" >>"$OUT/ncu.txt"
-  "$NCU" -i /tmp/decode_a4.ncu-rep --print-details all >>"$OUT/ncu.txt" 2>&1
-  "$NCU" -i /tmp/decode_a4.ncu-rep --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_decode_a4.csv.gz"
+  # the 128K 4-bit decode launch (3 CTAs per SM since v22.2)
+  ncu_profile decode_a4 fast_decode 20 1 "$B/bench_gpu" one affine4g64 1 131072 1
   stamp done
   exit 0
 fi
@@ -424,7 +426,6 @@ fi
 if [ "$MODE" = profile-one ]; then
   # ncu (full set, per-SASS counters) on one launch of QSDPA_GPU_NCU_KERNEL (a regex, default fast_prefill) for each
   # bench_gpu "one" configuration of QSDPA_GPU_NCU_ONE (";"-separated "FMT B L LQ [D [causal]]"), after timing them
-  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   IFS=';' read -ra shapes <<<"${QSDPA_GPU_NCU_ONE:-affine4g64 1 32768 16;mxfp4 1 32768 16}"
   for s in "${shapes[@]}"; do
     # shellcheck disable=SC2086
@@ -434,26 +435,16 @@ if [ "$MODE" = profile-one ]; then
     tag=$(echo "$s" | tr ' ' '_')
     stamp "ncu $s" | tee -a "$OUT/ncu.txt"
     # shellcheck disable=SC2086
-    timeout 150 "$NCU" --clock-control none -k "regex:${QSDPA_GPU_NCU_KERNEL:-fast_prefill}" --launch-skip 20 \
-      --launch-count 1 --set full --import-source no -f -o "/tmp/one_$tag" "$B/bench_gpu" one $s >>"$OUT/ncu.txt" 2>&1
-    echo "ncu rc=$?" >>"$OUT/ncu.txt"
-    "$NCU" -i "/tmp/one_$tag.ncu-rep" --print-details all >>"$OUT/ncu.txt" 2>&1
-    "$NCU" -i "/tmp/one_$tag.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_$tag.csv.gz"
+    ncu_profile "one_$tag" "${QSDPA_GPU_NCU_KERNEL:-fast_prefill}" 20 1 "$B/bench_gpu" one $s
   done
   stamp done
   exit 0
 fi
 if [ "$MODE" = profile-prefill ]; then
-  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   timeout 60 "$B/bench_gpu" prefill | tee "$OUT/prefill.txt"
   for f in f16 affine4g64; do
     stamp "ncu prefill $f" | tee -a "$OUT/ncu.txt"
-    timeout 150 "$NCU" --clock-control none -k regex:fast_prefill --launch-skip 3 --launch-count 1 --set full \
-      --import-source no -f -o "/tmp/prefill_$f" "$B/bench_gpu" prefill $f >>"$OUT/ncu.txt" 2>&1
-    echo "ncu rc=$?" >>"$OUT/ncu.txt"
-    "$NCU" -i "/tmp/prefill_$f.ncu-rep" --print-details all >>"$OUT/ncu.txt" 2>&1
-    # per-SASS-instruction counters (executed, stall samples by reason), read offline
-    "$NCU" -i "/tmp/prefill_$f.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip >"$OUT/sass_$f.csv.gz"
+    ncu_profile "prefill_$f" fast_prefill 3 1 "$B/bench_gpu" prefill $f
   done
   stamp done
   exit 0
