@@ -196,10 +196,11 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
     const int offset[4] = {0, L::KS_BYTES, 2 * L::KS_BYTES, 2 * L::KS_BYTES + L::VS_BYTES};
     const int groups[4] = {L::GK, L::GK, L::GV, L::GV};
     const bool has[4] = {L::GK > 0, L::GK > 0 && L::FK::has_biases, L::GV > 0, L::GV > 0 && L::FV::has_biases};
-    /* a tile's scale rows in 16-byte chunks (elements of at most 4 bytes) are at most one a thread: one
-     * copy each and no loop over a run-time row size (run 214: that loop was ~100 of the producer's ~160
-     * copy instructions a warp and tile, and its code most of the producer's instruction-cache misses) */
-    constexpr bool ONE_EACH = L::BN * 4 * (L::GK > L::GV ? L::GK : L::GV) / 16 <= L::THREADS;
+    /* a tile's scale rows in 16-byte chunks (elements of at most L::SBYTES bytes, what validation allows and the
+     * stage reserves) are at most one a thread: one copy each and no loop over a run-time row size (run 214: that
+     * loop was ~100 of the producer's ~160 copy instructions a warp and tile, and its code most of the producer's
+     * instruction-cache misses) */
+    constexpr bool ONE_EACH = L::BN * L::SBYTES * (L::GK > L::GV ? L::GK : L::GV) / 16 <= L::THREADS;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         if (!has[i] || groups[i] == 0) continue;

@@ -63,7 +63,7 @@ struct pf_layout {
     static constexpr int WK = DK * FK::bits / 32, WV = DV * FV::bits / 32; /* words per packed row */
     static constexpr int CWK = WK / 4, CWV = WV / 4;                        /* 16-byte chunks per row */
     static constexpr int GK = FK::has_scales ? DK / FK::group : 0, GV = FV::has_scales ? DV / FV::group : 0;
-    static constexpr int SBYTES = 4;
+    static constexpr int SBYTES = 4; /* a stored scale or bias, at most (f32; validate.c allows no wider) */
     static constexpr int KS_BYTES = (BN * GK * SBYTES + 15) / 16 * 16;
     static constexpr int VS_BYTES = (BN * GV * SBYTES + 15) / 16 * 16;
     static constexpr int K_BYTES = BN * WK * 4, V_BYTES = BN * WV * 4;
