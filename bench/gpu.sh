@@ -369,7 +369,7 @@ if [ "$MODE" = prefill ]; then
       >>"$OUT/tests.log" 2>&1
     echo "test_cuda_coverage (${QSDPA_GPU_ONLY:-.d} rows, staged prefill off) rc=$?" | tee -a "$OUT/tests.log"
     grep FAIL "$OUT/tests.log" | head -10
-    # racecheck on prefill-kernel CTAs of at most 64 rows (the V helper's barriers): 60 rows, 64 rows
+    # racecheck on prefill-kernel CTAs of at most 64 rows (the second row warpgroup idle): 60 rows, 64 rows
     CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     for shape in "Lq15 GQA4 (60 rows)" "decode GQA64"; do
       QSDPA_CUDA_STAGE_PREFILL_ROWS=0 QSDPA_CUDA_ONLY=a4g64.d128.f16 QSDPA_CUDA_SHAPE="$shape" timeout 120 "$CS" \
