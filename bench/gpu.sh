@@ -16,7 +16,8 @@
 #   quick: no full benchmark (the baseline comparison below still runs); generic: the generic row's tests and
 #   sanitizers, then the MLA rows (or QSDPA_GPU_EXTRA_ROWS) against a baseline; prefill: the prefill kernel's
 #   coverage rows, the fuzz, and its rows (staging off) against a baseline; fuzz: build, then only
-#   test_cuda_random (QSDPA_GPU_FUZZ_SEEDS, QSDPA_GPU_FUZZ_SECONDS a seed, QSDPA_GPU_FUZZ_LEGS environments, QSDPA_GPU_FUZZ_REPLAYS;
+#   test_cuda_random (QSDPA_GPU_FUZZ_SEEDS, QSDPA_GPU_FUZZ_SECONDS a seed, QSDPA_GPU_FUZZ_LEGS environments, QSDPA_GPU_FUZZ_REPLAYS,
+#   QSDPA_GPU_FUZZ_TIMEOUT the kill after which the test prints the case under way;
 #   it also runs in every checking mode); bench: the full benchmark and
 #   PyTorch's baselines only (no GPU tests, sanitizers, multi-GPU stage, prefill-kernel rows or ncu: a
 #   timing call on a commit an earlier call checked; ~7 minutes); variants: also times
@@ -84,7 +85,7 @@ fuzz_run() {
   for seed in $seeds; do
     for leg in "${leg_list[@]}"; do
       # shellcheck disable=SC2086  # assignments split on spaces by design
-      env $leg QSDPA_TEST_SEED=$seed QSDPA_FUZZ_SECONDS=${QSDPA_GPU_FUZZ_SECONDS:-60} timeout 400 \
+      env $leg QSDPA_TEST_SEED=$seed QSDPA_FUZZ_SECONDS=${QSDPA_GPU_FUZZ_SECONDS:-60} timeout ${QSDPA_GPU_FUZZ_TIMEOUT:-400} \
         "$B/tests/test_cuda_random" >>"$OUT/tests.log" 2>&1
       echo "test_cuda_random (seed $seed${leg:+, $leg}) rc=$?" | tee -a "$OUT/tests.log"
     done
