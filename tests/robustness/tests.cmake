@@ -14,3 +14,9 @@ add_test(NAME robustness.test_random_api_replay_7775686633766_22 COMMAND test_ra
          WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
 set_tests_properties(robustness.test_random_api_replay_7775686633766_22 PROPERTIES LABELS robustness
                      ENVIRONMENT "QSDPA_FUZZ_SHADOW=1;QSDPA_TEST_SEED=7775686633766;QSDPA_FUZZ_CASE=22")
+# an output of 1.77M elements given an overlapping stride: the overlap oracle's pairwise comparison ran for hours
+# (session 33; the GPU fuzz's unexplained "hangs" of runs 182 and 212); with the offsets sorted it takes a second
+add_test(NAME robustness.test_random_api_replay_2661819130_1003 COMMAND test_random_api
+         WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+set_tests_properties(robustness.test_random_api_replay_2661819130_1003 PROPERTIES LABELS robustness TIMEOUT 60
+                     ENVIRONMENT "QSDPA_FUZZ_SHADOW=1;QSDPA_TEST_SEED=2661819130;QSDPA_FUZZ_CASE=1003")
