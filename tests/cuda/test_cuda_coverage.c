@@ -275,6 +275,8 @@ static void run_padded_both(test_rng *rng, const char *kernel, const char *what,
 
 int main(void) {
     if (test_skip_without_cuda()) return TEST_SKIPPED;
+    /* a row a line as it ends: gpu.sh's time limits kill this program, and a full buffer died with it (run 222) */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     if (cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) != cudaSuccess) smem_optin = 0;
     const char *q = getenv("QSDPA_CUDA_QUICK");
     quick = q && q[0] == '1';
