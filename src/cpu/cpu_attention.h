@@ -66,6 +66,9 @@ typedef struct cpu_kv_ops {
      * score reads, into qt of CPU_QT_BYTES(dim); score is then passed qt in place of q. false (qt
      * unspecified): q the tiles cannot carry exactly (not finite, or past 2^100), for the base ISA's kernels. */
     bool (*tile_q)(const float *q, int nq, int64_t dim, uint16_t *qt);
+    /* The AMX tier's tile kernels: whether they take 1-8 rows too (int8 tiles, where the CPU has AMX-INT8), or
+     * pay only from CPU_AMX_BF16_MIN_ROWS on (bf16 tiles alone: amx_fp4.inc) */
+    bool tile_int8;
 } cpu_kv_ops;
 
 /* The AMX tier's tiles serve up to CPU_AMX_ROWS query rows a KV head: all of them on int8 tiles (amx_int8.inc)

@@ -22,6 +22,7 @@ typedef struct plan {
     const cpu_isa *isa;
     bool prefill;
     bool rows_on_tiles;    /* an AMX tier's K and V tile kernels serve every task (q_tile: at most CPU_AMX_ROWS rows) */
+    bool tiles_int8;       /* an AMX tier's tile kernels of K and V (those that have one) all take 1-8 rows too */
     int64_t ratio;         /* query heads per kv head */
     int64_t h_tile;        /* query heads of a KV head's group per task (ratio, or fewer on the AMX tiles) */
     int64_t n_htiles;      /* ceil(ratio / h_tile) */
@@ -398,13 +399,14 @@ static bool bf16_exact_k(const qsdpa_problem *p) {
     return exact && p->dim_k % 32 == 0;
 }
 
-/* Whether an AMX tier's tile kernels serve a task of nr rows: 1 to 16 rows on int8 tiles where the CPU has them,
- * else 9 to 16 on bf16 tiles. At 4 rows (Lq 1, GQA 4) the bf16 tiles' fixed work a block (codes to bf16, weights
+/* Whether an AMX tier's tile kernels serve a task of nr rows: 1 to 16 rows on int8 tiles where the CPU has them
+ * and the tiled formats have int8 kernels (affine; MXFP4 and NVFP4 have bf16 tiles only), else 9 to 16 on bf16
+ * tiles. At 4 rows (Lq 1, GQA 4) the bf16 tiles' fixed work a block (codes to bf16, weights
  * in three pieces, product latency) cost more than the AVX-512 kernels (32K, affine 4/g64, session 28's VM: 6.2
  * against 3.9 ms), at 8 about the same, at 16 0.55x; int8 tiles take codes as they are, 0.88x the bf16 tiles' time
  * at 16 rows (bench/NOTES.md sessions 28-30). */
 static bool amx_rows(const plan *pl, int64_t nr) {
-    return !uses_tiles(pl, nr) && (nr >= CPU_AMX_BF16_MIN_ROWS || qsdpa_cpu_amx_int8_rows(nr));
+    return !uses_tiles(pl, nr) && (nr >= CPU_AMX_BF16_MIN_ROWS || (pl->tiles_int8 && qsdpa_cpu_amx_int8_rows(nr)));
 }
 /* Whether rows of this format get a tile kernel of their own from an ISA built on a base */
 static bool amx_format(const cpu_isa *isa, const cpu_rows *r) { return isa->ops_for(r) != isa->base->ops_for(r); }
@@ -582,12 +584,14 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     pl.ratio = p->group_ratio;
     pl.key_total = p->key_total > 0 ? p->key_total : p->len_k;
     /* Whether K's and V's rows have tile kernels of their own (an AMX tier; else its base's kernels serve them) */
-    bool k_tiles = false, v_tiles = false;
+    bool k_tiles = false, v_tiles = false, k_int8 = false, v_int8 = false;
     if (isa->base) {
         cpu_rows kr, vr;
         qsdpa_cpu_rows(&p->k, 0, 0, &kr);
         qsdpa_cpu_rows(&p->v, 0, 0, &vr);
         k_tiles = amx_format(isa, &kr), v_tiles = amx_format(isa, &vr);
+        pl.tiles_int8 = (!k_tiles || isa->ops_for(&kr)->tile_int8) && (!v_tiles || isa->ops_for(&vr)->tile_int8);
+        k_int8 = k_tiles && isa->ops_for(&kr)->tile_int8, v_int8 = v_tiles && isa->ops_for(&vr)->tile_int8;
     }
     pl.h_tile = pl.ratio;
     if (k_tiles && v_tiles) {
@@ -622,7 +626,8 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
     if (isa->base && amx_rows(&pl, pl.rows_max)) { /* which of K and V ran on tiles (the rest: the base's kernels) */
         if (k_tiles || v_tiles) {
             char suffix[16];
-            snprintf(suffix, sizeof suffix, "+amx%s%s", qsdpa_cpu_amx_int8_rows(pl.rows_max) ? ".i8" : "",
+            const bool int8 = qsdpa_cpu_amx_int8_rows(pl.rows_max) && (k_int8 || v_int8);
+            snprintf(suffix, sizeof suffix, "+amx%s%s", int8 ? ".i8" : "",
                      k_tiles && v_tiles ? "" : k_tiles ? ".k" : ".v");
             qsdpa_set_route(ctx, ctx->last_route, suffix);
         }

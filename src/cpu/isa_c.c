@@ -49,7 +49,7 @@ static void unpack_c(const cpu_rows *t, int64_t j0, int64_t n, float *dst) {
     for (int64_t j = 0; j < n; j++) qsdpa_cpu_unpack_row(t, j0 + j, dst + j * t->dim);
 }
 
-static const cpu_kv_ops ops_c = {"generic", score_c, accum_c, unpack_c, NULL, NULL, NULL, NULL, NULL};
+static const cpu_kv_ops ops_c = {"generic", score_c, accum_c, unpack_c, NULL, NULL, NULL, NULL, NULL, false};
 
 static const cpu_kv_ops *ops_for_c(const cpu_rows *rows) {
     (void)rows;

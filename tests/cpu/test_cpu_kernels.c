@@ -105,10 +105,13 @@ static int amx_calls, amx_int8_calls; /* cpu.amx.decode calls whose K and V both
                                       * ("+amx.i8", 1-16 rows where the CPU has AMX-INT8) */
 static bool amx_int8; /* that row's int8 kernels in use (qsdpa_cpu_features bit 64, QSDPA_CPU_AMX_INT8) */
 
-/* An affine format the AMX tier's tile kernels take (4 or 8 bits, groups of at least 32) at head dim D */
+/* An affine format the AMX tier's int8 and bf16 tile kernels take (4 or 8 bits, groups of at least 32) */
+static bool amx_affine(const char *fmt) {
+    return (!strncmp(fmt, "affine:4:", 9) || !strncmp(fmt, "affine:8:", 9)) && strcmp(fmt + 9, "16") != 0;
+}
+/* A format the AMX tier's tile kernels take at head dim D: those, and MXFP4 and NVFP4 (bf16 tiles only) */
 static bool amx_format(const char *fmt, int64_t D) {
-    return (!strncmp(fmt, "affine:4:", 9) || !strncmp(fmt, "affine:8:", 9)) && strcmp(fmt + 9, "16") != 0 &&
-           D % 32 == 0 && D >= 64;
+    return (amx_affine(fmt) || !strcmp(fmt, "mxfp4") || !strcmp(fmt, "nvfp4")) && D % 32 == 0 && D >= 64;
 }
 static qsdpa_context *ctx_ref, *ctx_kernel[NKERNELS];
 static int cases_run, kernel_runs;
@@ -293,10 +296,13 @@ static void run_case(test_rng *rng, const test_case *c) {
             const int64_t nr = !both       ? ratio * c->Lq
                                : ratio > 16 ? (ratio + cuts - 1) / cuts
                                             : ratio * (c->Lq < 16 / ratio ? c->Lq : 16 / ratio);
-            const bool int8 = amx_int8 && nr <= 16;
-            const bool rows_ok = (nr > 8 || amx_int8) && nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16) &&
-                                 (both || !prefill);
+            /* 1-8 rows only where every tiled format has int8 kernels; the route says ".i8" where one ran */
+            const bool k_int8 = amx_affine(c->kfmt), v_int8 = amx_affine(c->vfmt);
+            const bool few_rows = (!amx_format(c->kfmt, c->Dk) || k_int8) && (!amx_format(c->vfmt, c->Dv) || v_int8);
+            const bool rows_ok = (nr > 8 || (amx_int8 && few_rows)) &&
+                                 nr <= (odd_width(c->kfmt) || odd_width(c->vfmt) ? 4 : 16) && (both || !prefill);
             const bool want_k = rows_ok && amx_format(c->kfmt, c->Dk), want_v = rows_ok && amx_format(c->vfmt, c->Dv);
+            const bool int8 = amx_int8 && nr <= 16 && ((want_k && k_int8) || (want_v && v_int8));
             const char *route = qsdpa_context_last_route(ctx_kernel[kn]);
             const char *want = want_k && want_v ? (int8 ? "+amx.i8" : "+amx")
                                : want_k         ? (int8 ? "+amx.i8.k" : "+amx.k")

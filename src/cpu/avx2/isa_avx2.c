@@ -15,6 +15,7 @@
  * f32 kernels (generic_ops).
  */
 #include "cpu/cpu_attention.h"
+#include "format/format_internal.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -905,7 +906,7 @@ INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, i
                                           F == F_AFF4 || F == F_MXFP4 ? order_q16_step32                      \
                                           : F == F_NVFP4              ? order_q16_step16                      \
                                                                       : NULL,                                 \
-                                          NULL};
+                                          NULL, false};
 
 DEFINE_FORMAT(affine4_g32, F_AFF4, 32)
 DEFINE_FORMAT(affine4_g64, F_AFF4, 64)
@@ -931,7 +932,7 @@ static const cpu_kv_ops *const affine_ops[2][3] = {{&affine4_g32_ops, &affine4_g
  * accumulator only permuted */
 #define AFF4_WIDE_OPS(NAME)                                                                                   \
     {#NAME ".wide", NAME##_score, NAME##_accum, NAME##_unpack, aff4_wide_prep_q, aff4_wide_fix_acc, NAME##_score_q16, \
-     order_q16_step32, NULL}
+     order_q16_step32, NULL, false}
 static const cpu_kv_ops affine4_wide_ops[3] = {AFF4_WIDE_OPS(affine4_g32), AFF4_WIDE_OPS(affine4_g64),
                                                AFF4_WIDE_OPS(affine4_g128)};
 #endif
@@ -967,7 +968,7 @@ static void generic_accum(const cpu_rows *v, int64_t j0, int64_t n, const float 
     f32_accum(&f, 0, n, w, nq, acc, NULL);
 }
 
-static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack, NULL, NULL, NULL, NULL, NULL};
+static const cpu_kv_ops generic_ops = {"generic", generic_score, generic_accum, generic_unpack, NULL, NULL, NULL, NULL, NULL, false};
 
 static const cpu_kv_ops *ops_for_avx2(const cpu_rows *t) {
     if (t->dim % 16 != 0) return qsdpa_cpu_isa_c.ops_for(t); /* plain rows of odd width */
