@@ -83,7 +83,7 @@ int main(void) {
     double t0 = fuzz_now_seconds();
     int64_t cases = 0, merges = 0;
     for (int64_t i = only >= 0 ? only : 0;; i++) {
-        fuzz_case_index = i;
+        fuzz_begin_case(i);
         test_rng r;
         test_rng_init(&r, fuzz_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)));
         test_rng_next(&r);

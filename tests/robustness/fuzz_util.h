@@ -59,6 +59,8 @@ double fuzz_now_seconds(void); /* monotonic, for the time budgets */
 enum { EXPECT_OK, EXPECT_ERR, EXPECT_ANY }; /* what this test's own reading of SPEC 5 says */
 extern uint64_t fuzz_seed;
 extern int64_t fuzz_case_index;
+/* the loop's next case: its index, and a description that says it has none yet */
+void fuzz_begin_case(int64_t index);
 extern char fuzz_case_desc[1400]; /* the current case, printed with its failures */
 extern const char *fuzz_program;  /* named in the replay line */
 void fuzz_fail(const char *kind, const char *fmt, ...)

@@ -72,7 +72,7 @@ int main(void) {
     double t0 = fuzz_now_seconds();
     int64_t counts[3] = {0, 0, 0};
     for (int64_t i = only >= 0 ? only : 0;; i++) {
-        fuzz_case_index = i;
+        fuzz_begin_case(i);
         test_rng r;
         test_rng_init(&r, fuzz_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)));
         test_rng_next(&r);
