@@ -467,7 +467,7 @@ static void run_task(void *arg, int64_t t, int thread) {
      * a call) and the next block's rows asked for however short (32K affine 4/g64 Lq 1, session 29: 64-key blocks
      * 10.5 against 9.5 ms on one thread; the prefetch 3.7-4.0 against 3.3-4.4 ms on two). The bf16 tiles keep the
      * decode block (no difference measured at Lq 4). */
-    const bool int8_tiles = on_amx && qsdpa_cpu_amx_int8_rows(nr);
+    const bool int8_tiles = on_amx && qsdpa_cpu_amx_int8_rows(nr) && (kops->tile_int8 || vops->tile_int8);
     const int64_t block = tiles || int8_tiles ? CPU_BLOCK : pl->block;
     for (int64_t j0 = kmin; j0 <= kmax; j0 += block) {
         int64_t n = kmax + 1 - j0 < block ? kmax + 1 - j0 : block;
