@@ -136,6 +136,12 @@ static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax sca
  * int8 tiles once multiplied a group's integer sum by its scale first and overflowed: the helper's review, session
  * 29) */
 static int poke_k_huge;
+/* MXFP4 / NVFP4 scale bytes the AMX row's bf16 tiles refuse, so those blocks take the f32 kernels (amx_fp4.inc):
+ * 1 = K's scale byte of key 3, group 1, set to poke_fp4_byte (the tiles taking such a block anyway fail here); 2 =
+ * every scale byte of an MXFP4 V lowered by 70 (values times 2^-70, under the tiles' 2^-60 for V: every block on
+ * the f32 kernels. The flush that bound avoids needs values near 2^-100 and thousands of keys of tiny weight to
+ * show, which this case does not build) */
+static int poke_fp4, poke_fp4_byte;
 /* > 0: channel 0 of every q row set to +-poke_q_outlier (the integer K path's one rounding step per row was
  * then coarse for every other channel: 5x the f16 bound at 1000, session 27) */
 static float poke_q_outlier;
@@ -182,6 +188,17 @@ static void run_case(test_rng *rng, const test_case *c) {
         const int64_t values = c->B * c->Hkv * cap * (c->Dv / v.t.format.group);
         for (int64_t i = 0; i < values; i++) ((float *)v.scales)[i] *= poke_v_scale, ((float *)v.biases)[i] *= poke_v_scale;
         v.maxabs *= poke_v_scale;
+    }
+    if (poke_fp4 == 1 && (!strcmp(c->kfmt, "mxfp4") || !strcmp(c->kfmt, "nvfp4")))
+        ((unsigned char *)k.scales)[3 * k.t.scales.shape[3] + 1] = (unsigned char)poke_fp4_byte;
+    if (poke_fp4 == 2 && !strcmp(c->vfmt, "mxfp4")) {
+        const int64_t bytes = c->B * c->Hkv * cap * v.t.scales.shape[3];
+        for (int64_t i = 0; i < bytes; i++) {
+            unsigned char *e = (unsigned char *)v.scales + i;
+            CHECK(*e > 70, "poke_fp4 2: scale byte %u", (unsigned)*e);
+            *e = (unsigned char)(*e - 70);
+        }
+        v.maxabs = ldexpf(v.maxabs, -70);
     }
     if (poke_k_huge && !strncmp(c->kfmt, "affine:", 7) && c->sdt == QSDPA_DTYPE_F32) {
         const int64_t values = c->B * c->Hkv * cap * (c->Dk / k.t.format.group);
@@ -626,6 +643,27 @@ int main(void) {
                 run_case(&rng, &tiny);
             }
         poke_v_scale = 0.0f;
+        /* 5e. MXFP4 / NVFP4 on the bf16 tiles (Lq 4: 16 rows a KV head) and beside them (Lq 1: 4 rows), with scales
+         * they refuse: K's E8M0 bytes 0 (2^-127), 20 (2^-107), 240 (2^113) and 255 (inf), NVFP4's E4M3 0 and NaN;
+         * an MXFP4 V at 2^-70 of its scales */
+        static const int k_bytes[][2] = {{0, 'm'}, {20, 'm'}, {240, 'm'}, {255, 'm'}, {0, 'n'}, {0x7F, 'n'}, {0xFF, 'n'}};
+        for (size_t i = 0; i < sizeof k_bytes / sizeof k_bytes[0]; i++)
+            for (size_t l = 0; l < 2; l++) {
+                poke_fp4 = 1, poke_fp4_byte = k_bytes[i][0];
+                const char *fmt = k_bytes[i][1] == 'm' ? "mxfp4" : "nvfp4";
+                test_case fp4 = {1, 8, 2, l ? 1 : 4, 150, 128, 128, fmt, fmt, QSDPA_DTYPE_F32, QSDPA_DTYPE_F32,
+                                 0, 0, 0, 0, 0, 0};
+                run_case(&rng, &fp4);
+            }
+        poke_fp4 = 2;
+        for (size_t l = 0; l < 2; l++) {
+            test_case tiny = {1, 8, 2, l ? 1 : 4, 150, 128, 128, "mxfp4", "mxfp4", QSDPA_DTYPE_F32, QSDPA_DTYPE_F32,
+                              0, 0, 0, 0, 0, 0};
+            run_case(&rng, &tiny);
+            tiny.kfmt = "nvfp4", tiny.qdt = QSDPA_DTYPE_BF16;
+            run_case(&rng, &tiny);
+        }
+        poke_fp4 = 0;
         /* K near 1e35 against q near 1e-22, at 16, 4 and 8 rows, f32 and bf16 q (cpu.avx2.decode's 4-bit K took
          * the scale before q and gave inf, session 30) */
         poke_k_huge = 1;
