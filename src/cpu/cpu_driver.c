@@ -590,8 +590,8 @@ qsdpa_status qsdpa_cpu_attention(qsdpa_context *ctx, const qsdpa_problem *p, con
         qsdpa_cpu_rows(&p->k, 0, 0, &kr);
         qsdpa_cpu_rows(&p->v, 0, 0, &vr);
         k_tiles = amx_format(isa, &kr), v_tiles = amx_format(isa, &vr);
-        pl.tiles_int8 = (!k_tiles || isa->ops_for(&kr)->tile_int8) && (!v_tiles || isa->ops_for(&vr)->tile_int8);
         k_int8 = k_tiles && isa->ops_for(&kr)->tile_int8, v_int8 = v_tiles && isa->ops_for(&vr)->tile_int8;
+        pl.tiles_int8 = (!k_tiles || k_int8) && (!v_tiles || v_int8);
     }
     pl.h_tile = pl.ratio;
     if (k_tiles && v_tiles) {
