@@ -188,14 +188,14 @@ static struct { char kind[96]; int count; char first[900]; } fuzz_kinds[FUZZ_KIN
 static int fuzz_nkinds;
 uint64_t fuzz_seed;
 int64_t fuzz_case_index;
+char fuzz_case_desc[1400]; /* what the current case is, for the report */
+const char *fuzz_program = "test_random_api";
 
 void fuzz_begin_case(int64_t index) {
     fuzz_case_index = index;
     /* until the case describes itself: a kill while it is drawn must not print the case before (run 221) */
     snprintf(fuzz_case_desc, sizeof fuzz_case_desc, "(not described yet: the case was being drawn)");
 }
-char fuzz_case_desc[1400]; /* what the current case is, for the report */
-const char *fuzz_program = "test_random_api";
 
 /* head, then the case under way and the line that replays it */
 static void print_case(const char *head) {
