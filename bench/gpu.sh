@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | kshift | variants | profile-prefill | profile-decode | profile-wide | profile-one | trace | sweep | host | floor | portable]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | coverage | kshift | variants | profile-prefill | profile-decode | profile-wide | profile-one | trace | sweep | host | floor | portable]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -18,7 +18,7 @@
 #   coverage rows, the fuzz, and its rows (staging off) against a baseline; fuzz: build, then only
 #   test_cuda_random (QSDPA_GPU_FUZZ_SEEDS, QSDPA_GPU_FUZZ_SECONDS a seed, QSDPA_GPU_FUZZ_LEGS environments, QSDPA_GPU_FUZZ_REPLAYS,
 #   QSDPA_GPU_FUZZ_TIMEOUT the kill after which the test prints the case under way;
-#   it also runs in every checking mode); bench: the full benchmark and
+#   it also runs in every checking mode); coverage: build, the whole test_cuda_coverage alone, then the fuzz; bench: the full benchmark and
 #   PyTorch's baselines only (no GPU tests, sanitizers, multi-GPU stage, prefill-kernel rows or ncu: a
 #   timing call on a commit an earlier call checked; ~7 minutes); variants: also times
 #   QSDPA_CUDA_SPLIT_WAVES 0.5, 1.5 and 2 on the 32K matrix; profile-prefill: build, the prefill rows, and
@@ -238,6 +238,19 @@ if [ "$MODE" = portable ]; then
     echo "test_cuda_coverage (sm_80, rows $only) rc=$? at +$(( $(date +%s) - T0 ))s" | tee -a "$OUT/tests.log"
   done
   grep -E "FAIL" "$OUT/tests.log" | head -20
+  stamp done | tee -a "$OUT/tests.log"
+  exit 0
+fi
+if [ "$MODE" = coverage ]; then
+  # the whole test_cuda_coverage first and alone (QSDPA_GPU_COVERAGE_S, default 360: run 203 took 229 s), then
+  # the fuzz (its replays and seeds) in what the call has left
+  stamp coverage | tee "$OUT/tests.log"
+  timeout "${QSDPA_GPU_COVERAGE_S:-360}" "$B/tests/test_cuda_coverage" >"$OUT/coverage.txt" 2>&1
+  echo "test_cuda_coverage (whole) rc=$?" | tee -a "$OUT/tests.log"
+  grep -E "FAIL" "$OUT/coverage.txt" | head -20
+  tail -3 "$OUT/coverage.txt"
+  stamp fuzz | tee -a "$OUT/tests.log"
+  fuzz_run
   stamp done | tee -a "$OUT/tests.log"
   exit 0
 fi
