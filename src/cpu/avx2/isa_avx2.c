@@ -17,6 +17,7 @@
 #include "cpu/cpu_attention.h"
 #include "format/format_internal.h"
 
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -239,6 +240,43 @@ INLINE float group_scale(int F, const cpu_rows *t, const char *srow, int64_t g) 
 
 INLINE bool has_bias(int F) { return F == F_AFF4 || F == F_AFF8 || odd_bits(F); }
 
+/* Affine K's score over shifted codes. s (q . c) + b sum(q) cancels in f32 where a group's bias nearly cancels
+ * its codes (an outlier channel: b near the outlier, the other codes near the top), erring by 2^-24 of
+ * |s q . c| rather than of the score: up to 3x SPEC 4's f32 bound (test_cpu_kernels 5f, session 34). So each
+ * (key, group) takes z = round(-b / s) within the codes' range and scores
+ *   s (q . (c - z)) + (b + z s) sum(q),
+ * the same value, with s c - z s one FMA (fl(z s) in place of z s is exact: the bias term takes the same fl(z s))
+ * and b + z s small. kp planes, [n][ng] each: the scale, -fl(z s) and b + fl(z s); z = 0 (shift 0, bias b) where
+ * -b / s is under 1/2, NaN, or z s is not finite. */
+typedef struct k_params {
+    const float *scale, *shift, *bias; /* key j, group g at [j * ng + g] */
+} k_params;
+static k_params affine_k_params(const cpu_rows *k, int64_t j0, int64_t n, float *kp) {
+    const int64_t ng = k->dim / k->group, count = n * ng, plane = (count + 7) / 8 * 8;
+    const float top = (float)((1 << k->format.bits) - 1);
+    float *sc = kp, *sh = kp + plane, *bi = kp + 2 * plane;
+    for (int64_t j = 0; j < n; j++) /* as floats first: scale and bias rows may be f16, bf16 or strided */
+        for (int64_t g = 0; g < ng; g++) {
+            sc[j * ng + g] = load_scalar(k->scale_dtype, k->scales + (j0 + j) * k->scale_stride, g);
+            bi[j * ng + g] = load_scalar(k->scale_dtype, k->biases + (j0 + j) * k->bias_stride, g);
+        }
+    for (int64_t i = count; i < plane; i++) sc[i] = 1.0f, bi[i] = 0.0f;
+    const __m256 half = _mm256_set1_ps(0.5f), vtop = _mm256_set1_ps(top), fmax = _mm256_set1_ps(FLT_MAX);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < plane; i += 8) {
+        const __m256 sv = _mm256_loadu_ps(sc + i), bv = _mm256_loadu_ps(bi + i);
+        const __m256 t = _mm256_xor_ps(_mm256_div_ps(bv, sv), sign);
+        const __m256 z = _mm256_min_ps(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vtop);
+        __m256 zs = _mm256_mul_ps(z, sv);
+        const __m256 use = _mm256_and_ps(_mm256_cmp_ps(t, half, _CMP_GE_OQ),
+                                         _mm256_cmp_ps(_mm256_andnot_ps(sign, zs), fmax, _CMP_LE_OQ));
+        zs = _mm256_and_ps(use, zs);
+        _mm256_storeu_ps(sh + i, _mm256_xor_ps(zs, sign));
+        _mm256_storeu_ps(bi + i, _mm256_add_ps(bv, zs));
+    }
+    return (k_params){sc, sh, bi};
+}
+
 /* out[r] = lane r of v, for r < NR (the rest of out is another row chunk's). */
 INLINE void store_rows(const int NR, __m128 v, float *out) {
     if (NR == 4) {
@@ -256,28 +294,39 @@ INLINE void store_row_sums(const int NR, const __m256 acc[4], __m128 bias, float
     store_rows(NR, _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), bias), out);
 }
 
+/* Affine K's shift of group g of key j (kp: affine_k_params, keys counted from the kernel's j0) as the lanes of
+ * decode16's codes carry it: times 16^(l/2) where 4-bit lanes are scaled, exact (powers of two) */
+INLINE __m256 k_shift(int F, bool unscaled, const k_params *kp, size_t i) {
+    const __m256 v = _mm256_set1_ps(kp->shift[i]);
+    if (F != F_AFF4 || unscaled) return v;
+    return _mm256_mul_ps(v, _mm256_setr_ps(1, 1, 16, 16, 256, 256, 4096, 4096));
+}
+
 /* scores[j][r0 + r] = q[r0 + r] . K[j0 + j] for r < NR. The group scale multiplies
- * the decoded codes (one mul per 8 codes, shared by the NR rows) so the accumulators
- * run across groups without spilling; the bias enters as bias_g * sum(q_g). */
+ * the decoded codes (one mul per 8 codes, shared by the NR rows; affine: an FMA with the shift) so the
+ * accumulators run across groups without spilling; the bias enters as bias_g * sum(q_g). kp: affine K's
+ * parameters from key j0 on (affine_k_params), else unused. */
 INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
-                     const float *qsum, int nq, int r0, float *scores) {
+                     const float *qsum, int nq, int r0, float *scores, const k_params *kp) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
     const bool unscaled = aff4_unscaled_lanes(F, k);
     for (int64_t j = 0; j < n; j++) {
         const char *row = k->codes + (j0 + j) * k->code_stride;
         const char *srow = is_plain(F) ? NULL : k->scales + (j0 + j) * k->scale_stride;
-        const char *brow = has_bias(F) ? k->biases + (j0 + j) * k->bias_stride : NULL;
         __m256 a0[4], a1[4]; /* two chains per row hide the FMA latency */
         for (int r = 0; r < NR; r++) a0[r] = _mm256_setzero_ps(), a1[r] = _mm256_setzero_ps();
         __m128 bias = _mm_setzero_ps(); /* lanes r < NR: sum_g bias_g * sum(q_g) */
         for (size_t g = 0; g < ng; g++) {
             const char *rg = row + g * G * codebytes(F) / 8;
             const float *qg = q + (size_t)r0 * dim + g * G;
-            __m256 sv = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow, g));
+            const size_t kg = (size_t)j * ng + g;
+            __m256 sv = _mm256_set1_ps(is_plain(F) ? 1.0f : has_bias(F) ? kp->scale[kg] : group_scale(F, k, srow, g));
+            const __m256 zv = has_bias(F) ? k_shift(F, unscaled, kp, kg) : _mm256_setzero_ps();
             for (size_t e = 0; e < G; e += 16) {
                 __m256 c0, c1;
                 decode16(F, rg, e, g == ng - 1 && e + 16 == G, unscaled, &c0, &c1);
-                if (!is_plain(F)) c0 = _mm256_mul_ps(c0, sv), c1 = _mm256_mul_ps(c1, sv);
+                if (has_bias(F)) c0 = _mm256_fmadd_ps(c0, sv, zv), c1 = _mm256_fmadd_ps(c1, sv, zv);
+                else if (!is_plain(F)) c0 = _mm256_mul_ps(c0, sv), c1 = _mm256_mul_ps(c1, sv);
                 for (int r = 0; r < NR; r++) {
                     const float *qr = qg + (size_t)r * dim + e;
                     a0[r] = _mm256_fmadd_ps(c0, _mm256_loadu_ps(qr), a0[r]);
@@ -285,8 +334,7 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
                 }
             }
             if (has_bias(F))
-                bias = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow, g)),
-                                    _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0), bias);
+                bias = _mm_fmadd_ps(_mm_set1_ps(kp->bias[kg]), _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0), bias);
         }
         for (int r = NR; r < 4; r++) a0[r] = a1[r] = _mm256_setzero_ps();
         for (int r = 0; r < 4; r++) a0[r] = _mm256_add_ps(a0[r], a1[r]);
@@ -298,30 +346,35 @@ INLINE void score_nr(int F, const int NR, const int GC, const cpu_rows *k, int64
  * keys, which halves the q loads that otherwise bound this loop (measured at 2K:
  * 1-key form 0.57 ms, see bench/NOTES.md). */
 INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
-                      const float *qsum, int nq, int r0, float *scores) {
+                      const float *qsum, int nq, int r0, float *scores, const k_params *kp) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
     const bool unscaled = aff4_unscaled_lanes(F, k);
     for (int64_t j = 0; j + 2 <= n; j += 2) {
-        const char *row[2], *srow[2] = {NULL, NULL}, *brow[2] = {NULL, NULL};
+        const char *row[2], *srow[2] = {NULL, NULL};
         __m256 a[2][4], b[2][4]; /* b: the second half-chunk for NR == 1, so 4+ FMA chains stay in flight */
         __m128 bias[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
         for (int u = 0; u < 2; u++) {
             row[u] = k->codes + (j0 + j + u) * k->code_stride;
             if (!is_plain(F)) srow[u] = k->scales + (j0 + j + u) * k->scale_stride;
-            if (has_bias(F)) brow[u] = k->biases + (j0 + j + u) * k->bias_stride;
             for (int r = 0; r < 4; r++) a[u][r] = b[u][r] = _mm256_setzero_ps();
         }
         for (size_t g = 0; g < ng; g++) {
             const float *qg = q + (size_t)r0 * dim + g * G;
-            __m256 sv0 = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[0], g));
-            __m256 sv1 = _mm256_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[1], g));
+            const size_t kg0 = (size_t)j * ng + g, kg1 = kg0 + ng;
+            __m256 sv0 = _mm256_set1_ps(is_plain(F) ? 1.0f : has_bias(F) ? kp->scale[kg0] : group_scale(F, k, srow[0], g));
+            __m256 sv1 = _mm256_set1_ps(is_plain(F) ? 1.0f : has_bias(F) ? kp->scale[kg1] : group_scale(F, k, srow[1], g));
+            const __m256 zv0 = has_bias(F) ? k_shift(F, unscaled, kp, kg0) : _mm256_setzero_ps();
+            const __m256 zv1 = has_bias(F) ? k_shift(F, unscaled, kp, kg1) : _mm256_setzero_ps();
             const char *rg0 = row[0] + g * G * codebytes(F) / 8, *rg1 = row[1] + g * G * codebytes(F) / 8;
             for (size_t e = 0; e < G; e += 16) {
                 bool last = g == ng - 1 && e + 16 == G;
                 __m256 c0, c1, d0, d1; /* key 0: c0 c1, key 1: d0 d1 */
                 decode16(F, rg0, e, last, unscaled, &c0, &c1);
                 decode16(F, rg1, e, last, unscaled, &d0, &d1);
-                if (!is_plain(F)) {
+                if (has_bias(F)) {
+                    c0 = _mm256_fmadd_ps(c0, sv0, zv0), c1 = _mm256_fmadd_ps(c1, sv0, zv0);
+                    d0 = _mm256_fmadd_ps(d0, sv1, zv1), d1 = _mm256_fmadd_ps(d1, sv1, zv1);
+                } else if (!is_plain(F)) {
                     c0 = _mm256_mul_ps(c0, sv0), c1 = _mm256_mul_ps(c1, sv0);
                     d0 = _mm256_mul_ps(d0, sv1), d1 = _mm256_mul_ps(d1, sv1);
                 }
@@ -343,8 +396,8 @@ INLINE void score2_nr(int F, const int NR, const int GC, const cpu_rows *k, int6
             }
             if (has_bias(F)) {
                 __m128 qs = _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0);
-                bias[0] = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow[0], g)), qs, bias[0]);
-                bias[1] = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow[1], g)), qs, bias[1]);
+                bias[0] = _mm_fmadd_ps(_mm_set1_ps(kp->bias[kg0]), qs, bias[0]);
+                bias[1] = _mm_fmadd_ps(_mm_set1_ps(kp->bias[kg1]), qs, bias[1]);
             }
         }
         for (int u = 0; u < 2; u++) {
@@ -721,30 +774,35 @@ INLINE Z_TARGET __m128 sum16x4(const __m512 x[4]) {
  * key j: q in the decoder's lane order (PREP_Q). One row alone alternates two sums per key (by vector), so at least
  * two FMA chains per key stay in flight. */
 INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int KEYS, const cpu_rows *k, int64_t j,
-                                  const float *q, const float *qsum, int nq, int r0, float *scores) {
+                                  const float *q, const float *qsum, int nq, int r0, float *scores, const k_params *kp,
+                                  size_t kj) {
     const size_t dim = (size_t)k->dim, G = GC ? (size_t)GC : is_plain(F) ? dim : (size_t)k->group, ng = dim / G;
-    const char *row[4], *srow[4] = {NULL, NULL, NULL, NULL}, *brow[4] = {NULL, NULL, NULL, NULL};
+    const char *row[4], *srow[4] = {NULL, NULL, NULL, NULL};
     __m512 a[4][8], b[4][8];
     __m128 bias[4][2]; /* [key][rows 0..3, 4..7] */
     for (int u = 0; u < KEYS; u++) {
         row[u] = k->codes + (j + u) * k->code_stride;
         if (!is_plain(F)) srow[u] = k->scales + (j + u) * k->scale_stride;
-        if (has_bias(F)) brow[u] = k->biases + (j + u) * k->bias_stride;
         for (int r = 0; r < 8; r++) a[u][r] = b[u][r] = _mm512_setzero_ps();
         bias[u][0] = bias[u][1] = _mm_setzero_ps();
     }
     size_t step = 0;
     for (size_t g = 0; g < ng; g++) {
         const float *qg = q + (size_t)r0 * dim + g * G;
-        __m512 sv[4];
-        for (int u = 0; u < KEYS; u++) sv[u] = _mm512_set1_ps(is_plain(F) ? 1.0f : group_scale(F, k, srow[u], (int64_t)g));
+        __m512 sv[4], zv[4]; /* affine: scale and shift (affine_k_params; the 512-bit lanes are unscaled) */
+        for (int u = 0; u < KEYS; u++) {
+            const size_t kg = (kj + (size_t)u) * ng + g;
+            sv[u] = _mm512_set1_ps(is_plain(F) ? 1.0f : has_bias(F) ? kp->scale[kg] : group_scale(F, k, srow[u], (int64_t)g));
+            zv[u] = has_bias(F) ? _mm512_set1_ps(kp->shift[kg]) : _mm512_setzero_ps();
+        }
         /* 16-value steps in their own loop: folded into the pair loop, gcc kept more on the
          * stack and affine 8-bit Lq 1 lost 9% (bench/NOTES.md session 15) */
         for (size_t e = 0; !PAIR_LANES(F) && e < G; e += 16, step++) {
             __m512 c[4];
             for (int u = 0; u < KEYS; u++) {
                 c[u] = decode16z(F, row[u], g * G + e);
-                if (!is_plain(F)) c[u] = _mm512_mul_ps(c[u], sv[u]);
+                if (has_bias(F)) c[u] = _mm512_fmadd_ps(c[u], sv[u], zv[u]);
+                else if (!is_plain(F)) c[u] = _mm512_mul_ps(c[u], sv[u]);
             }
             for (int r = 0; r < NR; r++) {
                 __m512 qv = _mm512_loadu_ps(qg + (size_t)r * dim + e);
@@ -758,7 +816,8 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
             __m512 c[4][2];
             for (int u = 0; u < KEYS; u++) {
                 decode32z(F, row[u], g * G + e, c[u]);
-                for (int h = 0; h < 2; h++) c[u][h] = _mm512_mul_ps(c[u][h], sv[u]);
+                for (int h = 0; h < 2; h++)
+                    c[u][h] = has_bias(F) ? _mm512_fmadd_ps(c[u][h], sv[u], zv[u]) : _mm512_mul_ps(c[u][h], sv[u]);
             }
             for (int h = 0; h < 2; h++)
                 for (int r = 0; r < NR; r++) {
@@ -773,7 +832,7 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
             for (int h = 0; h < (NR > 4 ? 2 : 1); h++) {
                 __m128 qs = _mm_loadu_ps(qsum + g * (size_t)nq + (size_t)r0 + 4 * (size_t)h);
                 for (int u = 0; u < KEYS; u++)
-                    bias[u][h] = _mm_fmadd_ps(_mm_set1_ps(load_scalar(k->scale_dtype, brow[u], (int64_t)g)), qs, bias[u][h]);
+                    bias[u][h] = _mm_fmadd_ps(_mm_set1_ps(kp->bias[(kj + (size_t)u) * ng + g]), qs, bias[u][h]);
             }
         }
     }
@@ -786,14 +845,14 @@ INLINE Z_TARGET void score_z_keys(int F, const int NR, const int GC, const int K
 }
 
 INLINE Z_TARGET void score_z_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n,
-                                const float *q, const float *qsum, int nq, int r0, float *scores) {
+                                const float *q, const float *qsum, int nq, int r0, float *scores, const k_params *kp) {
     int64_t j = 0;
     /* four keys per pass share each q load and the pass's setup (16 sums; 8 rows leave room for two keys):
      * 5-9% faster for the 4-bit formats, 9% slower for 8-bit (bench/NOTES.md session 14) */
     if (NR <= 4 && (PAIR_LANES(F) || NIBBLE_LANES(F)))
-        for (; j + 4 <= n; j += 4) score_z_keys(F, NR, GC, 4, k, j0 + j, q, qsum, nq, r0, scores + j * nq);
-    for (; j + 2 <= n; j += 2) score_z_keys(F, NR, GC, 2, k, j0 + j, q, qsum, nq, r0, scores + j * nq);
-    if (j < n) score_z_keys(F, NR, GC, 1, k, j0 + j, q, qsum, nq, r0, scores + j * nq);
+        for (; j + 4 <= n; j += 4) score_z_keys(F, NR, GC, 4, k, j0 + j, q, qsum, nq, r0, scores + j * nq, kp, (size_t)j);
+    for (; j + 2 <= n; j += 2) score_z_keys(F, NR, GC, 2, k, j0 + j, q, qsum, nq, r0, scores + j * nq, kp, (size_t)j);
+    if (j < n) score_z_keys(F, NR, GC, 1, k, j0 + j, q, qsum, nq, r0, scores + j * nq, kp, (size_t)j);
 }
 #endif
 
@@ -828,14 +887,14 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 #define SCORE_Q16(NAME, F) ((F) == F_AFF8 ? NAME##_score_q16 : NULL)
 /* 8 query rows per pass where the 512-bit kernels serve (32 registers: 16 sums for two keys):
  * each decoded vector then serves twice the rows (GQA 4 with Lq >= 2) */
-#define SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores)                                               \
+#define SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores, kp)                                           \
     if (HAS_Z(F))                                                                                             \
-        for (; r0 + 8 <= nq; r0 += 8) score_z_nr(F, 8, GC, k, j0, n, q, qsum, nq, r0, scores)
+        for (; r0 + 8 <= nq; r0 += 8) score_z_nr(F, 8, GC, k, j0, n, q, qsum, nq, r0, scores, kp)
 #define ACCUM_CHUNKS8(F, GC, v, j0, n, w, nq, r0, acc)                                                        \
     if (HAS_Z(F))                                                                                             \
         for (; r0 + 8 <= nq; r0 += 8) accum_z_nr(F, 8, GC, v, j0, n, w, nq, r0, acc)
 #else
-#define SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores) (void)0
+#define SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores, kp) (void)0
 #define ACCUM_CHUNKS8(F, GC, v, j0, n, w, nq, r0, acc) (void)0
 #define SCORE_Q16(NAME, F) (HAS_Q16(F) ? NAME##_score_q16 : NULL)
 #define ACCUM_TARGET
@@ -847,10 +906,12 @@ INLINE void unpack_rows(int F, const cpu_rows *t, int64_t j0, int64_t n, float *
 
 /* The 256-bit score over key pairs, then the odd key. */
 INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, int64_t j0, int64_t n, const float *q,
-                         const float *qsum, int nq, int r0, float *scores) {
+                         const float *qsum, int nq, int r0, float *scores, const k_params *kp) {
     const int64_t even = n & ~(int64_t)1;
-    score2_nr(F, NR, GC, k, j0, even, q, qsum, nq, r0, scores);
-    score_nr(F, NR, GC, k, j0 + even, n - even, q, qsum, nq, r0, scores + even * nq);
+    score2_nr(F, NR, GC, k, j0, even, q, qsum, nq, r0, scores, kp);
+    const size_t skip = (size_t)even * (size_t)(k->dim / (is_plain(F) ? k->dim : k->group));
+    const k_params rest = has_bias(F) ? (k_params){kp->scale + skip, kp->shift + skip, kp->bias + skip} : *kp;
+    score_nr(F, NR, GC, k, j0 + even, n - even, q, qsum, nq, r0, scores + even * nq, &rest);
 }
 
 /* One set of kernels per (format, group): GC is the group size when it is known at
@@ -858,14 +919,14 @@ INLINE void score_ymm_nr(int F, const int NR, const int GC, const cpu_rows *k, i
 #define DEFINE_FORMAT(NAME, F, GC)                                                                              \
     static ACCUM_TARGET void NAME##_score(const cpu_rows *k, int64_t j0, int64_t n, const float *q,            \
                                           const float *qsum, int nq, float *scores, float *tmp) {             \
-        (void)tmp;                                                                                            \
+        const k_params kp = has_bias(F) ? affine_k_params(k, j0, n, tmp) : (k_params){NULL, NULL, NULL};       \
         int r0 = 0;                                                                                           \
-        SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores);                                              \
-        for (; r0 + 4 <= nq; r0 += 4) SCORE_NR(F, 4, GC, k, j0, n, q, qsum, nq, r0, scores);                  \
+        SCORE_CHUNKS8(F, GC, k, j0, n, q, qsum, nq, r0, scores, &kp);                                         \
+        for (; r0 + 4 <= nq; r0 += 4) SCORE_NR(F, 4, GC, k, j0, n, q, qsum, nq, r0, scores, &kp);             \
         switch (nq - r0) {                                                                                    \
-        case 3: SCORE_NR(F, 3, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
-        case 2: SCORE_NR(F, 2, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
-        case 1: SCORE_NR(F, 1, GC, k, j0, n, q, qsum, nq, r0, scores); break;                                 \
+        case 3: SCORE_NR(F, 3, GC, k, j0, n, q, qsum, nq, r0, scores, &kp); break;                            \
+        case 2: SCORE_NR(F, 2, GC, k, j0, n, q, qsum, nq, r0, scores, &kp); break;                            \
+        case 1: SCORE_NR(F, 1, GC, k, j0, n, q, qsum, nq, r0, scores, &kp); break;                            \
         default: break;                                                                                       \
         }                                                                                                     \
     }                                                                                                         \
