@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | coverage | kshift | variants | profile-prefill | profile-decode | profile-wide | profile-one | trace | sweep | host | floor | portable]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | coverage | cpu | kshift | variants | profile-prefill | profile-decode | profile-wide | profile-one | trace | sweep | host | floor | portable]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -172,6 +172,57 @@ if [ "$MODE" = trace ]; then
       build-trace/bench_gpu one affine4g64 1 32768 1 >>"$OUT/trace-ctas.txt" 2>&1
   done
   stamp done | tee -a "$OUT/trace.txt"
+  exit 0
+fi
+if [ "$MODE" = cpu ]; then
+  # the device host's CPU (an Intel Xeon with AVX-512 and AMX on the lent machines so far) for the CPU tier's
+  # kernels that a session's own machine may lack: its CPU flags, the CPU tests in a release and an ASan+UBSan
+  # build (test_cpu_kernels, also on bf16 tiles alone; QSDPA_GPU_CPU_REPLAYS seed:case of test_random_api; a
+  # fuzz of QSDPA_GPU_FUZZ_SECONDS, default 60, a seed), then `qsdpa bench` at 32K ([base] beside [new] where
+  # build-base-src came; QSDPA_GPU_CPU_FORMATS, QSDPA_GPU_CPU_THREADS) into cpu.txt. No GPU work.
+  C=$OUT/cpu.txt
+  lscpu | grep -E "Model name|^CPU\(s\)" >"$C"
+  grep -o -w "avx512[a-z_0-9]*\|amx_[a-z0-9]*" /proc/cpuinfo | sort -u | tr '\n' ' ' >>"$C"; echo >>"$C"
+  cpu_build() { # $1 source, $2 build dir, then cmake options
+    local src=$1 dir=$2
+    shift 2
+    cmake -S "$src" -B "$dir" -DQSDPA_CUDA=OFF -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null && cmake --build "$dir" -j16 >/dev/null
+  }
+  [ -d build-base-src ] && (cpu_build build-base-src build-cpu-base; echo "base build rc=$?" >"$OUT/base-build.txt") &
+  cpu_build . build-cpu; echo "build rc=$?" | tee -a "$C"
+  (cpu_build . build-cpu-asan -DQSDPA_SANITIZE=ON; echo "asan build rc=$?" >"$OUT/asan-build.txt") &
+  stamp "cpu tests" | tee -a "$C"
+  timeout 200 build-cpu/tests/test_cpu_kernels >"$OUT/cpu_kernels.txt" 2>&1; echo "test_cpu_kernels rc=$?" | tee -a "$C"
+  QSDPA_CPU_AMX_INT8=0 timeout 200 build-cpu/tests/test_cpu_kernels >>"$OUT/cpu_kernels.txt" 2>&1
+  echo "test_cpu_kernels (QSDPA_CPU_AMX_INT8=0) rc=$?" | tee -a "$C"
+  for replay in ${QSDPA_GPU_CPU_REPLAYS:-}; do
+    QSDPA_TEST_SEED=${replay%%:*} QSDPA_FUZZ_CASE=${replay#*:} timeout 60 build-cpu/tests/test_random_api >>"$OUT/cpu_kernels.txt" 2>&1
+    echo "test_random_api (replay $replay) rc=$?" | tee -a "$C"
+  done
+  for seed in $RANDOM$RANDOM $RANDOM$RANDOM; do
+    QSDPA_TEST_SEED=$seed QSDPA_FUZZ_SECONDS=${QSDPA_GPU_FUZZ_SECONDS:-60} timeout 200 build-cpu/tests/test_random_api \
+      >>"$OUT/cpu_kernels.txt" 2>&1
+    echo "test_random_api (seed $seed) rc=$?" | tee -a "$C"
+  done
+  wait
+  cat "$OUT/asan-build.txt" "$OUT/base-build.txt" 2>/dev/null | tee -a "$C"
+  timeout 300 build-cpu-asan/tests/test_cpu_kernels >>"$OUT/cpu_kernels.txt" 2>&1; echo "test_cpu_kernels (ASan+UBSan) rc=$?" | tee -a "$C"
+  grep -E "^FAIL" "$OUT/cpu_kernels.txt" | head -20 | cut -c1-300
+  stamp "cpu bench" | tee -a "$C"
+  for round in 1 2; do
+    for lq in 1 4; do
+      for label in base new; do
+        bin=build-cpu/tools/qsdpa
+        [ $label = base ] && bin=build-cpu-base/tools/qsdpa
+        [ -x "$bin" ] || continue
+        for f in ${QSDPA_GPU_CPU_FORMATS:-affine:4:64 affine:8:64}; do
+          QSDPA_BENCH_LQ=$lq timeout 100 "$bin" bench --threads "${QSDPA_GPU_CPU_THREADS:-2}" --contexts 32768 --repeats 9 \
+            --format "$f" --no-prefill --no-reference 2>&1 | awk -v t="$label" '$5 ~ /^(f32|f16|bf16)$/ {print "[" t "]", $0}' >>"$C"
+        done
+      done
+    done
+  done
+  stamp done | tee -a "$C"
   exit 0
 fi
 stamp build | tee "$OUT/build.log"
