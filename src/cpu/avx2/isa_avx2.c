@@ -3,8 +3,9 @@
  * Each format contributes one inline decoder, decode8(): eight codes to eight floats
  * in the *code domain* (affine: the integer code; fp4/fp8: the unscaled value;
  * plain: the element). The three kernels are written once over it:
- *  - score: q.k = sum_g scale_g * (q_g . c_g) + sum_g bias_g * sum(q_g), so the
- *    dequantization FMA disappears; sum(q_g) comes precomputed per query row.
+ *  - score: q.k = sum_g scale_g * (q_g . (c_g - z_g)) + sum_g (bias_g + scale_g z_g) * sum(q_g),
+ *    so the dequantization FMA disappears; sum(q_g) comes precomputed per query row, and
+ *    the shift z_g (affine_k_params) keeps the two terms from cancelling.
  *  - accum: the group scale is folded into the softmax weight (w * scale_g) and the
  *    bias enters once per group as sum_j w_j * bias_jg.
  *  - unpack: scale * code + bias to floats (prefill tiles).
