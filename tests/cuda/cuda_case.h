@@ -26,6 +26,8 @@ typedef struct cuda_case {
     double v_sigma, v_clamp; /* V's own scale (0: sigma) and clip (0: none) */
     double k_offset;         /* added to every K value before quantizing (SPEC 8.1: K rounded to f16 erred by
                                 2^-11 |K| where |K| was large against its spread); 0: none */
+    double k_outlier;        /* affine K: one value a group (its channel varying by row) at -k_outlier sigma, an
+                                outlier channel whose bias cancels the group's other codes (SPEC 9); 0: none */
     const char *kernel;      /* forced CUDA kernel row, or NULL */
     const char *route;       /* what qsdpa_context_last_route must start with after the GPU call, or NULL */
     const char *route_not;   /* what it must not contain (behind a copy's prefix too), or NULL */

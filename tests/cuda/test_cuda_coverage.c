@@ -13,6 +13,7 @@ int main(void) {
     return 77;
 }
 #else
+#include <math.h>
 #include <string.h>
 
 #include "cuda_case.h"
@@ -610,6 +611,31 @@ int main(void) {
             char label[128];
             snprintf(label, sizeof label, "auto K N(1000, 1) %s, %lld rows: %s", f ? "affine:6:128 f32 scales" : "affine:4:64",
                      (long long)(c.hq / c.hkv * c.lq), staged ? "staged prefill" : "prefill kernel");
+            cuda_case_run(&rng, &c, label);
+        }
+    /* SPEC 9: K with an outlier channel (one value a group at -1000 or -100 sigma: its bias cancels the group's
+     * other codes), f32 and f16 q, decode (GQA 4 at Lq 1 and 4), the prefill kernel and the staged prefill; the
+     * softmax scale 1 / sqrt(Dk), then 4 / sqrt(Dk) against the 100-sigma outlier (a peaked softmax). Session 34:
+     * the CPU's scores lost up to 3x the f32 bound here before K's codes were shifted */
+    static const struct { const char *kf; double outlier, qx; int64_t hq, hkv, lq, lk; qsdpa_dtype sdt; } outlier_cases[] = {
+        {"affine:8:64", 1000, 1, 8, 2, 1, 3000, QSDPA_DTYPE_F16}, {"affine:8:64", 100, 4, 8, 2, 4, 3000, QSDPA_DTYPE_F32},
+        {"affine:4:64", 1000, 1, 8, 2, 1, 3000, QSDPA_DTYPE_F32}, {"affine:4:32", 100, 4, 8, 2, 4, 700, QSDPA_DTYPE_F16},
+        {"affine:8:32", 100, 4, 4, 1, 64, 600, QSDPA_DTYPE_F32}, {"affine:4:64", 1000, 1, 8, 2, 520, 600, QSDPA_DTYPE_F16},
+    };
+    for (size_t i = 0; i < sizeof outlier_cases / sizeof outlier_cases[0]; i++)
+        for (int t = 0; t < 2; t++) {
+            c = cuda_case_default();
+            c.kf = fmt(outlier_cases[i].kf);
+            c.k_outlier = outlier_cases[i].outlier;
+            c.scale = (float)(outlier_cases[i].qx / sqrt(128.0));
+            c.hq = outlier_cases[i].hq, c.hkv = outlier_cases[i].hkv, c.lq = outlier_cases[i].lq, c.lk = outlier_cases[i].lk;
+            c.scale_dtype = outlier_cases[i].sdt;
+            c.q_dtype = t ? QSDPA_DTYPE_F32 : QSDPA_DTYPE_F16;
+            c.causal = c.lq > 16;
+            char label[128];
+            snprintf(label, sizeof label, "auto K outlier channel %s -%g sigma, q x %g, %s q, %lld rows", outlier_cases[i].kf,
+                     outlier_cases[i].outlier, outlier_cases[i].qx, qsdpa_dtype_name(c.q_dtype),
+                     (long long)(c.hq / c.hkv * c.lq));
             cuda_case_run(&rng, &c, label);
         }
     /* MLX's masked-row rules: every key -inf gives a NaN row (partial: NaN, lse -inf); a -inf sink is no column */
