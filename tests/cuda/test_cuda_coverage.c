@@ -616,7 +616,8 @@ int main(void) {
     /* SPEC 9: K with an outlier channel (one value a group at -1000 or -100 sigma: its bias cancels the group's
      * other codes), f32 and f16 q, decode (GQA 4 at Lq 1 and 4), the prefill kernel and the staged prefill; the
      * softmax scale 1 / sqrt(Dk), then 4 / sqrt(Dk) against the 100-sigma outlier (a peaked softmax). Session 34:
-     * the CPU's scores lost up to 3x the f32 bound here before K's codes were shifted */
+     * the CPU's scores lost up to 3x the f32 bound here before K's codes were shifted. The GPU: f16 q with the
+     * peaked softmax is a known departure (SPEC 9.2, reported KNOWN), the rest is checked */
     static const struct { const char *kf; double outlier, qx; int64_t hq, hkv, lq, lk; qsdpa_dtype sdt; } outlier_cases[] = {
         {"affine:8:64", 1000, 1, 8, 2, 1, 3000, QSDPA_DTYPE_F16}, {"affine:8:64", 100, 4, 8, 2, 4, 3000, QSDPA_DTYPE_F32},
         {"affine:4:64", 1000, 1, 8, 2, 1, 3000, QSDPA_DTYPE_F32}, {"affine:4:32", 100, 4, 8, 2, 4, 700, QSDPA_DTYPE_F16},
@@ -632,6 +633,9 @@ int main(void) {
             c.scale_dtype = outlier_cases[i].sdt;
             c.q_dtype = t ? QSDPA_DTYPE_F32 : QSDPA_DTYPE_F16;
             c.causal = c.lq > 16;
+            /* f16 q against the 100-sigma outlier with the peaked softmax: 9-11x f16's bound on the decode kernel
+             * (K8V4 row) and the generic row's prefill in run 225 (f32 q on the same shapes passes), SPEC 9.2 */
+            if (!t && outlier_cases[i].qx > 1) c.known = "SPEC 9.2";
             char label[128];
             snprintf(label, sizeof label, "auto K outlier channel %s -%g sigma, q x %g, %s q, %lld rows", outlier_cases[i].kf,
                      outlier_cases[i].outlier, outlier_cases[i].qx, qsdpa_dtype_name(c.q_dtype),
