@@ -15,14 +15,11 @@ typedef struct kv_buf {
     float maxabs; /* max |dequantized value| over the visible rows: the unit of SPEC 4 */
 } kv_buf;
 
-/* make_kv's affine rows with one value a group at -make_kv_outlier (0: none), as K caches with an outlier channel
- * have: the group's bias is near -outlier and the other values' codes near the top, so s (q . c) and b sum(q) are
- * large and cancel where the dequantized values are small (session 34) */
-static float make_kv_outlier;
-
-/* [B, H, L] rows of `dim` values, stored in a cache of `cap` >= L rows per head. */
+/* [B, H, L] rows of `dim` values, stored in a cache of `cap` >= L rows per head. outlier (affine, 0: none): one
+ * value a group at -outlier (test_outlier_channel), so s (q . c) and b sum(q) are large and cancel where the
+ * dequantized values are small (session 34). */
 static void make_kv(test_rng *rng, const char *fmt, qsdpa_dtype sdt, int64_t B, int64_t H, int64_t L, int64_t cap,
-                    int64_t dim, float global, kv_buf *kv) {
+                    int64_t dim, float global, float outlier, kv_buf *kv) {
     memset(kv, 0, sizeof *kv);
     qsdpa_format f;
     CHECK(qsdpa_format_parse(fmt, &f) == QSDPA_OK, "parse %s: %s", fmt, qsdpa_last_error());
@@ -30,9 +27,7 @@ static void make_kv(test_rng *rng, const char *fmt, qsdpa_dtype sdt, int64_t B, 
     int64_t rows = B * H * cap, words = 0, ng = 0;
     float *x = test_alloc((size_t)(rows * dim) * sizeof(float));
     test_fill_normal(rng, x, QSDPA_DTYPE_F32, rows * dim, 1.0);
-    if (make_kv_outlier != 0.0f && f.mode == QSDPA_MODE_AFFINE)
-        for (int64_t r = 0; r < rows; r++) /* one channel a group at -outlier: its bias cancels the others' codes */
-            for (int64_t g = 0; g < dim / f.group; g++) x[r * dim + g * f.group + (r * 7 + g * 3) % f.group] = -make_kv_outlier;
+    if (outlier != 0.0f && f.mode == QSDPA_MODE_AFFINE) test_outlier_channel(x, rows, dim, f.group, -outlier);
     kv->t.format = f;
     kv->t.dim = dim;
     if (f.mode == QSDPA_MODE_PLAIN) {
@@ -145,7 +140,7 @@ static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax sca
  * 29) */
 static int poke_k_huge;
 static float poke_q_scale; /* q times this (0: as drawn) */
-static float poke_k_outlier; /* make_kv_outlier for K */
+static float poke_k_outlier; /* make_kv's outlier for K (0: none) */
 /* MXFP4 / NVFP4 scale bytes the AMX row's bf16 tiles refuse, so those blocks take the f32 kernels (amx_fp4.inc):
  * 1 = K's scale byte of key 3, group 1, set to poke_fp4_byte (the tiles taking such a block anyway fail here); 2 =
  * every scale byte of an MXFP4 V lowered by 70 (values times 2^-70, under the tiles' 2^-60 for V: every block on
@@ -179,10 +174,8 @@ static void run_case(test_rng *rng, const test_case *c) {
     case_name(c, name, sizeof name);
     int64_t cap = exact_cache ? c->Lk : c->Lk + 5; /* K/V are views of a longer cache */
     kv_buf k, v;
-    make_kv_outlier = poke_k_outlier;
-    make_kv(rng, c->kfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dk, c->global, &k);
-    make_kv_outlier = 0.0f;
-    make_kv(rng, c->vfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dv, c->global, &v);
+    make_kv(rng, c->kfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dk, c->global, poke_k_outlier, &k);
+    make_kv(rng, c->vfmt, c->sdt, c->B, c->Hkv, c->Lk, cap, c->Dv, c->global, 0.0f, &v);
     if (poke_nan) poke_e4m3_nan(poke_nan == 1 ? &v : &k);
     if (poke_v && !strcmp(c->vfmt, "f32")) {
         float *vals = v.codes;
@@ -692,7 +685,7 @@ int main(void) {
                 }
         poke_k_huge = 0;
     }
-    /* 5f. K with an outlier channel (make_kv_outlier, at 1000, 100 and 30 times the other values' rms, q scaled by 1,
+    /* 5f. K with an outlier channel (poke_k_outlier, at 1000, 100 and 30 times the other values' rms, q scaled by 1,
      * 4 and 16): every affine width, 1, 2 and 4 positions a head at GQA 4, f32 and f16 scales, f32 q. Scores as
      * s (q . c) + b sum(q) erred by 1.3-3x SPEC 4's f32 bound here on cpu.avx2.decode (session 34: the codes are
      * shifted by z = round(-b / s) now, affine_k_params); larger logits (outlier 300, q x 4) reach the bound on the
@@ -717,8 +710,8 @@ int main(void) {
     /* 4. disable_simd picks the portable kernels; auto picks AVX2 where the CPU has it. */
     {
         kv_buf k, v;
-        make_kv(&rng, "affine:4:64", QSDPA_DTYPE_F16, 1, 2, 100, 100, 128, 0.0f, &k);
-        make_kv(&rng, "affine:4:64", QSDPA_DTYPE_F16, 1, 2, 100, 100, 128, 0.0f, &v);
+        make_kv(&rng, "affine:4:64", QSDPA_DTYPE_F16, 1, 2, 100, 100, 128, 0.0f, 0.0f, &k);
+        make_kv(&rng, "affine:4:64", QSDPA_DTYPE_F16, 1, 2, 100, 100, 128, 0.0f, 0.0f, &v);
         float q[8 * 128], out[8 * 128];
         test_fill_normal(&rng, q, QSDPA_DTYPE_F32, 8 * 128, 1.0);
         qsdpa_tensor qt = qsdpa_tensor_4d(q, QSDPA_DTYPE_F32, 1, 8, 1, 128);

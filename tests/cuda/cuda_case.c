@@ -59,9 +59,7 @@ static int kv_make(test_rng *rng, kv_buf *kv, const qsdpa_format *f, qsdpa_dtype
     if (clamp > 0)
         for (int64_t i = 0; i < rows * dim; i++) x[i] = x[i] > clamp ? (float)clamp : x[i] < -clamp ? (float)-clamp : x[i];
     for (int64_t i = 0; i < rows * dim && offset != 0.0; i++) x[i] += (float)offset;
-    if (outlier != 0.0 && affine) /* one value a group at -outlier sigma (cuda_case.k_outlier) */
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t g = 0; g < dim / f->group; g++) x[r * dim + g * f->group + (r * 7 + g * 3) % f->group] = (float)(-outlier * sigma);
+    if (outlier != 0.0 && affine) test_outlier_channel(x, rows, dim, f->group, (float)(-outlier * sigma)); /* k_outlier */
     for (int64_t i = 0; i < rows * dim; i++) qsdpa_store_float(xt, xdt, i, x[i]);
     size_t sz = qsdpa_dtype_size(kv->sdt);
     if (buf_make(&kv->codes, (size_t)(rows * kv->words) * 4) ||
