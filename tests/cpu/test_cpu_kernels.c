@@ -685,15 +685,17 @@ int main(void) {
                 }
         poke_k_huge = 0;
     }
-    /* 5f. K with an outlier channel (poke_k_outlier, at 1000, 100 and 30 times the other values' rms, q scaled by 1,
-     * 4 and 16): every affine width, 1, 2 and 4 positions a head at GQA 4, f32 and f16 scales, f32 q. Scores as
-     * s (q . c) + b sum(q) erred by 1.3-3x SPEC 4's f32 bound here on cpu.avx2.decode (session 34: the codes are
-     * shifted by z = round(-b / s) now, affine_k_params); larger logits (outlier 300, q x 4) reach the bound on the
-     * paths that dequantize first too (f32 scores), so they are not asked for */
+    /* 5f. K with an outlier channel (poke_k_outlier, at 1000, 300, 100 and 30 times the other values' rms, q scaled
+     * by 1/2, 1, 3 and 8): every affine width, 1, 2 and 4 positions a head at GQA 4, f32 and f16 scales, f32 q.
+     * Scores as s (q . c) + b sum(q) erred by 1.3-5x SPEC 4's f32 bound here on cpu.avx2.decode (session 34: the
+     * codes are shifted by z = round(-b / s) now, affine_k_params; with the shift off every seed of 40 failed). The
+     * settings keep the scores where SPEC 4's f32 bound holds: session 34's (1000, 1) and (30, 16) reach |s| 300-550
+     * and in 150 seeds the first failed 3 on the dequantize-first paths too (cpu.c 1.23x), the second came within 4%
+     * of the bound there; these stay under 0.7x on every path (300 seeds, session 35). */
     {
         static const char *outlier_k[] = {"affine:8:64", "affine:4:64", "affine:8:32", "affine:4:32", "affine:6:64",
                                           "affine:3:64", "affine:5:32", "affine:2:32", "affine:8:128"};
-        static const float outlier[][2] = {{1000.0f, 1.0f}, {100.0f, 4.0f}, {30.0f, 16.0f}};
+        static const float outlier[][2] = {{1000.0f, 0.5f}, {300.0f, 1.0f}, {100.0f, 3.0f}, {30.0f, 8.0f}};
         for (size_t o2 = 0; o2 < sizeof outlier / sizeof outlier[0]; o2++)
             for (size_t f = 0; f < sizeof outlier_k / sizeof outlier_k[0]; f++)
                 for (int64_t lq = 1; lq <= 4; lq *= 2) {
