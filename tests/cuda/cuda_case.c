@@ -135,7 +135,8 @@ int cuda_route_count(const char *prefix) {
 }
 
 double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
-    /* QSDPA_CUDA_SHAPE=text: only cases whose label contains text (compute-sanitizer subsets) */
+    /* QSDPA_CUDA_SHAPE=text: only cases whose label contains text (compute-sanitizer subsets); QSDPA_CUDA_CASE_ERRORS
+     * set: each case's error printed */
     const char *only_shape = getenv("QSDPA_CUDA_SHAPE");
     if (only_shape && !strstr(label, only_shape)) return 0.0;
     double sigma = c->sigma > 0 ? c->sigma : 1.0;
@@ -267,6 +268,8 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
         }
         double rel = vmax > 0 ? worst / vmax : worst;
         double tol = test_spec_tolerance(c->q_dtype);
+        if (getenv("QSDPA_CUDA_CASE_ERRORS") && !c->known) /* every case's error (diagnosis runs, bench/gpu.sh) */
+            printf("case %s [%s]: max error %.3g x max|V| (bound %.3g)\n", label, name, rel, tol);
         if (c->known)
             printf("KNOWN (%s) %s [%s]: max error %.3g x max|V| against the bound %.3g (%s)\n", c->known, label, name, rel,
                    tol, rel <= tol ? "within it this time" : "past it, a known departure");

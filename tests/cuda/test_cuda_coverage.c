@@ -616,13 +616,14 @@ int main(void) {
     /* SPEC 9: K with an outlier channel (one value a group at -1000 or -100 sigma: its bias cancels the group's
      * other codes), f32 and f16 q, decode (GQA 4 at Lq 1 and 4), the prefill kernel and the staged prefill; the
      * softmax scale 1 / sqrt(Dk), then 4 / sqrt(Dk) against the 100-sigma outlier (a peaked softmax). Session 34:
-     * the CPU's scores lost up to 3x the f32 bound here before K's codes were shifted. The GPU: f16 q with the
-     * peaked softmax is a known departure (SPEC 9.2, reported KNOWN), the rest is checked */
+     * the CPU's scores lost up to 3x the f32 bound here before K's codes were shifted; f16 q lost 7-15x f16's bound
+     * on the prefill kernel and the staged path, whose K shift (SPEC 8.1) moved the group's values near 0 to its
+     * centre near -50 (SPEC 9.2, mended in session 35) */
     static const struct { const char *kf; double outlier, qx; int64_t hq, hkv, lq, lk; qsdpa_dtype sdt; } outlier_cases[] = {
         {"affine:8:64", 1000, 1, 8, 2, 1, 3000, QSDPA_DTYPE_F16}, {"affine:8:64", 100, 4, 8, 2, 4, 3000, QSDPA_DTYPE_F32},
         {"affine:4:64", 1000, 1, 8, 2, 1, 3000, QSDPA_DTYPE_F32}, {"affine:4:32", 100, 4, 8, 2, 4, 700, QSDPA_DTYPE_F16},
         {"affine:8:32", 100, 4, 4, 1, 64, 600, QSDPA_DTYPE_F32}, {"affine:4:64", 1000, 1, 8, 2, 520, 600, QSDPA_DTYPE_F16},
-        /* for SPEC 9.2's diagnosis: the peaked softmax without an outlier, the outlier without it, a smaller one */
+        /* SPEC 9.2's diagnosis: the peaked softmax without an outlier, the outlier without it, a smaller one */
         {"affine:8:64", 0, 4, 8, 2, 4, 3000, QSDPA_DTYPE_F32}, {"affine:8:64", 100, 1, 8, 2, 4, 3000, QSDPA_DTYPE_F32},
         {"affine:8:64", 30, 4, 8, 2, 4, 3000, QSDPA_DTYPE_F32}, {"affine:8:64", 100, 2, 8, 2, 4, 3000, QSDPA_DTYPE_F32},
     };
@@ -636,10 +637,10 @@ int main(void) {
             c.scale_dtype = outlier_cases[i].sdt;
             c.q_dtype = t ? QSDPA_DTYPE_F32 : QSDPA_DTYPE_F16;
             c.causal = c.lq > 16;
-            /* the peaked softmax against the 100-sigma outlier: f16 q 7-15x f16's bound on the decode kernel (K8V4
-             * row) and the generic row's prefill (runs 225-226), f32 q 1.04x on the generic row once (run 226):
-             * SPEC 9.2, printed, not checked; so are the diagnosis rows (f16 q) */
-            if (outlier_cases[i].qx > 1 || (!t && i >= 6)) c.known = "SPEC 9.2";
+            /* f32 q against the 100-sigma outlier at scale 4 / sqrt(Dk): scores reach ~250, past where SPEC 4's
+             * f32 bound holds (1.04x on the generic row once, run 226; the CPU's paths alike, test_cpu_kernels
+             * 5f): printed, not checked */
+            if (t && outlier_cases[i].outlier * outlier_cases[i].qx >= 400) c.known = "SPEC 4, f32 scores past ~100";
             char label[128];
             snprintf(label, sizeof label, "auto K outlier channel %s -%g sigma, q x %g, %s q, %lld rows", outlier_cases[i].kf,
                      outlier_cases[i].outlier, outlier_cases[i].qx, qsdpa_dtype_name(c.q_dtype),
