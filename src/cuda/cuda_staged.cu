@@ -228,6 +228,21 @@ __global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, in
     for (int d = t.dim + l; d < w; d += blockDim.x) out[d] = 0.0f;
 }
 
+/* qsdpa_cuda_q_shift's kernel: a warp a folded row (blockIdx.x * 8 + threadIdx.y) of KV head blockIdx.y */
+__global__ void q_shift_rows(const void *q, int q_dtype, int64_t qs0, int64_t qs1, int64_t qs2, int64_t qs3,
+                             int64_t heads_kv, int64_t ratio, int64_t rows, int64_t dim, float scale_log2,
+                             const float *shift, int w, float *dst) {
+    const int64_t bh = blockIdx.y, f = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    if (f >= rows) return;
+    const int64_t b = bh / heads_kv, h = bh % heads_kv * ratio + f % ratio, i = f / ratio;
+    const int64_t row = b * qs0 + h * qs1 + i * qs2;
+    const float *m = shift + bh * w;
+    float sum = 0.0f;
+    for (int64_t d = threadIdx.x; d < dim; d += 32) sum = fmaf(qd_load_float(q, q_dtype, row + d * qs3), m[d], sum);
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (threadIdx.x == 0) dst[bh * rows + f] = sum * scale_log2;
+}
+
 /* The same on qd_word_path's tensors: a thread per 32-bit word of codes (its `per`
  * values share one scale and bias); words past the row write the zero pad. */
 template <int MODE>
@@ -733,11 +748,18 @@ void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, in
     k_shift_means<<<dim3((unsigned)heads, (unsigned)batch), 256, 0, stream>>>(qd_qtensor_make(k), heads, len, w, dst);
 }
 
-/* Whether a call takes K's shift (qsdpa_cuda_k_shift): affine K, no sink and no lse (the only places a score
- * meets a value outside the softmax), keys to average */
+void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float *dst, cudaStream_t stream) {
+    const int64_t rows = p->group_ratio * p->len_q, bhkv = p->batch * p->heads_kv;
+    const dim3 block(32, 8), grid((unsigned)((rows + 7) / 8), (unsigned)bhkv);
+    q_shift_rows<<<grid, block, 0, stream>>>(p->q, p->q_dtype, p->q_stride[0], p->q_stride[1], p->q_stride[2],
+                                               p->q_stride[3], p->heads_kv, p->group_ratio, rows, p->dim_k,
+                                               p->scale * 1.4426950408889634f, shift, w, dst);
+}
+
+/* Whether a call takes K's shift (qsdpa_cuda_k_shift): affine K, keys to average */
 bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p) {
     static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_K_SHIFT", 1) != 0;
-    return enabled && p->k.format.mode == QSDPA_MODE_AFFINE && !p->sinks && !p->lse && p->len_k > 0;
+    return enabled && p->k.format.mode == QSDPA_MODE_AFFINE && p->len_k > 0;
 }
 
 bool qsdpa_cuda_staged_takes(const qsdpa_context *ctx, const qsdpa_problem *p) {
@@ -806,7 +828,7 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     const int64_t q_rows_stride[4] = {pr->heads_q * pr->len_q * wk, pr->len_q * wk, wk, 1};
     const int64_t o_rows_stride[4] = {pr->heads_q * pr->len_q * wvt, pr->len_q * wvt, wvt, 1};
     float *kshift = nullptr; /* SPEC 8.1's mend: K shifted before its f16 rounding (qsdpa_cuda_k_shift) */
-    if (qsdpa_cuda_k_shift_takes(pr)) {
+    if (qsdpa_cuda_k_shift_takes(pr) && !pr->sinks && !pr->lse) { /* the f16 row takes no constant back */
         void *buf;
         if ((st = qsdpa_cuda_kshift_buffer(ctx, (size_t)(pr->batch * pr->heads_kv) * (size_t)wk * 4, &buf)) != QSDPA_OK)
             return st;

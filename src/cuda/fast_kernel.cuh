@@ -67,6 +67,8 @@ struct fast_params : qd_io {
     unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */
     const float *k_shift;    /* prefill kernel, affine K: [B*Hkv][DK] subtracted from K's biases (qsdpa_cuda_k_shift);
                               * null: none */
+    const float *q_shift;    /* with k_shift, where sinks or lse are asked for: [B*Hkv][rows] each row's score shift in
+                              * log2 units (qsdpa_cuda_q_shift), taken back where a score meets the sink or the lse */
     unsigned *arrivals;      /* decode kernel: [B*Hkv][nrb] counters, zero between calls; non-null: the last
                               * CTA of each (b, head, row block) merges the partials itself (dec_merge_rows) */
 };
@@ -236,12 +238,25 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
 /* The end of a merge of folded row f of bh: the sink, the normalisation (NaN where every key was
  * -inf, as MLX), the store of n <= N values from dim d0, and the lse where `lse_writer`. M and L
  * (the merged max and sum) in log2 units; o unnormalised. */
+/* Folded row f of bh's score shift under K's shift (p.q_shift), in log2 units; 0 without */
+__device__ __forceinline__ float row_shift_log2(const fast_params &p, int64_t bh, int64_t f) {
+    return p.q_shift ? p.q_shift[bh * p.rows + f] : 0.0f;
+}
+/* Query head h's sink in log2 units, moved as the row's scores were (row_shift_log2); -inf without sinks */
+__device__ __forceinline__ float row_sink_log2(const fast_params &p, int64_t h, float shift) {
+    return p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f - shift : -INFINITY;
+}
+/* The row's natural-log lse from its merged max MM and sum LL (log2 units), the score shift taken back */
+__device__ __forceinline__ float row_lse(float MM, float LL, float shift) {
+    return MM == -INFINITY ? -INFINITY : (MM + log2f(LL) + shift) * 0.6931471805599453f;
+}
+
 template <int N>
 __device__ __forceinline__ void merge_store(const fast_params &p, int64_t bh, int64_t f, float M, float L,
                                             const float (&o)[N], int d0, int n, bool lse_writer) {
     const int64_t b = bh / p.hkv, g = bh % p.hkv;
     const int64_t i = f / p.ratio, h = g * p.ratio + f % p.ratio;
-    const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
+    const float shift = row_shift_log2(p, bh, f), sink = row_sink_log2(p, h, shift);
     const float MM = fmaxf(M, sink);
     const float c = M == -INFINITY ? 0.0f : fast_exp2(M - MM);
     const float LL = L * c + (p.sinks && MM != -INFINITY ? fast_exp2(sink - MM) : 0.0f);
@@ -250,8 +265,7 @@ __device__ __forceinline__ void merge_store(const fast_params &p, int64_t bh, in
     for (int e = 0; e < N; e++)
         if (e < n) /* every key -inf: NaN, as MLX */
             qd_store_float(p.out, p.out_dtype, at + e, MM == -INFINITY ? __int_as_float(0x7fc00000) : o[e] * c / LL);
-    if (p.lse && lse_writer)
-        p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
+    if (p.lse && lse_writer) p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = row_lse(MM, LL, shift);
 }
 
 /* One batch of an online merge: the running (M, L, o) of the splits so far takes SB more
@@ -509,10 +523,16 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     if (k_shift_width > 0) { /* the prefill kernel's K tiles: SPEC 8.1's mend (qsdpa_cuda_k_shift) */
         void *buf;
-        st = qsdpa_cuda_kshift_buffer(ctx, (size_t)(pr->batch * pr->heads_kv) * (size_t)k_shift_width * 4, &buf);
+        const size_t per_head = (size_t)k_shift_width + (pr->sinks || pr->lse ? (size_t)p.rows : 0);
+        st = qsdpa_cuda_kshift_buffer(ctx, (size_t)(pr->batch * pr->heads_kv) * per_head * 4, &buf);
         if (st != QSDPA_OK) return st;
         qsdpa_cuda_k_shift(&pr->k, pr->batch, pr->heads_kv, pr->len_k, k_shift_width, (float *)buf, qsdpa_cuda_stream(ctx));
         p.k_shift = (const float *)buf;
+        if (pr->sinks || pr->lse) { /* the rows' score shifts, after the K shift in the same buffer */
+            float *q_shift = (float *)buf + (size_t)(pr->batch * pr->heads_kv) * (size_t)k_shift_width;
+            qsdpa_cuda_q_shift(pr, p.k_shift, k_shift_width, q_shift, qsdpa_cuda_stream(ctx));
+            p.q_shift = q_shift;
+        }
     }
     int smem_launch = smem;
     const int resident = (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9);

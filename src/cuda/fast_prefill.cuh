@@ -815,7 +815,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
         const int64_t f = fr[r];
         if (p.nsplit == 1) {
             const int64_t i = ir[r], h = hr[r];
-            const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) * 1.4426950408889634f : -INFINITY;
+            const float shift = row_shift_log2(p, bh, f), sink = row_sink_log2(p, h, shift);
             const float MM = fmaxf(m[r], sink);
             const float c = m[r] == -INFINITY ? 0.0f : fast_exp2(m[r] - MM);
             const float LL = l[r] * c + (p.sinks ? fast_exp2(sink - MM) : 0.0f);
@@ -828,9 +828,7 @@ __global__ void __launch_bounds__(QSDPA_PF_BLOCK_THREADS, 1) fast_prefill(const 
                     const float v = MM == -INFINITY ? __int_as_float(0x7fc00000) : o[n][2 * r + e] * scale;
                     qd_store_float(p.out, p.out_dtype, orow + 8 * n + 2 * c4 + e, v);
                 }
-            if (p.lse && c4 == 0)
-                p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] =
-                    MM == -INFINITY ? -INFINITY : (MM + log2f(LL)) * 0.6931471805599453f;
+            if (p.lse && c4 == 0) p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = row_lse(MM, LL, shift);
         } else {
             const int64_t prow = (int64_t)split * gridDim.z * p.rows + bh * p.rows + f; /* [split][bh][f] */
 #pragma unroll

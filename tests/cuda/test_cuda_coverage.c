@@ -613,6 +613,22 @@ int main(void) {
                      (long long)(c.hq / c.hkv * c.lq), staged ? "staged prefill" : "prefill kernel");
             cuda_case_run(&rng, &c, label);
         }
+    /* The same on the prefill kernel with sinks, and in partial mode: each row's scores moved by q . shift, which
+     * the kernel takes back where they meet the sink and in the lse (qsdpa_cuda_q_shift, session 35); a sink or lse
+     * left in the shifted units would be off by ~1000 */
+    for (int f = 0; f < 2; f++)
+        for (int extra = 0; extra < 2; extra++) {
+            c = cuda_case_default();
+            c.k_offset = 1000.0;
+            c.hq = 4; c.hkv = 1; c.lq = 64; c.lk = 600; c.causal = 1;
+            if (f) c.kf = fmt("affine:6:128"), c.scale_dtype = QSDPA_DTYPE_F32;
+            if (extra) c.partial = 1, c.key_total = 650, c.key_offset = 50; /* keys [50, 650) of 650 */
+            else c.sinks = 1;
+            char label[128];
+            snprintf(label, sizeof label, "auto K N(1000, 1) %s, 256 rows: prefill kernel, %s", f ? "affine:6:128 f32 scales" : "affine:4:64",
+                     extra ? "partial" : "sinks");
+            cuda_case_run(&rng, &c, label);
+        }
     /* SPEC 9: K with an outlier channel (one value a group at -1000 or -100 sigma: its bias cancels the group's
      * other codes), f32 and f16 q, decode (GQA 4 at Lq 1 and 4), the prefill kernel and the staged prefill; the
      * softmax scale 1 / sqrt(Dk), then 4 / sqrt(Dk) against the 100-sigma outlier (a peaked softmax). Session 34:
