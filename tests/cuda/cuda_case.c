@@ -281,7 +281,9 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
                 float a = ((float *)lse.h)[i], b = ref_lse[i];
                 bool same = (isinf(a) && isinf(b) && a == b) || (isnan(a) && isnan(b)) ||
                             fabsf(a - b) <= 1e-3f * (1.0f + fabsf(b));
-                CHECK(same, "%s [%s]: lse[%zu] gpu %g ref %g", label, name, i, a, b);
+                if (!same && c->known) /* the known departure's score error reaches the lse too */
+                    printf("KNOWN (%s) %s [%s]: lse[%zu] gpu %g ref %g\n", c->known, label, name, i, a, b);
+                CHECK(same || c->known, "%s [%s]: lse[%zu] gpu %g ref %g", label, name, i, a, b);
                 if (!same) break;
             }
         result = rel;

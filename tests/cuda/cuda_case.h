@@ -29,7 +29,8 @@ typedef struct cuda_case {
     double k_outlier;        /* affine K: one value a group (its channel varying by row) at -k_outlier sigma, an
                                 outlier channel whose bias cancels the group's other codes (SPEC 9); 0: none */
     const char *known;       /* a SPEC section where this case's error past the bound is a known departure: printed as
-                                KNOWN, not a failure (a pass is printed too, so a mend is seen); NULL: checked */
+                                KNOWN, not a failure, its lse too in partial mode (a pass is printed too, so a
+                                mend is seen); NULL: checked */
     const char *kernel;      /* forced CUDA kernel row, or NULL */
     const char *route;       /* what qsdpa_context_last_route must start with after the GPU call, or NULL */
     const char *route_not;   /* what it must not contain (behind a copy's prefix too), or NULL */
