@@ -235,9 +235,6 @@ __device__ __forceinline__ void load_tile(const fast_params &p, const tile_sourc
     }
 }
 
-/* The end of a merge of folded row f of bh: the sink, the normalisation (NaN where every key was
- * -inf, as MLX), the store of n <= N values from dim d0, and the lse where `lse_writer`. M and L
- * (the merged max and sum) in log2 units; o unnormalised. */
 /* Folded row f of bh's score shift under K's shift (p.q_shift), in log2 units; 0 without */
 __device__ __forceinline__ float row_shift_log2(const fast_params &p, int64_t bh, int64_t f) {
     return p.q_shift ? p.q_shift[bh * p.rows + f] : 0.0f;
@@ -251,6 +248,9 @@ __device__ __forceinline__ float row_lse(float MM, float LL, float shift) {
     return MM == -INFINITY ? -INFINITY : (MM + log2f(LL) + shift) * 0.6931471805599453f;
 }
 
+/* The end of a merge of folded row f of bh: the sink, the normalisation (NaN where every key was
+ * -inf, as MLX), the store of n <= N values from dim d0, and the lse where `lse_writer`. M and L
+ * (the merged max and sum) in log2 units; o unnormalised. */
 template <int N>
 __device__ __forceinline__ void merge_store(const fast_params &p, int64_t bh, int64_t f, float M, float L,
                                             const float (&o)[N], int d0, int n, bool lse_writer) {
