@@ -523,12 +523,13 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     if (k_shift_width > 0) { /* the prefill kernel's K tiles: SPEC 8.1's mend (qsdpa_cuda_k_shift) */
         void *buf;
-        const size_t per_head = (size_t)k_shift_width + (pr->sinks || pr->lse ? (size_t)p.rows : 0);
+        const bool rows_meet_outside = pr->sinks || pr->lse; /* scores meet a sink or the lse: q_shift */
+        const size_t per_head = (size_t)k_shift_width + (rows_meet_outside ? (size_t)p.rows : 0);
         st = qsdpa_cuda_kshift_buffer(ctx, (size_t)(pr->batch * pr->heads_kv) * per_head * 4, &buf);
         if (st != QSDPA_OK) return st;
         qsdpa_cuda_k_shift(&pr->k, pr->batch, pr->heads_kv, pr->len_k, k_shift_width, (float *)buf, qsdpa_cuda_stream(ctx));
         p.k_shift = (const float *)buf;
-        if (pr->sinks || pr->lse) { /* the rows' score shifts, after the K shift in the same buffer */
+        if (rows_meet_outside) { /* the rows' score shifts, after the K shift in the same buffer */
             float *q_shift = (float *)buf + (size_t)(pr->batch * pr->heads_kv) * (size_t)k_shift_width;
             qsdpa_cuda_q_shift(pr, p.k_shift, k_shift_width, q_shift, qsdpa_cuda_stream(ctx));
             p.q_shift = q_shift;
