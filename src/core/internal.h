@@ -112,6 +112,10 @@ typedef struct qsdpa_problem {
      * stage buffer), so qsdpa_cuda_check_problem skips its pointers (interior pointers of the
      * stage would only thrash its cache) */
     bool device_checked;
+    /* CUDA: where the staged path rounded a shifted K (SPEC 8.1, qsdpa_cuda_k_shift), the constant every
+     * score of each folded row moved by, log2 units, [B*Hkv][ratio*Lq] (qsdpa_cuda_q_shift); the kernels
+     * take it back where a score meets the sink or the lse. NULL on every problem the caller made. */
+    const float *score_shift;
 } qsdpa_problem;
 
 /* Validate the public arguments of qsdpa_attention (partial: out must be F32

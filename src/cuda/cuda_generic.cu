@@ -229,7 +229,12 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d = blockIdx.y * 32 + lane;
     const int64_t stride = rows * (4 + p.dv);
     const float *src = p.part + row * (4 + p.dv);
-    const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) : -INFINITY;
+    /* a stage of shifted K moved the row's scores by a constant (qsdpa_problem.score_shift): the sink moves
+     * with them, the lse takes it back */
+    const float shift = p.score_shift ? p.score_shift[(b * (p.hq / p.ratio) + h / p.ratio) * (p.ratio * p.lq) +
+                                                      i * p.ratio + h % p.ratio] * 0.6931471805599453f
+                                      : 0.0f;
+    const float sink = p.sinks ? qd_load_float(p.sinks, p.sinks_dtype, h) - shift : -INFINITY;
     float M = -INFINITY, K = 0.0f;
     for (int s = threadIdx.x; s < p.nsplit; s += blockDim.x) {
         const float *ps = src + s * stride;
@@ -278,7 +283,7 @@ __global__ void __launch_bounds__(GEN_WARPS * 32) generic_combine(const gen_para
         qd_store_float(p.out, p.out_dtype, b * p.os[0] + h * p.os[1] + i * p.os[2] + d, v);
     }
     if (p.lse && blockIdx.y == 0 && lane == 0)
-        p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = empty ? -INFINITY : M + logf(L);
+        p.lse[b * p.ls[0] + h * p.ls[1] + i * p.ls[2]] = empty ? -INFINITY : M + logf(L) + shift;
 }
 
 #include "cuda/cuda_generic_decode.cuh"
@@ -327,6 +332,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
     p.dk = (int)pr->dim_k; p.dv = (int)pr->dim_v; p.causal = pr->causal;
     p.scale = pr->scale; p.masked = pr->masked_score;
     p.skip = qsdpa_cuda_generic_can_skip(pr);
+    p.score_shift = pr->score_shift;
 
     int64_t rows = pr->batch * pr->heads_q * pr->len_q;
     p.rows = rows;

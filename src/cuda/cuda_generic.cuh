@@ -24,6 +24,7 @@ struct gen_params : qd_io {
     bool k_words, v_words; /* qd_word_path */
     bool k_vec4, v_vec4; /* generic_decode (K) and generic_wide: rows of whole 16-byte pieces at 16-byte alignment */
     bool skip;           /* qsdpa_cuda_generic_can_skip */
+    const float *score_shift; /* qsdpa_problem.score_shift (log2 units, by KV head and folded row), or null */
 };
 
 /* The score of key j (this call's index) for a folded row whose last visible global key is

@@ -65,15 +65,15 @@ qsdpa_status qsdpa_cuda_kshift_buffer(qsdpa_context *ctx, size_t bytes, void **o
  * kernels subtract it from every key's bias before the rounding, so a value errs by 2^-11 |k - shift| in place of
  * 2^-11 |k|: the same for every key of a row, it changes each score by q . shift, a constant of the row that the
  * softmax cancels. Where a score meets a value outside the softmax (a sink, the lse of partial mode), the kernel
- * takes that constant back (qsdpa_cuda_q_shift); the staged path does not, so it shifts only calls without sinks
- * or lse. Launched on the context's stream. */
+ * takes that constant back (qsdpa_cuda_q_shift; the staged path passes it to the f16 row as
+ * qsdpa_problem.score_shift). Launched on the context's stream. */
 void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, int64_t len, int w, float *dst,
                         cudaStream_t stream);
 /* The constant each score of a row moved by under K's shift, in log2 units: dst[(b Hkv + g) rows + f] = scale
  * log2(e) (q[b, h, i] . shift[b Hkv + g]) for folded row f = i ratio + h % ratio of KV head g (rows = ratio Lq),
  * shift as qsdpa_cuda_k_shift wrote it (w floats a KV head, zero past Dk). */
 void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float *dst, cudaStream_t stream);
-/* Whether a call's affine K takes the shift: on the prefill kernel (sinks and lse corrected there) */
+/* Whether a call's affine K takes the shift (the prefill kernel and the staged path; sinks and lse corrected) */
 bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p);
 /* `count` arrival counters, zero on return (a grown buffer is cleared on the context's stream; the kernel
  * that counts on them sets each back to zero when its last CTA has arrived). */

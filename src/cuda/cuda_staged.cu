@@ -827,13 +827,22 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     const bool q_staged = pr->dim_k != wk, out_staged = pr->dim_v != wvt;
     const int64_t q_rows_stride[4] = {pr->heads_q * pr->len_q * wk, pr->len_q * wk, wk, 1};
     const int64_t o_rows_stride[4] = {pr->heads_q * pr->len_q * wvt, pr->len_q * wvt, wvt, 1};
-    float *kshift = nullptr; /* SPEC 8.1's mend: K shifted before its f16 rounding (qsdpa_cuda_k_shift) */
-    if (qsdpa_cuda_k_shift_takes(pr) && !pr->sinks && !pr->lse) { /* the f16 row takes no constant back */
+    /* SPEC 8.1's mend: K shifted before its f16 rounding (qsdpa_cuda_k_shift); where the scores meet a sink or
+     * the lse, each row's constant (qsdpa_cuda_q_shift) after the shift in the same buffer, for the f16 row to
+     * take back (score_shift; the generic kernel it may hand off to does too) */
+    float *kshift = nullptr, *score_shift = nullptr;
+    if (qsdpa_cuda_k_shift_takes(pr)) {
+        const bool rows_meet_outside = pr->sinks || pr->lse;
+        const size_t heads = (size_t)(pr->batch * pr->heads_kv),
+                     per_head = (size_t)wk + (rows_meet_outside ? (size_t)(pr->group_ratio * pr->len_q) : 0);
         void *buf;
-        if ((st = qsdpa_cuda_kshift_buffer(ctx, (size_t)(pr->batch * pr->heads_kv) * (size_t)wk * 4, &buf)) != QSDPA_OK)
-            return st;
+        if ((st = qsdpa_cuda_kshift_buffer(ctx, heads * per_head * 4, &buf)) != QSDPA_OK) return st;
         kshift = (float *)buf;
         qsdpa_cuda_k_shift(&pr->k, pr->batch, pr->heads_kv, pr->len_k, wk, kshift, stream);
+        if (rows_meet_outside) {
+            score_shift = kshift + heads * (size_t)wk;
+            qsdpa_cuda_q_shift(pr, kshift, wk, score_shift, stream);
+        }
     }
     stage_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, wk, (__half *)k_s, stream, kshift);
     stage_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, wvt, (__half *)v_s, stream);
@@ -847,6 +856,7 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     sp.dim_k = wk;
     sp.dim_v = wv;
     sp.k = plain_f16(k_s, pr->batch, pr->heads_kv, pr->len_k, wk);
+    sp.score_shift = score_shift;
     if (q_staged) {
         sp.q = q_s;
         for (int d = 0; d < 4; d++) sp.q_stride[d] = q_rows_stride[d];

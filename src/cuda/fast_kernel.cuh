@@ -67,8 +67,9 @@ struct fast_params : qd_io {
     unsigned long long *trace; /* QSDPA_CUDA_DEC_TRACE builds: the call's phase marks; else null */
     const float *k_shift;    /* prefill kernel, affine K: [B*Hkv][DK] subtracted from K's biases (qsdpa_cuda_k_shift);
                               * null: none */
-    const float *q_shift;    /* with k_shift, where sinks or lse are asked for: [B*Hkv][rows] each row's score shift in
-                              * log2 units (qsdpa_cuda_q_shift), taken back where a score meets the sink or the lse */
+    const float *q_shift;    /* with k_shift, or over a stage of shifted K (qsdpa_problem.score_shift), where sinks or
+                              * lse are asked for: [B*Hkv][rows] each row's score shift in log2 units
+                              * (qsdpa_cuda_q_shift), taken back where a score meets the sink or the lse */
     unsigned *arrivals;      /* decode kernel: [B*Hkv][nrb] counters, zero between calls; non-null: the last
                               * CTA of each (b, head, row block) merges the partials itself (dec_merge_rows) */
 };
@@ -521,6 +522,7 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
                                       qfast::plain_dtype_of<FV>(), &p, &grid, &generic);
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
+    p.q_shift = pr->score_shift; /* the staged path's f16 rows (K shifted before the stage rounded it) */
     if (k_shift_width > 0) { /* the prefill kernel's K tiles: SPEC 8.1's mend (qsdpa_cuda_k_shift) */
         void *buf;
         const bool rows_meet_outside = pr->sinks || pr->lse; /* scores meet a sink or the lse: q_shift */
