@@ -5,6 +5,15 @@
 
 #include "fuzz_util.h"
 
+/* K's outlier channels (SPEC 9: real K caches hold a few channels far larger than the rest, in every key):
+ * count of them, each at dim % Dk, every key's value there level x the head's sigma (+-10%). */
+typedef struct kv_channels {
+    test_rng rng; /* their own draws: r's stream stays as it was without them */
+    int count;
+    int64_t dim[3];
+    double level[3];
+} kv_channels;
+
 /* One K or V tensor. */
 typedef struct kvdata {
     qsdpa_format f;
@@ -26,6 +35,7 @@ typedef struct acase {
     bool v_is_k;   /* v passed as k's descriptor (aliasing inputs) */
     bool mask_inf; /* the additive mask holds -inf entries */
     bool sinks_inf; /* some head's sink is -inf */
+    kv_channels k_channels;
     gbuf *out_buf; /* the buffer out points into (c->out, or an input's when aliased) */
     int expect;
     char mut[240]; /* the deliberate fault, "" when none */

@@ -14,9 +14,10 @@ size_t code_esize(const qsdpa_format *f) {
 
 /* Rows are quantized (qsdpa_quantize, one row at a time, into the strided
  * buffers) from sigma * N(0,1) + offset values; rows Lk..cap-1 and padding
- * keep the poison, so a kernel reading past the view produces NaN. */
+ * keep the poison, so a kernel reading past the view produces NaN. channels:
+ * null, or the outlier channels of K (kv_channels). */
 static void kv_build(test_rng *r, kvdata *x, const qsdpa_format *f, qsdpa_dtype scale_dtype, int64_t B, int64_t H,
-                     int64_t Lk, int64_t cap, int64_t dim, const int *ord, bool pad) {
+                     int64_t Lk, int64_t cap, int64_t dim, const int *ord, bool pad, kv_channels *channels) {
     memset(x, 0, sizeof *x);
     x->f = *f;
     bool plain = f->mode == QSDPA_MODE_PLAIN, affine = f->mode == QSDPA_MODE_AFFINE;
@@ -56,6 +57,10 @@ static void kv_build(test_rng *r, kvdata *x, const qsdpa_format *f, qsdpa_dtype 
             for (int64_t l = 0; l < Lk; l++) {
                 for (int64_t d = 0; d < dim; d++) row[d] = (float)(offset + sigma * test_rng_normal(r));
                 if (chance(r, 0.05)) row[test_rng_int(r, 0, dim - 1)] *= 20.0f; /* an outlier */
+                if (channels) /* every key's value there: the head's level, +-10% */
+                    for (int i = 0; i < channels->count; i++)
+                        row[channels->dim[i] % dim] =
+                            (float)(channels->level[i] * sigma * (1.0 + 0.1 * (2.0 * test_rng_uniform(&channels->rng) - 1.0)));
                 uint8_t *cp = x->codes.data + (size_t)(b * st[0] + h * st[1] + l * st[2]) * code_esize(f);
                 if (plain) {
                     for (int64_t d = 0; d < dim; d++) qsdpa_store_float(cp, f->plain_dtype, d, row[d]);
@@ -213,9 +218,21 @@ void gen_case(test_rng *r, acase *c) {
     int ord[4];
     fuzz_order(r, 4, ord);
     bool pad = chance(r, 0.4);
-    kv_build(r, &c->k, &kf, any_float(r), c->B, c->Hkv, c->Lk, c->cap, c->Dk, ord, pad);
+    /* K's outlier channels (SPEC 9): drawn from a generator of their own, seeded from r's state without advancing
+     * it, so every other draw of a case, and so every recorded seed:case replay, is what it was before them */
+    c->k_channels = (kv_channels){.rng = {r->state ^ 0x6f75746c69657273ull}};
+    if (chance(&c->k_channels.rng, 0.15)) {
+        c->k_channels.count = (int)test_rng_int(&c->k_channels.rng, 1, 3);
+        for (int i = 0; i < c->k_channels.count; i++) {
+            c->k_channels.dim[i] = test_rng_int(&c->k_channels.rng, 0, 1023);
+            c->k_channels.level[i] = (chance(&c->k_channels.rng, 0.5) ? -1.0 : 1.0) *
+                                     (5.0 + 45.0 * test_rng_uniform(&c->k_channels.rng));
+        }
+    }
+    kv_build(r, &c->k, &kf, any_float(r), c->B, c->Hkv, c->Lk, c->cap, c->Dk, ord, pad,
+             c->k_channels.count ? &c->k_channels : NULL);
     if (chance(r, 0.5)) fuzz_order(r, 4, ord);
-    kv_build(r, &c->v, &vf, any_float(r), c->B, c->Hkv, c->Lk, c->cap, c->Dv, ord, chance(r, 0.4));
+    kv_build(r, &c->v, &vf, any_float(r), c->B, c->Hkv, c->Lk, c->cap, c->Dv, ord, chance(r, 0.4), NULL);
 
     int64_t qs[4] = {c->B, c->Hq, c->Lq, c->Dk}, os[4] = {c->B, c->Hq, c->Lq, c->Dv};
     c->tq = alloc_tensor(r, &c->q, c->qd, 4, qs, chance(r, 0.3));
@@ -290,7 +307,10 @@ void describe(const acase *c) {
     w += put_tensor(s + w, n - (size_t)w, "vcodes", &c->v.t.codes);
     if (c->use_mask) w += put_tensor(s + w, n - (size_t)w, c->mask_inf ? "mask(with -inf)" : "mask", &c->tmask);
     if (c->use_sinks) w += put_tensor(s + w, n - (size_t)w, c->sinks_inf ? "sinks(with -inf)" : "sinks", &c->tsinks);
-    if (c->mut[0]) w += snprintf(s + w, n - (size_t)w, " FAULT: %s", c->mut);
+    for (int i = 0; i < c->k_channels.count && (size_t)w < n; i++)
+        w += snprintf(s + w, n - (size_t)w, " K-outlier-channel(dim %lld, %g sigma)",
+                      (long long)(c->k_channels.dim[i] % c->Dk), c->k_channels.level[i]);
+    if (c->mut[0] && (size_t)w < n) w += snprintf(s + w, n - (size_t)w, " FAULT: %s", c->mut);
     /* The rules for the two -inf families this test found (2026-11-25; now
      * settled, as MLX does), so a failure points at the code that owns them. */
     if (c->sinks_inf && (size_t)w < n)
