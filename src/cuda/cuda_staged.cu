@@ -192,36 +192,33 @@ __global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, in
     const int64_t b = blockIdx.y, h = blockIdx.x;
     const int l = threadIdx.x, n = len < (int64_t)blockDim.x ? (int)len : (int)blockDim.x, groups = t.dim / t.group;
     const int64_t key = (int64_t)l * len / n; /* n keys spread over the cache */
-    const float mid = 0.5f * (float)((1 << t.bits) - 1);
-    __shared__ float lo_part[8], hi_part[8], span_part[8];
+    __shared__ float sum_part[8], sq_part[8];
     float *out = dst + (b * heads + h) * w;
     for (int gi = 0; gi < groups; gi++) {
-        float lo = INFINITY, hi = -INFINITY, span = 0.0f;
-        if (l < n) {
-            const float s = qd_group_scale(t, b * t.ss[0] + h * t.ss[1] + key * t.ss[2], gi);
-            const float c = s * mid +
-                            qd_load_float(t.biases, t.scale_dtype, b * t.bs[0] + h * t.bs[1] + key * t.bs[2] + gi);
-            lo = hi = c; /* a NaN centre leaves lo, hi NaN: no shift below */
-            span = 2.0f * mid * fabsf(s); /* the group's range of values; NaN or inf: no shift (below) */
-            if (!isfinite(span)) span = INFINITY;
-        }
+        float sum = 0.0f, sq = 0.0f; /* of the group's values in this key; a NaN or inf: no shift (below) */
+        if (l < n)
+            for (int d = gi * t.group; d < (gi + 1) * t.group; d++) {
+                const float v = qd_element(t, b, h, key, d);
+                sum += v, sq += v * v;
+            }
         for (int o = 16; o > 0; o >>= 1) {
-            lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-            hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-            span = fmaxf(span, __shfl_xor_sync(0xffffffffu, span, o));
+            sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            sq += __shfl_xor_sync(0xffffffffu, sq, o);
         }
-        if ((l & 31) == 0) lo_part[l >> 5] = lo, hi_part[l >> 5] = hi, span_part[l >> 5] = span;
+        if ((l & 31) == 0) sum_part[l >> 5] = sum, sq_part[l >> 5] = sq;
         __syncthreads();
-        lo = lo_part[0], hi = hi_part[0], span = span_part[0];
-        for (int x = 1; x < (int)(blockDim.x / 32); x++)
-            lo = fminf(lo, lo_part[x]), hi = fmaxf(hi, hi_part[x]), span = fmaxf(span, span_part[x]);
-        /* the middle m of the sampled centres, where |m| is at least their spread plus the widest group's range
-         * R: then every value v of a sampled key moves toward 0 (|v - m| <= (hi - lo + R) / 2 <= |m| - (hi - lo +
-         * R) / 2 <= |v|); else none. The centres alone are not enough (session 35): a group with an outlier
-         * channel (one value at -100, the rest near 0) has its centre near -50 in every key, and shifting by it
-         * moved the 63 values near 0 to ~50, 2^-11 of 50 each in f16: 7-15x f16's bound (SPEC 9.2) */
-        const float m = 0.5f * (lo + hi), need = (hi - lo) + span;
-        const float shift = isfinite(m) && isfinite(need) && fabsf(m) >= need ? m : 0.0f;
+        sum = sum_part[0], sq = sq_part[0];
+        for (int x = 1; x < (int)(blockDim.x / 32); x++) sum += sum_part[x], sq += sq_part[x];
+        /* m: the mean of the group's values over the sampled keys, the constant that most shrinks their squares
+         * (sum (v - m)^2 = sum v^2 - N m^2, so never more), taken only where it shrinks them at least by half
+         * (m^2 >= mean v^2 / 2: an offset that dominates the spread). Session 36: the middle of the group
+         * centres (bias + scale (2^bits - 1) / 2) was a poor m where a group holds an outlier, whose centre
+         * lies halfway to it: an outlier channel (one value at -100, the rest near 0) put it near -50 in every
+         * key, moving the 63 values near 0 to ~50 (7-15x f16's bound, SPEC 9.2); session 35's guard for that
+         * (|m| at least the centres' spread plus the widest group's range) refused the shift wherever one
+         * sampled value stood out (fuzz replay 236869353:466, 6-bit g128 over 9 keys, 3x f16's bound). */
+        const float count = (float)n * (float)t.group, m = sum / count;
+        const float shift = isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
         for (int d = l; d < t.group; d += blockDim.x) out[gi * t.group + d] = shift;
         __syncthreads();
     }
