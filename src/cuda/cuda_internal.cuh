@@ -59,8 +59,8 @@ qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **
 /* The prefill kernel's K shift (its own: the staged and realigned paths feed that kernel). */
 qsdpa_status qsdpa_cuda_kshift_buffer(qsdpa_context *ctx, size_t bytes, void **out);
 /* SPEC 8.1's mend for affine K rounded to f16 (the prefill kernel's tiles, the staged path's copy): dst[(b Hkv + h)
- * w + d] = the mean m of the values of d's group over 256 keys spread over the cache, where m^2 is at least half
- * their mean square (an offset that dominates their spread), else 0; 0 past K's dim. The
+ * w + d] = the mean m of the values of d's group (f32 rows: of dim d) over 256 keys spread over the cache, where m^2
+ * is at least half their mean square (an offset that dominates their spread), else 0; 0 past K's dim. The
  * kernels subtract it from every key's bias before the rounding, so a value errs by 2^-11 |k - shift| in place of
  * 2^-11 |k|: the same for every key of a row, it changes each score by q . shift, a constant of the row that the
  * softmax cancels. Where a score meets a value outside the softmax (a sink, the lse of partial mode), the kernel

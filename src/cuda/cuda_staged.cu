@@ -188,12 +188,31 @@ __global__ void stage_rows(const qd_qtensor t, int64_t heads, int64_t len, int w
 }
 
 /* qsdpa_cuda_k_shift's kernel: block (b, h) of 256 threads, a sampled key each */
+/* The shift of one group or dim from the sum and the sum of squares of its count sampled values: their mean m,
+ * where m^2 >= half their mean square, else 0 (why: k_shift_means) */
+__device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
+    const float m = sum / count;
+    return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
+}
+
 __global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, int w, float *dst) {
     const int64_t b = blockIdx.y, h = blockIdx.x;
-    const int l = threadIdx.x, n = len < (int64_t)blockDim.x ? (int)len : (int)blockDim.x, groups = t.dim / t.group;
+    const int l = threadIdx.x, n = len < (int64_t)blockDim.x ? (int)len : (int)blockDim.x;
     const int64_t key = (int64_t)l * len / n; /* n keys spread over the cache */
-    __shared__ float sum_part[8], sq_part[8];
     float *out = dst + (b * heads + h) * w;
+    if (t.mode == QSDPA_MODE_PLAIN) { /* f32 rows: no groups, so a constant a dim, a thread a dim over the keys */
+        for (int d = l; d < w; d += blockDim.x) {
+            float sum = 0.0f, sq = 0.0f;
+            for (int j = 0; j < n && d < t.dim; j++) {
+                const float v = qd_element(t, b, h, (int64_t)j * len / n, d);
+                sum += v, sq += v * v;
+            }
+            out[d] = d < t.dim ? k_shift_of(sum, sq, (float)n) : 0.0f;
+        }
+        return;
+    }
+    const int groups = t.dim / t.group;
+    __shared__ float sum_part[8], sq_part[8];
     for (int gi = 0; gi < groups; gi++) {
         float sum = 0.0f, sq = 0.0f; /* of the group's values in this key; a NaN or inf: no shift (below) */
         if (l < n)
@@ -217,8 +236,7 @@ __global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, in
          * key, moving the 63 values near 0 to ~50 (7-15x f16's bound, SPEC 9.2); session 35's guard for that
          * (|m| at least the centres' spread plus the widest group's range) refused the shift wherever one
          * sampled value stood out (fuzz replay 236869353:466, 6-bit g128 over 9 keys, 3x f16's bound). */
-        const float count = (float)n * (float)t.group, m = sum / count;
-        const float shift = isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
+        const float shift = k_shift_of(sum, sq, (float)n * (float)t.group);
         for (int d = l; d < t.group; d += blockDim.x) out[gi * t.group + d] = shift;
         __syncthreads();
     }
@@ -301,7 +319,7 @@ __global__ void stage_units(const qd_qtensor t, int64_t heads, int64_t len, int 
 }
 
 /* Stage K or V: by words (units at 3/5/6 bits) where qd_word_path allows, else (f32 plain rows too)
- * value by value; shift: K's (qsdpa_cuda_k_shift, affine only) or null. */
+ * value by value; shift: K's (qsdpa_cuda_k_shift: affine K or f32 rows) or null. */
 void stage_tensor(const qsdpa_qtensor *src, int64_t batch, int64_t heads, int64_t len, int w, __half *dst,
                   cudaStream_t stream, const float *shift = nullptr) {
     const qd_qtensor t = qd_qtensor_make(src);
@@ -753,10 +771,13 @@ void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float
                                                p->scale * 1.4426950408889634f, shift, w, dst);
 }
 
-/* Whether a call takes K's shift (qsdpa_cuda_k_shift): affine K, keys to average */
+/* Whether a call takes K's shift (qsdpa_cuda_k_shift): affine K or f32 rows (the stage rounds both to f16; the
+ * prefill kernel reads only affine K of these), keys to average */
 bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p) {
     static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_K_SHIFT", 1) != 0;
-    return enabled && p->k.format.mode == QSDPA_MODE_AFFINE && p->len_k > 0;
+    const qsdpa_format &f = p->k.format;
+    return enabled && (f.mode == QSDPA_MODE_AFFINE || (f.mode == QSDPA_MODE_PLAIN && f.plain_dtype == QSDPA_DTYPE_F32)) &&
+           p->len_k > 0;
 }
 
 bool qsdpa_cuda_staged_takes(const qsdpa_context *ctx, const qsdpa_problem *p) {

@@ -601,25 +601,28 @@ int main(void) {
     /* SPEC 8.1: K far from zero against its spread (N(1000, 1)), which the prefill kernel's tiles and the staged
      * copy round to f16 (2^-11 of 1000 a value, ~0.14 in a score before K's shift, qsdpa_cuda_k_shift): within
      * f16's bound on both, 4-bit g64 f16 scales and 6-bit g128 f32 scales (widened onto the 8-bit rows or staged
-     * by units). QSDPA_CUDA_K_SHIFT=0 makes these fail (gpu.sh runs that as the check that they can). At 256 rows
+     * by units), and f32 rows (staged value by value, a shift a dim since session 36). QSDPA_CUDA_K_SHIFT=0 makes these fail (gpu.sh runs that as the check that they can). At 256 rows
      * and 2080 rows also with sinks and in partial mode: each row's scores moved by q . shift, which the kernels
      * take back where they meet the sink and in the lse (qsdpa_cuda_q_shift: the prefill kernel since session 35,
-     * the staged f16 rows since 36; left in the shifted units they would be off by ~1000). The 6-bit ones at 256
-     * rows run cuda.generic's staged f16 rows (0.011-0.023 max|V| in run 232, before those took the shift) */
+     * the staged f16 rows since 36; left in the shifted units they would be off by ~1000). The 6-bit ones and
+     * the f32 rows at 256 rows run cuda.generic's staged f16 rows (6-bit: 0.011-0.023 max|V| in run 232, before
+     * those took the shift) */
     static const char *const n1000_extra[] = {"", ", sinks", ", partial"};
+    static const char *const n1000_formats[] = {"affine:4:64", "affine:6:128 f32 scales", "f32 rows"};
     for (int staged = 0; staged < 2; staged++)
-        for (int f = 0; f < 2; f++)
+        for (int f = 0; f < 3; f++)
             for (int extra = 0; extra < 3; extra++) {
                 c = cuda_case_default();
                 c.k_offset = 1000.0;
                 c.hq = staged ? 8 : 4; c.hkv = staged ? 2 : 1; c.lq = staged ? 520 : 64; c.lk = 600; c.causal = 1;
-                if (f) c.kf = fmt("affine:6:128"), c.scale_dtype = QSDPA_DTYPE_F32;
+                if (f == 1) c.kf = fmt("affine:6:128"), c.scale_dtype = QSDPA_DTYPE_F32;
+                if (f == 2) c.kf = fmt("f32");
                 if (extra == 1) c.sinks = 1;
                 if (extra == 2) c.partial = 1, c.key_total = 650, c.key_offset = 50; /* keys [50, 650) of 650 */
                 char label[128];
-                snprintf(label, sizeof label, "auto K N(1000, 1) %s, %lld rows: %s%s",
-                         f ? "affine:6:128 f32 scales" : "affine:4:64", (long long)(c.hq / c.hkv * c.lq),
-                         staged ? "staged prefill" : "prefill kernel", n1000_extra[extra]);
+                snprintf(label, sizeof label, "auto K N(1000, 1) %s, %lld rows: %s%s", n1000_formats[f],
+                         (long long)(c.hq / c.hkv * c.lq), staged ? "staged prefill" : f == 2 ? "staged" : "prefill kernel",
+                         n1000_extra[extra]);
                 cuda_case_run(&rng, &c, label);
             }
     /* SPEC 9: K with an outlier channel (one value a group at -1000 or -100 sigma: its bias cancels the group's
