@@ -24,7 +24,9 @@ struct gen_params : qd_io {
     bool k_words, v_words; /* qd_word_path */
     bool k_vec4, v_vec4; /* generic_decode (K) and generic_wide: rows of whole 16-byte pieces at 16-byte alignment */
     bool skip;           /* qsdpa_cuda_generic_can_skip */
-    const float *score_shift; /* qsdpa_problem.score_shift (log2 units, by KV head and folded row), or null */
+    const float *score_shift; /* each folded row's score shift under K's shift (log2 units, [B*Hkv][ratio*Lq]):
+                               * qsdpa_problem.score_shift, or the wide kernel's own; null: none */
+    const float *k_shift;     /* generic_wide: K's shift ([B*Hkv][dk], qsdpa_cuda_k_shift), or null */
 };
 
 /* The score of key j (this call's index) for a folded row whose last visible global key is

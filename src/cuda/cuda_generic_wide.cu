@@ -95,13 +95,14 @@ __device__ __forceinline__ float wide_scale(const qd_qtensor &t, uint32_t r) {
 }
 
 /* Rows [0, n) of keys l0 + j of t (words path: qd_word_path, 1, 2, 4, 8 or 16 values a word) into dst rows
- * of `pitch` elements, dims [0, dim). The block's threads share (row, piece) items, a piece VEC words (4: one
+ * of `pitch` elements, dims [0, dim); shift: K's (qsdpa_cuda_k_shift, [dim]: a constant a group for affine
+ * codes, a dim for f32 rows) taken from each value before its rounding, or null. The block's threads share (row, piece) items, a piece VEC words (4: one
  * 16-byte load where rows are whole 16-byte pieces at 16-byte alignment), IPT items a thread a pass, all of
  * a pass's loads issued before any is converted. A piece's values are stored 16 bytes at a time where it has
  * that many (run 170: 4-byte stores 64 bytes apart met 16-way bank conflicts). */
 template <class E, int MODE, int VEC, int IPT>
 __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, int64_t h, int64_t l0, int n, E *dst,
-                                                int pitch) {
+                                                int pitch, const float *shift) {
     const bool f32 = t.plain_dtype == QSDPA_DTYPE_F32, bf16 = t.plain_dtype == QSDPA_DTYPE_BF16;
     const int per = MODE == QSDPA_MODE_PLAIN ? (f32 ? 1 : 2) : 32 / t.bits;
     const int npieces = t.dim / per / VEC, items = n * npieces;
@@ -116,20 +117,21 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
     int j_next = (int)threadIdx.x / npieces, pc_next = (int)threadIdx.x - j_next * npieces;
     for (int i0 = 0; i0 < items; i0 += nthreads * IPT) {
         uint32_t word[IPT][VEC], sraw[IPT][VEC], zraw[IPT][VEC];
-        float s[IPT][VEC], z[IPT][VEC];
-        int at[IPT]; /* the item's first element in dst, -1: none */
+        float s[IPT][VEC], z[IPT][VEC], zs[IPT][VEC]; /* zs: the group's K shift (affine) */
+        int at[IPT], dim0[IPT]; /* the item's first element in dst (-1: none), and its first dim */
 #pragma unroll
         for (int k = 0; k < IPT; k++) {
             const int idx = i0 + (int)threadIdx.x + nthreads * k, j = j_next, pc = pc_next;
             pc_next += dpc, j_next += dj;
             if (pc_next >= npieces) pc_next -= npieces, j_next++;
-            at[k] = -1;
+            at[k] = -1, dim0[k] = 0;
 #pragma unroll
-            for (int v = 0; v < VEC; v++) word[k][v] = 0, sraw[k][v] = 0, zraw[k][v] = 0, s[k][v] = 1.0f, z[k][v] = 0.0f;
+            for (int v = 0; v < VEC; v++)
+                word[k][v] = 0, sraw[k][v] = 0, zraw[k][v] = 0, s[k][v] = 1.0f, z[k][v] = 0.0f, zs[k][v] = 0.0f;
             if (idx >= items) continue;
             const int64_t l = l0 + j;
             const int w0 = pc * VEC;
-            at[k] = j * pitch + w0 * per;
+            at[k] = j * pitch + w0 * per, dim0[k] = w0 * per;
             const uint32_t *src = (const uint32_t *)(base + l * t.cs[2]) + w0;
             if constexpr (VEC == 4) {
                 const uint4 x = *(const uint4 *)src;
@@ -145,7 +147,10 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
                     if (v > 0 && one_group) break;
                     const int gi = ((w0 + v) * per) >> gshift;
                     sraw[k][v] = wide_raw(t.scales, t.scale_dtype, sbase + l * t.ss[2] + gi);
-                    if (MODE == QSDPA_MODE_AFFINE) zraw[k][v] = wide_raw(t.biases, t.scale_dtype, zbase + l * t.bs[2] + gi);
+                    if (MODE == QSDPA_MODE_AFFINE) {
+                        zraw[k][v] = wide_raw(t.biases, t.scale_dtype, zbase + l * t.bs[2] + gi);
+                        if (shift) zs[k][v] = shift[gi << gshift];
+                    }
                 }
             }
         }
@@ -158,7 +163,8 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
                     /* selects, not a run-time index (which would put the arrays in local memory) */
                     const uint32_t sr = one_group ? sraw[k][0] : sraw[k][v], zr = one_group ? zraw[k][0] : zraw[k][v];
                     s[k][v] = wide_scale<MODE>(t, sr);
-                    if (MODE == QSDPA_MODE_AFFINE) z[k][v] = wide_raw_float(zr, t.scale_dtype);
+                    if (MODE == QSDPA_MODE_AFFINE)
+                        z[k][v] = wide_raw_float(zr, t.scale_dtype) - (one_group ? zs[k][0] : zs[k][v]);
                 }
             }
         }
@@ -169,7 +175,8 @@ __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, 
             if constexpr (MODE == QSDPA_MODE_PLAIN) {
                 if (f32) { /* one value a word */
 #pragma unroll
-                    for (int v = 0; v < VEC; v++) row[v] = wide_elt<E>::of(__uint_as_float(word[k][v]));
+                    for (int v = 0; v < VEC; v++)
+                        row[v] = wide_elt<E>::of(__uint_as_float(word[k][v]) - (shift ? shift[dim0[k] + v] : 0.0f));
                 } else {
                     uint32_t out[VEC];
 #pragma unroll
@@ -221,15 +228,15 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 
 /* Rows [0, n) of keys l0 + j of t into dst as E (wide_rows_words where the layout allows, else value
- * by value through qd_element: affine 3/5/6 bits, rows off whole words). */
+ * by value through qd_element: affine 3/5/6 bits, rows off whole words); shift as wide_rows_words'. */
 template <class E, int IPT>
 __device__ __forceinline__ void wide_rows(const qd_qtensor &t, bool words, bool vec4, int64_t b, int64_t h,
-                                          int64_t l0, int n, E *dst, int pitch) {
+                                          int64_t l0, int n, E *dst, int pitch, const float *shift = nullptr) {
     const bool odd = t.mode == QSDPA_MODE_AFFINE && 32 % t.bits != 0;
     if (words && !odd) {
 #define WIDE_ROWS_MODE(MODE)                                                                                    \
-    if (vec4) wide_rows_words<E, MODE, 4, IPT>(t, b, h, l0, n, dst, pitch);                                     \
-    else wide_rows_words<E, MODE, 1, IPT>(t, b, h, l0, n, dst, pitch);                                          \
+    if (vec4) wide_rows_words<E, MODE, 4, IPT>(t, b, h, l0, n, dst, pitch, shift);                              \
+    else wide_rows_words<E, MODE, 1, IPT>(t, b, h, l0, n, dst, pitch, shift);                                   \
     return;
         switch (t.mode) {
         case QSDPA_MODE_PLAIN: WIDE_ROWS_MODE(QSDPA_MODE_PLAIN)
@@ -242,7 +249,7 @@ __device__ __forceinline__ void wide_rows(const qd_qtensor &t, bool words, bool 
     const int dim = t.dim;
     for (int e = threadIdx.x; e < n * dim; e += blockDim.x) {
         const int j = e / dim, d = e - j * dim;
-        dst[j * pitch + d] = wide_elt<E>::of(qd_element(t, b, h, l0 + j, d));
+        dst[j * pitch + d] = wide_elt<E>::of(qd_element(t, b, h, l0 + j, d) - (shift ? shift[d] : 0.0f));
     }
 }
 
@@ -310,6 +317,7 @@ __global__ void __launch_bounds__(128 * WM, WM == 2 ? 2 : 1) generic_wide(const 
     __syncthreads();
     const int64_t j0 = range_s[0], j1 = range_s[1];
     const bool k_vec4 = p.k_vec4, v_vec4 = p.v_vec4;
+    const float *k_shift = p.k_shift ? p.k_shift + (b * hkv + g) * p.dk : nullptr; /* SPEC 8.1's mend */
 
     /* this thread's rows (accumulator rows gq and gq + 8 of row tile rt) */
     const int ra = rt * 16 + gq, rb = ra + 8;
@@ -329,7 +337,7 @@ __global__ void __launch_bounds__(128 * WM, WM == 2 ? 2 : 1) generic_wide(const 
     for (int64_t jt = j0; jt < j1; jt += WIDE_T) {
         const int n = (int)min((int64_t)WIDE_T, j1 - jt);
         __syncthreads(); /* the previous tile's K, V and weights consumed */
-        wide_rows<E, IPT>(p.k, p.k_words, k_vec4, b, g, jt, n, k_s, kp);
+        wide_rows<E, IPT>(p.k, p.k_words, k_vec4, b, g, jt, n, k_s, kp, k_shift);
         wide_rows<E, IPT>(p.v, p.v_words, v_vec4, b, g, jt, n, v_s, vp);
         if (n < WIDE_T) /* rows past n: zero, so a stale value times a zero weight is zero */
             for (int e = tid; e < (WIDE_T - n) * vp / 8; e += blockDim.x)

@@ -625,6 +625,27 @@ int main(void) {
                          n1000_extra[extra]);
                 cuda_case_run(&rng, &c, label);
             }
+    /* the same on cuda.generic's wide kernel (MLA-like head dims, 16 folded rows), which rounds K to q's 16-bit type:
+     * K's shift there since session 36, f16 and bf16 q (bf16's step at 1000 is 4: ~2 a value unshifted) */
+    static const struct { const char *kf; qsdpa_dtype sdt, qdt; int64_t dk, dv; } n1000_wide[] = {
+        {"affine:4:64", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 576, 512},
+        {"affine:6:128", QSDPA_DTYPE_F32, QSDPA_DTYPE_BF16, 512, 512},
+        {"f32", QSDPA_DTYPE_F16, QSDPA_DTYPE_F16, 576, 512},
+    };
+    for (size_t i = 0; i < sizeof n1000_wide / sizeof n1000_wide[0]; i++)
+        for (int extra = 0; extra < 3; extra++) {
+            c = cuda_case_default();
+            c.k_offset = 1000.0;
+            c.kf = fmt(n1000_wide[i].kf), c.scale_dtype = n1000_wide[i].sdt, c.q_dtype = n1000_wide[i].qdt;
+            c.dk = n1000_wide[i].dk, c.dv = n1000_wide[i].dv;
+            c.hq = 16; c.hkv = 1; c.lq = 1; c.lk = 600;
+            if (extra == 1) c.sinks = 1;
+            if (extra == 2) c.partial = 1, c.key_total = 650, c.key_offset = 50;
+            char label[128];
+            snprintf(label, sizeof label, "auto K N(1000, 1) %s, %s q, Dk %lld, 16 rows: wide kernel%s", n1000_wide[i].kf,
+                     qsdpa_dtype_name(c.q_dtype), (long long)c.dk, n1000_extra[extra]);
+            cuda_case_run(&rng, &c, label);
+        }
     /* SPEC 9: K with an outlier channel (one value a group at -1000 or -100 sigma: its bias cancels the group's
      * other codes), f32 and f16 q, decode (GQA 4 at Lq 1 and 4), the prefill kernel and the staged prefill; the
      * softmax scale 1 / sqrt(Dk), then 4 / sqrt(Dk) against the 100-sigma outlier (a peaked softmax). Session 34:
