@@ -96,10 +96,11 @@ __device__ __forceinline__ float wide_scale(const qd_qtensor &t, uint32_t r) {
 
 /* Rows [0, n) of keys l0 + j of t (words path: qd_word_path, 1, 2, 4, 8 or 16 values a word) into dst rows
  * of `pitch` elements, dims [0, dim); shift: K's (qsdpa_cuda_k_shift, [dim]: a constant a group for affine
- * codes, a dim for f32 rows) taken from each value before its rounding, or null. The block's threads share (row, piece) items, a piece VEC words (4: one
- * 16-byte load where rows are whole 16-byte pieces at 16-byte alignment), IPT items a thread a pass, all of
- * a pass's loads issued before any is converted. A piece's values are stored 16 bytes at a time where it has
- * that many (run 170: 4-byte stores 64 bytes apart met 16-way bank conflicts). */
+ * codes, a dim for f32 rows) taken from each value before its rounding, or null. The block's threads share
+ * (row, piece) items, a piece VEC words (4: one 16-byte load where rows are whole 16-byte pieces at 16-byte
+ * alignment), IPT items a thread a pass, all of a pass's loads issued before any is converted. A piece's values
+ * are stored 16 bytes at a time where it has that many (run 170: 4-byte stores 64 bytes apart met 16-way bank
+ * conflicts). */
 template <class E, int MODE, int VEC, int IPT>
 __device__ __forceinline__ void wide_rows_words(const qd_qtensor &t, int64_t b, int64_t h, int64_t l0, int n, E *dst,
                                                 int pitch, const float *shift) {

@@ -56,12 +56,14 @@ qsdpa_status qsdpa_cuda_scratch(qsdpa_context *ctx, size_t bytes, void **out);
 qsdpa_status qsdpa_cuda_stage(qsdpa_context *ctx, size_t bytes, void **out);
 /* The realigned path's buffer: its own, because the row it feeds may stage (a long query). */
 qsdpa_status qsdpa_cuda_realign_buffer(qsdpa_context *ctx, size_t bytes, void **out);
-/* The prefill kernel's K shift (its own: the staged and realigned paths feed that kernel). */
+/* K's shift and the rows' constants of the call under way (qsdpa_cuda_k_shift, qsdpa_cuda_q_shift: the prefill
+ * kernel, the staged path, the wide kernel); its own buffer, as the staged and realigned paths feed those. */
 qsdpa_status qsdpa_cuda_kshift_buffer(qsdpa_context *ctx, size_t bytes, void **out);
-/* SPEC 8.1's mend for affine K rounded to f16 (the prefill kernel's tiles, the staged path's copy): dst[(b Hkv + h)
- * w + d] = the mean m of the values of d's group (f32 rows: of dim d) over 256 keys spread over the cache, where m^2
- * is at least half their mean square (an offset that dominates their spread), else 0; 0 past K's dim. The
- * kernels subtract it from every key's bias before the rounding, so a value errs by 2^-11 |k - shift| in place of
+/* SPEC 8.1's mend for affine or f32 K rounded to 16 bits (the prefill kernel's tiles, the staged path's copy, the
+ * wide kernel's tiles): dst[(b Hkv + h) w + d] = the mean m of the values of d's group (f32 rows: of dim d) over
+ * 256 keys spread over the cache, where m^2 is at least half their mean square (an offset that dominates their
+ * spread), else 0; 0 past K's dim. The kernels subtract it from every key's bias (f32 rows: value) before the
+ * rounding, so a value errs by 2^-11 |k - shift| in place of
  * 2^-11 |k|: the same for every key of a row, it changes each score by q . shift, a constant of the row that the
  * softmax cancels. Where a score meets a value outside the softmax (a sink, the lse of partial mode), the kernel
  * takes that constant back (qsdpa_cuda_q_shift; the staged path passes it to the f16 row as
@@ -72,7 +74,7 @@ void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, in
  * log2(e) (q[b, h, i] . shift[b Hkv + g]) for folded row f = i ratio + h % ratio of KV head g (rows = ratio Lq),
  * shift as qsdpa_cuda_k_shift wrote it (w floats a KV head, zero past Dk). */
 void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float *dst, cudaStream_t stream);
-/* Whether a call's affine K takes the shift (the prefill kernel and the staged path; sinks and lse corrected) */
+/* Whether a call's K takes the shift: affine K or f32 rows (sinks and lse corrected wherever it is taken) */
 bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p);
 /* `count` arrival counters, zero on return (a grown buffer is cleared on the context's stream; the kernel
  * that counts on them sets each back to zero when its last CTA has arrived). */

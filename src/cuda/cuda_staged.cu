@@ -187,7 +187,6 @@ __global__ void stage_rows(const qd_qtensor t, int64_t heads, int64_t len, int w
         out[d] = __float2half_rn(d < t.dim ? qd_element(t, b, h, l, d) - (sh ? sh[d] : 0.0f) : 0.0f);
 }
 
-/* qsdpa_cuda_k_shift's kernel: block (b, h) of 256 threads, a sampled key each */
 /* The shift of one group or dim from the sum and the sum of squares of its count sampled values: their mean m,
  * where m^2 >= half their mean square, else 0 (why: k_shift_means) */
 __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
@@ -195,6 +194,7 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
     return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
 }
 
+/* qsdpa_cuda_k_shift's kernel: block (b, h) of 256 threads, a sampled key each (f32 rows: a dim each) */
 __global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, int w, float *dst) {
     const int64_t b = blockIdx.y, h = blockIdx.x;
     const int l = threadIdx.x, n = len < (int64_t)blockDim.x ? (int)len : (int)blockDim.x;
@@ -771,13 +771,13 @@ void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float
                                                p->scale * 1.4426950408889634f, shift, w, dst);
 }
 
-/* Whether a call takes K's shift (qsdpa_cuda_k_shift): affine K or f32 rows (the stage rounds both to f16; the
- * prefill kernel reads only affine K of these), keys to average */
+/* Whether a call takes K's shift (qsdpa_cuda_k_shift): affine K or f32 rows (the stage and the wide kernel round
+ * both to 16 bits; the prefill kernel reads only affine K of these), keys to average */
 bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p) {
     static const bool enabled = qsdpa_cuda_env("QSDPA_CUDA_K_SHIFT", 1) != 0;
     const qsdpa_format &f = p->k.format;
-    return enabled && (f.mode == QSDPA_MODE_AFFINE || (f.mode == QSDPA_MODE_PLAIN && f.plain_dtype == QSDPA_DTYPE_F32)) &&
-           p->len_k > 0;
+    const bool f32_rows = f.mode == QSDPA_MODE_PLAIN && f.plain_dtype == QSDPA_DTYPE_F32;
+    return enabled && (f.mode == QSDPA_MODE_AFFINE || f32_rows) && p->len_k > 0;
 }
 
 bool qsdpa_cuda_staged_takes(const qsdpa_context *ctx, const qsdpa_problem *p) {

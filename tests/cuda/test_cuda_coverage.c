@@ -601,12 +601,12 @@ int main(void) {
     /* SPEC 8.1: K far from zero against its spread (N(1000, 1)), which the prefill kernel's tiles and the staged
      * copy round to f16 (2^-11 of 1000 a value, ~0.14 in a score before K's shift, qsdpa_cuda_k_shift): within
      * f16's bound on both, 4-bit g64 f16 scales and 6-bit g128 f32 scales (widened onto the 8-bit rows or staged
-     * by units), and f32 rows (staged value by value, a shift a dim since session 36). QSDPA_CUDA_K_SHIFT=0 makes these fail (gpu.sh runs that as the check that they can). At 256 rows
-     * and 2080 rows also with sinks and in partial mode: each row's scores moved by q . shift, which the kernels
-     * take back where they meet the sink and in the lse (qsdpa_cuda_q_shift: the prefill kernel since session 35,
-     * the staged f16 rows since 36; left in the shifted units they would be off by ~1000). The 6-bit ones and
-     * the f32 rows at 256 rows run cuda.generic's staged f16 rows (6-bit: 0.011-0.023 max|V| in run 232, before
-     * those took the shift) */
+     * by units), and f32 rows (staged value by value, a shift a dim since session 36). QSDPA_CUDA_K_SHIFT=0 makes
+     * these fail (gpu.sh runs that as the check that they can). At 256 rows and 2080 rows also with sinks and in
+     * partial mode: each row's scores moved by q . shift, which the kernels take back where they meet the sink and
+     * in the lse (qsdpa_cuda_q_shift: the prefill kernel since session 35, the staged f16 rows since 36; left in
+     * the shifted units they would be off by ~1000). The 6-bit ones and the f32 rows at 256 rows run cuda.generic's
+     * staged f16 rows (6-bit: 0.011-0.023 max|V| in run 232, before those took the shift) */
     static const char *const n1000_extra[] = {"", ", sinks", ", partial"};
     static const char *const n1000_formats[] = {"affine:4:64", "affine:6:128 f32 scales", "f32 rows"};
     for (int staged = 0; staged < 2; staged++)

@@ -309,7 +309,7 @@ void describe(const acase *c) {
     if (c->use_sinks) w += put_tensor(s + w, n - (size_t)w, c->sinks_inf ? "sinks(with -inf)" : "sinks", &c->tsinks);
     for (int i = 0; i < c->k_channels.count && (size_t)w < n; i++)
         w += snprintf(s + w, n - (size_t)w, " K-outlier-channel(dim %lld, %g sigma)",
-                      (long long)(c->k_channels.dim[i] % c->Dk), c->k_channels.level[i]);
+                      (long long)(c->Dk > 0 ? c->k_channels.dim[i] % c->Dk : c->k_channels.dim[i]), c->k_channels.level[i]);
     if (c->mut[0] && (size_t)w < n) w += snprintf(s + w, n - (size_t)w, " FAULT: %s", c->mut);
     /* The rules for the two -inf families this test found (2026-11-25; now
      * settled, as MLX does), so a failure points at the code that owns them. */
