@@ -187,7 +187,10 @@ static void prepare_rows(const plan *pl, buffers *bf, const row_tile *rt) {
  * made the other channels' error 5x SPEC 4's f16 bound. A row whose max|q| is at most
  * min(6, 0.6 sqrt(Dk)) times its rms keeps the error under ~2^-14 |q| |k| per score (4x
  * below the tensor-core rows' f16 K, SPEC 8.1); Gaussian rows sit near 3 and a lone
- * outlier channel at sqrt(Dk). */
+ * outlier channel at sqrt(Dk). false too where a row's step would be under FLT_MIN
+ * (max|q| under ~3.9e-34, which bf16 q reaches): 1 / step overflowed to inf and every
+ * int16 value with it (session 36: bf16 q near 1e-35 against K near 1e35, 16 rows,
+ * outputs off by ~half of max|V|); a subnormal step would lose bits besides. */
 static bool prepare_q16(const plan *pl, buffers *bf, const cpu_kv_ops *kops, int64_t nr) {
     const qsdpa_problem *p = pl->p;
     int64_t dk = p->dim_k;
@@ -203,6 +206,7 @@ static bool prepare_q16(const plan *pl, buffers *bf, const cpu_kv_ops *kops, int
             sumsq += (double)x * x;
         }
         if (amax * amax > flat * flat * sumsq / (double)dk) return false;
+        if (amax > 0.0 && amax / 32767.0 < FLT_MIN) return false;
     }
     bool affine = p->k.format.mode == QSDPA_MODE_AFFINE;
     int64_t G = affine ? p->k.format.group : dk;

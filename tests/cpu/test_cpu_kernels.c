@@ -135,10 +135,11 @@ static int poke_v;
  * scales: 0.41 max|V| at 1e-37, session 28's review) */
 static float poke_v_scale;
 static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax scale, not after it */
-/* affine K's f32 scales and biases times 1e35 and q times 1e-22: scores of q K's size from K near 1e35 (the AMX
+/* affine K's f32 scales and biases times 1e35 and q times poke_k_huge_q: ordinary scores from K near 1e35 (the AMX
  * int8 tiles once multiplied a group's integer sum by its scale first and overflowed: the helper's review, session
  * 29) */
 static int poke_k_huge;
+static float poke_k_huge_q;
 static float poke_q_scale; /* q times this (0: as drawn) */
 static float poke_k_outlier; /* make_kv's outlier for K (0: none) */
 /* MXFP4 / NVFP4 scale bytes the AMX row's bf16 tiles refuse, so those blocks take the f32 kernels (amx_fp4.inc):
@@ -213,7 +214,7 @@ static void run_case(test_rng *rng, const test_case *c) {
     void *q = test_alloc((size_t)nq * qsdpa_dtype_size(c->qdt));
     test_fill_normal(rng, q, c->qdt, nq, 1.0);
     if (poke_k_huge)
-        for (int64_t i = 0; i < nq; i++) qsdpa_store_float(q, c->qdt, i, qsdpa_load_float(q, c->qdt, i) * 1e-22f);
+        for (int64_t i = 0; i < nq; i++) qsdpa_store_float(q, c->qdt, i, qsdpa_load_float(q, c->qdt, i) * poke_k_huge_q);
     if (poke_q_nan) qsdpa_store_float(q, c->qdt, 1, NAN);
     if (poke_q_scale != 0.0f)
         for (int64_t i = 0; i < nq; i++) qsdpa_store_float(q, c->qdt, i, qsdpa_load_float(q, c->qdt, i) * poke_q_scale);
@@ -671,18 +672,23 @@ int main(void) {
             run_case(&rng, &tiny);
         }
         poke_fp4 = 0;
-        /* K near 1e35 against q near 1e-22, at 16, 4 and 8 rows, f32 and bf16 q (cpu.avx2.decode's 4-bit K took
-         * the scale before q and gave inf, session 30) */
+        /* K near 1e35 against q near 1e-35 and 2e-34, at 16, 4 and 8 rows, f32 and bf16 q (cpu.avx2.decode's 4-bit K
+         * took the scale before q and gave inf, session 30). Scores of 1 and 20 rms: session 30-35's q of 1e-22 made
+         * them ~1e13, a one-hot softmax that a near tie flipped (bf16 q on the integer K path, CI of session 36: 0.85
+         * max|V|), where SPEC 4 promises nothing. Under ~3.9e-34 the integer K path's step 1 / (max|q| / 32767)
+         * overflowed (session 36, prepare_q16); 2e-34 keeps bf16 q on that path */
         poke_k_huge = 1;
         static const char *huge_k[] = {"affine:8:64", "affine:4:32", "affine:4:128"};
         static const qsdpa_dtype huge_q[] = {QSDPA_DTYPE_F32, QSDPA_DTYPE_BF16};
-        for (size_t l = 0; l < sizeof lqs / sizeof lqs[0]; l++)
-            for (size_t f = 0; f < sizeof huge_k / sizeof huge_k[0]; f++)
-                for (size_t d = 0; d < sizeof huge_q / sizeof huge_q[0]; d++) {
-                    test_case huge = {1, 8, 2, lqs[l], 100, 128, 128, huge_k[f], "affine:4:64", huge_q[d],
-                                      QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
-                    run_case(&rng, &huge);
-                }
+        for (int qi = 0; qi < 2; qi++)
+            for (size_t l = 0; l < sizeof lqs / sizeof lqs[0]; l++)
+                for (size_t f = 0; f < sizeof huge_k / sizeof huge_k[0]; f++)
+                    for (size_t d = 0; d < sizeof huge_q / sizeof huge_q[0]; d++) {
+                        poke_k_huge_q = qi ? 2e-34f : 1e-35f;
+                        test_case huge = {1, 8, 2, lqs[l], 100, 128, 128, huge_k[f], "affine:4:64", huge_q[d],
+                                          QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
+                        run_case(&rng, &huge);
+                    }
         poke_k_huge = 0;
     }
     /* 5f. K with an outlier channel (poke_k_outlier, at 1000, 300, 100 and 30 times the other values' rms, q scaled
