@@ -355,21 +355,9 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
         tile = WIDE_T, min_keys = wide_keys >= WIDE_T ? wide_keys : WIDE_T, waves = 1, threads = 128 * wm;
         /* SPEC 8.1's mend: K rounds to q's 16-bit type here, so it takes the prefill kernel's shift, and where
          * the scores meet a sink or the lse, each row's constant for generic_combine to take back */
-        if (qsdpa_cuda_k_shift_takes(pr) && !pr->score_shift) {
-            const bool rows_meet_outside = pr->sinks || pr->lse;
-            const size_t heads = (size_t)(pr->batch * pr->heads_kv),
-                         per_head = (size_t)p.dk + (rows_meet_outside ? (size_t)folded : 0);
-            void *buf;
-            if ((st = qsdpa_cuda_kshift_buffer(ctx, heads * per_head * 4, &buf)) != QSDPA_OK) return st;
-            float *k_shift = (float *)buf;
-            qsdpa_cuda_k_shift(&pr->k, pr->batch, pr->heads_kv, pr->len_k, p.dk, k_shift, qsdpa_cuda_stream(ctx));
-            p.k_shift = k_shift;
-            if (rows_meet_outside) {
-                float *row_shift = k_shift + heads * (size_t)p.dk;
-                qsdpa_cuda_q_shift(pr, k_shift, p.dk, row_shift, qsdpa_cuda_stream(ctx));
-                p.score_shift = row_shift;
-            }
-        }
+        if (qsdpa_cuda_k_shift_takes(pr) && !pr->score_shift &&
+            (st = qsdpa_cuda_k_shift_call(ctx, pr, p.dk, &p.k_shift, &p.score_shift)) != QSDPA_OK)
+            return st;
     } else if (decode) {
         /* a block per warp, 4 or 8 rows (gen_decode_choice), 32-key steps; the splits fill one wave
          * of resident warps down to one step each (QSDPA_CUDA_GENERIC_DECODE_KEYS, default 32, sets

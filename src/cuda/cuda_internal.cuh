@@ -74,6 +74,11 @@ void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, in
  * log2(e) (q[b, h, i] . shift[b Hkv + g]) for folded row f = i ratio + h % ratio of KV head g (rows = ratio Lq),
  * shift as qsdpa_cuda_k_shift wrote it (w floats a KV head, zero past Dk). */
 void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float *dst, cudaStream_t stream);
+/* What every kernel taking K's shift needs, in the K-shift buffer: *k_shift, p's shift (qsdpa_cuda_k_shift, w floats
+ * a KV head), then where p's scores meet a sink or the lse, *row_shift, each folded row's constant
+ * (qsdpa_cuda_q_shift); else *row_shift null. */
+qsdpa_status qsdpa_cuda_k_shift_call(qsdpa_context *ctx, const qsdpa_problem *p, int w, const float **k_shift,
+                                     const float **row_shift);
 /* Whether a call's K takes the shift: affine K or f32 rows (sinks and lse corrected wherever it is taken) */
 bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p);
 /* `count` arrival counters, zero on return (a grown buffer is cleared on the context's stream; the kernel

@@ -771,6 +771,22 @@ void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float
                                                p->scale * 1.4426950408889634f, shift, w, dst);
 }
 
+qsdpa_status qsdpa_cuda_k_shift_call(qsdpa_context *ctx, const qsdpa_problem *p, int w, const float **k_shift,
+                                     const float **row_shift) {
+    const bool rows_meet_outside = p->sinks || p->lse;
+    const size_t heads = (size_t)(p->batch * p->heads_kv),
+                 per_head = (size_t)w + (rows_meet_outside ? (size_t)(p->group_ratio * p->len_q) : 0);
+    void *buf;
+    const qsdpa_status st = qsdpa_cuda_kshift_buffer(ctx, heads * per_head * 4, &buf);
+    if (st != QSDPA_OK) return st;
+    float *shift = (float *)buf, *rows = rows_meet_outside ? shift + heads * (size_t)w : nullptr;
+    cudaStream_t stream = qsdpa_cuda_stream(ctx);
+    qsdpa_cuda_k_shift(&p->k, p->batch, p->heads_kv, p->len_k, w, shift, stream);
+    if (rows) qsdpa_cuda_q_shift(p, shift, w, rows, stream);
+    *k_shift = shift, *row_shift = rows;
+    return QSDPA_OK;
+}
+
 /* Whether a call takes K's shift (qsdpa_cuda_k_shift): affine K or f32 rows (the stage and the wide kernel round
  * both to 16 bits; the prefill kernel reads only affine K of these), keys to average */
 bool qsdpa_cuda_k_shift_takes(const qsdpa_problem *p) {
@@ -848,20 +864,9 @@ qsdpa_status qsdpa_cuda_staged_run(qsdpa_context *ctx, const qsdpa_problem *pr, 
     /* SPEC 8.1's mend: K shifted before its f16 rounding (qsdpa_cuda_k_shift); where the scores meet a sink or
      * the lse, each row's constant (qsdpa_cuda_q_shift) after the shift in the same buffer, for the f16 row to
      * take back (score_shift; the generic kernel it may hand off to does too) */
-    float *kshift = nullptr, *score_shift = nullptr;
-    if (qsdpa_cuda_k_shift_takes(pr)) {
-        const bool rows_meet_outside = pr->sinks || pr->lse;
-        const size_t heads = (size_t)(pr->batch * pr->heads_kv),
-                     per_head = (size_t)wk + (rows_meet_outside ? (size_t)(pr->group_ratio * pr->len_q) : 0);
-        void *buf;
-        if ((st = qsdpa_cuda_kshift_buffer(ctx, heads * per_head * 4, &buf)) != QSDPA_OK) return st;
-        kshift = (float *)buf;
-        qsdpa_cuda_k_shift(&pr->k, pr->batch, pr->heads_kv, pr->len_k, wk, kshift, stream);
-        if (rows_meet_outside) {
-            score_shift = kshift + heads * (size_t)wk;
-            qsdpa_cuda_q_shift(pr, kshift, wk, score_shift, stream);
-        }
-    }
+    const float *kshift = nullptr, *score_shift = nullptr;
+    if (qsdpa_cuda_k_shift_takes(pr) && (st = qsdpa_cuda_k_shift_call(ctx, pr, wk, &kshift, &score_shift)) != QSDPA_OK)
+        return st;
     stage_tensor(&pr->k, pr->batch, pr->heads_kv, pr->len_k, wk, (__half *)k_s, stream, kshift);
     stage_tensor(&pr->v, pr->batch, pr->heads_kv, pr->len_k, wvt, (__half *)v_s, stream);
     if (q_staged)

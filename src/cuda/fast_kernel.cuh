@@ -523,19 +523,9 @@ static qsdpa_status qsdpa_cuda_fast_launch(qsdpa_context *ctx, const qsdpa_probl
     if (st != QSDPA_OK) return st;
     if (generic) return qsdpa_cuda_generic_run(ctx, pr);
     p.q_shift = pr->score_shift; /* the staged path's f16 rows (K shifted before the stage rounded it) */
-    if (k_shift_width > 0) { /* the prefill kernel's K tiles: SPEC 8.1's mend (qsdpa_cuda_k_shift) */
-        void *buf;
-        const bool rows_meet_outside = pr->sinks || pr->lse; /* scores meet a sink or the lse: q_shift */
-        const size_t per_head = (size_t)k_shift_width + (rows_meet_outside ? (size_t)p.rows : 0);
-        st = qsdpa_cuda_kshift_buffer(ctx, (size_t)(pr->batch * pr->heads_kv) * per_head * 4, &buf);
+    if (k_shift_width > 0) { /* the prefill kernel's K tiles: SPEC 8.1's mend (affine K: pr has no score_shift) */
+        st = qsdpa_cuda_k_shift_call(ctx, pr, k_shift_width, &p.k_shift, &p.q_shift);
         if (st != QSDPA_OK) return st;
-        qsdpa_cuda_k_shift(&pr->k, pr->batch, pr->heads_kv, pr->len_k, k_shift_width, (float *)buf, qsdpa_cuda_stream(ctx));
-        p.k_shift = (const float *)buf;
-        if (rows_meet_outside) { /* the rows' score shifts, after the K shift in the same buffer */
-            float *q_shift = (float *)buf + (size_t)(pr->batch * pr->heads_kv) * (size_t)k_shift_width;
-            qsdpa_cuda_q_shift(pr, p.k_shift, k_shift_width, q_shift, qsdpa_cuda_stream(ctx));
-            p.q_shift = q_shift;
-        }
     }
     int smem_launch = smem;
     const int resident = (int)ceil(per_sm * qsdpa_cuda_split_waves() - 1e-9);
