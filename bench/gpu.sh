@@ -178,7 +178,8 @@ if [ "$MODE" = cpu ]; then
   # the device host's CPU (an Intel Xeon with AVX-512 and AMX on the lent machines so far) for the CPU tier's
   # kernels that a session's own machine may lack: its CPU flags, the CPU tests in a release and an ASan+UBSan
   # build (test_cpu_kernels, also on bf16 tiles alone; QSDPA_GPU_CPU_REPLAYS seed:case of test_random_api; a
-  # fuzz of QSDPA_GPU_FUZZ_SECONDS, default 60, a seed), then `qsdpa bench` at 32K ([base] beside [new] where
+  # fuzz of QSDPA_GPU_FUZZ_SECONDS, default 60, a seed; QSDPA_GPU_CPU_SEEDS: test_cpu_kernels seeds to rerun in
+  # both tile modes), then `qsdpa bench` at 32K (not with QSDPA_GPU_SKIP_BENCH) ([base] beside [new] where
   # build-base-src came; QSDPA_GPU_CPU_FORMATS, QSDPA_GPU_CPU_THREADS) into cpu.txt. No GPU work.
   C=$OUT/cpu.txt
   lscpu | grep -E "Model name|^CPU\(s\)" >"$C"
@@ -195,6 +196,12 @@ if [ "$MODE" = cpu ]; then
   timeout 200 build-cpu/tests/test_cpu_kernels >"$OUT/cpu_kernels.txt" 2>&1; echo "test_cpu_kernels rc=$?" | tee -a "$C"
   QSDPA_CPU_AMX_INT8=0 timeout 200 build-cpu/tests/test_cpu_kernels >>"$OUT/cpu_kernels.txt" 2>&1
   echo "test_cpu_kernels (QSDPA_CPU_AMX_INT8=0) rc=$?" | tee -a "$C"
+  for seed in ${QSDPA_GPU_CPU_SEEDS:-}; do # seeds of test_cpu_kernels to rerun (a failure's), in both tile modes
+    for int8 in 1 0; do
+      QSDPA_TEST_SEED=$seed QSDPA_CPU_AMX_INT8=$int8 timeout 200 build-cpu/tests/test_cpu_kernels >>"$OUT/cpu_kernels.txt" 2>&1
+      echo "test_cpu_kernels (seed $seed, QSDPA_CPU_AMX_INT8=$int8) rc=$?" | tee -a "$C"
+    done
+  done
   for replay in ${QSDPA_GPU_CPU_REPLAYS:-}; do
     QSDPA_TEST_SEED=${replay%%:*} QSDPA_FUZZ_CASE=${replay#*:} timeout 60 build-cpu/tests/test_random_api >>"$OUT/cpu_kernels.txt" 2>&1
     echo "test_random_api (replay $replay) rc=$?" | tee -a "$C"
@@ -209,6 +216,7 @@ if [ "$MODE" = cpu ]; then
   timeout 300 build-cpu-asan/tests/test_cpu_kernels >>"$OUT/cpu_kernels.txt" 2>&1; echo "test_cpu_kernels (ASan+UBSan) rc=$?" | tee -a "$C"
   grep -E "^FAIL" "$OUT/cpu_kernels.txt" | head -20 | cut -c1-300
   stamp "cpu bench" | tee -a "$C"
+  [ -n "${QSDPA_GPU_SKIP_BENCH:-}" ] && { stamp done | tee -a "$C"; exit 0; } # the tests alone
   for round in 1 2; do
     for lq in 1 4; do
       for label in base new; do
