@@ -273,7 +273,9 @@ qsdpa_attention_params qsdpa_attention_default_params(void);
  * A row with no key left (causal with Lq > Lk: its first Lq - Lk rows; a
  * boolean mask false on every key) gets the mean of V over the keys (with a
  * sink, 0), as MLX gives; a row whose additive mask is -inf on every key gets
- * NaN. */
+ * NaN. Precision: docs/SPEC.md 4. On the CUDA backend f16/bf16 q run in f16
+ * tensor-core arithmetic (SPEC 8): values past f16's 65504 (bf16 q, or K/V
+ * from bf16/f32 scales) overflow there; f32 q keeps f32 throughout. */
 qsdpa_status qsdpa_attention(qsdpa_context *ctx, const qsdpa_tensor *q, const qsdpa_qtensor *k,
                              const qsdpa_qtensor *v, const qsdpa_attention_params *params,
                              qsdpa_tensor *out);
