@@ -58,6 +58,7 @@ typedef struct buffers {
     uint32_t *vb;  /* [CPU_BLOCK / 2][Dv + rows] bf16 tiles: V and weight pairs */
     uint16_t *qb;  /* [rows][Dk] bf16 Q K^T: q as given (unscaled, bf16) */
     float qb_max;  /* max |q| over qb (NaN counts as large) */
+    int score_exp; /* the rows in q are 2^-score_exp of q times the scale (prepare_rows): scores are scaled back */
     uint16_t *kb;  /* [CPU_BLOCK][Dk] bf16 Q K^T: the K block */
     uint16_t *qt;  /* CPU_QT_BYTES(Dk): q as an AMX kernel's tiles (tile_q) */
 } buffers;
@@ -88,17 +89,15 @@ static size_t carve(const plan *pl, char *base, buffers *b) {
     return off;
 }
 
-/* dst[d] = scale * element d of a q row (dtype, element stride): contiguous rows in whole-row
- * conversions (one call per value cost 40% of a 16-key decode, bench/NOTES.md session 17) */
-static void load_row(const cpu_isa *isa, const char *src, qsdpa_dtype dtype, int64_t stride, int64_t n,
-                     float scale, float *dst) {
+/* dst[d] = element d of a q row (dtype, element stride): contiguous rows in whole-row conversions (one call
+ * per value cost 40% of a 16-key decode, bench/NOTES.md session 17) */
+static void load_row(const cpu_isa *isa, const char *src, qsdpa_dtype dtype, int64_t stride, int64_t n, float *dst) {
     if (stride != 1) {
-        for (int64_t d = 0; d < n; d++) dst[d] = qsdpa_load_float(src, dtype, d * stride) * scale;
+        for (int64_t d = 0; d < n; d++) dst[d] = qsdpa_load_float(src, dtype, d * stride);
         return;
     }
     if (dtype == QSDPA_DTYPE_F16) isa->f16_to_f32((const uint16_t *)src, n, dst);
     else qsdpa_load_floats(src, dtype, n, dst);
-    for (int64_t d = 0; d < n; d++) dst[d] *= scale;
 }
 
 /* Element d of an output row (dtype, element stride) = acc[d] * inv; acc is scaled in place. */
@@ -138,11 +137,29 @@ static void prepare_rows(const plan *pl, buffers *bf, const row_tile *rt) {
     size_t qsize = qsdpa_dtype_size(p->q_dtype);
     bool affine = p->k.format.mode == QSDPA_MODE_AFFINE;
     int64_t G = affine ? p->k.format.group : dk;
+    /* q times the scale, less a power of two where their largest finite product passes 2^64: the kernels that
+     * score over codes sum q c (c up to 255, so up to 2^82 at Dk 1024) and the integer K path's int32 sums
+     * times the row's step before K's scale applies, and q times the scale itself can pass FLT_MAX, where
+     * K's small scales would have made the scores ordinary (session 37) */
+    double q_max = 0.0;
     for (int64_t r = 0; r < nr; r++) {
         int64_t h = rt->h0 + r / ni, i = rt->i0 + r % ni;
         const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
         float *dst = bf->q + r * dk;
-        load_row(pl->isa, src, p->q_dtype, p->q_stride[3], dk, p->scale, dst);
+        load_row(pl->isa, src, p->q_dtype, p->q_stride[3], dk, dst);
+        for (int64_t d = 0; d < dk; d++) {
+            const double a = fabs((double)dst[d]);
+            if (a <= FLT_MAX && a > q_max) q_max = a; /* inf and NaN stay what they are */
+        }
+    }
+    const double scaled_max = q_max * fabs((double)p->scale);
+    bf->score_exp = scaled_max > 0x1p64 ? ilogb(scaled_max) - 63 : 0;
+    const float q_factor = (float)ldexp((double)p->scale, -bf->score_exp);
+    for (int64_t r = 0; r < nr; r++) {
+        int64_t h = rt->h0 + r / ni, i = rt->i0 + r % ni;
+        const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
+        float *dst = bf->q + r * dk;
+        for (int64_t d = 0; d < dk; d++) dst[d] *= q_factor;
         if (pl->bf16_k) { /* bf16 q as given: the scale goes on the scores */
             uint16_t *qb = bf->qb + r * dk;
             if (p->q_stride[3] == 1) memcpy(qb, src, (size_t)dk * 2);
@@ -415,6 +432,14 @@ static bool amx_rows(const plan *pl, int64_t nr) {
 /* Whether rows of this format get a tile kernel of their own from an ISA built on a base */
 static bool amx_format(const cpu_isa *isa, const cpu_rows *r) { return isa->ops_for(r) != isa->base->ops_for(r); }
 
+/* Scores of q rows scaled down by 2^score_exp (prepare_rows) back to their size; in double, where 2^score_exp
+ * itself may pass FLT_MAX and a score that does is inf, as its f32 product would be */
+static void unscale_scores(buffers *bf, int64_t n) {
+    if (bf->score_exp == 0) return;
+    const double f = ldexp(1.0, bf->score_exp);
+    for (int64_t e = 0; e < n; e++) bf->s[e] = (float)((double)bf->s[e] * f);
+}
+
 static void run_task(void *arg, int64_t t, int thread) {
     const plan *pl = arg;
     const qsdpa_problem *p = pl->p;
@@ -493,11 +518,14 @@ static void run_task(void *arg, int64_t t, int thread) {
                 for (int64_t e = 0; e < n * nr; e++) bf.s[e] *= p->scale;
             } else {
                 fops->score(&kf, 0, n, bf.q, bf.qsum, (int)nr, bf.s, bf.tmp);
+                unscale_scores(&bf, n * nr);
             }
         } else if (q16) {
             kops->score_q16(&kr, j0, n, bf.q16, bf.qscale, bf.qsum, (int)nr, bf.s);
+            unscale_scores(&bf, n * nr);
         } else {
             kops->score(&kr, j0, n, qk, bf.qsum, (int)nr, bf.s, bf.tmp);
+            unscale_scores(&bf, n * nr);
         }
         apply_masks(pl, &bf, &rt, j0, n);
         softmax_block(pl, &bf, nr, n, dv);

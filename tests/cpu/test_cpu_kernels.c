@@ -135,11 +135,12 @@ static int poke_v;
  * scales: 0.41 max|V| at 1e-37, session 28's review) */
 static float poke_v_scale;
 static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax scale, not after it */
-/* affine K's f32 scales and biases times 1e35 and q times poke_k_huge_q: ordinary scores from K near 1e35 (the AMX
+/* affine K's f32 scales and biases times poke_k_huge_k (1e35 where 0) and q times poke_k_huge_q: ordinary scores from K near 1e35 (the AMX
  * int8 tiles once multiplied a group's integer sum by its scale first and overflowed: the helper's review, session
  * 29) */
 static int poke_k_huge;
-static float poke_k_huge_q;
+static float poke_k_huge_q, poke_k_huge_k;
+static float poke_scale; /* the softmax scale (0: 1 / sqrt(Dk)) */
 static float poke_q_scale; /* q times this (0: as drawn) */
 static float poke_k_outlier; /* make_kv's outlier for K (0: none) */
 /* MXFP4 / NVFP4 scale bytes the AMX row's bf16 tiles refuse, so those blocks take the f32 kernels (amx_fp4.inc):
@@ -208,7 +209,8 @@ static void run_case(test_rng *rng, const test_case *c) {
     }
     if (poke_k_huge && !strncmp(c->kfmt, "affine:", 7) && c->sdt == QSDPA_DTYPE_F32) {
         const int64_t values = c->B * c->Hkv * cap * (c->Dk / k.t.format.group);
-        for (int64_t i = 0; i < values; i++) ((float *)k.scales)[i] *= 1e35f, ((float *)k.biases)[i] *= 1e35f;
+        const float f = poke_k_huge_k != 0.0f ? poke_k_huge_k : 1e35f;
+        for (int64_t i = 0; i < values; i++) ((float *)k.scales)[i] *= f, ((float *)k.biases)[i] *= f;
     }
     int64_t nq = c->B * c->Hq * c->Lq * c->Dk;
     void *q = test_alloc((size_t)nq * qsdpa_dtype_size(c->qdt));
@@ -225,7 +227,7 @@ static void run_case(test_rng *rng, const test_case *c) {
     qsdpa_tensor qt = qsdpa_tensor_4d(q, c->qdt, c->B, c->Hq, c->Lq, c->Dk);
 
     qsdpa_attention_params prm = qsdpa_attention_default_params();
-    prm.scale = 1.0f / sqrtf((float)c->Dk);
+    prm.scale = poke_scale != 0.0f ? poke_scale : 1.0f / sqrtf((float)c->Dk);
     prm.causal = c->causal;
     prm.window = c->window;
     void *mask = NULL;
@@ -689,7 +691,23 @@ int main(void) {
                                           QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
                         run_case(&rng, &huge);
                     }
-        poke_k_huge = 0;
+        /* The mirror: q near 1e36 (f32 and bf16) against K scales near 1e-36, then f32 q near 1e35 at softmax scale
+         * 1000 against K near 1e-39 (scores of ~1 rms both). The decode kernels score over codes (q . c up to 255
+         * q Dk) and the integer K path's int32 sum times its row step overflowed to inf there, and q times the
+         * scale before any product (session 37, a helper's review); the rows are now scaled by a power of two
+         * (prepare_rows) */
+        static const struct { float k, q, scale; } mirror[] = {{1e-36f, 1e36f, 0.0f}, {1e-39f, 1e35f, 1000.0f}};
+        static const char *mirror_k[] = {"affine:8:64", "affine:4:64"};
+        for (size_t mi = 0; mi < sizeof mirror / sizeof mirror[0]; mi++)
+            for (size_t l = 0; l < 2; l++)
+                for (size_t f = 0; f < sizeof mirror_k / sizeof mirror_k[0]; f++)
+                    for (size_t d = 0; d < sizeof huge_q / sizeof huge_q[0]; d++) {
+                        poke_k_huge_k = mirror[mi].k, poke_k_huge_q = mirror[mi].q, poke_scale = mirror[mi].scale;
+                        test_case mirrored = {1, 8, 2, lqs[l], 100, 128, 128, mirror_k[f], "affine:4:64", huge_q[d],
+                                              QSDPA_DTYPE_F32, 0, 0, 0, 0, 0, 0};
+                        run_case(&rng, &mirrored);
+                    }
+        poke_k_huge = 0, poke_k_huge_k = 0.0f, poke_scale = 0.0f;
     }
     /* 5f. K with an outlier channel (poke_k_outlier, at 1000, 300, 100 and 30 times the other values' rms, q scaled
      * by 1/2, 1, 3 and 8): every affine width, 1, 2 and 4 positions a head at GQA 4, f32 and f16 scales, f32 q.
