@@ -511,9 +511,13 @@ static void run_task(void *arg, int64_t t, int thread) {
         if (tiles) {
             kops->unpack(&kr, j0, n, bf.kf);
             /* bf16 Q K^T where no sum can overflow before the scale (which the f32 tiles apply to q first) and
-             * bf16's flush of values under 2^-126 costs at most 2^-26 Dk of a score: both operands under 2^100 */
+             * bf16's flush of values under 2^-126 costs at most 2^-26 Dk of a score: both operands times the
+             * scale, which multiplies the sums afterwards, under 2^100 (before session 37 the operands alone: bf16
+             * q near 2^-128 against mxfp8 K near 2^96 at scale 2^30 lost every score, a helper's review) */
             const float kbig = pl->bf16_k ? pl->isa->bf16_pack(bf.kf, n * dk, bf.kb) : 0.0f;
-            if (pl->bf16_k && kbig < 0x1p100f && bf.qb_max < 0x1p100f && kbig * bf.qb_max * (float)dk < 0x1p120f) {
+            const float operand_max = kbig > bf.qb_max ? kbig : bf.qb_max; /* NaN where qb_max is */
+            if (pl->bf16_k && operand_max < 0x1p100f && fabsf(p->scale) * operand_max < 0x1p100f &&
+                kbig * bf.qb_max * (float)dk < 0x1p120f) {
                 pl->isa->bf16_score(bf.kb, n, dk, bf.qb, (int)nr, bf.s);
                 for (int64_t e = 0; e < n * nr; e++) bf.s[e] *= p->scale;
             } else {

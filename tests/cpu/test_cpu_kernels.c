@@ -141,6 +141,7 @@ static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax sca
 static int poke_k_huge;
 static float poke_k_huge_q, poke_k_huge_k;
 static float poke_scale; /* the softmax scale (0: 1 / sqrt(Dk)) */
+static int poke_k_e8m0_add; /* added to every E8M0 scale byte of an MXFP8 K (at most 254) */
 static float poke_q_scale; /* q times this (0: as drawn) */
 static float poke_k_outlier; /* make_kv's outlier for K (0: none) */
 /* MXFP4 / NVFP4 scale bytes the AMX row's bf16 tiles refuse, so those blocks take the f32 kernels (amx_fp4.inc):
@@ -198,6 +199,13 @@ static void run_case(test_rng *rng, const test_case *c) {
     }
     if (poke_fp4 == 1 && (!strcmp(c->kfmt, "mxfp4") || !strcmp(c->kfmt, "nvfp4")))
         ((unsigned char *)k.scales)[3 * k.t.scales.shape[3] + 1] = (unsigned char)poke_fp4_byte;
+    if (poke_k_e8m0_add && !strcmp(c->kfmt, "mxfp8")) {
+        const int64_t bytes = c->B * c->Hkv * cap * k.t.scales.shape[3];
+        for (int64_t i = 0; i < bytes; i++) {
+            unsigned char *e = (unsigned char *)k.scales + i;
+            *e = (unsigned char)(*e + poke_k_e8m0_add > 254 ? 254 : *e + poke_k_e8m0_add);
+        }
+    }
     if (poke_fp4 == 2 && !strcmp(c->vfmt, "mxfp4")) {
         const int64_t bytes = c->B * c->Hkv * cap * v.t.scales.shape[3];
         for (int64_t i = 0; i < bytes; i++) {
@@ -632,6 +640,14 @@ int main(void) {
         poke_q_big = 1;
         run_case(&rng, &big_q);
         poke_q_big = 0;
+        /* bf16 q in its subnormal range (x 2^-128) against MXFP8 K near 2^96 at scale 2^30 (scores of a few units):
+         * vdpbf16ps flushes such q, so bf16 Q K^T would score every key 0; the guard must count the scale, which
+         * multiplies the sums after the product (session 37, a helper's review; reasoned, as this CPU path runs
+         * only with AVX512_BF16) */
+        test_case flushed_q = {1, 32, 1, 1, 100, 128, 128, "mxfp8", "affine:4:64", B16, B16, 0, 0, 0, 0, 0, 0};
+        poke_q_scale = 0x1p-128f, poke_k_e8m0_add = 96, poke_scale = 0x1p30f;
+        run_case(&rng, &flushed_q);
+        poke_q_scale = 0.0f, poke_k_e8m0_add = 0, poke_scale = 0.0f;
         bf16_expect = 0;
         for (size_t i = 0; i < sizeof f32_tiles / sizeof f32_tiles[0]; i++) run_case(&rng, &f32_tiles[i]);
         bf16_expect = -1;
