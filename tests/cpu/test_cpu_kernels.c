@@ -135,9 +135,9 @@ static int poke_v;
  * scales: 0.41 max|V| at 1e-37, session 28's review) */
 static float poke_v_scale;
 static int poke_q_big; /* q times 1e37: q K overflows f32 before the softmax scale, not after it */
-/* affine K's f32 scales and biases times poke_k_huge_k (1e35 where 0) and q times poke_k_huge_q: ordinary scores from K near 1e35 (the AMX
- * int8 tiles once multiplied a group's integer sum by its scale first and overflowed: the helper's review, session
- * 29) */
+/* affine K's f32 scales and biases times poke_k_huge_k (1e35 where 0) and q times poke_k_huge_q: ordinary scores
+ * from K near 1e35 (the AMX int8 tiles once multiplied a group's integer sum by its scale first and overflowed: the
+ * helper's review, session 29), or near 1e-36 against q near 1e36 (session 37) */
 static int poke_k_huge;
 static float poke_k_huge_q, poke_k_huge_k;
 static float poke_scale; /* the softmax scale (0: 1 / sqrt(Dk)) */
