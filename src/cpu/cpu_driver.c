@@ -130,11 +130,17 @@ static row_tile task_rows(const plan *pl, int64_t g) {
     return rt;
 }
 
+/* Row r's q (head h0 + r / ni at position i0 + r % ni) */
+static const char *q_row(const qsdpa_problem *p, const row_tile *rt, int64_t r) {
+    const int64_t h = rt->h0 + r / rt->ni, i = rt->i0 + r % rt->ni;
+    return (const char *)p->q +
+           (size_t)(rt->b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsdpa_dtype_size(p->q_dtype);
+}
+
 static void prepare_rows(const plan *pl, buffers *bf, const row_tile *rt) {
     const qsdpa_problem *p = pl->p;
-    const int64_t b = rt->b, ni = rt->ni;
+    const int64_t ni = rt->ni;
     int64_t nr = rt->nr, dk = p->dim_k;
-    size_t qsize = qsdpa_dtype_size(p->q_dtype);
     bool affine = p->k.format.mode == QSDPA_MODE_AFFINE;
     int64_t G = affine ? p->k.format.group : dk;
     /* q times the scale, less a power of two where their largest finite product passes 2^64: the kernels that
@@ -143,10 +149,8 @@ static void prepare_rows(const plan *pl, buffers *bf, const row_tile *rt) {
      * K's small scales would have made the scores ordinary (session 37) */
     double q_max = 0.0;
     for (int64_t r = 0; r < nr; r++) {
-        int64_t h = rt->h0 + r / ni, i = rt->i0 + r % ni;
-        const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
         float *dst = bf->q + r * dk;
-        load_row(pl->isa, src, p->q_dtype, p->q_stride[3], dk, dst);
+        load_row(pl->isa, q_row(p, rt, r), p->q_dtype, p->q_stride[3], dk, dst);
         for (int64_t d = 0; d < dk; d++) {
             const double a = fabs((double)dst[d]);
             if (a <= FLT_MAX && a > q_max) q_max = a; /* inf and NaN stay what they are */
@@ -156,8 +160,8 @@ static void prepare_rows(const plan *pl, buffers *bf, const row_tile *rt) {
     bf->score_exp = scaled_max > 0x1p64 ? ilogb(scaled_max) - 63 : 0;
     const float q_factor = (float)ldexp((double)p->scale, -bf->score_exp);
     for (int64_t r = 0; r < nr; r++) {
-        int64_t h = rt->h0 + r / ni, i = rt->i0 + r % ni;
-        const char *src = (const char *)p->q + (size_t)(b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2]) * qsize;
+        const int64_t i = rt->i0 + r % ni;
+        const char *src = q_row(p, rt, r);
         float *dst = bf->q + r * dk;
         for (int64_t d = 0; d < dk; d++) dst[d] *= q_factor;
         if (pl->bf16_k) { /* bf16 q as given: the scale goes on the scores */
