@@ -6,7 +6,7 @@
 # inside 10 minutes and later stages still run when one fails.
 # Outputs under $OUT (at most 10 files): build.log smoke.txt build-base.log tests.log sanitizer.log
 # bench.txt multi.txt torch.txt ncu.txt report.md.
-# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | coverage | cpu | kshift | variants | profile-prefill | profile-decode | profile-wide | profile-one | trace | sweep | host | floor | portable]
+# Usage (device): bash bench/gpu.sh [quick | bench | generic | prefill | fuzz | coverage | cpu | kshift | variants | profile-prefill | profile-decode | profile-wide | profile-one | trace | sweep | host | floor | portable | kshift-speed]
 # A baseline: `mkdir build-base-src && git archive C | tar -x -C build-base-src && echo C >build-base-src/.commit`,
 # then carry build-base-src: the benchmark times commit C's library beside this one ([base] / [new] lines).
 # QSDPA_GPU_VARIANTS (see below) adds compile-time variants timed in the same run; QSDPA_GPU_SKIP_TORCH=1
@@ -30,7 +30,8 @@
 #   sweep: build, then one run-time knob (QSDPA_GPU_SWEEP="NAME=v1 v2 ...") over eight decode shapes (sweep.txt);
 #   floor: build, then bench/gpu_floor.cu (a read-only kernel over the decode caches' sizes) beside the decode
 #   rows of those sizes and any QSDPA_GPU_EXTRA_ROWS (floor.txt); portable: the sm_90a build's API and cache
-#   tests, then the GPU tests on a build for 80 (what a card runs from PTX when no binary of its own is there)
+#   tests, then the GPU tests on a build for 80 (what a card runs from PTX when no binary of its own is there);
+#   kshift-speed: build, the staged prefill rows with K's shift and without, then the shift's test cases
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -238,6 +239,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 TEST_TARGETS="test_cuda_coverage test_cuda_mlx test_cuda_api test_cuda_random test_wgmma_layout test_cache_cuda test_cache_io"
 [ "$MODE" = floor ] && TEST_TARGETS="gpu_floor"   # timing only: the read-only kernel (bench/gpu.cmake)
 [ "$MODE" = profile-one ] && TEST_TARGETS=""   # bench_gpu alone
+[ "$MODE" = kshift-speed ] && TEST_TARGETS="test_cuda_coverage test_cuda_api"   # its own few tests
 [ "$MODE" = prefill ] && [ -n "${QSDPA_GPU_SKIP_CHECKS:-}" ] && TEST_TARGETS=""   # timing only
 # a build for another architecture (QSDPA_GPU_ARCH, e.g. 80 with `fuzz`) has no wgmma layout test
 [ "${QSDPA_GPU_ARCH:-90a}" != 90a ] && TEST_TARGETS=${TEST_TARGETS/test_wgmma_layout/}
@@ -316,6 +318,27 @@ fi
 if [ "$MODE" = fuzz ]; then
   stamp fuzz | tee "$OUT/tests.log"
   fuzz_run
+  stamp done | tee -a "$OUT/tests.log"
+  exit 0
+fi
+if [ "$MODE" = kshift-speed ]; then
+  # what K's shift costs a prefill call (the shift kernel, session 38), then its correctness cases in the time left:
+  # the staged 4K causal prefill rows with the shift and without, two rounds; the N(1000, 1) cases (pass with the
+  # shift, fail without) and the outlier cases; test_cuda_api
+  stamp "kshift speed" | tee "$OUT/tests.log"
+  for round in 1 2; do
+    for shift in 1 0; do
+      QSDPA_CUDA_K_SHIFT=$shift timeout 60 "$B/bench_gpu" prefill 2>&1 | grep "^prefill" | sed "s/^/[r$round shift=$shift] /" \
+        | tee -a "$OUT/tests.log"
+    done
+  done
+  QSDPA_CUDA_SHAPE="N(1000" timeout 90 "$B/tests/test_cuda_coverage" >"$OUT/kshift.txt" 2>&1
+  echo "K-shift cases rc=$?" | tee -a "$OUT/tests.log"
+  QSDPA_CUDA_K_SHIFT=0 QSDPA_CUDA_SHAPE="N(1000" timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
+  echo "K-shift cases with QSDPA_CUDA_K_SHIFT=0 rc=$? (must fail)" | tee -a "$OUT/tests.log"
+  QSDPA_CUDA_SHAPE="outlier" timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
+  echo "outlier cases rc=$?" | tee -a "$OUT/tests.log"
+  timeout 120 "$B/tests/test_cuda_api" >>"$OUT/tests.log" 2>&1; echo "test_cuda_api rc=$?" | tee -a "$OUT/tests.log"
   stamp done | tee -a "$OUT/tests.log"
   exit 0
 fi

@@ -194,32 +194,57 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
     return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
 }
 
-/* qsdpa_cuda_k_shift's kernel: block (b, h) of 256 threads, a sampled key each (f32 rows: a dim each) */
-__global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, int w, float *dst) {
+/* qsdpa_cuda_k_shift's kernel: block (b, h) of K_SHIFT_THREADS threads over K_SHIFT_KEYS sampled keys.
+ * Affine K: K_SHIFT_PARTS threads a key, each a strided share of every group's values; f32 rows: threads a
+ * dim, the keys dealt out among those of one dim. Why this many threads and the scale and bias loaded once a
+ * group: the first version (session 36: a thread a key, qd_element per value, 256 threads on one SM per head)
+ * was a chain of ~100 dependent instructions per value on 8 warps an SM, ~40 us of every affine prefill call
+ * (run 248). */
+constexpr int K_SHIFT_THREADS = 1024, K_SHIFT_KEYS = 256, K_SHIFT_PARTS = K_SHIFT_THREADS / K_SHIFT_KEYS;
+__global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtensor t, int64_t heads, int64_t len,
+                                                                  int w, float *dst) {
     const int64_t b = blockIdx.y, h = blockIdx.x;
-    const int l = threadIdx.x, n = len < (int64_t)blockDim.x ? (int)len : (int)blockDim.x;
-    const int64_t key = (int64_t)l * len / n; /* n keys spread over the cache */
+    const int l = threadIdx.x, n = len < (int64_t)K_SHIFT_KEYS ? (int)len : K_SHIFT_KEYS;
+    __shared__ float sum_part[K_SHIFT_THREADS], sq_part[K_SHIFT_THREADS]; /* f32 rows: a thread's; affine: a warp's */
     float *out = dst + (b * heads + h) * w;
-    if (t.mode == QSDPA_MODE_PLAIN) { /* f32 rows: no groups, so a constant a dim, a thread a dim over the keys */
-        for (int d = l; d < w; d += blockDim.x) {
+    if (t.mode == QSDPA_MODE_PLAIN) { /* f32 rows: no groups, so a constant a dim */
+        const int lanes = t.dim < K_SHIFT_THREADS ? K_SHIFT_THREADS / t.dim : 1; /* threads a dim */
+        for (int d0 = 0; d0 < t.dim; d0 += K_SHIFT_THREADS / lanes) {
+            const int d = d0 + l % (K_SHIFT_THREADS / lanes), lane = l / (K_SHIFT_THREADS / lanes);
             float sum = 0.0f, sq = 0.0f;
-            for (int j = 0; j < n && d < t.dim; j++) {
-                const float v = qd_element(t, b, h, (int64_t)j * len / n, d);
-                sum += v, sq += v * v;
+            if (d < t.dim && lane < lanes)
+#pragma unroll 4
+                for (int j = lane; j < n; j += lanes) {
+                    const float v = qd_element(t, b, h, (int64_t)j * len / n, d);
+                    sum += v, sq += v * v;
+                }
+            sum_part[l] = sum, sq_part[l] = sq;
+            __syncthreads();
+            if (l < K_SHIFT_THREADS / lanes && d < t.dim) {
+                for (int x = 1; x < lanes; x++) sum += sum_part[l + x * (K_SHIFT_THREADS / lanes)],
+                                                sq += sq_part[l + x * (K_SHIFT_THREADS / lanes)];
+                out[d] = k_shift_of(sum, sq, (float)n);
             }
-            out[d] = d < t.dim ? k_shift_of(sum, sq, (float)n) : 0.0f;
+            __syncthreads();
         }
+        for (int d = t.dim + l; d < w; d += K_SHIFT_THREADS) out[d] = 0.0f;
         return;
     }
-    const int groups = t.dim / t.group;
-    __shared__ float sum_part[8], sq_part[8];
+    const int groups = t.dim / t.group, j = l / K_SHIFT_PARTS, part = l % K_SHIFT_PARTS;
+    const int64_t key = (int64_t)j * len / n; /* n keys spread over the cache */
+    const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + key * t.cs[2]);
+    const int64_t srow = b * t.ss[0] + h * t.ss[1] + key * t.ss[2], brow = b * t.bs[0] + h * t.bs[1] + key * t.bs[2];
     for (int gi = 0; gi < groups; gi++) {
-        float sum = 0.0f, sq = 0.0f; /* of the group's values in this key; a NaN or inf: no shift (below) */
-        if (l < n)
-            for (int d = gi * t.group; d < (gi + 1) * t.group; d++) {
-                const float v = qd_element(t, b, h, key, d);
+        float sum = 0.0f, sq = 0.0f; /* of the share's values in this key; a NaN or inf: no shift (below) */
+        if (j < n) {
+            const float sc = qd_load_float(t.scales, t.scale_dtype, srow + gi);
+            const float z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
+#pragma unroll 4
+            for (int d = gi * t.group + part; d < (gi + 1) * t.group; d += K_SHIFT_PARTS) {
+                const float v = __fadd_rn(__fmul_rn(sc, (float)qd_code(row, t.bits, d)), z); /* as qd_element */
                 sum += v, sq += v * v;
             }
+        }
         for (int o = 16; o > 0; o >>= 1) {
             sum += __shfl_xor_sync(0xffffffffu, sum, o);
             sq += __shfl_xor_sync(0xffffffffu, sq, o);
@@ -227,7 +252,7 @@ __global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, in
         if ((l & 31) == 0) sum_part[l >> 5] = sum, sq_part[l >> 5] = sq;
         __syncthreads();
         sum = sum_part[0], sq = sq_part[0];
-        for (int x = 1; x < (int)(blockDim.x / 32); x++) sum += sum_part[x], sq += sq_part[x];
+        for (int x = 1; x < K_SHIFT_THREADS / 32; x++) sum += sum_part[x], sq += sq_part[x];
         /* m: the mean of the group's values over the sampled keys, the constant that most shrinks their squares
          * (sum (v - m)^2 = sum v^2 - N m^2, so never more), taken only where it shrinks them at least by half
          * (m^2 >= mean v^2 / 2: an offset that dominates the spread). Session 36: the middle of the group
@@ -237,10 +262,10 @@ __global__ void k_shift_means(const qd_qtensor t, int64_t heads, int64_t len, in
          * (|m| at least the centres' spread plus the widest group's range) refused the shift wherever one
          * sampled value stood out (fuzz replay 236869353:466, 6-bit g128 over 9 keys, 3x f16's bound). */
         const float shift = k_shift_of(sum, sq, (float)n * (float)t.group);
-        for (int d = l; d < t.group; d += blockDim.x) out[gi * t.group + d] = shift;
+        for (int d = l; d < t.group; d += K_SHIFT_THREADS) out[gi * t.group + d] = shift;
         __syncthreads();
     }
-    for (int d = t.dim + l; d < w; d += blockDim.x) out[d] = 0.0f;
+    for (int d = t.dim + l; d < w; d += K_SHIFT_THREADS) out[d] = 0.0f;
 }
 
 /* qsdpa_cuda_q_shift's kernel: a warp a folded row (blockIdx.x * 8 + threadIdx.y) of KV head blockIdx.y */
@@ -760,7 +785,8 @@ double stage_limit_bytes() {
 
 void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, int64_t len, int w, float *dst,
                         cudaStream_t stream) {
-    k_shift_means<<<dim3((unsigned)heads, (unsigned)batch), 256, 0, stream>>>(qd_qtensor_make(k), heads, len, w, dst);
+    k_shift_means<<<dim3((unsigned)heads, (unsigned)batch), K_SHIFT_THREADS, 0, stream>>>(qd_qtensor_make(k), heads, len, w,
+                                                                                      dst);
 }
 
 void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float *dst, cudaStream_t stream) {
