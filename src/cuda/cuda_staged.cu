@@ -198,8 +198,8 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
  * Affine K: K_SHIFT_PARTS threads a key, each a strided share of every group's values; f32 rows: threads a
  * dim, the keys dealt out among those of one dim. Why this many threads and the scale and bias loaded once a
  * group: the first version (session 36: a thread a key, qd_element per value, 256 threads on one SM per head)
- * was a chain of ~100 dependent instructions per value on 8 warps an SM, ~40 us of every affine prefill call
- * (run 248). */
+ * ran a long chain of instructions per value on 8 warps an SM: the staged 4K causal prefill took 494-509 us
+ * (runs 245-246), 458-464 with this one and 446-449 without the shift (run 248, H200). */
 constexpr int K_SHIFT_THREADS = 1024, K_SHIFT_KEYS = 256, K_SHIFT_PARTS = K_SHIFT_THREADS / K_SHIFT_KEYS;
 __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtensor t, int64_t heads, int64_t len,
                                                                   int w, float *dst) {
