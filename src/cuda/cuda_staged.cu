@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtenso
                                                                   int w, float *dst) {
     const int64_t b = blockIdx.y, h = blockIdx.x;
     const int l = threadIdx.x, n = len < (int64_t)K_SHIFT_KEYS ? (int)len : K_SHIFT_KEYS;
-    __shared__ float sum_part[K_SHIFT_THREADS], sq_part[K_SHIFT_THREADS]; /* f32 rows: a thread's; affine: a warp's */
+    __shared__ float sum_part[K_SHIFT_THREADS], sq_part[K_SHIFT_THREADS]; /* a thread's (f32 rows), a warp's (affine) */
     float *out = dst + (b * heads + h) * w;
     if (t.mode == QSDPA_MODE_PLAIN) { /* f32 rows: no groups, so a constant a dim */
         const int lanes = t.dim < K_SHIFT_THREADS ? K_SHIFT_THREADS / t.dim : 1; /* threads a dim */
@@ -785,8 +785,8 @@ double stage_limit_bytes() {
 
 void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, int64_t len, int w, float *dst,
                         cudaStream_t stream) {
-    k_shift_means<<<dim3((unsigned)heads, (unsigned)batch), K_SHIFT_THREADS, 0, stream>>>(qd_qtensor_make(k), heads, len, w,
-                                                                                      dst);
+    const dim3 grid((unsigned)heads, (unsigned)batch);
+    k_shift_means<<<grid, K_SHIFT_THREADS, 0, stream>>>(qd_qtensor_make(k), heads, len, w, dst);
 }
 
 void qsdpa_cuda_q_shift(const qsdpa_problem *p, const float *shift, int w, float *dst, cudaStream_t stream) {
