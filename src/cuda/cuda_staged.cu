@@ -194,9 +194,10 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
     return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
 }
 
-/* qsdpa_cuda_k_shift's kernel: block (b, h) of K_SHIFT_THREADS threads over K_SHIFT_KEYS sampled keys.
- * Affine K: K_SHIFT_PARTS threads a key, each a strided share of every group's values; f32 rows: threads a
- * dim, the keys dealt out among those of one dim. Why this many threads and the scale and bias loaded once a
+/* qsdpa_cuda_k_shift's kernel: block (b, h, z) of K_SHIFT_THREADS threads over K_SHIFT_KEYS sampled keys.
+ * Affine K: block z takes groups z, z + gridDim.z, ... (each group's shift is its own: blocks over the groups
+ * keep a call of one KV head, MLA's, off a single SM), K_SHIFT_PARTS threads a key, each a strided share of
+ * the group's values; f32 rows (gridDim.z 1): threads a dim, the keys dealt out among those of one dim. Why this many threads and the scale and bias loaded once a
  * group: the first version (session 36: a thread a key, qd_element per value, 256 threads on one SM per head)
  * ran a long chain of instructions per value on 8 warps an SM: the staged 4K causal prefill took 494-509 us
  * (runs 245-246), 458-464 with this one and 446-449 without the shift (run 248, H200). */
@@ -234,7 +235,7 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtenso
     const int64_t key = (int64_t)j * len / n; /* n keys spread over the cache */
     const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + key * t.cs[2]);
     const int64_t srow = b * t.ss[0] + h * t.ss[1] + key * t.ss[2], brow = b * t.bs[0] + h * t.bs[1] + key * t.bs[2];
-    for (int gi = 0; gi < groups; gi++) {
+    for (int gi = blockIdx.z; gi < groups; gi += gridDim.z) {
         float sum = 0.0f, sq = 0.0f; /* of the share's values in this key; a NaN or inf: no shift (below) */
         if (j < n) {
             const float sc = qd_load_float(t.scales, t.scale_dtype, srow + gi);
@@ -265,7 +266,8 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtenso
         for (int d = l; d < t.group; d += K_SHIFT_THREADS) out[gi * t.group + d] = shift;
         __syncthreads();
     }
-    for (int d = t.dim + l; d < w; d += K_SHIFT_THREADS) out[d] = 0.0f;
+    if (blockIdx.z == 0)
+        for (int d = t.dim + l; d < w; d += K_SHIFT_THREADS) out[d] = 0.0f;
 }
 
 /* qsdpa_cuda_q_shift's kernel: a warp a folded row (blockIdx.x * 8 + threadIdx.y) of KV head blockIdx.y */
@@ -785,7 +787,8 @@ double stage_limit_bytes() {
 
 void qsdpa_cuda_k_shift(const qsdpa_qtensor *k, int64_t batch, int64_t heads, int64_t len, int w, float *dst,
                         cudaStream_t stream) {
-    const dim3 grid((unsigned)heads, (unsigned)batch);
+    const int groups = k->format.mode == QSDPA_MODE_AFFINE ? (int)(k->dim / k->format.group) : 1;
+    const dim3 grid((unsigned)heads, (unsigned)batch, (unsigned)(groups < 32 ? groups : 32));
     k_shift_means<<<grid, K_SHIFT_THREADS, 0, stream>>>(qd_qtensor_make(k), heads, len, w, dst);
 }
 
