@@ -323,12 +323,16 @@ if [ "$MODE" = fuzz ]; then
 fi
 if [ "$MODE" = kshift-speed ]; then
   # what K's shift costs a prefill call (the shift kernel, session 38), then its correctness cases in the time left:
-  # the staged 4K causal prefill rows with the shift and without, two rounds; the N(1000, 1) cases (pass with the
-  # shift, fail without) and the outlier cases; test_cuda_api
+  # the staged 4K causal prefill rows and the MLA decode row with the shift and without, two rounds; the N(1000, 1)
+  # cases (pass with the shift, fail without) and the outlier cases; test_cuda_api
   stamp "kshift speed" | tee "$OUT/tests.log"
   for round in 1 2; do
     for shift in 1 0; do
       QSDPA_CUDA_K_SHIFT=$shift timeout 60 "$B/bench_gpu" prefill 2>&1 | grep "^prefill" | sed "s/^/[r$round shift=$shift] /" \
+        | tee -a "$OUT/tests.log"
+      # MLA decode (Dk 576 / Dv 512, one KV head: the wide kernel, which takes the shift since session 36)
+      QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512 QSDPA_CUDA_K_SHIFT=$shift timeout 60 "$B/bench_gpu" one \
+        affine:4:64/affine:4:64 1 32768 1 576 2>&1 | grep -E "^affine" | sed "s/^/[r$round shift=$shift MLA] /" \
         | tee -a "$OUT/tests.log"
     done
   done
