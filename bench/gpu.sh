@@ -95,6 +95,21 @@ fuzz_run() {
   grep -c "^KNOWN" "$OUT/tests.log" | sed 's/^/results of the known class (SPEC 8.1, not failures): /'
 }
 # `bench_gpu quick` of binary $2 (environment assignments after it), rows tagged [$1] in bench.txt
+# SPEC 8.1's mend (K's shift) in the coverage test: the N(1000, 1) cases pass with the shift and fail without it (so
+# they can); K with an outlier channel (SPEC 9.2), which the shift must leave alone: each case's error, with the
+# shift and without (kshift.txt; rc lines in tests.log)
+kshift_cases() {
+  QSDPA_CUDA_SHAPE="N(1000" timeout 120 "$B/tests/test_cuda_coverage" >"$OUT/kshift.txt" 2>&1
+  echo "K-shift cases rc=$?" | tee -a "$OUT/tests.log"
+  QSDPA_CUDA_K_SHIFT=0 QSDPA_CUDA_SHAPE="N(1000" timeout 120 "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
+  echo "K-shift cases with QSDPA_CUDA_K_SHIFT=0 rc=$? (must fail)" | tee -a "$OUT/tests.log"
+  for shift in 1 0; do
+    echo "== K outlier channel, QSDPA_CUDA_K_SHIFT=$shift" >>"$OUT/kshift.txt"
+    QSDPA_CUDA_CASE_ERRORS=1 QSDPA_CUDA_K_SHIFT=$shift QSDPA_CUDA_SHAPE="outlier" timeout 120 \
+      "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
+    echo "outlier cases with QSDPA_CUDA_K_SHIFT=$shift rc=$?" | tee -a "$OUT/tests.log"
+  done
+}
 quick_rows() {
   local label=$1 bin=$2
   shift 2
@@ -323,8 +338,8 @@ if [ "$MODE" = fuzz ]; then
 fi
 if [ "$MODE" = kshift-speed ]; then
   # what K's shift costs a prefill call (the shift kernel, session 38), then its correctness cases in the time left:
-  # the staged 4K causal prefill rows and the MLA decode row with the shift and without, two rounds; the N(1000, 1)
-  # cases (pass with the shift, fail without) and the outlier cases; test_cuda_api
+  # the staged 4K causal prefill rows and the MLA decode row with the shift and without, two rounds; kshift_cases;
+  # test_cuda_api
   stamp "kshift speed" | tee "$OUT/tests.log"
   for round in 1 2; do
     for shift in 1 0; do
@@ -336,12 +351,7 @@ if [ "$MODE" = kshift-speed ]; then
         | tee -a "$OUT/tests.log"
     done
   done
-  QSDPA_CUDA_SHAPE="N(1000" timeout 90 "$B/tests/test_cuda_coverage" >"$OUT/kshift.txt" 2>&1
-  echo "K-shift cases rc=$?" | tee -a "$OUT/tests.log"
-  QSDPA_CUDA_K_SHIFT=0 QSDPA_CUDA_SHAPE="N(1000" timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
-  echo "K-shift cases with QSDPA_CUDA_K_SHIFT=0 rc=$? (must fail)" | tee -a "$OUT/tests.log"
-  QSDPA_CUDA_SHAPE="outlier" timeout 90 "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
-  echo "outlier cases rc=$?" | tee -a "$OUT/tests.log"
+  kshift_cases
   timeout 120 "$B/tests/test_cuda_api" >>"$OUT/tests.log" 2>&1; echo "test_cuda_api rc=$?" | tee -a "$OUT/tests.log"
   stamp done | tee -a "$OUT/tests.log"
   exit 0
@@ -351,18 +361,7 @@ if [ "$MODE" = kshift ]; then
   # they can); the API, MLX and cache tests; the fuzz with its replays; the prefill rows with the shift and without
   # (staged by default, then staging off: the prefill kernel); last, the whole coverage
   stamp kshift | tee "$OUT/tests.log"
-  QSDPA_CUDA_SHAPE="N(1000" timeout 120 "$B/tests/test_cuda_coverage" >"$OUT/kshift.txt" 2>&1
-  echo "K-shift cases rc=$?" | tee -a "$OUT/tests.log"
-  QSDPA_CUDA_K_SHIFT=0 QSDPA_CUDA_SHAPE="N(1000" timeout 120 "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
-  echo "K-shift cases with QSDPA_CUDA_K_SHIFT=0 rc=$? (must fail)" | tee -a "$OUT/tests.log"
-  # K with an outlier channel (SPEC 9.2): the shift must leave such groups alone; each case's error, with the shift
-  # and without
-  for shift in 1 0; do
-    echo "== K outlier channel, QSDPA_CUDA_K_SHIFT=$shift" >>"$OUT/kshift.txt"
-    QSDPA_CUDA_CASE_ERRORS=1 QSDPA_CUDA_K_SHIFT=$shift QSDPA_CUDA_SHAPE="outlier" timeout 120 \
-      "$B/tests/test_cuda_coverage" >>"$OUT/kshift.txt" 2>&1
-    echo "outlier cases with QSDPA_CUDA_K_SHIFT=$shift rc=$?" | tee -a "$OUT/tests.log"
-  done
+  kshift_cases
   for t in test_cuda_api test_cuda_mlx test_cache_cuda; do
     timeout 120 "$B/tests/$t" >>"$OUT/tests.log" 2>&1
     echo "$t rc=$?" | tee -a "$OUT/tests.log"
