@@ -210,8 +210,9 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtenso
     float *out = dst + (b * heads + h) * w;
     if (t.mode == QSDPA_MODE_PLAIN) { /* f32 rows: no groups, so a constant a dim */
         const int lanes = t.dim < K_SHIFT_THREADS ? K_SHIFT_THREADS / t.dim : 1; /* threads a dim */
-        for (int d0 = 0; d0 < t.dim; d0 += K_SHIFT_THREADS / lanes) {
-            const int d = d0 + l % (K_SHIFT_THREADS / lanes), lane = l / (K_SHIFT_THREADS / lanes);
+        const int dims = K_SHIFT_THREADS / lanes;                                 /* dims a pass (all, to D 1024) */
+        for (int d0 = 0; d0 < t.dim; d0 += dims) {
+            const int d = d0 + l % dims, lane = l / dims;
             float sum = 0.0f, sq = 0.0f;
             if (d < t.dim && lane < lanes)
 #pragma unroll 4
@@ -221,9 +222,8 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtenso
                 }
             sum_part[l] = sum, sq_part[l] = sq;
             __syncthreads();
-            if (l < K_SHIFT_THREADS / lanes && d < t.dim) {
-                for (int x = 1; x < lanes; x++) sum += sum_part[l + x * (K_SHIFT_THREADS / lanes)],
-                                                sq += sq_part[l + x * (K_SHIFT_THREADS / lanes)];
+            if (l < dims && d < t.dim) {
+                for (int x = 1; x < lanes; x++) sum += sum_part[l + x * dims], sq += sq_part[l + x * dims];
                 out[d] = k_shift_of(sum, sq, (float)n);
             }
             __syncthreads();
