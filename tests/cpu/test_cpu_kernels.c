@@ -642,8 +642,8 @@ int main(void) {
         poke_q_big = 0;
         /* bf16 q in its subnormal range (x 2^-128) against MXFP8 K near 2^96 at scale 2^30 (scores of a few units):
          * vdpbf16ps flushes such q, so bf16 Q K^T would score every key 0; the guard must count the scale, which
-         * multiplies the sums after the product (session 37, a helper's review; reasoned, as this CPU path runs
-         * only with AVX512_BF16) */
+         * multiplies the sums after the product (session 37, a helper's review). The route runs only with
+         * AVX512_BF16: there, without the guard's scale term, this case failed (run 244: 2.25 against 0.064) */
         test_case flushed_q = {1, 32, 1, 1, 100, 128, 128, "mxfp8", "affine:4:64", B16, B16, 0, 0, 0, 0, 0, 0};
         poke_q_scale = 0x1p-128f, poke_k_e8m0_add = 96, poke_scale = 0x1p30f;
         run_case(&rng, &flushed_q);
