@@ -347,7 +347,7 @@ if [ "$MODE" = kshift-speed ]; then
         | tee -a "$OUT/tests.log"
       # MLA decode (Dk 576 / Dv 512, one KV head: the wide kernel, which takes the shift since session 36)
       QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512 QSDPA_CUDA_K_SHIFT=$shift timeout 60 "$B/bench_gpu" one \
-        affine:4:64/affine:4:64 1 32768 1 576 2>&1 | grep -E "^affine" | sed "s/^/[r$round shift=$shift MLA] /" \
+        affine:4:64/affine:4:64 1 32768 1 576 2>&1 | grep -E "^D=576 " | sed "s/^/[r$round shift=$shift MLA] /" \
         | tee -a "$OUT/tests.log"
     done
   done
