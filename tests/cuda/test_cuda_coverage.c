@@ -4,7 +4,12 @@
  * multiple of the tile, masks, sinks, causal prefill, window, partial slices,
  * strided cache views), each against the CPU reference on the same bytes.
  * QSDPA_CUDA_QUICK=1 runs one shape per row and QSDPA_CUDA_ONLY=text only the
- * rows whose name contains text (for compute-sanitizer). */
+ * rows whose name contains text (for compute-sanitizer). QSDPA_CUDA_SHARD=i/n
+ * runs the i-th of n shares (rows dealt out in table order, the auto-dispatch
+ * cases after them as one more unit), so n processes cover the whole run at
+ * once: the CPU reference, single-threaded by design, is what takes the time.
+ * A share prints its route counts and leaves their check to the caller, which
+ * sums the shares (bench/gpu.sh). */
 #include "test_util.h"
 
 #ifndef QSDPA_TEST_CUDA
@@ -282,6 +287,13 @@ int main(void) {
     const char *q = getenv("QSDPA_CUDA_QUICK");
     quick = q && q[0] == '1';
     const char *only = getenv("QSDPA_CUDA_ONLY"); /* run only rows whose name contains this */
+    int shard = 0, shards = 1;
+    const char *shard_env = getenv("QSDPA_CUDA_SHARD");
+    if (shard_env && (sscanf(shard_env, "%d/%d", &shard, &shards) != 2 || shards < 1 || shard < 0 || shard >= shards)) {
+        fprintf(stderr, "QSDPA_CUDA_SHARD=%s: expected i/n with 0 <= i < n\n", shard_env);
+        return 2;
+    }
+    int unit = 0; /* the next unit of work (a CUDA row, then the auto cases) to deal out */
     test_rng rng;
     test_rng_init(&rng, test_seed());
     int rows = 0;
@@ -291,6 +303,7 @@ int main(void) {
         if (info.backend != QSDPA_BACKEND_CUDA) continue;
         rows++;
         if (only && !strstr(info.name, only)) continue;
+        if (unit++ % shards != shard) continue;
         cuda_case base = cuda_case_default();
         base.kernel = info.name;
         row_max_lq = info.max_lq == QSDPA_ANY ? 0 : info.max_lq;
@@ -567,11 +580,11 @@ int main(void) {
     /* Every route of the CUDA backend ran at least once: the decode and prefill kernels, the staged prefill
      * (the fast rows' long queries, and cuda.generic's), the repacked and realigned copies, the generic
      * kernel. Only on a full run with the routing at its defaults (the knobs and small shared memory move
-     * calls between routes). */
+     * calls between routes); a share's counts are checked summed over the shares (gpu.sh coverage_shards). */
     static const char *const routes[] = {"cuda.decode",       "cuda.prefill",   "cuda.generic",   "cuda.generic.decode",
                                          "cuda.generic.wide", "cuda.staged:",   "cuda.padded:",   "cuda.repacked:",
                                          "cuda.realigned:"};
-    const bool check_routes = routing_default() && !quick && !only && !getenv("QSDPA_CUDA_SHAPE");
+    const bool check_routes = routing_default() && !quick && !only && !getenv("QSDPA_CUDA_SHAPE") && shards == 1;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         printf("route %-16s %d calls\n", routes[i], cuda_route_count(routes[i]));
         CHECK(!check_routes || cuda_route_count(routes[i]) > 0, "no call took route %s", routes[i]);
@@ -581,7 +594,7 @@ int main(void) {
                                cuda_route_count("cuda.generic.decode") + cuda_route_count("cuda.generic.wide"),
           "no call took generic_attention");
 
-    if (only) return test_finish("test_cuda_coverage");
+    if (only || unit % shards != shard) return test_finish("test_cuda_coverage");
     /* auto dispatch routes the hard cases of fast rows to the generic kernel */
     cuda_case c = cuda_case_default();
     c.lq = 40; c.lk = 25; c.causal = 1;
