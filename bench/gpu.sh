@@ -31,7 +31,8 @@
 #   floor: build, then bench/gpu_floor.cu (a read-only kernel over the decode caches' sizes) beside the decode
 #   rows of those sizes and any QSDPA_GPU_EXTRA_ROWS (floor.txt); portable: the sm_90a build's API and cache
 #   tests, then the GPU tests on a build for 80 (what a card runs from PTX when no binary of its own is there);
-#   kshift-speed: build, the staged prefill rows with K's shift and without, then the shift's test cases
+#   kshift-speed: build, the staged prefill rows and the MLA decode row with K's shift and without, ncu durations
+#   of the MLA row's kernels both ways, then the shift's test cases
 set -u
 OUT=${OUT:-/tmp/qsdpa-gpu-out}
 mkdir -p "$OUT"
@@ -373,6 +374,16 @@ if [ "$MODE" = kshift-speed ]; then
         affine:4:64/affine:4:64 1 32768 1 576 2>&1 | grep -E "^D=576 " | sed "s/^/[r$round shift=$shift MLA] /" \
         | tee -a "$OUT/tests.log"
     done
+  done
+  # what each kernel of the MLA row takes with the shift and without (ncu durations, caches flushed; the device
+  # has no nsys): the shift's own kernels against what the wide kernel and its merge gain or lose
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  for shift in 1 0; do
+    echo "== ncu, MLA 4-bit 32K, QSDPA_CUDA_K_SHIFT=$shift" >>"$OUT/tests.log"
+    QSDPA_BENCH_HKV=1 QSDPA_BENCH_DV=512 QSDPA_CUDA_K_SHIFT=$shift timeout 120 "$NCU" --clock-control none \
+      --metrics gpu__time_duration.sum -k "regex:shift|generic_(wide|combine)" --launch-skip 40 --launch-count 8 \
+      "$B/bench_gpu" one affine:4:64/affine:4:64 1 32768 1 576 2>&1 | grep -E "^  [a-z_]|gpu__time_duration" \
+      | sed -E "s/\(.*\) \(([0-9, ]+)\)x\(([0-9, ]+)\).*/ grid (\1) block (\2)/" >>"$OUT/tests.log"
   done
   kshift_cases
   timeout 120 "$B/tests/test_cuda_api" >>"$OUT/tests.log" 2>&1; echo "test_cuda_api rc=$?" | tee -a "$OUT/tests.log"
