@@ -574,7 +574,7 @@ if [ "$MODE" = profile-one ]; then
     timeout 60 "$B/bench_gpu" one $s | tee -a "$OUT/bench.txt"
   done
   for s in "${shapes[@]}"; do
-    tag=$(echo "$s" | tr ' ' '_')
+    tag=$(echo "$s" | tr ' /:' '___') # a file name: no slash from a KSPEC/VSPEC format
     stamp "ncu $s" | tee -a "$OUT/ncu.txt"
     # shellcheck disable=SC2086
     ncu_profile "one_$tag" "${QSDPA_GPU_NCU_KERNEL:-fast_prefill}" 20 1 "$B/bench_gpu" one $s
