@@ -194,6 +194,18 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
     return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
 }
 
+/* The sum and sum of squares of word's 32 / BITS affine values (scale sc, bias z), each made as qd_element makes
+ * it: the codes of a word of a power-of-two width, unrolled (run 252: qd_code's per-value bit arithmetic was
+ * half of k_shift_means' instructions) */
+template <int BITS>
+__device__ __forceinline__ void k_shift_word(uint32_t word, float sc, float z, float &sum, float &sq) {
+#pragma unroll
+    for (int o = 0; o < 32; o += BITS) {
+        const float v = __fadd_rn(__fmul_rn(sc, (float)((word >> o) & ((1u << BITS) - 1u))), z);
+        sum += v, sq += v * v;
+    }
+}
+
 /* qsdpa_cuda_k_shift's kernel: block (b, h, z) of K_SHIFT_THREADS threads over K_SHIFT_KEYS sampled keys.
  * Affine K: block z takes groups z, z + gridDim.z, ... (each group's shift is its own: blocks over the groups
  * keep a call of one KV head, MLA's, off a single SM), K_SHIFT_PARTS threads a key, each a strided share of
@@ -202,7 +214,8 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
  * ran a long chain of instructions per value on 8 warps an SM: the staged 4K causal prefill took 494-509 us
  * (runs 245-246), 458-464 with this one and 446-449 without the shift (run 248, H200). */
 constexpr int K_SHIFT_THREADS = 1024, K_SHIFT_KEYS = 256, K_SHIFT_PARTS = K_SHIFT_THREADS / K_SHIFT_KEYS;
-__global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtensor t, int64_t heads, int64_t len,
+/* one block an SM stated (min blocks 1): left to itself ptxas aimed at two and spilled at 32 registers */
+__global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qtensor t, int64_t heads, int64_t len,
                                                                   int w, float *dst) {
     const int64_t b = blockIdx.y, h = blockIdx.x;
     const int l = threadIdx.x, n = len < (int64_t)K_SHIFT_KEYS ? (int)len : K_SHIFT_KEYS;
@@ -240,10 +253,20 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtenso
         if (j < n) {
             const float sc = qd_load_float(t.scales, t.scale_dtype, srow + gi);
             const float z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
+            if (t.bits == 2 || t.bits == 4 || t.bits == 8) { /* whole codes a word: the share is words */
+                const int words = t.group * t.bits / 32;      /* a group's (groups are powers of two, >= 32) */
+                for (int wi = part; wi < words; wi += K_SHIFT_PARTS) {
+                    const uint32_t word = row[gi * words + wi];
+                    if (t.bits == 4) k_shift_word<4>(word, sc, z, sum, sq);
+                    else if (t.bits == 8) k_shift_word<8>(word, sc, z, sum, sq);
+                    else k_shift_word<2>(word, sc, z, sum, sq);
+                }
+            } else { /* 3, 5, 6 bits: codes across words */
 #pragma unroll 4
-            for (int d = gi * t.group + part; d < (gi + 1) * t.group; d += K_SHIFT_PARTS) {
-                const float v = __fadd_rn(__fmul_rn(sc, (float)qd_code(row, t.bits, d)), z); /* as qd_element */
-                sum += v, sq += v * v;
+                for (int d = gi * t.group + part; d < (gi + 1) * t.group; d += K_SHIFT_PARTS) {
+                    const float v = __fadd_rn(__fmul_rn(sc, (float)qd_code(row, t.bits, d)), z); /* as qd_element */
+                    sum += v, sq += v * v;
+                }
             }
         }
         for (int o = 16; o > 0; o >>= 1) {
@@ -252,8 +275,6 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtenso
         }
         if ((l & 31) == 0) sum_part[l >> 5] = sum, sq_part[l >> 5] = sq;
         __syncthreads();
-        sum = sum_part[0], sq = sq_part[0];
-        for (int x = 1; x < K_SHIFT_THREADS / 32; x++) sum += sum_part[x], sq += sq_part[x];
         /* m: the mean of the group's values over the sampled keys, the constant that most shrinks their squares
          * (sum (v - m)^2 = sum v^2 - N m^2, so never more), taken only where it shrinks them at least by half
          * (m^2 >= mean v^2 / 2: an offset that dominates the spread). Session 36: the middle of the group
@@ -262,8 +283,13 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS) k_shift_means(const qd_qtenso
          * key, moving the 63 values near 0 to ~50 (7-15x f16's bound, SPEC 9.2); session 35's guard for that
          * (|m| at least the centres' spread plus the widest group's range) refused the shift wherever one
          * sampled value stood out (fuzz replay 236869353:466, 6-bit g128 over 9 keys, 3x f16's bound). */
-        const float shift = k_shift_of(sum, sq, (float)n * (float)t.group);
-        for (int d = l; d < t.group; d += K_SHIFT_THREADS) out[gi * t.group + d] = shift;
+        if (l < 32) { /* warp 0 alone adds the warps' partials (all 32 warps doing it was a sixth of the
+                       * kernel's instructions, run 252) and writes the group's shift */
+            sum = sum_part[0], sq = sq_part[0];
+            for (int x = 1; x < K_SHIFT_THREADS / 32; x++) sum += sum_part[x], sq += sq_part[x];
+            const float shift = k_shift_of(sum, sq, (float)n * (float)t.group);
+            for (int d = l; d < t.group; d += 32) out[gi * t.group + d] = shift;
+        }
         __syncthreads();
     }
     if (blockIdx.z == 0)
