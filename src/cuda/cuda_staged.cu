@@ -194,6 +194,19 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
     return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
 }
 
+/* An affine group's shift m (k_shift_of's rule on its sampled values) where the shifted biases stay smaller
+ * than m on average over the sampled keys (mean (z - m)^2 < m^2, i.e. mean z^2 < 2 m mean z), else 0: the
+ * prefill kernel rounds each key's z - m to f16 for the whole group, a coherent error of its 64 values, so a
+ * bias far from the values (an outlier channel at the group's edge: MLX's bias is the edge of larger magnitude)
+ * would cost more than the shift saves. Fuzz case 1657218644:442 (run 253): K near 3.4 with a +57 channel,
+ * scale < 0 and bias 5-57: z - m rounded at 2^-6 moved one score by 0.015, 1.3x f16's bound; unshifted, the
+ * bias is exact and the case passes (reproduced off the device to the output's last bit). Where the shift is
+ * what passes (N(1000, 1): z - m ~ 3 against m ~ 1000) the rule keeps it. */
+__device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zsum, float zsq) {
+    const float m = k_shift_of(sum, sq, count);
+    return zsq < 2.0f * m * zsum ? m : 0.0f;
+}
+
 /* The sum and sum of squares of word's 32 / BITS affine values (scale sc, bias z), each made as qd_element makes
  * it: the codes of a word of a power-of-two width, unrolled (run 252: qd_code's per-value bit arithmetic was
  * half of k_shift_means' instructions) */
@@ -220,6 +233,7 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
     const int64_t b = blockIdx.y, h = blockIdx.x;
     const int l = threadIdx.x, n = len < (int64_t)K_SHIFT_KEYS ? (int)len : K_SHIFT_KEYS;
     __shared__ float sum_part[K_SHIFT_THREADS], sq_part[K_SHIFT_THREADS]; /* a thread's (f32 rows), a warp's (affine) */
+    __shared__ float zsum_part[K_SHIFT_THREADS / 32], zsq_part[K_SHIFT_THREADS / 32]; /* a warp's biases (affine) */
     float *out = dst + (b * heads + h) * w;
     if (t.mode == QSDPA_MODE_PLAIN) { /* f32 rows: no groups, so a constant a dim */
         const int lanes = t.dim < K_SHIFT_THREADS ? K_SHIFT_THREADS / t.dim : 1; /* threads a dim */
@@ -250,9 +264,11 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
     const int64_t srow = b * t.ss[0] + h * t.ss[1] + key * t.ss[2], brow = b * t.bs[0] + h * t.bs[1] + key * t.bs[2];
     for (int gi = blockIdx.z; gi < groups; gi += gridDim.z) {
         float sum = 0.0f, sq = 0.0f; /* of the share's values in this key; a NaN or inf: no shift (below) */
+        float zsum = 0.0f, zsq = 0.0f; /* of the key's bias, once a key (its first share) */
         if (j < n) {
             const float sc = qd_load_float(t.scales, t.scale_dtype, srow + gi);
             const float z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
+            if (part == 0) zsum = z, zsq = z * z;
             if (t.bits == 2 || t.bits == 4 || t.bits == 8) { /* whole codes a word: the share is words */
                 const int words = t.group * t.bits / 32;      /* a group's (groups are powers of two, >= 32) */
                 for (int wi = part; wi < words; wi += K_SHIFT_PARTS) {
@@ -272,8 +288,10 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
         for (int o = 16; o > 0; o >>= 1) {
             sum += __shfl_xor_sync(0xffffffffu, sum, o);
             sq += __shfl_xor_sync(0xffffffffu, sq, o);
+            zsum += __shfl_xor_sync(0xffffffffu, zsum, o);
+            zsq += __shfl_xor_sync(0xffffffffu, zsq, o);
         }
-        if ((l & 31) == 0) sum_part[l >> 5] = sum, sq_part[l >> 5] = sq;
+        if ((l & 31) == 0) sum_part[l >> 5] = sum, sq_part[l >> 5] = sq, zsum_part[l >> 5] = zsum, zsq_part[l >> 5] = zsq;
         __syncthreads();
         /* m: the mean of the group's values over the sampled keys, the constant that most shrinks their squares
          * (sum (v - m)^2 = sum v^2 - N m^2, so never more), taken only where it shrinks them at least by half
@@ -285,9 +303,10 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
          * sampled value stood out (fuzz replay 236869353:466, 6-bit g128 over 9 keys, 3x f16's bound). */
         if (l < 32) { /* warp 0 alone adds the warps' partials (all 32 warps doing it was a sixth of the
                        * kernel's instructions, run 252) and writes the group's shift */
-            sum = sum_part[0], sq = sq_part[0];
-            for (int x = 1; x < K_SHIFT_THREADS / 32; x++) sum += sum_part[x], sq += sq_part[x];
-            const float shift = k_shift_of(sum, sq, (float)n * (float)t.group);
+            sum = sum_part[0], sq = sq_part[0], zsum = zsum_part[0], zsq = zsq_part[0];
+            for (int x = 1; x < K_SHIFT_THREADS / 32; x++)
+                sum += sum_part[x], sq += sq_part[x], zsum += zsum_part[x], zsq += zsq_part[x];
+            const float shift = k_shift_of_group(sum, sq, (float)n * (float)t.group, zsum, zsq);
             for (int d = l; d < t.group; d += 32) out[gi * t.group + d] = shift;
         }
         __syncthreads();

@@ -693,6 +693,27 @@ int main(void) {
                      (long long)(c.hq / c.hkv * c.lq));
             cuda_case_run(&rng, &c, label);
         }
+    /* An outlier channel at the group's edge over a mean offset (fuzz case 1657218644:442, run 253): K ~ N(3.4, 1)
+     * with one value a group at +57, so MLX's bias is the outlier (scale < 0) and a shifted bias z - m stays near
+     * 54, which the prefill kernel rounds to f16 for the whole group (1.3x f16's bound in that case); K's shift
+     * is refused where the sampled biases lie farther from m than m from 0 (SPEC 8.1). The prefill kernel (56
+     * folded rows) and the staged path (2080) */
+    static const struct { int64_t hq, hkv, lq, lk; } edge_outlier_cases[] = {{32, 4, 7, 44}, {8, 2, 520, 600}};
+    for (size_t i = 0; i < sizeof edge_outlier_cases / sizeof edge_outlier_cases[0]; i++) {
+        c = cuda_case_default();
+        c.kf = c.vf = fmt("affine:4:64");
+        c.scale_dtype = QSDPA_DTYPE_F16;
+        c.q_dtype = QSDPA_DTYPE_F16;
+        c.k_offset = 3.4, c.k_outlier = -57.0;
+        c.scale = (float)(1.04 / sqrt(128.0));
+        c.hq = edge_outlier_cases[i].hq, c.hkv = edge_outlier_cases[i].hkv;
+        c.lq = edge_outlier_cases[i].lq, c.lk = edge_outlier_cases[i].lk;
+        c.causal = c.lq > 16;
+        char label[128];
+        snprintf(label, sizeof label, "auto K outlier channel +57 over offset 3.4, f16 q, %lld rows",
+                 (long long)(c.hq / c.hkv * c.lq));
+        cuda_case_run(&rng, &c, label);
+    }
     /* MLX's masked-row rules: every key -inf gives a NaN row (partial: NaN, lse -inf); a -inf sink is no column */
     const qsdpa_dtype qdts[2] = {QSDPA_DTYPE_F16, QSDPA_DTYPE_F32};
     for (int t = 0; t < 2; t++)
