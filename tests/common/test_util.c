@@ -51,9 +51,11 @@ void test_fill_normal(test_rng *rng, void *data, qsdpa_dtype dtype, int64_t n, d
     for (int64_t i = 0; i < n; i++) qsdpa_store_float(data, dtype, i, (float)(sigma * test_rng_normal(rng)));
 }
 
-void test_outlier_channel(float *x, int64_t rows, int64_t dim, int64_t group, float value) {
+void test_outlier_channel(float *x, int64_t rows, int64_t dim, int64_t group, float value, double spread, test_rng *rng) {
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t g = 0; g < dim / group; g++) x[r * dim + g * group + (r * 7 + g * 3) % group] = value;
+        for (int64_t g = 0; g < dim / group; g++)
+            x[r * dim + g * group + (r * 7 + g * 3) % group] =
+                spread > 0.0 ? (float)(value * (1.0 + spread * (2.0 * test_rng_uniform(rng) - 1.0))) : value;
 }
 
 void test_poison(void *data, size_t bytes) { memset(data, 0xFF, bytes); }

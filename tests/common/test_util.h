@@ -23,8 +23,9 @@ int64_t test_rng_int(test_rng *rng, int64_t lo, int64_t hi); /* [lo, hi] */
 void test_fill_normal(test_rng *rng, void *data, qsdpa_dtype dtype, int64_t n, double sigma);
 /* An outlier channel in rows [rows][dim] of float values: one value a group of `group` set to `value`, its channel
  * moving with the row ((7 r + 3 g) % group), as K caches with an outlier channel have (SPEC 9): the group's affine
- * bias lands near the outlier and the other codes near the top. */
-void test_outlier_channel(float *x, int64_t rows, int64_t dim, int64_t group, float value);
+ * bias lands near the outlier and the other codes near the top. spread > 0: each one value x (1 + spread u), u
+ * uniform in [-1, 1) from rng, so the bias changes binade from row to row (fuzz case 1657218644:442) */
+void test_outlier_channel(float *x, int64_t rows, int64_t dim, int64_t group, float value, double spread, test_rng *rng);
 /* Fill bytes with a NaN pattern (0xFF bytes: NaN for f32/f16/bf16). */
 void test_poison(void *data, size_t bytes);
 

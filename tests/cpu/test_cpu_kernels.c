@@ -27,7 +27,7 @@ static void make_kv(test_rng *rng, const char *fmt, qsdpa_dtype sdt, int64_t B, 
     int64_t rows = B * H * cap, words = 0, ng = 0;
     float *x = test_alloc((size_t)(rows * dim) * sizeof(float));
     test_fill_normal(rng, x, QSDPA_DTYPE_F32, rows * dim, 1.0);
-    if (outlier != 0.0f && f.mode == QSDPA_MODE_AFFINE) test_outlier_channel(x, rows, dim, f.group, -outlier);
+    if (outlier != 0.0f && f.mode == QSDPA_MODE_AFFINE) test_outlier_channel(x, rows, dim, f.group, -outlier, 0.0, NULL);
     kv->t.format = f;
     kv->t.dim = dim;
     if (f.mode == QSDPA_MODE_PLAIN) {

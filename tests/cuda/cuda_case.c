@@ -46,7 +46,7 @@ typedef struct {
 } kv_buf;
 
 static int kv_make(test_rng *rng, kv_buf *kv, const qsdpa_format *f, qsdpa_dtype scale_dtype, int64_t rows,
-                   int64_t dim, double sigma, double clamp, double offset, double outlier) {
+                   int64_t dim, double sigma, double clamp, double offset, double outlier, double outlier_spread) {
     memset(kv, 0, sizeof *kv);
     qsdpa_format_row_words(f, dim, &kv->words);
     bool plain = f->mode == QSDPA_MODE_PLAIN, affine = f->mode == QSDPA_MODE_AFFINE;
@@ -59,7 +59,8 @@ static int kv_make(test_rng *rng, kv_buf *kv, const qsdpa_format *f, qsdpa_dtype
     if (clamp > 0)
         for (int64_t i = 0; i < rows * dim; i++) x[i] = x[i] > clamp ? (float)clamp : x[i] < -clamp ? (float)-clamp : x[i];
     for (int64_t i = 0; i < rows * dim && offset != 0.0; i++) x[i] += (float)offset;
-    if (outlier != 0.0 && affine) test_outlier_channel(x, rows, dim, f->group, (float)(-outlier * sigma)); /* k_outlier */
+    if (outlier != 0.0 && affine) /* k_outlier, k_outlier_spread */
+        test_outlier_channel(x, rows, dim, f->group, (float)(-outlier * sigma), outlier_spread, rng);
     for (int64_t i = 0; i < rows * dim; i++) qsdpa_store_float(xt, xdt, i, x[i]);
     size_t sz = qsdpa_dtype_size(kv->sdt);
     if (buf_make(&kv->codes, (size_t)(rows * kv->words) * 4) ||
@@ -147,9 +148,10 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     memset(&q, 0, sizeof q); mask = sinks = out = lse = q;
     memset(&kb, 0, sizeof kb); vb = kb;
     qsdpa_context *gpu = NULL, *cpu = NULL;
-    if (kv_make(rng, &kb, &c->kf, c->scale_dtype, c->batch * c->hkv * cap, c->dk, sigma, 0.0, c->k_offset, c->k_outlier) ||
+    if (kv_make(rng, &kb, &c->kf, c->scale_dtype, c->batch * c->hkv * cap, c->dk, sigma, 0.0, c->k_offset, c->k_outlier,
+                c->k_outlier_spread) ||
         kv_make(rng, &vb, &c->vf, c->scale_dtype, c->batch * c->hkv * cap, c->dv, c->v_sigma > 0 ? c->v_sigma : sigma,
-                c->v_clamp, 0.0, 0.0)) {
+                c->v_clamp, 0.0, 0.0, 0.0)) {
         CHECK(0, "%s: building K/V failed", label);
         goto done;
     }

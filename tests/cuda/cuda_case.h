@@ -28,6 +28,7 @@ typedef struct cuda_case {
                                 2^-11 |K| where |K| was large against its spread); 0: none */
     double k_outlier;        /* affine K: one value a group (its channel varying by row) at -k_outlier sigma, an
                                 outlier channel whose bias cancels the group's other codes (SPEC 9); 0: none */
+    double k_outlier_spread; /* each outlier value x (1 + spread u), u uniform in [-1, 1) a row; 0: all alike */
     const char *known;       /* a SPEC section where this case's error past the bound is a known departure: printed as
                                 KNOWN, not a failure, its lse too in partial mode (a pass is printed too, so a
                                 mend is seen); NULL: checked */

@@ -693,24 +693,26 @@ int main(void) {
                      (long long)(c.hq / c.hkv * c.lq));
             cuda_case_run(&rng, &c, label);
         }
-    /* An outlier channel at the group's edge over a mean offset (fuzz case 1657218644:442, run 253): K ~ N(3.4, 1)
-     * with one value a group at +57, so MLX's bias is the outlier (scale < 0) and a shifted bias z - m stays near
-     * 54, which the prefill kernel rounds to f16 for the whole group (1.3x f16's bound in that case); K's shift
-     * is refused where the sampled biases lie farther from m than m from 0 (SPEC 8.1). The prefill kernel (56
-     * folded rows) and the staged path (2080) */
-    static const struct { int64_t hq, hkv, lq, lk; } edge_outlier_cases[] = {{32, 4, 7, 44}, {8, 2, 520, 600}};
+    /* An outlier channel at the group's edge over a mean offset (fuzz case 1657218644:442, run 253): K ~ N(10, 1)
+     * with one value a group at +57 +-80% (a key), so MLX's bias is the outlier (scale < 0) and a shifted bias
+     * z - m changes binade from key to key; the prefill kernel rounds it to f16 for the whole group, an error
+     * that no longer cancels in the softmax (the old rule took the shift here: 2.0-4.9e-3 max|V| in 5 of 6
+     * seeds of an emulation of that arithmetic, 0.55-1.4e-3 without it; bench/NOTES.md session 39). K's shift
+     * is refused where the sampled biases lie farther from m than m from 0 (SPEC 8.1). The prefill kernel (32
+     * and 56 folded rows) and the staged path (2080) */
+    static const struct { int64_t hq, hkv, lq, lk; } edge_outlier_cases[] = {{8, 2, 8, 600}, {32, 4, 7, 44}, {8, 2, 520, 600}};
     for (size_t i = 0; i < sizeof edge_outlier_cases / sizeof edge_outlier_cases[0]; i++) {
         c = cuda_case_default();
-        c.kf = c.vf = fmt("affine:4:64");
+        c.kf = fmt("affine:4:64");
+        c.vf = fmt("f16");
         c.scale_dtype = QSDPA_DTYPE_F16;
         c.q_dtype = QSDPA_DTYPE_F16;
-        c.k_offset = 3.4, c.k_outlier = -57.0;
-        c.scale = (float)(1.04 / sqrt(128.0));
+        c.k_offset = 10.0, c.k_outlier = -57.0, c.k_outlier_spread = 0.8;
         c.hq = edge_outlier_cases[i].hq, c.hkv = edge_outlier_cases[i].hkv;
         c.lq = edge_outlier_cases[i].lq, c.lk = edge_outlier_cases[i].lk;
         c.causal = c.lq > 16;
         char label[128];
-        snprintf(label, sizeof label, "auto K outlier channel +57 over offset 3.4, f16 q, %lld rows",
+        snprintf(label, sizeof label, "auto K outlier channel +57 +-80%% over offset 10, f16 q, %lld rows",
                  (long long)(c.hq / c.hkv * c.lq));
         cuda_case_run(&rng, &c, label);
     }
