@@ -201,7 +201,8 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
  * would cost more than the shift saves. Fuzz case 1657218644:442 (run 253): K near 3.4 with a +57 channel,
  * scale < 0 and bias 5-57: z - m rounded at 2^-6 moved one score by 0.015, 1.3x f16's bound; unshifted, the
  * bias is exact and the case passes (reproduced off the device to the output's last bit). Where the shift is
- * what passes (N(1000, 1): z - m ~ 3 against m ~ 1000) the rule keeps it. */
+ * what passes (N(1000, 1): z - m ~ 3 against m ~ 1000) the rule keeps it. tools/emulate_prefill_k.py holds the
+ * same rule for its off-device check (robustness.kshift_emulation): change both together. */
 __device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zsum, float zsq) {
     const float m = k_shift_of(sum, sq, count);
     return zsq < 2.0f * m * zsum ? m : 0.0f;

@@ -20,3 +20,16 @@ add_test(NAME robustness.test_random_api_replay_2661819130_1003 COMMAND test_ran
          WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
 set_tests_properties(robustness.test_random_api_replay_2661819130_1003 PROPERTIES LABELS robustness TIMEOUT 60
                      ENVIRONMENT "QSDPA_FUZZ_SHADOW=1;QSDPA_TEST_SEED=2661819130;QSDPA_FUZZ_CASE=1003")
+# fuzz_dump: one of test_cuda_random's cases written to a file for tools/emulate_prefill_k.py, which emulates the
+# CUDA prefill kernel's K arithmetic off the device; the check pins that emulation to the H200's output of fuzz case
+# 1657218644:442 (run 253) and K's shift rule to within f16's bound there (bench/NOTES.md session 39)
+add_executable(fuzz_dump ${CMAKE_CURRENT_LIST_DIR}/fuzz_dump.c
+  ${CMAKE_CURRENT_LIST_DIR}/fuzz_util.c ${CMAKE_CURRENT_LIST_DIR}/fuzz_attn_case.c
+  ${CMAKE_CURRENT_LIST_DIR}/fuzz_attention.c ${CMAKE_CURRENT_LIST_DIR}/fuzz_rows.c
+  ${CMAKE_CURRENT_LIST_DIR}/fuzz_merge.c)
+target_link_libraries(fuzz_dump PRIVATE qsdpa_test_common)
+target_compile_options(fuzz_dump PRIVATE ${QSDPA_C_WARNINGS})
+add_test(NAME robustness.kshift_emulation
+         COMMAND ${QSDPA_PYTHON} ${PROJECT_SOURCE_DIR}/tools/emulate_prefill_k.py --check --fuzz-dump $<TARGET_FILE:fuzz_dump>
+         WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+set_tests_properties(robustness.kshift_emulation PROPERTIES LABELS robustness)
