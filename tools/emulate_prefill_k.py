@@ -117,10 +117,30 @@ def report(case, at=None):
     return errors
 
 
+def synthetic_case(offset, seed=1):
+    """K ~ N(offset, 1) quantized by MLX itself (affine 4/g64, f16 scales and biases: mx.quantize of f16 rows),
+    q ~ N(0, 1) in f16, V ~ N(0, 1); B 1, Hq 8, Hkv 2, Lq 8, 600 keys, D 128, scale 1/sqrt(D)"""
+    import mlx.core as mx
+    rng = np.random.default_rng(seed)
+    B, Hq, Hkv, Lq, Lk, D, G = 1, 8, 2, 8, 600, 128, 64
+    x = rng.normal(offset, 1.0, (B * Hkv * Lk, D)).astype(np.float16)
+    packed, scales, biases = (np.array(a) for a in mx.quantize(mx.array(x), group_size=G, bits=4))
+    codes = ((packed[:, :, None] >> (4 * np.arange(8, dtype=np.uint32))) & 15).reshape(len(x), D).astype(np.float32)
+    s, z = scales.astype(np.float32), biases.astype(np.float32)
+    k = np.repeat(s, G, 1) * codes + np.repeat(z, G, 1)  # f32, as the reference dequantizes
+    row = np.dtype([("k", np.float32, D), ("c", np.float32, D), ("sz", np.float32, (D // G, 2))])
+    K = np.zeros(len(x), row)
+    K["k"], K["c"], K["sz"] = k, codes, np.stack([s, z], -1)
+    return dict(B=B, Hq=Hq, Hkv=Hkv, Lq=Lq, Lk=Lk, Dk=D, Dv=D, group=G, mutated=0, scale=float(1 / np.sqrt(D)),
+                q=f16(rng.normal(0, 1, (B, Hq, Lq, D))), K=K.reshape(B, Hkv, Lk),
+                V=rng.normal(0, 1, (B, Hkv, Lk, D)).astype(np.float32))
+
+
 def check(fuzz_dump):
     """Case 1657218644:442 (bench/NOTES.md session 39): under the old rule the emulation gives the H200's output
     of run 253, -2.7246094 at [0, 13, 6, 28], past the bound; the new rule keeps it within. A change to the fuzz
-    generator that renumbers the cases fails here first (and the replay in bench/gpu.sh with it)."""
+    generator that renumbers the cases fails here first (and the replay in bench/gpu.sh with it). Then the class
+    the shift exists for, K ~ N(1000, 1): past the bound without it, within under the new rule."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "case.bin")
         subprocess.run([fuzz_dump, "1657218644", "442", path], check=True)
@@ -135,6 +155,13 @@ def check(fuzz_dump):
         failures.append("old rule within the bound (%.3g): not the case run 253 failed" % errors["old"])
     if not errors["new"] <= 2e-3:
         failures.append("new rule past the bound (%.3g)" % errors["new"])
+    # what the shift is for (SPEC 8.1): K ~ N(1000, 1), MLX's own quantization; the new rule keeps the shift there
+    print("K ~ N(1000, 1), quantized by mx.quantize:")
+    errors = report(synthetic_case(1000.0))
+    if not errors["none"] > 2e-3:
+        failures.append("N(1000, 1) within the bound without the shift (%.3g): the case tests nothing" % errors["none"])
+    if not errors["new"] <= 2e-3:
+        failures.append("N(1000, 1) past the bound under the new rule (%.3g): the shift given up" % errors["new"])
     for f in failures:
         print("FAIL", f)
     return 1 if failures else 0
