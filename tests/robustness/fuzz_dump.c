@@ -69,9 +69,8 @@ int main(int argc, char **argv) {
     fuzz_seed = seed;
     fuzz_gpu_shapes = true; /* test_cuda_random's settings: they steer the draws */
     fuzz_16bit_contexts = true;
-    test_rng r; /* test_cuda_random's seeding of a case */
-    test_rng_init(&r, seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(index + 1)));
-    test_rng_next(&r);
+    test_rng r;
+    fuzz_case_rng(&r, seed, index);
     if (test_rng_int(&r, 0, 99) >= 85) {
         fprintf(stderr, "fuzz_dump: case %lld of seed %llu is a merge case, not an attention call\n", index, seed);
         return 1;

@@ -197,6 +197,11 @@ void fuzz_begin_case(int64_t index) {
     snprintf(fuzz_case_desc, sizeof fuzz_case_desc, "(not described yet: the case was being drawn)");
 }
 
+void fuzz_case_rng(test_rng *r, uint64_t seed, int64_t index) {
+    test_rng_init(r, seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(index + 1)));
+    test_rng_next(r);
+}
+
 /* head, then the case under way and the line that replays it */
 static void print_case(const char *head) {
     fprintf(stderr, "%s\n  case: %s\n  replay: QSDPA_TEST_SEED=%llu QSDPA_FUZZ_CASE=%lld ./%s\n", head, fuzz_case_desc,

@@ -61,6 +61,9 @@ extern uint64_t fuzz_seed;
 extern int64_t fuzz_case_index;
 /* the loop's next case: its index, and a description that says it has none yet */
 void fuzz_begin_case(int64_t index);
+/* case index's generator under seed: every program that draws or replays a case seeds it here, so a seed:case
+ * replay (and fuzz_dump) draws what the run drew */
+void fuzz_case_rng(test_rng *r, uint64_t seed, int64_t index);
 extern char fuzz_case_desc[1400]; /* the current case, printed with its failures */
 extern const char *fuzz_program;  /* named in the replay line */
 void fuzz_fail(const char *kind, const char *fmt, ...)

@@ -74,8 +74,7 @@ int main(void) {
     for (int64_t i = only >= 0 ? only : 0;; i++) {
         fuzz_begin_case(i);
         test_rng r;
-        test_rng_init(&r, fuzz_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)));
-        test_rng_next(&r);
+        fuzz_case_rng(&r, fuzz_seed, i);
         int64_t kind = test_rng_int(&r, 0, 99);
         if (kind < 70) run_attention_case(&r, i, only >= 0), counts[0]++;
         else if (kind < 85) run_rows_case(&r, i, only >= 0), counts[1]++;
