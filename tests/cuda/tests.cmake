@@ -9,11 +9,8 @@ if(QSDPA_CUDA)
     target_link_libraries(${name} PRIVATE CUDA::cudart_static)
     target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_LIST_DIR})
   endforeach()
-  # test_cuda_random runs test_random_api's attention cases (tests/robustness) on the device
-  target_sources(test_cuda_random PRIVATE
-    ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_util.c ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_attn_case.c
-    ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_attention.c ${CMAKE_CURRENT_LIST_DIR}/../robustness/fuzz_merge.c)
-  target_include_directories(test_cuda_random PRIVATE ${CMAKE_CURRENT_LIST_DIR}/../robustness)
+  # test_cuda_random runs test_random_api's attention cases (tests/robustness: the qsdpa_fuzz library) on the device
+  target_link_libraries(test_cuda_random PRIVATE qsdpa_fuzz)
 endif()
 
 # The wgmma layout probe (sm_90a only): descriptors, swizzle and register layouts a wgmma

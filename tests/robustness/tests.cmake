@@ -1,9 +1,14 @@
-# test_random_api is split by concern; its helper files are compiled into it
-# (they are not test_*.c, so the glob in tests/CMakeLists.txt skips them).
-target_sources(test_random_api PRIVATE
+# test_random_api is split by concern; its helper files (not test_*.c, so the glob in tests/CMakeLists.txt skips
+# them) are one library, which test_cuda_random (tests/cuda) and fuzz_dump link too. Each program defines the
+# run-wide state the library declares (fuzz_stats, the contexts).
+add_library(qsdpa_fuzz STATIC
   ${CMAKE_CURRENT_LIST_DIR}/fuzz_util.c ${CMAKE_CURRENT_LIST_DIR}/fuzz_attn_case.c
   ${CMAKE_CURRENT_LIST_DIR}/fuzz_attention.c ${CMAKE_CURRENT_LIST_DIR}/fuzz_rows.c
   ${CMAKE_CURRENT_LIST_DIR}/fuzz_merge.c)
+target_include_directories(qsdpa_fuzz PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+target_link_libraries(qsdpa_fuzz PUBLIC qsdpa_test_common)
+target_compile_options(qsdpa_fuzz PRIVATE ${QSDPA_C_WARNINGS})
+target_link_libraries(test_random_api PRIVATE qsdpa_fuzz)
 # the same cases through the device hooks (test_cuda_random's path) on host twins, with model-like shapes
 add_test(NAME robustness.test_random_api_shadow COMMAND test_random_api WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
 set_tests_properties(robustness.test_random_api_shadow PROPERTIES LABELS robustness
@@ -23,11 +28,8 @@ set_tests_properties(robustness.test_random_api_replay_2661819130_1003 PROPERTIE
 # fuzz_dump: one of test_cuda_random's cases written to a file for tools/emulate_prefill_k.py, which emulates the
 # CUDA prefill kernel's K arithmetic off the device; the check pins that emulation to the H200's output of fuzz case
 # 1657218644:442 (run 253) and K's shift rule to within f16's bound there (bench/NOTES.md session 39)
-add_executable(fuzz_dump ${CMAKE_CURRENT_LIST_DIR}/fuzz_dump.c
-  ${CMAKE_CURRENT_LIST_DIR}/fuzz_util.c ${CMAKE_CURRENT_LIST_DIR}/fuzz_attn_case.c
-  ${CMAKE_CURRENT_LIST_DIR}/fuzz_attention.c ${CMAKE_CURRENT_LIST_DIR}/fuzz_rows.c
-  ${CMAKE_CURRENT_LIST_DIR}/fuzz_merge.c)
-target_link_libraries(fuzz_dump PRIVATE qsdpa_test_common)
+add_executable(fuzz_dump ${CMAKE_CURRENT_LIST_DIR}/fuzz_dump.c)
+target_link_libraries(fuzz_dump PRIVATE qsdpa_fuzz)
 target_compile_options(fuzz_dump PRIVATE ${QSDPA_C_WARNINGS})
 add_test(NAME robustness.kshift_emulation
          COMMAND ${QSDPA_PYTHON} ${PROJECT_SOURCE_DIR}/tools/emulate_prefill_k.py --check --fuzz-dump $<TARGET_FILE:fuzz_dump>
