@@ -96,7 +96,6 @@ fuzz_run() {
   grep -A1 "^FAIL" "$OUT/tests.log" | head -12
   grep -c "^KNOWN" "$OUT/tests.log" | sed 's/^/results of the known class (SPEC 8.1, not failures): /'
 }
-# `bench_gpu quick` of binary $2 (environment assignments after it), rows tagged [$1] in bench.txt
 # SPEC 8.1's mend (K's shift) in the coverage test: the N(1000, 1) cases pass with the shift and fail without it (so
 # they can); K with an outlier channel (SPEC 9.2), which the shift must leave alone: each case's error, with the
 # shift and without (kshift.txt; rc lines in tests.log)
@@ -138,6 +137,7 @@ coverage_shards() {
   echo "test_cuda_coverage (whole, $n shares) rc=$bad ($(( $(date +%s) - t0 )) s)" | tee -a "$OUT/tests.log"
   grep -E "FAIL" "$OUT/coverage.txt" | head -20
 }
+# `bench_gpu quick` of binary $2 (environment assignments after it), rows tagged [$1] in bench.txt
 quick_rows() {
   local label=$1 bin=$2
   shift 2
