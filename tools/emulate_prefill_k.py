@@ -67,8 +67,7 @@ def shift(k, z, group, rule):
     for g in range(dk // group):
         x = k[keys][:, g * group:(g + 1) * group].astype(np.float32)
         mean = np.float32(x.sum(dtype=np.float32) / np.float32(x.size))
-        sq = x.astype(np.float32) ** 2
-        if not (np.isfinite(mean) and mean * mean >= 0.5 * sq.sum(dtype=np.float32) / x.size):
+        if not (np.isfinite(mean) and mean * mean >= 0.5 * (x * x).sum(dtype=np.float32) / x.size):
             continue
         if rule == "new":
             zs = z[keys][:, g].astype(np.float32)
