@@ -148,6 +148,7 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     memset(&q, 0, sizeof q); mask = sinks = out = lse = q;
     memset(&kb, 0, sizeof kb); vb = kb;
     qsdpa_context *gpu = NULL, *cpu = NULL;
+    void *k16 = NULL; /* K rounded to f16 (k16_reference) */
     if (kv_make(rng, &kb, &c->kf, c->scale_dtype, c->batch * c->hkv * cap, c->dk, sigma, 0.0, c->k_offset, c->k_outlier,
                 c->k_outlier_spread) ||
         kv_make(rng, &vb, &c->vf, c->scale_dtype, c->batch * c->hkv * cap, c->dv, c->v_sigma > 0 ? c->v_sigma : sigma,
@@ -252,6 +253,7 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     qsdpa_tensor oh = qsdpa_tensor_4d(ref, out_dt, c->batch, c->hq, c->lq, c->dv);
     qsdpa_tensor lh = qsdpa_tensor_make(ref_lse, QSDPA_DTYPE_F32, 3, lshape);
     qsdpa_qtensor kh = kv_view(&kb, &c->kf, c->batch, c->hkv, cap, c->lk, c->dk, false);
+    if (c->k16_reference) kh = kv_rounded_to_16bit(&kh, QSDPA_DTYPE_F16, &k16);
     qsdpa_qtensor vh = kv_view(&vb, &c->vf, c->batch, c->hkv, cap, c->lk, c->dv, false);
     params.mask = c->mask ? &mask_h : NULL;
     params.sinks = c->sinks ? &sinks_h : NULL;
@@ -292,6 +294,7 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     }
     free(ref);
     free(ref_lse);
+    free(k16);
 done:
     qsdpa_context_destroy(gpu);
     qsdpa_context_destroy(cpu);
