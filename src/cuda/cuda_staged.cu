@@ -194,18 +194,22 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
     return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
 }
 
-/* An affine group's shift m (k_shift_of's rule on its sampled values) where the shifted biases stay smaller
- * than m on average over the sampled keys (mean (z - m)^2 < m^2, i.e. mean z^2 < 2 m mean z), else 0: the
- * prefill kernel rounds each key's z - m to f16 for the whole group, a coherent error of its 64 values, so a
- * bias far from the values (an outlier channel at the group's edge: MLX's bias is the edge of larger magnitude)
- * would cost more than the shift saves. Fuzz case 1657218644:442 (run 253): K near 3.4 with a +57 channel,
- * scale < 0 and bias 5-57: z - m rounded at 2^-6 moved one score by 0.015, 1.3x f16's bound; unshifted, the
- * bias is exact and the case passes (reproduced off the device to the output's last bit). Where the shift is
- * what passes (N(1000, 1): z - m ~ 3 against m ~ 1000) the rule keeps it. tools/emulate_prefill_k.py holds the
- * same rule for its off-device check (robustness.kshift_emulation): change both together. */
-__device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zsum, float zsq) {
+/* An affine group's shift: k_shift_of's m rounded to a multiple of the f16 spacing at the largest sampled |bias|
+ * (zmax), so that a key's z - m, which the prefill kernel's f16 path takes as its group's bias, is exact in f16
+ * wherever z and m share a sign and |z - m| <= |z| (z an f16 value, on a grid no coarser than that spacing);
+ * elsewhere the kernel carries z - m as two f16 halves (split_shifted_bias, fast_prefill.cuh). Session 39's
+ * rule instead refused the shift where the biases lay far from m: fuzz case 1657218644:442 (K near 3.4 with a
+ * +57 channel, MLX's bias at that edge) had lost 1.3x f16's bound to z - m rounded once for the group's 64
+ * values (run 253), but refusing gave up shifts that helped (bench/NOTES.md session 40: emulated, 4/g64 K over
+ * offsets 10-20 with such a channel, 1.9-2.9e-3 max|V| refused against 3-4.4e-4 rounded and split).
+ * tools/emulate_prefill_k.py holds the same arithmetic for its off-device check (robustness.kshift_emulation):
+ * change both together. */
+__device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zmax) {
     const float m = k_shift_of(sum, sq, count);
-    return zsq < 2.0f * m * zsum ? m : 0.0f;
+    int e;
+    frexpf(zmax, &e); /* zmax in [2^(e-1), 2^e): f16 spacing 2^(e-11) there, 2^-24 at the least */
+    const float spacing = ldexpf(1.0f, e - 11 > -24 ? e - 11 : -24);
+    return zmax > 0.0f && isfinite(zmax) ? rintf(m / spacing) * spacing : m;
 }
 
 /* The sum and sum of squares of word's 32 / BITS affine values (scale sc, bias z), each made as qd_element makes
@@ -234,7 +238,7 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
     const int64_t b = blockIdx.y, h = blockIdx.x;
     const int l = threadIdx.x, n = len < (int64_t)K_SHIFT_KEYS ? (int)len : K_SHIFT_KEYS;
     __shared__ float sum_part[K_SHIFT_THREADS], sq_part[K_SHIFT_THREADS]; /* a thread's (f32 rows), a warp's (affine) */
-    __shared__ float zsum_part[K_SHIFT_THREADS / 32], zsq_part[K_SHIFT_THREADS / 32]; /* a warp's biases (affine) */
+    __shared__ float zmax_part[K_SHIFT_THREADS / 32]; /* a warp's largest |bias| (affine) */
     float *out = dst + (b * heads + h) * w;
     if (t.mode == QSDPA_MODE_PLAIN) { /* f32 rows: no groups, so a constant a dim */
         const int lanes = t.dim < K_SHIFT_THREADS ? K_SHIFT_THREADS / t.dim : 1; /* threads a dim */
@@ -265,11 +269,11 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
     const int64_t srow = b * t.ss[0] + h * t.ss[1] + key * t.ss[2], brow = b * t.bs[0] + h * t.bs[1] + key * t.bs[2];
     for (int gi = blockIdx.z; gi < groups; gi += gridDim.z) {
         float sum = 0.0f, sq = 0.0f; /* of the share's values in this key; a NaN or inf: no shift (below) */
-        float zsum = 0.0f, zsq = 0.0f; /* of the key's bias, once a key (its first share) */
+        float zmax = 0.0f; /* the key's |bias| (its first share) */
         if (j < n) {
             const float sc = qd_load_float(t.scales, t.scale_dtype, srow + gi);
             const float z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
-            if (part == 0) zsum = z, zsq = z * z;
+            if (part == 0) zmax = fabsf(z);
             if (t.bits == 2 || t.bits == 4 || t.bits == 8) { /* whole codes a word: the share is words */
                 const int words = t.group * t.bits / 32;      /* a group's (groups are powers of two, >= 32) */
                 for (int wi = part; wi < words; wi += K_SHIFT_PARTS) {
@@ -289,10 +293,9 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
         for (int o = 16; o > 0; o >>= 1) {
             sum += __shfl_xor_sync(0xffffffffu, sum, o);
             sq += __shfl_xor_sync(0xffffffffu, sq, o);
-            zsum += __shfl_xor_sync(0xffffffffu, zsum, o);
-            zsq += __shfl_xor_sync(0xffffffffu, zsq, o);
+            zmax = fmaxf(zmax, __shfl_xor_sync(0xffffffffu, zmax, o));
         }
-        if ((l & 31) == 0) sum_part[l >> 5] = sum, sq_part[l >> 5] = sq, zsum_part[l >> 5] = zsum, zsq_part[l >> 5] = zsq;
+        if ((l & 31) == 0) sum_part[l >> 5] = sum, sq_part[l >> 5] = sq, zmax_part[l >> 5] = zmax;
         __syncthreads();
         /* m: the mean of the group's values over the sampled keys, the constant that most shrinks their squares
          * (sum (v - m)^2 = sum v^2 - N m^2, so never more), taken only where it shrinks them at least by half
@@ -304,10 +307,10 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
          * sampled value stood out (fuzz replay 236869353:466, 6-bit g128 over 9 keys, 3x f16's bound). */
         if (l < 32) { /* warp 0 alone adds the warps' partials (all 32 warps doing it was a sixth of the
                        * kernel's instructions, run 252) and writes the group's shift */
-            sum = sum_part[0], sq = sq_part[0], zsum = zsum_part[0], zsq = zsq_part[0];
+            sum = sum_part[0], sq = sq_part[0], zmax = zmax_part[0];
             for (int x = 1; x < K_SHIFT_THREADS / 32; x++)
-                sum += sum_part[x], sq += sq_part[x], zsum += zsum_part[x], zsq += zsq_part[x];
-            const float shift = k_shift_of_group(sum, sq, (float)n * (float)t.group, zsum, zsq);
+                sum += sum_part[x], sq += sq_part[x], zmax = fmaxf(zmax, zmax_part[x]);
+            const float shift = k_shift_of_group(sum, sq, (float)n * (float)t.group, zmax);
             for (int d = l; d < t.group; d += 32) out[gi * t.group + d] = shift;
         }
         __syncthreads();

@@ -115,6 +115,18 @@ static double max_abs_v(const kv_buf *kv, const qsdpa_format *f, int64_t rows, i
 
 /* The routes of the GPU calls run so far (distinct routes, a count each): what proves every path reachable. */
 enum { ROUTE_KINDS = 64 };
+/* max |gpu - ref| over n outputs of dtype dt (NaN against NaN: 0; NaN against a number: inf), its index in *at */
+static double max_error(const void *gpu, const void *ref, qsdpa_dtype dt, size_t n, int64_t *at) {
+    double worst = 0.0;
+    *at = -1;
+    for (size_t i = 0; i < n; i++) {
+        double a = qsdpa_load_float(gpu, dt, (int64_t)i), b = qsdpa_load_float(ref, dt, (int64_t)i);
+        double e = isnan(a) && isnan(b) ? 0.0 : fabs(a - b); /* NaN rows must match NaN rows */
+        if (!(e <= worst)) { worst = isnan(e) ? INFINITY : e; *at = (int64_t)i; }
+    }
+    return worst;
+}
+
 static char route_seen[ROUTE_KINDS][64];
 static int route_calls[ROUTE_KINDS];
 
@@ -253,7 +265,6 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     qsdpa_tensor oh = qsdpa_tensor_4d(ref, out_dt, c->batch, c->hq, c->lq, c->dv);
     qsdpa_tensor lh = qsdpa_tensor_make(ref_lse, QSDPA_DTYPE_F32, 3, lshape);
     qsdpa_qtensor kh = kv_view(&kb, &c->kf, c->batch, c->hkv, cap, c->lk, c->dk, false);
-    if (c->k16_reference) kh = kv_rounded_to_16bit(&kh, QSDPA_DTYPE_F16, &k16);
     qsdpa_qtensor vh = kv_view(&vb, &c->vf, c->batch, c->hkv, cap, c->lk, c->dv, false);
     params.mask = c->mask ? &mask_h : NULL;
     params.sinks = c->sinks ? &sinks_h : NULL;
@@ -263,15 +274,26 @@ double cuda_case_run(test_rng *rng, const cuda_case *c, const char *label) {
     if (st == QSDPA_OK) {
         /* the unit: max|V| over the rows of the cache */
         double vmax = max_abs_v(&vb, &c->vf, c->batch * c->hkv * cap, c->dv);
-        double worst = 0.0;
-        int64_t at = -1;
-        for (size_t i = 0; i < on; i++) {
-            double a = qsdpa_load_float(out.h, out_dt, (int64_t)i), b = qsdpa_load_float(ref, out_dt, (int64_t)i);
-            double e = isnan(a) && isnan(b) ? 0.0 : fabs(a - b); /* NaN rows must match NaN rows */
-            if (!(e <= worst)) { worst = isnan(e) ? INFINITY : e; at = (int64_t)i; }
-        }
-        double rel = vmax > 0 ? worst / vmax : worst;
+        int64_t at;
+        double rel = max_error(out.h, ref, out_dt, on, &at) / (vmax > 0 ? vmax : 1.0);
         double tol = test_spec_tolerance(c->q_dtype);
+        if (c->k16_reference && !c->partial) { /* SPEC 8.1's departure, where it explains the error */
+            void *ref16 = test_alloc(out.bytes);
+            qsdpa_qtensor k16h = kv_rounded_to_16bit(&kh, QSDPA_DTYPE_F16, &k16);
+            oh.data = ref16;
+            int64_t at16;
+            double rel16 = qsdpa_attention(cpu, &qh, &k16h, &vh, &params, &oh) == QSDPA_OK
+                               ? max_error(out.h, ref16, out_dt, on, &at16) / (vmax > 0 ? vmax : 1.0)
+                               : INFINITY;
+            if (getenv("QSDPA_CUDA_CASE_ERRORS"))
+                printf("case %s [%s]: max error %.3g x max|V| against K rounded to f16\n", label, name, rel16);
+            if (rel > tol && rel16 <= tol) {
+                printf("KNOWN (SPEC 8.1, K rounded to f16) %s [%s]: max error %.3g x max|V| past the bound %.3g, "
+                       "%.3g against K rounded to f16\n", label, name, rel, tol, rel16);
+                rel = rel16;
+            }
+            free(ref16);
+        }
         if (getenv("QSDPA_CUDA_CASE_ERRORS") && !c->known) /* every case's error (diagnosis runs, bench/gpu.sh) */
             printf("case %s [%s]: max error %.3g x max|V| (bound %.3g)\n", label, name, rel, tol);
         if (c->known)
