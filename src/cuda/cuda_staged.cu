@@ -194,7 +194,8 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
     return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
 }
 
-/* An affine group's shift: k_shift_of's m rounded to a multiple of the f16 spacing at the largest sampled |bias|
+/* An affine group's shift: k_shift_of's m, with f16 or bf16 biases rounded to a multiple of the f16 spacing at
+ * the largest sampled |bias|
  * (zmax), so that a key's z - m, which the prefill kernel's f16 path takes as its group's bias, is exact in f16
  * wherever z and m share a sign and |z - m| <= |z| (z an f16 value, on a grid no coarser than that spacing);
  * elsewhere the kernel carries z - m as two f16 halves (split_shifted_bias, fast_prefill.cuh). Session 39's
@@ -204,8 +205,9 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
  * offsets 10-20 with such a channel, 1.9-2.9e-3 max|V| refused against 3-4.4e-4 rounded and split).
  * tools/emulate_prefill_k.py holds the same arithmetic for its off-device check (robustness.kshift_emulation):
  * change both together. */
-__device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zmax) {
+__device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zmax, bool f32_biases) {
     const float m = k_shift_of(sum, sq, count);
+    if (f32_biases) return m; /* z - m stays in f32 on every path (f32 scales: the prefill kernel's float2 path) */
     int e;
     frexpf(zmax, &e); /* zmax in [2^(e-1), 2^e): f16 spacing 2^(e-11) there, 2^-24 at the least */
     const float spacing = ldexpf(1.0f, e - 11 > -24 ? e - 11 : -24);
@@ -310,7 +312,8 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
             sum = sum_part[0], sq = sq_part[0], zmax = zmax_part[0];
             for (int x = 1; x < K_SHIFT_THREADS / 32; x++)
                 sum += sum_part[x], sq += sq_part[x], zmax = fmaxf(zmax, zmax_part[x]);
-            const float shift = k_shift_of_group(sum, sq, (float)n * (float)t.group, zmax);
+            const float shift =
+                k_shift_of_group(sum, sq, (float)n * (float)t.group, zmax, t.scale_dtype == QSDPA_DTYPE_F32);
             for (int d = l; d < t.group; d += 32) out[gi * t.group + d] = shift;
         }
         __syncthreads();

@@ -135,15 +135,19 @@ __device__ __forceinline__ half2 split_shifted_bias(float2 &sb, float shift) {
  * their packed words and group {scale, bias}, stored in element order, or with PAIR_ORDER in
  * the order k_word yields them (halves 2q, 2q + 1 of word w = elements k_order(q, 0), (q, 1)):
  * a K tile whose q is permuted the same way (pf_k_pair_order) needs no reordering. */
-template <class F, bool PAIR_ORDER = false, class SB>
+template <class F, bool PAIR_ORDER = false, bool SHIFTED = false, class SB>
 __device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, SB sb,
                                            float shift = 0.0f) {
     /* f32 scales (float2): k_word yields the codes themselves (scale 1, bias 0: exact in f16), then
      * s c + z in f32, one rounding to f16 per value */
     constexpr bool F32_SB = std::is_same<SB, float2>::value;
-    /* K's shift of the chunk's group (affine K only; 0 where it takes none): the bias's low half, added below */
-    const bool shifted = F::mode == QSDPA_MODE_AFFINE && shift != 0.0f;
-    const half2 low = shifted ? split_shifted_bias(sb, shift) : __float2half2_rn(0.0f);
+    /* SHIFTED: K's shift of the chunk's group taken from its bias (affine K), the low half added below. A compile-
+     * time choice made once a batch (its chunks share a group column): a test of shift per chunk in the tile loop
+     * slowed the prefill kernel by 7% with no shift at all (run 256: 4K causal 4-bit, staging off, 533 us against
+     * run 254's 500) */
+    static_assert(!SHIFTED || F::mode == QSDPA_MODE_AFFINE, "K's shift is affine K's");
+    half2 low = __float2half2_rn(0.0f);
+    if constexpr (SHIFTED) low = split_shifted_bias(sb, shift);
     __half h[8];
 #pragma unroll
     for (int w = 0; w < 8 / F::U; w++) {
@@ -155,7 +159,7 @@ __device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const u
                 pairs[q] = __floats2half2_rn(fmaf(sb.x, __low2float(pairs[q]), sb.y), fmaf(sb.x, __high2float(pairs[q]), sb.y));
         } else {
             F::k_word(words[w], sb, pairs);
-            if (shifted)
+            if constexpr (SHIFTED)
 #pragma unroll
                 for (int q = 0; q < F::U / 2; q++) pairs[q] = __hadd2(pairs[q], low);
         }
@@ -220,9 +224,15 @@ struct chunk_batch {
     }
     template <bool PAIR_ORDER = false>
     __device__ __forceinline__ void emit(uint32_t *tile, int tid) const {
+        if constexpr (F::mode == QSDPA_MODE_AFFINE)
+            if (group_shift != 0.0f) {
 #pragma unroll
-        for (int i = 0; i < N; i++)
-            emit_chunk<F, PAIR_ORDER>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i], group_shift);
+                for (int i = 0; i < N; i++)
+                    emit_chunk<F, PAIR_ORDER, true>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i], group_shift);
+                return;
+            }
+#pragma unroll
+        for (int i = 0; i < N; i++) emit_chunk<F, PAIR_ORDER>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i]);
     }
 };
 
@@ -238,7 +248,12 @@ __device__ __forceinline__ void dequant_rows_generic(const uint32_t *packed, con
 #pragma unroll
         for (int w = 0; w < CB::WPC; w++) words[w] = packed[r * CB::W + c * CB::WPC + w];
         const auto sb = group_scale_bias<F, S>(scales, biases, r * CB::G + c * 8 / F::group, nv_factor);
-        emit_chunk<F>(tile, r, c, words, sb, F::mode == QSDPA_MODE_AFFINE && shift ? shift[c * 8] : 0.0f);
+        if constexpr (F::mode == QSDPA_MODE_AFFINE)
+            if (shift && shift[c * 8] != 0.0f) {
+                emit_chunk<F, false, true>(tile, r, c, words, sb, shift[c * 8]);
+                continue;
+            }
+        emit_chunk<F>(tile, r, c, words, sb);
     }
 }
 

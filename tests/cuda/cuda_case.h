@@ -29,10 +29,8 @@ typedef struct cuda_case {
     double k_outlier;        /* affine K: one value a group (its channel varying by row) at -k_outlier sigma, an
                                 outlier channel whose bias cancels the group's other codes (SPEC 9); 0: none */
     double k_outlier_spread; /* each outlier value x (1 + spread u), u uniform in [-1, 1) a row; 0: all alike */
-    int k16_reference;       /* an output past the bound is accepted where a reference with K dequantized in f32
-                                and rounded to f16, as the tensor-core rows take it, is within it (SPEC 8.1's
-                                departure, as the fuzz's explained_by_16bit_k; not partial): so what fails is an
-                                error beyond that rounding (a shifted bias rounded to f16, for one) */
+    double bound_scale;      /* the case's bound: SPEC 4's times this (0: 1); under 1 where a mend's margin is what
+                                the case guards */
     const char *known;       /* a SPEC section where this case's error past the bound is a known departure: printed as
                                 KNOWN, not a failure, its lse too in partial mode (a pass is printed too, so a
                                 mend is seen); NULL: checked */
