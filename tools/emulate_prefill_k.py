@@ -61,7 +61,8 @@ def load(path):
 def shift(k, z, group, rule):
     """k_shift_means' m a group: the mean of 256 keys spread over the cache, kept where m^2 >= half their mean
     square; the new rule also needs the sampled biases nearer m than m is from 0 (mean z^2 < 2 m mean z); the
-    split rule rounds m to a multiple of the f16 spacing at the sampled biases' largest magnitude"""
+    split rule rounds m to a multiple of the f16 spacing at the sampled biases' largest magnitude (the kernel does
+    so for f16 and bf16 biases only; this emulates the f16 path)"""
     lk, dk = k.shape
     n = min(lk, 256)
     keys = (np.arange(n) * lk) // n
