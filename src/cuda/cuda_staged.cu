@@ -194,17 +194,18 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
     return isfinite(m) && isfinite(sq) && m * m >= 0.5f * (sq / count) ? m : 0.0f;
 }
 
-/* An affine group's shift: k_shift_of's m, with f16 or bf16 biases rounded to a multiple of the f16 spacing at
- * the largest sampled |bias|
- * (zmax), so that a key's z - m, which the prefill kernel's f16 path takes as its group's bias, is exact in f16
- * wherever z and m share a sign and |z - m| <= |z| (z an f16 value, on a grid no coarser than that spacing);
- * elsewhere the kernel carries z - m as two f16 halves (split_shifted_bias, fast_prefill.cuh). Session 39's
- * rule instead refused the shift where the biases lay far from m: fuzz case 1657218644:442 (K near 3.4 with a
- * +57 channel, MLX's bias at that edge) had lost 1.3x f16's bound to z - m rounded once for the group's 64
- * values (run 253), but refusing gave up shifts that helped (bench/NOTES.md session 40: emulated, 4/g64 K over
- * offsets 10-20 with such a channel, 1.9-2.9e-3 max|V| refused against 3-4.4e-4 rounded and split).
- * tools/emulate_prefill_k.py holds the same arithmetic for its off-device check (robustness.kshift_emulation):
- * change both together. */
+/* An affine group's shift: k_shift_of's m, with f16 or bf16 biases rounded to a multiple of the f16 spacing at the
+ * largest sampled |bias| (zmax), so that a key's z - m, which the prefill kernel's f16 path rounds to f16 once for
+ * the group's values (shifted_sb, fast_prefill.cuh), is exact wherever z and m share a sign and |z - m| <= |z|
+ * (z on a grid no coarser than that spacing); k_shift_means then refuses the shift where a sampled key's z - m
+ * is still not exact (z across 0 from m). Why: a rounded z - m moved every value of a key's group together, an
+ * error that does not cancel from key to key where the biases cross binades (an outlier channel at the group's
+ * edge, MLX's bias there): fuzz case 1657218644:442, K near 3.4 with a +57 channel, 1.3x f16's bound (run 253).
+ * Session 39 refused the shift wherever the biases lay far from m, which gave up shifts that helped; carrying
+ * z - m as two f16 halves instead (run 256) cost the prefill kernel 3-7% with no shift at all. Emulated
+ * (bench/NOTES.md session 40): 4/g64 K over offsets 10-20 with such a channel 3-4.4e-4 max|V|, against
+ * 1.9-2.9e-3 refused. f32 biases: m as it is (every path takes z - m in f32 there). tools/emulate_prefill_k.py
+ * holds the same arithmetic for its off-device check (robustness.kshift_emulation): change both together. */
 __device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zmax, bool f32_biases) {
     const float m = k_shift_of(sum, sq, count);
     if (f32_biases) return m; /* z - m stays in f32 on every path (f32 scales: the prefill kernel's float2 path) */
@@ -271,10 +272,10 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
     const int64_t srow = b * t.ss[0] + h * t.ss[1] + key * t.ss[2], brow = b * t.bs[0] + h * t.bs[1] + key * t.bs[2];
     for (int gi = blockIdx.z; gi < groups; gi += gridDim.z) {
         float sum = 0.0f, sq = 0.0f; /* of the share's values in this key; a NaN or inf: no shift (below) */
-        float zmax = 0.0f; /* the key's |bias| (its first share) */
+        float zmax = 0.0f, z = 0.0f; /* the key's bias and |bias| (its first share) */
         if (j < n) {
             const float sc = qd_load_float(t.scales, t.scale_dtype, srow + gi);
-            const float z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
+            z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
             if (part == 0) zmax = fabsf(z);
             if (t.bits == 2 || t.bits == 4 || t.bits == 8) { /* whole codes a word: the share is words */
                 const int words = t.group * t.bits / 32;      /* a group's (groups are powers of two, >= 32) */
@@ -307,15 +308,22 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
          * key, moving the 63 values near 0 to ~50 (7-15x f16's bound, SPEC 9.2); session 35's guard for that
          * (|m| at least the centres' spread plus the widest group's range) refused the shift wherever one
          * sampled value stood out (fuzz replay 236869353:466, 6-bit g128 over 9 keys, 3x f16's bound). */
-        if (l < 32) { /* warp 0 alone adds the warps' partials (all 32 warps doing it was a sixth of the
-                       * kernel's instructions, run 252) and writes the group's shift */
+        const bool f32_biases = t.scale_dtype == QSDPA_DTYPE_F32;
+        if (l == 0) { /* thread 0 alone adds the warps' partials (all 32 warps doing it was a sixth of the
+                       * kernel's instructions, run 252) */
             sum = sum_part[0], sq = sq_part[0], zmax = zmax_part[0];
             for (int x = 1; x < K_SHIFT_THREADS / 32; x++)
                 sum += sum_part[x], sq += sq_part[x], zmax = fmaxf(zmax, zmax_part[x]);
-            const float shift =
-                k_shift_of_group(sum, sq, (float)n * (float)t.group, zmax, t.scale_dtype == QSDPA_DTYPE_F32);
-            for (int d = l; d < t.group; d += 32) out[gi * t.group + d] = shift;
+            sum_part[0] = k_shift_of_group(sum, sq, (float)n * (float)t.group, zmax, f32_biases);
         }
+        __syncthreads();
+        /* the shift only where every sampled key's z - m is exact in f16 (k_shift_of_group) */
+        const float shift = sum_part[0];
+        const bool inexact = !f32_biases && shift != 0.0f && j < n && part == 0 &&
+                             __half2float(__float2half_rn(z - shift)) != z - shift;
+        const float taken = __syncthreads_or(inexact) ? 0.0f : shift;
+        if (l < 32)
+            for (int d = l; d < t.group; d += 32) out[gi * t.group + d] = taken;
         __syncthreads();
     }
     if (blockIdx.z == 0)

@@ -115,39 +115,22 @@ __device__ __forceinline__ typename group_sb<S>::type group_scale_bias(const cha
     }
 }
 
-/* K's shift (qsdpa_cuda_k_shift) taken from a group's bias. f16 path: z - m (in f32) as two f16 halves, the high
- * one in sb for the fma and the low one returned, added to each value after it: one f16 rounding of z - m moved
- * a key's whole group together, an error that did not cancel from key to key where the biases cross binades
- * (fuzz case 1657218644:442, run 253: 1.3x f16's bound); k_shift_of_group's m makes the low half 0 where z
- * and m share a sign and |z| is within the sampled keys' largest. f32 scales (float2): z - m in f32, the value's one rounding in emit_chunk. */
-__device__ __forceinline__ half2 split_shifted_bias(half2 &sb, float shift) {
-    const float z = __high2float(sb) - shift;
-    const __half hi = __float2half_rn(z);
-    sb = __halves2half2(__low2half(sb), hi);
-    return __half2half2(__float2half_rn(z - __half2float(hi)));
+/* A group's {scale, bias} with K's shift taken from the bias (qsdpa_cuda_k_shift), in f32 and rounded once: exact
+ * for every sampled key where k_shift_means allows the shift (k_shift_of_group) */
+__device__ __forceinline__ half2 shifted_sb(half2 sb, float shift) {
+    return __halves2half2(__low2half(sb), __float2half_rn(__high2float(sb) - shift));
 }
-__device__ __forceinline__ half2 split_shifted_bias(float2 &sb, float shift) {
-    sb.y -= shift;
-    return __float2half2_rn(0.0f);
-}
+__device__ __forceinline__ float2 shifted_sb(float2 sb, float shift) { return make_float2(sb.x, sb.y - shift); }
 
 /* One 16-byte chunk of a swizzled f16 tile: 8 elements of row r, columns 8c..8c+7, from
  * their packed words and group {scale, bias}, stored in element order, or with PAIR_ORDER in
  * the order k_word yields them (halves 2q, 2q + 1 of word w = elements k_order(q, 0), (q, 1)):
  * a K tile whose q is permuted the same way (pf_k_pair_order) needs no reordering. */
-template <class F, bool PAIR_ORDER = false, bool SHIFTED = false, class SB>
-__device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, SB sb,
-                                           float shift = 0.0f) {
+template <class F, bool PAIR_ORDER = false, class SB>
+__device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const uint32_t *words, SB sb) {
     /* f32 scales (float2): k_word yields the codes themselves (scale 1, bias 0: exact in f16), then
      * s c + z in f32, one rounding to f16 per value */
     constexpr bool F32_SB = std::is_same<SB, float2>::value;
-    /* SHIFTED: K's shift of the chunk's group taken from its bias (affine K), the low half added below. A compile-
-     * time choice made once a batch (its chunks share a group column): a test of shift per chunk in the tile loop
-     * slowed the prefill kernel by 7% with no shift at all (run 256: 4K causal 4-bit, staging off, 533 us against
-     * run 254's 500) */
-    static_assert(!SHIFTED || F::mode == QSDPA_MODE_AFFINE, "K's shift is affine K's");
-    half2 low = __float2half2_rn(0.0f);
-    if constexpr (SHIFTED) low = split_shifted_bias(sb, shift);
     __half h[8];
 #pragma unroll
     for (int w = 0; w < 8 / F::U; w++) {
@@ -159,9 +142,6 @@ __device__ __forceinline__ void emit_chunk(uint32_t *tile, int r, int c, const u
                 pairs[q] = __floats2half2_rn(fmaf(sb.x, __low2float(pairs[q]), sb.y), fmaf(sb.x, __high2float(pairs[q]), sb.y));
         } else {
             F::k_word(words[w], sb, pairs);
-            if constexpr (SHIFTED)
-#pragma unroll
-                for (int q = 0; q < F::U / 2; q++) pairs[q] = __hadd2(pairs[q], low);
         }
 #pragma unroll
         for (int q = 0; q < F::U / 2; q++) {
@@ -195,19 +175,21 @@ struct chunk_batch {
     static constexpr int ROW_STEP = FIXED ? NTH / CH : 1, N = FIXED ? PF_BN / ROW_STEP : 1;
     static_assert(8 % F::U == 0 && (!F::has_scales || F::group % 8 == 0), "a chunk: whole words, one group");
     uint32_t words[N][WPC];
-    SB sb[N];         /* float2: f32 affine scales (group_scale_bias) */
-    float group_shift = 0.0f; /* K's shift of this thread's chunk column's group (affine only), for emit */
+    SB sb[N]; /* float2: f32 affine scales (group_scale_bias) */
 
     template <class S>
     __device__ __forceinline__ void gather_as(const uint32_t *packed, const char *scales, const char *biases,
                                               float nv_factor, int tid, const float *shift = nullptr) {
         const int c = tid % CH, r0 = tid / CH;
+        float sh = 0.0f; /* K's shift of this chunk's group (affine only) */
         if constexpr (F::mode == QSDPA_MODE_AFFINE)
-            if (shift) group_shift = shift[c * 8];
+            if (shift) sh = shift[c * 8];
 #pragma unroll
         for (int i = 0; i < N; i++) {
             const int r = r0 + i * ROW_STEP;
             sb[i] = group_scale_bias<F, S>(scales, biases, r * G + c * 8 / F::group, nv_factor);
+            if constexpr (F::mode == QSDPA_MODE_AFFINE)
+                if (shift) sb[i] = shifted_sb(sb[i], sh);
 #pragma unroll
             for (int w = 0; w < WPC; w++) words[i][w] = packed[r * W + c * WPC + w];
         }
@@ -224,15 +206,9 @@ struct chunk_batch {
     }
     template <bool PAIR_ORDER = false>
     __device__ __forceinline__ void emit(uint32_t *tile, int tid) const {
-        if constexpr (F::mode == QSDPA_MODE_AFFINE)
-            if (group_shift != 0.0f) {
 #pragma unroll
-                for (int i = 0; i < N; i++)
-                    emit_chunk<F, PAIR_ORDER, true>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i], group_shift);
-                return;
-            }
-#pragma unroll
-        for (int i = 0; i < N; i++) emit_chunk<F, PAIR_ORDER>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i]);
+        for (int i = 0; i < N; i++)
+            emit_chunk<F, PAIR_ORDER>(tile, tid / CH + i * ROW_STEP, tid % CH, words[i], sb[i]);
     }
 };
 
@@ -247,12 +223,9 @@ __device__ __forceinline__ void dequant_rows_generic(const uint32_t *packed, con
         uint32_t words[CB::WPC];
 #pragma unroll
         for (int w = 0; w < CB::WPC; w++) words[w] = packed[r * CB::W + c * CB::WPC + w];
-        const auto sb = group_scale_bias<F, S>(scales, biases, r * CB::G + c * 8 / F::group, nv_factor);
+        auto sb = group_scale_bias<F, S>(scales, biases, r * CB::G + c * 8 / F::group, nv_factor);
         if constexpr (F::mode == QSDPA_MODE_AFFINE)
-            if (shift && shift[c * 8] != 0.0f) {
-                emit_chunk<F, false, true>(tile, r, c, words, sb, shift[c * 8]);
-                continue;
-            }
+            if (shift) sb = shifted_sb(sb, shift[c * 8]);
         emit_chunk<F>(tile, r, c, words, sb);
     }
 }
