@@ -57,12 +57,4 @@ double test_spec_bound(qsdpa_dtype q, qsdpa_dtype out, double max_abs_v);
 
 void *test_alloc(size_t bytes); /* aborts the *test* on OOM (never the library) */
 
-/* K/V views (qsdpa_qtensor, host memory) read back row by row */
-size_t code_esize(const qsdpa_format *f); /* bytes of one code element: 4, or the plain dtype's */
-/* row (b, h, l) as floats; f32_affine: affine scales in f32 arithmetic (scratch: 2 * groups floats) */
-void kv_row(const qsdpa_qtensor *t, int64_t b, int64_t h, int64_t l, float *row, bool f32_affine, float *scratch);
-/* t's rows dequantized in f32 (as the kernels dequantize) and rounded to dt (f16 or bf16), contiguous in
- * *storage (the caller frees it): the K the tensor-core rows compute with (SPEC 8.1) */
-qsdpa_qtensor kv_rounded_to_16bit(const qsdpa_qtensor *t, qsdpa_dtype dt, void **storage);
-
 #endif

@@ -47,6 +47,9 @@ extern bool fuzz_16bit_contexts; /* the tested contexts run f16/bf16 q in 16-bit
                                    * (bf16 q: or bf16) */
 extern bool fuzz_gpu_shapes;   /* gen_case also draws model-like shapes (head dims, GQA, long contexts) */
 
+size_t code_esize(const qsdpa_format *f);       /* bytes of one code element: 4, or the plain dtype's */
+/* row (b, h, l) as floats; f32_affine: affine scales in f32 arithmetic (scratch: 2 * groups floats) */
+void kv_row(const qsdpa_qtensor *t, int64_t b, int64_t h, int64_t l, float *row, bool f32_affine, float *scratch);
 double kv_max_abs(const qsdpa_qtensor *t);      /* max |dequantized value| over the view */
 void gen_case(test_rng *r, acase *c);           /* a valid call */
 void gen_mask(test_rng *r, acase *c);

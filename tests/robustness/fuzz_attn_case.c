@@ -8,6 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+size_t code_esize(const qsdpa_format *f) {
+    return f->mode == QSDPA_MODE_PLAIN ? qsdpa_dtype_size(f->plain_dtype) : 4;
+}
+
 /* Rows are quantized (qsdpa_quantize, one row at a time, into the strided
  * buffers) from sigma * N(0,1) + offset values; rows Lk..cap-1 and padding
  * keep the poison, so a kernel reading past the view produces NaN. channels:
@@ -78,6 +82,30 @@ static void kv_free(kvdata *x) {
     gb_free(&x->codes);
     gb_free(&x->scales);
     gb_free(&x->biases);
+}
+
+/* Row (b, h, l) of a valid view as floats, in `row` (t->dim values). With f32_affine,
+ * affine codes are dequantized from f32 copies of the row's scales and biases, as the
+ * attention kernels compute (qsdpa_dequantize rounds code x scale to a 16-bit scale
+ * dtype first, as mx.dequantize does); `scratch` then holds 2 * groups floats. */
+void kv_row(const qsdpa_qtensor *t, int64_t b, int64_t h, int64_t l, float *row, bool f32_affine, float *scratch) {
+    const uint8_t *cp = (const uint8_t *)t->codes.data +
+                        (size_t)(b * t->codes.stride[0] + h * t->codes.stride[1] + l * t->codes.stride[2]) * code_esize(&t->format);
+    if (t->format.mode == QSDPA_MODE_PLAIN) {
+        for (int64_t d = 0; d < t->dim; d++) row[d] = qsdpa_load_float(cp, t->format.plain_dtype, d);
+        return;
+    }
+    size_t so = (size_t)(b * t->scales.stride[0] + h * t->scales.stride[1] + l * t->scales.stride[2]) *
+                qsdpa_dtype_size(t->scales.dtype);
+    const uint8_t *sp = (const uint8_t *)t->scales.data + so, *bp = t->biases.data ? (const uint8_t *)t->biases.data + so : NULL;
+    qsdpa_dtype sdt = t->scales.dtype;
+    if (f32_affine && t->format.mode == QSDPA_MODE_AFFINE) {
+        const int64_t groups = t->dim / t->format.group;
+        for (int64_t gi = 0; gi < groups; gi++)
+            scratch[gi] = qsdpa_load_float(sp, sdt, gi), scratch[groups + gi] = qsdpa_load_float(bp, sdt, gi);
+        sp = (const uint8_t *)scratch, bp = (const uint8_t *)(scratch + groups), sdt = QSDPA_DTYPE_F32;
+    }
+    qsdpa_dequantize(&t->format, (const uint32_t *)cp, sp, bp, sdt, 1, t->dim, row, QSDPA_DTYPE_F32);
 }
 
 /* max |V| over the rows of a valid view (SPEC 4's unit). */
