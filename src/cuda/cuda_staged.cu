@@ -203,8 +203,8 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
  * edge, MLX's bias there): fuzz case 1657218644:442, K near 3.4 with a +57 channel, 1.3x f16's bound (run 253).
  * Session 39 refused the shift wherever the biases lay far from m, which gave up shifts that helped; carrying
  * z - m as two f16 halves instead (run 256) cost the prefill kernel 3-7% with no shift at all. Emulated
- * (bench/NOTES.md session 40): 4/g64 K over offsets 10-20 with such a channel 3-4.4e-4 max|V|, against
- * 1.9-2.9e-3 refused. f32 biases: m as it is (every path takes z - m in f32 there). tools/emulate_prefill_k.py
+ * (bench/NOTES.md session 40): 4/g64 K over offsets 10-20 with such a channel 3.0-4.4e-4 max|V|, against
+ * 0.66-2.9e-3 refused. f32 biases: m as it is (every path takes z - m in f32 there). tools/emulate_prefill_k.py
  * holds the same arithmetic for its off-device check (robustness.kshift_emulation): change both together. */
 __device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zmax, bool f32_biases) {
     const float m = k_shift_of(sum, sq, count);
