@@ -84,6 +84,8 @@ def shift(k, z, group, rule):
         if rule in ("split", "exact") and np.abs(zs).max() > 0:
             spacing = np.float32(2.0 ** max(int(np.frexp(np.abs(zs).max())[1]) - 11, -24))
             mean = np.float32(np.rint(mean / spacing) * spacing)
+        elif rule == "exact":  # every sampled bias 0: z - m = -m
+            mean = f16(mean)
         if rule == "exact" and np.any(f16(zs - mean) != zs - mean):
             continue
         m[g] = mean

@@ -196,9 +196,11 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
 
 /* An affine group's shift: k_shift_of's m, with f16 or bf16 biases rounded to a multiple of the f16 spacing at the
  * largest sampled |bias| (zmax), so that a key's z - m, which the prefill kernel's f16 path rounds to f16 once for
- * the group's values (shifted_sb, fast_prefill.cuh), is exact wherever z and m share a sign and |z - m| <= |z|
- * (z on a grid no coarser than that spacing); k_shift_means then refuses the shift where a sampled key's z - m
- * is still not exact (z across 0 from m). Why: a rounded z - m moved every value of a key's group together, an
+ * the group's values (shifted_sb, fast_prefill.cuh), is exact for every sampled key where z and m share a sign
+ * and |z - m| <= |z| (z an f16 value no larger than zmax, so a multiple of its own spacing, which divides the
+ * rounded m's); k_shift_means then refuses the shift where a sampled key's z - m is still not exact: z across 0
+ * from m, or |z| under about |m| / 2 (MLX's quantizer puts the bias at the edge of larger magnitude, so within
+ * one sign |z| >= |m|). All biases 0: m rounded to f16. Why: a rounded z - m moved every value of a key's group together, an
  * error that does not cancel from key to key where the biases cross binades (an outlier channel at the group's
  * edge, MLX's bias there): fuzz case 1657218644:442, K near 3.4 with a +57 channel, 1.3x f16's bound (run 253).
  * Session 39 refused the shift wherever the biases lay far from m, which gave up shifts that helped; carrying
@@ -209,10 +211,11 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
 __device__ __forceinline__ float k_shift_of_group(float sum, float sq, float count, float zmax, bool f32_biases) {
     const float m = k_shift_of(sum, sq, count);
     if (f32_biases) return m; /* z - m stays in f32 on every path (f32 scales: the prefill kernel's float2 path) */
+    if (zmax == 0.0f) return __half2float(__float2half_rn(m)); /* z - m = -m */
     int e;
     frexpf(zmax, &e); /* zmax in [2^(e-1), 2^e): f16 spacing 2^(e-11) there, 2^-24 at the least */
     const float spacing = ldexpf(1.0f, e - 11 > -24 ? e - 11 : -24);
-    return zmax > 0.0f && isfinite(zmax) ? rintf(m / spacing) * spacing : m;
+    return isfinite(zmax) ? rintf(m / spacing) * spacing : m;
 }
 
 /* The sum and sum of squares of word's 32 / BITS affine values (scale sc, bias z), each made as qd_element makes
@@ -272,11 +275,12 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
     const int64_t srow = b * t.ss[0] + h * t.ss[1] + key * t.ss[2], brow = b * t.bs[0] + h * t.bs[1] + key * t.bs[2];
     for (int gi = blockIdx.z; gi < groups; gi += gridDim.z) {
         float sum = 0.0f, sq = 0.0f; /* of the share's values in this key; a NaN or inf: no shift (below) */
-        float zmax = 0.0f, z = 0.0f; /* the key's bias and |bias| (its first share) */
+        float z = 0.0f, zmax = 0.0f; /* the key's bias (every share) and |bias| (its first share only) */
         if (j < n) {
             const float sc = qd_load_float(t.scales, t.scale_dtype, srow + gi);
             z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
-            if (part == 0) zmax = fabsf(z);
+            if (part == 0) /* as the prefill kernel's f16 path holds it (bf16 converted to f16) */
+                zmax = fabsf(t.scale_dtype == QSDPA_DTYPE_BF16 ? __half2float(__float2half_rn(z)) : z);
             if (t.bits == 2 || t.bits == 4 || t.bits == 8) { /* whole codes a word: the share is words */
                 const int words = t.group * t.bits / 32;      /* a group's (groups are powers of two, >= 32) */
                 for (int wi = part; wi < words; wi += K_SHIFT_PARTS) {
@@ -317,10 +321,11 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
             sum_part[0] = k_shift_of_group(sum, sq, (float)n * (float)t.group, zmax, f32_biases);
         }
         __syncthreads();
-        /* the shift only where every sampled key's z - m is exact in f16 (k_shift_of_group) */
-        const float shift = sum_part[0];
+        /* the shift only where every sampled key's z - m is exact in f16 (k_shift_of_group), z as the prefill
+         * kernel's f16 path holds it */
+        const float shift = sum_part[0], zh = __half2float(__float2half_rn(z));
         const bool inexact = !f32_biases && shift != 0.0f && j < n && part == 0 &&
-                             __half2float(__float2half_rn(z - shift)) != z - shift;
+                             __half2float(__float2half_rn(zh - shift)) != zh - shift;
         const float taken = __syncthreads_or(inexact) ? 0.0f : shift;
         if (l < 32)
             for (int d = l; d < t.group; d += 32) out[gi * t.group + d] = taken;

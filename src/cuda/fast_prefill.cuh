@@ -116,7 +116,7 @@ __device__ __forceinline__ typename group_sb<S>::type group_scale_bias(const cha
 }
 
 /* A group's {scale, bias} with K's shift taken from the bias (qsdpa_cuda_k_shift), in f32 and rounded once: exact
- * for every sampled key where k_shift_means allows the shift (k_shift_of_group) */
+ * for every sampled key where k_shift_means allows the shift (k_shift_of_group; bf16 biases as converted to f16) */
 __device__ __forceinline__ half2 shifted_sb(half2 sb, float shift) {
     return __halves2half2(__low2half(sb), __float2half_rn(__high2float(sb) - shift));
 }
