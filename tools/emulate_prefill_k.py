@@ -23,11 +23,11 @@ import tempfile
 
 import numpy as np
 
-# no shift; session 36's rule with the shifted bias rounded to f16 (run 253's kernel); session 39's bias rule
-# (the same arithmetic); session 40's: session 36's m rounded to the f16 spacing at the largest sampled |bias|,
-# and the shifted bias carried as two f16 halves (k_shift_of_group, split_shifted_bias)
-# (run 256's kernel); the kernel since run 258 ("exact"): m rounded so, the shift refused where a sampled key's
-# z - m is not exact in f16, the shifted bias rounded once as before
+# none: no shift; old: session 36's rule, the shifted bias rounded to f16 once (run 253's kernel); new: session
+# 39's bias rule, the same arithmetic; split: session 36's m rounded to the f16 spacing at the largest sampled
+# |bias|, the shifted bias carried as two f16 halves (run 256's kernel, dropped: it slowed the prefill kernel);
+# exact: m rounded so, the shift refused where a sampled key's z - m is not exact in f16, the shifted bias rounded
+# once as before (the kernel since run 258: k_shift_of_group)
 RULES = ("none", "old", "new", "split", "exact")
 
 

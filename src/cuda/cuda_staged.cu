@@ -200,9 +200,10 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
  * and |z - m| <= |z| (z an f16 value no larger than zmax, so a multiple of its own spacing, which divides the
  * rounded m's); k_shift_means then refuses the shift where a sampled key's z - m is still not exact: z across 0
  * from m, or |z| under about |m| / 2 (MLX's quantizer puts the bias at the edge of larger magnitude, so within
- * one sign |z| >= |m|). All biases 0: m rounded to f16. Why: a rounded z - m moved every value of a key's group together, an
- * error that does not cancel from key to key where the biases cross binades (an outlier channel at the group's
- * edge, MLX's bias there): fuzz case 1657218644:442, K near 3.4 with a +57 channel, 1.3x f16's bound (run 253).
+ * one sign |z| >= |m|). All biases 0: m rounded to f16. Why: a rounded z - m moved every value of a key's group
+ * together, an error that does not cancel from key to key where the biases cross binades (an outlier channel at
+ * the group's edge, MLX's bias there): fuzz case 1657218644:442, K near 3.4 with a +57 channel, 1.3x f16's bound
+ * (run 253).
  * Session 39 refused the shift wherever the biases lay far from m, which gave up shifts that helped; carrying
  * z - m as two f16 halves instead (run 256) cost the prefill kernel 3-7% with no shift at all. Emulated
  * (bench/NOTES.md session 40): 4/g64 K over offsets 10-20 with such a channel 3.0-4.4e-4 max|V|, against
