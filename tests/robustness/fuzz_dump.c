@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "format/format_internal.h"
 #include "fuzz_attn.h"
 #include "internal.h"
 #include "test_util.h"
@@ -27,15 +28,6 @@ static void put(FILE *f, const void *p, size_t bytes) {
     }
 }
 
-/* code d of row (b, h, l) of affine t */
-static unsigned code_at(const qsdpa_qtensor *t, int64_t b, int64_t h, int64_t l, int64_t d) {
-    const int64_t *cs = t->codes.stride, bit = d * t->format.bits, w = bit / 32, off = bit % 32;
-    const uint32_t *row = (const uint32_t *)t->codes.data + b * cs[0] + h * cs[1] + l * cs[2];
-    uint64_t v = row[w * cs[3]];
-    if (off + t->format.bits > 32) v |= (uint64_t)row[(w + 1) * cs[3]] << 32;
-    return (unsigned)(v >> off) & ((1u << t->format.bits) - 1u);
-}
-
 static void put_rows(FILE *f, const qsdpa_qtensor *t, int64_t B, int64_t H, int64_t L, bool with_codes) {
     const int64_t D = t->dim, G = with_codes ? D / t->format.group : 0;
     float *x = test_alloc((size_t)D * sizeof(float)), *scratch = test_alloc((size_t)(2 * D) * sizeof(float));
@@ -45,7 +37,10 @@ static void put_rows(FILE *f, const qsdpa_qtensor *t, int64_t B, int64_t H, int6
                 kv_row(t, b, h, l, x, true, scratch); /* in f32, as the kernels dequantize */
                 put(f, x, (size_t)D * sizeof(float));
                 if (!with_codes) continue;
-                for (int64_t d = 0; d < D; d++) x[d] = (float)code_at(t, b, h, l, d);
+                /* the row's words contiguous, as kv_row reads them */
+                const uint32_t *codes = (const uint32_t *)t->codes.data + b * t->codes.stride[0] +
+                                        h * t->codes.stride[1] + l * t->codes.stride[2];
+                for (int64_t d = 0; d < D; d++) x[d] = (float)qsdpa_code_at(codes, d, t->format.bits);
                 put(f, x, (size_t)D * sizeof(float));
                 const int64_t *ss = t->scales.stride, *bs = t->biases.stride;
                 for (int64_t g = 0; g < G; g++) {
