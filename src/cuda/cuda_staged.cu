@@ -203,8 +203,7 @@ __device__ __forceinline__ float k_shift_of(float sum, float sq, float count) {
  * one sign |z| >= |m|). All biases 0: m rounded to f16. Why: a rounded z - m moved every value of a key's group
  * together, an error that does not cancel from key to key where the biases cross binades (an outlier channel at
  * the group's edge, MLX's bias there): fuzz case 1657218644:442, K near 3.4 with a +57 channel, 1.3x f16's bound
- * (run 253).
- * Session 39 refused the shift wherever the biases lay far from m, which gave up shifts that helped; carrying
+ * (run 253). Session 39 refused the shift wherever the biases lay far from m, which gave up shifts that helped; carrying
  * z - m as two f16 halves instead (run 256) cost the prefill kernel 3-7% with no shift at all. Emulated
  * (bench/NOTES.md session 40): 4/g64 K over offsets 10-20 with such a channel 3.0-4.4e-4 max|V|, against
  * 0.66-2.9e-3 refused. f32 biases: m as it is (every path takes z - m in f32 there). tools/emulate_prefill_k.py
@@ -274,14 +273,17 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
     const int64_t key = (int64_t)j * len / n; /* n keys spread over the cache */
     const uint32_t *row = (const uint32_t *)((const char *)t.codes + b * t.cs[0] + h * t.cs[1] + key * t.cs[2]);
     const int64_t srow = b * t.ss[0] + h * t.ss[1] + key * t.ss[2], brow = b * t.bs[0] + h * t.bs[1] + key * t.bs[2];
+    const bool f32_biases = t.scale_dtype == QSDPA_DTYPE_F32;
     for (int gi = blockIdx.z; gi < groups; gi += gridDim.z) {
         float sum = 0.0f, sq = 0.0f; /* of the share's values in this key; a NaN or inf: no shift (below) */
-        float z = 0.0f, zmax = 0.0f; /* the key's bias (every share) and |bias| (its first share only) */
+        /* the key's bias as the prefill kernel's f16 path holds it (bf16 converted to f16; f32 biases as they are),
+         * and its magnitude (the key's first share only) */
+        float zh = 0.0f, zmax = 0.0f;
         if (j < n) {
             const float sc = qd_load_float(t.scales, t.scale_dtype, srow + gi);
-            z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
-            if (part == 0) /* as the prefill kernel's f16 path holds it (bf16 converted to f16) */
-                zmax = fabsf(t.scale_dtype == QSDPA_DTYPE_BF16 ? __half2float(__float2half_rn(z)) : z);
+            const float z = qd_load_float(t.biases, t.scale_dtype, brow + gi);
+            zh = f32_biases ? z : __half2float(__float2half_rn(z));
+            if (part == 0) zmax = fabsf(zh);
             if (t.bits == 2 || t.bits == 4 || t.bits == 8) { /* whole codes a word: the share is words */
                 const int words = t.group * t.bits / 32;      /* a group's (groups are powers of two, >= 32) */
                 for (int wi = part; wi < words; wi += K_SHIFT_PARTS) {
@@ -313,7 +315,6 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
          * key, moving the 63 values near 0 to ~50 (7-15x f16's bound, SPEC 9.2); session 35's guard for that
          * (|m| at least the centres' spread plus the widest group's range) refused the shift wherever one
          * sampled value stood out (fuzz replay 236869353:466, 6-bit g128 over 9 keys, 3x f16's bound). */
-        const bool f32_biases = t.scale_dtype == QSDPA_DTYPE_F32;
         if (l == 0) { /* thread 0 alone adds the warps' partials (all 32 warps doing it was a sixth of the
                        * kernel's instructions, run 252) */
             sum = sum_part[0], sq = sq_part[0], zmax = zmax_part[0];
@@ -322,9 +323,8 @@ __global__ void __launch_bounds__(K_SHIFT_THREADS, 1) k_shift_means(const qd_qte
             sum_part[0] = k_shift_of_group(sum, sq, (float)n * (float)t.group, zmax, f32_biases);
         }
         __syncthreads();
-        /* the shift only where every sampled key's z - m is exact in f16 (k_shift_of_group), z as the prefill
-         * kernel's f16 path holds it */
-        const float shift = sum_part[0], zh = __half2float(__float2half_rn(z));
+        /* the shift only where every sampled key's z - m is exact in f16 (k_shift_of_group) */
+        const float shift = sum_part[0];
         const bool inexact = !f32_biases && shift != 0.0f && j < n && part == 0 &&
                              __half2float(__float2half_rn(zh - shift)) != zh - shift;
         const float taken = __syncthreads_or(inexact) ? 0.0f : shift;
