@@ -367,7 +367,7 @@ extern "C" qsdpa_status qsdpa_cuda_generic_run(qsdpa_context *ctx, const qsdpa_p
         p.row_chunks = (folded + rows_per_block - 1) / rows_per_block;
         p.kpitch = (p.dk + 3) / 4 * 4;
         p.k_vec4 = gen_rows_vec4(&p.k, true); /* gen_decode_choice took K on the words path */
-        smem = (size_t)rows_per_block * (p.kpitch + 32) * sizeof(float);
+        smem = (size_t)rows_per_block * (p.kpitch + 32 + GEN_DECODE_KGROUPS) * sizeof(float);
         static const int decode_keys = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_DECODE_KEYS", 32);
         tile = 32, min_keys = decode_keys >= 32 ? decode_keys : 32, waves = 1, threads = 32;
     } else {

@@ -5,11 +5,12 @@
  * Why a second kernel: generic_attention decodes every tile into shared memory as f32 through
  * run-time format switches and meets at four barriers per tile; at D 128, 4-bit, f32 q, 32K
  * keys it issued ~450 warp instructions per (key, KV head) and took 253 us, 12x the f16 tensor
- * core row (bench/NOTES.md runs 146-147). This kernel takes it to 121 us (2.1x; 128K 876 -> 408,
- * 2K 42 -> 34, run 149). Its instruction count (~90 a key and KV head) would allow ~4x more: it
- * is latency-bound (one-warp blocks, four per scheduler at ~124 registers); what would help next
- * is staging step i + 1's K and V rows with cp.async while step i computes. One warp is a block
- * and works alone:
+ * core row (bench/NOTES.md runs 146-147). This kernel took it to 121 us (2.1x; 128K 876 -> 408,
+ * 2K 42 -> 34, run 149), and v44.3 (folded affine codes, V's groups found once per block) to 87 us on
+ * an H200 (111 before; 128K 389 -> 301, 8-bit 152 -> 119, runs 260-262). ncu (run 260): issue slots
+ * half busy and half waiting (fixed latency, instruction fetch, loads), so both fewer instructions
+ * per key and staging step i + 1's K and V rows with cp.async while step i computes would help.
+ * One warp is a block and works alone:
  *   scores  lane t scores key t of a 32-key step for every row, reading its K row straight
  *           from global memory (two 16-byte loads a pass where rows allow) and q from shared memory
  *           (the same address in every lane: a broadcast);
@@ -19,17 +20,20 @@
  *           lane, lane + 32, ... of every key; a batch of keys' words, scales and biases is
  *           loaded before any is used. The lanes that hold the same dims for different keys
  *           are summed by shuffles at the end.
- * Values are dequantized exactly as qd_element (SPEC §2: f32 multiply, then add), products
- * and sums in f32. Codes per word (KPER, VPER) are template arguments, the mode within a
- * width (affine or fp) a warp-uniform branch, so one instantiation serves every format of
- * that width. The partials are generic_attention's ([split][row][4 + Dv], natural-log
- * units), so generic_combine finishes both. */
+ * Values are dequantized as qd_element (SPEC §2: f32 multiply, then add), products and sums in
+ * f32, except where K and V are both affine (FOLD): there a code enters the multiply-adds as an
+ * exact integer times a power of two and the group's scale and bias apply to the sums (the
+ * same arithmetic reassociated, still f32). Codes per word (KPER, VPER) and FOLD are template
+ * arguments, the mode within a width (affine or fp) a warp-uniform branch, so one unfolded
+ * instantiation serves every format of that width. The partials are generic_attention's
+ * ([split][row][4 + Dv], natural-log units), so generic_combine finishes both. */
 
 /* the (K, V) code widths with a decode kernel: values per 32-bit word of K and of V
  * (8: 4-bit codes, 4: 8-bit, 2: f16/bf16 rows, 1: f32 rows) */
 #define GEN_DECODE_WIDTHS(X) X(8, 8) X(4, 4) X(2, 2) X(1, 1) X(4, 8)
 
 constexpr int GEN_DECODE_VPL = 8; /* V values a lane accumulates per row (Dv <= 256) */
+constexpr int GEN_DECODE_KGROUPS = 8; /* K groups a row has at most (Dk <= 256, groups of 32 and more) */
 
 /* Values per 32-bit word of t's codes (qd_codes_per_item) where the decode kernel takes t:
  * plain rows, affine 4 or 8 bits, mxfp4, nvfp4, mxfp8; else 0. */
@@ -76,21 +80,95 @@ __device__ __forceinline__ void gd_group(const qd_qtensor &t, int64_t srow, int6
     if (t.mode == QSDPA_MODE_AFFINE) z = qd_load_float(t.biases, t.scale_dtype, zrow + gi);
 }
 
-template <int KPER, int VPER, int ROWS>
+/* Affine codes folded (v44.2): the PER codes of a word as c_e * 2^(bits * gd_fold_pos(e)), each by the 2^23
+ * trick on the code left where it sits (one LOP3 and one FADD; the word's upper half shifted down once for the
+ * codes that would reach f32's exponent bits). The power of two goes into q (K) or is taken out of the sums
+ * once at the end (V), so products and sums stay exact integers times f32 values. */
+template <int PER>
+__host__ __device__ constexpr int gd_fold_pos(int e) {
+    return PER == 8 ? (e < 5 ? e : e - 4) : (e < 2 ? e : e - 2);
+}
+template <int PER>
+__host__ __device__ constexpr float gd_fold_unit(int e) {
+    return 1.0f / (float)(1u << ((32 / PER) * gd_fold_pos<PER>(e)));
+}
+template <int PER>
+__device__ __forceinline__ void gd_fold_codes(uint32_t w, float (&c)[PER]) {
+    constexpr int BITS = 32 / PER, LOW = PER == 8 ? 5 : 2; /* codes read in place from the low word */
+    const uint32_t hi = w >> 16;
+#pragma unroll
+    for (int e = 0; e < PER; e++) {
+        const uint32_t mask = ((1u << BITS) - 1u) << (BITS * gd_fold_pos<PER>(e));
+        c[e] = __uint_as_float(((e < LOW ? w : hi) & mask) | 0x4B000000u) - 8388608.0f;
+    }
+}
+
+/* dot[r] += q row r's dims [d0, d0 + PER) times a word's PER values (q from shared memory: the same address in
+ * every lane, a broadcast) */
+template <int PER, int ROWS>
+__device__ __forceinline__ void gd_dot_word(const float *q_s, int kp, int d0, const float (&kv)[PER], float (&dot)[ROWS]) {
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        const float *qr = q_s + r * kp + d0;
+        if constexpr (PER >= 4) {
+#pragma unroll
+            for (int e = 0; e < PER; e += 4) {
+                const float4 qv = *(const float4 *)(qr + e);
+                dot[r] = fmaf(qv.x, kv[e], fmaf(qv.y, kv[e + 1], fmaf(qv.z, kv[e + 2], fmaf(qv.w, kv[e + 3], dot[r]))));
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < PER; e++) dot[r] = fmaf(qr[e], kv[e], dot[r]);
+        }
+    }
+}
+
+template <int KPER, int VPER, int ROWS, bool FOLD>
 __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
     extern __shared__ float4 gd_sm4[];
     float *q_s = (float *)gd_sm4;        /* [ROWS][kpitch], zero past dk and past nrows */
     float *p_s = q_s + ROWS * p.kpitch;  /* [32 keys][ROWS] weights of a step */
+    float *qsum_s = p_s + 32 * ROWS;     /* [ROWS][GEN_DECODE_KGROUPS] folded K: sum(q) per group */
     const int lane = threadIdx.x, kp = p.kpitch, dk = p.dk, dv = p.dv;
     const int64_t hkv = p.hq / p.ratio;
     const int64_t chunk = blockIdx.x % p.row_chunks, g = (blockIdx.x / p.row_chunks) % hkv,
                   b = blockIdx.x / (p.row_chunks * hkv);
     const int64_t f0 = chunk * ROWS;
     const int nrows = (int)min((int64_t)ROWS, p.ratio * p.lq - f0);
-    for (int e = lane; e < ROWS * kp; e += 32) {
-        const int r = e / kp, d = e % kp;
-        const int64_t f = f0 + r, h = g * p.ratio + f / p.lq, i = f % p.lq;
-        q_s[e] = r < nrows && d < dk ? qd_load_float(p.q, p.q_dtype, b * p.qs[0] + h * p.qs[1] + i * p.qs[2] + d) : 0.0f;
+    const qd_qtensor &K = p.k, &V = p.v;
+    /* FOLD (affine K and V, v44.2): S = sum_g s_g sum(q c) + z_g sum(q) per group, and O = sum_j (w_j s_j) c_j
+     * + sum_j w_j z_j per group, so a code costs two instructions before its multiply-adds, not five; a
+     * template argument, so the other formats' kernels keep their registers (run 261: both paths in one kernel
+     * took the 8-bit one from 120 registers to 155, 16 warps per SM to 12, and 18% of its speed) */
+    static_assert(!FOLD || (KPER >= 4 && VPER >= 4), "folded codes: 4 or 8 bits");
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) { /* a row at a time: no division per value */
+        const int64_t f = f0 + min(r, nrows - 1), h = g * p.ratio + f / p.lq, i = f % p.lq;
+        const int64_t qrow = b * p.qs[0] + h * p.qs[1] + i * p.qs[2];
+        for (int d = lane; d < kp; d += 32)
+            q_s[r * kp + d] = r < nrows && d < dk ? qd_load_float(p.q, p.q_dtype, qrow + d) : 0.0f;
+    }
+    if constexpr (FOLD) {
+        __syncwarp();
+        /* sum(q) per row and group: a lane per (row, group), four chains of float4 loads */
+        const int grp = K.group, ngk = dk / grp;
+        for (int e = lane; e < ROWS * ngk; e += 32) {
+            const int r = e / ngk, gk = e - r * ngk;
+            const float4 *q4 = (const float4 *)(q_s + r * kp + gk * grp);
+            float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+            for (int m = 0; m < grp / 4; m++) {
+                const float4 v = q4[m];
+                a.x += v.x, a.y += v.y, a.z += v.z, a.w += v.w;
+            }
+            qsum_s[r * GEN_DECODE_KGROUPS + gk] = (a.x + a.y) + (a.z + a.w);
+        }
+        __syncwarp();
+        /* q times the codes' powers of two: dim d = lane + 32 i sits at d % KPER = lane % KPER of its word */
+        const float unit = gd_fold_unit<KPER>(lane % KPER);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+            for (int d = lane; d < kp; d += 32) q_s[r * kp + d] *= unit;
     }
     /* per row: the last visible global key and the mask row (shared: registers are short here) */
     __shared__ int64_t last[ROWS], mrow[ROWS];
@@ -102,14 +180,16 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
     __syncwarp();
     int64_t j0 = (int64_t)blockIdx.y * p.keys_per_split, j1 = min(p.lk, j0 + p.keys_per_split);
     if (p.skip) gen_skip_range(p, last, nrows, j0, j1);
-    float m[ROWS], l[ROWS], kept[ROWS], o[ROWS][GEN_DECODE_VPL];
+    constexpr int NX = GEN_DECODE_VPL / VPER; /* words a lane holds per V row */
+    float m[ROWS], l[ROWS], kept[ROWS], o[ROWS][GEN_DECODE_VPL], ob[ROWS][FOLD ? NX : 1];
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         m[r] = -INFINITY, l[r] = 0.0f, kept[r] = 0.0f;
 #pragma unroll
         for (int x = 0; x < GEN_DECODE_VPL; x++) o[r][x] = 0.0f;
+#pragma unroll
+        for (int x = 0; x < (FOLD ? NX : 1); x++) ob[r][x] = 0.0f;
     }
-    const qd_qtensor &K = p.k, &V = p.v;
     const int nwk = dk / KPER, nwv = dv / VPER;
     const char *kbase = (const char *)K.codes + b * K.cs[0] + g * K.cs[1];
     const char *vbase = (const char *)V.codes + b * V.cs[0] + g * V.cs[1];
@@ -124,6 +204,16 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
     const int kpi = vwide ? 1 : 32 / nwv, vword = vwide ? lane : lane % nwv, vkey = vwide ? 0 : lane / nwv;
     const bool vlane = vwide || lane < kpi * nwv;
     const int vx = vwide ? (nwv + 31) / 32 : 1; /* words per lane per key */
+    /* a lane's V words and their groups are the same for every key: found once (v44.2; a division a key
+     * before) */
+    bool vhas[NX];
+    int vgi[NX];
+#pragma unroll
+    for (int x = 0; x < NX; x++) {
+        const int w = vword + 32 * x;
+        vhas[x] = x < vx && w < nwv;
+        vgi[x] = vhas[x] ? w * VPER / vgroup : 0;
+    }
     __syncwarp(); /* q staged */
     for (int64_t jt = j0; jt < j1; jt += 32) {
         const int n = (int)min((int64_t)32, j1 - jt);
@@ -134,8 +224,11 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
         for (int r = 0; r < ROWS; r++) acc[r] = 0.0f;
         if (valid) {
             const uint32_t *krow = (const uint32_t *)(kbase + j * K.cs[2]);
-            float s = 1.0f, z = 0.0f;
-            int gi = -1;
+            const int64_t ksrow = ksb + j * K.ss[2], kzrow = kzb + j * K.bs[2];
+            float s = 1.0f, z = 0.0f, part[ROWS]; /* folded K: the group's sum(q c) so far */
+            int gi = -1, gend = 0;                /* the group under way and where it ends */
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) part[r] = 0.0f;
             for (int w0 = 0; w0 < nwk; w0 += 8) { /* 8 words a pass: two 16-byte loads in flight */
                 uint32_t wd[8];
                 if (kvec) {
@@ -151,25 +244,28 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
                     const int w = w0 + x;
                     if (w >= nwk) break;
                     const int d0 = w * KPER;
-                    if (d0 / kgroup != gi) gi = d0 / kgroup, gd_group(K, ksb + j * K.ss[2], kzb + j * K.bs[2], gi, s, z);
-                    float kv[KPER];
-                    gd_word<KPER>(K, wd[x], s, z, kv);
+                    if (d0 >= gend) { /* groups are whole words (qd_word_path): a new one starts here */
+                        if (FOLD && gi >= 0) {
 #pragma unroll
-                    for (int r = 0; r < ROWS; r++) {
-                        const float *qr = q_s + r * kp + d0;
-                        if constexpr (KPER >= 4) {
-#pragma unroll
-                            for (int e = 0; e < KPER; e += 4) {
-                                const float4 qv = *(const float4 *)(qr + e);
-                                acc[r] = fmaf(qv.x, kv[e], fmaf(qv.y, kv[e + 1], fmaf(qv.z, kv[e + 2], fmaf(qv.w, kv[e + 3], acc[r]))));
-                            }
-                        } else {
-#pragma unroll
-                            for (int e = 0; e < KPER; e++) acc[r] = fmaf(qr[e], kv[e], acc[r]);
+                            for (int r = 0; r < ROWS; r++)
+                                acc[r] = fmaf(s, part[r], fmaf(z, qsum_s[r * GEN_DECODE_KGROUPS + gi], acc[r])), part[r] = 0.0f;
                         }
+                        gi++, gend += kgroup;
+                        gd_group(K, ksrow, kzrow, gi, s, z);
+                    }
+                    float kv[KPER];
+                    if constexpr (FOLD) {
+                        gd_fold_codes<KPER>(wd[x], kv);
+                        gd_dot_word<KPER, ROWS>(q_s, kp, d0, kv, part);
+                    } else {
+                        gd_word<KPER>(K, wd[x], s, z, kv);
+                        gd_dot_word<KPER, ROWS>(q_s, kp, d0, kv, acc);
                     }
                 }
             }
+            if constexpr (FOLD)
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) acc[r] = fmaf(s, part[r], fmaf(z, qsum_s[r * GEN_DECODE_KGROUPS + gi], acc[r]));
         }
         /* online softmax of every row across the warp (generic_attention's arithmetic) */
 #pragma unroll
@@ -185,12 +281,14 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
             p_s[lane * ROWS + r] = r < nrows ? w : 0.0f;
 #pragma unroll
             for (int x = 0; x < GEN_DECODE_VPL; x++) o[r][x] *= corr;
+#pragma unroll
+            for (int x = 0; x < (FOLD ? NX : 1); x++) ob[r][x] *= corr;
         }
         __syncwarp(); /* the step's weights written */
         if (vlane) {
             /* VB keys at a time, every one's words, scales and biases loaded before any is used
              * (one wait on memory per batch, not per key) */
-            constexpr int NX = GEN_DECODE_VPL / VPER, VB = NX >= 4 ? 1 : 4 / NX;
+            constexpr int VB = NX >= 4 ? 1 : 4 / NX;
             for (int t0 = vkey; t0 < n; t0 += VB * kpi) {
                 uint32_t vw[VB][NX];
                 float vs[VB][NX], vz[VB][NX];
@@ -198,14 +296,14 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
                 for (int k = 0; k < VB; k++) {
                     const int t = t0 + k * kpi;
                     const int64_t jv = jt + min(t, n - 1);
-                    const uint32_t *vrow = (const uint32_t *)(vbase + jv * V.cs[2]);
+                    const uint32_t *vrow = (const uint32_t *)(vbase + jv * V.cs[2]) + vword;
+                    const int64_t vsrow = vsb + jv * V.ss[2], vzrow = vzb + jv * V.bs[2];
 #pragma unroll
                     for (int x = 0; x < NX; x++) {
-                        const int w = vword + 32 * x;
                         vw[k][x] = 0u, vs[k][x] = 1.0f, vz[k][x] = 0.0f;
-                        if (t >= n || x >= vx || w >= nwv) continue;
-                        vw[k][x] = vrow[w];
-                        gd_group(V, vsb + jv * V.ss[2], vzb + jv * V.bs[2], w * VPER / vgroup, vs[k][x], vz[k][x]);
+                        if (t >= n || !vhas[x]) continue;
+                        vw[k][x] = vrow[32 * x];
+                        gd_group(V, vsrow, vzrow, vgi[x], vs[k][x], vz[k][x]);
                     }
                 }
 #pragma unroll
@@ -220,19 +318,38 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
                     }
 #pragma unroll
                     for (int x = 0; x < NX; x++) {
-                        if (x >= vx || vword + 32 * x >= nwv) break;
+                        if (!vhas[x]) break;
                         float vv[VPER];
-                        gd_word<VPER>(V, vw[k][x], vs[k][x], vz[k][x], vv);
+                        if constexpr (FOLD) {
+                            gd_fold_codes<VPER>(vw[k][x], vv);
 #pragma unroll
-                        for (int r = 0; r < ROWS; r++)
+                            for (int r = 0; r < ROWS; r++) {
+                                const float ws = wt[r] * vs[k][x];
+                                ob[r][x] = fmaf(wt[r], vz[k][x], ob[r][x]);
 #pragma unroll
-                            for (int e = 0; e < VPER; e++) o[r][x * VPER + e] = fmaf(wt[r], vv[e], o[r][x * VPER + e]);
+                                for (int e = 0; e < VPER; e++) o[r][x * VPER + e] = fmaf(ws, vv[e], o[r][x * VPER + e]);
+                            }
+                        } else {
+                            gd_word<VPER>(V, vw[k][x], vs[k][x], vz[k][x], vv);
+#pragma unroll
+                            for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                                for (int e = 0; e < VPER; e++) o[r][x * VPER + e] = fmaf(wt[r], vv[e], o[r][x * VPER + e]);
+                        }
                     }
                 }
             }
         }
         __syncwarp(); /* the weights read before the next step writes them */
     }
+    if constexpr (FOLD) /* folded V: the codes' powers of two out, the biases' sums in */
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int x = 0; x < NX; x++)
+#pragma unroll
+                for (int e = 0; e < VPER; e++)
+                    o[r][x * VPER + e] = fmaf(o[r][x * VPER + e], gd_fold_unit<VPER>(e), ob[r][x]);
     /* lanes holding the same dims for other keys of a pass (kpi > 1) into the first */
 #pragma unroll
     for (int r = 0; r < ROWS; r++)
@@ -260,6 +377,15 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
     }
 }
 
+/* generic_decode for code widths (KP, VP), 4 or 8 rows a block, folded where both formats are affine
+ * (widths 4 and 8 only: plain rows have no codes to fold) */
+template <int KP, int VP>
+static void (*gen_decode_kernel(int rows, bool fold))(const gen_params) {
+    if constexpr (KP >= 4 && VP >= 4)
+        if (fold) return rows == 4 ? generic_decode<KP, VP, 4, true> : generic_decode<KP, VP, 8, true>;
+    return rows == 4 ? generic_decode<KP, VP, 4, false> : generic_decode<KP, VP, 8, false>;
+}
+
 /* The decode kernel for p's K and V at `folded` rows (GQA ratio x Lq), or nullptr where it
  * does not take them: more than 32 folded rows (longer queries stay on generic_attention's
  * shared tiles), a head dim above 256, rows off the word path (qd_word_path), code widths
@@ -269,8 +395,9 @@ static void (*gen_decode_choice(const gen_params *p, int64_t folded))(const gen_
     static const int enabled = (int)qsdpa_cuda_env("QSDPA_CUDA_GENERIC_DECODE", 1);
     if (!enabled || folded > 32 || p->dk > 256 || p->dv > 256 || !p->k_words || !p->v_words) return nullptr;
     const int kper = gen_decode_per_word(&p->k), vper = gen_decode_per_word(&p->v);
+    const bool fold = p->k.mode == QSDPA_MODE_AFFINE && p->v.mode == QSDPA_MODE_AFFINE;
 #define GEN_DECODE_PICK(KP, VP)                                                                            \
-    if (kper == KP && vper == VP) return gen_decode_rows(folded) == 4 ? generic_decode<KP, VP, 4> : generic_decode<KP, VP, 8>;
+    if (kper == KP && vper == VP) return gen_decode_kernel<KP, VP>(gen_decode_rows(folded), fold);
     GEN_DECODE_WIDTHS(GEN_DECODE_PICK)
 #undef GEN_DECODE_PICK
     return nullptr;
