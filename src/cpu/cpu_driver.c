@@ -386,12 +386,12 @@ static void prefetch_rows(const cpu_rows *t, int64_t j0, int64_t n, bool short_r
  * (session 9: 3-bit Lq 4 at 8K) where 4- and 8-bit codes wait until 17. */
 static bool odd_width(const qsdpa_format *f) { return f->mode == QSDPA_MODE_AFFINE && f->bits != 4 && f->bits != 8; }
 
-/* Float tiles for prefill, and for decode with many query rows: past ~16 rows the
- * decode of each code is repeated per 4-row chunk and one unpack per block is
- * cheaper (2K keys, GQA 4, Lq 16, 1 thread: 8.1 ms tiles vs 9.1 ms codes). */
+/* Float tiles for prefill, and for decode with many query rows: past the ISA's code_rows_max the
+ * decode of each code is repeated per pass of rows and one unpack per block is cheaper (2K keys,
+ * GQA 4, Lq 16, 1 thread: 8.1 ms tiles vs 9.1 ms codes; AVX2 at Lq 4: session 41). */
 static bool uses_tiles(const plan *pl, int64_t nr) {
     if (pl->rows_on_tiles) return false;
-    return pl->prefill || nr > (odd_width(&pl->p->k.format) || odd_width(&pl->p->v.format) ? 4 : 16);
+    return pl->prefill || nr > (odd_width(&pl->p->k.format) || odd_width(&pl->p->v.format) ? 4 : pl->isa->code_rows_max);
 }
 
 /* Whether the float tiles' P V runs through the ISA's bf16 kernel: bf16 q and output (a partial call's f32

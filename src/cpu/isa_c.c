@@ -80,7 +80,7 @@ static void exp_sub_c(float *s, int64_t n, const float *m, int nm, float *sums) 
 static void f16_to_f32_c(const uint16_t *src, int64_t n, float *dst) { qsdpa_load_floats(src, QSDPA_DTYPE_F16, n, dst); }
 static void f32_to_f16_c(const float *src, int64_t n, uint16_t *dst) { qsdpa_store_floats(dst, QSDPA_DTYPE_F16, n, src); }
 
-const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, row_max_c, exp_sub_c, f16_to_f32_c, f32_to_f16_c, NULL, NULL, NULL, NULL};
+const cpu_isa qsdpa_cpu_isa_c = {"c", ops_for_c, row_max_c, exp_sub_c, f16_to_f32_c, f32_to_f16_c, NULL, NULL, NULL, NULL, 16};
 
 qsdpa_status qsdpa_cpu_c_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_c_prefill(qsdpa_context *ctx, const qsdpa_problem *p);

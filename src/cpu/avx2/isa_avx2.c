@@ -1219,7 +1219,7 @@ static BF16_TARGET bool bf16_accum_z(const float *v, int64_t n, int64_t dim, con
 /* The AVX-512 tier (src/cpu/vnni/isa_vnni.c builds this file again): rows of their own,
  * chosen where the CPU has AVX512 F/BW/VL/VNNI. */
 static const cpu_isa isa_vnni = {"vnni", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx512_exp_sub,
-                                 f16_to_f32_avx2, f32_to_f16_avx2, bf16_accum_z, bf16_pack_z, bf16_score_z, NULL};
+                                 f16_to_f32_avx2, f32_to_f16_avx2, bf16_accum_z, bf16_pack_z, bf16_score_z, NULL, 16};
 
 qsdpa_status qsdpa_cpu_vnni_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
@@ -1230,8 +1230,10 @@ qsdpa_status qsdpa_cpu_vnni_prefill(qsdpa_context *ctx, const qsdpa_problem *p) 
     return qsdpa_cpu_attention(ctx, p, &isa_vnni, true);
 }
 #else
+/* code_rows_max 8: at 16 rows (Lq 4, GQA 4) float tiles beat four 4-row passes over the codes by 11-33% on a
+ * Zen 3 VM (bench/NOTES.md session 41); at 8 rows neither wins clearly */
 const cpu_isa qsdpa_cpu_isa_avx2 = {"avx2", ops_for_avx2, qsdpa_cpu_avx2_row_max, qsdpa_cpu_avx2_exp_sub,
-                                    f16_to_f32_avx2, f32_to_f16_avx2, NULL, NULL, NULL, NULL};
+                                    f16_to_f32_avx2, f32_to_f16_avx2, NULL, NULL, NULL, NULL, 8};
 
 qsdpa_status qsdpa_cpu_avx2_decode(qsdpa_context *ctx, const qsdpa_problem *p);
 qsdpa_status qsdpa_cpu_avx2_prefill(qsdpa_context *ctx, const qsdpa_problem *p);
