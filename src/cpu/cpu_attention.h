@@ -115,9 +115,9 @@ typedef struct cpu_isa {
     /* The ISA this one builds on (NULL = none): its kernels serve the calls whose rows the tiles do not pay
      * for (cpu_driver.c amx_rows) and the q a tile_q refuses. */
     const struct cpu_isa *base;
-    /* Query rows a KV head up to which decode works on the codes; more take float tiles, one unpack per block
-     * (cpu_driver.c uses_tiles). The codes kernels decode each value once per pass of rows: 4 rows a pass on
-     * AVX2 (16 registers), 8 on the AVX-512 tier, so AVX2 hands over earlier. */
+    /* Query rows a KV head up to which decode works on the codes of quantized K/V; more take float tiles, one
+     * unpack per block (cpu_driver.c uses_tiles). The codes kernels decode each value once per pass of rows:
+     * 4 rows a pass on AVX2 (16 registers), 8 on the AVX-512 tier, so AVX2 hands over earlier. */
     int code_rows_max;
 } cpu_isa;
 

@@ -391,7 +391,11 @@ static bool odd_width(const qsdpa_format *f) { return f->mode == QSDPA_MODE_AFFI
  * GQA 4, Lq 16, 1 thread: 8.1 ms tiles vs 9.1 ms codes; AVX2 at Lq 4: session 41). */
 static bool uses_tiles(const plan *pl, int64_t nr) {
     if (pl->rows_on_tiles) return false;
-    return pl->prefill || nr > (odd_width(&pl->p->k.format) || odd_width(&pl->p->v.format) ? 4 : pl->isa->code_rows_max);
+    const qsdpa_format *kf = &pl->p->k.format, *vf = &pl->p->v.format;
+    /* unquantized rows convert in a step per vector: a tile's copy costs more than the passes save (f16 rows,
+     * Lq 4 at GQA 4 on AVX2, 8K: 7.5-8.0 ms on the rows against 8.5-9.2 on tiles, session 41) */
+    const bool plain = kf->mode == QSDPA_MODE_PLAIN && vf->mode == QSDPA_MODE_PLAIN;
+    return pl->prefill || nr > (odd_width(kf) || odd_width(vf) ? 4 : plain ? 16 : pl->isa->code_rows_max);
 }
 
 /* Whether the float tiles' P V runs through the ISA's bf16 kernel: bf16 q and output (a partial call's f32
