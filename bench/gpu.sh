@@ -75,9 +75,10 @@ fuzz_run() {
   # f16 by the prefill kernel (run 180); NVFP4 group scales rounded to f16 (5656:205, run 186); K rounded to f16
   # on the staged path (236869353:466, SPEC 8.1, mended by K's shift in session 29); 613923556:1060 (SPEC 8.1's
   # class the shift leaves, runs 206-207: reported KNOWN, rc 0, since session 31); 1657218644:442 (the prefill
-  # kernel's shifted bias rounded to f16 where an outlier channel set it, run 253; SPEC 8.1's bias rule). The 48 KB
-  # wide launch of run 178 is a coverage case now.
-  for replay in ${QSDPA_GPU_FUZZ_REPLAYS:-4404:637 5656:205 236869353:466 613923556:1060 1657218644:442}; do
+  # kernel's shifted bias rounded to f16 where an outlier channel set it, run 253; SPEC 8.1's bias rule); 179759383:456
+  # (FAILS as of session 41, run 265: the wide kernel, MLA shape over f32 rows, partial, 1.3x f16's bound; not yet
+  # diagnosed). The 48 KB wide launch of run 178 is a coverage case now.
+  for replay in ${QSDPA_GPU_FUZZ_REPLAYS:-4404:637 5656:205 236869353:466 613923556:1060 1657218644:442 179759383:456}; do
     QSDPA_TEST_SEED=${replay%%:*} QSDPA_FUZZ_CASE=${replay#*:} timeout 60 "$B/tests/test_cuda_random" >>"$OUT/tests.log" 2>&1
     echo "test_cuda_random (replay $replay) rc=$?" | tee -a "$OUT/tests.log"
   done
