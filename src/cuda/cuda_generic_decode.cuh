@@ -123,6 +123,17 @@ __device__ __forceinline__ void gd_dot_word(const float *q_s, int kp, int d0, co
     }
 }
 
+/* Folded K: a finished group's share of each row's score, s sum(q c) + z sum(q) (qsum: the group's sum(q), rows
+ * GEN_DECODE_KGROUPS apart), and its sums cleared for the next group */
+template <int ROWS>
+__device__ __forceinline__ void gd_fold_group(float s, float z, const float *qsum, float (&part)[ROWS], float (&acc)[ROWS]) {
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        acc[r] = fmaf(s, part[r], fmaf(z, qsum[r * GEN_DECODE_KGROUPS], acc[r]));
+        part[r] = 0.0f;
+    }
+}
+
 template <int KPER, int VPER, int ROWS, bool FOLD>
 __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
     extern __shared__ float4 gd_sm4[];
@@ -245,11 +256,7 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
                     if (w >= nwk) break;
                     const int d0 = w * KPER;
                     if (d0 >= gend) { /* groups are whole words (qd_word_path): a new one starts here */
-                        if (FOLD && gi >= 0) {
-#pragma unroll
-                            for (int r = 0; r < ROWS; r++)
-                                acc[r] = fmaf(s, part[r], fmaf(z, qsum_s[r * GEN_DECODE_KGROUPS + gi], acc[r])), part[r] = 0.0f;
-                        }
+                        if (FOLD && gi >= 0) gd_fold_group<ROWS>(s, z, qsum_s + gi, part, acc);
                         gi++, gend += kgroup;
                         gd_group(K, ksrow, kzrow, gi, s, z);
                     }
@@ -263,9 +270,7 @@ __global__ void __launch_bounds__(32) generic_decode(const gen_params p) {
                     }
                 }
             }
-            if constexpr (FOLD)
-#pragma unroll
-                for (int r = 0; r < ROWS; r++) acc[r] = fmaf(s, part[r], fmaf(z, qsum_s[r * GEN_DECODE_KGROUPS + gi], acc[r]));
+            if constexpr (FOLD) gd_fold_group<ROWS>(s, z, qsum_s + gi, part, acc);
         }
         /* online softmax of every row across the warp (generic_attention's arithmetic) */
 #pragma unroll
